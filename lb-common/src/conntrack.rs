@@ -1,0 +1,68 @@
+//! Conntrack entries: two per translated flow, both in one LRU hash.
+//!
+//! The forward entry is keyed by the packet as the client sends it (client -> VIP) and holds
+//! the backend to translate to; the reply entry is keyed by the packet as the backend sends it
+//! (backend -> client) and holds the VIP to translate back to. Either way a packet needs one
+//! lookup with its own tuple, and the map's LRU eviction bounds its size.
+
+/// Key of the conntrack map: a packet's 5-tuple as it arrives.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    /// Source address, network byte order, IPv4-mapped for IPv4.
+    pub src_addr: [u8; 16],
+    /// Destination address, network byte order, IPv4-mapped for IPv4.
+    pub dst_addr: [u8; 16],
+    /// Source port, network byte order.
+    pub src_port: [u8; 2],
+    /// Destination port, network byte order.
+    pub dst_port: [u8; 2],
+    /// IP protocol number.
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Direction flags of a conntrack entry ([`CtValue::flags`]).
+pub mod ct_flags {
+    /// Client -> VIP: rewrite the destination to `nat_addr:nat_port` (the backend).
+    pub const FORWARD: u8 = 1;
+    /// Backend -> client: rewrite the source to `nat_addr:nat_port` (the VIP).
+    pub const REPLY: u8 = 2;
+}
+
+/// Value of the conntrack map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtValue {
+    /// Address to translate to (backend for forward, VIP for reply), network byte order.
+    pub nat_addr: [u8; 16],
+    /// Port to translate to, network byte order.
+    pub nat_port: [u8; 2],
+    /// One of [`ct_flags`].
+    pub flags: u8,
+    pub _pad: u8,
+    /// Service the flow belongs to (per-service counters).
+    pub service_id: u32,
+    /// Backend chosen for the flow; an established flow keeps it when the backend set changes.
+    pub backend_id: u32,
+    pub _pad2: u32,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when the flow was last refreshed; refreshed at most
+    /// once a second to keep the fast path free of writes.
+    pub last_seen_ns: u64,
+}
+
+impl CtValue {
+    /// Port to translate to, in host byte order.
+    pub const fn nat_port(&self) -> u16 {
+        u16::from_be_bytes(self.nat_port)
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<CtKey>() == 40);
+const _: () = assert!(core::mem::size_of::<CtValue>() == 40);
+
+#[cfg(feature = "user")]
+mod pod {
+    unsafe impl aya::Pod for super::CtKey {}
+    unsafe impl aya::Pod for super::CtValue {}
+}

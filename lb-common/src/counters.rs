@@ -1,0 +1,122 @@
+//! Per-CPU counters: node-wide by reason, and per service.
+
+/// Index into the node-wide per-CPU counters map (`LB_STATS`, a `PerCpuArray<u64>`).
+///
+/// A Rust enum never crosses into a map; its `u32` value is the array index.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Packets the program saw.
+    Packets = 0,
+    /// Not IPv4 (ARP, IPv6 for now, ...): passed untouched.
+    NotIpv4,
+    /// Neither TCP nor UDP: passed untouched.
+    OtherProtocol,
+    /// IPv4 with no matching service or flow: passed untouched.
+    NotService,
+    /// New flows translated to a backend.
+    NewFlows,
+    /// Established client -> VIP packets translated to their backend.
+    ForwardTranslated,
+    /// Backend -> client replies translated back to the VIP.
+    ReplyTranslated,
+    /// Frame shorter than an Ethernet header: passed untouched.
+    TruncatedEthernet,
+    /// Frame shorter than its IPv4 header: passed untouched.
+    TruncatedIpv4,
+    /// IPv4 header length below 20 bytes or beyond the total length: passed untouched.
+    BadIpv4HeaderLength,
+    /// IPv4 fragment: passed untouched (fragments are not load balanced).
+    Fragment,
+    /// Frame shorter than its TCP or UDP header: passed untouched.
+    TruncatedL4,
+    /// Packet for a service with no ready backend: dropped.
+    DropNoBackend,
+    /// A slot or backend entry was missing (mid-update race): dropped.
+    DropBackendMissing,
+    /// The conntrack map refused the new flow: dropped rather than translated statelessly.
+    DropConntrackFull,
+    /// The packet could not be rewritten (helper failure): dropped.
+    DropRewriteFailed,
+}
+
+impl Counter {
+    /// Every counter, in index order.
+    pub const ALL: [Counter; 16] = [
+        Counter::Packets,
+        Counter::NotIpv4,
+        Counter::OtherProtocol,
+        Counter::NotService,
+        Counter::NewFlows,
+        Counter::ForwardTranslated,
+        Counter::ReplyTranslated,
+        Counter::TruncatedEthernet,
+        Counter::TruncatedIpv4,
+        Counter::BadIpv4HeaderLength,
+        Counter::Fragment,
+        Counter::TruncatedL4,
+        Counter::DropNoBackend,
+        Counter::DropBackendMissing,
+        Counter::DropConntrackFull,
+        Counter::DropRewriteFailed,
+    ];
+    /// Size of the counters array.
+    pub const COUNT: u32 = Self::ALL.len() as u32;
+
+    /// Stable snake_case name, for tables and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::Packets => "packets",
+            Counter::NotIpv4 => "not_ipv4",
+            Counter::OtherProtocol => "other_protocol",
+            Counter::NotService => "not_service",
+            Counter::NewFlows => "new_flows",
+            Counter::ForwardTranslated => "forward_translated",
+            Counter::ReplyTranslated => "reply_translated",
+            Counter::TruncatedEthernet => "truncated_ethernet",
+            Counter::TruncatedIpv4 => "truncated_ipv4",
+            Counter::BadIpv4HeaderLength => "bad_ipv4_header_length",
+            Counter::Fragment => "fragment",
+            Counter::TruncatedL4 => "truncated_l4",
+            Counter::DropNoBackend => "drop_no_backend",
+            Counter::DropBackendMissing => "drop_backend_missing",
+            Counter::DropConntrackFull => "drop_conntrack_full",
+            Counter::DropRewriteFailed => "drop_rewrite_failed",
+        }
+    }
+}
+
+/// Per-service counters (`LB_SVC_STATS`, a `PerCpuArray` indexed by service id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceStats {
+    /// Translated packets, both directions.
+    pub packets: u64,
+    /// Translated bytes (whole frames), both directions.
+    pub bytes: u64,
+    /// New flows assigned a backend.
+    pub new_flows: u64,
+    /// Packets dropped for this service (no ready backend).
+    pub drops: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<ServiceStats>() == 32);
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for ServiceStats {}
+
+#[cfg(test)]
+mod tests {
+    use super::Counter;
+
+    #[test]
+    fn counter_indexes_are_dense_and_names_unique() {
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i);
+            assert_eq!(
+                Counter::ALL.iter().filter(|o| o.name() == c.name()).count(),
+                1
+            );
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Map keys, values and constants shared by the eBPF data path (`lb-ebpf`) and the agent
+//! (`lb-userspace`).
+//!
+//! Every type here is `#[repr(C)]` with explicit padding and a compile-time size check, so the
+//! kernel and userspace agree on the bytes. Conventions:
+//! - Addresses are 16 bytes in network byte order. IPv4 is stored IPv4-mapped
+//!   (`::ffff:a.b.c.d`, see [`ipv4_mapped`]), so every map already has room for IPv6.
+//! - Ports are 2 bytes in network byte order (`[u8; 2]`), read and written through accessors.
+//! - Ids are dense `u32`s; 0 means "none" and is never allocated.
+#![cfg_attr(not(test), no_std)]
+
+pub mod conntrack;
+pub mod counters;
+pub mod service;
+
+pub use conntrack::{CtKey, CtValue};
+pub use counters::{Counter, ServiceStats};
+pub use service::{Backend, BackendSlotKey, ServiceKey, ServiceValue};
+
+/// IP protocol number of TCP.
+pub const IPPROTO_TCP: u8 = 6;
+/// IP protocol number of UDP.
+pub const IPPROTO_UDP: u8 = 17;
+
+/// Default capacities of the maps. The agent may override them at load time.
+pub mod capacity {
+    /// Service frontends (address, port, protocol, scope).
+    pub const SERVICES: u32 = 65_536;
+    /// Distinct backends (address, port) over all services.
+    pub const BACKENDS: u32 = 65_536;
+    /// Backend slots over all services (sum of every service's backend count).
+    pub const BACKEND_SLOTS: u32 = 262_144;
+    /// Conntrack entries; each translated flow takes two (forward and reply).
+    pub const CONNTRACK: u32 = 262_144;
+}
+
+/// Names of the maps in the eBPF object (at most 15 bytes: the kernel's name limit).
+pub mod map_names {
+    pub const SERVICES: &str = "LB_SERVICES";
+    pub const BACKEND_SLOTS: &str = "LB_SLOTS";
+    pub const BACKENDS: &str = "LB_BACKENDS";
+    pub const CONNTRACK: &str = "LB_CONNTRACK";
+    pub const STATS: &str = "LB_STATS";
+    pub const SERVICE_STATS: &str = "LB_SVC_STATS";
+}
+
+/// Names of the programs in the eBPF object.
+pub mod program_names {
+    /// TC ingress on pod-facing interfaces.
+    pub const TC_INGRESS: &str = "lb_tc_ingress";
+    /// XDP on the node's external interface.
+    pub const XDP_INGRESS: &str = "lb_xdp_ingress";
+}
+
+/// Returns the IPv4-mapped IPv6 form (`::ffff:a.b.c.d`) of an IPv4 address, as stored in maps.
+#[inline(always)]
+pub const fn ipv4_mapped(v4: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
+    ]
+}
+
+/// Returns the IPv4 address inside an IPv4-mapped address, or `None` for real IPv6.
+#[inline(always)]
+pub fn ipv4_unmapped(addr: &[u8; 16]) -> Option<[u8; 4]> {
+    if addr[..10].iter().all(|b| *b == 0) && addr[10] == 0xff && addr[11] == 0xff {
+        Some([addr[12], addr[13], addr[14], addr[15]])
+    } else {
+        None
+    }
+}
+
+/// Hashes a flow's 5-tuple to choose a backend slot (`hash % backend_count + 1`).
+///
+/// Deterministic, so one flow always maps to the same slot for a given backend set and host
+/// tests can predict the choice. Mixes with the murmur3 finalizer.
+#[inline(always)]
+pub fn flow_hash(src: &[u8; 16], dst: &[u8; 16], sport: [u8; 2], dport: [u8; 2], proto: u8) -> u32 {
+    let word = |a: &[u8; 16], i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+    let mut h: u32 = 0x9e37_79b9 ^ proto as u32;
+    let mut i = 0;
+    while i < 16 {
+        h = mix(h ^ word(src, i));
+        h = mix(h ^ word(dst, i));
+        i += 4;
+    }
+    mix(h ^ u32::from_ne_bytes([sport[0], sport[1], dport[0], dport[1]]))
+}
+
+#[inline(always)]
+fn mix(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv4_mapping_round_trips() {
+        let m = ipv4_mapped([198, 18, 0, 1]);
+        assert_eq!(&m[10..], &[0xff, 0xff, 198, 18, 0, 1]);
+        assert_eq!(ipv4_unmapped(&m), Some([198, 18, 0, 1]));
+        let mut v6 = [0u8; 16];
+        v6[0] = 0x20;
+        assert_eq!(ipv4_unmapped(&v6), None);
+    }
+
+    #[test]
+    fn flow_hash_spreads_source_ports_evenly() {
+        let src = ipv4_mapped([198, 18, 0, 10]);
+        let dst = ipv4_mapped([198, 19, 0, 1]);
+        let mut hits = [0u32; 3];
+        for sport in 30_000u16..36_000 {
+            let h = flow_hash(
+                &src,
+                &dst,
+                sport.to_be_bytes(),
+                80u16.to_be_bytes(),
+                IPPROTO_TCP,
+            );
+            hits[(h % 3) as usize] += 1;
+        }
+        for n in hits {
+            assert!((1800..2200).contains(&n), "uneven spread: {hits:?}");
+        }
+    }
+
+    #[test]
+    fn flow_hash_depends_on_every_field() {
+        let a = ipv4_mapped([198, 18, 0, 10]);
+        let b = ipv4_mapped([198, 18, 0, 11]);
+        let p = 80u16.to_be_bytes();
+        let q = 81u16.to_be_bytes();
+        let base = flow_hash(&a, &b, p, q, IPPROTO_TCP);
+        assert_ne!(base, flow_hash(&b, &b, p, q, IPPROTO_TCP));
+        assert_ne!(base, flow_hash(&a, &a, p, q, IPPROTO_TCP));
+        assert_ne!(base, flow_hash(&a, &b, q, q, IPPROTO_TCP));
+        assert_ne!(base, flow_hash(&a, &b, p, p, IPPROTO_TCP));
+        assert_ne!(base, flow_hash(&a, &b, p, q, IPPROTO_UDP));
+    }
+}
