@@ -1,1 +1,26 @@
-//! placeholder
+//! Test harness for the load balancer, shared by the integration tests and `cargo xtask demo`.
+//!
+//! - [`netns`]: named network namespaces that delete themselves, and running code inside one.
+//! - [`topology`]: a "node" namespace with pod namespaces on /32 veth routes, as kind's ptp CNI.
+//! - [`servers`]: real TCP and UDP servers in pods that answer with their pod name, and clients.
+//! - [`agent`]: the real `lb-agent` binary running in the node namespace.
+//! - [`cluster`]: all of the above running the example Service.
+//! - [`example`]: the example Service in `manifests/examples/` and its EndpointSlice.
+//! - [`packet`]: Ethernet/IPv4/TCP/UDP frame builders and parsers for packet tests.
+//! - [`root`]: skipping tests loudly when not root.
+//!
+//! Live traffic stays inside namespaces created here, on 198.18.0.0/15 addresses. Every guard
+//! removes what it created on drop, also when a test panics.
+
+pub mod agent;
+pub mod cluster;
+pub mod cmd;
+pub mod error;
+pub mod example;
+pub mod netns;
+pub mod packet;
+pub mod root;
+pub mod servers;
+pub mod topology;
+
+pub use error::{Error, Result};

@@ -1,0 +1,309 @@
+//! The real `lb-agent` binary, running inside a node namespace.
+//!
+//! The process enters the namespace with `setns` before exec (not `ip netns exec`, which would
+//! also give it a private mount namespace and hide its bpffs pins from `lb-agent inspect`).
+//! Its stdout and stderr are collected into one log. On drop it gets SIGTERM (a clean exit
+//! unpins its maps), then SIGKILL after a grace period, and its bpffs directory is removed.
+
+use std::{
+    env,
+    fs::File,
+    io::{BufRead, BufReader, Read},
+    os::{fd::AsRawFd, unix::process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
+};
+
+use crate::{cmd, error::io_context, netns::NetNs, Error, Result};
+
+/// Where per-run bpffs directories go (the agent mounts bpffs here if needed).
+pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
+/// Log text the agent prints once its programs are attached and its maps hold the manifests.
+pub const READY_MARKER: &str = "ready";
+/// How long the agent may take to become ready.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// Grace period between SIGTERM and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Poll interval while waiting for log lines or exit.
+const POLL: Duration = Duration::from_millis(20);
+
+/// How to run the agent.
+#[derive(Clone, Debug)]
+pub struct AgentOptions {
+    /// Directory of Service / EndpointSlice YAML files.
+    pub manifests: PathBuf,
+    /// Interfaces (in the node namespace) for TC ingress.
+    pub ifaces: Vec<String>,
+    /// Per-run directory under [`BPFFS_ROOT`] for pinned maps.
+    pub bpffs_dir: PathBuf,
+    /// `--log-level` value.
+    pub log_level: String,
+}
+
+impl AgentOptions {
+    /// Options for a run in `topology`-like setups: TC on `ifaces`, pins under
+    /// `/sys/fs/bpf/<id>`, debug logs.
+    pub fn new(id: &str, manifests: &Path, ifaces: Vec<String>) -> AgentOptions {
+        AgentOptions {
+            manifests: manifests.to_path_buf(),
+            ifaces,
+            bpffs_dir: Path::new(BPFFS_ROOT).join(id),
+            log_level: "debug".into(),
+        }
+    }
+}
+
+/// A running `lb-agent run`; stopped on drop.
+#[derive(Debug)]
+pub struct Agent {
+    child: Child,
+    log: Arc<Mutex<String>>,
+    readers: Vec<JoinHandle<()>>,
+    options: AgentOptions,
+}
+
+impl Agent {
+    /// Path of the `lb-agent` binary built next to the current executable (`target/<profile>/`
+    /// for binaries, or its parent for test executables in `target/<profile>/deps/`).
+    pub fn binary() -> Result<PathBuf> {
+        let exe = env::current_exe().map_err(io_context("cannot find the current executable"))?;
+        let candidates: Vec<PathBuf> = exe
+            .ancestors()
+            .skip(1)
+            .take(2)
+            .map(|dir| dir.join("lb-agent"))
+            .collect();
+        candidates
+            .iter()
+            .find(|p| p.is_file())
+            .cloned()
+            .ok_or(Error::AgentNotBuilt(candidates))
+    }
+
+    /// Starts the agent inside `node` and waits until it logs [`READY_MARKER`].
+    pub fn start(node: &NetNs, options: AgentOptions) -> Result<Agent> {
+        let binary = Agent::binary()?;
+        let netns = node.open()?;
+        let mut command = Command::new(&binary);
+        command
+            .arg("run")
+            .arg("--manifests")
+            .arg(&options.manifests)
+            .arg("--bpffs-dir")
+            .arg(&options.bpffs_dir)
+            .arg("--log-level")
+            .arg(&options.log_level);
+        for iface in &options.ifaces {
+            command.arg("--iface").arg(iface);
+        }
+        command
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        enter_netns_before_exec(&mut command, netns);
+        let mut child = command
+            .spawn()
+            .map_err(io_context(format!("cannot start {}", binary.display())))?;
+        let log = Arc::new(Mutex::new(String::new()));
+        let mut readers = Vec::new();
+        if let Some(out) = child.stdout.take() {
+            readers.push(collect_lines(out, log.clone()));
+        }
+        if let Some(err) = child.stderr.take() {
+            readers.push(collect_lines(err, log.clone()));
+        }
+        let mut agent = Agent {
+            child,
+            log,
+            readers,
+            options,
+        };
+        agent.wait_for_log(READY_MARKER, READY_TIMEOUT)?;
+        Ok(agent)
+    }
+
+    /// Everything the agent logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Waits until the log so far contains `needle`; fails if the agent exits or `timeout`
+    /// passes first.
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.log().contains(needle) {
+                return Ok(());
+            }
+            if let Some(status) = self.exit_status()? {
+                thread::sleep(POLL); // let the readers drain the last lines
+                return Err(Error::AgentExited {
+                    status: status.to_string(),
+                    what: format!("log {needle:?}"),
+                    log: self.log(),
+                });
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    what: format!("lb-agent to log {needle:?}; its log:\n{}", self.log()),
+                    timeout,
+                });
+            }
+            thread::sleep(POLL);
+        }
+    }
+
+    /// The exit status if the agent has exited.
+    pub fn exit_status(&mut self) -> Result<Option<ExitStatus>> {
+        self.child
+            .try_wait()
+            .map_err(io_context("cannot query lb-agent's status"))
+    }
+
+    /// Runs `lb-agent inspect` on this agent's pinned maps and returns its output.
+    pub fn inspect(&self) -> Result<String> {
+        let binary = Agent::binary()?;
+        let dir = self.options.bpffs_dir.to_string_lossy();
+        cmd::run(&binary.to_string_lossy(), &["inspect", "--bpffs-dir", &dir])
+    }
+
+    /// The options the agent runs with.
+    pub fn options(&self) -> &AgentOptions {
+        &self.options
+    }
+
+    /// Stops the agent (SIGTERM, SIGKILL after a grace period) and returns how it exited.
+    pub fn stop(mut self) -> Result<ExitStatus> {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> Result<ExitStatus> {
+        if let Some(status) = self.exit_status()? {
+            return Ok(status);
+        }
+        // SAFETY: kill only sends a signal to our own child, which has not been reaped yet.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + STOP_GRACE;
+        while Instant::now() < deadline {
+            if let Some(status) = self.exit_status()? {
+                return Ok(status);
+            }
+            thread::sleep(POLL);
+        }
+        let _ = self.child.kill();
+        self.child
+            .wait()
+            .map_err(io_context("cannot wait for lb-agent"))
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Err(err) = self.terminate() {
+            eprintln!("warning: cannot stop lb-agent: {err}");
+        }
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+        remove_pins(&self.options.bpffs_dir);
+    }
+}
+
+/// Removes a harness-made bpffs directory (`/sys/fs/bpf/lbt-...`) left by an agent; any other
+/// path is left alone.
+fn remove_pins(dir: &Path) {
+    let ours = dir.parent() == Some(Path::new(BPFFS_ROOT))
+        && dir
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("lbt-"));
+    if ours && dir.exists() {
+        if let Err(err) = std::fs::remove_dir_all(dir) {
+            eprintln!("warning: cannot remove {}: {err}", dir.display());
+        }
+    }
+}
+
+/// Removes bpffs directories of harness processes that no longer run and returns them.
+pub fn remove_stale_pins() -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(BPFFS_ROOT) else {
+        return Vec::new();
+    };
+    let stale: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| crate::netns::owner_is_gone(&e.file_name().to_string_lossy()))
+        .map(|e| e.path())
+        .collect();
+    for dir in &stale {
+        remove_pins(dir);
+    }
+    stale
+}
+
+/// Makes the child enter `netns` before exec, run in its own process group (a terminal's
+/// Ctrl-C reaches only the harness, which then stops the agent in order) and get SIGTERM if
+/// the spawning thread dies without stopping it.
+fn enter_netns_before_exec(command: &mut Command, netns: File) {
+    let fd = netns.as_raw_fd();
+    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe system
+    // calls; `netns` stays open in the parent until `spawn` returns because the closure owns it.
+    unsafe {
+        command.pre_exec(move || {
+            let _keep_open = &netns;
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0
+                || libc::setpgid(0, 0) != 0
+                || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Appends every line of `source` to `log` (without terminal colour codes) until EOF.
+fn collect_lines(source: impl Read + Send + 'static, log: Arc<Mutex<String>>) -> JoinHandle<()> {
+    thread::spawn(move || {
+        for line in BufReader::new(source).lines() {
+            let Ok(line) = line else { return };
+            if let Ok(mut log) = log.lock() {
+                log.push_str(&strip_ansi(&line));
+                log.push('\n');
+            }
+        }
+    })
+}
+
+/// Removes ANSI escape sequences (`ESC [ ... letter`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_codes_are_stripped() {
+        assert_eq!(
+            strip_ansi("\u{1b}[2m2026\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m ready"),
+            "2026  INFO ready"
+        );
+    }
+}

@@ -1,0 +1,104 @@
+//! The example Service running for real: a node with a client pod and
+//! [`example::BACKENDS`] backend pods serving TCP and UDP, and `lb-agent` in the node
+//! namespace attached to every pod's veth, reading a manifests directory.
+
+use std::{io, net::SocketAddrV4, path::Path, time::Duration};
+
+use crate::{
+    agent::{Agent, AgentOptions},
+    example,
+    servers::{tcp_request, udp_request, Reply, Server},
+    topology::{backend_name, Pod, Topology, CLIENT},
+    Result,
+};
+
+/// Transport protocol of a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+/// A running example cluster; dropping it stops the agent, then the servers, then deletes the
+/// namespaces.
+#[derive(Debug)]
+pub struct Cluster {
+    // Field order is drop order.
+    agent: Agent,
+    /// Per backend, its TCP and UDP server.
+    servers: Vec<(Server, Server)>,
+    topology: Topology,
+}
+
+impl Cluster {
+    /// Builds the topology, starts the backends' servers and then the agent on `manifests`
+    /// with `log_level`, and waits until the agent is ready.
+    pub fn start(manifests: &Path, log_level: &str) -> Result<Cluster> {
+        let topology = Topology::client_and_backends(example::BACKENDS)?;
+        let mut servers = Vec::new();
+        for i in 0..example::BACKENDS {
+            let pod = topology.pod(&backend_name(i));
+            let tcp = SocketAddrV4::new(pod.addr, example::TCP_TARGET_PORT);
+            let udp = SocketAddrV4::new(pod.addr, example::UDP_TARGET_PORT);
+            servers.push((
+                Server::tcp(&pod.netns, tcp, &pod.name)?,
+                Server::udp(&pod.netns, udp, &pod.name)?,
+            ));
+        }
+        let mut options = AgentOptions::new(topology.id(), manifests, topology.host_ifaces());
+        options.log_level = log_level.to_string();
+        let agent = Agent::start(topology.node(), options)?;
+        Ok(Cluster {
+            agent,
+            servers,
+            topology,
+        })
+    }
+
+    /// The agent.
+    pub fn agent(&self) -> &Agent {
+        &self.agent
+    }
+
+    /// The agent, to wait for its logs or check its status.
+    pub fn agent_mut(&mut self) -> &mut Agent {
+        &mut self.agent
+    }
+
+    /// TCP connections accepted, or UDP datagrams answered, by backend `index` so far.
+    pub fn served(&self, index: usize, protocol: Protocol) -> usize {
+        let (tcp, udp) = &self.servers[index];
+        match protocol {
+            Protocol::Tcp => tcp.served(),
+            Protocol::Udp => udp.served(),
+        }
+    }
+
+    /// The topology.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// The client pod.
+    pub fn client(&self) -> &Pod {
+        self.topology.pod(CLIENT)
+    }
+
+    /// Sends `count` requests to the Service's frontend for `protocol` from the client pod,
+    /// one new connection (TCP) or fresh socket (UDP) each, waiting up to `timeout` for each.
+    pub fn requests(
+        &self,
+        protocol: Protocol,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<Vec<io::Result<Reply>>> {
+        self.client().netns.run(|| {
+            (0..count)
+                .map(|_| match protocol {
+                    Protocol::Tcp => tcp_request(example::tcp_vip(), timeout),
+                    Protocol::Udp => udp_request(example::udp_vip(), timeout),
+                })
+                .collect()
+        })
+    }
+}

@@ -1,0 +1,107 @@
+//! The example Service in `manifests/examples/` (used by `cargo xtask demo` and the e2e
+//! tests): its addresses and ports, and its EndpointSlice for any subset of the backends of
+//! [`Topology::client_and_backends`](crate::topology::Topology::client_and_backends).
+
+use std::{
+    fmt::Write as _,
+    net::{Ipv4Addr, SocketAddrV4},
+    path::{Path, PathBuf},
+};
+
+use crate::topology::{backend_addr, backend_name};
+
+/// The Service's ClusterIP.
+pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
+/// The Service's TCP port and the port the backends' TCP servers listen on.
+pub const TCP_PORT: u16 = 80;
+pub const TCP_TARGET_PORT: u16 = 8080;
+/// The Service's UDP port and the port the backends' UDP servers listen on.
+pub const UDP_PORT: u16 = 53;
+pub const UDP_TARGET_PORT: u16 = 8053;
+/// Number of backends in the example EndpointSlice.
+pub const BACKENDS: usize = 3;
+/// File names in the manifests directory.
+pub const SERVICE_FILE: &str = "service.yaml";
+pub const ENDPOINTSLICE_FILE: &str = "endpointslice.yaml";
+
+/// The TCP frontend.
+pub fn tcp_vip() -> SocketAddrV4 {
+    SocketAddrV4::new(VIP, TCP_PORT)
+}
+
+/// The UDP frontend.
+pub fn udp_vip() -> SocketAddrV4 {
+    SocketAddrV4::new(VIP, UDP_PORT)
+}
+
+/// `manifests/examples` in the source tree.
+pub fn manifests_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../manifests/examples")
+        .components()
+        .collect()
+}
+
+/// The example EndpointSlice listing only the backends with the given indexes (all of them
+/// for `0..BACKENDS` gives the example file's content, without its comment).
+pub fn endpointslice_yaml(backends: &[usize]) -> String {
+    let mut yaml = format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: demo-abc12\n  \
+         namespace: default\n  labels:\n    kubernetes.io/service-name: demo\naddressType: IPv4\n\
+         ports:\n  - name: http\n    protocol: TCP\n    port: {TCP_TARGET_PORT}\n  - name: dns\n    \
+         protocol: UDP\n    port: {UDP_TARGET_PORT}\nendpoints:\n"
+    );
+    if backends.is_empty() {
+        yaml.truncate(yaml.len() - 1);
+        yaml.push_str(" []\n");
+    }
+    for &i in backends {
+        let _ = write!(
+            yaml,
+            "  - addresses:\n      - {}\n    conditions:\n      ready: true\n    targetRef:\n      \
+             kind: Pod\n      namespace: default\n      name: {}\n",
+            backend_addr(i),
+            backend_name(i)
+        );
+    }
+    yaml
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn without_comments(text: &str) -> String {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    }
+
+    #[test]
+    fn generated_endpointslice_matches_the_example_file() {
+        let file = std::fs::read_to_string(manifests_dir().join(ENDPOINTSLICE_FILE)).unwrap();
+        assert_eq!(without_comments(&file), endpointslice_yaml(&[0, 1, 2]));
+        let one = endpointslice_yaml(&[1]);
+        assert!(
+            one.contains("198.18.0.12") && !one.contains("198.18.0.11"),
+            "{one}"
+        );
+        assert!(endpointslice_yaml(&[]).ends_with("endpoints: []\n"));
+    }
+
+    #[test]
+    fn constants_match_the_example_service() {
+        let file = std::fs::read_to_string(manifests_dir().join(SERVICE_FILE)).unwrap();
+        for expected in [
+            format!("clusterIP: {VIP}\n"),
+            format!("protocol: TCP\n      port: {TCP_PORT}\n      targetPort: {TCP_TARGET_PORT}\n"),
+            format!("protocol: UDP\n      port: {UDP_PORT}\n      targetPort: {UDP_TARGET_PORT}\n"),
+        ] {
+            assert!(
+                file.contains(&expected),
+                "{expected:?} not in {SERVICE_FILE}"
+            );
+        }
+    }
+}

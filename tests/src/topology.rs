@@ -1,0 +1,160 @@
+//! A node with pods, wired as kind's ptp CNI does: a "node" network namespace and one namespace
+//! per pod, joined by veth pairs. The node side of every veth holds the gateway address
+//! [`GATEWAY`]/32 and a /32 route to its pod; the pod has its address/32 on `eth0` and a
+//! default route via the gateway. The node forwards (ip_forward=1) with rp_filter off, since
+//! replies translated back to a VIP arrive on a pod's veth that has no route to the VIP.
+
+use std::net::Ipv4Addr;
+
+use crate::{netns::NetNs, Error, Result};
+
+/// Node-side address of every pod veth, the pods' default gateway (a link-local-like /32, as
+/// kind's ptp CNI uses the node's pod-CIDR gateway).
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+/// Address of the client pod in [`Topology::client_and_backends`].
+pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
+/// Name of the client pod in [`Topology::client_and_backends`].
+pub const CLIENT: &str = "client";
+/// Interface name of every pod's end of its veth.
+pub const POD_IFACE: &str = "eth0";
+/// Longest interface name the kernel accepts (IFNAMSIZ - 1).
+const MAX_IFACE_NAME: usize = 15;
+
+/// Name of backend `index` in [`Topology::client_and_backends`].
+pub fn backend_name(index: usize) -> String {
+    format!("backend-{index}")
+}
+
+/// Address of backend `index` in [`Topology::client_and_backends`]: 198.18.0.11, .12, ...
+pub fn backend_addr(index: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 0, 11 + index as u8)
+}
+
+/// One pod: its namespace, address and the node-side end of its veth.
+#[derive(Debug)]
+pub struct Pod {
+    pub name: String,
+    pub addr: Ipv4Addr,
+    /// Name of the veth end in the node namespace (where the agent attaches).
+    pub host_iface: String,
+    pub netns: NetNs,
+}
+
+/// A node namespace and its pods; all namespaces (and so all veths) are deleted on drop.
+#[derive(Debug)]
+pub struct Topology {
+    id: String,
+    pods: Vec<Pod>,
+    node: NetNs,
+}
+
+impl Topology {
+    /// Builds a node with the given pods (name, address). Namespace names carry a prefix unique
+    /// to this process and call, so topologies can coexist.
+    pub fn new(pods: &[(&str, Ipv4Addr)]) -> Result<Topology> {
+        let id = crate::netns::unique_prefix();
+        let node = NetNs::create(&format!("{id}-node"))?;
+        node.set_sysctl("net.ipv4.ip_forward", "1")?;
+        node.set_sysctl("net.ipv4.conf.all.rp_filter", "0")?;
+        node.set_sysctl("net.ipv4.conf.default.rp_filter", "0")?;
+        let mut topology = Topology {
+            id,
+            pods: Vec::with_capacity(pods.len()),
+            node,
+        };
+        for (name, addr) in pods {
+            let pod = topology.add_pod(name, *addr)?;
+            topology.pods.push(pod);
+        }
+        Ok(topology)
+    }
+
+    /// A client pod ([`CLIENT`] at [`CLIENT_ADDR`]) and `backends` backend pods
+    /// ([`backend_name`] at [`backend_addr`]).
+    pub fn client_and_backends(backends: usize) -> Result<Topology> {
+        let names: Vec<String> = (0..backends).map(backend_name).collect();
+        let mut pods = vec![(CLIENT, CLIENT_ADDR)];
+        pods.extend(
+            names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.as_str(), backend_addr(i))),
+        );
+        Topology::new(&pods)
+    }
+
+    fn add_pod(&self, name: &str, addr: Ipv4Addr) -> Result<Pod> {
+        let host_iface = format!("v-{name}");
+        if host_iface.len() > MAX_IFACE_NAME {
+            return Err(Error::Invalid {
+                what: format!("pod name {name:?}"),
+                reason: format!("veth name {host_iface:?} exceeds {MAX_IFACE_NAME} bytes"),
+            });
+        }
+        let netns = NetNs::create(&format!("{}-{name}", self.id))?;
+        let node = &self.node;
+        node.ip(&[
+            "link",
+            "add",
+            &host_iface,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            POD_IFACE,
+            "netns",
+            netns.name(),
+        ])?;
+        node.set_sysctl(&format!("net.ipv4.conf.{host_iface}.rp_filter"), "0")?;
+        node.ip(&["addr", "add", &format!("{GATEWAY}/32"), "dev", &host_iface])?;
+        node.ip(&["link", "set", &host_iface, "up"])?;
+        node.ip(&[
+            "route",
+            "add",
+            &format!("{addr}/32"),
+            "dev",
+            &host_iface,
+            "scope",
+            "host",
+        ])?;
+        netns.ip(&["addr", "add", &format!("{addr}/32"), "dev", POD_IFACE])?;
+        netns.ip(&["link", "set", POD_IFACE, "up"])?;
+        let gateway = GATEWAY.to_string();
+        netns.ip(&["route", "add", &gateway, "dev", POD_IFACE, "scope", "link"])?;
+        netns.ip(&["route", "add", "default", "via", &gateway, "dev", POD_IFACE])?;
+        Ok(Pod {
+            name: name.to_string(),
+            addr,
+            host_iface,
+            netns,
+        })
+    }
+
+    /// Unique id of this topology (`lbt-<pid>-<n>`), also usable for per-test paths.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The node namespace (where the agent runs and the veths' node ends live).
+    pub fn node(&self) -> &NetNs {
+        &self.node
+    }
+
+    /// All pods, in creation order.
+    pub fn pods(&self) -> &[Pod] {
+        &self.pods
+    }
+
+    /// The pod called `name`; panics if there is none (a bug in the calling test).
+    pub fn pod(&self, name: &str) -> &Pod {
+        self.pods
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no pod {name:?} in topology {}", self.id))
+    }
+
+    /// Node-side interface names of all pods (what the agent attaches to).
+    pub fn host_ifaces(&self) -> Vec<String> {
+        self.pods.iter().map(|p| p.host_iface.clone()).collect()
+    }
+}
