@@ -1,1 +1,37 @@
-fn main() {}
+//! Project tasks, run as `cargo xtask <task>` (alias in `.cargo/config.toml`).
+
+mod build_ebpf;
+mod demo;
+mod setup;
+mod shell;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Tasks for the eBPF service load balancer")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (Debian packages, nightly rust-src, bpf-linker).
+    Setup,
+    /// Build the eBPF object (lb-ebpf) with nightly for bpfel-unknown-none.
+    BuildEbpf,
+    /// Format check, lints, build and every test (root-only tests skip loudly when not root).
+    Test,
+    /// Run the agent in a network namespace with real pods and show where requests go.
+    Demo(demo::Demo),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::BuildEbpf => build_ebpf::run().map(|object| println!("{}", object.display())),
+        Task::Test => test::run(),
+        Task::Demo(demo) => demo.run(),
+    }
+}
