@@ -1,0 +1,155 @@
+//! Conntrack keys and entries: a forward entry keyed by the client's packet and a reply entry
+//! keyed by the backend's answer (see `lb_common::conntrack`).
+
+use lb_common::{conntrack::ct_flags, ipv4_mapped, Backend, CtKey, CtValue};
+
+use crate::parse::{Endpoint, Ipv4Flow};
+
+/// `last_seen_ns` is rewritten at most this often, keeping established flows write-free.
+pub const REFRESH_INTERVAL_NS: u64 = 1_000_000_000;
+
+/// The key of a packet as it arrives.
+#[inline(always)]
+pub fn key_of(flow: &Ipv4Flow) -> CtKey {
+    key(flow.src, flow.dst, flow.proto)
+}
+
+/// The key of the packets `backend` sends back to the client of `forward`.
+#[inline(always)]
+pub fn reply_key(forward: &CtKey, backend_addr: [u8; 16], backend_port: [u8; 2]) -> CtKey {
+    CtKey {
+        src_addr: backend_addr,
+        dst_addr: forward.src_addr,
+        src_port: backend_port,
+        dst_port: forward.src_port,
+        proto: forward.proto,
+        _pad: [0; 3],
+    }
+}
+
+#[inline(always)]
+fn key(src: Endpoint, dst: Endpoint, proto: u8) -> CtKey {
+    CtKey {
+        src_addr: ipv4_mapped(src.addr),
+        dst_addr: ipv4_mapped(dst.addr),
+        src_port: src.port,
+        dst_port: dst.port,
+        proto,
+        _pad: [0; 3],
+    }
+}
+
+/// The two entries of a new flow: forward (translate to `backend`) and reply (translate back
+/// to the VIP the client addressed in `forward`).
+#[inline(always)]
+pub fn new_flow(
+    forward: &CtKey,
+    service_id: u32,
+    backend_id: u32,
+    backend: &Backend,
+    now_ns: u64,
+) -> (CtValue, CtKey, CtValue) {
+    let entry = |nat_addr, nat_port, flags| CtValue {
+        nat_addr,
+        nat_port,
+        flags,
+        _pad: 0,
+        service_id,
+        backend_id,
+        _pad2: 0,
+        last_seen_ns: now_ns,
+    };
+    (
+        entry(backend.addr, backend.port, ct_flags::FORWARD),
+        reply_key(forward, backend.addr, backend.port),
+        entry(forward.dst_addr, forward.dst_port, ct_flags::REPLY),
+    )
+}
+
+/// Whether the backend a forward entry translates to is still the one in the backends map.
+#[inline(always)]
+pub fn backend_matches(entry: &CtValue, backend: Option<&Backend>) -> bool {
+    backend.is_some_and(|b| b.addr == entry.nat_addr && b.port == entry.nat_port)
+}
+
+/// Marks the entry as used now, unless that was already done within the refresh interval.
+#[inline(always)]
+pub fn refresh(entry: &mut CtValue, now_ns: u64) {
+    if now_ns.wrapping_sub(entry.last_seen_ns) >= REFRESH_INTERVAL_NS {
+        entry.last_seen_ns = now_ns;
+    }
+}
+
+/// The IPv4 address inside an IPv4-mapped map address (entries hold only those).
+#[inline(always)]
+pub fn v4(addr: &[u8; 16]) -> [u8; 4] {
+    [addr[12], addr[13], addr[14], addr[15]]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lb_common::IPPROTO_TCP;
+
+    fn flow() -> Ipv4Flow {
+        Ipv4Flow {
+            l4_offset: 34,
+            proto: IPPROTO_TCP,
+            src: Endpoint {
+                addr: [198, 18, 0, 10],
+                port: 40000u16.to_be_bytes(),
+            },
+            dst: Endpoint {
+                addr: [198, 19, 0, 1],
+                port: 80u16.to_be_bytes(),
+            },
+            tcp_flags: 0x02,
+        }
+    }
+
+    #[test]
+    fn reply_key_is_the_backends_answer() {
+        let fwd = key_of(&flow());
+        let backend = Backend::new(ipv4_mapped([198, 18, 1, 2]), 8080);
+        let (f, rk, r) = new_flow(&fwd, 7, 3, &backend, 42);
+        assert_eq!(
+            (f.nat_addr, f.nat_port(), f.flags),
+            (backend.addr, 8080, ct_flags::FORWARD)
+        );
+        assert_eq!(rk.src_addr, backend.addr);
+        assert_eq!(rk.src_port, 8080u16.to_be_bytes());
+        assert_eq!(rk.dst_addr, ipv4_mapped([198, 18, 0, 10]));
+        assert_eq!(rk.dst_port, 40000u16.to_be_bytes());
+        assert_eq!(rk.proto, IPPROTO_TCP);
+        assert_eq!(
+            (r.nat_addr, r.nat_port(), r.flags),
+            (ipv4_mapped([198, 19, 0, 1]), 80, ct_flags::REPLY)
+        );
+        for v in [f, r] {
+            assert_eq!((v.service_id, v.backend_id, v.last_seen_ns), (7, 3, 42));
+        }
+    }
+
+    #[test]
+    fn refresh_writes_at_most_once_a_second() {
+        let fwd = key_of(&flow());
+        let backend = Backend::new(ipv4_mapped([198, 18, 1, 2]), 8080);
+        let (mut e, _, _) = new_flow(&fwd, 1, 1, &backend, 5_000_000_000);
+        refresh(&mut e, 5_999_999_999);
+        assert_eq!(e.last_seen_ns, 5_000_000_000);
+        refresh(&mut e, 6_000_000_000);
+        assert_eq!(e.last_seen_ns, 6_000_000_000);
+    }
+
+    #[test]
+    fn backend_must_match_address_and_port() {
+        let backend = Backend::new(ipv4_mapped([198, 18, 1, 2]), 8080);
+        let (e, _, _) = new_flow(&key_of(&flow()), 1, 1, &backend, 0);
+        assert!(backend_matches(&e, Some(&backend)));
+        assert!(!backend_matches(&e, None));
+        let moved = Backend::new(ipv4_mapped([198, 18, 1, 3]), 8080);
+        assert!(!backend_matches(&e, Some(&moved)));
+        let other_port = Backend::new(backend.addr, 8081);
+        assert!(!backend_matches(&e, Some(&other_port)));
+    }
+}

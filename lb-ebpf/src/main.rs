@@ -1,0 +1,63 @@
+//! Kernel data path of the service load balancer: XDP and TC ingress programs that translate
+//! Service VIP:port to a backend and the backend's replies back, driven by the maps in
+//! [`maps`] (layouts in `lb-common`).
+//!
+//! Both hooks run the same pipeline ([`lb::process`]); they differ only in how a packet is read
+//! and rewritten ([`context`]).
+#![cfg_attr(not(test), no_std)]
+#![cfg_attr(not(test), no_main)]
+
+mod checksum;
+mod conntrack;
+mod context;
+mod error;
+mod lb;
+mod maps;
+mod parse;
+mod rewrite;
+mod select;
+mod stats;
+#[cfg(test)]
+mod testing;
+
+use aya_ebpf::{
+    bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+
+use crate::{
+    context::{TcPacket, XdpPacket},
+    error::Verdict,
+    maps::KernelMaps,
+};
+
+/// TC ingress on pod-facing interfaces (`lb_common::program_names::TC_INGRESS`).
+#[classifier]
+pub fn lb_tc_ingress(ctx: TcContext) -> i32 {
+    match lb::process(&mut TcPacket(ctx), &mut KernelMaps) {
+        Verdict::Pass => TC_ACT_OK as i32,
+        Verdict::Drop => TC_ACT_SHOT as i32,
+    }
+}
+
+/// XDP on the node's external interface (`lb_common::program_names::XDP_INGRESS`).
+#[xdp]
+pub fn lb_xdp_ingress(ctx: XdpContext) -> u32 {
+    match lb::process(&mut XdpPacket(ctx), &mut KernelMaps) {
+        Verdict::Pass => xdp_action::XDP_PASS,
+        Verdict::Drop => xdp_action::XDP_DROP,
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The program has no panicking paths the verifier would accept; this is never reached.
+    loop {}
+}
+
+#[cfg(not(test))]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

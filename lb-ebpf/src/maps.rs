@@ -1,0 +1,116 @@
+//! The BPF maps (names and layout shared with the agent through lb-common) and the narrow
+//! interface the pipeline uses to reach them.
+
+use crate::conntrack;
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray},
+};
+use lb_common::{
+    capacity, Backend, BackendSlotKey, Counter, CtKey, CtValue, ServiceKey, ServiceStats,
+    ServiceValue,
+};
+
+#[map]
+static LB_SERVICES: HashMap<ServiceKey, ServiceValue> =
+    HashMap::with_max_entries(capacity::SERVICES, 0);
+#[map]
+static LB_SLOTS: HashMap<BackendSlotKey, u32> =
+    HashMap::with_max_entries(capacity::BACKEND_SLOTS, 0);
+#[map]
+static LB_BACKENDS: HashMap<u32, Backend> = HashMap::with_max_entries(capacity::BACKENDS, 0);
+#[map]
+static LB_CONNTRACK: LruHashMap<CtKey, CtValue> =
+    LruHashMap::with_max_entries(capacity::CONNTRACK, 0);
+#[map]
+static LB_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+#[map]
+static LB_SVC_STATS: PerCpuArray<ServiceStats> =
+    PerCpuArray::with_max_entries(capacity::SERVICES, 0);
+
+/// What the pipeline reads and writes besides the packet: the maps, and the clock.
+///
+/// Lookups return copies of the (small) values; counters hand out this CPU's slot.
+pub trait Maps {
+    fn service(&mut self, key: &ServiceKey) -> Option<ServiceValue>;
+    fn slot(&mut self, key: &BackendSlotKey) -> Option<u32>;
+    fn backend(&mut self, id: u32) -> Option<Backend>;
+    /// Looks up a flow and marks it used now (see [`conntrack::refresh`]).
+    fn conntrack(&mut self, key: &CtKey) -> Option<CtValue>;
+    /// Inserts or replaces an entry; `Err` when the map refuses it.
+    fn insert_conntrack(&mut self, key: &CtKey, value: &CtValue) -> Result<(), ()>;
+    fn remove_conntrack(&mut self, key: &CtKey);
+    /// This CPU's slot of a node-wide counter.
+    fn counter(&mut self, counter: Counter) -> Option<&mut u64>;
+    /// This CPU's counters of a service (`None` for ids beyond the map).
+    fn service_stats(&mut self, service_id: u32) -> Option<&mut ServiceStats>;
+    /// `CLOCK_MONOTONIC` in nanoseconds.
+    fn now_ns(&self) -> u64;
+}
+
+/// The maps of the loaded object.
+pub struct KernelMaps;
+
+impl Maps for KernelMaps {
+    #[inline(always)]
+    fn service(&mut self, key: &ServiceKey) -> Option<ServiceValue> {
+        // SAFETY: plain-old-data value, copied out at once.
+        unsafe { LB_SERVICES.get(key).copied() }
+    }
+
+    #[inline(always)]
+    fn slot(&mut self, key: &BackendSlotKey) -> Option<u32> {
+        // SAFETY: as above.
+        unsafe { LB_SLOTS.get(key).copied() }
+    }
+
+    #[inline(always)]
+    fn backend(&mut self, id: u32) -> Option<Backend> {
+        // SAFETY: as above.
+        unsafe { LB_BACKENDS.get(&id).copied() }
+    }
+
+    #[inline(always)]
+    fn conntrack(&mut self, key: &CtKey) -> Option<CtValue> {
+        let entry = LB_CONNTRACK.get_ptr_mut(key)?;
+        // SAFETY: the element stays valid for the program run (RCU); a concurrent update can at
+        // worst tear it, and the next packet of the flow overwrites it.
+        let entry = unsafe { &mut *entry };
+        conntrack::refresh(entry, self.now_ns());
+        Some(*entry)
+    }
+
+    #[inline(always)]
+    fn insert_conntrack(&mut self, key: &CtKey, value: &CtValue) -> Result<(), ()> {
+        LB_CONNTRACK.insert(key, value, 0).map_err(|_| ())
+    }
+
+    #[inline(always)]
+    fn remove_conntrack(&mut self, key: &CtKey) {
+        // A missing entry is already the wanted state.
+        let _ = LB_CONNTRACK.remove(key);
+    }
+
+    #[inline(always)]
+    fn counter(&mut self, counter: Counter) -> Option<&mut u64> {
+        // SAFETY: per-CPU slot: no other program run writes it concurrently.
+        LB_STATS
+            .get_ptr_mut(counter as u32)
+            .map(|p| unsafe { &mut *p })
+    }
+
+    #[inline(always)]
+    fn service_stats(&mut self, service_id: u32) -> Option<&mut ServiceStats> {
+        // SAFETY: as above.
+        LB_SVC_STATS
+            .get_ptr_mut(service_id)
+            .map(|p| unsafe { &mut *p })
+    }
+
+    #[inline(always)]
+    fn now_ns(&self) -> u64 {
+        // SAFETY: no arguments, no side effects.
+        unsafe { bpf_ktime_get_ns() }
+    }
+}

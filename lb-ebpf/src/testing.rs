@@ -1,0 +1,275 @@
+//! Host test support: frame builder, checksum verification, a byte-vector packet and in-memory
+//! maps standing in for the kernel ones.
+
+use std::collections::HashMap;
+
+use lb_common::{
+    Backend, BackendSlotKey, Counter, CtKey, CtValue, ServiceKey, ServiceStats, ServiceValue,
+    IPPROTO_TCP, IPPROTO_UDP,
+};
+
+use crate::{
+    conntrack,
+    context::Packet,
+    maps::Maps,
+    parse::{Endpoint, Ipv4Flow},
+    rewrite::{self, RewriteFailed, Side, Store},
+};
+
+/// Full Internet checksum (RFC 1071) of `bytes`, as stored in a header.
+pub fn full_checksum(bytes: &[u8]) -> [u8; 2] {
+    let mut sum: u64 = 0;
+    for chunk in bytes.chunks(2) {
+        sum += u64::from(chunk[0]) << 8 | chunk.get(1).map_or(0, |b| u64::from(*b));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    (!(sum as u16)).to_be_bytes()
+}
+
+/// A tiny deterministic generator, so failures reproduce.
+pub struct Lcg(pub u64);
+
+impl Lcg {
+    pub fn bytes<const N: usize>(&mut self) -> [u8; N] {
+        core::array::from_fn(|_| {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (self.0 >> 56) as u8
+        })
+    }
+}
+
+/// What [`frame`] builds: Ethernet + IPv4 (with options) + TCP or UDP + payload.
+#[derive(Clone, Debug)]
+pub struct FrameSpec {
+    pub src: Endpoint,
+    pub dst: Endpoint,
+    pub proto: u8,
+    pub tcp_flags: u8,
+    pub ip_options: Vec<u8>,
+    pub payload: Vec<u8>,
+    /// Send a UDP checksum of 0 (none).
+    pub udp_no_checksum: bool,
+}
+
+pub const CLIENT: Endpoint = Endpoint {
+    addr: [198, 18, 0, 10],
+    port: 40000u16.to_be_bytes(),
+};
+pub const VIP: Endpoint = Endpoint {
+    addr: [198, 19, 0, 1],
+    port: 80u16.to_be_bytes(),
+};
+
+impl FrameSpec {
+    pub fn tcp_syn() -> Self {
+        FrameSpec {
+            src: CLIENT,
+            dst: VIP,
+            proto: IPPROTO_TCP,
+            tcp_flags: 0x02,
+            ip_options: Vec::new(),
+            payload: Vec::new(),
+            udp_no_checksum: false,
+        }
+    }
+
+    pub fn udp() -> Self {
+        FrameSpec {
+            proto: IPPROTO_UDP,
+            tcp_flags: 0,
+            payload: b"hello".to_vec(),
+            ..Self::tcp_syn()
+        }
+    }
+
+    /// The same flow in the other direction.
+    pub fn reversed(&self) -> Self {
+        FrameSpec {
+            src: self.dst,
+            dst: self.src,
+            ..self.clone()
+        }
+    }
+}
+
+/// Builds a frame with valid IPv4 and L4 checksums.
+pub fn frame(spec: &FrameSpec) -> Vec<u8> {
+    assert!(spec.ip_options.len() % 4 == 0 && spec.ip_options.len() <= 40);
+    let ihl = 20 + spec.ip_options.len();
+    let mut l4 = Vec::new();
+    l4.extend_from_slice(&spec.src.port);
+    l4.extend_from_slice(&spec.dst.port);
+    if spec.proto == IPPROTO_TCP {
+        l4.extend_from_slice(&1u32.to_be_bytes()); // seq
+        l4.extend_from_slice(&0u32.to_be_bytes()); // ack
+        l4.extend_from_slice(&[0x50, spec.tcp_flags, 0xfa, 0xf0, 0, 0, 0, 0]);
+    } else {
+        let len = (8 + spec.payload.len()) as u16;
+        l4.extend_from_slice(&len.to_be_bytes());
+        l4.extend_from_slice(&[0, 0]);
+    }
+    l4.extend_from_slice(&spec.payload);
+    let total = (ihl + l4.len()) as u16;
+
+    let mut ip = vec![0x40 | (ihl / 4) as u8, 0];
+    ip.extend_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&[0x12, 0x34, 0x40, 0x00, 64, spec.proto, 0, 0]);
+    ip.extend_from_slice(&spec.src.addr);
+    ip.extend_from_slice(&spec.dst.addr);
+    ip.extend_from_slice(&spec.ip_options);
+    let ip_check = full_checksum(&ip);
+    ip[10..12].copy_from_slice(&ip_check);
+
+    let check_at = if spec.proto == IPPROTO_TCP { 16 } else { 6 };
+    if !(spec.proto == IPPROTO_UDP && spec.udp_no_checksum) {
+        let mut check = full_checksum(&[pseudo_header(&ip, l4.len()), l4.clone()].concat());
+        if check == [0, 0] && spec.proto == IPPROTO_UDP {
+            check = [0xff, 0xff];
+        }
+        l4[check_at..check_at + 2].copy_from_slice(&check);
+    }
+
+    let mut f = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1, 0x08, 0x00];
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&l4);
+    f
+}
+
+fn pseudo_header(ip: &[u8], l4_len: usize) -> Vec<u8> {
+    let mut p = ip[12..20].to_vec();
+    p.extend_from_slice(&[0, ip[9]]);
+    p.extend_from_slice(&(l4_len as u16).to_be_bytes());
+    p
+}
+
+/// Whether the IPv4 header checksum and the TCP/UDP checksum of `frame` verify
+/// (a UDP checksum of 0 means none and verifies).
+pub fn checksums_valid(frame: &[u8]) -> bool {
+    let ihl = usize::from(frame[14] & 0x0f) * 4;
+    let ip = &frame[14..14 + ihl];
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    let l4 = &frame[14 + ihl..14 + total];
+    let udp_unchecked = ip[9] == IPPROTO_UDP && l4[6..8] == [0, 0];
+    full_checksum(ip) == [0, 0]
+        && (udp_unchecked
+            || full_checksum(&[pseudo_header(ip, l4.len()), l4.to_vec()].concat()) == [0, 0])
+}
+
+/// A frame in memory, rewritten in place like an XDP frame.
+pub struct SlicePacket {
+    pub bytes: Vec<u8>,
+    /// Makes every store fail, to exercise the rewrite failure path.
+    pub fail_stores: bool,
+}
+
+impl SlicePacket {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        SlicePacket {
+            bytes,
+            fail_stores: false,
+        }
+    }
+}
+
+impl Packet for SlicePacket {
+    fn frame_len(&self) -> u32 {
+        self.bytes.len() as u32
+    }
+
+    fn load<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        const { assert!(N >= 2, "as the kernel contexts require") };
+        self.bytes.get(offset..offset + N)?.try_into().ok()
+    }
+
+    fn rewrite(&mut self, flow: &Ipv4Flow, side: Side, to: Endpoint) -> Result<(), RewriteFailed> {
+        rewrite::in_place(self, flow, side, to)
+    }
+}
+
+impl Store for SlicePacket {
+    fn store<const N: usize>(&mut self, offset: usize, bytes: [u8; N]) -> Option<()> {
+        if self.fail_stores {
+            return None;
+        }
+        self.bytes
+            .get_mut(offset..offset + N)?
+            .copy_from_slice(&bytes);
+        Some(())
+    }
+}
+
+/// In-memory maps with a settable clock.
+#[derive(Default)]
+pub struct FakeMaps {
+    pub services: HashMap<ServiceKey, ServiceValue>,
+    pub slots: HashMap<BackendSlotKey, u32>,
+    pub backends: HashMap<u32, Backend>,
+    pub conntrack: HashMap<CtKey, CtValue>,
+    /// Refuse conntrack inserts, as a full or failing map would.
+    pub conntrack_full: bool,
+    pub counters: HashMap<u32, u64>,
+    pub service_stats: HashMap<u32, ServiceStats>,
+    pub now_ns: u64,
+}
+
+impl FakeMaps {
+    pub fn counter_value(&self, counter: Counter) -> u64 {
+        self.counters.get(&(counter as u32)).copied().unwrap_or(0)
+    }
+
+    pub fn stats_of(&self, service_id: u32) -> ServiceStats {
+        self.service_stats
+            .get(&service_id)
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
+impl Maps for FakeMaps {
+    fn service(&mut self, key: &ServiceKey) -> Option<ServiceValue> {
+        self.services.get(key).copied()
+    }
+
+    fn slot(&mut self, key: &BackendSlotKey) -> Option<u32> {
+        self.slots.get(key).copied()
+    }
+
+    fn backend(&mut self, id: u32) -> Option<Backend> {
+        self.backends.get(&id).copied()
+    }
+
+    fn conntrack(&mut self, key: &CtKey) -> Option<CtValue> {
+        let entry = self.conntrack.get_mut(key)?;
+        conntrack::refresh(entry, self.now_ns);
+        Some(*entry)
+    }
+
+    fn insert_conntrack(&mut self, key: &CtKey, value: &CtValue) -> Result<(), ()> {
+        if self.conntrack_full {
+            return Err(());
+        }
+        self.conntrack.insert(*key, *value);
+        Ok(())
+    }
+
+    fn remove_conntrack(&mut self, key: &CtKey) {
+        self.conntrack.remove(key);
+    }
+
+    fn counter(&mut self, counter: Counter) -> Option<&mut u64> {
+        Some(self.counters.entry(counter as u32).or_default())
+    }
+
+    fn service_stats(&mut self, service_id: u32) -> Option<&mut ServiceStats> {
+        Some(self.service_stats.entry(service_id).or_default())
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.now_ns
+    }
+}
