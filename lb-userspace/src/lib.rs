@@ -1,1 +1,16 @@
-//! placeholder
+//! Node agent of the eBPF service load balancer: loads the data path ([`datapath`]), turns
+//! Kubernetes Services and EndpointSlices ([`manifests`], [`k8s`]) into a desired state
+//! ([`model`]) and programs it into the maps ([`reconciler`]).
+
+pub mod agent;
+pub mod bpffs;
+pub mod datapath;
+pub mod error;
+pub mod inspect;
+pub mod k8s;
+pub mod manifests;
+pub mod model;
+pub mod reconciler;
+
+pub use datapath::{Capacities, Datapath, Maps};
+pub use reconciler::{MapWriter, Reconciler};

@@ -1,0 +1,112 @@
+//! The BPF filesystem that holds the pinned maps.
+
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use tracing::info;
+
+use crate::error::BpffsError;
+
+/// `statfs` magic number of bpffs.
+const BPF_FS_MAGIC: u32 = 0xcafe_4a11;
+/// Where bpffs is conventionally mounted.
+const BPFFS_MOUNT_POINT: &str = "/sys/fs/bpf";
+
+/// Creates `dir` on a bpffs, first mounting bpffs at `/sys/fs/bpf` when `dir` lies under it
+/// and no bpffs is mounted there yet.
+pub fn prepare_pin_dir(dir: &Path) -> Result<(), BpffsError> {
+    let mount_point = Path::new(BPFFS_MOUNT_POINT);
+    if dir.starts_with(mount_point) && !is_bpffs(mount_point)? {
+        mount_bpffs(mount_point)?;
+        info!("mounted bpffs at {BPFFS_MOUNT_POINT}: none was mounted");
+    }
+    fs::create_dir_all(dir).map_err(|source| BpffsError::Io {
+        action: "creating",
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    if !is_bpffs(dir)? {
+        return Err(BpffsError::NotBpffs {
+            path: dir.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
+/// Removes `dir` and its parents up to and including `top`, as far as they are empty.
+pub fn remove_empty_dirs(dir: &Path, top: &Path) {
+    for d in dir.ancestors() {
+        if fs::remove_dir(d).is_err() || d == top {
+            break;
+        }
+    }
+}
+
+fn is_bpffs(path: &Path) -> Result<bool, BpffsError> {
+    let failed = |source| BpffsError::Io {
+        action: "statfs",
+        path: path.to_path_buf(),
+        source,
+    };
+    let c_path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| failed(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+    let mut stat = MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `c_path` is NUL-terminated and `stat` is writable memory for one statfs.
+    if unsafe { libc::statfs(c_path.as_ptr(), stat.as_mut_ptr()) } != 0 {
+        return Err(failed(io::Error::last_os_error()));
+    }
+    // SAFETY: statfs returned 0, so it filled `stat`.
+    let stat = unsafe { stat.assume_init() };
+    // f_type's width differs between architectures; the magic fits in 32 bits.
+    Ok(stat.f_type as u32 == BPF_FS_MAGIC)
+}
+
+fn mount_bpffs(target: &Path) -> Result<(), BpffsError> {
+    let failed = |source| BpffsError::Mount {
+        path: target.to_path_buf(),
+        source,
+    };
+    let c_target = CString::new(target.as_os_str().as_bytes())
+        .map_err(|e| failed(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+    // SAFETY: every pointer is a NUL-terminated string that outlives the call.
+    let rc = unsafe {
+        libc::mount(
+            c"bpffs".as_ptr(),
+            c_target.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            c"mode=0700".as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        return Err(failed(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plain_directory_is_not_bpffs() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!is_bpffs(dir.path()).unwrap());
+        let pins = dir.path().join("lb/maps");
+        let err = prepare_pin_dir(&pins).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{} is not on a BPF filesystem (bpffs); choose a --bpffs-dir under a bpffs mount",
+                pins.display()
+            )
+        );
+        remove_empty_dirs(&pins, &dir.path().join("lb"));
+        assert!(!dir.path().join("lb").exists());
+        assert!(dir.path().exists(), "stops at the top directory");
+    }
+}

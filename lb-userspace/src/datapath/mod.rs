@@ -1,0 +1,220 @@
+//! The loaded eBPF data path: programs, their attachments and typed access to the maps.
+
+mod maps;
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use aya::programs::{tc, Program, SchedClassifier, TcAttachType, Xdp, XdpMode};
+use aya::util::KernelVersion;
+use aya::{Ebpf, EbpfLoader};
+use lb_common::{capacity, map_names, program_names};
+use tracing::{debug, info, warn};
+
+use crate::error::{Chain, DatapathError};
+pub use maps::Maps;
+
+/// The eBPF object built by `cargo xtask build-ebpf`, embedded by `build.rs`.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf.o"));
+
+/// Map sizes chosen at load time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacities {
+    /// Service frontends; also the highest service id.
+    pub services: u32,
+    /// Distinct backends; also the highest backend id.
+    pub backends: u32,
+    /// Backend slots over all services.
+    pub backend_slots: u32,
+    /// Conntrack entries (two per flow).
+    pub conntrack: u32,
+}
+
+impl Default for Capacities {
+    fn default() -> Self {
+        Self {
+            services: capacity::SERVICES,
+            backends: capacity::BACKENDS,
+            backend_slots: capacity::BACKEND_SLOTS,
+            conntrack: capacity::CONNTRACK,
+        }
+    }
+}
+
+/// The loaded programs and maps. Dropping it detaches every attachment it made and removes
+/// the pins made by [`Datapath::pin_maps`].
+pub struct Datapath {
+    ebpf: Ebpf,
+    maps: Maps,
+    pinned_in: Option<PathBuf>,
+}
+
+impl Datapath {
+    /// Loads the embedded object's maps (sized by `capacities`) and programs into the kernel,
+    /// without attaching or pinning anything.
+    pub fn load(capacities: &Capacities) -> Result<Datapath, DatapathError> {
+        // Service ids run 1..=services and index the per-service counters.
+        let service_stats_len = capacities.services.saturating_add(1);
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(map_names::SERVICES, capacities.services)
+            .map_max_entries(map_names::SERVICE_STATS, service_stats_len)
+            .map_max_entries(map_names::BACKENDS, capacities.backends)
+            .map_max_entries(map_names::BACKEND_SLOTS, capacities.backend_slots)
+            .map_max_entries(map_names::CONNTRACK, capacities.conntrack)
+            .load(EBPF_OBJECT)
+            .map_err(|e| {
+                DatapathError::or_permission_denied("loading the eBPF maps", e, DatapathError::Load)
+            })?;
+        load_program::<SchedClassifier>(&mut ebpf, program_names::TC_INGRESS, |p| p.load())?;
+        load_program::<Xdp>(&mut ebpf, program_names::XDP_INGRESS, |p| p.load())?;
+        let maps = Maps::take_from(&mut ebpf)?;
+        Ok(Datapath {
+            ebpf,
+            maps,
+            pinned_in: None,
+        })
+    }
+
+    /// Attaches the TC program to `iface`'s ingress, after any programs already there. Uses a
+    /// TCX link on kernels >= 6.6 and a netlink filter (adding the clsact qdisc) before that;
+    /// either way other programs' filters are left in place.
+    pub fn attach_tc(&mut self, iface: &str) -> Result<(), DatapathError> {
+        let name = program_names::TC_INGRESS;
+        let program: &mut SchedClassifier = program_mut(&mut self.ebpf, name)?;
+        let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+        if !tcx {
+            // Fails harmlessly when the qdisc exists; attach reports any real problem.
+            if let Err(e) = tc::qdisc_add_clsact(iface) {
+                debug!("adding clsact qdisc to {iface}: {}", Chain(&e));
+            }
+        }
+        program
+            .attach(iface, TcAttachType::Ingress)
+            .map_err(|e| attach_error(name, iface, e))?;
+        let how = if tcx { "tcx link" } else { "netlink filter" };
+        info!("attached {name} to {iface} ingress ({how})");
+        Ok(())
+    }
+
+    /// Attaches the XDP program to `iface` in driver mode, or in generic (SKB) mode when the
+    /// driver has no native XDP.
+    pub fn attach_xdp(&mut self, iface: &str) -> Result<(), DatapathError> {
+        let name = program_names::XDP_INGRESS;
+        let program: &mut Xdp = program_mut(&mut self.ebpf, name)?;
+        match program.attach(iface, XdpMode::Driver) {
+            Ok(_) => info!("attached {name} to {iface} (driver mode)"),
+            Err(native) => {
+                if crate::error::is_permission_denied(&native) {
+                    return Err(attach_error(name, iface, native));
+                }
+                program
+                    .attach(iface, XdpMode::Skb)
+                    .map_err(|e| attach_error(name, iface, e))?;
+                info!(
+                    "attached {name} to {iface} in generic (SKB) mode: driver mode failed: {}",
+                    Chain(&native)
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Pins every map as `<dir>/<map name>` so `lb-agent inspect` (or `bpftool`) can read
+    /// them. `dir` must exist on a bpffs. Stale pins of the same names are replaced; the pins
+    /// are removed when the `Datapath` is dropped.
+    pub fn pin_maps(&mut self, dir: &Path) -> Result<(), DatapathError> {
+        for (name, _) in self.maps.iter() {
+            let path = dir.join(name);
+            match fs::remove_file(&path) {
+                Ok(()) => warn!("replaced stale pin {} from an earlier run", path.display()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => debug!("removing {}: {e}", path.display()),
+            }
+        }
+        self.pinned_in = Some(dir.to_path_buf());
+        self.maps.pin(dir)
+    }
+
+    /// The TC program, e.g. for `aya::programs::TestRun`.
+    pub fn tc_program(&self) -> &SchedClassifier {
+        program_ref(&self.ebpf, program_names::TC_INGRESS)
+    }
+
+    /// The XDP program, e.g. for `aya::programs::TestRun`.
+    pub fn xdp_program(&self) -> &Xdp {
+        program_ref(&self.ebpf, program_names::XDP_INGRESS)
+    }
+
+    /// Typed access to the maps; writes go through [`crate::reconciler::MapWriter`].
+    pub fn maps(&mut self) -> &mut Maps {
+        &mut self.maps
+    }
+}
+
+impl Drop for Datapath {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.pinned_in {
+            for (name, _) in self.maps.iter() {
+                let path = dir.join(name);
+                if let Err(e) = fs::remove_file(&path) {
+                    warn!("removing pin {} failed: {e}", path.display());
+                }
+            }
+        }
+    }
+}
+
+/// Looks a program up by name and type.
+fn program_mut<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, DatapathError>
+where
+    &'a mut P: TryFrom<&'a mut Program>,
+{
+    ebpf.program_mut(name)
+        .and_then(|p| p.try_into().ok())
+        .ok_or(DatapathError::MissingProgram(name))
+}
+
+/// A program [`Datapath::load`] has checked to exist with this type.
+fn program_ref<'a, P>(ebpf: &'a Ebpf, name: &'static str) -> &'a P
+where
+    &'a P: TryFrom<&'a Program>,
+{
+    ebpf.program(name)
+        .and_then(|p| p.try_into().ok())
+        .unwrap_or_else(|| unreachable!("Datapath::load checked program {name}"))
+}
+
+fn load_program<P>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    load: impl FnOnce(&mut P) -> Result<(), aya::programs::ProgramError>,
+) -> Result<(), DatapathError>
+where
+    for<'a> &'a mut P: TryFrom<&'a mut Program>,
+{
+    load(program_mut(ebpf, name)?).map_err(|source| {
+        DatapathError::or_permission_denied(format!("loading program {name}"), source, |source| {
+            DatapathError::LoadProgram {
+                program: name,
+                source,
+            }
+        })
+    })
+}
+
+fn attach_error(
+    program: &'static str,
+    iface: &str,
+    source: aya::programs::ProgramError,
+) -> DatapathError {
+    DatapathError::or_permission_denied(
+        format!("attaching {program} to {iface}"),
+        source,
+        |source| DatapathError::Attach {
+            program,
+            iface: iface.to_string(),
+            source,
+        },
+    )
+}
