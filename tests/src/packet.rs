@@ -234,6 +234,13 @@ impl Frame {
         self
     }
 
+    /// Replaces the transport part, e.g. with [`L4::Raw`] for another protocol or a later
+    /// fragment's bytes.
+    pub fn with_l4(mut self, l4: L4) -> Frame {
+        self.l4 = l4;
+        self
+    }
+
     /// Sends UDP checksum 0 (not computed); no effect on other protocols.
     pub fn with_udp_zero_checksum(mut self) -> Frame {
         if let L4::Udp(u) = &mut self.l4 {
