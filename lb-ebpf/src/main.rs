@@ -36,8 +36,8 @@ use crate::{
 #[classifier]
 pub fn lb_tc_ingress(ctx: TcContext) -> i32 {
     match lb::process(&mut TcPacket(ctx), &mut KernelMaps) {
-        Verdict::Pass => TC_ACT_OK as i32,
-        Verdict::Drop => TC_ACT_SHOT as i32,
+        Verdict::Pass => TC_ACT_OK,
+        Verdict::Drop => TC_ACT_SHOT,
     }
 }
 

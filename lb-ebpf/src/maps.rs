@@ -68,7 +68,7 @@ impl Maps for KernelMaps {
     #[inline(always)]
     fn backend(&mut self, id: u32) -> Option<Backend> {
         // SAFETY: as above.
-        unsafe { LB_BACKENDS.get(&id).copied() }
+        unsafe { LB_BACKENDS.get(id).copied() }
     }
 
     #[inline(always)]

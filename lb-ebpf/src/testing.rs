@@ -99,7 +99,7 @@ impl FrameSpec {
 
 /// Builds a frame with valid IPv4 and L4 checksums.
 pub fn frame(spec: &FrameSpec) -> Vec<u8> {
-    assert!(spec.ip_options.len() % 4 == 0 && spec.ip_options.len() <= 40);
+    assert!(spec.ip_options.len().is_multiple_of(4) && spec.ip_options.len() <= 40);
     let ihl = 20 + spec.ip_options.len();
     let mut l4 = Vec::new();
     l4.extend_from_slice(&spec.src.port);
