@@ -37,6 +37,10 @@ fn load_direct<const N: usize>(data: usize, data_end: usize, offset: usize) -> O
 }
 
 /// An XDP frame: rewritten in place with checksums computed by the program.
+///
+/// Meant for external interfaces, whose frames carry complete checksums. Traffic from local
+/// sockets on a veth is `CHECKSUM_PARTIAL` (the L4 field holds a pseudo-header sum that only
+/// the TC helpers update correctly), so pod-facing interfaces use [`TcPacket`].
 pub struct XdpPacket(pub XdpContext);
 
 impl Packet for XdpPacket {

@@ -43,33 +43,27 @@ fn try_process<P: Packet, M: Maps>(pkt: &mut P, maps: &mut M) -> Result<Counter,
     let flow = parse::ipv4_flow(pkt)?;
     let key = conntrack::key_of(&flow);
     if let Some(entry) = maps.conntrack(&key) {
-        match entry.flags {
-            ct_flags::REPLY => {
-                return translate(
-                    pkt,
-                    maps,
-                    &flow,
-                    Side::Source,
-                    &entry,
-                    Counter::ReplyTranslated,
-                )
-            }
-            // Established flows keep their backend even after it left the service; only a new
-            // connection attempt on a vanished backend starts over.
-            ct_flags::FORWARD if !(flow.is_tcp_syn() && backend_gone(maps, &entry)) => {
-                return translate(
-                    pkt,
-                    maps,
-                    &flow,
-                    Side::Destination,
-                    &entry,
-                    Counter::ForwardTranslated,
-                )
-            }
-            _ => forget(maps, &key, &entry),
+        if let Some((side, outcome)) = established(maps, &flow, &entry) {
+            return translate(pkt, maps, &flow, side, &entry, outcome);
         }
+        forget(maps, &key, &entry);
     }
     new_flow(pkt, maps, &flow, &key)
+}
+
+/// Which side of a packet with a conntrack entry to translate, or `None` when the flow must
+/// start over.
+#[inline(always)]
+fn established<M: Maps>(maps: &mut M, flow: &Ipv4Flow, entry: &CtValue) -> Option<(Side, Counter)> {
+    match entry.flags {
+        ct_flags::REPLY => Some((Side::Source, Counter::ReplyTranslated)),
+        // Established flows keep their backend even after it left the service; only a new
+        // connection attempt on a vanished backend starts over.
+        ct_flags::FORWARD if !(flow.is_tcp_syn() && backend_gone(maps, entry)) => {
+            Some((Side::Destination, Counter::ForwardTranslated))
+        }
+        _ => None,
+    }
 }
 
 /// Assigns a backend to the first packet of a flow, records both directions and translates.
