@@ -96,7 +96,8 @@ pub struct ServiceStats {
     pub bytes: u64,
     /// New flows assigned a backend.
     pub new_flows: u64,
-    /// Packets dropped for this service (no ready backend).
+    /// Packets dropped for this service: no ready backend, a backend entry missing mid-update,
+    /// conntrack full or a failed rewrite (the node-wide counters say which).
     pub drops: u64,
 }
 
