@@ -24,11 +24,7 @@ pub fn prepare_pin_dir(dir: &Path) -> Result<(), BpffsError> {
         mount_bpffs(mount_point)?;
         info!("mounted bpffs at {BPFFS_MOUNT_POINT}: none was mounted");
     }
-    fs::create_dir_all(dir).map_err(|source| BpffsError::Io {
-        action: "creating",
-        path: dir.to_path_buf(),
-        source,
-    })?;
+    fs::create_dir_all(dir).map_err(|e| BpffsError::io("creating", dir, e))?;
     if !is_bpffs(dir)? {
         return Err(BpffsError::NotBpffs {
             path: dir.to_path_buf(),
@@ -47,11 +43,7 @@ pub fn remove_empty_dirs(dir: &Path, top: &Path) {
 }
 
 fn is_bpffs(path: &Path) -> Result<bool, BpffsError> {
-    let failed = |source| BpffsError::Io {
-        action: "statfs",
-        path: path.to_path_buf(),
-        source,
-    };
+    let failed = |e| BpffsError::io("statfs", path, e);
     let c_path = CString::new(path.as_os_str().as_bytes())
         .map_err(|e| failed(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
     let mut stat = MaybeUninit::<libc::statfs>::uninit();

@@ -3,7 +3,7 @@
 use std::error::Error;
 use std::fmt;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use aya::maps::MapError;
 use aya::pin::PinError;
@@ -219,6 +219,13 @@ pub enum BpffsError {
     },
     #[error("{} is not on a BPF filesystem (bpffs); choose a --bpffs-dir under a bpffs mount", path.display())]
     NotBpffs { path: PathBuf },
+    #[error("{action} {} {PRIVILEGE_HINT}", path.display())]
+    PermissionDenied {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("{action} {} failed", path.display())]
     Io {
         action: &'static str,
@@ -226,6 +233,26 @@ pub enum BpffsError {
         #[source]
         source: io::Error,
     },
+}
+
+impl BpffsError {
+    /// An I/O error while `action` (e.g. "creating") `path`, with the privilege hint when the
+    /// kernel refused it.
+    pub(crate) fn io(action: &'static str, path: &Path, source: io::Error) -> Self {
+        let path = path.to_path_buf();
+        match source.kind() {
+            io::ErrorKind::PermissionDenied => Self::PermissionDenied {
+                action,
+                path,
+                source,
+            },
+            _ => Self::Io {
+                action,
+                path,
+                source,
+            },
+        }
+    }
 }
 
 /// Displays an error followed by each of its sources: `outer: inner: root cause`.

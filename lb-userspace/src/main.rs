@@ -93,10 +93,12 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
+        // Registered before anything is loaded, so an early signal still exits cleanly.
+        let mut interrupt = signal(SignalKind::interrupt()).context("handling SIGINT")?;
         let mut terminate = signal(SignalKind::terminate()).context("handling SIGTERM")?;
         let shutdown = async move {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => info!("received SIGINT"),
+                _ = interrupt.recv() => info!("received SIGINT"),
                 _ = terminate.recv() => info!("received SIGTERM"),
             }
         };

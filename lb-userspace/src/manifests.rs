@@ -44,7 +44,7 @@ pub struct Sync {
 
 /// Kinds this source reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Kind {
+enum Kind {
     Service,
     EndpointSlice,
 }

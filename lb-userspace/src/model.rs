@@ -120,17 +120,6 @@ pub struct DesiredState {
     pub services: BTreeMap<Frontend, DesiredService>,
 }
 
-impl DesiredState {
-    /// Number of distinct backends over all services.
-    pub fn backend_count(&self) -> usize {
-        self.services
-            .values()
-            .flat_map(|s| s.endpoints.iter())
-            .collect::<BTreeSet<_>>()
-            .len()
-    }
-}
-
 /// An address in the maps' 16-byte form (IPv4-mapped for IPv4).
 pub fn map_addr(addr: IpAddr) -> [u8; 16] {
     match addr {

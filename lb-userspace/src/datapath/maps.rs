@@ -114,15 +114,6 @@ impl Maps {
         entries(&self.conntrack, map_names::CONNTRACK)
     }
 
-    /// Deletes every conntrack entry; returns how many there were.
-    pub fn clear_conntrack(&mut self) -> Result<u32, DatapathError> {
-        let keys: Vec<CtKey> = self.conntrack()?.into_iter().map(|(k, _)| k).collect();
-        remove_all(&mut self.conntrack, &keys).map_err(|source| DatapathError::Read {
-            map: map_names::CONNTRACK,
-            source,
-        })
-    }
-
     /// The node-wide counters, each summed over all CPUs.
     pub fn counters(&self) -> Result<Vec<(Counter, u64)>, DatapathError> {
         let read = |source| DatapathError::Read {

@@ -124,13 +124,21 @@ impl Datapath {
     /// them. `dir` must exist on a bpffs. Stale pins of the same names are replaced; the pins
     /// are removed when the `Datapath` is dropped.
     pub fn pin_maps(&mut self, dir: &Path) -> Result<(), DatapathError> {
+        let mut stale = Vec::new();
         for (name, _) in self.maps.iter() {
             let path = dir.join(name);
             match fs::remove_file(&path) {
-                Ok(()) => warn!("replaced stale pin {} from an earlier run", path.display()),
+                Ok(()) => stale.push(name),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => debug!("removing {}: {e}", path.display()),
             }
+        }
+        if !stale.is_empty() {
+            warn!(
+                "replaced stale pins in {} left by an earlier run: {}",
+                dir.display(),
+                stale.join(", ")
+            );
         }
         self.pinned_in = Some(dir.to_path_buf());
         self.maps.pin(dir)

@@ -1,0 +1,251 @@
+//! The typed map access against the real kernel: what the reconciler writes through
+//! `Datapath::maps()` is what `Maps::from_pins` (and so `lb-agent inspect`) reads back, and the
+//! UDP conntrack flush deletes exactly the removed backend's UDP entries.
+//! Needs root (loads BPF, pins on bpffs); skipped with a message otherwise.
+
+use std::path::PathBuf;
+
+use aya::maps::{HashMap, Map, MapData, PerCpuArray, PerCpuValues};
+use lb_common::conntrack::ct_flags;
+use lb_common::IPPROTO_UDP;
+use lb_common::{map_names, BackendSlotKey, Counter, CtKey, CtValue, ServiceStats, IPPROTO_TCP};
+use lb_userspace::inspect::Snapshot;
+use lb_userspace::model::{
+    map_addr, DesiredService, DesiredState, Endpoint, Frontend, Protocol, ServicePortName,
+};
+use lb_userspace::{bpffs, Capacities, Datapath, MapWriter, Maps, Reconciler};
+
+const CAPACITIES: Capacities = Capacities {
+    services: 8,
+    backends: 8,
+    backend_slots: 16,
+    conntrack: 64,
+};
+
+/// A bpffs directory removed on drop, also when the test fails.
+struct PinDir(PathBuf);
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("SKIPPED: loading BPF programs needs root");
+    }
+    root
+}
+
+fn frontend(port: u16, protocol: Protocol) -> Frontend {
+    Frontend {
+        addr: "198.19.0.53".parse().unwrap(),
+        port,
+        protocol,
+    }
+}
+
+fn endpoint(addr: &str, port: u16) -> Endpoint {
+    Endpoint {
+        addr: addr.parse().unwrap(),
+        port,
+    }
+}
+
+fn desired(services: &[(Frontend, &[Endpoint])]) -> DesiredState {
+    DesiredState {
+        services: services
+            .iter()
+            .map(|(fe, endpoints)| {
+                let name = ServicePortName {
+                    namespace: "default".into(),
+                    name: "dp-test".into(),
+                    port_name: fe.to_string(),
+                };
+                let endpoints = endpoints.iter().copied().collect();
+                (*fe, DesiredService { name, endpoints })
+            })
+            .collect(),
+    }
+}
+
+/// A conntrack entry of the flow `198.18.0.10:<client_port> -> 198.19.0.53:53` translated to
+/// `backend`: keyed client -> VIP for `FORWARD`, backend -> client for `REPLY`.
+fn ct_entry(
+    client_port: u16,
+    backend: Endpoint,
+    flags: u8,
+    ids: (u32, u32),
+    proto: u8,
+) -> (CtKey, CtValue) {
+    let client = endpoint("198.18.0.10", client_port);
+    let vip = endpoint("198.19.0.53", 53);
+    let (from, to, nat) = match flags {
+        ct_flags::FORWARD => (client, vip, backend),
+        _ => (backend, client, vip),
+    };
+    let key = CtKey {
+        src_addr: map_addr(from.addr),
+        dst_addr: map_addr(to.addr),
+        src_port: from.port.to_be_bytes(),
+        dst_port: to.port.to_be_bytes(),
+        proto,
+        _pad: [0; 3],
+    };
+    let value = CtValue {
+        nat_addr: map_addr(nat.addr),
+        nat_port: nat.port.to_be_bytes(),
+        flags,
+        service_id: ids.0,
+        backend_id: ids.1,
+        ..CtValue::default()
+    };
+    (key, value)
+}
+
+fn open_pin(dir: &std::path::Path, name: &str) -> Map {
+    Map::from_map_data(MapData::from_pin(dir.join(name)).unwrap()).unwrap()
+}
+
+#[test]
+fn written_maps_read_back_from_pins_and_udp_flush_is_precise() {
+    if !is_root() {
+        return;
+    }
+    let dir = PinDir(PathBuf::from(format!(
+        "/sys/fs/bpf/lbu-dp-test-{}",
+        std::process::id()
+    )));
+    bpffs::prepare_pin_dir(&dir.0).unwrap();
+    let mut datapath = Datapath::load(&CAPACITIES).unwrap();
+    datapath.pin_maps(&dir.0).unwrap();
+    let pinned = Maps::from_pins(&dir.0).unwrap();
+
+    let (dns, web) = (frontend(53, Protocol::Udp), frontend(80, Protocol::Tcp));
+    let (a, b) = (endpoint("198.18.1.1", 5353), endpoint("198.18.1.2", 5353));
+    let a_web = endpoint("198.18.1.1", 8080);
+    let mut reconciler = Reconciler::new(&CAPACITIES);
+    reconciler
+        .apply(
+            &desired(&[(dns, &[a, b]), (web, &[a_web])]),
+            datapath.maps(),
+        )
+        .unwrap();
+
+    let services = pinned.services().unwrap();
+    assert_eq!(services.len(), 2);
+    let dns_id = services.iter().find(|(k, _)| *k == dns.key()).unwrap().1.id;
+    let web_id = services.iter().find(|(k, _)| *k == web.key()).unwrap().1.id;
+    let backends = pinned.backends().unwrap();
+    assert_eq!(backends.len(), 3);
+    let id_of = |e: Endpoint| backends.iter().find(|(_, b)| *b == e.backend()).unwrap().0;
+    assert_eq!(pinned.slots().unwrap().len(), 3);
+    assert_eq!(pinned.counters().unwrap().len(), Counter::COUNT as usize);
+    assert_eq!(
+        pinned.service_stats(dns_id).unwrap(),
+        ServiceStats::default()
+    );
+
+    // Flows as the data path records them: a forward and a reply entry each.
+    let mut conntrack: HashMap<_, CtKey, CtValue> =
+        HashMap::try_from(open_pin(&dir.0, map_names::CONNTRACK)).unwrap();
+    let entries = [
+        ct_entry(
+            40_001,
+            a,
+            ct_flags::FORWARD,
+            (dns_id, id_of(a)),
+            IPPROTO_UDP,
+        ),
+        ct_entry(40_001, a, ct_flags::REPLY, (dns_id, id_of(a)), IPPROTO_UDP),
+        ct_entry(
+            40_002,
+            b,
+            ct_flags::FORWARD,
+            (dns_id, id_of(b)),
+            IPPROTO_UDP,
+        ),
+        ct_entry(
+            40_003,
+            a_web,
+            ct_flags::FORWARD,
+            (web_id, id_of(a_web)),
+            IPPROTO_TCP,
+        ),
+    ];
+    for (key, value) in &entries {
+        conntrack.insert(key, value, 0).unwrap();
+    }
+
+    let summary = reconciler
+        .apply(&desired(&[(dns, &[b]), (web, &[])]), datapath.maps())
+        .unwrap();
+    assert_eq!(summary.conntrack_flushed, 2, "only backend a's UDP entries");
+    let mut left: Vec<(u16, u8)> = pinned
+        .conntrack()
+        .unwrap()
+        .iter()
+        .map(|(k, _)| (u16::from_be_bytes(k.src_port), k.proto))
+        .collect();
+    left.sort();
+    assert_eq!(left, [(40_002, IPPROTO_UDP), (40_003, IPPROTO_TCP)]);
+
+    // A reused service id starts with zeroed counters.
+    let mut stats: PerCpuArray<_, ServiceStats> =
+        PerCpuArray::try_from(open_pin(&dir.0, map_names::SERVICE_STATS)).unwrap();
+    let cpus = aya::util::nr_cpus().unwrap();
+    let busy = ServiceStats {
+        packets: 7,
+        ..ServiceStats::default()
+    };
+    stats
+        .set(web_id, PerCpuValues::try_from(vec![busy; cpus]).unwrap(), 0)
+        .unwrap();
+    assert_eq!(
+        pinned.service_stats(web_id).unwrap().packets,
+        7 * cpus as u64
+    );
+    reconciler
+        .apply(&desired(&[(dns, &[b])]), datapath.maps())
+        .unwrap();
+    let udp_80 = frontend(80, Protocol::Udp);
+    reconciler
+        .apply(&desired(&[(dns, &[b]), (udp_80, &[a])]), datapath.maps())
+        .unwrap();
+    assert_eq!(
+        pinned
+            .services()
+            .unwrap()
+            .iter()
+            .find(|(k, _)| *k == udp_80.key())
+            .unwrap()
+            .1
+            .id,
+        web_id
+    );
+    assert_eq!(
+        pinned.service_stats(web_id).unwrap(),
+        ServiceStats::default()
+    );
+
+    // Deleting what is already gone succeeds.
+    let missing = BackendSlotKey {
+        service_id: 7,
+        slot: 9,
+    };
+    datapath.maps().remove_slot(missing).unwrap();
+    datapath.maps().remove_backend(99).unwrap();
+
+    let table = Snapshot::read(&pinned).unwrap().to_string();
+    assert!(table.contains("198.19.0.53:53/UDP"), "{table}");
+    assert!(table.contains("198.18.1.2:5353"), "{table}");
+
+    drop(datapath);
+    assert!(
+        !dir.0.join(map_names::SERVICES).exists(),
+        "pins are removed with the Datapath"
+    );
+}
