@@ -1,6 +1,6 @@
 //! `lb-agent`: the node agent of the eBPF service load balancer.
 
-use std::io::IsTerminal;
+use std::io::{ErrorKind, IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -110,6 +110,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 
 fn inspect(args: InspectArgs) -> anyhow::Result<()> {
     let maps = Maps::from_pins(&agent::maps_dir(&args.bpffs_dir))?;
-    print!("{}", Snapshot::read(&maps)?);
-    Ok(())
+    let tables = Snapshot::read(&maps)?.to_string();
+    match std::io::stdout().write_all(tables.as_bytes()) {
+        // Piped into `head` and friends: the reader has all it wanted.
+        Err(e) if e.kind() == ErrorKind::BrokenPipe => Ok(()),
+        result => result.context("writing to stdout"),
+    }
 }
