@@ -21,8 +21,9 @@ use crate::{cmd, error::io_context, netns::NetNs, Error, Result};
 
 /// Where per-run bpffs directories go (the agent mounts bpffs here if needed).
 pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
-/// Log text the agent prints once its programs are attached and its maps hold the manifests.
-pub const READY_MARKER: &str = "ready";
+/// Log text the agent prints each time its maps hold the manifests (first after start-up,
+/// again after every change it applies).
+pub const READY_MARKER: &str = "ready: programmed";
 /// How long the agent may take to become ready.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Grace period between SIGTERM and SIGKILL.
@@ -45,13 +46,13 @@ pub struct AgentOptions {
 
 impl AgentOptions {
     /// Options for a run in `topology`-like setups: TC on `ifaces`, pins under
-    /// `/sys/fs/bpf/<id>`, debug logs.
+    /// `/sys/fs/bpf/<id>`, info logs.
     pub fn new(id: &str, manifests: &Path, ifaces: Vec<String>) -> AgentOptions {
         AgentOptions {
             manifests: manifests.to_path_buf(),
             ifaces,
             bpffs_dir: Path::new(BPFFS_ROOT).join(id),
-            log_level: "debug".into(),
+            log_level: "info".into(),
         }
     }
 }
@@ -122,7 +123,7 @@ impl Agent {
             readers,
             options,
         };
-        agent.wait_for_log(READY_MARKER, READY_TIMEOUT)?;
+        agent.wait_for_log(READY_MARKER, 1, READY_TIMEOUT)?;
         Ok(agent)
     }
 
@@ -131,25 +132,31 @@ impl Agent {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
-    /// Waits until the log so far contains `needle`; fails if the agent exits or `timeout`
-    /// passes first.
-    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> Result<()> {
+    /// How many times `needle` occurs in the log so far.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log().matches(needle).count()
+    }
+
+    /// Waits until `needle` occurs at least `count` times in the log; fails if the agent exits
+    /// or `timeout` passes first.
+    pub fn wait_for_log(&mut self, needle: &str, count: usize, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
+        let what = format!("{count} x {needle:?} in the log");
         loop {
-            if self.log().contains(needle) {
+            if self.log_count(needle) >= count {
                 return Ok(());
             }
             if let Some(status) = self.exit_status()? {
                 thread::sleep(POLL); // let the readers drain the last lines
                 return Err(Error::AgentExited {
                     status: status.to_string(),
-                    what: format!("log {needle:?}"),
+                    what,
                     log: self.log(),
                 });
             }
             if Instant::now() >= deadline {
                 return Err(Error::Timeout {
-                    what: format!("lb-agent to log {needle:?}; its log:\n{}", self.log()),
+                    what: format!("{what}; lb-agent's log:\n{}", self.log()),
                     timeout,
                 });
             }

@@ -4,11 +4,16 @@
 
 use std::{
     fmt::Write as _,
+    fs,
     net::{Ipv4Addr, SocketAddrV4},
     path::{Path, PathBuf},
 };
 
-use crate::topology::{backend_addr, backend_name};
+use crate::{
+    error::io_context,
+    topology::{backend_addr, backend_name},
+    Result,
+};
 
 /// The Service's ClusterIP.
 pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
@@ -36,10 +41,30 @@ pub fn udp_vip() -> SocketAddrV4 {
 
 /// `manifests/examples` in the source tree.
 pub fn manifests_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../manifests/examples")
-        .components()
-        .collect()
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/examples");
+    fs::canonicalize(&dir).unwrap_or(dir)
+}
+
+/// Copies the example manifests into `dir` (to edit them in a test).
+pub fn copy_manifests(dir: &Path) -> Result<()> {
+    for file in [SERVICE_FILE, ENDPOINTSLICE_FILE] {
+        let (from, to) = (manifests_dir().join(file), dir.join(file));
+        fs::copy(&from, &to).map_err(io_context(format!(
+            "cannot copy {} to {}",
+            from.display(),
+            to.display()
+        )))?;
+    }
+    Ok(())
+}
+
+/// Replaces `dir/file` with `contents` in one step (a hidden temporary file renamed over it),
+/// so a reader never sees a half-written manifest.
+pub fn replace_manifest(dir: &Path, file: &str, contents: &str) -> Result<()> {
+    let (temporary, path) = (dir.join(format!(".{file}.tmp")), dir.join(file));
+    fs::write(&temporary, contents)
+        .and_then(|()| fs::rename(&temporary, &path))
+        .map_err(io_context(format!("cannot replace {}", path.display())))
 }
 
 /// The example EndpointSlice listing only the backends with the given indexes (all of them
