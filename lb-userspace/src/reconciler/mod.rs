@@ -233,16 +233,7 @@ impl Reconciler {
         summary: &mut ReconcileSummary,
     ) -> Result<(), ReconcileError> {
         let context = || format!("programming service {} ({frontend})", desired.name);
-        for &id in &plan.backend_ids {
-            if self
-                .backends
-                .write(id, maps)
-                .map_err(|e| failed(context(), e))?
-            {
-                summary.backends_written += 1;
-            }
-        }
-
+        // Recorded before any write, so a failed write cannot leak the new service id.
         let service = self
             .services
             .entry(frontend)
@@ -253,6 +244,15 @@ impl Reconciler {
                 slots: Vec::new(),
             });
         service.name = desired.name.clone();
+        for &id in &plan.backend_ids {
+            if self
+                .backends
+                .write(id, maps)
+                .map_err(|e| failed(context(), e))?
+            {
+                summary.backends_written += 1;
+            }
+        }
         let visible = service.visible_slots().len();
         let previously_visible = service.visible_slots().to_vec();
         let layout = stable_layout(&previously_visible, &plan.backend_ids);

@@ -219,6 +219,22 @@ fn udp(port: u16) -> Frontend {
     frontend(port, Protocol::Udp)
 }
 
+/// Every id is either in use or free again.
+fn assert_no_leaked_ids(reconciler: &Reconciler) {
+    let services = &reconciler.service_ids;
+    assert_eq!(
+        services.available() + reconciler.services.len() as u32,
+        services.capacity(),
+        "service ids leaked"
+    );
+    let backends = &reconciler.backends;
+    assert_eq!(
+        backends.ids.available() + backends.by_id.len() as u32,
+        backends.ids.capacity(),
+        "backend ids leaked"
+    );
+}
+
 fn setup(state: &DesiredState) -> (Reconciler, FakeMaps) {
     let mut reconciler = Reconciler::new(&Capacities::default());
     let mut maps = FakeMaps::default();
@@ -497,7 +513,12 @@ fn backend_capacity_is_checked_before_writing() {
 fn failed_writes_are_resumed_by_the_next_apply() {
     let steps = [
         desired(&[(tcp(80), &[1, 2, 3]), (udp(53), &[4])]),
-        desired(&[(tcp(80), &[2, 5]), (udp(53), &[4, 6]), (tcp(81), &[1])]),
+        desired(&[
+            (tcp(80), &[2, 5]),
+            (udp(53), &[4, 6]),
+            (tcp(81), &[1]),
+            (udp(54), &[7]),
+        ]),
         desired(&[(tcp(81), &[1, 2, 3, 4])]),
         desired(&[]),
     ];
@@ -523,6 +544,7 @@ fn failed_writes_are_resumed_by_the_next_apply() {
                 "failing at write {fail_at}"
             );
             maps.assert_no_leftovers();
+            assert_no_leaked_ids(&reconciler);
             let again = reconciler.apply(to, &mut maps).unwrap();
             assert!(
                 !again.wrote_anything(),
