@@ -74,7 +74,7 @@ impl Cluster {
         &mut self.agent
     }
 
-    /// TCP connections accepted, or UDP datagrams answered, by backend `index` so far.
+    /// TCP connections accepted, or UDP datagrams received, by backend `index` so far.
     pub fn served(&self, index: usize, protocol: Protocol) -> usize {
         let (tcp, udp) = &self.servers[index];
         match protocol {

@@ -28,7 +28,7 @@ const REQUEST: &[u8] = b"who are you?\n";
 #[derive(Debug, Default)]
 struct Shared {
     stop: AtomicBool,
-    /// TCP connections accepted, or UDP datagrams answered.
+    /// TCP connections accepted, or UDP datagrams received.
     served: AtomicUsize,
 }
 
@@ -84,7 +84,7 @@ impl Server {
         self.addr
     }
 
-    /// TCP connections accepted, or UDP datagrams answered, so far.
+    /// TCP connections accepted, or UDP datagrams received, so far.
     pub fn served(&self) -> usize {
         self.shared.served.load(Ordering::Relaxed)
     }
@@ -150,9 +150,9 @@ fn udp_loop(socket: UdpSocket, name: &str, shared: &Shared) {
     let mut buf = [0u8; 1500];
     while !shared.stop.load(Ordering::Relaxed) {
         if let Ok((_, peer)) = socket.recv_from(&mut buf) {
-            if socket.send_to(name.as_bytes(), peer).is_ok() {
-                shared.served.fetch_add(1, Ordering::Relaxed);
-            }
+            // Counted before answering, so a client holding the answer sees the count.
+            shared.served.fetch_add(1, Ordering::Relaxed);
+            let _ = socket.send_to(name.as_bytes(), peer);
         }
     }
 }
