@@ -85,7 +85,13 @@ impl Agent {
     }
 
     /// Starts the agent inside `node` and waits until it logs [`READY_MARKER`].
+    ///
+    /// Start-ups within one process are serialised: an agent mounts bpffs at
+    /// [`BPFFS_ROOT`] when none is mounted, and two agents checking at once would stack two
+    /// mounts, hiding the first one's pins.
     pub fn start(node: &NetNs, options: AgentOptions) -> Result<Agent> {
+        static STARTING: Mutex<()> = Mutex::new(());
+        let _one_at_a_time = STARTING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let binary = Agent::binary()?;
         let netns = node.open()?;
         let mut command = Command::new(&binary);
