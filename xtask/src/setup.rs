@@ -111,6 +111,11 @@ fn rust_components() -> Result<()> {
         } else {
             shell::run(Command::new("rustup").args(["component", "add", component]))
                 .with_context(|| format!("adding {component} to the default toolchain failed"))?;
+            ensure!(
+                shell::succeeds("cargo", &[probe, "--version"]),
+                "{component} is installed but `cargo {probe}` does not run: is rustup's \
+                 cargo-{probe} proxy on PATH (usually $CARGO_HOME/bin)?"
+            );
         }
     }
     Ok(())
