@@ -91,7 +91,9 @@ impl Agent {
     /// mounts, hiding the first one's pins.
     pub fn start(node: &NetNs, options: AgentOptions) -> Result<Agent> {
         static STARTING: Mutex<()> = Mutex::new(());
-        let _one_at_a_time = STARTING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _one_at_a_time = STARTING
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let binary = Agent::binary()?;
         let netns = node.open()?;
         let mut command = Command::new(&binary);
@@ -107,7 +109,6 @@ impl Agent {
             command.arg("--iface").arg(iface);
         }
         command
-            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -189,11 +190,7 @@ impl Agent {
         &self.options
     }
 
-    /// Stops the agent (SIGTERM, SIGKILL after a grace period) and returns how it exited.
-    pub fn stop(mut self) -> Result<ExitStatus> {
-        self.terminate()
-    }
-
+    /// Stops the agent: SIGTERM, then SIGKILL after a grace period.
     fn terminate(&mut self) -> Result<ExitStatus> {
         if let Some(status) = self.exit_status()? {
             return Ok(status);
@@ -277,46 +274,15 @@ fn enter_netns_before_exec(command: &mut Command, netns: File) {
     }
 }
 
-/// Appends every line of `source` to `log` (without terminal colour codes) until EOF.
+/// Appends every line of `source` to `log` until EOF.
 fn collect_lines(source: impl Read + Send + 'static, log: Arc<Mutex<String>>) -> JoinHandle<()> {
     thread::spawn(move || {
         for line in BufReader::new(source).lines() {
             let Ok(line) = line else { return };
             if let Ok(mut log) = log.lock() {
-                log.push_str(&strip_ansi(&line));
+                log.push_str(&line);
                 log.push('\n');
             }
         }
     })
-}
-
-/// Removes ANSI escape sequences (`ESC [ ... letter`).
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn colour_codes_are_stripped() {
-        assert_eq!(
-            strip_ansi("\u{1b}[2m2026\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m ready"),
-            "2026  INFO ready"
-        );
-    }
 }

@@ -35,7 +35,6 @@ struct Shared {
 /// A running server; stops on drop.
 #[derive(Debug)]
 pub struct Server {
-    addr: SocketAddrV4,
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
 }
@@ -54,7 +53,6 @@ impl Server {
         let (name, state) = (name.to_string(), shared.clone());
         let thread = thread::spawn(move || accept_loop(listener, &name, &state));
         Ok(Server {
-            addr,
             shared,
             thread: Some(thread),
         })
@@ -73,15 +71,9 @@ impl Server {
         let (name, state) = (name.to_string(), shared.clone());
         let thread = thread::spawn(move || udp_loop(socket, &name, &state));
         Ok(Server {
-            addr,
             shared,
             thread: Some(thread),
         })
-    }
-
-    /// The address the server listens on.
-    pub fn addr(&self) -> SocketAddrV4 {
-        self.addr
     }
 
     /// TCP connections accepted, or UDP datagrams received, so far.

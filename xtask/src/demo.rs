@@ -61,6 +61,7 @@ impl Demo {
         let manifests = example::manifests_dir();
         println!("==> starting lb-agent on {}", manifests.display());
         let cluster = Cluster::start(&manifests, "info").context("starting the demo failed")?;
+        print!("{}", indent(&cluster.agent().log()));
         let result = self.exercise(&cluster);
         println!("==> tearing down (agent, servers, namespaces)");
         drop(cluster);
@@ -148,6 +149,11 @@ fn print_tally(protocol: Protocol, vip: SocketAddr, replies: &[std::io::Result<R
     let every_backend =
         per_pod.len() == example::BACKENDS || replies.len() < ENOUGH_FOR_EVERY_BACKEND;
     failed == 0 && wrong_source == 0 && every_backend
+}
+
+/// Indents every line of `text` by two spaces.
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("  {l}\n")).collect()
 }
 
 /// Cuts the blank-line separated table titled `title` in `text` to its title, its header and
