@@ -30,7 +30,11 @@ pub enum Counter {
     Fragment,
     /// Frame shorter than its TCP or UDP header: passed untouched.
     TruncatedL4,
-    /// Packet for a service with no ready backend: dropped.
+    /// New flow for a service with no usable backend: answered with ICMP port unreachable
+    /// (kube-proxy's REJECT).
+    RejectNoBackend,
+    /// New flow for a service path with no usable backend that drops rather than rejects
+    /// (externalTrafficPolicy: Local without a local endpoint): dropped.
     DropNoBackend,
     /// A slot or backend entry was missing (mid-update race): dropped.
     DropBackendMissing,
@@ -42,7 +46,7 @@ pub enum Counter {
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 16] = [
+    pub const ALL: [Counter; 17] = [
         Counter::Packets,
         Counter::NotIpv4,
         Counter::OtherProtocol,
@@ -55,6 +59,7 @@ impl Counter {
         Counter::BadIpv4HeaderLength,
         Counter::Fragment,
         Counter::TruncatedL4,
+        Counter::RejectNoBackend,
         Counter::DropNoBackend,
         Counter::DropBackendMissing,
         Counter::DropConntrackFull,
@@ -78,6 +83,7 @@ impl Counter {
             Counter::BadIpv4HeaderLength => "bad_ipv4_header_length",
             Counter::Fragment => "fragment",
             Counter::TruncatedL4 => "truncated_l4",
+            Counter::RejectNoBackend => "reject_no_backend",
             Counter::DropNoBackend => "drop_no_backend",
             Counter::DropBackendMissing => "drop_backend_missing",
             Counter::DropConntrackFull => "drop_conntrack_full",
@@ -96,12 +102,14 @@ pub struct ServiceStats {
     pub bytes: u64,
     /// New flows assigned a backend.
     pub new_flows: u64,
-    /// Packets dropped for this service: no ready backend, a backend entry missing mid-update,
+    /// New flows rejected for want of a usable backend (ICMP port unreachable sent).
+    pub rejects: u64,
+    /// Packets dropped for this service: no usable backend on a drop path, a backend entry missing mid-update,
     /// conntrack full or a failed rewrite (the node-wide counters say which).
     pub drops: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<ServiceStats>() == 32);
+const _: () = assert!(core::mem::size_of::<ServiceStats>() == 40);
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for ServiceStats {}

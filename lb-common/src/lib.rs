@@ -15,7 +15,7 @@ pub mod service;
 
 pub use conntrack::{CtKey, CtValue};
 pub use counters::{Counter, ServiceStats};
-pub use service::{Backend, BackendSlotKey, ServiceKey, ServiceValue};
+pub use service::{AffinityKey, AffinityValue, Backend, BackendSlotKey, ServiceKey, ServiceValue};
 
 /// IP protocol number of TCP.
 pub const IPPROTO_TCP: u8 = 6;
@@ -32,6 +32,8 @@ pub mod capacity {
     pub const BACKEND_SLOTS: u32 = 262_144;
     /// Conntrack entries; each translated flow takes two (forward and reply).
     pub const CONNTRACK: u32 = 262_144;
+    /// Session affinity entries (client, service).
+    pub const AFFINITY: u32 = 65_536;
 }
 
 /// Names of the maps in the eBPF object (at most 15 bytes: the kernel's name limit).
@@ -42,6 +44,7 @@ pub mod map_names {
     pub const CONNTRACK: &str = "LB_CONNTRACK";
     pub const STATS: &str = "LB_STATS";
     pub const SERVICE_STATS: &str = "LB_SVC_STATS";
+    pub const AFFINITY: &str = "LB_AFFINITY";
 }
 
 /// Names of the programs in the eBPF object.

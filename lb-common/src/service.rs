@@ -6,9 +6,29 @@
 //! service entry, and removes them in reverse, so the kernel never sees half a service.
 
 /// Lookup scope of a frontend: which traffic a service entry answers.
+///
+/// Every frontend is written once per scope, so a packet needs one lookup whatever the
+/// traffic policies: the XDP program on the external interface looks up `EXTERNAL`, the TC
+/// program on pod-facing interfaces looks up `INTERNAL`. The two entries differ only when a
+/// traffic policy makes them differ (externalTrafficPolicy: Local keeps node-local backends
+/// in the `EXTERNAL` entry of NodePort, LoadBalancer and external-IP frontends;
+/// internalTrafficPolicy: Local keeps them in every `INTERNAL` entry and in ClusterIP's
+/// `EXTERNAL` entry).
 pub mod scope {
-    /// Traffic from anywhere (the only scope until traffic policies split it).
-    pub const ALL: u8 = 0;
+    /// Traffic arriving from outside the node (the external interface).
+    pub const EXTERNAL: u8 = 0;
+    /// Traffic from pods on this node (pod-facing interfaces).
+    pub const INTERNAL: u8 = 1;
+}
+
+/// Bits of [`ServiceValue::flags`].
+pub mod service_flags {
+    /// sessionAffinity: ClientIP: a client keeps its backend for `affinity_timeout_s` seconds
+    /// after its last new flow (the `LB_AFFINITY` map).
+    pub const AFFINITY: u32 = 1 << 0;
+    /// With no backend, drop silently instead of rejecting (an externalTrafficPolicy: Local
+    /// path on a node without a local endpoint, as kube-proxy does).
+    pub const DROP_IF_NO_BACKEND: u32 = 1 << 1;
 }
 
 /// Key of the services map: one service frontend.
@@ -26,12 +46,12 @@ pub struct ServiceKey {
 }
 
 impl ServiceKey {
-    pub const fn new(addr: [u8; 16], port: u16, proto: u8) -> Self {
+    pub const fn new(addr: [u8; 16], port: u16, proto: u8, scope: u8) -> Self {
         Self {
             addr,
             port: port.to_be_bytes(),
             proto,
-            scope: scope::ALL,
+            scope,
         }
     }
 
@@ -47,11 +67,12 @@ impl ServiceKey {
 pub struct ServiceValue {
     /// Dense service id (never 0): the backend slots' and per-service counters' index.
     pub id: u32,
-    /// Number of backend slots in use, `1..=backend_count`; 0 means no backend is ready.
+    /// Number of backend slots in use, `1..=backend_count`; 0 means no usable backend: new
+    /// flows are rejected (ICMP port unreachable), or dropped with `DROP_IF_NO_BACKEND`.
     pub backend_count: u32,
-    /// Reserved for service flags (traffic policy, affinity); 0 for now.
+    /// Bits of [`service_flags`].
     pub flags: u32,
-    /// Reserved for the session affinity timeout in seconds; 0 for now.
+    /// Session affinity timeout in seconds, with `service_flags::AFFINITY`.
     pub affinity_timeout_s: u32,
 }
 
@@ -94,7 +115,30 @@ impl Backend {
     }
 }
 
+/// Key of the session affinity map (`LB_AFFINITY`, an LRU hash).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    /// Client address, network byte order, IPv4-mapped for IPv4.
+    pub client_addr: [u8; 16],
+    /// Service id the affinity belongs to.
+    pub service_id: u32,
+}
+
+/// Value of the session affinity map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AffinityValue {
+    /// Backend the client sticks to.
+    pub backend_id: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns` of the client's last new flow to the service.
+    pub last_used_ns: u64,
+}
+
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
+const _: () = assert!(core::mem::size_of::<AffinityKey>() == 20);
+const _: () = assert!(core::mem::size_of::<AffinityValue>() == 16);
 const _: () = assert!(core::mem::size_of::<ServiceValue>() == 16);
 const _: () = assert!(core::mem::size_of::<BackendSlotKey>() == 8);
 const _: () = assert!(core::mem::size_of::<Backend>() == 20);
@@ -105,4 +149,6 @@ mod pod {
     unsafe impl aya::Pod for super::ServiceValue {}
     unsafe impl aya::Pod for super::BackendSlotKey {}
     unsafe impl aya::Pod for super::Backend {}
+    unsafe impl aya::Pod for super::AffinityKey {}
+    unsafe impl aya::Pod for super::AffinityValue {}
 }

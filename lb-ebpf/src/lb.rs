@@ -2,8 +2,7 @@
 //! backend selection -> conntrack create -> rewrite.
 
 use lb_common::{
-    conntrack::ct_flags, ipv4_unmapped, service::scope, BackendSlotKey, Counter, CtKey, CtValue,
-    ServiceKey,
+    conntrack::ct_flags, ipv4_unmapped, BackendSlotKey, Counter, CtKey, CtValue, ServiceKey,
 };
 
 use crate::{
@@ -17,11 +16,12 @@ use crate::{
 };
 
 /// Handles one packet: translates it if it belongs to a flow or a service, counts the outcome
-/// and returns what the hook should do with it.
+/// and returns what the hook should do with it. `scope` is the hook's service lookup scope
+/// (`lb_common::service::scope`).
 #[inline(always)]
-pub fn process<P: Packet, M: Maps>(pkt: &mut P, maps: &mut M) -> Verdict {
+pub fn process<P: Packet, M: Maps>(pkt: &mut P, maps: &mut M, scope: u8) -> Verdict {
     stats::count(maps, Counter::Packets);
-    match try_process(pkt, maps) {
+    match try_process(pkt, maps, scope) {
         Ok(outcome) => {
             stats::count(maps, outcome);
             Verdict::Pass
@@ -39,7 +39,7 @@ pub fn process<P: Packet, M: Maps>(pkt: &mut P, maps: &mut M) -> Verdict {
 
 /// Translates the packet; returns the counter of the translation done.
 #[inline(always)]
-fn try_process<P: Packet, M: Maps>(pkt: &mut P, maps: &mut M) -> Result<Counter, Error> {
+fn try_process<P: Packet, M: Maps>(pkt: &mut P, maps: &mut M, scope: u8) -> Result<Counter, Error> {
     let flow = parse::ipv4_flow(pkt)?;
     let key = conntrack::key_of(&flow);
     if let Some(entry) = maps.conntrack(&key) {
@@ -48,7 +48,7 @@ fn try_process<P: Packet, M: Maps>(pkt: &mut P, maps: &mut M) -> Result<Counter,
         }
         forget(maps, &key, &entry);
     }
-    new_flow(pkt, maps, &flow, &key)
+    new_flow(pkt, maps, &flow, &key, scope)
 }
 
 /// Which side of a packet with a conntrack entry to translate, or `None` when the flow must
@@ -73,13 +73,14 @@ fn new_flow<P: Packet, M: Maps>(
     maps: &mut M,
     flow: &Ipv4Flow,
     key: &CtKey,
+    scope: u8,
 ) -> Result<Counter, Error> {
     let service = maps
         .service(&ServiceKey {
             addr: key.dst_addr,
             port: key.dst_port,
             proto: key.proto,
-            scope: scope::ALL,
+            scope,
         })
         .ok_or(Error::untouched(Counter::NotService))?;
     let service_id = service.id;
@@ -155,7 +156,7 @@ fn forget<M: Maps>(maps: &mut M, key: &CtKey, entry: &CtValue) {
 mod tests {
     use super::*;
     use crate::testing::{checksums_valid, frame, FakeMaps, FrameSpec, SlicePacket, VIP};
-    use lb_common::{ipv4_mapped, Backend, ServiceValue, IPPROTO_TCP, IPPROTO_UDP};
+    use lb_common::{ipv4_mapped, service::scope, Backend, ServiceValue, IPPROTO_TCP, IPPROTO_UDP};
 
     const SERVICE_ID: u32 = 3;
     const BACKENDS: [(u32, Endpoint); 2] = [
@@ -185,7 +186,12 @@ mod tests {
             now_ns: 10_000_000_000,
             ..FakeMaps::default()
         };
-        let key = ServiceKey::new(ipv4_mapped(VIP.addr), u16::from_be_bytes(VIP.port), proto);
+        let key = ServiceKey::new(
+            ipv4_mapped(VIP.addr),
+            u16::from_be_bytes(VIP.port),
+            proto,
+            scope::INTERNAL,
+        );
         maps.services.insert(
             key,
             ServiceValue {
@@ -211,7 +217,7 @@ mod tests {
     /// Runs `spec`'s frame through the pipeline; returns the verdict and the output frame.
     fn run(maps: &mut FakeMaps, spec: &FrameSpec) -> (Verdict, Vec<u8>) {
         let mut pkt = SlicePacket::new(frame(spec));
-        let verdict = process(&mut pkt, maps);
+        let verdict = process(&mut pkt, maps, scope::INTERNAL);
         (verdict, pkt.bytes)
     }
 
@@ -418,7 +424,7 @@ mod tests {
         let mut fragment = frame(&FrameSpec::tcp_syn());
         fragment[20] |= 0x20; // more fragments
         let mut pkt = SlicePacket::new(fragment.clone());
-        assert_eq!(process(&mut pkt, &mut maps), Verdict::Pass);
+        assert_eq!(process(&mut pkt, &mut maps, scope::INTERNAL), Verdict::Pass);
         assert_eq!(pkt.bytes, fragment);
         assert_eq!(maps.counter_value(Counter::Fragment), 1);
         assert_eq!(maps.counter_value(Counter::Packets), 1);
@@ -471,7 +477,7 @@ mod tests {
         let mut maps = maps_with_service(IPPROTO_TCP);
         let mut pkt = SlicePacket::new(frame(&FrameSpec::tcp_syn()));
         pkt.fail_stores = true;
-        assert_eq!(process(&mut pkt, &mut maps), Verdict::Drop);
+        assert_eq!(process(&mut pkt, &mut maps, scope::INTERNAL), Verdict::Drop);
         assert_eq!(maps.counter_value(Counter::DropRewriteFailed), 1);
         assert_eq!(maps.counter_value(Counter::NewFlows), 0);
         assert_eq!(maps.stats_of(SERVICE_ID).drops, 1);

@@ -26,25 +26,29 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 
+use lb_common::service::scope;
+
 use crate::{
     context::{TcPacket, XdpPacket},
     error::Verdict,
     maps::KernelMaps,
 };
 
-/// TC ingress on pod-facing interfaces (`lb_common::program_names::TC_INGRESS`).
+/// TC ingress on pod-facing interfaces (`lb_common::program_names::TC_INGRESS`): traffic from
+/// pods, looked up in the internal scope.
 #[classifier]
 pub fn lb_tc_ingress(ctx: TcContext) -> i32 {
-    match lb::process(&mut TcPacket(ctx), &mut KernelMaps) {
+    match lb::process(&mut TcPacket(ctx), &mut KernelMaps, scope::INTERNAL) {
         Verdict::Pass => TC_ACT_OK,
         Verdict::Drop => TC_ACT_SHOT,
     }
 }
 
-/// XDP on the node's external interface (`lb_common::program_names::XDP_INGRESS`).
+/// XDP on the node's external interface (`lb_common::program_names::XDP_INGRESS`): traffic
+/// from outside the node, looked up in the external scope.
 #[xdp]
 pub fn lb_xdp_ingress(ctx: XdpContext) -> u32 {
-    match lb::process(&mut XdpPacket(ctx), &mut KernelMaps) {
+    match lb::process(&mut XdpPacket(ctx), &mut KernelMaps, scope::EXTERNAL) {
         Verdict::Pass => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
     }

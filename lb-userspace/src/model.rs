@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 
-use lb_common::{Backend, ServiceKey, IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::{service::scope, Backend, ServiceKey, IPPROTO_TCP, IPPROTO_UDP};
 
 /// Transport protocol the data path balances.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -54,9 +54,19 @@ pub struct Frontend {
 }
 
 impl Frontend {
-    /// The services map key of this frontend.
-    pub fn key(&self) -> ServiceKey {
-        ServiceKey::new(map_addr(self.addr), self.port, self.protocol.number())
+    /// The services map key of this frontend in one lookup scope (`lb_common::service::scope`).
+    pub fn key(&self, scope: u8) -> ServiceKey {
+        ServiceKey::new(
+            map_addr(self.addr),
+            self.port,
+            self.protocol.number(),
+            scope,
+        )
+    }
+
+    /// The services map keys of this frontend, one per lookup scope; all share one entry.
+    pub fn keys(&self) -> [ServiceKey; 2] {
+        [self.key(scope::EXTERNAL), self.key(scope::INTERNAL)]
     }
 }
 
@@ -168,9 +178,20 @@ mod tests {
             port: 8080,
             protocol: Protocol::Udp,
         };
-        let key = fe.key();
-        assert_eq!(key.port, [0x1f, 0x90]);
-        assert_eq!(key.proto, IPPROTO_UDP);
+        let [external, internal] = fe.keys();
+        assert_eq!(external.port, [0x1f, 0x90]);
+        assert_eq!(external.proto, IPPROTO_UDP);
+        assert_eq!(
+            (external.scope, internal.scope),
+            (scope::EXTERNAL, scope::INTERNAL)
+        );
+        assert_eq!(
+            ServiceKey {
+                scope: scope::EXTERNAL,
+                ..internal
+            },
+            external
+        );
         assert_eq!(fe.to_string(), "198.18.0.1:8080/UDP");
         let v6 = Endpoint {
             addr: "2001:2::1".parse().unwrap(),

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use aya::maps::{HashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use lb_common::conntrack::ct_flags;
-use lb_common::IPPROTO_UDP;
 use lb_common::{map_names, BackendSlotKey, Counter, CtKey, CtValue, ServiceStats, IPPROTO_TCP};
+use lb_common::{service::scope, IPPROTO_UDP};
 use lb_userspace::inspect::Snapshot;
 use lb_userspace::model::{
     map_addr, DesiredService, DesiredState, Endpoint, Frontend, Protocol, ServicePortName,
@@ -136,9 +136,23 @@ fn written_maps_read_back_from_pins_and_udp_flush_is_precise() {
         .unwrap();
 
     let services = pinned.services().unwrap();
-    assert_eq!(services.len(), 2);
-    let dns_id = services.iter().find(|(k, _)| *k == dns.key()).unwrap().1.id;
-    let web_id = services.iter().find(|(k, _)| *k == web.key()).unwrap().1.id;
+    assert_eq!(
+        services.len(),
+        4,
+        "two frontends, each in both lookup scopes"
+    );
+    let dns_id = services
+        .iter()
+        .find(|(k, _)| *k == dns.key(scope::INTERNAL))
+        .unwrap()
+        .1
+        .id;
+    let web_id = services
+        .iter()
+        .find(|(k, _)| *k == web.key(scope::INTERNAL))
+        .unwrap()
+        .1
+        .id;
     let backends = pinned.backends().unwrap();
     assert_eq!(backends.len(), 3);
     let id_of = |e: Endpoint| backends.iter().find(|(_, b)| *b == e.backend()).unwrap().0;
@@ -220,7 +234,7 @@ fn written_maps_read_back_from_pins_and_udp_flush_is_precise() {
             .services()
             .unwrap()
             .iter()
-            .find(|(k, _)| *k == udp_80.key())
+            .find(|(k, _)| *k == udp_80.key(scope::INTERNAL))
             .unwrap()
             .1
             .id,

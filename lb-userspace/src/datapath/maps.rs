@@ -144,6 +144,7 @@ impl Maps {
                 packets: sum.packets + s.packets,
                 bytes: sum.bytes + s.bytes,
                 new_flows: sum.new_flows + s.new_flows,
+                rejects: sum.rejects + s.rejects,
                 drops: sum.drops + s.drops,
             }))
     }

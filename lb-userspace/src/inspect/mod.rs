@@ -7,7 +7,9 @@ use std::fmt;
 use std::time::Duration;
 
 use lb_common::conntrack::ct_flags;
-use lb_common::{Backend, Counter, CtKey, CtValue, ServiceKey, ServiceStats, ServiceValue};
+use lb_common::{
+    service::scope, Backend, Counter, CtKey, CtValue, ServiceKey, ServiceStats, ServiceValue,
+};
 
 use crate::datapath::Maps;
 use crate::error::DatapathError;
@@ -73,24 +75,28 @@ impl fmt::Display for Snapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut services = Table::new(&[
             "FRONTEND",
+            "SCOPE",
             "ID",
             "BACKENDS",
             "SLOTS",
             "PACKETS",
             "BYTES",
             "NEW FLOWS",
+            "REJECTS",
             "DROPS",
         ]);
         for s in &self.services {
             let slots: Vec<String> = s.slots.iter().map(u32::to_string).collect();
             services.row(vec![
                 frontend(&s.key),
+                scope_name(s.key.scope).to_string(),
                 s.value.id.to_string(),
                 s.value.backend_count.to_string(),
                 slots.join(","),
                 s.stats.packets.to_string(),
                 s.stats.bytes.to_string(),
                 s.stats.new_flows.to_string(),
+                s.stats.rejects.to_string(),
                 s.stats.drops.to_string(),
             ]);
         }
@@ -136,6 +142,14 @@ fn frontend(key: &ServiceKey) -> String {
     format!("{}/{}", socket(key.addr, key.port), protocol(key.proto))
 }
 
+fn scope_name(scope: u8) -> &'static str {
+    match scope {
+        scope::EXTERNAL => "external",
+        scope::INTERNAL => "internal",
+        _ => "unknown",
+    }
+}
+
 fn socket(addr: [u8; 16], port: [u8; 2]) -> String {
     SocketDisplay(unmap_addr(addr), u16::from_be_bytes(port)).to_string()
 }
@@ -178,7 +192,7 @@ mod tests {
         let client = ipv4_mapped([198, 18, 0, 2]);
         let snapshot = Snapshot {
             services: vec![ServiceRow {
-                key: ServiceKey::new(vip, 80, IPPROTO_TCP),
+                key: ServiceKey::new(vip, 80, IPPROTO_TCP, lb_common::service::scope::INTERNAL),
                 value: ServiceValue {
                     id: 1,
                     backend_count: 2,
@@ -189,6 +203,7 @@ mod tests {
                     packets: 10,
                     bytes: 1000,
                     new_flows: 2,
+                    rejects: 1,
                     drops: 0,
                 },
             }],
@@ -217,8 +232,8 @@ mod tests {
         };
         let expected = "\
 SERVICES
-FRONTEND            ID  BACKENDS  SLOTS  PACKETS  BYTES  NEW FLOWS  DROPS
-198.19.0.10:80/TCP  1   2         1,2    10       1000   2          0
+FRONTEND            SCOPE     ID  BACKENDS  SLOTS  PACKETS  BYTES  NEW FLOWS  REJECTS  DROPS
+198.19.0.10:80/TCP  internal  1   2         1,2    10       1000   2          1        0
 
 BACKENDS
 ID  ADDRESS

@@ -284,8 +284,10 @@ impl Reconciler {
                 backend_count: count,
                 ..ServiceValue::default()
             };
-            maps.set_service(&frontend.key(), &value)
-                .map_err(|e| failed(context(), e))?;
+            for key in frontend.keys() {
+                maps.set_service(&key, &value)
+                    .map_err(|e| failed(context(), e))?;
+            }
             service.visible = Some(count);
             summary.services_written += 1;
         }
@@ -318,8 +320,10 @@ impl Reconciler {
         };
         let context = format!("removing service {} ({frontend})", service.name);
         if service.visible.is_some() {
-            maps.remove_service(&frontend.key())
-                .map_err(|e| failed(context.clone(), e))?;
+            for key in frontend.keys() {
+                maps.remove_service(&key)
+                    .map_err(|e| failed(context.clone(), e))?;
+            }
             service.visible = None;
             summary.services_removed += 1;
         }

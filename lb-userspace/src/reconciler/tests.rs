@@ -3,9 +3,14 @@ use std::io;
 
 use aya::maps::MapError;
 use aya::sys::SyscallError;
-use lb_common::{Backend, BackendSlotKey, ServiceKey, ServiceValue, IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::{
+    service::scope, Backend, BackendSlotKey, ServiceKey, ServiceValue, IPPROTO_TCP, IPPROTO_UDP,
+};
 
 use super::{MapWriter, Reconciler};
+
+const EXT: u8 = scope::EXTERNAL;
+const INT: u8 = scope::INTERNAL;
 use crate::datapath::Capacities;
 use crate::error::MapWriteError;
 use crate::model::{DesiredService, DesiredState, Endpoint, Frontend, Protocol, ServicePortName};
@@ -18,8 +23,8 @@ enum Op {
     Slot(u32, u32, u32),
     RemoveSlot(u32, u32),
     ResetStats(u32),
-    Service(u32, u32),
-    RemoveService(u32),
+    Service(u32, u32, u8),
+    RemoveService(u32, u8),
     FlushUdp(u32, Vec<u32>),
 }
 
@@ -144,7 +149,7 @@ impl MapWriter for FakeMaps {
     }
 
     fn set_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), MapWriteError> {
-        self.record(Op::Service(value.id, value.backend_count))?;
+        self.record(Op::Service(value.id, value.backend_count, key.scope))?;
         self.services.insert(*key, *value);
         self.assert_consistent();
         Ok(())
@@ -152,7 +157,7 @@ impl MapWriter for FakeMaps {
 
     fn remove_service(&mut self, key: &ServiceKey) -> Result<(), MapWriteError> {
         let id = self.services.get(key).map_or(0, |v| v.id);
-        self.record(Op::RemoveService(id))?;
+        self.record(Op::RemoveService(id, key.scope))?;
         self.services.remove(key);
         self.assert_consistent();
         Ok(())
@@ -258,7 +263,8 @@ fn new_service_writes_backends_then_slots_then_service() {
             Op::Slot(1, 1, 1),
             Op::Slot(1, 2, 2),
             Op::ResetStats(1),
-            Op::Service(1, 2),
+            Op::Service(1, 2, EXT),
+            Op::Service(1, 2, INT),
         ]
     );
     assert_eq!(
@@ -290,7 +296,12 @@ fn added_backend_is_written_before_its_slot_before_the_service() {
         .unwrap();
     assert_eq!(
         maps.take_log(),
-        [Op::Backend(3), Op::Slot(1, 3, 3), Op::Service(1, 3)]
+        [
+            Op::Backend(3),
+            Op::Slot(1, 3, 3),
+            Op::Service(1, 3, EXT),
+            Op::Service(1, 3, INT)
+        ]
     );
 }
 
@@ -305,7 +316,8 @@ fn removed_backend_shrinks_the_service_before_deleting_slot_and_backend() {
         maps.take_log(),
         [
             Op::Slot(1, 2, 3),
-            Op::Service(1, 2),
+            Op::Service(1, 2, EXT),
+            Op::Service(1, 2, INT),
             Op::RemoveSlot(1, 3),
             Op::RemoveBackend(2),
         ]
@@ -331,7 +343,8 @@ fn removed_service_is_deleted_in_reverse_order() {
     assert_eq!(
         maps.take_log(),
         [
-            Op::RemoveService(1),
+            Op::RemoveService(1, EXT),
+            Op::RemoveService(1, INT),
             Op::RemoveSlot(1, 2),
             Op::RemoveSlot(1, 1),
             Op::RemoveBackend(1),
@@ -352,12 +365,14 @@ fn freed_ids_are_reused_and_stats_reset() {
     assert_eq!(
         maps.take_log(),
         [
-            Op::RemoveService(1),
+            Op::RemoveService(1, EXT),
+            Op::RemoveService(1, INT),
             Op::RemoveSlot(1, 1),
             Op::Backend(3),
             Op::Slot(1, 1, 3),
             Op::ResetStats(1),
-            Op::Service(1, 1),
+            Op::Service(1, 1, EXT),
+            Op::Service(1, 1, INT),
             Op::RemoveBackend(1),
         ]
     );
@@ -372,13 +387,18 @@ fn shared_backend_lives_until_its_last_service_goes() {
         .unwrap();
     assert_eq!(
         maps.take_log(),
-        [Op::RemoveService(1), Op::RemoveSlot(1, 1)]
+        [
+            Op::RemoveService(1, EXT),
+            Op::RemoveService(1, INT),
+            Op::RemoveSlot(1, 1)
+        ]
     );
     reconciler.apply(&desired(&[]), &mut maps).unwrap();
     assert_eq!(
         maps.take_log(),
         [
-            Op::RemoveService(2),
+            Op::RemoveService(2, EXT),
+            Op::RemoveService(2, INT),
             Op::RemoveSlot(2, 1),
             Op::RemoveBackend(1)
         ]
@@ -394,12 +414,16 @@ fn service_without_endpoints_is_programmed_with_zero_backends() {
     assert_eq!(
         maps.take_log(),
         [
-            Op::Service(1, 0),
+            Op::Service(1, 0, EXT),
+            Op::Service(1, 0, INT),
             Op::RemoveSlot(1, 1),
             Op::RemoveBackend(1)
         ]
     );
-    assert_eq!(maps.services[&tcp(80).key()].backend_count, 0);
+    assert_eq!(
+        maps.services[&tcp(80).key(scope::INTERNAL)].backend_count,
+        0
+    );
 }
 
 #[test]
@@ -407,8 +431,8 @@ fn removed_udp_backend_flushes_only_its_udp_conntrack_entries() {
     let state = desired(&[(udp(53), &[1, 2]), (tcp(80), &[1, 2])]);
     let (mut reconciler, mut maps) = setup(&state);
     let (udp_id, tcp_id) = (
-        maps.services[&udp(53).key()].id,
-        maps.services[&tcp(80).key()].id,
+        maps.services[&udp(53).key(scope::INTERNAL)].id,
+        maps.services[&tcp(80).key(scope::INTERNAL)].id,
     );
     maps.conntrack = vec![
         (IPPROTO_UDP, udp_id, 1),
