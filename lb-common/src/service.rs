@@ -125,13 +125,16 @@ pub struct AffinityKey {
     pub service_id: u32,
 }
 
-/// Value of the session affinity map.
+/// Value of the session affinity map (written by the data path only).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AffinityValue {
     /// Backend the client sticks to.
     pub backend_id: u32,
-    pub _pad: u32,
+    /// The service's slot that held `backend_id` when this was recorded. The affinity holds
+    /// only while that slot (within the backend count) still holds `backend_id`: one slot
+    /// lookup proves the backend still belongs to the service.
+    pub slot: u32,
     /// `bpf_ktime_get_ns` of the client's last new flow to the service.
     pub last_used_ns: u64,
 }
