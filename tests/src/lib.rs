@@ -1,5 +1,7 @@
 //! Test harness for the load balancer, shared by the integration tests and `cargo xtask demo`.
 //!
+//! - [`apiserver`]: an in-memory Kubernetes API server (Services, EndpointSlices, Nodes) with
+//!   real list/watch semantics, for the agent's Kubernetes mode (feature `kube`, default).
 //! - [`netns`]: named network namespaces that delete themselves, and running code inside one.
 //! - [`topology`]: a "node" namespace with pod namespaces on /32 veth routes, as kind's ptp CNI.
 //! - [`servers`]: real TCP and UDP servers in pods that answer with their pod name, and clients.
@@ -13,6 +15,8 @@
 //! removes what it created on drop, also when a test panics.
 
 pub mod agent;
+#[cfg(feature = "kube")]
+pub mod apiserver;
 pub mod cluster;
 pub mod cmd;
 pub mod error;
