@@ -21,8 +21,8 @@ use crate::{cmd, error::io_context, netns::NetNs, Error, Result};
 
 /// Where per-run bpffs directories go (the agent mounts bpffs here if needed).
 pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
-/// Log text the agent prints each time its maps hold the manifests (first after start-up,
-/// again after every change it applies).
+/// Log text the agent prints each time its maps hold its source's state (first after
+/// start-up, again after every change it applies).
 pub const READY_MARKER: &str = "ready: programmed";
 /// How long the agent may take to become ready.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -31,13 +31,26 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Poll interval while waiting for log lines or exit.
 const POLL: Duration = Duration::from_millis(20);
 
+/// Where the agent reads Services and EndpointSlices from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// A directory of Service / EndpointSlice YAML files (`--manifests`).
+    Manifests(PathBuf),
+    /// The Kubernetes API (`--kubeconfig`), as node `node_name` (`--node-name`).
+    Kubernetes {
+        kubeconfig: PathBuf,
+        node_name: String,
+    },
+}
+
 /// How to run the agent.
 #[derive(Clone, Debug)]
 pub struct AgentOptions {
-    /// Directory of Service / EndpointSlice YAML files.
-    pub manifests: PathBuf,
+    pub source: Source,
     /// Interfaces (in the node namespace) for TC ingress.
     pub ifaces: Vec<String>,
+    /// Interface (in the node namespace) for XDP, the node's external interface.
+    pub xdp_iface: Option<String>,
     /// Per-run directory under [`BPFFS_ROOT`] for pinned maps.
     pub bpffs_dir: PathBuf,
     /// `--log-level` value.
@@ -49,8 +62,30 @@ impl AgentOptions {
     /// `/sys/fs/bpf/<id>`, info logs.
     pub fn new(id: &str, manifests: &Path, ifaces: Vec<String>) -> AgentOptions {
         AgentOptions {
-            manifests: manifests.to_path_buf(),
+            source: Source::Manifests(manifests.to_path_buf()),
             ifaces,
+            xdp_iface: None,
+            bpffs_dir: Path::new(BPFFS_ROOT).join(id),
+            log_level: "info".into(),
+        }
+    }
+
+    /// Options for a run against a Kubernetes API server as node `node_name`: TC on `ifaces`,
+    /// XDP on `xdp_iface`, pins under `/sys/fs/bpf/<id>`, info logs.
+    pub fn kubernetes(
+        id: &str,
+        kubeconfig: &Path,
+        node_name: &str,
+        ifaces: Vec<String>,
+        xdp_iface: &str,
+    ) -> AgentOptions {
+        AgentOptions {
+            source: Source::Kubernetes {
+                kubeconfig: kubeconfig.to_path_buf(),
+                node_name: node_name.to_string(),
+            },
+            ifaces,
+            xdp_iface: Some(xdp_iface.to_string()),
             bpffs_dir: Path::new(BPFFS_ROOT).join(id),
             log_level: "info".into(),
         }
@@ -97,16 +132,28 @@ impl Agent {
         let binary = Agent::binary()?;
         let netns = node.open()?;
         let mut command = Command::new(&binary);
+        command.arg("run");
+        match &options.source {
+            Source::Manifests(dir) => command.arg("--manifests").arg(dir),
+            Source::Kubernetes {
+                kubeconfig,
+                node_name,
+            } => command
+                .arg("--kubeconfig")
+                .arg(kubeconfig)
+                .arg("--node-name")
+                .arg(node_name),
+        };
         command
-            .arg("run")
-            .arg("--manifests")
-            .arg(&options.manifests)
             .arg("--bpffs-dir")
             .arg(&options.bpffs_dir)
             .arg("--log-level")
             .arg(&options.log_level);
         for iface in &options.ifaces {
             command.arg("--iface").arg(iface);
+        }
+        if let Some(iface) = &options.xdp_iface {
+            command.arg("--xdp-iface").arg(iface);
         }
         command
             .stdin(Stdio::null())

@@ -1,6 +1,9 @@
 //! The example Service running for real: a node with a client pod and
 //! [`example::BACKENDS`] backend pods serving TCP and UDP, and `lb-agent` in the node
 //! namespace attached to every pod's veth, reading a manifests directory.
+//!
+//! [`kube`]: the same in Kubernetes mode, against the in-memory API server, with an outside
+//! namespace for NodePort, LoadBalancer and external IP traffic (feature `kube`).
 
 use std::{io, net::SocketAddrV4, path::Path, time::Duration};
 
@@ -12,8 +15,11 @@ use crate::{
     Result,
 };
 
+#[cfg(feature = "kube")]
+pub mod kube;
+
 /// Transport protocol of a request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Protocol {
     Tcp,
     Udp,

@@ -11,7 +11,7 @@ use std::{
     net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     thread::{self, JoinHandle},
     time::Duration,
@@ -30,6 +30,17 @@ struct Shared {
     stop: AtomicBool,
     /// TCP connections accepted, or UDP datagrams received.
     served: AtomicUsize,
+    /// The client address of each, in order (what the server sees as the source).
+    peers: Mutex<Vec<SocketAddr>>,
+}
+
+impl Shared {
+    fn count(&self, peer: SocketAddr) {
+        if let Ok(mut peers) = self.peers.lock() {
+            peers.push(peer);
+        }
+        self.served.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// A running server; stops on drop.
@@ -80,6 +91,15 @@ impl Server {
     pub fn served(&self) -> usize {
         self.shared.served.load(Ordering::Relaxed)
     }
+
+    /// Client addresses of the connections or datagrams served so far, in order.
+    pub fn peers(&self) -> Vec<SocketAddr> {
+        self.shared
+            .peers
+            .lock()
+            .map(|p| p.clone())
+            .unwrap_or_default()
+    }
 }
 
 impl Drop for Server {
@@ -95,8 +115,8 @@ fn accept_loop(listener: TcpListener, name: &str, shared: &Arc<Shared>) {
     let mut connections = Vec::new();
     while !shared.stop.load(Ordering::Relaxed) {
         match listener.accept() {
-            Ok((stream, _)) => {
-                shared.served.fetch_add(1, Ordering::Relaxed);
+            Ok((stream, peer)) => {
+                shared.count(peer);
                 let (name, shared) = (name.to_string(), shared.clone());
                 connections.push(thread::spawn(move || {
                     serve_connection(stream, &name, &shared)
@@ -143,7 +163,7 @@ fn udp_loop(socket: UdpSocket, name: &str, shared: &Shared) {
     while !shared.stop.load(Ordering::Relaxed) {
         if let Ok((_, peer)) = socket.recv_from(&mut buf) {
             // Counted before answering, so a client holding the answer sees the count.
-            shared.served.fetch_add(1, Ordering::Relaxed);
+            shared.count(peer);
             let _ = socket.send_to(name.as_bytes(), peer);
         }
     }
@@ -266,6 +286,8 @@ mod tests {
             }
         );
         assert_eq!((tcp.served(), udp.served()), (1, 1));
+        assert_eq!(tcp.peers()[0].ip(), std::net::IpAddr::V4(*addr.ip()));
+        assert_eq!(udp.peers()[0].ip(), std::net::IpAddr::V4(*addr.ip()));
         // The host namespace has no such server.
         assert!(tcp_request(addr, timeout).is_err());
     }

@@ -3,10 +3,15 @@
 //! [`GATEWAY`]/32 and a /32 route to its pod; the pod has its address/32 on `eth0` and a
 //! default route via the gateway. The node forwards (ip_forward=1) with rp_filter off, since
 //! replies translated back to a VIP arrive on a pod's veth that has no route to the VIP.
+//!
+//! Optionally an "outside" namespace stands for the world beyond the node: a veth pair joins
+//! it to the node's external interface [`EXTERNAL_IFACE`] ([`NODE_IP`]/24, where the agent
+//! attaches XDP), and it routes everything via the node, so NodePort, LoadBalancer and
+//! external IP traffic enters the node the way it would from a wire.
 
 use std::net::Ipv4Addr;
 
-use crate::{netns::NetNs, Error, Result};
+use crate::{cmd, netns::NetNs, Error, Result};
 
 /// Node-side address of every pod veth, the pods' default gateway (a link-local-like /32, as
 /// kind's ptp CNI uses the node's pod-CIDR gateway).
@@ -17,6 +22,14 @@ pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
 pub const CLIENT: &str = "client";
 /// Interface name of every pod's end of its veth.
 pub const POD_IFACE: &str = "eth0";
+/// The node's external interface (node namespace side of the outside veth).
+pub const EXTERNAL_IFACE: &str = "ext0";
+/// The node's address on [`EXTERNAL_IFACE`]: its InternalIP, where NodePorts are served.
+pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+/// Address of the outside client, on the node's external subnet.
+pub const OUTSIDE_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
+/// Prefix length of the external subnet.
+const EXTERNAL_PREFIX: u8 = 24;
 /// Longest interface name the kernel accepts (IFNAMSIZ - 1).
 const MAX_IFACE_NAME: usize = 15;
 
@@ -40,11 +53,20 @@ pub struct Pod {
     pub netns: NetNs,
 }
 
+/// The outside client: a namespace on the node's external subnet.
+#[derive(Debug)]
+pub struct Outside {
+    pub addr: Ipv4Addr,
+    pub netns: NetNs,
+}
+
 /// A node namespace and its pods; all namespaces (and so all veths) are deleted on drop.
 #[derive(Debug)]
 pub struct Topology {
     id: String,
+    // Field order is drop order: the node goes last.
     pods: Vec<Pod>,
+    outside: Option<Outside>,
     node: NetNs,
 }
 
@@ -60,6 +82,7 @@ impl Topology {
         let mut topology = Topology {
             id,
             pods: Vec::with_capacity(pods.len()),
+            outside: None,
             node,
         };
         for (name, addr) in pods {
@@ -130,6 +153,62 @@ impl Topology {
         })
     }
 
+    /// Adds the outside namespace ([`OUTSIDE_ADDR`]) joined to the node's [`EXTERNAL_IFACE`]
+    /// ([`NODE_IP`]). Transmit checksum offload is off on the outside's interface, so its
+    /// frames carry complete checksums, as on a wire: the node's XDP program rewrites them
+    /// incrementally and cannot complete a partial one.
+    pub fn add_outside(&mut self) -> Result<&Outside> {
+        let netns = NetNs::create(&format!("{}-outside", self.id))?;
+        let node = &self.node;
+        node.ip(&[
+            "link",
+            "add",
+            EXTERNAL_IFACE,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            POD_IFACE,
+            "netns",
+            netns.name(),
+        ])?;
+        node.set_sysctl(&format!("net.ipv4.conf.{EXTERNAL_IFACE}.rp_filter"), "0")?;
+        let node_addr = format!("{NODE_IP}/{EXTERNAL_PREFIX}");
+        node.ip(&["addr", "add", &node_addr, "dev", EXTERNAL_IFACE])?;
+        node.ip(&["link", "set", EXTERNAL_IFACE, "up"])?;
+        let outside_addr = format!("{OUTSIDE_ADDR}/{EXTERNAL_PREFIX}");
+        netns.ip(&["addr", "add", &outside_addr, "dev", POD_IFACE])?;
+        netns.ip(&["link", "set", POD_IFACE, "up"])?;
+        let node_ip = NODE_IP.to_string();
+        netns.ip(&["route", "add", "default", "via", &node_ip, "dev", POD_IFACE])?;
+        let netns_name = netns.name().to_string();
+        cmd::run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &netns_name,
+                "ethtool",
+                "-K",
+                POD_IFACE,
+                "tx",
+                "off",
+            ],
+        )?;
+        Ok(self.outside.insert(Outside {
+            addr: OUTSIDE_ADDR,
+            netns,
+        }))
+    }
+
+    /// The outside namespace; panics if [`Topology::add_outside`] was not called (a bug in
+    /// the calling test).
+    pub fn outside(&self) -> &Outside {
+        self.outside
+            .as_ref()
+            .unwrap_or_else(|| panic!("topology {} has no outside namespace", self.id))
+    }
+
     /// Unique id of this topology (`lbt-<pid>-<n>`), also usable for per-test paths.
     pub fn id(&self) -> &str {
         &self.id
@@ -156,5 +235,54 @@ impl Topology {
     /// Node-side interface names of all pods (what the agent attaches to).
     pub fn host_ifaces(&self) -> Vec<String> {
         self.pods.iter().map(|p| p.host_iface.clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{net::SocketAddrV4, time::Duration};
+
+    use super::*;
+    use crate::servers::{tcp_request, Server};
+
+    #[test]
+    fn the_outside_reaches_the_node_and_pods_reach_the_outside() {
+        crate::require_root!();
+        let mut topology = Topology::client_and_backends(0).unwrap();
+        let outside_netns = topology.add_outside().unwrap().netns.name().to_string();
+        let timeout = Duration::from_secs(2);
+        let on_node = SocketAddrV4::new(NODE_IP, 9000);
+        let _node_server = Server::tcp(topology.node(), on_node, "node").unwrap();
+        let outside = topology.outside();
+        let _outside_server = Server::tcp(
+            &outside.netns,
+            SocketAddrV4::new(OUTSIDE_ADDR, 9000),
+            "outside",
+        )
+        .unwrap();
+        let reply = outside
+            .netns
+            .run(|| tcp_request(on_node, timeout))
+            .unwrap()
+            .unwrap();
+        assert_eq!(reply.from, "node");
+        let to_outside = SocketAddrV4::new(OUTSIDE_ADDR, 9000);
+        let client = topology.pod(CLIENT);
+        let reply = client
+            .netns
+            .run(|| tcp_request(to_outside, timeout))
+            .unwrap()
+            .unwrap();
+        assert_eq!(reply.from, "outside");
+        let offload = crate::cmd::run(
+            "ip",
+            &["netns", "exec", &outside_netns, "ethtool", "-k", POD_IFACE],
+        )
+        .unwrap();
+        assert!(offload.contains("tx-checksumming: off"), "{offload}");
+        drop(topology);
+        assert!(!std::path::Path::new("/run/netns")
+            .join(&outside_netns)
+            .exists());
     }
 }

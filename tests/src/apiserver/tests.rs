@@ -626,3 +626,32 @@ fn kube_runtime_watcher_lists_watches_and_relists_after_410() {
         .count();
     assert!(lists >= 2, "no relist after the 410 ({lists} lists)");
 }
+
+#[test]
+fn a_server_started_in_a_namespace_listens_only_there() {
+    crate::require_root!();
+    let netns =
+        crate::netns::NetNs::create(&format!("{}-api", crate::netns::unique_prefix())).unwrap();
+    let server = ApiServer::start_in(&netns, Options::default()).unwrap();
+    server
+        .create(&node("node-a", [198, 18, 1, 1].into()))
+        .unwrap();
+    let addr = server.addr();
+    let status = netns
+        .run(|| send(addr, "/api/v1/nodes/node-a").status)
+        .unwrap();
+    assert_eq!(status, 200);
+    let kubeconfig = std::fs::read_to_string(server.kubeconfig()).unwrap();
+    assert!(
+        kubeconfig.contains(&format!("server: http://{addr}\n")),
+        "{kubeconfig}"
+    );
+    // The caller's namespace has nothing on that port.
+    assert!(TcpStream::connect_timeout(&addr, TIMEOUT).is_err());
+    server.stop().unwrap();
+    server.restart().unwrap();
+    let status = netns
+        .run(|| send(addr, "/api/v1/nodes/node-a").status)
+        .unwrap();
+    assert_eq!(status, 200, "restarted inside the same namespace");
+}

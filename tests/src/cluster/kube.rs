@@ -1,0 +1,313 @@
+//! A node in Kubernetes mode: the topology with a client pod, backend pods and the outside
+//! namespace; the in-memory API server inside the node namespace holding this node's Node
+//! object; `lb-agent run --kubeconfig` attached with TC to the pods' veths and XDP to the
+//! external interface. Tests change Services and EndpointSlices through [`KubeCluster::api`]
+//! and send real traffic from the client pod or the outside.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io,
+    net::{SocketAddr, SocketAddrV4, UdpSocket},
+    thread,
+    time::{Duration, Instant},
+};
+
+use super::Protocol;
+use crate::{
+    agent::{Agent, AgentOptions},
+    apiserver::{objects, ApiServer, Options},
+    netns::NetNs,
+    servers::{tcp_request, udp_request, Reply, Server},
+    topology::{backend_name, Outside, Pod, Topology, CLIENT, EXTERNAL_IFACE, NODE_IP},
+    Result,
+};
+
+/// Name of the node the agent runs as.
+pub const NODE_NAME: &str = "node-a";
+/// Name of another node, for endpoints that are not local.
+pub const OTHER_NODE: &str = "node-b";
+/// Namespace of the test Services.
+pub const NAMESPACE: &str = "e2e";
+/// Ports every backend pod serves (each answers with its pod name).
+pub const BACKEND_PORTS: [(Protocol, u16); 3] = [
+    (Protocol::Tcp, 8080),
+    (Protocol::Tcp, 8081),
+    (Protocol::Udp, 8053),
+];
+/// Per-request timeout of the request helpers.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A running node in Kubernetes mode; dropping it stops the agent, the servers, the API server
+/// and deletes the namespaces.
+#[derive(Debug)]
+pub struct KubeCluster {
+    // Field order is drop order.
+    agent: Agent,
+    servers: BTreeMap<(usize, Protocol, u16), Server>,
+    api: ApiServer,
+    topology: Topology,
+}
+
+impl KubeCluster {
+    /// Builds the topology with `backends` backend pods and the outside, starts the backends'
+    /// servers ([`BACKEND_PORTS`]), the API server with the Node [`NODE_NAME`] (InternalIP
+    /// [`NODE_IP`]) and then the agent, and waits until it is ready.
+    pub fn start(backends: usize) -> Result<KubeCluster> {
+        let mut topology = Topology::client_and_backends(backends)?;
+        topology.add_outside()?;
+        let mut servers = BTreeMap::new();
+        for i in 0..backends {
+            let pod = topology.pod(&backend_name(i));
+            for (protocol, port) in BACKEND_PORTS {
+                let addr = SocketAddrV4::new(pod.addr, port);
+                let server = match protocol {
+                    Protocol::Tcp => Server::tcp(&pod.netns, addr, &pod.name)?,
+                    Protocol::Udp => Server::udp(&pod.netns, addr, &pod.name)?,
+                };
+                servers.insert((i, protocol, port), server);
+            }
+        }
+        let api = ApiServer::start_in(topology.node(), Options::default())?;
+        api.create(&objects::node(NODE_NAME, NODE_IP))
+            .expect("a fresh server accepts the Node");
+        let options = AgentOptions::kubernetes(
+            topology.id(),
+            &api.kubeconfig(),
+            NODE_NAME,
+            topology.host_ifaces(),
+            EXTERNAL_IFACE,
+        );
+        let agent = Agent::start(topology.node(), options)?;
+        Ok(KubeCluster {
+            agent,
+            servers,
+            api,
+            topology,
+        })
+    }
+
+    /// The API server the agent watches.
+    pub fn api(&self) -> &ApiServer {
+        &self.api
+    }
+
+    /// The agent.
+    pub fn agent(&self) -> &Agent {
+        &self.agent
+    }
+
+    /// The agent, to wait for its logs or check its status.
+    pub fn agent_mut(&mut self) -> &mut Agent {
+        &mut self.agent
+    }
+
+    /// The topology.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// The client pod.
+    pub fn client(&self) -> &Pod {
+        self.topology.pod(CLIENT)
+    }
+
+    /// The outside namespace.
+    pub fn outside(&self) -> &Outside {
+        self.topology.outside()
+    }
+
+    /// Backend pod `index`.
+    pub fn backend(&self, index: usize) -> &Pod {
+        self.topology.pod(&backend_name(index))
+    }
+
+    /// Connections accepted, or datagrams received, by backend `index` on `protocol`/`port`.
+    pub fn served(&self, index: usize, protocol: Protocol, port: u16) -> usize {
+        self.server(index, protocol, port).served()
+    }
+
+    /// Client addresses backend `index` saw on `protocol`/`port`, in order.
+    pub fn peers(&self, index: usize, protocol: Protocol, port: u16) -> Vec<SocketAddr> {
+        self.server(index, protocol, port).peers()
+    }
+
+    fn server(&self, index: usize, protocol: Protocol, port: u16) -> &Server {
+        self.servers
+            .get(&(index, protocol, port))
+            .unwrap_or_else(|| panic!("backend {index} serves no {protocol} port {port}"))
+    }
+
+    /// `lb-agent inspect` of the running agent.
+    pub fn inspect(&self) -> Result<Inspect> {
+        self.agent.inspect().map(Inspect)
+    }
+}
+
+/// Sends `count` requests to `target` from inside `netns`, a new connection (TCP) or fresh
+/// socket (UDP) each, stopping at the first failure (whose error ends the list).
+pub fn requests(
+    netns: &NetNs,
+    protocol: Protocol,
+    target: SocketAddrV4,
+    count: usize,
+) -> Result<Vec<io::Result<Reply>>> {
+    netns.run(|| {
+        let mut replies = Vec::with_capacity(count);
+        for _ in 0..count {
+            let reply = match protocol {
+                Protocol::Tcp => tcp_request(target, REQUEST_TIMEOUT),
+                Protocol::Udp => udp_request(target, REQUEST_TIMEOUT),
+            };
+            let failed = reply.is_err();
+            replies.push(reply);
+            if failed {
+                break;
+            }
+        }
+        replies
+    })
+}
+
+/// Which pods answered `count` requests to `target` from `netns`, and how often; an `Err`
+/// describes the first failed request or an answer from an address other than `target`.
+pub fn tally(
+    netns: &NetNs,
+    protocol: Protocol,
+    target: SocketAddrV4,
+    count: usize,
+) -> std::result::Result<BTreeMap<String, usize>, String> {
+    let replies = requests(netns, protocol, target, count).map_err(|e| e.to_string())?;
+    let mut counts = BTreeMap::new();
+    for (i, reply) in replies.into_iter().enumerate() {
+        let reply = reply.map_err(|e| format!("{protocol} request {i} to {target} failed: {e}"))?;
+        if reply.peer != SocketAddr::V4(target) {
+            return Err(format!(
+                "{protocol} request {i} to {target} answered from {}",
+                reply.peer
+            ));
+        }
+        *counts.entry(reply.from).or_insert(0) += 1;
+    }
+    Ok(counts)
+}
+
+/// The names of `pods`, as a set (to compare with [`tally`]'s keys).
+pub fn names<'a>(pods: impl IntoIterator<Item = &'a str>) -> BTreeSet<String> {
+    pods.into_iter().map(str::to_string).collect()
+}
+
+/// Sends one datagram from a connected UDP socket in `netns` and waits for the answer; a
+/// rejected flow (ICMP port unreachable) fails with `ConnectionRefused`.
+pub fn connected_udp_request(netns: &NetNs, target: SocketAddrV4) -> Result<io::Result<Reply>> {
+    netns.run(|| {
+        let socket = UdpSocket::bind("0.0.0.0:0")?;
+        socket.set_read_timeout(Some(REQUEST_TIMEOUT))?;
+        socket.connect(target)?;
+        socket.send(b"who are you?\n")?;
+        let mut buf = [0u8; 256];
+        let len = socket.recv(&mut buf)?;
+        Ok(Reply {
+            from: String::from_utf8_lossy(&buf[..len]).into_owned(),
+            peer: socket.peer_addr()?,
+        })
+    })
+}
+
+/// Calls `check` every 100 ms until it returns `Ok` or `timeout` passes; then panics with
+/// `what` and the last error. For conditions that hold once the agent applied a change.
+pub fn wait_until<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> std::result::Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check() {
+            Ok(value) => return value,
+            Err(last) if Instant::now() >= deadline => {
+                panic!("timed out after {timeout:?} waiting until {what}; last: {last}")
+            }
+            Err(_) => thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// Output of `lb-agent inspect`, with accessors for what tests check.
+#[derive(Clone, Debug)]
+pub struct Inspect(pub String);
+
+/// One row of the services table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FrontendRow {
+    /// `addr:port/PROTO`.
+    pub frontend: String,
+    /// `external` or `internal`.
+    pub scope: String,
+    pub backends: u32,
+}
+
+impl Inspect {
+    /// The value of node-wide counter `name` (as `lb_common::Counter::name` spells it).
+    pub fn counter(&self, name: &str) -> Option<u64> {
+        self.section("COUNTERS").find_map(|line| {
+            let mut columns = line.split_whitespace();
+            (columns.next() == Some(name))
+                .then(|| columns.next()?.parse().ok())
+                .flatten()
+        })
+    }
+
+    /// Every row of the services table.
+    pub fn frontends(&self) -> Vec<FrontendRow> {
+        self.section("SERVICES")
+            .filter_map(|line| {
+                let columns: Vec<&str> = line.split_whitespace().collect();
+                Some(FrontendRow {
+                    frontend: columns.first()?.to_string(),
+                    scope: columns.get(1)?.to_string(),
+                    backends: columns.get(3)?.parse().ok()?,
+                })
+            })
+            .collect()
+    }
+
+    /// Rows of `frontend` (`addr:port/PROTO`), one per scope.
+    pub fn frontend(&self, frontend: &str) -> Vec<FrontendRow> {
+        self.frontends()
+            .into_iter()
+            .filter(|row| row.frontend == frontend)
+            .collect()
+    }
+
+    /// The data lines of the table after the line `title` (without its header line).
+    fn section<'a>(&'a self, title: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0
+            .lines()
+            .skip_while(move |line| line.trim() != title)
+            .skip(2)
+            .take_while(|line| !line.trim().is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inspect_tables_are_read_by_column() {
+        let text = "SERVICES\nFRONTEND  SCOPE  ID  BACKENDS  SLOTS  PACKETS\n\
+                    198.19.0.10:80/TCP  external  1  2  1,2  5\n\
+                    198.19.0.10:80/TCP  internal  1  0    0\n\nBACKENDS\nID  ADDRESS\n\
+                    1  198.18.0.11:8080\n\nCOUNTERS\nCOUNTER  VALUE\npackets  12\n\
+                    reject_no_backend  3\n";
+        let inspect = Inspect(text.to_string());
+        assert_eq!(inspect.counter("reject_no_backend"), Some(3));
+        assert_eq!(inspect.counter("packets"), Some(12));
+        assert_eq!(inspect.counter("drops"), None);
+        let rows = inspect.frontend("198.19.0.10:80/TCP");
+        assert_eq!(rows.len(), 2);
+        assert_eq!((rows[0].scope.as_str(), rows[0].backends), ("external", 2));
+        assert_eq!((rows[1].scope.as_str(), rows[1].backends), ("internal", 0));
+        assert!(inspect.frontend("198.19.0.11:80/TCP").is_empty());
+    }
+}
