@@ -23,7 +23,26 @@ pub fn replace2(check: [u8; 2], old: [u8; 2], new: [u8; 2]) -> [u8; 2] {
     (!fold(sum)).to_be_bytes()
 }
 
-/// Folds a 32-bit one's complement sum of at most eight 16-bit words into 16 bits.
+/// Adds `bytes` (an even count, starting at an even offset of the checksummed data) to a
+/// one's complement sum, as big-endian 16-bit words.
+#[inline(always)]
+pub fn add<const N: usize>(mut sum: u32, bytes: [u8; N]) -> u32 {
+    const { assert!(N.is_multiple_of(2), "whole 16-bit words only") };
+    let mut i = 0;
+    while i < N {
+        sum += u32::from(u16::from_be_bytes([bytes[i], bytes[i + 1]]));
+        i += 2;
+    }
+    sum
+}
+
+/// The checksum field for data whose words add up to `sum` (the field itself counted as 0).
+#[inline(always)]
+pub fn finish(sum: u32) -> [u8; 2] {
+    (!fold(sum)).to_be_bytes()
+}
+
+/// Folds a 32-bit one's complement sum into 16 bits (two folds carry any `u32`).
 #[inline(always)]
 fn fold(sum: u32) -> u16 {
     let sum = (sum & 0xffff) + (sum >> 16);
@@ -61,6 +80,17 @@ mod tests {
             data[2..4].copy_from_slice(&new);
             assert_eq!(updated, full(&data), "data {data:02x?}");
         }
+    }
+
+    #[test]
+    fn add_and_finish_match_full_computation() {
+        let mut rng = Lcg(3);
+        for _ in 0..1_000 {
+            let (a, b): ([u8; 20], [u8; 12]) = (rng.bytes(), rng.bytes());
+            let whole = [&a[..], &b[..]].concat();
+            assert_eq!(finish(add(add(0, a), b)), full(&whole));
+        }
+        assert_eq!(finish(add(0, [0xff; 64])), [0, 0]);
     }
 
     #[test]

@@ -1,13 +1,19 @@
 //! The one packet interface the load balancer needs, implemented for XDP and TC.
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    bindings::{
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR,
+        BPF_F_RECOMPUTE_CSUM, TC_ACT_SHOT,
+    },
+    helpers::generated::{
+        bpf_redirect, bpf_skb_change_tail, bpf_xdp_adjust_head, bpf_xdp_adjust_tail,
+    },
     programs::{TcContext, XdpContext},
 };
 
 use crate::{
     parse::{Endpoint, Ipv4Flow, IPV4_CHECKSUM_OFFSET},
-    rewrite::{self, RewriteFailed, Side, Store},
+    rewrite::{self, RewriteFailed, Side},
 };
 
 /// Packet access shared by both hooks.
@@ -19,6 +25,14 @@ pub trait Packet {
     /// `N` must be at least 2: LLVM turns a 1-byte check `ptr + 1 > end` into `ptr >= end`,
     /// from which the verifier proves no readable byte.
     fn load<const N: usize>(&self, offset: usize) -> Option<[u8; N]>;
+    /// Writes `bytes` at `offset`, or returns `None` when that is beyond the packet (or the
+    /// write failed).
+    fn store<const N: usize>(&mut self, offset: usize, bytes: [u8; N]) -> Option<()>;
+    /// Makes room for a reply that quotes the packet: moves everything from the IPv4 header on
+    /// back by `room` bytes, then cuts the frame to `len` bytes. The bytes before the moved
+    /// IPv4 header are unspecified afterwards; the caller writes all of them. `len - room`
+    /// must not exceed the frame length.
+    fn make_reply_room(&mut self, room: u32, len: u32) -> Result<(), RewriteFailed>;
     /// Replaces `side`'s address and port with `to`, keeping the IPv4 and TCP/UDP checksums
     /// valid.
     fn rewrite(&mut self, flow: &Ipv4Flow, side: Side, to: Endpoint) -> Result<(), RewriteFailed>;
@@ -55,13 +69,6 @@ impl Packet for XdpPacket {
     }
 
     #[inline(always)]
-    fn rewrite(&mut self, flow: &Ipv4Flow, side: Side, to: Endpoint) -> Result<(), RewriteFailed> {
-        rewrite::in_place(self, flow, side, to)
-    }
-}
-
-impl Store for XdpPacket {
-    #[inline(always)]
     fn store<const N: usize>(&mut self, offset: usize, bytes: [u8; N]) -> Option<()> {
         let start = self.0.data() + offset;
         if start + N > self.0.data_end() {
@@ -71,11 +78,57 @@ impl Store for XdpPacket {
         unsafe { (start as *mut [u8; N]).write(bytes) };
         Some(())
     }
+
+    /// Cuts the tail, then grows the head: the IPv4 header stays where it is in memory.
+    #[inline(always)]
+    fn make_reply_room(&mut self, room: u32, len: u32) -> Result<(), RewriteFailed> {
+        let cut = (len - room) as i32 - self.frame_len() as i32;
+        // SAFETY: the helpers only move the frame's bounds; every later access re-checks them.
+        let failed = unsafe {
+            (cut != 0 && bpf_xdp_adjust_tail(self.0.ctx, cut) != 0)
+                || bpf_xdp_adjust_head(self.0.ctx, -(room as i32)) != 0
+        };
+        if failed {
+            return Err(RewriteFailed);
+        }
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn rewrite(&mut self, flow: &Ipv4Flow, side: Side, to: Endpoint) -> Result<(), RewriteFailed> {
+        rewrite::in_place(self, flow, side, to)
+    }
 }
 
 /// A socket buffer at TC ingress: rewritten through the kernel's store and checksum helpers,
 /// which also keep `CHECKSUM_PARTIAL` (local veth traffic) and `CHECKSUM_COMPLETE` skbs right.
 pub struct TcPacket(pub TcContext);
+
+impl TcPacket {
+    /// The linear data's start and end, read afresh. Volatile reads keep LLVM from carrying
+    /// the pointers across branches as 32-bit values it then zero-extends with shifts, which
+    /// the verifier refuses on packet pointers.
+    #[inline(always)]
+    fn bounds(&self) -> (usize, usize) {
+        let skb = self.0.skb.skb;
+        // SAFETY: reads the program's own context.
+        unsafe {
+            (
+                core::ptr::read_volatile(&(*skb).data) as usize,
+                core::ptr::read_volatile(&(*skb).data_end) as usize,
+            )
+        }
+    }
+
+    /// Sends the packet back out of the interface it arrived on (towards the pod); returns the
+    /// program's return code (`TC_ACT_REDIRECT`, or `TC_ACT_SHOT` if the helper refuses).
+    #[inline(always)]
+    pub fn redirect_back(&self) -> i32 {
+        // SAFETY: reads the program's own context; the helper takes plain integers.
+        let verdict = unsafe { bpf_redirect((*self.0.skb.skb).ifindex, 0) };
+        i32::try_from(verdict).unwrap_or(TC_ACT_SHOT)
+    }
+}
 
 impl Packet for TcPacket {
     #[inline(always)]
@@ -86,7 +139,8 @@ impl Packet for TcPacket {
     /// Reads the linear part directly; pulls more into it when headers sit in fragments.
     #[inline(always)]
     fn load<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
-        if let Some(bytes) = load_direct(self.0.data(), self.0.data_end(), offset) {
+        let (data, data_end) = self.bounds();
+        if let Some(bytes) = load_direct(data, data_end, offset) {
             return Some(bytes);
         }
         let end = (offset + N) as u32;
@@ -94,7 +148,31 @@ impl Packet for TcPacket {
             return None;
         }
         self.0.pull_data(end).ok()?;
-        load_direct(self.0.data(), self.0.data_end(), offset)
+        let (data, data_end) = self.bounds();
+        load_direct(data, data_end, offset)
+    }
+
+    /// Keeps a `CHECKSUM_COMPLETE` skb's sum right (`BPF_F_RECOMPUTE_CSUM`).
+    #[inline(always)]
+    fn store<const N: usize>(&mut self, offset: usize, bytes: [u8; N]) -> Option<()> {
+        self.0
+            .store(offset, &bytes, u64::from(BPF_F_RECOMPUTE_CSUM))
+            .ok()
+    }
+
+    /// Cuts the tail, then inserts the room after the Ethernet header, which also moves the
+    /// skb's network header to the new bytes. Trimming first keeps a `CHECKSUM_PARTIAL`
+    /// skb's checksum field inside the frame, as the kernel requires (the reply quotes the
+    /// whole fixed TCP header for that reason).
+    #[inline(always)]
+    fn make_reply_room(&mut self, room: u32, len: u32) -> Result<(), RewriteFailed> {
+        let ctx = &self.0;
+        // SAFETY: the helper only resizes the skb; every later access re-checks bounds.
+        if unsafe { bpf_skb_change_tail(ctx.skb.skb, len - room, 0) } != 0 {
+            return Err(RewriteFailed);
+        }
+        ctx.adjust_room(room as i32, BPF_ADJ_ROOM_MAC, 0)
+            .map_err(|_| RewriteFailed)
     }
 
     #[inline(always)]

@@ -9,6 +9,8 @@ pub enum Verdict {
     Pass,
     /// Drop the packet.
     Drop,
+    /// Send the packet, rewritten into a reply, back out of the interface it arrived on.
+    SendBack,
 }
 
 /// A packet the program did not translate: the counter naming the reason, and the service the

@@ -1,16 +1,19 @@
 //! The load balancer, shared by the XDP and TC hooks: parse -> conntrack -> service ->
-//! backend selection -> conntrack create -> rewrite.
+//! backend selection (session affinity, flow hash) -> conntrack create -> rewrite; or, for a
+//! service without backends, a reject or a drop.
 
 use lb_common::{
-    conntrack::ct_flags, ipv4_unmapped, BackendSlotKey, Counter, CtKey, CtValue, ServiceKey,
+    conntrack::ct_flags, ipv4_unmapped, service::service_flags, BackendSlotKey, Counter, CtKey,
+    CtValue, ServiceKey, ServiceValue,
 };
 
 use crate::{
-    conntrack,
+    affinity, conntrack,
     context::Packet,
     error::{Error, Verdict},
     maps::Maps,
     parse::{self, Endpoint, Ipv4Flow},
+    reject,
     rewrite::Side,
     select, stats,
 };
@@ -24,7 +27,11 @@ pub fn process<P: Packet, M: Maps>(pkt: &mut P, maps: &mut M, scope: u8) -> Verd
     match try_process(pkt, maps, scope) {
         Ok(outcome) => {
             stats::count(maps, outcome);
-            Verdict::Pass
+            if outcome == Counter::RejectNoBackend {
+                Verdict::SendBack
+            } else {
+                Verdict::Pass
+            }
         }
         Err(e) => {
             stats::count(maps, e.reason);
@@ -37,7 +44,7 @@ pub fn process<P: Packet, M: Maps>(pkt: &mut P, maps: &mut M, scope: u8) -> Verd
     }
 }
 
-/// Translates the packet; returns the counter of the translation done.
+/// Translates the packet, or turns it into a reject; returns the counter of what was done.
 #[inline(always)]
 fn try_process<P: Packet, M: Maps>(pkt: &mut P, maps: &mut M, scope: u8) -> Result<Counter, Error> {
     let flow = parse::ipv4_flow(pkt)?;
@@ -83,21 +90,18 @@ fn new_flow<P: Packet, M: Maps>(
             scope,
         })
         .ok_or(Error::untouched(Counter::NotService))?;
-    let service_id = service.id;
     if service.backend_count == 0 {
-        return Err(Error::dropped(Counter::DropNoBackend, service_id));
+        return no_backend(pkt, maps, flow, &service);
     }
+    let service_id = service.id;
     let missing = Error::dropped(Counter::DropBackendMissing, service_id);
-    let slot = select::slot(key, service.backend_count);
-    let backend_id = maps
-        .slot(&BackendSlotKey { service_id, slot })
-        .ok_or(missing)?;
+    let now = maps.now_ns();
+    let (slot, backend_id) = choose(maps, key, &service, now).ok_or(missing)?;
     let backend = maps
         .backend(backend_id)
         .filter(|b| ipv4_unmapped(&b.addr).is_some())
         .ok_or(missing)?;
 
-    let now = maps.now_ns();
     let (forward, reply_key, reply) =
         conntrack::new_flow(key, service_id, backend_id, &backend, now);
     let full = Error::dropped(Counter::DropConntrackFull, service_id);
@@ -114,8 +118,56 @@ fn new_flow<P: Packet, M: Maps>(
         &forward,
         Counter::NewFlows,
     )?;
+    if affinity::enabled(&service) {
+        let client = affinity::key(key.src_addr, service_id);
+        maps.set_affinity(&client, &affinity::record(backend_id, slot, now));
+    }
     stats::new_flow(maps, service_id);
     Ok(outcome)
+}
+
+/// The slot and backend id for a new flow: the client's remembered backend when the service
+/// has session affinity and the memory still holds, else the slot the flow hashes to.
+#[inline(always)]
+fn choose<M: Maps>(
+    maps: &mut M,
+    key: &CtKey,
+    service: &ServiceValue,
+    now: u64,
+) -> Option<(u32, u32)> {
+    let service_id = service.id;
+    if affinity::enabled(service) {
+        if let Some(entry) = maps.affinity(&affinity::key(key.src_addr, service_id)) {
+            if let Some(slot) = affinity::live_slot(&entry, service, now) {
+                if maps.slot(&BackendSlotKey { service_id, slot }) == Some(entry.backend_id) {
+                    return Some((slot, entry.backend_id));
+                }
+            }
+        }
+    }
+    let slot = select::slot(key, service.backend_count);
+    let backend_id = maps.slot(&BackendSlotKey { service_id, slot })?;
+    Some((slot, backend_id))
+}
+
+/// A new flow for a service without a usable backend: rejected with ICMP port unreachable
+/// (kube-proxy's REJECT), or dropped when the service says so or no ICMP error may be sent.
+#[inline(always)]
+fn no_backend<P: Packet, M: Maps>(
+    pkt: &mut P,
+    maps: &mut M,
+    flow: &Ipv4Flow,
+    service: &ServiceValue,
+) -> Result<Counter, Error> {
+    let service_id = service.id;
+    if service.flags & service_flags::DROP_IF_NO_BACKEND != 0 || !reject::may_answer(flow.src.addr)
+    {
+        return Err(Error::dropped(Counter::DropNoBackend, service_id));
+    }
+    reject::port_unreachable(pkt, flow)
+        .map_err(|_| Error::dropped(Counter::DropRewriteFailed, service_id))?;
+    stats::rejected(maps, service_id);
+    Ok(Counter::RejectNoBackend)
 }
 
 /// Rewrites `side` of the packet to the entry's NAT address and accounts it to the service.
@@ -155,8 +207,8 @@ fn forget<M: Maps>(maps: &mut M, key: &CtKey, entry: &CtValue) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{checksums_valid, frame, FakeMaps, FrameSpec, SlicePacket, VIP};
-    use lb_common::{ipv4_mapped, service::scope, Backend, ServiceValue, IPPROTO_TCP, IPPROTO_UDP};
+    use crate::testing::{checksums_valid, frame, FakeMaps, FrameSpec, SlicePacket, CLIENT, VIP};
+    use lb_common::{ipv4_mapped, service::scope, Backend, IPPROTO_TCP, IPPROTO_UDP};
 
     const SERVICE_ID: u32 = 3;
     const BACKENDS: [(u32, Endpoint); 2] = [
@@ -430,15 +482,305 @@ mod tests {
         assert_eq!(maps.counter_value(Counter::Packets), 1);
     }
 
+    /// `maps` with the service's backend count set to 0 and `flags` set.
+    fn without_backends(mut maps: FakeMaps, flags: u32) -> FakeMaps {
+        for s in maps.services.values_mut() {
+            s.backend_count = 0;
+            s.flags = flags;
+        }
+        maps
+    }
+
     #[test]
-    fn a_service_without_backends_drops() {
-        let mut maps = maps_with_service(IPPROTO_TCP);
-        maps.services.values_mut().for_each(|s| s.backend_count = 0);
-        let (verdict, _) = run(&mut maps, &FrameSpec::tcp_syn());
-        assert_eq!(verdict, Verdict::Drop);
+    fn a_service_without_backends_rejects_tcp_and_udp() {
+        for (proto, spec) in [
+            (IPPROTO_TCP, FrameSpec::tcp_syn()),
+            (IPPROTO_UDP, FrameSpec::udp()),
+        ] {
+            let mut maps = without_backends(maps_with_service(proto), 0);
+            let (verdict, out) = run(&mut maps, &spec);
+            assert_eq!(verdict, Verdict::SendBack, "{proto}");
+            let original = frame(&spec);
+            assert_eq!(&out[0..6], &original[6..12], "back to the sender's MAC");
+            assert_eq!(out[14 + 9], 1, "ICMP");
+            assert_eq!(&out[26..34], &[VIP.addr, spec.src.addr].concat());
+            assert_eq!(&out[34..36], &[3, 3], "port unreachable");
+            assert_eq!(&out[42..62], &original[14..34], "quotes the IPv4 header");
+            assert_eq!(maps.counter_value(Counter::RejectNoBackend), 1);
+            assert_eq!(maps.counter_value(Counter::Packets), 1);
+            let stats = maps.stats_of(SERVICE_ID);
+            assert_eq!((stats.rejects, stats.drops, stats.packets), (1, 0, 0));
+            assert!(maps.conntrack.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_service_without_backends_that_drops_instead_drops() {
+        let mut maps = without_backends(
+            maps_with_service(IPPROTO_TCP),
+            service_flags::DROP_IF_NO_BACKEND,
+        );
+        let syn = FrameSpec::tcp_syn();
+        let (verdict, out) = run(&mut maps, &syn);
+        assert_eq!((verdict, out), (Verdict::Drop, frame(&syn)));
         assert_eq!(maps.counter_value(Counter::DropNoBackend), 1);
+        assert_eq!(maps.counter_value(Counter::RejectNoBackend), 0);
+        let stats = maps.stats_of(SERVICE_ID);
+        assert_eq!((stats.drops, stats.rejects), (1, 0));
+    }
+
+    #[test]
+    fn no_icmp_error_goes_to_a_broadcast_or_multicast_source() {
+        let mut maps = without_backends(maps_with_service(IPPROTO_UDP), 0);
+        let spec = FrameSpec {
+            src: Endpoint {
+                addr: [255, 255, 255, 255],
+                ..CLIENT
+            },
+            ..FrameSpec::udp()
+        };
+        assert_eq!(run(&mut maps, &spec).0, Verdict::Drop);
+        assert_eq!(maps.counter_value(Counter::DropNoBackend), 1);
+    }
+
+    #[test]
+    fn a_reject_that_cannot_be_written_drops() {
+        let mut maps = without_backends(maps_with_service(IPPROTO_UDP), 0);
+        let mut pkt = SlicePacket::new(frame(&FrameSpec::udp()));
+        pkt.fail_resize = true;
+        assert_eq!(process(&mut pkt, &mut maps, scope::INTERNAL), Verdict::Drop);
+        assert_eq!(maps.counter_value(Counter::DropRewriteFailed), 1);
+        assert_eq!(maps.counter_value(Counter::RejectNoBackend), 0);
         assert_eq!(maps.stats_of(SERVICE_ID).drops, 1);
-        assert!(maps.conntrack.is_empty());
+    }
+
+    /// `maps` with session affinity of `timeout_s` seconds on the service.
+    fn with_affinity(mut maps: FakeMaps, timeout_s: u32) -> FakeMaps {
+        for s in maps.services.values_mut() {
+            s.flags = service_flags::AFFINITY;
+            s.affinity_timeout_s = timeout_s;
+        }
+        maps
+    }
+
+    /// A SYN from `client` port `port` to the VIP.
+    fn syn_from(client: [u8; 4], port: u16) -> FrameSpec {
+        FrameSpec {
+            src: Endpoint {
+                addr: client,
+                port: port.to_be_bytes(),
+            },
+            ..FrameSpec::tcp_syn()
+        }
+    }
+
+    /// The backend a new flow's output frame was translated to.
+    fn target_of(out: &[u8]) -> [u8; 4] {
+        out[30..34].try_into().unwrap()
+    }
+
+    /// A source port from `client` whose flow hashes to a backend other than `not`.
+    fn port_hashing_away_from(client: [u8; 4], not: Endpoint) -> u16 {
+        (41_000..42_000)
+            .find(|p| chosen(&syn_from(client, *p)).1 != not)
+            .expect("some port hashes to the other backend")
+    }
+
+    #[test]
+    fn affinity_keeps_a_client_on_its_first_backend() {
+        let mut maps = with_affinity(maps_with_service(IPPROTO_TCP), 60);
+        let first = syn_from(CLIENT.addr, 40_000);
+        let (first_id, first_backend) = chosen(&first);
+        run(&mut maps, &first);
+        for port in 40_001..40_033 {
+            let (verdict, out) = run(&mut maps, &syn_from(CLIENT.addr, port));
+            assert_eq!(verdict, Verdict::Pass);
+            assert_eq!(target_of(&out), first_backend.addr, "port {port}");
+            assert!(checksums_valid(&out));
+        }
+        assert_eq!(maps.counter_value(Counter::NewFlows), 33);
+        let entry = maps.affinity[&affinity::key(ipv4_mapped(CLIENT.addr), SERVICE_ID)];
+        assert_eq!(entry.backend_id, first_id);
+        assert_eq!(entry.last_used_ns, maps.now_ns);
+    }
+
+    #[test]
+    fn affinity_is_per_client() {
+        let mut maps = with_affinity(maps_with_service(IPPROTO_TCP), 60);
+        let (_, first) = chosen(&syn_from(CLIENT.addr, 40_000));
+        run(&mut maps, &syn_from(CLIENT.addr, 40_000));
+        let other = [198, 18, 0, 11];
+        let port = port_hashing_away_from(other, first);
+        let (_, out) = run(&mut maps, &syn_from(other, port));
+        assert_ne!(target_of(&out), first.addr);
+        assert_eq!(maps.affinity.len(), 2);
+    }
+
+    #[test]
+    fn an_expired_affinity_selects_anew_and_is_renewed() {
+        let mut maps = with_affinity(maps_with_service(IPPROTO_TCP), 10);
+        let (_, first) = chosen(&syn_from(CLIENT.addr, 40_000));
+        run(&mut maps, &syn_from(CLIENT.addr, 40_000));
+        let away = port_hashing_away_from(CLIENT.addr, first);
+
+        maps.now_ns += 10_000_000_000 - 1;
+        let (_, out) = run(&mut maps, &syn_from(CLIENT.addr, away));
+        assert_eq!(target_of(&out), first.addr, "within the timeout");
+
+        // That flow renewed the entry: 10 s later it has expired.
+        maps.now_ns += 10_000_000_000;
+        let also_away = (away + 1..away + 1_000)
+            .find(|p| chosen(&syn_from(CLIENT.addr, *p)).1 != first)
+            .unwrap();
+        let (moved_id, moved) = chosen(&syn_from(CLIENT.addr, also_away));
+        let (_, out) = run(&mut maps, &syn_from(CLIENT.addr, also_away));
+        assert_eq!(
+            target_of(&out),
+            moved.addr,
+            "expired: the flow hash decides"
+        );
+        let entry = maps.affinity[&affinity::key(ipv4_mapped(CLIENT.addr), SERVICE_ID)];
+        assert_eq!(
+            (entry.backend_id, entry.last_used_ns),
+            (moved_id, maps.now_ns)
+        );
+
+        let (_, out) = run(&mut maps, &syn_from(CLIENT.addr, 39_999));
+        assert_eq!(target_of(&out), moved.addr, "the renewed entry holds");
+    }
+
+    #[test]
+    fn affinity_to_a_removed_backend_selects_anew() {
+        let mut maps = with_affinity(maps_with_service(IPPROTO_TCP), 60);
+        let (gone_id, gone) = chosen(&syn_from(CLIENT.addr, 40_000));
+        run(&mut maps, &syn_from(CLIENT.addr, 40_000));
+        let (other_id, other) = *BACKENDS.iter().find(|(id, _)| *id != gone_id).unwrap();
+        maps.slots.clear();
+        maps.slots.insert(
+            BackendSlotKey {
+                service_id: SERVICE_ID,
+                slot: 1,
+            },
+            other_id,
+        );
+        maps.backends.remove(&gone_id);
+        maps.services.values_mut().for_each(|s| s.backend_count = 1);
+        let (verdict, out) = run(&mut maps, &syn_from(CLIENT.addr, 40_001));
+        assert_eq!(verdict, Verdict::Pass);
+        assert_ne!(gone.addr, other.addr);
+        assert_eq!(target_of(&out), other.addr);
+        let entry = maps.affinity[&affinity::key(ipv4_mapped(CLIENT.addr), SERVICE_ID)];
+        assert_eq!((entry.backend_id, entry.slot), (other_id, 1));
+    }
+
+    #[test]
+    fn affinity_to_a_slot_that_changed_hands_selects_anew() {
+        let mut maps = with_affinity(maps_with_service(IPPROTO_TCP), 60);
+        let first = syn_from(CLIENT.addr, 40_000);
+        let remembered_slot = select::slot(&key(&first), 2);
+        run(&mut maps, &first);
+        // Swap the two backends' slots: the remembered slot now holds the other backend.
+        for backend in maps.slots.values_mut() {
+            *backend = BACKENDS[usize::from(*backend == BACKENDS[0].0)].0;
+        }
+        // A flow hashing to the other slot, so that following the remembered slot blindly
+        // would give a different answer than selecting anew.
+        let next = (40_001..41_000)
+            .map(|p| syn_from(CLIENT.addr, p))
+            .find(|s| select::slot(&key(s), 2) != remembered_slot)
+            .unwrap();
+        let hashed = maps.slots[&BackendSlotKey {
+            service_id: SERVICE_ID,
+            slot: select::slot(&key(&next), 2),
+        }];
+        let (_, out) = run(&mut maps, &next);
+        assert_eq!(target_of(&out), backend_addr(hashed));
+        let entry = maps.affinity[&affinity::key(ipv4_mapped(CLIENT.addr), SERVICE_ID)];
+        assert_eq!(entry.backend_id, hashed);
+    }
+
+    fn backend_addr(id: u32) -> [u8; 4] {
+        BACKENDS.iter().find(|(i, _)| *i == id).unwrap().1.addr
+    }
+
+    #[test]
+    fn services_without_affinity_leave_the_affinity_map_alone() {
+        let mut maps = maps_with_service(IPPROTO_TCP);
+        for port in 40_000..40_008 {
+            run(&mut maps, &syn_from(CLIENT.addr, port));
+        }
+        assert!(maps.affinity.is_empty());
+        assert_eq!(maps.counter_value(Counter::NewFlows), 8);
+    }
+
+    #[test]
+    fn established_flows_follow_conntrack_not_affinity() {
+        let mut maps = with_affinity(maps_with_service(IPPROTO_TCP), 60);
+        let syn = syn_from(CLIENT.addr, 40_000);
+        let (_, target) = chosen(&syn);
+        run(&mut maps, &syn);
+        // Another backend is remembered now (as if another flow had renewed the entry).
+        let other = BACKENDS.iter().position(|(_, ep)| *ep != target).unwrap();
+        let client = affinity::key(ipv4_mapped(CLIENT.addr), SERVICE_ID);
+        maps.affinity.insert(
+            client,
+            affinity::record(BACKENDS[other].0, other as u32 + 1, maps.now_ns),
+        );
+        let (_, out) = run(&mut maps, &ack(&syn));
+        assert_eq!(target_of(&out), target.addr);
+        assert_eq!(maps.counter_value(Counter::ForwardTranslated), 1);
+    }
+
+    #[test]
+    fn each_hook_looks_up_its_own_scope() {
+        // The INTERNAL entry balances to backend 10 only, the EXTERNAL one to backend 11 only.
+        let mut maps = maps_with_service(IPPROTO_TCP);
+        let internal = *maps.services.keys().next().unwrap();
+        let external = ServiceKey {
+            scope: scope::EXTERNAL,
+            ..internal
+        };
+        let one_backend = |id| ServiceValue {
+            id,
+            backend_count: 1,
+            ..ServiceValue::default()
+        };
+        maps.services.insert(internal, one_backend(SERVICE_ID));
+        maps.services.insert(external, one_backend(SERVICE_ID + 1));
+        maps.slots.insert(
+            BackendSlotKey {
+                service_id: SERVICE_ID + 1,
+                slot: 1,
+            },
+            BACKENDS[1].0,
+        );
+        let syn = FrameSpec::tcp_syn();
+        for (hook_scope, id, backend) in [
+            (scope::INTERNAL, SERVICE_ID, BACKENDS[0].1),
+            (scope::EXTERNAL, SERVICE_ID + 1, BACKENDS[1].1),
+        ] {
+            maps.conntrack.clear();
+            let mut pkt = SlicePacket::new(frame(&syn));
+            assert_eq!(process(&mut pkt, &mut maps, hook_scope), Verdict::Pass);
+            assert_eq!(
+                pkt.bytes,
+                frame(&FrameSpec {
+                    dst: backend,
+                    ..syn.clone()
+                })
+            );
+            assert_eq!(maps.stats_of(id).new_flows, 1, "scope {hook_scope}");
+        }
+    }
+
+    #[test]
+    fn a_scope_without_an_entry_is_not_a_service() {
+        let mut maps = maps_with_service(IPPROTO_TCP);
+        let syn = FrameSpec::tcp_syn();
+        let mut pkt = SlicePacket::new(frame(&syn));
+        assert_eq!(process(&mut pkt, &mut maps, scope::EXTERNAL), Verdict::Pass);
+        assert_eq!(pkt.bytes, frame(&syn));
+        assert_eq!(maps.counter_value(Counter::NotService), 1);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 #![cfg_attr(not(test), no_std)]
 #![cfg_attr(not(test), no_main)]
 
+mod affinity;
 mod checksum;
 mod conntrack;
 mod context;
@@ -14,6 +15,7 @@ mod error;
 mod lb;
 mod maps;
 mod parse;
+mod reject;
 mod rewrite;
 mod select;
 mod stats;
@@ -35,22 +37,25 @@ use crate::{
 };
 
 /// TC ingress on pod-facing interfaces (`lb_common::program_names::TC_INGRESS`): traffic from
-/// pods, looked up in the internal scope.
+/// pods, looked up in the internal scope. Rejects go back to the pod through the interface.
 #[classifier]
 pub fn lb_tc_ingress(ctx: TcContext) -> i32 {
-    match lb::process(&mut TcPacket(ctx), &mut KernelMaps, scope::INTERNAL) {
+    let mut pkt = TcPacket(ctx);
+    match lb::process(&mut pkt, &mut KernelMaps, scope::INTERNAL) {
         Verdict::Pass => TC_ACT_OK,
         Verdict::Drop => TC_ACT_SHOT,
+        Verdict::SendBack => pkt.redirect_back(),
     }
 }
 
 /// XDP on the node's external interface (`lb_common::program_names::XDP_INGRESS`): traffic
-/// from outside the node, looked up in the external scope.
+/// from outside the node, looked up in the external scope. Rejects leave by the same interface.
 #[xdp]
 pub fn lb_xdp_ingress(ctx: XdpContext) -> u32 {
     match lb::process(&mut XdpPacket(ctx), &mut KernelMaps, scope::EXTERNAL) {
         Verdict::Pass => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
+        Verdict::SendBack => xdp_action::XDP_TX,
     }
 }
 

@@ -8,8 +8,8 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    capacity, Backend, BackendSlotKey, Counter, CtKey, CtValue, ServiceKey, ServiceStats,
-    ServiceValue,
+    capacity, AffinityKey, AffinityValue, Backend, BackendSlotKey, Counter, CtKey, CtValue,
+    ServiceKey, ServiceStats, ServiceValue,
 };
 
 #[map]
@@ -23,6 +23,9 @@ static LB_BACKENDS: HashMap<u32, Backend> = HashMap::with_max_entries(capacity::
 #[map]
 static LB_CONNTRACK: LruHashMap<CtKey, CtValue> =
     LruHashMap::with_max_entries(capacity::CONNTRACK, 0);
+#[map]
+static LB_AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
+    LruHashMap::with_max_entries(capacity::AFFINITY, 0);
 #[map]
 static LB_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 #[map]
@@ -41,6 +44,10 @@ pub trait Maps {
     /// Inserts or replaces an entry; `Err` when the map refuses it.
     fn insert_conntrack(&mut self, key: &CtKey, value: &CtValue) -> Result<(), ()>;
     fn remove_conntrack(&mut self, key: &CtKey);
+    /// A client's remembered backend for a service.
+    fn affinity(&mut self, key: &AffinityKey) -> Option<AffinityValue>;
+    /// Records a client's backend; a refused insert only costs the affinity.
+    fn set_affinity(&mut self, key: &AffinityKey, value: &AffinityValue);
     /// This CPU's slot of a node-wide counter.
     fn counter(&mut self, counter: Counter) -> Option<&mut u64>;
     /// This CPU's counters of a service (`None` for ids beyond the map).
@@ -90,6 +97,18 @@ impl Maps for KernelMaps {
     fn remove_conntrack(&mut self, key: &CtKey) {
         // A missing entry is already the wanted state.
         let _ = LB_CONNTRACK.remove(key);
+    }
+
+    #[inline(always)]
+    fn affinity(&mut self, key: &AffinityKey) -> Option<AffinityValue> {
+        // SAFETY: plain-old-data value, copied out at once.
+        unsafe { LB_AFFINITY.get(key).copied() }
+    }
+
+    #[inline(always)]
+    fn set_affinity(&mut self, key: &AffinityKey, value: &AffinityValue) {
+        // The LRU map evicts rather than refuses; an error only means no affinity next time.
+        let _ = LB_AFFINITY.insert(key, value, 0);
     }
 
     #[inline(always)]

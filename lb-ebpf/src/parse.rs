@@ -14,8 +14,10 @@ pub const IPV4_SRC_OFFSET: usize = L3_OFFSET + 12;
 pub const IPV4_DST_OFFSET: usize = L3_OFFSET + 16;
 
 const ETHERTYPE_OFFSET: usize = 12;
-const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
-const IPV4_MIN_HEADER_LEN: usize = 20;
+/// EtherType of IPv4, as it sits in the frame.
+pub const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
+/// Length of an IPv4 header without options.
+pub const IPV4_MIN_HEADER_LEN: usize = 20;
 const TCP_HEADER_LEN: usize = 20;
 const UDP_HEADER_LEN: usize = 8;
 /// More-fragments flag and fragment offset, in the IPv4 flags/fragment-offset word.
@@ -48,6 +50,16 @@ impl Ipv4Flow {
     #[inline(always)]
     pub fn l4_checksum_offset(&self) -> usize {
         self.l4_offset + if self.is_udp() { 6 } else { 16 }
+    }
+
+    /// Length of the fixed TCP or UDP header (TCP options not counted).
+    #[inline(always)]
+    pub fn l4_header_len(&self) -> usize {
+        if self.is_udp() {
+            UDP_HEADER_LEN
+        } else {
+            TCP_HEADER_LEN
+        }
     }
 
     #[inline(always)]

@@ -30,16 +30,11 @@ impl Side {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RewriteFailed;
 
-/// Direct packet writes, for contexts that rewrite in place.
-pub trait Store: Packet {
-    /// Writes `bytes` at `offset`, or returns `None` when that is beyond the packet.
-    fn store<const N: usize>(&mut self, offset: usize, bytes: [u8; N]) -> Option<()>;
-}
-
-/// Rewrites one endpoint with direct writes, updating the IPv4 and TCP/UDP checksums
-/// incrementally. A UDP checksum of 0 (none) stays 0; a computed 0 is sent as 0xffff.
+/// Rewrites one endpoint with plain stores, updating the IPv4 and TCP/UDP checksums
+/// incrementally (for contexts that rewrite in place). A UDP checksum of 0 (none) stays 0; a
+/// computed 0 is sent as 0xffff.
 #[inline(always)]
-pub fn in_place<P: Store>(
+pub fn in_place<P: Packet>(
     pkt: &mut P,
     flow: &Ipv4Flow,
     side: Side,

@@ -36,3 +36,11 @@ pub fn dropped<M: Maps>(maps: &mut M, service_id: u32) {
         s.drops += 1;
     }
 }
+
+/// Accounts a new flow rejected for want of a backend to a service.
+#[inline(always)]
+pub fn rejected<M: Maps>(maps: &mut M, service_id: u32) {
+    if let Some(s) = maps.service_stats(service_id) {
+        s.rejects += 1;
+    }
+}

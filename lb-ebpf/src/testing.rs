@@ -4,16 +4,16 @@
 use std::collections::HashMap;
 
 use lb_common::{
-    Backend, BackendSlotKey, Counter, CtKey, CtValue, ServiceKey, ServiceStats, ServiceValue,
-    IPPROTO_TCP, IPPROTO_UDP,
+    AffinityKey, AffinityValue, Backend, BackendSlotKey, Counter, CtKey, CtValue, ServiceKey,
+    ServiceStats, ServiceValue, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 use crate::{
     conntrack,
     context::Packet,
     maps::Maps,
-    parse::{Endpoint, Ipv4Flow},
-    rewrite::{self, RewriteFailed, Side, Store},
+    parse::{Endpoint, Ipv4Flow, L3_OFFSET},
+    rewrite::{self, RewriteFailed, Side},
 };
 
 /// Full Internet checksum (RFC 1071) of `bytes`, as stored in a header.
@@ -165,6 +165,8 @@ pub struct SlicePacket {
     pub bytes: Vec<u8>,
     /// Makes every store fail, to exercise the rewrite failure path.
     pub fail_stores: bool,
+    /// Makes `make_reply_room` fail, as a refusing resize helper would.
+    pub fail_resize: bool,
 }
 
 impl SlicePacket {
@@ -172,6 +174,7 @@ impl SlicePacket {
         SlicePacket {
             bytes,
             fail_stores: false,
+            fail_resize: false,
         }
     }
 }
@@ -186,12 +189,6 @@ impl Packet for SlicePacket {
         self.bytes.get(offset..offset + N)?.try_into().ok()
     }
 
-    fn rewrite(&mut self, flow: &Ipv4Flow, side: Side, to: Endpoint) -> Result<(), RewriteFailed> {
-        rewrite::in_place(self, flow, side, to)
-    }
-}
-
-impl Store for SlicePacket {
     fn store<const N: usize>(&mut self, offset: usize, bytes: [u8; N]) -> Option<()> {
         if self.fail_stores {
             return None;
@@ -200,6 +197,27 @@ impl Store for SlicePacket {
             .get_mut(offset..offset + N)?
             .copy_from_slice(&bytes);
         Some(())
+    }
+
+    /// Like the kernel contexts, with the unspecified bytes filled with 0xee so tests notice
+    /// any the caller forgets to write.
+    fn make_reply_room(&mut self, room: u32, len: u32) -> Result<(), RewriteFailed> {
+        let (room, len) = (room as usize, len as usize);
+        assert!(
+            len - room <= self.bytes.len(),
+            "make_reply_room cannot grow the tail"
+        );
+        if self.fail_resize {
+            return Err(RewriteFailed);
+        }
+        self.bytes.truncate(len - room);
+        self.bytes.splice(0..0, vec![0; room]);
+        self.bytes[..L3_OFFSET + room].fill(0xee);
+        Ok(())
+    }
+
+    fn rewrite(&mut self, flow: &Ipv4Flow, side: Side, to: Endpoint) -> Result<(), RewriteFailed> {
+        rewrite::in_place(self, flow, side, to)
     }
 }
 
@@ -212,6 +230,7 @@ pub struct FakeMaps {
     pub conntrack: HashMap<CtKey, CtValue>,
     /// Refuse conntrack inserts, as a full or failing map would.
     pub conntrack_full: bool,
+    pub affinity: HashMap<AffinityKey, AffinityValue>,
     pub counters: HashMap<u32, u64>,
     pub service_stats: HashMap<u32, ServiceStats>,
     pub now_ns: u64,
@@ -259,6 +278,14 @@ impl Maps for FakeMaps {
 
     fn remove_conntrack(&mut self, key: &CtKey) {
         self.conntrack.remove(key);
+    }
+
+    fn affinity(&mut self, key: &AffinityKey) -> Option<AffinityValue> {
+        self.affinity.get(key).copied()
+    }
+
+    fn set_affinity(&mut self, key: &AffinityKey, value: &AffinityValue) {
+        self.affinity.insert(*key, *value);
     }
 
     fn counter(&mut self, counter: Counter) -> Option<&mut u64> {

@@ -1,0 +1,235 @@
+//! kube-proxy's REJECT for a service without a usable backend: the packet is turned into an
+//! ICMP destination unreachable / port unreachable (RFC 792) from the frontend address back to
+//! the client, which fails the client's connect or send at once instead of letting it time out.
+//!
+//! The reply quotes the original IPv4 header (with options) and the fixed TCP or UDP header:
+//! at least the 8 bytes RFC 792 asks for, everything a client stack needs to find its socket,
+//! and, for TCP, the checksum field a `CHECKSUM_PARTIAL` skb must keep (see
+//! `TcPacket::make_reply_room`). There is no rate limit: one reply per rejected packet.
+
+use crate::{
+    checksum,
+    context::Packet,
+    parse::{Ipv4Flow, ETHERTYPE_IPV4, IPV4_MIN_HEADER_LEN, L3_OFFSET},
+    rewrite::RewriteFailed,
+};
+
+const IPPROTO_ICMP: u8 = 1;
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_PORT_UNREACH: u8 = 3;
+const ICMP_HEADER_LEN: usize = 8;
+/// The reply's own IPv4 and ICMP headers, inserted in front of the quoted packet.
+const REPLY_HEADERS_LEN: usize = IPV4_MIN_HEADER_LEN + ICMP_HEADER_LEN;
+/// IPv4 options are at most 40 bytes.
+const MAX_OPTION_WORDS: usize = 10;
+/// Type of service of the reply: precedence "internetwork control", as Linux sends ICMP errors.
+const TOS_INTERNETWORK_CONTROL: u8 = 0xc0;
+const TTL: u8 = 64;
+
+/// Whether an ICMP error may be sent to `client` at all: never to a zero, loopback, multicast,
+/// reserved or broadcast source address (RFC 1812 4.3.2.7).
+#[inline(always)]
+pub fn may_answer(client: [u8; 4]) -> bool {
+    !matches!(client[0], 0 | 127 | 224..=255)
+}
+
+/// Rewrites the packet into the ICMP port unreachable answering it: Ethernet addresses
+/// swapped, IPv4 from the frontend to the client, ICMP header, the quoted packet.
+#[inline(always)]
+pub fn port_unreachable<P: Packet>(pkt: &mut P, flow: &Ipv4Flow) -> Result<(), RewriteFailed> {
+    let macs: [u8; 12] = pkt.load(0).ok_or(RewriteFailed)?;
+    let quoted_sum = quoted_sum(pkt, flow).ok_or(RewriteFailed)?;
+    let quoted_len = flow.l4_offset - L3_OFFSET + flow.l4_header_len();
+    let ip_len = REPLY_HEADERS_LEN + quoted_len;
+
+    pkt.make_reply_room(REPLY_HEADERS_LEN as u32, (L3_OFFSET + ip_len) as u32)?;
+    let ip = ipv4_header(flow.dst.addr, flow.src.addr, ip_len as u16);
+    pkt.store(0, ethernet_header(macs))
+        .and_then(|()| pkt.store(L3_OFFSET, ip))
+        .and_then(|()| pkt.store(L3_OFFSET + IPV4_MIN_HEADER_LEN, icmp_header(quoted_sum)))
+        .ok_or(RewriteFailed)
+}
+
+/// One's complement sum of what the reply quotes: the IPv4 header with its options and the
+/// fixed TCP or UDP header.
+#[inline(always)]
+fn quoted_sum<P: Packet>(pkt: &P, flow: &Ipv4Flow) -> Option<u32> {
+    let ip: [u8; IPV4_MIN_HEADER_LEN] = pkt.load(L3_OFFSET)?;
+    let mut sum = checksum::add(0, ip);
+    // Constant offsets (the loop unrolls), which the verifier follows more easily than a
+    // running one.
+    for i in 0..MAX_OPTION_WORDS {
+        let offset = L3_OFFSET + IPV4_MIN_HEADER_LEN + 4 * i;
+        if offset < flow.l4_offset {
+            let word: [u8; 4] = pkt.load(offset)?;
+            sum = checksum::add(sum, word);
+        }
+    }
+    let ports_and_more: [u8; 8] = pkt.load(flow.l4_offset)?;
+    sum = checksum::add(sum, ports_and_more);
+    if !flow.is_udp() {
+        let rest_of_tcp: [u8; 12] = pkt.load(flow.l4_offset + 8)?;
+        sum = checksum::add(sum, rest_of_tcp);
+    }
+    Some(sum)
+}
+
+/// The arriving frame's destination and source MAC addresses (`macs`), swapped.
+#[inline(always)]
+fn ethernet_header(macs: [u8; 12]) -> [u8; 14] {
+    let mut eth = [0; 14];
+    eth[..6].copy_from_slice(&macs[6..]);
+    eth[6..12].copy_from_slice(&macs[..6]);
+    eth[12..].copy_from_slice(&ETHERTYPE_IPV4);
+    eth
+}
+
+/// The reply's IPv4 header: `total_len` bytes from `src` to `dst`, not fragmented.
+#[inline(always)]
+fn ipv4_header(src: [u8; 4], dst: [u8; 4], total_len: u16) -> [u8; IPV4_MIN_HEADER_LEN] {
+    let len = total_len.to_be_bytes();
+    let mut ip = [
+        0x45,
+        TOS_INTERNETWORK_CONTROL,
+        len[0],
+        len[1],
+        0,
+        0, // identification
+        0,
+        0, // flags, fragment offset
+        TTL,
+        IPPROTO_ICMP,
+        0,
+        0, // checksum
+        src[0],
+        src[1],
+        src[2],
+        src[3],
+        dst[0],
+        dst[1],
+        dst[2],
+        dst[3],
+    ];
+    let check = checksum::finish(checksum::add(0, ip));
+    ip[10..12].copy_from_slice(&check);
+    ip
+}
+
+/// The ICMP header, checksummed over itself and the quoted bytes (which sum to `quoted_sum`).
+#[inline(always)]
+fn icmp_header(quoted_sum: u32) -> [u8; ICMP_HEADER_LEN] {
+    let mut icmp = [ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, 0, 0, 0, 0, 0, 0];
+    let check = checksum::finish(checksum::add(quoted_sum, icmp));
+    icmp[2..4].copy_from_slice(&check);
+    icmp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        parse::ipv4_flow,
+        testing::{frame, full_checksum, FrameSpec, SlicePacket, CLIENT, VIP},
+    };
+
+    /// Runs `spec`'s frame through [`port_unreachable`].
+    fn rejected(spec: &FrameSpec) -> Vec<u8> {
+        let mut pkt = SlicePacket::new(frame(spec));
+        let flow = ipv4_flow(&pkt).unwrap();
+        port_unreachable(&mut pkt, &flow).unwrap();
+        pkt.bytes
+    }
+
+    /// The expected reply, built field by field from the original frame.
+    fn expected_reply(original: &[u8], quoted_l4_len: usize) -> Vec<u8> {
+        let ihl = usize::from(original[14] & 0x0f) * 4;
+        let quoted = &original[14..14 + ihl + quoted_l4_len];
+        let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
+        icmp.extend_from_slice(quoted);
+        let check = full_checksum(&icmp);
+        icmp[2..4].copy_from_slice(&check);
+        let total = (20 + icmp.len()) as u16;
+        let mut ip = vec![0x45, 0xc0];
+        ip.extend_from_slice(&total.to_be_bytes());
+        ip.extend_from_slice(&[0, 0, 0, 0, 64, 1, 0, 0]);
+        ip.extend_from_slice(&original[30..34]); // from the frontend
+        ip.extend_from_slice(&original[26..30]); // to the client
+        let check = full_checksum(&ip);
+        ip[10..12].copy_from_slice(&check);
+        let mut reply = original[6..12].to_vec();
+        reply.extend_from_slice(&original[0..6]);
+        reply.extend_from_slice(&[0x08, 0x00]);
+        reply.extend_from_slice(&ip);
+        reply.extend_from_slice(&icmp);
+        reply
+    }
+
+    #[test]
+    fn a_udp_datagram_becomes_port_unreachable_quoting_8_bytes() {
+        let spec = FrameSpec::udp();
+        let original = frame(&spec);
+        let reply = rejected(&spec);
+        assert_eq!(reply, expected_reply(&original, 8));
+        assert_eq!(reply.len(), 14 + 20 + 8 + 20 + 8);
+        assert_eq!(full_checksum(&reply[14..34]), [0, 0]);
+        assert_eq!(full_checksum(&reply[34..]), [0, 0]);
+    }
+
+    #[test]
+    fn a_tcp_syn_becomes_port_unreachable_quoting_the_tcp_header() {
+        let spec = FrameSpec {
+            payload: b"data beyond the header is not quoted".to_vec(),
+            ..FrameSpec::tcp_syn()
+        };
+        let original = frame(&spec);
+        assert_eq!(rejected(&spec), expected_reply(&original, 20));
+    }
+
+    #[test]
+    fn ip_options_are_quoted_and_summed() {
+        for words in [1, 3, 10] {
+            let spec = FrameSpec {
+                ip_options: (0..words * 4).map(|i| i as u8 ^ 0x5a).collect(),
+                ..FrameSpec::udp()
+            };
+            let original = frame(&spec);
+            let reply = rejected(&spec);
+            assert_eq!(reply, expected_reply(&original, 8), "{words} option words");
+            assert_eq!(full_checksum(&reply[34..]), [0, 0]);
+        }
+    }
+
+    #[test]
+    fn the_reply_goes_from_the_frontend_to_the_client() {
+        let reply = rejected(&FrameSpec::tcp_syn());
+        assert_eq!(&reply[26..30], &VIP.addr);
+        assert_eq!(&reply[30..34], &CLIENT.addr);
+        assert_eq!(&reply[0..6], &frame(&FrameSpec::tcp_syn())[6..12]);
+    }
+
+    #[test]
+    fn failed_resizes_and_stores_are_reported() {
+        let mut refusing = SlicePacket::new(frame(&FrameSpec::udp()));
+        refusing.fail_resize = true;
+        let flow = ipv4_flow(&refusing).unwrap();
+        assert_eq!(port_unreachable(&mut refusing, &flow), Err(RewriteFailed));
+        let mut read_only = SlicePacket::new(frame(&FrameSpec::udp()));
+        read_only.fail_stores = true;
+        assert_eq!(port_unreachable(&mut read_only, &flow), Err(RewriteFailed));
+    }
+
+    #[test]
+    fn only_unicast_sources_are_answered() {
+        for ok in [[198, 18, 0, 10], [10, 0, 0, 1], [223, 255, 255, 254]] {
+            assert!(may_answer(ok), "{ok:?}");
+        }
+        for never in [
+            [0, 0, 0, 0],
+            [127, 0, 0, 1],
+            [224, 0, 0, 1],
+            [255, 255, 255, 255],
+        ] {
+            assert!(!may_answer(never), "{never:?}");
+        }
+    }
+}
