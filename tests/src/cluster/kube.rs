@@ -12,6 +12,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use k8s_openapi::api::{
+    core::v1::ServicePort,
+    discovery::v1::{Endpoint, EndpointSlice},
+};
+
 use super::Protocol;
 use crate::{
     agent::{Agent, AgentOptions},
@@ -36,6 +41,11 @@ pub const BACKEND_PORTS: [(Protocol, u16); 3] = [
 ];
 /// Per-request timeout of the request helpers.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the agent may take to apply a change made through the API.
+pub const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Requests per check in [`wait_for_backends`]: enough to reach each of three backends with
+/// near certainty (a miss has odds of 3 x (2/3)^30, below 1e-5).
+pub const REQUESTS: usize = 30;
 
 /// A running node in Kubernetes mode; dropping it stops the agent, the servers, the API server
 /// and deletes the namespaces.
@@ -137,10 +147,63 @@ impl KubeCluster {
             .unwrap_or_else(|| panic!("backend {index} serves no {protocol} port {port}"))
     }
 
+    /// A ready endpoint for backend `index` on node `node_name`.
+    pub fn endpoint(&self, index: usize, node_name: &str) -> Endpoint {
+        objects::endpoint(self.backend(index).addr, node_name)
+    }
+
+    /// The EndpointSlice `<service>-1` of `service` for [`web_ports`] with the backends
+    /// `indexes`, all ready on this node.
+    pub fn web_slice(&self, service: &str, indexes: &[usize]) -> EndpointSlice {
+        let endpoints = indexes
+            .iter()
+            .map(|&i| self.endpoint(i, NODE_NAME))
+            .collect();
+        web_slice(service, endpoints)
+    }
+
     /// `lb-agent inspect` of the running agent.
     pub fn inspect(&self) -> Result<Inspect> {
         self.agent.inspect().map(Inspect)
     }
+}
+
+/// Ports of the test Services: `http` TCP 80 -> 8080 and `dns` UDP 53 -> 8053.
+pub fn web_ports() -> Vec<ServicePort> {
+    vec![
+        objects::service_port("http", Protocol::Tcp, 80, 8080),
+        objects::service_port("dns", Protocol::Udp, 53, 8053),
+    ]
+}
+
+/// The EndpointSlice `<service>-1` of `service` for [`web_ports`] with `endpoints`.
+pub fn web_slice(service: &str, endpoints: Vec<Endpoint>) -> EndpointSlice {
+    let ports = vec![
+        objects::endpoint_port("http", Protocol::Tcp, 8080),
+        objects::endpoint_port("dns", Protocol::Udp, 8053),
+    ];
+    let name = format!("{service}-1");
+    objects::endpoint_slice(NAMESPACE, service, &name, ports, endpoints)
+}
+
+/// Waits until [`REQUESTS`] requests from `netns` to `target` are all answered, from
+/// `target`, by exactly the backends `indexes`.
+pub fn wait_for_backends(
+    what: &str,
+    netns: &NetNs,
+    protocol: Protocol,
+    target: SocketAddrV4,
+    indexes: &[usize],
+) {
+    let expected: BTreeSet<String> = indexes.iter().map(|&i| backend_name(i)).collect();
+    wait_until(what, APPLY_TIMEOUT, || {
+        let counts = tally(netns, protocol, target, REQUESTS)?;
+        if counts.keys().eq(expected.iter()) {
+            Ok(())
+        } else {
+            Err(format!("{protocol} to {target} answered by {counts:?}"))
+        }
+    });
 }
 
 /// Sends `count` requests to `target` from inside `netns`, a new connection (TCP) or fresh
@@ -189,11 +252,6 @@ pub fn tally(
         *counts.entry(reply.from).or_insert(0) += 1;
     }
     Ok(counts)
-}
-
-/// The names of `pods`, as a set (to compare with [`tally`]'s keys).
-pub fn names<'a>(pods: impl IntoIterator<Item = &'a str>) -> BTreeSet<String> {
-    pods.into_iter().map(str::to_string).collect()
 }
 
 /// Sends one datagram from a connected UDP socket in `netns` and waits for the answer; a

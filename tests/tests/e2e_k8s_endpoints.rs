@@ -1,0 +1,148 @@
+//! End to end in Kubernetes mode: endpoint conditions. Terminating endpoints that still serve
+//! take new connections only when no endpoint is ready, established connections to them keep
+//! working, and a Service without usable endpoints rejects new connections at once (ICMP port
+//! unreachable, as kube-proxy's REJECT), counted by the agent.
+
+use std::{
+    io,
+    net::SocketAddrV4,
+    time::{Duration, Instant},
+};
+
+use lb_tests::{
+    apiserver::objects::{service, spec_mut, terminating_endpoint},
+    cluster::{
+        kube::{
+            connected_udp_request, requests, wait_for_backends, wait_until, web_ports, web_slice,
+            KubeCluster, APPLY_TIMEOUT, NAMESPACE, NODE_NAME, REQUEST_TIMEOUT,
+        },
+        Protocol,
+    },
+    netns::NetNs,
+    require_root,
+    servers::TcpClient,
+    topology::NODE_IP,
+};
+
+/// A rejected connect must fail faster than this (a dropped SYN would take the whole
+/// [`REQUEST_TIMEOUT`]).
+const QUICK: Duration = Duration::from_millis(500);
+
+/// Waits until a TCP connect from `netns` to `target` is refused, and checks it was quick.
+fn wait_for_refusal(what: &str, netns: &NetNs, target: SocketAddrV4) {
+    wait_until(what, APPLY_TIMEOUT, || {
+        let started = Instant::now();
+        let mut replies = requests(netns, Protocol::Tcp, target, 1).map_err(|e| e.to_string())?;
+        match replies.pop() {
+            Some(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                let took = started.elapsed();
+                assert!(took < QUICK, "{what}: the refusal took {took:?}");
+                Ok(())
+            }
+            other => Err(format!("connect to {target}: {other:?}")),
+        }
+    });
+}
+
+#[test]
+fn terminating_endpoints_serve_only_while_no_endpoint_is_ready() {
+    require_root!();
+    let cluster = KubeCluster::start(2).unwrap();
+    let api = cluster.api();
+    let client = &cluster.client().netns;
+    let vip = SocketAddrV4::new([198, 19, 0, 70].into(), 80);
+    api.create(&service(NAMESPACE, "drain", *vip.ip(), web_ports()))
+        .unwrap();
+    api.create(&cluster.web_slice("drain", &[0, 1])).unwrap();
+    wait_for_backends("both ready", client, Protocol::Tcp, vip, &[0, 1]);
+
+    let mut open = client
+        .run(|| TcpClient::connect(vip, REQUEST_TIMEOUT))
+        .unwrap()
+        .unwrap();
+    let first = open.ask().unwrap();
+    let draining: usize = first.from.trim_start_matches("backend-").parse().unwrap();
+    let ready = 1 - draining;
+    let terminating =
+        |i: usize, serving: bool| terminating_endpoint(cluster.backend(i).addr, NODE_NAME, serving);
+
+    // One terminating, one ready: new connections only to the ready one.
+    let slice = web_slice(
+        "drain",
+        vec![
+            terminating(draining, true),
+            cluster.endpoint(ready, NODE_NAME),
+        ],
+    );
+    api.apply(&slice).unwrap();
+    wait_for_backends("one draining", client, Protocol::Tcp, vip, &[ready]);
+    assert_eq!(
+        open.ask().unwrap(),
+        first,
+        "the established connection broke"
+    );
+
+    // Both terminating but serving: the fallback takes both.
+    let slice = web_slice("drain", vec![terminating(0, true), terminating(1, true)]);
+    api.apply(&slice).unwrap();
+    wait_for_backends("all draining", client, Protocol::Tcp, vip, &[0, 1]);
+
+    // Terminating and no longer serving: nothing usable, new connections are refused; the
+    // established one still works.
+    let slice = web_slice("drain", vec![terminating(0, false), terminating(1, false)]);
+    api.apply(&slice).unwrap();
+    wait_for_refusal("none serving", client, vip);
+    assert_eq!(
+        open.ask().unwrap(),
+        first,
+        "the established connection broke"
+    );
+}
+
+#[test]
+fn a_service_without_endpoints_rejects_new_flows_quickly() {
+    require_root!();
+    let cluster = KubeCluster::start(1).unwrap();
+    let api = cluster.api();
+    let (outside, client) = (&cluster.outside().netns, &cluster.client().netns);
+    let vip = [198, 19, 0, 71].into();
+    let (http, dns) = (SocketAddrV4::new(vip, 80), SocketAddrV4::new(vip, 53));
+    let node_port = SocketAddrV4::new(NODE_IP, 30080);
+
+    let mut empty = service(NAMESPACE, "empty", vip, web_ports());
+    let spec = spec_mut(&mut empty);
+    spec.type_ = Some("NodePort".into());
+    spec.external_traffic_policy = Some("Cluster".into());
+    spec.ports.as_mut().unwrap()[0].node_port = Some(30080);
+    spec.ports.as_mut().unwrap()[1].node_port = Some(30053);
+    api.create(&empty).unwrap();
+    api.create(&web_slice("empty", Vec::new())).unwrap();
+
+    wait_for_refusal("pod, TCP", client, http);
+    let rejects = || {
+        let inspect = cluster.inspect().unwrap();
+        inspect
+            .counter("reject_no_backend")
+            .unwrap_or_else(|| panic!("no reject counter:\n{}", inspect.0))
+    };
+    let before = rejects();
+    let started = Instant::now();
+    let udp = connected_udp_request(client, dns).unwrap();
+    let took = started.elapsed();
+    match udp {
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+        other => panic!("UDP to {dns}: expected ECONNREFUSED, got {other:?}"),
+    }
+    assert!(took < QUICK, "UDP refusal took {took:?}");
+    wait_for_refusal("outside, NodePort", outside, node_port);
+    let after = rejects();
+    assert!(
+        after >= before + 2,
+        "reject_no_backend went from {before} to {after}"
+    );
+
+    // An endpoint appears: the same frontends answer.
+    api.apply(&cluster.web_slice("empty", &[0])).unwrap();
+    wait_for_backends("endpoint added", client, Protocol::Tcp, http, &[0]);
+    wait_for_backends("endpoint added", outside, Protocol::Tcp, node_port, &[0]);
+}
