@@ -216,20 +216,3 @@ fn traffic_not_for_a_service_passes_untouched() {
         assert_eq!(fx.conntrack_len(), 0, "{hook:?}");
     }
 }
-
-#[test]
-fn a_service_without_backends_drops_new_connections() {
-    require_root!();
-    for hook in HOOKS {
-        let mut fx = Fixture::with_service(hook, vip(80), Protocol::Tcp, &[]);
-        let syn = Frame::tcp(client(46_000), vip(80), tcp_flags::SYN);
-        let (verdict, _, moved) = fx.run_counted(&syn.to_bytes());
-        assert_eq!(verdict, Verdict::Drop, "{hook:?}");
-        assert_eq!(
-            moved,
-            deltas(&[(Counter::Packets, 1), (Counter::DropNoBackend, 1)])
-        );
-        assert_eq!(fx.service_stats(vip(80), IPPROTO_TCP).drops, 1, "{hook:?}");
-        assert_eq!(fx.conntrack_len(), 0, "{hook:?}");
-    }
-}
