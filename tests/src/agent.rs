@@ -26,6 +26,8 @@ pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
 pub const READY_MARKER: &str = "ready: programmed";
 /// How long the agent may take to become ready.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// Environment variable naming the `lb-agent` binary to run instead of the workspace's.
+pub const BINARY_VAR: &str = "LB_AGENT_BIN";
 /// Grace period between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Poll interval while waiting for log lines or exit.
@@ -102,9 +104,13 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Path of the `lb-agent` binary built next to the current executable (`target/<profile>/`
-    /// for binaries, or its parent for test executables in `target/<profile>/deps/`).
+    /// Path of the `lb-agent` binary: `$LB_AGENT_BIN` if set (to test another build), else
+    /// the one built next to the current executable (`target/<profile>/` for binaries, or its
+    /// parent for test executables in `target/<profile>/deps/`).
     pub fn binary() -> Result<PathBuf> {
+        if let Some(path) = env::var_os(BINARY_VAR) {
+            return Ok(PathBuf::from(path));
+        }
         let exe = env::current_exe().map_err(io_context("cannot find the current executable"))?;
         let candidates: Vec<PathBuf> = exe
             .ancestors()

@@ -1,0 +1,344 @@
+//! The deployment manifests (`manifests/deploy/`) parse into typed Kubernetes objects with no
+//! unknown or misspelt field, and ask for what the agent needs and no more: read access to
+//! Services, EndpointSlices and Nodes, the host network, bpffs and three capabilities instead
+//! of a privileged container. The DaemonSet's arguments are flags the real `lb-agent` accepts.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    path::{Path, PathBuf},
+};
+
+use k8s_openapi::api::{
+    apps::v1::DaemonSet,
+    core::v1::{ConfigMap, Container, PodSpec, ServiceAccount},
+    rbac::v1::{ClusterRole, ClusterRoleBinding},
+};
+use lb_tests::agent::Agent;
+use serde::{de::DeserializeOwned, Serialize};
+use serde_json::Value;
+
+fn manifests_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests")
+}
+
+/// Every object of `manifests/deploy/`.
+struct Deployment {
+    service_account: ServiceAccount,
+    role: ClusterRole,
+    binding: ClusterRoleBinding,
+    config: ConfigMap,
+    daemonset: DaemonSet,
+}
+
+/// Parses `document` as `T` and checks that serializing it back gives the same document, so
+/// a field `T` does not know (a typo, a wrong nesting level) fails instead of vanishing.
+fn typed<T: DeserializeOwned + Serialize>(path: &Path, document: &Value) -> T {
+    let object: T = serde_json::from_value(document.clone())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let back = serde_json::to_value(&object).unwrap();
+    assert_eq!(
+        &back,
+        document,
+        "{}: fields were dropped or changed by parsing",
+        path.display()
+    );
+    object
+}
+
+fn load() -> Deployment {
+    let dir = manifests_dir().join("deploy");
+    let mut documents: BTreeMap<String, (PathBuf, Value)> = BTreeMap::new();
+    let mut paths: Vec<PathBuf> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    paths.sort();
+    for path in paths {
+        assert_eq!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml"),
+            "{}",
+            path.display()
+        );
+        let text = fs::read_to_string(&path).unwrap();
+        let document: Value =
+            serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let kind = document["kind"].as_str().unwrap_or_default().to_string();
+        let earlier = documents.insert(kind.clone(), (path.clone(), document));
+        assert!(earlier.is_none(), "two {kind} manifests");
+    }
+    let kinds: BTreeSet<&str> = documents.keys().map(String::as_str).collect();
+    assert_eq!(
+        kinds,
+        BTreeSet::from([
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "ConfigMap",
+            "DaemonSet",
+            "ServiceAccount"
+        ])
+    );
+    let get = |kind: &str| {
+        let (path, document) = &documents[kind];
+        (path.as_path(), document)
+    };
+    let (p, d) = get("ServiceAccount");
+    let service_account = typed(p, d);
+    let (p, d) = get("ClusterRole");
+    let role = typed(p, d);
+    let (p, d) = get("ClusterRoleBinding");
+    let binding = typed(p, d);
+    let (p, d) = get("ConfigMap");
+    let config = typed(p, d);
+    let (p, d) = get("DaemonSet");
+    let daemonset = typed(p, d);
+    Deployment {
+        service_account,
+        role,
+        binding,
+        config,
+        daemonset,
+    }
+}
+
+fn pod_spec(daemonset: &DaemonSet) -> &PodSpec {
+    daemonset
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("a pod template")
+}
+
+fn agent_container(daemonset: &DaemonSet) -> &Container {
+    let containers = &pod_spec(daemonset).containers;
+    assert_eq!(containers.len(), 1, "one container");
+    &containers[0]
+}
+
+#[test]
+fn rbac_grants_exactly_reading_services_endpointslices_and_nodes() {
+    let deployment = load();
+    let mut granted = BTreeSet::new();
+    for rule in deployment.role.rules.as_deref().unwrap_or_default() {
+        assert!(rule.resource_names.is_none() && rule.non_resource_urls.is_none());
+        for group in rule.api_groups.as_deref().unwrap_or_default() {
+            for resource in rule.resources.as_deref().unwrap_or_default() {
+                for verb in &rule.verbs {
+                    granted.insert((group.as_str(), resource.as_str(), verb.as_str()));
+                }
+            }
+        }
+    }
+    let mut needed = BTreeSet::new();
+    for (group, resource) in [
+        ("", "services"),
+        ("", "nodes"),
+        ("discovery.k8s.io", "endpointslices"),
+    ] {
+        for verb in ["get", "list", "watch"] {
+            needed.insert((group, resource, verb));
+        }
+    }
+    assert_eq!(granted, needed);
+
+    let (account, role, binding) = (
+        &deployment.service_account.metadata,
+        &deployment.role.metadata,
+        &deployment.binding,
+    );
+    assert_eq!(binding.role_ref.kind, "ClusterRole");
+    assert_eq!(binding.role_ref.api_group, "rbac.authorization.k8s.io");
+    assert_eq!(Some(&binding.role_ref.name), role.name.as_ref());
+    let subjects = binding.subjects.as_deref().unwrap_or_default();
+    assert_eq!(subjects.len(), 1);
+    assert_eq!(subjects[0].kind, "ServiceAccount");
+    assert_eq!(Some(&subjects[0].name), account.name.as_ref());
+    assert_eq!(subjects[0].namespace, account.namespace);
+}
+
+#[test]
+fn the_daemonset_runs_on_the_host_network_with_bpffs_and_capabilities_not_privilege() {
+    let deployment = load();
+    let daemonset = &deployment.daemonset;
+    let pod = pod_spec(daemonset);
+    assert_eq!(
+        daemonset.metadata.namespace,
+        deployment.service_account.metadata.namespace
+    );
+    assert_eq!(
+        pod.service_account_name,
+        deployment.service_account.metadata.name
+    );
+    assert_eq!(pod.host_network, Some(true));
+    assert_eq!(pod.dns_policy.as_deref(), Some("ClusterFirstWithHostNet"));
+    let tolerates_all = pod.tolerations.as_deref().unwrap_or_default();
+    assert!(tolerates_all
+        .iter()
+        .any(|t| t.operator.as_deref() == Some("Exists") && t.key.is_none()));
+
+    let container = agent_container(daemonset);
+    let bpffs_volume = pod
+        .volumes
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find(|v| {
+            v.host_path
+                .as_ref()
+                .is_some_and(|h| h.path == "/sys/fs/bpf")
+        })
+        .expect("a hostPath volume of /sys/fs/bpf");
+    let mounts = container.volume_mounts.as_deref().unwrap_or_default();
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m.name == bpffs_volume.name && m.mount_path == "/sys/fs/bpf"),
+        "bpffs is not mounted at /sys/fs/bpf: {mounts:?}"
+    );
+    assert_eq!(mounts.len(), 1, "nothing but bpffs from the host");
+
+    let security = container
+        .security_context
+        .as_ref()
+        .expect("a securityContext");
+    assert_ne!(security.privileged, Some(true));
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    let capabilities = security.capabilities.as_ref().expect("capabilities");
+    let added: BTreeSet<&str> = capabilities
+        .add
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(added, BTreeSet::from(["BPF", "NET_ADMIN", "PERFMON"]));
+    assert_eq!(capabilities.drop.as_deref(), Some(&["ALL".to_string()][..]));
+
+    let resources = container.resources.as_ref().expect("resources");
+    let requests = resources.requests.as_ref().expect("resource requests");
+    assert!(requests.contains_key("cpu") && requests.contains_key("memory"));
+    for (probe, path) in [
+        (&container.liveness_probe, "/healthz"),
+        (&container.readiness_probe, "/readyz"),
+    ] {
+        let get = probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .unwrap_or_else(|| panic!("an HTTP probe on {path}"));
+        assert_eq!(get.path.as_deref(), Some(path));
+        assert_eq!(
+            get.port,
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(10256)
+        );
+    }
+}
+
+/// The container's arguments with `$(VAR)` replaced as the kubelet does, from its `env`
+/// (`fieldRef`s get `field_values`) and the ConfigMap it takes with `envFrom`.
+fn expanded_args(deployment: &Deployment, field_values: &BTreeMap<&str, &str>) -> Vec<String> {
+    let container = agent_container(&deployment.daemonset);
+    let mut vars: BTreeMap<String, String> = BTreeMap::new();
+    for source in container.env_from.as_deref().unwrap_or_default() {
+        let reference = source.config_map_ref.as_ref().expect("a ConfigMap");
+        assert_eq!(
+            Some(&reference.name),
+            deployment.config.metadata.name.as_ref()
+        );
+        vars.extend(deployment.config.data.clone().unwrap_or_default());
+    }
+    for var in container.env.as_deref().unwrap_or_default() {
+        let value = match (&var.value, &var.value_from) {
+            (Some(value), _) => value.clone(),
+            (None, Some(from)) => {
+                let field = &from.field_ref.as_ref().expect("a fieldRef").field_path;
+                field_values[field.as_str()].to_string()
+            }
+            (None, None) => String::new(),
+        };
+        vars.insert(var.name.clone(), value);
+    }
+    container
+        .args
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .map(|arg| {
+            let mut arg = arg.clone();
+            while let Some(start) = arg.find("$(") {
+                let end = start + arg[start..].find(')').expect("a closing parenthesis");
+                let name = &arg[start + 2..end];
+                let value = vars
+                    .get(name)
+                    .unwrap_or_else(|| panic!("argument {arg:?} uses undefined {name}"));
+                arg.replace_range(start..=end, value);
+            }
+            arg
+        })
+        .collect()
+}
+
+#[test]
+fn the_daemonset_arguments_are_lb_agent_flags() {
+    let deployment = load();
+    let nodes = BTreeMap::from([("spec.nodeName", "node-a")]);
+    let args = expanded_args(&deployment, &nodes);
+    assert_eq!(args.first().map(String::as_str), Some("run"));
+    assert!(args.contains(&"--node-name=node-a".to_string()), "{args:?}");
+    assert!(
+        !args.iter().any(|a| a.starts_with("--manifests")),
+        "Kubernetes mode"
+    );
+    // `--help` after the arguments succeeds only if clap accepted every one before it.
+    let binary = Agent::binary().unwrap();
+    let output = std::process::Command::new(&binary)
+        .args(&args)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "lb-agent rejects the DaemonSet's arguments {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn the_kind_cluster_runs_without_kube_proxy_and_the_agent_finds_its_api_server() {
+    let path = manifests_dir().join("kind/cluster.yaml");
+    let cluster: Value = serde_yaml::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(cluster["kind"], "Cluster");
+    assert_eq!(cluster["networking"]["kubeProxyMode"], "none");
+    let name = cluster["name"].as_str().expect("a cluster name");
+    // kind names the control-plane node (and so the API server's host) `<name>-control-plane`.
+    let config = load().config.data.unwrap_or_default();
+    assert_eq!(
+        config.get("KUBERNETES_SERVICE_HOST"),
+        Some(&format!("{name}-control-plane"))
+    );
+    assert_eq!(
+        config.get("KUBERNETES_SERVICE_PORT").map(String::as_str),
+        Some("6443")
+    );
+}
+
+#[test]
+fn the_image_embeds_a_fresh_ebpf_object_and_matches_the_daemonset() {
+    let containerfile = fs::read_to_string(manifests_dir().join("Containerfile")).unwrap();
+    let position = |needle: &str| {
+        containerfile
+            .find(needle)
+            .unwrap_or_else(|| panic!("the Containerfile lacks {needle:?}"))
+    };
+    assert!(position("cargo xtask build-ebpf") < position("cargo build --release"));
+    position("COPY --from=build /src/target/release/lb-agent ");
+    let image = agent_container(&load().daemonset).image.clone().unwrap();
+    let header: String = containerfile
+        .lines()
+        .take_while(|l| l.starts_with('#'))
+        .collect();
+    assert!(
+        header.contains(&format!("-t {image} ")),
+        "the Containerfile's build command does not tag {image}"
+    );
+}
