@@ -2,6 +2,7 @@
 
 mod build_ebpf;
 mod demo;
+mod kind_e2e;
 mod setup;
 mod shell;
 mod test;
@@ -25,6 +26,8 @@ enum Task {
     Test,
     /// Run the agent in a network namespace with real pods and show where requests go.
     Demo(demo::Demo),
+    /// lb-agent in a kind cluster without kube-proxy (needs Docker, kind and kubectl).
+    KindE2e(kind_e2e::KindE2e),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -33,5 +36,6 @@ fn main() -> anyhow::Result<()> {
         Task::BuildEbpf => build_ebpf::run().map(|object| println!("{}", object.display())),
         Task::Test => test::run(),
         Task::Demo(demo) => demo.run(),
+        Task::KindE2e(e2e) => e2e.run(),
     }
 }
