@@ -48,7 +48,6 @@ use serde_json::{json, Value};
 use tokio::{runtime::Runtime, task::JoinHandle};
 
 pub use resource::{Object, Resource};
-pub use selector::{FieldSelector, LabelSelector};
 use store::{Key, Store};
 
 use crate::{error::io_context, netns::NetNs, Error, Result};
