@@ -10,6 +10,8 @@
 //! - [`example`]: the example Service in `manifests/examples/` and its EndpointSlice.
 //! - [`packet`]: Ethernet/IPv4/TCP/UDP frame builders and parsers for packet tests.
 //! - [`root`]: skipping tests loudly when not root.
+//! - [`bench`]: `cargo xtask bench`, the benchmarks against kube-proxy-style rules (options
+//!   always; the rest with feature `bench`, default).
 //!
 //! Live traffic stays inside namespaces created here, on 198.18.0.0/15 addresses. Every guard
 //! removes what it created on drop, also when a test panics.
@@ -17,6 +19,7 @@
 pub mod agent;
 #[cfg(feature = "kube")]
 pub mod apiserver;
+pub mod bench;
 pub mod cluster;
 pub mod cmd;
 pub mod error;

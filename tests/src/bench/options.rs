@@ -1,0 +1,237 @@
+//! Options of `cargo xtask bench` (parsed by xtask and by the `lb-bench` binary it runs) and the
+//! [`Plan`] they describe: sizes, repetitions, window lengths and loop bounds.
+
+use std::{path::PathBuf, time::Duration};
+
+/// Largest number of services: their VIPs are 198.19.0.1 and up, one /16.
+pub const MAX_SERVICES: u32 = 60_000;
+
+/// What to measure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
+pub enum Workload {
+    /// TCP connect / one request / close, in a loop: connections per second, connect latency.
+    Connections,
+    /// One kept-open TCP connection: stream throughput and request/response rate.
+    Established,
+    /// Cost per packet of the XDP and TC programs through BPF_PROG_TEST_RUN, next to a no-op.
+    PerPacket,
+    /// Programming N services from empty, applying one endpoint change, the agent's memory.
+    ControlPlane,
+}
+
+impl Workload {
+    /// Every workload, in report order.
+    pub const ALL: [Workload; 4] = [
+        Workload::Connections,
+        Workload::Established,
+        Workload::PerPacket,
+        Workload::ControlPlane,
+    ];
+}
+
+/// `cargo xtask bench` options.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct BenchOptions {
+    /// Short windows, one run and sizes 1 and 1000 (unless given): a quick look, not a result.
+    #[arg(long)]
+    pub quick: bool,
+    /// Repetitions of every measurement; tables show medians [default: 5, 1 with --quick].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub runs: Option<u32>,
+    /// Numbers of services to program (3 endpoints each; 10 for the control plane)
+    /// [default: 1,1000,10000,30000].
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=MAX_SERVICES as i64))]
+    pub sizes: Option<Vec<u32>>,
+    /// Workloads to run [default: all].
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub workloads: Option<Vec<Workload>>,
+    /// Directory for results.md, results.json and the plots.
+    #[arg(long, default_value = "bench-results")]
+    pub out: PathBuf,
+}
+
+impl BenchOptions {
+    /// The same options as command-line arguments (xtask passes them on to `lb-bench`).
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if self.quick {
+            args.push("--quick".to_string());
+        }
+        if let Some(runs) = self.runs {
+            args.extend(["--runs".to_string(), runs.to_string()]);
+        }
+        if let Some(sizes) = &self.sizes {
+            let sizes: Vec<String> = sizes.iter().map(u32::to_string).collect();
+            args.extend(["--sizes".to_string(), sizes.join(",")]);
+        }
+        if let Some(workloads) = &self.workloads {
+            let names: Vec<String> = workloads
+                .iter()
+                .map(|w| {
+                    clap::ValueEnum::to_possible_value(w)
+                        .map(|v| v.get_name().to_string())
+                        .unwrap_or_default()
+                })
+                .collect();
+            args.extend(["--workloads".to_string(), names.join(",")]);
+        }
+        args.extend(["--out".to_string(), self.out.display().to_string()]);
+        args
+    }
+
+    /// What these options ask for.
+    pub fn plan(&self) -> Plan {
+        let base = if self.quick {
+            Plan::quick()
+        } else {
+            Plan::full()
+        };
+        let mut workloads = self.workloads.clone().unwrap_or(base.workloads);
+        workloads.sort();
+        workloads.dedup();
+        let mut sizes = self.sizes.clone().unwrap_or(base.sizes);
+        sizes.sort();
+        sizes.dedup();
+        Plan {
+            runs: self.runs.unwrap_or(base.runs),
+            sizes,
+            workloads,
+            ..base
+        }
+    }
+}
+
+/// Everything a benchmark run does, with its bounds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// Numbers of services; the measured service is always the last one programmed.
+    pub sizes: Vec<u32>,
+    /// Repetitions of every measurement.
+    pub runs: u32,
+    pub workloads: Vec<Workload>,
+    /// Endpoints per service in the traffic and per-packet workloads.
+    pub endpoints: u32,
+    /// Endpoints per service in the control-plane workload.
+    pub control_plane_endpoints: u32,
+    /// Length of one traffic measurement (connection loop, stream, request/response).
+    pub window: Duration,
+    /// Upper bound of connections (or transactions) in one window.
+    pub max_operations: u32,
+    /// BPF_PROG_TEST_RUN repeat count for packets the program does not change.
+    pub repeat: u32,
+    /// Distinct frames run once each (repeat = 1) per measurement.
+    pub single_frames: u32,
+    /// A control-plane measurement stops repeating once its runs took this long (after at
+    /// least one run), so the largest sizes stay within the total time budget.
+    pub control_plane_budget: Duration,
+    /// Services per `nft -f` transaction when the nftables variant programs everything.
+    pub nft_services_per_transaction: u32,
+}
+
+impl Plan {
+    /// The full benchmark (about 20 minutes on a 2-core VM).
+    pub fn full() -> Plan {
+        Plan {
+            sizes: vec![1, 1_000, 10_000, 30_000],
+            runs: 5,
+            workloads: Workload::ALL.to_vec(),
+            endpoints: 3,
+            control_plane_endpoints: 10,
+            window: Duration::from_secs(1),
+            max_operations: 200_000,
+            repeat: 100_000,
+            single_frames: 1_000,
+            control_plane_budget: Duration::from_secs(40),
+            nft_services_per_transaction: 2_000,
+        }
+    }
+
+    /// A quick look: short windows, one run, small sizes.
+    pub fn quick() -> Plan {
+        Plan {
+            sizes: vec![1, 1_000],
+            runs: 1,
+            window: Duration::from_millis(300),
+            repeat: 10_000,
+            single_frames: 200,
+            control_plane_budget: Duration::from_secs(5),
+            ..Plan::full()
+        }
+    }
+
+    /// The smoke test's plan: 10 services, one run, tiny counts; checks the harness, not speed.
+    pub fn smoke() -> Plan {
+        Plan {
+            sizes: vec![10],
+            runs: 1,
+            window: Duration::from_millis(100),
+            max_operations: 50,
+            repeat: 100,
+            single_frames: 20,
+            control_plane_budget: Duration::ZERO,
+            ..Plan::full()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        options: BenchOptions,
+    }
+
+    fn parse(args: &[&str]) -> BenchOptions {
+        Cli::try_parse_from(std::iter::once("bench").chain(args.iter().copied()))
+            .unwrap()
+            .options
+    }
+
+    #[test]
+    fn defaults_are_the_full_plan() {
+        let plan = parse(&[]).plan();
+        assert_eq!(plan, Plan::full());
+        assert_eq!(plan.sizes, [1, 1_000, 10_000, 30_000]);
+        assert_eq!(plan.runs, 5);
+    }
+
+    #[test]
+    fn options_override_the_plan_and_round_trip_as_arguments() {
+        let options = parse(&[
+            "--quick",
+            "--runs",
+            "3",
+            "--sizes",
+            "1000,1,1000",
+            "--workloads",
+            "per-packet,connections",
+            "--out",
+            "/tmp/x",
+        ]);
+        let plan = options.plan();
+        assert_eq!(plan.runs, 3);
+        assert_eq!(plan.sizes, [1, 1_000]);
+        assert_eq!(plan.workloads, [Workload::Connections, Workload::PerPacket]);
+        assert_eq!(plan.window, Plan::quick().window);
+        let args = options.to_args();
+        let reparsed = parse(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(reparsed.plan(), plan);
+        assert_eq!(reparsed.out, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn out_of_range_values_are_rejected() {
+        for args in [
+            &["--runs", "0"][..],
+            &["--sizes", "0"],
+            &["--sizes", "60001"],
+        ] {
+            let argv = std::iter::once("bench").chain(args.iter().copied());
+            assert!(Cli::try_parse_from(argv).is_err(), "{args:?}");
+        }
+    }
+}

@@ -1,0 +1,539 @@
+//! `results.md` (tables of medians with min–max and ratios), `results.json` (every run's
+//! numbers) and the plots, written to the output directory.
+
+use std::{
+    fmt::Write as _,
+    fs,
+    path::{Path, PathBuf},
+};
+
+use super::{
+    error::{io_context, Result},
+    plot,
+    results::{ConntrackFill, ControlCell, Method, PacketCase, PacketCell, Results, TrafficCell},
+    stats::Summary,
+    test_run::Hook,
+    variants::Variant,
+};
+
+/// Writes `results.md`, `results.json` and the plots into `dir`; returns the files written.
+pub fn write(dir: &Path, results: &Results) -> Result<Vec<PathBuf>> {
+    fs::create_dir_all(dir).map_err(io_context(format!("creating {}", dir.display())))?;
+    let json = serde_json::to_string_pretty(results).map_err(|e| super::error::BenchError::Io {
+        context: "encoding results.json".into(),
+        source: e.into(),
+    })?;
+    let mut written = Vec::new();
+    for (name, text) in [("results.md", markdown(results)), ("results.json", json)] {
+        let path = dir.join(name);
+        fs::write(&path, text).map_err(io_context(format!("writing {}", path.display())))?;
+        written.push(path);
+    }
+    written.extend(plot::draw_all(dir, results)?);
+    Ok(written)
+}
+
+/// The report: headline, one section per workload, and how each number was measured.
+pub fn markdown(results: &Results) -> String {
+    let mut md = String::from("# Benchmark results\n\n");
+    let plan = &results.plan;
+    let _ = write!(
+        md,
+        "Command: `{}`  \nMachine: {}  \nEvery cell is the median of {} runs (min–max in \
+         parentheses; `n=` marks cells that stopped early to stay within the time budget). The \
+         machine is a shared VM: compare variants within a table rather than across runs.\n\n",
+        results.command,
+        results.machine.summary(),
+        plan.runs
+    );
+    md.push_str(&headline(results));
+    md.push_str(&traffic_sections(results));
+    md.push_str(&per_packet_section(results));
+    md.push_str(&control_plane_section(results));
+    md.push_str(&methods(results));
+    md
+}
+
+/// The headline table: the key numbers at the smallest and largest size.
+pub fn headline(results: &Results) -> String {
+    let sizes = &results.plan.sizes;
+    let Some((&first, &last)) = sizes.first().zip(sizes.last()) else {
+        return String::new();
+    };
+    let ends: Vec<u32> = if first == last {
+        vec![first]
+    } else {
+        vec![first, last]
+    };
+    let mut table = Table::new(&[
+        "Metric",
+        "Services",
+        "(a) eBPF",
+        "(b) iptables",
+        "(c) nftables",
+        "(d) direct",
+        "(a)/(b)",
+        "(a)/(d)",
+    ]);
+    let runs = results.plan.runs;
+    for (metric, unit) in TRAFFIC_METRICS {
+        for &n in &ends {
+            let of = |v| traffic_summary(results, v, n, metric);
+            if Variant::ALL.iter().all(|&v| of(v).is_none()) {
+                continue;
+            }
+            let mut row = vec![format!("{} ({unit})", metric.label()), n.to_string()];
+            row.extend(Variant::ALL.map(|v| cell(of(v), number, runs)));
+            row.push(ratio(of(Variant::Ebpf), of(Variant::Iptables)));
+            row.push(ratio(of(Variant::Ebpf), of(Variant::Direct)));
+            table.row(row);
+        }
+    }
+    for (label, cells) in [
+        ("Program N x 10 endpoints", &results.programming),
+        ("One endpoint change", &results.endpoint_change),
+    ] {
+        for &n in &ends {
+            let of = |v| control_summary(cells, v, n);
+            if of(Variant::Ebpf).is_none() {
+                continue;
+            }
+            let mut row = vec![label.to_string(), n.to_string()];
+            row.extend(Variant::ALL.map(|v| cell(of(v), seconds, runs)));
+            row.push(ratio(of(Variant::Ebpf), of(Variant::Iptables)));
+            row.push("".into());
+            table.row(row);
+        }
+    }
+    if table.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from("## Headline\n\n");
+    md.push_str(&table.render());
+    if let Some(packets) = packet_headline(results, last) {
+        md.push('\n');
+        md.push_str(&packets);
+    }
+    md.push('\n');
+    md
+}
+
+/// The per-packet headline: both hooks at the largest size with conntrack 90% full.
+fn packet_headline(results: &Results, n: u32) -> Option<String> {
+    let mut table = Table::new(&[
+        "Per packet, ns",
+        "no-op",
+        "non-service",
+        "established",
+        "no-op (repeat = 1)",
+        "new flow (repeat = 1)",
+    ]);
+    for hook in Hook::ALL {
+        let of = |case, method| {
+            packet_summary(results, hook, ConntrackFill::NinetyPercent, n, case, method)
+        };
+        if of(PacketCase::NoOp, Method::Repeat).is_none() {
+            continue;
+        }
+        let runs = results.plan.runs;
+        table.row(vec![
+            format!("{} program, {n} services, conntrack 90% full", hook.label()),
+            cell(of(PacketCase::NoOp, Method::Repeat), number, runs),
+            cell(of(PacketCase::NonService, Method::Repeat), number, runs),
+            cell(of(PacketCase::Established, Method::Repeat), number, runs),
+            cell(of(PacketCase::NoOp, Method::Single), number, runs),
+            cell(of(PacketCase::NewFlow, Method::Single), number, runs),
+        ]);
+    }
+    (!table.is_empty()).then(|| table.render())
+}
+
+/// A traffic metric taken from every run of a cell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrafficMetric {
+    ConnectionRate,
+    ConnectP50,
+    ConnectP99,
+    Throughput,
+    RequestRate,
+}
+
+/// Traffic metrics with their units, in report order.
+pub const TRAFFIC_METRICS: [(TrafficMetric, &str); 5] = [
+    (TrafficMetric::ConnectionRate, "per s"),
+    (TrafficMetric::ConnectP50, "µs"),
+    (TrafficMetric::ConnectP99, "µs"),
+    (TrafficMetric::Throughput, "Gbit/s"),
+    (TrafficMetric::RequestRate, "per s"),
+];
+
+impl TrafficMetric {
+    /// Name in reports.
+    pub fn label(self) -> &'static str {
+        match self {
+            TrafficMetric::ConnectionRate => "New connections",
+            TrafficMetric::ConnectP50 => "Connect latency p50",
+            TrafficMetric::ConnectP99 => "Connect latency p99",
+            TrafficMetric::Throughput => "Stream throughput",
+            TrafficMetric::RequestRate => "Requests/responses",
+        }
+    }
+
+    /// One value per run of `cell`.
+    pub fn samples(self, cell: &TrafficCell) -> Vec<f64> {
+        match self {
+            TrafficMetric::ConnectionRate => cell.connections.iter().map(|r| r.rate).collect(),
+            TrafficMetric::ConnectP50 => {
+                cell.connections.iter().map(|r| r.connect_p50_us).collect()
+            }
+            TrafficMetric::ConnectP99 => {
+                cell.connections.iter().map(|r| r.connect_p99_us).collect()
+            }
+            TrafficMetric::Throughput => cell.stream.iter().map(|r| r.gbit_per_s).collect(),
+            TrafficMetric::RequestRate => cell.request_response.iter().map(|r| r.rate).collect(),
+        }
+    }
+}
+
+/// The summary of `metric` for `variant` at `n` services.
+pub fn traffic_summary(
+    results: &Results,
+    variant: Variant,
+    n: u32,
+    metric: TrafficMetric,
+) -> Option<Summary> {
+    let cell = results
+        .traffic
+        .iter()
+        .find(|c| c.variant == variant && c.services == n)?;
+    Summary::of(&metric.samples(cell))
+}
+
+/// The summary of a control-plane cell.
+pub fn control_summary(cells: &[ControlCell], variant: Variant, n: u32) -> Option<Summary> {
+    let cell = cells
+        .iter()
+        .find(|c| c.variant == variant && c.services == n)?;
+    Summary::of(&cell.seconds)
+}
+
+/// The summary of a per-packet cell.
+pub fn packet_summary(
+    results: &Results,
+    hook: Hook,
+    fill: ConntrackFill,
+    n: u32,
+    case: PacketCase,
+    method: Method,
+) -> Option<Summary> {
+    let found = |c: &&PacketCell| {
+        (c.hook, c.conntrack, c.services, c.case, c.method) == (hook, fill, n, case, method)
+    };
+    Summary::of(&results.per_packet.iter().find(found)?.ns)
+}
+
+fn traffic_sections(results: &Results) -> String {
+    if results.traffic.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from(
+        "## 1. New connections and 2. established traffic\n\nA client pod connects to the \
+         target service (the last of N programmed) through a node namespace; (d) connects to \
+         a backend pod directly. Ratios compare medians; for latencies lower is better.\n\n",
+    );
+    for (metric, unit) in TRAFFIC_METRICS {
+        let mut header = vec!["Services".to_string()];
+        header.extend(Variant::ALL.map(|v| v.label().to_string()));
+        header.extend(RATIOS.map(|(x, y)| format!("{}/{}", short(x), short(y))));
+        let mut table = Table::from_header(header);
+        for &n in &results.plan.sizes {
+            let of = |v| traffic_summary(results, v, n, metric);
+            if Variant::ALL.iter().all(|&v| of(v).is_none()) {
+                continue;
+            }
+            let mut row = vec![n.to_string()];
+            row.extend(Variant::ALL.map(|v| cell(of(v), number, results.plan.runs)));
+            row.extend(RATIOS.map(|(x, y)| ratio(of(x), of(y))));
+            table.row(row);
+        }
+        if !table.is_empty() {
+            let _ = write!(
+                md,
+                "### {} ({unit})\n\n{}\n",
+                metric.label(),
+                table.render()
+            );
+        }
+    }
+    md
+}
+
+/// Ratio columns: every variant against (d), and the other translations against (b).
+const RATIOS: [(Variant, Variant); 5] = [
+    (Variant::Ebpf, Variant::Direct),
+    (Variant::Iptables, Variant::Direct),
+    (Variant::Nftables, Variant::Direct),
+    (Variant::Ebpf, Variant::Iptables),
+    (Variant::Nftables, Variant::Iptables),
+];
+
+fn short(variant: Variant) -> &'static str {
+    &variant.label()[..3]
+}
+
+fn per_packet_section(results: &Results) -> String {
+    if results.per_packet.is_empty() {
+        return String::new();
+    }
+    let plan = &results.plan;
+    let mut md = format!(
+        "## 3. Per-packet cost (BPF_PROG_TEST_RUN, ns per packet)\n\n\"repeat\" columns: one \
+         run of {} iterations, the kernel's time per iteration. \"once\" columns: {} runs with \
+         repeat = 1 (distinct frames), the median of the kernel's times; they include the \
+         kernel's fixed per-run overhead, which the no-op (once) column shows. \"net\" \
+         subtracts the no-op measured the same way.\n\n",
+        plan.repeat | 1,
+        plan.single_frames
+    );
+    use Method::{Repeat, Single};
+    use PacketCase::{Established, NewFlow, NoOp, NonService};
+    let columns = [
+        ("no-op, repeat", NoOp, Repeat),
+        ("non-service, repeat", NonService, Repeat),
+        ("established, repeat", Established, Repeat),
+        ("no-op, once", NoOp, Single),
+        ("established, once", Established, Single),
+        ("new flow, once", NewFlow, Single),
+    ];
+    for hook in Hook::ALL {
+        let mut header = vec!["Services".to_string(), "Conntrack".to_string()];
+        header.extend(columns.map(|(label, ..)| label.to_string()));
+        header.extend(["established net".into(), "new flow net".into()]);
+        let mut table = Table::from_header(header);
+        for &n in &plan.sizes {
+            for fill in [ConntrackFill::Empty, ConntrackFill::NinetyPercent] {
+                let of = |case, method| packet_summary(results, hook, fill, n, case, method);
+                if of(NoOp, Repeat).is_none() {
+                    continue;
+                }
+                let mut row = vec![n.to_string(), fill.label().to_string()];
+                row.extend(
+                    columns.map(|(_, case, method)| cell(of(case, method), number, plan.runs)),
+                );
+                row.push(difference(of(Established, Repeat), of(NoOp, Repeat)));
+                row.push(difference(of(NewFlow, Single), of(NoOp, Single)));
+                table.row(row);
+            }
+        }
+        if !table.is_empty() {
+            let _ = write!(md, "### {} program\n\n{}\n", hook.label(), table.render());
+        }
+    }
+    md
+}
+
+fn control_plane_section(results: &Results) -> String {
+    if results.programming.is_empty() && results.agent.is_empty() {
+        return String::new();
+    }
+    let plan = &results.plan;
+    let mut md = format!(
+        "## 4. Control plane\n\nN services x {} endpoints. (a): the agent's reconciler writing \
+         the maps (in-process; loading the object is not included). (b): `iptables-restore` of \
+         the whole nat table, for a change too (kube-proxy's full sync). (c): `nft -f` \
+         transactions of {} services each for programming, one small incremental transaction \
+         for a change (kube-proxy's nftables mode).\n\n",
+        plan.control_plane_endpoints, plan.nft_services_per_transaction
+    );
+    let translated = [Variant::Ebpf, Variant::Iptables, Variant::Nftables];
+    for (title, cells) in [
+        ("Programming from empty", &results.programming),
+        ("One endpoint change", &results.endpoint_change),
+    ] {
+        let mut header = vec!["Services".to_string()];
+        header.extend(translated.map(|v| v.label().to_string()));
+        header.extend(["(a)/(b)".into(), "(c)/(b)".into()]);
+        let mut table = Table::from_header(header);
+        for &n in &plan.sizes {
+            let of = |v| control_summary(cells, v, n);
+            if translated.iter().all(|&v| of(v).is_none()) {
+                continue;
+            }
+            let mut row = vec![n.to_string()];
+            row.extend(translated.map(|v| cell(of(v), seconds, plan.runs)));
+            row.push(ratio(of(Variant::Ebpf), of(Variant::Iptables)));
+            row.push(ratio(of(Variant::Nftables), of(Variant::Iptables)));
+            table.row(row);
+        }
+        if !table.is_empty() {
+            let _ = write!(md, "### {title}\n\n{}\n", table.render());
+        }
+    }
+    if !results.agent.is_empty() {
+        let mut table = Table::new(&[
+            "Services",
+            "Endpoints each",
+            "Distinct backends",
+            "VmRSS (MiB)",
+            "Start to ready",
+        ]);
+        for agent in &results.agent {
+            table.row(vec![
+                agent.services.to_string(),
+                agent.endpoints.to_string(),
+                agent.distinct_backends.to_string(),
+                cell(Summary::of(&agent.rss_mib), number, plan.runs),
+                cell(Summary::of(&agent.ready_s), seconds, plan.runs),
+            ]);
+        }
+        let _ = write!(
+            md,
+            "### lb-agent memory\n\nThe real `lb-agent` reading N services from a manifests \
+             directory, VmRSS after its ready line. It runs with its default capacities (no flag \
+             raises them), so services share endpoint sets when N x {} endpoints exceed its \
+             backend capacity.\n\n{}\n",
+            plan.endpoints,
+            table.render()
+        );
+    }
+    md
+}
+
+fn methods(results: &Results) -> String {
+    let plan = &results.plan;
+    format!(
+        "## How it was measured\n\n\
+         - Topology: a node namespace routing between pod namespaces over veth pairs (/32 \
+         routes, as kind's ptp CNI); (a) attaches the TC program to every pod veth in the node, \
+         (b)/(c) load their rules into the node namespace only, (d) has neither. Each (variant, \
+         N) gets fresh namespaces. N services with {e} endpoints each; the target is the last \
+         one programmed; its endpoints are the three backend pods.\n\
+         - New connections: connect, a 32-byte request and its echo, close, in a loop for {w} ms \
+         (at most {max} connections); connect latency is the time `connect()` takes.\n\
+         - Established: one connection sending 128 KiB writes for {w} ms (the server confirms \
+         the byte count), then 32-byte request/response on one kept-open connection for {w} ms.\n\
+         - Per packet: BPF_PROG_TEST_RUN on the data path's XDP and TC programs and on a \
+         two-instruction no-op of the same type, through one raw bpf(2) helper. Conntrack \
+         \"90% full\" is pre-filled through the map API. Established packets alternate between \
+         two real translations (a second conntrack entry maps the translated packet back; \
+         checked on the output frame).\n\
+         - Control plane: N services x {cpe} endpoints; times from process spawn to exit for \
+         the baselines and of the map writes for (a). Cells stop repeating after {budget} s.\n\
+         - Only the NAT path of kube-proxy is modelled (no filter-table chains, no \
+         masquerading), so (b) and (c) do slightly less work than a real kube-proxy.\n",
+        e = plan.endpoints,
+        w = plan.window_ms,
+        max = plan.max_operations,
+        cpe = plan.control_plane_endpoints,
+        budget = plan.control_plane_budget_s,
+    )
+}
+
+/// `median (min–max)`, plus `n=` when fewer runs than planned were made.
+fn cell(summary: Option<Summary>, format: fn(f64) -> String, planned: u32) -> String {
+    let Some(s) = summary else {
+        return "–".to_string();
+    };
+    let mut text = format(s.median);
+    if s.runs > 1 {
+        let _ = write!(text, " ({}–{})", format(s.min), format(s.max));
+    }
+    if (s.runs as u32) < planned {
+        let _ = write!(text, " n={}", s.runs);
+    }
+    text
+}
+
+/// `x/y` of medians.
+fn ratio(x: Option<Summary>, y: Option<Summary>) -> String {
+    match (x, y) {
+        (Some(x), Some(y)) if y.median > 0.0 => format!("{:.2}×", x.median / y.median),
+        _ => "–".to_string(),
+    }
+}
+
+/// `x - y` of medians.
+fn difference(x: Option<Summary>, y: Option<Summary>) -> String {
+    match (x, y) {
+        (Some(x), Some(y)) => number(x.median - y.median),
+        _ => "–".to_string(),
+    }
+}
+
+/// About three significant digits.
+fn number(x: f64) -> String {
+    match x.abs() {
+        a if a >= 100.0 => format!("{x:.0}"),
+        a if a >= 10.0 => format!("{x:.1}"),
+        _ => format!("{x:.2}"),
+    }
+}
+
+/// Seconds in the most readable unit.
+fn seconds(s: f64) -> String {
+    match s {
+        s if s < 1e-3 => format!("{} µs", number(s * 1e6)),
+        s if s < 1.0 => format!("{} ms", number(s * 1e3)),
+        s => format!("{} s", number(s)),
+    }
+}
+
+/// A Markdown table.
+struct Table {
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    fn new(header: &[&str]) -> Table {
+        Table::from_header(header.iter().map(|h| h.to_string()).collect())
+    }
+
+    fn from_header(header: Vec<String>) -> Table {
+        Table {
+            header,
+            rows: Vec::new(),
+        }
+    }
+
+    fn row(&mut self, row: Vec<String>) {
+        self.rows.push(row);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    fn render(&self) -> String {
+        let line = |cells: &[String]| format!("| {} |\n", cells.join(" | "));
+        let mut text = line(&self.header);
+        text.push_str(&line(&vec!["---".to_string(); self.header.len()]));
+        for row in &self.rows {
+            text.push_str(&line(row));
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cells_show_median_range_and_early_stops() {
+        let s = Summary::of(&[3.0, 1.0, 2.0]);
+        assert_eq!(cell(s, number, 3), "2.00 (1.00–3.00)");
+        assert_eq!(cell(Summary::of(&[124.0]), seconds, 5), "124 s n=1");
+        assert_eq!(cell(Summary::of(&[0.0123]), seconds, 1), "12.3 ms");
+        assert_eq!(cell(None, number, 5), "–");
+        assert_eq!(ratio(Summary::of(&[1.0]), Summary::of(&[4.0])), "0.25×");
+        assert_eq!(seconds(0.000_05), "50.0 µs");
+    }
+
+    #[test]
+    fn tables_render_as_markdown() {
+        let mut table = Table::new(&["a", "b"]);
+        table.row(vec!["1".into(), "2".into()]);
+        assert_eq!(table.render(), "| a | b |\n| --- | --- |\n| 1 | 2 |\n");
+    }
+}

@@ -1,0 +1,376 @@
+//! Workload 3: cost per packet of the data path's XDP and TC programs, measured by the kernel
+//! through BPF_PROG_TEST_RUN next to a two-instruction no-op, at each N and with conntrack
+//! empty or 90% full.
+//!
+//! With `repeat > 1` the kernel reuses one packet buffer, so a rewritten packet comes back as
+//! the next iteration's input. Hence:
+//! - no-op and non-service packets (never rewritten): one run of `repeat` iterations;
+//! - established: two conntrack entries translate the packet to the backend and the
+//!   translated packet back to the VIP, so every iteration is a real established translation
+//!   (checked: an odd repeat count ends translated, an even one as sent); also repeat = 1;
+//! - new flow: repeat = 1 over distinct SYNs (a new source port each), median of the kernel's
+//!   times; the no-op is measured the same way, so the fixed per-run overhead shows.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use aya::maps::{HashMap, Map, MapData};
+use lb_common::{conntrack::ct_flags, map_names, CtKey, CtValue, IPPROTO_TCP};
+use lb_userspace::{model::map_addr, Datapath, Reconciler};
+use std::os::fd::{AsFd, BorrowedFd};
+
+use crate::{
+    bench::{
+        error::{io_context, map_context, BenchError, Result},
+        interrupt,
+        options::Plan,
+        results::{ConntrackFill, Method, PacketCase, PacketCell},
+        services::ServiceSet,
+        stats::median,
+        test_run::{test_run, Hook, NoopProgram, Outcome},
+        variants::capacities_for,
+    },
+    packet::{parse, tcp_flags, Frame},
+};
+
+/// Source of the established flow.
+const CLIENT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 10), 40_000);
+/// Source and destination of the non-service packet (pod to pod, no conntrack entry).
+const NON_SERVICE: (SocketAddrV4, SocketAddrV4) = (
+    SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 10), 40_001),
+    SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 11), 8080),
+);
+/// New flows come from 198.18.64.0/19, conntrack filler entries from 198.18.96.0/19.
+const NEW_FLOW_BASE: u32 = u32::from_be_bytes([198, 18, 64, 0]);
+const FILLER_BASE: u32 = u32::from_be_bytes([198, 18, 96, 0]);
+/// Payload of the established data packet.
+const PAYLOAD: [u8; 64] = [0x42; 64];
+
+/// Measures every case at every size of the plan.
+pub fn run(plan: &Plan) -> Result<Vec<PacketCell>> {
+    let mut cells = Vec::new();
+    for &services in &plan.sizes {
+        eprintln!("bench: per-packet, {services} services");
+        let mut bench = PacketBench::new(plan, services)?;
+        for fill in [ConntrackFill::Empty, ConntrackFill::NinetyPercent] {
+            if fill == ConntrackFill::NinetyPercent {
+                bench.fill_conntrack(0.9)?;
+            }
+            for hook in Hook::ALL {
+                bench.verify(hook)?;
+                cells.extend(bench.measure(plan, hook, fill)?);
+            }
+        }
+    }
+    Ok(cells)
+}
+
+/// The data path with N services programmed, the no-ops and the frames.
+struct PacketBench {
+    datapath: Datapath,
+    conntrack: HashMap<MapData, CtKey, CtValue>,
+    conntrack_capacity: u32,
+    noops: [NoopProgram; 2],
+    services: u32,
+    /// The established packet as sent, and translated to the backend.
+    sent: Vec<u8>,
+    translated: Vec<u8>,
+    non_service: Vec<u8>,
+    target_endpoints: Vec<SocketAddrV4>,
+    vip: SocketAddrV4,
+    /// New flows used so far (each gets its own source address and port).
+    flows: u32,
+}
+
+impl PacketBench {
+    fn new(plan: &Plan, services: u32) -> Result<PacketBench> {
+        let set = ServiceSet::new(services, plan.endpoints);
+        let capacities = capacities_for(&set, plan.endpoints);
+        let mut datapath = Datapath::load(&capacities)?;
+        let summary = Reconciler::new(&capacities).apply(&set.desired_state(), datapath.maps())?;
+        if !summary.rejected.is_empty() {
+            return Err(BenchError::Check(format!(
+                "{} services did not fit the data path",
+                summary.rejected.len()
+            )));
+        }
+        let conntrack = open_conntrack(&datapath)?;
+        let noops = [NoopProgram::load(Hook::Xdp), NoopProgram::load(Hook::Tc)];
+        let [xdp, tc] = noops.map(|n| n.map_err(io_context("loading the no-op program")));
+        let vip = set.target_vip();
+        let target_endpoints = set.endpoints(set.target_index());
+        let backend = target_endpoints[0];
+        let sent = Frame::tcp(CLIENT, vip, tcp_flags::ACK).with_payload(&PAYLOAD);
+        let translated = sent.clone().with_dst(backend);
+        let mut bench = PacketBench {
+            datapath,
+            conntrack,
+            conntrack_capacity: capacities.conntrack,
+            noops: [xdp?, tc?],
+            services,
+            sent: sent.to_bytes(),
+            translated: translated.to_bytes(),
+            non_service: Frame::tcp(NON_SERVICE.0, NON_SERVICE.1, tcp_flags::ACK)
+                .with_payload(&PAYLOAD)
+                .to_bytes(),
+            target_endpoints,
+            vip,
+            flows: 0,
+        };
+        bench.seed_established(backend)?;
+        Ok(bench)
+    }
+
+    /// The established flow's forward entry, and one translating the translated packet back,
+    /// so repeated runs alternate between the two real translations.
+    fn seed_established(&mut self, backend: SocketAddrV4) -> Result<()> {
+        let (service_id, backend_id) = self.target_ids(backend)?;
+        let entry = |nat: SocketAddrV4| CtValue {
+            nat_addr: map_addr(std::net::IpAddr::V4(*nat.ip())),
+            nat_port: nat.port().to_be_bytes(),
+            flags: ct_flags::FORWARD,
+            service_id,
+            backend_id,
+            ..CtValue::default()
+        };
+        for (dst, nat) in [(self.vip, backend), (backend, self.vip)] {
+            self.conntrack
+                .insert(ct_key(CLIENT, dst), entry(nat), 0)
+                .map_err(map_context("seeding the established flow"))?;
+        }
+        Ok(())
+    }
+
+    /// The target service's id and `backend`'s id, as the reconciler assigned them.
+    fn target_ids(&mut self, backend: SocketAddrV4) -> Result<(u32, u32)> {
+        let vip_addr = map_addr(std::net::IpAddr::V4(*self.vip.ip()));
+        let maps = self.datapath.maps();
+        let service = maps
+            .services()?
+            .into_iter()
+            .find(|(key, _)| key.addr == vip_addr && key.port() == self.vip.port())
+            .map(|(_, value)| value.id);
+        let backend_addr = map_addr(std::net::IpAddr::V4(*backend.ip()));
+        let backend = maps
+            .backends()?
+            .into_iter()
+            .find(|(_, b)| b.addr == backend_addr && b.port() == backend.port())
+            .map(|(id, _)| id);
+        service.zip(backend).ok_or_else(|| {
+            BenchError::Check("the target service or its backend is not in the maps".into())
+        })
+    }
+
+    /// Fills conntrack with distinct forward entries up to `share` of its capacity.
+    fn fill_conntrack(&mut self, share: f64) -> Result<()> {
+        let wanted = (f64::from(self.conntrack_capacity) * share) as u32;
+        let value = CtValue {
+            nat_addr: map_addr(std::net::IpAddr::V4(*self.target_endpoints[0].ip())),
+            nat_port: self.target_endpoints[0].port().to_be_bytes(),
+            flags: ct_flags::FORWARD,
+            ..CtValue::default()
+        };
+        let present = self.conntrack.keys().count() as u32;
+        for k in present..wanted {
+            let src = numbered_source(FILLER_BASE, k);
+            self.conntrack
+                .insert(ct_key(src, self.vip), value, 0)
+                .map_err(map_context("filling conntrack"))?;
+        }
+        Ok(())
+    }
+
+    /// Checks that each case does what it is measured for, on `hook`.
+    fn verify(&mut self, hook: Hook) -> Result<()> {
+        let pass = hook.pass_verdict();
+        let syn = self.new_flow_frame();
+        let program = self.program(hook)?;
+        let expect = |what: &str, outcome: &Outcome, frame: &[u8]| {
+            if outcome.verdict != pass || outcome.frame != frame {
+                return Err(BenchError::Check(format!(
+                    "{hook:?} {what}: verdict {} and frame {} (expected {pass} and {})",
+                    outcome.verdict,
+                    crate::packet::describe(&outcome.frame),
+                    crate::packet::describe(frame)
+                )));
+            }
+            Ok(())
+        };
+        let run = |frame: &[u8], repeat: u32| {
+            test_run(program, frame, repeat).map_err(io_context("BPF_PROG_TEST_RUN"))
+        };
+        expect("established, once", &run(&self.sent, 1)?, &self.translated)?;
+        expect("established, twice", &run(&self.sent, 2)?, &self.sent)?;
+        expect(
+            "established, 101 times",
+            &run(&self.sent, 101)?,
+            &self.translated,
+        )?;
+        expect(
+            "non-service",
+            &run(&self.non_service, 3)?,
+            &self.non_service,
+        )?;
+        let outcome = run(&syn, 1)?;
+        let parsed = parse(&outcome.frame)?;
+        let chosen = parsed
+            .ports
+            .map(|(_, dport)| SocketAddrV4::new(parsed.dst, dport));
+        if outcome.verdict != pass || !chosen.is_some_and(|c| self.target_endpoints.contains(&c)) {
+            return Err(BenchError::Check(format!(
+                "{hook:?} new flow to {}: verdict {}, translated to {chosen:?}, not one of {:?}",
+                self.vip, outcome.verdict, self.target_endpoints
+            )));
+        }
+        Ok(())
+    }
+
+    /// Every case, `plan.runs` times.
+    fn measure(&mut self, plan: &Plan, hook: Hook, fill: ConntrackFill) -> Result<Vec<PacketCell>> {
+        use Method::{Repeat, Single};
+        use PacketCase::{Established, NewFlow, NoOp, NonService};
+        let cases = [
+            (NoOp, Repeat),
+            (NonService, Repeat),
+            (Established, Repeat),
+            (NoOp, Single),
+            (Established, Single),
+            (NewFlow, Single),
+        ];
+        let mut samples = vec![Vec::new(); cases.len()];
+        // The no-op's repeat count is odd like the others', though it changes nothing.
+        let repeat = plan.repeat | 1;
+        for _ in 0..plan.runs {
+            interrupt::check()?;
+            let frames: Vec<Vec<u8>> = (0..plan.single_frames)
+                .map(|_| self.new_flow_frame())
+                .collect();
+            let program = self.program(hook)?;
+            let noop = self.noops[hook as usize].as_fd();
+            let count = plan.single_frames as usize;
+            let values = [
+                repeated_ns(noop, &self.sent, repeat)?,
+                repeated_ns(program, &self.non_service, repeat)?,
+                repeated_ns(program, &self.sent, repeat)?,
+                single_ns(noop, frames.iter().map(Vec::as_slice))?,
+                single_ns(program, std::iter::repeat_n(self.sent.as_slice(), count))?,
+                single_ns(program, frames.iter().map(Vec::as_slice))?,
+            ];
+            for (sample, value) in samples.iter_mut().zip(values) {
+                sample.push(value);
+            }
+            if fill == ConntrackFill::Empty {
+                self.clear_new_flows()?;
+            }
+        }
+        Ok(cases
+            .into_iter()
+            .zip(samples)
+            .map(|((case, method), ns)| PacketCell {
+                hook,
+                conntrack: fill,
+                services: self.services,
+                case,
+                method,
+                ns,
+            })
+            .collect())
+    }
+
+    fn program(&self, hook: Hook) -> Result<BorrowedFd<'_>> {
+        let fd = match hook {
+            Hook::Xdp => self.datapath.xdp_program().fd(),
+            Hook::Tc => self.datapath.tc_program().fd(),
+        };
+        fd.map(|fd| fd.as_fd())
+            .map_err(|source| BenchError::Program {
+                context: format!("{hook:?} program descriptor"),
+                source,
+            })
+    }
+
+    /// A SYN of a flow not seen before.
+    fn new_flow_frame(&mut self) -> Vec<u8> {
+        let src = numbered_source(NEW_FLOW_BASE, self.flows);
+        self.flows += 1;
+        Frame::tcp(src, self.vip, tcp_flags::SYN).to_bytes()
+    }
+
+    /// Deletes the entries new flows created, keeping conntrack empty but for the seeds.
+    fn clear_new_flows(&mut self) -> Result<()> {
+        let seeded = |key: &CtKey| key.src_addr == map_addr(std::net::IpAddr::V4(*CLIENT.ip()));
+        let keys = self
+            .conntrack
+            .keys()
+            .collect::<std::result::Result<Vec<CtKey>, _>>()
+            .map_err(map_context("listing conntrack"))?;
+        for key in keys.iter().filter(|k| !seeded(k)) {
+            // An entry the LRU evicted meanwhile is gone either way.
+            let _ = self.conntrack.remove(key);
+        }
+        Ok(())
+    }
+}
+
+/// The kernel's time per iteration of one run of `repeat` iterations.
+fn repeated_ns(program: BorrowedFd<'_>, frame: &[u8], repeat: u32) -> Result<f64> {
+    let outcome = test_run(program, frame, repeat).map_err(io_context("BPF_PROG_TEST_RUN"))?;
+    Ok(f64::from(outcome.duration_ns))
+}
+
+/// The median of the kernel's times of one run (repeat = 1) per frame.
+fn single_ns<'a>(program: BorrowedFd<'_>, frames: impl Iterator<Item = &'a [u8]>) -> Result<f64> {
+    let mut ns = frames
+        .map(|frame| {
+            test_run(program, frame, 1)
+                .map(|outcome| f64::from(outcome.duration_ns))
+                .map_err(io_context("BPF_PROG_TEST_RUN"))
+        })
+        .collect::<Result<Vec<f64>>>()?;
+    Ok(median(&mut ns))
+}
+
+/// The data path's conntrack map, opened by id from the programs' maps.
+fn open_conntrack(datapath: &Datapath) -> Result<HashMap<MapData, CtKey, CtValue>> {
+    let program_error = |source| BenchError::Program {
+        context: "reading the XDP program's map ids".into(),
+        source,
+    };
+    let ids = datapath
+        .xdp_program()
+        .info()
+        .and_then(|info| info.map_ids())
+        .map_err(program_error)?
+        .unwrap_or_default();
+    for id in ids {
+        let data = MapData::from_id(id).map_err(map_context("opening a map by id"))?;
+        let info = data.info().map_err(map_context("reading a map's info"))?;
+        if info.name_as_str() == Some(map_names::CONNTRACK) {
+            return HashMap::try_from(Map::LruHashMap(data))
+                .map_err(map_context("opening the conntrack map"));
+        }
+    }
+    Err(BenchError::Check(format!(
+        "the XDP program uses no map named {}",
+        map_names::CONNTRACK
+    )))
+}
+
+/// The conntrack key of a TCP packet `src -> dst` as it arrives.
+fn ct_key(src: SocketAddrV4, dst: SocketAddrV4) -> CtKey {
+    CtKey {
+        src_addr: map_addr(std::net::IpAddr::V4(*src.ip())),
+        dst_addr: map_addr(std::net::IpAddr::V4(*dst.ip())),
+        src_port: src.port().to_be_bytes(),
+        dst_port: dst.port().to_be_bytes(),
+        proto: IPPROTO_TCP,
+        ..CtKey::default()
+    }
+}
+
+/// The `n`th distinct source address and port above `base` (50,000 ports per address).
+fn numbered_source(base: u32, n: u32) -> SocketAddrV4 {
+    SocketAddrV4::new(
+        Ipv4Addr::from(base + n / 50_000),
+        10_000 + (n % 50_000) as u16,
+    )
+}

@@ -1,0 +1,119 @@
+//! The benchmark harness end to end with 10 services, one run and tiny counts, so it cannot
+//! rot: every variant reaches the target service (through its VIP where it translates), every
+//! per-packet case and control-plane operation yields a number, and the report is written.
+//! It checks that the harness works, never how fast anything is.
+
+use lb_tests::{
+    bench::{
+        self,
+        options::Plan,
+        report,
+        results::{ConntrackFill, Method, PacketCase},
+        services::ServiceSet,
+        test_run::Hook,
+        variants::Variant,
+    },
+    require_root,
+};
+
+#[test]
+fn every_variant_and_workload_produces_sane_results() {
+    require_root!();
+    let plan = Plan::smoke();
+    let results = bench::run(&plan, "bench_smoke").unwrap();
+
+    let vip = ServiceSet::new(10, plan.endpoints).target_vip();
+    let variants: Vec<Variant> = results.traffic.iter().map(|c| c.variant).collect();
+    assert_eq!(variants, Variant::ALL);
+    for cell in &results.traffic {
+        let name = cell.variant.label();
+        assert_eq!(cell.services, 10);
+        assert_eq!(
+            cell.target == vip,
+            cell.variant != Variant::Direct,
+            "{name}"
+        );
+        let connections = &cell.connections[0];
+        assert!(
+            connections.completed > 0 && connections.failed == 0,
+            "{name}: {connections:?}"
+        );
+        assert_eq!(connections.peer, Some(cell.target.into()), "{name}");
+        assert!(
+            connections.connect_p99_us >= connections.connect_p50_us,
+            "{name}"
+        );
+        // Warm-up, the loop, the stream and the request/response connection all reached a
+        // backend pod.
+        assert!(
+            cell.backend_connections >= 5 + connections.completed + 2,
+            "{name}: backends accepted {} connections",
+            cell.backend_connections
+        );
+        assert!(cell.stream[0].bytes > 0, "{name}");
+        assert!(cell.request_response[0].transactions > 0, "{name}");
+    }
+
+    assert_eq!(results.per_packet.len(), 2 * 2 * 6);
+    for hook in Hook::ALL {
+        for fill in [ConntrackFill::Empty, ConntrackFill::NinetyPercent] {
+            for case in [
+                PacketCase::NoOp,
+                PacketCase::Established,
+                PacketCase::NewFlow,
+            ] {
+                let method = if case == PacketCase::NewFlow {
+                    Method::Single
+                } else {
+                    Method::Repeat
+                };
+                let cell = results
+                    .per_packet
+                    .iter()
+                    .find(|c| (c.hook, c.conntrack, c.case, c.method) == (hook, fill, case, method))
+                    .unwrap_or_else(|| panic!("no {hook:?} {fill:?} {case:?} cell"));
+                assert!(cell.ns.len() == 1 && cell.ns[0] > 0.0, "{cell:?}");
+            }
+        }
+    }
+
+    for cells in [&results.programming, &results.endpoint_change] {
+        let variants: Vec<Variant> = cells.iter().map(|c| c.variant).collect();
+        assert_eq!(
+            variants,
+            [Variant::Ebpf, Variant::Iptables, Variant::Nftables]
+        );
+        assert!(
+            cells
+                .iter()
+                .all(|c| c.seconds.len() == 1 && c.seconds[0] > 0.0),
+            "{cells:?}"
+        );
+    }
+    let agent = &results.agent[0];
+    assert_eq!((agent.services, agent.distinct_backends), (10, 30));
+    assert!(
+        agent.rss_mib[0] > 1.0 && agent.ready_s[0] > 0.0,
+        "{agent:?}"
+    );
+
+    let out = tempfile::tempdir().unwrap();
+    let written = report::write(out.path(), &results).unwrap();
+    let markdown = std::fs::read_to_string(out.path().join("results.md")).unwrap();
+    assert!(markdown.contains("## Headline"), "{markdown}");
+    assert!(
+        markdown.contains("| New connections (per s) | 10 |"),
+        "{markdown}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("results.json")).unwrap()).unwrap();
+    assert_eq!(json["traffic"].as_array().map(Vec::len), Some(4));
+    let plots: Vec<_> = written
+        .iter()
+        .filter(|p| p.extension() == Some("png".as_ref()))
+        .collect();
+    assert!(plots.len() >= 10, "{written:?}");
+    assert!(plots
+        .iter()
+        .all(|p| std::fs::metadata(p).unwrap().len() > 1_000));
+}
