@@ -4,6 +4,7 @@ use std::ffi::CString;
 use std::fs;
 use std::io;
 use std::mem::MaybeUninit;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -20,15 +21,40 @@ const BPFFS_MOUNT_POINT: &str = "/sys/fs/bpf";
 /// and no bpffs is mounted there yet.
 pub fn prepare_pin_dir(dir: &Path) -> Result<(), BpffsError> {
     let mount_point = Path::new(BPFFS_MOUNT_POINT);
-    if dir.starts_with(mount_point) && !is_bpffs(mount_point)? {
-        mount_bpffs(mount_point)?;
-        info!("mounted bpffs at {BPFFS_MOUNT_POINT}: none was mounted");
+    if dir.starts_with(mount_point) {
+        mount_once(mount_point)?;
     }
     fs::create_dir_all(dir).map_err(|e| BpffsError::io("creating", dir, e))?;
     if !is_bpffs(dir)? {
         return Err(BpffsError::NotBpffs {
             path: dir.to_path_buf(),
         });
+    }
+    Ok(())
+}
+
+/// Mounts bpffs at `mount_point` unless one is mounted there.
+///
+/// Checking and mounting happen under an exclusive `flock` on the mount point directory, so
+/// agents starting at the same moment cannot both see "not mounted" and stack two mounts (the
+/// second would hide the first one's pins). An agent that opens the directory after the mount
+/// locks the new bpffs root instead, but then its check already sees the mount.
+fn mount_once(mount_point: &Path) -> Result<(), BpffsError> {
+    let dir = fs::File::open(mount_point).map_err(|e| BpffsError::io("opening", mount_point, e))?;
+    // SAFETY: `dir` is an open descriptor for the whole call; the lock ends when it is closed.
+    if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(BpffsError::io(
+            "locking",
+            mount_point,
+            io::Error::last_os_error(),
+        ));
+    }
+    if !is_bpffs(mount_point)? {
+        mount_bpffs(mount_point)?;
+        info!(
+            "mounted bpffs at {}: none was mounted",
+            mount_point.display()
+        );
     }
     Ok(())
 }
@@ -100,5 +126,56 @@ mod tests {
         remove_empty_dirs(&pins, &dir.path().join("lb"));
         assert!(!dir.path().join("lb").exists());
         assert!(dir.path().exists(), "stops at the top directory");
+    }
+
+    /// Unmounts everything mounted on a directory, also when the test fails.
+    struct Unmount<'a>(&'a Path);
+
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let c_path = CString::new(self.0.as_os_str().as_bytes()).unwrap();
+            // SAFETY: `c_path` is NUL-terminated; umount2 fails once nothing is mounted there.
+            while unsafe { libc::umount2(c_path.as_ptr(), libc::MNT_DETACH) } == 0 {}
+        }
+    }
+
+    /// How many bpffs mounts sit on `path` (stacked mounts count separately).
+    fn bpffs_mounts_on(path: &Path) -> usize {
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        mountinfo
+            .lines()
+            .filter(|line| {
+                let mount_point = line.split(' ').nth(4);
+                let fs_type = line.split(" - ").nth(1).and_then(|r| r.split(' ').next());
+                mount_point == path.to_str() && fs_type == Some("bpf")
+            })
+            .count()
+    }
+
+    #[test]
+    fn agents_starting_together_mount_bpffs_once() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED: mounting bpffs needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().to_path_buf();
+        let _unmount = Unmount(&target);
+        let start = std::sync::Arc::new(std::sync::Barrier::new(8));
+        let racers: Vec<_> = (0..8)
+            .map(|_| {
+                let (target, start) = (target.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    mount_once(&target)
+                })
+            })
+            .collect();
+        for racer in racers {
+            racer.join().unwrap().unwrap();
+        }
+        assert!(is_bpffs(&target).unwrap());
+        assert_eq!(bpffs_mounts_on(&target), 1, "no stacked mounts");
     }
 }
