@@ -13,4 +13,4 @@ pub mod model;
 pub mod reconciler;
 
 pub use datapath::{Capacities, Datapath, Maps};
-pub use reconciler::{MapWriter, Reconciler};
+pub use reconciler::{MapReader, MapWriter, Reconciler};

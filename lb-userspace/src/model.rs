@@ -8,7 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 
-use lb_common::{service::scope, Backend, ServiceKey, IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::service::{scope, service_flags};
+use lb_common::{Backend, ServiceKey, ServiceValue, IPPROTO_TCP, IPPROTO_UDP};
 
 /// Transport protocol the data path balances.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -45,6 +46,9 @@ impl fmt::Display for Protocol {
     }
 }
 
+/// The lookup scopes every frontend is written in (`lb_common::service::scope`).
+pub const SCOPES: [u8; 2] = [scope::EXTERNAL, scope::INTERNAL];
+
 /// A service frontend: the virtual address, port and protocol clients connect to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Frontend {
@@ -62,11 +66,6 @@ impl Frontend {
             self.protocol.number(),
             scope,
         )
-    }
-
-    /// The services map keys of this frontend, one per lookup scope; all share one entry.
-    pub fn keys(&self) -> [ServiceKey; 2] {
-        [self.key(scope::EXTERNAL), self.key(scope::INTERNAL)]
     }
 }
 
@@ -116,12 +115,72 @@ impl fmt::Display for ServicePortName {
     }
 }
 
-/// What one frontend should balance to.
+/// What one frontend should balance to, per lookup scope.
+///
+/// Traffic policies can give the two scopes different backends (externalTrafficPolicy: Local
+/// keeps only node-local endpoints for traffic from outside the node, internalTrafficPolicy:
+/// Local for traffic from this node's pods); without them both scopes are equal.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DesiredService {
     pub name: ServicePortName,
-    /// Backends that accept new connections; empty means new connections are dropped.
+    /// Traffic arriving from outside the node (`scope::EXTERNAL`).
+    pub external: BackendSet,
+    /// Traffic from pods on this node (`scope::INTERNAL`).
+    pub internal: BackendSet,
+    /// `sessionAffinity: ClientIP`: a client sticks to its backend for this many seconds.
+    pub affinity_timeout_s: Option<u32>,
+}
+
+impl DesiredService {
+    /// A service whose scopes both balance to `endpoints`, without affinity.
+    pub fn uniform(name: ServicePortName, endpoints: BTreeSet<Endpoint>) -> Self {
+        let backends = BackendSet {
+            endpoints,
+            drop_if_empty: false,
+        };
+        Self {
+            name,
+            external: backends.clone(),
+            internal: backends,
+            affinity_timeout_s: None,
+        }
+    }
+
+    /// The backends of one lookup scope.
+    pub fn backends(&self, scope: u8) -> &BackendSet {
+        match scope {
+            scope::EXTERNAL => &self.external,
+            _ => &self.internal,
+        }
+    }
+
+    /// The services map value of one scope's entry, for service `id` with `backend_count`
+    /// slots.
+    pub fn value(&self, scope: u8, id: u32, backend_count: u32) -> ServiceValue {
+        let mut flags = 0;
+        if self.affinity_timeout_s.is_some() {
+            flags |= service_flags::AFFINITY;
+        }
+        if self.backends(scope).drop_if_empty {
+            flags |= service_flags::DROP_IF_NO_BACKEND;
+        }
+        ServiceValue {
+            id,
+            backend_count,
+            flags,
+            affinity_timeout_s: self.affinity_timeout_s.unwrap_or(0),
+        }
+    }
+}
+
+/// The backends one scope of a frontend balances to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BackendSet {
+    /// Backends that accept new connections.
     pub endpoints: BTreeSet<Endpoint>,
+    /// While `endpoints` is empty, drop new connections silently instead of rejecting them
+    /// (a Local traffic policy on a node without local endpoints, as kube-proxy does).
+    pub drop_if_empty: bool,
 }
 
 /// Every frontend the node should serve.
@@ -178,7 +237,7 @@ mod tests {
             port: 8080,
             protocol: Protocol::Udp,
         };
-        let [external, internal] = fe.keys();
+        let [external, internal] = SCOPES.map(|s| fe.key(s));
         assert_eq!(external.port, [0x1f, 0x90]);
         assert_eq!(external.proto, IPPROTO_UDP);
         assert_eq!(
@@ -198,5 +257,31 @@ mod tests {
             port: 80,
         };
         assert_eq!(v6.to_string(), "[2001:2::1]:80");
+    }
+
+    #[test]
+    fn scope_values_carry_the_service_flags() {
+        let name = ServicePortName {
+            namespace: "shop".into(),
+            name: "web".into(),
+            port_name: "http".into(),
+        };
+        let mut service = DesiredService::uniform(name, BTreeSet::new());
+        assert_eq!(service.value(scope::EXTERNAL, 3, 2).flags, 0);
+        service.affinity_timeout_s = Some(600);
+        service.external.drop_if_empty = true;
+        let external = service.value(scope::EXTERNAL, 3, 0);
+        let internal = service.value(scope::INTERNAL, 4, 2);
+        assert_eq!(
+            external,
+            ServiceValue {
+                id: 3,
+                backend_count: 0,
+                flags: service_flags::AFFINITY | service_flags::DROP_IF_NO_BACKEND,
+                affinity_timeout_s: 600,
+            }
+        );
+        assert_eq!(internal.flags, service_flags::AFFINITY);
+        assert_eq!((internal.id, internal.backend_count), (4, 2));
     }
 }

@@ -66,7 +66,7 @@ fn desired(services: &[(Frontend, &[Endpoint])]) -> DesiredState {
                     port_name: fe.to_string(),
                 };
                 let endpoints = endpoints.iter().copied().collect();
-                (*fe, DesiredService { name, endpoints })
+                (*fe, DesiredService::uniform(name, endpoints))
             })
             .collect(),
     }

@@ -10,7 +10,7 @@ use lb_common::{
 };
 
 use crate::error::{DatapathError, MapWriteError};
-use crate::reconciler::MapWriter;
+use crate::reconciler::{MapReader, MapWriter};
 
 /// The data path's maps. Each accessor checks the map's key and value sizes against
 /// lb-common's types.
@@ -219,14 +219,39 @@ impl MapWriter for Maps {
     }
 }
 
+impl MapReader for Maps {
+    fn read_services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>, MapWriteError> {
+        read_all(&self.services, map_names::SERVICES)
+    }
+
+    fn read_slots(&self) -> Result<Vec<(BackendSlotKey, u32)>, MapWriteError> {
+        read_all(&self.slots, map_names::BACKEND_SLOTS)
+    }
+
+    fn read_backends(&self) -> Result<Vec<(u32, Backend)>, MapWriteError> {
+        read_all(&self.backends, map_names::BACKENDS)
+    }
+}
+
 fn hash<K: Pod, V: Pod>(map: &Map) -> Result<HashMap<&MapData, K, V>, MapError> {
     HashMap::try_from(map)
 }
 
-fn entries<K: Pod, V: Pod>(map: &Map, name: &'static str) -> Result<Vec<(K, V)>, DatapathError> {
+fn read_all<K: Pod, V: Pod>(map: &Map, name: &'static str) -> Result<Vec<(K, V)>, MapWriteError> {
     hash::<K, V>(map)
         .and_then(|h| h.iter().collect())
-        .map_err(|source| DatapathError::Read { map: name, source })
+        .map_err(|source| MapWriteError {
+            map: name,
+            op: "read",
+            source,
+        })
+}
+
+fn entries<K: Pod, V: Pod>(map: &Map, name: &'static str) -> Result<Vec<(K, V)>, DatapathError> {
+    read_all(map, name).map_err(|e| DatapathError::Read {
+        map: e.map,
+        source: e.source,
+    })
 }
 
 fn insert<K: Pod, V: Pod>(

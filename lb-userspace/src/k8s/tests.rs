@@ -25,7 +25,7 @@ fn translate(services: &[&str], slices: &[&str]) -> BTreeMap<String, Vec<String>
         .services
         .iter()
         .map(|(fe, svc)| {
-            let backends = svc.endpoints.iter().map(|e| e.to_string()).collect();
+            let backends = svc.external.endpoints.iter().map(|e| e.to_string()).collect();
             (fe.to_string(), backends)
         })
         .collect()

@@ -87,7 +87,7 @@ fn add_frontend(
     let endpoints = ready_endpoints(port, slices);
     state
         .services
-        .insert(frontend, DesiredService { name, endpoints });
+        .insert(frontend, DesiredService::uniform(name, endpoints));
 }
 
 /// Ready endpoints of the slice port matching `port` by name and protocol.

@@ -36,7 +36,7 @@ fn frontends(sync: &Sync) -> Vec<String> {
         .services
         .iter()
         .map(|(fe, svc)| {
-            let backends: Vec<String> = svc.endpoints.iter().map(|e| e.to_string()).collect();
+            let backends: Vec<String> = svc.external.endpoints.iter().map(|e| e.to_string()).collect();
             format!("{fe} -> {}", backends.join(","))
         })
         .collect()

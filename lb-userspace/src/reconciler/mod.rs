@@ -1,35 +1,47 @@
 //! Turns a [`DesiredState`] into the minimal set of map writes.
 //!
-//! The reconciler remembers what it has written (service ids, slot contents, backend ids and
-//! their reference counts) and on every [`Reconciler::apply`] writes only the difference.
+//! Every frontend has one services map entry per lookup scope. An entry points at a *slot
+//! group*: a service id with its backend slots `1..=backend_count`. Scopes with equal backend
+//! sets share one group (the common case: no Local traffic policy); when a policy makes them
+//! differ, the internal scope gets a group of its own, and loses it again once they are
+//! equal. Flags and the affinity timeout live in the entries, so scopes sharing a group may
+//! still differ in them (DROP_IF_NO_BACKEND on a Local policy's side only).
+//!
+//! The reconciler remembers what it has written (entries, groups and their slots, backend ids
+//! and their reference counts) and on every [`Reconciler::apply`] writes only the difference.
 //! Write order keeps the kernel consistent at every step:
-//! - a service is written backends -> slots -> service entry; slots past the current backend
-//!   count are written before slots the data path can already see;
-//! - a shrinking or removed service first shrinks (or removes) its service entry, then deletes
-//!   the slots it no longer uses; backends nobody references are deleted last.
+//! - backends -> slots -> service entries; slots past what any entry can see are written
+//!   before slots the data path can already see;
+//! - entries are shrunk or re-pointed before the slots they no longer use are deleted; a
+//!   group no entry points at is deleted after that, and backends nobody references last.
 //!
 //! When a write fails, everything written before it is remembered, so the next `apply`
-//! continues from what the kernel really holds.
+//! continues from what the kernel really holds. [`Reconciler::resync`] compares the maps'
+//! real contents with that record and repairs any drift.
 
+mod backends;
 mod ids;
+mod resync;
 mod slots;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
-use lb_common::{Backend, BackendSlotKey, ServiceKey, ServiceValue};
+use lb_common::{BackendSlotKey, ServiceKey, ServiceValue};
 
 use crate::datapath::Capacities;
 use crate::error::{CapacityError, MapWriteError, ReconcileError};
-use crate::model::{DesiredService, DesiredState, Endpoint, Frontend, Protocol, ServicePortName};
+use crate::model::{DesiredService, DesiredState, Frontend, Protocol, ServicePortName, SCOPES};
+use backends::Backends;
 use ids::IdPool;
+pub use resync::{Drift, MapReader, Repair};
 use slots::stable_layout;
 
 /// The map operations the reconciler needs; implemented by [`crate::datapath::Maps`] and by an
 /// in-memory fake in tests. Removing a key that is already gone succeeds.
 pub trait MapWriter {
-    fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), MapWriteError>;
+    fn set_backend(&mut self, id: u32, backend: &lb_common::Backend) -> Result<(), MapWriteError>;
     fn remove_backend(&mut self, id: u32) -> Result<(), MapWriteError>;
     fn set_slot(&mut self, key: BackendSlotKey, backend_id: u32) -> Result<(), MapWriteError>;
     fn remove_slot(&mut self, key: BackendSlotKey) -> Result<(), MapWriteError>;
@@ -50,6 +62,7 @@ pub trait MapWriter {
 /// What one [`Reconciler::apply`] wrote.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReconcileSummary {
+    /// Service entries (one per frontend and scope) written or deleted.
     pub services_written: u32,
     pub services_removed: u32,
     pub slots_written: u32,
@@ -84,28 +97,59 @@ pub struct Reconciler {
     backends: Backends,
 }
 
-/// A service as written to the maps.
+/// A frontend as written to the maps.
 #[derive(Debug)]
 struct ProgrammedService {
-    id: u32,
     name: ServicePortName,
-    /// Backend count of the kernel's service entry; `None` until the entry is written.
-    visible: Option<u32>,
-    /// Written slots: slot `i + 1` holds backend id `slots[i]`. Never shorter than `visible`;
-    /// longer while (or, after a failed write, until) an update is completed.
+    /// Slot groups by service id: one, or two while the scopes' backend sets differ (and,
+    /// after a failed write, until the next apply frees the one no entry uses).
+    groups: BTreeMap<u32, SlotGroup>,
+    /// The services map entry of each scope (indexed by scope) as written; `None` while the
+    /// map has no entry.
+    entries: [Option<ServiceValue>; 2],
+}
+
+/// One service id's backend slots as written.
+#[derive(Debug, Default)]
+struct SlotGroup {
+    /// Slot `i + 1` holds backend id `slots[i]`. Never shorter than the backend count of an
+    /// entry pointing at the group; longer while (or, after a failed write, until) an update
+    /// is completed.
     slots: Vec<u32>,
+    /// Whether the id's per-service counters were zeroed, which happens before first use.
+    stats_reset: bool,
 }
 
 impl ProgrammedService {
-    fn visible_slots(&self) -> &[u32] {
-        &self.slots[..self.visible.unwrap_or(0) as usize]
+    /// How many of group `id`'s slots the data path can see: the largest backend count of an
+    /// entry pointing at it.
+    fn visible(&self, id: u32) -> usize {
+        self.entries
+            .iter()
+            .flatten()
+            .filter(|v| v.id == id)
+            .map(|v| v.backend_count as usize)
+            .max()
+            .unwrap_or(0)
     }
 
-    fn slot_key(&self, index: usize) -> BackendSlotKey {
-        BackendSlotKey {
-            service_id: self.id,
-            slot: index as u32 + 1,
-        }
+    /// The groups to keep using for the external scope and, when the scopes' backends
+    /// differ, for the internal one: the group its entry points at (for the external scope,
+    /// or else the internal entry's); `None` where a new group is needed. A group left
+    /// without a scope is freed by the apply.
+    fn reusable_ids(&self) -> [Option<u32>; 2] {
+        let existing = |id: Option<u32>| id.filter(|id| self.groups.contains_key(id));
+        let [ext_entry, int_entry] = self.entries.map(|e| e.map(|v| v.id));
+        let external = existing(ext_entry).or(existing(int_entry));
+        let internal = existing(int_entry).filter(|id| Some(*id) != external);
+        [external, internal]
+    }
+}
+
+fn slot_key(service_id: u32, index: usize) -> BackendSlotKey {
+    BackendSlotKey {
+        service_id,
+        slot: index as u32 + 1,
     }
 }
 
@@ -120,11 +164,11 @@ impl Reconciler {
         }
     }
 
-    /// Number of services with a service entry in the maps.
+    /// Number of frontends with a service entry in the maps.
     pub fn programmed_services(&self) -> usize {
         self.services
             .values()
-            .filter(|s| s.visible.is_some())
+            .filter(|s| s.entries.iter().any(Option::is_some))
             .count()
     }
 
@@ -177,12 +221,20 @@ impl Reconciler {
             capacity,
         };
         let programmed = self.services.get(frontend);
-        if programmed.is_none() && self.service_ids.available() == 0 {
-            let capacity = self.service_ids.capacity();
-            return Err(exceeds("service ids", 1, 0, capacity));
+        let shared = service.external.endpoints == service.internal.endpoints;
+        let [ext_id, int_id] = programmed.map_or([None, None], ProgrammedService::reusable_ids);
+        let mut wanted = vec![(ext_id, &service.external.endpoints)];
+        if !shared {
+            wanted.push((int_id, &service.internal.endpoints));
         }
-        let new_backends = service
-            .endpoints
+
+        let new_ids = wanted.iter().filter(|(id, _)| id.is_none()).count() as u32;
+        if new_ids > self.service_ids.available() {
+            let (available, capacity) = (self.service_ids.available(), self.service_ids.capacity());
+            return Err(exceeds("service ids", new_ids, available, capacity));
+        }
+        let endpoints: BTreeSet<_> = wanted.iter().flat_map(|(_, set)| set.iter()).collect();
+        let new_backends = endpoints
             .iter()
             .filter(|ep| self.backends.id_of(ep).is_none())
             .count() as u32;
@@ -191,8 +243,14 @@ impl Reconciler {
                 (self.backends.ids.available(), self.backends.ids.capacity());
             return Err(exceeds("backend ids", new_backends, available, capacity));
         }
-        let written = programmed.map_or(0, |s| s.slots.len()) as u32;
-        let growth = (service.endpoints.len() as u32).saturating_sub(written);
+        let written = |id: Option<u32>| {
+            id.and_then(|id| programmed.and_then(|p| p.groups.get(&id)))
+                .map_or(0, |g| g.slots.len())
+        };
+        let growth: u32 = wanted
+            .iter()
+            .map(|(id, set)| set.len().saturating_sub(written(*id)) as u32)
+            .sum();
         let free_slots = self.slot_capacity.saturating_sub(self.backends.slot_refs);
         if growth > free_slots {
             return Err(exceeds(
@@ -203,25 +261,26 @@ impl Reconciler {
             ));
         }
 
-        let service_id = match programmed {
-            Some(s) => s.id,
-            None => self
-                .service_ids
-                .allocate()
-                .ok_or_else(|| exceeds("service ids", 1, 0, self.service_ids.capacity()))?,
-        };
-        let mut backend_ids = Vec::with_capacity(service.endpoints.len());
-        for endpoint in &service.endpoints {
-            let id = self
-                .backends
-                .id_or_allocate(*endpoint)
-                .ok_or_else(|| exceeds("backend ids", 1, 0, self.backends.ids.capacity()))?;
-            backend_ids.push(id);
+        let mut groups = Vec::with_capacity(wanted.len());
+        for (id, set) in wanted {
+            let id = match id {
+                Some(id) => id,
+                None => self
+                    .service_ids
+                    .allocate()
+                    .ok_or_else(|| exceeds("service ids", 1, 0, self.service_ids.capacity()))?,
+            };
+            let mut backend_ids = Vec::with_capacity(set.len());
+            for endpoint in set {
+                let backend_id = self
+                    .backends
+                    .id_or_allocate(*endpoint)
+                    .ok_or_else(|| exceeds("backend ids", 1, 0, self.backends.ids.capacity()))?;
+                backend_ids.push(backend_id);
+            }
+            groups.push(PlannedGroup { id, backend_ids });
         }
-        Ok(Plan {
-            service_id,
-            backend_ids,
-        })
+        Ok(Plan { groups })
     }
 
     fn write_service(
@@ -233,79 +292,97 @@ impl Reconciler {
         summary: &mut ReconcileSummary,
     ) -> Result<(), ReconcileError> {
         let context = || format!("programming service {} ({frontend})", desired.name);
-        // Recorded before any write, so a failed write cannot leak the new service id.
+        let fail = |e| failed(context(), e);
         let service = self
             .services
             .entry(frontend)
             .or_insert_with(|| ProgrammedService {
-                id: plan.service_id,
                 name: desired.name.clone(),
-                visible: None,
-                slots: Vec::new(),
+                groups: BTreeMap::new(),
+                entries: [None, None],
             });
         service.name = desired.name.clone();
-        for &id in &plan.backend_ids {
-            if self
-                .backends
-                .write(id, maps)
-                .map_err(|e| failed(context(), e))?
-            {
+        // Recorded before any write, so a failed write cannot leak a new service id.
+        for group in &plan.groups {
+            service.groups.entry(group.id).or_default();
+        }
+        for id in plan.groups.iter().flat_map(|g| &g.backend_ids) {
+            if self.backends.write(*id, maps).map_err(fail)? {
                 summary.backends_written += 1;
             }
         }
-        let visible = service.visible_slots().len();
-        let previously_visible = service.visible_slots().to_vec();
-        let layout = stable_layout(&previously_visible, &plan.backend_ids);
 
         // Slots the data path cannot see yet first, then in-place changes of visible ones.
-        for index in (visible..layout.len()).chain(0..visible.min(layout.len())) {
-            let id = layout[index];
-            if service.slots.get(index) == Some(&id) {
-                continue;
+        let mut layouts = Vec::with_capacity(plan.groups.len());
+        for planned in &plan.groups {
+            let visible = service.visible(planned.id);
+            let group = service.groups.entry(planned.id).or_default();
+            if !group.stats_reset {
+                maps.reset_service_stats(planned.id).map_err(fail)?;
+                group.stats_reset = true;
             }
-            maps.set_slot(service.slot_key(index), id)
-                .map_err(|e| failed(context(), e))?;
-            self.backends.add_ref(id);
-            match service.slots.get_mut(index) {
-                Some(old) => self.backends.drop_ref(std::mem::replace(old, id)),
-                None => service.slots.push(id),
+            let previously_visible = group.slots[..visible].to_vec();
+            let layout = stable_layout(&previously_visible, &planned.backend_ids);
+            for index in (visible..layout.len()).chain(0..visible.min(layout.len())) {
+                let id = layout[index];
+                if group.slots.get(index) == Some(&id) {
+                    continue;
+                }
+                maps.set_slot(slot_key(planned.id, index), id)
+                    .map_err(fail)?;
+                self.backends.add_ref(id);
+                match group.slots.get_mut(index) {
+                    Some(old) => self.backends.drop_ref(std::mem::replace(old, id)),
+                    None => group.slots.push(id),
+                }
+                summary.slots_written += 1;
             }
-            summary.slots_written += 1;
-        }
-
-        let count = layout.len() as u32;
-        if service.visible != Some(count) {
-            if service.visible.is_none() {
-                maps.reset_service_stats(service.id)
-                    .map_err(|e| failed(context(), e))?;
-            }
-            let value = ServiceValue {
-                id: service.id,
-                backend_count: count,
-                ..ServiceValue::default()
-            };
-            for key in frontend.keys() {
-                maps.set_service(&key, &value)
-                    .map_err(|e| failed(context(), e))?;
-            }
-            service.visible = Some(count);
-            summary.services_written += 1;
-        }
-
-        if frontend.protocol == Protocol::Udp {
             let left: Vec<u32> = previously_visible
                 .into_iter()
                 .filter(|id| !layout.contains(id))
                 .collect();
-            if !left.is_empty() {
-                summary.conntrack_flushed += maps
-                    .flush_udp_conntrack(service.id, &left)
-                    .map_err(|e| failed(context(), e))?;
+            layouts.push((planned.id, layout.len(), left));
+        }
+
+        for scope in SCOPES {
+            let index = plan.group_of(scope);
+            let (id, count, _) = layouts[index];
+            let value = desired.value(scope, id, count as u32);
+            if service.entries[scope as usize] != Some(value) {
+                maps.set_service(&frontend.key(scope), &value)
+                    .map_err(fail)?;
+                service.entries[scope as usize] = Some(value);
+                summary.services_written += 1;
             }
         }
 
-        truncate_slots(service, layout.len(), &mut self.backends, maps, summary)
-            .map_err(|e| failed(context(), e))?;
+        for (id, count, left) in layouts {
+            if frontend.protocol == Protocol::Udp && !left.is_empty() {
+                summary.conntrack_flushed += maps.flush_udp_conntrack(id, &left).map_err(fail)?;
+            }
+            if let Some(group) = service.groups.get_mut(&id) {
+                truncate_slots(id, group, count, &mut self.backends, maps, summary)
+                    .map_err(fail)?;
+            }
+        }
+        let unused: Vec<u32> = service
+            .groups
+            .keys()
+            .filter(|id| !plan.groups.iter().any(|g| g.id == **id))
+            .copied()
+            .collect();
+        for id in unused {
+            release_group(
+                service,
+                id,
+                frontend.protocol,
+                &mut self.service_ids,
+                &mut self.backends,
+                maps,
+                summary,
+            )
+            .map_err(fail)?;
+        }
         Ok(())
     }
 
@@ -319,24 +396,28 @@ impl Reconciler {
             return Ok(());
         };
         let context = format!("removing service {} ({frontend})", service.name);
-        if service.visible.is_some() {
-            for key in frontend.keys() {
-                maps.remove_service(&key)
-                    .map_err(|e| failed(context.clone(), e))?;
+        let fail = |e| failed(context.clone(), e);
+        for scope in SCOPES {
+            if service.entries[scope as usize].is_some() {
+                maps.remove_service(&frontend.key(scope)).map_err(fail)?;
+                service.entries[scope as usize] = None;
+                summary.services_removed += 1;
             }
-            service.visible = None;
-            summary.services_removed += 1;
         }
-        if frontend.protocol == Protocol::Udp && !service.slots.is_empty() {
-            summary.conntrack_flushed += maps
-                .flush_udp_conntrack(service.id, &service.slots)
-                .map_err(|e| failed(context.clone(), e))?;
+        let ids: Vec<u32> = service.groups.keys().copied().collect();
+        for id in ids {
+            release_group(
+                service,
+                id,
+                frontend.protocol,
+                &mut self.service_ids,
+                &mut self.backends,
+                maps,
+                summary,
+            )
+            .map_err(fail)?;
         }
-        truncate_slots(service, 0, &mut self.backends, maps, summary)
-            .map_err(|e| failed(context, e))?;
-        let id = service.id;
         self.services.remove(&frontend);
-        self.service_ids.release(id);
         Ok(())
     }
 
@@ -360,23 +441,58 @@ impl Reconciler {
 
 /// Ids reserved for one service by [`Reconciler::plan`].
 struct Plan {
-    service_id: u32,
+    /// The external scope's group first, then the internal scope's if the sets differ.
+    groups: Vec<PlannedGroup>,
+}
+
+impl Plan {
+    /// Index into `groups` of the group serving `scope`.
+    fn group_of(&self, scope: u8) -> usize {
+        (scope as usize).min(self.groups.len() - 1)
+    }
+}
+
+struct PlannedGroup {
+    id: u32,
     /// One per desired endpoint, in the desired state's order.
     backend_ids: Vec<u32>,
 }
 
-/// Deletes a service's slots from the last down to `len` slots.
-fn truncate_slots(
+/// Deletes a group no entry points at any more: its UDP flows, its slots, then its id.
+fn release_group(
     service: &mut ProgrammedService,
+    id: u32,
+    protocol: Protocol,
+    service_ids: &mut IdPool,
+    backends: &mut Backends,
+    maps: &mut impl MapWriter,
+    summary: &mut ReconcileSummary,
+) -> Result<(), MapWriteError> {
+    let Some(group) = service.groups.get_mut(&id) else {
+        return Ok(());
+    };
+    if protocol == Protocol::Udp && !group.slots.is_empty() {
+        summary.conntrack_flushed += maps.flush_udp_conntrack(id, &group.slots)?;
+    }
+    truncate_slots(id, group, 0, backends, maps, summary)?;
+    service.groups.remove(&id);
+    service_ids.release(id);
+    Ok(())
+}
+
+/// Deletes a group's slots from the last down to `len` slots.
+fn truncate_slots(
+    service_id: u32,
+    group: &mut SlotGroup,
     len: usize,
     backends: &mut Backends,
     maps: &mut impl MapWriter,
     summary: &mut ReconcileSummary,
 ) -> Result<(), MapWriteError> {
-    while service.slots.len() > len {
-        let index = service.slots.len() - 1;
-        maps.remove_slot(service.slot_key(index))?;
-        if let Some(id) = service.slots.pop() {
+    while group.slots.len() > len {
+        let index = group.slots.len() - 1;
+        maps.remove_slot(slot_key(service_id, index))?;
+        if let Some(id) = group.slots.pop() {
             backends.drop_ref(id);
         }
         summary.slots_removed += 1;
@@ -388,108 +504,5 @@ fn failed(context: String, source: MapWriteError) -> ReconcileError {
     ReconcileError {
         context,
         source: Box::new(source),
-    }
-}
-
-/// Backend ids by endpoint, whether each is written to the backends map, and how many
-/// written slots reference it.
-#[derive(Debug)]
-struct Backends {
-    ids: IdPool,
-    /// Written slots over all services: the sum of every backend's `refs`.
-    slot_refs: u32,
-    by_endpoint: HashMap<Endpoint, u32>,
-    by_id: BTreeMap<u32, BackendEntry>,
-}
-
-#[derive(Debug)]
-struct BackendEntry {
-    endpoint: Endpoint,
-    written: bool,
-    refs: u32,
-}
-
-impl Backends {
-    fn new(capacity: u32) -> Self {
-        Self {
-            ids: IdPool::new(capacity),
-            slot_refs: 0,
-            by_endpoint: HashMap::new(),
-            by_id: BTreeMap::new(),
-        }
-    }
-
-    fn id_of(&self, endpoint: &Endpoint) -> Option<u32> {
-        self.by_endpoint.get(endpoint).copied()
-    }
-
-    fn id_or_allocate(&mut self, endpoint: Endpoint) -> Option<u32> {
-        if let Some(id) = self.id_of(&endpoint) {
-            return Some(id);
-        }
-        let id = self.ids.allocate()?;
-        self.by_endpoint.insert(endpoint, id);
-        self.by_id.insert(
-            id,
-            BackendEntry {
-                endpoint,
-                written: false,
-                refs: 0,
-            },
-        );
-        Some(id)
-    }
-
-    fn written_count(&self) -> usize {
-        self.by_id.values().filter(|b| b.written).count()
-    }
-
-    /// Writes the backend entry unless it is already written; returns whether it wrote.
-    fn write(&mut self, id: u32, maps: &mut impl MapWriter) -> Result<bool, MapWriteError> {
-        let Some(entry) = self.by_id.get_mut(&id).filter(|e| !e.written) else {
-            return Ok(false);
-        };
-        maps.set_backend(id, &entry.endpoint.backend())?;
-        entry.written = true;
-        Ok(true)
-    }
-
-    fn add_ref(&mut self, id: u32) {
-        if let Some(entry) = self.by_id.get_mut(&id) {
-            entry.refs += 1;
-            self.slot_refs += 1;
-        }
-    }
-
-    fn drop_ref(&mut self, id: u32) {
-        if let Some(entry) = self.by_id.get_mut(&id) {
-            entry.refs -= 1;
-            self.slot_refs -= 1;
-        }
-    }
-
-    fn unreferenced(&self) -> Vec<(u32, Endpoint)> {
-        self.by_id
-            .iter()
-            .filter(|(_, e)| e.refs == 0)
-            .map(|(id, e)| (*id, e.endpoint))
-            .collect()
-    }
-
-    /// Deletes an unreferenced backend and frees its id; returns whether a map entry was
-    /// deleted (an id allocated for a rejected service was never written).
-    fn remove(&mut self, id: u32, maps: &mut impl MapWriter) -> Result<bool, MapWriteError> {
-        let Some(entry) = self.by_id.get(&id) else {
-            return Ok(false);
-        };
-        let written = entry.written;
-        if written {
-            maps.remove_backend(id)?;
-        }
-        let endpoint = entry.endpoint;
-        self.by_id.remove(&id);
-        self.by_endpoint.remove(&endpoint);
-        self.ids.release(id);
-        Ok(written)
     }
 }
