@@ -161,28 +161,37 @@ impl FieldError {
     }
 }
 
-/// A manifest object that is skipped (its last valid version, if any, stays in effect).
+/// An object that cannot be programmed: which one, where it came from and why.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{}: {kind} {namespace}/{name}: {error}", file.display())]
+#[error(
+    "{}{kind} {namespace}/{name}: {error}",
+    file.as_ref().map(|f| format!("{}: ", f.display())).unwrap_or_default()
+)]
 pub struct ObjectError {
-    pub file: PathBuf,
+    /// The manifest file it was read from; `None` for objects from the API server.
+    pub file: Option<PathBuf>,
     pub kind: String,
     pub namespace: String,
     pub name: String,
     pub error: FieldError,
 }
 
+/// An object version that was skipped; its last valid version, if any, stays in effect.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{error} (object skipped{})",
+    if *kept_previous { "; its last valid version stays in effect" } else { "" }
+)]
+pub struct SkippedObject {
+    pub error: ObjectError,
+    pub kept_previous: bool,
+}
+
 /// A problem in the manifests; what was in effect before stays in effect.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ManifestError {
-    #[error(
-        "{error} (object skipped{})",
-        if *kept_previous { "; its last valid version stays in effect" } else { "" }
-    )]
-    InvalidObject {
-        error: ObjectError,
-        kept_previous: bool,
-    },
+    #[error(transparent)]
+    InvalidObject(SkippedObject),
     #[error("{}: {message} (keeping the file's last good objects)", path.display())]
     InvalidFile { path: PathBuf, message: String },
     #[error(

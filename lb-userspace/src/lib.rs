@@ -10,6 +10,7 @@ pub mod inspect;
 pub mod k8s;
 pub mod manifests;
 pub mod model;
+pub mod objects;
 pub mod reconciler;
 
 pub use datapath::{Capacities, Datapath, Maps};

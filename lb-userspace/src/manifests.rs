@@ -11,22 +11,28 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use lb_common::capacity;
 use serde::Deserialize;
 use serde_yaml::Value;
 use tracing::debug;
 
-use crate::error::{FieldError, ManifestDirError, ManifestError, ObjectError};
-use crate::k8s::{desired_state, ServiceDef, SliceDef};
+use crate::error::{FieldError, ManifestDirError, ManifestError, ObjectError, SkippedObject};
+use crate::k8s::{desired_state, NodeDef, ServiceDef, SliceDef};
 use crate::model::DesiredState;
+use crate::objects::{LastValid, ObjectKey};
 
 /// A manifests directory, read again on every [`ManifestDir::poll`].
 #[derive(Debug)]
 pub struct ManifestDir {
     dir: PathBuf,
+    node: NodeDef,
+    max_endpoints: usize,
     /// Contents (or read error) of every manifest file at the last poll.
     last_read: Option<Files>,
-    /// Objects in effect, by file, as of the last poll.
-    objects: BTreeMap<PathBuf, Vec<(ObjectKey, Object)>>,
+    /// The documents of each file as last parsed; reused while a file does not parse.
+    documents: BTreeMap<PathBuf, Vec<Document>>,
+    services: LastValid<ServiceDef>,
+    slices: LastValid<SliceDef>,
 }
 
 type Files = BTreeMap<PathBuf, Result<Vec<u8>, String>>;
@@ -39,6 +45,8 @@ pub struct Sync {
     pub services: usize,
     /// EndpointSlices in effect.
     pub endpoint_slices: usize,
+    /// Objects whose current version is invalid (skipped; see `errors`).
+    pub invalid_objects: usize,
     pub errors: Vec<ManifestError>,
 }
 
@@ -55,33 +63,40 @@ impl fmt::Display for Kind {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct ObjectKey {
-    kind: Kind,
-    namespace: String,
-    name: String,
-}
-
-#[derive(Clone, Debug)]
-enum Object {
-    Service(ServiceDef),
-    Slice(SliceDef),
-}
-
 /// One YAML document of a file.
+#[derive(Clone, Debug)]
 enum Document {
-    Valid(ObjectKey, Object),
-    /// Invalid; the key is known when the object has a name.
-    Invalid(Option<ObjectKey>, ObjectError),
+    Service(ObjectKey, Result<ServiceDef, ObjectError>),
+    Slice(ObjectKey, Result<SliceDef, ObjectError>),
+    /// An object without a name: it cannot be tracked, only reported.
+    Unnamed(ObjectError),
 }
 
 impl ManifestDir {
+    /// Reads `dir` for a node without addresses (no node ports) and default map capacities.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self {
             dir: dir.into(),
+            node: NodeDef::default(),
+            max_endpoints: capacity::BACKENDS as usize,
             last_read: None,
-            objects: BTreeMap::new(),
+            documents: BTreeMap::new(),
+            services: LastValid::default(),
+            slices: LastValid::default(),
         }
+    }
+
+    /// Translates for `node`: its name decides which endpoints are local, its addresses serve
+    /// node ports.
+    pub fn for_node(mut self, node: NodeDef) -> Self {
+        self.node = node;
+        self
+    }
+
+    /// Rejects EndpointSlices with more endpoints than the backends map holds.
+    pub fn max_endpoints(mut self, max_endpoints: usize) -> Self {
+        self.max_endpoints = max_endpoints;
+        self
     }
 
     /// Reads the directory; returns the new state when any manifest file was added, removed
@@ -97,74 +112,66 @@ impl ManifestDir {
     }
 
     fn load(&mut self, files: &Files) -> Sync {
-        let previous = std::mem::take(&mut self.objects);
-        let last_valid: BTreeMap<&ObjectKey, &Object> =
-            previous.values().flatten().map(|(k, o)| (k, o)).collect();
-        let mut defined_in: BTreeMap<ObjectKey, PathBuf> = BTreeMap::new();
+        let mut previous = std::mem::take(&mut self.documents);
+        let mut defined_in: BTreeMap<(Kind, ObjectKey), PathBuf> = BTreeMap::new();
+        let mut services = Vec::new();
+        let mut slices = Vec::new();
         let mut errors = Vec::new();
 
         for (path, contents) in files {
-            let documents = match contents {
-                Ok(bytes) => parse_file(path, bytes),
+            let parsed = match contents {
+                Ok(bytes) => parse_file(path, bytes, self.max_endpoints),
                 Err(e) => Err(e.clone()),
             };
-            let documents = match documents {
-                Ok(documents) => documents,
-                Err(message) => {
-                    errors.push(ManifestError::InvalidFile {
-                        path: path.clone(),
-                        message,
-                    });
-                    let kept = previous.get(path).cloned().unwrap_or_default();
-                    self.objects.insert(path.clone(), kept);
-                    continue;
-                }
-            };
-            let mut in_effect = Vec::new();
-            for document in documents {
-                let (key, object) = match document {
-                    Document::Valid(key, object) => (key, object),
-                    Document::Invalid(key, error) => {
-                        let kept = key.and_then(|k| last_valid.get(&k).map(|o| (k, (*o).clone())));
-                        errors.push(ManifestError::InvalidObject {
-                            error,
-                            kept_previous: kept.is_some(),
-                        });
-                        let Some((key, object)) = kept else { continue };
-                        (key, object)
+            let documents = parsed.unwrap_or_else(|message| {
+                errors.push(ManifestError::InvalidFile {
+                    path: path.clone(),
+                    message,
+                });
+                previous.remove(path).unwrap_or_default()
+            });
+            for document in &documents {
+                let (kind, key) = match document {
+                    Document::Service(key, _) => (Kind::Service, key),
+                    Document::Slice(key, _) => (Kind::EndpointSlice, key),
+                    Document::Unnamed(error) => {
+                        errors.push(ManifestError::InvalidObject(SkippedObject {
+                            error: error.clone(),
+                            kept_previous: false,
+                        }));
+                        continue;
                     }
                 };
-                if let Some(first) = defined_in.get(&key) {
+                if let Some(first) = defined_in.get(&(kind, key.clone())) {
                     errors.push(ManifestError::Duplicate {
                         path: path.clone(),
-                        kind: key.kind.to_string(),
-                        namespace: key.namespace,
-                        name: key.name,
+                        kind: kind.to_string(),
+                        namespace: key.namespace.clone(),
+                        name: key.name.clone(),
                         first: first.clone(),
                     });
                     continue;
                 }
-                defined_in.insert(key.clone(), path.clone());
-                in_effect.push((key, object));
+                defined_in.insert((kind, key.clone()), path.clone());
+                match document {
+                    Document::Service(key, parsed) => services.push((key.clone(), parsed.clone())),
+                    Document::Slice(key, parsed) => slices.push((key.clone(), parsed.clone())),
+                    Document::Unnamed(_) => {}
+                }
             }
-            self.objects.insert(path.clone(), in_effect);
+            self.documents.insert(path.clone(), documents);
         }
-        self.sync(errors)
-    }
-
-    fn sync(&self, errors: Vec<ManifestError>) -> Sync {
-        let mut services = Vec::new();
-        let mut slices = Vec::new();
-        for (_, object) in self.objects.values().flatten() {
-            match object {
-                Object::Service(s) => services.push(s.clone()),
-                Object::Slice(s) => slices.push(s.clone()),
-            }
-        }
+        let skipped = self
+            .services
+            .replace_all(services)
+            .into_iter()
+            .chain(self.slices.replace_all(slices));
+        errors.extend(skipped.map(ManifestError::InvalidObject));
         Sync {
-            state: desired_state(&services, &slices),
-            services: services.len(),
-            endpoint_slices: slices.len(),
+            state: desired_state(self.services.values(), self.slices.values(), &self.node),
+            services: self.services.len(),
+            endpoint_slices: self.slices.len(),
+            invalid_objects: self.services.invalid_count() + self.slices.invalid_count(),
             errors,
         }
     }
@@ -194,7 +201,7 @@ fn read_files(dir: &Path) -> Result<Files, ManifestDirError> {
 
 /// The Services and EndpointSlices of one file, each valid or with the reason it is not;
 /// `Err` when the file is not UTF-8 YAML.
-fn parse_file(path: &Path, bytes: &[u8]) -> Result<Vec<Document>, String> {
+fn parse_file(path: &Path, bytes: &[u8], max_endpoints: usize) -> Result<Vec<Document>, String> {
     let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8: {e}"))?;
     let mut documents = Vec::new();
     for document in serde_yaml::Deserializer::from_str(text) {
@@ -202,7 +209,7 @@ fn parse_file(path: &Path, bytes: &[u8]) -> Result<Vec<Document>, String> {
         if value.is_null() {
             continue;
         }
-        if let Some(document) = parse_object(path, value) {
+        if let Some(document) = parse_object(path, value, max_endpoints) {
             documents.push(document);
         }
     }
@@ -210,7 +217,7 @@ fn parse_file(path: &Path, bytes: &[u8]) -> Result<Vec<Document>, String> {
 }
 
 /// One object; `None` when it is of a kind this source does not read.
-fn parse_object(path: &Path, value: Value) -> Option<Document> {
+fn parse_object(path: &Path, value: Value, max_endpoints: usize) -> Option<Document> {
     let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or_default().to_string();
     let api_version = text(value.get("apiVersion"));
     let kind_name = text(value.get("kind"));
@@ -227,36 +234,36 @@ fn parse_object(path: &Path, value: Value) -> Option<Document> {
     let namespace = Some(text(metadata.and_then(|m| m.get("namespace"))))
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| "default".to_string());
-    let key = ObjectKey {
-        kind,
-        namespace,
-        name,
+    let key = ObjectKey::new(namespace, name);
+    let object_error = |error| ObjectError {
+        file: Some(path.to_path_buf()),
+        kind: kind.to_string(),
+        namespace: key.namespace.clone(),
+        name: match key.name.as_str() {
+            "" => "<unnamed>".to_string(),
+            name => name.to_string(),
+        },
+        error,
     };
-
-    let parsed = match kind {
-        Kind::Service => typed::<Service>(value)
-            .and_then(|s| ServiceDef::from_k8s(&s))
-            .map(Object::Service),
-        Kind::EndpointSlice => typed::<EndpointSlice>(value)
-            .and_then(|s| SliceDef::from_k8s(&s))
-            .map(Object::Slice),
-    };
-    Some(match parsed {
-        Ok(object) => Document::Valid(key, object),
-        Err(error) => {
-            let error = ObjectError {
-                file: path.to_path_buf(),
-                kind: kind.to_string(),
-                namespace: key.namespace.clone(),
-                name: match key.name.as_str() {
-                    "" => "<unnamed>".to_string(),
-                    name => name.to_string(),
-                },
-                error,
-            };
-            Document::Invalid(Some(key).filter(|k| !k.name.is_empty()), error)
+    let document = match kind {
+        Kind::Service => {
+            let parsed = typed::<Service>(value).and_then(|s| ServiceDef::from_k8s(&s));
+            Document::Service(key.clone(), parsed.map_err(object_error))
         }
-    })
+        Kind::EndpointSlice => {
+            let parsed =
+                typed::<EndpointSlice>(value).and_then(|s| SliceDef::from_k8s(&s, max_endpoints));
+            Document::Slice(key.clone(), parsed.map_err(object_error))
+        }
+    };
+    if key.name.is_empty() {
+        return match document {
+            Document::Service(_, Err(e)) | Document::Slice(_, Err(e)) => Some(Document::Unnamed(e)),
+            // `from_k8s` rejects objects without a name.
+            _ => None,
+        };
+    }
+    Some(document)
 }
 
 /// Deserializes a Kubernetes type; a type error names the field it happened at.

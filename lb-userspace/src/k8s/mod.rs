@@ -1,9 +1,17 @@
-//! Kubernetes objects -> desired state, independent of where the objects come from.
+//! Kubernetes objects -> desired state, independent of where the objects come from (manifest
+//! files or the API server).
 
+mod endpoints;
+mod fields;
+mod frontends;
+pub mod node;
+pub mod service;
+pub mod slice;
 #[cfg(test)]
 mod tests;
 pub mod translate;
-pub mod validate;
 
+pub use node::NodeDef;
+pub use service::{ServiceDef, TrafficPolicy, DEFAULT_AFFINITY_TIMEOUT_S};
+pub use slice::{SliceDef, SERVICE_NAME_LABEL};
 pub use translate::desired_state;
-pub use validate::{ServiceDef, SliceDef};

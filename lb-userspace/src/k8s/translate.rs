@@ -1,30 +1,41 @@
-//! Services + EndpointSlices -> desired state, with kube-proxy's matching rules:
-//! - every cluster IP x every service port is a frontend (any service type has cluster IPs;
-//!   NodePort and LoadBalancer addresses come later);
-//! - a service port takes the endpoints of slices labelled with the service's name in the same
-//!   namespace, through the slice port with the same name ("" for unnamed) and protocol;
-//! - only ready endpoints (`conditions.ready` true or unset) receive new connections.
+//! Services + EndpointSlices + this node -> desired state, with kube-proxy's rules:
+//! - headless and ExternalName services (no cluster IP) are not proxied at all;
+//! - a service port takes the endpoints of the slices labelled with the service's name in
+//!   its namespace (selector-less services included: their slices are made by hand);
+//! - frontends by service type ([`super::frontends`]), endpoints by condition and traffic
+//!   policy ([`super::endpoints`]);
+//! - a cluster IP's entries (both scopes) follow `internalTrafficPolicy`; node ports, load
+//!   balancer and external IPs follow `externalTrafficPolicy` for traffic from outside the
+//!   node, while this node's pods reach every usable endpoint through them (kube-proxy treats
+//!   pod -> external destination traffic as "subject to neither form of traffic policy");
+//! - a Local policy with no local endpoint drops new connections, unless the service has no
+//!   usable endpoint anywhere: then every path rejects them.
 //!
 //! Only IPv4 is programmed for now: IPv6 cluster IPs and IPv6/FQDN slices are skipped.
 
-use std::collections::{BTreeSet, HashMap};
-use std::net::IpAddr;
+use std::collections::HashMap;
 
 use tracing::{debug, warn};
 
-use super::validate::{AddressType, PortDef, ServiceDef, SliceDef};
-use crate::model::{DesiredService, DesiredState, Endpoint, Frontend, ServicePortName};
+use super::endpoints::PortEndpoints;
+use super::frontends::{frontends, FrontendKind};
+use super::node::NodeDef;
+use super::service::{PortDef, ServiceDef, TrafficPolicy};
+use super::slice::{AddressType, SliceDef, SERVICE_NAME_LABEL};
+use crate::model::{BackendSet, DesiredService, DesiredState, Frontend, ServicePortName};
 
-/// The desired state for these services and slices.
-pub fn desired_state(services: &[ServiceDef], slices: &[SliceDef]) -> DesiredState {
+/// The desired state for these services and slices on `node`.
+pub fn desired_state<'a>(
+    services: impl IntoIterator<Item = &'a ServiceDef>,
+    slices: impl IntoIterator<Item = &'a SliceDef>,
+    node: &NodeDef,
+) -> DesiredState {
     let mut slices_by_service: HashMap<(&str, &str), Vec<&SliceDef>> = HashMap::new();
     for slice in slices {
         match (&slice.service_name, slice.address_type) {
             (None, _) => debug!(
-                "EndpointSlice {}/{} has no {} label; ignored",
-                slice.namespace,
-                slice.name,
-                super::validate::SERVICE_NAME_LABEL
+                "EndpointSlice {}/{} has no {SERVICE_NAME_LABEL} label; ignored",
+                slice.namespace, slice.name,
             ),
             (Some(service), AddressType::Ipv4) => slices_by_service
                 .entry((slice.namespace.as_str(), service.as_str()))
@@ -37,80 +48,77 @@ pub fn desired_state(services: &[ServiceDef], slices: &[SliceDef]) -> DesiredSta
         }
     }
 
-    let mut sorted: Vec<&ServiceDef> = services.iter().collect();
+    let mut sorted: Vec<&ServiceDef> = services.into_iter().collect();
     sorted.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     let mut state = DesiredState::default();
     for service in sorted {
+        if !service.cluster_ips.iter().any(|ip| ip.is_ipv4()) {
+            debug!(
+                "Service {}/{}: no IPv4 cluster IP (headless, ExternalName, unassigned or \
+                 IPv6 only); not proxied",
+                service.namespace, service.name
+            );
+            continue;
+        }
         let slices = slices_by_service
             .get(&(service.namespace.as_str(), service.name.as_str()))
             .map_or(&[][..], Vec::as_slice);
-        for addr in &service.cluster_ips {
-            if addr.is_ipv6() {
-                debug!(
-                    "Service {}/{}: IPv6 cluster IP {addr} is not programmed yet; skipped",
-                    service.namespace, service.name
-                );
-                continue;
-            }
-            for port in &service.ports {
-                add_frontend(&mut state, service, *addr, port, slices);
+        for port in &service.ports {
+            let endpoints = PortEndpoints::select(port, slices, &node.name);
+            for (frontend, kind) in frontends(service, port, node) {
+                let desired = desired_service(service, port, kind, &endpoints);
+                add_frontend(&mut state, frontend, desired);
             }
         }
     }
     state
 }
 
-fn add_frontend(
-    state: &mut DesiredState,
+fn desired_service(
     service: &ServiceDef,
-    addr: IpAddr,
     port: &PortDef,
-    slices: &[&SliceDef],
-) {
-    let frontend = Frontend {
-        addr,
-        port: port.port,
-        protocol: port.protocol,
+    kind: FrontendKind,
+    endpoints: &PortEndpoints,
+) -> DesiredService {
+    let by_policy = |policy| match policy {
+        TrafficPolicy::Cluster => BackendSet {
+            endpoints: endpoints.cluster.clone(),
+            drop_if_empty: false,
+        },
+        TrafficPolicy::Local => BackendSet {
+            endpoints: endpoints.local.clone(),
+            drop_if_empty: endpoints.any_usable(),
+        },
     };
-    let name = ServicePortName {
-        namespace: service.namespace.clone(),
-        name: service.name.clone(),
-        port_name: port.name.clone(),
+    let (external, internal) = match kind {
+        FrontendKind::ClusterIp => {
+            let backends = by_policy(service.internal_policy);
+            (backends.clone(), backends)
+        }
+        FrontendKind::External => (
+            by_policy(service.external_policy),
+            by_policy(TrafficPolicy::Cluster),
+        ),
     };
+    DesiredService {
+        name: ServicePortName {
+            namespace: service.namespace.clone(),
+            name: service.name.clone(),
+            port_name: port.name.clone(),
+        },
+        external,
+        internal,
+        affinity_timeout_s: service.affinity_timeout_s,
+    }
+}
+
+fn add_frontend(state: &mut DesiredState, frontend: Frontend, desired: DesiredService) {
     if let Some(owner) = state.services.get(&frontend) {
         warn!(
-            "{frontend} is claimed by both {} and {name}; keeping {}",
-            owner.name, owner.name
+            "{frontend} is claimed by both {} and {}; keeping {}",
+            owner.name, desired.name, owner.name
         );
         return;
     }
-    let endpoints = ready_endpoints(port, slices);
-    state
-        .services
-        .insert(frontend, DesiredService::uniform(name, endpoints));
-}
-
-/// Ready endpoints of the slice port matching `port` by name and protocol.
-fn ready_endpoints(port: &PortDef, slices: &[&SliceDef]) -> BTreeSet<Endpoint> {
-    let mut endpoints = BTreeSet::new();
-    for slice in slices {
-        let Some(slice_port) = slice
-            .ports
-            .iter()
-            .find(|p| p.name == port.name && p.protocol == port.protocol)
-        else {
-            continue;
-        };
-        endpoints.extend(
-            slice
-                .endpoints
-                .iter()
-                .filter(|e| e.ready)
-                .map(|e| Endpoint {
-                    addr: e.addr,
-                    port: slice_port.port,
-                }),
-        );
-    }
-    endpoints
+    state.services.insert(frontend, desired);
 }

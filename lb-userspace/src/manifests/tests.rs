@@ -36,7 +36,12 @@ fn frontends(sync: &Sync) -> Vec<String> {
         .services
         .iter()
         .map(|(fe, svc)| {
-            let backends: Vec<String> = svc.external.endpoints.iter().map(|e| e.to_string()).collect();
+            let backends: Vec<String> = svc
+                .external
+                .endpoints
+                .iter()
+                .map(|e| e.to_string())
+                .collect();
             format!("{fe} -> {}", backends.join(","))
         })
         .collect()
@@ -145,14 +150,14 @@ fn an_object_that_becomes_invalid_keeps_its_last_valid_version() {
         messages(&sync),
         [
             format!(
-                "{}: EndpointSlice shop/web-1: endpoints[0].addresses[0]: \"198.18.1.x\" is not \
-                 an IP address (object skipped; its last valid version stays in effect)",
-                dir.path().join("slice.yaml").display()
-            ),
-            format!(
                 "{}: Service shop/web: spec.ports[0].port: 80000 is not a port (1..=65535) \
                  (object skipped; its last valid version stays in effect)",
                 dir.path().join("web.yaml").display()
+            ),
+            format!(
+                "{}: EndpointSlice shop/web-1: endpoints[0].addresses[0]: \"198.18.1.x\" is not \
+                 an IP address (object skipped; its last valid version stays in effect)",
+                dir.path().join("slice.yaml").display()
             ),
         ]
     );

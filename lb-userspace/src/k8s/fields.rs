@@ -1,0 +1,57 @@
+//! Field checks shared by the object validators; each error names the field's path.
+
+use std::net::IpAddr;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::error::FieldError;
+use crate::model::Protocol;
+
+/// Namespace and name of an object; the namespace defaults to "default", as with kubectl.
+pub fn object_name(metadata: &ObjectMeta) -> Result<(String, String), FieldError> {
+    let name = metadata
+        .name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| FieldError::new("metadata.name", "missing"))?;
+    let namespace = metadata
+        .namespace
+        .clone()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "default".to_string());
+    Ok((namespace, name))
+}
+
+pub(super) fn port_number(port: i32, path: &str) -> Result<u16, FieldError> {
+    u16::try_from(port)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| FieldError::new(path, format!("{port} is not a port (1..=65535)")))
+}
+
+/// The protocol of a port (TCP when unset); `None` for SCTP, which is valid but not balanced.
+pub(super) fn protocol(protocol: Option<&str>, path: &str) -> Result<Option<Protocol>, FieldError> {
+    match protocol.unwrap_or("TCP") {
+        "TCP" => Ok(Some(Protocol::Tcp)),
+        "UDP" => Ok(Some(Protocol::Udp)),
+        "SCTP" => Ok(None),
+        other => Err(FieldError::new(
+            path,
+            format!("unknown protocol {other:?} (expected TCP, UDP or SCTP)"),
+        )),
+    }
+}
+
+pub(super) fn parse_ip(text: &str, path: &str) -> Result<IpAddr, FieldError> {
+    text.parse()
+        .map_err(|_| FieldError::new(path, format!("{text:?} is not an IP address")))
+}
+
+/// Parses a list of addresses, naming `path[i]` for a bad one.
+pub(super) fn parse_ips(list: Option<&[String]>, path: &str) -> Result<Vec<IpAddr>, FieldError> {
+    list.unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| parse_ip(ip, &format!("{path}[{i}]")))
+        .collect()
+}

@@ -1,0 +1,152 @@
+//! An EndpointSlice reduced to its endpoints and ports, checked field by field.
+
+use std::net::IpAddr;
+
+use k8s_openapi::api::discovery::v1::{EndpointPort, EndpointSlice};
+use tracing::debug;
+
+use super::fields::{object_name, parse_ip, port_number, protocol};
+use super::service::PortDef;
+use crate::error::FieldError;
+
+/// Label linking an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Address family of an EndpointSlice (`addressType`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddressType {
+    Ipv4,
+    Ipv6,
+    Fqdn,
+}
+
+/// An EndpointSlice reduced to its endpoints.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SliceDef {
+    pub namespace: String,
+    pub name: String,
+    /// The Service this slice belongs to (`kubernetes.io/service-name` label).
+    pub service_name: Option<String>,
+    pub address_type: AddressType,
+    /// TCP and UDP ports with a port number.
+    pub ports: Vec<PortDef>,
+    /// Endpoints with their first address; empty for FQDN slices.
+    pub endpoints: Vec<EndpointDef>,
+}
+
+/// One endpoint of a slice, with its conditions read as Kubernetes documents them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointDef {
+    /// The first address (the one kube-proxy uses).
+    pub addr: IpAddr,
+    /// `conditions.ready`, true when unset: takes new connections.
+    pub ready: bool,
+    /// `conditions.serving`, true when unset: answers even while terminating.
+    pub serving: bool,
+    /// `conditions.terminating`, false when unset.
+    pub terminating: bool,
+    /// `nodeName`: the node the endpoint runs on.
+    pub node_name: Option<String>,
+}
+
+impl SliceDef {
+    /// Checks a slice; `max_endpoints` is the backends map's capacity, which no slice can
+    /// exceed and still be programmed.
+    pub fn from_k8s(slice: &EndpointSlice, max_endpoints: usize) -> Result<SliceDef, FieldError> {
+        let (namespace, name) = object_name(&slice.metadata)?;
+        let address_type = match slice.address_type.as_str() {
+            "IPv4" => AddressType::Ipv4,
+            "IPv6" => AddressType::Ipv6,
+            "FQDN" => AddressType::Fqdn,
+            "" => return Err(FieldError::new("addressType", "missing")),
+            other => {
+                return Err(FieldError::new(
+                    "addressType",
+                    format!("unknown address type {other:?} (expected IPv4, IPv6 or FQDN)"),
+                ))
+            }
+        };
+        if slice.endpoints.len() > max_endpoints {
+            return Err(FieldError::new(
+                "endpoints",
+                format!(
+                    "{} endpoints do not fit into the backends map (capacity {max_endpoints})",
+                    slice.endpoints.len()
+                ),
+            ));
+        }
+        let service_name = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|labels| labels.get(SERVICE_NAME_LABEL))
+            .cloned();
+        let ports = slice_ports(slice.ports.as_deref().unwrap_or_default())?;
+        let endpoints = match address_type {
+            AddressType::Fqdn => Vec::new(),
+            AddressType::Ipv4 | AddressType::Ipv6 => endpoints(slice, address_type)?,
+        };
+        Ok(SliceDef {
+            namespace,
+            name,
+            service_name,
+            address_type,
+            ports,
+            endpoints,
+        })
+    }
+}
+
+fn slice_ports(ports: &[EndpointPort]) -> Result<Vec<PortDef>, FieldError> {
+    let mut defs = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let path = format!("ports[{i}]");
+        let Some(protocol) = protocol(port.protocol.as_deref(), &format!("{path}.protocol"))?
+        else {
+            continue;
+        };
+        // An unset port number means "all ports", which only headless services use.
+        let Some(number) = port.port else {
+            debug!("{path}: no port number; skipped");
+            continue;
+        };
+        defs.push(PortDef {
+            name: port.name.clone().unwrap_or_default(),
+            port: port_number(number, &format!("{path}.port"))?,
+            protocol,
+            node_port: None,
+        });
+    }
+    Ok(defs)
+}
+
+fn endpoints(slice: &EndpointSlice, family: AddressType) -> Result<Vec<EndpointDef>, FieldError> {
+    let mut defs = Vec::new();
+    for (i, endpoint) in slice.endpoints.iter().enumerate() {
+        let path = format!("endpoints[{i}].addresses");
+        if endpoint.addresses.is_empty() {
+            return Err(FieldError::new(path, "must contain at least one address"));
+        }
+        let mut addresses = Vec::with_capacity(endpoint.addresses.len());
+        for (j, address) in endpoint.addresses.iter().enumerate() {
+            let field = format!("{path}[{j}]");
+            let addr = parse_ip(address, &field)?;
+            if addr.is_ipv4() != (family == AddressType::Ipv4) {
+                return Err(FieldError::new(
+                    field,
+                    format!("{addr} does not match addressType {:?}", slice.address_type),
+                ));
+            }
+            addresses.push(addr);
+        }
+        let conditions = endpoint.conditions.clone().unwrap_or_default();
+        defs.push(EndpointDef {
+            addr: addresses[0],
+            ready: conditions.ready.unwrap_or(true),
+            serving: conditions.serving.unwrap_or(true),
+            terminating: conditions.terminating.unwrap_or(false),
+            node_name: endpoint.node_name.clone(),
+        });
+    }
+    Ok(defs)
+}

@@ -1,0 +1,239 @@
+//! Frontends of every service type, traffic policies and session affinity.
+
+use super::*;
+
+/// A service of `type_` with `extra` spec lines (indented by two spaces).
+fn svc(type_: &str, extra: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: shop}}
+spec:
+  type: {type_}
+  clusterIP: 198.19.0.10
+  ports: [{{name: http, port: 80, nodePort: 30080}}]
+{extra}"#
+    )
+}
+
+/// Endpoint 198.18.1.1 runs on this node (node-a), 198.18.1.2 on node-b.
+const SLICE: &str = r#"
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+- {addresses: [198.18.1.1], nodeName: node-a}
+- {addresses: [198.18.1.2], nodeName: node-b}
+"#;
+
+const ALL: &str = "198.18.1.1:8080,198.18.1.2:8080";
+const LOCAL: &str = "198.18.1.1:8080";
+
+#[test]
+fn cluster_ip_serves_its_cluster_ips_only() {
+    assert_eq!(
+        translate(&[&svc("ClusterIP", "")], &[SLICE]),
+        expect([("198.19.0.10:80/TCP", ALL)])
+    );
+}
+
+#[test]
+fn node_port_adds_this_nodes_ipv4_addresses_with_the_node_port() {
+    assert_eq!(
+        translate(&[&svc("NodePort", "")], &[SLICE]),
+        expect([("198.18.0.1:30080/TCP", ALL), ("198.19.0.10:80/TCP", ALL),])
+    );
+}
+
+#[test]
+fn load_balancer_adds_node_ports_and_its_ingress_ips() {
+    let status = r#"status:
+  loadBalancer:
+    ingress:
+    - {ip: 198.18.9.1}
+    - {ip: 198.18.9.2, ipMode: VIP}
+    - {ip: 198.18.9.3, ipMode: Proxy}
+    - {hostname: lb.example.com}
+"#;
+    let lb = format!("{}{status}", svc("LoadBalancer", ""));
+    assert_eq!(
+        translate(&[&lb], &[SLICE]),
+        expect([
+            ("198.18.0.1:30080/TCP", ALL),
+            ("198.18.9.1:80/TCP", ALL),
+            ("198.18.9.2:80/TCP", ALL),
+            ("198.19.0.10:80/TCP", ALL),
+        ])
+    );
+    let no_node_ports = lb.replace(", nodePort: 30080", "");
+    assert_eq!(
+        translate(&[&no_node_ports], &[SLICE]).len(),
+        3,
+        "allocateLoadBalancerNodePorts: false leaves the ports without nodePort"
+    );
+}
+
+#[test]
+fn external_ips_are_served_by_any_type() {
+    let extra = "  externalIPs: [198.18.8.1, \"2001:2::8\"]\n";
+    assert_eq!(
+        translate(&[&svc("ClusterIP", extra)], &[SLICE]),
+        expect([("198.18.8.1:80/TCP", ALL), ("198.19.0.10:80/TCP", ALL)])
+    );
+}
+
+#[test]
+fn headless_external_name_and_unassigned_services_are_not_proxied() {
+    let extra = "  externalIPs: [198.18.8.1]\n";
+    let headless = svc("NodePort", extra).replace("198.19.0.10", "None");
+    let external_name =
+        svc("ExternalName", extra).replace("clusterIP: 198.19.0.10", "externalName: example.com");
+    let unassigned = svc("NodePort", extra).replace("198.19.0.10", "\"\"");
+    let ipv6_only = svc("NodePort", extra).replace("198.19.0.10", "\"2001:2::10\"");
+    for yaml in [headless, external_name, unassigned, ipv6_only] {
+        assert_eq!(translate(&[&yaml], &[SLICE]), expect([]), "{yaml}");
+    }
+}
+
+#[test]
+fn every_ipv4_cluster_ip_is_a_frontend_and_ipv6_waits() {
+    let dual = svc(
+        "ClusterIP",
+        "  clusterIPs: [198.19.0.10, \"2001:2::10\", 198.19.0.11]\n",
+    );
+    assert_eq!(
+        translate(&[&dual], &[SLICE]),
+        expect([("198.19.0.10:80/TCP", ALL), ("198.19.0.11:80/TCP", ALL)])
+    );
+    assert_eq!(
+        service(&dual).unwrap().cluster_ips.len(),
+        3,
+        "IPv6 is validated and kept in the model"
+    );
+    let list_wins = svc("ClusterIP", "  clusterIPs: [198.19.0.12]\n");
+    assert_eq!(
+        translate(&[&list_wins], &[SLICE]),
+        expect([("198.19.0.12:80/TCP", ALL)]),
+        "spec.clusterIPs takes precedence over spec.clusterIP"
+    );
+}
+
+#[test]
+fn external_traffic_policy_local_keeps_outside_traffic_on_this_node() {
+    let extra = "  externalTrafficPolicy: Local\n  externalIPs: [198.18.8.1]\n";
+    let local = format!(
+        "{}status:\n  loadBalancer:\n    ingress: [{{ip: 198.18.9.1}}]\n",
+        svc("LoadBalancer", extra)
+    );
+    let external = format!("ext {LOCAL} (drop) | int {ALL}");
+    assert_eq!(
+        translate(&[&local], &[SLICE]),
+        expect([
+            ("198.18.0.1:30080/TCP", external.as_str()),
+            ("198.18.8.1:80/TCP", external.as_str()),
+            ("198.18.9.1:80/TCP", external.as_str()),
+            ("198.19.0.10:80/TCP", ALL),
+        ]),
+        "this node's pods reach every endpoint, the cluster IP is not affected"
+    );
+
+    let remote_only = SLICE.replace("nodeName: node-a", "nodeName: node-c");
+    assert_eq!(
+        translate(&[&local], &[&remote_only])["198.18.0.1:30080/TCP"],
+        format!("ext  (drop) | int {ALL}"),
+        "no local endpoint: outside traffic is dropped"
+    );
+    let none_ready = SLICE.replace(
+        "nodeName: node-",
+        "conditions: {ready: false}, nodeName: node-",
+    );
+    assert_eq!(
+        translate(&[&local], &[&none_ready])["198.18.0.1:30080/TCP"],
+        "",
+        "no usable endpoint anywhere: rejected on every path, Local or not"
+    );
+}
+
+#[test]
+fn internal_traffic_policy_local_keeps_cluster_ip_traffic_on_this_node() {
+    let extra = "  internalTrafficPolicy: Local\n";
+    assert_eq!(
+        translate(&[&svc("NodePort", extra)], &[SLICE]),
+        expect([
+            ("198.18.0.1:30080/TCP", ALL),
+            ("198.19.0.10:80/TCP", &format!("{LOCAL} (drop)")),
+        ]),
+        "both scopes of the cluster IP; pods reaching a node port are subject to neither policy"
+    );
+    let remote_only = SLICE.replace("nodeName: node-a", "nodeName: node-c");
+    assert_eq!(
+        translate(&[&svc("ClusterIP", extra)], &[&remote_only]),
+        expect([("198.19.0.10:80/TCP", " (drop)")])
+    );
+}
+
+#[test]
+fn local_policies_fall_back_to_local_serving_terminating_endpoints() {
+    let extra = "  internalTrafficPolicy: Local\n";
+    let slice = SLICE.replace(
+        "{addresses: [198.18.1.1], nodeName: node-a}",
+        "{addresses: [198.18.1.1], nodeName: node-a, conditions: {ready: false, serving: true, \
+         terminating: true}}",
+    );
+    assert_eq!(
+        translate(&[&svc("ClusterIP", extra)], &[&slice]),
+        expect([("198.19.0.10:80/TCP", &format!("{LOCAL} (drop)"))]),
+        "the local terminating endpoint serves although another node has a ready one"
+    );
+}
+
+#[test]
+fn client_ip_affinity_applies_to_every_frontend() {
+    let default = svc("NodePort", "  sessionAffinity: ClientIP\n");
+    assert_eq!(
+        translate(&[&default], &[SLICE]),
+        expect([
+            ("198.18.0.1:30080/TCP", &format!("{ALL} affinity 10800s")),
+            ("198.19.0.10:80/TCP", &format!("{ALL} affinity 10800s")),
+        ])
+    );
+    let short = svc(
+        "ClusterIP",
+        "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}\n",
+    );
+    assert_eq!(
+        translate(&[&short], &[SLICE]),
+        expect([("198.19.0.10:80/TCP", &format!("{ALL} affinity 60s"))])
+    );
+    let none = svc("ClusterIP", "  sessionAffinity: None\n");
+    assert_eq!(translate(&[&none], &[SLICE])["198.19.0.10:80/TCP"], ALL);
+}
+
+#[test]
+fn node_addresses_are_its_internal_and_external_ips() {
+    let node = node(
+        r#"
+apiVersion: v1
+kind: Node
+metadata: {name: node-a}
+status:
+  addresses:
+  - {type: Hostname, address: node-a}
+  - {type: InternalIP, address: 198.18.0.1}
+  - {type: ExternalIP, address: 198.18.0.2}
+  - {type: InternalIP, address: 198.18.0.1}
+"#,
+    )
+    .unwrap();
+    assert_eq!(node.name, "node-a");
+    assert_eq!(
+        node.addresses,
+        [
+            "198.18.0.1".parse::<std::net::IpAddr>().unwrap(),
+            "198.18.0.2".parse().unwrap()
+        ]
+    );
+}
