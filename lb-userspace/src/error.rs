@@ -208,6 +208,24 @@ pub enum ManifestError {
     },
 }
 
+/// The Kubernetes API source could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiSourceError {
+    #[error("loading the kubeconfig from {from} failed")]
+    Kubeconfig {
+        from: String,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error(
+        "no kubeconfig (--kubeconfig or KUBECONFIG) and no in-cluster service account to talk \
+         to the Kubernetes API; use --manifests DIR for file mode"
+    )]
+    InCluster(#[source] kube::config::InClusterError),
+    #[error("creating the Kubernetes client failed")]
+    Client(#[source] kube::Error),
+}
+
 /// Reading the manifests directory failed.
 #[derive(Debug, thiserror::Error)]
 #[error("reading manifests directory {} failed", dir.display())]

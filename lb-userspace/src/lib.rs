@@ -1,6 +1,7 @@
 //! Node agent of the eBPF service load balancer: loads the data path ([`datapath`]), turns
-//! Kubernetes Services and EndpointSlices ([`manifests`], [`k8s`]) into a desired state
-//! ([`model`]) and programs it into the maps ([`reconciler`]).
+//! Kubernetes Services and EndpointSlices from manifest files or the API server ([`source`],
+//! [`manifests`], [`objects`], [`k8s`]) into a desired state ([`model`]) and programs it into
+//! the maps ([`reconciler`]), all driven by [`agent`].
 
 pub mod agent;
 pub mod bpffs;
@@ -12,6 +13,7 @@ pub mod manifests;
 pub mod model;
 pub mod objects;
 pub mod reconciler;
+pub mod source;
 
 pub use datapath::{Capacities, Datapath, Maps};
 pub use reconciler::{MapReader, MapWriter, Reconciler};

@@ -1,13 +1,15 @@
 //! `lb-agent`: the node agent of the eBPF service load balancer.
 
 use std::io::{ErrorKind, IsTerminal, Write};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use lb_userspace::agent::{self, RunConfig, DEFAULT_BPFFS_DIR};
+use lb_userspace::agent::{self, RunConfig, SourceConfig, DEFAULT_BPFFS_DIR};
 use lb_userspace::inspect::Snapshot;
+use lb_userspace::k8s::NodeDef;
 use lb_userspace::{Capacities, Maps};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
@@ -29,18 +31,31 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Load the data path and program the services found in a manifests directory.
+    /// Load the data path and program the services of a manifests directory or the cluster.
     Run(RunArgs),
     /// Print the pinned maps of a running agent as tables.
     Inspect(InspectArgs),
 }
 
+/// `lb-agent run`. Without `--manifests` the objects come from the Kubernetes API.
 #[derive(Args)]
 struct RunArgs {
-    /// Directory of Service and EndpointSlice YAML files, re-read every 200 ms.
+    /// File mode: a directory of Service and EndpointSlice YAML files, re-read every 200 ms.
+    /// Without it, Kubernetes mode: the objects come from the API server.
+    #[arg(long, conflicts_with = "kubeconfig")]
+    manifests: Option<PathBuf>,
+    /// Kubernetes mode: kubeconfig file [default: $KUBECONFIG, else the in-cluster service
+    /// account]. http:// servers work too.
     #[arg(long)]
-    manifests: PathBuf,
-    /// Interface to attach the TC ingress program to (repeatable; required in file mode).
+    kubeconfig: Option<PathBuf>,
+    /// This node's name: endpoints with this nodeName are local, and in Kubernetes mode the
+    /// Node object whose addresses serve node ports [default: the hostname].
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// File mode: an address of this node that serves NodePort services (repeatable).
+    #[arg(long = "node-address", value_name = "IP", requires = "manifests")]
+    node_addresses: Vec<IpAddr>,
+    /// Interface to attach the TC ingress program to (repeatable; required).
     #[arg(long = "iface")]
     ifaces: Vec<String>,
     /// Interface to attach the XDP program to.
@@ -49,6 +64,9 @@ struct RunArgs {
     /// bpffs directory; maps are pinned under <DIR>/maps/.
     #[arg(long, default_value = DEFAULT_BPFFS_DIR)]
     bpffs_dir: PathBuf,
+    /// How often the maps are read back and repaired if they drifted (e.g. 30s, 500ms, 2m).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    resync_interval: Duration,
 }
 
 #[derive(Args)]
@@ -76,17 +94,35 @@ fn main() -> anyhow::Result<()> {
 fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.ifaces.is_empty() {
         bail!(
-            "--iface is required in file mode: name the pod-facing interfaces whose TC ingress \
-             gets the load balancer (automatic attachment comes later)"
+            "--iface is required: name the pod-facing interfaces whose TC ingress gets the load \
+             balancer (automatic attachment comes later)"
         );
     }
+    let node_name = match args.node_name {
+        Some(name) => name,
+        None => hostname().context("--node-name not given and NODE_NAME not set")?,
+    };
+    let source = match args.manifests {
+        Some(dir) => SourceConfig::Files {
+            dir,
+            node: NodeDef {
+                name: node_name,
+                addresses: args.node_addresses,
+            },
+            poll_interval: Duration::from_millis(200),
+        },
+        None => SourceConfig::Kubernetes {
+            kubeconfig: args.kubeconfig,
+            node_name,
+        },
+    };
     let config = RunConfig {
-        manifests: args.manifests,
+        source,
         tc_ifaces: args.ifaces,
         xdp_iface: args.xdp_iface,
         bpffs_dir: args.bpffs_dir,
         capacities: Capacities::default(),
-        poll_interval: Duration::from_millis(200),
+        resync_interval: args.resync_interval,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -115,5 +151,69 @@ fn inspect(args: InspectArgs) -> anyhow::Result<()> {
         // Piped into `head` and friends: the reader has all it wanted.
         Err(e) if e.kind() == ErrorKind::BrokenPipe => Ok(()),
         result => result.context("writing to stdout"),
+    }
+}
+
+/// The hostname in lower case, as kube-proxy names its node by default.
+fn hostname() -> anyhow::Result<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: `buf` is writable for its whole length.
+    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("reading the hostname");
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    Ok(String::from_utf8_lossy(&buf[..end]).trim().to_lowercase())
+}
+
+/// A duration like `30s`, `500ms`, `2m` or `1h` (a bare number is seconds).
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 30s, 500ms or 2m"))?;
+    let duration = match unit {
+        "ms" => Duration::from_millis(number),
+        "" | "s" => Duration::from_secs(number),
+        "m" => Duration::from_secs(number * 60),
+        "h" => Duration::from_secs(number * 3600),
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?} (use ms, s, m or h)"
+            ))
+        }
+    };
+    if duration.is_zero() {
+        return Err("the interval must be longer than zero".to_string());
+    }
+    Ok(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_common_units() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5d").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn node_addresses_need_file_mode_and_the_modes_exclude_each_other() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["lb-agent", "run"], args].concat());
+        assert!(parse(&["--manifests", "/m", "--node-address", "198.18.0.1"]).is_ok());
+        assert!(parse(&["--node-address", "198.18.0.1"]).is_err());
+        assert!(parse(&["--manifests", "/m", "--kubeconfig", "/k"]).is_err());
+        assert!(parse(&["--manifests", "/m", "--node-address", "nope"]).is_err());
+        assert!(parse(&["--kubeconfig", "/k", "--node-name", "n1"]).is_ok());
     }
 }

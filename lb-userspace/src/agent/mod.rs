@@ -1,0 +1,188 @@
+//! `lb-agent run`: load and attach the data path, then keep its maps in line with the
+//! source's desired state (manifest files or the Kubernetes API) until shutdown.
+
+mod programming;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio::time::MissedTickBehavior;
+use tracing::info;
+
+use crate::bpffs;
+use crate::datapath::{Capacities, Datapath};
+use crate::error::{ApiSourceError, BpffsError, DatapathError};
+use crate::k8s::NodeDef;
+use crate::manifests::ManifestDir;
+use crate::source::{self, DesiredStates};
+use programming::Programmer;
+
+/// Default `--bpffs-dir`.
+pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/lb-agent";
+/// How soon a desired state whose writing failed is tried again.
+const RETRY_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Settings of `lb-agent run`.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub source: SourceConfig,
+    /// Interfaces whose TC ingress gets the program.
+    pub tc_ifaces: Vec<String>,
+    /// Interface that gets the XDP program.
+    pub xdp_iface: Option<String>,
+    /// Maps are pinned under `<bpffs_dir>/maps/`.
+    pub bpffs_dir: PathBuf,
+    pub capacities: Capacities,
+    /// How often the maps are read back and repaired ([`crate::Reconciler::resync`]).
+    pub resync_interval: Duration,
+}
+
+/// Where the Services and EndpointSlices come from.
+#[derive(Clone, Debug)]
+pub enum SourceConfig {
+    /// A manifests directory, read every `poll_interval`, for `node`.
+    Files {
+        dir: PathBuf,
+        node: NodeDef,
+        poll_interval: Duration,
+    },
+    /// The Kubernetes API server, for the node named `node_name`.
+    Kubernetes {
+        /// `--kubeconfig`; `None`: `$KUBECONFIG`, else in-cluster.
+        kubeconfig: Option<PathBuf>,
+        node_name: String,
+    },
+}
+
+/// Why the agent could not start (or had to stop).
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("manifests directory {} does not exist or is not a directory", .0.display())]
+    NoManifestsDir(PathBuf),
+    #[error(transparent)]
+    ApiSource(#[from] ApiSourceError),
+    #[error(transparent)]
+    Bpffs(#[from] BpffsError),
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+    #[error("the {0} source stopped unexpectedly")]
+    SourceStopped(&'static str),
+}
+
+/// Where the maps of an agent using `bpffs_dir` are pinned.
+pub fn maps_dir(bpffs_dir: &Path) -> PathBuf {
+    bpffs_dir.join("maps")
+}
+
+/// A started source: its task and what it publishes.
+struct RunningSource {
+    name: &'static str,
+    task: JoinHandle<()>,
+    states: DesiredStates,
+}
+
+/// Runs until `shutdown` completes, then detaches the programs and removes the pins.
+pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+    // The source is checked first: a bad kubeconfig or directory fails before anything is
+    // loaded into the kernel.
+    let max_endpoints = config.capacities.backends as usize;
+    let source = match &config.source {
+        SourceConfig::Files {
+            dir,
+            node,
+            poll_interval,
+        } => {
+            if !dir.is_dir() {
+                return Err(AgentError::NoManifestsDir(dir.clone()));
+            }
+            let manifests = ManifestDir::new(dir)
+                .for_node(node.clone())
+                .max_endpoints(max_endpoints);
+            CheckedSource::Files(manifests, *poll_interval)
+        }
+        SourceConfig::Kubernetes {
+            kubeconfig,
+            node_name,
+        } => {
+            let client = source::api::client(kubeconfig.as_deref()).await?;
+            info!("kubernetes mode: node {node_name}");
+            CheckedSource::Api(client, node_name.clone(), max_endpoints)
+        }
+    };
+    let pins = maps_dir(&config.bpffs_dir);
+    bpffs::prepare_pin_dir(&pins)?;
+    let result = serve(&config, &pins, source, shutdown).await;
+    bpffs::remove_empty_dirs(&pins, &config.bpffs_dir);
+    result
+}
+
+/// A source checked but not started yet (it starts once the maps exist).
+enum CheckedSource {
+    /// The manifests directory and its poll interval.
+    Files(ManifestDir, Duration),
+    /// The API client, this node's name and the slice size limit.
+    Api(kube::Client, String, usize),
+}
+
+impl CheckedSource {
+    fn start(self) -> RunningSource {
+        let (name, (task, states)) = match self {
+            CheckedSource::Files(dir, poll_interval) => {
+                ("manifests", source::files::spawn(dir, poll_interval))
+            }
+            CheckedSource::Api(client, node_name, max_endpoints) => (
+                "kubernetes",
+                source::api::spawn(client, node_name, max_endpoints),
+            ),
+        };
+        RunningSource { name, task, states }
+    }
+}
+
+async fn serve(
+    config: &RunConfig,
+    pins: &Path,
+    source: CheckedSource,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let mut datapath = Datapath::load(&config.capacities)?;
+    for iface in &config.tc_ifaces {
+        datapath.attach_tc(iface)?;
+    }
+    if let Some(iface) = &config.xdp_iface {
+        datapath.attach_xdp(iface)?;
+    }
+    datapath.pin_maps(pins)?;
+    info!("maps pinned under {}", pins.display());
+
+    let mut source = source.start();
+    let mut programmer = Programmer::new(&config.capacities);
+    let mut retry = tokio::time::interval(RETRY_INTERVAL);
+    retry.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut resync = tokio::time::interval(config.resync_interval);
+    resync.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    resync.reset(); // the first tick after one interval, not at once
+    tokio::pin!(shutdown);
+    let result = loop {
+        tokio::select! {
+            () = &mut shutdown => break Ok(()),
+            changed = source.states.changed() => {
+                if changed.is_err() {
+                    break Err(AgentError::SourceStopped(source.name));
+                }
+                if let Some(desired) = source.states.borrow_and_update().clone() {
+                    programmer.want(desired);
+                }
+                programmer.apply(datapath.maps());
+            }
+            _ = retry.tick(), if programmer.has_pending() => programmer.apply(datapath.maps()),
+            _ = resync.tick() => programmer.resync(datapath.maps()),
+        }
+    };
+    source.task.abort();
+    info!("shutting down: detaching programs and removing pins");
+    drop(datapath);
+    result
+}

@@ -1,0 +1,154 @@
+//! Kubernetes API source: watches Services, EndpointSlices and this node's Node object, as
+//! kube-proxy does, and publishes the desired state after every change set.
+//!
+//! Requests (kube-runtime's watcher, `ListWatch` strategy, pages of 500):
+//! - `GET /api/v1/services?labelSelector=!service.kubernetes.io/service-proxy-name`
+//! - `GET /apis/discovery.k8s.io/v1/endpointslices?labelSelector=!service.kubernetes.io/headless,!service.kubernetes.io/service-proxy-name`
+//! - `GET /api/v1/nodes?fieldSelector=metadata.name=<node>`
+//!
+//! each listed first (`limit=500`, following `continue`), then watched from the list's
+//! resourceVersion (`watch=true&allowWatchBookmarks=true&timeoutSeconds=290`). A failing
+//! list or watch is retried with kube-runtime's default backoff (0.8 s doubling to 30 s);
+//! meanwhile the maps keep the last published state: nothing is ever flushed for want of a
+//! connection. A 410 Gone starts a relist, applied only once complete ([`state`]).
+
+pub mod state;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use futures::{stream, FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::watcher::{self, watcher, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Client, Config};
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+
+use super::{channel, DesiredStates};
+use crate::error::{ApiSourceError, Chain};
+use crate::k8s::{NodeDef, ServiceDef, SliceDef};
+use state::ClusterView;
+
+/// Services kube-proxy leaves to another proxy are not watched.
+pub const SERVICE_LABEL_SELECTOR: &str = "!service.kubernetes.io/service-proxy-name";
+/// Slices of headless services and of services another proxy handles are not watched.
+pub const SLICE_LABEL_SELECTOR: &str =
+    "!service.kubernetes.io/headless,!service.kubernetes.io/service-proxy-name";
+
+/// A client for the API server: from `kubeconfig` if given, else from the files in
+/// `$KUBECONFIG` if set, else the in-cluster service account. Plain `http://` servers work.
+pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, ApiSourceError> {
+    let options = KubeConfigOptions::default();
+    let config = match kubeconfig {
+        Some(path) => {
+            let file =
+                Kubeconfig::read_from(path).map_err(|source| ApiSourceError::Kubeconfig {
+                    from: path.display().to_string(),
+                    source,
+                })?;
+            Config::from_custom_kubeconfig(file, &options)
+                .await
+                .map_err(|source| ApiSourceError::Kubeconfig {
+                    from: path.display().to_string(),
+                    source,
+                })?
+        }
+        None if std::env::var_os("KUBECONFIG").is_some_and(|v| !v.is_empty()) => {
+            Config::from_kubeconfig(&options).await.map_err(|source| {
+                ApiSourceError::Kubeconfig {
+                    from: "$KUBECONFIG".to_string(),
+                    source,
+                }
+            })?
+        }
+        None => Config::incluster().map_err(ApiSourceError::InCluster)?,
+    };
+    info!("kubernetes API server: {}", config.cluster_url);
+    Client::try_from(config).map_err(ApiSourceError::Client)
+}
+
+/// One watcher's next event, by kind (boxed: Kubernetes objects are large).
+enum Change {
+    Services(Box<watcher::Result<Event<Service>>>),
+    Slices(Box<watcher::Result<Event<EndpointSlice>>>),
+    Node(Box<watcher::Result<Event<Node>>>),
+}
+
+/// Watches the cluster in a task and publishes the desired state after every change set
+/// (all events already received are applied together). `max_endpoints` rejects slices that
+/// cannot fit into the backends map.
+pub fn spawn(
+    client: Client,
+    node_name: String,
+    max_endpoints: usize,
+) -> (JoinHandle<()>, DesiredStates) {
+    let (publisher, states) = channel();
+    let services = watcher(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default().labels(SERVICE_LABEL_SELECTOR),
+    )
+    .default_backoff()
+    .map(|e| Change::Services(Box::new(e)));
+    let slices = watcher(
+        Api::<EndpointSlice>::all(client.clone()),
+        watcher::Config::default().labels(SLICE_LABEL_SELECTOR),
+    )
+    .default_backoff()
+    .map(|e| Change::Slices(Box::new(e)));
+    let node = watcher(
+        Api::<Node>::all(client),
+        watcher::Config::default().fields(&format!("metadata.name={node_name}")),
+    )
+    .default_backoff()
+    .map(|e| Change::Node(Box::new(e)));
+
+    let task = tokio::spawn(async move {
+        let mut changes = stream::select(stream::select(services, slices), node).boxed();
+        let mut view = ClusterView::new(node_name);
+        while let Some(change) = changes.next().await {
+            apply(&mut view, change, max_endpoints);
+            while let Some(Some(change)) = changes.next().now_or_never() {
+                apply(&mut view, change, max_endpoints);
+            }
+            if let Some((change_set, state)) = view.take_change_set() {
+                info!("{change_set}");
+                if publisher.send(Some(Arc::new(state))).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    (task, states)
+}
+
+fn apply(view: &mut ClusterView, change: Change, max_endpoints: usize) {
+    let skipped = match change {
+        Change::Services(event) => match *event {
+            Ok(event) => view.services.on_event(event, ServiceDef::from_k8s),
+            Err(e) => return watch_failed("services", &e),
+        },
+        Change::Slices(event) => match *event {
+            Ok(event) => view
+                .slices
+                .on_event(event, |s| SliceDef::from_k8s(s, max_endpoints)),
+            Err(e) => return watch_failed("endpoint slices", &e),
+        },
+        Change::Node(event) => match *event {
+            Ok(event) => view.node.on_event(event, NodeDef::from_k8s),
+            Err(e) => return watch_failed("the node", &e),
+        },
+    };
+    for object in skipped {
+        error!("{object}");
+    }
+}
+
+fn watch_failed(what: &str, error: &watcher::Error) {
+    warn!(
+        "watching {what} failed, retrying with backoff (the maps keep the last known state): {}",
+        Chain(error)
+    );
+}

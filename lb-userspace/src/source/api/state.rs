@@ -1,0 +1,420 @@
+//! The API source's view of the cluster, built from watcher events; pure, so it is tested
+//! without a server.
+//!
+//! kube-runtime's watcher starts every (re)list with `Init`, sends the listed objects as
+//! `InitApply` and ends with `InitDone`; after that come `Apply` and `Delete` events. A
+//! relist (after a 410 Gone or a broken watch) is buffered and replaces the objects of its
+//! kind only once complete, so the state never passes through a half-listed cluster, and a
+//! relist cut short by an error is simply started again. Nothing is published before all
+//! three kinds have been listed once.
+
+use std::fmt;
+
+use kube::runtime::watcher::Event;
+use kube::ResourceExt;
+use tracing::warn;
+
+use crate::error::{FieldError, ObjectError, SkippedObject};
+use crate::k8s::{desired_state, NodeDef, ServiceDef, SliceDef};
+use crate::model::DesiredState;
+use crate::objects::{LastValid, ObjectKey};
+
+/// Objects of one kind as the watcher reported them.
+#[derive(Debug)]
+pub struct Watched<T> {
+    kind: &'static str,
+    objects: LastValid<T>,
+    /// Objects of a (re)list in progress: `Init` seen, `InitDone` not yet.
+    relist: Option<Vec<(ObjectKey, Result<T, ObjectError>)>>,
+    /// Whether a list has completed at least once.
+    listed: bool,
+    /// Events since the last change set.
+    events: usize,
+}
+
+impl<T> Watched<T> {
+    fn new(kind: &'static str) -> Self {
+        Self {
+            kind,
+            objects: LastValid::default(),
+            relist: None,
+            listed: false,
+            events: 0,
+        }
+    }
+
+    /// Applies one watcher event, checking objects with `check`; returns the object versions
+    /// that were skipped as invalid.
+    pub fn on_event<K: ResourceExt>(
+        &mut self,
+        event: Event<K>,
+        check: impl Fn(&K) -> Result<T, FieldError>,
+    ) -> Vec<SkippedObject> {
+        let kind = self.kind;
+        let parse = |object: &K| {
+            let key = ObjectKey::new(object.namespace().unwrap_or_default(), object.name_any());
+            let parsed = check(object).map_err(|error| ObjectError {
+                file: None,
+                kind: kind.to_string(),
+                namespace: key.namespace.clone(),
+                name: key.name.clone(),
+                error,
+            });
+            (key, parsed)
+        };
+        match event {
+            Event::Init => {
+                self.relist = Some(Vec::new());
+                Vec::new()
+            }
+            Event::InitApply(object) => {
+                self.relist
+                    .get_or_insert_with(Vec::new)
+                    .push(parse(&object));
+                Vec::new()
+            }
+            Event::InitDone => {
+                let listed = self.relist.take().unwrap_or_default();
+                self.listed = true;
+                self.events += 1;
+                self.objects.replace_all(listed)
+            }
+            Event::Apply(object) => {
+                let (key, parsed) = parse(&object);
+                self.events += 1;
+                self.objects.upsert(key, parsed).into_iter().collect()
+            }
+            Event::Delete(object) => {
+                self.events += 1;
+                let key = ObjectKey::new(object.namespace().unwrap_or_default(), object.name_any());
+                self.objects.remove(&key);
+                Vec::new()
+            }
+        }
+    }
+}
+
+/// Services, EndpointSlices and this node's Node, each as last listed and watched.
+#[derive(Debug)]
+pub struct ClusterView {
+    pub services: Watched<ServiceDef>,
+    pub slices: Watched<SliceDef>,
+    pub node: Watched<NodeDef>,
+    node_name: String,
+    /// Whether the missing Node object was reported (once until it appears).
+    reported_missing_node: bool,
+}
+
+/// What changed since the last change set, for the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChangeSet {
+    pub service_events: usize,
+    pub slice_events: usize,
+    pub node_events: usize,
+    pub services: usize,
+    pub slices: usize,
+    pub node: NodeDef,
+    pub invalid_objects: usize,
+}
+
+impl fmt::Display for ChangeSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "kubernetes change set: {} service, {} endpoint slice, {} node events; in effect: \
+             {} services, {} endpoint slices, node {} with {} addresses; {} invalid objects \
+             skipped",
+            self.service_events,
+            self.slice_events,
+            self.node_events,
+            self.services,
+            self.slices,
+            self.node.name,
+            self.node.addresses.len(),
+            self.invalid_objects
+        )
+    }
+}
+
+impl ClusterView {
+    pub fn new(node_name: impl Into<String>) -> Self {
+        Self {
+            services: Watched::new("Service"),
+            slices: Watched::new("EndpointSlice"),
+            node: Watched::new("Node"),
+            node_name: node_name.into(),
+            reported_missing_node: false,
+        }
+    }
+
+    /// When every kind has been listed and something changed since the last call: what
+    /// changed and the desired state now.
+    pub fn take_change_set(&mut self) -> Option<(ChangeSet, DesiredState)> {
+        let kinds_listed = self.services.listed && self.slices.listed && self.node.listed;
+        let events = self.services.events + self.slices.events + self.node.events;
+        if !kinds_listed || events == 0 {
+            return None;
+        }
+        let node = self.node();
+        let change_set = ChangeSet {
+            service_events: std::mem::take(&mut self.services.events),
+            slice_events: std::mem::take(&mut self.slices.events),
+            node_events: std::mem::take(&mut self.node.events),
+            services: self.services.objects.len(),
+            slices: self.slices.objects.len(),
+            node: node.clone(),
+            invalid_objects: self.services.objects.invalid_count()
+                + self.slices.objects.invalid_count()
+                + self.node.objects.invalid_count(),
+        };
+        let state = desired_state(
+            self.services.objects.values(),
+            self.slices.objects.values(),
+            &node,
+        );
+        Some((change_set, state))
+    }
+
+    /// This node as listed; without a Node object, its name and no addresses (no node ports).
+    fn node(&mut self) -> NodeDef {
+        if let Some(node) = self.node.objects.values().next() {
+            self.reported_missing_node = false;
+            return node.clone();
+        }
+        if !self.reported_missing_node {
+            warn!(
+                "Node {} not found (or invalid): node ports are not served until it appears; \
+                 is --node-name right?",
+                self.node_name
+            );
+            self.reported_missing_node = true;
+        }
+        NodeDef {
+            name: self.node_name.clone(),
+            addresses: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::{Node, Service};
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+    use super::*;
+
+    fn service(name: &str, ip: &str, port: &str) -> Service {
+        serde_yaml::from_str(&format!(
+            "metadata: {{name: {name}, namespace: shop}}\nspec:\n  type: NodePort\n  \
+             clusterIP: {ip}\n  ports: [{{name: http, port: {port}, nodePort: 30080}}]\n"
+        ))
+        .unwrap()
+    }
+
+    fn slice(service: &str, ip: &str) -> EndpointSlice {
+        serde_yaml::from_str(&format!(
+            "metadata: {{name: {service}-1, namespace: shop, labels: \
+             {{kubernetes.io/service-name: {service}}}}}\naddressType: IPv4\n\
+             ports: [{{name: http, port: 8080}}]\nendpoints: [{{addresses: [{ip}]}}]\n"
+        ))
+        .unwrap()
+    }
+
+    fn node(ip: &str) -> Node {
+        serde_yaml::from_str(&format!(
+            "metadata: {{name: node-a}}\nstatus: {{addresses: [{{type: InternalIP, address: \
+             {ip}}}]}}\n"
+        ))
+        .unwrap()
+    }
+
+    fn on_service(view: &mut ClusterView, event: Event<Service>) -> Vec<String> {
+        let skipped = view.services.on_event(event, ServiceDef::from_k8s);
+        skipped.iter().map(ToString::to_string).collect()
+    }
+
+    fn on_slice(view: &mut ClusterView, event: Event<EndpointSlice>) {
+        view.slices.on_event(event, |s| SliceDef::from_k8s(s, 16));
+    }
+
+    fn on_node(view: &mut ClusterView, event: Event<Node>) {
+        view.node.on_event(event, NodeDef::from_k8s);
+    }
+
+    /// A view with every kind listed: `web` (198.19.0.10:80 -> 198.18.1.1), node-a at
+    /// 198.18.0.1; its first change set taken.
+    fn listed() -> ClusterView {
+        let mut view = ClusterView::new("node-a");
+        for event in [
+            Event::Init,
+            Event::InitApply(service("web", "198.19.0.10", "80")),
+            Event::InitDone,
+        ] {
+            on_service(&mut view, event);
+        }
+        for event in [
+            Event::Init,
+            Event::InitApply(slice("web", "198.18.1.1")),
+            Event::InitDone,
+        ] {
+            on_slice(&mut view, event);
+        }
+        for event in [
+            Event::Init,
+            Event::InitApply(node("198.18.0.1")),
+            Event::InitDone,
+        ] {
+            on_node(&mut view, event);
+        }
+        view.take_change_set().expect("listed");
+        view
+    }
+
+    /// Frontend -> backends of the external scope, as strings.
+    fn frontends(state: &DesiredState) -> Vec<String> {
+        state
+            .services
+            .iter()
+            .map(|(fe, svc)| {
+                let backends: Vec<String> = svc
+                    .external
+                    .endpoints
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect();
+                format!("{fe} -> {}", backends.join(","))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn nothing_is_published_before_every_kind_is_listed() {
+        let mut view = ClusterView::new("node-a");
+        on_service(&mut view, Event::Init);
+        on_service(
+            &mut view,
+            Event::InitApply(service("web", "198.19.0.10", "80")),
+        );
+        on_service(&mut view, Event::InitDone);
+        on_slice(&mut view, Event::Init);
+        on_slice(&mut view, Event::InitDone);
+        assert!(
+            view.take_change_set().is_none(),
+            "the node is not listed yet"
+        );
+        on_node(&mut view, Event::Init);
+        on_node(&mut view, Event::InitApply(node("198.18.0.1")));
+        on_node(&mut view, Event::InitDone);
+        let (change_set, state) = view.take_change_set().unwrap();
+        assert_eq!(
+            change_set.to_string(),
+            "kubernetes change set: 1 service, 1 endpoint slice, 1 node events; in effect: 1 \
+             services, 0 endpoint slices, node node-a with 1 addresses; 0 invalid objects \
+             skipped"
+        );
+        assert_eq!(
+            frontends(&state),
+            ["198.18.0.1:30080/TCP -> ", "198.19.0.10:80/TCP -> "]
+        );
+        assert!(view.take_change_set().is_none(), "nothing changed since");
+    }
+
+    #[test]
+    fn a_relist_replaces_its_kind_only_once_complete() {
+        let mut view = listed();
+        // A 410 Gone: the services are listed again; `web` was deleted meanwhile.
+        on_service(&mut view, Event::Init);
+        on_service(
+            &mut view,
+            Event::InitApply(service("api", "198.19.0.11", "81")),
+        );
+        assert!(
+            view.take_change_set().is_none(),
+            "a half relist changes nothing"
+        );
+        on_slice(&mut view, Event::Apply(slice("web", "198.18.1.2")));
+        let (_, during) = view.take_change_set().unwrap();
+        assert_eq!(
+            frontends(&during),
+            [
+                "198.18.0.1:30080/TCP -> 198.18.1.2:8080",
+                "198.19.0.10:80/TCP -> 198.18.1.2:8080"
+            ],
+            "other kinds' changes apply on the services as last complete"
+        );
+        on_service(&mut view, Event::InitDone);
+        let (_, after) = view.take_change_set().unwrap();
+        assert_eq!(
+            frontends(&after),
+            ["198.18.0.1:30080/TCP -> ", "198.19.0.11:81/TCP -> "]
+        );
+    }
+
+    #[test]
+    fn an_interrupted_relist_starts_over() {
+        let mut view = listed();
+        on_service(&mut view, Event::Init);
+        on_service(
+            &mut view,
+            Event::InitApply(service("api", "198.19.0.11", "81")),
+        );
+        // The list failed part way; the watcher starts it again.
+        on_service(&mut view, Event::Init);
+        on_service(
+            &mut view,
+            Event::InitApply(service("web", "198.19.0.10", "80")),
+        );
+        on_service(&mut view, Event::InitDone);
+        let (_, state) = view.take_change_set().unwrap();
+        assert_eq!(
+            frontends(&state),
+            [
+                "198.18.0.1:30080/TCP -> 198.18.1.1:8080",
+                "198.19.0.10:80/TCP -> 198.18.1.1:8080"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_invalid_update_keeps_the_last_valid_version_and_is_counted() {
+        let mut view = listed();
+        let skipped = on_service(
+            &mut view,
+            Event::Apply(service("web", "198.19.0.10", "80000")),
+        );
+        assert_eq!(
+            skipped,
+            [
+                "Service shop/web: spec.ports[0].port: 80000 is not a port (1..=65535) (object \
+              skipped; its last valid version stays in effect)"
+            ]
+        );
+        let (change_set, state) = view.take_change_set().unwrap();
+        assert_eq!(change_set.invalid_objects, 1);
+        assert_eq!(
+            frontends(&state),
+            [
+                "198.18.0.1:30080/TCP -> 198.18.1.1:8080",
+                "198.19.0.10:80/TCP -> 198.18.1.1:8080"
+            ]
+        );
+        on_service(
+            &mut view,
+            Event::Delete(service("web", "198.19.0.10", "80")),
+        );
+        let (change_set, state) = view.take_change_set().unwrap();
+        assert_eq!((change_set.invalid_objects, state.services.len()), (0, 0));
+    }
+
+    #[test]
+    fn node_ports_follow_the_node_object() {
+        let mut view = listed();
+        on_node(&mut view, Event::Apply(node("198.18.0.2")));
+        let (_, state) = view.take_change_set().unwrap();
+        assert!(frontends(&state)[0].starts_with("198.18.0.2:30080/TCP"));
+        on_node(&mut view, Event::Delete(node("198.18.0.2")));
+        let (change_set, state) = view.take_change_set().unwrap();
+        assert_eq!(change_set.node.name, "node-a", "the name stays known");
+        assert_eq!(frontends(&state), ["198.19.0.10:80/TCP -> 198.18.1.1:8080"]);
+    }
+}
