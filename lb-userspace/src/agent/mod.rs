@@ -1,6 +1,7 @@
 //! `lb-agent run`: load and attach the data path, then keep its maps in line with the
 //! source's desired state (manifest files or the Kubernetes API) until shutdown.
 
+mod accept_local;
 mod programming;
 
 use std::future::Future;
@@ -17,6 +18,7 @@ use crate::error::{ApiSourceError, BpffsError, DatapathError};
 use crate::k8s::NodeDef;
 use crate::manifests::ManifestDir;
 use crate::source::{self, DesiredStates};
+use accept_local::AcceptLocal;
 use programming::Programmer;
 
 /// Default `--bpffs-dir`.
@@ -69,6 +71,8 @@ pub enum AgentError {
     Datapath(#[from] DatapathError),
     #[error("the {0} source stopped unexpectedly")]
     SourceStopped(&'static str),
+    #[error("enabling accept_local on the pod-facing interfaces failed")]
+    AcceptLocal(#[source] std::io::Error),
 }
 
 /// Where the maps of an agent using `bpffs_dir` are pinned.
@@ -151,6 +155,7 @@ async fn serve(
     for iface in &config.tc_ifaces {
         datapath.attach_tc(iface)?;
     }
+    let _accept_local = AcceptLocal::enable(&config.tc_ifaces).map_err(AgentError::AcceptLocal)?;
     if let Some(iface) = &config.xdp_iface {
         datapath.attach_xdp(iface)?;
     }
