@@ -140,7 +140,7 @@ impl ServiceSet {
                     name: service_name(index),
                     port_name: "http".to_string(),
                 };
-                (frontend, DesiredService { name, endpoints })
+                (frontend, DesiredService::uniform(name, endpoints))
             })
             .collect();
         DesiredState { services }
