@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use lb_common::conntrack::ct_flags;
 use lb_common::{
-    service::scope, Backend, Counter, CtKey, CtValue, ServiceKey, ServiceStats, ServiceValue,
+    service::{scope, service_flags},
+    Backend, Counter, CtKey, CtValue, ServiceKey, ServiceStats, ServiceValue,
 };
 
 use crate::datapath::Maps;
@@ -84,6 +85,7 @@ impl fmt::Display for Snapshot {
             "NEW FLOWS",
             "REJECTS",
             "DROPS",
+            "FLAGS",
         ]);
         for s in &self.services {
             let slots: Vec<String> = s.slots.iter().map(u32::to_string).collect();
@@ -92,12 +94,16 @@ impl fmt::Display for Snapshot {
                 scope_name(s.key.scope).to_string(),
                 s.value.id.to_string(),
                 s.value.backend_count.to_string(),
-                slots.join(","),
+                match slots.is_empty() {
+                    true => "-".to_string(),
+                    false => slots.join(","),
+                },
                 s.stats.packets.to_string(),
                 s.stats.bytes.to_string(),
                 s.stats.new_flows.to_string(),
                 s.stats.rejects.to_string(),
                 s.stats.drops.to_string(),
+                flags(&s.value),
             ]);
         }
         let mut backends = Table::new(&["ID", "ADDRESS"]);
@@ -142,6 +148,21 @@ fn frontend(key: &ServiceKey) -> String {
     format!("{}/{}", socket(key.addr, key.port), protocol(key.proto))
 }
 
+/// `affinity=<timeout>s` and `drop` (DROP_IF_NO_BACKEND), comma-separated; `-` for none.
+fn flags(value: &ServiceValue) -> String {
+    let mut flags = Vec::new();
+    if value.flags & service_flags::AFFINITY != 0 {
+        flags.push(format!("affinity={}s", value.affinity_timeout_s));
+    }
+    if value.flags & service_flags::DROP_IF_NO_BACKEND != 0 {
+        flags.push("drop".to_string());
+    }
+    match flags.is_empty() {
+        true => "-".to_string(),
+        false => flags.join(","),
+    }
+}
+
 fn scope_name(scope: u8) -> &'static str {
     match scope {
         scope::EXTERNAL => "external",
@@ -181,7 +202,7 @@ fn monotonic_now_ns() -> u64 {
 mod tests {
     use lb_common::conntrack::ct_flags;
     use lb_common::{ipv4_mapped, Backend, Counter, CtKey, CtValue, ServiceKey};
-    use lb_common::{ServiceStats, ServiceValue, IPPROTO_TCP};
+    use lb_common::{service::service_flags, ServiceStats, ServiceValue, IPPROTO_TCP};
 
     use super::{ServiceRow, Snapshot};
 
@@ -196,7 +217,8 @@ mod tests {
                 value: ServiceValue {
                     id: 1,
                     backend_count: 2,
-                    ..Default::default()
+                    flags: service_flags::AFFINITY | service_flags::DROP_IF_NO_BACKEND,
+                    affinity_timeout_s: 600,
                 },
                 slots: vec![1, 2],
                 stats: ServiceStats {
@@ -232,8 +254,8 @@ mod tests {
         };
         let expected = "\
 SERVICES
-FRONTEND            SCOPE     ID  BACKENDS  SLOTS  PACKETS  BYTES  NEW FLOWS  REJECTS  DROPS
-198.19.0.10:80/TCP  internal  1   2         1,2    10       1000   2          1        0
+FRONTEND            SCOPE     ID  BACKENDS  SLOTS  PACKETS  BYTES  NEW FLOWS  REJECTS  DROPS  FLAGS
+198.19.0.10:80/TCP  internal  1   2         1,2    10       1000   2          1        0      affinity=600s,drop
 
 BACKENDS
 ID  ADDRESS
