@@ -1,5 +1,6 @@
 //! Project tasks, run as `cargo xtask <task>` (alias in `.cargo/config.toml`).
 
+mod bench;
 mod build_ebpf;
 mod demo;
 mod kind_e2e;
@@ -26,6 +27,8 @@ enum Task {
     Test,
     /// Run the agent in a network namespace with real pods and show where requests go.
     Demo(demo::Demo),
+    /// Benchmark the eBPF data path against kube-proxy-style iptables and nftables rules.
+    Bench(bench::Bench),
     /// lb-agent in a kind cluster without kube-proxy (needs Docker, kind and kubectl).
     KindE2e(kind_e2e::KindE2e),
 }
@@ -36,6 +39,7 @@ fn main() -> anyhow::Result<()> {
         Task::BuildEbpf => build_ebpf::run().map(|object| println!("{}", object.display())),
         Task::Test => test::run(),
         Task::Demo(demo) => demo.run(),
+        Task::Bench(bench) => bench.run(),
         Task::KindE2e(e2e) => e2e.run(),
     }
 }

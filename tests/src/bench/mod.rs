@@ -15,6 +15,11 @@
 
 pub mod options;
 
+/// The font the plots use, from the Debian package [`PLOT_FONT_PACKAGE`].
+pub const PLOT_FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+/// The Debian package that has [`PLOT_FONT`] (`cargo xtask bench` installs it).
+pub const PLOT_FONT_PACKAGE: &str = "fonts-dejavu-core";
+
 #[cfg(feature = "bench")]
 pub mod client;
 #[cfg(feature = "bench")]

@@ -46,11 +46,19 @@ pub struct BenchOptions {
     #[arg(long, value_delimiter = ',', value_enum)]
     pub workloads: Option<Vec<Workload>>,
     /// Directory for results.md, results.json and the plots.
-    #[arg(long, default_value = "bench-results")]
+    #[arg(long, default_value = DEFAULT_OUT)]
     pub out: PathBuf,
 }
 
+/// Default `--out`.
+const DEFAULT_OUT: &str = "bench-results";
+
 impl BenchOptions {
+    /// The default output directory (relative).
+    pub fn default_out() -> PathBuf {
+        PathBuf::from(DEFAULT_OUT)
+    }
+
     /// The same options as command-line arguments (xtask passes them on to `lb-bench`).
     pub fn to_args(&self) -> Vec<String> {
         let mut args = Vec::new();

@@ -18,10 +18,9 @@ use super::{
     stats::Summary,
     test_run::Hook,
     variants::Variant,
+    PLOT_FONT, PLOT_FONT_PACKAGE,
 };
 
-/// The font plots use (Debian package fonts-dejavu-core; `cargo xtask bench` installs it).
-pub const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 const SIZE: (u32, u32) = (960, 600);
 const COLORS: [RGBColor; 6] = [
     RGBColor(0x1f, 0x77, 0xb4),
@@ -224,13 +223,13 @@ fn register_dejavu() -> Result<()> {
     static REGISTERED: OnceLock<std::result::Result<(), String>> = OnceLock::new();
     REGISTERED
         .get_or_init(|| {
-            let bytes = std::fs::read(FONT).map_err(|e| {
-                format!("{FONT}: {e} (install the Debian package fonts-dejavu-core)")
+            let bytes = std::fs::read(PLOT_FONT).map_err(|e| {
+                format!("{PLOT_FONT}: {e} (install the Debian package {PLOT_FONT_PACKAGE})")
             })?;
             // plotters keeps fonts for the whole process; the font is read once.
             let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
             register_font("sans-serif", FontStyle::Normal, bytes)
-                .map_err(|_| format!("{FONT} is not a usable font"))
+                .map_err(|_| format!("{PLOT_FONT} is not a usable font"))
         })
         .clone()
         .map_err(|message| BenchError::Plot {
