@@ -11,7 +11,11 @@
 
 use std::net::Ipv4Addr;
 
-use crate::{cmd, netns::NetNs, Error, Result};
+mod xdp_pass;
+
+use xdp_pass::XdpPass;
+
+use crate::{cmd, error::io_context, netns::NetNs, Error, Result};
 
 /// Node-side address of every pod veth, the pods' default gateway (a link-local-like /32, as
 /// kind's ptp CNI uses the node's pod-CIDR gateway).
@@ -57,6 +61,8 @@ pub struct Pod {
 #[derive(Debug)]
 pub struct Outside {
     pub addr: Ipv4Addr,
+    // Detached before the namespace goes.
+    _xdp_pass: XdpPass,
     pub netns: NetNs,
 }
 
@@ -154,9 +160,11 @@ impl Topology {
     }
 
     /// Adds the outside namespace ([`OUTSIDE_ADDR`]) joined to the node's [`EXTERNAL_IFACE`]
-    /// ([`NODE_IP`]). Transmit checksum offload is off on the outside's interface, so its
-    /// frames carry complete checksums, as on a wire: the node's XDP program rewrites them
-    /// incrementally and cannot complete a partial one.
+    /// ([`NODE_IP`]). Two settings make the outside's veth behave like a wire: transmit
+    /// checksum offload is off, so its frames carry complete checksums (the node's XDP program
+    /// rewrites them incrementally and cannot complete a partial one); and it runs a
+    /// pass-through XDP program, without which a veth drops the frames its peer's XDP program
+    /// sends back with `XDP_TX` (the node's rejects).
     pub fn add_outside(&mut self) -> Result<&Outside> {
         let netns = NetNs::create(&format!("{}-outside", self.id))?;
         let node = &self.node;
@@ -195,8 +203,14 @@ impl Topology {
                 "off",
             ],
         )?;
+        let xdp_pass = netns
+            .run(|| XdpPass::attach(POD_IFACE))?
+            .map_err(io_context(format!(
+                "cannot attach a pass-through XDP program to {POD_IFACE} in {netns_name}"
+            )))?;
         Ok(self.outside.insert(Outside {
             addr: OUTSIDE_ADDR,
+            _xdp_pass: xdp_pass,
             netns,
         }))
     }
@@ -280,6 +294,12 @@ mod tests {
         )
         .unwrap();
         assert!(offload.contains("tx-checksumming: off"), "{offload}");
+        let link =
+            crate::cmd::run("ip", &["-n", &outside_netns, "link", "show", POD_IFACE]).unwrap();
+        assert!(
+            link.contains("xdp"),
+            "no XDP program on the outside's interface: {link}"
+        );
         drop(topology);
         assert!(!std::path::Path::new("/run/netns")
             .join(&outside_netns)
