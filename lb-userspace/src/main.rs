@@ -1,7 +1,7 @@
 //! `lb-agent`: the node agent of the eBPF service load balancer.
 
 use std::io::{ErrorKind, IsTerminal, Write};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -32,7 +32,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Load the data path and program the services of a manifests directory or the cluster.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the pinned maps of a running agent as tables.
     Inspect(InspectArgs),
 }
@@ -67,6 +67,12 @@ struct RunArgs {
     /// How often the maps are read back and repaired if they drifted (e.g. 30s, 500ms, 2m).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     resync_interval: Duration,
+    /// Address of the Prometheus metrics endpoint (`/metrics`), as kube-proxy's metrics port.
+    #[arg(long, default_value = "0.0.0.0:10249")]
+    metrics_addr: SocketAddr,
+    /// Address of the health endpoints (`/healthz`, `/readyz`), as kube-proxy's health port.
+    #[arg(long, default_value = "0.0.0.0:10256")]
+    healthz_addr: SocketAddr,
 }
 
 #[derive(Args)]
@@ -86,7 +92,7 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Inspect(args) => inspect(args),
     }
 }
@@ -123,6 +129,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         bpffs_dir: args.bpffs_dir,
         capacities: Capacities::default(),
         resync_interval: args.resync_interval,
+        metrics_addr: args.metrics_addr,
+        healthz_addr: args.healthz_addr,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

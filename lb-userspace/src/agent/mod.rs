@@ -3,8 +3,10 @@
 
 mod accept_local;
 mod programming;
+mod telemetry;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -17,9 +19,11 @@ use crate::datapath::{Capacities, Datapath};
 use crate::error::{ApiSourceError, BpffsError, DatapathError};
 use crate::k8s::NodeDef;
 use crate::manifests::ManifestDir;
+use crate::metrics::{ListenError, SyncMetrics};
 use crate::source::{self, DesiredStates};
 use accept_local::AcceptLocal;
 use programming::Programmer;
+use telemetry::Telemetry;
 
 /// Default `--bpffs-dir`.
 pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/lb-agent";
@@ -39,6 +43,10 @@ pub struct RunConfig {
     pub capacities: Capacities,
     /// How often the maps are read back and repaired ([`crate::Reconciler::resync`]).
     pub resync_interval: Duration,
+    /// Where `/metrics` is served.
+    pub metrics_addr: SocketAddr,
+    /// Where `/healthz` and `/readyz` are served.
+    pub healthz_addr: SocketAddr,
 }
 
 /// Where the Services and EndpointSlices come from.
@@ -73,6 +81,8 @@ pub enum AgentError {
     SourceStopped(&'static str),
     #[error("enabling accept_local on the pod-facing interfaces failed")]
     AcceptLocal(#[source] std::io::Error),
+    #[error(transparent)]
+    Listen(#[from] ListenError),
 }
 
 /// Where the maps of an agent using `bpffs_dir` are pinned.
@@ -131,14 +141,14 @@ enum CheckedSource {
 }
 
 impl CheckedSource {
-    fn start(self) -> RunningSource {
+    fn start(self, metrics: SyncMetrics) -> RunningSource {
         let (name, (task, states)) = match self {
             CheckedSource::Files(dir, poll_interval) => {
-                ("manifests", source::files::spawn(dir, poll_interval))
+                ("manifests", source::files::spawn(dir, poll_interval, metrics))
             }
             CheckedSource::Api(client, node_name, max_endpoints) => (
                 "kubernetes",
-                source::api::spawn(client, node_name, max_endpoints),
+                source::api::spawn(client, node_name, max_endpoints, metrics),
             ),
         };
         RunningSource { name, task, states }
@@ -162,8 +172,10 @@ async fn serve(
     datapath.pin_maps(pins)?;
     info!("maps pinned under {}", pins.display());
 
-    let mut source = source.start();
-    let mut programmer = Programmer::new(&config.capacities);
+    let telemetry = Telemetry::start(config, &maps_dir(&config.bpffs_dir)).await?;
+    let mut source = source.start(telemetry.sync());
+    let mut programmer =
+        Programmer::new(&config.capacities, telemetry.sync(), telemetry.health());
     let mut retry = tokio::time::interval(RETRY_INTERVAL);
     retry.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut resync = tokio::time::interval(config.resync_interval);

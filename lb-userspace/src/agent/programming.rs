@@ -1,12 +1,16 @@
 //! Desired states -> maps: applies the latest state (retrying a failed write), resyncs the
-//! maps periodically, and logs the lines operators and tests read.
+//! maps periodically, logs the lines operators and tests read, and records metrics and
+//! health.
 
 use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
 use tracing::{error, info, warn};
 
 use crate::datapath::{Capacities, Maps};
 use crate::error::Chain;
+use crate::health::SyncHealth;
+use crate::metrics::SyncMetrics;
 use crate::model::DesiredState;
 use crate::reconciler::Reconciler;
 
@@ -15,13 +19,20 @@ pub(super) struct Programmer {
     reconciler: Reconciler,
     /// A desired state not yet fully written.
     pending: Option<Arc<DesiredState>>,
+    /// When the oldest change not yet fully written arrived.
+    pending_since: Option<Instant>,
+    metrics: SyncMetrics,
+    health: SyncHealth,
 }
 
 impl Programmer {
-    pub(super) fn new(capacities: &Capacities) -> Self {
+    pub(super) fn new(capacities: &Capacities, metrics: SyncMetrics, health: SyncHealth) -> Self {
         Self {
             reconciler: Reconciler::new(capacities),
             pending: None,
+            pending_since: None,
+            metrics,
+            health,
         }
     }
 
@@ -32,15 +43,24 @@ impl Programmer {
 
     /// Makes `desired` the state to program, replacing any older one not yet written.
     pub(super) fn want(&mut self, desired: Arc<DesiredState>) {
+        let now = Instant::now();
         self.pending = Some(desired);
+        self.pending_since.get_or_insert(now);
+        self.health.queued(now);
     }
 
     /// Writes the pending state; logs `ready: programmed N services, M backends` once it is
     /// completely written, or the failure (the state stays pending for a retry).
     pub(super) fn apply(&mut self, maps: &mut Maps) {
         let Some(desired) = &self.pending else { return };
+        let started = Instant::now();
         match self.reconciler.apply(desired, maps) {
             Ok(summary) => {
+                let since = self.pending_since.take().unwrap_or(started);
+                let now = SystemTime::now();
+                let metrics = &self.metrics;
+                metrics.applied(&self.reconciler, started.elapsed(), since.elapsed(), now);
+                self.health.updated(now);
                 for rejected in &summary.rejected {
                     error!("{rejected}");
                 }
@@ -65,7 +85,10 @@ impl Programmer {
                 );
                 self.pending = None;
             }
-            Err(e) => error!("reconcile failed, retrying: {}", Chain(&e)),
+            Err(e) => {
+                self.metrics.failed(&self.reconciler, started.elapsed());
+                error!("reconcile failed, retrying: {}", Chain(&e));
+            }
         }
     }
 
@@ -78,6 +101,7 @@ impl Programmer {
                     warn!("resync: {repair}");
                 }
                 info!("resync repaired {} map entries", repairs.len());
+                self.metrics.repaired(repairs.len());
             }
             Err(e) => error!("resync failed, retrying at the next one: {}", Chain(&e)),
         }

@@ -88,6 +88,16 @@ impl ReconcileSummary {
     }
 }
 
+/// A service id the data path counts under (an index of `LB_SVC_STATS`) and what it serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CountedService {
+    pub id: u32,
+    pub name: ServicePortName,
+    pub frontend: Frontend,
+    /// The lookup scopes (`lb_common::service::scope`) whose entries point at the id.
+    pub scopes: Vec<u8>,
+}
+
 /// Keeps the maps in line with a desired state, writing only what changed.
 #[derive(Debug)]
 pub struct Reconciler {
@@ -175,6 +185,29 @@ impl Reconciler {
     /// Number of backends in the maps.
     pub fn programmed_backends(&self) -> usize {
         self.backends.written_count()
+    }
+
+    /// Every service id some services map entry points at, with its service and scopes: a
+    /// read-only view for labelling the per-service counters.
+    pub fn counted_services(&self) -> Vec<CountedService> {
+        let mut counted = Vec::new();
+        for (frontend, service) in &self.services {
+            for id in service.groups.keys() {
+                let scopes: Vec<u8> = SCOPES
+                    .into_iter()
+                    .filter(|scope| service.entries[*scope as usize].is_some_and(|v| v.id == *id))
+                    .collect();
+                if !scopes.is_empty() {
+                    counted.push(CountedService {
+                        id: *id,
+                        name: service.name.clone(),
+                        frontend: *frontend,
+                        scopes,
+                    });
+                }
+            }
+        }
+        counted
     }
 
     /// Writes the difference between what is programmed and `desired`.

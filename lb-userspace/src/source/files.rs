@@ -10,10 +10,15 @@ use tracing::{error, info};
 use super::{channel, DesiredStates};
 use crate::error::Chain;
 use crate::manifests::ManifestDir;
+use crate::metrics::SyncMetrics;
 
 /// Polls `dir` in a task and publishes each changed state. Read errors are logged (once until
-/// they change) and keep the last state.
-pub fn spawn(mut dir: ManifestDir, poll_interval: Duration) -> (JoinHandle<()>, DesiredStates) {
+/// they change) and keep the last state. The number of invalid objects goes to `metrics`.
+pub fn spawn(
+    mut dir: ManifestDir,
+    poll_interval: Duration,
+    metrics: SyncMetrics,
+) -> (JoinHandle<()>, DesiredStates) {
     let (publisher, states) = channel();
     let task = tokio::spawn(async move {
         let mut ticker = tokio::time::interval(poll_interval);
@@ -32,6 +37,7 @@ pub fn spawn(mut dir: ManifestDir, poll_interval: Duration) -> (JoinHandle<()>, 
                          skipped",
                         sync.services, sync.endpoint_slices, sync.invalid_objects
                     );
+                    metrics.invalid_objects(sync.invalid_objects);
                     publisher.send_replace(Some(Arc::new(sync.state)));
                 }
                 Ok(None) => {}

@@ -201,3 +201,26 @@ fn failed_scope_transitions_are_resumed_by_the_next_apply() {
         desired(&[]),
     ]);
 }
+
+#[test]
+fn counted_services_name_each_id_with_the_scopes_pointing_at_it() {
+    let (mut reconciler, mut maps) = setup(&desired(&[(tcp(80), &[1])]));
+    let counted = |r: &Reconciler| -> Vec<(u32, u16, Vec<u8>)> {
+        r.counted_services()
+            .into_iter()
+            .map(|c| (c.id, c.frontend.port, c.scopes))
+            .collect()
+    };
+    assert_eq!(counted(&reconciler), [(1, 80, vec![EXT, INT])]);
+    reconciler
+        .apply(&state([split(tcp(80), &[1], &[1, 2])]), &mut maps)
+        .unwrap();
+    assert_eq!(
+        counted(&reconciler),
+        [(1, 80, vec![EXT]), (2, 80, vec![INT])]
+    );
+    assert_eq!(
+        reconciler.counted_services()[0].name,
+        service(&tcp(80), &[]).name
+    );
+}

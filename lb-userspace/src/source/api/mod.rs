@@ -30,6 +30,7 @@ use tracing::{error, info, warn};
 use super::{channel, DesiredStates};
 use crate::error::{ApiSourceError, Chain};
 use crate::k8s::{NodeDef, ServiceDef, SliceDef};
+use crate::metrics::SyncMetrics;
 use state::ClusterView;
 
 /// Services kube-proxy leaves to another proxy are not watched.
@@ -79,11 +80,12 @@ enum Change {
 
 /// Watches the cluster in a task and publishes the desired state after every change set
 /// (all events already received are applied together). `max_endpoints` rejects slices that
-/// cannot fit into the backends map.
+/// cannot fit into the backends map; the number of invalid objects goes to `metrics`.
 pub fn spawn(
     client: Client,
     node_name: String,
     max_endpoints: usize,
+    metrics: SyncMetrics,
 ) -> (JoinHandle<()>, DesiredStates) {
     let (publisher, states) = channel();
     let services = watcher(
@@ -115,6 +117,7 @@ pub fn spawn(
             }
             if let Some((change_set, state)) = view.take_change_set() {
                 info!("{change_set}");
+                metrics.invalid_objects(change_set.invalid_objects);
                 if publisher.send(Some(Arc::new(state))).is_err() {
                     return;
                 }

@@ -1,0 +1,212 @@
+//! Metrics read from the maps at scrape time: per-service and node-wide counters and the
+//! conntrack fill level.
+
+use std::fmt;
+use std::path::Path;
+
+use aya::maps::{HashMap, Map, MapData};
+use lb_common::service::scope;
+use lb_common::{map_names, Counter, CtKey, CtValue, ServiceStats};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use tracing::warn;
+
+use super::sync::CountedServices;
+use crate::datapath::Maps;
+use crate::error::{Chain, DatapathError};
+use crate::model::SocketDisplay;
+use crate::reconciler::CountedService;
+
+/// Reads the maps on every scrape (call the encoder from a blocking thread: a full
+/// conntrack map takes one system call per entry to count).
+pub(super) struct DatapathCollector {
+    maps: Maps,
+    /// A second handle on the conntrack map, for counting its keys without copying values.
+    conntrack: HashMap<MapData, CtKey, CtValue>,
+    conntrack_capacity: u32,
+    services: CountedServices,
+}
+
+impl fmt::Debug for DatapathCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatapathCollector")
+            .field("conntrack_capacity", &self.conntrack_capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A per-service counter: metric name (before `_total`), help, and its field.
+type ServiceCounter = (&'static str, &'static str, fn(&ServiceStats) -> u64);
+
+const SERVICE_COUNTERS: [ServiceCounter; 5] = [
+    (
+        "lbagent_service_packets",
+        "Packets translated for the service, both directions",
+        |s| s.packets,
+    ),
+    (
+        "lbagent_service_bytes",
+        "Bytes (whole frames) translated for the service, both directions",
+        |s| s.bytes,
+    ),
+    (
+        "lbagent_service_new_flows",
+        "New flows assigned a backend",
+        |s| s.new_flows,
+    ),
+    (
+        "lbagent_service_rejects",
+        "New flows rejected with ICMP port unreachable for want of a backend",
+        |s| s.rejects,
+    ),
+    (
+        "lbagent_service_drops",
+        "Packets dropped for the service (lbagent_drop_count_total says why)",
+        |s| s.drops,
+    ),
+];
+
+/// The node-wide counters that count dropped (or rejected) packets.
+const DROP_REASONS: [Counter; 5] = [
+    Counter::RejectNoBackend,
+    Counter::DropNoBackend,
+    Counter::DropBackendMissing,
+    Counter::DropConntrackFull,
+    Counter::DropRewriteFailed,
+];
+
+impl DatapathCollector {
+    /// A collector over the maps pinned in `pins`.
+    pub(super) fn open(
+        pins: &Path,
+        conntrack_capacity: u32,
+        services: CountedServices,
+    ) -> Result<Self, DatapathError> {
+        let maps = Maps::from_pins(pins)?;
+        let path = pins.join(map_names::CONNTRACK);
+        let conntrack = MapData::from_pin(&path)
+            .and_then(Map::from_map_data)
+            .map_err(|source| DatapathError::OpenPin {
+                path: path.clone(),
+                source,
+            })?;
+        let conntrack =
+            HashMap::try_from(conntrack).map_err(|source| DatapathError::MapLayout {
+                map: map_names::CONNTRACK,
+                source,
+            })?;
+        Ok(Self {
+            maps,
+            conntrack,
+            conntrack_capacity,
+            services,
+        })
+    }
+
+    /// Conntrack entries (both directions), counted up to the capacity.
+    fn conntrack_entries(&self) -> usize {
+        self.conntrack
+            .keys()
+            .take(self.conntrack_capacity as usize)
+            .filter(Result::is_ok)
+            .count()
+    }
+
+    fn encode_services(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
+        let mut rows = Vec::new();
+        for service in self.services.get() {
+            match self.maps.service_stats(service.id) {
+                Ok(stats) => rows.push((labels(&service), stats)),
+                Err(e) => warn!("metrics: reading {}: {}", service.name, Chain(&e)),
+            }
+        }
+        for (name, help, field) in SERVICE_COUNTERS {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (labels, stats) in &rows {
+                ConstCounter::new(field(stats)).encode(family.encode_family(labels)?)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn encode_node_counters(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
+        let counters = match self.maps.counters() {
+            Ok(counters) => counters,
+            Err(e) => {
+                warn!("metrics: reading the node-wide counters: {}", Chain(&e));
+                return Ok(());
+            }
+        };
+        let mut family = encoder.encode_descriptor(
+            "lbagent_datapath_packets",
+            "Packets by what the data path did with them (counter names as in lb-agent inspect; \
+             packets = every packet seen)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (counter, value) in &counters {
+            ConstCounter::new(*value)
+                .encode(family.encode_family(&[("counter", counter.name())])?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "lbagent_drop_count",
+            "Packets dropped or rejected by the data path, by reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for (counter, value) in counters.iter().filter(|(c, _)| DROP_REASONS.contains(c)) {
+            ConstCounter::new(*value)
+                .encode(family.encode_family(&[("reason", counter.name())])?)?;
+        }
+        Ok(())
+    }
+
+    fn encode_conntrack(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
+        let entries = ConstGauge::new(self.conntrack_entries() as i64);
+        entries.encode(encoder.encode_descriptor(
+            "lbagent_conntrack_entries",
+            "Conntrack entries (a flow has two: forward and reply)",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        let capacity = ConstGauge::new(i64::from(self.conntrack_capacity));
+        capacity.encode(encoder.encode_descriptor(
+            "lbagent_conntrack_capacity",
+            "Size of the conntrack map (least recently used entries are evicted when full)",
+            None,
+            MetricType::Gauge,
+        )?)
+    }
+}
+
+impl Collector for DatapathCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        self.encode_services(&mut encoder)?;
+        self.encode_node_counters(&mut encoder)?;
+        self.encode_conntrack(&mut encoder)
+    }
+}
+
+/// `service`, `frontend`, `protocol` and `scope` labels of a service id.
+fn labels(service: &CountedService) -> [(&'static str, String); 4] {
+    let scope = match service.scopes.as_slice() {
+        [scope::EXTERNAL] => "external",
+        [scope::INTERNAL] => "internal",
+        _ => "all",
+    };
+    [
+        ("service", service.name.to_string()),
+        (
+            "frontend",
+            SocketDisplay(service.frontend.addr, service.frontend.port).to_string(),
+        ),
+        (
+            "protocol",
+            service.frontend.protocol.to_string().to_lowercase(),
+        ),
+        ("scope", scope.to_string()),
+    ]
+}
