@@ -55,6 +55,12 @@ pub enum DatapathError {
         #[source]
         source: PinError,
     },
+    #[error("pinning the program link at {path} failed")]
+    PinLink {
+        path: PathBuf,
+        #[source]
+        source: PinError,
+    },
     #[error("no pinned maps at {0}: is `lb-agent run` running with the same --bpffs-dir?")]
     NotPinned(PathBuf),
     #[error("opening pinned map {path} failed")]

@@ -35,6 +35,8 @@ enum Command {
     Run(Box<RunArgs>),
     /// Print the pinned maps of a running agent as tables.
     Inspect(InspectArgs),
+    /// Detach the programs and remove the maps a stopped agent left pinned.
+    Cleanup(CleanupArgs),
 }
 
 /// `lb-agent run`. Without `--manifests` the objects come from the Kubernetes API.
@@ -82,6 +84,13 @@ struct InspectArgs {
     bpffs_dir: PathBuf,
 }
 
+#[derive(Args)]
+struct CleanupArgs {
+    /// bpffs directory of the agent to clean up after.
+    #[arg(long, default_value = DEFAULT_BPFFS_DIR)]
+    bpffs_dir: PathBuf,
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let filter = EnvFilter::try_new(&cli.log_level)
@@ -94,6 +103,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run(*args),
         Command::Inspect(args) => inspect(args),
+        Command::Cleanup(args) => cleanup(args),
     }
 }
 
@@ -160,6 +170,17 @@ fn inspect(args: InspectArgs) -> anyhow::Result<()> {
         Err(e) if e.kind() == ErrorKind::BrokenPipe => Ok(()),
         result => result.context("writing to stdout"),
     }
+}
+
+fn cleanup(args: CleanupArgs) -> anyhow::Result<()> {
+    let removed = agent::cleanup(&args.bpffs_dir)
+        .with_context(|| format!("cleaning up {}", args.bpffs_dir.display()))?;
+    info!(
+        "removed {} pins under {}",
+        removed.len(),
+        args.bpffs_dir.display()
+    );
+    Ok(())
 }
 
 /// The hostname in lower case, as kube-proxy names its node by default.

@@ -3,7 +3,8 @@
 //! The process enters the namespace with `setns` before exec (not `ip netns exec`, which would
 //! also give it a private mount namespace and hide its bpffs pins from `lb-agent inspect`).
 //! Its stdout and stderr are collected into one log. On drop it gets SIGTERM (a clean exit
-//! unpins its maps), then SIGKILL after a grace period, and its bpffs directory is removed.
+//! leaves its pins), then SIGKILL after a grace period, and its bpffs directory is removed
+//! (which detaches its pinned programs) unless it was [`Agent::kill`]ed for a restart.
 
 use std::{
     env,
@@ -101,6 +102,8 @@ pub struct Agent {
     log: Arc<Mutex<String>>,
     readers: Vec<JoinHandle<()>>,
     options: AgentOptions,
+    /// Set by [`Agent::kill`]: the pins are left for the next agent to adopt.
+    keep_pins: bool,
 }
 
 impl Agent {
@@ -182,6 +185,7 @@ impl Agent {
             log,
             readers,
             options,
+            keep_pins: false,
         };
         agent.wait_for_log(READY_MARKER, 1, READY_TIMEOUT)?;
         Ok(agent)
@@ -243,6 +247,21 @@ impl Agent {
         &self.options
     }
 
+    /// Kills the agent with SIGKILL, as a crash or an OOM kill would, and waits for it to
+    /// exit. Its pins stay (also when this value is dropped) for the next agent to adopt.
+    pub fn kill(&mut self) -> Result<()> {
+        self.keep_pins = true;
+        if self.exit_status()?.is_none() {
+            self.child
+                .kill()
+                .map_err(io_context("cannot kill lb-agent"))?;
+            self.child
+                .wait()
+                .map_err(io_context("cannot wait for lb-agent"))?;
+        }
+        Ok(())
+    }
+
     /// Stops the agent: SIGTERM, then SIGKILL after a grace period.
     fn terminate(&mut self) -> Result<ExitStatus> {
         if let Some(status) = self.exit_status()? {
@@ -272,7 +291,9 @@ impl Drop for Agent {
         for reader in self.readers.drain(..) {
             let _ = reader.join();
         }
-        remove_pins(&self.options.bpffs_dir);
+        if !self.keep_pins {
+            remove_pins(&self.options.bpffs_dir);
+        }
     }
 }
 

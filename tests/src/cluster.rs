@@ -80,6 +80,15 @@ impl Cluster {
         &mut self.agent
     }
 
+    /// Kills the agent with SIGKILL and starts a new one with the same options, which adopts
+    /// the pinned maps and programs; returns once the new agent is ready.
+    pub fn restart_agent_after_kill(&mut self) -> Result<()> {
+        self.agent.kill()?;
+        let options = self.agent.options().clone();
+        self.agent = Agent::start(self.topology.node(), options)?;
+        Ok(())
+    }
+
     /// TCP connections accepted, or UDP datagrams received, by backend `index` so far.
     pub fn served(&self, index: usize, protocol: Protocol) -> usize {
         let (tcp, udp) = &self.servers[index];

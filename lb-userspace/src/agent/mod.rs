@@ -2,6 +2,7 @@
 //! source's desired state (manifest files or the Kubernetes API) until shutdown.
 
 mod accept_local;
+mod cleanup;
 mod programming;
 mod telemetry;
 
@@ -21,7 +22,7 @@ use crate::k8s::NodeDef;
 use crate::manifests::ManifestDir;
 use crate::metrics::{ListenError, SyncMetrics};
 use crate::source::{self, DesiredStates};
-use accept_local::AcceptLocal;
+pub use cleanup::cleanup;
 use programming::Programmer;
 use telemetry::Telemetry;
 
@@ -90,6 +91,11 @@ pub fn maps_dir(bpffs_dir: &Path) -> PathBuf {
     bpffs_dir.join("maps")
 }
 
+/// Where the program attachments of an agent using `bpffs_dir` are pinned.
+pub fn links_dir(bpffs_dir: &Path) -> PathBuf {
+    bpffs_dir.join("links")
+}
+
 /// A started source: its task and what it publishes.
 struct RunningSource {
     name: &'static str,
@@ -97,7 +103,9 @@ struct RunningSource {
     states: DesiredStates,
 }
 
-/// Runs until `shutdown` completes, then detaches the programs and removes the pins.
+/// Runs until `shutdown` completes. Maps and attachments stay pinned under the bpffs
+/// directory, so traffic keeps flowing until the next agent adopts them; `lb-agent cleanup`
+/// removes them.
 pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
     // The source is checked first: a bad kubeconfig or directory fails before anything is
     // loaded into the kernel.
@@ -125,11 +133,13 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Resul
             CheckedSource::Api(client, node_name.clone(), max_endpoints)
         }
     };
-    let pins = maps_dir(&config.bpffs_dir);
-    bpffs::prepare_pin_dir(&pins)?;
-    let result = serve(&config, &pins, source, shutdown).await;
-    bpffs::remove_empty_dirs(&pins, &config.bpffs_dir);
-    result
+    let maps = maps_dir(&config.bpffs_dir);
+    let links = links_dir(&config.bpffs_dir);
+    bpffs::prepare_pin_dir(&maps)?;
+    bpffs::prepare_pin_dir(&links)?;
+    let datapath = Datapath::load_pinned(&config.capacities, &maps, &links)?;
+    info!("maps pinned under {}", maps.display());
+    serve(&config, datapath, source, shutdown).await
 }
 
 /// A source checked but not started yet (it starts once the maps exist).
@@ -143,9 +153,10 @@ enum CheckedSource {
 impl CheckedSource {
     fn start(self, metrics: SyncMetrics) -> RunningSource {
         let (name, (task, states)) = match self {
-            CheckedSource::Files(dir, poll_interval) => {
-                ("manifests", source::files::spawn(dir, poll_interval, metrics))
-            }
+            CheckedSource::Files(dir, poll_interval) => (
+                "manifests",
+                source::files::spawn(dir, poll_interval, metrics),
+            ),
             CheckedSource::Api(client, node_name, max_endpoints) => (
                 "kubernetes",
                 source::api::spawn(client, node_name, max_endpoints, metrics),
@@ -157,25 +168,21 @@ impl CheckedSource {
 
 async fn serve(
     config: &RunConfig,
-    pins: &Path,
+    mut datapath: Datapath,
     source: CheckedSource,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
-    let mut datapath = Datapath::load(&config.capacities)?;
     for iface in &config.tc_ifaces {
         datapath.attach_tc(iface)?;
     }
-    let _accept_local = AcceptLocal::enable(&config.tc_ifaces).map_err(AgentError::AcceptLocal)?;
+    accept_local::enable(&config.tc_ifaces).map_err(AgentError::AcceptLocal)?;
     if let Some(iface) = &config.xdp_iface {
         datapath.attach_xdp(iface)?;
     }
-    datapath.pin_maps(pins)?;
-    info!("maps pinned under {}", pins.display());
 
     let telemetry = Telemetry::start(config, &maps_dir(&config.bpffs_dir)).await?;
     let mut source = source.start(telemetry.sync());
-    let mut programmer =
-        Programmer::new(&config.capacities, telemetry.sync(), telemetry.health());
+    let mut programmer = Programmer::new(&config.capacities, telemetry.sync(), telemetry.health());
     let mut retry = tokio::time::interval(RETRY_INTERVAL);
     retry.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut resync = tokio::time::interval(config.resync_interval);
@@ -199,7 +206,6 @@ async fn serve(
         }
     };
     source.task.abort();
-    info!("shutting down: detaching programs and removing pins");
-    drop(datapath);
+    info!("shutting down: programs and maps stay pinned; `lb-agent cleanup` removes them");
     result
 }

@@ -23,6 +23,9 @@ pub(super) struct Programmer {
     pending_since: Option<Instant>,
     metrics: SyncMetrics,
     health: SyncHealth,
+    /// Whether the maps were checked for entries an earlier agent left (they are pinned and
+    /// outlive it), which happens right after the first complete apply.
+    leftovers_removed: bool,
 }
 
 impl Programmer {
@@ -33,6 +36,7 @@ impl Programmer {
             pending_since: None,
             metrics,
             health,
+            leftovers_removed: false,
         }
     }
 
@@ -84,6 +88,12 @@ impl Programmer {
                     self.reconciler.programmed_backends()
                 );
                 self.pending = None;
+                if !self.leftovers_removed {
+                    // The apply overwrote what an earlier agent wrote for the same state;
+                    // a resync deletes the rest.
+                    self.resync(maps);
+                    self.leftovers_removed = true;
+                }
             }
             Err(e) => {
                 self.metrics.failed(&self.reconciler, started.elapsed());

@@ -1,11 +1,16 @@
 //! The loaded eBPF data path: programs, their attachments and typed access to the maps.
 
+mod map_layouts;
 mod maps;
+mod pinned_links;
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use aya::programs::links::FdLink;
+use aya::programs::tc::SchedClassifierLink;
+use aya::programs::xdp::XdpLink;
 use aya::programs::{tc, Program, SchedClassifier, TcAttachType, Xdp, XdpMode};
 use aya::util::KernelVersion;
 use aya::{Ebpf, EbpfLoader};
@@ -14,6 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::error::{Chain, DatapathError};
 pub use maps::Maps;
+use pinned_links::Hook;
 
 /// The eBPF object built by `cargo xtask build-ebpf`, embedded by `build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf.o"));
@@ -42,21 +48,51 @@ impl Default for Capacities {
     }
 }
 
-/// The loaded programs and maps. Dropping it detaches every attachment it made and removes
-/// the pins made by [`Datapath::pin_maps`].
+/// The loaded programs and maps. Dropping it detaches every attachment it made that is not
+/// pinned and removes the pins made by [`Datapath::pin_maps`].
 pub struct Datapath {
     ebpf: Ebpf,
     maps: Maps,
     pinned_in: Option<PathBuf>,
+    /// Set by [`Datapath::load_pinned`]: attachments are pinned here and outlive the agent.
+    links_dir: Option<PathBuf>,
 }
 
 impl Datapath {
     /// Loads the embedded object's maps (sized by `capacities`) and programs into the kernel,
     /// without attaching or pinning anything.
     pub fn load(capacities: &Capacities) -> Result<Datapath, DatapathError> {
+        Self::load_with(capacities, &mut EbpfLoader::new(), None)
+    }
+
+    /// Loads the object for an agent that survives restarts: maps pinned in `maps_dir` by an
+    /// earlier agent are reused with their entries (conntrack, affinity, services), missing
+    /// ones are created and pinned there, and a pinned map whose layout differs from this
+    /// build's is replaced (logged). Attachments are pinned in `links_dir` and, where an earlier
+    /// agent pinned one, the new program replaces the old one in that link atomically. Nothing
+    /// is unpinned on drop: the data path keeps working while no agent runs.
+    pub fn load_pinned(
+        capacities: &Capacities,
+        maps_dir: &Path,
+        links_dir: &Path,
+    ) -> Result<Datapath, DatapathError> {
+        let mut loader = EbpfLoader::new();
+        for (name, layout) in map_layouts::expected(capacities) {
+            let path = maps_dir.join(name);
+            map_layouts::drop_incompatible_pin(name, &path, &layout);
+            loader.map_pin_path(name, path);
+        }
+        Self::load_with(capacities, &mut loader, Some(links_dir.to_path_buf()))
+    }
+
+    fn load_with(
+        capacities: &Capacities,
+        loader: &mut EbpfLoader<'_>,
+        links_dir: Option<PathBuf>,
+    ) -> Result<Datapath, DatapathError> {
         // Service ids run 1..=services and index the per-service counters.
         let service_stats_len = capacities.services.saturating_add(1);
-        let mut ebpf = EbpfLoader::new()
+        let mut ebpf = loader
             .map_max_entries(map_names::SERVICES, capacities.services)
             .map_max_entries(map_names::SERVICE_STATS, service_stats_len)
             .map_max_entries(map_names::BACKENDS, capacities.backends)
@@ -73,48 +109,109 @@ impl Datapath {
             ebpf,
             maps,
             pinned_in: None,
+            links_dir,
         })
     }
 
     /// Attaches the TC program to `iface`'s ingress, after any programs already there. Uses a
     /// TCX link on kernels >= 6.6 and a netlink filter (adding the clsact qdisc) before that;
-    /// either way other programs' filters are left in place.
+    /// either way other programs' filters are left in place. After [`Datapath::load_pinned`]
+    /// a TCX link is pinned, and one pinned earlier gets the new program instead.
     pub fn attach_tc(&mut self, iface: &str) -> Result<(), DatapathError> {
         let name = program_names::TC_INGRESS;
-        let program: &mut SchedClassifier = program_mut(&mut self.ebpf, name)?;
         let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+        let pin = self
+            .links_dir
+            .as_deref()
+            .filter(|_| tcx)
+            .map(|dir| pinned_links::pin_path(dir, iface, Hook::Tc));
+        let program: &mut SchedClassifier = program_mut(&mut self.ebpf, name)?;
+        if let Some(link) = pin.as_deref().and_then(pinned_links::open) {
+            let pin = pin.as_deref().unwrap_or(Path::new(""));
+            match SchedClassifierLink::try_from(link) {
+                Ok(link) => match program.attach_to_link(link) {
+                    Ok(_) => {
+                        info!("replaced the program in the pinned tcx link of {iface} with {name}");
+                        return Ok(());
+                    }
+                    Err(e) => pinned_links::discard(pin, &Chain(&e)),
+                },
+                Err(e) => pinned_links::discard(pin, &Chain(&e)),
+            }
+        }
         if !tcx {
             // Fails harmlessly when the qdisc exists; attach reports any real problem.
             if let Err(e) = tc::qdisc_add_clsact(iface) {
                 debug!("adding clsact qdisc to {iface}: {}", Chain(&e));
             }
         }
-        program
+        let id = program
             .attach(iface, TcAttachType::Ingress)
             .map_err(|e| attach_error(name, iface, e))?;
+        if let Some(pin) = &pin {
+            let link = program
+                .take_link(id)
+                .map_err(|e| attach_error(name, iface, e))?;
+            match FdLink::try_from(link) {
+                Ok(link) => pinned_links::pin(link, pin)?,
+                Err(e) => warn!("the tc attachment on {iface} is not a bpf_link, not pinned: {e}"),
+            }
+        }
         let how = if tcx { "tcx link" } else { "netlink filter" };
         info!("attached {name} to {iface} ingress ({how})");
         Ok(())
     }
 
     /// Attaches the XDP program to `iface` in driver mode, or in generic (SKB) mode when the
-    /// driver has no native XDP.
+    /// driver has no native XDP. After [`Datapath::load_pinned`] the link is pinned, and one
+    /// pinned earlier gets the new program instead.
     pub fn attach_xdp(&mut self, iface: &str) -> Result<(), DatapathError> {
         let name = program_names::XDP_INGRESS;
+        let pin = self
+            .links_dir
+            .as_deref()
+            .map(|dir| pinned_links::pin_path(dir, iface, Hook::Xdp));
         let program: &mut Xdp = program_mut(&mut self.ebpf, name)?;
-        match program.attach(iface, XdpMode::Driver) {
-            Ok(_) => info!("attached {name} to {iface} (driver mode)"),
+        if let Some(link) = pin.as_deref().and_then(pinned_links::open) {
+            let pin = pin.as_deref().unwrap_or(Path::new(""));
+            match XdpLink::try_from(link) {
+                Ok(link) => match program.attach_to_link(link) {
+                    Ok(_) => {
+                        info!("replaced the program in the pinned xdp link of {iface} with {name}");
+                        return Ok(());
+                    }
+                    Err(e) => pinned_links::discard(pin, &Chain(&e)),
+                },
+                Err(e) => pinned_links::discard(pin, &Chain(&e)),
+            }
+        }
+        let id = match program.attach(iface, XdpMode::Driver) {
+            Ok(id) => {
+                info!("attached {name} to {iface} (driver mode)");
+                id
+            }
             Err(native) => {
                 if crate::error::is_permission_denied(&native) {
                     return Err(attach_error(name, iface, native));
                 }
-                program
+                let id = program
                     .attach(iface, XdpMode::Skb)
                     .map_err(|e| attach_error(name, iface, e))?;
                 info!(
                     "attached {name} to {iface} in generic (SKB) mode: driver mode failed: {}",
                     Chain(&native)
                 );
+                id
+            }
+        };
+        if let Some(pin) = &pin {
+            let link = program
+                .take_link(id)
+                .map_err(|e| attach_error(name, iface, e))?;
+            match FdLink::try_from(link) {
+                Ok(link) => pinned_links::pin(link, pin)?,
+                // A netlink attachment (kernel < 5.9) stays attached when the agent exits.
+                Err(e) => debug!("xdp on {iface} is not a bpf_link: {e}"),
             }
         }
         Ok(())

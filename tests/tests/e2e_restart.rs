@@ -1,0 +1,187 @@
+//! End to end: restarting the agent loses nothing. Maps and program links stay pinned while no
+//! agent runs, and a new agent adopts them: established connections keep their backends and
+//! new ones are served throughout, even across many SIGKILLs.
+
+use std::{
+    fs::File,
+    sync::atomic::{AtomicBool, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use lb_tests::{
+    cluster::{Cluster, Protocol},
+    cmd, example, netns, require_root,
+    servers::{tcp_request, udp_request, TcpClient},
+};
+
+/// How many times the agent is killed and restarted.
+const RESTARTS: usize = 20;
+/// Pause between a restarted agent becoming ready and the next kill.
+const BETWEEN_RESTARTS: Duration = Duration::from_millis(400);
+/// Long-lived connections the client keeps asking on.
+const KEPT_CONNECTIONS: usize = 4;
+/// Pause between two rounds of client traffic.
+const ROUND_PAUSE: Duration = Duration::from_millis(20);
+/// The client stops on its own after this long, whatever happens to the test.
+const MAX_TRAFFIC: Duration = Duration::from_secs(120);
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the client saw.
+#[derive(Debug, Default)]
+struct Traffic {
+    /// Requests on new connections (TCP) or fresh sockets (UDP), and asks on kept connections.
+    requests: usize,
+    /// New-connection and UDP requests that got no answer.
+    failed: usize,
+    /// Asks on kept connections that failed or were answered by another backend.
+    broken: usize,
+}
+
+/// Runs client traffic inside `client` until `stop` is set (or [`MAX_TRAFFIC`] passes): each
+/// round asks once on every kept connection, and makes one new TCP connection and one UDP
+/// request to the Service.
+fn client_traffic(client: File, stop: &AtomicBool) -> Traffic {
+    netns::enter(&client).expect("entering the client namespace");
+    let vip = example::tcp_vip();
+    let mut kept: Vec<(TcpClient, String)> = (0..KEPT_CONNECTIONS)
+        .map(|i| {
+            let mut conn = TcpClient::connect(vip, TIMEOUT)
+                .unwrap_or_else(|e| panic!("kept connection {i}: {e}"));
+            let first = conn
+                .ask()
+                .unwrap_or_else(|e| panic!("kept connection {i}: {e}"));
+            (conn, first.from)
+        })
+        .collect();
+    let mut traffic = Traffic::default();
+    let deadline = Instant::now() + MAX_TRAFFIC;
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        for (i, (conn, backend)) in kept.iter_mut().enumerate() {
+            traffic.requests += 1;
+            match conn.ask() {
+                Ok(reply) if reply.from == *backend => {}
+                Ok(reply) => {
+                    eprintln!("kept connection {i} moved from {backend} to {}", reply.from);
+                    traffic.broken += 1;
+                }
+                Err(e) => {
+                    eprintln!("kept connection {i} broke: {e}");
+                    traffic.broken += 1;
+                    if let Ok(new) = TcpClient::connect(vip, TIMEOUT) {
+                        *conn = new;
+                    }
+                }
+            }
+        }
+        for result in [
+            tcp_request(vip, TIMEOUT),
+            udp_request(example::udp_vip(), TIMEOUT),
+        ] {
+            traffic.requests += 1;
+            if let Err(e) = result {
+                eprintln!("request failed: {e}");
+                traffic.failed += 1;
+            }
+        }
+        thread::sleep(ROUND_PAUSE);
+    }
+    traffic
+}
+
+#[test]
+fn connections_survive_the_agent_being_killed_and_restarted_many_times() {
+    require_root!();
+    let dir = tempfile::tempdir().unwrap();
+    example::copy_manifests(dir.path()).unwrap();
+    let mut cluster = Cluster::start(dir.path(), "info").unwrap();
+    let client = cluster.client().netns.open().unwrap();
+    let stop = AtomicBool::new(false);
+
+    let traffic = thread::scope(|scope| {
+        let worker = scope.spawn(|| client_traffic(client, &stop));
+        let restarts = (|| {
+            for restart in 0..RESTARTS {
+                thread::sleep(BETWEEN_RESTARTS);
+                cluster.restart_agent_after_kill()?;
+                let log = cluster.agent().log();
+                assert!(
+                    log.contains("replaced the program in the pinned tcx link"),
+                    "restart {restart} did not adopt the pinned links:\n{log}"
+                );
+            }
+            thread::sleep(BETWEEN_RESTARTS);
+            Ok::<_, lb_tests::Error>(())
+        })();
+        stop.store(true, Ordering::Relaxed);
+        let traffic = worker.join().expect("client traffic panicked");
+        restarts.unwrap();
+        traffic
+    });
+
+    println!(
+        "restarts: {RESTARTS}, requests: {}, failed: {}, broken: {}",
+        traffic.requests, traffic.failed, traffic.broken
+    );
+    assert!(
+        traffic.requests >= RESTARTS * 10,
+        "too little traffic to mean anything: {traffic:?}"
+    );
+    assert_eq!((traffic.failed, traffic.broken), (0, 0), "{traffic:?}");
+    // The restarts rewrote nothing that changes where new flows go: all backends still serve.
+    let replies = cluster.requests(Protocol::Tcp, 30, TIMEOUT).unwrap();
+    assert!(replies.iter().all(|r| r.is_ok()), "{replies:?}");
+}
+
+#[test]
+fn an_upgrade_replaces_a_pinned_map_whose_layout_changed() {
+    require_root!();
+    let dir = tempfile::tempdir().unwrap();
+    example::copy_manifests(dir.path()).unwrap();
+    let mut cluster = Cluster::start(dir.path(), "info").unwrap();
+    cluster.agent_mut().kill().unwrap();
+
+    // An "older version" left a conntrack map with another value size at the pin path.
+    let pin = cluster
+        .agent()
+        .options()
+        .bpffs_dir
+        .join("maps/LB_CONNTRACK");
+    std::fs::remove_file(&pin).unwrap();
+    let pin_text = pin.to_string_lossy();
+    cmd::run(
+        "bpftool",
+        &[
+            "map",
+            "create",
+            &pin_text,
+            "type",
+            "hash",
+            "key",
+            "4",
+            "value",
+            "8",
+            "entries",
+            "16",
+            "name",
+            "LB_CONNTRACK",
+        ],
+    )
+    .unwrap();
+
+    cluster.restart_agent_after_kill().unwrap();
+    let log = cluster.agent().log();
+    assert!(
+        log.contains("pinned map LB_CONNTRACK")
+            && log.contains("different layout (Hash, key 4 B, value 8 B, 16 entries)")
+            && log.contains("established connections lose their conntrack entries"),
+        "no clear log line about the replaced map:\n{log}"
+    );
+    for protocol in [Protocol::Tcp, Protocol::Udp] {
+        let replies = cluster.requests(protocol, 10, TIMEOUT).unwrap();
+        assert!(replies.iter().all(|r| r.is_ok()), "{protocol}: {replies:?}");
+    }
+    // The new map is the one pinned: inspect reads it with lb-common's layout.
+    let inspect = cluster.agent().inspect().unwrap();
+    assert!(inspect.contains("198.18.0.10"), "{inspect}");
+}
