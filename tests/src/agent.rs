@@ -25,6 +25,8 @@ pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
 /// Log text the agent prints each time its maps hold its source's state (first after
 /// start-up, again after every change it applies).
 pub const READY_MARKER: &str = "ready: programmed";
+/// Log text the agent prints once its metrics and health ports are open.
+pub const SERVING_MARKER: &str = "serving /metrics on";
 /// How long the agent may take to become ready.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Environment variable naming the `lb-agent` binary to run instead of the workspace's.
@@ -129,11 +131,22 @@ impl Agent {
     }
 
     /// Starts the agent inside `node` and waits until it logs [`READY_MARKER`].
+    pub fn start(node: &NetNs, options: AgentOptions) -> Result<Agent> {
+        Agent::start_until(node, options, READY_MARKER)
+    }
+
+    /// Starts the agent inside `node` and waits only until its metrics and health ports are
+    /// open ([`SERVING_MARKER`]), not for its first sync.
+    pub fn start_serving(node: &NetNs, options: AgentOptions) -> Result<Agent> {
+        Agent::start_until(node, options, SERVING_MARKER)
+    }
+
+    /// Starts the agent inside `node` and waits until it logs `marker`.
     ///
     /// Start-ups within one process are serialised: an agent mounts bpffs at
     /// [`BPFFS_ROOT`] when none is mounted, and two agents checking at once would stack two
     /// mounts, hiding the first one's pins.
-    pub fn start(node: &NetNs, options: AgentOptions) -> Result<Agent> {
+    fn start_until(node: &NetNs, options: AgentOptions, marker: &str) -> Result<Agent> {
         static STARTING: Mutex<()> = Mutex::new(());
         let _one_at_a_time = STARTING
             .lock()
@@ -187,7 +200,7 @@ impl Agent {
             options,
             keep_pins: false,
         };
-        agent.wait_for_log(READY_MARKER, 1, READY_TIMEOUT)?;
+        agent.wait_for_log(marker, 1, READY_TIMEOUT)?;
         Ok(agent)
     }
 

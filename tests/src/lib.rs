@@ -10,6 +10,7 @@
 //! - [`example`]: the example Service in `manifests/examples/` and its EndpointSlice.
 //! - [`packet`]: Ethernet/IPv4/TCP/UDP frame builders and parsers for packet tests.
 //! - [`root`]: skipping tests loudly when not root.
+//! - [`scrape`]: HTTP GET against the agent's metrics and health ports, metric lookups.
 //! - [`bench`]: `cargo xtask bench`, the benchmarks against kube-proxy-style rules (options
 //!   always; the rest with feature `bench`, default).
 //!
@@ -27,6 +28,7 @@ pub mod example;
 pub mod netns;
 pub mod packet;
 pub mod root;
+pub mod scrape;
 pub mod servers;
 pub mod topology;
 

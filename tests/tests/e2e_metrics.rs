@@ -1,0 +1,241 @@
+//! End to end: the real `lb-agent`'s `/metrics` counts exactly the flows a client pod opened
+//! and the connections it refused, and `/healthz` and `/readyz` answer as kube-proxy's health
+//! port does, before and after the first sync.
+
+use std::{
+    fs,
+    io::ErrorKind,
+    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
+    time::Duration,
+};
+
+use lb_tests::{
+    agent::{Agent, AgentOptions},
+    cluster::{Cluster, Protocol},
+    example, require_root,
+    scrape::{self, Metrics, HEALTHZ_ADDR, METRICS_ADDR},
+    servers::tcp_request,
+    topology::Topology,
+};
+
+const TCP_REQUESTS: usize = 12;
+const UDP_REQUESTS: usize = 9;
+const REFUSED: usize = 4;
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A ClusterIP service without endpoints: kube-proxy rejects its connections.
+const EMPTY_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 20);
+const EMPTY_SERVICE: &str = "\
+apiVersion: v1
+kind: Service
+metadata:
+  name: empty
+  namespace: default
+spec:
+  type: ClusterIP
+  clusterIP: 198.19.0.20
+  clusterIPs: [198.19.0.20]
+  ipFamilies: [IPv4]
+  selector: {app: nothing}
+  ports:
+    - name: web
+      protocol: TCP
+      port: 80
+      targetPort: 8080
+";
+
+/// Labels of the example Service's TCP and UDP series and of the empty one's.
+const DEMO_TCP: [(&str, &str); 4] = [
+    ("service", "default/demo:http"),
+    ("frontend", "198.19.0.10:80"),
+    ("protocol", "tcp"),
+    ("scope", "all"),
+];
+const DEMO_UDP: [(&str, &str); 4] = [
+    ("service", "default/demo:dns"),
+    ("frontend", "198.19.0.10:53"),
+    ("protocol", "udp"),
+    ("scope", "all"),
+];
+const EMPTY_TCP: [(&str, &str); 2] = [("service", "default/empty:web"), ("protocol", "tcp")];
+
+fn scrape_metrics(cluster: &Cluster) -> Metrics {
+    let response = cluster
+        .topology()
+        .node()
+        .run(|| scrape::get(METRICS_ADDR, "/metrics"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status, 200, "{}", response.body);
+    Metrics(response.body)
+}
+
+/// `count` UDP requests, each from its own socket; the sockets stay open until all are
+/// answered, so no two requests share a source port (and a conntrack entry).
+fn udp_requests(cluster: &Cluster, count: usize) -> usize {
+    cluster
+        .client()
+        .netns
+        .run(|| {
+            let sockets: Vec<UdpSocket> = (0..count)
+                .map(|_| UdpSocket::bind("0.0.0.0:0").unwrap())
+                .collect();
+            let mut answered = 0;
+            for socket in &sockets {
+                socket.set_read_timeout(Some(TIMEOUT)).unwrap();
+                socket.send_to(b"hello\n", example::udp_vip()).unwrap();
+                let mut buf = [0u8; 256];
+                if socket.recv_from(&mut buf).is_ok() {
+                    answered += 1;
+                }
+            }
+            answered
+        })
+        .unwrap()
+}
+
+#[test]
+fn metrics_count_the_flows_and_rejects_a_client_caused() {
+    require_root!();
+    let dir = tempfile::tempdir().unwrap();
+    example::copy_manifests(dir.path()).unwrap();
+    fs::write(dir.path().join("empty.yaml"), EMPTY_SERVICE).unwrap();
+    let cluster = Cluster::start(dir.path(), "info").unwrap();
+
+    let before = scrape_metrics(&cluster);
+    assert_eq!(
+        before.value("lbagent_service_new_flows_total", &DEMO_TCP),
+        Some(0.0)
+    );
+    assert_eq!(before.value("lbagent_programmed_services", &[]), Some(3.0));
+    assert_eq!(before.value("lbagent_invalid_objects", &[]), Some(0.0));
+    assert!(before.value("lbagent_sync_proxy_rules_duration_seconds_count", &[]) >= Some(1.0));
+    assert!(before.value("lbagent_network_programming_duration_seconds_count", &[]) >= Some(1.0));
+    assert!(before.value("lbagent_sync_proxy_rules_last_timestamp_seconds", &[]) > Some(0.0));
+    assert_eq!(before.value("lbagent_conntrack_entries", &[]), Some(0.0));
+
+    let replies = cluster
+        .requests(Protocol::Tcp, TCP_REQUESTS, TIMEOUT)
+        .unwrap();
+    assert!(replies.iter().all(Result::is_ok), "{replies:?}");
+    assert_eq!(udp_requests(&cluster, UDP_REQUESTS), UDP_REQUESTS);
+    let refused = cluster
+        .client()
+        .netns
+        .run(|| {
+            (0..REFUSED)
+                .map(|_| tcp_request(SocketAddrV4::new(EMPTY_VIP, 80), TIMEOUT))
+                .collect::<Vec<_>>()
+        })
+        .unwrap();
+    for result in &refused {
+        let kind = result.as_ref().map(|_| ()).unwrap_err().kind();
+        assert_eq!(kind, ErrorKind::ConnectionRefused, "{refused:?}");
+    }
+
+    let after = scrape_metrics(&cluster);
+    let value = |name: &str, labels: &[(&str, &str)]| {
+        after
+            .value(name, labels)
+            .unwrap_or_else(|| panic!("no {name} {labels:?} in:\n{}", after.0))
+    };
+    let flows = (TCP_REQUESTS + UDP_REQUESTS) as f64;
+    assert_eq!(
+        value("lbagent_service_new_flows_total", &DEMO_TCP),
+        TCP_REQUESTS as f64
+    );
+    assert_eq!(
+        value("lbagent_service_new_flows_total", &DEMO_UDP),
+        UDP_REQUESTS as f64
+    );
+    // Each TCP request is at least SYN, ACK and the request from the client plus SYN-ACK and
+    // the answer; each UDP request one datagram each way.
+    assert!(value("lbagent_service_packets_total", &DEMO_TCP) >= 5.0 * TCP_REQUESTS as f64);
+    assert!(value("lbagent_service_packets_total", &DEMO_UDP) >= 2.0 * UDP_REQUESTS as f64);
+    assert!(value("lbagent_service_bytes_total", &DEMO_UDP) >= 2.0 * 42.0 * UDP_REQUESTS as f64);
+    assert_eq!(value("lbagent_service_rejects_total", &DEMO_TCP), 0.0);
+    assert_eq!(value("lbagent_service_drops_total", &DEMO_TCP), 0.0);
+
+    assert_eq!(
+        value("lbagent_service_rejects_total", &EMPTY_TCP),
+        REFUSED as f64
+    );
+    assert_eq!(value("lbagent_service_new_flows_total", &EMPTY_TCP), 0.0);
+    let reason = [("reason", "reject_no_backend")];
+    assert_eq!(value("lbagent_drop_count_total", &reason), REFUSED as f64);
+    assert_eq!(
+        value("lbagent_drop_count_total", &[("reason", "drop_no_backend")]),
+        0.0
+    );
+
+    let node_wide =
+        |counter: &str| value("lbagent_datapath_packets_total", &[("counter", counter)]);
+    assert_eq!(node_wide("new_flows"), flows);
+    assert!(
+        node_wide("packets") >= node_wide("forward_translated") + node_wide("reply_translated")
+    );
+    // A flow has a forward and a reply entry.
+    assert_eq!(value("lbagent_conntrack_entries", &[]), 2.0 * flows);
+    assert!(value("lbagent_conntrack_capacity", &[]) >= 2.0 * flows);
+}
+
+#[test]
+fn health_is_ready_only_after_the_first_sync_like_kube_proxy() {
+    require_root!();
+    // Kubernetes mode against an API server that is not there: the agent serves its ports
+    // but never gets a complete state to program.
+    let topology = Topology::client_and_backends(0).unwrap();
+    let kubeconfig = tempfile::NamedTempFile::new().unwrap();
+    fs::write(
+        kubeconfig.path(),
+        "apiVersion: v1\nkind: Config\nclusters:\n  - name: none\n    cluster:\n      server: \
+         http://127.0.0.1:9\ncontexts:\n  - name: none\n    context:\n      cluster: none\n      \
+         user: none\ncurrent-context: none\nusers:\n  - name: none\n    user: {}\n",
+    )
+    .unwrap();
+    let options = AgentOptions::kubernetes(
+        topology.id(),
+        kubeconfig.path(),
+        "node-a",
+        topology.host_ifaces(),
+        &topology.host_ifaces()[0],
+    );
+    let agent = Agent::start_serving(topology.node(), options).unwrap();
+    let get = |path: &str| {
+        topology
+            .node()
+            .run(|| scrape::get(HEALTHZ_ADDR, path))
+            .unwrap()
+            .unwrap()
+    };
+    let ready = get("/readyz");
+    assert_eq!(ready.status, 503, "{ready:?}\n{}", agent.log());
+    assert!(
+        ready
+            .body
+            .starts_with("{\"lastUpdated\": \"\", \"currentTime\": \"20"),
+        "{ready:?}"
+    );
+    // Starting counts as a pending update that is not overdue yet (kube-proxy's rule).
+    assert_eq!(get("/healthz").status, 200);
+    assert_eq!(get("/nothing").status, 404);
+    drop(agent);
+
+    let dir = tempfile::tempdir().unwrap();
+    example::copy_manifests(dir.path()).unwrap();
+    let cluster = Cluster::start(dir.path(), "info").unwrap();
+    for path in ["/healthz", "/readyz"] {
+        let response = cluster
+            .topology()
+            .node()
+            .run(|| scrape::get(HEALTHZ_ADDR, path))
+            .unwrap()
+            .unwrap();
+        assert_eq!(response.status, 200, "{path}: {response:?}");
+        assert!(
+            response.body.starts_with("{\"lastUpdated\": \"20")
+                && response.body.contains("\"currentTime\": \"20"),
+            "{path}: {response:?}"
+        );
+    }
+}
