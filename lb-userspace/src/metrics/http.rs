@@ -110,3 +110,20 @@ pub(crate) fn response(
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::listen;
+
+    #[tokio::test]
+    async fn a_port_in_use_is_an_error_naming_the_flag() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let error = listen(addr, "metrics", "--metrics-addr").await.unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!("cannot listen on {addr} for metrics (--metrics-addr)")
+        );
+        assert_eq!(error.source.kind(), std::io::ErrorKind::AddrInUse);
+    }
+}
