@@ -1,8 +1,8 @@
 //! Node agent of the eBPF service load balancer: loads the data path ([`datapath`]), turns
 //! Kubernetes Services and EndpointSlices from manifest files or the API server ([`source`],
 //! [`manifests`], [`objects`], [`k8s`]) into a desired state ([`model`]) and programs it into
-//! the maps ([`reconciler`]), all driven by [`agent`], which reports through [`metrics`] and
-//! [`health`].
+//! the maps ([`reconciler`]), all driven by [`agent`], which follows the node's interfaces
+//! ([`links`]) and reports through [`metrics`] and [`health`].
 
 pub mod agent;
 pub mod bpffs;
@@ -11,6 +11,7 @@ pub mod error;
 pub mod health;
 pub mod inspect;
 pub mod k8s;
+pub mod links;
 pub mod manifests;
 pub mod metrics;
 pub mod model;

@@ -5,15 +5,19 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use lb_userspace::agent::{self, RunConfig, SourceConfig, DEFAULT_BPFFS_DIR};
+use lb_userspace::agent::{self, RunConfig, SourceConfig, XdpIface, DEFAULT_BPFFS_DIR};
 use lb_userspace::inspect::Snapshot;
 use lb_userspace::k8s::NodeDef;
+use lb_userspace::links::{IfacePattern, IfacePatterns};
 use lb_userspace::{Capacities, Maps};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
+
+/// Log directive silencing the rtnetlink parser's warnings.
+const QUIET_NETLINK_PARSER: &str = "netlink_packet_route=error";
 
 #[derive(Parser)]
 #[command(
@@ -57,13 +61,23 @@ struct RunArgs {
     /// File mode: an address of this node that serves NodePort services (repeatable).
     #[arg(long = "node-address", value_name = "IP", requires = "manifests")]
     node_addresses: Vec<IpAddr>,
-    /// Interface to attach the TC ingress program to (repeatable; required).
-    #[arg(long = "iface")]
+    /// Pod-facing interface to attach the TC ingress program to (repeatable). Without it,
+    /// auto-attach: every interface matching --iface-pattern, as interfaces come and go.
+    #[arg(long = "iface", value_name = "NAME")]
     ifaces: Vec<String>,
-    /// Interface to attach the XDP program to.
-    #[arg(long)]
+    /// Auto-attach: a glob (`*`, `?`) naming pod-facing interfaces (repeatable) [default:
+    /// veth* cali* lxc* cni* eni* gke* azv*]. Bridges, lo and the XDP interface never match.
+    #[arg(long = "iface-pattern", value_name = "GLOB", conflicts_with = "ifaces")]
+    iface_patterns: Vec<IfacePattern>,
+    /// Interface to attach the XDP program to [default: with --iface none, in auto-attach
+    /// mode the interface of the IPv4 default route].
+    #[arg(long, value_name = "NAME")]
     xdp_iface: Option<String>,
-    /// bpffs directory; maps are pinned under <DIR>/maps/.
+    /// No XDP program at all.
+    #[arg(long, conflicts_with = "xdp_iface")]
+    no_xdp: bool,
+    /// bpffs directory; maps are pinned under <DIR>/maps/, program links under <DIR>/links/.
+    /// They stay pinned when the agent exits; `lb-agent cleanup` removes them.
     #[arg(long, default_value = DEFAULT_BPFFS_DIR)]
     bpffs_dir: PathBuf,
     /// How often the maps are read back and repaired if they drifted (e.g. 30s, 500ms, 2m).
@@ -94,7 +108,10 @@ struct CleanupArgs {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let filter = EnvFilter::try_new(&cli.log_level)
-        .with_context(|| format!("invalid --log-level {:?}", cli.log_level))?;
+        .with_context(|| format!("invalid --log-level {:?}", cli.log_level))?
+        // The rtnetlink parser warns about every attribute newer than itself, on every link
+        // event; its real failures reach the agent as errors.
+        .add_directive(QUIET_NETLINK_PARSER.parse().context("log directive")?);
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -108,12 +125,6 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
-    if args.ifaces.is_empty() {
-        bail!(
-            "--iface is required: name the pod-facing interfaces whose TC ingress gets the load \
-             balancer (automatic attachment comes later)"
-        );
-    }
     let node_name = match args.node_name {
         Some(name) => name,
         None => hostname().context("--node-name not given and NODE_NAME not set")?,
@@ -134,8 +145,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let config = RunConfig {
         source,
+        xdp_iface: match (args.xdp_iface, args.no_xdp) {
+            (_, true) => XdpIface::Off,
+            (Some(iface), false) => XdpIface::Named(iface),
+            (None, false) if args.ifaces.is_empty() => XdpIface::DefaultRoute,
+            (None, false) => XdpIface::Off,
+        },
         tc_ifaces: args.ifaces,
-        xdp_iface: args.xdp_iface,
+        iface_patterns: IfacePatterns::new(args.iface_patterns),
         bpffs_dir: args.bpffs_dir,
         capacities: Capacities::default(),
         resync_interval: args.resync_interval,
@@ -244,5 +261,16 @@ mod tests {
         assert!(parse(&["--manifests", "/m", "--kubeconfig", "/k"]).is_err());
         assert!(parse(&["--manifests", "/m", "--node-address", "nope"]).is_err());
         assert!(parse(&["--kubeconfig", "/k", "--node-name", "n1"]).is_ok());
+    }
+
+    #[test]
+    fn auto_attach_patterns_exclude_named_interfaces_and_must_be_able_to_match() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["lb-agent", "run"], args].concat());
+        assert!(parse(&["--iface-pattern", "veth*", "--iface-pattern", "cali?"]).is_ok());
+        assert!(parse(&["--iface-pattern", "veth*", "--iface", "eth1"]).is_err());
+        assert!(parse(&["--iface-pattern", "a/b"]).is_err());
+        assert!(parse(&["--iface-pattern", ""]).is_err());
+        assert!(parse(&["--no-xdp"]).is_ok());
+        assert!(parse(&["--no-xdp", "--xdp-iface", "eth0"]).is_err());
     }
 }

@@ -52,8 +52,10 @@ pub enum Source {
 #[derive(Clone, Debug)]
 pub struct AgentOptions {
     pub source: Source,
-    /// Interfaces (in the node namespace) for TC ingress.
+    /// Interfaces (in the node namespace) for TC ingress; empty: auto-attach.
     pub ifaces: Vec<String>,
+    /// Auto-attach name patterns (`--iface-pattern`); empty: the agent's defaults.
+    pub iface_patterns: Vec<String>,
     /// Interface (in the node namespace) for XDP, the node's external interface.
     pub xdp_iface: Option<String>,
     /// Per-run directory under [`BPFFS_ROOT`] for pinned maps.
@@ -69,6 +71,7 @@ impl AgentOptions {
         AgentOptions {
             source: Source::Manifests(manifests.to_path_buf()),
             ifaces,
+            iface_patterns: Vec::new(),
             xdp_iface: None,
             bpffs_dir: Path::new(BPFFS_ROOT).join(id),
             log_level: "info".into(),
@@ -90,6 +93,7 @@ impl AgentOptions {
                 node_name: node_name.to_string(),
             },
             ifaces,
+            iface_patterns: Vec::new(),
             xdp_iface: Some(xdp_iface.to_string()),
             bpffs_dir: Path::new(BPFFS_ROOT).join(id),
             log_level: "info".into(),
@@ -173,6 +177,9 @@ impl Agent {
             .arg(&options.log_level);
         for iface in &options.ifaces {
             command.arg("--iface").arg(iface);
+        }
+        for pattern in &options.iface_patterns {
+            command.arg("--iface-pattern").arg(pattern);
         }
         if let Some(iface) = &options.xdp_iface {
             command.arg("--xdp-iface").arg(iface);

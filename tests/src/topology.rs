@@ -92,8 +92,7 @@ impl Topology {
             node,
         };
         for (name, addr) in pods {
-            let pod = topology.add_pod(name, *addr)?;
-            topology.pods.push(pod);
+            topology.add_pod(name, *addr)?;
         }
         Ok(topology)
     }
@@ -112,7 +111,22 @@ impl Topology {
         Topology::new(&pods)
     }
 
-    fn add_pod(&self, name: &str, addr: Ipv4Addr) -> Result<Pod> {
+    /// Adds a pod (also while an agent runs, as a CNI would): its namespace, a veth whose node
+    /// end is `v-<name>`, and the /32 routes.
+    pub fn add_pod(&mut self, name: &str, addr: Ipv4Addr) -> Result<&Pod> {
+        let pod = self.make_pod(name, addr)?;
+        self.pods.push(pod);
+        Ok(&self.pods[self.pods.len() - 1])
+    }
+
+    /// Deletes pod `name` (its namespace, and so its veth); false if there is none.
+    pub fn remove_pod(&mut self, name: &str) -> bool {
+        let before = self.pods.len();
+        self.pods.retain(|p| p.name != name);
+        self.pods.len() != before
+    }
+
+    fn make_pod(&self, name: &str, addr: Ipv4Addr) -> Result<Pod> {
         let host_iface = format!("v-{name}");
         if host_iface.len() > MAX_IFACE_NAME {
             return Err(Error::Invalid {

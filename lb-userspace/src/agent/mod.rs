@@ -2,6 +2,7 @@
 //! source's desired state (manifest files or the Kubernetes API) until shutdown.
 
 mod accept_local;
+mod auto_attach;
 mod cleanup;
 mod programming;
 mod telemetry;
@@ -13,15 +14,17 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::bpffs;
 use crate::datapath::{Capacities, Datapath};
 use crate::error::{ApiSourceError, BpffsError, DatapathError};
 use crate::k8s::NodeDef;
+use crate::links::{self, IfacePatterns, LinkEvent, NetlinkError};
 use crate::manifests::ManifestDir;
 use crate::metrics::{ListenError, SyncMetrics};
 use crate::source::{self, DesiredStates};
+use auto_attach::AutoAttach;
 pub use cleanup::cleanup;
 use programming::Programmer;
 use telemetry::Telemetry;
@@ -35,10 +38,13 @@ const RETRY_INTERVAL: Duration = Duration::from_millis(500);
 #[derive(Clone, Debug)]
 pub struct RunConfig {
     pub source: SourceConfig,
-    /// Interfaces whose TC ingress gets the program.
+    /// Interfaces whose TC ingress gets the program; empty: auto-attach to every interface
+    /// matching `iface_patterns`, as interfaces come and go.
     pub tc_ifaces: Vec<String>,
+    /// Pod-facing interface names for auto-attach.
+    pub iface_patterns: IfacePatterns,
     /// Interface that gets the XDP program.
-    pub xdp_iface: Option<String>,
+    pub xdp_iface: XdpIface,
     /// Maps are pinned under `<bpffs_dir>/maps/`.
     pub bpffs_dir: PathBuf,
     pub capacities: Capacities,
@@ -48,6 +54,17 @@ pub struct RunConfig {
     pub metrics_addr: SocketAddr,
     /// Where `/healthz` and `/readyz` are served.
     pub healthz_addr: SocketAddr,
+}
+
+/// Which interface gets the XDP program.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum XdpIface {
+    /// No XDP.
+    Off,
+    /// This interface.
+    Named(String),
+    /// The interface of the IPv4 default route, if there is one.
+    DefaultRoute,
 }
 
 /// Where the Services and EndpointSlices come from.
@@ -80,6 +97,8 @@ pub enum AgentError {
     Datapath(#[from] DatapathError),
     #[error("the {0} source stopped unexpectedly")]
     SourceStopped(&'static str),
+    #[error("watching the node's interfaces failed")]
+    Links(#[from] NetlinkError),
     #[error("enabling accept_local on the pod-facing interfaces failed")]
     AcceptLocal(#[source] std::io::Error),
     #[error(transparent)]
@@ -172,13 +191,30 @@ async fn serve(
     source: CheckedSource,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
+    let xdp_iface = match &config.xdp_iface {
+        XdpIface::Off => None,
+        XdpIface::Named(iface) => Some(iface.clone()),
+        XdpIface::DefaultRoute => {
+            let found = links::default_route_iface()?;
+            match &found {
+                Some(iface) => info!("external interface (default route): {iface}"),
+                None => warn!("no IPv4 default route: no interface gets the XDP program"),
+            }
+            found
+        }
+    };
+    if let Some(iface) = &xdp_iface {
+        datapath.attach_xdp(iface)?;
+    }
     for iface in &config.tc_ifaces {
         datapath.attach_tc(iface)?;
     }
     accept_local::enable(&config.tc_ifaces).map_err(AgentError::AcceptLocal)?;
-    if let Some(iface) = &config.xdp_iface {
-        datapath.attach_xdp(iface)?;
-    }
+    let mut auto_attach = if config.tc_ifaces.is_empty() {
+        Some(AutoAttach::start(config.iface_patterns.clone(), xdp_iface)?)
+    } else {
+        None
+    };
 
     let telemetry = Telemetry::start(config, &maps_dir(&config.bpffs_dir)).await?;
     let mut source = source.start(telemetry.sync());
@@ -203,9 +239,22 @@ async fn serve(
             }
             _ = retry.tick(), if programmer.has_pending() => programmer.apply(datapath.maps()),
             _ = resync.tick() => programmer.resync(datapath.maps()),
+            event = next_link_event(&mut auto_attach) => match (event, &mut auto_attach) {
+                (Ok(event), Some(auto_attach)) => auto_attach.handle(event, &mut datapath),
+                (Err(e), _) => break Err(e.into()),
+                (Ok(_), None) => {}
+            },
         }
     };
     source.task.abort();
     info!("shutting down: programs and maps stay pinned; `lb-agent cleanup` removes them");
     result
+}
+
+/// The next interface change in auto-attach mode; never completes otherwise.
+async fn next_link_event(auto_attach: &mut Option<AutoAttach>) -> Result<LinkEvent, NetlinkError> {
+    match auto_attach {
+        Some(auto_attach) => auto_attach.next().await,
+        None => std::future::pending().await,
+    }
 }

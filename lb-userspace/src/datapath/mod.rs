@@ -76,6 +76,7 @@ impl Datapath {
         maps_dir: &Path,
         links_dir: &Path,
     ) -> Result<Datapath, DatapathError> {
+        pinned_links::remove_vanished(links_dir);
         let mut loader = EbpfLoader::new();
         for (name, layout) in map_layouts::expected(capacities) {
             let path = maps_dir.join(name);
@@ -160,6 +161,14 @@ impl Datapath {
         let how = if tcx { "tcx link" } else { "netlink filter" };
         info!("attached {name} to {iface} ingress ({how})");
         Ok(())
+    }
+
+    /// Removes the pin of `iface`'s TC link, for an interface that vanished (which detached
+    /// the link). Does nothing unless loaded by [`Datapath::load_pinned`].
+    pub fn unpin_tc(&mut self, iface: &str) {
+        if let Some(dir) = &self.links_dir {
+            pinned_links::remove(&pinned_links::pin_path(dir, iface, Hook::Tc));
+        }
     }
 
     /// Attaches the XDP program to `iface` in driver mode, or in generic (SKB) mode when the

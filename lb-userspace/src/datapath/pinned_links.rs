@@ -7,7 +7,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use aya::programs::links::{FdLink, PinnedLink};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::error::{Chain, DatapathError};
 
@@ -71,6 +71,45 @@ pub(super) fn pin(link: FdLink, pin: &Path) -> Result<(), DatapathError> {
             path: pin.to_path_buf(),
             source,
         })
+}
+
+/// Removes a pin whose link is of no more use (its interface vanished).
+pub(super) fn remove(pin: &Path) {
+    match fs::remove_file(pin) {
+        Ok(()) => debug!("removed pin {}", pin.display()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => warn!("removing pin {} failed: {e}", pin.display()),
+    }
+}
+
+/// Removes the pins in `dir` of links whose interface no longer exists (deleted while no
+/// agent ran); the kernel had already detached those links.
+pub(super) fn remove_vanished(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let file_name = file_name.to_string_lossy();
+        let Some(iface) = file_name
+            .strip_suffix("-tc")
+            .or_else(|| file_name.strip_suffix("-xdp"))
+        else {
+            continue;
+        };
+        if !iface_exists(iface) {
+            info!("interface {iface} is gone: removing its pinned link {file_name}");
+            remove(&entry.path());
+        }
+    }
+}
+
+fn iface_exists(name: &str) -> bool {
+    let Ok(c_name) = std::ffi::CString::new(name) else {
+        return false;
+    };
+    // SAFETY: `c_name` is a NUL-terminated string that outlives the call.
+    unsafe { libc::if_nametoindex(c_name.as_ptr()) != 0 }
 }
 
 fn exists(path: &Path) -> bool {
