@@ -52,10 +52,12 @@ pub mod variants;
 pub mod workloads;
 
 #[cfg(feature = "bench")]
-pub use run::run;
+pub use run::{progress, run};
 
 #[cfg(feature = "bench")]
 mod run {
+    use std::{sync::OnceLock, time::Instant};
+
     use super::{
         error::Result,
         machine::Machine,
@@ -65,8 +67,16 @@ mod run {
         workloads::{agent_memory, control_plane, per_packet, traffic},
     };
 
+    /// Prints a progress line with the time since the first one.
+    pub fn progress(message: &str) {
+        static STARTED: OnceLock<Instant> = OnceLock::new();
+        let seconds = STARTED.get_or_init(Instant::now).elapsed().as_secs();
+        eprintln!("bench [{:02}:{:02}] {message}", seconds / 60, seconds % 60);
+    }
+
     /// Runs `plan`; `command` is recorded as what produced the results.
     pub fn run(plan: &Plan, command: &str) -> Result<Results> {
+        progress(&format!("plan: {plan:?}"));
         let mut results = Results {
             machine: Machine::detect(),
             command: command.to_string(),
@@ -84,10 +94,10 @@ mod run {
         if live.connections || live.established {
             for &services in &plan.sizes {
                 for variant in Variant::ALL {
-                    eprintln!(
-                        "bench: traffic, {} with {services} services",
+                    progress(&format!(
+                        "traffic, {} with {services} services",
                         variant.label()
-                    );
+                    ));
                     results
                         .traffic
                         .push(traffic::run_cell(plan, live, variant, services)?);

@@ -95,7 +95,7 @@ pub fn draw_all(dir: &Path, results: &Results) -> Result<Vec<PathBuf>> {
             &results.endpoint_change,
         ),
     ] {
-        let series = [Variant::Ebpf, Variant::Iptables, Variant::Nftables]
+        let series = Variant::TRANSLATING
             .iter()
             .map(|&v| Series {
                 label: v.label().to_string(),
@@ -189,6 +189,7 @@ fn draw(
     chart
         .configure_mesh()
         .x_desc("services programmed (log)")
+        .x_label_formatter(&|x| format!("{x:.0}"))
         .y_desc(format!("{unit} (log)"))
         .label_style(("sans-serif", 14))
         .draw()?;

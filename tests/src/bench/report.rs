@@ -345,7 +345,7 @@ fn control_plane_section(results: &Results) -> String {
          for a change (kube-proxy's nftables mode).\n\n",
         plan.control_plane_endpoints, plan.nft_services_per_transaction
     );
-    let translated = [Variant::Ebpf, Variant::Iptables, Variant::Nftables];
+    let translated = Variant::TRANSLATING;
     for (title, cells) in [
         ("Programming from empty", &results.programming),
         ("One endpoint change", &results.endpoint_change),

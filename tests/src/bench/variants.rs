@@ -34,6 +34,9 @@ impl Variant {
         Variant::Direct,
     ];
 
+    /// The variants that translate (and so have something to program).
+    pub const TRANSLATING: [Variant; 3] = [Variant::Ebpf, Variant::Iptables, Variant::Nftables];
+
     /// Column heading in reports.
     pub fn label(self) -> &'static str {
         match self {

@@ -24,7 +24,6 @@ fn main() -> anyhow::Result<()> {
     interrupt::install();
     let plan = options.plan();
     let command = format!("cargo xtask bench {}", options.to_args().join(" "));
-    eprintln!("bench: {plan:?}");
     let results = bench::run(&plan, &command).context("benchmark failed")?;
     let written = report::write(&options.out, &results).context("writing the results")?;
     println!("{}", report::headline(&results));

@@ -29,7 +29,7 @@ const IFACE: &str = "bench0";
 pub fn run(plan: &Plan) -> Result<Vec<AgentCell>> {
     let mut cells = Vec::new();
     for &services in &plan.sizes {
-        eprintln!("bench: agent memory, {services} services");
+        crate::bench::progress(&format!("agent memory, {services} services"));
         let room = Capacities::default().backends - 16;
         let set = ServiceSet::new(services, plan.endpoints).with_at_most_backends(room);
         let dir = tempfile::tempdir().map_err(io_context("creating a manifests directory"))?;

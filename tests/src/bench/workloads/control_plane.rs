@@ -40,11 +40,11 @@ pub fn run(plan: &Plan) -> Result<(Vec<ControlCell>, Vec<ControlCell>)> {
         let mut target = set.endpoints(set.target_index());
         target[0] = SWAPPED_IN;
         let changed = set.clone().with_target(target);
-        for variant in [Variant::Ebpf, Variant::Iptables, Variant::Nftables] {
-            eprintln!(
-                "bench: control plane, {} with {services} services x {endpoints} endpoints",
+        for variant in Variant::TRANSLATING {
+            crate::bench::progress(&format!(
+                "control plane, {} with {services} services x {endpoints} endpoints",
                 variant.label()
-            );
+            ));
             let mut sync = Sync::prepare(variant, &set, &changed, plan);
             let cell = |seconds| ControlCell {
                 variant,
@@ -97,6 +97,7 @@ impl Sync {
     /// Builds the inputs for programming `set` and for switching between `set` and `changed`.
     fn prepare(variant: Variant, set: &ServiceSet, changed: &ServiceSet, plan: &Plan) -> Sync {
         match variant {
+            // (d) programs nothing; it is never passed here.
             Variant::Ebpf | Variant::Direct => Sync::Maps {
                 services: set.clone(),
                 states: [set.desired_state(), changed.desired_state()],

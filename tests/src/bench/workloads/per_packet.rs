@@ -49,7 +49,7 @@ const PAYLOAD: [u8; 64] = [0x42; 64];
 pub fn run(plan: &Plan) -> Result<Vec<PacketCell>> {
     let mut cells = Vec::new();
     for &services in &plan.sizes {
-        eprintln!("bench: per-packet, {services} services");
+        crate::bench::progress(&format!("per-packet, {services} services"));
         let mut bench = PacketBench::new(plan, services)?;
         for fill in [ConntrackFill::Empty, ConntrackFill::NinetyPercent] {
             if fill == ConntrackFill::NinetyPercent {
