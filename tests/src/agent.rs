@@ -4,7 +4,8 @@
 //! also give it a private mount namespace and hide its bpffs pins from `lb-agent inspect`).
 //! Its stdout and stderr are collected into one log. On drop it gets SIGTERM (a clean exit
 //! leaves its pins), then SIGKILL after a grace period, and its bpffs directory is removed
-//! (which detaches its pinned programs) unless it was [`Agent::kill`]ed for a restart.
+//! (which detaches its pinned programs) unless [`Agent::kill`] or [`Agent::stop_keeping_pins`]
+//! kept them for a restart or for `lb-agent cleanup`.
 
 use std::{
     env,
@@ -280,6 +281,20 @@ impl Agent {
                 .map_err(io_context("cannot wait for lb-agent"))?;
         }
         Ok(())
+    }
+
+    /// Stops the agent cleanly (SIGTERM) and returns its exit status. Its pins stay (also when
+    /// this value is dropped), as they do for a real clean exit.
+    pub fn stop_keeping_pins(&mut self) -> Result<ExitStatus> {
+        self.keep_pins = true;
+        self.terminate()
+    }
+
+    /// Runs `lb-agent cleanup` on this agent's bpffs directory and returns its output.
+    pub fn cleanup(&self) -> Result<String> {
+        let binary = Agent::binary()?;
+        let dir = self.options.bpffs_dir.to_string_lossy();
+        cmd::run(&binary.to_string_lossy(), &["cleanup", "--bpffs-dir", &dir])
     }
 
     /// Stops the agent: SIGTERM, then SIGKILL after a grace period.

@@ -185,3 +185,34 @@ fn an_upgrade_replaces_a_pinned_map_whose_layout_changed() {
     let inspect = cluster.agent().inspect().unwrap();
     assert!(inspect.contains("198.18.0.10"), "{inspect}");
 }
+
+#[test]
+fn a_clean_exit_leaves_traffic_flowing_until_cleanup_removes_everything() {
+    require_root!();
+    let dir = tempfile::tempdir().unwrap();
+    example::copy_manifests(dir.path()).unwrap();
+    let mut cluster = Cluster::start(dir.path(), "info").unwrap();
+    let status = cluster.agent_mut().stop_keeping_pins().unwrap();
+    assert!(status.success(), "{status}");
+    let bpffs_dir = cluster.agent().options().bpffs_dir.clone();
+    assert!(bpffs_dir.join("maps/LB_CONNTRACK").exists());
+    assert!(bpffs_dir.join("links/v-client-tc").exists());
+
+    // No agent runs, yet the pinned programs and maps keep serving.
+    for protocol in [Protocol::Tcp, Protocol::Udp] {
+        let replies = cluster.requests(protocol, 10, TIMEOUT).unwrap();
+        assert!(replies.iter().all(|r| r.is_ok()), "{protocol}: {replies:?}");
+    }
+
+    cluster.agent().cleanup().unwrap();
+    assert!(
+        !bpffs_dir.exists(),
+        "{} is still there",
+        bpffs_dir.display()
+    );
+    // The programs are detached: nothing translates the VIP any more.
+    let replies = cluster
+        .requests(Protocol::Tcp, 1, Duration::from_millis(500))
+        .unwrap();
+    assert!(replies[0].is_err(), "{replies:?}");
+}
