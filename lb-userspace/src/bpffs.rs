@@ -59,6 +59,27 @@ fn mount_once(mount_point: &Path) -> Result<(), BpffsError> {
     Ok(())
 }
 
+/// An exclusive hold on a pin directory: one agent per directory. Released when dropped
+/// (or when the process dies, however it dies).
+#[derive(Debug)]
+pub struct DirLock {
+    _file: fs::File,
+}
+
+/// Takes the exclusive `flock` on `dir` if no other process holds it; `Ok(None)` if one does.
+pub fn try_lock_dir(dir: &Path) -> Result<Option<DirLock>, BpffsError> {
+    let file = fs::File::open(dir).map_err(|e| BpffsError::io("opening", dir, e))?;
+    // SAFETY: `file` is an open descriptor; the lock lives as long as it does.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(Some(DirLock { _file: file }));
+    }
+    let error = io::Error::last_os_error();
+    if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        return Ok(None);
+    }
+    Err(BpffsError::io("locking", dir, error))
+}
+
 /// Removes `dir` and its parents up to and including `top`, as far as they are empty.
 pub fn remove_empty_dirs(dir: &Path, top: &Path) {
     for d in dir.ancestors() {

@@ -89,6 +89,12 @@ impl Cluster {
         Ok(())
     }
 
+    /// The agent, mutable, beside the topology (e.g. to kill it while another agent starts
+    /// in the node namespace).
+    pub fn agent_and_topology(&mut self) -> (&mut Agent, &Topology) {
+        (&mut self.agent, &self.topology)
+    }
+
     /// TCP connections accepted, or UDP datagrams received, by backend `index` so far.
     pub fn served(&self, index: usize, protocol: Protocol) -> usize {
         let (tcp, udp) = &self.servers[index];

@@ -10,13 +10,14 @@ mod telemetry;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tracing::{info, warn};
 
-use crate::bpffs;
+use crate::bpffs::{self, DirLock};
 use crate::datapath::{Capacities, Datapath};
 use crate::error::{ApiSourceError, BpffsError, DatapathError};
 use crate::k8s::NodeDef;
@@ -31,6 +32,8 @@ use telemetry::Telemetry;
 
 /// Default `--bpffs-dir`.
 pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/lb-agent";
+/// How often a starting agent checks whether the previous one has exited.
+const LOCK_POLL: Duration = Duration::from_millis(100);
 /// How soon a desired state whose writing failed is tried again.
 const RETRY_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -156,9 +159,38 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Resul
     let links = links_dir(&config.bpffs_dir);
     bpffs::prepare_pin_dir(&maps)?;
     bpffs::prepare_pin_dir(&links)?;
+    tokio::pin!(shutdown);
+    let Some(_lock) = lock_pins(&config.bpffs_dir, shutdown.as_mut()).await? else {
+        return Ok(());
+    };
     let datapath = Datapath::load_pinned(&config.capacities, &maps, &links)?;
     info!("maps pinned under {}", maps.display());
     serve(&config, datapath, source, shutdown).await
+}
+
+/// Waits until no other agent uses `bpffs_dir` (e.g. the old pod of a rolling update, still
+/// stopping), so two agents never fight over the same pins; `None` on shutdown first.
+async fn lock_pins(
+    bpffs_dir: &Path,
+    mut shutdown: Pin<&mut impl Future<Output = ()>>,
+) -> Result<Option<DirLock>, AgentError> {
+    let mut waiting = false;
+    loop {
+        if let Some(lock) = bpffs::try_lock_dir(bpffs_dir)? {
+            return Ok(Some(lock));
+        }
+        if !waiting {
+            info!(
+                "waiting for the agent that uses {} to exit",
+                bpffs_dir.display()
+            );
+            waiting = true;
+        }
+        tokio::select! {
+            () = &mut shutdown => return Ok(None),
+            () = tokio::time::sleep(LOCK_POLL) => {}
+        }
+    }
 }
 
 /// A source checked but not started yet (it starts once the maps exist).
