@@ -96,11 +96,24 @@ fn every_variant_and_workload_produces_sane_results() {
         agent.rss_mib[0] > 1.0 && agent.ready_s[0] > 0.0,
         "{agent:?}"
     );
+    assert_eq!(results.sync_latency_ms.len(), plan.sync_changes as usize);
+    assert!(
+        results
+            .sync_latency_ms
+            .iter()
+            .all(|ms| *ms > 0.0 && *ms < 10_000.0),
+        "{:?}",
+        results.sync_latency_ms
+    );
 
     let out = tempfile::tempdir().unwrap();
     let written = report::write(out.path(), &results).unwrap();
     let markdown = std::fs::read_to_string(out.path().join("results.md")).unwrap();
     assert!(markdown.contains("## Headline"), "{markdown}");
+    assert!(
+        markdown.contains("## Kubernetes sync latency"),
+        "{markdown}"
+    );
     assert!(
         markdown.contains("| New connections (per s) | 10 |"),
         "{markdown}"

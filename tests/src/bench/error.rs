@@ -14,6 +14,8 @@ pub enum BenchError {
     Datapath(#[from] DatapathError),
     #[error(transparent)]
     Reconcile(#[from] ReconcileError),
+    #[error("the API server refused a change: {0}")]
+    Api(#[from] crate::apiserver::ApiError),
     #[error("{context}: {source}")]
     Io {
         context: String,

@@ -64,7 +64,7 @@ mod run {
         options::{Plan, Workload},
         results::{PlanRecord, Results},
         variants::Variant,
-        workloads::{agent_memory, control_plane, per_packet, traffic},
+        workloads::{agent_memory, control_plane, per_packet, sync_latency, traffic},
     };
 
     /// Prints a progress line with the time since the first one.
@@ -108,6 +108,9 @@ mod run {
             (results.programming, results.endpoint_change) = control_plane::run(plan)?;
             results.agent = agent_memory::run(plan)?;
         }
+        if wants(Workload::SyncLatency) {
+            results.sync_latency_ms = sync_latency::run(plan.sync_changes as usize)?;
+        }
         Ok(results)
     }
 
@@ -123,6 +126,7 @@ mod run {
             single_frames: plan.single_frames,
             control_plane_budget_s: plan.control_plane_budget.as_secs(),
             nft_services_per_transaction: plan.nft_services_per_transaction,
+            sync_changes: plan.sync_changes,
         }
     }
 }

@@ -17,15 +17,18 @@ pub enum Workload {
     PerPacket,
     /// Programming N services from empty, applying one endpoint change, the agent's memory.
     ControlPlane,
+    /// Kubernetes mode: time from an EndpointSlice change in the API server to the map updated.
+    SyncLatency,
 }
 
 impl Workload {
     /// Every workload, in report order.
-    pub const ALL: [Workload; 4] = [
+    pub const ALL: [Workload; 5] = [
         Workload::Connections,
         Workload::Established,
         Workload::PerPacket,
         Workload::ControlPlane,
+        Workload::SyncLatency,
     ];
 }
 
@@ -134,6 +137,8 @@ pub struct Plan {
     pub control_plane_budget: Duration,
     /// Services per `nft -f` transaction when the nftables variant programs everything.
     pub nft_services_per_transaction: u32,
+    /// EndpointSlice changes timed by the sync-latency workload.
+    pub sync_changes: u32,
 }
 
 impl Plan {
@@ -152,6 +157,7 @@ impl Plan {
             single_frames: 1_000,
             control_plane_budget: Duration::from_secs(25),
             nft_services_per_transaction: 1_000,
+            sync_changes: 200,
         }
     }
 
@@ -164,6 +170,7 @@ impl Plan {
             repeat: 10_000,
             single_frames: 200,
             control_plane_budget: Duration::from_secs(5),
+            sync_changes: 20,
             ..Plan::full()
         }
     }
@@ -178,6 +185,7 @@ impl Plan {
             repeat: 100,
             single_frames: 20,
             control_plane_budget: Duration::ZERO,
+            sync_changes: 3,
             ..Plan::full()
         }
     }

@@ -24,6 +24,8 @@ pub struct Results {
     pub programming: Vec<ControlCell>,
     pub endpoint_change: Vec<ControlCell>,
     pub agent: Vec<AgentCell>,
+    /// Kubernetes-mode sync latency of each EndpointSlice change, in milliseconds.
+    pub sync_latency_ms: Vec<f64>,
 }
 
 /// The plan's numbers, for the record.
@@ -39,6 +41,7 @@ pub struct PlanRecord {
     pub single_frames: u32,
     pub control_plane_budget_s: u64,
     pub nft_services_per_transaction: u32,
+    pub sync_changes: u32,
 }
 
 /// Traffic through one variant with N services programmed.
