@@ -10,10 +10,11 @@
 /// Every frontend is written once per scope, so a packet needs one lookup whatever the
 /// traffic policies: the XDP program on the external interface looks up `EXTERNAL`, the TC
 /// program on pod-facing interfaces looks up `INTERNAL`. The two entries differ only when a
-/// traffic policy makes them differ (externalTrafficPolicy: Local keeps node-local backends
-/// in the `EXTERNAL` entry of NodePort, LoadBalancer and external-IP frontends;
-/// internalTrafficPolicy: Local keeps them in every `INTERNAL` entry and in ClusterIP's
-/// `EXTERNAL` entry).
+/// traffic policy makes them differ, as in kube-proxy: externalTrafficPolicy: Local keeps
+/// node-local backends in the `EXTERNAL` entry of NodePort, LoadBalancer and external-IP
+/// frontends; internalTrafficPolicy: Local keeps them in both entries of a ClusterIP
+/// frontend; pods reaching a NodePort, LoadBalancer or external IP (their `INTERNAL` entry)
+/// get every usable backend, subject to neither policy.
 pub mod scope {
     /// Traffic arriving from outside the node (the external interface).
     pub const EXTERNAL: u8 = 0;
