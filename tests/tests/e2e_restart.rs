@@ -110,6 +110,10 @@ fn connections_survive_the_agent_being_killed_and_restarted_many_times() {
                     log.contains("replaced the program in the pinned tcx link"),
                     "restart {restart} did not adopt the pinned links:\n{log}"
                 );
+                assert!(
+                    !log.contains("different layout"),
+                    "restart {restart} replaced a map:\n{log}"
+                );
             }
             thread::sleep(BETWEEN_RESTARTS);
             Ok::<_, lb_tests::Error>(())
