@@ -250,6 +250,8 @@ pub enum BpffsError {
         #[source]
         source: io::Error,
     },
+    #[error("an lb-agent is running with --bpffs-dir {}; stop it first", path.display())]
+    InUse { path: PathBuf },
     #[error("{} is not on a BPF filesystem (bpffs); choose a --bpffs-dir under a bpffs mount", path.display())]
     NotBpffs { path: PathBuf },
     #[error("{action} {} {PRIVILEGE_HINT}", path.display())]

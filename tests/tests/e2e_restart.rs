@@ -197,6 +197,8 @@ fn a_clean_exit_leaves_traffic_flowing_until_cleanup_removes_everything() {
     let dir = tempfile::tempdir().unwrap();
     example::copy_manifests(dir.path()).unwrap();
     let mut cluster = Cluster::start(dir.path(), "info").unwrap();
+    let refused = cluster.agent().cleanup().unwrap_err().to_string();
+    assert!(refused.contains("is running"), "{refused}");
     let status = cluster.agent_mut().stop_keeping_pins().unwrap();
     assert!(status.success(), "{status}");
     let bpffs_dir = cluster.agent().options().bpffs_dir.clone();

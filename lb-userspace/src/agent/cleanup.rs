@@ -13,8 +13,22 @@ use crate::error::BpffsError;
 
 /// Removes the pinned links (first, so the programs detach) and maps of the agent using
 /// `bpffs_dir`, then the directories as far as they are empty. Returns the removed pins.
-/// Files the agent does not make (outside `links/` and `maps/`) are left alone.
+/// Files the agent does not make (outside `links/` and `maps/`) are left alone. Refuses while
+/// an agent runs with that directory.
 pub fn cleanup(bpffs_dir: &Path) -> Result<Vec<PathBuf>, BpffsError> {
+    // Held until the end, so no agent starts adopting pins that are being removed.
+    let _lock = match bpffs::try_lock_dir(bpffs_dir) {
+        Ok(Some(lock)) => lock,
+        Ok(None) => {
+            return Err(BpffsError::InUse {
+                path: bpffs_dir.to_path_buf(),
+            })
+        }
+        Err(BpffsError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            return Ok(Vec::new())
+        }
+        Err(e) => return Err(e),
+    };
     let mut removed = Vec::new();
     for dir in [links_dir(bpffs_dir), maps_dir(bpffs_dir)] {
         let entries = match fs::read_dir(&dir) {
