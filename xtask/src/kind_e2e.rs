@@ -95,10 +95,6 @@ pub struct KindE2e {
     /// Keep the cluster afterwards (`kind delete cluster --name lb-e2e` removes it).
     #[arg(long)]
     keep: bool,
-    /// Remove the DaemonSet's health probes: lb-agent serves kube-proxy's :10256 endpoints
-    /// only from a later issue on, and until then the probes fail.
-    #[arg(long)]
-    without_probes: bool,
 }
 
 impl KindE2e {
@@ -137,19 +133,6 @@ impl KindE2e {
 
         let kubectl = Kubectl { kubeconfig };
         kubectl.run(&["apply", "-f", &manifests.join("deploy").to_string_lossy()])?;
-        if self.without_probes {
-            let patch = r#"[{"op":"remove","path":"/spec/template/spec/containers/0/livenessProbe"},{"op":"remove","path":"/spec/template/spec/containers/0/readinessProbe"}]"#;
-            kubectl.run(&[
-                "-n",
-                "kube-system",
-                "patch",
-                "daemonset",
-                "lb-agent",
-                "--type=json",
-                "-p",
-                patch,
-            ])?;
-        }
         kubectl
             .run(&[
                 "-n",
@@ -160,7 +143,7 @@ impl KindE2e {
                 "--timeout=180s",
             ])
             .context(
-                "lb-agent did not become ready (without health endpoints, try --without-probes)",
+                "lb-agent did not become ready (see `kubectl -n kube-system logs ds/lb-agent`)",
             )?;
 
         let workload = work.path().join("workload.yaml");
