@@ -27,6 +27,7 @@ pub mod error;
 pub mod example;
 pub mod netns;
 pub mod packet;
+pub mod raw_bpf;
 pub mod root;
 pub mod scrape;
 pub mod servers;

@@ -6,21 +6,14 @@
 
 use std::{
     io,
-    mem::size_of,
-    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
 };
 
 use serde::Serialize;
 
-/// `bpf(2)` commands.
-const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
-/// Program types.
-const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
-const BPF_PROG_TYPE_XDP: u32 = 6;
-/// The verdicts the no-ops return.
-pub const XDP_PASS: u32 = 2;
-pub const TC_ACT_OK: u32 = 0;
+use crate::raw_bpf::{
+    self, BPF_PROG_TEST_RUN, BPF_PROG_TYPE_SCHED_CLS, BPF_PROG_TYPE_XDP, TC_ACT_OK, XDP_PASS,
+};
 /// Room for output frames (no program here grows a frame).
 const OUTPUT_ROOM: usize = 2_048;
 
@@ -77,7 +70,9 @@ pub fn test_run(program: BorrowedFd<'_>, frame: &[u8], repeat: u32) -> io::Resul
         repeat,
         ..TestRunAttr::default()
     };
-    bpf(BPF_PROG_TEST_RUN, &mut attr)?;
+    // SAFETY: `attr` is BPF_PROG_TEST_RUN's part of `union bpf_attr`; its pointers refer to
+    // `frame` and `out`, alive for the call.
+    unsafe { raw_bpf::bpf(BPF_PROG_TEST_RUN, &mut attr) }?;
     out.truncate(attr.data_size_out as usize);
     Ok(Outcome {
         verdict: attr.retval,
@@ -95,42 +90,12 @@ pub struct NoopProgram {
 impl NoopProgram {
     /// Loads the no-op for `hook`.
     pub fn load(hook: Hook) -> io::Result<NoopProgram> {
-        let (prog_type, verdict) = match hook {
-            Hook::Xdp => (BPF_PROG_TYPE_XDP, XDP_PASS),
-            Hook::Tc => (BPF_PROG_TYPE_SCHED_CLS, TC_ACT_OK),
+        let prog_type = match hook {
+            Hook::Xdp => BPF_PROG_TYPE_XDP,
+            Hook::Tc => BPF_PROG_TYPE_SCHED_CLS,
         };
-        let program = [
-            // r0 = verdict (BPF_ALU64 | BPF_MOV | BPF_K)
-            Insn {
-                code: 0xb7,
-                regs: 0,
-                off: 0,
-                imm: verdict as i32,
-            },
-            // exit (BPF_JMP | BPF_EXIT)
-            Insn {
-                code: 0x95,
-                regs: 0,
-                off: 0,
-                imm: 0,
-            },
-        ];
-        let license = c"GPL";
-        let mut name = [0u8; 16];
-        name[..10].copy_from_slice(b"bench_noop");
-        let mut attr = ProgLoadAttr {
-            prog_type,
-            insn_cnt: program.len() as u32,
-            insns: program.as_ptr() as u64,
-            license: license.as_ptr() as u64,
-            prog_name: name,
-            ..ProgLoadAttr::default()
-        };
-        let fd = bpf(BPF_PROG_LOAD, &mut attr)?;
-        // SAFETY: BPF_PROG_LOAD returned a new program descriptor that nothing else owns.
-        Ok(NoopProgram {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = raw_bpf::load_verdict_program(prog_type, hook.pass_verdict(), 0, "bench_noop")?;
+        Ok(NoopProgram { fd })
     }
 }
 
@@ -138,34 +103,6 @@ impl AsFd for NoopProgram {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
-}
-
-/// One eBPF instruction.
-#[repr(C)]
-struct Insn {
-    code: u8,
-    /// dst_reg in the low nibble, src_reg in the high nibble.
-    regs: u8,
-    off: i16,
-    imm: i32,
-}
-
-/// The BPF_PROG_LOAD part of `union bpf_attr` (fields up to expected_attach_type).
-#[repr(C)]
-#[derive(Default)]
-struct ProgLoadAttr {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    prog_name: [u8; 16],
-    prog_ifindex: u32,
-    expected_attach_type: u32,
 }
 
 /// The BPF_PROG_TEST_RUN part of `union bpf_attr`.
@@ -190,23 +127,6 @@ struct TestRunAttr {
     _pad: u32,
 }
 
-fn bpf<T>(command: libc::c_long, attr: &mut T) -> io::Result<i32> {
-    // SAFETY: `attr` is a #[repr(C)] prefix of `union bpf_attr` for `command`, valid and
-    // writable for the call; every pointer inside it refers to memory alive for the call.
-    let result = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            command,
-            (attr as *mut T).cast::<libc::c_void>(),
-            size_of::<T>() as libc::c_uint,
-        )
-    };
-    if result < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(result as i32)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,9 +134,7 @@ mod tests {
 
     #[test]
     fn attribute_layouts_match_the_kernel() {
-        assert_eq!(size_of::<Insn>(), 8);
-        assert_eq!(size_of::<ProgLoadAttr>(), 72);
-        assert_eq!(size_of::<TestRunAttr>(), 80);
+        assert_eq!(std::mem::size_of::<TestRunAttr>(), 80);
     }
 
     #[test]
