@@ -190,6 +190,8 @@ fn draw(
         .configure_mesh()
         .x_desc("services programmed (log)")
         .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_labels(8)
+        .y_label_formatter(&|y| axis_label(*y))
         .y_desc(format!("{unit} (log)"))
         .label_style(("sans-serif", 14))
         .draw()?;
@@ -219,6 +221,27 @@ fn draw(
     Ok(())
 }
 
+/// A short axis label: 3 significant digits, thousands as k and millions as M.
+fn axis_label(value: f64) -> String {
+    let (scaled, suffix) = match value.abs() {
+        a if a >= 1e6 => (value / 1e6, "M"),
+        a if a >= 1e3 => (value / 1e3, "k"),
+        _ => (value, ""),
+    };
+    let digits = if scaled.abs() >= 100.0 || scaled == 0.0 {
+        0
+    } else {
+        (2 - scaled.abs().log10().floor() as i32).max(0) as usize
+    };
+    let text = format!("{scaled:.digits$}");
+    let text = if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.')
+    } else {
+        &text
+    };
+    format!("{text}{suffix}")
+}
+
 /// Registers DejaVu Sans as plotters' sans-serif font (once per process).
 fn register_dejavu() -> Result<()> {
     static REGISTERED: OnceLock<std::result::Result<(), String>> = OnceLock::new();
@@ -237,4 +260,20 @@ fn register_dejavu() -> Result<()> {
             path: "plots".into(),
             message,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::axis_label;
+
+    #[test]
+    fn axis_labels_are_short() {
+        assert_eq!(axis_label(10_000.0), "10k");
+        assert_eq!(axis_label(2_500.0), "2.5k");
+        assert_eq!(axis_label(1_500_000.0), "1.5M");
+        assert_eq!(axis_label(0.001), "0.001");
+        assert_eq!(axis_label(0.0123), "0.0123");
+        assert_eq!(axis_label(150.0), "150");
+        assert_eq!(axis_label(20.0), "20");
+    }
 }

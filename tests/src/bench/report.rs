@@ -474,10 +474,18 @@ fn cell(summary: Option<Summary>, format: fn(f64) -> String, planned: u32) -> St
     text
 }
 
-/// `x/y` of medians.
+/// `x/y` of medians, to two significant digits (at least two decimals).
 fn ratio(x: Option<Summary>, y: Option<Summary>) -> String {
     match (x, y) {
-        (Some(x), Some(y)) if y.median > 0.0 => format!("{:.2}×", x.median / y.median),
+        (Some(x), Some(y)) if y.median > 0.0 => {
+            let r = x.median / y.median;
+            let decimals = if r > 0.0 && r < 0.1 {
+                (-r.log10()).ceil() as usize + 1
+            } else {
+                2
+            };
+            format!("{r:.decimals$}×")
+        }
         _ => "–".to_string(),
     }
 }
@@ -557,6 +565,12 @@ mod tests {
         assert_eq!(cell(Summary::of(&[0.0123]), seconds, 1), "12.3 ms");
         assert_eq!(cell(None, number, 5), "–");
         assert_eq!(ratio(Summary::of(&[1.0]), Summary::of(&[4.0])), "0.25×");
+        assert_eq!(
+            ratio(Summary::of(&[6.25e-6]), Summary::of(&[0.0201])),
+            "0.00031×"
+        );
+        assert_eq!(ratio(Summary::of(&[0.05]), Summary::of(&[1.0])), "0.050×");
+        assert_eq!(ratio(Summary::of(&[10.6]), Summary::of(&[1.0])), "10.60×");
         assert_eq!(seconds(0.000_05), "50.0 µs");
     }
 
