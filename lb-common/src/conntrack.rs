@@ -28,6 +28,11 @@ pub mod ct_flags {
     pub const FORWARD: u8 = 1;
     /// Backend -> client: rewrite the source to `nat_addr:nat_port` (the VIP).
     pub const REPLY: u8 = 2;
+    /// The flow is also masqueraded (source NAT to the node, for an external flow to a
+    /// backend on another node): a forward entry also rewrites the source to
+    /// `snat_addr:snat_port` (the node's address and an allocated port); a reply entry also
+    /// rewrites the destination to `snat_addr:snat_port` (the original client).
+    pub const SNAT: u8 = 4;
 }
 
 /// Value of the conntrack map.
@@ -38,7 +43,7 @@ pub struct CtValue {
     pub nat_addr: [u8; 16],
     /// Port to translate to, network byte order.
     pub nat_port: [u8; 2],
-    /// One of [`ct_flags`].
+    /// [`ct_flags::FORWARD`] or [`ct_flags::REPLY`], plus [`ct_flags::SNAT`] when masqueraded.
     pub flags: u8,
     pub _pad: u8,
     /// Service the flow belongs to (per-service counters).
@@ -49,6 +54,13 @@ pub struct CtValue {
     /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when the flow was last refreshed; refreshed at most
     /// once a second to keep the fast path free of writes.
     pub last_seen_ns: u64,
+    /// With [`ct_flags::SNAT`]: the other end's translation (forward: the node's address as
+    /// the new source; reply: the original client as the new destination), network byte
+    /// order, IPv4-mapped for IPv4. All zero otherwise.
+    pub snat_addr: [u8; 16],
+    /// With [`ct_flags::SNAT`]: the port paired with `snat_addr`, network byte order.
+    pub snat_port: [u8; 2],
+    pub _pad3: [u8; 6],
 }
 
 impl CtValue {
@@ -56,10 +68,15 @@ impl CtValue {
     pub const fn nat_port(&self) -> u16 {
         u16::from_be_bytes(self.nat_port)
     }
+
+    /// Port paired with `snat_addr`, in host byte order.
+    pub const fn snat_port(&self) -> u16 {
+        u16::from_be_bytes(self.snat_port)
+    }
 }
 
 const _: () = assert!(core::mem::size_of::<CtKey>() == 40);
-const _: () = assert!(core::mem::size_of::<CtValue>() == 40);
+const _: () = assert!(core::mem::size_of::<CtValue>() == 64);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -42,11 +42,16 @@ pub enum Counter {
     DropConntrackFull,
     /// The packet could not be rewritten (helper failure): dropped.
     DropRewriteFailed,
+    /// New external flows to a backend on another node, masqueraded to the node's address.
+    Masqueraded,
+    /// New external flow to a remote backend for which no masquerading port was free after
+    /// the allotted retries: dropped (the client retransmits).
+    DropSnatPortsExhausted,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 17] = [
+    pub const ALL: [Counter; 19] = [
         Counter::Packets,
         Counter::NotIpv4,
         Counter::OtherProtocol,
@@ -64,6 +69,8 @@ impl Counter {
         Counter::DropBackendMissing,
         Counter::DropConntrackFull,
         Counter::DropRewriteFailed,
+        Counter::Masqueraded,
+        Counter::DropSnatPortsExhausted,
     ];
     /// Size of the counters array.
     pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -88,6 +95,8 @@ impl Counter {
             Counter::DropBackendMissing => "drop_backend_missing",
             Counter::DropConntrackFull => "drop_conntrack_full",
             Counter::DropRewriteFailed => "drop_rewrite_failed",
+            Counter::Masqueraded => "masqueraded",
+            Counter::DropSnatPortsExhausted => "drop_snat_ports_exhausted",
         }
     }
 }

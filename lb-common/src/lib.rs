@@ -9,10 +9,12 @@
 //! - Ids are dense `u32`s; 0 means "none" and is never allocated.
 #![cfg_attr(not(test), no_std)]
 
+pub mod config;
 pub mod conntrack;
 pub mod counters;
 pub mod service;
 
+pub use config::NodeConfig;
 pub use conntrack::{CtKey, CtValue};
 pub use counters::{Counter, ServiceStats};
 pub use service::{AffinityKey, AffinityValue, Backend, BackendSlotKey, ServiceKey, ServiceValue};
@@ -45,6 +47,7 @@ pub mod map_names {
     pub const STATS: &str = "LB_STATS";
     pub const SERVICE_STATS: &str = "LB_SVC_STATS";
     pub const AFFINITY: &str = "LB_AFFINITY";
+    pub const CONFIG: &str = "LB_CONFIG";
 }
 
 /// Names of the programs in the eBPF object.

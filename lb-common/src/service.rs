@@ -77,6 +77,16 @@ pub struct ServiceValue {
     pub affinity_timeout_s: u32,
 }
 
+/// Bits of [`Backend::flags`].
+pub mod backend_flags {
+    /// The backend runs on this node (its endpoint's `nodeName` is this node). External
+    /// (`scope::EXTERNAL`) flows to a backend without it are masqueraded to the node's
+    /// address when `NodeConfig::snat_addr` is set, as kube-proxy masquerades
+    /// externalTrafficPolicy: Cluster traffic, so that the backend's replies come back
+    /// through this node to be translated.
+    pub const LOCAL: u8 = 1 << 0;
+}
+
 /// Key of the backend slots map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -95,7 +105,7 @@ pub struct Backend {
     pub addr: [u8; 16],
     /// Backend port, network byte order.
     pub port: [u8; 2],
-    /// Reserved for backend state flags (terminating, maintenance); 0 for now.
+    /// Bits of [`backend_flags`].
     pub flags: u8,
     pub _pad: u8,
 }

@@ -58,6 +58,9 @@ pub fn new_flow(
         backend_id,
         _pad2: 0,
         last_seen_ns: now_ns,
+        snat_addr: [0; 16],
+        snat_port: [0; 2],
+        _pad3: [0; 6],
     };
     (
         entry(backend.addr, backend.port, ct_flags::FORWARD),

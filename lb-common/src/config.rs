@@ -1,0 +1,57 @@
+//! Node-wide settings: the one-element `LB_CONFIG` array, written by the agent.
+
+/// Default first port masquerading allocates: just above Linux's default ephemeral range
+/// (`net.ipv4.ip_local_port_range` = 32768–60999), so a masqueraded flow never takes the
+/// tuple of one of the node's own connections.
+pub const SNAT_PORT_MIN: u16 = 61_000;
+/// Default last port masquerading allocates (inclusive).
+pub const SNAT_PORT_MAX: u16 = 65_535;
+/// Ports a new masqueraded flow tries before it is dropped (`Counter::DropSnatPortsExhausted`).
+pub const SNAT_PORT_ATTEMPTS: u32 = 16;
+
+/// Value of `LB_CONFIG[0]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// Address external flows to backends on other nodes are masqueraded to: the node's
+    /// address on the external interface, network byte order, IPv4-mapped. All zero turns
+    /// masquerading off (such flows are only DNATed).
+    pub snat_addr: [u8; 16],
+    /// First port masquerading allocates, network byte order.
+    pub snat_port_min: [u8; 2],
+    /// Last port masquerading allocates (inclusive), network byte order.
+    pub snat_port_max: [u8; 2],
+    pub _pad: [u8; 4],
+}
+
+impl NodeConfig {
+    /// Masquerading to `snat_addr` (IPv4-mapped) with ports `min..=max`.
+    pub const fn masquerading(snat_addr: [u8; 16], min: u16, max: u16) -> Self {
+        Self {
+            snat_addr,
+            snat_port_min: min.to_be_bytes(),
+            snat_port_max: max.to_be_bytes(),
+            _pad: [0; 4],
+        }
+    }
+
+    /// Whether masquerading is on.
+    pub fn masquerades(&self) -> bool {
+        self.snat_addr != [0; 16]
+    }
+
+    /// First masquerading port, host byte order.
+    pub const fn snat_port_min(&self) -> u16 {
+        u16::from_be_bytes(self.snat_port_min)
+    }
+
+    /// Last masquerading port (inclusive), host byte order.
+    pub const fn snat_port_max(&self) -> u16 {
+        u16::from_be_bytes(self.snat_port_max)
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<NodeConfig>() == 24);
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for NodeConfig {}
