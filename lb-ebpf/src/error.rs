@@ -47,7 +47,8 @@ impl Error {
             Counter::DropNoBackend
             | Counter::DropBackendMissing
             | Counter::DropConntrackFull
-            | Counter::DropRewriteFailed => Verdict::Drop,
+            | Counter::DropRewriteFailed
+            | Counter::DropSnatPortsExhausted => Verdict::Drop,
             _ => Verdict::Pass,
         }
     }

@@ -3,13 +3,14 @@
 
 use crate::conntrack;
 use aya_ebpf::{
+    bindings::BPF_NOEXIST,
     helpers::bpf_ktime_get_ns,
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
     capacity, AffinityKey, AffinityValue, Backend, BackendSlotKey, Counter, CtKey, CtValue,
-    ServiceKey, ServiceStats, ServiceValue,
+    NodeConfig, ServiceKey, ServiceStats, ServiceValue,
 };
 
 #[map]
@@ -31,6 +32,8 @@ static LB_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT
 #[map]
 static LB_SVC_STATS: PerCpuArray<ServiceStats> =
     PerCpuArray::with_max_entries(capacity::SERVICES, 0);
+#[map]
+static LB_CONFIG: Array<NodeConfig> = Array::with_max_entries(1, 0);
 
 /// What the pipeline reads and writes besides the packet: the maps, and the clock.
 ///
@@ -43,6 +46,8 @@ pub trait Maps {
     fn conntrack(&mut self, key: &CtKey) -> Option<CtValue>;
     /// Inserts or replaces an entry; `Err` when the map refuses it.
     fn insert_conntrack(&mut self, key: &CtKey, value: &CtValue) -> Result<(), ()>;
+    /// Inserts an entry only if the key is free; `Err` when it is taken or the map refuses.
+    fn insert_conntrack_new(&mut self, key: &CtKey, value: &CtValue) -> Result<(), ()>;
     fn remove_conntrack(&mut self, key: &CtKey);
     /// A client's remembered backend for a service.
     fn affinity(&mut self, key: &AffinityKey) -> Option<AffinityValue>;
@@ -52,6 +57,8 @@ pub trait Maps {
     fn counter(&mut self, counter: Counter) -> Option<&mut u64>;
     /// This CPU's counters of a service (`None` for ids beyond the map).
     fn service_stats(&mut self, service_id: u32) -> Option<&mut ServiceStats>;
+    /// The node-wide settings (all zero until the agent writes them).
+    fn config(&mut self) -> NodeConfig;
     /// `CLOCK_MONOTONIC` in nanoseconds.
     fn now_ns(&self) -> u64;
 }
@@ -94,6 +101,13 @@ impl Maps for KernelMaps {
     }
 
     #[inline(always)]
+    fn insert_conntrack_new(&mut self, key: &CtKey, value: &CtValue) -> Result<(), ()> {
+        LB_CONNTRACK
+            .insert(key, value, u64::from(BPF_NOEXIST))
+            .map_err(|_| ())
+    }
+
+    #[inline(always)]
     fn remove_conntrack(&mut self, key: &CtKey) {
         // A missing entry is already the wanted state.
         let _ = LB_CONNTRACK.remove(key);
@@ -125,6 +139,11 @@ impl Maps for KernelMaps {
         LB_SVC_STATS
             .get_ptr_mut(service_id)
             .map(|p| unsafe { &mut *p })
+    }
+
+    #[inline(always)]
+    fn config(&mut self) -> NodeConfig {
+        LB_CONFIG.get(0).copied().unwrap_or_default()
     }
 
     #[inline(always)]

@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 
 use lb_common::{
-    AffinityKey, AffinityValue, Backend, BackendSlotKey, Counter, CtKey, CtValue, ServiceKey,
-    ServiceStats, ServiceValue, IPPROTO_TCP, IPPROTO_UDP,
+    AffinityKey, AffinityValue, Backend, BackendSlotKey, Counter, CtKey, CtValue, NodeConfig,
+    ServiceKey, ServiceStats, ServiceValue, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 use crate::{
@@ -233,6 +233,7 @@ pub struct FakeMaps {
     pub affinity: HashMap<AffinityKey, AffinityValue>,
     pub counters: HashMap<u32, u64>,
     pub service_stats: HashMap<u32, ServiceStats>,
+    pub config: NodeConfig,
     pub now_ns: u64,
 }
 
@@ -276,6 +277,13 @@ impl Maps for FakeMaps {
         Ok(())
     }
 
+    fn insert_conntrack_new(&mut self, key: &CtKey, value: &CtValue) -> Result<(), ()> {
+        if self.conntrack.contains_key(key) {
+            return Err(());
+        }
+        self.insert_conntrack(key, value)
+    }
+
     fn remove_conntrack(&mut self, key: &CtKey) {
         self.conntrack.remove(key);
     }
@@ -294,6 +302,10 @@ impl Maps for FakeMaps {
 
     fn service_stats(&mut self, service_id: u32) -> Option<&mut ServiceStats> {
         Some(self.service_stats.entry(service_id).or_default())
+    }
+
+    fn config(&mut self) -> NodeConfig {
+        self.config
     }
 
     fn now_ns(&self) -> u64 {

@@ -10,7 +10,7 @@ use std::path::Path;
 use aya::maps::{MapInfo, MapType};
 use lb_common::{
     capacity, map_names, AffinityKey, AffinityValue, Backend, BackendSlotKey, Counter, CtKey,
-    CtValue, ServiceKey, ServiceStats, ServiceValue,
+    CtValue, NodeConfig, ServiceKey, ServiceStats, ServiceValue,
 };
 use tracing::{debug, warn};
 
@@ -56,7 +56,7 @@ impl MapLayout {
 }
 
 /// Every map of the object with the layout it gets when loaded with `capacities`.
-pub(super) fn expected(capacities: &Capacities) -> [(&'static str, MapLayout); 7] {
+pub(super) fn expected(capacities: &Capacities) -> [(&'static str, MapLayout); 8] {
     [
         (
             map_names::SERVICES,
@@ -88,6 +88,10 @@ pub(super) fn expected(capacities: &Capacities) -> [(&'static str, MapLayout); 7
                 MapType::PerCpuArray,
                 capacities.services.saturating_add(1),
             ),
+        ),
+        (
+            map_names::CONFIG,
+            MapLayout::of::<u32, NodeConfig>(MapType::Array, 1),
         ),
     ]
 }

@@ -2,11 +2,11 @@
 
 use std::path::Path;
 
-use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues};
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues};
 use aya::{Ebpf, Pod};
 use lb_common::{
-    map_names, Backend, BackendSlotKey, Counter, CtKey, CtValue, ServiceKey, ServiceStats,
-    ServiceValue, IPPROTO_UDP,
+    map_names, Backend, BackendSlotKey, Counter, CtKey, CtValue, NodeConfig, ServiceKey,
+    ServiceStats, ServiceValue, IPPROTO_UDP,
 };
 
 use crate::error::{DatapathError, MapWriteError};
@@ -21,6 +21,7 @@ pub struct Maps {
     conntrack: Map,
     stats: Map,
     service_stats: Map,
+    config: Map,
 }
 
 impl Maps {
@@ -34,6 +35,7 @@ impl Maps {
             conntrack: take(map_names::CONNTRACK)?,
             stats: take(map_names::STATS)?,
             service_stats: take(map_names::SERVICE_STATS)?,
+            config: take(map_names::CONFIG)?,
         }
         .checked()
     }
@@ -56,6 +58,7 @@ impl Maps {
             conntrack: open(map_names::CONNTRACK)?,
             stats: open(map_names::STATS)?,
             service_stats: open(map_names::SERVICE_STATS)?,
+            config: open(map_names::CONFIG)?,
         }
         .checked()
     }
@@ -69,6 +72,7 @@ impl Maps {
         PerCpuArray::<_, u64>::try_from(&self.stats).map_err(layout(map_names::STATS))?;
         PerCpuArray::<_, ServiceStats>::try_from(&self.service_stats)
             .map_err(layout(map_names::SERVICE_STATS))?;
+        Array::<_, NodeConfig>::try_from(&self.config).map_err(layout(map_names::CONFIG))?;
         Ok(self)
     }
 
@@ -81,6 +85,7 @@ impl Maps {
             (map_names::CONNTRACK, &self.conntrack),
             (map_names::STATS, &self.stats),
             (map_names::SERVICE_STATS, &self.service_stats),
+            (map_names::CONFIG, &self.config),
         ]
         .into_iter()
     }
@@ -147,6 +152,28 @@ impl Maps {
                 rejects: sum.rejects + s.rejects,
                 drops: sum.drops + s.drops,
             }))
+    }
+
+    /// The node-wide settings the data path reads (`LB_CONFIG[0]`; all zero until set).
+    pub fn node_config(&self) -> Result<NodeConfig, DatapathError> {
+        let read = |source| DatapathError::Read {
+            map: map_names::CONFIG,
+            source,
+        };
+        Array::<_, NodeConfig>::try_from(&self.config)
+            .and_then(|array| array.get(&0, 0))
+            .map_err(read)
+    }
+
+    /// Replaces the node-wide settings; new flows use them at once.
+    pub fn set_node_config(&mut self, config: &NodeConfig) -> Result<(), MapWriteError> {
+        Array::<_, NodeConfig>::try_from(&mut self.config)
+            .and_then(|mut array| array.set(0, *config, 0))
+            .map_err(|source| MapWriteError {
+                map: map_names::CONFIG,
+                op: "update",
+                source,
+            })
     }
 }
 
