@@ -63,6 +63,8 @@ pub struct AgentOptions {
     pub bpffs_dir: PathBuf,
     /// `--log-level` value.
     pub log_level: String,
+    /// Further `lb-agent run` arguments (e.g. `--resync-interval 500ms`).
+    pub extra_args: Vec<String>,
 }
 
 impl AgentOptions {
@@ -76,6 +78,7 @@ impl AgentOptions {
             xdp_iface: None,
             bpffs_dir: Path::new(BPFFS_ROOT).join(id),
             log_level: "info".into(),
+            extra_args: Vec::new(),
         }
     }
 
@@ -98,6 +101,7 @@ impl AgentOptions {
             xdp_iface: Some(xdp_iface.to_string()),
             bpffs_dir: Path::new(BPFFS_ROOT).join(id),
             log_level: "info".into(),
+            extra_args: Vec::new(),
         }
     }
 }
@@ -185,6 +189,7 @@ impl Agent {
         if let Some(iface) = &options.xdp_iface {
             command.arg("--xdp-iface").arg(iface);
         }
+        command.args(&options.extra_args);
         command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -10,6 +10,7 @@
 //! - [`example`]: the example Service in `manifests/examples/` and its EndpointSlice.
 //! - [`packet`]: Ethernet/IPv4/TCP/UDP frame builders and parsers for packet tests.
 //! - [`root`]: skipping tests loudly when not root.
+//! - [`bpftool`]: dumping and changing pinned maps by their raw bytes, as an operator would.
 //! - [`scrape`]: HTTP GET against the agent's metrics and health ports, metric lookups.
 //! - [`bench`]: `cargo xtask bench`, the benchmarks against kube-proxy-style rules (options
 //!   always; the rest with feature `bench`, default).
@@ -21,6 +22,7 @@ pub mod agent;
 #[cfg(feature = "kube")]
 pub mod apiserver;
 pub mod bench;
+pub mod bpftool;
 pub mod cluster;
 pub mod cmd;
 pub mod error;
