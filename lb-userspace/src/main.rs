@@ -1,13 +1,15 @@
 //! `lb-agent`: the node agent of the eBPF service load balancer.
 
 use std::io::{ErrorKind, IsTerminal, Write};
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use lb_userspace::agent::{self, RunConfig, SourceConfig, XdpIface, DEFAULT_BPFFS_DIR};
+use lb_userspace::agent::{
+    self, Masquerade, PortRange, RunConfig, SourceConfig, XdpIface, DEFAULT_BPFFS_DIR,
+};
 use lb_userspace::inspect::Snapshot;
 use lb_userspace::k8s::NodeDef;
 use lb_userspace::links::{IfacePattern, IfacePatterns};
@@ -76,6 +78,18 @@ struct RunArgs {
     /// No XDP program at all.
     #[arg(long, conflicts_with = "xdp_iface")]
     no_xdp: bool,
+    /// Address that external flows to backends on other nodes (externalTrafficPolicy:
+    /// Cluster) are masqueraded to [default: the first IPv4 address of the XDP interface].
+    #[arg(long, value_name = "IP", value_parser = parse_ipv4)]
+    masquerade_address: Option<Ipv4Addr>,
+    /// Source ports masqueraded flows get; keep them outside net.ipv4.ip_local_port_range
+    /// [default: 61000-65535].
+    #[arg(long, value_name = "MIN-MAX")]
+    masquerade_ports: Option<PortRange>,
+    /// Never masquerade: external flows to backends on other nodes keep the client's address
+    /// (those nodes must then route replies back through this one).
+    #[arg(long, conflicts_with_all = ["masquerade_address", "masquerade_ports"])]
+    no_masquerade: bool,
     /// bpffs directory; maps are pinned under <DIR>/maps/, program links under <DIR>/links/.
     /// They stay pinned when the agent exits; `lb-agent cleanup` removes them.
     #[arg(long, default_value = DEFAULT_BPFFS_DIR)]
@@ -151,6 +165,13 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             (None, false) if args.ifaces.is_empty() => XdpIface::DefaultRoute,
             (None, false) => XdpIface::Off,
         },
+        masquerade: match args.no_masquerade {
+            true => Masquerade::Off,
+            false => Masquerade::On {
+                addr: args.masquerade_address,
+                ports: args.masquerade_ports.unwrap_or_default(),
+            },
+        },
         tc_ifaces: args.ifaces,
         iface_patterns: IfacePatterns::new(args.iface_patterns),
         bpffs_dir: args.bpffs_dir,
@@ -209,6 +230,16 @@ fn hostname() -> anyhow::Result<String> {
     }
     let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
     Ok(String::from_utf8_lossy(&buf[..end]).trim().to_lowercase())
+}
+
+/// An IPv4 address (the data path masquerades IPv4 only).
+fn parse_ipv4(text: &str) -> Result<Ipv4Addr, String> {
+    match text.parse::<IpAddr>() {
+        Ok(IpAddr::V4(addr)) if !addr.is_unspecified() => Ok(addr),
+        Ok(IpAddr::V4(_)) => Err("0.0.0.0 cannot be masqueraded to (use --no-masquerade)".into()),
+        Ok(IpAddr::V6(_)) => Err(format!("{text} is IPv6; only IPv4 is masqueraded")),
+        Err(_) => Err(format!("{text:?} is not an IPv4 address")),
+    }
 }
 
 /// A duration like `30s`, `500ms`, `2m` or `1h` (a bare number is seconds).
@@ -272,5 +303,21 @@ mod tests {
         assert!(parse(&["--iface-pattern", ""]).is_err());
         assert!(parse(&["--no-xdp"]).is_ok());
         assert!(parse(&["--no-xdp", "--xdp-iface", "eth0"]).is_err());
+    }
+
+    #[test]
+    fn masquerading_flags_are_checked() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["lb-agent", "run"], args].concat());
+        let error = |args: &[&str]| parse(args).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(parse(&["--masquerade-address", "198.18.1.1"]).is_ok());
+        assert!(parse(&["--masquerade-ports", "62000-62999"]).is_ok());
+        assert!(parse(&["--no-masquerade"]).is_ok());
+        assert!(error(&["--masquerade-address", "2001:2::1"]).contains("only IPv4"));
+        assert!(error(&["--masquerade-address", "0.0.0.0"]).contains("--no-masquerade"));
+        assert!(error(&["--masquerade-address", "node-a"]).contains("not an IPv4 address"));
+        assert!(error(&["--masquerade-ports", "65535-61000"]).contains("is empty"));
+        assert!(error(&["--masquerade-ports", "61000"]).contains("MIN-MAX"));
+        assert!(parse(&["--no-masquerade", "--masquerade-ports", "62000-62999"]).is_err());
+        assert!(parse(&["--no-masquerade", "--masquerade-address", "198.18.1.1"]).is_err());
     }
 }

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 
-use lb_common::service::{scope, service_flags};
+use lb_common::service::{backend_flags, scope, service_flags};
 use lb_common::{Backend, ServiceKey, ServiceValue, IPPROTO_TCP, IPPROTO_UDP};
 
 /// Transport protocol the data path balances.
@@ -80,17 +80,26 @@ impl fmt::Display for Frontend {
     }
 }
 
-/// A backend: one pod address and port. Shared by every service that balances to it.
+/// A backend: one pod address and port, and whether it runs on this node. Shared by every
+/// service that balances to it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Endpoint {
     pub addr: IpAddr,
     pub port: u16,
+    /// The endpoint's `nodeName` is this node. External flows to an endpoint that is not
+    /// local are masqueraded to the node (`backend_flags::LOCAL`); one without a `nodeName`
+    /// (an off-cluster backend of a selector-less service) is not local.
+    pub local: bool,
 }
 
 impl Endpoint {
     /// The backends map value of this endpoint.
     pub fn backend(&self) -> Backend {
-        Backend::new(map_addr(self.addr), self.port)
+        let mut backend = Backend::new(map_addr(self.addr), self.port);
+        if self.local {
+            backend.flags |= backend_flags::LOCAL;
+        }
+        backend
     }
 }
 
@@ -255,8 +264,30 @@ mod tests {
         let v6 = Endpoint {
             addr: "2001:2::1".parse().unwrap(),
             port: 80,
+            local: false,
         };
         assert_eq!(v6.to_string(), "[2001:2::1]:80");
+    }
+
+    #[test]
+    fn local_endpoints_carry_the_local_backend_flag() {
+        let remote = Endpoint {
+            addr: "198.18.1.1".parse().unwrap(),
+            port: 8080,
+            local: false,
+        };
+        let local = Endpoint {
+            local: true,
+            ..remote
+        };
+        assert_eq!(remote.backend().flags, 0);
+        assert_eq!(local.backend().flags, backend_flags::LOCAL);
+        assert_eq!(
+            (local.backend().addr, local.backend().port),
+            (remote.backend().addr, remote.backend().port)
+        );
+        // Locality is part of the backend's identity: a change is a different backend.
+        assert_ne!(local, remote);
     }
 
     #[test]

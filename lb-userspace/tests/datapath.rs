@@ -52,6 +52,7 @@ fn endpoint(addr: &str, port: u16) -> Endpoint {
     Endpoint {
         addr: addr.parse().unwrap(),
         port,
+        local: false,
     }
 }
 

@@ -74,7 +74,9 @@ impl AutoAttach {
         }
         match datapath.attach_tc(&link.name) {
             Ok(()) => {
-                if let Err(e) = accept_local::enable(std::slice::from_ref(&link.name)) {
+                if let Err(e) =
+                    accept_local::enable(std::slice::from_ref(&link.name), accept_local::POD_FACING)
+                {
                     warn!("enabling accept_local on {} failed: {e}", link.name);
                 }
                 self.attached.insert(link.index, link.name);

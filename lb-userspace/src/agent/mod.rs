@@ -4,6 +4,8 @@
 mod accept_local;
 mod auto_attach;
 mod cleanup;
+mod forwarding;
+mod masquerade;
 mod programming;
 mod telemetry;
 
@@ -19,7 +21,7 @@ use tracing::{info, warn};
 
 use crate::bpffs::{self, DirLock};
 use crate::datapath::{Capacities, Datapath};
-use crate::error::{ApiSourceError, BpffsError, DatapathError};
+use crate::error::{ApiSourceError, BpffsError, DatapathError, MapWriteError};
 use crate::k8s::NodeDef;
 use crate::links::{self, IfacePatterns, LinkEvent, NetlinkError};
 use crate::manifests::ManifestDir;
@@ -27,6 +29,7 @@ use crate::metrics::{ListenError, SyncMetrics};
 use crate::source::{self, DesiredStates};
 use auto_attach::AutoAttach;
 pub use cleanup::cleanup;
+pub use masquerade::{Masquerade, PortRange, PortRangeError};
 use programming::Programmer;
 use telemetry::Telemetry;
 
@@ -48,6 +51,8 @@ pub struct RunConfig {
     pub iface_patterns: IfacePatterns,
     /// Interface that gets the XDP program.
     pub xdp_iface: XdpIface,
+    /// Whether and how external flows to backends on other nodes are masqueraded.
+    pub masquerade: Masquerade,
     /// Maps are pinned under `<bpffs_dir>/maps/`.
     pub bpffs_dir: PathBuf,
     pub capacities: Capacities,
@@ -104,6 +109,10 @@ pub enum AgentError {
     Links(#[from] NetlinkError),
     #[error("enabling accept_local on the pod-facing interfaces failed")]
     AcceptLocal(#[source] std::io::Error),
+    #[error("enabling accept_local on the external interface {0} for masquerading failed")]
+    AcceptLocalExternal(String, #[source] std::io::Error),
+    #[error("writing the node settings (masquerading) failed")]
+    NodeConfig(#[source] MapWriteError),
     #[error(transparent)]
     Listen(#[from] ListenError),
 }
@@ -235,13 +244,25 @@ async fn serve(
             found
         }
     };
+    // Before the XDP program runs (a restarted agent overwrites what the last one set).
+    let node_config = masquerade::node_config(&config.masquerade, xdp_iface.as_deref());
+    datapath
+        .maps()
+        .set_node_config(&node_config)
+        .map_err(AgentError::NodeConfig)?;
+    if let (Some(iface), true) = (&xdp_iface, node_config.masquerades()) {
+        accept_local::enable(std::slice::from_ref(iface), accept_local::MASQUERADING)
+            .map_err(|e| AgentError::AcceptLocalExternal(iface.clone(), e))?;
+    }
+    forwarding::check();
     if let Some(iface) = &xdp_iface {
         datapath.attach_xdp(iface)?;
     }
     for iface in &config.tc_ifaces {
         datapath.attach_tc(iface)?;
     }
-    accept_local::enable(&config.tc_ifaces).map_err(AgentError::AcceptLocal)?;
+    accept_local::enable(&config.tc_ifaces, accept_local::POD_FACING)
+        .map_err(AgentError::AcceptLocal)?;
     let mut auto_attach = if config.tc_ifaces.is_empty() {
         Some(AutoAttach::start(config.iface_patterns.clone(), xdp_iface)?)
     } else {

@@ -5,9 +5,11 @@
 //! - Local policy: this node's ready endpoints; when it has none, its serving terminating ones.
 //!
 //! Ready means `conditions.ready` true or unset; serving true or unset; terminating only when
-//! set true.
+//! set true. An endpoint is local when its `nodeName` is this node's name (kube-proxy's rule;
+//! without a `nodeName` it is not).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 
 use super::service::PortDef;
 use super::slice::{EndpointDef, SliceDef};
@@ -27,7 +29,8 @@ impl PortEndpoints {
     /// port to a number through the slice port of the same name and protocol, so a named
     /// `targetPort` resolves per endpoint.
     pub fn select(port: &PortDef, slices: &[&SliceDef], node_name: &str) -> PortEndpoints {
-        let mut conditions: BTreeMap<Endpoint, Conditions> = BTreeMap::new();
+        // By address and port: locality comes from the conditions, merged over slices.
+        let mut conditions: BTreeMap<(IpAddr, u16), Conditions> = BTreeMap::new();
         for slice in slices {
             let Some(slice_port) = slice
                 .ports
@@ -37,14 +40,10 @@ impl PortEndpoints {
                 continue;
             };
             for def in &slice.endpoints {
-                let endpoint = Endpoint {
-                    addr: def.addr,
-                    port: slice_port.port,
-                };
                 // One endpoint listed by two slices (while it moves between them) counts
                 // with the best conditions either gives it.
                 conditions
-                    .entry(endpoint)
+                    .entry((def.addr, slice_port.port))
                     .or_default()
                     .merge(def, node_name);
             }
@@ -53,7 +52,11 @@ impl PortEndpoints {
             conditions
                 .iter()
                 .filter(|(_, c)| keep(c))
-                .map(|(e, _)| *e)
+                .map(|(&(addr, port), c)| Endpoint {
+                    addr,
+                    port,
+                    local: c.local,
+                })
                 .collect()
         };
         let with_fallback = |local_only: bool| {

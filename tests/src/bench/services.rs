@@ -133,6 +133,7 @@ impl ServiceSet {
                     .map(|e| Endpoint {
                         addr: IpAddr::V4(*e.ip()),
                         port: e.port(),
+                        local: true,
                     })
                     .collect::<BTreeSet<_>>();
                 let name = ServicePortName {

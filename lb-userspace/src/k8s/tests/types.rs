@@ -237,3 +237,33 @@ status:
         ]
     );
 }
+
+#[test]
+fn endpoints_are_local_when_their_node_name_is_this_node() {
+    let slice = SLICE.replace(
+        "- {addresses: [198.18.1.2], nodeName: node-b}",
+        "- {addresses: [198.18.1.2], nodeName: node-b}\n- {addresses: [198.18.1.3]}",
+    );
+    let services = [service(&svc("NodePort", "")).unwrap()];
+    let slices = [super::slice(&slice).unwrap()];
+    let state = desired_state(&services, &slices, &node_a());
+    for (frontend, desired) in &state.services {
+        for scope in [&desired.external, &desired.internal] {
+            let local: Vec<(String, bool)> = scope
+                .endpoints
+                .iter()
+                .map(|e| (e.to_string(), e.local))
+                .collect();
+            assert_eq!(
+                local,
+                [
+                    ("198.18.1.1:8080".to_string(), true),
+                    ("198.18.1.2:8080".to_string(), false),
+                    ("198.18.1.3:8080".to_string(), false),
+                ],
+                "{frontend}: node-a's endpoint is local; node-b's and one without nodeName are not"
+            );
+        }
+    }
+    assert_eq!(state.services.len(), 2);
+}

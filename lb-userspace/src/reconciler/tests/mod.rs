@@ -229,6 +229,7 @@ fn endpoint(host: u8) -> Endpoint {
     Endpoint {
         addr: [198, 18, 1, host].into(),
         port: 8080,
+        local: false,
     }
 }
 
