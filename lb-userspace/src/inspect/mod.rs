@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use lb_common::conntrack::ct_flags;
 use lb_common::{
-    service::{scope, service_flags},
-    Backend, Counter, CtKey, CtValue, ServiceKey, ServiceStats, ServiceValue,
+    service::{backend_flags, scope, service_flags},
+    Backend, Counter, CtKey, CtValue, NodeConfig, ServiceKey, ServiceStats, ServiceValue,
 };
 
 use crate::datapath::Maps;
@@ -20,6 +20,8 @@ use table::Table;
 /// Everything `inspect` shows, read from the maps at one moment.
 #[derive(Debug)]
 pub struct Snapshot {
+    /// Node-wide settings (masquerading).
+    pub node_config: NodeConfig,
     pub services: Vec<ServiceRow>,
     pub backends: Vec<(u32, Backend)>,
     pub conntrack: Vec<(CtKey, CtValue)>,
@@ -63,6 +65,7 @@ impl Snapshot {
         let mut conntrack = maps.conntrack()?;
         conntrack.sort_by_key(|(k, v)| (v.service_id, v.flags, k.src_addr, k.src_port, k.dst_port));
         Ok(Snapshot {
+            node_config: maps.node_config()?,
             services,
             backends,
             conntrack,
@@ -74,6 +77,18 @@ impl Snapshot {
 
 impl fmt::Display for Snapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut node = Table::new(&["MASQUERADE", "PORTS"]);
+        node.row(match self.node_config.masquerades() {
+            true => vec![
+                unmap_addr(self.node_config.snat_addr).to_string(),
+                format!(
+                    "{}-{}",
+                    self.node_config.snat_port_min(),
+                    self.node_config.snat_port_max()
+                ),
+            ],
+            false => vec!["off".to_string(), "-".to_string()],
+        });
         let mut services = Table::new(&[
             "FRONTEND",
             "SCOPE",
@@ -106,9 +121,17 @@ impl fmt::Display for Snapshot {
                 flags(&s.value),
             ]);
         }
-        let mut backends = Table::new(&["ID", "ADDRESS"]);
+        let mut backends = Table::new(&["ID", "ADDRESS", "FLAGS"]);
         for (id, b) in &self.backends {
-            backends.row(vec![id.to_string(), socket(b.addr, b.port)]);
+            let local = match b.flags & backend_flags::LOCAL != 0 {
+                true => "local",
+                false => "-",
+            };
+            backends.row(vec![
+                id.to_string(),
+                socket(b.addr, b.port),
+                local.to_string(),
+            ]);
         }
         let mut conntrack = Table::new(&[
             "DIRECTION",
@@ -116,6 +139,7 @@ impl fmt::Display for Snapshot {
             "SOURCE",
             "DESTINATION",
             "NAT TO",
+            "SNAT TO",
             "SERVICE",
             "BACKEND",
             "AGE",
@@ -128,6 +152,7 @@ impl fmt::Display for Snapshot {
                 socket(k.src_addr, k.src_port),
                 socket(k.dst_addr, k.dst_port),
                 socket(v.nat_addr, v.nat_port),
+                snat(v),
                 v.service_id.to_string(),
                 v.backend_id.to_string(),
                 format!("{}s", age.as_secs()),
@@ -139,7 +164,8 @@ impl fmt::Display for Snapshot {
         }
         write!(
             f,
-            "SERVICES\n{services}\nBACKENDS\n{backends}\nCONNTRACK\n{conntrack}\nCOUNTERS\n{counters}"
+            "NODE\n{node}\nSERVICES\n{services}\nBACKENDS\n{backends}\nCONNTRACK\n{conntrack}\n\
+             COUNTERS\n{counters}"
         )
     }
 }
@@ -180,10 +206,19 @@ fn protocol(number: u8) -> String {
 }
 
 fn direction(flags: u8) -> String {
-    match flags {
+    match flags & !ct_flags::SNAT {
         ct_flags::FORWARD => "forward".to_string(),
         ct_flags::REPLY => "reply".to_string(),
-        other => format!("flags={other:#x}"),
+        _ => format!("flags={flags:#x}"),
+    }
+}
+
+/// A masqueraded entry's other translation: forward, the node's address and port the
+/// source becomes; reply, the client the destination becomes. `-` when not masqueraded.
+fn snat(value: &CtValue) -> String {
+    match value.flags & ct_flags::SNAT != 0 {
+        true => socket(value.snat_addr, value.snat_port),
+        false => "-".to_string(),
     }
 }
 
@@ -201,8 +236,9 @@ fn monotonic_now_ns() -> u64 {
 #[cfg(test)]
 mod tests {
     use lb_common::conntrack::ct_flags;
-    use lb_common::{ipv4_mapped, Backend, Counter, CtKey, CtValue, ServiceKey};
-    use lb_common::{service::service_flags, ServiceStats, ServiceValue, IPPROTO_TCP};
+    use lb_common::service::{backend_flags, service_flags};
+    use lb_common::{ipv4_mapped, Backend, Counter, CtKey, CtValue, NodeConfig, ServiceKey};
+    use lb_common::{ServiceStats, ServiceValue, IPPROTO_TCP};
 
     use super::{ServiceRow, Snapshot};
 
@@ -211,7 +247,18 @@ mod tests {
         let vip = ipv4_mapped([198, 19, 0, 10]);
         let pod = ipv4_mapped([198, 18, 1, 1]);
         let client = ipv4_mapped([198, 18, 0, 2]);
+        let node = ipv4_mapped([198, 18, 0, 1]);
+        let remote_pod = ipv4_mapped([198, 18, 2, 1]);
+        let key = |src, sport: u16, dst, dport: u16| CtKey {
+            src_addr: src,
+            dst_addr: dst,
+            src_port: sport.to_be_bytes(),
+            dst_port: dport.to_be_bytes(),
+            proto: IPPROTO_TCP,
+            _pad: [0; 3],
+        };
         let snapshot = Snapshot {
+            node_config: NodeConfig::masquerading(node, 61000, 65535),
             services: vec![ServiceRow {
                 key: ServiceKey::new(vip, 80, IPPROTO_TCP, lb_common::service::scope::INTERNAL),
                 value: ServiceValue {
@@ -229,41 +276,80 @@ mod tests {
                     drops: 0,
                 },
             }],
-            backends: vec![(1, Backend::new(pod, 8080))],
-            conntrack: vec![(
-                CtKey {
-                    src_addr: client,
-                    dst_addr: vip,
-                    src_port: 40000u16.to_be_bytes(),
-                    dst_port: 80u16.to_be_bytes(),
-                    proto: IPPROTO_TCP,
-                    _pad: [0; 3],
-                },
-                CtValue {
-                    nat_addr: pod,
-                    nat_port: 8080u16.to_be_bytes(),
-                    flags: ct_flags::FORWARD,
-                    service_id: 1,
-                    backend_id: 1,
-                    last_seen_ns: 1_000_000_000,
-                    ..Default::default()
-                },
-            )],
+            backends: vec![
+                (
+                    1,
+                    Backend {
+                        flags: backend_flags::LOCAL,
+                        ..Backend::new(pod, 8080)
+                    },
+                ),
+                (2, Backend::new(remote_pod, 8080)),
+            ],
+            conntrack: vec![
+                (
+                    key(client, 40000, vip, 80),
+                    CtValue {
+                        nat_addr: pod,
+                        nat_port: 8080u16.to_be_bytes(),
+                        flags: ct_flags::FORWARD,
+                        service_id: 1,
+                        backend_id: 1,
+                        last_seen_ns: 1_000_000_000,
+                        ..Default::default()
+                    },
+                ),
+                (
+                    key(client, 40001, vip, 80),
+                    CtValue {
+                        nat_addr: remote_pod,
+                        nat_port: 8080u16.to_be_bytes(),
+                        flags: ct_flags::FORWARD | ct_flags::SNAT,
+                        service_id: 1,
+                        backend_id: 2,
+                        last_seen_ns: 1_000_000_000,
+                        snat_addr: node,
+                        snat_port: 61000u16.to_be_bytes(),
+                        ..Default::default()
+                    },
+                ),
+                (
+                    key(remote_pod, 8080, node, 61000),
+                    CtValue {
+                        nat_addr: vip,
+                        nat_port: 80u16.to_be_bytes(),
+                        flags: ct_flags::REPLY | ct_flags::SNAT,
+                        service_id: 1,
+                        backend_id: 2,
+                        last_seen_ns: 1_000_000_000,
+                        snat_addr: client,
+                        snat_port: 40001u16.to_be_bytes(),
+                        ..Default::default()
+                    },
+                ),
+            ],
             counters: vec![(Counter::Packets, 12), (Counter::NewFlows, 2)],
             now_ns: 4_500_000_000,
         };
         let expected = "\
+NODE
+MASQUERADE  PORTS
+198.18.0.1  61000-65535
+
 SERVICES
 FRONTEND            SCOPE     ID  BACKENDS  SLOTS  PACKETS  BYTES  NEW FLOWS  REJECTS  DROPS  FLAGS
 198.19.0.10:80/TCP  internal  1   2         1,2    10       1000   2          1        0      affinity=600s,drop
 
 BACKENDS
-ID  ADDRESS
-1   198.18.1.1:8080
+ID  ADDRESS          FLAGS
+1   198.18.1.1:8080  local
+2   198.18.2.1:8080  -
 
 CONNTRACK
-DIRECTION  PROTO  SOURCE            DESTINATION     NAT TO           SERVICE  BACKEND  AGE
-forward    TCP    198.18.0.2:40000  198.19.0.10:80  198.18.1.1:8080  1        1        3s
+DIRECTION  PROTO  SOURCE            DESTINATION       NAT TO           SNAT TO           SERVICE  BACKEND  AGE
+forward    TCP    198.18.0.2:40000  198.19.0.10:80    198.18.1.1:8080  -                 1        1        3s
+forward    TCP    198.18.0.2:40001  198.19.0.10:80    198.18.2.1:8080  198.18.0.1:61000  1        2        3s
+reply      TCP    198.18.2.1:8080   198.18.0.1:61000  198.19.0.10:80   198.18.0.2:40001  1        2        3s
 
 COUNTERS
 COUNTER    VALUE

@@ -70,12 +70,13 @@ const SERVICE_COUNTERS: [ServiceCounter; 5] = [
 ];
 
 /// The node-wide counters that count dropped (or rejected) packets.
-const DROP_REASONS: [Counter; 5] = [
+const DROP_REASONS: [Counter; 6] = [
     Counter::RejectNoBackend,
     Counter::DropNoBackend,
     Counter::DropBackendMissing,
     Counter::DropConntrackFull,
     Counter::DropRewriteFailed,
+    Counter::DropSnatPortsExhausted,
 ];
 
 impl DatapathCollector {
@@ -209,4 +210,21 @@ fn labels(service: &CountedService) -> [(&'static str, String); 4] {
         ),
         ("scope", scope.to_string()),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_drop_and_reject_counter_is_a_drop_reason() {
+        for counter in Counter::ALL {
+            let name = counter.name();
+            assert_eq!(
+                DROP_REASONS.contains(&counter),
+                name.starts_with("drop_") || name.starts_with("reject_"),
+                "{name}"
+            );
+        }
+    }
 }
