@@ -27,6 +27,18 @@ pub fn reply_key(forward: &CtKey, backend_addr: [u8; 16], backend_port: [u8; 2])
     }
 }
 
+/// The key of the reply entry belonging to a forward entry: the backend's answer to the
+/// client, or to the node's address and port when the flow is masqueraded.
+#[inline(always)]
+pub fn reply_key_of(forward: &CtKey, entry: &CtValue) -> CtKey {
+    let mut key = reply_key(forward, entry.nat_addr, entry.nat_port);
+    if entry.flags & ct_flags::SNAT != 0 {
+        key.dst_addr = entry.snat_addr;
+        key.dst_port = entry.snat_port;
+    }
+    key
+}
+
 #[inline(always)]
 fn key(src: Endpoint, dst: Endpoint, proto: u8) -> CtKey {
     CtKey {

@@ -12,6 +12,7 @@ use crate::{
     context::Packet,
     error::{Error, Verdict},
     maps::Maps,
+    masquerade,
     parse::{self, Endpoint, Ipv4Flow},
     reject,
     rewrite::Side,
@@ -62,7 +63,7 @@ fn try_process<P: Packet, M: Maps>(pkt: &mut P, maps: &mut M, scope: u8) -> Resu
 /// start over.
 #[inline(always)]
 fn established<M: Maps>(maps: &mut M, flow: &Ipv4Flow, entry: &CtValue) -> Option<(Side, Counter)> {
-    match entry.flags {
+    match entry.flags & !ct_flags::SNAT {
         ct_flags::REPLY => Some((Side::Source, Counter::ReplyTranslated)),
         // Established flows keep their backend even after it left the service; only a new
         // connection attempt on a vanished backend starts over.
@@ -102,13 +103,24 @@ fn new_flow<P: Packet, M: Maps>(
         .filter(|b| ipv4_unmapped(&b.addr).is_some())
         .ok_or(missing)?;
 
-    let (forward, reply_key, reply) =
+    let (mut forward, mut reply_key, mut reply) =
         conntrack::new_flow(key, service_id, backend_id, &backend, now);
-    let full = Error::dropped(Counter::DropConntrackFull, service_id);
-    maps.insert_conntrack(key, &forward).map_err(|()| full)?;
-    if maps.insert_conntrack(&reply_key, &reply).is_err() {
-        maps.remove_conntrack(key);
-        return Err(full);
+    let masqueraded = masquerade::wanted(scope, &backend)
+        && masquerade::record(
+            maps,
+            key,
+            &backend,
+            &mut forward,
+            &mut reply_key,
+            &mut reply,
+        )?;
+    if !masqueraded {
+        let full = Error::dropped(Counter::DropConntrackFull, service_id);
+        maps.insert_conntrack(key, &forward).map_err(|()| full)?;
+        if maps.insert_conntrack(&reply_key, &reply).is_err() {
+            maps.remove_conntrack(key);
+            return Err(full);
+        }
     }
     let outcome = translate(
         pkt,
@@ -123,6 +135,9 @@ fn new_flow<P: Packet, M: Maps>(
         maps.set_affinity(&client, &affinity::record(backend_id, slot, now));
     }
     stats::new_flow(maps, service_id);
+    if masqueraded {
+        stats::count(maps, Counter::Masqueraded);
+    }
     Ok(outcome)
 }
 
@@ -170,7 +185,8 @@ fn no_backend<P: Packet, M: Maps>(
     Ok(Counter::RejectNoBackend)
 }
 
-/// Rewrites `side` of the packet to the entry's NAT address and accounts it to the service.
+/// Rewrites `side` of the packet to the entry's NAT address (and, for a masqueraded flow, the
+/// other side to its SNAT address) and accounts it to the service.
 #[inline(always)]
 fn translate<P: Packet, M: Maps>(
     pkt: &mut P,
@@ -185,8 +201,15 @@ fn translate<P: Packet, M: Maps>(
         port: entry.nat_port,
     };
     let service_id = entry.service_id;
-    pkt.rewrite(flow, side, to)
-        .map_err(|_| Error::dropped(Counter::DropRewriteFailed, service_id))?;
+    let failed = Error::dropped(Counter::DropRewriteFailed, service_id);
+    pkt.rewrite(flow, side, to).map_err(|_| failed)?;
+    if entry.flags & ct_flags::SNAT != 0 {
+        let other = Endpoint {
+            addr: conntrack::v4(&entry.snat_addr),
+            port: entry.snat_port,
+        };
+        pkt.rewrite(flow, side.other(), other).map_err(|_| failed)?;
+    }
     stats::translated(maps, service_id, pkt.frame_len());
     Ok(outcome)
 }
@@ -200,7 +223,7 @@ fn backend_gone<M: Maps>(maps: &mut M, entry: &CtValue) -> bool {
 /// Removes both entries of a flow, given its forward key and entry.
 #[inline(always)]
 fn forget<M: Maps>(maps: &mut M, key: &CtKey, entry: &CtValue) {
-    maps.remove_conntrack(&conntrack::reply_key(key, entry.nat_addr, entry.nat_port));
+    maps.remove_conntrack(&conntrack::reply_key_of(key, entry));
     maps.remove_conntrack(key);
 }
 

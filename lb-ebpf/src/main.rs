@@ -14,6 +14,7 @@ mod context;
 mod error;
 mod lb;
 mod maps;
+mod masquerade;
 mod parse;
 mod reject;
 mod rewrite;
@@ -23,7 +24,7 @@ mod stats;
 mod testing;
 
 use aya_ebpf::{
-    bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{xdp_action, TC_ACT_SHOT, TC_ACT_UNSPEC},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
@@ -38,11 +39,14 @@ use crate::{
 
 /// TC ingress on pod-facing interfaces (`lb_common::program_names::TC_INGRESS`): traffic from
 /// pods, looked up in the internal scope. Rejects go back to the pod through the interface.
+/// Packets it lets through (translated or not) go on to the hook's next program with
+/// `TC_ACT_UNSPEC` (TCX_NEXT): `TC_ACT_OK` would end the hook there and hide every packet from
+/// other tools' programs attached after it, TCX or legacy `tc` filters alike.
 #[classifier]
 pub fn lb_tc_ingress(ctx: TcContext) -> i32 {
     let mut pkt = TcPacket(ctx);
     match lb::process(&mut pkt, &mut KernelMaps, scope::INTERNAL) {
-        Verdict::Pass => TC_ACT_OK,
+        Verdict::Pass => TC_ACT_UNSPEC,
         Verdict::Drop => TC_ACT_SHOT,
         Verdict::SendBack => pkt.redirect_back(),
     }

@@ -16,6 +16,15 @@ pub enum Side {
 }
 
 impl Side {
+    /// The other end of the packet.
+    #[inline(always)]
+    pub fn other(self) -> Side {
+        match self {
+            Side::Source => Side::Destination,
+            Side::Destination => Side::Source,
+        }
+    }
+
     /// Offsets of this side's address and port in the frame, and their current values.
     #[inline(always)]
     pub fn locate(self, flow: &Ipv4Flow) -> (usize, usize, Endpoint) {
@@ -193,6 +202,43 @@ mod tests {
                 side.locate(&ipv4_flow(&SlicePacket::new(out.clone())).unwrap());
             assert_eq!(&out[addr_offset..addr_offset + 4], &to.addr);
             assert_eq!(&out[port_offset..port_offset + 2], &to.port);
+        }
+    }
+
+    #[test]
+    fn rewriting_both_sides_matches_a_frame_built_for_the_new_ends() {
+        let mut rng = Lcg(11);
+        for i in 0..1_000 {
+            let spec = FrameSpec {
+                src: Endpoint {
+                    addr: rng.bytes(),
+                    port: rng.bytes(),
+                },
+                proto: if i % 2 == 0 { IPPROTO_TCP } else { IPPROTO_UDP },
+                udp_no_checksum: i % 4 == 1,
+                payload: rng.bytes::<6>().to_vec(),
+                ..FrameSpec::tcp_syn()
+            };
+            let (src, dst) = (
+                Endpoint {
+                    addr: rng.bytes(),
+                    port: rng.bytes(),
+                },
+                Endpoint {
+                    addr: rng.bytes(),
+                    port: rng.bytes(),
+                },
+            );
+            let mut pkt = SlicePacket::new(frame(&spec));
+            let flow = ipv4_flow(&pkt).unwrap();
+            in_place(&mut pkt, &flow, Side::Destination, dst).unwrap();
+            in_place(&mut pkt, &flow, Side::Destination.other(), src).unwrap();
+            assert_eq!(
+                pkt.bytes,
+                frame(&FrameSpec { src, dst, ..spec }),
+                "case {i}"
+            );
+            assert!(checksums_valid(&pkt.bytes));
         }
     }
 

@@ -230,6 +230,8 @@ pub struct FakeMaps {
     pub conntrack: HashMap<CtKey, CtValue>,
     /// Refuse conntrack inserts, as a full or failing map would.
     pub conntrack_full: bool,
+    /// Refuse conntrack inserts of this one key.
+    pub refused_conntrack_key: Option<CtKey>,
     pub affinity: HashMap<AffinityKey, AffinityValue>,
     pub counters: HashMap<u32, u64>,
     pub service_stats: HashMap<u32, ServiceStats>,
@@ -270,7 +272,7 @@ impl Maps for FakeMaps {
     }
 
     fn insert_conntrack(&mut self, key: &CtKey, value: &CtValue) -> Result<(), ()> {
-        if self.conntrack_full {
+        if self.conntrack_full || self.refused_conntrack_key == Some(*key) {
             return Err(());
         }
         self.conntrack.insert(*key, *value);
