@@ -1,5 +1,9 @@
-//! Backend ids and the backends map: one id per distinct endpoint, shared by every slot
-//! that references it, deleted once no written slot does.
+//! Backend ids and the backends map: one id per distinct backend address, shared by every
+//! slot that references it, deleted once no written slot does.
+//!
+//! An id's address never changes while the id exists: a changed flag (e.g.
+//! `backend_flags::LOCAL`) rewrites the value in place under the same id, a new address gets
+//! a new id. So a slot or a conntrack entry naming an id never finds another pod behind it.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -8,23 +12,39 @@ use lb_common::Backend;
 use super::ids::IdPool;
 use super::MapWriter;
 use crate::error::MapWriteError;
-use crate::model::Endpoint;
+use crate::model::{unmap_addr, Endpoint, SocketDisplay};
 
-/// Backend ids by endpoint, whether each is written to the backends map, and how many
-/// written slots reference it.
+/// What identifies a backend: its address and port as the maps hold them (not its flags).
+type Address = ([u8; 16], [u8; 2]);
+
+fn address(backend: &Backend) -> Address {
+    (backend.addr, backend.port)
+}
+
+/// `addr:port` of a backends map value, for log lines.
+pub(super) fn describe(backend: &Backend) -> String {
+    SocketDisplay(unmap_addr(backend.addr), backend.port()).to_string()
+}
+
+/// Backend ids by address, the value each should have and has in the backends map, and how
+/// many written slots reference each.
 #[derive(Debug)]
 pub(super) struct Backends {
     pub(super) ids: IdPool,
     /// Written slots over all services: the sum of every backend's `refs`.
     pub(super) slot_refs: u32,
-    by_endpoint: HashMap<Endpoint, u32>,
+    /// The id new references to an address use. An id adopted from the maps as a duplicate
+    /// of another id's address is in `by_id` only, until its last reference goes.
+    by_address: HashMap<Address, u32>,
     pub(super) by_id: BTreeMap<u32, BackendEntry>,
 }
 
 #[derive(Debug)]
 pub(super) struct BackendEntry {
-    endpoint: Endpoint,
-    written: bool,
+    /// The value the backends map should hold.
+    wanted: Backend,
+    /// The value it holds; `None` while it has no entry.
+    written: Option<Backend>,
     refs: u32,
 }
 
@@ -33,55 +53,100 @@ impl Backends {
         Self {
             ids: IdPool::new(capacity),
             slot_refs: 0,
-            by_endpoint: HashMap::new(),
+            by_address: HashMap::new(),
             by_id: BTreeMap::new(),
         }
     }
 
-    pub(super) fn id_of(&self, endpoint: &Endpoint) -> Option<u32> {
-        self.by_endpoint.get(endpoint).copied()
+    /// Backends found in the maps, with no references yet ([`Backends::add_ref`] adds them).
+    /// Of several ids with one address, `canonical` picks the one new references use.
+    pub(super) fn adopted(
+        capacity: u32,
+        found: &BTreeMap<u32, Backend>,
+        canonical: impl Fn(&[u32]) -> u32,
+    ) -> Self {
+        let mut ids_by_address: HashMap<Address, Vec<u32>> = HashMap::new();
+        for (id, backend) in found {
+            ids_by_address
+                .entry(address(backend))
+                .or_default()
+                .push(*id);
+        }
+        let by_address = ids_by_address
+            .into_iter()
+            .map(|(address, ids)| (address, canonical(&ids)))
+            .collect();
+        let by_id = found
+            .iter()
+            .map(|(id, backend)| {
+                let entry = BackendEntry {
+                    wanted: *backend,
+                    written: Some(*backend),
+                    refs: 0,
+                };
+                (*id, entry)
+            })
+            .collect();
+        Self {
+            ids: IdPool::with_used(capacity, found.keys().copied()),
+            slot_refs: 0,
+            by_address,
+            by_id,
+        }
     }
 
+    pub(super) fn id_of(&self, endpoint: &Endpoint) -> Option<u32> {
+        self.by_address.get(&address(&endpoint.backend())).copied()
+    }
+
+    /// The id of `endpoint`'s address, allocated if new; the value to write becomes
+    /// `endpoint`'s.
     pub(super) fn id_or_allocate(&mut self, endpoint: Endpoint) -> Option<u32> {
-        if let Some(id) = self.id_of(&endpoint) {
-            return Some(id);
+        let wanted = endpoint.backend();
+        if let Some(id) = self.by_address.get(&address(&wanted)) {
+            if let Some(entry) = self.by_id.get_mut(id) {
+                entry.wanted = wanted;
+            }
+            return Some(*id);
         }
         let id = self.ids.allocate()?;
-        self.by_endpoint.insert(endpoint, id);
-        self.by_id.insert(
-            id,
-            BackendEntry {
-                endpoint,
-                written: false,
-                refs: 0,
-            },
-        );
+        self.by_address.insert(address(&wanted), id);
+        let entry = BackendEntry {
+            wanted,
+            written: None,
+            refs: 0,
+        };
+        self.by_id.insert(id, entry);
         Some(id)
     }
 
     pub(super) fn written_count(&self) -> usize {
-        self.by_id.values().filter(|b| b.written).count()
+        self.by_id.values().filter(|b| b.written.is_some()).count()
     }
 
     /// Every backend entry written to the map, by id.
     pub(super) fn written(&self) -> impl Iterator<Item = (u32, Backend)> + '_ {
         self.by_id
             .iter()
-            .filter(|(_, e)| e.written)
-            .map(|(id, e)| (*id, e.endpoint.backend()))
+            .filter_map(|(id, e)| e.written.map(|b| (*id, b)))
     }
 
-    /// Writes the backend entry unless it is already written; returns whether it wrote.
+    /// Writes the backend entry unless the map holds its value already; returns whether it
+    /// wrote.
     pub(super) fn write(
         &mut self,
         id: u32,
         maps: &mut impl MapWriter,
     ) -> Result<bool, MapWriteError> {
-        let Some(entry) = self.by_id.get_mut(&id).filter(|e| !e.written) else {
+        let Some(entry) = self
+            .by_id
+            .get_mut(&id)
+            .filter(|e| e.written != Some(e.wanted))
+        else {
             return Ok(false);
         };
-        maps.set_backend(id, &entry.endpoint.backend())?;
-        entry.written = true;
+        maps.set_backend(id, &entry.wanted)?;
+        entry.written = Some(entry.wanted);
         Ok(true)
     }
 
@@ -99,11 +164,12 @@ impl Backends {
         }
     }
 
-    pub(super) fn unreferenced(&self) -> Vec<(u32, Endpoint)> {
+    /// Ids no written slot references, with their values.
+    pub(super) fn unreferenced(&self) -> Vec<(u32, Backend)> {
         self.by_id
             .iter()
             .filter(|(_, e)| e.refs == 0)
-            .map(|(id, e)| (*id, e.endpoint))
+            .map(|(id, e)| (*id, e.wanted))
             .collect()
     }
 
@@ -117,13 +183,15 @@ impl Backends {
         let Some(entry) = self.by_id.get(&id) else {
             return Ok(false);
         };
-        let written = entry.written;
+        let written = entry.written.is_some();
         if written {
             maps.remove_backend(id)?;
         }
-        let endpoint = entry.endpoint;
+        let address = address(&entry.wanted);
         self.by_id.remove(&id);
-        self.by_endpoint.remove(&endpoint);
+        if self.by_address.get(&address) == Some(&id) {
+            self.by_address.remove(&address);
+        }
         self.ids.release(id);
         Ok(written)
     }

@@ -19,6 +19,18 @@ impl IdPool {
         }
     }
 
+    /// A pool in which `used` (each in `1..=capacity`) are allocated and every other id is
+    /// free: the pool of a reconciler that adopted these ids from the maps.
+    pub(crate) fn with_used(capacity: u32, used: impl IntoIterator<Item = u32>) -> Self {
+        let used: BTreeSet<u32> = used.into_iter().collect();
+        let next_unused = used.last().map_or(1, |max| max + 1);
+        Self {
+            capacity,
+            next_unused,
+            released: (1..next_unused).filter(|id| !used.contains(id)).collect(),
+        }
+    }
+
     pub(crate) fn capacity(&self) -> u32 {
         self.capacity
     }
@@ -69,5 +81,17 @@ mod tests {
         assert_eq!(pool.allocate(), Some(1));
         assert_eq!(pool.allocate(), Some(3));
         assert_eq!(pool.allocate(), None);
+    }
+
+    #[test]
+    fn adopted_ids_stay_allocated_and_the_gaps_are_free() {
+        let mut pool = IdPool::with_used(5, [4, 2]);
+        assert_eq!(pool.available(), 3);
+        assert_eq!(pool.allocate(), Some(1));
+        assert_eq!(pool.allocate(), Some(3));
+        assert_eq!(pool.allocate(), Some(5));
+        assert_eq!(pool.allocate(), None);
+        let mut empty = IdPool::with_used(2, []);
+        assert_eq!(empty.allocate(), Some(1));
     }
 }

@@ -17,8 +17,10 @@
 //!
 //! When a write fails, everything written before it is remembered, so the next `apply`
 //! continues from what the kernel really holds. [`Reconciler::resync`] compares the maps'
-//! real contents with that record and repairs any drift.
+//! real contents with that record and repairs any drift. [`Reconciler::adopt`] builds that
+//! record from the maps themselves, for an agent taking over maps an earlier one wrote.
 
+mod adopt;
 mod backends;
 mod ids;
 mod resync;
@@ -33,7 +35,7 @@ use lb_common::{BackendSlotKey, ServiceKey, ServiceValue};
 use crate::datapath::Capacities;
 use crate::error::{CapacityError, MapWriteError, ReconcileError};
 use crate::model::{DesiredService, DesiredState, Frontend, Protocol, ServicePortName, SCOPES};
-use backends::Backends;
+use backends::{describe, Backends};
 use ids::IdPool;
 pub use resync::{Drift, MapReader, Repair};
 use slots::stable_layout;
@@ -110,7 +112,8 @@ pub struct Reconciler {
 /// A frontend as written to the maps.
 #[derive(Debug)]
 struct ProgrammedService {
-    name: ServicePortName,
+    /// `None` for a service adopted from the maps until a desired state names it.
+    name: Option<ServicePortName>,
     /// Slot groups by service id: one, or two while the scopes' backend sets differ (and,
     /// after a failed write, until the next apply frees the one no entry uses).
     groups: BTreeMap<u32, SlotGroup>,
@@ -188,10 +191,12 @@ impl Reconciler {
     }
 
     /// Every service id some services map entry points at, with its service and scopes: a
-    /// read-only view for labelling the per-service counters.
+    /// read-only view for labelling the per-service counters. Services adopted from the maps
+    /// are left out until a desired state names them.
     pub fn counted_services(&self) -> Vec<CountedService> {
         let mut counted = Vec::new();
         for (frontend, service) in &self.services {
+            let Some(name) = &service.name else { continue };
             for id in service.groups.keys() {
                 let scopes: Vec<u8> = SCOPES
                     .into_iter()
@@ -200,7 +205,7 @@ impl Reconciler {
                 if !scopes.is_empty() {
                     counted.push(CountedService {
                         id: *id,
-                        name: service.name.clone(),
+                        name: name.clone(),
                         frontend: *frontend,
                         scopes,
                     });
@@ -330,11 +335,11 @@ impl Reconciler {
             .services
             .entry(frontend)
             .or_insert_with(|| ProgrammedService {
-                name: desired.name.clone(),
+                name: None,
                 groups: BTreeMap::new(),
                 entries: [None, None],
             });
-        service.name = desired.name.clone();
+        service.name = Some(desired.name.clone());
         // Recorded before any write, so a failed write cannot leak a new service id.
         for group in &plan.groups {
             service.groups.entry(group.id).or_default();
@@ -428,7 +433,10 @@ impl Reconciler {
         let Some(service) = self.services.get_mut(&frontend) else {
             return Ok(());
         };
-        let context = format!("removing service {} ({frontend})", service.name);
+        let context = match &service.name {
+            Some(name) => format!("removing service {name} ({frontend})"),
+            None => format!("removing service {frontend} adopted from the maps"),
+        };
         let fail = |e| failed(context.clone(), e);
         for scope in SCOPES {
             if service.entries[scope as usize].is_some() {
@@ -459,11 +467,12 @@ impl Reconciler {
         maps: &mut impl MapWriter,
         summary: &mut ReconcileSummary,
     ) -> Result<(), ReconcileError> {
-        for (id, endpoint) in self.backends.unreferenced() {
+        for (id, backend) in self.backends.unreferenced() {
+            let context = || format!("removing unused backend {id} ({})", describe(&backend));
             if self
                 .backends
                 .remove(id, maps)
-                .map_err(|e| failed(format!("removing unused backend {id} ({endpoint})"), e))?
+                .map_err(|e| failed(context(), e))?
             {
                 summary.backends_removed += 1;
             }

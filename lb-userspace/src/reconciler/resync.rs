@@ -32,6 +32,8 @@ pub enum Drift {
     Changed,
     /// Never written (or since deleted) by the reconciler: deleted.
     Unexpected,
+    /// Found by [`Reconciler::adopt`] in a state no agent leaves behind: deleted.
+    Inconsistent,
 }
 
 /// One repaired difference.
@@ -50,6 +52,7 @@ impl fmt::Display for Repair {
             Drift::Missing => "was missing; rewritten",
             Drift::Changed => "had been changed; rewritten",
             Drift::Unexpected => "was not written by the agent; deleted",
+            Drift::Inconsistent => "was inconsistent; deleted",
         };
         write!(f, "{} {} {what}", self.map, self.entry)
     }
@@ -158,7 +161,7 @@ fn diff<K: Ord + Copy, V: PartialEq>(
     (unexpected, wrong)
 }
 
-fn service_name(key: &ServiceKey) -> String {
+pub(super) fn service_name(key: &ServiceKey) -> String {
     let protocol =
         Protocol::from_number(key.proto).map_or_else(|| key.proto.to_string(), |p| p.to_string());
     let scope = match key.scope {
@@ -170,6 +173,6 @@ fn service_name(key: &ServiceKey) -> String {
     format!("{addr}/{protocol} {scope}")
 }
 
-fn slot_name(key: BackendSlotKey) -> String {
+pub(super) fn slot_name(key: BackendSlotKey) -> String {
     format!("service {} slot {}", key.service_id, key.slot)
 }

@@ -12,6 +12,7 @@ use crate::datapath::Capacities;
 use crate::error::MapWriteError;
 use crate::model::{DesiredService, DesiredState, Endpoint, Frontend, Protocol, ServicePortName};
 
+mod adopt;
 mod apply;
 mod resync;
 mod scopes;
@@ -37,7 +38,8 @@ enum Op {
 type Resolved = BTreeMap<(u16, u8, u8), (u32, u32, BTreeSet<(u16, [u8; 16])>)>;
 
 /// In-memory maps that log every operation and check after each one that the data path
-/// would only ever see complete services.
+/// would only ever see complete services (none that was complete before became incomplete)
+/// and that no backend id slots reference ever names another address.
 #[derive(Default)]
 struct FakeMaps {
     services: HashMap<ServiceKey, ServiceValue>,
@@ -48,7 +50,7 @@ struct FakeMaps {
     log: Vec<Op>,
     /// Fail the operation with this index in `log` (counting from the start).
     fail_at: Option<usize>,
-    /// Skip the consistency check after each operation (the maps were tampered with).
+    /// Skip the consistency check after each operation (the maps are being tampered with).
     drifted: bool,
 }
 
@@ -69,23 +71,41 @@ impl FakeMaps {
         Ok(())
     }
 
+    /// Service entries whose slots are incomplete or name a missing backend, with why.
+    fn broken(&self) -> BTreeMap<ServiceKey, String> {
+        let mut broken = BTreeMap::new();
+        for (key, value) in &self.services {
+            for slot in 1..=value.backend_count {
+                let why = match self.slots.get(&(value.id, slot)) {
+                    None => format!("service {} sees missing slot {slot}", value.id),
+                    Some(b) if !self.backends.contains_key(b) => {
+                        format!(
+                            "service {} slot {slot} points to missing backend {b}",
+                            value.id
+                        )
+                    }
+                    Some(_) => continue,
+                };
+                broken.entry(*key).or_insert(why);
+            }
+        }
+        broken
+    }
+
+    /// Every service entry sees complete slots naming existing backends.
     fn assert_consistent(&self) {
+        assert_eq!(self.broken(), BTreeMap::new(), "{:?}", self.log);
+    }
+
+    /// Runs one write and checks that it broke no service entry that was whole before.
+    fn checked(&mut self, write: impl FnOnce(&mut Self)) {
+        let before = self.broken();
+        write(self);
         if self.drifted {
             return;
         }
-        for (key, value) in &self.services {
-            for slot in 1..=value.backend_count {
-                let backend = self.slots.get(&(value.id, slot)).unwrap_or_else(|| {
-                    panic!(
-                        "service {} sees missing slot {slot}: {:?}",
-                        value.id, self.log
-                    )
-                });
-                assert!(
-                    self.backends.contains_key(backend),
-                    "service {key:?} slot {slot} points to missing backend {backend}"
-                );
-            }
+        for (key, why) in self.broken() {
+            assert!(before.contains_key(&key), "{key:?}: {why}: {:?}", self.log);
         }
     }
 
@@ -133,44 +153,58 @@ impl FakeMaps {
 impl MapWriter for FakeMaps {
     fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), MapWriteError> {
         self.record(Op::Backend(id))?;
-        self.backends.insert(id, *backend);
-        self.assert_consistent();
+        if let Some(old) = self.backends.get(&id) {
+            let referenced = self.slots.values().any(|b| *b == id);
+            assert!(
+                !referenced || (old.addr, old.port) == (backend.addr, backend.port),
+                "backend {id} re-pointed from {old:?} to {backend:?} while a slot names it: {:?}",
+                self.log
+            );
+        }
+        self.checked(|maps| {
+            maps.backends.insert(id, *backend);
+        });
         Ok(())
     }
 
     fn remove_backend(&mut self, id: u32) -> Result<(), MapWriteError> {
         self.record(Op::RemoveBackend(id))?;
-        self.backends.remove(&id);
-        self.assert_consistent();
+        self.checked(|maps| {
+            maps.backends.remove(&id);
+        });
         Ok(())
     }
 
     fn set_slot(&mut self, key: BackendSlotKey, backend_id: u32) -> Result<(), MapWriteError> {
         self.record(Op::Slot(key.service_id, key.slot, backend_id))?;
-        self.slots.insert((key.service_id, key.slot), backend_id);
-        self.assert_consistent();
+        self.checked(|maps| {
+            maps.slots.insert((key.service_id, key.slot), backend_id);
+        });
         Ok(())
     }
 
     fn remove_slot(&mut self, key: BackendSlotKey) -> Result<(), MapWriteError> {
         self.record(Op::RemoveSlot(key.service_id, key.slot))?;
-        self.slots.remove(&(key.service_id, key.slot));
-        self.assert_consistent();
+        self.checked(|maps| {
+            maps.slots.remove(&(key.service_id, key.slot));
+        });
         Ok(())
     }
 
     fn set_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), MapWriteError> {
         self.record(Op::Service(value.id, value.backend_count, key.scope))?;
-        self.services.insert(*key, *value);
-        self.assert_consistent();
+        self.checked(|maps| {
+            maps.services.insert(*key, *value);
+        });
         Ok(())
     }
 
     fn remove_service(&mut self, key: &ServiceKey) -> Result<(), MapWriteError> {
         let id = self.services.get(key).map_or(0, |v| v.id);
         self.record(Op::RemoveService(id, key.scope))?;
-        self.services.remove(key);
-        self.assert_consistent();
+        self.checked(|maps| {
+            maps.services.remove(key);
+        });
         Ok(())
     }
 
