@@ -1,6 +1,6 @@
-//! Desired states -> maps: applies the latest state (retrying a failed write), resyncs the
-//! maps periodically, logs the lines operators and tests read, and records metrics and
-//! health.
+//! Desired states -> maps: adopts what the pinned maps hold, applies the latest state
+//! (retrying a failed write), resyncs the maps periodically, logs the lines operators and
+//! tests read, and records metrics and health.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -16,27 +16,29 @@ use crate::reconciler::Reconciler;
 
 /// The one reconciler of the agent, whatever the source.
 pub(super) struct Programmer {
+    capacities: Capacities,
     reconciler: Reconciler,
+    /// Whether `reconciler` took over what the pinned maps hold (an earlier agent's writes
+    /// outlive it), which happens before anything is written or resynced.
+    adopted: bool,
     /// A desired state not yet fully written.
     pending: Option<Arc<DesiredState>>,
     /// When the oldest change not yet fully written arrived.
     pending_since: Option<Instant>,
     metrics: SyncMetrics,
     health: SyncHealth,
-    /// Whether the maps were checked for entries an earlier agent left (they are pinned and
-    /// outlive it), which happens right after the first complete apply.
-    leftovers_removed: bool,
 }
 
 impl Programmer {
     pub(super) fn new(capacities: &Capacities, metrics: SyncMetrics, health: SyncHealth) -> Self {
         Self {
+            capacities: *capacities,
             reconciler: Reconciler::new(capacities),
+            adopted: false,
             pending: None,
             pending_since: None,
             metrics,
             health,
-            leftovers_removed: false,
         }
     }
 
@@ -56,6 +58,9 @@ impl Programmer {
     /// Writes the pending state; logs `ready: programmed N services, M backends` once it is
     /// completely written, or the failure (the state stays pending for a retry).
     pub(super) fn apply(&mut self, maps: &mut Maps) {
+        if self.pending.is_none() || !self.adopt(maps) {
+            return;
+        }
         let Some(desired) = &self.pending else { return };
         let started = Instant::now();
         match self.reconciler.apply(desired, maps) {
@@ -88,12 +93,6 @@ impl Programmer {
                     self.reconciler.programmed_backends()
                 );
                 self.pending = None;
-                if !self.leftovers_removed {
-                    // The apply overwrote what an earlier agent wrote for the same state;
-                    // a resync deletes the rest.
-                    self.resync(maps);
-                    self.leftovers_removed = true;
-                }
             }
             Err(e) => {
                 self.metrics.failed(&self.reconciler, started.elapsed());
@@ -104,6 +103,9 @@ impl Programmer {
 
     /// Reads the maps back and repairs whatever differs from what was written.
     pub(super) fn resync(&mut self, maps: &mut Maps) {
+        if !self.adopt(maps) {
+            return;
+        }
         match self.reconciler.resync(maps) {
             Ok(repairs) if repairs.is_empty() => {}
             Ok(repairs) => {
@@ -115,5 +117,29 @@ impl Programmer {
             }
             Err(e) => error!("resync failed, retrying at the next one: {}", Chain(&e)),
         }
+    }
+
+    /// Takes over what the pinned maps hold unless done already, so that the first apply is
+    /// a minimal diff against them; returns whether the maps are adopted.
+    fn adopt(&mut self, maps: &mut Maps) -> bool {
+        if self.adopted {
+            return true;
+        }
+        match Reconciler::adopt(&self.capacities, maps) {
+            Ok((reconciler, repairs)) => {
+                for repair in &repairs {
+                    warn!("adopting the pinned maps: {repair}");
+                }
+                info!(
+                    "adopted {} services, {} backends from the pinned maps",
+                    reconciler.programmed_services(),
+                    reconciler.programmed_backends()
+                );
+                self.reconciler = reconciler;
+                self.adopted = true;
+            }
+            Err(e) => error!("adopting the pinned maps failed, retrying: {}", Chain(&e)),
+        }
+        self.adopted
     }
 }
