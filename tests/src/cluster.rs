@@ -4,6 +4,9 @@
 //!
 //! [`kube`]: the same in Kubernetes mode, against the in-memory API server, with an outside
 //! namespace for NodePort, LoadBalancer and external IP traffic (feature `kube`).
+//!
+//! [`two_node`]: two nodes with an agent each and an outside client on one LAN, for traffic
+//! that one node balances to a pod on the other (masquerading).
 
 use std::{io, net::SocketAddrV4, path::Path, time::Duration};
 
@@ -17,6 +20,7 @@ use crate::{
 
 #[cfg(feature = "kube")]
 pub mod kube;
+pub mod two_node;
 
 /// Transport protocol of a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

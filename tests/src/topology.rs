@@ -11,6 +11,7 @@
 
 use std::net::Ipv4Addr;
 
+pub mod lan;
 mod xdp_pass;
 
 use xdp_pass::XdpPass;
