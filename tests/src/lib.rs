@@ -11,6 +11,8 @@
 //! - [`packet`]: Ethernet/IPv4/TCP/UDP frame builders and parsers for packet tests.
 //! - [`root`]: skipping tests loudly when not root.
 //! - [`bpftool`]: dumping and changing pinned maps by their raw bytes, as an operator would.
+//! - [`counting_program`]: a packet-counting TC program standing for another tool's on the
+//!   agent's hook.
 //! - [`scrape`]: HTTP GET against the agent's metrics and health ports, metric lookups.
 //! - [`bench`]: `cargo xtask bench`, the benchmarks against kube-proxy-style rules (options
 //!   always; the rest with feature `bench`, default).
@@ -25,6 +27,7 @@ pub mod bench;
 pub mod bpftool;
 pub mod cluster;
 pub mod cmd;
+pub mod counting_program;
 pub mod error;
 pub mod example;
 pub mod netns;

@@ -1,10 +1,11 @@
-//! Raw `bpf(2)` calls for the harness's two-instruction programs (`r0 = verdict; exit`), which
-//! need no eBPF object: the benchmark's no-ops and the outside namespace's XDP pass-through.
+//! Raw `bpf(2)` calls for the harness's tiny programs, which need no eBPF object: the
+//! benchmark's no-ops and the outside namespace's XDP pass-through (`r0 = verdict; exit`), and
+//! the packet-counting TC program standing for another tool's ([`crate::counting_program`]).
 
 use std::{
     io,
     mem::size_of,
-    os::fd::{FromRawFd, OwnedFd, RawFd},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
 };
 
 /// `bpf(2)` commands.
@@ -18,16 +19,29 @@ pub const BPF_PROG_TYPE_XDP: u32 = 6;
 pub const BPF_XDP: u32 = 37;
 /// Verdicts.
 pub const XDP_PASS: u32 = 2;
-pub const TC_ACT_OK: u32 = 0;
+/// TC's "on to the next program" (`TC_ACT_UNSPEC`, TCX_NEXT: -1), the data path's pass.
+pub const TC_ACT_UNSPEC: u32 = u32::MAX;
 
 /// One eBPF instruction (`struct bpf_insn`).
 #[repr(C)]
-struct Insn {
+pub struct Insn {
     code: u8,
     /// dst_reg in the low nibble, src_reg in the high nibble.
     regs: u8,
     off: i16,
     imm: i32,
+}
+
+impl Insn {
+    /// An instruction from its opcode, registers, offset and immediate.
+    pub const fn new(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
+        Insn {
+            code,
+            regs: (src << 4) | dst,
+            off,
+            imm,
+        }
+    }
 }
 
 /// The leading fields of `union bpf_attr` for `BPF_PROG_LOAD` (up to expected_attach_type).
@@ -57,20 +71,20 @@ pub fn load_verdict_program(
 ) -> io::Result<OwnedFd> {
     let program = [
         // r0 = verdict (BPF_ALU64 | BPF_MOV | BPF_K)
-        Insn {
-            code: 0xb7,
-            regs: 0,
-            off: 0,
-            imm: verdict as i32,
-        },
+        Insn::new(0xb7, 0, 0, 0, verdict as i32),
         // exit (BPF_JMP | BPF_EXIT)
-        Insn {
-            code: 0x95,
-            regs: 0,
-            off: 0,
-            imm: 0,
-        },
+        Insn::new(0x95, 0, 0, 0, 0),
     ];
+    load_program(prog_type, &program, expected_attach_type, name)
+}
+
+/// Loads `program` as a GPL program of `prog_type` named `name` (at most 15 bytes).
+pub fn load_program(
+    prog_type: u32,
+    program: &[Insn],
+    expected_attach_type: u32,
+    name: &str,
+) -> io::Result<OwnedFd> {
     let license = c"GPL";
     let mut prog_name = [0u8; 16];
     let len = name.len().min(15);
@@ -88,6 +102,41 @@ pub fn load_verdict_program(
     let fd = unsafe { bpf(BPF_PROG_LOAD, &mut attr) }?;
     // SAFETY: BPF_PROG_LOAD returned a new program descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// The leading fields of `union bpf_attr` for `BPF_LINK_CREATE`.
+#[repr(C)]
+struct LinkCreateAttr {
+    prog_fd: u32,
+    target_ifindex: u32,
+    attach_type: u32,
+    flags: u32,
+}
+
+/// Attaches `program` to interface `ifindex` (of the calling thread's network namespace) at
+/// `attach_type` through a BPF link, after any programs already there; detached when the link
+/// is closed (or the interface goes away).
+pub fn link_create(program: &OwnedFd, ifindex: u32, attach_type: u32) -> io::Result<OwnedFd> {
+    let mut attr = LinkCreateAttr {
+        prog_fd: program.as_raw_fd() as u32,
+        target_ifindex: ifindex,
+        attach_type,
+        flags: 0,
+    };
+    // SAFETY: the attribute holds plain values only.
+    let link = unsafe { bpf(BPF_LINK_CREATE, &mut attr) }?;
+    // SAFETY: BPF_LINK_CREATE returned a new link descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(link) })
+}
+
+/// The index of interface `name` in the calling thread's network namespace.
+pub fn ifindex(name: &str) -> io::Result<u32> {
+    let c_name = std::ffi::CString::new(name).map_err(io::Error::other)?;
+    // SAFETY: `c_name` is a valid NUL-terminated string.
+    match unsafe { libc::if_nametoindex(c_name.as_ptr()) } {
+        0 => Err(io::Error::last_os_error()),
+        index => Ok(index),
+    }
 }
 
 /// Runs the `bpf(2)` command `cmd` with `attr`; returns the kernel's non-negative result.

@@ -1,7 +1,7 @@
 //! Malformed and out-of-scope frames through the real TC and XDP programs
 //! (BPF_PROG_TEST_RUN), each addressed to a live service so a wrong parse would translate it.
 //!
-//! Documented verdicts: every one passes untouched (TC_ACT_OK / XDP_PASS) and moves exactly
+//! Documented verdicts: every one passes untouched (TC_ACT_UNSPEC / XDP_PASS) and moves exactly
 //! `packets` and its reason's counter.
 //!
 //! Limits of the kernel's test runner (EINVAL before the program runs): frames shorter than

@@ -2,7 +2,7 @@
 //! with, so the data path's programs and the no-ops are measured identically.
 //!
 //! The no-ops are two instructions (`r0 = verdict; exit`) loaded with a raw BPF_PROG_LOAD:
-//! XDP returns XDP_PASS, TC returns TC_ACT_OK.
+//! XDP returns XDP_PASS, TC returns TC_ACT_UNSPEC (the data path's TC pass).
 
 use std::{
     io,
@@ -12,7 +12,7 @@ use std::{
 use serde::Serialize;
 
 use crate::raw_bpf::{
-    self, BPF_PROG_TEST_RUN, BPF_PROG_TYPE_SCHED_CLS, BPF_PROG_TYPE_XDP, TC_ACT_OK, XDP_PASS,
+    self, BPF_PROG_TEST_RUN, BPF_PROG_TYPE_SCHED_CLS, BPF_PROG_TYPE_XDP, TC_ACT_UNSPEC, XDP_PASS,
 };
 /// Room for output frames (no program here grows a frame).
 const OUTPUT_ROOM: usize = 2_048;
@@ -32,7 +32,7 @@ impl Hook {
     pub fn pass_verdict(self) -> u32 {
         match self {
             Hook::Xdp => XDP_PASS,
-            Hook::Tc => TC_ACT_OK,
+            Hook::Tc => TC_ACT_UNSPEC,
         }
     }
 
