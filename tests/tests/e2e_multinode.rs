@@ -150,11 +150,14 @@ fn external_flows_to_the_other_nodes_pod_are_masqueraded_and_local_ones_keep_the
     );
     let node_a = Node::A.addr();
 
-    let external_ip = SocketAddrV4::new(EXTERNAL_IP.into(), 80);
+    let external_ip = |port| SocketAddrV4::new(EXTERNAL_IP.into(), port);
     let targets = CLUSTER_NODE_PORTS
         .map(|(protocol, port)| (protocol, SocketAddrV4::new(node_a, port)))
         .into_iter()
-        .chain([(Protocol::Tcp, external_ip)]);
+        .chain([
+            (Protocol::Tcp, external_ip(80)),
+            (Protocol::Udp, external_ip(53)),
+        ]);
     for (protocol, target) in targets {
         let before = Node::ALL.map(|node| cluster.served(node, protocol));
         let answered = all_answered(&cluster, protocol, target);
