@@ -66,23 +66,25 @@ impl Reconciler {
                 .or_default()
                 .insert(key.slot, *backend);
         }
-        // Slots 1..=n of a service id, as far as each is present and names a backend.
-        let usable = |service_id: u32| -> Vec<u32> {
-            let group = slots.get(&service_id);
-            (1..)
-                .map_while(|slot| {
+        // Per service id, its slots 1..=n as far as each is present and names a backend.
+        let usable: BTreeMap<u32, Vec<u32>> = slots
+            .iter()
+            .map(|(service_id, group)| {
+                let named = (1..).map_while(|slot| {
                     group
-                        .and_then(|g| g.get(&slot))
+                        .get(&slot)
                         .filter(|backend| backends.contains_key(backend))
                         .copied()
-                })
-                .collect()
-        };
+                });
+                (*service_id, named.collect())
+            })
+            .collect();
+        let usable_len = |service_id: u32| usable.get(&service_id).map_or(0, Vec::len);
 
         let mut adopted: BTreeMap<Frontend, ProgrammedService> = BTreeMap::new();
         let mut owners: BTreeMap<u32, Frontend> = BTreeMap::new();
         for (key, value) in services {
-            match adoptable(&key, &value, capacities, &owners, usable) {
+            match adoptable(&key, &value, capacities, &owners, usable_len) {
                 Ok(frontend) => {
                     owners.insert(value.id, frontend);
                     let service = adopted
@@ -93,7 +95,7 @@ impl Reconciler {
                             entries: [None, None],
                         });
                     service.groups.entry(value.id).or_insert_with(|| SlotGroup {
-                        slots: usable(value.id),
+                        slots: usable.get(&value.id).cloned().unwrap_or_default(),
                         stats_reset: true,
                     });
                     service.entries[key.scope as usize] = Some(value);
@@ -103,7 +105,7 @@ impl Reconciler {
         }
         for (key, _) in found_slots {
             let reachable = owners.contains_key(&key.service_id)
-                && key.slot as usize <= usable(key.service_id).len();
+                && key.slot as usize <= usable_len(key.service_id);
             if !reachable {
                 let reason = match owners.contains_key(&key.service_id) {
                     true => "past the slots its service can use",
@@ -124,9 +126,10 @@ impl Reconciler {
         for id in adopted_slots.clone() {
             *refs.entry(*id).or_default() += 1;
         }
+        // Of several ids of one address, the most referenced (the lowest of equals).
         let most_referenced = |ids: &[u32]| {
-            let refs_of = |id: &&u32| (refs.get(id).copied().unwrap_or(0), Reverse(**id));
-            ids.iter().max_by_key(refs_of).copied().unwrap_or(ids[0])
+            let refs_of = |id: &u32| (refs.get(id).copied().unwrap_or(0), Reverse(*id));
+            ids.iter().copied().max_by_key(refs_of).unwrap_or_default()
         };
         let mut adopted_backends =
             Backends::adopted(capacities.backends, &backends, most_referenced);
@@ -151,7 +154,7 @@ fn adoptable(
     value: &ServiceValue,
     capacities: &Capacities,
     owners: &BTreeMap<u32, Frontend>,
-    usable: impl Fn(u32) -> Vec<u32>,
+    usable_len: impl Fn(u32) -> usize,
 ) -> Result<Frontend, &'static str> {
     let protocol = Protocol::from_number(key.proto).ok_or("unknown protocol")?;
     if !SCOPES.contains(&key.scope) {
@@ -174,7 +177,7 @@ fn adoptable(
     {
         return Err("its service id belongs to another frontend");
     }
-    if value.backend_count as usize > usable(value.id).len() {
+    if value.backend_count as usize > usable_len(value.id) {
         return Err("a slot it uses is missing or names a missing backend");
     }
     Ok(frontend)
