@@ -125,15 +125,17 @@ impl Programmer {
         if self.adopted {
             return true;
         }
+        let started = Instant::now();
         match Reconciler::adopt(&self.capacities, maps) {
             Ok((reconciler, repairs)) => {
                 for repair in &repairs {
                     warn!("adopting the pinned maps: {repair}");
                 }
                 info!(
-                    "adopted {} services, {} backends from the pinned maps",
+                    "adopted {} services, {} backends from the pinned maps in {:.1} ms",
                     reconciler.programmed_services(),
-                    reconciler.programmed_backends()
+                    reconciler.programmed_backends(),
+                    started.elapsed().as_secs_f64() * 1000.0
                 );
                 self.reconciler = reconciler;
                 self.adopted = true;
