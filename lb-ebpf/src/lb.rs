@@ -11,6 +11,7 @@ use crate::{
     affinity, conntrack,
     context::Packet,
     error::{Error, Verdict},
+    log,
     maps::Maps,
     masquerade,
     parse::{self, Endpoint, Ipv4Flow},
@@ -39,6 +40,7 @@ pub fn process<P: Packet, M: Maps>(pkt: &mut P, maps: &mut M, scope: u8) -> Verd
             let verdict = e.verdict();
             if verdict == Verdict::Drop {
                 stats::dropped(maps, e.service_id);
+                log::dropped(e.reason, e.service_id);
             }
             verdict
         }

@@ -13,6 +13,7 @@ mod conntrack;
 mod context;
 mod error;
 mod lb;
+mod log;
 mod maps;
 mod masquerade;
 mod parse;
