@@ -51,20 +51,14 @@ fn key(src: Endpoint, dst: Endpoint, proto: u8) -> CtKey {
     }
 }
 
-/// The two entries of a new flow: forward (translate to `backend`) and reply (translate back
-/// to the VIP the client addressed in `forward`).
+/// A new flow's reply entry: translates the backend's answers back to the VIP the client
+/// addressed in `forward`. Once inserted, [`make_forward`] turns it into the forward entry.
 #[inline(always)]
-pub fn new_flow(
-    forward: &CtKey,
-    service_id: u32,
-    backend_id: u32,
-    backend: &Backend,
-    now_ns: u64,
-) -> (CtValue, CtKey, CtValue) {
-    let entry = |nat_addr, nat_port, flags| CtValue {
-        nat_addr,
-        nat_port,
-        flags,
+pub fn reply_entry(forward: &CtKey, service_id: u32, backend_id: u32, now_ns: u64) -> CtValue {
+    CtValue {
+        nat_addr: forward.dst_addr,
+        nat_port: forward.dst_port,
+        flags: ct_flags::REPLY,
         _pad: 0,
         service_id,
         backend_id,
@@ -73,12 +67,23 @@ pub fn new_flow(
         snat_addr: [0; 16],
         snat_port: [0; 2],
         _pad3: [0; 6],
-    };
-    (
-        entry(backend.addr, backend.port, ct_flags::FORWARD),
-        reply_key(forward, backend.addr, backend.port),
-        entry(forward.dst_addr, forward.dst_port, ct_flags::REPLY),
-    )
+    }
+}
+
+/// Turns a new flow's reply entry, stored under `reply_key`, into its forward entry:
+/// translate to `backend` and, for a masqueraded flow, from the node's address and port the
+/// backend answers (the reply key's destination).
+#[inline(always)]
+pub fn make_forward(entry: &mut CtValue, backend: &Backend, reply_key: &CtKey) {
+    entry.nat_addr = backend.addr;
+    entry.nat_port = backend.port;
+    if entry.flags & ct_flags::SNAT != 0 {
+        entry.flags = ct_flags::FORWARD | ct_flags::SNAT;
+        entry.snat_addr = reply_key.dst_addr;
+        entry.snat_port = reply_key.dst_port;
+    } else {
+        entry.flags = ct_flags::FORWARD;
+    }
 }
 
 /// Whether the backend a forward entry translates to is still the one in the backends map.
@@ -122,11 +127,20 @@ mod tests {
         }
     }
 
-    #[test]
-    fn reply_key_is_the_backends_answer() {
+    /// A new flow's reply key and entry, and the forward entry made from the entry.
+    fn entries(backend: &Backend, now_ns: u64) -> (CtKey, CtValue, CtValue) {
         let fwd = key_of(&flow());
+        let reply_key = reply_key(&fwd, backend.addr, backend.port);
+        let reply = reply_entry(&fwd, 7, 3, now_ns);
+        let mut forward = reply;
+        make_forward(&mut forward, backend, &reply_key);
+        (reply_key, reply, forward)
+    }
+
+    #[test]
+    fn a_new_flow_translates_to_the_backend_and_its_answers_back_to_the_vip() {
         let backend = Backend::new(ipv4_mapped([198, 18, 1, 2]), 8080);
-        let (f, rk, r) = new_flow(&fwd, 7, 3, &backend, 42);
+        let (rk, r, f) = entries(&backend, 42);
         assert_eq!(
             (f.nat_addr, f.nat_port(), f.flags),
             (backend.addr, 8080, ct_flags::FORWARD)
@@ -142,14 +156,31 @@ mod tests {
         );
         for v in [f, r] {
             assert_eq!((v.service_id, v.backend_id, v.last_seen_ns), (7, 3, 42));
+            assert_eq!((v.snat_addr, v.snat_port()), ([0; 16], 0));
         }
+        assert_eq!(reply_key_of(&key_of(&flow()), &f), rk);
+    }
+
+    #[test]
+    fn a_masqueraded_forward_entry_comes_from_the_node_end_of_the_reply_key() {
+        let backend = Backend::new(ipv4_mapped([198, 18, 1, 2]), 8080);
+        let fwd = key_of(&flow());
+        let mut rk = reply_key(&fwd, backend.addr, backend.port);
+        rk.dst_addr = ipv4_mapped([198, 18, 0, 2]);
+        rk.dst_port = 61_234u16.to_be_bytes();
+        let mut e = reply_entry(&fwd, 7, 3, 42);
+        e.flags |= ct_flags::SNAT;
+        make_forward(&mut e, &backend, &rk);
+        assert_eq!(e.flags, ct_flags::FORWARD | ct_flags::SNAT);
+        assert_eq!((e.nat_addr, e.nat_port()), (backend.addr, 8080));
+        assert_eq!((e.snat_addr, e.snat_port()), (rk.dst_addr, 61_234));
+        assert_eq!(reply_key_of(&fwd, &e), rk);
     }
 
     #[test]
     fn refresh_writes_at_most_once_a_second() {
-        let fwd = key_of(&flow());
         let backend = Backend::new(ipv4_mapped([198, 18, 1, 2]), 8080);
-        let (mut e, _, _) = new_flow(&fwd, 1, 1, &backend, 5_000_000_000);
+        let (_, _, mut e) = entries(&backend, 5_000_000_000);
         refresh(&mut e, 5_999_999_999);
         assert_eq!(e.last_seen_ns, 5_000_000_000);
         refresh(&mut e, 6_000_000_000);
@@ -159,7 +190,7 @@ mod tests {
     #[test]
     fn backend_must_match_address_and_port() {
         let backend = Backend::new(ipv4_mapped([198, 18, 1, 2]), 8080);
-        let (e, _, _) = new_flow(&key_of(&flow()), 1, 1, &backend, 0);
+        let (_, _, e) = entries(&backend, 0);
         assert!(backend_matches(&e, Some(&backend)));
         assert!(!backend_matches(&e, None));
         let moved = Backend::new(ipv4_mapped([198, 18, 1, 3]), 8080);

@@ -105,31 +105,28 @@ fn new_flow<P: Packet, M: Maps>(
         .filter(|b| ipv4_unmapped(&b.addr).is_some())
         .ok_or(missing)?;
 
-    let (mut forward, mut reply_key, mut reply) =
-        conntrack::new_flow(key, service_id, backend_id, &backend, now);
+    // The reply entry goes in first: masquerading must find it a free key before the flow
+    // exists. One value serves as both entries, keeping the stack small.
+    let mut entry = conntrack::reply_entry(key, service_id, backend_id, now);
+    let mut reply_key = conntrack::reply_key(key, backend.addr, backend.port);
+    let full = Error::dropped(Counter::DropConntrackFull, service_id);
     let masqueraded = masquerade::wanted(scope, &backend)
-        && masquerade::record(
-            maps,
-            key,
-            &backend,
-            &mut forward,
-            &mut reply_key,
-            &mut reply,
-        )?;
+        && masquerade::insert_reply(maps, key, &backend, &mut reply_key, &mut entry)?;
     if !masqueraded {
-        let full = Error::dropped(Counter::DropConntrackFull, service_id);
-        maps.insert_conntrack(key, &forward).map_err(|()| full)?;
-        if maps.insert_conntrack(&reply_key, &reply).is_err() {
-            maps.remove_conntrack(key);
-            return Err(full);
-        }
+        maps.insert_conntrack(&reply_key, &entry)
+            .map_err(|()| full)?;
+    }
+    conntrack::make_forward(&mut entry, &backend, &reply_key);
+    if maps.insert_conntrack(key, &entry).is_err() {
+        maps.remove_conntrack(&reply_key);
+        return Err(full);
     }
     let outcome = translate(
         pkt,
         maps,
         flow,
         Side::Destination,
-        &forward,
+        &entry,
         Counter::NewFlows,
     )?;
     if affinity::enabled(&service) {

@@ -19,17 +19,16 @@ pub fn wanted(scope: u8, backend: &Backend) -> bool {
     scope == scope::EXTERNAL && backend.flags & backend_flags::LOCAL == 0
 }
 
-/// Records a new flow's conntrack entries masqueraded, if the node masquerades: tries ports
-/// of the configured range until the reply entry's key (backend -> node:port) is free, then
-/// inserts the forward entry. `forward`, `reply_key` and `reply` are the flow's plain entries
-/// (`conntrack::new_flow`) and become the masqueraded ones. Returns `Ok(false)`, having
-/// recorded nothing, when masquerading is off (no IPv4-mapped `snat_addr`).
+/// Inserts a new flow's reply entry masqueraded, if the node masquerades: tries ports of the
+/// configured range until the reply key (backend -> node:port) is free. `reply_key` and
+/// `reply` are the flow's plain reply key and entry and become the masqueraded ones. Returns
+/// `Ok(false)`, having inserted nothing, when masquerading is off (no IPv4-mapped
+/// `snat_addr`).
 #[inline(always)]
-pub fn record<M: Maps>(
+pub fn insert_reply<M: Maps>(
     maps: &mut M,
     key: &CtKey,
     backend: &Backend,
-    forward: &mut CtValue,
     reply_key: &mut CtKey,
     reply: &mut CtValue,
 ) -> Result<bool, Error> {
@@ -37,8 +36,7 @@ pub fn record<M: Maps>(
     if ipv4_unmapped(&config.snat_addr).is_none() {
         return Ok(false);
     }
-    let service_id = forward.service_id;
-    mark(key, &config.snat_addr, forward, reply_key, reply);
+    mark(key, &config.snat_addr, reply_key, reply);
     let hash = port_hash(key, backend);
     for attempt in 0..SNAT_PORT_ATTEMPTS {
         let Some(port) = port(&config, hash, attempt) else {
@@ -46,30 +44,19 @@ pub fn record<M: Maps>(
         };
         reply_key.dst_port = port;
         if maps.insert_conntrack_new(reply_key, reply).is_ok() {
-            forward.snat_port = port;
-            if maps.insert_conntrack(key, forward).is_err() {
-                maps.remove_conntrack(reply_key);
-                return Err(Error::dropped(Counter::DropConntrackFull, service_id));
-            }
             return Ok(true);
         }
     }
-    Err(Error::dropped(Counter::DropSnatPortsExhausted, service_id))
+    Err(Error::dropped(
+        Counter::DropSnatPortsExhausted,
+        reply.service_id,
+    ))
 }
 
-/// Adds the masquerading half to a new flow's entries: the forward entry also rewrites the
-/// source to the node, whose answers the reply entry is keyed by and also rewrites the
-/// destination back to the client. The port is set per attempt.
+/// Makes a new flow's reply key the backend's answer to the node (the port is set per
+/// attempt), and its entry also rewrite the destination back to the client.
 #[inline(always)]
-fn mark(
-    key: &CtKey,
-    node_addr: &[u8; 16],
-    forward: &mut CtValue,
-    reply_key: &mut CtKey,
-    reply: &mut CtValue,
-) {
-    forward.flags |= ct_flags::SNAT;
-    forward.snat_addr = *node_addr;
+fn mark(key: &CtKey, node_addr: &[u8; 16], reply_key: &mut CtKey, reply: &mut CtValue) {
     reply_key.dst_addr = *node_addr;
     reply.flags |= ct_flags::SNAT;
     reply.snat_addr = key.src_addr;
