@@ -10,12 +10,14 @@ use clap::{Args, Parser, Subcommand};
 use lb_userspace::agent::{
     self, Masquerade, PortRange, RunConfig, SourceConfig, XdpIface, DEFAULT_BPFFS_DIR,
 };
+use lb_userspace::datapath::KernelLogLevel;
 use lb_userspace::inspect::Snapshot;
 use lb_userspace::k8s::NodeDef;
 use lb_userspace::links::{IfacePattern, IfacePatterns};
 use lb_userspace::{Capacities, Maps};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
+use tracing::level_filters::LevelFilter;
 use tracing_subscriber::EnvFilter;
 
 /// Log directive silencing the rtnetlink parser's warnings.
@@ -28,7 +30,8 @@ const QUIET_NETLINK_PARSER: &str = "netlink_packet_route=error";
     about = "eBPF Kubernetes service load balancer agent"
 )]
 struct Cli {
-    /// Log filter: a level (error, warn, info, debug, trace) or tracing directives.
+    /// Log filter: a level (error, warn, info, debug, trace) or tracing directives. The eBPF
+    /// programs' lines (`kernel: ...`) are written up to the most verbose level it enables.
     #[arg(long, global = true, default_value = "info")]
     log_level: String,
     #[command(subcommand)]
@@ -126,19 +129,22 @@ fn main() -> anyhow::Result<()> {
         // The rtnetlink parser warns about every attribute newer than itself, on every link
         // event; its real failures reach the agent as errors.
         .add_directive(QUIET_NETLINK_PARSER.parse().context("log directive")?);
+    // The eBPF programs write only lines the filter may show (no hint: any level).
+    let kernel_log_level =
+        KernelLogLevel::new(filter.max_level_hint().unwrap_or(LevelFilter::TRACE));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     match cli.command {
-        Command::Run(args) => run(*args),
+        Command::Run(args) => run(*args, kernel_log_level),
         Command::Inspect(args) => inspect(args),
         Command::Cleanup(args) => cleanup(args),
     }
 }
 
-fn run(args: RunArgs) -> anyhow::Result<()> {
+fn run(args: RunArgs, kernel_log_level: KernelLogLevel) -> anyhow::Result<()> {
     let node_name = match args.node_name {
         Some(name) => name,
         None => hostname().context("--node-name not given and NODE_NAME not set")?,
@@ -179,6 +185,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         resync_interval: args.resync_interval,
         metrics_addr: args.metrics_addr,
         healthz_addr: args.healthz_addr,
+        kernel_log_level,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -1,7 +1,7 @@
 //! `bpftool` on the agent's pinned maps, as an operator would use it: dump, update and delete
 //! entries by their raw bytes (the maps carry no BTF, so bpftool shows bytes).
 
-use std::path::Path;
+use std::{net::Ipv4Addr, path::Path};
 
 use crate::{cmd, Error, Result};
 
@@ -52,6 +52,27 @@ pub fn update(pin: &Path, key: &[u8], value: &[u8]) -> Result<()> {
     args.extend(hex_arg("key", key));
     args.extend(hex_arg("value", value));
     run(&args)
+}
+
+/// Raw key of the services map for an IPv4 frontend, as `lb_common::ServiceKey` lays it out:
+/// IPv4-mapped address, port in network order, IP protocol, lookup scope.
+pub fn service_key(addr: Ipv4Addr, port: u16, proto: u8, scope: u8) -> Vec<u8> {
+    let mut key = addr.to_ipv6_mapped().octets().to_vec();
+    key.extend(port.to_be_bytes());
+    key.extend([proto, scope]);
+    key
+}
+
+/// Raw key of the backend slots map (`lb_common::BackendSlotKey`: two native-endian u32).
+pub fn slot_key(service_id: u32, slot: u32) -> Vec<u8> {
+    [service_id.to_ne_bytes(), slot.to_ne_bytes()].concat()
+}
+
+/// The native-endian u32 at `offset` of a raw key or value (ids, counts).
+pub fn u32_at(bytes: &[u8], offset: usize) -> u32 {
+    let mut word = [0; 4];
+    word.copy_from_slice(&bytes[offset..offset + 4]);
+    u32::from_ne_bytes(word)
 }
 
 fn run(args: &[String]) -> Result<()> {
@@ -124,6 +145,15 @@ mod tests {
         assert_eq!(parse_dump("[]").unwrap(), vec![]);
         assert!(parse_dump(r#"[{"key":["zz"],"value":[]}]"#).is_none());
         assert!(parse_dump("Error: bad").is_none());
+    }
+
+    #[test]
+    fn keys_follow_lb_commons_layout() {
+        let key = service_key(Ipv4Addr::new(198, 19, 0, 10), 80, 6, 1);
+        assert_eq!(key.len(), 20);
+        assert_eq!(&key[10..20], [0xff, 0xff, 198, 19, 0, 10, 0, 80, 6, 1]);
+        assert_eq!(u32_at(&slot_key(7, 2), 0), 7);
+        assert_eq!(u32_at(&slot_key(7, 2), 4), 2);
     }
 
     #[test]

@@ -13,7 +13,8 @@ use std::{
 use lb_common::{service::scope, IPPROTO_TCP};
 use lb_tests::{
     agent::{Agent, AgentOptions},
-    bpftool, example, require_root,
+    bpftool::{self, service_key, slot_key, u32_at},
+    example, require_root,
     servers::{tcp_request, Server},
     topology::{backend_name, Topology, CLIENT},
 };
@@ -24,25 +25,6 @@ const REQUESTS: usize = 30;
 const RESYNC_INTERVAL: &str = "500ms";
 /// How long a repair may take: a few resync intervals.
 const REPAIR_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Raw key of the services map for an IPv4 frontend (IPv4-mapped address, port in network
-/// order, protocol, scope), as `lb_common::ServiceKey` lays it out.
-fn service_key(addr: Ipv4Addr, port: u16, proto: u8, scope: u8) -> Vec<u8> {
-    let mut key = addr.to_ipv6_mapped().octets().to_vec();
-    key.extend(port.to_be_bytes());
-    key.extend([proto, scope]);
-    key
-}
-
-/// Raw key of the backend slots map (`BackendSlotKey`: two native-endian u32).
-fn slot_key(service_id: u32, slot: u32) -> Vec<u8> {
-    [service_id.to_ne_bytes(), slot.to_ne_bytes()].concat()
-}
-
-/// A native-endian u32 at `offset` of a raw value.
-fn u32_at(bytes: &[u8], offset: usize) -> u32 {
-    u32::from_ne_bytes(bytes[offset..offset + 4].try_into().unwrap())
-}
 
 /// `REQUESTS` new TCP connections from the client pod to the Service: who answered. Every
 /// request must succeed.

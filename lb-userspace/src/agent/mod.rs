@@ -20,8 +20,8 @@ use tokio::time::MissedTickBehavior;
 use tracing::{info, warn};
 
 use crate::bpffs::{self, DirLock};
-use crate::datapath::{Capacities, Datapath};
-use crate::error::{ApiSourceError, BpffsError, DatapathError, MapWriteError};
+use crate::datapath::{Capacities, Datapath, KernelLog, KernelLogLevel};
+use crate::error::{ApiSourceError, BpffsError, Chain, DatapathError, MapWriteError};
 use crate::k8s::NodeDef;
 use crate::links::{self, IfacePatterns, LinkEvent, NetlinkError};
 use crate::manifests::ManifestDir;
@@ -62,6 +62,9 @@ pub struct RunConfig {
     pub metrics_addr: SocketAddr,
     /// Where `/healthz` and `/readyz` are served.
     pub healthz_addr: SocketAddr,
+    /// The most verbose level the eBPF programs write log lines at; the agent forwards them
+    /// into its own log.
+    pub kernel_log_level: KernelLogLevel,
 }
 
 /// Which interface gets the XDP program.
@@ -172,7 +175,8 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Resul
     let Some(_lock) = lock_pins(&config.bpffs_dir, shutdown.as_mut()).await? else {
         return Ok(());
     };
-    let datapath = Datapath::load_pinned(&config.capacities, &maps, &links)?;
+    let datapath =
+        Datapath::load_pinned(&config.capacities, &maps, &links, config.kernel_log_level)?;
     info!("maps pinned under {}", maps.display());
     serve(&config, datapath, source, shutdown).await
 }
@@ -232,6 +236,10 @@ async fn serve(
     source: CheckedSource,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
+    let mut kernel_log = datapath
+        .kernel_log()
+        .inspect_err(|e| warn!("the programs' log lines are not forwarded: {}", Chain(e)))
+        .ok();
     let xdp_iface = match &config.xdp_iface {
         XdpIface::Off => None,
         XdpIface::Named(iface) => Some(iface.clone()),
@@ -297,11 +305,26 @@ async fn serve(
                 (Err(e), _) => break Err(e.into()),
                 (Ok(_), None) => {}
             },
+            forwarded = forward_kernel_log(&mut kernel_log) => if let Err(e) = forwarded {
+                warn!("reading the programs' log lines failed, no more are forwarded: {e}");
+                kernel_log = None;
+            },
         }
     };
+    if let Some(kernel_log) = &mut kernel_log {
+        kernel_log.flush();
+    }
     source.task.abort();
     info!("shutting down: programs and maps stay pinned; `lb-agent cleanup` removes them");
     result
+}
+
+/// Forwards the eBPF programs' next log lines; never completes without a reader.
+async fn forward_kernel_log(kernel_log: &mut Option<KernelLog>) -> std::io::Result<()> {
+    match kernel_log {
+        Some(kernel_log) => kernel_log.forward().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The next interface change in auto-attach mode; never completes otherwise.

@@ -1,5 +1,6 @@
 //! The loaded eBPF data path: programs, their attachments and typed access to the maps.
 
+mod kernel_log;
 mod map_layouts;
 mod maps;
 mod pinned_links;
@@ -18,6 +19,7 @@ use lb_common::{capacity, map_names, program_names};
 use tracing::{debug, info, warn};
 
 use crate::error::{Chain, DatapathError};
+pub use kernel_log::{KernelLog, KernelLogError, KernelLogLevel};
 pub use maps::Maps;
 use pinned_links::Hook;
 
@@ -60,9 +62,14 @@ pub struct Datapath {
 
 impl Datapath {
     /// Loads the embedded object's maps (sized by `capacities`) and programs into the kernel,
-    /// without attaching or pinning anything.
+    /// without attaching or pinning anything, and with the programs' log lines off.
     pub fn load(capacities: &Capacities) -> Result<Datapath, DatapathError> {
-        Self::load_with(capacities, &mut EbpfLoader::new(), None)
+        Self::load_with(
+            capacities,
+            &mut EbpfLoader::new(),
+            None,
+            KernelLogLevel::OFF,
+        )
     }
 
     /// Loads the object for an agent that survives restarts: maps pinned in `maps_dir` by an
@@ -70,11 +77,13 @@ impl Datapath {
     /// ones are created and pinned there, and a pinned map whose layout differs from this
     /// build's is replaced (logged). Attachments are pinned in `links_dir` and, where an earlier
     /// agent pinned one, the new program replaces the old one in that link atomically. Nothing
-    /// is unpinned on drop: the data path keeps working while no agent runs.
+    /// is unpinned on drop: the data path keeps working while no agent runs. The programs
+    /// write log lines up to `kernel_log` ([`Datapath::kernel_log`] reads them).
     pub fn load_pinned(
         capacities: &Capacities,
         maps_dir: &Path,
         links_dir: &Path,
+        kernel_log: KernelLogLevel,
     ) -> Result<Datapath, DatapathError> {
         pinned_links::remove_vanished(links_dir);
         let mut loader = EbpfLoader::new();
@@ -83,13 +92,15 @@ impl Datapath {
             map_layouts::drop_incompatible_pin(name, &path, &layout);
             loader.map_pin_path(name, path);
         }
-        Self::load_with(capacities, &mut loader, Some(links_dir.to_path_buf()))
+        let links_dir = Some(links_dir.to_path_buf());
+        Self::load_with(capacities, &mut loader, links_dir, kernel_log)
     }
 
     fn load_with(
         capacities: &Capacities,
         loader: &mut EbpfLoader<'_>,
         links_dir: Option<PathBuf>,
+        kernel_log: KernelLogLevel,
     ) -> Result<Datapath, DatapathError> {
         // Service ids run 1..=services and index the per-service counters.
         let service_stats_len = capacities.services.saturating_add(1);
@@ -99,6 +110,7 @@ impl Datapath {
             .map_max_entries(map_names::BACKENDS, capacities.backends)
             .map_max_entries(map_names::BACKEND_SLOTS, capacities.backend_slots)
             .map_max_entries(map_names::CONNTRACK, capacities.conntrack)
+            .override_global(aya_log::LEVEL, kernel_log.global(), true)
             .load(EBPF_OBJECT)
             .map_err(|e| {
                 DatapathError::or_permission_denied("loading the eBPF maps", e, DatapathError::Load)
