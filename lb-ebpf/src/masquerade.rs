@@ -54,7 +54,7 @@ pub fn insert_reply<M: Maps>(
 }
 
 /// Makes a new flow's reply key the backend's answer to the node (the port is set per
-/// attempt), and its entry also rewrite the destination back to the client.
+/// attempt), and makes its entry also rewrite the destination back to the client.
 #[inline(always)]
 fn mark(key: &CtKey, node_addr: &[u8; 16], reply_key: &mut CtKey, reply: &mut CtValue) {
     reply_key.dst_addr = *node_addr;
