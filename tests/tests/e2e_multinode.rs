@@ -14,7 +14,6 @@ use std::{
     ops::RangeInclusive,
 };
 
-use lb_common::config::{SNAT_PORT_MAX, SNAT_PORT_MIN};
 use lb_tests::{
     cluster::{
         two_node::{Node, TwoNodes, CLIENT_ADDR, LAN_IFACE},
@@ -26,8 +25,9 @@ use lb_tests::{
 /// Requests per protocol and frontend: pod-b gets about half; all of them land on one pod
 /// with odds of 2 x 2^-40.
 const REQUESTS: usize = 40;
-/// Ports masqueraded flows leave node A with (the agent's default).
-const SNAT_PORTS: RangeInclusive<u16> = SNAT_PORT_MIN..=SNAT_PORT_MAX;
+/// Ports masqueraded flows leave node A with (`--masquerade-ports`; the address is the
+/// default, node A's address on its XDP interface).
+const SNAT_PORTS: RangeInclusive<u16> = 62000..=62999;
 /// The Cluster service's node ports, per protocol.
 const CLUSTER_NODE_PORTS: [(Protocol, u16); 2] = [(Protocol::Tcp, 30080), (Protocol::Udp, 30053)];
 /// The Local service's node ports, per protocol.
@@ -137,7 +137,8 @@ fn new_peers(cluster: &TwoNodes, node: Node, protocol: Protocol, before: usize) 
 fn external_flows_to_the_other_nodes_pod_are_masqueraded_and_local_ones_keep_the_client() {
     require_root!();
     let dir = manifests();
-    let cluster = TwoNodes::start(dir.path(), &[]).unwrap();
+    let ports = format!("{}-{}", SNAT_PORTS.start(), SNAT_PORTS.end());
+    let cluster = TwoNodes::start(dir.path(), &["--masquerade-ports", &ports]).unwrap();
     // The precondition that makes masquerading necessary: node B answers the client's subnet
     // directly over the LAN, not through node A.
     let route = cluster
@@ -214,10 +215,7 @@ fn external_flows_to_the_other_nodes_pod_are_masqueraded_and_local_ones_keep_the
     let inspect = cluster.agent(Node::A).inspect().unwrap();
     assert_eq!(
         rows(&inspect, "NODE"),
-        [[
-            node_a.to_string(),
-            format!("{SNAT_PORT_MIN}-{SNAT_PORT_MAX}")
-        ]],
+        [[node_a.to_string(), ports]],
         "{inspect}"
     );
     assert!(
