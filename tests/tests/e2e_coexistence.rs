@@ -2,7 +2,8 @@
 //! agent starts, the client pod's host-side veth already has a legacy `tc` clsact filter
 //! (cls_bpf, direct-action) and a TCX program, both counting packets. The auto-attaching
 //! agent adds its own program: the Service is translated, both other programs stay attached
-//! and keep seeing every packet, and `lb-agent cleanup` removes only the agent's program.
+//! and keep seeing every packet, also across an agent restart, and `lb-agent cleanup` removes
+//! only the agent's program.
 
 use std::{
     collections::BTreeSet,
@@ -154,7 +155,7 @@ fn other_tc_programs_on_a_pod_interface_stay_attached_and_keep_seeing_packets() 
     // The agent attaches its program next to them.
     let mut options = AgentOptions::new(topology.id(), dir.path(), Vec::new());
     options.iface_patterns = vec!["v-*".into()];
-    let mut agent = Agent::start(topology.node(), options).unwrap();
+    let mut agent = Agent::start(topology.node(), options.clone()).unwrap();
     agent
         .wait_for_log(
             &format!("attached lb_tc_ingress to {IFACE} ingress"),
@@ -168,6 +169,20 @@ fn other_tc_programs_on_a_pod_interface_stay_attached_and_keep_seeing_packets() 
     assert_both_counted(before, counts(&legacy, &tcx), "with the agent");
     let filters = legacy_filters(&topology);
     assert!(filters.contains("legacy_count"), "{filters}");
+
+    // A restarted agent swaps its new program into its own pinned link only.
+    agent.kill().unwrap();
+    let mut agent = Agent::start(topology.node(), options).unwrap();
+    agent
+        .wait_for_log(
+            &format!("replaced the program in the pinned tcx link of {IFACE}"),
+            1,
+            ATTACH_TIMEOUT,
+        )
+        .unwrap();
+    let before = counts(&legacy, &tcx);
+    assert_eq!(ask(&topology, example::tcp_vip()), all);
+    assert_both_counted(before, counts(&legacy, &tcx), "after a restart");
 
     // Cleanup removes the agent's program only.
     agent.stop_keeping_pins().unwrap();
