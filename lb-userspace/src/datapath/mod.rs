@@ -139,18 +139,13 @@ impl Datapath {
             .filter(|_| tcx)
             .map(|dir| pinned_links::pin_path(dir, iface, Hook::Tc));
         let program: &mut SchedClassifier = program_mut(&mut self.ebpf, name)?;
-        if let Some(link) = pin.as_deref().and_then(pinned_links::open) {
-            let pin = pin.as_deref().unwrap_or(Path::new(""));
-            match SchedClassifierLink::try_from(link) {
-                Ok(link) => match program.attach_to_link(link) {
-                    Ok(_) => {
-                        info!("replaced the program in the pinned tcx link of {iface} with {name}");
-                        return Ok(());
-                    }
-                    Err(e) => pinned_links::discard(pin, &Chain(&e)),
-                },
-                Err(e) => pinned_links::discard(pin, &Chain(&e)),
-            }
+        let replace = |link: SchedClassifierLink| program.attach_to_link(link);
+        if pin
+            .as_deref()
+            .is_some_and(|pin| pinned_links::reuse(pin, replace))
+        {
+            info!("replaced the program in the pinned tcx link of {iface} with {name}");
+            return Ok(());
         }
         if !tcx {
             // Fails harmlessly when the qdisc exists; attach reports any real problem.
@@ -193,18 +188,13 @@ impl Datapath {
             .as_deref()
             .map(|dir| pinned_links::pin_path(dir, iface, Hook::Xdp));
         let program: &mut Xdp = program_mut(&mut self.ebpf, name)?;
-        if let Some(link) = pin.as_deref().and_then(pinned_links::open) {
-            let pin = pin.as_deref().unwrap_or(Path::new(""));
-            match XdpLink::try_from(link) {
-                Ok(link) => match program.attach_to_link(link) {
-                    Ok(_) => {
-                        info!("replaced the program in the pinned xdp link of {iface} with {name}");
-                        return Ok(());
-                    }
-                    Err(e) => pinned_links::discard(pin, &Chain(&e)),
-                },
-                Err(e) => pinned_links::discard(pin, &Chain(&e)),
-            }
+        let replace = |link: XdpLink| program.attach_to_link(link);
+        if pin
+            .as_deref()
+            .is_some_and(|pin| pinned_links::reuse(pin, replace))
+        {
+            info!("replaced the program in the pinned xdp link of {iface} with {name}");
+            return Ok(());
         }
         let id = match program.attach(iface, XdpMode::Driver) {
             Ok(id) => {

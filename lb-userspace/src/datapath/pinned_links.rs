@@ -1,12 +1,14 @@
 //! Program attachments pinned on bpffs, so they outlive the agent and a restarted agent can
 //! swap its new program into them without a moment with no program attached.
 
+use std::error::Error;
 use std::fmt;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
 use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::ProgramError;
 use tracing::{debug, info, warn};
 
 use crate::error::{Chain, DatapathError};
@@ -42,6 +44,31 @@ pub(super) fn open(pin: &Path) -> Option<FdLink> {
         Err(e) => {
             discard(pin, &Chain(&e));
             None
+        }
+    }
+}
+
+/// Swaps the new program into the link an earlier agent pinned at `pin`: converts it with
+/// `L::try_from` and hands it to `replace` (the program's `attach_to_link`, which updates the
+/// link in place); whether it did. A pin that cannot be reused is discarded, and the caller
+/// attaches anew.
+pub(super) fn reuse<L, T>(pin: &Path, replace: impl FnOnce(L) -> Result<T, ProgramError>) -> bool
+where
+    L: TryFrom<FdLink>,
+    L::Error: Error + 'static,
+{
+    let Some(link) = open(pin) else {
+        return false;
+    };
+    let replaced = match L::try_from(link) {
+        Ok(link) => replace(link).map_err(|e| Chain(&e).to_string()),
+        Err(e) => Err(Chain(&e).to_string()),
+    };
+    match replaced {
+        Ok(_) => true,
+        Err(why) => {
+            discard(pin, &why);
+            false
         }
     }
 }
