@@ -11,7 +11,8 @@ use std::{
 
 use crate::{
     error::io_context,
-    topology::{backend_addr, backend_name},
+    servers::Server,
+    topology::{backend_addr, backend_name, Topology},
     Result,
 };
 
@@ -56,6 +57,21 @@ pub fn copy_manifests(dir: &Path) -> Result<()> {
         )))?;
     }
     Ok(())
+}
+
+/// Starts a TCP server on [`TCP_TARGET_PORT`] in each backend pod of
+/// [`Topology::client_and_backends`]`(BACKENDS)`; they stop when dropped.
+pub fn tcp_backends(topology: &Topology) -> Result<Vec<Server>> {
+    (0..BACKENDS)
+        .map(|i| {
+            let pod = topology.pod(&backend_name(i));
+            Server::tcp(
+                &pod.netns,
+                SocketAddrV4::new(pod.addr, TCP_TARGET_PORT),
+                &pod.name,
+            )
+        })
+        .collect()
 }
 
 /// Replaces `dir/file` with `contents` in one step (a hidden temporary file renamed over it),

@@ -18,7 +18,7 @@ use lb_tests::{
     cmd,
     counting_program::CountingProgram,
     example, require_root,
-    servers::{tcp_request, Server},
+    servers::tcp_request,
     topology::{backend_addr, backend_name, Topology, CLIENT},
 };
 
@@ -130,13 +130,7 @@ fn other_tc_programs_on_a_pod_interface_stay_attached_and_keep_seeing_packets() 
     let dir = tempfile::tempdir().unwrap();
     example::copy_manifests(dir.path()).unwrap();
     let topology = Topology::client_and_backends(example::BACKENDS).unwrap();
-    let _servers: Vec<Server> = (0..example::BACKENDS)
-        .map(|i| {
-            let pod = topology.pod(&backend_name(i));
-            let addr = SocketAddrV4::new(pod.addr, example::TCP_TARGET_PORT);
-            Server::tcp(&pod.netns, addr, &pod.name).unwrap()
-        })
-        .collect();
+    let _servers = example::tcp_backends(&topology).unwrap();
 
     // Another tool's programs, there before the agent.
     let legacy = CountingProgram::load("legacy_count").unwrap();

@@ -12,8 +12,8 @@ use lb_tests::{
     example,
     netns::NetNs,
     require_root,
-    servers::{tcp_request, Server},
-    topology::{backend_name, Topology, CLIENT, EXTERNAL_IFACE, NODE_IP},
+    servers::tcp_request,
+    topology::{Topology, CLIENT, EXTERNAL_IFACE, NODE_IP},
 };
 
 /// How long a forwarded kernel line may take to show up in the agent's log.
@@ -49,13 +49,7 @@ fn a_backend_missing_mid_update_is_logged_at_warn_by_a_restarted_agent() {
     let dir = tempfile::tempdir().unwrap();
     example::copy_manifests(dir.path()).unwrap();
     let topology = Topology::client_and_backends(example::BACKENDS).unwrap();
-    let _servers: Vec<Server> = (0..example::BACKENDS)
-        .map(|i| {
-            let pod = topology.pod(&backend_name(i));
-            let addr = SocketAddrV4::new(pod.addr, example::TCP_TARGET_PORT);
-            Server::tcp(&pod.netns, addr, &pod.name).unwrap()
-        })
-        .collect();
+    let _servers = example::tcp_backends(&topology).unwrap();
     let mut options = AgentOptions::new(topology.id(), dir.path(), topology.host_ifaces());
     // No resync while the test breaks the maps.
     options.extra_args = vec!["--resync-interval".into(), "1h".into()];

@@ -5,7 +5,7 @@
 
 use std::{
     collections::BTreeSet,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::Ipv4Addr,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -15,7 +15,7 @@ use lb_tests::{
     agent::{Agent, AgentOptions},
     bpftool::{self, service_key, slot_key, u32_at},
     example, require_root,
-    servers::{tcp_request, Server},
+    servers::tcp_request,
     topology::{backend_name, Topology, CLIENT},
 };
 
@@ -63,13 +63,7 @@ fn entries_deleted_or_changed_with_bpftool_come_back() {
     let dir = tempfile::tempdir().unwrap();
     example::copy_manifests(dir.path()).unwrap();
     let topology = Topology::client_and_backends(example::BACKENDS).unwrap();
-    let _servers: Vec<Server> = (0..example::BACKENDS)
-        .map(|i| {
-            let pod = topology.pod(&backend_name(i));
-            let addr = SocketAddrV4::new(pod.addr, example::TCP_TARGET_PORT);
-            Server::tcp(&pod.netns, addr, &pod.name).unwrap()
-        })
-        .collect();
+    let _servers = example::tcp_backends(&topology).unwrap();
     let mut options = AgentOptions::new(topology.id(), dir.path(), topology.host_ifaces());
     options.extra_args = vec!["--resync-interval".into(), RESYNC_INTERVAL.into()];
     let mut agent = Agent::start(topology.node(), options).unwrap();
