@@ -23,6 +23,8 @@ pub enum DatapathError {
         #[source]
         source: Box<dyn Error + Send + Sync>,
     },
+    #[error(transparent)]
+    Capacity(#[from] crate::datapath::CapacityRangeError),
     #[error("loading the embedded eBPF object failed")]
     Load(#[source] aya::EbpfError),
     #[error("the eBPF object has no program `{0}` of the expected type")]

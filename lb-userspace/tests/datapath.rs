@@ -20,6 +20,7 @@ const CAPACITIES: Capacities = Capacities {
     backends: 8,
     backend_slots: 16,
     conntrack: 64,
+    affinity: 16,
 };
 
 /// A bpffs directory removed on drop, also when the test fails.

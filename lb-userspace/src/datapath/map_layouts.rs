@@ -9,8 +9,8 @@ use std::path::Path;
 
 use aya::maps::{MapInfo, MapType};
 use lb_common::{
-    capacity, map_names, AffinityKey, AffinityValue, Backend, BackendSlotKey, Counter, CtKey,
-    CtValue, NodeConfig, ServiceKey, ServiceStats, ServiceValue,
+    map_names, AffinityKey, AffinityValue, Backend, BackendSlotKey, Counter, CtKey, CtValue,
+    NodeConfig, ServiceKey, ServiceStats, ServiceValue,
 };
 use tracing::{debug, warn};
 
@@ -45,6 +45,14 @@ impl MapLayout {
         }
     }
 
+    /// Whether `wanted` is this layout with another number of entries (a changed capacity).
+    fn resized_to(&self, wanted: &MapLayout) -> bool {
+        MapLayout {
+            max_entries: wanted.max_entries,
+            ..*self
+        } == *wanted
+    }
+
     fn from_info(info: &MapInfo) -> Option<Self> {
         Some(Self {
             map_type: info.map_type().ok()?,
@@ -76,7 +84,7 @@ pub(super) fn expected(capacities: &Capacities) -> [(&'static str, MapLayout); 8
         ),
         (
             map_names::AFFINITY,
-            MapLayout::of::<AffinityKey, AffinityValue>(MapType::LruHash, capacity::AFFINITY),
+            MapLayout::of::<AffinityKey, AffinityValue>(MapType::LruHash, capacities.affinity),
         ),
         (
             map_names::STATS,
@@ -86,7 +94,7 @@ pub(super) fn expected(capacities: &Capacities) -> [(&'static str, MapLayout); 8
             map_names::SERVICE_STATS,
             MapLayout::of::<u32, ServiceStats>(
                 MapType::PerCpuArray,
-                capacities.services.saturating_add(1),
+                capacities.service_stats_len(),
             ),
         ),
         (
@@ -110,23 +118,70 @@ pub(super) fn drop_incompatible_pin(name: &str, path: &Path, wanted: &MapLayout)
             None
         }
     };
-    let found_text = match found {
-        Some(found) if found == *wanted => return,
-        Some(found) => found.to_string(),
-        None => "not a readable BPF map".to_string(),
-    };
+    if found.as_ref() == Some(wanted) {
+        return;
+    }
     let lost = match name {
         map_names::CONNTRACK => "; established connections lose their conntrack entries",
         map_names::AFFINITY => "; clients lose their session affinity",
         map_names::STATS | map_names::SERVICE_STATS => "; the counters restart from zero",
         _ => "; the agent writes its entries again",
     };
-    warn!(
-        "pinned map {name} at {} has a different layout ({found_text}) than this version \
-         needs ({wanted}): replacing it with a new map{lost}",
-        path.display()
-    );
+    match found {
+        Some(found) if found.resized_to(wanted) => warn!(
+            "pinned map {name} at {} is sized for {} entries but {} are configured: replacing it \
+             with a new map of the configured size{lost}",
+            path.display(),
+            found.max_entries,
+            wanted.max_entries
+        ),
+        found => {
+            let found = found.map_or("not a readable BPF map".to_string(), |f| f.to_string());
+            warn!(
+                "pinned map {name} at {} has a different layout ({found}) than this version \
+                 needs ({wanted}): replacing it with a new map{lost}",
+                path.display()
+            )
+        }
+    }
     if let Err(e) = fs::remove_file(path) {
         warn!("removing the pin {} failed: {e}", path.display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout_of(capacities: &Capacities, name: &str) -> MapLayout {
+        let found = expected(capacities).into_iter().find(|(n, _)| *n == name);
+        found.map(|(_, layout)| layout).unwrap()
+    }
+
+    #[test]
+    fn every_capacity_sizes_its_map_and_a_resize_is_told_apart() {
+        let defaults = Capacities::default();
+        let small = Capacities {
+            services: 8,
+            backends: 4,
+            backend_slots: 16,
+            conntrack: 1024,
+            affinity: 64,
+        };
+        for (name, entries) in [
+            (map_names::SERVICES, 8),
+            (map_names::SERVICE_STATS, 9),
+            (map_names::BACKENDS, 4),
+            (map_names::BACKEND_SLOTS, 16),
+            (map_names::CONNTRACK, 1024),
+            (map_names::AFFINITY, 64),
+        ] {
+            let layout = layout_of(&small, name);
+            assert_eq!(layout.max_entries, entries, "{name}");
+            assert!(layout.resized_to(&layout_of(&defaults, name)), "{name}");
+        }
+        let services = layout_of(&defaults, map_names::SERVICES);
+        let conntrack = layout_of(&defaults, map_names::CONNTRACK);
+        assert!(!services.resized_to(&conntrack));
     }
 }

@@ -1,5 +1,6 @@
 //! The loaded eBPF data path: programs, their attachments and typed access to the maps.
 
+mod capacities;
 mod kernel_log;
 mod map_layouts;
 mod maps;
@@ -15,40 +16,17 @@ use aya::programs::xdp::XdpLink;
 use aya::programs::{tc, Program, SchedClassifier, TcAttachType, Xdp, XdpMode};
 use aya::util::KernelVersion;
 use aya::{Ebpf, EbpfLoader};
-use lb_common::{capacity, map_names, program_names};
+use lb_common::{map_names, program_names};
 use tracing::{debug, info, warn};
 
 use crate::error::{Chain, DatapathError};
+pub use capacities::{Capacities, CapacityRangeError, MAX_ENTRIES};
 pub use kernel_log::{KernelLog, KernelLogError, KernelLogLevel};
 pub use maps::Maps;
 use pinned_links::Hook;
 
 /// The eBPF object built by `cargo xtask build-ebpf`, embedded by `build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf.o"));
-
-/// Map sizes chosen at load time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Capacities {
-    /// Service frontends; also the highest service id.
-    pub services: u32,
-    /// Distinct backends; also the highest backend id.
-    pub backends: u32,
-    /// Backend slots over all services.
-    pub backend_slots: u32,
-    /// Conntrack entries (two per flow).
-    pub conntrack: u32,
-}
-
-impl Default for Capacities {
-    fn default() -> Self {
-        Self {
-            services: capacity::SERVICES,
-            backends: capacity::BACKENDS,
-            backend_slots: capacity::BACKEND_SLOTS,
-            conntrack: capacity::CONNTRACK,
-        }
-    }
-}
 
 /// The loaded programs and maps. Dropping it detaches every attachment it made that is not
 /// pinned and removes the pins made by [`Datapath::pin_maps`].
@@ -61,9 +39,11 @@ pub struct Datapath {
 }
 
 impl Datapath {
-    /// Loads the embedded object's maps (sized by `capacities`) and programs into the kernel,
-    /// without attaching or pinning anything, and with the programs' log lines off.
+    /// Loads the embedded object's maps (sized by `capacities`, which must pass
+    /// [`Capacities::check`]) and programs into the kernel, without attaching or pinning
+    /// anything, and with the programs' log lines off.
     pub fn load(capacities: &Capacities) -> Result<Datapath, DatapathError> {
+        capacities.check()?;
         Self::load_with(
             capacities,
             &mut EbpfLoader::new(),
@@ -85,6 +65,8 @@ impl Datapath {
         links_dir: &Path,
         kernel_log: KernelLogLevel,
     ) -> Result<Datapath, DatapathError> {
+        // Checked before any pin is replaced to fit sizes that cannot be loaded.
+        capacities.check()?;
         pinned_links::remove_vanished(links_dir);
         let mut loader = EbpfLoader::new();
         for (name, layout) in map_layouts::expected(capacities) {
@@ -102,14 +84,13 @@ impl Datapath {
         links_dir: Option<PathBuf>,
         kernel_log: KernelLogLevel,
     ) -> Result<Datapath, DatapathError> {
-        // Service ids run 1..=services and index the per-service counters.
-        let service_stats_len = capacities.services.saturating_add(1);
         let mut ebpf = loader
             .map_max_entries(map_names::SERVICES, capacities.services)
-            .map_max_entries(map_names::SERVICE_STATS, service_stats_len)
+            .map_max_entries(map_names::SERVICE_STATS, capacities.service_stats_len())
             .map_max_entries(map_names::BACKENDS, capacities.backends)
             .map_max_entries(map_names::BACKEND_SLOTS, capacities.backend_slots)
             .map_max_entries(map_names::CONNTRACK, capacities.conntrack)
+            .map_max_entries(map_names::AFFINITY, capacities.affinity)
             .override_global(aya_log::LEVEL, kernel_log.global(), true)
             .load(EBPF_OBJECT)
             .map_err(|e| {

@@ -138,7 +138,13 @@ impl Reconciler {
         }
 
         let repairs = deletions.apply(maps)?;
+        let entries_written = adopted
+            .values()
+            .map(|s| s.entries.iter().flatten().count() as u32)
+            .sum();
         let reconciler = Reconciler {
+            entry_capacity: capacities.services,
+            entries_written,
             slot_capacity: capacities.backend_slots,
             service_ids: IdPool::with_used(capacities.services, owners.keys().copied()),
             services: adopted,

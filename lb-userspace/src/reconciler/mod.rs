@@ -103,6 +103,10 @@ pub struct CountedService {
 /// Keeps the maps in line with a desired state, writing only what changed.
 #[derive(Debug)]
 pub struct Reconciler {
+    /// The services map's size: every frontend takes one entry per scope.
+    entry_capacity: u32,
+    /// Services map entries written.
+    entries_written: u32,
     slot_capacity: u32,
     service_ids: IdPool,
     services: BTreeMap<Frontend, ProgrammedService>,
@@ -170,6 +174,8 @@ impl Reconciler {
     /// A reconciler for empty maps of the given capacities.
     pub fn new(capacities: &Capacities) -> Self {
         Self {
+            entry_capacity: capacities.services,
+            entries_written: 0,
             slot_capacity: capacities.backend_slots,
             service_ids: IdPool::new(capacities.services),
             services: BTreeMap::new(),
@@ -266,6 +272,17 @@ impl Reconciler {
             wanted.push((int_id, &service.internal.endpoints));
         }
 
+        let written_entries = programmed.map_or(0, |p| p.entries.iter().flatten().count());
+        let new_entries = (SCOPES.len() - written_entries) as u32;
+        let free_entries = self.entry_capacity.saturating_sub(self.entries_written);
+        if new_entries > free_entries {
+            return Err(exceeds(
+                "services map entries",
+                new_entries,
+                free_entries,
+                self.entry_capacity,
+            ));
+        }
         let new_ids = wanted.iter().filter(|(id, _)| id.is_none()).count() as u32;
         if new_ids > self.service_ids.available() {
             let (available, capacity) = (self.service_ids.available(), self.service_ids.capacity());
@@ -389,7 +406,9 @@ impl Reconciler {
             if service.entries[scope as usize] != Some(value) {
                 maps.set_service(&frontend.key(scope), &value)
                     .map_err(fail)?;
-                service.entries[scope as usize] = Some(value);
+                if service.entries[scope as usize].replace(value).is_none() {
+                    self.entries_written += 1;
+                }
                 summary.services_written += 1;
             }
         }
@@ -442,6 +461,7 @@ impl Reconciler {
             if service.entries[scope as usize].is_some() {
                 maps.remove_service(&frontend.key(scope)).map_err(fail)?;
                 service.entries[scope as usize] = None;
+                self.entries_written -= 1;
                 summary.services_removed += 1;
             }
         }

@@ -278,3 +278,33 @@ fn a_failed_deletion_while_adopting_is_retried_by_adopting_again() {
         .wrote_anything());
     maps.assert_no_leftovers();
 }
+
+#[test]
+fn adopted_service_entries_count_against_the_services_map_capacity() {
+    let capacities = Capacities {
+        services: 6,
+        ..Capacities::default()
+    };
+    let mut maps = FakeMaps::default();
+    Reconciler::new(&capacities)
+        .apply(&desired(&[(tcp(80), &[1]), (tcp(81), &[2])]), &mut maps)
+        .unwrap();
+    let (mut adopted, _) = Reconciler::adopt(&capacities, &mut maps).unwrap();
+    let summary = adopted
+        .apply(
+            &desired(&[
+                (tcp(80), &[1]),
+                (tcp(81), &[2]),
+                (tcp(82), &[3]),
+                (tcp(83), &[4]),
+            ]),
+            &mut maps,
+        )
+        .unwrap();
+    assert_eq!(summary.rejected.len(), 1);
+    assert_eq!(summary.rejected[0].frontend, tcp(83));
+    assert_eq!(
+        (summary.rejected[0].needed, summary.rejected[0].available),
+        (2, 0)
+    );
+}

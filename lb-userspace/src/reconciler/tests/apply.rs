@@ -213,7 +213,7 @@ fn removed_udp_backend_flushes_only_its_udp_conntrack_entries() {
 #[test]
 fn service_beyond_capacity_is_rejected_by_name_and_the_rest_applied() {
     let capacities = Capacities {
-        services: 1,
+        services: 3,
         ..Capacities::default()
     };
     let mut reconciler = Reconciler::new(&capacities);
@@ -226,12 +226,41 @@ fn service_beyond_capacity_is_rejected_by_name_and_the_rest_applied() {
     assert_eq!(
         rejected,
         [
-            "service default/svc-81:http (198.19.0.10:81/TCP) not programmed: it needs 1 more \
-          service ids but only 0 of 1 are free"
+            "service default/svc-81:http (198.19.0.10:81/TCP) not programmed: it needs 2 more \
+          services map entries but only 1 of 3 are free"
         ]
     );
     maps.assert_no_leftovers();
     assert_eq!(maps.resolved().len(), 2, "one frontend in two scopes");
+}
+
+#[test]
+fn services_map_entries_are_freed_by_removals_before_new_services_are_placed() {
+    let capacities = Capacities {
+        services: 4,
+        ..Capacities::default()
+    };
+    let mut reconciler = Reconciler::new(&capacities);
+    let mut maps = FakeMaps::default();
+    let summary = reconciler
+        .apply(&desired(&[(tcp(80), &[1]), (tcp(81), &[2])]), &mut maps)
+        .unwrap();
+    assert_eq!(summary.rejected, []);
+    let summary = reconciler
+        .apply(
+            &desired(&[(tcp(80), &[1, 3]), (tcp(81), &[2]), (tcp(82), &[3])]),
+            &mut maps,
+        )
+        .unwrap();
+    assert_eq!(summary.rejected.len(), 1, "an update takes no new entries");
+    assert_eq!(summary.rejected[0].frontend, tcp(82));
+    assert_eq!(summary.rejected[0].resource, "services map entries");
+    let summary = reconciler
+        .apply(&desired(&[(tcp(81), &[2]), (tcp(82), &[3])]), &mut maps)
+        .unwrap();
+    assert_eq!(summary.rejected, []);
+    assert_eq!(reconciler.programmed_services(), 2);
+    maps.assert_no_leftovers();
 }
 
 #[test]
