@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use lb_common::capacity;
 use lb_userspace::agent::{
     self, Masquerade, PortRange, RunConfig, SourceConfig, XdpIface, DEFAULT_BPFFS_DIR,
 };
-use lb_userspace::datapath::KernelLogLevel;
+use lb_userspace::datapath::{KernelLogLevel, MAX_ENTRIES};
 use lb_userspace::inspect::Snapshot;
 use lb_userspace::k8s::NodeDef;
 use lb_userspace::links::{IfacePattern, IfacePatterns};
@@ -106,6 +107,45 @@ struct RunArgs {
     /// Address of the health endpoints (`/healthz`, `/readyz`), as kube-proxy's health port.
     #[arg(long, default_value = "0.0.0.0:10256")]
     healthz_addr: SocketAddr,
+    #[command(flatten)]
+    map_sizes: MapSizes,
+}
+
+/// How many entries each map holds (1 to 2^24 each). A pinned map of another size is
+/// replaced by an empty one at start-up: a changed --conntrack-size drops every tracked flow.
+#[derive(Args)]
+#[command(next_help_heading = "Map sizes (entries; a change replaces the pinned map)")]
+struct MapSizes {
+    /// Services map: one entry per Service port and lookup scope, so two per Service port
+    /// (ClusterIP, each node port, external and load-balancer IP count as ports).
+    #[arg(long, value_name = "ENTRIES", default_value_t = capacity::SERVICES, value_parser = parse_entries)]
+    max_service_entries: u32,
+    /// Backends map: distinct endpoint address:port pairs over all Services.
+    #[arg(long, value_name = "ENTRIES", default_value_t = capacity::BACKENDS, value_parser = parse_entries)]
+    max_backends: u32,
+    /// Backend slots map: the sum of every Service port's endpoint count (twice for a port
+    /// whose traffic policy makes its external and internal endpoints differ).
+    #[arg(long, value_name = "ENTRIES", default_value_t = capacity::BACKEND_SLOTS, value_parser = parse_entries)]
+    max_backend_slots: u32,
+    /// Conntrack map (LRU): two entries per tracked flow; the oldest flows are evicted when
+    /// it is full.
+    #[arg(long, value_name = "ENTRIES", default_value_t = capacity::CONNTRACK, value_parser = parse_entries)]
+    conntrack_size: u32,
+    /// Session affinity map (LRU): one entry per client and ClientIP-affinity Service.
+    #[arg(long, value_name = "ENTRIES", default_value_t = capacity::AFFINITY, value_parser = parse_entries)]
+    affinity_size: u32,
+}
+
+impl MapSizes {
+    fn capacities(&self) -> Capacities {
+        Capacities {
+            services: self.max_service_entries,
+            backends: self.max_backends,
+            backend_slots: self.max_backend_slots,
+            conntrack: self.conntrack_size,
+            affinity: self.affinity_size,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -181,7 +221,7 @@ fn run(args: RunArgs, kernel_log_level: KernelLogLevel) -> anyhow::Result<()> {
         tc_ifaces: args.ifaces,
         iface_patterns: IfacePatterns::new(args.iface_patterns),
         bpffs_dir: args.bpffs_dir,
-        capacities: Capacities::default(),
+        capacities: args.map_sizes.capacities(),
         resync_interval: args.resync_interval,
         metrics_addr: args.metrics_addr,
         healthz_addr: args.healthz_addr,
@@ -249,6 +289,20 @@ fn parse_ipv4(text: &str) -> Result<Ipv4Addr, String> {
     }
 }
 
+/// A map size: a number of entries from 1 to [`MAX_ENTRIES`].
+fn parse_entries(text: &str) -> Result<u32, String> {
+    let entries: u64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of entries"))?;
+    match u32::try_from(entries) {
+        Ok(0) => Err("a map needs at least 1 entry".to_string()),
+        Ok(entries @ 1..=MAX_ENTRIES) => Ok(entries),
+        _ => Err(format!(
+            "{entries} entries is more than the limit of {MAX_ENTRIES} (2^24) per map"
+        )),
+    }
+}
+
 /// A duration like `30s`, `500ms`, `2m` or `1h` (a bare number is seconds).
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let split = text
@@ -310,6 +364,42 @@ mod tests {
         assert!(parse(&["--iface-pattern", ""]).is_err());
         assert!(parse(&["--no-xdp"]).is_ok());
         assert!(parse(&["--no-xdp", "--xdp-iface", "eth0"]).is_err());
+    }
+
+    #[test]
+    fn map_sizes_default_to_lb_commons_capacities_and_are_checked() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["lb-agent", "run"], args].concat());
+        let error = |args: &[&str]| parse(args).err().map(|e| e.to_string()).unwrap_or_default();
+        let capacities = |args: &[&str]| match parse(args).map(|cli| cli.command) {
+            Ok(Command::Run(run)) => run.map_sizes.capacities(),
+            _ => panic!("{args:?} do not parse"),
+        };
+        assert_eq!(capacities(&[]), Capacities::default());
+        let sizes = [
+            "--max-service-entries",
+            "8",
+            "--max-backends",
+            "4",
+            "--max-backend-slots",
+            "16",
+            "--conntrack-size",
+            "1024",
+            "--affinity-size",
+            "16777216",
+        ];
+        let expected = Capacities {
+            services: 8,
+            backends: 4,
+            backend_slots: 16,
+            conntrack: 1024,
+            affinity: MAX_ENTRIES,
+        };
+        assert_eq!(capacities(&sizes), expected);
+        assert!(error(&["--max-backends", "0"]).contains("at least 1 entry"));
+        assert!(error(&["--conntrack-size", "16777217"]).contains("limit of 16777216"));
+        assert!(error(&["--max-service-entries", "4294967296"]).contains("limit of 16777216"));
+        assert!(error(&["--affinity-size=-1"]).contains("not a number of entries"));
+        assert!(error(&["--max-backend-slots", "64k"]).contains("not a number of entries"));
     }
 
     #[test]
