@@ -9,6 +9,16 @@ pub const SNAT_PORT_MAX: u16 = 65_535;
 /// Ports a new masqueraded flow tries before it is dropped (`Counter::DropSnatPortsExhausted`).
 pub const SNAT_PORT_ATTEMPTS: u32 = 16;
 
+/// Address hairpin flows are source-NATed to: a pod that reaches a Service and is balanced to
+/// itself would otherwise receive a packet from its own address, which its kernel drops as a
+/// martian. The pod sees this foreign source instead and answers it through its default
+/// route, via the node, whose TC program translates the answer back (the flow's reply entry).
+/// Link-local (169.254.0.0/16) and used as Cilium's `IPV4_LOOPBACK`: never routed beyond the
+/// node, never configured on an interface. Ports come from `LB_CONFIG`'s range, or
+/// [`SNAT_PORT_MIN`]..=[`SNAT_PORT_MAX`] while that is unset (all zero), so hairpin works with
+/// masquerading off too.
+pub const HAIRPIN_ADDR: [u8; 4] = [169, 254, 42, 1];
+
 /// Value of `LB_CONFIG[0]`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -44,14 +44,17 @@ pub enum Counter {
     DropRewriteFailed,
     /// New external flows to a backend on another node, masqueraded to the node's address.
     Masqueraded,
-    /// New external flow to a remote backend for which no masquerading port was free after
-    /// the allotted retries: dropped (the client retransmits).
+    /// New external flow to a remote backend (or hairpin flow) for which no masquerading port
+    /// was free after the allotted retries: dropped (the client retransmits).
     DropSnatPortsExhausted,
+    /// New internal flows from a pod balanced to itself, source-NATed to
+    /// `config::HAIRPIN_ADDR` (counted here, not in `Masqueraded`).
+    Hairpinned,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 19] = [
+    pub const ALL: [Counter; 20] = [
         Counter::Packets,
         Counter::NotIpv4,
         Counter::OtherProtocol,
@@ -71,6 +74,7 @@ impl Counter {
         Counter::DropRewriteFailed,
         Counter::Masqueraded,
         Counter::DropSnatPortsExhausted,
+        Counter::Hairpinned,
     ];
     /// Size of the counters array.
     pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -97,6 +101,7 @@ impl Counter {
             Counter::DropRewriteFailed => "drop_rewrite_failed",
             Counter::Masqueraded => "masqueraded",
             Counter::DropSnatPortsExhausted => "drop_snat_ports_exhausted",
+            Counter::Hairpinned => "hairpinned",
         }
     }
 }

@@ -110,8 +110,8 @@ fn new_flow<P: Packet, M: Maps>(
     let mut entry = conntrack::reply_entry(key, service_id, backend_id, now);
     let mut reply_key = conntrack::reply_key(key, backend.addr, backend.port);
     let full = Error::dropped(Counter::DropConntrackFull, service_id);
-    let masqueraded = masquerade::wanted(scope, &backend)
-        && masquerade::insert_reply(maps, key, &backend, &mut reply_key, &mut entry)?;
+    let masqueraded =
+        masquerade::insert_reply(maps, scope, key, &backend, &mut reply_key, &mut entry)?;
     if !masqueraded {
         maps.insert_conntrack(&reply_key, &entry)
             .map_err(|()| full)?;
@@ -135,7 +135,7 @@ fn new_flow<P: Packet, M: Maps>(
     }
     stats::new_flow(maps, service_id);
     if masqueraded {
-        stats::count(maps, Counter::Masqueraded);
+        stats::count(maps, masquerade::counter(scope));
     }
     Ok(outcome)
 }

@@ -1,39 +1,69 @@
 //! Masquerading: external flows to backends on other nodes are also source-NATed to the node's
 //! address and a port allocated for the flow, so that the backend answers this node, which
 //! translates the answer back (see `lb_common::config` and `ct_flags::SNAT`).
+//!
+//! Hairpin: an internal flow from a pod balanced to itself is source-NATed the same way, to
+//! `config::HAIRPIN_ADDR`, so the pod does not receive its own address as the source.
 
 use lb_common::{
-    config::SNAT_PORT_ATTEMPTS,
+    config::{HAIRPIN_ADDR, SNAT_PORT_ATTEMPTS, SNAT_PORT_MAX, SNAT_PORT_MIN},
     conntrack::ct_flags,
-    flow_hash, ipv4_unmapped,
+    flow_hash, ipv4_mapped, ipv4_unmapped,
     service::{backend_flags, scope},
     Backend, Counter, CtKey, CtValue, NodeConfig,
 };
 
-use crate::{error::Error, maps::Maps};
+use crate::{conntrack, error::Error, maps::Maps};
 
 /// Whether a new flow found in `scope` to `backend` is to be masqueraded (if the node
 /// masquerades at all): external flows to backends not on this node.
 #[inline(always)]
-pub fn wanted(scope: u8, backend: &Backend) -> bool {
+fn wanted(scope: u8, backend: &Backend) -> bool {
     scope == scope::EXTERNAL && backend.flags & backend_flags::LOCAL == 0
 }
 
-/// Inserts a new flow's reply entry masqueraded, if the node masquerades: tries ports of the
-/// configured range until the reply key (backend -> node:port) is free. `reply_key` and
-/// `reply` are the flow's plain reply key and entry and become the masqueraded ones. Returns
-/// `Ok(false)`, having inserted nothing, when masquerading is off (no IPv4-mapped
-/// `snat_addr`).
+/// Whether a new flow found in `scope` is a hairpin: an internal flow whose client, `key`'s
+/// source, is the chosen backend itself. Both addresses are IPv4-mapped (the key is built
+/// from an IPv4 packet, the pipeline takes IPv4 backends only), so comparing the IPv4 part
+/// suffices.
+#[inline(always)]
+fn hairpin(scope: u8, key: &CtKey, backend: &Backend) -> bool {
+    scope == scope::INTERNAL && conntrack::v4(&key.src_addr) == conntrack::v4(&backend.addr)
+}
+
+/// The counter of a new flow source-NATed in `scope`: internal flows are only ever hairpins.
+#[inline(always)]
+pub fn counter(scope: u8) -> Counter {
+    if scope == scope::INTERNAL {
+        Counter::Hairpinned
+    } else {
+        Counter::Masqueraded
+    }
+}
+
+/// Inserts a new flow's reply entry source-NATed when it is to be: a hairpin always (to
+/// `HAIRPIN_ADDR`), a flow [`wanted`] for masquerading if the node masquerades (to its
+/// `snat_addr`). Tries ports of the configured range (for a hairpin the default range while
+/// none is configured) until the reply key (backend -> address:port) is free. `reply_key` and
+/// `reply` are the flow's plain reply key and entry and become the source-NATed ones. Returns
+/// `Ok(false)`, having inserted nothing, when the flow is not source-NATed.
 #[inline(always)]
 pub fn insert_reply<M: Maps>(
     maps: &mut M,
+    scope: u8,
     key: &CtKey,
     backend: &Backend,
     reply_key: &mut CtKey,
     reply: &mut CtValue,
 ) -> Result<bool, Error> {
-    let config = maps.config();
-    if ipv4_unmapped(&config.snat_addr).is_none() {
+    let mut config = maps.config();
+    if hairpin(scope, key, backend) {
+        config.snat_addr = ipv4_mapped(HAIRPIN_ADDR);
+        if config.snat_port_min == [0; 2] && config.snat_port_max == [0; 2] {
+            config.snat_port_min = SNAT_PORT_MIN.to_be_bytes();
+            config.snat_port_max = SNAT_PORT_MAX.to_be_bytes();
+        }
+    } else if !wanted(scope, backend) || ipv4_unmapped(&config.snat_addr).is_none() {
         return Ok(false);
     }
     mark(key, &config.snat_addr, reply_key, reply);
@@ -460,5 +490,133 @@ mod tests {
         };
         assert!(!maps.conntrack.contains_key(&old_reply));
         assert_eq!(maps.conntrack.len(), 2, "only the new flow's entries");
+    }
+
+    /// The services of [`maps`] with the client pod itself as their only (local) backend.
+    fn hairpin_maps(proto: u8, config: NodeConfig) -> FakeMaps {
+        let mut maps = maps(proto, backend_flags::LOCAL, config);
+        let itself = Backend {
+            flags: backend_flags::LOCAL,
+            ..Backend::new(ipv4_mapped(CLIENT.addr), 8080)
+        };
+        maps.backends.insert(BACKEND_ID, itself);
+        maps
+    }
+
+    const HAIRPIN: [u8; 4] = lb_common::config::HAIRPIN_ADDR;
+
+    #[test]
+    fn hairpin_only_for_internal_flows_from_the_backend_itself() {
+        let key = key_of(&FrameSpec::tcp_syn());
+        let itself = Backend::new(ipv4_mapped(CLIENT.addr), 80);
+        let other = Backend::new(ipv4_mapped(BACKEND.addr), 80);
+        assert!(hairpin(scope::INTERNAL, &key, &itself));
+        assert!(!hairpin(scope::INTERNAL, &key, &other));
+        assert!(!hairpin(scope::EXTERNAL, &key, &itself));
+        assert_eq!(counter(scope::INTERNAL), Counter::Hairpinned);
+        assert_eq!(counter(scope::EXTERNAL), Counter::Masqueraded);
+    }
+
+    #[test]
+    fn a_pod_balanced_to_itself_is_answered_from_the_vip_with_masquerading_off() {
+        for proto in [IPPROTO_TCP, IPPROTO_UDP] {
+            let mut maps = hairpin_maps(proto, NodeConfig::default());
+            let request = if proto == IPPROTO_TCP {
+                FrameSpec::tcp_syn()
+            } else {
+                FrameSpec::udp()
+            };
+            let itself = Endpoint {
+                port: 8080u16.to_be_bytes(),
+                ..CLIENT
+            };
+            let (verdict, out) = run(&mut maps, &request, scope::INTERNAL);
+            assert_eq!(verdict, Verdict::Pass);
+            let from = source_of(&out);
+            assert_eq!(from.addr, HAIRPIN, "proto {proto}");
+            assert!(in_range(from.port), "default range: {from:?}");
+            let on = FrameSpec {
+                src: from,
+                dst: itself,
+                ..request.clone()
+            };
+            assert_eq!(out, frame(&on));
+            assert!(checksums_valid(&out));
+            assert_eq!(maps.counter_value(Counter::Hairpinned), 1);
+            assert_eq!(maps.counter_value(Counter::Masqueraded), 0);
+            assert_eq!(maps.counter_value(Counter::NewFlows), 1);
+
+            let answer = FrameSpec {
+                src: itself,
+                dst: from,
+                tcp_flags: request.tcp_flags | 0x10,
+                ..request.clone()
+            };
+            for round in 0..2 {
+                let (verdict, out) = run(&mut maps, &answer, scope::INTERNAL);
+                assert_eq!(verdict, Verdict::Pass);
+                let back = FrameSpec {
+                    src: VIP,
+                    dst: CLIENT,
+                    ..answer.clone()
+                };
+                assert_eq!(out, frame(&back), "proto {proto} round {round}");
+                assert!(checksums_valid(&out));
+                let (_, out) = run(&mut maps, &request, scope::INTERNAL);
+                assert_eq!(out, frame(&on), "proto {proto} round {round}");
+            }
+            assert_eq!(maps.counter_value(Counter::ReplyTranslated), 2);
+            assert_eq!(maps.counter_value(Counter::ForwardTranslated), 2);
+            assert_eq!(maps.counter_value(Counter::Hairpinned), 1);
+            let forward = maps.conntrack[&key_of(&request)];
+            assert_eq!(forward.flags, ct_flags::FORWARD | ct_flags::SNAT);
+            assert_eq!(forward.snat_addr, ipv4_mapped(HAIRPIN));
+        }
+    }
+
+    #[test]
+    fn hairpin_ports_come_from_the_configured_range_when_there_is_one() {
+        let mut maps = hairpin_maps(IPPROTO_TCP, masquerading(62_000, 62_009));
+        let (_, out) = run(&mut maps, &FrameSpec::tcp_syn(), scope::INTERNAL);
+        let from = source_of(&out);
+        assert_eq!(from.addr, HAIRPIN, "not the node's masquerading address");
+        assert!((62_000..=62_009).contains(&u16::from_be_bytes(from.port)));
+    }
+
+    #[test]
+    fn hairpin_flows_never_share_a_port_and_exhaustion_drops() {
+        let mut maps = hairpin_maps(IPPROTO_UDP, masquerading(62_000, 62_001));
+        let mut ports = std::collections::HashSet::new();
+        for cport in [40_000u16, 40_001] {
+            let query = FrameSpec {
+                src: Endpoint {
+                    port: cport.to_be_bytes(),
+                    ..CLIENT
+                },
+                ..FrameSpec::udp()
+            };
+            let (verdict, out) = run(&mut maps, &query, scope::INTERNAL);
+            assert_eq!(verdict, Verdict::Pass);
+            assert!(ports.insert(source_of(&out).port));
+        }
+        let third = FrameSpec {
+            src: Endpoint {
+                port: 40_002u16.to_be_bytes(),
+                ..CLIENT
+            },
+            ..FrameSpec::udp()
+        };
+        let (verdict, out) = run(&mut maps, &third, scope::INTERNAL);
+        assert_eq!((verdict, out), (Verdict::Drop, frame(&third)));
+        assert_eq!(maps.counter_value(Counter::DropSnatPortsExhausted), 1);
+        assert_eq!(maps.counter_value(Counter::Hairpinned), 2);
+    }
+
+    #[test]
+    fn a_client_on_the_external_side_with_the_backends_address_is_not_a_hairpin() {
+        let mut maps = hairpin_maps(IPPROTO_TCP, NodeConfig::default());
+        let (_, out) = run(&mut maps, &FrameSpec::tcp_syn(), scope::EXTERNAL);
+        assert_eq!(source_of(&out), CLIENT);
+        assert_eq!(maps.counter_value(Counter::Hairpinned), 0);
     }
 }
