@@ -241,13 +241,37 @@ impl Reconciler {
             self.remove_service(frontend, maps, &mut summary)?;
         }
         for (frontend, service) in &desired.services {
-            match self.plan(frontend, service) {
-                Ok(plan) => self.write_service(*frontend, service, plan, maps, &mut summary)?,
-                Err(rejected) => summary.rejected.push(rejected),
-            }
+            self.plan_and_write(*frontend, service, maps, &mut summary)?;
         }
         self.remove_unused_backends(maps, &mut summary)?;
+        if !summary.rejected.is_empty() {
+            // The backend ids and slots freed above may make room for what was rejected.
+            for rejected in std::mem::take(&mut summary.rejected) {
+                let frontend = rejected.frontend;
+                if let Some(service) = desired.services.get(&frontend) {
+                    self.plan_and_write(frontend, service, maps, &mut summary)?;
+                }
+            }
+            self.remove_unused_backends(maps, &mut summary)?;
+        }
         Ok(summary)
+    }
+
+    /// Writes `service` if it fits, else records why not in `summary`.
+    fn plan_and_write(
+        &mut self,
+        frontend: Frontend,
+        service: &DesiredService,
+        maps: &mut impl MapWriter,
+        summary: &mut ReconcileSummary,
+    ) -> Result<(), ReconcileError> {
+        match self.plan(&frontend, service) {
+            Ok(plan) => self.write_service(frontend, service, plan, maps, summary),
+            Err(rejected) => {
+                summary.rejected.push(rejected);
+                Ok(())
+            }
+        }
     }
 
     /// Reserves the ids a service needs, or explains which capacity it would exceed.
@@ -272,17 +296,6 @@ impl Reconciler {
             wanted.push((int_id, &service.internal.endpoints));
         }
 
-        let written_entries = programmed.map_or(0, |p| p.entries.iter().flatten().count());
-        let new_entries = (SCOPES.len() - written_entries) as u32;
-        let free_entries = self.entry_capacity.saturating_sub(self.entries_written);
-        if new_entries > free_entries {
-            return Err(exceeds(
-                "services map entries",
-                new_entries,
-                free_entries,
-                self.entry_capacity,
-            ));
-        }
         let new_ids = wanted.iter().filter(|(id, _)| id.is_none()).count() as u32;
         if new_ids > self.service_ids.available() {
             let (available, capacity) = (self.service_ids.available(), self.service_ids.capacity());
@@ -313,6 +326,18 @@ impl Reconciler {
                 growth,
                 free_slots,
                 self.slot_capacity,
+            ));
+        }
+
+        let written_entries = programmed.map_or(0, |p| p.entries.iter().flatten().count());
+        let new_entries = (SCOPES.len() - written_entries) as u32;
+        let free_entries = self.entry_capacity.saturating_sub(self.entries_written);
+        if new_entries > free_entries {
+            return Err(exceeds(
+                "services map entries",
+                new_entries,
+                free_entries,
+                self.entry_capacity,
             ));
         }
 

@@ -327,3 +327,23 @@ fn failed_writes_are_resumed_by_the_next_apply() {
         desired(&[]),
     ]);
 }
+
+#[test]
+fn backend_ids_freed_by_a_removal_are_used_in_the_same_apply() {
+    let capacities = Capacities {
+        backends: 2,
+        ..Capacities::default()
+    };
+    let mut reconciler = Reconciler::new(&capacities);
+    let mut maps = FakeMaps::default();
+    reconciler
+        .apply(&desired(&[(tcp(81), &[1, 2])]), &mut maps)
+        .unwrap();
+    let summary = reconciler
+        .apply(&desired(&[(tcp(80), &[3, 4])]), &mut maps)
+        .unwrap();
+    assert_eq!(summary.rejected, []);
+    assert_eq!(reconciler.programmed_backends(), 2);
+    assert_eq!(maps.resolved().len(), 2, "one frontend in two scopes");
+    maps.assert_no_leftovers();
+}
