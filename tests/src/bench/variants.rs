@@ -65,7 +65,7 @@ pub fn capacities_for(services: &ServiceSet, endpoints_per_service: u32) -> Capa
         services: defaults.services.max(2 * services.count() + 16),
         backends: defaults.backends.max(services.distinct_endpoints() + 16),
         backend_slots: defaults.backend_slots.max(slots + 16),
-        conntrack: defaults.conntrack,
+        ..defaults
     }
 }
 
