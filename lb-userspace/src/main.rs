@@ -127,8 +127,8 @@ struct MapSizes {
     /// whose traffic policy makes its external and internal endpoints differ).
     #[arg(long, value_name = "ENTRIES", default_value_t = capacity::BACKEND_SLOTS, value_parser = parse_entries)]
     max_backend_slots: u32,
-    /// Conntrack map (LRU): two entries per tracked flow; the oldest flows are evicted when
-    /// it is full.
+    /// Conntrack map (LRU): two entries per tracked flow; when it is full the flows idle
+    /// longest are evicted.
     #[arg(long, value_name = "ENTRIES", default_value_t = capacity::CONNTRACK, value_parser = parse_entries)]
     conntrack_size: u32,
     /// Session affinity map (LRU): one entry per client and ClientIP-affinity Service.
