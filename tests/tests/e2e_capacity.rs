@@ -1,7 +1,8 @@
 //! End to end: the map size flags of `lb-agent run`. The kernel's maps get exactly the sizes
 //! given; Services that do not fit are rejected by name with the reason logged while the others
 //! carry traffic, and fit once others make room; a restart with another conntrack size
-//! replaces only the conntrack map, saying that tracked flows are lost.
+//! replaces only the conntrack map, saying that tracked flows are lost (another services size:
+//! the services and per-service counter maps, refilled by the first apply).
 
 use std::{
     collections::BTreeSet,
@@ -262,4 +263,37 @@ fn a_restart_with_another_conntrack_size_replaces_only_the_conntrack_map() {
     assert!(log.contains("adopted 1 services, 2 backends"), "{log}");
     assert_eq!(answering(&topology, "alpha"), names(&[0, 1]));
     assert_eq!(agent.log_count(READY_MARKER), 1, "{log}");
+}
+
+#[test]
+fn a_restart_with_another_services_size_refills_the_new_services_map() {
+    require_root!();
+    let (topology, _servers) = cluster(2);
+    let dir = tempfile::tempdir().unwrap();
+    write_service(dir.path(), "alpha", &[0, 1]);
+    let mut agent = start_agent(&topology, dir.path(), &SIZES);
+    let backends_before = map_info(&agent, "LB_BACKENDS");
+    agent.stop_keeping_pins().unwrap();
+
+    let mut bigger = SIZES;
+    bigger[0] = ("--max-service-entries", "6");
+    let agent = start_agent(&topology, dir.path(), &bigger);
+    let log = agent.log();
+    for (map, entries) in [("LB_SERVICES", 6), ("LB_SVC_STATS", 7)] {
+        assert!(
+            log.contains(&format!("pinned map {map} at")),
+            "{map} replaced:\n{log}"
+        );
+        assert_eq!(map_info(&agent, map).1, entries, "max_entries of {map}");
+    }
+    assert_eq!(
+        map_info(&agent, "LB_BACKENDS"),
+        backends_before,
+        "backends reused"
+    );
+    assert!(
+        log.contains("ready: programmed 1 services, 2 backends"),
+        "{log}"
+    );
+    assert_eq!(answering(&topology, "alpha"), names(&[0, 1]));
 }
