@@ -56,14 +56,18 @@ pub fn insert_reply<M: Maps>(
     reply_key: &mut CtKey,
     reply: &mut CtValue,
 ) -> Result<bool, Error> {
+    let hairpin = hairpin(scope, key, backend);
+    if !hairpin && !wanted(scope, backend) {
+        return Ok(false);
+    }
     let mut config = maps.config();
-    if hairpin(scope, key, backend) {
+    if hairpin {
         config.snat_addr = ipv4_mapped(HAIRPIN_ADDR);
         if config.snat_port_min == [0; 2] && config.snat_port_max == [0; 2] {
             config.snat_port_min = SNAT_PORT_MIN.to_be_bytes();
             config.snat_port_max = SNAT_PORT_MAX.to_be_bytes();
         }
-    } else if !wanted(scope, backend) || ipv4_unmapped(&config.snat_addr).is_none() {
+    } else if ipv4_unmapped(&config.snat_addr).is_none() {
         return Ok(false);
     }
     mark(key, &config.snat_addr, reply_key, reply);
