@@ -30,6 +30,7 @@ pub mod cmd;
 pub mod counting_program;
 pub mod error;
 pub mod example;
+pub mod inspect_output;
 pub mod netns;
 pub mod packet;
 pub mod raw_bpf;

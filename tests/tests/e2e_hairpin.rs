@@ -12,7 +12,7 @@ use std::{
 
 use lb_tests::{
     cluster::{Cluster, Protocol},
-    example, require_root,
+    example, inspect_output, require_root,
     servers::{tally, tcp_request, udp_request, Reply},
     topology::backend_name,
 };
@@ -83,24 +83,9 @@ fn answered_by_the_vip(
     Ok(replies.into_iter().map(Result::unwrap).collect())
 }
 
-/// The rows (cells split at whitespace) of the `lb-agent inspect` table titled `title`.
-fn rows(inspect: &str, title: &str) -> Vec<Vec<String>> {
-    inspect
-        .lines()
-        .skip_while(|line| line.trim() != title)
-        .skip(2)
-        .take_while(|line| !line.trim().is_empty())
-        .map(|line| line.split_whitespace().map(str::to_string).collect())
-        .collect()
-}
-
 /// Node-wide counter `name` in `lb-agent inspect` output (0 if absent).
 fn counter(inspect: &str, name: &str) -> u64 {
-    rows(inspect, "COUNTERS")
-        .iter()
-        .find(|row| row[0] == name)
-        .and_then(|row| row.get(1)?.parse().ok())
-        .unwrap_or(0)
+    inspect_output::counter(inspect, name).unwrap_or(0)
 }
 
 #[test]

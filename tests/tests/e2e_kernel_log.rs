@@ -9,7 +9,7 @@ use lb_common::{service::scope, IPPROTO_TCP};
 use lb_tests::{
     agent::{Agent, AgentOptions},
     bpftool::{self, service_key, slot_key, u32_at},
-    example,
+    example, inspect_output,
     netns::NetNs,
     require_root,
     servers::tcp_request,
@@ -34,12 +34,7 @@ fn assert_dropped(netns: &NetNs, target: SocketAddrV4) {
 /// The node-wide counter `name` from `lb-agent inspect`.
 fn counter(agent: &Agent, name: &str) -> u64 {
     let inspect = agent.inspect().unwrap();
-    inspect
-        .lines()
-        .find_map(|line| {
-            let mut columns = line.split_whitespace();
-            (columns.next() == Some(name)).then(|| columns.next()?.parse().ok())?
-        })
+    inspect_output::counter(&inspect, name)
         .unwrap_or_else(|| panic!("no counter {name} in:\n{inspect}"))
 }
 

@@ -19,7 +19,7 @@ use lb_tests::{
         two_node::{Node, TwoNodes, CLIENT_ADDR, LAN_IFACE},
         Protocol,
     },
-    require_root,
+    inspect_output, require_root,
 };
 
 /// Requests per protocol and frontend: pod-b gets about half; all of them land on one pod
@@ -214,7 +214,7 @@ fn external_flows_to_the_other_nodes_pod_are_masqueraded_and_local_ones_keep_the
 
     let inspect = cluster.agent(Node::A).inspect().unwrap();
     assert_eq!(
-        rows(&inspect, "NODE"),
+        inspect_output::table_rows(&inspect, "NODE"),
         [[node_a.to_string(), ports]],
         "{inspect}"
     );
@@ -227,7 +227,7 @@ fn external_flows_to_the_other_nodes_pod_are_masqueraded_and_local_ones_keep_the
         0,
         "{inspect}"
     );
-    let backends = rows(&inspect, "BACKENDS");
+    let backends = inspect_output::table_rows(&inspect, "BACKENDS");
     for (node, flag) in [(Node::A, "local"), (Node::B, "-")] {
         let addr = format!("{}:8080", node.pod_addr());
         assert!(
@@ -239,11 +239,13 @@ fn external_flows_to_the_other_nodes_pod_are_masqueraded_and_local_ones_keep_the
     }
     // Masqueraded flows are marked in conntrack: forward entries to pod-b with node A's
     // address and a port as the new source.
-    let snat_forward = rows(&inspect, "CONNTRACK").into_iter().any(|row| {
-        row[0] == "forward"
-            && row[4].starts_with(&format!("{}:", Node::B.pod_addr()))
-            && row[5].starts_with(&format!("{node_a}:"))
-    });
+    let snat_forward = inspect_output::table_rows(&inspect, "CONNTRACK")
+        .into_iter()
+        .any(|row| {
+            row[0] == "forward"
+                && row[4].starts_with(&format!("{}:", Node::B.pod_addr()))
+                && row[5].starts_with(&format!("{node_a}:"))
+        });
     assert!(snat_forward, "no masqueraded conntrack entry:\n{inspect}");
     let node_b = cluster.agent(Node::B).inspect().unwrap();
     assert_eq!(
@@ -299,22 +301,7 @@ fn without_masquerading_the_other_nodes_replies_bypass_node_a_and_fail() {
     assert_eq!(cluster.served(Node::A, Protocol::Tcp), 12 - failed);
 }
 
-/// The rows (cells split at whitespace) of the `lb-agent inspect` table titled `title`.
-fn rows(inspect: &str, title: &str) -> Vec<Vec<String>> {
-    inspect
-        .lines()
-        .skip_while(|line| line.trim() != title)
-        .skip(2)
-        .take_while(|line| !line.trim().is_empty())
-        .map(|line| line.split_whitespace().map(str::to_string).collect())
-        .collect()
-}
-
 /// Node-wide counter `name` in `lb-agent inspect` output (0 if absent).
 fn counter(inspect: &str, name: &str) -> u64 {
-    rows(inspect, "COUNTERS")
-        .iter()
-        .find(|row| row[0] == name)
-        .and_then(|row| row.get(1)?.parse().ok())
-        .unwrap_or(0)
+    inspect_output::counter(inspect, name).unwrap_or(0)
 }

@@ -16,7 +16,7 @@ use std::{
 use lb_tests::{
     agent::Agent,
     cluster::{Cluster, Protocol},
-    cmd, example, netns, require_root,
+    cmd, example, inspect_output, netns, require_root,
     servers::{tcp_request, udp_request, TcpClient},
     topology::{backend_addr, backend_name},
 };
@@ -301,15 +301,7 @@ struct Ids {
 
 impl Ids {
     fn parse(inspect: &str) -> Ids {
-        let rows = |title: &str| -> Vec<Vec<String>> {
-            inspect
-                .lines()
-                .skip_while(|line| line.trim() != title)
-                .skip(2)
-                .take_while(|line| !line.trim().is_empty())
-                .map(|line| line.split_whitespace().map(str::to_string).collect())
-                .collect()
-        };
+        let rows = |title: &str| inspect_output::table_rows(inspect, title);
         let services = rows("SERVICES")
             .into_iter()
             .map(|c| {
