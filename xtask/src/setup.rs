@@ -18,10 +18,11 @@ use anyhow::{bail, ensure, Context as _, Result};
 
 use crate::shell;
 
-/// Debian packages: what the tests, the demo and the README use, and a C toolchain for
-/// building bpf-linker.
+/// Debian packages: what the tests, the demo and the README use (ethtool turns checksum
+/// offload off where test traffic crosses XDP), and a C toolchain for building bpf-linker.
 const PACKAGES: &[&str] = &[
     "bpftool",
+    "ethtool",
     "iproute2",
     "iptables",
     "nftables",
