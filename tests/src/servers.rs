@@ -184,6 +184,9 @@ pub struct Reply {
     pub from: String,
     /// For TCP the connected socket's peer; for UDP the datagram's source (`recvfrom`).
     pub peer: SocketAddr,
+    /// The client socket's port. Requests from one pod to one frontend with the same port are
+    /// one flow to the data path, and a fresh socket may get the port an earlier one had.
+    pub local_port: u16,
 }
 
 /// An open TCP connection that can ask its server repeatedly. Create it inside the client's
@@ -192,6 +195,7 @@ pub struct Reply {
 pub struct TcpClient {
     reader: BufReader<TcpStream>,
     peer: SocketAddr,
+    local_port: u16,
 }
 
 impl TcpClient {
@@ -201,9 +205,11 @@ impl TcpClient {
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
         let peer = stream.peer_addr()?;
+        let local_port = stream.local_addr()?.port();
         Ok(TcpClient {
             reader: BufReader::new(stream),
             peer,
+            local_port,
         })
     }
 
@@ -220,6 +226,7 @@ impl TcpClient {
         Ok(Reply {
             from: from.trim_end().to_string(),
             peer: self.peer,
+            local_port: self.local_port,
         })
     }
 }
@@ -241,6 +248,7 @@ pub fn udp_request(target: SocketAddrV4, timeout: Duration) -> io::Result<Reply>
     Ok(Reply {
         from: String::from_utf8_lossy(&buf[..len]).into_owned(),
         peer,
+        local_port: socket.local_addr()?.port(),
     })
 }
 
@@ -278,13 +286,12 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(conn.ask().unwrap().from, "pod-a");
         }
+        let udp_reply = udp_reply.unwrap();
         assert_eq!(
-            udp_reply.unwrap(),
-            Reply {
-                from: "pod-a".into(),
-                peer: addr.into()
-            }
+            (udp_reply.from.as_str(), udp_reply.peer),
+            ("pod-a", addr.into())
         );
+        assert_eq!(udp.peers()[0].port(), udp_reply.local_port);
         assert_eq!((tcp.served(), udp.served()), (1, 1));
         assert_eq!(tcp.peers()[0].ip(), std::net::IpAddr::V4(*addr.ip()));
         assert_eq!(udp.peers()[0].ip(), std::net::IpAddr::V4(*addr.ip()));

@@ -267,6 +267,7 @@ pub fn connected_udp_request(netns: &NetNs, target: SocketAddrV4) -> Result<io::
         Ok(Reply {
             from: String::from_utf8_lossy(&buf[..len]).into_owned(),
             peer: socket.peer_addr()?,
+            local_port: socket.local_addr()?.port(),
         })
     })
 }
