@@ -4,7 +4,7 @@
 
 use lb_common::{
     conntrack::ct_flags, ipv4_unmapped, service::service_flags, BackendSlotKey, Counter, CtKey,
-    CtValue, ServiceKey, ServiceValue,
+    CtValue, ServiceKey, ServiceValue, IPPROTO_UDP,
 };
 
 use crate::{
@@ -67,9 +67,11 @@ fn try_process<P: Packet, M: Maps>(pkt: &mut P, maps: &mut M, scope: u8) -> Resu
 fn established<M: Maps>(maps: &mut M, flow: &Ipv4Flow, entry: &CtValue) -> Option<(Side, Counter)> {
     match entry.flags & !ct_flags::SNAT {
         ct_flags::REPLY => Some((Side::Source, Counter::ReplyTranslated)),
-        // Established flows keep their backend even after it left the service; only a new
-        // connection attempt on a vanished backend starts over.
-        ct_flags::FORWARD if !(flow.is_tcp_syn() && backend_gone(maps, entry)) => {
+        // Established TCP connections keep their backend even after it left the service, so
+        // they can finish; a new connection attempt on a vanished backend starts over. UDP has
+        // no connection to finish: its flow moves on rather than feed a backend that is gone
+        // (kube-proxy deletes such conntrack entries for the same reason).
+        ct_flags::FORWARD if !(restarts_when_gone(flow) && backend_gone(maps, entry)) => {
             Some((Side::Destination, Counter::ForwardTranslated))
         }
         _ => None,
@@ -211,6 +213,13 @@ fn translate<P: Packet, M: Maps>(
     }
     stats::translated(maps, service_id, pkt.frame_len());
     Ok(outcome)
+}
+
+/// Whether a packet of an established flow starts the flow over when its backend is gone:
+/// a TCP SYN, or any UDP datagram.
+#[inline(always)]
+fn restarts_when_gone(flow: &Ipv4Flow) -> bool {
+    flow.proto == IPPROTO_UDP || flow.is_tcp_syn()
 }
 
 /// Whether a forward entry's backend was removed or replaced since the flow started.
@@ -380,18 +389,7 @@ mod tests {
         let syn = FrameSpec::tcp_syn();
         let (gone_id, gone) = chosen(&syn);
         run(&mut maps, &syn);
-        // The service now has only the other backend, in slot 1.
-        let (other_id, other) = *BACKENDS.iter().find(|(id, _)| *id != gone_id).unwrap();
-        maps.backends.remove(&gone_id);
-        maps.slots.clear();
-        maps.slots.insert(
-            BackendSlotKey {
-                service_id: SERVICE_ID,
-                slot: 1,
-            },
-            other_id,
-        );
-        maps.services.values_mut().for_each(|s| s.backend_count = 1);
+        let other = only_the_other_backend(&mut maps, gone_id);
 
         let (verdict, out) = run(&mut maps, &syn);
         assert_eq!(verdict, Verdict::Pass);
@@ -409,6 +407,66 @@ mod tests {
         let fresh = conntrack::reply_key(&key(&syn), ipv4_mapped(other.addr), other.port);
         assert!(maps.conntrack.contains_key(&fresh));
         assert_eq!(maps.conntrack.len(), 2);
+    }
+
+    /// Leaves only the backend other than `gone_id` in the service, in slot 1; returns it.
+    fn only_the_other_backend(maps: &mut FakeMaps, gone_id: u32) -> Endpoint {
+        let (other_id, other) = *BACKENDS.iter().find(|(id, _)| *id != gone_id).unwrap();
+        maps.backends.remove(&gone_id);
+        maps.slots.clear();
+        maps.slots.insert(
+            BackendSlotKey {
+                service_id: SERVICE_ID,
+                slot: 1,
+            },
+            other_id,
+        );
+        maps.services.values_mut().for_each(|s| s.backend_count = 1);
+        other
+    }
+
+    #[test]
+    fn a_udp_flow_whose_backend_left_moves_to_a_live_one() {
+        let mut maps = maps_with_service(IPPROTO_UDP);
+        let udp = FrameSpec::udp();
+        let (gone_id, gone) = chosen(&udp);
+        run(&mut maps, &udp);
+        let other = only_the_other_backend(&mut maps, gone_id);
+
+        let (verdict, out) = run(&mut maps, &udp);
+        assert_eq!(verdict, Verdict::Pass);
+        assert_eq!(
+            out,
+            frame(&FrameSpec {
+                dst: other,
+                ..udp.clone()
+            })
+        );
+        assert_eq!(maps.counter_value(Counter::NewFlows), 2);
+        let stale = conntrack::reply_key(&key(&udp), ipv4_mapped(gone.addr), gone.port);
+        assert!(!maps.conntrack.contains_key(&stale));
+        assert_eq!(maps.conntrack.len(), 2);
+        // The live backend's answers come back from the VIP.
+        let answer = FrameSpec {
+            src: other,
+            ..udp.reversed()
+        };
+        let (_, out) = run(&mut maps, &answer);
+        assert_eq!(out, frame(&FrameSpec { src: VIP, ..answer }));
+    }
+
+    #[test]
+    fn a_udp_flow_keeps_a_live_backend_when_the_slots_change() {
+        let mut maps = maps_with_service(IPPROTO_UDP);
+        let udp = FrameSpec::udp();
+        let (_, target) = chosen(&udp);
+        run(&mut maps, &udp);
+        for backend in maps.slots.values_mut() {
+            *backend = BACKENDS[usize::from(*backend == BACKENDS[0].0)].0;
+        }
+        let (_, out) = run(&mut maps, &udp);
+        assert_eq!(out, frame(&FrameSpec { dst: target, ..udp }));
+        assert_eq!(maps.counter_value(Counter::ForwardTranslated), 1);
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! End to end in Kubernetes mode: endpoint conditions. Terminating endpoints that still serve
 //! take new connections only when no endpoint is ready, established connections to them keep
-//! working, and a Service without usable endpoints rejects new connections at once (ICMP port
-//! unreachable, as kube-proxy's REJECT), counted by the agent.
+//! working, a UDP flow whose endpoint left moves to one that is still there, and a Service
+//! without usable endpoints rejects new connections at once (ICMP port unreachable, as
+//! kube-proxy's REJECT), counted by the agent.
 
 use std::{
     io,
-    net::SocketAddrV4,
+    net::{SocketAddrV4, UdpSocket},
     time::{Duration, Instant},
 };
 
@@ -21,7 +22,7 @@ use lb_tests::{
     netns::NetNs,
     require_root,
     servers::TcpClient,
-    topology::NODE_IP,
+    topology::{backend_name, NODE_IP},
 };
 
 /// A rejected connect must fail faster than this (a dropped SYN would take the whole
@@ -97,6 +98,53 @@ fn terminating_endpoints_serve_only_while_no_endpoint_is_ready() {
         first,
         "the established connection broke"
     );
+}
+
+/// Sends a datagram on `socket` (connected) and returns the answering pod's name.
+fn ask(socket: &UdpSocket) -> io::Result<String> {
+    socket.send(b"who are you?\n")?;
+    let mut buf = [0u8; 256];
+    let len = socket.recv(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf[..len]).into_owned())
+}
+
+#[test]
+fn a_udp_flow_whose_endpoint_left_moves_to_one_that_stays() {
+    require_root!();
+    let cluster = KubeCluster::start(2).unwrap();
+    let api = cluster.api();
+    let client = &cluster.client().netns;
+    let dns = SocketAddrV4::new([198, 19, 0, 72].into(), 53);
+    api.create(&service(NAMESPACE, "dns", *dns.ip(), web_ports()))
+        .unwrap();
+    api.create(&cluster.web_slice("dns", &[0, 1])).unwrap();
+    wait_for_backends("both ready", client, Protocol::Udp, dns, &[0, 1]);
+
+    // One socket with one port: every datagram belongs to the same flow.
+    let socket = client
+        .run(|| {
+            let socket = UdpSocket::bind("0.0.0.0:0")?;
+            socket.set_read_timeout(Some(REQUEST_TIMEOUT))?;
+            socket.connect(dns)?;
+            io::Result::Ok(socket)
+        })
+        .unwrap()
+        .unwrap();
+    let first = ask(&socket).unwrap();
+    assert_eq!(ask(&socket).unwrap(), first, "one flow, one endpoint");
+    let left = (0..2).find(|&i| backend_name(i) == first).unwrap();
+    let stays = 1 - left;
+
+    // The endpoint leaves the Service (its pod still answers, as a deleted pod's might for a
+    // while): the flow must not stay with it.
+    api.apply(&cluster.web_slice("dns", &[stays])).unwrap();
+    wait_for_backends("one left", client, Protocol::Udp, dns, &[stays]);
+    assert_eq!(
+        ask(&socket).unwrap(),
+        backend_name(stays),
+        "the flow stayed with the endpoint that left"
+    );
+    assert_eq!(ask(&socket).unwrap(), backend_name(stays));
 }
 
 #[test]
