@@ -33,7 +33,23 @@ pub mod ct_flags {
     /// `snat_addr:snat_port` (the node's address and an allocated port); a reply entry also
     /// rewrites the destination to `snat_addr:snat_port` (the original client).
     pub const SNAT: u8 = 4;
+    /// On both entries of a masqueraded TCP flow once a FIN or RST was seen in either
+    /// direction: a new SYN on the tuple starts a new flow, and after
+    /// [`CLOSING_REUSE_NS`](super::CLOSING_REUSE_NS) idle its port may go to a new flow.
+    pub const CLOSING: u8 = 8;
+    /// The direction bits.
+    pub const DIRECTION: u8 = FORWARD | REPLY;
 }
+
+/// A masqueraded flow holds its port against a new flow that wants it until its reply entry
+/// has been idle this long: after a FIN or RST (Cilium's close timeout)...
+pub const CLOSING_REUSE_NS: u64 = 10 * SECOND_NS;
+/// ...for UDP (Cilium's non-TCP lifetime)...
+pub const UDP_REUSE_NS: u64 = 60 * SECOND_NS;
+/// ...and for TCP without a FIN or RST (Cilium's TCP lifetime). Entries are not otherwise
+/// expired: LRU eviction bounds the map.
+pub const TCP_REUSE_NS: u64 = 6 * 60 * 60 * SECOND_NS;
+const SECOND_NS: u64 = 1_000_000_000;
 
 /// Value of the conntrack map.
 #[repr(C)]
@@ -43,7 +59,8 @@ pub struct CtValue {
     pub nat_addr: [u8; 16],
     /// Port to translate to, network byte order.
     pub nat_port: [u8; 2],
-    /// [`ct_flags::FORWARD`] or [`ct_flags::REPLY`], plus [`ct_flags::SNAT`] when masqueraded.
+    /// [`ct_flags::FORWARD`] or [`ct_flags::REPLY`], plus [`ct_flags::SNAT`] when masqueraded
+    /// and [`ct_flags::CLOSING`] when such a TCP flow is ending.
     pub flags: u8,
     pub _pad: u8,
     /// Service the flow belongs to (per-service counters).

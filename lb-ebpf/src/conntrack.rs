@@ -1,7 +1,10 @@
 //! Conntrack keys and entries: a forward entry keyed by the client's packet and a reply entry
 //! keyed by the backend's answer (see `lb_common::conntrack`).
 
-use lb_common::{conntrack::ct_flags, ipv4_mapped, Backend, CtKey, CtValue};
+use lb_common::{
+    conntrack::{ct_flags, CLOSING_REUSE_NS, TCP_REUSE_NS, UDP_REUSE_NS},
+    ipv4_mapped, Backend, CtKey, CtValue, IPPROTO_UDP,
+};
 
 use crate::parse::{Endpoint, Ipv4Flow};
 
@@ -37,6 +40,35 @@ pub fn reply_key_of(forward: &CtKey, entry: &CtValue) -> CtKey {
         key.dst_port = entry.snat_port;
     }
     key
+}
+
+/// The key of the forward entry belonging to a masqueraded flow's reply entry: the original
+/// client to the frontend it addressed.
+#[inline(always)]
+pub fn forward_key_of(reply_key: &CtKey, entry: &CtValue) -> CtKey {
+    CtKey {
+        src_addr: entry.snat_addr,
+        dst_addr: entry.nat_addr,
+        src_port: entry.snat_port,
+        dst_port: entry.nat_port,
+        proto: reply_key.proto,
+        _pad: [0; 3],
+    }
+}
+
+/// Whether a masqueraded flow's reply entry has been idle long enough for a new flow to take
+/// its key, and with it the port (see `lb_common::conntrack::CLOSING_REUSE_NS`).
+#[inline(always)]
+pub fn reusable(entry: &CtValue, proto: u8, now_ns: u64) -> bool {
+    let idle_for = if entry.flags & ct_flags::CLOSING != 0 {
+        CLOSING_REUSE_NS
+    } else if proto == IPPROTO_UDP {
+        UDP_REUSE_NS
+    } else {
+        TCP_REUSE_NS
+    };
+    // Saturating: another CPU may have stamped the entry after this packet read the clock.
+    now_ns.saturating_sub(entry.last_seen_ns) > idle_for
 }
 
 #[inline(always)]

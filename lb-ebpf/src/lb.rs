@@ -15,7 +15,7 @@ use crate::{
     maps::Maps,
     masquerade,
     parse::{self, Endpoint, Ipv4Flow},
-    reject,
+    port_reuse, reject,
     rewrite::Side,
     select, stats,
 };
@@ -54,6 +54,7 @@ fn try_process<P: Packet, M: Maps>(pkt: &mut P, maps: &mut M, scope: u8) -> Resu
     let key = conntrack::key_of(&flow);
     if let Some(entry) = maps.conntrack(&key) {
         if let Some((side, outcome)) = established(maps, &flow, &entry) {
+            port_reuse::note_tcp_end(maps, &flow, side, &key, &entry);
             return translate(pkt, maps, &flow, side, &entry, outcome);
         }
         forget(maps, &key, &entry);
@@ -65,13 +66,17 @@ fn try_process<P: Packet, M: Maps>(pkt: &mut P, maps: &mut M, scope: u8) -> Resu
 /// start over.
 #[inline(always)]
 fn established<M: Maps>(maps: &mut M, flow: &Ipv4Flow, entry: &CtValue) -> Option<(Side, Counter)> {
-    match entry.flags & !ct_flags::SNAT {
+    match entry.flags & ct_flags::DIRECTION {
         ct_flags::REPLY => Some((Side::Source, Counter::ReplyTranslated)),
         // Established TCP connections keep their backend even after it left the service, so
         // they can finish; a new connection attempt on a vanished backend starts over. UDP has
         // no connection to finish: its flow moves on rather than feed a backend that is gone
-        // (kube-proxy deletes such conntrack entries for the same reason).
-        ct_flags::FORWARD if !(restarts_when_gone(flow) && backend_gone(maps, entry)) => {
+        // (kube-proxy deletes such conntrack entries for the same reason). A SYN on a
+        // masqueraded flow that was closing is a new connection reusing the tuple.
+        ct_flags::FORWARD
+            if !(restarts_when_gone(flow) && backend_gone(maps, entry)
+                || flow.is_tcp_syn() && entry.flags & ct_flags::CLOSING != 0) =>
+        {
             Some((Side::Destination, Counter::ForwardTranslated))
         }
         _ => None,

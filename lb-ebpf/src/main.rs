@@ -17,6 +17,7 @@ mod log;
 mod maps;
 mod masquerade;
 mod parse;
+mod port_reuse;
 mod reject;
 mod rewrite;
 mod select;

@@ -44,6 +44,10 @@ pub trait Maps {
     fn backend(&mut self, id: u32) -> Option<Backend>;
     /// Looks up a flow and marks it used now (see [`conntrack::refresh`]).
     fn conntrack(&mut self, key: &CtKey) -> Option<CtValue>;
+    /// Looks up a flow without marking it used.
+    fn peek_conntrack(&mut self, key: &CtKey) -> Option<&CtValue>;
+    /// Adds `flags` to an entry, if there is one, and marks it used now.
+    fn mark_conntrack(&mut self, key: &CtKey, flags: u8);
     /// Inserts or replaces an entry; `Err` when the map refuses it.
     fn insert_conntrack(&mut self, key: &CtKey, value: &CtValue) -> Result<(), ()>;
     /// Inserts an entry only if the key is free; `Err` when it is taken or the map refuses.
@@ -93,6 +97,22 @@ impl Maps for KernelMaps {
         let entry = unsafe { &mut *entry };
         conntrack::refresh(entry, self.now_ns());
         Some(*entry)
+    }
+
+    #[inline(always)]
+    fn peek_conntrack(&mut self, key: &CtKey) -> Option<&CtValue> {
+        // SAFETY: as above; the caller reads a few fields at once.
+        unsafe { LB_CONNTRACK.get(key) }
+    }
+
+    #[inline(always)]
+    fn mark_conntrack(&mut self, key: &CtKey, flags: u8) {
+        if let Some(entry) = LB_CONNTRACK.get_ptr_mut(key) {
+            // SAFETY: as above.
+            let entry = unsafe { &mut *entry };
+            entry.flags |= flags;
+            entry.last_seen_ns = self.now_ns();
+        }
     }
 
     #[inline(always)]

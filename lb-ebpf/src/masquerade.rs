@@ -4,6 +4,7 @@
 //!
 //! Hairpin: an internal flow from a pod balanced to itself is source-NATed the same way, to
 //! `config::HAIRPIN_ADDR`, so the pod does not receive its own address as the source.
+//! A port taken by an idle or closed flow is taken over (see `port_reuse`).
 
 use lb_common::{
     config::{HAIRPIN_ADDR, SNAT_PORT_ATTEMPTS, SNAT_PORT_MAX, SNAT_PORT_MIN},
@@ -13,7 +14,7 @@ use lb_common::{
     Backend, Counter, CtKey, CtValue, NodeConfig,
 };
 
-use crate::{conntrack, error::Error, maps::Maps};
+use crate::{conntrack, error::Error, maps::Maps, port_reuse};
 
 /// Whether a new flow found in `scope` to `backend` is to be masqueraded (if the node
 /// masquerades at all): external flows to backends not on this node.
@@ -44,7 +45,7 @@ pub fn counter(scope: u8) -> Counter {
 /// Inserts a new flow's reply entry source-NATed when it is to be: a hairpin always (to
 /// `HAIRPIN_ADDR`), a flow [`wanted`] for masquerading if the node masquerades (to its
 /// `snat_addr`). Tries ports of the configured range (for a hairpin the default range while
-/// none is configured) until the reply key (backend -> address:port) is free. `reply_key` and
+/// none is configured) until the reply key (backend -> address:port) is free or taken over. `reply_key` and
 /// `reply` are the flow's plain reply key and entry and become the source-NATed ones. Returns
 /// `Ok(false)`, having inserted nothing, when the flow is not source-NATed.
 #[inline(always)]
@@ -78,6 +79,11 @@ pub fn insert_reply<M: Maps>(
         };
         reply_key.dst_port = port;
         if maps.insert_conntrack_new(reply_key, reply).is_ok() {
+            return Ok(true);
+        }
+        if port_reuse::take_over(maps, reply_key, reply.last_seen_ns)
+            && maps.insert_conntrack_new(reply_key, reply).is_ok()
+        {
             return Ok(true);
         }
     }

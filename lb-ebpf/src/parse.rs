@@ -22,7 +22,9 @@ const TCP_HEADER_LEN: usize = 20;
 const UDP_HEADER_LEN: usize = 8;
 /// More-fragments flag and fragment offset, in the IPv4 flags/fragment-offset word.
 const IPV4_FRAGMENT_MASK: u16 = 0x3fff;
+const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 
 /// One end of a flow: IPv4 address and port, both in network byte order.
@@ -71,6 +73,12 @@ impl Ipv4Flow {
     #[inline(always)]
     pub fn is_tcp_syn(&self) -> bool {
         self.proto == IPPROTO_TCP && self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    }
+
+    /// A TCP FIN or RST: the connection is ending.
+    #[inline(always)]
+    pub fn is_tcp_end(&self) -> bool {
+        self.proto == IPPROTO_TCP && self.tcp_flags & (TCP_FIN | TCP_RST) != 0
     }
 }
 

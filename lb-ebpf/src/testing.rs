@@ -271,6 +271,17 @@ impl Maps for FakeMaps {
         Some(*entry)
     }
 
+    fn peek_conntrack(&mut self, key: &CtKey) -> Option<&CtValue> {
+        self.conntrack.get(key)
+    }
+
+    fn mark_conntrack(&mut self, key: &CtKey, flags: u8) {
+        if let Some(entry) = self.conntrack.get_mut(key) {
+            entry.flags |= flags;
+            entry.last_seen_ns = self.now_ns;
+        }
+    }
+
     fn insert_conntrack(&mut self, key: &CtKey, value: &CtValue) -> Result<(), ()> {
         if self.conntrack_full || self.refused_conntrack_key == Some(*key) {
             return Err(());

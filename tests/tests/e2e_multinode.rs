@@ -6,12 +6,14 @@
 //! keep the client's address. externalTrafficPolicy: Local keeps the client's address and
 //! never leaves node A. Topology: [`lb_tests::cluster::two_node`]; node B reaches the client
 //! directly over the LAN, so without masquerading its pod's replies bypass node A and the
-//! connections break (the second test shows that they do).
+//! connections break (the second test shows that they do). A closed connection's port goes
+//! to a later one once the close timeout has passed.
 
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr, SocketAddrV4},
     ops::RangeInclusive,
+    time::Duration,
 };
 
 use lb_tests::{
@@ -36,17 +38,27 @@ const LOCAL_NODE_PORTS: [(Protocol, u16); 2] = [(Protocol::Tcp, 30081), (Protoco
 const EXTERNAL_IP: [u8; 4] = [198, 19, 5, 100];
 
 /// A NodePort Service `name` (cluster IP 198.19.5.`octet`) with TCP 80 -> 8080 and UDP 53 ->
-/// 8053 on `node_ports`, `policy` as externalTrafficPolicy, and its EndpointSlice with one
-/// pod on each node.
+/// 8053 on `node_ports`, `policy` as externalTrafficPolicy, and its EndpointSlice with the
+/// pods of `nodes`.
 fn service(
     name: &str,
     octet: u8,
     policy: &str,
     node_ports: [(Protocol, u16); 2],
     extra: &str,
+    nodes: &[Node],
 ) -> String {
     let [(_, tcp), (_, udp)] = node_ports;
-    let (a, b) = (Node::A, Node::B);
+    let endpoints: String = nodes
+        .iter()
+        .map(|n| {
+            format!(
+                "  - {{addresses: [{}], nodeName: {}}}\n",
+                n.pod_addr(),
+                n.name()
+            )
+        })
+        .collect();
     format!(
         r#"apiVersion: v1
 kind: Service
@@ -70,13 +82,7 @@ ports:
   - {{name: http, protocol: TCP, port: 8080}}
   - {{name: dns, protocol: UDP, port: 8053}}
 endpoints:
-  - {{addresses: [{pod_a}], nodeName: {node_a}}}
-  - {{addresses: [{pod_b}], nodeName: {node_b}}}
-"#,
-        pod_a = a.pod_addr(),
-        node_a = a.name(),
-        pod_b = b.pod_addr(),
-        node_b = b.name(),
+{endpoints}"#
     )
 }
 
@@ -91,8 +97,9 @@ fn manifests() -> tempfile::TempDir {
         "Cluster",
         CLUSTER_NODE_PORTS,
         &format!("  externalIPs: [{external}]\n"),
+        &Node::ALL,
     );
-    let local = service("local", 11, "Local", LOCAL_NODE_PORTS, "");
+    let local = service("local", 11, "Local", LOCAL_NODE_PORTS, "", &Node::ALL);
     std::fs::write(
         dir.path().join("services.yaml"),
         format!("{cluster}---\n{local}"),
@@ -304,4 +311,45 @@ fn without_masquerading_the_other_nodes_replies_bypass_node_a_and_fail() {
 /// Node-wide counter `name` in `lb-agent inspect` output (0 if absent).
 fn counter(inspect: &str, name: &str) -> u64 {
     inspect_output::counter(inspect, name).unwrap_or(0)
+}
+
+#[test]
+fn a_closed_connections_port_goes_to_the_next_connection_after_the_close_timeout() {
+    require_root!();
+    const PORT: u16 = 62_500;
+    let dir = tempfile::tempdir().unwrap();
+    let remote = service("remote", 12, "Cluster", CLUSTER_NODE_PORTS, "", &[Node::B]);
+    std::fs::write(dir.path().join("remote.yaml"), remote).unwrap();
+    let port = PORT.to_string();
+    let range = format!("{port}-{port}");
+    let cluster = TwoNodes::start(dir.path(), &["--masquerade-ports", &range]).unwrap();
+    let (protocol, node_port) = CLUSTER_NODE_PORTS[0];
+    let target = SocketAddrV4::new(Node::A.addr(), node_port);
+    let one = |what: &str| {
+        let reply = cluster.requests(protocol, target, 1).unwrap().remove(0);
+        eprintln!("{what}: {reply:?}");
+        reply
+    };
+
+    let first = one("first").expect("the first connection");
+    assert_eq!(first.from, Node::B.pod_name());
+    // Closed a moment ago, so its port is still its own: the next connection gets none.
+    assert!(one("right after").is_err());
+    let inspect = cluster.agent(Node::A).inspect().unwrap();
+    assert!(
+        counter(&inspect, "drop_snat_ports_exhausted") > 0,
+        "{inspect}"
+    );
+    let closing = inspect_output::table_rows(&inspect, "CONNTRACK")
+        .into_iter()
+        .filter(|row| row.last().is_some_and(|state| state == "closing"))
+        .count();
+    assert_eq!(closing, 2, "the closed flow's two entries:\n{inspect}");
+
+    let close_timeout = Duration::from_nanos(lb_common::conntrack::CLOSING_REUSE_NS);
+    std::thread::sleep(close_timeout + Duration::from_secs(1));
+    let later = one("after the close timeout").expect("a connection after the close timeout");
+    assert_eq!(later.from, Node::B.pod_name());
+    let expected = SocketAddr::V4(SocketAddrV4::new(Node::A.addr(), PORT));
+    assert_eq!(cluster.peers(Node::B, protocol), [expected, expected]);
 }

@@ -2,7 +2,8 @@
 //! flow to a backend without `backend_flags::LOCAL` leaves from the node's address and a port
 //! of the configured range when `LB_CONFIG` masquerades, and the backend's answers to that
 //! port are translated back to the client by either hook. Local backends, internal (TC) flows
-//! and a node that does not masquerade keep the client's address.
+//! and a node that does not masquerade keep the client's address. A port goes to a new flow
+//! only once its flow is closed or idle (`lb_common::conntrack::CLOSING_REUSE_NS`).
 
 mod fixture;
 
@@ -12,6 +13,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use fixture::{backend, client, deltas, vip, Fixture, Hook, Verdict, HOOKS};
 use lb_common::{
     config::{SNAT_PORT_MAX, SNAT_PORT_MIN},
+    conntrack::{CLOSING_REUSE_NS, UDP_REUSE_NS},
     ipv4_mapped,
     service::{backend_flags, scope},
     Backend, Counter, NodeConfig, ServiceValue, IPPROTO_TCP, IPPROTO_UDP,
@@ -302,4 +304,84 @@ fn a_flow_finding_no_free_port_is_dropped_and_counted() {
     let ack = Frame::tcp(client(40_005), vip(80), tcp_flags::ACK);
     let (_, out) = fx.run(&ack.to_bytes());
     assert_frames_equal(&out, &ack.with_src(node).with_dst(backend(1)).to_bytes());
+}
+
+/// A second of margin over a reuse interval, for the time the test itself takes.
+const MARGIN_NS: u64 = 1_000_000_000;
+
+/// The node's one port in the ranges below.
+const ONE_PORT: u16 = 62_100;
+
+/// Runs a new flow's first packet from another client through XDP and checks it was dropped
+/// for want of a port.
+fn finds_the_port_taken(fx: &mut Fixture, request: &Frame) {
+    fx.hook = Hook::Xdp;
+    let (verdict, _, moved) = fx.run_counted(&request.to_bytes());
+    assert_eq!(verdict, Verdict::Drop);
+    assert_eq!(
+        moved,
+        deltas(&[(Counter::Packets, 1), (Counter::DropSnatPortsExhausted, 1)])
+    );
+}
+
+/// Checks the backend's answer to `node` goes to `client` through TC.
+fn answers_go_to(fx: &mut Fixture, proto: u8, node: SocketAddrV4, client: SocketAddrV4) {
+    fx.hook = Hook::Tc;
+    let reply = answer(proto, node);
+    let (_, out) = fx.run(&reply.to_bytes());
+    assert_frames_equal(&out, &reply.with_src(vip(80)).with_dst(client).to_bytes());
+}
+
+#[test]
+fn a_closed_connections_port_goes_to_a_new_flow_once_idle() {
+    require_root!();
+    let mut fx = setup(Hook::Xdp, IPPROTO_TCP, 0, masquerading(ONE_PORT, ONE_PORT));
+    let first = client(40_006);
+    let node = masqueraded(&mut fx, &request(IPPROTO_TCP, first), ONE_PORT..=ONE_PORT);
+    // The client closes; the backend's FIN comes back through TC.
+    let fin = tcp_flags::FIN | tcp_flags::ACK;
+    fx.hook = Hook::Xdp;
+    assert_eq!(
+        fx.run(&Frame::tcp(first, vip(80), fin).to_bytes()).0,
+        Verdict::Pass
+    );
+    fx.hook = Hook::Tc;
+    assert_eq!(
+        fx.run(&Frame::tcp(backend(1), node, fin).to_bytes()).0,
+        Verdict::Pass
+    );
+
+    let other = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 11), 40_006);
+    let second = request(IPPROTO_TCP, other);
+    finds_the_port_taken(&mut fx, &second);
+    fx.age_conntrack(CLOSING_REUSE_NS + MARGIN_NS);
+    assert_eq!(
+        masqueraded(&mut fx, &second, ONE_PORT..=ONE_PORT),
+        node,
+        "the same port"
+    );
+    assert_eq!(fx.conntrack_len(), 2, "the closed flow's entries are gone");
+    answers_go_to(&mut fx, IPPROTO_TCP, node, other);
+}
+
+#[test]
+fn an_open_connection_keeps_its_port_while_a_udp_flow_gives_it_up_after_a_minute() {
+    require_root!();
+    for proto in [IPPROTO_TCP, IPPROTO_UDP] {
+        let mut fx = setup(Hook::Xdp, proto, 0, masquerading(ONE_PORT, ONE_PORT));
+        let first = client(40_007);
+        let node = masqueraded(&mut fx, &request(proto, first), ONE_PORT..=ONE_PORT);
+        answers_go_to(&mut fx, proto, node, first);
+        let other = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 11), 40_007);
+        let second = request(proto, other);
+        fx.age_conntrack(UDP_REUSE_NS + MARGIN_NS);
+        if proto == IPPROTO_TCP {
+            finds_the_port_taken(&mut fx, &second);
+            answers_go_to(&mut fx, proto, node, first);
+        } else {
+            masqueraded(&mut fx, &second, ONE_PORT..=ONE_PORT);
+            answers_go_to(&mut fx, proto, node, other);
+            assert_eq!(fx.conntrack_len(), 2);
+        }
+    }
 }

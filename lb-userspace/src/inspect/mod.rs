@@ -143,6 +143,7 @@ impl fmt::Display for Snapshot {
             "SERVICE",
             "BACKEND",
             "AGE",
+            "STATE",
         ]);
         for (k, v) in &self.conntrack {
             let age = Duration::from_nanos(self.now_ns.saturating_sub(v.last_seen_ns));
@@ -156,6 +157,7 @@ impl fmt::Display for Snapshot {
                 v.service_id.to_string(),
                 v.backend_id.to_string(),
                 format!("{}s", age.as_secs()),
+                state(v.flags).to_string(),
             ]);
         }
         let mut counters = Table::new(&["COUNTER", "VALUE"]);
@@ -206,10 +208,19 @@ fn protocol(number: u8) -> String {
 }
 
 fn direction(flags: u8) -> String {
-    match flags & !ct_flags::SNAT {
+    match flags & ct_flags::DIRECTION {
         ct_flags::FORWARD => "forward".to_string(),
         ct_flags::REPLY => "reply".to_string(),
         _ => format!("flags={flags:#x}"),
+    }
+}
+
+/// `closing` for a masqueraded TCP flow that saw a FIN or RST, whose port a new flow may
+/// take once it has been idle for a while; `-` otherwise.
+fn state(flags: u8) -> &'static str {
+    match flags & ct_flags::CLOSING != 0 {
+        true => "closing",
+        false => "-",
     }
 }
 
@@ -318,7 +329,7 @@ mod tests {
                     CtValue {
                         nat_addr: vip,
                         nat_port: 80u16.to_be_bytes(),
-                        flags: ct_flags::REPLY | ct_flags::SNAT,
+                        flags: ct_flags::REPLY | ct_flags::SNAT | ct_flags::CLOSING,
                         service_id: 1,
                         backend_id: 2,
                         last_seen_ns: 1_000_000_000,
@@ -346,10 +357,10 @@ ID  ADDRESS          FLAGS
 2   198.18.2.1:8080  -
 
 CONNTRACK
-DIRECTION  PROTO  SOURCE            DESTINATION       NAT TO           SNAT TO           SERVICE  BACKEND  AGE
-forward    TCP    198.18.0.2:40000  198.19.0.10:80    198.18.1.1:8080  -                 1        1        3s
-forward    TCP    198.18.0.2:40001  198.19.0.10:80    198.18.2.1:8080  198.18.0.1:61000  1        2        3s
-reply      TCP    198.18.2.1:8080   198.18.0.1:61000  198.19.0.10:80   198.18.0.2:40001  1        2        3s
+DIRECTION  PROTO  SOURCE            DESTINATION       NAT TO           SNAT TO           SERVICE  BACKEND  AGE  STATE
+forward    TCP    198.18.0.2:40000  198.19.0.10:80    198.18.1.1:8080  -                 1        1        3s   -
+forward    TCP    198.18.0.2:40001  198.19.0.10:80    198.18.2.1:8080  198.18.0.1:61000  1        2        3s   -
+reply      TCP    198.18.2.1:8080   198.18.0.1:61000  198.19.0.10:80   198.18.0.2:40001  1        2        3s   closing
 
 COUNTERS
 COUNTER    VALUE
