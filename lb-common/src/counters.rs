@@ -50,11 +50,14 @@ pub enum Counter {
     /// New internal flows from a pod balanced to itself, source-NATed to
     /// `config::HAIRPIN_ADDR` (counted here, not in `Masqueraded`).
     Hairpinned,
+    /// ICMP errors (destination unreachable, time exceeded) quoting a packet of a tracked
+    /// flow, translated like that flow's packets so the sender's socket gets them.
+    IcmpErrorTranslated,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 20] = [
+    pub const ALL: [Counter; 21] = [
         Counter::Packets,
         Counter::NotIpv4,
         Counter::OtherProtocol,
@@ -75,6 +78,7 @@ impl Counter {
         Counter::Masqueraded,
         Counter::DropSnatPortsExhausted,
         Counter::Hairpinned,
+        Counter::IcmpErrorTranslated,
     ];
     /// Size of the counters array.
     pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -102,6 +106,7 @@ impl Counter {
             Counter::Masqueraded => "masqueraded",
             Counter::DropSnatPortsExhausted => "drop_snat_ports_exhausted",
             Counter::Hairpinned => "hairpinned",
+            Counter::IcmpErrorTranslated => "icmp_error_translated",
         }
     }
 }

@@ -11,7 +11,7 @@ use crate::{
     affinity, conntrack,
     context::Packet,
     error::{Error, Verdict},
-    log,
+    icmp_error, log,
     maps::Maps,
     masquerade,
     parse::{self, Endpoint, Ipv4Flow},
@@ -50,7 +50,11 @@ pub fn process<P: Packet, M: Maps>(pkt: &mut P, maps: &mut M, scope: u8) -> Verd
 /// Translates the packet, or turns it into a reject; returns the counter of what was done.
 #[inline(always)]
 fn try_process<P: Packet, M: Maps>(pkt: &mut P, maps: &mut M, scope: u8) -> Result<Counter, Error> {
-    let flow = parse::ipv4_flow(pkt)?;
+    let flow = match parse::ipv4_flow(pkt) {
+        Ok(flow) => flow,
+        Err(e) if e.reason == Counter::OtherProtocol => return icmp_error::translate(pkt, maps),
+        Err(e) => return Err(e),
+    };
     let key = conntrack::key_of(&flow);
     if let Some(entry) = maps.conntrack(&key) {
         if let Some((side, outcome)) = established(maps, &flow, &entry) {

@@ -12,6 +12,7 @@ mod checksum;
 mod conntrack;
 mod context;
 mod error;
+mod icmp_error;
 mod lb;
 mod log;
 mod maps;

@@ -21,7 +21,8 @@ pub const IPV4_MIN_HEADER_LEN: usize = 20;
 const TCP_HEADER_LEN: usize = 20;
 const UDP_HEADER_LEN: usize = 8;
 /// More-fragments flag and fragment offset, in the IPv4 flags/fragment-offset word.
-const IPV4_FRAGMENT_MASK: u16 = 0x3fff;
+pub const IPV4_FRAGMENT_MASK: u16 = 0x3fff;
+pub const IPPROTO_ICMP: u8 = 1;
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;

@@ -10,11 +10,10 @@
 use crate::{
     checksum,
     context::Packet,
-    parse::{Ipv4Flow, ETHERTYPE_IPV4, IPV4_MIN_HEADER_LEN, L3_OFFSET},
+    parse::{Ipv4Flow, ETHERTYPE_IPV4, IPPROTO_ICMP, IPV4_MIN_HEADER_LEN, L3_OFFSET},
     rewrite::RewriteFailed,
 };
 
-const IPPROTO_ICMP: u8 = 1;
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_PORT_UNREACH: u8 = 3;
 const ICMP_HEADER_LEN: usize = 8;

@@ -140,6 +140,27 @@ pub fn frame(spec: &FrameSpec) -> Vec<u8> {
     f
 }
 
+/// Builds an ICMP error frame `src -> dst` of `icmp_type`/`code` quoting `quoted` (an IPv4
+/// packet, possibly cut short), with valid checksums.
+pub fn icmp_error(src: [u8; 4], dst: [u8; 4], icmp_type: u8, code: u8, quoted: &[u8]) -> Vec<u8> {
+    let mut icmp = vec![icmp_type, code, 0, 0, 0, 0, 0x05, 0xdc]; // next-hop MTU 1500
+    icmp.extend_from_slice(quoted);
+    let icmp_check = full_checksum(&icmp);
+    icmp[2..4].copy_from_slice(&icmp_check);
+    let total = (20 + icmp.len()) as u16;
+    let mut ip = vec![0x45, 0xc0];
+    ip.extend_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&[0, 0, 0, 0, 64, 1, 0, 0]);
+    ip.extend_from_slice(&src);
+    ip.extend_from_slice(&dst);
+    let ip_check = full_checksum(&ip);
+    ip[10..12].copy_from_slice(&ip_check);
+    let mut f = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1, 0x08, 0x00];
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&icmp);
+    f
+}
+
 fn pseudo_header(ip: &[u8], l4_len: usize) -> Vec<u8> {
     let mut p = ip[12..20].to_vec();
     p.extend_from_slice(&[0, ip[9]]);

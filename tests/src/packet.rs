@@ -146,6 +146,34 @@ impl Frame {
         )
     }
 
+    /// An ICMP error `src -> dst` of `icmp_type`/`code` (next-hop MTU 1400 in the unused
+    /// field) quoting `quoted`'s IPv4 packet, cut to `quote_len` bytes when given.
+    pub fn icmp_error(
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        (icmp_type, code): (u8, u8),
+        quoted: &Frame,
+        quote_len: Option<usize>,
+    ) -> Frame {
+        let packet = quoted.to_bytes().split_off(ETH_HLEN);
+        let quote = &packet[..quote_len.unwrap_or(packet.len())];
+        let mut bytes = vec![icmp_type, code, 0, 0, 0, 0, 0x05, 0x78];
+        bytes.extend_from_slice(quote);
+        let checksum = internet_checksum(&bytes);
+        bytes[2..4].copy_from_slice(&checksum.to_be_bytes());
+        let mut frame = Frame::ipv4(
+            SocketAddrV4::new(src, 0),
+            SocketAddrV4::new(dst, 0),
+            L4::Raw {
+                protocol: IPPROTO_ICMP,
+                bytes,
+            },
+        );
+        frame.ip.tos = 0xc0;
+        frame.ip.flags_fragment = 0;
+        frame
+    }
+
     fn ipv4(src: SocketAddrV4, dst: SocketAddrV4, l4: L4) -> Frame {
         Frame {
             dst_mac: DST_MAC,

@@ -7,7 +7,8 @@
 //! never leaves node A. Topology: [`lb_tests::cluster::two_node`]; node B reaches the client
 //! directly over the LAN, so without masquerading its pod's replies bypass node A and the
 //! connections break (the second test shows that they do). A closed connection's port goes
-//! to a later one once the close timeout has passed.
+//! to a later one once the close timeout has passed, and an ICMP error from node B's pod
+//! reaches the client translated.
 
 use std::{
     collections::BTreeMap,
@@ -18,6 +19,7 @@ use std::{
 
 use lb_tests::{
     cluster::{
+        kube::connected_udp_request,
         two_node::{Node, TwoNodes, CLIENT_ADDR, LAN_IFACE},
         Protocol,
     },
@@ -352,4 +354,42 @@ fn a_closed_connections_port_goes_to_the_next_connection_after_the_close_timeout
     assert_eq!(later.from, Node::B.pod_name());
     let expected = SocketAddr::V4(SocketAddrV4::new(Node::A.addr(), PORT));
     assert_eq!(cluster.peers(Node::B, protocol), [expected, expected]);
+}
+
+#[test]
+fn a_remote_pods_port_unreachable_reaches_the_client_through_the_masquerading_node() {
+    require_root!();
+    let dir = tempfile::tempdir().unwrap();
+    // The UDP port targets a port node B's pod does not listen on.
+    let closed = service(
+        "closed",
+        13,
+        "Cluster",
+        [(Protocol::Tcp, 30082), (Protocol::Udp, 30055)],
+        "",
+        &[Node::B],
+    )
+    .replace("8053", "9053");
+    std::fs::write(dir.path().join("closed.yaml"), closed).unwrap();
+    let cluster = TwoNodes::start(dir.path(), &[]).unwrap();
+    let node_port = |port| SocketAddrV4::new(Node::A.addr(), port);
+    let http = cluster
+        .requests(Protocol::Tcp, node_port(30082), 1)
+        .unwrap();
+    assert!(http[0].is_ok(), "the Service works over TCP: {http:?}");
+
+    let started = std::time::Instant::now();
+    let udp = connected_udp_request(cluster.client(), node_port(30055)).unwrap();
+    let took = started.elapsed();
+    match udp {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+        other => panic!("expected ECONNREFUSED, got {other:?} after {took:?}"),
+    }
+    assert!(
+        took < Duration::from_millis(500),
+        "the refusal took {took:?}"
+    );
+    let inspect = cluster.agent(Node::A).inspect().unwrap();
+    assert_eq!(counter(&inspect, "icmp_error_translated"), 1, "{inspect}");
+    assert_eq!(counter(&inspect, "masqueraded"), 2, "{inspect}");
 }

@@ -1,0 +1,137 @@
+//! ICMP errors about translated flows through the real TC and XDP programs
+//! (BPF_PROG_TEST_RUN): the error and the packet it quotes are translated back the way the
+//! flow's packets are, so the result is exactly the error the client (or backend) would have
+//! received without translation, checksums included.
+
+mod fixture;
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use fixture::{backend, client, deltas, vip, Fixture, Hook, Verdict, HOOKS};
+use lb_common::{
+    ipv4_mapped, service::scope, Counter, NodeConfig, ServiceValue, IPPROTO_TCP, IPPROTO_UDP,
+};
+use lb_tests::{
+    packet::{assert_frames_equal, tcp_flags, Frame},
+    require_root,
+};
+
+const SERVICE_ID: u32 = 1;
+const BACKEND_ID: u32 = 11;
+const NODE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+const ROUTER: Ipv4Addr = Ipv4Addr::new(198, 18, 7, 1);
+const PORT_UNREACHABLE: (u8, u8) = (3, 3);
+const FRAGMENTATION_NEEDED: (u8, u8) = (3, 4);
+
+/// A fixture whose service vip(80)/`proto` (both scopes) balances to backend(1), on another
+/// node when `config` masquerades.
+fn setup(hook: Hook, proto: u8, config: NodeConfig) -> Fixture {
+    let mut fx = Fixture::new(hook);
+    let value = ServiceValue {
+        id: SERVICE_ID,
+        backend_count: 1,
+        ..ServiceValue::default()
+    };
+    let scopes = [scope::EXTERNAL, scope::INTERNAL];
+    fx.program(vip(80), proto, &scopes, value, &[(BACKEND_ID, backend(1))]);
+    fx.set_node_config(&config);
+    fx
+}
+
+fn request(proto: u8) -> Frame {
+    match proto {
+        IPPROTO_TCP => Frame::tcp(client(40_000), vip(80), tcp_flags::SYN),
+        _ => Frame::udp(client(40_000), vip(80), b"query"),
+    }
+}
+
+/// Runs `frame` through the fixture's hook and checks it came out as `expected`.
+fn passes_as(fx: &mut Fixture, frame: &Frame, expected: &Frame) {
+    let (verdict, out) = fx.run(&frame.to_bytes());
+    assert_eq!(verdict, Verdict::Pass);
+    assert_frames_equal(&out, &expected.to_bytes());
+}
+
+/// Runs an ICMP error and checks it came out as `expected`, counted as translated.
+fn translated_to(fx: &mut Fixture, error: &Frame, expected: &Frame) {
+    let (verdict, out, moved) = fx.run_counted(&error.to_bytes());
+    assert_eq!(verdict, Verdict::Pass, "{:?}", fx.hook);
+    assert_frames_equal(&out, &expected.to_bytes());
+    assert_eq!(
+        moved,
+        deltas(&[(Counter::Packets, 1), (Counter::IcmpErrorTranslated, 1)]),
+        "{:?}",
+        fx.hook
+    );
+}
+
+#[test]
+fn a_backends_port_unreachable_reaches_the_client_from_the_vip() {
+    require_root!();
+    for hook in HOOKS {
+        for proto in [IPPROTO_UDP, IPPROTO_TCP] {
+            let mut fx = setup(hook, proto, NodeConfig::default());
+            let sent = request(proto);
+            let at_backend = sent.clone().with_dst(backend(1));
+            passes_as(&mut fx, &sent, &at_backend);
+            let error = Frame::icmp_error(
+                *backend(1).ip(),
+                *client(0).ip(),
+                PORT_UNREACHABLE,
+                &at_backend,
+                None,
+            );
+            let expected =
+                Frame::icmp_error(*vip(0).ip(), *client(0).ip(), PORT_UNREACHABLE, &sent, None);
+            translated_to(&mut fx, &error, &expected);
+        }
+    }
+}
+
+#[test]
+fn a_routers_fragmentation_needed_for_a_masqueraded_flow_reaches_the_client() {
+    require_root!();
+    let config = NodeConfig::masquerading(ipv4_mapped(NODE.octets()), 61_000, 61_000);
+    let mut fx = setup(Hook::Xdp, IPPROTO_TCP, config);
+    let sent = request(IPPROTO_TCP);
+    let at_backend = sent
+        .clone()
+        .with_src(SocketAddrV4::new(NODE, 61_000))
+        .with_dst(backend(1));
+    passes_as(&mut fx, &sent, &at_backend);
+    for quote_len in [None, Some(28)] {
+        let error = Frame::icmp_error(ROUTER, NODE, FRAGMENTATION_NEEDED, &at_backend, quote_len);
+        let expected = Frame::icmp_error(
+            ROUTER,
+            *client(0).ip(),
+            FRAGMENTATION_NEEDED,
+            &sent,
+            quote_len,
+        );
+        translated_to(&mut fx, &error, &expected);
+    }
+}
+
+#[test]
+fn other_icmp_and_errors_about_untracked_packets_pass_untouched() {
+    require_root!();
+    for hook in HOOKS {
+        let mut fx = setup(hook, IPPROTO_UDP, NodeConfig::default());
+        let untracked = Frame::udp(client(41_000), backend(1), b"direct");
+        let error = Frame::icmp_error(
+            *backend(1).ip(),
+            *client(0).ip(),
+            PORT_UNREACHABLE,
+            &untracked,
+            None,
+        );
+        let (verdict, out, moved) = fx.run_counted(&error.to_bytes());
+        assert_eq!(verdict, Verdict::Pass);
+        assert_frames_equal(&out, &error.to_bytes());
+        assert_eq!(
+            moved,
+            deltas(&[(Counter::Packets, 1), (Counter::OtherProtocol, 1)]),
+            "{hook:?}"
+        );
+    }
+}
