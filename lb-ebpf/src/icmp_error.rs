@@ -193,9 +193,7 @@ mod tests {
         lb::process,
         testing::{frame, icmp_error, FakeMaps, FrameSpec, SlicePacket, CLIENT, VIP},
     };
-    use lb_common::{
-        service::scope, Backend, BackendSlotKey, NodeConfig, ServiceKey, ServiceValue,
-    };
+    use lb_common::{service::scope, Backend, NodeConfig};
 
     const SERVICE_ID: u32 = 6;
     const BACKEND: Endpoint = Endpoint {
@@ -210,29 +208,11 @@ mod tests {
     /// A service at VIP (both scopes) with one backend on another node; the node
     /// masquerades when `masquerading`.
     fn maps(proto: u8, masquerading: bool) -> FakeMaps {
-        let mut maps = FakeMaps {
-            now_ns: 1_000_000_000,
-            ..FakeMaps::default()
-        };
+        let backend = Backend::new(ipv4_mapped(BACKEND.addr), 8053);
+        let mut maps = FakeMaps::one_backend(proto, SERVICE_ID, 40, backend);
         if masquerading {
             maps.config = NodeConfig::masquerading(ipv4_mapped(NODE), 61_000, 61_000);
         }
-        for lookup_scope in [scope::EXTERNAL, scope::INTERNAL] {
-            let key = ServiceKey::new(ipv4_mapped(VIP.addr), 80, proto, lookup_scope);
-            let value = ServiceValue {
-                id: SERVICE_ID,
-                backend_count: 1,
-                ..ServiceValue::default()
-            };
-            maps.services.insert(key, value);
-        }
-        let slot = BackendSlotKey {
-            service_id: SERVICE_ID,
-            slot: 1,
-        };
-        maps.slots.insert(slot, 40);
-        maps.backends
-            .insert(40, Backend::new(ipv4_mapped(BACKEND.addr), 8053));
         maps
     }
 

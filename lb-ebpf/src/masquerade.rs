@@ -143,7 +143,7 @@ mod tests {
     };
     use lb_common::{
         config::{SNAT_PORT_MAX, SNAT_PORT_MIN},
-        ipv4_mapped, BackendSlotKey, ServiceKey, ServiceValue, IPPROTO_TCP, IPPROTO_UDP,
+        ipv4_mapped, IPPROTO_TCP, IPPROTO_UDP,
     };
 
     const SERVICE_ID: u32 = 4;
@@ -161,33 +161,10 @@ mod tests {
     /// An external- and internal-scope service at VIP with one backend (`backend_flags`),
     /// masquerading with `config`.
     fn maps(proto: u8, backend_flags: u8, config: NodeConfig) -> FakeMaps {
-        let mut maps = FakeMaps {
-            now_ns: 1_000_000_000,
-            config,
-            ..FakeMaps::default()
-        };
-        for lookup_scope in [scope::EXTERNAL, scope::INTERNAL] {
-            let key = ServiceKey::new(
-                ipv4_mapped(VIP.addr),
-                u16::from_be_bytes(VIP.port),
-                proto,
-                lookup_scope,
-            );
-            let value = ServiceValue {
-                id: SERVICE_ID,
-                backend_count: 1,
-                ..ServiceValue::default()
-            };
-            maps.services.insert(key, value);
-        }
-        let slot = BackendSlotKey {
-            service_id: SERVICE_ID,
-            slot: 1,
-        };
-        maps.slots.insert(slot, BACKEND_ID);
         let mut backend = Backend::new(ipv4_mapped(BACKEND.addr), 8080);
         backend.flags = backend_flags;
-        maps.backends.insert(BACKEND_ID, backend);
+        let mut maps = FakeMaps::one_backend(proto, SERVICE_ID, BACKEND_ID, backend);
+        maps.config = config;
         maps
     }
 

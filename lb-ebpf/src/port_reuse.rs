@@ -70,8 +70,7 @@ mod tests {
         conntrack::{CLOSING_REUSE_NS, TCP_REUSE_NS, UDP_REUSE_NS},
         ipv4_mapped,
         service::scope,
-        Backend, BackendSlotKey, Counter, NodeConfig, ServiceKey, ServiceValue, IPPROTO_TCP,
-        IPPROTO_UDP,
+        Backend, Counter, NodeConfig, IPPROTO_TCP, IPPROTO_UDP,
     };
 
     const SERVICE_ID: u32 = 5;
@@ -96,26 +95,10 @@ mod tests {
     /// An external service at VIP with one backend on another node, on a node that
     /// masquerades to the one port `NODE`.
     fn one_port(proto: u8) -> FakeMaps {
-        let port = u16::from_be_bytes(NODE.port);
-        let mut maps = FakeMaps {
-            now_ns: 1_000_000_000,
-            config: NodeConfig::masquerading(ipv4_mapped(NODE.addr), port, port),
-            ..FakeMaps::default()
-        };
-        let key = ServiceKey::new(ipv4_mapped(VIP.addr), 80, proto, scope::EXTERNAL);
-        let value = ServiceValue {
-            id: SERVICE_ID,
-            backend_count: 1,
-            ..ServiceValue::default()
-        };
-        maps.services.insert(key, value);
-        let slot = BackendSlotKey {
-            service_id: SERVICE_ID,
-            slot: 1,
-        };
-        maps.slots.insert(slot, BACKEND_ID);
         let backend = Backend::new(ipv4_mapped(BACKEND.addr), 8080);
-        maps.backends.insert(BACKEND_ID, backend);
+        let mut maps = FakeMaps::one_backend(proto, SERVICE_ID, BACKEND_ID, backend);
+        let port = u16::from_be_bytes(NODE.port);
+        maps.config = NodeConfig::masquerading(ipv4_mapped(NODE.addr), port, port);
         maps
     }
 

@@ -261,6 +261,34 @@ pub struct FakeMaps {
 }
 
 impl FakeMaps {
+    /// Maps with one service `service_id` at VIP:80/`proto` in both scopes, whose one slot
+    /// holds `backend` as `backend_id`, and the clock at 1 s.
+    pub fn one_backend(proto: u8, service_id: u32, backend_id: u32, backend: Backend) -> Self {
+        let mut maps = FakeMaps {
+            now_ns: 1_000_000_000,
+            ..FakeMaps::default()
+        };
+        for scope in [
+            lb_common::service::scope::EXTERNAL,
+            lb_common::service::scope::INTERNAL,
+        ] {
+            let key = ServiceKey::new(lb_common::ipv4_mapped(VIP.addr), 80, proto, scope);
+            let value = ServiceValue {
+                id: service_id,
+                backend_count: 1,
+                ..ServiceValue::default()
+            };
+            maps.services.insert(key, value);
+        }
+        let slot = BackendSlotKey {
+            service_id,
+            slot: 1,
+        };
+        maps.slots.insert(slot, backend_id);
+        maps.backends.insert(backend_id, backend);
+        maps
+    }
+
     pub fn counter_value(&self, counter: Counter) -> u64 {
         self.counters.get(&(counter as u32)).copied().unwrap_or(0)
     }
