@@ -1,6 +1,7 @@
 //! The load balancer, shared by the XDP and TC hooks: parse -> conntrack -> service ->
 //! backend selection (session affinity, flow hash) -> conntrack create -> rewrite; or, for a
-//! service without backends, a reject or a drop.
+//! service without backends, a reject or a drop. ICMP errors about tracked flows go to
+//! `icmp_error`.
 
 use lb_common::{
     conntrack::ct_flags, ipv4_unmapped, service::service_flags, BackendSlotKey, Counter, CtKey,
