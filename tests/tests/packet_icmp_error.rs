@@ -8,9 +8,7 @@ mod fixture;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use fixture::{backend, client, deltas, vip, Fixture, Hook, Verdict, HOOKS};
-use lb_common::{
-    ipv4_mapped, service::scope, Counter, NodeConfig, ServiceValue, IPPROTO_TCP, IPPROTO_UDP,
-};
+use lb_common::{ipv4_mapped, Counter, NodeConfig, IPPROTO_TCP, IPPROTO_UDP};
 use lb_tests::{
     packet::{assert_frames_equal, tcp_flags, Frame},
     require_root,
@@ -26,16 +24,7 @@ const FRAGMENTATION_NEEDED: (u8, u8) = (3, 4);
 /// A fixture whose service vip(80)/`proto` (both scopes) balances to backend(1), on another
 /// node when `config` masquerades.
 fn setup(hook: Hook, proto: u8, config: NodeConfig) -> Fixture {
-    let mut fx = Fixture::new(hook);
-    let value = ServiceValue {
-        id: SERVICE_ID,
-        backend_count: 1,
-        ..ServiceValue::default()
-    };
-    let scopes = [scope::EXTERNAL, scope::INTERNAL];
-    fx.program(vip(80), proto, &scopes, value, &[(BACKEND_ID, backend(1))]);
-    fx.set_node_config(&config);
-    fx
+    Fixture::one_backend(hook, proto, (SERVICE_ID, BACKEND_ID), 0, &config)
 }
 
 fn request(proto: u8) -> Frame {

@@ -15,14 +15,13 @@ use lb_common::{
     config::{SNAT_PORT_MAX, SNAT_PORT_MIN},
     conntrack::{CLOSING_REUSE_NS, UDP_REUSE_NS},
     ipv4_mapped,
-    service::{backend_flags, scope},
-    Backend, Counter, NodeConfig, ServiceValue, IPPROTO_TCP, IPPROTO_UDP,
+    service::backend_flags,
+    Counter, NodeConfig, IPPROTO_TCP, IPPROTO_UDP,
 };
 use lb_tests::{
     packet::{self, assert_frames_equal, tcp_flags, Frame},
     require_root,
 };
-use lb_userspace::MapWriter;
 
 const SERVICE_ID: u32 = 1;
 const BACKEND_ID: u32 = 11;
@@ -40,24 +39,7 @@ fn default_masquerading() -> NodeConfig {
 /// A fixture for `hook` whose service vip(80)/`proto` (both scopes) balances to backend(1)
 /// with `flags`, on a node with `config`.
 fn setup(hook: Hook, proto: u8, flags: u8, config: NodeConfig) -> Fixture {
-    let mut fx = Fixture::new(hook);
-    let value = ServiceValue {
-        id: SERVICE_ID,
-        backend_count: 1,
-        ..ServiceValue::default()
-    };
-    let scopes = [scope::EXTERNAL, scope::INTERNAL];
-    fx.program(vip(80), proto, &scopes, value, &[(BACKEND_ID, backend(1))]);
-    let target = backend(1);
-    let backend = Backend {
-        flags,
-        ..Backend::new(ipv4_mapped(target.ip().octets()), target.port())
-    };
-    fx.writer()
-        .set_backend(BACKEND_ID, &backend)
-        .expect("writing the backend");
-    fx.set_node_config(&config);
-    fx
+    Fixture::one_backend(hook, proto, (SERVICE_ID, BACKEND_ID), flags, &config)
 }
 
 /// A new flow's first packet of `proto` from `from` to the VIP.
