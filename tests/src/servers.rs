@@ -6,7 +6,7 @@
 //! Servers stop and join their threads on drop; every blocking call has a timeout.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     io::{self, BufRead, BufReader, Write},
     net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
     sync::{
@@ -250,6 +250,35 @@ pub fn udp_request(target: SocketAddrV4, timeout: Duration) -> io::Result<Reply>
         peer,
         local_port: socket.local_addr()?.port(),
     })
+}
+
+/// The pods answering `count` new TCP connections from `netns` to `target`, one request
+/// each. Panics, naming the request, when one fails or is answered from elsewhere than
+/// `target`.
+pub fn tcp_answerers(
+    netns: &NetNs,
+    target: SocketAddrV4,
+    count: usize,
+    timeout: Duration,
+) -> BTreeSet<String> {
+    let replies = netns
+        .run(|| {
+            (0..count)
+                .map(|_| tcp_request(target, timeout))
+                .collect::<Vec<_>>()
+        })
+        .expect("running in the namespace");
+    let from = netns.name();
+    replies
+        .into_iter()
+        .enumerate()
+        .map(|(i, reply)| {
+            let reply =
+                reply.unwrap_or_else(|e| panic!("{from}: request {i} to {target} failed: {e}"));
+            assert_eq!(reply.peer, SocketAddr::V4(target), "{from}: request {i}");
+            reply.from
+        })
+        .collect()
 }
 
 /// Counts replies per answering pod.

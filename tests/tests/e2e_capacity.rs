@@ -15,7 +15,7 @@ use std::{
 use lb_tests::{
     agent::{Agent, AgentOptions, READY_MARKER},
     cmd, example, require_root,
-    servers::{tcp_request, Server},
+    servers::{tcp_answerers, tcp_request, Server},
     topology::{backend_addr, backend_name, Topology, CLIENT},
 };
 
@@ -143,17 +143,7 @@ fn map_info(agent: &Agent, name: &str) -> (u64, u64) {
 /// The backends answering `REQUESTS` new connections to Service `name`; each must be answered.
 fn answering(topology: &Topology, name: &str) -> BTreeSet<String> {
     let target = SocketAddrV4::new(vip(name), PORT);
-    let replies = topology
-        .pod(CLIENT)
-        .netns
-        .run(|| {
-            (0..REQUESTS)
-                .map(|_| tcp_request(target, TIMEOUT))
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .unwrap()
-        .unwrap_or_else(|e| panic!("a request to {name} ({target}) failed: {e}"));
-    replies.into_iter().map(|r| r.from).collect()
+    tcp_answerers(&topology.pod(CLIENT).netns, target, REQUESTS, TIMEOUT)
 }
 
 /// Whether one connection to Service `name` is answered within [`UNANSWERED`].

@@ -18,7 +18,7 @@ use lb_tests::{
     cmd,
     counting_program::CountingProgram,
     example, require_root,
-    servers::tcp_request,
+    servers::{tcp_answerers, tcp_request},
     topology::{backend_addr, backend_name, Topology, CLIENT},
 };
 
@@ -40,23 +40,7 @@ impl Drop for PinDir {
 /// `REQUESTS` new TCP connections from the client pod to `target`: who answered. Every
 /// request must succeed.
 fn ask(topology: &Topology, target: SocketAddrV4) -> BTreeSet<String> {
-    let replies = topology
-        .pod(CLIENT)
-        .netns
-        .run(|| {
-            (0..REQUESTS)
-                .map(|_| tcp_request(target, TIMEOUT))
-                .collect::<Vec<_>>()
-        })
-        .unwrap();
-    replies
-        .into_iter()
-        .enumerate()
-        .map(|(i, r)| {
-            r.unwrap_or_else(|e| panic!("request {i} to {target} failed: {e}"))
-                .from
-        })
-        .collect()
+    tcp_answerers(&topology.pod(CLIENT).netns, target, REQUESTS, TIMEOUT)
 }
 
 /// Packets counted by each program so far: (legacy filter, TCX program).

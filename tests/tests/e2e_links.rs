@@ -12,7 +12,7 @@ use std::{
 use lb_tests::{
     agent::{Agent, AgentOptions, READY_MARKER},
     example, require_root,
-    servers::{tcp_request, Server},
+    servers::{tcp_answerers, Server},
     topology::{backend_addr, backend_name, Pod, Topology},
 };
 
@@ -26,26 +26,10 @@ fn attached(iface: &str) -> String {
     format!("attached lb_tc_ingress to {iface} ingress")
 }
 
-/// `REQUESTS` new TCP connections from `pod` to the example Service: who answered, and
-/// whether every reply came from the VIP.
+/// `REQUESTS` new TCP connections from `pod` to the example Service: who answered. Every
+/// request must succeed, answered from the VIP.
 fn ask_from(pod: &Pod) -> BTreeSet<String> {
-    let replies = pod
-        .netns
-        .run(|| {
-            (0..REQUESTS)
-                .map(|_| tcp_request(example::tcp_vip(), TIMEOUT))
-                .collect::<Vec<_>>()
-        })
-        .unwrap();
-    replies
-        .into_iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let reply = r.unwrap_or_else(|e| panic!("{}: request {i} failed: {e}", pod.name));
-            assert_eq!(reply.peer, example::tcp_vip().into(), "{}", pod.name);
-            reply.from
-        })
-        .collect()
+    tcp_answerers(&pod.netns, example::tcp_vip(), REQUESTS, TIMEOUT)
 }
 
 /// A TCP server like the example backends' on backend pod `index`.

@@ -15,7 +15,7 @@ use lb_tests::{
     agent::{Agent, AgentOptions},
     bpftool::{self, service_key, slot_key, u32_at},
     example, require_root,
-    servers::tcp_request,
+    servers::tcp_answerers,
     topology::{backend_name, Topology, CLIENT},
 };
 
@@ -29,20 +29,8 @@ const REPAIR_TIMEOUT: Duration = Duration::from_secs(5);
 /// `REQUESTS` new TCP connections from the client pod to the Service: who answered. Every
 /// request must succeed.
 fn ask(topology: &Topology) -> BTreeSet<String> {
-    let replies = topology
-        .pod(CLIENT)
-        .netns
-        .run(|| {
-            (0..REQUESTS)
-                .map(|_| tcp_request(example::tcp_vip(), TIMEOUT))
-                .collect::<Vec<_>>()
-        })
-        .unwrap();
-    replies
-        .into_iter()
-        .enumerate()
-        .map(|(i, r)| r.unwrap_or_else(|e| panic!("request {i} failed: {e}")).from)
-        .collect()
+    let client = &topology.pod(CLIENT).netns;
+    tcp_answerers(client, example::tcp_vip(), REQUESTS, TIMEOUT)
 }
 
 /// The pinned map `name` of `agent`.
