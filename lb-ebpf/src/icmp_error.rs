@@ -33,9 +33,10 @@ const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_TIME_EXCEEDED: u8 = 11;
 const ICMP_HEADER_LEN: usize = 8;
 const ICMP_CHECKSUM: usize = 2;
-const IP_CHECKSUM: usize = 10;
-const IP_SRC: usize = 12;
-const IP_DST: usize = 16;
+/// Offsets within the quoted IPv4 header, as in the outer one.
+const IP_CHECKSUM: usize = IPV4_CHECKSUM_OFFSET - L3_OFFSET;
+const IP_SRC: usize = IPV4_SRC_OFFSET - L3_OFFSET;
+const IP_DST: usize = IPV4_DST_OFFSET - L3_OFFSET;
 
 /// Where the quoted packet sits in the frame and what it was.
 struct Quote {
