@@ -12,6 +12,7 @@
 pub mod config;
 pub mod conntrack;
 pub mod counters;
+pub mod net;
 pub mod service;
 
 pub use config::NodeConfig;
@@ -19,10 +20,7 @@ pub use conntrack::{CtKey, CtValue};
 pub use counters::{Counter, ServiceStats};
 pub use service::{AffinityKey, AffinityValue, Backend, BackendSlotKey, ServiceKey, ServiceValue};
 
-/// IP protocol number of TCP.
-pub const IPPROTO_TCP: u8 = 6;
-/// IP protocol number of UDP.
-pub const IPPROTO_UDP: u8 = 17;
+pub use net::{IPPROTO_TCP, IPPROTO_UDP};
 
 /// Default capacities of the maps. The agent may override them at load time.
 pub mod capacity {

@@ -1,0 +1,83 @@
+//! Wire-format constants of the headers the data path reads and writes: Ethernet, IPv4, TCP,
+//! UDP and ICMP. One home for the kernel programs, the agent and the tests' frame builder.
+//!
+//! Offsets are from the start of their own header unless named `*_OFFSET` in a frame (after
+//! an option-less Ethernet header).
+
+/// Ethernet header length; the IP header starts here.
+pub const ETH_HLEN: usize = 14;
+/// Offset of the EtherType in the Ethernet header.
+pub const ETH_TYPE_OFFSET: usize = 12;
+/// EtherType of IPv4.
+pub const ETHERTYPE_IPV4: u16 = 0x0800;
+/// EtherType of IPv6.
+pub const ETHERTYPE_IPV6: u16 = 0x86dd;
+/// EtherType of ARP.
+pub const ETHERTYPE_ARP: u16 = 0x0806;
+
+/// IP protocol number of ICMP.
+pub const IPPROTO_ICMP: u8 = 1;
+/// IP protocol number of TCP.
+pub const IPPROTO_TCP: u8 = 6;
+/// IP protocol number of UDP.
+pub const IPPROTO_UDP: u8 = 17;
+
+/// Length of an IPv4 header without options.
+pub const IPV4_MIN_HLEN: usize = 20;
+/// Offset of the IPv4 header checksum.
+pub const IPV4_CHECKSUM: usize = 10;
+/// Offset of the IPv4 source address (the destination follows it).
+pub const IPV4_SRC: usize = 12;
+/// Offset of the IPv4 destination address.
+pub const IPV4_DST: usize = 16;
+/// IPv4 "don't fragment" flag in the flags/fragment-offset word.
+pub const IPV4_DF: u16 = 0x4000;
+/// IPv4 "more fragments" flag in the flags/fragment-offset word.
+pub const IPV4_MF: u16 = 0x2000;
+/// More-fragments flag and fragment offset: non-zero for every fragment.
+pub const IPV4_FRAGMENT_MASK: u16 = 0x3fff;
+
+/// TCP header length without options.
+pub const TCP_HLEN: usize = 20;
+/// Offset of the TCP checksum.
+pub const TCP_CHECKSUM: usize = 16;
+/// UDP header length.
+pub const UDP_HLEN: usize = 8;
+/// Offset of the UDP checksum.
+pub const UDP_CHECKSUM: usize = 6;
+
+/// TCP flag bits (the header's 14th byte).
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+}
+
+/// ICMP header length (type, code, checksum and four bytes of rest-of-header).
+pub const ICMP_HLEN: usize = 8;
+/// Offset of the ICMP checksum.
+pub const ICMP_CHECKSUM: usize = 2;
+
+/// ICMP message types and codes the data path sends or translates.
+pub mod icmp {
+    /// Destination unreachable.
+    pub const DEST_UNREACH: u8 = 3;
+    /// Time exceeded.
+    pub const TIME_EXCEEDED: u8 = 11;
+    /// Destination unreachable code: port unreachable (kube-proxy's REJECT).
+    pub const PORT_UNREACH: u8 = 3;
+    /// Destination unreachable code: fragmentation needed (path MTU discovery).
+    pub const FRAG_NEEDED: u8 = 4;
+}
+
+/// Offset of the L4 checksum of `proto` in its header (`None` for protocols without one the
+/// data path updates).
+pub const fn l4_checksum_offset(proto: u8) -> Option<usize> {
+    match proto {
+        IPPROTO_TCP => Some(TCP_CHECKSUM),
+        IPPROTO_UDP => Some(UDP_CHECKSUM),
+        _ => None,
+    }
+}
