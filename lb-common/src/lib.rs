@@ -9,44 +9,21 @@
 //! - Ids are dense `u32`s; 0 means "none" and is never allocated.
 #![cfg_attr(not(test), no_std)]
 
+pub mod capacity;
 pub mod config;
 pub mod conntrack;
 pub mod counters;
+pub mod maps;
 pub mod net;
 pub mod service;
 
+pub use capacity::{Capacities, Capacity};
 pub use config::NodeConfig;
 pub use conntrack::{CtKey, CtValue};
 pub use counters::{Counter, ServiceStats};
 pub use service::{AffinityKey, AffinityValue, Backend, BackendSlotKey, ServiceKey, ServiceValue};
 
 pub use net::{IPPROTO_TCP, IPPROTO_UDP};
-
-/// Default capacities of the maps. The agent may override them at load time.
-pub mod capacity {
-    /// Service frontends (address, port, protocol, scope).
-    pub const SERVICES: u32 = 65_536;
-    /// Distinct backends (address, port) over all services.
-    pub const BACKENDS: u32 = 65_536;
-    /// Backend slots over all services (sum of every service's backend count).
-    pub const BACKEND_SLOTS: u32 = 262_144;
-    /// Conntrack entries; each translated flow takes two (forward and reply).
-    pub const CONNTRACK: u32 = 262_144;
-    /// Session affinity entries (client, service).
-    pub const AFFINITY: u32 = 65_536;
-}
-
-/// Names of the maps in the eBPF object (at most 15 bytes: the kernel's name limit).
-pub mod map_names {
-    pub const SERVICES: &str = "LB_SERVICES";
-    pub const BACKEND_SLOTS: &str = "LB_SLOTS";
-    pub const BACKENDS: &str = "LB_BACKENDS";
-    pub const CONNTRACK: &str = "LB_CONNTRACK";
-    pub const STATS: &str = "LB_STATS";
-    pub const SERVICE_STATS: &str = "LB_SVC_STATS";
-    pub const AFFINITY: &str = "LB_AFFINITY";
-    pub const CONFIG: &str = "LB_CONFIG";
-}
 
 /// Names of the programs in the eBPF object.
 pub mod program_names {

@@ -1,4 +1,4 @@
-//! The BPF maps (names and layout shared with the agent through lb-common) and the narrow
+//! The BPF maps, declared from lb-common's registry (`lb_common::maps`), and the narrow
 //! interface the pipeline uses to reach them.
 
 use crate::conntrack;
@@ -9,31 +9,65 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    capacity, AffinityKey, AffinityValue, Backend, BackendSlotKey, Counter, CtKey, CtValue,
-    NodeConfig, ServiceKey, ServiceStats, ServiceValue,
+    maps::{self as registry, MapDef, MapKind},
+    AffinityKey, AffinityValue, Backend, BackendSlotKey, Counter, CtKey, CtValue, NodeConfig,
+    ServiceKey, ServiceStats, ServiceValue,
 };
 
-#[map]
-static LB_SERVICES: HashMap<ServiceKey, ServiceValue> =
-    HashMap::with_max_entries(capacity::SERVICES, 0);
-#[map]
-static LB_SLOTS: HashMap<BackendSlotKey, u32> =
-    HashMap::with_max_entries(capacity::BACKEND_SLOTS, 0);
-#[map]
-static LB_BACKENDS: HashMap<u32, Backend> = HashMap::with_max_entries(capacity::BACKENDS, 0);
-#[map]
-static LB_CONNTRACK: LruHashMap<CtKey, CtValue> =
-    LruHashMap::with_max_entries(capacity::CONNTRACK, 0);
-#[map]
-static LB_AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
-    LruHashMap::with_max_entries(capacity::AFFINITY, 0);
-#[map]
-static LB_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
-#[map]
-static LB_SVC_STATS: PerCpuArray<ServiceStats> =
-    PerCpuArray::with_max_entries(capacity::SERVICES, 0);
-#[map]
-static LB_CONFIG: Array<NodeConfig> = Array::with_max_entries(1, 0);
+/// A map type of aya-ebpf, with the key and value types and the kind it has in the registry.
+trait KernelMap {
+    type Key;
+    type Value;
+    const KIND: MapKind;
+}
+
+impl<K, V> KernelMap for HashMap<K, V> {
+    type Key = K;
+    type Value = V;
+    const KIND: MapKind = MapKind::HashMap;
+}
+
+impl<K, V> KernelMap for LruHashMap<K, V> {
+    type Key = K;
+    type Value = V;
+    const KIND: MapKind = MapKind::LruHashMap;
+}
+
+impl<T> KernelMap for Array<T> {
+    type Key = u32;
+    type Value = T;
+    const KIND: MapKind = MapKind::Array;
+}
+
+impl<T> KernelMap for PerCpuArray<T> {
+    type Key = u32;
+    type Value = T;
+    const KIND: MapKind = MapKind::PerCpuArray;
+}
+
+/// The entries a map static declares; the build fails unless the static `name` of type `M`
+/// has the registry entry `def`'s name, kind, key and value types.
+const fn declared<M: KernelMap>(def: MapDef<M::Key, M::Value>, name: &str) -> u32 {
+    def.declared_as(name, M::KIND)
+}
+
+/// Declares the map static `$name` of registry entry `$def`.
+macro_rules! registered_map {
+    ($name:ident: $kind:ident<$($types:ty),+> = $def:expr) => {
+        #[map]
+        static $name: $kind<$($types),+> =
+            $kind::with_max_entries(declared::<$kind<$($types),+>>($def, stringify!($name)), 0);
+    };
+}
+
+registered_map!(LB_SERVICES: HashMap<ServiceKey, ServiceValue> = registry::SERVICES);
+registered_map!(LB_SLOTS: HashMap<BackendSlotKey, u32> = registry::BACKEND_SLOTS);
+registered_map!(LB_BACKENDS: HashMap<u32, Backend> = registry::BACKENDS);
+registered_map!(LB_CONNTRACK: LruHashMap<CtKey, CtValue> = registry::CONNTRACK);
+registered_map!(LB_AFFINITY: LruHashMap<AffinityKey, AffinityValue> = registry::AFFINITY);
+registered_map!(LB_STATS: PerCpuArray<u64> = registry::STATS);
+registered_map!(LB_SVC_STATS: PerCpuArray<ServiceStats> = registry::SERVICE_STATS);
+registered_map!(LB_CONFIG: Array<NodeConfig> = registry::CONFIG);
 
 /// What the pipeline reads and writes besides the packet: the maps, and the clock.
 ///

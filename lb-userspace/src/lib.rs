@@ -19,5 +19,5 @@ pub mod objects;
 pub mod reconciler;
 pub mod source;
 
-pub use datapath::{Capacities, Datapath, Maps};
+pub use datapath::{Capacities, Datapath, DatapathMaps};
 pub use reconciler::{MapReader, MapWriter, Reconciler};

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
-use lb_common::capacity;
+use clap::{ArgMatches, Args, FromArgMatches, Parser, Subcommand};
+use lb_common::Capacity;
 use lb_userspace::agent::{
     self, Masquerade, PortRange, RunConfig, SourceConfig, XdpIface, DEFAULT_BPFFS_DIR,
 };
@@ -15,7 +15,7 @@ use lb_userspace::datapath::{KernelLogLevel, MAX_ENTRIES};
 use lb_userspace::inspect::Snapshot;
 use lb_userspace::k8s::NodeDef;
 use lb_userspace::links::{IfacePattern, IfacePatterns};
-use lb_userspace::{Capacities, Maps};
+use lb_userspace::{Capacities, DatapathMaps};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
 use tracing::level_filters::LevelFilter;
@@ -111,40 +111,49 @@ struct RunArgs {
     map_sizes: MapSizes,
 }
 
-/// How many entries each map holds (1 to 2^24 each). A pinned map of another size is
-/// replaced by an empty one at start-up: a changed --conntrack-size drops every tracked flow.
-#[derive(Args)]
-#[command(next_help_heading = "Map sizes (entries; a change replaces the pinned map)")]
-struct MapSizes {
-    /// Services map: one entry per Service port and lookup scope, so two per Service port
-    /// (ClusterIP, each node port, external and load-balancer IP count as ports).
-    #[arg(long, value_name = "ENTRIES", default_value_t = capacity::SERVICES, value_parser = parse_entries)]
-    max_service_entries: u32,
-    /// Backends map: distinct endpoint address:port pairs over all Services.
-    #[arg(long, value_name = "ENTRIES", default_value_t = capacity::BACKENDS, value_parser = parse_entries)]
-    max_backends: u32,
-    /// Backend slots map: the sum of every Service port's endpoint count (twice for a port
-    /// whose traffic policy makes its external and internal endpoints differ).
-    #[arg(long, value_name = "ENTRIES", default_value_t = capacity::BACKEND_SLOTS, value_parser = parse_entries)]
-    max_backend_slots: u32,
-    /// Conntrack map (LRU): two entries per tracked flow; when it is full the flows idle
-    /// longest are evicted.
-    #[arg(long, value_name = "ENTRIES", default_value_t = capacity::CONNTRACK, value_parser = parse_entries)]
-    conntrack_size: u32,
-    /// Session affinity map (LRU): one entry per client and ClientIP-affinity Service.
-    #[arg(long, value_name = "ENTRIES", default_value_t = capacity::AFFINITY, value_parser = parse_entries)]
-    affinity_size: u32,
+/// How many entries each map holds (1 to 2^24 each): one flag per [`Capacity`], named and
+/// described there. A pinned map of another size is replaced by an empty one at start-up: a
+/// changed --conntrack-size drops every tracked flow.
+struct MapSizes(Capacities);
+
+impl Args for MapSizes {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        let cmd = cmd.next_help_heading("Map sizes (entries; a change replaces the pinned map)");
+        Capacity::ALL.into_iter().fold(cmd, |cmd, capacity| {
+            let help = format!(
+                "{} [default: {}]",
+                capacity.help(),
+                capacity.default_entries()
+            );
+            cmd.arg(
+                clap::Arg::new(capacity.flag())
+                    .long(capacity.flag())
+                    .value_name("ENTRIES")
+                    .value_parser(parse_entries)
+                    .help(help),
+            )
+        })
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
 }
 
-impl MapSizes {
-    fn capacities(&self) -> Capacities {
-        Capacities {
-            services: self.max_service_entries,
-            backends: self.max_backends,
-            backend_slots: self.max_backend_slots,
-            conntrack: self.conntrack_size,
-            affinity: self.affinity_size,
+impl FromArgMatches for MapSizes {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut capacities = Capacities::default();
+        for capacity in Capacity::ALL {
+            if let Some(entries) = matches.get_one::<u32>(capacity.flag()) {
+                *capacities.get_mut(capacity) = *entries;
+            }
         }
+        Ok(Self(capacities))
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
     }
 }
 
@@ -221,7 +230,7 @@ fn run(args: RunArgs, kernel_log_level: KernelLogLevel) -> anyhow::Result<()> {
         tc_ifaces: args.ifaces,
         iface_patterns: IfacePatterns::new(args.iface_patterns),
         bpffs_dir: args.bpffs_dir,
-        capacities: args.map_sizes.capacities(),
+        capacities: args.map_sizes.0,
         resync_interval: args.resync_interval,
         metrics_addr: args.metrics_addr,
         healthz_addr: args.healthz_addr,
@@ -248,7 +257,7 @@ fn run(args: RunArgs, kernel_log_level: KernelLogLevel) -> anyhow::Result<()> {
 }
 
 fn inspect(args: InspectArgs) -> anyhow::Result<()> {
-    let maps = Maps::from_pins(&agent::maps_dir(&args.bpffs_dir))?;
+    let maps = DatapathMaps::from_pins(&agent::maps_dir(&args.bpffs_dir))?;
     let tables = Snapshot::read(&maps)?.to_string();
     match std::io::stdout().write_all(tables.as_bytes()) {
         // Piped into `head` and friends: the reader has all it wanted.
@@ -371,7 +380,7 @@ mod tests {
         let parse = |args: &[&str]| Cli::try_parse_from([&["lb-agent", "run"], args].concat());
         let error = |args: &[&str]| parse(args).err().map(|e| e.to_string()).unwrap_or_default();
         let capacities = |args: &[&str]| match parse(args).map(|cli| cli.command) {
-            Ok(Command::Run(run)) => run.map_sizes.capacities(),
+            Ok(Command::Run(run)) => run.map_sizes.0,
             _ => panic!("{args:?} do not parse"),
         };
         assert_eq!(capacities(&[]), Capacities::default());

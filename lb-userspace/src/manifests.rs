@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use lb_common::capacity;
+use lb_common::Capacity;
 use serde::Deserialize;
 use serde_yaml::Value;
 use tracing::debug;
@@ -78,7 +78,7 @@ impl ManifestDir {
         Self {
             dir: dir.into(),
             node: NodeDef::default(),
-            max_endpoints: capacity::BACKENDS as usize,
+            max_endpoints: Capacity::Backends.default_entries() as usize,
             last_read: None,
             documents: BTreeMap::new(),
             services: LastValid::default(),

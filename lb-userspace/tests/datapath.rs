@@ -1,5 +1,5 @@
 //! The typed map access against the real kernel: what the reconciler writes through
-//! `Datapath::maps()` is what `Maps::from_pins` (and so `lb-agent inspect`) reads back, and the
+//! `Datapath::maps()` is what `DatapathMaps::from_pins` (and so `lb-agent inspect`) reads back, and the
 //! UDP conntrack flush deletes exactly the removed backend's UDP entries.
 //! Needs root (loads BPF, pins on bpffs); skipped with a message otherwise.
 
@@ -7,13 +7,14 @@ use std::path::PathBuf;
 
 use aya::maps::{HashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use lb_common::conntrack::ct_flags;
-use lb_common::{map_names, BackendSlotKey, Counter, CtKey, CtValue, ServiceStats, IPPROTO_TCP};
+use lb_common::maps as registry;
 use lb_common::{service::scope, IPPROTO_UDP};
+use lb_common::{BackendSlotKey, Counter, CtKey, CtValue, ServiceStats, IPPROTO_TCP};
 use lb_userspace::inspect::Snapshot;
 use lb_userspace::model::{
     map_addr, DesiredService, DesiredState, Endpoint, Frontend, Protocol, ServicePortName,
 };
-use lb_userspace::{bpffs, Capacities, Datapath, MapWriter, Maps, Reconciler};
+use lb_userspace::{bpffs, Capacities, Datapath, DatapathMaps, MapWriter, Reconciler};
 
 const CAPACITIES: Capacities = Capacities {
     services: 8,
@@ -124,7 +125,7 @@ fn written_maps_read_back_from_pins_and_udp_flush_is_precise() {
     bpffs::prepare_pin_dir(&dir.0).unwrap();
     let mut datapath = Datapath::load(&CAPACITIES).unwrap();
     datapath.pin_maps(&dir.0).unwrap();
-    let pinned = Maps::from_pins(&dir.0).unwrap();
+    let pinned = DatapathMaps::from_pins(&dir.0).unwrap();
 
     let (dns, web) = (frontend(53, Protocol::Udp), frontend(80, Protocol::Tcp));
     let (a, b) = (endpoint("198.18.1.1", 5353), endpoint("198.18.1.2", 5353));
@@ -167,7 +168,7 @@ fn written_maps_read_back_from_pins_and_udp_flush_is_precise() {
 
     // Flows as the data path records them: a forward and a reply entry each.
     let mut conntrack: HashMap<_, CtKey, CtValue> =
-        HashMap::try_from(open_pin(&dir.0, map_names::CONNTRACK)).unwrap();
+        HashMap::try_from(open_pin(&dir.0, registry::CONNTRACK.name)).unwrap();
     let entries = [
         ct_entry(
             40_001,
@@ -211,7 +212,7 @@ fn written_maps_read_back_from_pins_and_udp_flush_is_precise() {
 
     // A reused service id starts with zeroed counters.
     let mut stats: PerCpuArray<_, ServiceStats> =
-        PerCpuArray::try_from(open_pin(&dir.0, map_names::SERVICE_STATS)).unwrap();
+        PerCpuArray::try_from(open_pin(&dir.0, registry::SERVICE_STATS.name)).unwrap();
     let cpus = aya::util::nr_cpus().unwrap();
     let busy = ServiceStats {
         packets: 7,
@@ -261,7 +262,7 @@ fn written_maps_read_back_from_pins_and_udp_flush_is_precise() {
 
     drop(datapath);
     assert!(
-        !dir.0.join(map_names::SERVICES).exists(),
+        !dir.0.join(registry::SERVICES.name).exists(),
         "pins are removed with the Datapath"
     );
 }

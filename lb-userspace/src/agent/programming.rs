@@ -7,7 +7,7 @@ use std::time::{Instant, SystemTime};
 
 use tracing::{error, info, warn};
 
-use crate::datapath::{Capacities, Maps};
+use crate::datapath::{Capacities, DatapathMaps};
 use crate::error::Chain;
 use crate::health::SyncHealth;
 use crate::metrics::SyncMetrics;
@@ -57,7 +57,7 @@ impl Programmer {
 
     /// Writes the pending state; logs `ready: programmed N services, M backends` once it is
     /// completely written, or the failure (the state stays pending for a retry).
-    pub(super) fn apply(&mut self, maps: &mut Maps) {
+    pub(super) fn apply(&mut self, maps: &mut DatapathMaps) {
         if self.pending.is_none() || !self.adopt(maps) {
             return;
         }
@@ -102,7 +102,7 @@ impl Programmer {
     }
 
     /// Reads the maps back and repairs whatever differs from what was written.
-    pub(super) fn resync(&mut self, maps: &mut Maps) {
+    pub(super) fn resync(&mut self, maps: &mut DatapathMaps) {
         if !self.adopt(maps) {
             return;
         }
@@ -121,7 +121,7 @@ impl Programmer {
 
     /// Takes over what the pinned maps hold unless done already, so that the first apply is
     /// a minimal diff against them; returns whether the maps are adopted.
-    fn adopt(&mut self, maps: &mut Maps) -> bool {
+    fn adopt(&mut self, maps: &mut DatapathMaps) -> bool {
         if self.adopted {
             return true;
         }

@@ -4,22 +4,18 @@
 use std::fmt;
 use std::fs;
 use std::io;
-use std::mem::size_of;
 use std::path::Path;
 
-use aya::maps::{MapInfo, MapType};
-use lb_common::{
-    map_names, AffinityKey, AffinityValue, Backend, BackendSlotKey, Counter, CtKey, CtValue,
-    NodeConfig, ServiceKey, ServiceStats, ServiceValue,
-};
+use aya::maps::MapInfo;
+use lb_common::maps::{self as registry, MapSpec};
+use lb_common::Capacities;
 use tracing::{debug, warn};
-
-use super::Capacities;
 
 /// What the kernel must agree on for a pinned map to be read as this build's map.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(super) struct MapLayout {
-    map_type: MapType,
+    /// The kernel's `bpf_map_type`.
+    map_type: u32,
     key_size: u32,
     value_size: u32,
     max_entries: u32,
@@ -29,19 +25,20 @@ impl fmt::Display for MapLayout {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{:?}, key {} B, value {} B, {} entries",
+            "map type {}, key {} B, value {} B, {} entries",
             self.map_type, self.key_size, self.value_size, self.max_entries
         )
     }
 }
 
 impl MapLayout {
-    fn of<K, V>(map_type: MapType, max_entries: u32) -> Self {
+    /// The layout of a registry entry's map with `capacities`.
+    fn of(spec: &MapSpec, capacities: &Capacities) -> Self {
         Self {
-            map_type,
-            key_size: size_of::<K>() as u32,
-            value_size: size_of::<V>() as u32,
-            max_entries,
+            map_type: spec.kind as u32,
+            key_size: spec.key_size,
+            value_size: spec.value_size,
+            max_entries: spec.entries.with(capacities),
         }
     }
 
@@ -55,7 +52,7 @@ impl MapLayout {
 
     fn from_info(info: &MapInfo) -> Option<Self> {
         Some(Self {
-            map_type: info.map_type().ok()?,
+            map_type: info.map_type().ok()? as u32,
             key_size: info.key_size(),
             value_size: info.value_size(),
             max_entries: info.max_entries(),
@@ -64,44 +61,12 @@ impl MapLayout {
 }
 
 /// Every map of the object with the layout it gets when loaded with `capacities`.
-pub(super) fn expected(capacities: &Capacities) -> [(&'static str, MapLayout); 8] {
-    [
-        (
-            map_names::SERVICES,
-            MapLayout::of::<ServiceKey, ServiceValue>(MapType::Hash, capacities.services),
-        ),
-        (
-            map_names::BACKEND_SLOTS,
-            MapLayout::of::<BackendSlotKey, u32>(MapType::Hash, capacities.backend_slots),
-        ),
-        (
-            map_names::BACKENDS,
-            MapLayout::of::<u32, Backend>(MapType::Hash, capacities.backends),
-        ),
-        (
-            map_names::CONNTRACK,
-            MapLayout::of::<CtKey, CtValue>(MapType::LruHash, capacities.conntrack),
-        ),
-        (
-            map_names::AFFINITY,
-            MapLayout::of::<AffinityKey, AffinityValue>(MapType::LruHash, capacities.affinity),
-        ),
-        (
-            map_names::STATS,
-            MapLayout::of::<u32, u64>(MapType::PerCpuArray, Counter::COUNT),
-        ),
-        (
-            map_names::SERVICE_STATS,
-            MapLayout::of::<u32, ServiceStats>(
-                MapType::PerCpuArray,
-                capacities.service_stats_len(),
-            ),
-        ),
-        (
-            map_names::CONFIG,
-            MapLayout::of::<u32, NodeConfig>(MapType::Array, 1),
-        ),
-    ]
+pub(super) fn expected(
+    capacities: &Capacities,
+) -> impl Iterator<Item = (&'static str, MapLayout)> + '_ {
+    registry::ALL
+        .iter()
+        .map(move |spec| (spec.name, MapLayout::of(spec, capacities)))
 }
 
 /// Removes the pin at `path` unless it holds a map of layout `wanted`, so that loading creates
@@ -121,11 +86,14 @@ pub(super) fn drop_incompatible_pin(name: &str, path: &Path, wanted: &MapLayout)
     if found.as_ref() == Some(wanted) {
         return;
     }
-    let lost = match name {
-        map_names::CONNTRACK => "; established connections lose their conntrack entries",
-        map_names::AFFINITY => "; clients lose their session affinity",
-        map_names::STATS | map_names::SERVICE_STATS => "; the counters restart from zero",
-        _ => "; the agent writes its entries again",
+    let lost = if name == registry::CONNTRACK.name {
+        "; established connections lose their conntrack entries"
+    } else if name == registry::AFFINITY.name {
+        "; clients lose their session affinity"
+    } else if [registry::STATS.name, registry::SERVICE_STATS.name].contains(&name) {
+        "; the counters restart from zero"
+    } else {
+        "; the agent writes its entries again"
     };
     match found {
         Some(found) if found.resized_to(wanted) => warn!(
@@ -154,7 +122,7 @@ mod tests {
     use super::*;
 
     fn layout_of(capacities: &Capacities, name: &str) -> MapLayout {
-        let found = expected(capacities).into_iter().find(|(n, _)| *n == name);
+        let found = expected(capacities).find(|(n, _)| *n == name);
         found.map(|(_, layout)| layout).unwrap()
     }
 
@@ -169,19 +137,19 @@ mod tests {
             affinity: 64,
         };
         for (name, entries) in [
-            (map_names::SERVICES, 8),
-            (map_names::SERVICE_STATS, 9),
-            (map_names::BACKENDS, 4),
-            (map_names::BACKEND_SLOTS, 16),
-            (map_names::CONNTRACK, 1024),
-            (map_names::AFFINITY, 64),
+            (registry::SERVICES.name, 8),
+            (registry::SERVICE_STATS.name, 9),
+            (registry::BACKENDS.name, 4),
+            (registry::BACKEND_SLOTS.name, 16),
+            (registry::CONNTRACK.name, 1024),
+            (registry::AFFINITY.name, 64),
         ] {
             let layout = layout_of(&small, name);
             assert_eq!(layout.max_entries, entries, "{name}");
             assert!(layout.resized_to(&layout_of(&defaults, name)), "{name}");
         }
-        let services = layout_of(&defaults, map_names::SERVICES);
-        let conntrack = layout_of(&defaults, map_names::CONNTRACK);
+        let services = layout_of(&defaults, registry::SERVICES.name);
+        let conntrack = layout_of(&defaults, registry::CONNTRACK.name);
         assert!(!services.resized_to(&conntrack));
     }
 }

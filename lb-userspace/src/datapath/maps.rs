@@ -1,93 +1,63 @@
-//! Typed access to the data path's maps, from a loaded object or from pins.
+//! Typed access to the data path's maps, from a loaded object or from pins. Which maps exist
+//! and their layouts come from lb-common's registry (`lb_common::maps`).
 
 use std::path::Path;
 
-use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues};
+use aya::maps::{Array, HashMap, Map, MapData, MapError, MapInfo, PerCpuArray, PerCpuValues};
 use aya::{Ebpf, Pod};
+use lb_common::maps::{self as registry, MapDef, MapSpec};
 use lb_common::{
-    map_names, Backend, BackendSlotKey, Counter, CtKey, CtValue, NodeConfig, ServiceKey,
-    ServiceStats, ServiceValue, IPPROTO_UDP,
+    Backend, BackendSlotKey, Counter, CtKey, CtValue, NodeConfig, ServiceKey, ServiceStats,
+    ServiceValue, IPPROTO_UDP,
 };
 
 use crate::error::{DatapathError, MapWriteError};
 use crate::reconciler::{MapReader, MapWriter};
 
-/// The data path's maps. Each accessor checks the map's key and value sizes against
-/// lb-common's types.
-pub struct Maps {
-    services: Map,
-    slots: Map,
-    backends: Map,
-    conntrack: Map,
-    stats: Map,
-    service_stats: Map,
-    config: Map,
+/// The data path's maps, one per registry entry, each checked against its entry's layout.
+pub struct DatapathMaps {
+    /// In the order of [`registry::ALL`].
+    maps: Vec<Map>,
 }
 
-impl Maps {
+impl DatapathMaps {
     /// Takes the maps out of a loaded object, checking their layouts.
     pub(super) fn take_from(ebpf: &mut Ebpf) -> Result<Self, DatapathError> {
-        let mut take = |name| ebpf.take_map(name).ok_or(DatapathError::MissingMap(name));
-        Self {
-            services: take(map_names::SERVICES)?,
-            slots: take(map_names::BACKEND_SLOTS)?,
-            backends: take(map_names::BACKENDS)?,
-            conntrack: take(map_names::CONNTRACK)?,
-            stats: take(map_names::STATS)?,
-            service_stats: take(map_names::SERVICE_STATS)?,
-            config: take(map_names::CONFIG)?,
-        }
-        .checked()
+        let maps = registry::ALL
+            .iter()
+            .map(|spec| {
+                let map = ebpf
+                    .take_map(spec.name)
+                    .ok_or(DatapathError::MissingMap(spec.name))?;
+                check_layout(spec, &map)?;
+                Ok(map)
+            })
+            .collect::<Result<_, DatapathError>>()?;
+        Ok(Self { maps })
     }
 
     /// Opens the maps pinned by [`super::Datapath::pin_maps`] in `dir`.
     pub fn from_pins(dir: &Path) -> Result<Self, DatapathError> {
-        if !dir.join(map_names::SERVICES).exists() {
+        if !dir.join(registry::SERVICES.name).exists() {
             return Err(DatapathError::NotPinned(dir.to_path_buf()));
         }
-        let open = |name: &str| {
-            let path = dir.join(name);
-            MapData::from_pin(&path)
-                .and_then(Map::from_map_data)
-                .map_err(|source| DatapathError::OpenPin { path, source })
-        };
-        Self {
-            services: open(map_names::SERVICES)?,
-            slots: open(map_names::BACKEND_SLOTS)?,
-            backends: open(map_names::BACKENDS)?,
-            conntrack: open(map_names::CONNTRACK)?,
-            stats: open(map_names::STATS)?,
-            service_stats: open(map_names::SERVICE_STATS)?,
-            config: open(map_names::CONFIG)?,
-        }
-        .checked()
-    }
-
-    fn checked(self) -> Result<Self, DatapathError> {
-        let layout = |map| move |source| DatapathError::MapLayout { map, source };
-        hash::<ServiceKey, ServiceValue>(&self.services).map_err(layout(map_names::SERVICES))?;
-        hash::<BackendSlotKey, u32>(&self.slots).map_err(layout(map_names::BACKEND_SLOTS))?;
-        hash::<u32, Backend>(&self.backends).map_err(layout(map_names::BACKENDS))?;
-        hash::<CtKey, CtValue>(&self.conntrack).map_err(layout(map_names::CONNTRACK))?;
-        PerCpuArray::<_, u64>::try_from(&self.stats).map_err(layout(map_names::STATS))?;
-        PerCpuArray::<_, ServiceStats>::try_from(&self.service_stats)
-            .map_err(layout(map_names::SERVICE_STATS))?;
-        Array::<_, NodeConfig>::try_from(&self.config).map_err(layout(map_names::CONFIG))?;
-        Ok(self)
+        let maps = registry::ALL
+            .iter()
+            .map(|spec| {
+                let path = dir.join(spec.name);
+                let map = MapData::from_pin(&path)
+                    .and_then(Map::from_map_data)
+                    .map_err(|source| DatapathError::OpenPin { path, source })?;
+                check_layout(spec, &map)?;
+                Ok(map)
+            })
+            .collect::<Result<_, DatapathError>>()?;
+        Ok(Self { maps })
     }
 
     /// Every map with its name.
     pub(super) fn iter(&self) -> impl Iterator<Item = (&'static str, &Map)> {
-        [
-            (map_names::SERVICES, &self.services),
-            (map_names::BACKEND_SLOTS, &self.slots),
-            (map_names::BACKENDS, &self.backends),
-            (map_names::CONNTRACK, &self.conntrack),
-            (map_names::STATS, &self.stats),
-            (map_names::SERVICE_STATS, &self.service_stats),
-            (map_names::CONFIG, &self.config),
-        ]
-        .into_iter()
+        registry::ALL.iter().map(|spec| spec.name).zip(&self.maps)
     }
 
     pub(super) fn pin(&self, dir: &Path) -> Result<(), DatapathError> {
@@ -99,33 +69,42 @@ impl Maps {
         Ok(())
     }
 
+    /// The map of registry entry `def`.
+    fn map<K, V>(&self, def: MapDef<K, V>) -> &Map {
+        &self.maps[index_of(def.name)]
+    }
+
+    fn map_mut<K, V>(&mut self, def: MapDef<K, V>) -> &mut Map {
+        &mut self.maps[index_of(def.name)]
+    }
+
     /// Every service entry.
     pub fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>, DatapathError> {
-        entries(&self.services, map_names::SERVICES)
+        self.entries(registry::SERVICES)
     }
 
     /// Every backend slot.
     pub fn slots(&self) -> Result<Vec<(BackendSlotKey, u32)>, DatapathError> {
-        entries(&self.slots, map_names::BACKEND_SLOTS)
+        self.entries(registry::BACKEND_SLOTS)
     }
 
     /// Every backend by id.
     pub fn backends(&self) -> Result<Vec<(u32, Backend)>, DatapathError> {
-        entries(&self.backends, map_names::BACKENDS)
+        self.entries(registry::BACKENDS)
     }
 
     /// Every conntrack entry (forward and reply).
     pub fn conntrack(&self) -> Result<Vec<(CtKey, CtValue)>, DatapathError> {
-        entries(&self.conntrack, map_names::CONNTRACK)
+        self.entries(registry::CONNTRACK)
     }
 
     /// The node-wide counters, each summed over all CPUs.
     pub fn counters(&self) -> Result<Vec<(Counter, u64)>, DatapathError> {
         let read = |source| DatapathError::Read {
-            map: map_names::STATS,
+            map: registry::STATS.name,
             source,
         };
-        let array = PerCpuArray::<_, u64>::try_from(&self.stats).map_err(read)?;
+        let array = PerCpuArray::<_, u64>::try_from(self.map(registry::STATS)).map_err(read)?;
         Counter::ALL
             .iter()
             .map(|c| {
@@ -138,10 +117,11 @@ impl Maps {
     /// A service's counters summed over all CPUs.
     pub fn service_stats(&self, service_id: u32) -> Result<ServiceStats, DatapathError> {
         let read = |source| DatapathError::Read {
-            map: map_names::SERVICE_STATS,
+            map: registry::SERVICE_STATS.name,
             source,
         };
-        let array = PerCpuArray::<_, ServiceStats>::try_from(&self.service_stats).map_err(read)?;
+        let array = PerCpuArray::<_, ServiceStats>::try_from(self.map(registry::SERVICE_STATS))
+            .map_err(read)?;
         let per_cpu = array.get(&service_id, 0).map_err(read)?;
         Ok(per_cpu
             .iter()
@@ -157,61 +137,61 @@ impl Maps {
     /// The node-wide settings the data path reads (`LB_CONFIG[0]`; all zero until set).
     pub fn node_config(&self) -> Result<NodeConfig, DatapathError> {
         let read = |source| DatapathError::Read {
-            map: map_names::CONFIG,
+            map: registry::CONFIG.name,
             source,
         };
-        Array::<_, NodeConfig>::try_from(&self.config)
+        Array::<_, NodeConfig>::try_from(self.map(registry::CONFIG))
             .and_then(|array| array.get(&0, 0))
             .map_err(read)
     }
 
     /// Replaces the node-wide settings; new flows use them at once.
     pub fn set_node_config(&mut self, config: &NodeConfig) -> Result<(), MapWriteError> {
-        Array::<_, NodeConfig>::try_from(&mut self.config)
+        Array::<_, NodeConfig>::try_from(self.map_mut(registry::CONFIG))
             .and_then(|mut array| array.set(0, *config, 0))
             .map_err(|source| MapWriteError {
-                map: map_names::CONFIG,
+                map: registry::CONFIG.name,
                 op: "update",
                 source,
             })
     }
 }
 
-impl MapWriter for Maps {
+impl MapWriter for DatapathMaps {
     fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), MapWriteError> {
-        insert(&mut self.backends, map_names::BACKENDS, id, *backend)
+        self.insert(registry::BACKENDS, id, *backend)
     }
 
     fn remove_backend(&mut self, id: u32) -> Result<(), MapWriteError> {
-        remove::<_, Backend>(&mut self.backends, map_names::BACKENDS, &id)
+        self.remove(registry::BACKENDS, &id)
     }
 
     fn set_slot(&mut self, key: BackendSlotKey, backend_id: u32) -> Result<(), MapWriteError> {
-        insert(&mut self.slots, map_names::BACKEND_SLOTS, key, backend_id)
+        self.insert(registry::BACKEND_SLOTS, key, backend_id)
     }
 
     fn remove_slot(&mut self, key: BackendSlotKey) -> Result<(), MapWriteError> {
-        remove::<_, u32>(&mut self.slots, map_names::BACKEND_SLOTS, &key)
+        self.remove(registry::BACKEND_SLOTS, &key)
     }
 
     fn set_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), MapWriteError> {
-        insert(&mut self.services, map_names::SERVICES, *key, *value)
+        self.insert(registry::SERVICES, *key, *value)
     }
 
     fn remove_service(&mut self, key: &ServiceKey) -> Result<(), MapWriteError> {
-        remove::<_, ServiceValue>(&mut self.services, map_names::SERVICES, key)
+        self.remove(registry::SERVICES, key)
     }
 
     fn reset_service_stats(&mut self, service_id: u32) -> Result<(), MapWriteError> {
         let failed = |source| MapWriteError {
-            map: map_names::SERVICE_STATS,
+            map: registry::SERVICE_STATS.name,
             op: "reset",
             source,
         };
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| failed(MapError::IoError(e)))?;
         let zeros = PerCpuValues::try_from(vec![ServiceStats::default(); cpus])
             .map_err(|e| failed(MapError::IoError(e)))?;
-        PerCpuArray::<_, ServiceStats>::try_from(&mut self.service_stats)
+        PerCpuArray::<_, ServiceStats>::try_from(self.map_mut(registry::SERVICE_STATS))
             .and_then(|mut array| array.set(service_id, zeros, 0))
             .map_err(failed)
     }
@@ -222,11 +202,12 @@ impl MapWriter for Maps {
         backend_ids: &[u32],
     ) -> Result<u32, MapWriteError> {
         let failed = |source| MapWriteError {
-            map: map_names::CONNTRACK,
+            map: registry::CONNTRACK.name,
             op: "flush",
             source,
         };
-        let stale: Vec<CtKey> = hash::<CtKey, CtValue>(&self.conntrack)
+        let stale: Vec<CtKey> = self
+            .hash(registry::CONNTRACK)
             .map_err(failed)?
             .iter()
             .filter_map(|entry| match entry {
@@ -242,68 +223,116 @@ impl MapWriter for Maps {
             })
             .collect::<Result<_, _>>()
             .map_err(failed)?;
-        remove_all(&mut self.conntrack, &stale).map_err(failed)
+        remove_all(self.map_mut(registry::CONNTRACK), &stale).map_err(failed)
     }
 }
 
-impl MapReader for Maps {
+impl MapReader for DatapathMaps {
     fn read_services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>, MapWriteError> {
-        read_all(&self.services, map_names::SERVICES)
+        self.read_all(registry::SERVICES)
     }
 
     fn read_slots(&self) -> Result<Vec<(BackendSlotKey, u32)>, MapWriteError> {
-        read_all(&self.slots, map_names::BACKEND_SLOTS)
+        self.read_all(registry::BACKEND_SLOTS)
     }
 
     fn read_backends(&self) -> Result<Vec<(u32, Backend)>, MapWriteError> {
-        read_all(&self.backends, map_names::BACKENDS)
+        self.read_all(registry::BACKENDS)
     }
 }
 
-fn hash<K: Pod, V: Pod>(map: &Map) -> Result<HashMap<&MapData, K, V>, MapError> {
-    HashMap::try_from(map)
-}
+/// Typed hash map access by registry entry; each fails with the map's name.
+impl DatapathMaps {
+    fn hash<K: Pod, V: Pod>(&self, def: MapDef<K, V>) -> Result<HashMap<&MapData, K, V>, MapError> {
+        HashMap::try_from(self.map(def))
+    }
 
-fn read_all<K: Pod, V: Pod>(map: &Map, name: &'static str) -> Result<Vec<(K, V)>, MapWriteError> {
-    hash::<K, V>(map)
-        .and_then(|h| h.iter().collect())
-        .map_err(|source| MapWriteError {
-            map: name,
-            op: "read",
-            source,
+    fn read_all<K: Pod, V: Pod>(&self, def: MapDef<K, V>) -> Result<Vec<(K, V)>, MapWriteError> {
+        self.hash(def)
+            .and_then(|h| h.iter().collect())
+            .map_err(|source| MapWriteError {
+                map: def.name,
+                op: "read",
+                source,
+            })
+    }
+
+    fn entries<K: Pod, V: Pod>(&self, def: MapDef<K, V>) -> Result<Vec<(K, V)>, DatapathError> {
+        self.read_all(def).map_err(|e| DatapathError::Read {
+            map: e.map,
+            source: e.source,
         })
+    }
+
+    fn insert<K: Pod, V: Pod>(
+        &mut self,
+        def: MapDef<K, V>,
+        key: K,
+        value: V,
+    ) -> Result<(), MapWriteError> {
+        HashMap::<_, K, V>::try_from(self.map_mut(def))
+            .and_then(|mut h| h.insert(key, value, 0))
+            .map_err(|source| MapWriteError {
+                map: def.name,
+                op: "update",
+                source,
+            })
+    }
+
+    fn remove<K: Pod, V: Pod>(&mut self, def: MapDef<K, V>, key: &K) -> Result<(), MapWriteError> {
+        HashMap::<_, K, V>::try_from(self.map_mut(def))
+            .and_then(|mut h| ignore_missing(h.remove(key)))
+            .map_err(|source| MapWriteError {
+                map: def.name,
+                op: "delete",
+                source,
+            })
+    }
 }
 
-fn entries<K: Pod, V: Pod>(map: &Map, name: &'static str) -> Result<Vec<(K, V)>, DatapathError> {
-    read_all(map, name).map_err(|e| DatapathError::Read {
-        map: e.map,
-        source: e.source,
-    })
+/// Position of the map named `name` in [`registry::ALL`]; every `MapDef` is there.
+fn index_of(name: &str) -> usize {
+    registry::ALL
+        .iter()
+        .position(|spec| spec.name == name)
+        .unwrap_or_else(|| unreachable!("map {name} is not in the registry"))
 }
 
-fn insert<K: Pod, V: Pod>(
-    map: &mut Map,
-    name: &'static str,
-    key: K,
-    value: V,
-) -> Result<(), MapWriteError> {
-    HashMap::<_, K, V>::try_from(map)
-        .and_then(|mut h| h.insert(key, value, 0))
-        .map_err(|source| MapWriteError {
-            map: name,
-            op: "update",
-            source,
-        })
-}
-
-fn remove<K: Pod, V: Pod>(map: &mut Map, name: &'static str, key: &K) -> Result<(), MapWriteError> {
-    HashMap::<_, K, V>::try_from(map)
-        .and_then(|mut h| ignore_missing(h.remove(key)))
-        .map_err(|source| MapWriteError {
-            map: name,
-            op: "delete",
-            source,
-        })
+/// Checks a map's kind, key and value sizes against its registry entry (not its size: that is
+/// chosen at load time).
+fn check_layout(spec: &MapSpec, map: &Map) -> Result<(), DatapathError> {
+    let layout = |source| DatapathError::MapLayout {
+        map: spec.name,
+        source,
+    };
+    let data = match map {
+        Map::HashMap(data) | Map::LruHashMap(data) | Map::Array(data) | Map::PerCpuArray(data) => {
+            data
+        }
+        _ => {
+            return Err(layout(MapError::InvalidMapType {
+                map_type: spec.kind as u32,
+            }))
+        }
+    };
+    let info: MapInfo = data.info().map_err(layout)?;
+    let map_type = info.map_type().map_err(layout)? as u32;
+    if map_type != spec.kind as u32 {
+        return Err(layout(MapError::InvalidMapType { map_type }));
+    }
+    if info.key_size() != spec.key_size {
+        return Err(layout(MapError::InvalidKeySize {
+            size: info.key_size() as usize,
+            expected: spec.key_size as usize,
+        }));
+    }
+    if info.value_size() != spec.value_size {
+        return Err(layout(MapError::InvalidValueSize {
+            size: info.value_size() as usize,
+            expected: spec.value_size as usize,
+        }));
+    }
+    Ok(())
 }
 
 /// Deletes conntrack keys, skipping any the LRU already evicted; returns how many it deleted.

@@ -1,6 +1,5 @@
 //! The loaded eBPF data path: programs, their attachments and typed access to the maps.
 
-mod capacities;
 mod kernel_log;
 mod map_layouts;
 mod maps;
@@ -16,13 +15,14 @@ use aya::programs::xdp::XdpLink;
 use aya::programs::{tc, Program, SchedClassifier, TcAttachType, Xdp, XdpMode};
 use aya::util::KernelVersion;
 use aya::{Ebpf, EbpfLoader};
-use lb_common::{map_names, program_names};
+use lb_common::maps as registry;
+use lb_common::program_names;
 use tracing::{debug, info, warn};
 
 use crate::error::{Chain, DatapathError};
-pub use capacities::{Capacities, CapacityRangeError, MAX_ENTRIES};
 pub use kernel_log::{KernelLog, KernelLogError, KernelLogLevel};
-pub use maps::Maps;
+pub use lb_common::capacity::{Capacities, CapacityRangeError, MAX_ENTRIES};
+pub use maps::DatapathMaps;
 use pinned_links::Hook;
 
 /// The eBPF object built by `cargo xtask build-ebpf`, embedded by `build.rs`.
@@ -32,7 +32,7 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 /// pinned and removes the pins made by [`Datapath::pin_maps`].
 pub struct Datapath {
     ebpf: Ebpf,
-    maps: Maps,
+    maps: DatapathMaps,
     pinned_in: Option<PathBuf>,
     /// Set by [`Datapath::load_pinned`]: attachments are pinned here and outlive the agent.
     links_dir: Option<PathBuf>,
@@ -84,13 +84,12 @@ impl Datapath {
         links_dir: Option<PathBuf>,
         kernel_log: KernelLogLevel,
     ) -> Result<Datapath, DatapathError> {
+        for spec in registry::ALL {
+            if spec.entries.capacity().is_some() {
+                loader.map_max_entries(spec.name, spec.entries.with(capacities));
+            }
+        }
         let mut ebpf = loader
-            .map_max_entries(map_names::SERVICES, capacities.services)
-            .map_max_entries(map_names::SERVICE_STATS, capacities.service_stats_len())
-            .map_max_entries(map_names::BACKENDS, capacities.backends)
-            .map_max_entries(map_names::BACKEND_SLOTS, capacities.backend_slots)
-            .map_max_entries(map_names::CONNTRACK, capacities.conntrack)
-            .map_max_entries(map_names::AFFINITY, capacities.affinity)
             .override_global(aya_log::LEVEL, kernel_log.global(), true)
             .load(EBPF_OBJECT)
             .map_err(|e| {
@@ -98,7 +97,7 @@ impl Datapath {
             })?;
         load_program::<SchedClassifier>(&mut ebpf, program_names::TC_INGRESS, |p| p.load())?;
         load_program::<Xdp>(&mut ebpf, program_names::XDP_INGRESS, |p| p.load())?;
-        let maps = Maps::take_from(&mut ebpf)?;
+        let maps = DatapathMaps::take_from(&mut ebpf)?;
         Ok(Datapath {
             ebpf,
             maps,
@@ -244,7 +243,7 @@ impl Datapath {
     }
 
     /// Typed access to the maps; writes go through [`crate::reconciler::MapWriter`].
-    pub fn maps(&mut self) -> &mut Maps {
+    pub fn maps(&mut self) -> &mut DatapathMaps {
         &mut self.maps
     }
 }

@@ -12,7 +12,7 @@ use lb_common::{
     Backend, Counter, CtKey, CtValue, NodeConfig, ServiceKey, ServiceStats, ServiceValue,
 };
 
-use crate::datapath::Maps;
+use crate::datapath::DatapathMaps;
 use crate::error::DatapathError;
 use crate::model::{unmap_addr, Protocol, SocketDisplay};
 use table::Table;
@@ -41,7 +41,7 @@ pub struct ServiceRow {
 }
 
 impl Snapshot {
-    pub fn read(maps: &Maps) -> Result<Snapshot, DatapathError> {
+    pub fn read(maps: &DatapathMaps) -> Result<Snapshot, DatapathError> {
         let slots: BTreeMap<(u32, u32), u32> = maps
             .slots()?
             .into_iter()

@@ -5,8 +5,9 @@ use std::fmt;
 use std::path::Path;
 
 use aya::maps::{HashMap, Map, MapData};
+use lb_common::maps as registry;
 use lb_common::service::scope;
-use lb_common::{map_names, Counter, CtKey, CtValue, ServiceStats};
+use lb_common::{Counter, CtKey, CtValue, ServiceStats};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -15,7 +16,7 @@ use prometheus_client::metrics::MetricType;
 use tracing::warn;
 
 use super::sync::CountedServices;
-use crate::datapath::Maps;
+use crate::datapath::DatapathMaps;
 use crate::error::{Chain, DatapathError};
 use crate::model::SocketDisplay;
 use crate::reconciler::CountedService;
@@ -23,7 +24,7 @@ use crate::reconciler::CountedService;
 /// Reads the maps on every scrape (call the encoder from a blocking thread: a full
 /// conntrack map takes one system call per entry to count).
 pub(super) struct DatapathCollector {
-    maps: Maps,
+    maps: DatapathMaps,
     /// A second handle on the conntrack map, for counting its keys without copying values.
     conntrack: HashMap<MapData, CtKey, CtValue>,
     conntrack_capacity: u32,
@@ -86,8 +87,8 @@ impl DatapathCollector {
         conntrack_capacity: u32,
         services: CountedServices,
     ) -> Result<Self, DatapathError> {
-        let maps = Maps::from_pins(pins)?;
-        let path = pins.join(map_names::CONNTRACK);
+        let maps = DatapathMaps::from_pins(pins)?;
+        let path = pins.join(registry::CONNTRACK.name);
         let conntrack = MapData::from_pin(&path)
             .and_then(Map::from_map_data)
             .map_err(|source| DatapathError::OpenPin {
@@ -96,7 +97,7 @@ impl DatapathCollector {
             })?;
         let conntrack =
             HashMap::try_from(conntrack).map_err(|source| DatapathError::MapLayout {
-                map: map_names::CONNTRACK,
+                map: registry::CONNTRACK.name,
                 source,
             })?;
         Ok(Self {

@@ -16,16 +16,17 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
 
-use lb_common::{map_names, BackendSlotKey, ServiceKey, ServiceValue};
+use lb_common::maps as registry;
+use lb_common::{BackendSlotKey, ServiceKey, ServiceValue};
 
 use super::backends::Backends;
 use super::ids::IdPool;
 use super::resync::{service_name, slot_name};
 use super::{failed, MapReader, MapWriter, ProgrammedService, Reconciler, SlotGroup};
 use super::{Drift, Repair};
-use crate::datapath::Capacities;
 use crate::error::ReconcileError;
 use crate::model::{unmap_addr, Frontend, Protocol, SCOPES};
+use lb_common::Capacities;
 
 /// What adoption deletes, in the order it deletes it.
 #[derive(Default)]
@@ -203,16 +204,16 @@ impl Deletions {
         };
         for (key, reason) in self.services {
             maps.remove_service(&key).map_err(delete_failed)?;
-            note(map_names::SERVICES, service_name(&key), reason);
+            note(registry::SERVICES.name, service_name(&key), reason);
         }
         for (key, reason) in self.slots {
             maps.remove_slot(key).map_err(delete_failed)?;
-            note(map_names::BACKEND_SLOTS, slot_name(key), reason);
+            note(registry::BACKEND_SLOTS.name, slot_name(key), reason);
         }
         for id in self.backends {
             maps.remove_backend(id).map_err(delete_failed)?;
             note(
-                map_names::BACKENDS,
+                registry::BACKENDS.name,
                 format!("backend {id}"),
                 "backend id out of range",
             );

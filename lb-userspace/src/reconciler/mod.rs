@@ -32,15 +32,15 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use lb_common::{BackendSlotKey, ServiceKey, ServiceValue};
 
-use crate::datapath::Capacities;
 use crate::error::{CapacityError, MapWriteError, ReconcileError};
 use crate::model::{DesiredService, DesiredState, Frontend, Protocol, ServicePortName, SCOPES};
 use backends::{describe, Backends};
 use ids::IdPool;
+use lb_common::Capacities;
 pub use resync::{Drift, MapReader, Repair};
 use slots::stable_layout;
 
-/// The map operations the reconciler needs; implemented by [`crate::datapath::Maps`] and by an
+/// The map operations the reconciler needs; implemented by [`crate::datapath::DatapathMaps`] and by an
 /// in-memory fake in tests. Removing a key that is already gone succeeds.
 pub trait MapWriter {
     fn set_backend(&mut self, id: u32, backend: &lb_common::Backend) -> Result<(), MapWriteError>;

@@ -8,14 +8,15 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use lb_common::maps as registry;
 use lb_common::service::scope;
-use lb_common::{map_names, Backend, BackendSlotKey, ServiceKey, ServiceValue};
+use lb_common::{Backend, BackendSlotKey, ServiceKey, ServiceValue};
 
 use super::{failed, slot_key, MapWriter, Reconciler};
 use crate::error::{MapWriteError, ReconcileError};
 use crate::model::{unmap_addr, Protocol, SocketDisplay, SCOPES};
 
-/// Reads the maps back for [`Reconciler::resync`]; implemented by [`crate::datapath::Maps`]
+/// Reads the maps back for [`Reconciler::resync`]; implemented by [`crate::datapath::DatapathMaps`]
 /// and by an in-memory fake in tests.
 pub trait MapReader {
     fn read_services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>, MapWriteError>;
@@ -102,35 +103,43 @@ impl Reconciler {
         for (id, drift) in wrong {
             maps.set_backend(id, &backends[&id])
                 .map_err(repair_failed)?;
-            note(map_names::BACKENDS, format!("backend {id}"), drift);
+            note(registry::BACKENDS.name, format!("backend {id}"), drift);
         }
         let (stale_slots, wrong) = diff(&slots, actual_slots);
         for ((service_id, slot), drift) in wrong {
             let key = BackendSlotKey { service_id, slot };
             maps.set_slot(key, slots[&(service_id, slot)])
                 .map_err(repair_failed)?;
-            note(map_names::BACKEND_SLOTS, slot_name(key), drift);
+            note(registry::BACKEND_SLOTS.name, slot_name(key), drift);
         }
         let (stale_services, wrong) = diff(&services, actual_services);
         for (key, drift) in wrong {
             maps.set_service(&key, &services[&key])
                 .map_err(repair_failed)?;
-            note(map_names::SERVICES, service_name(&key), drift);
+            note(registry::SERVICES.name, service_name(&key), drift);
         }
 
         for key in stale_services {
             maps.remove_service(&key).map_err(repair_failed)?;
-            note(map_names::SERVICES, service_name(&key), Drift::Unexpected);
+            note(
+                registry::SERVICES.name,
+                service_name(&key),
+                Drift::Unexpected,
+            );
         }
         for (service_id, slot) in stale_slots {
             let key = BackendSlotKey { service_id, slot };
             maps.remove_slot(key).map_err(repair_failed)?;
-            note(map_names::BACKEND_SLOTS, slot_name(key), Drift::Unexpected);
+            note(
+                registry::BACKEND_SLOTS.name,
+                slot_name(key),
+                Drift::Unexpected,
+            );
         }
         for id in stale_backends {
             maps.remove_backend(id).map_err(repair_failed)?;
             note(
-                map_names::BACKENDS,
+                registry::BACKENDS.name,
                 format!("backend {id}"),
                 Drift::Unexpected,
             );

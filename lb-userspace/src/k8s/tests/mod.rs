@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use lb_common::capacity;
+use lb_common::Capacity;
 
 use super::{desired_state, NodeDef, ServiceDef, SliceDef};
 use crate::model::{BackendSet, DesiredService};
@@ -20,7 +20,8 @@ fn service(yaml: &str) -> Result<ServiceDef, String> {
 
 fn slice(yaml: &str) -> Result<SliceDef, String> {
     let slice: EndpointSlice = serde_yaml::from_str(yaml).unwrap();
-    SliceDef::from_k8s(&slice, capacity::BACKENDS as usize).map_err(|e| e.to_string())
+    SliceDef::from_k8s(&slice, Capacity::Backends.default_entries() as usize)
+        .map_err(|e| e.to_string())
 }
 
 fn node(yaml: &str) -> Result<NodeDef, String> {

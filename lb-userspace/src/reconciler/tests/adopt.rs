@@ -1,6 +1,6 @@
 //! Adoption: a new reconciler takes over maps an earlier one wrote (an agent restart).
 
-use lb_common::map_names;
+use lb_common::maps as registry;
 
 use super::*;
 use crate::reconciler::{Drift, Repair};
@@ -213,13 +213,13 @@ fn garbage_in_the_maps_is_deleted_safely_and_the_rest_adopted() {
     let (mut reconciler, repairs) = Reconciler::adopt(&Capacities::default(), &mut maps).unwrap();
     let svc = |port: u16, scope: &str, why: &str| {
         inconsistent(
-            map_names::SERVICES,
+            registry::SERVICES.name,
             &format!("198.19.0.10:{port}/TCP {scope} ({why})"),
         )
     };
     let slot = |id: u32, slot: u32, why: &str| {
         inconsistent(
-            map_names::BACKEND_SLOTS,
+            registry::BACKEND_SLOTS.name,
             &format!("service {id} slot {slot} ({why})"),
         )
     };
@@ -234,7 +234,7 @@ fn garbage_in_the_maps_is_deleted_safely_and_the_rest_adopted() {
             slot(svc82, 2, "past the slots its service can use"),
             slot(77, 1, "no service entry uses its id"),
             inconsistent(
-                map_names::BACKENDS,
+                registry::BACKENDS.name,
                 &format!("backend {} (backend id out of range)", u32::MAX)
             ),
         ]

@@ -8,9 +8,9 @@ use lb_common::{
 };
 
 use super::{MapReader, MapWriter, Reconciler};
-use crate::datapath::Capacities;
 use crate::error::MapWriteError;
 use crate::model::{DesiredService, DesiredState, Endpoint, Frontend, Protocol, ServicePortName};
+use lb_common::Capacities;
 
 mod adopt;
 mod apply;

@@ -1,6 +1,6 @@
 //! Full resync against tampered maps.
 
-use lb_common::map_names;
+use lb_common::maps as registry;
 
 use super::*;
 use crate::reconciler::{Drift, Repair};
@@ -40,7 +40,7 @@ fn a_deleted_service_entry_comes_back() {
     assert_eq!(
         repairs,
         [repair(
-            map_names::SERVICES,
+            registry::SERVICES.name,
             "198.19.0.10:80/TCP internal",
             Drift::Missing
         )]

@@ -14,7 +14,8 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use aya::maps::{HashMap, Map, MapData};
-use lb_common::{conntrack::ct_flags, map_names, CtKey, CtValue, IPPROTO_TCP};
+use lb_common::maps as registry;
+use lb_common::{conntrack::ct_flags, CtKey, CtValue, IPPROTO_TCP};
 use lb_userspace::{model::map_addr, Datapath, Reconciler};
 use std::os::fd::{AsFd, BorrowedFd};
 
@@ -344,14 +345,14 @@ fn open_conntrack(datapath: &Datapath) -> Result<HashMap<MapData, CtKey, CtValue
     for id in ids {
         let data = MapData::from_id(id).map_err(map_context("opening a map by id"))?;
         let info = data.info().map_err(map_context("reading a map's info"))?;
-        if info.name_as_str() == Some(map_names::CONNTRACK) {
+        if info.name_as_str() == Some(registry::CONNTRACK.name) {
             return HashMap::try_from(Map::LruHashMap(data))
                 .map_err(map_context("opening the conntrack map"));
         }
     }
     Err(BenchError::Check(format!(
         "the XDP program uses no map named {}",
-        map_names::CONNTRACK
+        registry::CONNTRACK.name
     )))
 }
 

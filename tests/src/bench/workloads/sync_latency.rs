@@ -14,7 +14,7 @@ use std::{
 };
 
 use lb_common::{ipv4_mapped, service::scope, ServiceKey, IPPROTO_TCP};
-use lb_userspace::Maps;
+use lb_userspace::DatapathMaps;
 
 use crate::{
     apiserver::objects::service,
@@ -39,7 +39,7 @@ pub fn run(changes: usize) -> Result<Vec<f64>> {
     let api = cluster.api();
     api.create(&service(NAMESPACE, "web", VIP, web_ports()))?;
     api.create(&cluster.web_slice("web", &[0, 1, 2]))?;
-    let maps = Maps::from_pins(&cluster.agent().options().bpffs_dir.join("maps"))?;
+    let maps = DatapathMaps::from_pins(&cluster.agent().options().bpffs_dir.join("maps"))?;
     let key = ServiceKey::new(ipv4_mapped(VIP.octets()), 80, IPPROTO_TCP, scope::INTERNAL);
     wait_for_count(&maps, &key, 3, Instant::now())?;
 
@@ -58,7 +58,12 @@ pub fn run(changes: usize) -> Result<Vec<f64>> {
 }
 
 /// Spins until the services map entry of `key` has `count` backends.
-fn wait_for_count(maps: &Maps, key: &ServiceKey, count: u32, started: Instant) -> Result<()> {
+fn wait_for_count(
+    maps: &DatapathMaps,
+    key: &ServiceKey,
+    count: u32,
+    started: Instant,
+) -> Result<()> {
     loop {
         if maps
             .services()?

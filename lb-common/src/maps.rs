@@ -1,0 +1,211 @@
+//! The registry of the data path's maps: each map is described once here (name, kind, key and
+//! value types, size) and everything else is derived from that description. The kernel
+//! declares its map statics from these entries (lb-ebpf's `maps.rs`, which checks at compile
+//! time that each static has the entry's name, kind and types); the agent loads, sizes, pins,
+//! checks and opens every map by iterating [`ALL`].
+//!
+//! Adding a map is one line in [`registry!`] below plus its use on each side.
+
+use core::marker::PhantomData;
+use core::mem::size_of;
+
+use crate::capacity::{Capacities, Capacity};
+use crate::{
+    AffinityKey, AffinityValue, Backend, BackendSlotKey, Counter, CtKey, CtValue, NodeConfig,
+    ServiceKey, ServiceStats, ServiceValue,
+};
+
+/// The kind of a BPF map. Variants are named after aya's map types and valued as the kernel's
+/// `bpf_map_type`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapKind {
+    HashMap = 1,
+    Array = 2,
+    PerCpuArray = 6,
+    LruHashMap = 9,
+}
+
+/// How many entries a map has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entries {
+    /// Always this many.
+    Fixed(u32),
+    /// As many as the capacity the operator chose.
+    Sized(Capacity),
+    /// One more than the capacity: an array indexed by ids `1..=capacity` (index 0 unused).
+    IdIndexed(Capacity),
+}
+
+impl Entries {
+    /// The number of entries with the given capacities.
+    pub const fn with(self, capacities: &Capacities) -> u32 {
+        match self {
+            Entries::Fixed(entries) => entries,
+            Entries::Sized(capacity) => capacities.get(capacity),
+            Entries::IdIndexed(capacity) => capacities.get(capacity).saturating_add(1),
+        }
+    }
+
+    /// The number of entries with default capacities: what the object declares.
+    pub const fn default_entries(self) -> u32 {
+        match self {
+            Entries::Fixed(entries) => entries,
+            Entries::Sized(capacity) => capacity.default_entries(),
+            Entries::IdIndexed(capacity) => capacity.default_entries() + 1,
+        }
+    }
+
+    /// The capacity that sizes the map, if any.
+    pub const fn capacity(self) -> Option<Capacity> {
+        match self {
+            Entries::Fixed(_) => None,
+            Entries::Sized(capacity) | Entries::IdIndexed(capacity) => Some(capacity),
+        }
+    }
+}
+
+/// One map of the data path, with its key and value types.
+pub struct MapDef<K, V> {
+    /// The map's name in the object, the kernel and bpffs (at most 15 bytes, no dot).
+    pub name: &'static str,
+    pub kind: MapKind,
+    pub entries: Entries,
+    types: PhantomData<fn() -> (K, V)>,
+}
+
+impl<K, V> Clone for MapDef<K, V> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<K, V> Copy for MapDef<K, V> {}
+
+impl<K, V> MapDef<K, V> {
+    const fn new(name: &'static str, kind: MapKind, entries: Entries) -> Self {
+        // The kernel truncates longer names, and bpffs refuses pin names with a dot.
+        assert!(name.len() <= 15, "map names have at most 15 bytes");
+        let mut i = 0;
+        while i < name.len() {
+            assert!(name.as_bytes()[i] != b'.', "map names cannot contain a dot");
+            i += 1;
+        }
+        Self {
+            name,
+            kind,
+            entries,
+            types: PhantomData,
+        }
+    }
+
+    /// The map without its types.
+    pub const fn spec(&self) -> MapSpec {
+        MapSpec {
+            name: self.name,
+            kind: self.kind,
+            key_size: size_of::<K>() as u32,
+            value_size: size_of::<V>() as u32,
+            entries: self.entries,
+        }
+    }
+
+    /// For the kernel's map statics: fails the build unless the static named `name` of kind
+    /// `kind` is this map; returns the entries the object declares.
+    pub const fn declared_as(&self, name: &str, kind: MapKind) -> u32 {
+        assert!(
+            str_eq(self.name, name),
+            "a map static is not named as its registry entry"
+        );
+        assert!(
+            self.kind as u32 == kind as u32,
+            "a map static is not of its entry's kind"
+        );
+        self.entries.default_entries()
+    }
+}
+
+/// A map without its types: what loading, sizing, pinning and layout checks need.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSpec {
+    pub name: &'static str,
+    pub kind: MapKind,
+    /// Key size in bytes (4 for arrays, whose keys are `u32` indexes).
+    pub key_size: u32,
+    pub value_size: u32,
+    pub entries: Entries,
+}
+
+const fn str_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// Declares each map as a [`MapDef`] constant and lists them all in [`ALL`].
+macro_rules! registry {
+    ($($(#[$doc:meta])* $def:ident = $name:literal: $kind:ident<$key:ty, $value:ty>, $entries:expr;)*) => {
+        $($(#[$doc])* pub const $def: MapDef<$key, $value> = MapDef::new($name, MapKind::$kind, $entries);)*
+        /// Every map of the data path.
+        pub const ALL: &[MapSpec] = &[$($def.spec()),*];
+    };
+}
+
+registry! {
+    /// Service frontends, one entry per lookup scope, each pointing at a slot group.
+    SERVICES = "LB_SERVICES": HashMap<ServiceKey, ServiceValue>, Entries::Sized(Capacity::Services);
+    /// Slot groups' backend slots: (group id, slot) -> backend id.
+    BACKEND_SLOTS = "LB_SLOTS": HashMap<BackendSlotKey, u32>, Entries::Sized(Capacity::BackendSlots);
+    /// Backends by id.
+    BACKENDS = "LB_BACKENDS": HashMap<u32, Backend>, Entries::Sized(Capacity::Backends);
+    /// Tracked flows, a forward and a reply entry each.
+    CONNTRACK = "LB_CONNTRACK": LruHashMap<CtKey, CtValue>, Entries::Sized(Capacity::Conntrack);
+    /// Session affinity: (client, slot group) -> backend.
+    AFFINITY = "LB_AFFINITY": LruHashMap<AffinityKey, AffinityValue>, Entries::Sized(Capacity::Affinity);
+    /// Node-wide per-CPU counters, indexed by [`Counter`].
+    STATS = "LB_STATS": PerCpuArray<u32, u64>, Entries::Fixed(Counter::COUNT);
+    /// Per-CPU counters per slot group id.
+    SERVICE_STATS = "LB_SVC_STATS": PerCpuArray<u32, ServiceStats>, Entries::IdIndexed(Capacity::Services);
+    /// Node-wide settings, one element.
+    CONFIG = "LB_CONFIG": Array<u32, NodeConfig>, Entries::Fixed(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_map_has_a_distinct_name_and_its_types_sizes() {
+        for (i, spec) in ALL.iter().enumerate() {
+            assert!(ALL[..i].iter().all(|other| other.name != spec.name));
+        }
+        assert_eq!(SERVICES.spec().key_size, 20);
+        assert_eq!(STATS.spec().key_size, 4);
+        let capacities = Capacities {
+            services: 8,
+            ..Capacities::default()
+        };
+        assert_eq!(SERVICES.entries.with(&capacities), 8);
+        assert_eq!(SERVICE_STATS.entries.with(&capacities), 9);
+        assert_eq!(STATS.entries.with(&capacities), Counter::COUNT);
+        assert_eq!(SERVICE_STATS.entries.default_entries(), 65_537);
+    }
+
+    #[test]
+    fn a_static_is_checked_against_its_entry() {
+        assert_eq!(
+            SERVICES.declared_as("LB_SERVICES", MapKind::HashMap),
+            65_536
+        );
+        assert!(!str_eq("LB_SERVICES", "LB_SERVICE"));
+    }
+}
