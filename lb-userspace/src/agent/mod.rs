@@ -20,8 +20,8 @@ use tokio::time::MissedTickBehavior;
 use tracing::{info, warn};
 
 use crate::bpffs::{self, DirLock};
-use crate::datapath::{Capacities, Datapath, KernelLog, KernelLogLevel};
-use crate::error::{ApiSourceError, BpffsError, Chain, DatapathError, MapWriteError};
+use crate::datapath::{Capacities, Datapath, DatapathError, KernelLog, KernelLogLevel};
+use crate::error::{ApiSourceError, BpffsError, Chain, MapWriteError};
 use crate::k8s::NodeDef;
 use crate::links::{self, IfacePatterns, LinkEvent, NetlinkError};
 use crate::manifests::ManifestDir;

@@ -9,7 +9,8 @@ use lb_common::{
     ServiceStats, ServiceValue, IPPROTO_UDP,
 };
 
-use crate::error::{DatapathError, MapWriteError};
+use super::DatapathError;
+use crate::error::MapWriteError;
 use crate::reconciler::{MapReader, MapWriter};
 
 /// The data path's maps. Each accessor checks the map's key and value sizes against

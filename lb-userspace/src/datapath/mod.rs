@@ -1,6 +1,7 @@
 //! The loaded eBPF data path: programs, their attachments and typed access to the maps.
 
 mod capacities;
+mod error;
 mod kernel_log;
 mod map_layouts;
 mod maps;
@@ -19,8 +20,9 @@ use aya::{Ebpf, EbpfLoader};
 use lb_common::{map_names, program_names};
 use tracing::{debug, info, warn};
 
-use crate::error::{Chain, DatapathError};
+use crate::error::Chain;
 pub use capacities::{Capacities, CapacityRangeError, MAX_ENTRIES};
+pub use error::DatapathError;
 pub use kernel_log::{KernelLog, KernelLogError, KernelLogLevel};
 pub use maps::Maps;
 use pinned_links::Hook;

@@ -15,8 +15,8 @@ use prometheus_client::metrics::MetricType;
 use tracing::warn;
 
 use super::sync::CountedServices;
-use crate::datapath::Maps;
-use crate::error::{Chain, DatapathError};
+use crate::datapath::{DatapathError, Maps};
+use crate::error::Chain;
 use crate::model::SocketDisplay;
 use crate::reconciler::CountedService;
 
