@@ -5,10 +5,6 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use aya::maps::MapError;
-
-use crate::model::{Frontend, ServicePortName};
-
 /// Hint shown whenever the kernel refuses an operation with `EPERM`.
 pub const PRIVILEGE_HINT: &str = "needs root or CAP_BPF+CAP_NET_ADMIN";
 
@@ -24,42 +20,6 @@ pub fn is_permission_denied(error: &(dyn Error + 'static)) -> bool {
         current = e.source();
     }
     false
-}
-
-/// One map operation failed.
-#[derive(Debug, thiserror::Error)]
-#[error("{op} in map `{map}` failed")]
-pub struct MapWriteError {
-    pub map: &'static str,
-    pub op: &'static str,
-    #[source]
-    pub source: MapError,
-}
-
-/// Writing the desired state failed part way. Every write before the failing one is recorded,
-/// so the next reconcile continues from what the kernel really holds.
-#[derive(Debug, thiserror::Error)]
-#[error("{context}")]
-pub struct ReconcileError {
-    pub context: String,
-    #[source]
-    pub source: Box<MapWriteError>,
-}
-
-/// A service that does not fit into the maps; it is skipped (an already programmed version
-/// stays in place) and everything else is programmed.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "service {service} ({frontend}) not programmed: it needs {needed} more {resource} but only \
-     {available} of {capacity} are free"
-)]
-pub struct CapacityError {
-    pub service: ServicePortName,
-    pub frontend: Frontend,
-    pub resource: &'static str,
-    pub needed: u32,
-    pub available: u32,
-    pub capacity: u32,
 }
 
 /// A field of a Kubernetes object that cannot be programmed.
@@ -222,16 +182,17 @@ impl fmt::Display for Chain<'_> {
 mod tests {
     use super::*;
 
+    #[derive(Debug, thiserror::Error)]
+    #[error("pinning map `LB_SLOTS` failed")]
+    struct Outer(#[source] io::Error);
+
     #[test]
     fn chain_shows_every_cause() {
-        let err = MapWriteError {
-            map: "LB_SLOTS",
-            op: "update",
-            source: MapError::KeyNotFound,
-        };
+        let err = Outer(io::Error::from_raw_os_error(libc::EPERM));
         assert_eq!(
             Chain(&err).to_string(),
-            "update in map `LB_SLOTS` failed: key not found"
+            "pinning map `LB_SLOTS` failed: Operation not permitted (os error 1)"
         );
+        assert!(is_permission_denied(&err));
     }
 }

@@ -21,11 +21,12 @@ use tracing::{info, warn};
 
 use crate::bpffs::{self, DirLock};
 use crate::datapath::{Capacities, Datapath, DatapathError, KernelLog, KernelLogLevel};
-use crate::error::{ApiSourceError, BpffsError, Chain, MapWriteError};
+use crate::error::{ApiSourceError, BpffsError, Chain};
 use crate::k8s::NodeDef;
 use crate::links::{self, IfacePatterns, LinkEvent, NetlinkError};
 use crate::manifests::ManifestDir;
 use crate::metrics::{ListenError, SyncMetrics};
+use crate::reconciler::MapWriteError;
 use crate::source::{self, DesiredStates};
 use auto_attach::AutoAttach;
 pub use cleanup::cleanup;

@@ -10,8 +10,7 @@ use lb_common::{
 };
 
 use super::DatapathError;
-use crate::error::MapWriteError;
-use crate::reconciler::{MapReader, MapWriter};
+use crate::reconciler::{MapReader, MapWriteError, MapWriter};
 
 /// The data path's maps. Each accessor checks the map's key and value sizes against
 /// lb-common's types.

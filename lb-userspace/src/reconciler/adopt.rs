@@ -21,10 +21,11 @@ use lb_common::{map_names, BackendSlotKey, ServiceKey, ServiceValue};
 use super::backends::Backends;
 use super::ids::IdPool;
 use super::resync::{service_name, slot_name};
-use super::{failed, MapReader, MapWriter, ProgrammedService, Reconciler, SlotGroup};
+use super::{
+    failed, MapReader, MapWriter, ProgrammedService, ReconcileError, Reconciler, SlotGroup,
+};
 use super::{Drift, Repair};
 use crate::datapath::Capacities;
-use crate::error::ReconcileError;
 use crate::model::{unmap_addr, Frontend, Protocol, SCOPES};
 
 /// What adoption deletes, in the order it deletes it.

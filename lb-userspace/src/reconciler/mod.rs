@@ -22,6 +22,7 @@
 
 mod adopt;
 mod backends;
+mod error;
 mod ids;
 mod resync;
 mod slots;
@@ -33,9 +34,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use lb_common::{BackendSlotKey, ServiceKey, ServiceValue};
 
 use crate::datapath::Capacities;
-use crate::error::{CapacityError, MapWriteError, ReconcileError};
 use crate::model::{DesiredService, DesiredState, Frontend, Protocol, ServicePortName, SCOPES};
 use backends::{describe, Backends};
+pub use error::{CapacityError, MapWriteError, ReconcileError};
 use ids::IdPool;
 pub use resync::{Drift, MapReader, Repair};
 use slots::stable_layout;

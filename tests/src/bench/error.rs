@@ -4,7 +4,7 @@ use std::{io, time::Duration};
 
 use aya::{maps::MapError, programs::ProgramError};
 use lb_userspace::datapath::DatapathError;
-use lb_userspace::error::ReconcileError;
+use lb_userspace::reconciler::ReconcileError;
 
 /// Why a benchmark step failed.
 #[derive(Debug, thiserror::Error)]

@@ -7,9 +7,8 @@ use lb_common::{
     service::scope, Backend, BackendSlotKey, ServiceKey, ServiceValue, IPPROTO_TCP, IPPROTO_UDP,
 };
 
-use super::{MapReader, MapWriter, Reconciler};
+use super::{MapReader, MapWriteError, MapWriter, Reconciler};
 use crate::datapath::Capacities;
-use crate::error::MapWriteError;
 use crate::model::{DesiredService, DesiredState, Endpoint, Frontend, Protocol, ServicePortName};
 
 mod adopt;
