@@ -3,7 +3,7 @@
 use std::error::Error;
 use std::fmt;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Hint shown whenever the kernel refuses an operation with `EPERM`.
 pub const PRIVILEGE_HINT: &str = "needs root or CAP_BPF+CAP_NET_ADMIN";
@@ -64,103 +64,6 @@ pub struct ObjectError {
 pub struct SkippedObject {
     pub error: ObjectError,
     pub kept_previous: bool,
-}
-
-/// A problem in the manifests; what was in effect before stays in effect.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum ManifestError {
-    #[error(transparent)]
-    InvalidObject(SkippedObject),
-    #[error("{}: {message} (keeping the file's last good objects)", path.display())]
-    InvalidFile { path: PathBuf, message: String },
-    #[error(
-        "{}: {kind} {namespace}/{name} is already defined in {}; ignored",
-        path.display(),
-        first.display()
-    )]
-    Duplicate {
-        path: PathBuf,
-        kind: String,
-        namespace: String,
-        name: String,
-        first: PathBuf,
-    },
-}
-
-/// The Kubernetes API source could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum ApiSourceError {
-    #[error("loading the kubeconfig from {from} failed")]
-    Kubeconfig {
-        from: String,
-        #[source]
-        source: kube::config::KubeconfigError,
-    },
-    #[error(
-        "no kubeconfig (--kubeconfig or KUBECONFIG) and no in-cluster service account to talk \
-         to the Kubernetes API; use --manifests DIR for file mode"
-    )]
-    InCluster(#[source] kube::config::InClusterError),
-    #[error("creating the Kubernetes client failed")]
-    Client(#[source] kube::Error),
-}
-
-/// Reading the manifests directory failed.
-#[derive(Debug, thiserror::Error)]
-#[error("reading manifests directory {} failed", dir.display())]
-pub struct ManifestDirError {
-    pub dir: PathBuf,
-    #[source]
-    pub source: io::Error,
-}
-
-/// Preparing the BPF filesystem for pins failed.
-#[derive(Debug, thiserror::Error)]
-pub enum BpffsError {
-    #[error("mounting bpffs at {} failed ({PRIVILEGE_HINT})", path.display())]
-    Mount {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("an lb-agent is running with --bpffs-dir {}; stop it first", path.display())]
-    InUse { path: PathBuf },
-    #[error("{} is not on a BPF filesystem (bpffs); choose a --bpffs-dir under a bpffs mount", path.display())]
-    NotBpffs { path: PathBuf },
-    #[error("{action} {} {PRIVILEGE_HINT}", path.display())]
-    PermissionDenied {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("{action} {} failed", path.display())]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-}
-
-impl BpffsError {
-    /// An I/O error while `action` (e.g. "creating") `path`, with the privilege hint when the
-    /// kernel refused it.
-    pub(crate) fn io(action: &'static str, path: &Path, source: io::Error) -> Self {
-        let path = path.to_path_buf();
-        match source.kind() {
-            io::ErrorKind::PermissionDenied => Self::PermissionDenied {
-                action,
-                path,
-                source,
-            },
-            _ => Self::Io {
-                action,
-                path,
-                source,
-            },
-        }
-    }
 }
 
 /// Displays an error followed by each of its sources: `outer: inner: root cause`.
