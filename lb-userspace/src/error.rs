@@ -1,9 +1,12 @@
-//! Error types of the library. The binary adds context with `anyhow` at its edges.
+//! What the errors of every layer share: the `EPERM` check, its hint and [`Chain`] for
+//! displaying a whole source chain. Each layer owns its error types, as aya's modules do
+//! (e.g. [`crate::datapath::DatapathError`], [`crate::reconciler::ReconcileError`],
+//! [`crate::objects::SkippedObject`]), so this module imports none of them. The binary adds
+//! context with `anyhow` at its edges.
 
 use std::error::Error;
 use std::fmt;
 use std::io;
-use std::path::PathBuf;
 
 /// Hint shown whenever the kernel refuses an operation with `EPERM`.
 pub const PRIVILEGE_HINT: &str = "needs root or CAP_BPF+CAP_NET_ADMIN";
@@ -20,50 +23,6 @@ pub fn is_permission_denied(error: &(dyn Error + 'static)) -> bool {
         current = e.source();
     }
     false
-}
-
-/// A field of a Kubernetes object that cannot be programmed.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {problem}")]
-pub struct FieldError {
-    /// Path of the field, e.g. `spec.ports[1].port`.
-    pub field: String,
-    pub problem: String,
-}
-
-impl FieldError {
-    pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            problem: problem.into(),
-        }
-    }
-}
-
-/// An object that cannot be programmed: which one, where it came from and why.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "{}{kind} {namespace}/{name}: {error}",
-    file.as_ref().map(|f| format!("{}: ", f.display())).unwrap_or_default()
-)]
-pub struct ObjectError {
-    /// The manifest file it was read from; `None` for objects from the API server.
-    pub file: Option<PathBuf>,
-    pub kind: String,
-    pub namespace: String,
-    pub name: String,
-    pub error: FieldError,
-}
-
-/// An object version that was skipped; its last valid version, if any, stays in effect.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "{error} (object skipped{})",
-    if *kept_previous { "; its last valid version stays in effect" } else { "" }
-)]
-pub struct SkippedObject {
-    pub error: ObjectError,
-    pub kept_previous: bool,
 }
 
 /// Displays an error followed by each of its sources: `outer: inner: root cause`.

@@ -17,10 +17,9 @@ use serde::Deserialize;
 use serde_yaml::Value;
 use tracing::debug;
 
-use crate::error::{FieldError, ObjectError, SkippedObject};
 use crate::k8s::{desired_state, NodeDef, ServiceDef, SliceDef};
 use crate::model::DesiredState;
-use crate::objects::{LastValid, ObjectKey};
+use crate::objects::{FieldError, LastValid, ObjectError, ObjectKey, SkippedObject};
 
 /// A manifests directory, read again on every [`ManifestDir::poll`].
 #[derive(Debug)]
