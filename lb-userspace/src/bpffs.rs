@@ -6,11 +6,11 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tracing::info;
 
-use crate::error::BpffsError;
+use crate::error::PRIVILEGE_HINT;
 
 /// `statfs` magic number of bpffs.
 const BPF_FS_MAGIC: u32 = 0xcafe_4a11;
@@ -125,6 +125,55 @@ fn mount_bpffs(target: &Path) -> Result<(), BpffsError> {
         return Err(failed(io::Error::last_os_error()));
     }
     Ok(())
+}
+
+/// Preparing the BPF filesystem for pins failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BpffsError {
+    #[error("mounting bpffs at {} failed ({PRIVILEGE_HINT})", path.display())]
+    Mount {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("an lb-agent is running with --bpffs-dir {}; stop it first", path.display())]
+    InUse { path: PathBuf },
+    #[error("{} is not on a BPF filesystem (bpffs); choose a --bpffs-dir under a bpffs mount", path.display())]
+    NotBpffs { path: PathBuf },
+    #[error("{action} {} {PRIVILEGE_HINT}", path.display())]
+    PermissionDenied {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{action} {} failed", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl BpffsError {
+    /// An I/O error while `action` (e.g. "creating") `path`, with the privilege hint when the
+    /// kernel refused it.
+    pub(crate) fn io(action: &'static str, path: &Path, source: io::Error) -> Self {
+        let path = path.to_path_buf();
+        match source.kind() {
+            io::ErrorKind::PermissionDenied => Self::PermissionDenied {
+                action,
+                path,
+                source,
+            },
+            _ => Self::Io {
+                action,
+                path,
+                source,
+            },
+        }
+    }
 }
 
 #[cfg(test)]

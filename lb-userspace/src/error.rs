@@ -1,105 +1,15 @@
-//! Error types of the library. The binary adds context with `anyhow` at its edges.
+//! What the errors of every layer share: the `EPERM` check, its hint and [`Chain`] for
+//! displaying a whole source chain. Each layer owns its error types, as aya's modules do
+//! (e.g. [`crate::datapath::DatapathError`], [`crate::reconciler::ReconcileError`],
+//! [`crate::objects::SkippedObject`]), so this module imports none of them. The binary adds
+//! context with `anyhow` at its edges.
 
 use std::error::Error;
 use std::fmt;
 use std::io;
-use std::path::{Path, PathBuf};
-
-use aya::maps::MapError;
-use aya::pin::PinError;
-use aya::programs::ProgramError;
-
-use crate::model::{Frontend, ServicePortName};
 
 /// Hint shown whenever the kernel refuses an operation with `EPERM`.
 pub const PRIVILEGE_HINT: &str = "needs root or CAP_BPF+CAP_NET_ADMIN";
-
-/// Loading, attaching, pinning or reading the eBPF data path failed.
-#[derive(Debug, thiserror::Error)]
-pub enum DatapathError {
-    #[error("{action} {PRIVILEGE_HINT}")]
-    PermissionDenied {
-        action: String,
-        #[source]
-        source: Box<dyn Error + Send + Sync>,
-    },
-    #[error(transparent)]
-    Capacity(#[from] crate::datapath::CapacityRangeError),
-    #[error("loading the embedded eBPF object failed")]
-    Load(#[source] aya::EbpfError),
-    #[error("the eBPF object has no program `{0}` of the expected type")]
-    MissingProgram(&'static str),
-    #[error("the eBPF object has no map `{0}`")]
-    MissingMap(&'static str),
-    #[error("loading program `{program}` into the kernel failed")]
-    LoadProgram {
-        program: &'static str,
-        #[source]
-        source: ProgramError,
-    },
-    #[error("attaching `{program}` to interface {iface} failed")]
-    Attach {
-        program: &'static str,
-        iface: String,
-        #[source]
-        source: ProgramError,
-    },
-    #[error("map `{map}` does not have the layout lb-common expects")]
-    MapLayout {
-        map: &'static str,
-        #[source]
-        source: MapError,
-    },
-    #[error("pinning map `{map}` at {path} failed")]
-    Pin {
-        map: &'static str,
-        path: PathBuf,
-        #[source]
-        source: PinError,
-    },
-    #[error("pinning the program link at {path} failed")]
-    PinLink {
-        path: PathBuf,
-        #[source]
-        source: PinError,
-    },
-    #[error("no pinned maps at {0}: is `lb-agent run` running with the same --bpffs-dir?")]
-    NotPinned(PathBuf),
-    #[error("opening pinned map {path} failed")]
-    OpenPin {
-        path: PathBuf,
-        #[source]
-        source: MapError,
-    },
-    #[error("reading map `{map}` failed")]
-    Read {
-        map: &'static str,
-        #[source]
-        source: MapError,
-    },
-}
-
-impl DatapathError {
-    /// Turns `EPERM` anywhere in `source`'s chain into [`DatapathError::PermissionDenied`];
-    /// any other error is wrapped by `otherwise`.
-    pub(crate) fn or_permission_denied<E>(
-        action: impl Into<String>,
-        source: E,
-        otherwise: impl FnOnce(E) -> DatapathError,
-    ) -> DatapathError
-    where
-        E: Error + Send + Sync + 'static,
-    {
-        if is_permission_denied(&source) {
-            DatapathError::PermissionDenied {
-                action: action.into(),
-                source: Box::new(source),
-            }
-        } else {
-            otherwise(source)
-        }
-    }
-}
 
 /// Whether an `EPERM` appears anywhere in the error's source chain.
 pub fn is_permission_denied(error: &(dyn Error + 'static)) -> bool {
@@ -113,183 +23,6 @@ pub fn is_permission_denied(error: &(dyn Error + 'static)) -> bool {
         current = e.source();
     }
     false
-}
-
-/// One map operation failed.
-#[derive(Debug, thiserror::Error)]
-#[error("{op} in map `{map}` failed")]
-pub struct MapWriteError {
-    pub map: &'static str,
-    pub op: &'static str,
-    #[source]
-    pub source: MapError,
-}
-
-/// Writing the desired state failed part way. Every write before the failing one is recorded,
-/// so the next reconcile continues from what the kernel really holds.
-#[derive(Debug, thiserror::Error)]
-#[error("{context}")]
-pub struct ReconcileError {
-    pub context: String,
-    #[source]
-    pub source: Box<MapWriteError>,
-}
-
-/// A service that does not fit into the maps; it is skipped (an already programmed version
-/// stays in place) and everything else is programmed.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "service {service} ({frontend}) not programmed: it needs {needed} more {resource} but only \
-     {available} of {capacity} are free"
-)]
-pub struct CapacityError {
-    pub service: ServicePortName,
-    pub frontend: Frontend,
-    pub resource: &'static str,
-    pub needed: u32,
-    pub available: u32,
-    pub capacity: u32,
-}
-
-/// A field of a Kubernetes object that cannot be programmed.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {problem}")]
-pub struct FieldError {
-    /// Path of the field, e.g. `spec.ports[1].port`.
-    pub field: String,
-    pub problem: String,
-}
-
-impl FieldError {
-    pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            problem: problem.into(),
-        }
-    }
-}
-
-/// An object that cannot be programmed: which one, where it came from and why.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "{}{kind} {namespace}/{name}: {error}",
-    file.as_ref().map(|f| format!("{}: ", f.display())).unwrap_or_default()
-)]
-pub struct ObjectError {
-    /// The manifest file it was read from; `None` for objects from the API server.
-    pub file: Option<PathBuf>,
-    pub kind: String,
-    pub namespace: String,
-    pub name: String,
-    pub error: FieldError,
-}
-
-/// An object version that was skipped; its last valid version, if any, stays in effect.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "{error} (object skipped{})",
-    if *kept_previous { "; its last valid version stays in effect" } else { "" }
-)]
-pub struct SkippedObject {
-    pub error: ObjectError,
-    pub kept_previous: bool,
-}
-
-/// A problem in the manifests; what was in effect before stays in effect.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum ManifestError {
-    #[error(transparent)]
-    InvalidObject(SkippedObject),
-    #[error("{}: {message} (keeping the file's last good objects)", path.display())]
-    InvalidFile { path: PathBuf, message: String },
-    #[error(
-        "{}: {kind} {namespace}/{name} is already defined in {}; ignored",
-        path.display(),
-        first.display()
-    )]
-    Duplicate {
-        path: PathBuf,
-        kind: String,
-        namespace: String,
-        name: String,
-        first: PathBuf,
-    },
-}
-
-/// The Kubernetes API source could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum ApiSourceError {
-    #[error("loading the kubeconfig from {from} failed")]
-    Kubeconfig {
-        from: String,
-        #[source]
-        source: kube::config::KubeconfigError,
-    },
-    #[error(
-        "no kubeconfig (--kubeconfig or KUBECONFIG) and no in-cluster service account to talk \
-         to the Kubernetes API; use --manifests DIR for file mode"
-    )]
-    InCluster(#[source] kube::config::InClusterError),
-    #[error("creating the Kubernetes client failed")]
-    Client(#[source] kube::Error),
-}
-
-/// Reading the manifests directory failed.
-#[derive(Debug, thiserror::Error)]
-#[error("reading manifests directory {} failed", dir.display())]
-pub struct ManifestDirError {
-    pub dir: PathBuf,
-    #[source]
-    pub source: io::Error,
-}
-
-/// Preparing the BPF filesystem for pins failed.
-#[derive(Debug, thiserror::Error)]
-pub enum BpffsError {
-    #[error("mounting bpffs at {} failed ({PRIVILEGE_HINT})", path.display())]
-    Mount {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("an lb-agent is running with --bpffs-dir {}; stop it first", path.display())]
-    InUse { path: PathBuf },
-    #[error("{} is not on a BPF filesystem (bpffs); choose a --bpffs-dir under a bpffs mount", path.display())]
-    NotBpffs { path: PathBuf },
-    #[error("{action} {} {PRIVILEGE_HINT}", path.display())]
-    PermissionDenied {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("{action} {} failed", path.display())]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-}
-
-impl BpffsError {
-    /// An I/O error while `action` (e.g. "creating") `path`, with the privilege hint when the
-    /// kernel refused it.
-    pub(crate) fn io(action: &'static str, path: &Path, source: io::Error) -> Self {
-        let path = path.to_path_buf();
-        match source.kind() {
-            io::ErrorKind::PermissionDenied => Self::PermissionDenied {
-                action,
-                path,
-                source,
-            },
-            _ => Self::Io {
-                action,
-                path,
-                source,
-            },
-        }
-    }
 }
 
 /// Displays an error followed by each of its sources: `outer: inner: root cause`.
@@ -311,39 +44,17 @@ impl fmt::Display for Chain<'_> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn eperm_deep_in_the_chain_is_found() {
-        let create = MapError::CreateError {
-            name: "LB_SERVICES".into(),
-            io_error: io::Error::from_raw_os_error(libc::EPERM),
-        };
-        let err = aya::EbpfError::MapError(create);
-        assert!(is_permission_denied(&err));
-        let mapped = DatapathError::or_permission_denied("loading", err, DatapathError::Load);
-        assert_eq!(
-            mapped.to_string(),
-            "loading needs root or CAP_BPF+CAP_NET_ADMIN"
-        );
-
-        let other = aya::EbpfError::MapError(MapError::CreateError {
-            name: "LB_SERVICES".into(),
-            io_error: io::Error::from_raw_os_error(libc::EINVAL),
-        });
-        assert!(!is_permission_denied(&other));
-        let mapped = DatapathError::or_permission_denied("loading", other, DatapathError::Load);
-        assert!(matches!(mapped, DatapathError::Load(_)));
-    }
+    #[derive(Debug, thiserror::Error)]
+    #[error("pinning map `LB_SLOTS` failed")]
+    struct Outer(#[source] io::Error);
 
     #[test]
     fn chain_shows_every_cause() {
-        let err = MapWriteError {
-            map: "LB_SLOTS",
-            op: "update",
-            source: MapError::KeyNotFound,
-        };
+        let err = Outer(io::Error::from_raw_os_error(libc::EPERM));
         assert_eq!(
             Chain(&err).to_string(),
-            "update in map `LB_SLOTS` failed: key not found"
+            "pinning map `LB_SLOTS` failed: Operation not permitted (os error 1)"
         );
+        assert!(is_permission_denied(&err));
     }
 }

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::Service;
@@ -16,10 +17,9 @@ use serde::Deserialize;
 use serde_yaml::Value;
 use tracing::debug;
 
-use crate::error::{FieldError, ManifestDirError, ManifestError, ObjectError, SkippedObject};
 use crate::k8s::{desired_state, NodeDef, ServiceDef, SliceDef};
 use crate::model::DesiredState;
-use crate::objects::{LastValid, ObjectKey};
+use crate::objects::{FieldError, LastValid, ObjectError, ObjectKey, SkippedObject};
 
 /// A manifests directory, read again on every [`ManifestDir::poll`].
 #[derive(Debug)]
@@ -275,6 +275,36 @@ fn typed<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, FieldError> 
         };
         FieldError::new(field, e.into_inner().to_string())
     })
+}
+
+/// A problem in the manifests; what was in effect before stays in effect.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    #[error(transparent)]
+    InvalidObject(SkippedObject),
+    #[error("{}: {message} (keeping the file's last good objects)", path.display())]
+    InvalidFile { path: PathBuf, message: String },
+    #[error(
+        "{}: {kind} {namespace}/{name} is already defined in {}; ignored",
+        path.display(),
+        first.display()
+    )]
+    Duplicate {
+        path: PathBuf,
+        kind: String,
+        namespace: String,
+        name: String,
+        first: PathBuf,
+    },
+}
+
+/// Reading the manifests directory failed.
+#[derive(Debug, thiserror::Error)]
+#[error("reading manifests directory {} failed", dir.display())]
+pub struct ManifestDirError {
+    pub dir: PathBuf,
+    #[source]
+    pub source: io::Error,
 }
 
 #[cfg(test)]

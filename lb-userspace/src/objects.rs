@@ -5,8 +5,7 @@
 //! object no longer listed) removes it.
 
 use std::collections::{BTreeMap, BTreeSet};
-
-use crate::error::{ObjectError, SkippedObject};
+use std::path::PathBuf;
 
 /// Namespace and name of an object (the namespace is empty for cluster-scoped kinds).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -22,6 +21,50 @@ impl ObjectKey {
             name: name.into(),
         }
     }
+}
+
+/// A field of a Kubernetes object that cannot be programmed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct FieldError {
+    /// Path of the field, e.g. `spec.ports[1].port`.
+    pub field: String,
+    pub problem: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// An object that cannot be programmed: which one, where it came from and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{}{kind} {namespace}/{name}: {error}",
+    file.as_ref().map(|f| format!("{}: ", f.display())).unwrap_or_default()
+)]
+pub struct ObjectError {
+    /// The manifest file it was read from; `None` for objects from the API server.
+    pub file: Option<PathBuf>,
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub error: FieldError,
+}
+
+/// An object version that was skipped; its last valid version, if any, stays in effect.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{error} (object skipped{})",
+    if *kept_previous { "; its last valid version stays in effect" } else { "" }
+)]
+pub struct SkippedObject {
+    pub error: ObjectError,
+    pub kept_previous: bool,
 }
 
 /// Objects of one kind, each in its last valid version.
@@ -115,7 +158,6 @@ impl<T> LastValid<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::FieldError;
 
     fn bad(name: &str) -> ObjectError {
         ObjectError {

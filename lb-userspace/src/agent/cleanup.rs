@@ -9,7 +9,7 @@ use tracing::info;
 
 use super::{links_dir, maps_dir};
 use crate::bpffs;
-use crate::error::BpffsError;
+use crate::bpffs::BpffsError;
 
 /// Removes the pinned links (first, so the programs detach) and maps of the agent using
 /// `bpffs_dir`, then the directories as far as they are empty. Returns the removed pins.

@@ -19,13 +19,15 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tracing::{info, warn};
 
-use crate::bpffs::{self, DirLock};
-use crate::datapath::{Capacities, Datapath, KernelLog, KernelLogLevel};
-use crate::error::{ApiSourceError, BpffsError, Chain, DatapathError, MapWriteError};
+use crate::bpffs::{self, BpffsError, DirLock};
+use crate::datapath::{Capacities, Datapath, DatapathError, KernelLog, KernelLogLevel};
+use crate::error::Chain;
 use crate::k8s::NodeDef;
 use crate::links::{self, IfacePatterns, LinkEvent, NetlinkError};
 use crate::manifests::ManifestDir;
 use crate::metrics::{ListenError, SyncMetrics};
+use crate::reconciler::MapWriteError;
+use crate::source::api::ApiSourceError;
 use crate::source::{self, DesiredStates};
 use auto_attach::AutoAttach;
 pub use cleanup::cleanup;

@@ -11,8 +11,8 @@ use lb_common::{
     ServiceValue, IPPROTO_UDP,
 };
 
-use crate::error::{DatapathError, MapWriteError};
-use crate::reconciler::{MapReader, MapWriter};
+use super::DatapathError;
+use crate::reconciler::{MapReader, MapWriteError, MapWriter};
 
 /// The data path's maps, one per registry entry, each checked against its entry's layout.
 pub struct DatapathMaps {

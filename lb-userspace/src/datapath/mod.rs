@@ -1,5 +1,6 @@
 //! The loaded eBPF data path: programs, their attachments and typed access to the maps.
 
+mod error;
 mod kernel_log;
 mod map_layouts;
 mod maps;
@@ -19,7 +20,8 @@ use lb_common::maps as registry;
 use lb_common::program_names;
 use tracing::{debug, info, warn};
 
-use crate::error::{Chain, DatapathError};
+use crate::error::Chain;
+pub use error::DatapathError;
 pub use kernel_log::{KernelLog, KernelLogError, KernelLogLevel};
 pub use lb_common::capacity::{Capacities, CapacityRangeError, MAX_ENTRIES};
 pub use maps::DatapathMaps;

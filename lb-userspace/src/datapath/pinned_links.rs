@@ -11,7 +11,8 @@ use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::ProgramError;
 use tracing::{debug, info, warn};
 
-use crate::error::{Chain, DatapathError};
+use super::DatapathError;
+use crate::error::Chain;
 
 /// Which hook a pinned link attaches to.
 #[derive(Clone, Copy, Debug)]

@@ -12,8 +12,7 @@ use lb_common::{
     Backend, Counter, CtKey, CtValue, NodeConfig, ServiceKey, ServiceStats, ServiceValue,
 };
 
-use crate::datapath::DatapathMaps;
-use crate::error::DatapathError;
+use crate::datapath::{DatapathError, DatapathMaps};
 use crate::model::{unmap_addr, Protocol, SocketDisplay};
 use table::Table;
 

@@ -4,8 +4,8 @@ use std::net::IpAddr;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::error::FieldError;
 use crate::model::Protocol;
+use crate::objects::FieldError;
 
 /// Namespace and name of an object; the namespace defaults to "default", as with kubectl.
 pub fn object_name(metadata: &ObjectMeta) -> Result<(String, String), FieldError> {

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use k8s_openapi::api::core::v1::Node;
 
 use super::fields::parse_ip;
-use crate::error::FieldError;
+use crate::objects::FieldError;
 
 /// The node the agent runs on.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -10,8 +10,8 @@ use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec, ServiceStatu
 use tracing::debug;
 
 use super::fields::{object_name, parse_ip, parse_ips, port_number, protocol};
-use crate::error::FieldError;
 use crate::model::Protocol;
+use crate::objects::FieldError;
 
 /// `sessionAffinityConfig.clientIP.timeoutSeconds` when unset (3 hours, as Kubernetes).
 pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;

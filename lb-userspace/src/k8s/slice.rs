@@ -7,7 +7,7 @@ use tracing::debug;
 
 use super::fields::{object_name, parse_ip, port_number, protocol};
 use super::service::PortDef;
-use crate::error::FieldError;
+use crate::objects::FieldError;
 
 /// Label linking an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";

@@ -1,8 +1,7 @@
 use std::fs;
 use std::path::Path;
 
-use super::{ManifestDir, Sync};
-use crate::error::ManifestError;
+use super::{ManifestDir, ManifestError, Sync};
 
 const SERVICE: &str = r#"
 apiVersion: v1

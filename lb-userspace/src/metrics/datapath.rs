@@ -16,8 +16,8 @@ use prometheus_client::metrics::MetricType;
 use tracing::warn;
 
 use super::sync::CountedServices;
-use crate::datapath::DatapathMaps;
-use crate::error::{Chain, DatapathError};
+use crate::datapath::{DatapathError, DatapathMaps};
+use crate::error::Chain;
 use crate::model::SocketDisplay;
 use crate::reconciler::CountedService;
 

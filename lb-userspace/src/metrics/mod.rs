@@ -19,7 +19,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::error::DatapathError;
+use crate::datapath::DatapathError;
 use datapath::DatapathCollector;
 use http::Body;
 pub use http::{listen, ListenError};

@@ -22,9 +22,10 @@ use lb_common::{BackendSlotKey, ServiceKey, ServiceValue};
 use super::backends::Backends;
 use super::ids::IdPool;
 use super::resync::{service_name, slot_name};
-use super::{failed, MapReader, MapWriter, ProgrammedService, Reconciler, SlotGroup};
+use super::{
+    failed, MapReader, MapWriter, ProgrammedService, ReconcileError, Reconciler, SlotGroup,
+};
 use super::{Drift, Repair};
-use crate::error::ReconcileError;
 use crate::model::{unmap_addr, Frontend, Protocol, SCOPES};
 use lb_common::Capacities;
 

@@ -10,8 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use lb_common::Backend;
 
 use super::ids::IdPool;
-use super::MapWriter;
-use crate::error::MapWriteError;
+use super::{MapWriteError, MapWriter};
 use crate::model::{unmap_addr, Endpoint, SocketDisplay};
 
 /// What identifies a backend: its address and port as the maps hold them (not its flags).

@@ -22,6 +22,7 @@
 
 mod adopt;
 mod backends;
+mod error;
 mod ids;
 mod resync;
 mod slots;
@@ -32,9 +33,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use lb_common::{BackendSlotKey, ServiceKey, ServiceValue};
 
-use crate::error::{CapacityError, MapWriteError, ReconcileError};
 use crate::model::{DesiredService, DesiredState, Frontend, Protocol, ServicePortName, SCOPES};
 use backends::{describe, Backends};
+pub use error::{CapacityError, MapWriteError, ReconcileError};
 use ids::IdPool;
 use lb_common::Capacities;
 pub use resync::{Drift, MapReader, Repair};

@@ -12,8 +12,7 @@ use lb_common::maps as registry;
 use lb_common::service::scope;
 use lb_common::{Backend, BackendSlotKey, ServiceKey, ServiceValue};
 
-use super::{failed, slot_key, MapWriter, Reconciler};
-use crate::error::{MapWriteError, ReconcileError};
+use super::{failed, slot_key, MapWriteError, MapWriter, ReconcileError, Reconciler};
 use crate::model::{unmap_addr, Protocol, SocketDisplay, SCOPES};
 
 /// Reads the maps back for [`Reconciler::resync`]; implemented by [`crate::datapath::DatapathMaps`]

@@ -3,7 +3,8 @@
 use std::{io, time::Duration};
 
 use aya::{maps::MapError, programs::ProgramError};
-use lb_userspace::error::{DatapathError, ReconcileError};
+use lb_userspace::datapath::DatapathError;
+use lb_userspace::reconciler::ReconcileError;
 
 /// Why a benchmark step failed.
 #[derive(Debug, thiserror::Error)]

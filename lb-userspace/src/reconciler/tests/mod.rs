@@ -7,8 +7,7 @@ use lb_common::{
     service::scope, Backend, BackendSlotKey, ServiceKey, ServiceValue, IPPROTO_TCP, IPPROTO_UDP,
 };
 
-use super::{MapReader, MapWriter, Reconciler};
-use crate::error::MapWriteError;
+use super::{MapReader, MapWriteError, MapWriter, Reconciler};
 use crate::model::{DesiredService, DesiredState, Endpoint, Frontend, Protocol, ServicePortName};
 use lb_common::Capacities;
 

@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use super::{channel, DesiredStates};
-use crate::error::{ApiSourceError, Chain};
+use crate::error::Chain;
 use crate::k8s::{NodeDef, ServiceDef, SliceDef};
 use crate::metrics::SyncMetrics;
 use state::ClusterView;
@@ -38,6 +38,24 @@ pub const SERVICE_LABEL_SELECTOR: &str = "!service.kubernetes.io/service-proxy-n
 /// Slices of headless services and of services another proxy handles are not watched.
 pub const SLICE_LABEL_SELECTOR: &str =
     "!service.kubernetes.io/headless,!service.kubernetes.io/service-proxy-name";
+
+/// The Kubernetes API source could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiSourceError {
+    #[error("loading the kubeconfig from {from} failed")]
+    Kubeconfig {
+        from: String,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error(
+        "no kubeconfig (--kubeconfig or KUBECONFIG) and no in-cluster service account to talk \
+         to the Kubernetes API; use --manifests DIR for file mode"
+    )]
+    InCluster(#[source] kube::config::InClusterError),
+    #[error("creating the Kubernetes client failed")]
+    Client(#[source] kube::Error),
+}
 
 /// A client for the API server: from `kubeconfig` if given, else from the files in
 /// `$KUBECONFIG` if set, else the in-cluster service account. Plain `http://` servers work.

@@ -14,10 +14,9 @@ use kube::runtime::watcher::Event;
 use kube::ResourceExt;
 use tracing::warn;
 
-use crate::error::{FieldError, ObjectError, SkippedObject};
 use crate::k8s::{desired_state, NodeDef, ServiceDef, SliceDef};
 use crate::model::DesiredState;
-use crate::objects::{LastValid, ObjectKey};
+use crate::objects::{FieldError, LastValid, ObjectError, ObjectKey, SkippedObject};
 
 /// Objects of one kind as the watcher reported them.
 #[derive(Debug)]
