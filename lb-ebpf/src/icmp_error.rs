@@ -22,9 +22,9 @@ use crate::{
     conntrack::v4,
     context::Packet,
     error::Error,
-    maps::Maps,
+    maps::MapAccess,
     parse::{
-        Endpoint, IPPROTO_ICMP, IPV4_CHECKSUM_OFFSET, IPV4_DST_OFFSET, IPV4_FRAGMENT_MASK,
+        FlowEnd, IPPROTO_ICMP, IPV4_CHECKSUM_OFFSET, IPV4_DST_OFFSET, IPV4_FRAGMENT_MASK,
         IPV4_MIN_HEADER_LEN, IPV4_SRC_OFFSET, L3_OFFSET,
     },
 };
@@ -44,14 +44,14 @@ struct Quote {
     ip: usize,
     l4: usize,
     proto: u8,
-    src: Endpoint,
-    dst: Endpoint,
+    src: FlowEnd,
+    dst: FlowEnd,
 }
 
 /// Translates an ICMP error quoting a packet of a tracked flow; any other packet is left
 /// alone (`OtherProtocol`, as before). Call it for packets that are neither TCP nor UDP.
 #[inline(always)]
-pub fn translate<P: Packet, M: Maps>(pkt: &mut P, maps: &mut M) -> Result<Counter, Error> {
+pub fn translate<P: Packet, M: MapAccess>(pkt: &mut P, maps: &mut M) -> Result<Counter, Error> {
     let not_ours = Error::untouched(Counter::OtherProtocol);
     let quote = quote(pkt).ok_or(not_ours)?;
     let answer = CtKey {
@@ -63,11 +63,11 @@ pub fn translate<P: Packet, M: Maps>(pkt: &mut P, maps: &mut M) -> Result<Counte
         _pad: [0; 3],
     };
     let entry = maps.peek_conntrack(&answer).ok_or(not_ours)?;
-    let nat = Endpoint {
+    let nat = FlowEnd {
         addr: v4(&entry.nat_addr),
         port: entry.nat_port,
     };
-    let snat = Endpoint {
+    let snat = FlowEnd {
         addr: v4(&entry.snat_addr),
         port: entry.snat_port,
     };
@@ -117,11 +117,11 @@ fn quote<P: Packet>(pkt: &P) -> Option<Quote> {
         ip,
         l4,
         proto,
-        src: Endpoint {
+        src: FlowEnd {
             addr: [inner[12], inner[13], inner[14], inner[15]],
             port: [ports[0], ports[1]],
         },
-        dst: Endpoint {
+        dst: FlowEnd {
             addr: [inner[16], inner[17], inner[18], inner[19]],
             port: [ports[2], ports[3]],
         },
@@ -132,7 +132,7 @@ fn quote<P: Packet>(pkt: &P) -> Option<Quote> {
 /// outer source, when it was the quote's old destination (the erring host was the quoted
 /// packet's destination itself), the quote's new destination; keeps every checksum valid.
 #[inline(always)]
-fn rewrite<P: Packet>(pkt: &mut P, quote: &Quote, src: Endpoint, dst: Endpoint) -> Option<()> {
+fn rewrite<P: Packet>(pkt: &mut P, quote: &Quote, src: FlowEnd, dst: FlowEnd) -> Option<()> {
     let icmp_checksum: [u8; 2] = pkt.load(quote.icmp + ICMP_CHECKSUM)?;
     let ip_checksum: [u8; 2] = pkt.load(quote.ip + IP_CHECKSUM)?;
     let ip_checksum_new = checksum::replace4(

@@ -13,9 +13,9 @@ use crate::{
     context::Packet,
     error::{Error, Verdict},
     icmp_error, log,
-    maps::Maps,
+    maps::MapAccess,
     masquerade,
-    parse::{self, Endpoint, Ipv4Flow},
+    parse::{self, FlowEnd, Ipv4Flow},
     port_reuse, reject,
     rewrite::Side,
     select, stats,
@@ -25,7 +25,7 @@ use crate::{
 /// and returns what the hook should do with it. `scope` is the hook's service lookup scope
 /// (`lb_common::service::scope`).
 #[inline(always)]
-pub fn process<P: Packet, M: Maps>(pkt: &mut P, maps: &mut M, scope: u8) -> Verdict {
+pub fn process<P: Packet, M: MapAccess>(pkt: &mut P, maps: &mut M, scope: u8) -> Verdict {
     stats::count(maps, Counter::Packets);
     match try_process(pkt, maps, scope) {
         Ok(outcome) => {
@@ -50,7 +50,11 @@ pub fn process<P: Packet, M: Maps>(pkt: &mut P, maps: &mut M, scope: u8) -> Verd
 
 /// Translates the packet, or turns it into a reject; returns the counter of what was done.
 #[inline(always)]
-fn try_process<P: Packet, M: Maps>(pkt: &mut P, maps: &mut M, scope: u8) -> Result<Counter, Error> {
+fn try_process<P: Packet, M: MapAccess>(
+    pkt: &mut P,
+    maps: &mut M,
+    scope: u8,
+) -> Result<Counter, Error> {
     let flow = match parse::ipv4_flow(pkt) {
         Ok(flow) => flow,
         Err(e) if e.reason == Counter::OtherProtocol => return icmp_error::translate(pkt, maps),
@@ -70,7 +74,11 @@ fn try_process<P: Packet, M: Maps>(pkt: &mut P, maps: &mut M, scope: u8) -> Resu
 /// Which side of a packet with a conntrack entry to translate, or `None` when the flow must
 /// start over.
 #[inline(always)]
-fn established<M: Maps>(maps: &mut M, flow: &Ipv4Flow, entry: &CtValue) -> Option<(Side, Counter)> {
+fn established<M: MapAccess>(
+    maps: &mut M,
+    flow: &Ipv4Flow,
+    entry: &CtValue,
+) -> Option<(Side, Counter)> {
     match entry.flags & ct_flags::DIRECTION {
         ct_flags::REPLY => Some((Side::Source, Counter::ReplyTranslated)),
         // Established TCP connections keep their backend even after it left the service, so
@@ -90,7 +98,7 @@ fn established<M: Maps>(maps: &mut M, flow: &Ipv4Flow, entry: &CtValue) -> Optio
 
 /// Assigns a backend to the first packet of a flow, records both directions and translates.
 #[inline(always)]
-fn new_flow<P: Packet, M: Maps>(
+fn new_flow<P: Packet, M: MapAccess>(
     pkt: &mut P,
     maps: &mut M,
     flow: &Ipv4Flow,
@@ -155,7 +163,7 @@ fn new_flow<P: Packet, M: Maps>(
 /// The slot and backend id for a new flow: the client's remembered backend when the service
 /// has session affinity and the memory still holds, else the slot the flow hashes to.
 #[inline(always)]
-fn choose<M: Maps>(
+fn choose<M: MapAccess>(
     maps: &mut M,
     key: &CtKey,
     service: &ServiceValue,
@@ -179,7 +187,7 @@ fn choose<M: Maps>(
 /// A new flow for a service without a usable backend: rejected with ICMP port unreachable
 /// (kube-proxy's REJECT), or dropped when the service says so or no ICMP error may be sent.
 #[inline(always)]
-fn no_backend<P: Packet, M: Maps>(
+fn no_backend<P: Packet, M: MapAccess>(
     pkt: &mut P,
     maps: &mut M,
     flow: &Ipv4Flow,
@@ -199,7 +207,7 @@ fn no_backend<P: Packet, M: Maps>(
 /// Rewrites `side` of the packet to the entry's NAT address (and, for a masqueraded flow, the
 /// other side to its SNAT address) and accounts it to the service.
 #[inline(always)]
-fn translate<P: Packet, M: Maps>(
+fn translate<P: Packet, M: MapAccess>(
     pkt: &mut P,
     maps: &mut M,
     flow: &Ipv4Flow,
@@ -207,7 +215,7 @@ fn translate<P: Packet, M: Maps>(
     entry: &CtValue,
     outcome: Counter,
 ) -> Result<Counter, Error> {
-    let to = Endpoint {
+    let to = FlowEnd {
         addr: conntrack::v4(&entry.nat_addr),
         port: entry.nat_port,
     };
@@ -215,7 +223,7 @@ fn translate<P: Packet, M: Maps>(
     let failed = Error::dropped(Counter::DropRewriteFailed, service_id);
     pkt.rewrite(flow, side, to).map_err(|_| failed)?;
     if entry.flags & ct_flags::SNAT != 0 {
-        let other = Endpoint {
+        let other = FlowEnd {
             addr: conntrack::v4(&entry.snat_addr),
             port: entry.snat_port,
         };
@@ -234,13 +242,13 @@ fn restarts_when_gone(flow: &Ipv4Flow) -> bool {
 
 /// Whether a forward entry's backend was removed or replaced since the flow started.
 #[inline(always)]
-fn backend_gone<M: Maps>(maps: &mut M, entry: &CtValue) -> bool {
+fn backend_gone<M: MapAccess>(maps: &mut M, entry: &CtValue) -> bool {
     !conntrack::backend_matches(entry, maps.backend(entry.backend_id).as_ref())
 }
 
 /// Removes both entries of a flow, given its forward key and entry.
 #[inline(always)]
-fn forget<M: Maps>(maps: &mut M, key: &CtKey, entry: &CtValue) {
+fn forget<M: MapAccess>(maps: &mut M, key: &CtKey, entry: &CtValue) {
     maps.remove_conntrack(&conntrack::reply_key_of(key, entry));
     maps.remove_conntrack(key);
 }

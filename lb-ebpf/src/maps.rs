@@ -38,7 +38,7 @@ static LB_CONFIG: Array<NodeConfig> = Array::with_max_entries(1, 0);
 /// What the pipeline reads and writes besides the packet: the maps, and the clock.
 ///
 /// Lookups return copies of the (small) values; counters hand out this CPU's slot.
-pub trait Maps {
+pub trait MapAccess {
     fn service(&mut self, key: &ServiceKey) -> Option<ServiceValue>;
     fn slot(&mut self, key: &BackendSlotKey) -> Option<u32>;
     fn backend(&mut self, id: u32) -> Option<Backend>;
@@ -70,7 +70,7 @@ pub trait Maps {
 /// The maps of the loaded object.
 pub struct KernelMaps;
 
-impl Maps for KernelMaps {
+impl MapAccess for KernelMaps {
     #[inline(always)]
     fn service(&mut self, key: &ServiceKey) -> Option<ServiceValue> {
         // SAFETY: plain-old-data value, copied out at once.

@@ -14,7 +14,7 @@ use lb_common::{
     Backend, Counter, CtKey, CtValue, NodeConfig,
 };
 
-use crate::{conntrack, error::Error, maps::Maps, port_reuse};
+use crate::{conntrack, error::Error, maps::MapAccess, port_reuse};
 
 /// Whether a new flow found in `scope` to `backend` is to be masqueraded (if the node
 /// masquerades at all): external flows to backends not on this node.
@@ -49,7 +49,7 @@ pub fn counter(scope: u8) -> Counter {
 /// `reply` are the flow's plain reply key and entry and become the source-NATed ones. Returns
 /// `Ok(false)`, having inserted nothing, when the flow is not source-NATed.
 #[inline(always)]
-pub fn insert_reply<M: Maps>(
+pub fn insert_reply<M: MapAccess>(
     maps: &mut M,
     scope: u8,
     key: &CtKey,

@@ -30,7 +30,7 @@ const TCP_ACK: u8 = 0x10;
 
 /// One end of a flow: IPv4 address and port, both in network byte order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Endpoint {
+pub struct FlowEnd {
     pub addr: [u8; 4],
     pub port: [u8; 2],
 }
@@ -42,8 +42,8 @@ pub struct Ipv4Flow {
     pub l4_offset: usize,
     /// `IPPROTO_TCP` or `IPPROTO_UDP`.
     pub proto: u8,
-    pub src: Endpoint,
-    pub dst: Endpoint,
+    pub src: FlowEnd,
+    pub dst: FlowEnd,
     /// TCP flags byte; 0 for UDP.
     pub tcp_flags: u8,
 }
@@ -140,11 +140,11 @@ pub fn ipv4_flow<P: Packet>(pkt: &P) -> Result<Ipv4Flow, Error> {
     Ok(Ipv4Flow {
         l4_offset,
         proto,
-        src: Endpoint {
+        src: FlowEnd {
             addr: [ip[12], ip[13], ip[14], ip[15]],
             port: [ports[0], ports[1]],
         },
-        dst: Endpoint {
+        dst: FlowEnd {
             addr: [ip[16], ip[17], ip[18], ip[19]],
             port: [ports[2], ports[3]],
         },

@@ -6,14 +6,14 @@
 
 use lb_common::{conntrack::ct_flags, CtKey, CtValue};
 
-use crate::{conntrack, maps::Maps, parse::Ipv4Flow, rewrite::Side};
+use crate::{conntrack, maps::MapAccess, parse::Ipv4Flow, rewrite::Side};
 
 /// Frees `reply_key`, taken by another masqueraded flow, if that flow's reply entry is
 /// [`conntrack::reusable`]: deletes it and the flow's forward entry (unless the client has
 /// since started another flow on that tuple, with another port). Returns whether the key is
 /// free now.
 #[inline(always)]
-pub fn take_over<M: Maps>(maps: &mut M, reply_key: &CtKey, now_ns: u64) -> bool {
+pub fn take_over<M: MapAccess>(maps: &mut M, reply_key: &CtKey, now_ns: u64) -> bool {
     let forward = match maps.peek_conntrack(reply_key) {
         None => return true,
         Some(old)
@@ -39,7 +39,7 @@ pub fn take_over<M: Maps>(maps: &mut M, reply_key: &CtKey, now_ns: u64) -> bool 
 /// Marks both entries of a masqueraded TCP flow [`ct_flags::CLOSING`] when `flow` (a packet
 /// found on `side` of the entry `entry` under `key`) is a FIN or RST.
 #[inline(always)]
-pub fn note_tcp_end<M: Maps>(
+pub fn note_tcp_end<M: MapAccess>(
     maps: &mut M,
     flow: &Ipv4Flow,
     side: Side,

@@ -1,9 +1,9 @@
-//! NAT rewrites of one endpoint of a flow, and the in-program version used by XDP.
+//! NAT rewrites of one end of a flow, and the in-program version used by XDP.
 
 use crate::{
     checksum,
     context::Packet,
-    parse::{Endpoint, Ipv4Flow, IPV4_CHECKSUM_OFFSET, IPV4_DST_OFFSET, IPV4_SRC_OFFSET},
+    parse::{FlowEnd, Ipv4Flow, IPV4_CHECKSUM_OFFSET, IPV4_DST_OFFSET, IPV4_SRC_OFFSET},
 };
 
 /// Which end of the packet a rewrite replaces.
@@ -27,7 +27,7 @@ impl Side {
 
     /// Offsets of this side's address and port in the frame, and their current values.
     #[inline(always)]
-    pub fn locate(self, flow: &Ipv4Flow) -> (usize, usize, Endpoint) {
+    pub fn locate(self, flow: &Ipv4Flow) -> (usize, usize, FlowEnd) {
         match self {
             Side::Source => (IPV4_SRC_OFFSET, flow.l4_offset, flow.src),
             Side::Destination => (IPV4_DST_OFFSET, flow.l4_offset + 2, flow.dst),
@@ -39,7 +39,7 @@ impl Side {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RewriteFailed;
 
-/// Rewrites one endpoint with plain stores, updating the IPv4 and TCP/UDP checksums
+/// Rewrites one end of the flow with plain stores, updating the IPv4 and TCP/UDP checksums
 /// incrementally (for contexts that rewrite in place). A UDP checksum of 0 (none) stays 0; a
 /// computed 0 is sent as 0xffff.
 #[inline(always)]
@@ -47,7 +47,7 @@ pub fn in_place<P: Packet>(
     pkt: &mut P,
     flow: &Ipv4Flow,
     side: Side,
-    to: Endpoint,
+    to: FlowEnd,
 ) -> Result<(), RewriteFailed> {
     let (addr_offset, port_offset, from) = side.locate(flow);
     let l4_checksum_offset = flow.l4_checksum_offset();

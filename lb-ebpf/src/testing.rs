@@ -11,8 +11,8 @@ use lb_common::{
 use crate::{
     conntrack,
     context::Packet,
-    maps::Maps,
-    parse::{Endpoint, Ipv4Flow, L3_OFFSET},
+    maps::MapAccess,
+    parse::{FlowEnd, Ipv4Flow, L3_OFFSET},
     rewrite::{self, RewriteFailed, Side},
 };
 
@@ -46,8 +46,8 @@ impl Lcg {
 /// What [`frame`] builds: Ethernet + IPv4 (with options) + TCP or UDP + payload.
 #[derive(Clone, Debug)]
 pub struct FrameSpec {
-    pub src: Endpoint,
-    pub dst: Endpoint,
+    pub src: FlowEnd,
+    pub dst: FlowEnd,
     pub proto: u8,
     pub tcp_flags: u8,
     pub ip_options: Vec<u8>,
@@ -56,11 +56,11 @@ pub struct FrameSpec {
     pub udp_no_checksum: bool,
 }
 
-pub const CLIENT: Endpoint = Endpoint {
+pub const CLIENT: FlowEnd = FlowEnd {
     addr: [198, 18, 0, 10],
     port: 40000u16.to_be_bytes(),
 };
-pub const VIP: Endpoint = Endpoint {
+pub const VIP: FlowEnd = FlowEnd {
     addr: [198, 19, 0, 1],
     port: 80u16.to_be_bytes(),
 };
@@ -237,7 +237,7 @@ impl Packet for SlicePacket {
         Ok(())
     }
 
-    fn rewrite(&mut self, flow: &Ipv4Flow, side: Side, to: Endpoint) -> Result<(), RewriteFailed> {
+    fn rewrite(&mut self, flow: &Ipv4Flow, side: Side, to: FlowEnd) -> Result<(), RewriteFailed> {
         rewrite::in_place(self, flow, side, to)
     }
 }
@@ -301,7 +301,7 @@ impl FakeMaps {
     }
 }
 
-impl Maps for FakeMaps {
+impl MapAccess for FakeMaps {
     fn service(&mut self, key: &ServiceKey) -> Option<ServiceValue> {
         self.services.get(key).copied()
     }

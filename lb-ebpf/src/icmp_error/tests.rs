@@ -7,7 +7,7 @@ use crate::{
 use lb_common::{service::scope, Backend, NodeConfig};
 
 const SERVICE_ID: u32 = 6;
-const BACKEND: Endpoint = Endpoint {
+const BACKEND: FlowEnd = FlowEnd {
     addr: [198, 18, 2, 9],
     port: 8053u16.to_be_bytes(),
 };
@@ -101,7 +101,7 @@ fn an_error_about_a_masqueraded_reply_reaches_the_backend_quoting_its_answer() {
     let node_port: [u8; 2] = at_backend[34..36].try_into().unwrap();
     let answer = frame(&FrameSpec {
         src: BACKEND,
-        dst: Endpoint {
+        dst: FlowEnd {
             addr: NODE,
             port: node_port,
         },
@@ -122,7 +122,7 @@ fn errors_about_untracked_packets_and_other_icmp_pass_untouched() {
     let (_, at_backend) = request(&mut maps, IPPROTO_UDP, scope::INTERNAL);
     let (t, c) = PORT_UNREACH;
     let other = frame(&FrameSpec {
-        src: Endpoint {
+        src: FlowEnd {
             addr: [198, 18, 0, 99],
             port: 5000u16.to_be_bytes(),
         },

@@ -3,24 +3,24 @@ use crate::testing::{checksums_valid, frame, FakeMaps, FrameSpec, SlicePacket, C
 use lb_common::{ipv4_mapped, service::scope, Backend, IPPROTO_TCP, IPPROTO_UDP};
 
 const SERVICE_ID: u32 = 3;
-const BACKENDS: [(u32, Endpoint); 2] = [
+const BACKENDS: [(u32, FlowEnd); 2] = [
     (
         10,
-        Endpoint {
+        FlowEnd {
             addr: [198, 18, 1, 1],
             port: 8080u16.to_be_bytes(),
         },
     ),
     (
         11,
-        Endpoint {
+        FlowEnd {
             addr: [198, 18, 1, 2],
             port: 8080u16.to_be_bytes(),
         },
     ),
 ];
 
-fn backend(ep: Endpoint) -> Backend {
+fn backend(ep: FlowEnd) -> Backend {
     Backend::new(ipv4_mapped(ep.addr), u16::from_be_bytes(ep.port))
 }
 
@@ -66,7 +66,7 @@ fn run(maps: &mut FakeMaps, spec: &FrameSpec) -> (Verdict, Vec<u8>) {
 }
 
 /// The backend the pipeline will pick for `spec`'s flow.
-fn chosen(spec: &FrameSpec) -> (u32, Endpoint) {
+fn chosen(spec: &FrameSpec) -> (u32, FlowEnd) {
     let flow = parse::ipv4_flow(&SlicePacket::new(frame(spec))).unwrap();
     let slot = select::slot(&conntrack::key_of(&flow), BACKENDS.len() as u32);
     BACKENDS[slot as usize - 1]
@@ -171,7 +171,7 @@ fn a_syn_for_a_removed_backend_selects_anew() {
 }
 
 /// Leaves only the backend other than `gone_id` in the service, in slot 1; returns it.
-fn only_the_other_backend(maps: &mut FakeMaps, gone_id: u32) -> Endpoint {
+fn only_the_other_backend(maps: &mut FakeMaps, gone_id: u32) -> FlowEnd {
     let (other_id, other) = *BACKENDS.iter().find(|(id, _)| *id != gone_id).unwrap();
     maps.backends.remove(&gone_id);
     maps.slots.clear();
@@ -236,7 +236,7 @@ fn a_syn_for_a_replaced_backend_selects_anew() {
     let syn = FrameSpec::tcp_syn();
     let (id, _) = chosen(&syn);
     run(&mut maps, &syn);
-    let moved = Endpoint {
+    let moved = FlowEnd {
         addr: [198, 18, 1, 99],
         port: 9090u16.to_be_bytes(),
     };
@@ -296,7 +296,7 @@ fn udp_flows_work_both_ways() {
 fn other_traffic_passes_untouched() {
     let mut maps = maps_with_service(IPPROTO_TCP);
     let other_port = FrameSpec {
-        dst: Endpoint {
+        dst: FlowEnd {
             port: 443u16.to_be_bytes(),
             ..VIP
         },
@@ -374,7 +374,7 @@ fn a_service_without_backends_that_drops_instead_drops() {
 fn no_icmp_error_goes_to_a_broadcast_or_multicast_source() {
     let mut maps = without_backends(maps_with_service(IPPROTO_UDP), 0);
     let spec = FrameSpec {
-        src: Endpoint {
+        src: FlowEnd {
             addr: [255, 255, 255, 255],
             ..CLIENT
         },
@@ -407,7 +407,7 @@ fn with_affinity(mut maps: FakeMaps, timeout_s: u32) -> FakeMaps {
 /// A SYN from `client` port `port` to the VIP.
 fn syn_from(client: [u8; 4], port: u16) -> FrameSpec {
     FrameSpec {
-        src: Endpoint {
+        src: FlowEnd {
             addr: client,
             port: port.to_be_bytes(),
         },
@@ -421,7 +421,7 @@ fn target_of(out: &[u8]) -> [u8; 4] {
 }
 
 /// A source port from `client` whose flow hashes to a backend other than `not`.
-fn port_hashing_away_from(client: [u8; 4], not: Endpoint) -> u16 {
+fn port_hashing_away_from(client: [u8; 4], not: FlowEnd) -> u16 {
     (41_000..42_000)
         .find(|p| chosen(&syn_from(client, *p)).1 != not)
         .expect("some port hashes to the other backend")

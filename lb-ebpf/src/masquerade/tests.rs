@@ -3,7 +3,7 @@ use crate::{
     conntrack,
     error::Verdict,
     lb::process,
-    parse::{ipv4_flow, Endpoint},
+    parse::{ipv4_flow, FlowEnd},
     testing::{checksums_valid, frame, FakeMaps, FrameSpec, SlicePacket, CLIENT, VIP},
 };
 use lb_common::{
@@ -13,7 +13,7 @@ use lb_common::{
 
 const SERVICE_ID: u32 = 4;
 const BACKEND_ID: u32 = 20;
-const BACKEND: Endpoint = Endpoint {
+const BACKEND: FlowEnd = FlowEnd {
     addr: [198, 18, 2, 7],
     port: 8080u16.to_be_bytes(),
 };
@@ -44,8 +44,8 @@ fn run(maps: &mut FakeMaps, spec: &FrameSpec, hook_scope: u8) -> (Verdict, Vec<u
 }
 
 /// The source endpoint of an output frame (no IPv4 options).
-fn source_of(out: &[u8]) -> Endpoint {
-    Endpoint {
+fn source_of(out: &[u8]) -> FlowEnd {
+    FlowEnd {
         addr: out[26..30].try_into().unwrap(),
         port: out[34..36].try_into().unwrap(),
     }
@@ -264,7 +264,7 @@ fn flows_to_one_backend_never_share_a_port() {
     let mut ports = std::collections::HashSet::new();
     for (i, cport) in (40_000..40_032).enumerate() {
         let syn = FrameSpec {
-            src: Endpoint {
+            src: FlowEnd {
                 port: u16::to_be_bytes(cport),
                 ..CLIENT
             },
@@ -288,7 +288,7 @@ fn exhausted_ports_drop_the_new_flow_and_count_it() {
     let first = FrameSpec::tcp_syn();
     assert_eq!(run(&mut maps, &first, scope::EXTERNAL).0, Verdict::Pass);
     let second = FrameSpec {
-        src: Endpoint {
+        src: FlowEnd {
             addr: [198, 18, 0, 11],
             ..CLIENT
         },
@@ -323,7 +323,7 @@ fn a_syn_to_a_gone_backend_forgets_the_masqueraded_reply_entry() {
     let syn = FrameSpec::tcp_syn();
     let (_, out) = run(&mut maps, &syn, scope::EXTERNAL);
     let old_port = source_of(&out).port;
-    let moved = Endpoint {
+    let moved = FlowEnd {
         addr: [198, 18, 2, 8],
         ..BACKEND
     };
@@ -378,7 +378,7 @@ fn a_pod_balanced_to_itself_is_answered_from_the_vip_with_masquerading_off() {
         } else {
             FrameSpec::udp()
         };
-        let itself = Endpoint {
+        let itself = FlowEnd {
             port: 8080u16.to_be_bytes(),
             ..CLIENT
         };
@@ -441,7 +441,7 @@ fn hairpin_flows_never_share_a_port_and_exhaustion_drops() {
     let mut ports = std::collections::HashSet::new();
     for cport in [40_000u16, 40_001] {
         let query = FrameSpec {
-            src: Endpoint {
+            src: FlowEnd {
                 port: cport.to_be_bytes(),
                 ..CLIENT
             },
@@ -452,7 +452,7 @@ fn hairpin_flows_never_share_a_port_and_exhaustion_drops() {
         assert!(ports.insert(source_of(&out).port));
     }
     let third = FrameSpec {
-        src: Endpoint {
+        src: FlowEnd {
             port: 40_002u16.to_be_bytes(),
             ..CLIENT
         },

@@ -2,7 +2,7 @@ use super::*;
 use crate::{
     error::Verdict,
     lb::process,
-    parse::{ipv4_flow, Endpoint},
+    parse::{ipv4_flow, FlowEnd},
     testing::{frame, FakeMaps, FrameSpec, SlicePacket, CLIENT, VIP},
 };
 use lb_common::{
@@ -14,16 +14,16 @@ use lb_common::{
 
 const SERVICE_ID: u32 = 5;
 const BACKEND_ID: u32 = 30;
-const BACKEND: Endpoint = Endpoint {
+const BACKEND: FlowEnd = FlowEnd {
     addr: [198, 18, 2, 7],
     port: 8080u16.to_be_bytes(),
 };
 /// The node's one masquerading port.
-const NODE: Endpoint = Endpoint {
+const NODE: FlowEnd = FlowEnd {
     addr: [198, 18, 0, 1],
     port: 62_000u16.to_be_bytes(),
 };
-const OTHER_CLIENT: Endpoint = Endpoint {
+const OTHER_CLIENT: FlowEnd = FlowEnd {
     addr: [198, 18, 0, 11],
     port: 40_000u16.to_be_bytes(),
 };
@@ -48,7 +48,7 @@ fn run(maps: &mut FakeMaps, spec: &FrameSpec) -> (Verdict, Vec<u8>) {
 }
 
 /// A new flow's first packet from `from`.
-fn request(proto: u8, from: Endpoint) -> FrameSpec {
+fn request(proto: u8, from: FlowEnd) -> FrameSpec {
     let spec = match proto {
         IPPROTO_TCP => FrameSpec::tcp_syn(),
         _ => FrameSpec::udp(),
@@ -57,7 +57,7 @@ fn request(proto: u8, from: Endpoint) -> FrameSpec {
 }
 
 /// A later packet from `from` with TCP `flags`.
-fn from_client(from: Endpoint, flags: u8) -> FrameSpec {
+fn from_client(from: FlowEnd, flags: u8) -> FrameSpec {
     FrameSpec {
         tcp_flags: flags,
         ..request(IPPROTO_TCP, from)

@@ -5,13 +5,13 @@ use crate::{
 };
 use lb_common::{IPPROTO_TCP, IPPROTO_UDP};
 
-const BACKEND: Endpoint = Endpoint {
+const BACKEND: FlowEnd = FlowEnd {
     addr: [198, 18, 1, 2],
     port: 8080u16.to_be_bytes(),
 };
 
 /// Rewrites `side` of the frame built from `spec` and returns the bytes.
-fn rewritten(spec: &FrameSpec, side: Side, to: Endpoint) -> Vec<u8> {
+fn rewritten(spec: &FrameSpec, side: Side, to: FlowEnd) -> Vec<u8> {
     let mut pkt = SlicePacket::new(frame(spec));
     let flow = ipv4_flow(&pkt).unwrap();
     in_place(&mut pkt, &flow, side, to).unwrap();
@@ -80,7 +80,7 @@ fn udp_checksum_that_computes_to_zero_is_sent_as_ffff() {
     let old_port = u16::from_be_bytes(spec.dst.port);
     let sum = u32::from(!check) + u32::from(!old_port);
     let folded = ((sum & 0xffff) + (sum >> 16)) as u16;
-    let to = Endpoint {
+    let to = FlowEnd {
         addr: spec.dst.addr,
         port: (!folded).to_be_bytes(),
     };
@@ -95,11 +95,11 @@ fn random_rewrites_keep_checksums_valid() {
     for i in 0..2_000 {
         let [opt_words, len]: [u8; 2] = rng.bytes();
         let spec = FrameSpec {
-            src: Endpoint {
+            src: FlowEnd {
                 addr: rng.bytes(),
                 port: rng.bytes(),
             },
-            dst: Endpoint {
+            dst: FlowEnd {
                 addr: rng.bytes(),
                 port: rng.bytes(),
             },
@@ -108,7 +108,7 @@ fn random_rewrites_keep_checksums_valid() {
             payload: (0..len % 64).collect(),
             ..FrameSpec::tcp_syn()
         };
-        let to = Endpoint {
+        let to = FlowEnd {
             addr: rng.bytes(),
             port: rng.bytes(),
         };
@@ -131,7 +131,7 @@ fn rewriting_both_sides_matches_a_frame_built_for_the_new_ends() {
     let mut rng = Lcg(11);
     for i in 0..1_000 {
         let spec = FrameSpec {
-            src: Endpoint {
+            src: FlowEnd {
                 addr: rng.bytes(),
                 port: rng.bytes(),
             },
@@ -141,11 +141,11 @@ fn rewriting_both_sides_matches_a_frame_built_for_the_new_ends() {
             ..FrameSpec::tcp_syn()
         };
         let (src, dst) = (
-            Endpoint {
+            FlowEnd {
                 addr: rng.bytes(),
                 port: rng.bytes(),
             },
-            Endpoint {
+            FlowEnd {
                 addr: rng.bytes(),
                 port: rng.bytes(),
             },
