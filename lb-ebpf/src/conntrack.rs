@@ -141,7 +141,7 @@ pub fn v4(addr: &[u8; 16]) -> [u8; 4] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lb_common::IPPROTO_TCP;
+    use lb_common::{net::tcp_flags, IPPROTO_TCP};
 
     fn flow() -> Ipv4Flow {
         Ipv4Flow {
@@ -155,7 +155,7 @@ mod tests {
                 addr: [198, 19, 0, 1],
                 port: 80u16.to_be_bytes(),
             },
-            tcp_flags: 0x02,
+            tcp_flags: tcp_flags::SYN,
         }
     }
 

@@ -15,7 +15,16 @@
 //! incrementally: the outer IPv4 header's, the quoted IPv4 and TCP/UDP headers' (when quoted)
 //! and the ICMP message's.
 
-use lb_common::{conntrack::ct_flags, ipv4_mapped, Counter, CtKey, IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::{
+    conntrack::ct_flags,
+    ipv4_mapped,
+    net::{
+        icmp, ETH_HLEN, ICMP_CHECKSUM, ICMP_HLEN, IPPROTO_ICMP, IPV4_CHECKSUM, IPV4_DST,
+        IPV4_FRAGMENT_MASK, IPV4_FRAG_OFF, IPV4_MIN_HLEN, IPV4_PROTO, IPV4_SRC, TCP_CHECKSUM,
+        UDP_CHECKSUM,
+    },
+    Counter, CtKey, IPPROTO_TCP, IPPROTO_UDP,
+};
 
 use crate::{
     checksum,
@@ -23,20 +32,8 @@ use crate::{
     context::Packet,
     error::Error,
     maps::MapAccess,
-    parse::{
-        FlowEnd, IPPROTO_ICMP, IPV4_CHECKSUM_OFFSET, IPV4_DST_OFFSET, IPV4_FRAGMENT_MASK,
-        IPV4_MIN_HEADER_LEN, IPV4_SRC_OFFSET, L3_OFFSET,
-    },
+    parse::{FlowEnd, IPV4_CHECKSUM_OFFSET, IPV4_DST_OFFSET, IPV4_SRC_OFFSET},
 };
-
-const ICMP_DEST_UNREACH: u8 = 3;
-const ICMP_TIME_EXCEEDED: u8 = 11;
-const ICMP_HEADER_LEN: usize = 8;
-const ICMP_CHECKSUM: usize = 2;
-/// Offsets within the quoted IPv4 header, as in the outer one.
-const IP_CHECKSUM: usize = IPV4_CHECKSUM_OFFSET - L3_OFFSET;
-const IP_SRC: usize = IPV4_SRC_OFFSET - L3_OFFSET;
-const IP_DST: usize = IPV4_DST_OFFSET - L3_OFFSET;
 
 /// Where the quoted packet sits in the frame and what it was.
 struct Quote {
@@ -89,23 +86,24 @@ pub fn translate<P: Packet, M: MapAccess>(pkt: &mut P, maps: &mut M) -> Result<C
 /// Parses an unfragmented IPv4 ICMP error quoting an IPv4 TCP or UDP packet's ports.
 #[inline(always)]
 fn quote<P: Packet>(pkt: &P) -> Option<Quote> {
-    let outer: [u8; IPV4_MIN_HEADER_LEN] = pkt.load(L3_OFFSET)?;
-    if outer[9] != IPPROTO_ICMP
-        || u16::from_be_bytes([outer[6], outer[7]]) & IPV4_FRAGMENT_MASK != 0
+    let outer: [u8; IPV4_MIN_HLEN] = pkt.load(ETH_HLEN)?;
+    if outer[IPV4_PROTO] != IPPROTO_ICMP
+        || u16::from_be_bytes([outer[IPV4_FRAG_OFF], outer[IPV4_FRAG_OFF + 1]]) & IPV4_FRAGMENT_MASK
+            != 0
     {
         return None;
     }
-    let icmp = L3_OFFSET + usize::from(outer[0] & 0x0f) * 4;
+    let icmp = ETH_HLEN + usize::from(outer[0] & 0x0f) * 4;
     let [icmp_type, _code]: [u8; 2] = pkt.load(icmp)?;
-    if icmp_type != ICMP_DEST_UNREACH && icmp_type != ICMP_TIME_EXCEEDED {
+    if icmp_type != icmp::DEST_UNREACH && icmp_type != icmp::TIME_EXCEEDED {
         return None;
     }
-    let ip = icmp + ICMP_HEADER_LEN;
-    let inner: [u8; IPV4_MIN_HEADER_LEN] = pkt.load(ip)?;
+    let ip = icmp + ICMP_HLEN;
+    let inner: [u8; IPV4_MIN_HLEN] = pkt.load(ip)?;
     let header_len = usize::from(inner[0] & 0x0f) * 4;
-    let proto = inner[9];
+    let proto = inner[IPV4_PROTO];
     if inner[0] >> 4 != 4
-        || header_len < IPV4_MIN_HEADER_LEN
+        || header_len < IPV4_MIN_HLEN
         || (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
     {
         return None;
@@ -134,7 +132,7 @@ fn quote<P: Packet>(pkt: &P) -> Option<Quote> {
 #[inline(always)]
 fn rewrite<P: Packet>(pkt: &mut P, quote: &Quote, src: FlowEnd, dst: FlowEnd) -> Option<()> {
     let icmp_checksum: [u8; 2] = pkt.load(quote.icmp + ICMP_CHECKSUM)?;
-    let ip_checksum: [u8; 2] = pkt.load(quote.ip + IP_CHECKSUM)?;
+    let ip_checksum: [u8; 2] = pkt.load(quote.ip + IPV4_CHECKSUM)?;
     let ip_checksum_new = checksum::replace4(
         checksum::replace4(ip_checksum, quote.src.addr, src.addr),
         quote.dst.addr,
@@ -147,7 +145,12 @@ fn rewrite<P: Packet>(pkt: &mut P, quote: &Quote, src: FlowEnd, dst: FlowEnd) ->
     icmp_checksum = checksum::replace2(icmp_checksum, quote.dst.port, dst.port);
 
     // The quoted TCP/UDP checksum, when the quote reaches it (a UDP 0 means none).
-    let l4_checksum_at = quote.l4 + if quote.proto == IPPROTO_UDP { 6 } else { 16 };
+    let l4_checksum_at = quote.l4
+        + if quote.proto == IPPROTO_UDP {
+            UDP_CHECKSUM
+        } else {
+            TCP_CHECKSUM
+        };
     if let Some(l4_checksum) = pkt.load::<2>(l4_checksum_at) {
         if !(quote.proto == IPPROTO_UDP && l4_checksum == [0, 0]) {
             let mut new = checksum::replace4(l4_checksum, quote.src.addr, src.addr);
@@ -161,9 +164,9 @@ fn rewrite<P: Packet>(pkt: &mut P, quote: &Quote, src: FlowEnd, dst: FlowEnd) ->
             pkt.store(l4_checksum_at, new)?;
         }
     }
-    pkt.store(quote.ip + IP_SRC, src.addr)?;
-    pkt.store(quote.ip + IP_DST, dst.addr)?;
-    pkt.store(quote.ip + IP_CHECKSUM, ip_checksum_new)?;
+    pkt.store(quote.ip + IPV4_SRC, src.addr)?;
+    pkt.store(quote.ip + IPV4_DST, dst.addr)?;
+    pkt.store(quote.ip + IPV4_CHECKSUM, ip_checksum_new)?;
     pkt.store(quote.l4, src.port)?;
     pkt.store(quote.l4 + 2, dst.port)?;
     pkt.store(quote.icmp + ICMP_CHECKSUM, icmp_checksum)?;

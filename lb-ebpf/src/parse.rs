@@ -1,32 +1,24 @@
 //! Ethernet / IPv4 / TCP|UDP parsing into the few fields the load balancer needs.
 
-use lb_common::{Counter, IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::{
+    net::{
+        tcp_flags, ETHERTYPE_IPV4, ETH_HLEN, ETH_TYPE_OFFSET, IPV4_CHECKSUM, IPV4_DST,
+        IPV4_FRAGMENT_MASK, IPV4_FRAG_OFF, IPV4_MIN_HLEN, IPV4_PROTO, IPV4_SRC, IPV4_TOTAL_LEN,
+        TCP_CHECKSUM, TCP_HLEN, UDP_CHECKSUM, UDP_HLEN,
+    },
+    Counter, IPPROTO_TCP, IPPROTO_UDP,
+};
 
 use crate::{context::Packet, error::Error};
 
-/// Length of the Ethernet header; the IPv4 header starts here.
-pub const L3_OFFSET: usize = 14;
-/// Offset of the IPv4 header checksum.
-pub const IPV4_CHECKSUM_OFFSET: usize = L3_OFFSET + 10;
-/// Offset of the IPv4 source address (the destination follows it).
-pub const IPV4_SRC_OFFSET: usize = L3_OFFSET + 12;
-/// Offset of the IPv4 destination address.
-pub const IPV4_DST_OFFSET: usize = L3_OFFSET + 16;
-
-const ETHERTYPE_OFFSET: usize = 12;
-/// EtherType of IPv4, as it sits in the frame.
-pub const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
-/// Length of an IPv4 header without options.
-pub const IPV4_MIN_HEADER_LEN: usize = 20;
-const TCP_HEADER_LEN: usize = 20;
-const UDP_HEADER_LEN: usize = 8;
-/// More-fragments flag and fragment offset, in the IPv4 flags/fragment-offset word.
-pub const IPV4_FRAGMENT_MASK: u16 = 0x3fff;
-pub const IPPROTO_ICMP: u8 = 1;
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
+/// Offset of the IPv4 header checksum in the frame.
+pub const IPV4_CHECKSUM_OFFSET: usize = ETH_HLEN + IPV4_CHECKSUM;
+/// Offset of the IPv4 source address in the frame (the destination follows it).
+pub const IPV4_SRC_OFFSET: usize = ETH_HLEN + IPV4_SRC;
+/// Offset of the IPv4 destination address in the frame.
+pub const IPV4_DST_OFFSET: usize = ETH_HLEN + IPV4_DST;
+/// Offset of the TCP data offset byte, which the flags byte follows.
+const TCP_DATA_OFFSET: usize = 12;
 
 /// One end of a flow: IPv4 address and port, both in network byte order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,16 +44,21 @@ impl Ipv4Flow {
     /// Offset of the TCP or UDP checksum in the frame.
     #[inline(always)]
     pub fn l4_checksum_offset(&self) -> usize {
-        self.l4_offset + if self.is_udp() { 6 } else { 16 }
+        self.l4_offset
+            + if self.is_udp() {
+                UDP_CHECKSUM
+            } else {
+                TCP_CHECKSUM
+            }
     }
 
     /// Length of the fixed TCP or UDP header (TCP options not counted).
     #[inline(always)]
     pub fn l4_header_len(&self) -> usize {
         if self.is_udp() {
-            UDP_HEADER_LEN
+            UDP_HLEN
         } else {
-            TCP_HEADER_LEN
+            TCP_HLEN
         }
     }
 
@@ -73,13 +70,14 @@ impl Ipv4Flow {
     /// A TCP SYN without ACK: the first packet of a connection attempt.
     #[inline(always)]
     pub fn is_tcp_syn(&self) -> bool {
-        self.proto == IPPROTO_TCP && self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+        self.proto == IPPROTO_TCP
+            && self.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN
     }
 
     /// A TCP FIN or RST: the connection is ending.
     #[inline(always)]
     pub fn is_tcp_end(&self) -> bool {
-        self.proto == IPPROTO_TCP && self.tcp_flags & (TCP_FIN | TCP_RST) != 0
+        self.proto == IPPROTO_TCP && self.tcp_flags & (tcp_flags::FIN | tcp_flags::RST) != 0
     }
 }
 
@@ -89,36 +87,39 @@ impl Ipv4Flow {
 #[inline(always)]
 pub fn ipv4_flow<P: Packet>(pkt: &P) -> Result<Ipv4Flow, Error> {
     let ethertype: [u8; 2] = pkt
-        .load(ETHERTYPE_OFFSET)
+        .load(ETH_TYPE_OFFSET)
         .ok_or(Error::untouched(Counter::TruncatedEthernet))?;
-    if ethertype != ETHERTYPE_IPV4 {
+    if ethertype != ETHERTYPE_IPV4.to_be_bytes() {
         return Err(Error::untouched(Counter::NotIpv4));
     }
-    let ip: [u8; IPV4_MIN_HEADER_LEN] = pkt
-        .load(L3_OFFSET)
+    let ip: [u8; IPV4_MIN_HLEN] = pkt
+        .load(ETH_HLEN)
         .ok_or(Error::untouched(Counter::TruncatedIpv4))?;
     if ip[0] >> 4 != 4 {
         return Err(Error::untouched(Counter::NotIpv4));
     }
     // Masked so the verifier (and the reader) sees 0..=60.
     let header_len = usize::from(ip[0] & 0x0f) * 4;
-    let total_len = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-    if header_len < IPV4_MIN_HEADER_LEN || header_len > total_len {
+    let total_len = usize::from(u16::from_be_bytes([
+        ip[IPV4_TOTAL_LEN],
+        ip[IPV4_TOTAL_LEN + 1],
+    ]));
+    if header_len < IPV4_MIN_HLEN || header_len > total_len {
         return Err(Error::untouched(Counter::BadIpv4HeaderLength));
     }
-    let proto = ip[9];
+    let proto = ip[IPV4_PROTO];
     let l4_header_len = match proto {
-        IPPROTO_TCP => TCP_HEADER_LEN,
-        IPPROTO_UDP => UDP_HEADER_LEN,
+        IPPROTO_TCP => TCP_HLEN,
+        IPPROTO_UDP => UDP_HLEN,
         _ => return Err(Error::untouched(Counter::OtherProtocol)),
     };
-    if u16::from_be_bytes([ip[6], ip[7]]) & IPV4_FRAGMENT_MASK != 0 {
+    if u16::from_be_bytes([ip[IPV4_FRAG_OFF], ip[IPV4_FRAG_OFF + 1]]) & IPV4_FRAGMENT_MASK != 0 {
         return Err(Error::untouched(Counter::Fragment));
     }
-    let l4_offset = L3_OFFSET + header_len;
+    let l4_offset = ETH_HLEN + header_len;
     // The options must be in the frame, the L4 header in the frame and in the IP packet.
     // (Presence is checked with 2-byte loads: see `context::Packet::load`.)
-    if header_len > IPV4_MIN_HEADER_LEN && pkt.load::<2>(l4_offset - 2).is_none() {
+    if header_len > IPV4_MIN_HLEN && pkt.load::<2>(l4_offset - 2).is_none() {
         return Err(Error::untouched(Counter::TruncatedIpv4));
     }
     if header_len + l4_header_len > total_len
@@ -131,7 +132,7 @@ pub fn ipv4_flow<P: Packet>(pkt: &P) -> Result<Ipv4Flow, Error> {
         .ok_or(Error::untouched(Counter::TruncatedL4))?;
     let tcp_flags = if proto == IPPROTO_TCP {
         let [_data_offset, flags]: [u8; 2] = pkt
-            .load(l4_offset + 12)
+            .load(l4_offset + TCP_DATA_OFFSET)
             .ok_or(Error::untouched(Counter::TruncatedL4))?;
         flags
     } else {

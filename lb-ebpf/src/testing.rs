@@ -4,15 +4,15 @@
 use std::collections::HashMap;
 
 use lb_common::{
-    AffinityKey, AffinityValue, Backend, BackendSlotKey, Counter, CtKey, CtValue, NodeConfig,
-    ServiceKey, ServiceStats, ServiceValue, IPPROTO_TCP, IPPROTO_UDP,
+    net::ETH_HLEN, AffinityKey, AffinityValue, Backend, BackendSlotKey, Counter, CtKey, CtValue,
+    NodeConfig, ServiceKey, ServiceStats, ServiceValue, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 use crate::{
     conntrack,
     context::Packet,
     maps::MapAccess,
-    parse::{FlowEnd, Ipv4Flow, L3_OFFSET},
+    parse::{FlowEnd, Ipv4Flow},
     rewrite::{self, RewriteFailed, Side},
 };
 
@@ -233,7 +233,7 @@ impl Packet for SlicePacket {
         }
         self.bytes.truncate(len - room);
         self.bytes.splice(0..0, vec![0; room]);
-        self.bytes[..L3_OFFSET + room].fill(0xee);
+        self.bytes[..ETH_HLEN + room].fill(0xee);
         Ok(())
     }
 

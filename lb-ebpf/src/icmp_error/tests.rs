@@ -13,8 +13,8 @@ const BACKEND: FlowEnd = FlowEnd {
 };
 const NODE: [u8; 4] = [198, 18, 0, 1];
 const ROUTER: [u8; 4] = [198, 18, 9, 1];
-const PORT_UNREACH: (u8, u8) = (3, 3);
-const FRAG_NEEDED: (u8, u8) = (3, 4);
+const PORT_UNREACH: (u8, u8) = (icmp::DEST_UNREACH, icmp::PORT_UNREACH);
+const FRAG_NEEDED: (u8, u8) = (icmp::DEST_UNREACH, icmp::FRAG_NEEDED);
 
 /// A service at VIP (both scopes) with one backend on another node; the node
 /// masquerades when `masquerading`.
@@ -47,7 +47,7 @@ fn request(maps: &mut FakeMaps, proto: u8, hook_scope: u8) -> (Vec<u8>, Vec<u8>)
 
 /// The IPv4 packet inside a frame, cut to `len` bytes when given.
 fn ip_packet(frame: &[u8], len: Option<usize>) -> Vec<u8> {
-    let packet = &frame[L3_OFFSET..];
+    let packet = &frame[ETH_HLEN..];
     packet[..len.unwrap_or(packet.len())].to_vec()
 }
 
@@ -138,7 +138,7 @@ fn errors_about_untracked_packets_and_other_icmp_pass_untouched() {
     let quoted = ip_packet(&at_backend, None);
     let echo = icmp_error(BACKEND.addr, CLIENT.addr, 8, 0, &quoted);
     let mut cut = icmp_error(BACKEND.addr, CLIENT.addr, t, c, &quoted);
-    cut.truncate(L3_OFFSET + 20 + 8 + 20 + 2);
+    cut.truncate(ETH_HLEN + 20 + 8 + 20 + 2);
     for bytes in [untracked, echo, cut] {
         let (verdict, out) = run(&mut maps, bytes.clone(), scope::INTERNAL);
         assert_eq!((verdict, out), (Verdict::Pass, bytes));

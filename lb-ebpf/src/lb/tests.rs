@@ -1,6 +1,6 @@
 use super::*;
 use crate::testing::{checksums_valid, frame, FakeMaps, FrameSpec, SlicePacket, CLIENT, VIP};
-use lb_common::{ipv4_mapped, service::scope, Backend, IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::{ipv4_mapped, net::tcp_flags, service::scope, Backend, IPPROTO_TCP, IPPROTO_UDP};
 
 const SERVICE_ID: u32 = 3;
 const BACKENDS: [(u32, FlowEnd); 2] = [
@@ -74,7 +74,7 @@ fn chosen(spec: &FrameSpec) -> (u32, FlowEnd) {
 
 fn ack(spec: &FrameSpec) -> FrameSpec {
     FrameSpec {
-        tcp_flags: 0x10,
+        tcp_flags: tcp_flags::ACK,
         ..spec.clone()
     }
 }
@@ -106,7 +106,7 @@ fn replies_are_translated_back_to_the_vip() {
     run(&mut maps, &syn);
     let syn_ack = FrameSpec {
         src: target,
-        tcp_flags: 0x12,
+        tcp_flags: tcp_flags::SYN | tcp_flags::ACK,
         ..syn.reversed()
     };
     let (verdict, out) = run(&mut maps, &syn_ack);

@@ -8,7 +8,9 @@ use crate::{
 };
 use lb_common::{
     config::{SNAT_PORT_MAX, SNAT_PORT_MIN},
-    ipv4_mapped, IPPROTO_TCP, IPPROTO_UDP,
+    ipv4_mapped,
+    net::tcp_flags,
+    IPPROTO_TCP, IPPROTO_UDP,
 };
 
 const SERVICE_ID: u32 = 4;
@@ -169,7 +171,7 @@ fn masqueraded_flows_are_translated_both_ways_in_either_hook() {
             let answer = FrameSpec {
                 src: BACKEND,
                 dst: node,
-                tcp_flags: request.tcp_flags | 0x10,
+                tcp_flags: request.tcp_flags | tcp_flags::ACK,
                 ..request.clone()
             };
             for round in 0..3 {
@@ -401,7 +403,7 @@ fn a_pod_balanced_to_itself_is_answered_from_the_vip_with_masquerading_off() {
         let answer = FrameSpec {
             src: itself,
             dst: from,
-            tcp_flags: request.tcp_flags | 0x10,
+            tcp_flags: request.tcp_flags | tcp_flags::ACK,
             ..request.clone()
         };
         for round in 0..2 {

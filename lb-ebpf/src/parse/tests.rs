@@ -20,7 +20,11 @@ fn parses_tcp_syn() {
 
 #[test]
 fn syn_ack_and_ack_are_not_syns() {
-    for flags in [0x12, 0x10, 0x18] {
+    for flags in [
+        tcp_flags::SYN | tcp_flags::ACK,
+        tcp_flags::ACK,
+        tcp_flags::PSH | tcp_flags::ACK,
+    ] {
         let spec = FrameSpec {
             tcp_flags: flags,
             ..FrameSpec::tcp_syn()

@@ -8,6 +8,7 @@ use crate::{
 use lb_common::{
     conntrack::{CLOSING_REUSE_NS, TCP_REUSE_NS, UDP_REUSE_NS},
     ipv4_mapped,
+    net::tcp_flags::{ACK, FIN, RST, SYN},
     service::scope,
     Backend, Counter, NodeConfig, IPPROTO_TCP, IPPROTO_UDP,
 };
@@ -27,9 +28,7 @@ const OTHER_CLIENT: FlowEnd = FlowEnd {
     addr: [198, 18, 0, 11],
     port: 40_000u16.to_be_bytes(),
 };
-const FIN_ACK: u8 = 0x11;
-const RST: u8 = 0x04;
-const ACK: u8 = 0x10;
+const FIN_ACK: u8 = FIN | ACK;
 
 /// An external service at VIP with one backend on another node, on a node that
 /// masquerades to the one port `NODE`.
@@ -143,7 +142,7 @@ fn a_closed_flows_port_goes_to_a_new_flow_once_idle() {
     assert!(!maps.conntrack.contains_key(&key_of(&syn)), "old forward");
     assert_eq!(maps.conntrack.len(), 2);
     // The backend's answers to the port now go to the new client.
-    let answer = from_backend(IPPROTO_TCP, 0x12);
+    let answer = from_backend(IPPROTO_TCP, SYN | ACK);
     let (_, out) = run(&mut maps, &answer);
     let expected = FrameSpec {
         src: VIP,
@@ -157,7 +156,7 @@ fn a_closed_flows_port_goes_to_a_new_flow_once_idle() {
 fn an_open_tcp_flow_keeps_its_port_until_idle_for_the_tcp_lifetime() {
     let mut maps = one_port(IPPROTO_TCP);
     takes_the_port(&mut maps, &request(IPPROTO_TCP, CLIENT));
-    run(&mut maps, &from_backend(IPPROTO_TCP, 0x12));
+    run(&mut maps, &from_backend(IPPROTO_TCP, SYN | ACK));
     let other = request(IPPROTO_TCP, OTHER_CLIENT);
     maps.now_ns += UDP_REUSE_NS + CLOSING_REUSE_NS + 1;
     finds_the_port_taken(&mut maps, &other);
