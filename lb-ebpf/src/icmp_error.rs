@@ -20,8 +20,7 @@ use lb_common::{
     ipv4_mapped,
     net::{
         icmp, ETH_HLEN, ICMP_CHECKSUM, ICMP_HLEN, IPPROTO_ICMP, IPV4_CHECKSUM, IPV4_DST,
-        IPV4_FRAGMENT_MASK, IPV4_FRAG_OFF, IPV4_MIN_HLEN, IPV4_PROTO, IPV4_SRC, TCP_CHECKSUM,
-        UDP_CHECKSUM,
+        IPV4_MIN_HLEN, IPV4_PROTO, IPV4_SRC, TCP_CHECKSUM, UDP_CHECKSUM,
     },
     Counter, CtKey, IPPROTO_TCP, IPPROTO_UDP,
 };
@@ -32,7 +31,10 @@ use crate::{
     context::Packet,
     error::Error,
     maps::MapAccess,
-    parse::{FlowEnd, IPV4_CHECKSUM_OFFSET, IPV4_DST_OFFSET, IPV4_SRC_OFFSET},
+    parse::{
+        flow_ends, ipv4_header_len, is_fragment, is_ipv4, FlowEnd, Ipv4Header,
+        IPV4_CHECKSUM_OFFSET, IPV4_DST_OFFSET, IPV4_SRC_OFFSET,
+    },
 };
 
 /// Where the quoted packet sits in the frame and what it was.
@@ -86,23 +88,20 @@ pub fn translate<P: Packet, M: MapAccess>(pkt: &mut P, maps: &mut M) -> Result<C
 /// Parses an unfragmented IPv4 ICMP error quoting an IPv4 TCP or UDP packet's ports.
 #[inline(always)]
 fn quote<P: Packet>(pkt: &P) -> Option<Quote> {
-    let outer: [u8; IPV4_MIN_HLEN] = pkt.load(ETH_HLEN)?;
-    if outer[IPV4_PROTO] != IPPROTO_ICMP
-        || u16::from_be_bytes([outer[IPV4_FRAG_OFF], outer[IPV4_FRAG_OFF + 1]]) & IPV4_FRAGMENT_MASK
-            != 0
-    {
+    let outer: Ipv4Header = pkt.load(ETH_HLEN)?;
+    if outer[IPV4_PROTO] != IPPROTO_ICMP || is_fragment(&outer) {
         return None;
     }
-    let icmp = ETH_HLEN + usize::from(outer[0] & 0x0f) * 4;
+    let icmp = ETH_HLEN + ipv4_header_len(&outer);
     let [icmp_type, _code]: [u8; 2] = pkt.load(icmp)?;
     if icmp_type != icmp::DEST_UNREACH && icmp_type != icmp::TIME_EXCEEDED {
         return None;
     }
     let ip = icmp + ICMP_HLEN;
-    let inner: [u8; IPV4_MIN_HLEN] = pkt.load(ip)?;
-    let header_len = usize::from(inner[0] & 0x0f) * 4;
+    let inner: Ipv4Header = pkt.load(ip)?;
+    let header_len = ipv4_header_len(&inner);
     let proto = inner[IPV4_PROTO];
-    if inner[0] >> 4 != 4
+    if !is_ipv4(&inner)
         || header_len < IPV4_MIN_HLEN
         || (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
     {
@@ -110,19 +109,14 @@ fn quote<P: Packet>(pkt: &P) -> Option<Quote> {
     }
     let l4 = ip + header_len;
     let ports: [u8; 4] = pkt.load(l4)?;
+    let (src, dst) = flow_ends(&inner, ports);
     Some(Quote {
         icmp,
         ip,
         l4,
         proto,
-        src: FlowEnd {
-            addr: [inner[12], inner[13], inner[14], inner[15]],
-            port: [ports[0], ports[1]],
-        },
-        dst: FlowEnd {
-            addr: [inner[16], inner[17], inner[18], inner[19]],
-            port: [ports[2], ports[3]],
-        },
+        src,
+        dst,
     })
 }
 
@@ -138,11 +132,8 @@ fn rewrite<P: Packet>(pkt: &mut P, quote: &Quote, src: FlowEnd, dst: FlowEnd) ->
         quote.dst.addr,
         dst.addr,
     );
-    let mut icmp_checksum = checksum::replace2(icmp_checksum, ip_checksum, ip_checksum_new);
-    icmp_checksum = checksum::replace4(icmp_checksum, quote.src.addr, src.addr);
-    icmp_checksum = checksum::replace4(icmp_checksum, quote.dst.addr, dst.addr);
-    icmp_checksum = checksum::replace2(icmp_checksum, quote.src.port, src.port);
-    icmp_checksum = checksum::replace2(icmp_checksum, quote.dst.port, dst.port);
+    let icmp_checksum = checksum::replace2(icmp_checksum, ip_checksum, ip_checksum_new);
+    let mut icmp_checksum = replace_ends(icmp_checksum, quote, src, dst);
 
     // The quoted TCP/UDP checksum, when the quote reaches it (a UDP 0 means none).
     let l4_checksum_at = quote.l4
@@ -153,10 +144,7 @@ fn rewrite<P: Packet>(pkt: &mut P, quote: &Quote, src: FlowEnd, dst: FlowEnd) ->
         };
     if let Some(l4_checksum) = pkt.load::<2>(l4_checksum_at) {
         if !(quote.proto == IPPROTO_UDP && l4_checksum == [0, 0]) {
-            let mut new = checksum::replace4(l4_checksum, quote.src.addr, src.addr);
-            new = checksum::replace4(new, quote.dst.addr, dst.addr);
-            new = checksum::replace2(new, quote.src.port, src.port);
-            new = checksum::replace2(new, quote.dst.port, dst.port);
+            let mut new = replace_ends(l4_checksum, quote, src, dst);
             if quote.proto == IPPROTO_UDP && new == [0, 0] {
                 new = [0xff, 0xff];
             }
@@ -187,6 +175,15 @@ fn rewrite<P: Packet>(pkt: &mut P, quote: &Quote, src: FlowEnd, dst: FlowEnd) ->
     pkt.store(IPV4_SRC_OFFSET, new_src)?;
     pkt.store(IPV4_DST_OFFSET, src.addr)?;
     pkt.store(IPV4_CHECKSUM_OFFSET, outer_checksum)
+}
+
+/// `check` updated for the quoted packet's addresses and ports becoming `src -> dst`.
+#[inline(always)]
+fn replace_ends(check: [u8; 2], quote: &Quote, src: FlowEnd, dst: FlowEnd) -> [u8; 2] {
+    let check = checksum::replace4(check, quote.src.addr, src.addr);
+    let check = checksum::replace4(check, quote.dst.addr, dst.addr);
+    let check = checksum::replace2(check, quote.src.port, src.port);
+    checksum::replace2(check, quote.dst.port, dst.port)
 }
 
 #[cfg(test)]

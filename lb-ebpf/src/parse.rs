@@ -81,6 +81,45 @@ impl Ipv4Flow {
     }
 }
 
+/// The option-less part of an IPv4 header, as loaded from the packet.
+pub type Ipv4Header = [u8; IPV4_MIN_HLEN];
+
+/// Whether `ip` says it is version 4.
+#[inline(always)]
+pub fn is_ipv4(ip: &Ipv4Header) -> bool {
+    ip[0] >> 4 == 4
+}
+
+/// The header's length with options, from its IHL field. Masked so the verifier (and the
+/// reader) sees 0..=60.
+#[inline(always)]
+pub fn ipv4_header_len(ip: &Ipv4Header) -> usize {
+    usize::from(ip[0] & 0x0f) * 4
+}
+
+/// Whether the packet is a fragment: more fragments follow, or it is not the first.
+#[inline(always)]
+pub fn is_fragment(ip: &Ipv4Header) -> bool {
+    u16::from_be_bytes([ip[IPV4_FRAG_OFF], ip[IPV4_FRAG_OFF + 1]]) & IPV4_FRAGMENT_MASK != 0
+}
+
+/// The source and destination of a TCP or UDP packet: the addresses from its IPv4 header,
+/// the ports from the first four bytes of its TCP or UDP header.
+#[inline(always)]
+pub fn flow_ends(ip: &Ipv4Header, ports: [u8; 4]) -> (FlowEnd, FlowEnd) {
+    let addr = |at: usize| [ip[at], ip[at + 1], ip[at + 2], ip[at + 3]];
+    (
+        FlowEnd {
+            addr: addr(IPV4_SRC),
+            port: [ports[0], ports[1]],
+        },
+        FlowEnd {
+            addr: addr(IPV4_DST),
+            port: [ports[2], ports[3]],
+        },
+    )
+}
+
 /// Parses an Ethernet frame carrying an unfragmented IPv4 TCP or UDP packet.
 ///
 /// Every error is a reason to leave the packet untouched.
@@ -92,14 +131,13 @@ pub fn ipv4_flow<P: Packet>(pkt: &P) -> Result<Ipv4Flow, Error> {
     if ethertype != ETHERTYPE_IPV4.to_be_bytes() {
         return Err(Error::untouched(Counter::NotIpv4));
     }
-    let ip: [u8; IPV4_MIN_HLEN] = pkt
+    let ip: Ipv4Header = pkt
         .load(ETH_HLEN)
         .ok_or(Error::untouched(Counter::TruncatedIpv4))?;
-    if ip[0] >> 4 != 4 {
+    if !is_ipv4(&ip) {
         return Err(Error::untouched(Counter::NotIpv4));
     }
-    // Masked so the verifier (and the reader) sees 0..=60.
-    let header_len = usize::from(ip[0] & 0x0f) * 4;
+    let header_len = ipv4_header_len(&ip);
     let total_len = usize::from(u16::from_be_bytes([
         ip[IPV4_TOTAL_LEN],
         ip[IPV4_TOTAL_LEN + 1],
@@ -113,7 +151,7 @@ pub fn ipv4_flow<P: Packet>(pkt: &P) -> Result<Ipv4Flow, Error> {
         IPPROTO_UDP => UDP_HLEN,
         _ => return Err(Error::untouched(Counter::OtherProtocol)),
     };
-    if u16::from_be_bytes([ip[IPV4_FRAG_OFF], ip[IPV4_FRAG_OFF + 1]]) & IPV4_FRAGMENT_MASK != 0 {
+    if is_fragment(&ip) {
         return Err(Error::untouched(Counter::Fragment));
     }
     let l4_offset = ETH_HLEN + header_len;
@@ -138,17 +176,12 @@ pub fn ipv4_flow<P: Packet>(pkt: &P) -> Result<Ipv4Flow, Error> {
     } else {
         0
     };
+    let (src, dst) = flow_ends(&ip, ports);
     Ok(Ipv4Flow {
         l4_offset,
         proto,
-        src: FlowEnd {
-            addr: [ip[12], ip[13], ip[14], ip[15]],
-            port: [ports[0], ports[1]],
-        },
-        dst: FlowEnd {
-            addr: [ip[16], ip[17], ip[18], ip[19]],
-            port: [ports[2], ports[3]],
-        },
+        src,
+        dst,
         tcp_flags,
     })
 }
