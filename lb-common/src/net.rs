@@ -24,6 +24,12 @@ pub const IPPROTO_UDP: u8 = 17;
 
 /// Length of an IPv4 header without options.
 pub const IPV4_MIN_HLEN: usize = 20;
+/// Offset of the IPv4 total length.
+pub const IPV4_TOTAL_LEN: usize = 2;
+/// Offset of the IPv4 flags/fragment-offset word.
+pub const IPV4_FRAG_OFF: usize = 6;
+/// Offset of the IPv4 protocol.
+pub const IPV4_PROTO: usize = 9;
 /// Offset of the IPv4 header checksum.
 pub const IPV4_CHECKSUM: usize = 10;
 /// Offset of the IPv4 source address (the destination follows it).

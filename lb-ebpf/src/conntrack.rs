@@ -6,7 +6,7 @@ use lb_common::{
     ipv4_mapped, Backend, CtKey, CtValue, IPPROTO_UDP,
 };
 
-use crate::parse::{Endpoint, Ipv4Flow};
+use crate::parse::{FlowEnd, Ipv4Flow};
 
 /// `last_seen_ns` is rewritten at most this often, keeping established flows write-free.
 pub const REFRESH_INTERVAL_NS: u64 = 1_000_000_000;
@@ -72,7 +72,7 @@ pub fn reusable(entry: &CtValue, proto: u8, now_ns: u64) -> bool {
 }
 
 #[inline(always)]
-fn key(src: Endpoint, dst: Endpoint, proto: u8) -> CtKey {
+fn key(src: FlowEnd, dst: FlowEnd, proto: u8) -> CtKey {
     CtKey {
         src_addr: ipv4_mapped(src.addr),
         dst_addr: ipv4_mapped(dst.addr),
@@ -141,21 +141,21 @@ pub fn v4(addr: &[u8; 16]) -> [u8; 4] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lb_common::IPPROTO_TCP;
+    use lb_common::{net::tcp_flags, IPPROTO_TCP};
 
     fn flow() -> Ipv4Flow {
         Ipv4Flow {
             l4_offset: 34,
             proto: IPPROTO_TCP,
-            src: Endpoint {
+            src: FlowEnd {
                 addr: [198, 18, 0, 10],
                 port: 40000u16.to_be_bytes(),
             },
-            dst: Endpoint {
+            dst: FlowEnd {
                 addr: [198, 19, 0, 1],
                 port: 80u16.to_be_bytes(),
             },
-            tcp_flags: 0x02,
+            tcp_flags: tcp_flags::SYN,
         }
     }
 

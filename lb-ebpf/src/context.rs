@@ -12,7 +12,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    parse::{Endpoint, Ipv4Flow, IPV4_CHECKSUM_OFFSET},
+    parse::{FlowEnd, Ipv4Flow, IPV4_CHECKSUM_OFFSET},
     rewrite::{self, RewriteFailed, Side},
 };
 
@@ -35,7 +35,7 @@ pub trait Packet {
     fn make_reply_room(&mut self, room: u32, len: u32) -> Result<(), RewriteFailed>;
     /// Replaces `side`'s address and port with `to`, keeping the IPv4 and TCP/UDP checksums
     /// valid.
-    fn rewrite(&mut self, flow: &Ipv4Flow, side: Side, to: Endpoint) -> Result<(), RewriteFailed>;
+    fn rewrite(&mut self, flow: &Ipv4Flow, side: Side, to: FlowEnd) -> Result<(), RewriteFailed>;
 }
 
 /// Reads `N` bytes at `offset` between two packet pointers, checked so the verifier agrees.
@@ -95,7 +95,7 @@ impl Packet for XdpPacket {
     }
 
     #[inline(always)]
-    fn rewrite(&mut self, flow: &Ipv4Flow, side: Side, to: Endpoint) -> Result<(), RewriteFailed> {
+    fn rewrite(&mut self, flow: &Ipv4Flow, side: Side, to: FlowEnd) -> Result<(), RewriteFailed> {
         rewrite::in_place(self, flow, side, to)
     }
 }
@@ -176,7 +176,7 @@ impl Packet for TcPacket {
     }
 
     #[inline(always)]
-    fn rewrite(&mut self, flow: &Ipv4Flow, side: Side, to: Endpoint) -> Result<(), RewriteFailed> {
+    fn rewrite(&mut self, flow: &Ipv4Flow, side: Side, to: FlowEnd) -> Result<(), RewriteFailed> {
         let (addr_offset, port_offset, from) = side.locate(flow);
         let l4_checksum_offset = flow.l4_checksum_offset();
         // A UDP checksum of 0 means none: the helper leaves it, and never writes a new 0.

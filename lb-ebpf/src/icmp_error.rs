@@ -15,28 +15,27 @@
 //! incrementally: the outer IPv4 header's, the quoted IPv4 and TCP/UDP headers' (when quoted)
 //! and the ICMP message's.
 
-use lb_common::{conntrack::ct_flags, ipv4_mapped, Counter, CtKey, IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::{
+    conntrack::ct_flags,
+    ipv4_mapped,
+    net::{
+        icmp, ETH_HLEN, ICMP_CHECKSUM, ICMP_HLEN, IPPROTO_ICMP, IPV4_CHECKSUM, IPV4_DST,
+        IPV4_MIN_HLEN, IPV4_PROTO, IPV4_SRC, TCP_CHECKSUM, UDP_CHECKSUM,
+    },
+    Counter, CtKey, IPPROTO_TCP, IPPROTO_UDP,
+};
 
 use crate::{
     checksum,
     conntrack::v4,
     context::Packet,
     error::Error,
-    maps::Maps,
+    maps::MapAccess,
     parse::{
-        Endpoint, IPPROTO_ICMP, IPV4_CHECKSUM_OFFSET, IPV4_DST_OFFSET, IPV4_FRAGMENT_MASK,
-        IPV4_MIN_HEADER_LEN, IPV4_SRC_OFFSET, L3_OFFSET,
+        flow_ends, ipv4_header_len, is_fragment, is_ipv4, FlowEnd, Ipv4Header,
+        IPV4_CHECKSUM_OFFSET, IPV4_DST_OFFSET, IPV4_SRC_OFFSET,
     },
 };
-
-const ICMP_DEST_UNREACH: u8 = 3;
-const ICMP_TIME_EXCEEDED: u8 = 11;
-const ICMP_HEADER_LEN: usize = 8;
-const ICMP_CHECKSUM: usize = 2;
-/// Offsets within the quoted IPv4 header, as in the outer one.
-const IP_CHECKSUM: usize = IPV4_CHECKSUM_OFFSET - L3_OFFSET;
-const IP_SRC: usize = IPV4_SRC_OFFSET - L3_OFFSET;
-const IP_DST: usize = IPV4_DST_OFFSET - L3_OFFSET;
 
 /// Where the quoted packet sits in the frame and what it was.
 struct Quote {
@@ -44,14 +43,14 @@ struct Quote {
     ip: usize,
     l4: usize,
     proto: u8,
-    src: Endpoint,
-    dst: Endpoint,
+    src: FlowEnd,
+    dst: FlowEnd,
 }
 
 /// Translates an ICMP error quoting a packet of a tracked flow; any other packet is left
 /// alone (`OtherProtocol`, as before). Call it for packets that are neither TCP nor UDP.
 #[inline(always)]
-pub fn translate<P: Packet, M: Maps>(pkt: &mut P, maps: &mut M) -> Result<Counter, Error> {
+pub fn translate<P: Packet, M: MapAccess>(pkt: &mut P, maps: &mut M) -> Result<Counter, Error> {
     let not_ours = Error::untouched(Counter::OtherProtocol);
     let quote = quote(pkt).ok_or(not_ours)?;
     let answer = CtKey {
@@ -63,11 +62,11 @@ pub fn translate<P: Packet, M: Maps>(pkt: &mut P, maps: &mut M) -> Result<Counte
         _pad: [0; 3],
     };
     let entry = maps.peek_conntrack(&answer).ok_or(not_ours)?;
-    let nat = Endpoint {
+    let nat = FlowEnd {
         addr: v4(&entry.nat_addr),
         port: entry.nat_port,
     };
-    let snat = Endpoint {
+    let snat = FlowEnd {
         addr: v4(&entry.snat_addr),
         port: entry.snat_port,
     };
@@ -89,42 +88,35 @@ pub fn translate<P: Packet, M: Maps>(pkt: &mut P, maps: &mut M) -> Result<Counte
 /// Parses an unfragmented IPv4 ICMP error quoting an IPv4 TCP or UDP packet's ports.
 #[inline(always)]
 fn quote<P: Packet>(pkt: &P) -> Option<Quote> {
-    let outer: [u8; IPV4_MIN_HEADER_LEN] = pkt.load(L3_OFFSET)?;
-    if outer[9] != IPPROTO_ICMP
-        || u16::from_be_bytes([outer[6], outer[7]]) & IPV4_FRAGMENT_MASK != 0
-    {
+    let outer: Ipv4Header = pkt.load(ETH_HLEN)?;
+    if outer[IPV4_PROTO] != IPPROTO_ICMP || is_fragment(&outer) {
         return None;
     }
-    let icmp = L3_OFFSET + usize::from(outer[0] & 0x0f) * 4;
+    let icmp = ETH_HLEN + ipv4_header_len(&outer);
     let [icmp_type, _code]: [u8; 2] = pkt.load(icmp)?;
-    if icmp_type != ICMP_DEST_UNREACH && icmp_type != ICMP_TIME_EXCEEDED {
+    if icmp_type != icmp::DEST_UNREACH && icmp_type != icmp::TIME_EXCEEDED {
         return None;
     }
-    let ip = icmp + ICMP_HEADER_LEN;
-    let inner: [u8; IPV4_MIN_HEADER_LEN] = pkt.load(ip)?;
-    let header_len = usize::from(inner[0] & 0x0f) * 4;
-    let proto = inner[9];
-    if inner[0] >> 4 != 4
-        || header_len < IPV4_MIN_HEADER_LEN
+    let ip = icmp + ICMP_HLEN;
+    let inner: Ipv4Header = pkt.load(ip)?;
+    let header_len = ipv4_header_len(&inner);
+    let proto = inner[IPV4_PROTO];
+    if !is_ipv4(&inner)
+        || header_len < IPV4_MIN_HLEN
         || (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
     {
         return None;
     }
     let l4 = ip + header_len;
     let ports: [u8; 4] = pkt.load(l4)?;
+    let (src, dst) = flow_ends(&inner, ports);
     Some(Quote {
         icmp,
         ip,
         l4,
         proto,
-        src: Endpoint {
-            addr: [inner[12], inner[13], inner[14], inner[15]],
-            port: [ports[0], ports[1]],
-        },
-        dst: Endpoint {
-            addr: [inner[16], inner[17], inner[18], inner[19]],
-            port: [ports[2], ports[3]],
-        },
+        src,
+        dst,
     })
 }
 
@@ -132,28 +124,27 @@ fn quote<P: Packet>(pkt: &P) -> Option<Quote> {
 /// outer source, when it was the quote's old destination (the erring host was the quoted
 /// packet's destination itself), the quote's new destination; keeps every checksum valid.
 #[inline(always)]
-fn rewrite<P: Packet>(pkt: &mut P, quote: &Quote, src: Endpoint, dst: Endpoint) -> Option<()> {
+fn rewrite<P: Packet>(pkt: &mut P, quote: &Quote, src: FlowEnd, dst: FlowEnd) -> Option<()> {
     let icmp_checksum: [u8; 2] = pkt.load(quote.icmp + ICMP_CHECKSUM)?;
-    let ip_checksum: [u8; 2] = pkt.load(quote.ip + IP_CHECKSUM)?;
+    let ip_checksum: [u8; 2] = pkt.load(quote.ip + IPV4_CHECKSUM)?;
     let ip_checksum_new = checksum::replace4(
         checksum::replace4(ip_checksum, quote.src.addr, src.addr),
         quote.dst.addr,
         dst.addr,
     );
-    let mut icmp_checksum = checksum::replace2(icmp_checksum, ip_checksum, ip_checksum_new);
-    icmp_checksum = checksum::replace4(icmp_checksum, quote.src.addr, src.addr);
-    icmp_checksum = checksum::replace4(icmp_checksum, quote.dst.addr, dst.addr);
-    icmp_checksum = checksum::replace2(icmp_checksum, quote.src.port, src.port);
-    icmp_checksum = checksum::replace2(icmp_checksum, quote.dst.port, dst.port);
+    let icmp_checksum = checksum::replace2(icmp_checksum, ip_checksum, ip_checksum_new);
+    let mut icmp_checksum = replace_ends(icmp_checksum, quote, src, dst);
 
     // The quoted TCP/UDP checksum, when the quote reaches it (a UDP 0 means none).
-    let l4_checksum_at = quote.l4 + if quote.proto == IPPROTO_UDP { 6 } else { 16 };
+    let l4_checksum_at = quote.l4
+        + if quote.proto == IPPROTO_UDP {
+            UDP_CHECKSUM
+        } else {
+            TCP_CHECKSUM
+        };
     if let Some(l4_checksum) = pkt.load::<2>(l4_checksum_at) {
         if !(quote.proto == IPPROTO_UDP && l4_checksum == [0, 0]) {
-            let mut new = checksum::replace4(l4_checksum, quote.src.addr, src.addr);
-            new = checksum::replace4(new, quote.dst.addr, dst.addr);
-            new = checksum::replace2(new, quote.src.port, src.port);
-            new = checksum::replace2(new, quote.dst.port, dst.port);
+            let mut new = replace_ends(l4_checksum, quote, src, dst);
             if quote.proto == IPPROTO_UDP && new == [0, 0] {
                 new = [0xff, 0xff];
             }
@@ -161,9 +152,9 @@ fn rewrite<P: Packet>(pkt: &mut P, quote: &Quote, src: Endpoint, dst: Endpoint) 
             pkt.store(l4_checksum_at, new)?;
         }
     }
-    pkt.store(quote.ip + IP_SRC, src.addr)?;
-    pkt.store(quote.ip + IP_DST, dst.addr)?;
-    pkt.store(quote.ip + IP_CHECKSUM, ip_checksum_new)?;
+    pkt.store(quote.ip + IPV4_SRC, src.addr)?;
+    pkt.store(quote.ip + IPV4_DST, dst.addr)?;
+    pkt.store(quote.ip + IPV4_CHECKSUM, ip_checksum_new)?;
     pkt.store(quote.l4, src.port)?;
     pkt.store(quote.l4 + 2, dst.port)?;
     pkt.store(quote.icmp + ICMP_CHECKSUM, icmp_checksum)?;
@@ -186,154 +177,14 @@ fn rewrite<P: Packet>(pkt: &mut P, quote: &Quote, src: Endpoint, dst: Endpoint) 
     pkt.store(IPV4_CHECKSUM_OFFSET, outer_checksum)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::{
-        error::Verdict,
-        lb::process,
-        testing::{frame, icmp_error, FakeMaps, FrameSpec, SlicePacket, CLIENT, VIP},
-    };
-    use lb_common::{service::scope, Backend, NodeConfig};
-
-    const SERVICE_ID: u32 = 6;
-    const BACKEND: Endpoint = Endpoint {
-        addr: [198, 18, 2, 9],
-        port: 8053u16.to_be_bytes(),
-    };
-    const NODE: [u8; 4] = [198, 18, 0, 1];
-    const ROUTER: [u8; 4] = [198, 18, 9, 1];
-    const PORT_UNREACH: (u8, u8) = (3, 3);
-    const FRAG_NEEDED: (u8, u8) = (3, 4);
-
-    /// A service at VIP (both scopes) with one backend on another node; the node
-    /// masquerades when `masquerading`.
-    fn maps(proto: u8, masquerading: bool) -> FakeMaps {
-        let backend = Backend::new(ipv4_mapped(BACKEND.addr), 8053);
-        let mut maps = FakeMaps::one_backend(proto, SERVICE_ID, 40, backend);
-        if masquerading {
-            maps.config = NodeConfig::masquerading(ipv4_mapped(NODE), 61_000, 61_000);
-        }
-        maps
-    }
-
-    fn run(maps: &mut FakeMaps, bytes: Vec<u8>, hook_scope: u8) -> (Verdict, Vec<u8>) {
-        let mut pkt = SlicePacket::new(bytes);
-        let verdict = process(&mut pkt, maps, hook_scope);
-        (verdict, pkt.bytes)
-    }
-
-    /// The client's first packet, and what it became on the way to the backend.
-    fn request(maps: &mut FakeMaps, proto: u8, hook_scope: u8) -> (Vec<u8>, Vec<u8>) {
-        let spec = match proto {
-            IPPROTO_TCP => FrameSpec::tcp_syn(),
-            _ => FrameSpec::udp(),
-        };
-        let sent = frame(&spec);
-        let (verdict, translated) = run(maps, sent.clone(), hook_scope);
-        assert_eq!(verdict, Verdict::Pass);
-        (sent, translated)
-    }
-
-    /// The IPv4 packet inside a frame, cut to `len` bytes when given.
-    fn ip_packet(frame: &[u8], len: Option<usize>) -> Vec<u8> {
-        let packet = &frame[L3_OFFSET..];
-        packet[..len.unwrap_or(packet.len())].to_vec()
-    }
-
-    fn translated(maps: &mut FakeMaps, error: Vec<u8>, hook_scope: u8) -> Vec<u8> {
-        let (verdict, out) = run(maps, error, hook_scope);
-        assert_eq!(verdict, Verdict::Pass);
-        assert_eq!(maps.counter_value(Counter::IcmpErrorTranslated), 1);
-        out
-    }
-
-    #[test]
-    fn a_backends_port_unreachable_reaches_the_client_from_the_vip_quoting_its_request() {
-        for proto in [IPPROTO_UDP, IPPROTO_TCP] {
-            let mut maps = maps(proto, false);
-            let (sent, at_backend) = request(&mut maps, proto, scope::INTERNAL);
-            let (t, c) = PORT_UNREACH;
-            let error = icmp_error(
-                BACKEND.addr,
-                CLIENT.addr,
-                t,
-                c,
-                &ip_packet(&at_backend, None),
-            );
-            let out = translated(&mut maps, error, scope::INTERNAL);
-            let expected = icmp_error(VIP.addr, CLIENT.addr, t, c, &ip_packet(&sent, None));
-            assert_eq!(out, expected, "proto {proto}");
-        }
-    }
-
-    #[test]
-    fn a_routers_fragmentation_needed_for_a_masqueraded_request_reaches_the_client() {
-        let mut maps = maps(IPPROTO_TCP, true);
-        let (sent, at_backend) = request(&mut maps, IPPROTO_TCP, scope::EXTERNAL);
-        assert_eq!(at_backend[26..30], NODE, "masqueraded");
-        let (t, c) = FRAG_NEEDED;
-        // Quoting the IPv4 header and the first 8 bytes only: no TCP checksum to fix.
-        let quoted = ip_packet(&at_backend, Some(28));
-        let out = translated(
-            &mut maps,
-            icmp_error(ROUTER, NODE, t, c, &quoted),
-            scope::EXTERNAL,
-        );
-        let expected = icmp_error(ROUTER, CLIENT.addr, t, c, &ip_packet(&sent, Some(28)));
-        assert_eq!(out, expected);
-    }
-
-    #[test]
-    fn an_error_about_a_masqueraded_reply_reaches_the_backend_quoting_its_answer() {
-        let mut maps = maps(IPPROTO_UDP, true);
-        let (_, at_backend) = request(&mut maps, IPPROTO_UDP, scope::EXTERNAL);
-        let node_port: [u8; 2] = at_backend[34..36].try_into().unwrap();
-        let answer = frame(&FrameSpec {
-            src: BACKEND,
-            dst: Endpoint {
-                addr: NODE,
-                port: node_port,
-            },
-            ..FrameSpec::udp()
-        });
-        let (_, at_client) = run(&mut maps, answer.clone(), scope::EXTERNAL);
-        // The client's host has closed the port meanwhile.
-        let (t, c) = PORT_UNREACH;
-        let error = icmp_error(CLIENT.addr, VIP.addr, t, c, &ip_packet(&at_client, None));
-        let out = translated(&mut maps, error, scope::EXTERNAL);
-        let expected = icmp_error(NODE, BACKEND.addr, t, c, &ip_packet(&answer, None));
-        assert_eq!(out, expected);
-    }
-
-    #[test]
-    fn errors_about_untracked_packets_and_other_icmp_pass_untouched() {
-        let mut maps = maps(IPPROTO_UDP, false);
-        let (_, at_backend) = request(&mut maps, IPPROTO_UDP, scope::INTERNAL);
-        let (t, c) = PORT_UNREACH;
-        let other = frame(&FrameSpec {
-            src: Endpoint {
-                addr: [198, 18, 0, 99],
-                port: 5000u16.to_be_bytes(),
-            },
-            ..FrameSpec::udp()
-        });
-        let untracked = icmp_error(
-            BACKEND.addr,
-            [198, 18, 0, 99],
-            t,
-            c,
-            &ip_packet(&other, None),
-        );
-        let quoted = ip_packet(&at_backend, None);
-        let echo = icmp_error(BACKEND.addr, CLIENT.addr, 8, 0, &quoted);
-        let mut cut = icmp_error(BACKEND.addr, CLIENT.addr, t, c, &quoted);
-        cut.truncate(L3_OFFSET + 20 + 8 + 20 + 2);
-        for bytes in [untracked, echo, cut] {
-            let (verdict, out) = run(&mut maps, bytes.clone(), scope::INTERNAL);
-            assert_eq!((verdict, out), (Verdict::Pass, bytes));
-        }
-        assert_eq!(maps.counter_value(Counter::IcmpErrorTranslated), 0);
-        assert_eq!(maps.counter_value(Counter::OtherProtocol), 3);
-    }
+/// `check` updated for the quoted packet's addresses and ports becoming `src -> dst`.
+#[inline(always)]
+fn replace_ends(check: [u8; 2], quote: &Quote, src: FlowEnd, dst: FlowEnd) -> [u8; 2] {
+    let check = checksum::replace4(check, quote.src.addr, src.addr);
+    let check = checksum::replace4(check, quote.dst.addr, dst.addr);
+    let check = checksum::replace2(check, quote.src.port, src.port);
+    checksum::replace2(check, quote.dst.port, dst.port)
 }
+
+#[cfg(test)]
+mod tests;

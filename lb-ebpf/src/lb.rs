@@ -13,9 +13,9 @@ use crate::{
     context::Packet,
     error::{Error, Verdict},
     icmp_error, log,
-    maps::Maps,
+    maps::MapAccess,
     masquerade,
-    parse::{self, Endpoint, Ipv4Flow},
+    parse::{self, FlowEnd, Ipv4Flow},
     port_reuse, reject,
     rewrite::Side,
     select, stats,
@@ -25,7 +25,7 @@ use crate::{
 /// and returns what the hook should do with it. `scope` is the hook's service lookup scope
 /// (`lb_common::service::scope`).
 #[inline(always)]
-pub fn process<P: Packet, M: Maps>(pkt: &mut P, maps: &mut M, scope: u8) -> Verdict {
+pub fn process<P: Packet, M: MapAccess>(pkt: &mut P, maps: &mut M, scope: u8) -> Verdict {
     stats::count(maps, Counter::Packets);
     match try_process(pkt, maps, scope) {
         Ok(outcome) => {
@@ -50,7 +50,11 @@ pub fn process<P: Packet, M: Maps>(pkt: &mut P, maps: &mut M, scope: u8) -> Verd
 
 /// Translates the packet, or turns it into a reject; returns the counter of what was done.
 #[inline(always)]
-fn try_process<P: Packet, M: Maps>(pkt: &mut P, maps: &mut M, scope: u8) -> Result<Counter, Error> {
+fn try_process<P: Packet, M: MapAccess>(
+    pkt: &mut P,
+    maps: &mut M,
+    scope: u8,
+) -> Result<Counter, Error> {
     let flow = match parse::ipv4_flow(pkt) {
         Ok(flow) => flow,
         Err(e) if e.reason == Counter::OtherProtocol => return icmp_error::translate(pkt, maps),
@@ -70,7 +74,11 @@ fn try_process<P: Packet, M: Maps>(pkt: &mut P, maps: &mut M, scope: u8) -> Resu
 /// Which side of a packet with a conntrack entry to translate, or `None` when the flow must
 /// start over.
 #[inline(always)]
-fn established<M: Maps>(maps: &mut M, flow: &Ipv4Flow, entry: &CtValue) -> Option<(Side, Counter)> {
+fn established<M: MapAccess>(
+    maps: &mut M,
+    flow: &Ipv4Flow,
+    entry: &CtValue,
+) -> Option<(Side, Counter)> {
     match entry.flags & ct_flags::DIRECTION {
         ct_flags::REPLY => Some((Side::Source, Counter::ReplyTranslated)),
         // Established TCP connections keep their backend even after it left the service, so
@@ -90,7 +98,7 @@ fn established<M: Maps>(maps: &mut M, flow: &Ipv4Flow, entry: &CtValue) -> Optio
 
 /// Assigns a backend to the first packet of a flow, records both directions and translates.
 #[inline(always)]
-fn new_flow<P: Packet, M: Maps>(
+fn new_flow<P: Packet, M: MapAccess>(
     pkt: &mut P,
     maps: &mut M,
     flow: &Ipv4Flow,
@@ -155,7 +163,7 @@ fn new_flow<P: Packet, M: Maps>(
 /// The slot and backend id for a new flow: the client's remembered backend when the service
 /// has session affinity and the memory still holds, else the slot the flow hashes to.
 #[inline(always)]
-fn choose<M: Maps>(
+fn choose<M: MapAccess>(
     maps: &mut M,
     key: &CtKey,
     service: &ServiceValue,
@@ -179,7 +187,7 @@ fn choose<M: Maps>(
 /// A new flow for a service without a usable backend: rejected with ICMP port unreachable
 /// (kube-proxy's REJECT), or dropped when the service says so or no ICMP error may be sent.
 #[inline(always)]
-fn no_backend<P: Packet, M: Maps>(
+fn no_backend<P: Packet, M: MapAccess>(
     pkt: &mut P,
     maps: &mut M,
     flow: &Ipv4Flow,
@@ -199,7 +207,7 @@ fn no_backend<P: Packet, M: Maps>(
 /// Rewrites `side` of the packet to the entry's NAT address (and, for a masqueraded flow, the
 /// other side to its SNAT address) and accounts it to the service.
 #[inline(always)]
-fn translate<P: Packet, M: Maps>(
+fn translate<P: Packet, M: MapAccess>(
     pkt: &mut P,
     maps: &mut M,
     flow: &Ipv4Flow,
@@ -207,7 +215,7 @@ fn translate<P: Packet, M: Maps>(
     entry: &CtValue,
     outcome: Counter,
 ) -> Result<Counter, Error> {
-    let to = Endpoint {
+    let to = FlowEnd {
         addr: conntrack::v4(&entry.nat_addr),
         port: entry.nat_port,
     };
@@ -215,7 +223,7 @@ fn translate<P: Packet, M: Maps>(
     let failed = Error::dropped(Counter::DropRewriteFailed, service_id);
     pkt.rewrite(flow, side, to).map_err(|_| failed)?;
     if entry.flags & ct_flags::SNAT != 0 {
-        let other = Endpoint {
+        let other = FlowEnd {
             addr: conntrack::v4(&entry.snat_addr),
             port: entry.snat_port,
         };
@@ -234,703 +242,16 @@ fn restarts_when_gone(flow: &Ipv4Flow) -> bool {
 
 /// Whether a forward entry's backend was removed or replaced since the flow started.
 #[inline(always)]
-fn backend_gone<M: Maps>(maps: &mut M, entry: &CtValue) -> bool {
+fn backend_gone<M: MapAccess>(maps: &mut M, entry: &CtValue) -> bool {
     !conntrack::backend_matches(entry, maps.backend(entry.backend_id).as_ref())
 }
 
 /// Removes both entries of a flow, given its forward key and entry.
 #[inline(always)]
-fn forget<M: Maps>(maps: &mut M, key: &CtKey, entry: &CtValue) {
+fn forget<M: MapAccess>(maps: &mut M, key: &CtKey, entry: &CtValue) {
     maps.remove_conntrack(&conntrack::reply_key_of(key, entry));
     maps.remove_conntrack(key);
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::testing::{checksums_valid, frame, FakeMaps, FrameSpec, SlicePacket, CLIENT, VIP};
-    use lb_common::{ipv4_mapped, service::scope, Backend, IPPROTO_TCP, IPPROTO_UDP};
-
-    const SERVICE_ID: u32 = 3;
-    const BACKENDS: [(u32, Endpoint); 2] = [
-        (
-            10,
-            Endpoint {
-                addr: [198, 18, 1, 1],
-                port: 8080u16.to_be_bytes(),
-            },
-        ),
-        (
-            11,
-            Endpoint {
-                addr: [198, 18, 1, 2],
-                port: 8080u16.to_be_bytes(),
-            },
-        ),
-    ];
-
-    fn backend(ep: Endpoint) -> Backend {
-        Backend::new(ipv4_mapped(ep.addr), u16::from_be_bytes(ep.port))
-    }
-
-    /// A service at VIP with both backends, for `proto`.
-    fn maps_with_service(proto: u8) -> FakeMaps {
-        let mut maps = FakeMaps {
-            now_ns: 10_000_000_000,
-            ..FakeMaps::default()
-        };
-        let key = ServiceKey::new(
-            ipv4_mapped(VIP.addr),
-            u16::from_be_bytes(VIP.port),
-            proto,
-            scope::INTERNAL,
-        );
-        maps.services.insert(
-            key,
-            ServiceValue {
-                id: SERVICE_ID,
-                backend_count: BACKENDS.len() as u32,
-                ..ServiceValue::default()
-            },
-        );
-        for (slot, (id, ep)) in BACKENDS.iter().enumerate() {
-            maps.backends.insert(*id, backend(*ep));
-            let slot = slot as u32 + 1;
-            maps.slots.insert(
-                BackendSlotKey {
-                    service_id: SERVICE_ID,
-                    slot,
-                },
-                *id,
-            );
-        }
-        maps
-    }
-
-    /// Runs `spec`'s frame through the pipeline; returns the verdict and the output frame.
-    fn run(maps: &mut FakeMaps, spec: &FrameSpec) -> (Verdict, Vec<u8>) {
-        let mut pkt = SlicePacket::new(frame(spec));
-        let verdict = process(&mut pkt, maps, scope::INTERNAL);
-        (verdict, pkt.bytes)
-    }
-
-    /// The backend the pipeline will pick for `spec`'s flow.
-    fn chosen(spec: &FrameSpec) -> (u32, Endpoint) {
-        let flow = parse::ipv4_flow(&SlicePacket::new(frame(spec))).unwrap();
-        let slot = select::slot(&conntrack::key_of(&flow), BACKENDS.len() as u32);
-        BACKENDS[slot as usize - 1]
-    }
-
-    fn ack(spec: &FrameSpec) -> FrameSpec {
-        FrameSpec {
-            tcp_flags: 0x10,
-            ..spec.clone()
-        }
-    }
-
-    #[test]
-    fn new_flow_is_translated_to_the_selected_backend() {
-        let mut maps = maps_with_service(IPPROTO_TCP);
-        let syn = FrameSpec::tcp_syn();
-        let (_, target) = chosen(&syn);
-        let (verdict, out) = run(&mut maps, &syn);
-        assert_eq!(verdict, Verdict::Pass);
-        assert_eq!(out, frame(&FrameSpec { dst: target, ..syn }));
-        assert!(checksums_valid(&out));
-        assert_eq!(maps.conntrack.len(), 2);
-        assert_eq!(maps.counter_value(Counter::Packets), 1);
-        assert_eq!(maps.counter_value(Counter::NewFlows), 1);
-        let stats = maps.stats_of(SERVICE_ID);
-        assert_eq!(
-            (stats.packets, stats.bytes, stats.new_flows),
-            (1, out.len() as u64, 1)
-        );
-    }
-
-    #[test]
-    fn replies_are_translated_back_to_the_vip() {
-        let mut maps = maps_with_service(IPPROTO_TCP);
-        let syn = FrameSpec::tcp_syn();
-        let (_, target) = chosen(&syn);
-        run(&mut maps, &syn);
-        let syn_ack = FrameSpec {
-            src: target,
-            tcp_flags: 0x12,
-            ..syn.reversed()
-        };
-        let (verdict, out) = run(&mut maps, &syn_ack);
-        assert_eq!(verdict, Verdict::Pass);
-        assert_eq!(
-            out,
-            frame(&FrameSpec {
-                src: VIP,
-                ..syn_ack
-            })
-        );
-        assert_eq!(maps.counter_value(Counter::ReplyTranslated), 1);
-        assert_eq!(maps.stats_of(SERVICE_ID).packets, 2);
-        assert_eq!(maps.stats_of(SERVICE_ID).new_flows, 1);
-    }
-
-    #[test]
-    fn established_flows_keep_their_backend_when_it_leaves_the_service() {
-        let mut maps = maps_with_service(IPPROTO_TCP);
-        let syn = FrameSpec::tcp_syn();
-        let (id, target) = chosen(&syn);
-        run(&mut maps, &syn);
-        maps.backends.remove(&id);
-        maps.slots.clear();
-        maps.services.values_mut().for_each(|s| s.backend_count = 0);
-        let (verdict, out) = run(&mut maps, &ack(&syn));
-        assert_eq!(verdict, Verdict::Pass);
-        assert_eq!(
-            out,
-            frame(&FrameSpec {
-                dst: target,
-                ..ack(&syn)
-            })
-        );
-        assert_eq!(maps.counter_value(Counter::ForwardTranslated), 1);
-    }
-
-    #[test]
-    fn a_syn_for_a_removed_backend_selects_anew() {
-        let mut maps = maps_with_service(IPPROTO_TCP);
-        let syn = FrameSpec::tcp_syn();
-        let (gone_id, gone) = chosen(&syn);
-        run(&mut maps, &syn);
-        let other = only_the_other_backend(&mut maps, gone_id);
-
-        let (verdict, out) = run(&mut maps, &syn);
-        assert_eq!(verdict, Verdict::Pass);
-        assert_eq!(
-            out,
-            frame(&FrameSpec {
-                dst: other,
-                ..syn.clone()
-            })
-        );
-        assert_eq!(maps.counter_value(Counter::NewFlows), 2);
-        // The old reply entry is gone, the new one is there.
-        let stale = conntrack::reply_key(&key(&syn), ipv4_mapped(gone.addr), gone.port);
-        assert!(!maps.conntrack.contains_key(&stale));
-        let fresh = conntrack::reply_key(&key(&syn), ipv4_mapped(other.addr), other.port);
-        assert!(maps.conntrack.contains_key(&fresh));
-        assert_eq!(maps.conntrack.len(), 2);
-    }
-
-    /// Leaves only the backend other than `gone_id` in the service, in slot 1; returns it.
-    fn only_the_other_backend(maps: &mut FakeMaps, gone_id: u32) -> Endpoint {
-        let (other_id, other) = *BACKENDS.iter().find(|(id, _)| *id != gone_id).unwrap();
-        maps.backends.remove(&gone_id);
-        maps.slots.clear();
-        maps.slots.insert(
-            BackendSlotKey {
-                service_id: SERVICE_ID,
-                slot: 1,
-            },
-            other_id,
-        );
-        maps.services.values_mut().for_each(|s| s.backend_count = 1);
-        other
-    }
-
-    #[test]
-    fn a_udp_flow_whose_backend_left_moves_to_a_live_one() {
-        let mut maps = maps_with_service(IPPROTO_UDP);
-        let udp = FrameSpec::udp();
-        let (gone_id, gone) = chosen(&udp);
-        run(&mut maps, &udp);
-        let other = only_the_other_backend(&mut maps, gone_id);
-
-        let (verdict, out) = run(&mut maps, &udp);
-        assert_eq!(verdict, Verdict::Pass);
-        assert_eq!(
-            out,
-            frame(&FrameSpec {
-                dst: other,
-                ..udp.clone()
-            })
-        );
-        assert_eq!(maps.counter_value(Counter::NewFlows), 2);
-        let stale = conntrack::reply_key(&key(&udp), ipv4_mapped(gone.addr), gone.port);
-        assert!(!maps.conntrack.contains_key(&stale));
-        assert_eq!(maps.conntrack.len(), 2);
-        // The live backend's answers come back from the VIP.
-        let answer = FrameSpec {
-            src: other,
-            ..udp.reversed()
-        };
-        let (_, out) = run(&mut maps, &answer);
-        assert_eq!(out, frame(&FrameSpec { src: VIP, ..answer }));
-    }
-
-    #[test]
-    fn a_udp_flow_keeps_a_live_backend_when_the_slots_change() {
-        let mut maps = maps_with_service(IPPROTO_UDP);
-        let udp = FrameSpec::udp();
-        let (_, target) = chosen(&udp);
-        run(&mut maps, &udp);
-        for backend in maps.slots.values_mut() {
-            *backend = BACKENDS[usize::from(*backend == BACKENDS[0].0)].0;
-        }
-        let (_, out) = run(&mut maps, &udp);
-        assert_eq!(out, frame(&FrameSpec { dst: target, ..udp }));
-        assert_eq!(maps.counter_value(Counter::ForwardTranslated), 1);
-    }
-
-    #[test]
-    fn a_syn_for_a_replaced_backend_selects_anew() {
-        let mut maps = maps_with_service(IPPROTO_TCP);
-        let syn = FrameSpec::tcp_syn();
-        let (id, _) = chosen(&syn);
-        run(&mut maps, &syn);
-        let moved = Endpoint {
-            addr: [198, 18, 1, 99],
-            port: 9090u16.to_be_bytes(),
-        };
-        maps.backends.insert(id, backend(moved));
-        let (_, out) = run(&mut maps, &syn);
-        assert_eq!(out, frame(&FrameSpec { dst: moved, ..syn }));
-    }
-
-    #[test]
-    fn a_syn_for_a_live_backend_follows_conntrack() {
-        let mut maps = maps_with_service(IPPROTO_TCP);
-        let syn = FrameSpec::tcp_syn();
-        let (_, target) = chosen(&syn);
-        run(&mut maps, &syn);
-        let (_, out) = run(&mut maps, &syn);
-        assert_eq!(out, frame(&FrameSpec { dst: target, ..syn }));
-        assert_eq!(maps.counter_value(Counter::ForwardTranslated), 1);
-        assert_eq!(maps.counter_value(Counter::NewFlows), 1);
-    }
-
-    #[test]
-    fn a_syn_for_a_removed_service_passes_untouched_and_forgets_the_flow() {
-        let mut maps = maps_with_service(IPPROTO_TCP);
-        let syn = FrameSpec::tcp_syn();
-        let (id, _) = chosen(&syn);
-        run(&mut maps, &syn);
-        maps.services.clear();
-        maps.backends.remove(&id);
-        let (verdict, out) = run(&mut maps, &syn);
-        assert_eq!((verdict, out), (Verdict::Pass, frame(&syn)));
-        assert_eq!(maps.counter_value(Counter::NotService), 1);
-        assert!(maps.conntrack.is_empty());
-    }
-
-    #[test]
-    fn udp_flows_work_both_ways() {
-        let mut maps = maps_with_service(IPPROTO_UDP);
-        let query = FrameSpec::udp();
-        let (_, target) = chosen(&query);
-        let (_, out) = run(&mut maps, &query);
-        assert_eq!(
-            out,
-            frame(&FrameSpec {
-                dst: target,
-                ..query.clone()
-            })
-        );
-        let answer = FrameSpec {
-            src: target,
-            ..query.reversed()
-        };
-        let (_, out) = run(&mut maps, &answer);
-        assert_eq!(out, frame(&FrameSpec { src: VIP, ..answer }));
-    }
-
-    #[test]
-    fn other_traffic_passes_untouched() {
-        let mut maps = maps_with_service(IPPROTO_TCP);
-        let other_port = FrameSpec {
-            dst: Endpoint {
-                port: 443u16.to_be_bytes(),
-                ..VIP
-            },
-            ..FrameSpec::tcp_syn()
-        };
-        let udp_same_port = FrameSpec::udp();
-        for spec in [other_port, udp_same_port] {
-            let (verdict, out) = run(&mut maps, &spec);
-            assert_eq!((verdict, out), (Verdict::Pass, frame(&spec)));
-        }
-        assert_eq!(maps.counter_value(Counter::NotService), 2);
-        assert!(maps.conntrack.is_empty());
-    }
-
-    #[test]
-    fn malformed_packets_pass_untouched_and_are_counted() {
-        let mut maps = maps_with_service(IPPROTO_TCP);
-        let mut fragment = frame(&FrameSpec::tcp_syn());
-        fragment[20] |= 0x20; // more fragments
-        let mut pkt = SlicePacket::new(fragment.clone());
-        assert_eq!(process(&mut pkt, &mut maps, scope::INTERNAL), Verdict::Pass);
-        assert_eq!(pkt.bytes, fragment);
-        assert_eq!(maps.counter_value(Counter::Fragment), 1);
-        assert_eq!(maps.counter_value(Counter::Packets), 1);
-    }
-
-    /// `maps` with the service's backend count set to 0 and `flags` set.
-    fn without_backends(mut maps: FakeMaps, flags: u32) -> FakeMaps {
-        for s in maps.services.values_mut() {
-            s.backend_count = 0;
-            s.flags = flags;
-        }
-        maps
-    }
-
-    #[test]
-    fn a_service_without_backends_rejects_tcp_and_udp() {
-        for (proto, spec) in [
-            (IPPROTO_TCP, FrameSpec::tcp_syn()),
-            (IPPROTO_UDP, FrameSpec::udp()),
-        ] {
-            let mut maps = without_backends(maps_with_service(proto), 0);
-            let (verdict, out) = run(&mut maps, &spec);
-            assert_eq!(verdict, Verdict::SendBack, "{proto}");
-            let original = frame(&spec);
-            assert_eq!(&out[0..6], &original[6..12], "back to the sender's MAC");
-            assert_eq!(out[14 + 9], 1, "ICMP");
-            assert_eq!(&out[26..34], &[VIP.addr, spec.src.addr].concat());
-            assert_eq!(&out[34..36], &[3, 3], "port unreachable");
-            assert_eq!(&out[42..62], &original[14..34], "quotes the IPv4 header");
-            assert_eq!(maps.counter_value(Counter::RejectNoBackend), 1);
-            assert_eq!(maps.counter_value(Counter::Packets), 1);
-            let stats = maps.stats_of(SERVICE_ID);
-            assert_eq!((stats.rejects, stats.drops, stats.packets), (1, 0, 0));
-            assert!(maps.conntrack.is_empty());
-        }
-    }
-
-    #[test]
-    fn a_service_without_backends_that_drops_instead_drops() {
-        let mut maps = without_backends(
-            maps_with_service(IPPROTO_TCP),
-            service_flags::DROP_IF_NO_BACKEND,
-        );
-        let syn = FrameSpec::tcp_syn();
-        let (verdict, out) = run(&mut maps, &syn);
-        assert_eq!((verdict, out), (Verdict::Drop, frame(&syn)));
-        assert_eq!(maps.counter_value(Counter::DropNoBackend), 1);
-        assert_eq!(maps.counter_value(Counter::RejectNoBackend), 0);
-        let stats = maps.stats_of(SERVICE_ID);
-        assert_eq!((stats.drops, stats.rejects), (1, 0));
-    }
-
-    #[test]
-    fn no_icmp_error_goes_to_a_broadcast_or_multicast_source() {
-        let mut maps = without_backends(maps_with_service(IPPROTO_UDP), 0);
-        let spec = FrameSpec {
-            src: Endpoint {
-                addr: [255, 255, 255, 255],
-                ..CLIENT
-            },
-            ..FrameSpec::udp()
-        };
-        assert_eq!(run(&mut maps, &spec).0, Verdict::Drop);
-        assert_eq!(maps.counter_value(Counter::DropNoBackend), 1);
-    }
-
-    #[test]
-    fn a_reject_that_cannot_be_written_drops() {
-        let mut maps = without_backends(maps_with_service(IPPROTO_UDP), 0);
-        let mut pkt = SlicePacket::new(frame(&FrameSpec::udp()));
-        pkt.fail_resize = true;
-        assert_eq!(process(&mut pkt, &mut maps, scope::INTERNAL), Verdict::Drop);
-        assert_eq!(maps.counter_value(Counter::DropRewriteFailed), 1);
-        assert_eq!(maps.counter_value(Counter::RejectNoBackend), 0);
-        assert_eq!(maps.stats_of(SERVICE_ID).drops, 1);
-    }
-
-    /// `maps` with session affinity of `timeout_s` seconds on the service.
-    fn with_affinity(mut maps: FakeMaps, timeout_s: u32) -> FakeMaps {
-        for s in maps.services.values_mut() {
-            s.flags = service_flags::AFFINITY;
-            s.affinity_timeout_s = timeout_s;
-        }
-        maps
-    }
-
-    /// A SYN from `client` port `port` to the VIP.
-    fn syn_from(client: [u8; 4], port: u16) -> FrameSpec {
-        FrameSpec {
-            src: Endpoint {
-                addr: client,
-                port: port.to_be_bytes(),
-            },
-            ..FrameSpec::tcp_syn()
-        }
-    }
-
-    /// The backend a new flow's output frame was translated to.
-    fn target_of(out: &[u8]) -> [u8; 4] {
-        out[30..34].try_into().unwrap()
-    }
-
-    /// A source port from `client` whose flow hashes to a backend other than `not`.
-    fn port_hashing_away_from(client: [u8; 4], not: Endpoint) -> u16 {
-        (41_000..42_000)
-            .find(|p| chosen(&syn_from(client, *p)).1 != not)
-            .expect("some port hashes to the other backend")
-    }
-
-    #[test]
-    fn affinity_keeps_a_client_on_its_first_backend() {
-        let mut maps = with_affinity(maps_with_service(IPPROTO_TCP), 60);
-        let first = syn_from(CLIENT.addr, 40_000);
-        let (first_id, first_backend) = chosen(&first);
-        run(&mut maps, &first);
-        for port in 40_001..40_033 {
-            let (verdict, out) = run(&mut maps, &syn_from(CLIENT.addr, port));
-            assert_eq!(verdict, Verdict::Pass);
-            assert_eq!(target_of(&out), first_backend.addr, "port {port}");
-            assert!(checksums_valid(&out));
-        }
-        assert_eq!(maps.counter_value(Counter::NewFlows), 33);
-        let entry = maps.affinity[&affinity::key(ipv4_mapped(CLIENT.addr), SERVICE_ID)];
-        assert_eq!(entry.backend_id, first_id);
-        assert_eq!(entry.last_used_ns, maps.now_ns);
-    }
-
-    #[test]
-    fn affinity_is_per_client() {
-        let mut maps = with_affinity(maps_with_service(IPPROTO_TCP), 60);
-        let (_, first) = chosen(&syn_from(CLIENT.addr, 40_000));
-        run(&mut maps, &syn_from(CLIENT.addr, 40_000));
-        let other = [198, 18, 0, 11];
-        let port = port_hashing_away_from(other, first);
-        let (_, out) = run(&mut maps, &syn_from(other, port));
-        assert_ne!(target_of(&out), first.addr);
-        assert_eq!(maps.affinity.len(), 2);
-    }
-
-    #[test]
-    fn an_expired_affinity_selects_anew_and_is_renewed() {
-        let mut maps = with_affinity(maps_with_service(IPPROTO_TCP), 10);
-        let (_, first) = chosen(&syn_from(CLIENT.addr, 40_000));
-        run(&mut maps, &syn_from(CLIENT.addr, 40_000));
-        let away = port_hashing_away_from(CLIENT.addr, first);
-
-        maps.now_ns += 10_000_000_000 - 1;
-        let (_, out) = run(&mut maps, &syn_from(CLIENT.addr, away));
-        assert_eq!(target_of(&out), first.addr, "within the timeout");
-
-        // That flow renewed the entry: 10 s later it has expired.
-        maps.now_ns += 10_000_000_000;
-        let also_away = (away + 1..away + 1_000)
-            .find(|p| chosen(&syn_from(CLIENT.addr, *p)).1 != first)
-            .unwrap();
-        let (moved_id, moved) = chosen(&syn_from(CLIENT.addr, also_away));
-        let (_, out) = run(&mut maps, &syn_from(CLIENT.addr, also_away));
-        assert_eq!(
-            target_of(&out),
-            moved.addr,
-            "expired: the flow hash decides"
-        );
-        let entry = maps.affinity[&affinity::key(ipv4_mapped(CLIENT.addr), SERVICE_ID)];
-        assert_eq!(
-            (entry.backend_id, entry.last_used_ns),
-            (moved_id, maps.now_ns)
-        );
-
-        let (_, out) = run(&mut maps, &syn_from(CLIENT.addr, 39_999));
-        assert_eq!(target_of(&out), moved.addr, "the renewed entry holds");
-    }
-
-    #[test]
-    fn affinity_to_a_removed_backend_selects_anew() {
-        let mut maps = with_affinity(maps_with_service(IPPROTO_TCP), 60);
-        let (gone_id, gone) = chosen(&syn_from(CLIENT.addr, 40_000));
-        run(&mut maps, &syn_from(CLIENT.addr, 40_000));
-        let (other_id, other) = *BACKENDS.iter().find(|(id, _)| *id != gone_id).unwrap();
-        maps.slots.clear();
-        maps.slots.insert(
-            BackendSlotKey {
-                service_id: SERVICE_ID,
-                slot: 1,
-            },
-            other_id,
-        );
-        maps.backends.remove(&gone_id);
-        maps.services.values_mut().for_each(|s| s.backend_count = 1);
-        let (verdict, out) = run(&mut maps, &syn_from(CLIENT.addr, 40_001));
-        assert_eq!(verdict, Verdict::Pass);
-        assert_ne!(gone.addr, other.addr);
-        assert_eq!(target_of(&out), other.addr);
-        let entry = maps.affinity[&affinity::key(ipv4_mapped(CLIENT.addr), SERVICE_ID)];
-        assert_eq!((entry.backend_id, entry.slot), (other_id, 1));
-    }
-
-    #[test]
-    fn affinity_to_a_slot_that_changed_hands_selects_anew() {
-        let mut maps = with_affinity(maps_with_service(IPPROTO_TCP), 60);
-        let first = syn_from(CLIENT.addr, 40_000);
-        let remembered_slot = select::slot(&key(&first), 2);
-        run(&mut maps, &first);
-        // Swap the two backends' slots: the remembered slot now holds the other backend.
-        for backend in maps.slots.values_mut() {
-            *backend = BACKENDS[usize::from(*backend == BACKENDS[0].0)].0;
-        }
-        // A flow hashing to the other slot, so that following the remembered slot blindly
-        // would give a different answer than selecting anew.
-        let next = (40_001..41_000)
-            .map(|p| syn_from(CLIENT.addr, p))
-            .find(|s| select::slot(&key(s), 2) != remembered_slot)
-            .unwrap();
-        let hashed = maps.slots[&BackendSlotKey {
-            service_id: SERVICE_ID,
-            slot: select::slot(&key(&next), 2),
-        }];
-        let (_, out) = run(&mut maps, &next);
-        assert_eq!(target_of(&out), backend_addr(hashed));
-        let entry = maps.affinity[&affinity::key(ipv4_mapped(CLIENT.addr), SERVICE_ID)];
-        assert_eq!(entry.backend_id, hashed);
-    }
-
-    fn backend_addr(id: u32) -> [u8; 4] {
-        BACKENDS.iter().find(|(i, _)| *i == id).unwrap().1.addr
-    }
-
-    #[test]
-    fn services_without_affinity_leave_the_affinity_map_alone() {
-        let mut maps = maps_with_service(IPPROTO_TCP);
-        for port in 40_000..40_008 {
-            run(&mut maps, &syn_from(CLIENT.addr, port));
-        }
-        assert!(maps.affinity.is_empty());
-        assert_eq!(maps.counter_value(Counter::NewFlows), 8);
-    }
-
-    #[test]
-    fn established_flows_follow_conntrack_not_affinity() {
-        let mut maps = with_affinity(maps_with_service(IPPROTO_TCP), 60);
-        let syn = syn_from(CLIENT.addr, 40_000);
-        let (_, target) = chosen(&syn);
-        run(&mut maps, &syn);
-        // Another backend is remembered now (as if another flow had renewed the entry).
-        let other = BACKENDS.iter().position(|(_, ep)| *ep != target).unwrap();
-        let client = affinity::key(ipv4_mapped(CLIENT.addr), SERVICE_ID);
-        maps.affinity.insert(
-            client,
-            affinity::record(BACKENDS[other].0, other as u32 + 1, maps.now_ns),
-        );
-        let (_, out) = run(&mut maps, &ack(&syn));
-        assert_eq!(target_of(&out), target.addr);
-        assert_eq!(maps.counter_value(Counter::ForwardTranslated), 1);
-    }
-
-    #[test]
-    fn each_hook_looks_up_its_own_scope() {
-        // The INTERNAL entry balances to backend 10 only, the EXTERNAL one to backend 11 only.
-        let mut maps = maps_with_service(IPPROTO_TCP);
-        let internal = *maps.services.keys().next().unwrap();
-        let external = ServiceKey {
-            scope: scope::EXTERNAL,
-            ..internal
-        };
-        let one_backend = |id| ServiceValue {
-            id,
-            backend_count: 1,
-            ..ServiceValue::default()
-        };
-        maps.services.insert(internal, one_backend(SERVICE_ID));
-        maps.services.insert(external, one_backend(SERVICE_ID + 1));
-        maps.slots.insert(
-            BackendSlotKey {
-                service_id: SERVICE_ID + 1,
-                slot: 1,
-            },
-            BACKENDS[1].0,
-        );
-        let syn = FrameSpec::tcp_syn();
-        for (hook_scope, id, backend) in [
-            (scope::INTERNAL, SERVICE_ID, BACKENDS[0].1),
-            (scope::EXTERNAL, SERVICE_ID + 1, BACKENDS[1].1),
-        ] {
-            maps.conntrack.clear();
-            let mut pkt = SlicePacket::new(frame(&syn));
-            assert_eq!(process(&mut pkt, &mut maps, hook_scope), Verdict::Pass);
-            assert_eq!(
-                pkt.bytes,
-                frame(&FrameSpec {
-                    dst: backend,
-                    ..syn.clone()
-                })
-            );
-            assert_eq!(maps.stats_of(id).new_flows, 1, "scope {hook_scope}");
-        }
-    }
-
-    #[test]
-    fn a_scope_without_an_entry_is_not_a_service() {
-        let mut maps = maps_with_service(IPPROTO_TCP);
-        let syn = FrameSpec::tcp_syn();
-        let mut pkt = SlicePacket::new(frame(&syn));
-        assert_eq!(process(&mut pkt, &mut maps, scope::EXTERNAL), Verdict::Pass);
-        assert_eq!(pkt.bytes, frame(&syn));
-        assert_eq!(maps.counter_value(Counter::NotService), 1);
-    }
-
-    #[test]
-    fn missing_slots_or_backends_drop() {
-        let syn = FrameSpec::tcp_syn();
-        let (id, _) = chosen(&syn);
-        let mut no_slots = maps_with_service(IPPROTO_TCP);
-        no_slots.slots.clear();
-        let mut no_backend = maps_with_service(IPPROTO_TCP);
-        no_backend.backends.remove(&id);
-        let mut ipv6_backend = maps_with_service(IPPROTO_TCP);
-        ipv6_backend.backends.get_mut(&id).unwrap().addr =
-            [0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-        for mut maps in [no_slots, no_backend, ipv6_backend] {
-            assert_eq!(run(&mut maps, &syn).0, Verdict::Drop);
-            assert_eq!(maps.counter_value(Counter::DropBackendMissing), 1);
-            assert_eq!(maps.stats_of(SERVICE_ID).drops, 1);
-            assert!(maps.conntrack.is_empty());
-        }
-    }
-
-    #[test]
-    fn a_full_conntrack_drops_instead_of_translating_statelessly() {
-        let mut maps = maps_with_service(IPPROTO_TCP);
-        maps.conntrack_full = true;
-        let (verdict, out) = run(&mut maps, &FrameSpec::tcp_syn());
-        assert_eq!(
-            (verdict, out),
-            (Verdict::Drop, frame(&FrameSpec::tcp_syn()))
-        );
-        assert_eq!(maps.counter_value(Counter::DropConntrackFull), 1);
-    }
-
-    #[test]
-    fn a_failed_rewrite_drops() {
-        let mut maps = maps_with_service(IPPROTO_TCP);
-        let mut pkt = SlicePacket::new(frame(&FrameSpec::tcp_syn()));
-        pkt.fail_stores = true;
-        assert_eq!(process(&mut pkt, &mut maps, scope::INTERNAL), Verdict::Drop);
-        assert_eq!(maps.counter_value(Counter::DropRewriteFailed), 1);
-        assert_eq!(maps.counter_value(Counter::NewFlows), 0);
-        assert_eq!(maps.stats_of(SERVICE_ID).drops, 1);
-    }
-
-    #[test]
-    fn last_seen_is_refreshed_at_most_once_a_second() {
-        let mut maps = maps_with_service(IPPROTO_TCP);
-        let syn = FrameSpec::tcp_syn();
-        run(&mut maps, &syn);
-        let start = maps.now_ns;
-        let last_seen = |maps: &FakeMaps| maps.conntrack[&key(&syn)].last_seen_ns;
-        maps.now_ns = start + 500_000_000;
-        run(&mut maps, &ack(&syn));
-        assert_eq!(last_seen(&maps), start);
-        maps.now_ns = start + 1_500_000_000;
-        run(&mut maps, &ack(&syn));
-        assert_eq!(last_seen(&maps), start + 1_500_000_000);
-    }
-
-    fn key(spec: &FrameSpec) -> CtKey {
-        conntrack::key_of(&parse::ipv4_flow(&SlicePacket::new(frame(spec))).unwrap())
-    }
-}
+mod tests;

@@ -72,7 +72,7 @@ registered_map!(LB_CONFIG: Array<NodeConfig> = registry::CONFIG);
 /// What the pipeline reads and writes besides the packet: the maps, and the clock.
 ///
 /// Lookups return copies of the (small) values; counters hand out this CPU's slot.
-pub trait Maps {
+pub trait MapAccess {
     fn service(&mut self, key: &ServiceKey) -> Option<ServiceValue>;
     fn slot(&mut self, key: &BackendSlotKey) -> Option<u32>;
     fn backend(&mut self, id: u32) -> Option<Backend>;
@@ -104,7 +104,7 @@ pub trait Maps {
 /// The maps of the loaded object.
 pub struct KernelMaps;
 
-impl Maps for KernelMaps {
+impl MapAccess for KernelMaps {
     #[inline(always)]
     fn service(&mut self, key: &ServiceKey) -> Option<ServiceValue> {
         // SAFETY: plain-old-data value, copied out at once.

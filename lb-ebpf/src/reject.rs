@@ -7,18 +7,15 @@
 //! and, for TCP, the checksum field a `CHECKSUM_PARTIAL` skb must keep (see
 //! `TcPacket::make_reply_room`). There is no rate limit: one reply per rejected packet.
 
-use crate::{
-    checksum,
-    context::Packet,
-    parse::{Ipv4Flow, ETHERTYPE_IPV4, IPPROTO_ICMP, IPV4_MIN_HEADER_LEN, L3_OFFSET},
-    rewrite::RewriteFailed,
+use lb_common::net::{
+    icmp, ETHERTYPE_IPV4, ETH_HLEN, ETH_TYPE_OFFSET, ICMP_CHECKSUM, ICMP_HLEN, IPPROTO_ICMP,
+    IPV4_CHECKSUM, IPV4_MIN_HLEN,
 };
 
-const ICMP_DEST_UNREACH: u8 = 3;
-const ICMP_PORT_UNREACH: u8 = 3;
-const ICMP_HEADER_LEN: usize = 8;
+use crate::{checksum, context::Packet, parse::Ipv4Flow, rewrite::RewriteFailed};
+
 /// The reply's own IPv4 and ICMP headers, inserted in front of the quoted packet.
-const REPLY_HEADERS_LEN: usize = IPV4_MIN_HEADER_LEN + ICMP_HEADER_LEN;
+const REPLY_HEADERS_LEN: usize = IPV4_MIN_HLEN + ICMP_HLEN;
 /// IPv4 options are at most 40 bytes.
 const MAX_OPTION_WORDS: usize = 10;
 /// Type of service of the reply: precedence "internetwork control", as Linux sends ICMP errors.
@@ -38,14 +35,14 @@ pub fn may_answer(client: [u8; 4]) -> bool {
 pub fn port_unreachable<P: Packet>(pkt: &mut P, flow: &Ipv4Flow) -> Result<(), RewriteFailed> {
     let macs: [u8; 12] = pkt.load(0).ok_or(RewriteFailed)?;
     let quoted_sum = quoted_sum(pkt, flow).ok_or(RewriteFailed)?;
-    let quoted_len = flow.l4_offset - L3_OFFSET + flow.l4_header_len();
+    let quoted_len = flow.l4_offset - ETH_HLEN + flow.l4_header_len();
     let ip_len = REPLY_HEADERS_LEN + quoted_len;
 
-    pkt.make_reply_room(REPLY_HEADERS_LEN as u32, (L3_OFFSET + ip_len) as u32)?;
+    pkt.make_reply_room(REPLY_HEADERS_LEN as u32, (ETH_HLEN + ip_len) as u32)?;
     let ip = ipv4_header(flow.dst.addr, flow.src.addr, ip_len as u16);
     pkt.store(0, ethernet_header(macs))
-        .and_then(|()| pkt.store(L3_OFFSET, ip))
-        .and_then(|()| pkt.store(L3_OFFSET + IPV4_MIN_HEADER_LEN, icmp_header(quoted_sum)))
+        .and_then(|()| pkt.store(ETH_HLEN, ip))
+        .and_then(|()| pkt.store(ETH_HLEN + IPV4_MIN_HLEN, icmp_header(quoted_sum)))
         .ok_or(RewriteFailed)
 }
 
@@ -53,12 +50,12 @@ pub fn port_unreachable<P: Packet>(pkt: &mut P, flow: &Ipv4Flow) -> Result<(), R
 /// fixed TCP or UDP header.
 #[inline(always)]
 fn quoted_sum<P: Packet>(pkt: &P, flow: &Ipv4Flow) -> Option<u32> {
-    let ip: [u8; IPV4_MIN_HEADER_LEN] = pkt.load(L3_OFFSET)?;
+    let ip: [u8; IPV4_MIN_HLEN] = pkt.load(ETH_HLEN)?;
     let mut sum = checksum::add(0, ip);
     // Constant offsets (the loop unrolls), which the verifier follows more easily than a
     // running one.
     for i in 0..MAX_OPTION_WORDS {
-        let offset = L3_OFFSET + IPV4_MIN_HEADER_LEN + 4 * i;
+        let offset = ETH_HLEN + IPV4_MIN_HLEN + 4 * i;
         if offset < flow.l4_offset {
             let word: [u8; 4] = pkt.load(offset)?;
             sum = checksum::add(sum, word);
@@ -75,17 +72,17 @@ fn quoted_sum<P: Packet>(pkt: &P, flow: &Ipv4Flow) -> Option<u32> {
 
 /// The arriving frame's destination and source MAC addresses (`macs`), swapped.
 #[inline(always)]
-fn ethernet_header(macs: [u8; 12]) -> [u8; 14] {
-    let mut eth = [0; 14];
+fn ethernet_header(macs: [u8; ETH_TYPE_OFFSET]) -> [u8; ETH_HLEN] {
+    let mut eth = [0; ETH_HLEN];
     eth[..6].copy_from_slice(&macs[6..]);
-    eth[6..12].copy_from_slice(&macs[..6]);
-    eth[12..].copy_from_slice(&ETHERTYPE_IPV4);
+    eth[6..ETH_TYPE_OFFSET].copy_from_slice(&macs[..6]);
+    eth[ETH_TYPE_OFFSET..].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
     eth
 }
 
 /// The reply's IPv4 header: `total_len` bytes from `src` to `dst`, not fragmented.
 #[inline(always)]
-fn ipv4_header(src: [u8; 4], dst: [u8; 4], total_len: u16) -> [u8; IPV4_MIN_HEADER_LEN] {
+fn ipv4_header(src: [u8; 4], dst: [u8; 4], total_len: u16) -> [u8; IPV4_MIN_HLEN] {
     let len = total_len.to_be_bytes();
     let mut ip = [
         0x45,
@@ -110,17 +107,17 @@ fn ipv4_header(src: [u8; 4], dst: [u8; 4], total_len: u16) -> [u8; IPV4_MIN_HEAD
         dst[3],
     ];
     let check = checksum::finish(checksum::add(0, ip));
-    ip[10..12].copy_from_slice(&check);
+    ip[IPV4_CHECKSUM..IPV4_CHECKSUM + 2].copy_from_slice(&check);
     ip
 }
 
 /// The ICMP header, checksummed over itself and the quoted bytes (which sum to `quoted_sum`).
 #[inline(always)]
-fn icmp_header(quoted_sum: u32) -> [u8; ICMP_HEADER_LEN] {
-    let mut icmp = [ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, 0, 0, 0, 0, 0, 0];
-    let check = checksum::finish(checksum::add(quoted_sum, icmp));
-    icmp[2..4].copy_from_slice(&check);
-    icmp
+fn icmp_header(quoted_sum: u32) -> [u8; ICMP_HLEN] {
+    let mut header = [icmp::DEST_UNREACH, icmp::PORT_UNREACH, 0, 0, 0, 0, 0, 0];
+    let check = checksum::finish(checksum::add(quoted_sum, header));
+    header[ICMP_CHECKSUM..ICMP_CHECKSUM + 2].copy_from_slice(&check);
+    header
 }
 
 #[cfg(test)]
@@ -154,7 +151,7 @@ mod tests {
         ip.extend_from_slice(&original[30..34]); // from the frontend
         ip.extend_from_slice(&original[26..30]); // to the client
         let check = full_checksum(&ip);
-        ip[10..12].copy_from_slice(&check);
+        ip[IPV4_CHECKSUM..IPV4_CHECKSUM + 2].copy_from_slice(&check);
         let mut reply = original[6..12].to_vec();
         reply.extend_from_slice(&original[0..6]);
         reply.extend_from_slice(&[0x08, 0x00]);

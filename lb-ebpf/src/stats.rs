@@ -2,11 +2,11 @@
 
 use lb_common::Counter;
 
-use crate::maps::Maps;
+use crate::maps::MapAccess;
 
 /// Adds one to a node-wide counter.
 #[inline(always)]
-pub fn count<M: Maps>(maps: &mut M, counter: Counter) {
+pub fn count<M: MapAccess>(maps: &mut M, counter: Counter) {
     if let Some(n) = maps.counter(counter) {
         *n += 1;
     }
@@ -14,7 +14,7 @@ pub fn count<M: Maps>(maps: &mut M, counter: Counter) {
 
 /// Accounts one translated packet of `frame_len` bytes to a service.
 #[inline(always)]
-pub fn translated<M: Maps>(maps: &mut M, service_id: u32, frame_len: u32) {
+pub fn translated<M: MapAccess>(maps: &mut M, service_id: u32, frame_len: u32) {
     if let Some(s) = maps.service_stats(service_id) {
         s.packets += 1;
         s.bytes += u64::from(frame_len);
@@ -23,7 +23,7 @@ pub fn translated<M: Maps>(maps: &mut M, service_id: u32, frame_len: u32) {
 
 /// Accounts a new flow to a service.
 #[inline(always)]
-pub fn new_flow<M: Maps>(maps: &mut M, service_id: u32) {
+pub fn new_flow<M: MapAccess>(maps: &mut M, service_id: u32) {
     if let Some(s) = maps.service_stats(service_id) {
         s.new_flows += 1;
     }
@@ -31,7 +31,7 @@ pub fn new_flow<M: Maps>(maps: &mut M, service_id: u32) {
 
 /// Accounts a dropped packet to a service.
 #[inline(always)]
-pub fn dropped<M: Maps>(maps: &mut M, service_id: u32) {
+pub fn dropped<M: MapAccess>(maps: &mut M, service_id: u32) {
     if let Some(s) = maps.service_stats(service_id) {
         s.drops += 1;
     }
@@ -39,7 +39,7 @@ pub fn dropped<M: Maps>(maps: &mut M, service_id: u32) {
 
 /// Accounts a new flow rejected for want of a backend to a service.
 #[inline(always)]
-pub fn rejected<M: Maps>(maps: &mut M, service_id: u32) {
+pub fn rejected<M: MapAccess>(maps: &mut M, service_id: u32) {
     if let Some(s) = maps.service_stats(service_id) {
         s.rejects += 1;
     }

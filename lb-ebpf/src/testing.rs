@@ -4,15 +4,15 @@
 use std::collections::HashMap;
 
 use lb_common::{
-    AffinityKey, AffinityValue, Backend, BackendSlotKey, Counter, CtKey, CtValue, NodeConfig,
-    ServiceKey, ServiceStats, ServiceValue, IPPROTO_TCP, IPPROTO_UDP,
+    net::ETH_HLEN, AffinityKey, AffinityValue, Backend, BackendSlotKey, Counter, CtKey, CtValue,
+    NodeConfig, ServiceKey, ServiceStats, ServiceValue, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 use crate::{
     conntrack,
     context::Packet,
-    maps::Maps,
-    parse::{Endpoint, Ipv4Flow, L3_OFFSET},
+    maps::MapAccess,
+    parse::{FlowEnd, Ipv4Flow},
     rewrite::{self, RewriteFailed, Side},
 };
 
@@ -46,8 +46,8 @@ impl Lcg {
 /// What [`frame`] builds: Ethernet + IPv4 (with options) + TCP or UDP + payload.
 #[derive(Clone, Debug)]
 pub struct FrameSpec {
-    pub src: Endpoint,
-    pub dst: Endpoint,
+    pub src: FlowEnd,
+    pub dst: FlowEnd,
     pub proto: u8,
     pub tcp_flags: u8,
     pub ip_options: Vec<u8>,
@@ -56,11 +56,11 @@ pub struct FrameSpec {
     pub udp_no_checksum: bool,
 }
 
-pub const CLIENT: Endpoint = Endpoint {
+pub const CLIENT: FlowEnd = FlowEnd {
     addr: [198, 18, 0, 10],
     port: 40000u16.to_be_bytes(),
 };
-pub const VIP: Endpoint = Endpoint {
+pub const VIP: FlowEnd = FlowEnd {
     addr: [198, 19, 0, 1],
     port: 80u16.to_be_bytes(),
 };
@@ -233,11 +233,11 @@ impl Packet for SlicePacket {
         }
         self.bytes.truncate(len - room);
         self.bytes.splice(0..0, vec![0; room]);
-        self.bytes[..L3_OFFSET + room].fill(0xee);
+        self.bytes[..ETH_HLEN + room].fill(0xee);
         Ok(())
     }
 
-    fn rewrite(&mut self, flow: &Ipv4Flow, side: Side, to: Endpoint) -> Result<(), RewriteFailed> {
+    fn rewrite(&mut self, flow: &Ipv4Flow, side: Side, to: FlowEnd) -> Result<(), RewriteFailed> {
         rewrite::in_place(self, flow, side, to)
     }
 }
@@ -301,7 +301,7 @@ impl FakeMaps {
     }
 }
 
-impl Maps for FakeMaps {
+impl MapAccess for FakeMaps {
     fn service(&mut self, key: &ServiceKey) -> Option<ServiceValue> {
         self.services.get(key).copied()
     }

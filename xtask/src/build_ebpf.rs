@@ -7,7 +7,7 @@ use anyhow::{ensure, Result};
 use crate::shell;
 
 /// Target triple of the eBPF object.
-const TARGET: &str = "bpfel-unknown-none";
+pub const TARGET: &str = "bpfel-unknown-none";
 
 /// Builds the eBPF object with nightly and returns its path.
 pub fn run() -> Result<PathBuf> {

@@ -19,7 +19,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what building and testing need (Debian packages, nightly rust-src, bpf-linker).
+    /// Install what building and testing need (Debian packages, nightly rust-src and clippy,
+    /// bpf-linker).
     Setup,
     /// Build the eBPF object (lb-ebpf) with nightly for bpfel-unknown-none.
     BuildEbpf,

@@ -94,17 +94,22 @@ fn rust_components() -> Result<()> {
         "--toolchain",
         "nightly",
     ]))?;
-    if installed.lines().any(|l| l.starts_with("rust-src")) {
-        println!("setup: nightly rust-src present");
-    } else {
-        shell::run(Command::new("rustup").args([
-            "component",
-            "add",
-            "rust-src",
-            "--toolchain",
-            "nightly",
-        ]))
-        .context("adding rust-src to nightly failed (needed for -Z build-std=core)")?;
+    for (component, why) in [
+        ("rust-src", "-Z build-std=core"),
+        ("clippy", "linting lb-ebpf for the BPF target"),
+    ] {
+        if installed.lines().any(|l| l.starts_with(component)) {
+            println!("setup: nightly {component} present");
+        } else {
+            shell::run(Command::new("rustup").args([
+                "component",
+                "add",
+                component,
+                "--toolchain",
+                "nightly",
+            ]))
+            .with_context(|| format!("adding {component} to nightly failed (needed for {why})"))?;
+        }
     }
     for (component, probe) in [("clippy", "clippy"), ("rustfmt", "fmt")] {
         if shell::succeeds("cargo", &[probe, "--version"]) {

@@ -6,7 +6,8 @@ use lb_tests::{agent, netns, root};
 use crate::{build_ebpf, setup, shell};
 
 /// Runs setup, format checks, the eBPF build, the workspace build (the e2e tests run the
-/// lb-agent binary), clippy, and all tests including lb-ebpf's host unit tests.
+/// lb-agent binary), clippy (root workspace, and lb-ebpf for the BPF target and the host), and
+/// all tests including lb-ebpf's host unit tests.
 pub fn run() -> Result<()> {
     setup::run()?;
     let root_dir = shell::workspace_root();
@@ -21,6 +22,26 @@ pub fn run() -> Result<()> {
     shell::run(shell::cargo(None, &root_dir).args([
         "clippy",
         "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // lb-ebpf is outside the root workspace: lint it as it is built (nightly, the BPF target,
+    // core built from source) and as its host unit tests are built.
+    shell::run(shell::cargo(Some("nightly"), &ebpf_dir).args([
+        "clippy",
+        "--release",
+        "-Z",
+        "build-std=core",
+        "--target",
+        build_ebpf::TARGET,
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    shell::run(shell::cargo(None, &ebpf_dir).args([
+        "clippy",
         "--all-targets",
         "--",
         "-D",

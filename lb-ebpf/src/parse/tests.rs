@@ -1,0 +1,162 @@
+use super::*;
+use crate::testing::{frame, FrameSpec, SlicePacket};
+
+fn parse(bytes: &[u8]) -> Result<Ipv4Flow, Error> {
+    ipv4_flow(&SlicePacket::new(bytes.to_vec()))
+}
+
+#[test]
+fn parses_tcp_syn() {
+    let flow = parse(&frame(&FrameSpec::tcp_syn())).unwrap();
+    assert_eq!(flow.l4_offset, 34);
+    assert_eq!(flow.proto, IPPROTO_TCP);
+    assert_eq!(flow.src.addr, [198, 18, 0, 10]);
+    assert_eq!(flow.src.port, 40000u16.to_be_bytes());
+    assert_eq!(flow.dst.addr, [198, 19, 0, 1]);
+    assert_eq!(flow.dst.port, 80u16.to_be_bytes());
+    assert!(flow.is_tcp_syn());
+    assert_eq!(flow.l4_checksum_offset(), 50);
+}
+
+#[test]
+fn syn_ack_and_ack_are_not_syns() {
+    for flags in [
+        tcp_flags::SYN | tcp_flags::ACK,
+        tcp_flags::ACK,
+        tcp_flags::PSH | tcp_flags::ACK,
+    ] {
+        let spec = FrameSpec {
+            tcp_flags: flags,
+            ..FrameSpec::tcp_syn()
+        };
+        assert!(
+            !parse(&frame(&spec)).unwrap().is_tcp_syn(),
+            "flags {flags:#x}"
+        );
+    }
+}
+
+#[test]
+fn parses_udp() {
+    let flow = parse(&frame(&FrameSpec::udp())).unwrap();
+    assert!(flow.is_udp());
+    assert!(!flow.is_tcp_syn());
+    assert_eq!(flow.l4_checksum_offset(), 40);
+}
+
+#[test]
+fn finds_l4_after_ipv4_options() {
+    let spec = FrameSpec {
+        ip_options: vec![1; 40],
+        ..FrameSpec::tcp_syn()
+    };
+    let flow = parse(&frame(&spec)).unwrap();
+    assert_eq!(flow.l4_offset, 14 + 60);
+    assert_eq!(flow.src.port, 40000u16.to_be_bytes());
+    assert_eq!(flow.dst.port, 80u16.to_be_bytes());
+    assert!(flow.is_tcp_syn());
+}
+
+#[test]
+fn rejects_non_ipv4() {
+    let mut arp = frame(&FrameSpec::udp());
+    arp[12..14].copy_from_slice(&[0x08, 0x06]);
+    assert_eq!(parse(&arp), Err(Error::untouched(Counter::NotIpv4)));
+    let mut v6_version = frame(&FrameSpec::udp());
+    v6_version[14] = 0x65;
+    assert_eq!(parse(&v6_version), Err(Error::untouched(Counter::NotIpv4)));
+}
+
+#[test]
+fn rejects_other_protocols() {
+    let mut icmp = frame(&FrameSpec::udp());
+    icmp[14 + 9] = 1;
+    assert_eq!(parse(&icmp), Err(Error::untouched(Counter::OtherProtocol)));
+}
+
+#[test]
+fn truncation_is_classified_by_layer() {
+    let syn = frame(&FrameSpec::tcp_syn());
+    assert_eq!(
+        parse(&syn[..13]),
+        Err(Error::untouched(Counter::TruncatedEthernet))
+    );
+    assert_eq!(
+        parse(&syn[..14]),
+        Err(Error::untouched(Counter::TruncatedIpv4))
+    );
+    assert_eq!(
+        parse(&syn[..33]),
+        Err(Error::untouched(Counter::TruncatedIpv4))
+    );
+    assert_eq!(
+        parse(&syn[..34]),
+        Err(Error::untouched(Counter::TruncatedL4))
+    );
+    assert_eq!(
+        parse(&syn[..53]),
+        Err(Error::untouched(Counter::TruncatedL4))
+    );
+    assert!(parse(&syn[..54]).is_ok());
+    let udp = frame(&FrameSpec::udp());
+    assert_eq!(
+        parse(&udp[..41]),
+        Err(Error::untouched(Counter::TruncatedL4))
+    );
+    let with_options = frame(&FrameSpec {
+        ip_options: vec![1; 8],
+        ..FrameSpec::udp()
+    });
+    assert_eq!(
+        parse(&with_options[..14 + 27]),
+        Err(Error::untouched(Counter::TruncatedIpv4))
+    );
+    assert_eq!(
+        parse(&with_options[..14 + 28]),
+        Err(Error::untouched(Counter::TruncatedL4))
+    );
+}
+
+#[test]
+fn l4_header_must_fit_the_ip_total_length() {
+    // A 20-byte TCP header in a frame padded to 60 bytes, but IP total length says 30.
+    let mut short = frame(&FrameSpec::tcp_syn());
+    short[16..18].copy_from_slice(&30u16.to_be_bytes());
+    assert_eq!(parse(&short), Err(Error::untouched(Counter::TruncatedL4)));
+}
+
+#[test]
+fn rejects_bad_header_lengths() {
+    for ihl in 0..5 {
+        let mut bad = frame(&FrameSpec::tcp_syn());
+        bad[14] = 0x40 | ihl;
+        assert_eq!(
+            parse(&bad),
+            Err(Error::untouched(Counter::BadIpv4HeaderLength)),
+            "ihl {ihl}"
+        );
+    }
+    // IHL 15 (60 bytes) with a total length of 40.
+    let mut beyond = frame(&FrameSpec::tcp_syn());
+    beyond[14] = 0x4f;
+    assert_eq!(
+        parse(&beyond),
+        Err(Error::untouched(Counter::BadIpv4HeaderLength))
+    );
+}
+
+#[test]
+fn rejects_fragments() {
+    for frag in [0x2000u16, 0x0001, 0x2010, 0x1fff] {
+        let mut f = frame(&FrameSpec::udp());
+        f[20..22].copy_from_slice(&frag.to_be_bytes());
+        assert_eq!(
+            parse(&f),
+            Err(Error::untouched(Counter::Fragment)),
+            "frag field {frag:#x}"
+        );
+    }
+    let mut dont_fragment = frame(&FrameSpec::udp());
+    dont_fragment[20..22].copy_from_slice(&0x4000u16.to_be_bytes());
+    assert!(parse(&dont_fragment).is_ok());
+}
