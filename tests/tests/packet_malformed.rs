@@ -11,14 +11,15 @@
 mod fixture;
 
 use fixture::{backend, client, deltas, vip, Fixture, Hook, Verdict, HOOKS};
-use lb_common::Counter;
-use lb_tests::{
-    packet::{
-        assert_frames_equal, internet_checksum, tcp_flags, Frame, ETHERTYPE_ARP, ETHERTYPE_IPV6,
-        ETH_HLEN, IPPROTO_ICMP, IPPROTO_TCP, IPV4_HLEN, L4, TCP_HLEN, UDP_HLEN,
+use lb_common::{
+    net::{
+        tcp_flags, ETHERTYPE_ARP, ETHERTYPE_IPV6, ETH_HLEN, IPPROTO_ICMP, IPPROTO_TCP,
+        IPV4_MIN_HLEN, TCP_HLEN, UDP_HLEN,
     },
-    require_root,
+    Counter,
 };
+use lb_frames::{assert_frames_equal, internet_checksum, Frame, L4};
+use lb_tests::require_root;
 use lb_userspace::model::Protocol;
 
 /// A fixture with TCP and UDP services on the VIP, so only the malformation stops translation.
@@ -41,7 +42,7 @@ fn syn() -> Frame {
 fn with_version_ihl(mut bytes: Vec<u8>, version_ihl: u8) -> Vec<u8> {
     bytes[ETH_HLEN] = version_ihl;
     bytes[ETH_HLEN + 10..ETH_HLEN + 12].fill(0);
-    let checksum = internet_checksum(&bytes[ETH_HLEN..ETH_HLEN + IPV4_HLEN]);
+    let checksum = internet_checksum(&bytes[ETH_HLEN..ETH_HLEN + IPV4_MIN_HLEN]);
     bytes[ETH_HLEN + 10..ETH_HLEN + 12].copy_from_slice(&checksum.to_be_bytes());
     bytes
 }
@@ -88,7 +89,7 @@ fn truncated_ipv4_headers_pass_untouched() {
     let syn = syn().to_bytes();
     let without_fixed_header = [
         syn[..ETH_HLEN].to_vec(),
-        syn[..ETH_HLEN + IPV4_HLEN - 1].to_vec(),
+        syn[..ETH_HLEN + IPV4_MIN_HLEN - 1].to_vec(),
     ];
     for frame in &without_fixed_header {
         assert!(
@@ -104,7 +105,7 @@ fn truncated_ipv4_headers_pass_untouched() {
         .with_ip_options(&[0x01; 8])
         .to_bytes();
     assert_untouched(
-        &[with_options[..ETH_HLEN + IPV4_HLEN + 4].to_vec()],
+        &[with_options[..ETH_HLEN + IPV4_MIN_HLEN + 4].to_vec()],
         Counter::TruncatedIpv4,
     );
 }
@@ -133,13 +134,13 @@ fn truncated_tcp_and_udp_headers_pass_untouched() {
     let udp = Frame::udp(client(47_000), vip(53), b"").to_bytes();
     // Total length claims less than a TCP header, though the frame has it all.
     let mut short_total = tcp.clone();
-    short_total[ETH_HLEN + 3] = (IPV4_HLEN + TCP_HLEN - 1) as u8;
+    short_total[ETH_HLEN + 3] = (IPV4_MIN_HLEN + TCP_HLEN - 1) as u8;
     let short_total = with_version_ihl(short_total, 0x45);
     assert_untouched(
         &[
-            tcp[..ETH_HLEN + IPV4_HLEN].to_vec(),
-            tcp[..ETH_HLEN + IPV4_HLEN + TCP_HLEN - 1].to_vec(),
-            udp[..ETH_HLEN + IPV4_HLEN + UDP_HLEN - 1].to_vec(),
+            tcp[..ETH_HLEN + IPV4_MIN_HLEN].to_vec(),
+            tcp[..ETH_HLEN + IPV4_MIN_HLEN + TCP_HLEN - 1].to_vec(),
+            udp[..ETH_HLEN + IPV4_MIN_HLEN + UDP_HLEN - 1].to_vec(),
             short_total,
         ],
         Counter::TruncatedL4,

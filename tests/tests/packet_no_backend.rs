@@ -7,16 +7,12 @@ mod fixture;
 
 use fixture::{client, deltas, vip, Fixture, Hook, Verdict, HOOKS};
 use lb_common::{
+    net::{tcp_flags, ETHERTYPE_IPV4, ETH_HLEN, IPPROTO_ICMP, TCP_HLEN, UDP_HLEN},
     service::{scope, service_flags},
     Counter, ServiceValue, IPPROTO_TCP, IPPROTO_UDP,
 };
-use lb_tests::{
-    packet::{
-        assert_frames_equal, internet_checksum, parse, tcp_flags, Frame, Ipv4, DST_MAC,
-        ETHERTYPE_IPV4, ETH_HLEN, IPPROTO_ICMP, L4, SRC_MAC, TCP_HLEN, UDP_HLEN,
-    },
-    require_root,
-};
+use lb_frames::{assert_frames_equal, internet_checksum, parse, Frame, Ipv4, DST_MAC, L4, SRC_MAC};
+use lb_tests::require_root;
 use lb_userspace::model::Protocol;
 
 const MSS_1460: [u8; 4] = [2, 4, 0x05, 0xb4];

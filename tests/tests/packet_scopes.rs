@@ -6,13 +6,12 @@ mod fixture;
 
 use fixture::{backend, client, deltas, vip, Fixture, Hook, Verdict, HOOKS};
 use lb_common::{
+    net::tcp_flags,
     service::{scope, service_flags},
     Counter, ServiceValue, IPPROTO_TCP,
 };
-use lb_tests::{
-    packet::{assert_frames_equal, tcp_flags, Frame},
-    require_root,
-};
+use lb_frames::{assert_frames_equal, Frame};
+use lb_tests::require_root;
 
 const EXTERNAL_ID: u32 = 1;
 const INTERNAL_ID: u32 = 2;

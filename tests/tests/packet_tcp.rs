@@ -6,11 +6,9 @@ mod fixture;
 use std::collections::BTreeSet;
 
 use fixture::{backend, client, deltas, vip, Fixture, Verdict, HOOKS};
-use lb_common::{Counter, IPPROTO_TCP};
-use lb_tests::{
-    packet::{assert_frames_equal, tcp_flags, Frame},
-    require_root,
-};
+use lb_common::{net::tcp_flags, Counter, IPPROTO_TCP};
+use lb_frames::{assert_frames_equal, Frame};
+use lb_tests::require_root;
 use lb_userspace::model::Protocol;
 
 const MSS_1460: [u8; 4] = [2, 4, 0x05, 0xb4];
