@@ -38,6 +38,17 @@ fn expected(hook: Hook) -> (u32, std::net::SocketAddrV4) {
     }
 }
 
+/// Writes the frontend's INTERNAL entry: service INTERNAL_ID balancing to backend(2) as 12.
+fn program_internal(fx: &mut Fixture) {
+    fx.program(
+        vip(80),
+        IPPROTO_TCP,
+        &[scope::INTERNAL],
+        one_backend(INTERNAL_ID),
+        &[(12, backend(2))],
+    );
+}
+
 #[test]
 fn each_hook_uses_its_own_scope_entry() {
     require_root!();
@@ -50,13 +61,7 @@ fn each_hook_uses_its_own_scope_entry() {
             one_backend(EXTERNAL_ID),
             &[(11, backend(1))],
         );
-        fx.program(
-            vip(80),
-            IPPROTO_TCP,
-            &[scope::INTERNAL],
-            one_backend(INTERNAL_ID),
-            &[(12, backend(2))],
-        );
+        program_internal(&mut fx);
         let (id, target) = expected(hook);
         for port in 40_000..40_008 {
             let syn = Frame::tcp(client(port), vip(80), tcp_flags::SYN);
@@ -89,22 +94,14 @@ fn external_drops_internal_balances(hook: Hook) -> Fixture {
         affinity_timeout_s: 0,
     };
     fx.program(vip(80), IPPROTO_TCP, &[scope::EXTERNAL], empty, &[]);
-    internal_only(fx)
+    program_internal(&mut fx);
+    fx
 }
 
 /// Maps where the frontend has only an INTERNAL entry, balancing to backend(2).
 fn only_internal(hook: Hook) -> Fixture {
-    internal_only(Fixture::new(hook))
-}
-
-fn internal_only(mut fx: Fixture) -> Fixture {
-    fx.program(
-        vip(80),
-        IPPROTO_TCP,
-        &[scope::INTERNAL],
-        one_backend(INTERNAL_ID),
-        &[(12, backend(2))],
-    );
+    let mut fx = Fixture::new(hook);
+    program_internal(&mut fx);
     fx
 }
 
