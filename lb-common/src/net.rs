@@ -42,6 +42,8 @@ pub const IPV4_DF: u16 = 0x4000;
 pub const IPV4_MF: u16 = 0x2000;
 /// More-fragments flag and fragment offset: non-zero for every fragment.
 pub const IPV4_FRAGMENT_MASK: u16 = 0x3fff;
+/// The fragment offset (in 8-byte units) in the flags/fragment-offset word.
+pub const IPV4_OFFSET_MASK: u16 = 0x1fff;
 
 /// TCP header length without options.
 pub const TCP_HLEN: usize = 20;

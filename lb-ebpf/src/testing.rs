@@ -1,7 +1,11 @@
-//! Host test support: frame builder, checksum verification, a byte-vector packet and in-memory
-//! maps standing in for the kernel ones.
+//! Host test support: frames in the shape these tests describe them (built by lb-frames, the
+//! builder every test shares), a byte-vector packet and in-memory maps standing in for the
+//! kernel ones.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, net::SocketAddrV4};
+
+pub use lb_frames::checksums_valid;
+use lb_frames::{Frame, Icmp};
 
 use lb_common::{
     net::ETH_HLEN, AffinityKey, AffinityValue, Backend, BackendSlotKey, Counter, CtKey, CtValue,
@@ -18,14 +22,7 @@ use crate::{
 
 /// Full Internet checksum (RFC 1071) of `bytes`, as stored in a header.
 pub fn full_checksum(bytes: &[u8]) -> [u8; 2] {
-    let mut sum: u64 = 0;
-    for chunk in bytes.chunks(2) {
-        sum += u64::from(chunk[0]) << 8 | chunk.get(1).map_or(0, |b| u64::from(*b));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    (!(sum as u16)).to_be_bytes()
+    lb_frames::internet_checksum(bytes).to_be_bytes()
 }
 
 /// A tiny deterministic generator, so failures reproduce.
@@ -100,85 +97,27 @@ impl FrameSpec {
 /// Builds a frame with valid IPv4 and L4 checksums.
 pub fn frame(spec: &FrameSpec) -> Vec<u8> {
     assert!(spec.ip_options.len().is_multiple_of(4) && spec.ip_options.len() <= 40);
-    let ihl = 20 + spec.ip_options.len();
-    let mut l4 = Vec::new();
-    l4.extend_from_slice(&spec.src.port);
-    l4.extend_from_slice(&spec.dst.port);
-    if spec.proto == IPPROTO_TCP {
-        l4.extend_from_slice(&1u32.to_be_bytes()); // seq
-        l4.extend_from_slice(&0u32.to_be_bytes()); // ack
-        l4.extend_from_slice(&[0x50, spec.tcp_flags, 0xfa, 0xf0, 0, 0, 0, 0]);
-    } else {
-        let len = (8 + spec.payload.len()) as u16;
-        l4.extend_from_slice(&len.to_be_bytes());
-        l4.extend_from_slice(&[0, 0]);
-    }
-    l4.extend_from_slice(&spec.payload);
-    let total = (ihl + l4.len()) as u16;
-
-    let mut ip = vec![0x40 | (ihl / 4) as u8, 0];
-    ip.extend_from_slice(&total.to_be_bytes());
-    ip.extend_from_slice(&[0x12, 0x34, 0x40, 0x00, 64, spec.proto, 0, 0]);
-    ip.extend_from_slice(&spec.src.addr);
-    ip.extend_from_slice(&spec.dst.addr);
-    ip.extend_from_slice(&spec.ip_options);
-    let ip_check = full_checksum(&ip);
-    ip[10..12].copy_from_slice(&ip_check);
-
-    let check_at = if spec.proto == IPPROTO_TCP { 16 } else { 6 };
-    if !(spec.proto == IPPROTO_UDP && spec.udp_no_checksum) {
-        let mut check = full_checksum(&[pseudo_header(&ip, l4.len()), l4.clone()].concat());
-        if check == [0, 0] && spec.proto == IPPROTO_UDP {
-            check = [0xff, 0xff];
+    let (src, dst) = (socket(spec.src), socket(spec.dst));
+    let frame = match spec.proto {
+        IPPROTO_TCP => Frame::tcp(src, dst, spec.tcp_flags).with_payload(&spec.payload),
+        IPPROTO_UDP if spec.udp_no_checksum => {
+            Frame::udp(src, dst, &spec.payload).with_udp_zero_checksum()
         }
-        l4[check_at..check_at + 2].copy_from_slice(&check);
-    }
-
-    let mut f = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1, 0x08, 0x00];
-    f.extend_from_slice(&ip);
-    f.extend_from_slice(&l4);
-    f
+        IPPROTO_UDP => Frame::udp(src, dst, &spec.payload),
+        other => panic!("FrameSpec builds TCP or UDP, not protocol {other}"),
+    };
+    frame.with_ip_options(&spec.ip_options).to_bytes()
 }
 
 /// Builds an ICMP error frame `src -> dst` of `icmp_type`/`code` quoting `quoted` (an IPv4
 /// packet, possibly cut short), with valid checksums.
 pub fn icmp_error(src: [u8; 4], dst: [u8; 4], icmp_type: u8, code: u8, quoted: &[u8]) -> Vec<u8> {
-    let mut icmp = vec![icmp_type, code, 0, 0, 0, 0, 0x05, 0xdc]; // next-hop MTU 1500
-    icmp.extend_from_slice(quoted);
-    let icmp_check = full_checksum(&icmp);
-    icmp[2..4].copy_from_slice(&icmp_check);
-    let total = (20 + icmp.len()) as u16;
-    let mut ip = vec![0x45, 0xc0];
-    ip.extend_from_slice(&total.to_be_bytes());
-    ip.extend_from_slice(&[0, 0, 0, 0, 64, 1, 0, 0]);
-    ip.extend_from_slice(&src);
-    ip.extend_from_slice(&dst);
-    let ip_check = full_checksum(&ip);
-    ip[10..12].copy_from_slice(&ip_check);
-    let mut f = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1, 0x08, 0x00];
-    f.extend_from_slice(&ip);
-    f.extend_from_slice(&icmp);
-    f
+    let icmp = Icmp::error((icmp_type, code), quoted.to_vec());
+    Frame::icmp(src.into(), dst.into(), icmp).to_bytes()
 }
 
-fn pseudo_header(ip: &[u8], l4_len: usize) -> Vec<u8> {
-    let mut p = ip[12..20].to_vec();
-    p.extend_from_slice(&[0, ip[9]]);
-    p.extend_from_slice(&(l4_len as u16).to_be_bytes());
-    p
-}
-
-/// Whether the IPv4 header checksum and the TCP/UDP checksum of `frame` verify
-/// (a UDP checksum of 0 means none and verifies).
-pub fn checksums_valid(frame: &[u8]) -> bool {
-    let ihl = usize::from(frame[14] & 0x0f) * 4;
-    let ip = &frame[14..14 + ihl];
-    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-    let l4 = &frame[14 + ihl..14 + total];
-    let udp_unchecked = ip[9] == IPPROTO_UDP && l4[6..8] == [0, 0];
-    full_checksum(ip) == [0, 0]
-        && (udp_unchecked
-            || full_checksum(&[pseudo_header(ip, l4.len()), l4.to_vec()].concat()) == [0, 0])
+fn socket(end: FlowEnd) -> SocketAddrV4 {
+    SocketAddrV4::new(end.addr.into(), u16::from_be_bytes(end.port))
 }
 
 /// A frame in memory, rewritten in place like an XDP frame.

@@ -8,7 +8,6 @@
 //! - [`agent`]: the real `lb-agent` binary running in the node namespace.
 //! - [`cluster`]: all of the above running the example Service.
 //! - [`example`]: the example Service in `manifests/examples/` and its EndpointSlice.
-//! - [`packet`]: Ethernet/IPv4/TCP/UDP frame builders and parsers for packet tests.
 //! - [`root`]: skipping tests loudly when not root.
 //! - [`bpftool`]: dumping and changing pinned maps by their raw bytes, as an operator would.
 //! - [`counting_program`]: a packet-counting TC program standing for another tool's on the
@@ -32,7 +31,6 @@ pub mod error;
 pub mod example;
 pub mod inspect_output;
 pub mod netns;
-pub mod packet;
 pub mod raw_bpf;
 pub mod root;
 pub mod scrape;

@@ -8,13 +8,12 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use fixture::{backend, client, deltas, vip, Fixture, Hook, Verdict, HOOKS};
 use lb_common::{
+    net::tcp_flags,
     service::{scope, service_flags},
     BackendSlotKey, Counter, ServiceValue, IPPROTO_TCP, IPPROTO_UDP,
 };
-use lb_tests::{
-    packet::{assert_frames_equal, tcp_flags, Frame},
-    require_root,
-};
+use lb_frames::{assert_frames_equal, Frame};
+use lb_tests::require_root;
 use lb_userspace::MapWriter;
 
 const SERVICE_ID: u32 = 1;

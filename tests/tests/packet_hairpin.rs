@@ -12,13 +12,12 @@ use fixture::{backend, client, deltas, vip, Fixture, Hook, Verdict, CLIENT};
 use lb_common::{
     config::{HAIRPIN_ADDR, SNAT_PORT_MAX, SNAT_PORT_MIN},
     ipv4_mapped,
+    net::tcp_flags,
     service::{backend_flags, scope},
     Backend, Counter, NodeConfig, ServiceValue, IPPROTO_TCP, IPPROTO_UDP,
 };
-use lb_tests::{
-    packet::{self, assert_frames_equal, tcp_flags, Frame},
-    require_root,
-};
+use lb_frames::{assert_frames_equal, parse, Frame};
+use lb_tests::require_root;
 use lb_userspace::MapWriter;
 
 const SERVICE_ID: u32 = 1;
@@ -92,7 +91,7 @@ fn hairpinned(
 ) -> SocketAddrV4 {
     let (verdict, out, moved) = fx.run_counted(&request.to_bytes());
     assert_eq!(verdict, Verdict::Pass);
-    let parsed = packet::parse(&out).expect("a valid frame");
+    let parsed = parse(&out).expect("a valid frame");
     assert!(parsed.ip_checksum_ok && parsed.l4_checksum_ok == Some(true));
     let (port, _) = parsed.ports.expect("ports");
     assert!(ports.contains(&port), "port {port} outside {ports:?}");

@@ -8,11 +8,9 @@ mod fixture;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use fixture::{backend, client, deltas, vip, Fixture, Hook, Verdict, HOOKS};
-use lb_common::{ipv4_mapped, Counter, NodeConfig, IPPROTO_TCP, IPPROTO_UDP};
-use lb_tests::{
-    packet::{assert_frames_equal, tcp_flags, Frame},
-    require_root,
-};
+use lb_common::{ipv4_mapped, net::tcp_flags, Counter, NodeConfig, IPPROTO_TCP, IPPROTO_UDP};
+use lb_frames::{assert_frames_equal, Frame};
+use lb_tests::require_root;
 
 const SERVICE_ID: u32 = 1;
 const BACKEND_ID: u32 = 11;

@@ -1,5 +1,6 @@
 //! Malformed and out-of-scope frames through the real TC and XDP programs
 //! (BPF_PROG_TEST_RUN), each addressed to a live service so a wrong parse would translate it.
+//! One table, run by [`run_cases`]: every frame is stateless.
 //!
 //! Documented verdicts: every one passes untouched (TC_ACT_UNSPEC / XDP_PASS) and moves exactly
 //! `packets` and its reason's counter.
@@ -7,18 +8,24 @@
 //! Limits of the kernel's test runner (EINVAL before the program runs): frames shorter than
 //! an Ethernet header on both hooks (so `truncated_ethernet` is not reachable here), and on TC
 //! IPv4 frames shorter than a 20-byte IPv4 header, which are therefore run through XDP only.
+//! The table holds those refusals too, so a kernel that starts accepting them fails a row.
 
 mod fixture;
 
-use fixture::{backend, client, deltas, vip, Fixture, Hook, Verdict, HOOKS};
-use lb_common::Counter;
-use lb_tests::{
-    packet::{
-        assert_frames_equal, internet_checksum, tcp_flags, Frame, ETHERTYPE_ARP, ETHERTYPE_IPV6,
-        ETH_HLEN, IPPROTO_ICMP, IPPROTO_TCP, IPV4_HLEN, L4, TCP_HLEN, UDP_HLEN,
-    },
-    require_root,
+use fixture::{
+    backend,
+    cases::{run_cases, Case, Expect},
+    client, deltas, vip, Fixture, Hook, HOOKS,
 };
+use lb_common::{
+    net::{
+        tcp_flags, ETHERTYPE_ARP, ETHERTYPE_IPV6, ETH_HLEN, ETH_TYPE_OFFSET, IPPROTO_ICMP,
+        IPPROTO_TCP, IPV4_CHECKSUM, IPV4_MIN_HLEN, TCP_HLEN, UDP_HLEN,
+    },
+    Counter,
+};
+use lb_frames::{internet_checksum, Frame, L4};
+use lb_tests::require_root;
 use lb_userspace::model::Protocol;
 
 /// A fixture with TCP and UDP services on the VIP, so only the malformation stops translation.
@@ -39,147 +46,100 @@ fn syn() -> Frame {
 /// Sets the IPv4 header's first byte (version and IHL) and fixes the header checksum over
 /// the first 20 bytes.
 fn with_version_ihl(mut bytes: Vec<u8>, version_ihl: u8) -> Vec<u8> {
+    let checksum_at = ETH_HLEN + IPV4_CHECKSUM;
     bytes[ETH_HLEN] = version_ihl;
-    bytes[ETH_HLEN + 10..ETH_HLEN + 12].fill(0);
-    let checksum = internet_checksum(&bytes[ETH_HLEN..ETH_HLEN + IPV4_HLEN]);
-    bytes[ETH_HLEN + 10..ETH_HLEN + 12].copy_from_slice(&checksum.to_be_bytes());
+    bytes[checksum_at..checksum_at + 2].fill(0);
+    let checksum = internet_checksum(&bytes[ETH_HLEN..ETH_HLEN + IPV4_MIN_HLEN]);
+    bytes[checksum_at..checksum_at + 2].copy_from_slice(&checksum.to_be_bytes());
     bytes
 }
 
-/// Asserts each frame passes untouched on both hooks and moves only `packets` and `reason`.
-fn assert_untouched(frames: &[Vec<u8>], reason: Counter) {
-    assert_untouched_on(&HOOKS, frames, reason);
+/// `bytes` with another EtherType.
+fn with_ethertype(bytes: &[u8], ethertype: u16) -> Vec<u8> {
+    let mut bytes = bytes.to_vec();
+    bytes[ETH_TYPE_OFFSET..ETH_TYPE_OFFSET + 2].copy_from_slice(&ethertype.to_be_bytes());
+    bytes
 }
 
-fn assert_untouched_on(hooks: &[Hook], frames: &[Vec<u8>], reason: Counter) {
-    for &hook in hooks {
-        let mut fx = fixture(hook);
-        for (i, bytes) in frames.iter().enumerate() {
-            let (verdict, out, moved) = fx.run_counted(bytes);
-            assert_eq!(verdict, Verdict::Pass, "{hook:?} frame {i}");
-            assert_frames_equal(&out, bytes);
-            assert_eq!(
-                moved,
-                deltas(&[(Counter::Packets, 1), (reason, 1)]),
-                "{hook:?} frame {i}"
-            );
-        }
-        assert_eq!(fx.conntrack_len(), 0, "{hook:?}");
+/// A row: `input` on `hooks` passes untouched and moves only `packets` and `reason`.
+fn untouched(name: &'static str, hooks: &'static [Hook], input: Vec<u8>, reason: Counter) -> Case {
+    Case {
+        name,
+        hooks,
+        setup: fixture,
+        input,
+        expect: Expect::untouched(deltas(&[(Counter::Packets, 1), (reason, 1)])),
     }
 }
 
-/// Whether the kernel's test runner refuses `frame` on `hook` (EINVAL) before the program.
-fn refused(hook: Hook, frame: &[u8]) -> bool {
-    let mut out = [0u8; 128];
-    fixture(hook).try_run(frame, &mut out).is_err()
-}
-
-#[test]
-fn frames_shorter_than_ethernet_are_refused_before_the_program() {
-    require_root!();
-    for hook in HOOKS {
-        assert!(refused(hook, &syn().to_bytes()[..ETH_HLEN - 1]), "{hook:?}");
+/// A row: the kernel's test runner refuses `input` on `hooks` before the program runs.
+fn refused(name: &'static str, hooks: &'static [Hook], input: Vec<u8>) -> Case {
+    Case {
+        name,
+        hooks,
+        setup: fixture,
+        input,
+        expect: Expect::Refused,
     }
 }
 
 #[test]
-fn truncated_ipv4_headers_pass_untouched() {
-    require_root!();
-    let syn = syn().to_bytes();
-    let without_fixed_header = [
-        syn[..ETH_HLEN].to_vec(),
-        syn[..ETH_HLEN + IPV4_HLEN - 1].to_vec(),
-    ];
-    for frame in &without_fixed_header {
-        assert!(
-            refused(Hook::Tc, frame),
-            "TC test runs now accept {} bytes: test them",
-            frame.len()
-        );
-    }
-    assert_untouched_on(&[Hook::Xdp], &without_fixed_header, Counter::TruncatedIpv4);
-
-    // The fixed header is there, its options are cut.
-    let with_options = Frame::tcp(client(47_000), vip(80), tcp_flags::SYN)
-        .with_ip_options(&[0x01; 8])
-        .to_bytes();
-    assert_untouched(
-        &[with_options[..ETH_HLEN + IPV4_HLEN + 4].to_vec()],
-        Counter::TruncatedIpv4,
-    );
-}
-
-#[test]
-fn bad_header_lengths_pass_untouched() {
-    require_root!();
-    let syn = syn().to_bytes();
-    // IHL 15 (60 bytes) with a total length of 40, though the frame has the bytes.
-    let mut beyond_total = with_version_ihl(syn.clone(), 0x4f);
-    beyond_total.resize(ETH_HLEN + 60 + TCP_HLEN, 0);
-    assert_untouched(
-        &[
-            with_version_ihl(syn.clone(), 0x44),
-            with_version_ihl(syn.clone(), 0x40),
-            beyond_total,
-        ],
-        Counter::BadIpv4HeaderLength,
-    );
-}
-
-#[test]
-fn truncated_tcp_and_udp_headers_pass_untouched() {
+fn malformed_and_out_of_scope_frames() {
     require_root!();
     let tcp = syn().to_bytes();
     let udp = Frame::udp(client(47_000), vip(53), b"").to_bytes();
+    let with_options = syn().with_ip_options(&[0x01; 8]).to_bytes();
+    // IHL 15 (60 bytes) with a total length of 40, though the frame has the bytes.
+    let mut ihl_beyond_total = with_version_ihl(tcp.clone(), 0x4f);
+    ihl_beyond_total.resize(ETH_HLEN + 60 + TCP_HLEN, 0);
     // Total length claims less than a TCP header, though the frame has it all.
     let mut short_total = tcp.clone();
-    short_total[ETH_HLEN + 3] = (IPV4_HLEN + TCP_HLEN - 1) as u8;
+    short_total[ETH_HLEN + 3] = (IPV4_MIN_HLEN + TCP_HLEN - 1) as u8;
     let short_total = with_version_ihl(short_total, 0x45);
-    assert_untouched(
-        &[
-            tcp[..ETH_HLEN + IPV4_HLEN].to_vec(),
-            tcp[..ETH_HLEN + IPV4_HLEN + TCP_HLEN - 1].to_vec(),
-            udp[..ETH_HLEN + IPV4_HLEN + UDP_HLEN - 1].to_vec(),
-            short_total,
-        ],
-        Counter::TruncatedL4,
-    );
-}
-
-#[test]
-fn fragments_pass_untouched() {
-    require_root!();
-    let first = syn().with_payload(&[7; 64]).with_fragment(true, 0);
-    let later = syn().with_fragment(false, 8).with_l4(L4::Raw {
+    let first_fragment = syn().with_payload(&[7; 64]).with_fragment(true, 0);
+    let later_fragment = syn().with_fragment(false, 8).with_l4(L4::Raw {
         protocol: IPPROTO_TCP,
         bytes: vec![7; 64],
     });
-    let middle_udp = Frame::udp(client(47_000), vip(53), &[1; 32]).with_fragment(true, 4);
-    assert_untouched(
-        &[first.to_bytes(), later.to_bytes(), middle_udp.to_bytes()],
-        Counter::Fragment,
-    );
-}
-
-#[test]
-fn non_ipv4_passes_untouched() {
-    require_root!();
-    let mut arp = syn().to_bytes();
-    arp[12..14].copy_from_slice(&ETHERTYPE_ARP.to_be_bytes());
-    let mut ipv6 = syn().to_bytes();
-    ipv6[12..14].copy_from_slice(&ETHERTYPE_IPV6.to_be_bytes());
-    // IPv4 EtherType but version 6 in the header.
-    let version_6 = with_version_ihl(syn().to_bytes(), 0x65);
-    assert_untouched(&[arp, ipv6, version_6], Counter::NotIpv4);
-}
-
-#[test]
-fn other_protocols_pass_untouched() {
-    require_root!();
-    let echo_request = [8, 0, 0xf7, 0xff, 0, 0, 0, 0];
-    let icmp = syn().with_l4(L4::Raw {
+    let middle_udp_fragment = Frame::udp(client(47_000), vip(53), &[1; 32]).with_fragment(true, 4);
+    let echo_request = syn().with_l4(L4::Raw {
         protocol: IPPROTO_ICMP,
-        bytes: echo_request.to_vec(),
+        bytes: vec![8, 0, 0xf7, 0xff, 0, 0, 0, 0],
     });
-    assert_untouched(&[icmp.to_bytes()], Counter::OtherProtocol);
+    let cut = |bytes: &[u8], len: usize| bytes[..len].to_vec();
+    let ipv4_at = ETH_HLEN;
+    let l4_at = ETH_HLEN + IPV4_MIN_HLEN;
+    let options_cut = cut(&with_options, l4_at + 4);
+    let tcp_cut = cut(&tcp, l4_at + TCP_HLEN - 1);
+    let udp_cut = cut(&udp, l4_at + UDP_HLEN - 1);
+    let arp = with_ethertype(&tcp, ETHERTYPE_ARP);
+    let ipv6 = with_ethertype(&tcp, ETHERTYPE_IPV6);
+
+    use Counter::{
+        BadIpv4HeaderLength as BadIhl, Fragment, NotIpv4, OtherProtocol, TruncatedIpv4, TruncatedL4,
+    };
+    #[rustfmt::skip]
+    let cases = [
+        refused("shorter than Ethernet",       &HOOKS,       cut(&tcp, ETH_HLEN - 1)),
+        refused("Ethernet only",               &[Hook::Tc],  cut(&tcp, ipv4_at)),
+        refused("IPv4 cut by a byte",          &[Hook::Tc],  cut(&tcp, l4_at - 1)),
+        untouched("Ethernet only",             &[Hook::Xdp], cut(&tcp, ipv4_at), TruncatedIpv4),
+        untouched("IPv4 cut by a byte",        &[Hook::Xdp], cut(&tcp, l4_at - 1), TruncatedIpv4),
+        untouched("IPv4 options cut",          &HOOKS, options_cut, TruncatedIpv4),
+        untouched("IHL 4",                     &HOOKS, with_version_ihl(tcp.clone(), 0x44), BadIhl),
+        untouched("IHL 0",                     &HOOKS, with_version_ihl(tcp.clone(), 0x40), BadIhl),
+        untouched("IHL beyond total length",   &HOOKS, ihl_beyond_total, BadIhl),
+        untouched("TCP header absent",         &HOOKS, cut(&tcp, l4_at), TruncatedL4),
+        untouched("TCP header cut by a byte",  &HOOKS, tcp_cut, TruncatedL4),
+        untouched("UDP header cut by a byte",  &HOOKS, udp_cut, TruncatedL4),
+        untouched("total length short of TCP", &HOOKS, short_total, TruncatedL4),
+        untouched("first TCP fragment",        &HOOKS, first_fragment.to_bytes(), Fragment),
+        untouched("later TCP fragment",        &HOOKS, later_fragment.to_bytes(), Fragment),
+        untouched("middle UDP fragment",       &HOOKS, middle_udp_fragment.to_bytes(), Fragment),
+        untouched("ARP",                       &HOOKS, arp, NotIpv4),
+        untouched("IPv6 EtherType",            &HOOKS, ipv6, NotIpv4),
+        untouched("IPv4 EtherType, version 6", &HOOKS, with_version_ihl(tcp, 0x65), NotIpv4),
+        untouched("ICMP echo request",         &HOOKS, echo_request.to_bytes(), OtherProtocol),
+    ];
+    run_cases(&cases);
 }

@@ -15,13 +15,12 @@ use lb_common::{
     config::{SNAT_PORT_MAX, SNAT_PORT_MIN},
     conntrack::{CLOSING_REUSE_NS, UDP_REUSE_NS},
     ipv4_mapped,
+    net::tcp_flags,
     service::backend_flags,
     Counter, NodeConfig, IPPROTO_TCP, IPPROTO_UDP,
 };
-use lb_tests::{
-    packet::{self, assert_frames_equal, tcp_flags, Frame},
-    require_root,
-};
+use lb_frames::{assert_frames_equal, parse, Frame};
+use lb_tests::require_root;
 
 const SERVICE_ID: u32 = 1;
 const BACKEND_ID: u32 = 11;
@@ -68,7 +67,7 @@ fn masqueraded(
     fx.hook = Hook::Xdp;
     let (verdict, out, moved) = fx.run_counted(&request.to_bytes());
     assert_eq!(verdict, Verdict::Pass);
-    let parsed = packet::parse(&out).expect("a valid frame");
+    let parsed = parse(&out).expect("a valid frame");
     assert!(parsed.ip_checksum_ok && parsed.l4_checksum_ok == Some(true));
     let (port, _) = parsed.ports.expect("ports");
     assert!(ports.contains(&port), "port {port} outside {ports:?}");

@@ -1,26 +1,29 @@
 //! Services without a usable backend through the real TC and XDP programs (BPF_PROG_TEST_RUN):
 //! new TCP and UDP flows are rejected as kube-proxy does (ICMP port unreachable from the
 //! frontend, sent back out of the arrival interface: `TC_ACT_REDIRECT` / `XDP_TX`), or dropped
-//! when the service entry says so (`DROP_IF_NO_BACKEND`).
+//! when the service entry says so (`DROP_IF_NO_BACKEND`). Every case is one frame on fresh
+//! maps: one table, run by [`run_cases`].
 
 mod fixture;
 
-use fixture::{client, deltas, vip, Fixture, Hook, Verdict, HOOKS};
+use fixture::{
+    cases::{run_cases, Case, Expect, Output, Service, Stat},
+    client, deltas, vip, Fixture, Hook, Verdict, HOOKS,
+};
 use lb_common::{
+    net::{icmp, tcp_flags, ETH_HLEN, IPPROTO_ICMP, TCP_HLEN, UDP_HLEN},
     service::{scope, service_flags},
     Counter, ServiceValue, IPPROTO_TCP, IPPROTO_UDP,
 };
-use lb_tests::{
-    packet::{
-        assert_frames_equal, internet_checksum, parse, tcp_flags, Frame, Ipv4, DST_MAC,
-        ETHERTYPE_IPV4, ETH_HLEN, IPPROTO_ICMP, L4, SRC_MAC, TCP_HLEN, UDP_HLEN,
-    },
-    require_root,
-};
+use lb_frames::{parse, Frame, Icmp, DST_MAC, L4, SRC_MAC};
+use lb_tests::require_root;
 use lb_userspace::model::Protocol;
 
 const MSS_1460: [u8; 4] = [2, 4, 0x05, 0xb4];
 const ROUTER_ALERT: [u8; 4] = [0x94, 0x04, 0x00, 0x00];
+/// Ids of the services [`dropping_services`] programs.
+const DROPPING_TCP: u32 = 7;
+const DROPPING_UDP: u32 = 8;
 
 /// A fixture whose TCP service on port 80 and UDP service on port 53 have no endpoints,
 /// programmed by the agent's reconciler.
@@ -30,200 +33,149 @@ fn empty_services(hook: Hook) -> Fixture {
     fx
 }
 
+/// A fixture whose TCP service on port 80 and UDP service on port 53 have no backends and
+/// drop (`DROP_IF_NO_BACKEND`), written as a policy-driven scope entry would be.
+fn dropping_services(hook: Hook) -> Fixture {
+    let mut fx = Fixture::new(hook);
+    let value = ServiceValue {
+        id: DROPPING_TCP,
+        backend_count: 0,
+        flags: service_flags::DROP_IF_NO_BACKEND,
+        affinity_timeout_s: 0,
+    };
+    let scopes = [scope::EXTERNAL, scope::INTERNAL];
+    fx.program(vip(80), IPPROTO_TCP, &scopes, value, &[]);
+    let udp = ServiceValue {
+        id: DROPPING_UDP,
+        ..value
+    };
+    fx.program(vip(53), IPPROTO_UDP, &scopes, udp, &[]);
+    fx
+}
+
 /// The ICMP port unreachable answering `original`, built from the RFC: Ethernet addresses
 /// swapped, IPv4 from the frontend to the client (TOS 0xc0, TTL 64, no fragmentation), ICMP
 /// type 3 code 3 quoting the original IPv4 header and `quoted_l4` bytes of its payload.
 fn port_unreachable(original: &[u8], quoted_l4: usize) -> Vec<u8> {
     let sent = parse(original).expect("a valid frame");
     let quoted = &original[ETH_HLEN..ETH_HLEN + sent.header_len + quoted_l4];
-    let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
-    icmp.extend_from_slice(quoted);
-    let checksum = internet_checksum(&icmp);
-    icmp[2..4].copy_from_slice(&checksum.to_be_bytes());
-    Frame {
-        dst_mac: SRC_MAC,
-        src_mac: DST_MAC,
-        ethertype: ETHERTYPE_IPV4,
-        ip: Ipv4 {
-            src: sent.dst,
-            dst: sent.src,
-            tos: 0xc0,
-            id: 0,
-            ttl: 64,
-            flags_fragment: 0,
-            options: Vec::new(),
-        },
-        l4: L4::Raw {
-            protocol: IPPROTO_ICMP,
-            bytes: icmp,
-        },
-    }
-    .to_bytes()
+    let icmp = Icmp {
+        icmp_type: icmp::DEST_UNREACH,
+        code: icmp::PORT_UNREACH,
+        rest: [0; 4],
+        body: quoted.to_vec(),
+    };
+    let mut reply = Frame::icmp(sent.dst, sent.src, icmp);
+    (reply.dst_mac, reply.src_mac) = (SRC_MAC, DST_MAC);
+    reply.ip.id = 0;
+    reply.to_bytes()
 }
 
-/// Asserts `frame` is rejected with exactly `expected` and moves the reject counters.
-fn assert_rejected(fx: &mut Fixture, frame: &[u8], expected: &[u8], protocol: u8) {
-    let hook = fx.hook;
+/// A row: `input` to an empty service is answered with exactly `reply` (whose checksums
+/// verify), moves the reject counters and creates no flow.
+fn rejected(name: &'static str, input: Vec<u8>, reply: Vec<u8>, protocol: u8) -> Case {
     let frontend = vip(if protocol == IPPROTO_TCP { 80 } else { 53 });
-    let before = fx.service_stats(frontend, protocol);
-    let (verdict, out, moved) = fx.run_counted(frame);
-    assert_eq!(verdict, Verdict::SendBack, "{hook:?}");
-    assert_frames_equal(&out, expected);
-    let reply = parse(&out).unwrap();
-    assert!(reply.ip_checksum_ok, "{hook:?}");
-    assert_eq!(
-        internet_checksum(&out[ETH_HLEN + 20..]),
-        0,
-        "{hook:?}: ICMP checksum"
-    );
-    assert_eq!(
-        moved,
-        deltas(&[(Counter::Packets, 1), (Counter::RejectNoBackend, 1)]),
-        "{hook:?}"
-    );
-    let after = fx.service_stats(frontend, protocol);
-    assert_eq!(after.rejects, before.rejects + 1, "{hook:?}");
-    assert_eq!((after.drops, after.new_flows), (0, 0), "{hook:?}");
-    assert_eq!(fx.conntrack_len(), 0, "{hook:?}");
-}
-
-#[test]
-fn a_tcp_syn_is_rejected_with_port_unreachable() {
-    require_root!();
-    for hook in HOOKS {
-        let mut fx = empty_services(hook);
-        for syn in [
-            Frame::tcp(client(46_000), vip(80), tcp_flags::SYN).with_tcp_options(&MSS_1460),
-            Frame::tcp(client(46_001), vip(80), tcp_flags::SYN).with_ip_options(&ROUTER_ALERT),
-        ] {
-            let bytes = syn.to_bytes();
-            // The fixed TCP header is quoted (more than RFC 792's 8 bytes; see lb-ebpf's
-            // reject module), its options are not.
-            assert_rejected(
-                &mut fx,
-                &bytes,
-                &port_unreachable(&bytes, TCP_HLEN),
-                IPPROTO_TCP,
-            );
-        }
+    let service = Service::At(frontend, protocol);
+    Case {
+        name,
+        hooks: &HOOKS,
+        setup: empty_services,
+        input,
+        expect: Expect::Ran {
+            verdict: Verdict::SendBack,
+            output: Output::Frame(reply),
+            counters: deltas(&[(Counter::Packets, 1), (Counter::RejectNoBackend, 1)]),
+            stats: vec![
+                (service, Stat::Rejects, 1),
+                (service, Stat::Drops, 0),
+                (service, Stat::NewFlows, 0),
+            ],
+            conntrack: 0,
+        },
     }
 }
 
-#[test]
-fn a_udp_datagram_is_rejected_with_port_unreachable() {
-    require_root!();
-    for hook in HOOKS {
-        let mut fx = empty_services(hook);
-        for query in [
-            Frame::udp(client(50_000), vip(53), b"query: demo.default.svc?"),
-            Frame::udp(client(50_001), vip(53), b"x").with_ip_options(&[0x01; 40]),
-            Frame::udp(client(50_002), vip(53), b"").with_udp_zero_checksum(),
-        ] {
-            let bytes = query.to_bytes();
-            assert_rejected(
-                &mut fx,
-                &bytes,
-                &port_unreachable(&bytes, UDP_HLEN),
-                IPPROTO_UDP,
-            );
-        }
-    }
-}
-
-#[test]
-fn ethernet_padding_is_not_quoted() {
-    require_root!();
-    for hook in HOOKS {
-        let mut fx = empty_services(hook);
-        let bytes = Frame::udp(client(50_003), vip(53), b"q").to_bytes();
-        let mut padded = bytes.clone();
-        padded.resize(60, 0);
-        assert_rejected(
-            &mut fx,
-            &padded,
-            &port_unreachable(&bytes, UDP_HLEN),
-            IPPROTO_UDP,
-        );
-    }
-}
-
-#[test]
-fn a_service_that_drops_without_backends_drops() {
-    require_root!();
-    for hook in HOOKS {
-        let mut fx = Fixture::new(hook);
-        let value = ServiceValue {
-            id: 7,
-            backend_count: 0,
-            flags: service_flags::DROP_IF_NO_BACKEND,
-            affinity_timeout_s: 0,
-        };
-        let scopes = [scope::EXTERNAL, scope::INTERNAL];
-        fx.program(vip(80), IPPROTO_TCP, &scopes, value, &[]);
-        fx.program(
-            vip(53),
-            IPPROTO_UDP,
-            &scopes,
-            ServiceValue { id: 8, ..value },
-            &[],
-        );
-        let syn = Frame::tcp(client(46_002), vip(80), tcp_flags::SYN);
-        let query = Frame::udp(client(50_004), vip(53), b"query");
-        for (frame, id) in [(syn, 7), (query, 8)] {
-            let (verdict, _, moved) = fx.run_counted(&frame.to_bytes());
-            assert_eq!(verdict, Verdict::Drop, "{hook:?}");
-            assert_eq!(
-                moved,
-                deltas(&[(Counter::Packets, 1), (Counter::DropNoBackend, 1)]),
-                "{hook:?}"
-            );
-            let stats = fx.stats_of(id);
-            assert_eq!((stats.drops, stats.rejects), (1, 0), "{hook:?}");
-        }
-        assert_eq!(fx.conntrack_len(), 0, "{hook:?}");
-    }
-}
-
-#[test]
-fn icmp_and_fragments_to_a_service_without_backends_are_never_rejected() {
-    require_root!();
-    let echo_request = [8, 0, 0xf7, 0xff, 0, 0, 0, 0];
-    let icmp = Frame::tcp(client(46_003), vip(80), tcp_flags::SYN).with_l4(L4::Raw {
-        protocol: IPPROTO_ICMP,
-        bytes: echo_request.to_vec(),
+/// A row: `input` is dropped for want of a backend, counted against `service` when given.
+fn dropped(
+    name: &'static str,
+    setup: fn(Hook) -> Fixture,
+    input: Vec<u8>,
+    service: Option<u32>,
+) -> Case {
+    let stats = service.map_or_else(Vec::new, |id| {
+        vec![
+            (Service::Id(id), Stat::Drops, 1),
+            (Service::Id(id), Stat::Rejects, 0),
+        ]
     });
-    let first_fragment = Frame::udp(client(50_005), vip(53), &[1; 64]).with_fragment(true, 0);
-    for hook in HOOKS {
-        let mut fx = empty_services(hook);
-        for (frame, reason) in [
-            (icmp.to_bytes(), Counter::OtherProtocol),
-            (first_fragment.to_bytes(), Counter::Fragment),
-        ] {
-            let (verdict, out, moved) = fx.run_counted(&frame);
-            assert_eq!(verdict, Verdict::Pass, "{hook:?}");
-            assert_frames_equal(&out, &frame);
-            assert_eq!(
-                moved,
-                deltas(&[(Counter::Packets, 1), (reason, 1)]),
-                "{hook:?}"
-            );
-        }
+    Case {
+        name,
+        hooks: &HOOKS,
+        setup,
+        input,
+        expect: Expect::Ran {
+            verdict: Verdict::Drop,
+            output: Output::Unchecked,
+            counters: deltas(&[(Counter::Packets, 1), (Counter::DropNoBackend, 1)]),
+            stats,
+            conntrack: 0,
+        },
+    }
+}
+
+/// A row: `input` to an empty service passes untouched, moving `packets` and `reason`.
+fn untouched(name: &'static str, input: Vec<u8>, reason: Counter) -> Case {
+    Case {
+        name,
+        hooks: &HOOKS,
+        setup: empty_services,
+        input,
+        expect: Expect::untouched(deltas(&[(Counter::Packets, 1), (reason, 1)])),
     }
 }
 
 #[test]
-fn no_error_goes_to_a_broadcast_source() {
+fn frames_to_services_without_backends() {
     require_root!();
-    for hook in HOOKS {
-        let mut fx = empty_services(hook);
-        let from = "255.255.255.255:68".parse().unwrap();
-        let query = Frame::udp(from, vip(53), b"query");
-        let (verdict, _, moved) = fx.run_counted(&query.to_bytes());
-        assert_eq!(verdict, Verdict::Drop, "{hook:?}");
-        assert_eq!(
-            moved,
-            deltas(&[(Counter::Packets, 1), (Counter::DropNoBackend, 1)]),
-            "{hook:?}"
-        );
-    }
+    let syn = |port| Frame::tcp(client(port), vip(80), tcp_flags::SYN);
+    let query = |port, payload: &[u8]| Frame::udp(client(port), vip(53), payload);
+    let syn_mss = syn(46_000).with_tcp_options(&MSS_1460).to_bytes();
+    let syn_router_alert = syn(46_001).with_ip_options(&ROUTER_ALERT).to_bytes();
+    let dns = query(50_000, b"query: demo.default.svc?").to_bytes();
+    let max_options = query(50_001, b"x").with_ip_options(&[0x01; 40]).to_bytes();
+    let no_checksum = query(50_002, b"").with_udp_zero_checksum().to_bytes();
+    let short = query(50_003, b"q").to_bytes();
+    let mut padded = short.clone();
+    padded.resize(60, 0);
+    // The fixed TCP header is quoted (more than RFC 792's 8 bytes; see lb-ebpf's reject
+    // module), its options are not; Ethernet padding is not quoted.
+    let tcp_reply = |bytes: &[u8]| port_unreachable(bytes, TCP_HLEN);
+    let udp_reply = |bytes: &[u8]| port_unreachable(bytes, UDP_HLEN);
+    let echo_request = syn(46_003).with_l4(L4::Raw {
+        protocol: IPPROTO_ICMP,
+        bytes: vec![8, 0, 0xf7, 0xff, 0, 0, 0, 0],
+    });
+    let first_fragment = query(50_005, &[1; 64]).with_fragment(true, 0);
+    let from_broadcast = Frame::udp("255.255.255.255:68".parse().unwrap(), vip(53), b"query");
+    let (dropping, empty) = (dropping_services, empty_services);
+    use Counter::{Fragment, OtherProtocol};
+
+    #[rustfmt::skip]
+    let cases = [
+        rejected("TCP SYN with MSS", syn_mss.clone(), tcp_reply(&syn_mss), IPPROTO_TCP),
+        rejected("TCP SYN with router alert", syn_router_alert.clone(),
+                 tcp_reply(&syn_router_alert), IPPROTO_TCP),
+        rejected("UDP query", dns.clone(), udp_reply(&dns), IPPROTO_UDP),
+        rejected("UDP with 40 option bytes", max_options.clone(), udp_reply(&max_options),
+                 IPPROTO_UDP),
+        rejected("UDP checksum 0", no_checksum.clone(), udp_reply(&no_checksum), IPPROTO_UDP),
+        rejected("UDP with Ethernet padding", padded, udp_reply(&short), IPPROTO_UDP),
+        dropped("TCP SYN, dropping service", dropping, syn(46_002).to_bytes(), Some(DROPPING_TCP)),
+        dropped("UDP, dropping service", dropping, query(50_004, b"query").to_bytes(),
+                Some(DROPPING_UDP)),
+        dropped("UDP from the broadcast address", empty, from_broadcast.to_bytes(), None),
+        untouched("ICMP echo request", echo_request.to_bytes(), OtherProtocol),
+        untouched("first UDP fragment", first_fragment.to_bytes(), Fragment),
+    ];
+    run_cases(&cases);
 }

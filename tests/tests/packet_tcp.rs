@@ -5,12 +5,14 @@ mod fixture;
 
 use std::collections::BTreeSet;
 
-use fixture::{backend, client, deltas, vip, Fixture, Verdict, HOOKS};
-use lb_common::{Counter, IPPROTO_TCP};
-use lb_tests::{
-    packet::{assert_frames_equal, tcp_flags, Frame},
-    require_root,
+use fixture::{
+    backend,
+    cases::{run_cases, Case, Expect},
+    client, deltas, vip, Fixture, Verdict, HOOKS,
 };
+use lb_common::{net::tcp_flags, Counter, IPPROTO_TCP};
+use lb_frames::{assert_frames_equal, Frame};
+use lb_tests::require_root;
 use lb_userspace::model::Protocol;
 
 const MSS_1460: [u8; 4] = [2, 4, 0x05, 0xb4];
@@ -193,26 +195,21 @@ fn ip_options_are_kept_and_the_ports_after_them_translated() {
 #[test]
 fn traffic_not_for_a_service_passes_untouched() {
     require_root!();
-    for hook in HOOKS {
-        let mut fx = Fixture::with_service(hook, vip(80), Protocol::Tcp, &three_backends());
-        let other_port = Frame::tcp(client(45_000), vip(81), tcp_flags::SYN);
-        let other_vip = Frame::tcp(
-            client(45_000),
-            "198.19.0.2:80".parse().unwrap(),
-            tcp_flags::SYN,
-        );
-        let pod_to_pod = Frame::tcp(client(45_000), backend(1), tcp_flags::SYN);
-        let udp_on_tcp_port = Frame::udp(client(45_000), vip(80), b"not tcp");
-        for frame in [other_port, other_vip, pod_to_pod, udp_on_tcp_port] {
-            let bytes = frame.to_bytes();
-            let (verdict, out, moved) = fx.run_counted(&bytes);
-            assert_eq!(verdict, Verdict::Pass, "{hook:?}");
-            assert_frames_equal(&out, &bytes);
-            assert_eq!(
-                moved,
-                deltas(&[(Counter::Packets, 1), (Counter::NotService, 1)])
-            );
-        }
-        assert_eq!(fx.conntrack_len(), 0, "{hook:?}");
-    }
+    let row = |name, frame: Frame| Case {
+        name,
+        hooks: &HOOKS,
+        setup: |hook| Fixture::with_service(hook, vip(80), Protocol::Tcp, &three_backends()),
+        input: frame.to_bytes(),
+        expect: Expect::untouched(deltas(&[(Counter::Packets, 1), (Counter::NotService, 1)])),
+    };
+    let syn_to = |dst| Frame::tcp(client(45_000), dst, tcp_flags::SYN);
+    run_cases(&[
+        row("another port of the VIP", syn_to(vip(81))),
+        row("another VIP", syn_to("198.19.0.2:80".parse().unwrap())),
+        row("pod to pod", syn_to(backend(1))),
+        row(
+            "UDP to the TCP service's port",
+            Frame::udp(client(45_000), vip(80), b"not tcp"),
+        ),
+    ]);
 }

@@ -5,10 +5,8 @@ mod fixture;
 
 use fixture::{backend, client, deltas, vip, Fixture, Verdict, HOOKS};
 use lb_common::{Counter, IPPROTO_UDP};
-use lb_tests::{
-    packet::{assert_frames_equal, Frame},
-    require_root,
-};
+use lb_frames::{assert_frames_equal, Frame};
+use lb_tests::require_root;
 use lb_userspace::model::Protocol;
 
 fn three_backends() -> [std::net::SocketAddrV4; 3] {

@@ -130,7 +130,8 @@ struct TestRunAttr {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::packet::{tcp_flags, Frame};
+    use lb_common::net::tcp_flags;
+    use lb_frames::Frame;
 
     #[test]
     fn attribute_layouts_match_the_kernel() {

@@ -15,22 +15,20 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use aya::maps::{HashMap, Map, MapData};
 use lb_common::maps as registry;
-use lb_common::{conntrack::ct_flags, CtKey, CtValue, IPPROTO_TCP};
+use lb_common::{conntrack::ct_flags, net::tcp_flags, CtKey, CtValue, IPPROTO_TCP};
+use lb_frames::{describe, parse, Frame};
 use lb_userspace::{model::map_addr, Datapath, Reconciler};
 use std::os::fd::{AsFd, BorrowedFd};
 
-use crate::{
-    bench::{
-        error::{io_context, map_context, BenchError, Result},
-        interrupt,
-        options::Plan,
-        results::{ConntrackFill, Method, PacketCase, PacketCell},
-        services::ServiceSet,
-        stats::median,
-        test_run::{test_run, Hook, NoopProgram, Outcome},
-        variants::capacities_for,
-    },
-    packet::{parse, tcp_flags, Frame},
+use crate::bench::{
+    error::{io_context, map_context, BenchError, Result},
+    interrupt,
+    options::Plan,
+    results::{ConntrackFill, Method, PacketCase, PacketCell},
+    services::ServiceSet,
+    stats::median,
+    test_run::{test_run, Hook, NoopProgram, Outcome},
+    variants::capacities_for,
 };
 
 /// Source of the established flow.
@@ -190,8 +188,8 @@ impl PacketBench {
                 return Err(BenchError::Check(format!(
                     "{hook:?} {what}: verdict {} and frame {} (expected {pass} and {})",
                     outcome.verdict,
-                    crate::packet::describe(&outcome.frame),
-                    crate::packet::describe(frame)
+                    describe(&outcome.frame),
+                    describe(frame)
                 )));
             }
             Ok(())
@@ -212,7 +210,8 @@ impl PacketBench {
             &self.non_service,
         )?;
         let outcome = run(&syn, 1)?;
-        let parsed = parse(&outcome.frame)?;
+        let parsed = parse(&outcome.frame)
+            .map_err(|e| BenchError::Check(format!("{hook:?} new flow to {}: {e}", self.vip)))?;
         let chosen = parsed
             .ports
             .map(|(_, dport)| SocketAddrV4::new(parsed.dst, dport));

@@ -1,0 +1,102 @@
+//! Frames read back from bytes, with their checksums verified.
+
+use std::{fmt, net::Ipv4Addr};
+
+use lb_common::net::{
+    ETHERTYPE_IPV4, ETH_HLEN, ETH_TYPE_OFFSET, ICMP_HLEN, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+    IPV4_DST, IPV4_FRAGMENT_MASK, IPV4_MIN_HLEN, IPV4_SRC, TCP_HLEN, UDP_CHECKSUM, UDP_HLEN,
+};
+
+use crate::{internet_checksum, l4_checksum};
+
+/// A frame as parsed back from bytes, with its checksums verified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Parsed {
+    pub ethertype: u16,
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub protocol: u8,
+    /// IPv4 header length in bytes.
+    pub header_len: usize,
+    pub flags_fragment: u16,
+    /// Transport ports when the frame carries a complete TCP/UDP header and is no fragment.
+    pub ports: Option<(u16, u16)>,
+    /// TCP flags, for TCP.
+    pub tcp_flags: Option<u8>,
+    pub ip_checksum_ok: bool,
+    /// TCP/UDP/ICMP checksum validity when checkable (a complete, unfragmented header of one
+    /// of them). UDP checksum 0 counts as valid.
+    pub l4_checksum_ok: Option<bool>,
+}
+
+/// Why [`parse`] refused a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ParseError(&'static str);
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid frame: {}", self.0)
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+/// Parses an Ethernet/IPv4 frame and verifies its checksums.
+pub fn parse(frame: &[u8]) -> Result<Parsed, ParseError> {
+    if frame.len() < ETH_HLEN + IPV4_MIN_HLEN {
+        return Err(ParseError("shorter than Ethernet + IPv4 headers"));
+    }
+    let ethertype = u16::from_be_bytes([frame[ETH_TYPE_OFFSET], frame[ETH_TYPE_OFFSET + 1]]);
+    if ethertype != ETHERTYPE_IPV4 {
+        return Err(ParseError("not IPv4"));
+    }
+    let ip = &frame[ETH_HLEN..];
+    let header_len = usize::from(ip[0] & 0x0f) * 4;
+    let total_len = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    if header_len < IPV4_MIN_HLEN || header_len > total_len || total_len > ip.len() {
+        return Err(ParseError("bad IPv4 header or total length"));
+    }
+    let octets = |at: usize| Ipv4Addr::new(ip[at], ip[at + 1], ip[at + 2], ip[at + 3]);
+    let (src, dst, protocol) = (octets(IPV4_SRC), octets(IPV4_DST), ip[9]);
+    let flags_fragment = u16::from_be_bytes([ip[6], ip[7]]);
+    let segment = &ip[header_len..total_len];
+    let is_fragment = flags_fragment & IPV4_FRAGMENT_MASK != 0;
+    let min_len = match protocol {
+        IPPROTO_TCP => TCP_HLEN,
+        IPPROTO_UDP => UDP_HLEN,
+        IPPROTO_ICMP => ICMP_HLEN,
+        _ => usize::MAX,
+    };
+    let complete = !is_fragment && segment.len() >= min_len;
+    let has_ports = complete && protocol != IPPROTO_ICMP;
+    let ports = has_ports.then(|| {
+        (
+            u16::from_be_bytes([segment[0], segment[1]]),
+            u16::from_be_bytes([segment[2], segment[3]]),
+        )
+    });
+    let l4_checksum_ok = complete.then(|| match protocol {
+        IPPROTO_ICMP => internet_checksum(segment) == 0,
+        IPPROTO_UDP if segment[UDP_CHECKSUM..UDP_CHECKSUM + 2] == [0, 0] => true,
+        _ => l4_checksum(src, dst, protocol, segment) == 0,
+    });
+    Ok(Parsed {
+        ethertype,
+        src,
+        dst,
+        protocol,
+        header_len,
+        flags_fragment,
+        ports,
+        tcp_flags: (complete && protocol == IPPROTO_TCP).then(|| segment[13]),
+        ip_checksum_ok: internet_checksum(&ip[..header_len]) == 0,
+        l4_checksum_ok,
+    })
+}
+
+/// Whether `frame` is a complete IPv4 packet whose header checksum and TCP, UDP or ICMP
+/// checksum verify (a UDP checksum of 0 means none and verifies; a fragment, a cut segment or
+/// another protocol does not).
+pub fn checksums_valid(frame: &[u8]) -> bool {
+    parse(frame).is_ok_and(|p| p.ip_checksum_ok && p.l4_checksum_ok == Some(true))
+}
