@@ -6,15 +6,15 @@ use core::fmt;
 /// The largest size accepted for any map, in entries: 2^24, the limit Cilium puts on its
 /// tables. The kernel refuses hash maps only near 2^28 entries, but long before that the maps
 /// cost gigabytes (conntrack: about 160 B per entry), and the per-service counters, one per-CPU
-/// entry per service id, cost `services x CPUs x 40 B`. It also keeps `services + 1` (the
-/// counters' length, indexed by service id) inside `u32`.
+/// entry per group id, cost `services x CPUs x 40 B`. It also keeps `services + 1` (the
+/// counters' length, indexed by group id) inside `u32`.
 pub const MAX_ENTRIES: u32 = 1 << 24;
 
 /// A map size chosen at load time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Capacity {
     /// Services map entries: one per frontend and lookup scope, so two per Service port. Also
-    /// the highest service id.
+    /// the highest group id.
     Services,
     /// Distinct backends; also the highest backend id.
     Backends,

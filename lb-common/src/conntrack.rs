@@ -64,7 +64,7 @@ pub struct CtValue {
     pub flags: u8,
     pub _pad: u8,
     /// Service the flow belongs to (per-service counters).
-    pub service_id: u32,
+    pub group_id: u32,
     /// Backend chosen for the flow; an established flow keeps it when the backend set changes.
     pub backend_id: u32,
     pub _pad2: u32,

@@ -111,7 +111,7 @@ impl Counter {
     }
 }
 
-/// Per-service counters (`LB_SVC_STATS`, a `PerCpuArray` indexed by service id).
+/// Per-service counters (`LB_SVC_STATS`, a `PerCpuArray` indexed by group id).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ServiceStats {

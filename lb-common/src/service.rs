@@ -1,6 +1,6 @@
 //! Service frontends, backend slots and backends (Cilium's service / backend split).
 //!
-//! A service frontend (`ServiceKey`) maps to a `ServiceValue` whose `id` indexes the backend
+//! A service frontend (`ServiceKey`) maps to a `ServiceValue` whose `group_id` indexes the backend
 //! slots `1..=backend_count`; each slot holds a backend id, and each backend id resolves to an
 //! address and port in the backends map. Userspace writes backends, then slots, then the
 //! service entry, and removes them in reverse, so the kernel never sees half a service.
@@ -66,8 +66,9 @@ impl ServiceKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ServiceValue {
-    /// Dense service id (never 0): the backend slots' and per-service counters' index.
-    pub id: u32,
+    /// Slot group id (dense, never 0): which backend slots the entry balances over, and the
+    /// index of its counters. Frontends and scopes with the same backends may share a group.
+    pub group_id: u32,
     /// Number of backend slots in use, `1..=backend_count`; 0 means no usable backend: new
     /// flows are rejected (ICMP port unreachable), or dropped with `DROP_IF_NO_BACKEND`.
     pub backend_count: u32,
@@ -92,7 +93,7 @@ pub mod backend_flags {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct BackendSlotKey {
     /// The owning service's id.
-    pub service_id: u32,
+    pub group_id: u32,
     /// Slot number, `1..=backend_count` (slot 0 is never written).
     pub slot: u32,
 }
@@ -132,8 +133,8 @@ impl Backend {
 pub struct AffinityKey {
     /// Client address, network byte order, IPv4-mapped for IPv4.
     pub client_addr: [u8; 16],
-    /// Service id the affinity belongs to.
-    pub service_id: u32,
+    /// Group id the affinity belongs to.
+    pub group_id: u32,
 }
 
 /// Value of the session affinity map (written by the data path only).

@@ -20,10 +20,10 @@ pub fn enabled(service: &ServiceValue) -> bool {
 
 /// The key of `client`'s affinity to a service.
 #[inline(always)]
-pub fn key(client_addr: [u8; 16], service_id: u32) -> AffinityKey {
+pub fn key(client_addr: [u8; 16], group_id: u32) -> AffinityKey {
     AffinityKey {
         client_addr,
-        service_id,
+        group_id,
     }
 }
 
@@ -54,7 +54,7 @@ mod tests {
 
     fn service(backend_count: u32, timeout_s: u32) -> ServiceValue {
         ServiceValue {
-            id: 1,
+            group_id: 1,
             backend_count,
             flags: service_flags::AFFINITY,
             affinity_timeout_s: timeout_s,

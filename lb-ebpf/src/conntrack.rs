@@ -86,13 +86,13 @@ fn key(src: FlowEnd, dst: FlowEnd, proto: u8) -> CtKey {
 /// A new flow's reply entry: translates the backend's answers back to the VIP the client
 /// addressed in `forward`. Once inserted, [`make_forward`] turns it into the forward entry.
 #[inline(always)]
-pub fn reply_entry(forward: &CtKey, service_id: u32, backend_id: u32, now_ns: u64) -> CtValue {
+pub fn reply_entry(forward: &CtKey, group_id: u32, backend_id: u32, now_ns: u64) -> CtValue {
     CtValue {
         nat_addr: forward.dst_addr,
         nat_port: forward.dst_port,
         flags: ct_flags::REPLY,
         _pad: 0,
-        service_id,
+        group_id,
         backend_id,
         _pad2: 0,
         last_seen_ns: now_ns,
@@ -187,7 +187,7 @@ mod tests {
             (ipv4_mapped([198, 19, 0, 1]), 80, ct_flags::REPLY)
         );
         for v in [f, r] {
-            assert_eq!((v.service_id, v.backend_id, v.last_seen_ns), (7, 3, 42));
+            assert_eq!((v.group_id, v.backend_id, v.last_seen_ns), (7, 3, 42));
             assert_eq!((v.snat_addr, v.snat_port()), ([0; 16], 0));
         }
         assert_eq!(reply_key_of(&key_of(&flow()), &f), rk);

@@ -21,7 +21,7 @@ pub enum Verdict {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Error {
     pub reason: Counter,
-    pub service_id: u32,
+    pub group_id: u32,
 }
 
 impl Error {
@@ -30,15 +30,15 @@ impl Error {
     pub const fn untouched(reason: Counter) -> Self {
         Error {
             reason,
-            service_id: 0,
+            group_id: 0,
         }
     }
 
     /// A packet of a service that cannot be translated; it is dropped rather than leaked to
     /// the VIP. `reason` is one of the `Drop*` counters.
     #[inline(always)]
-    pub const fn dropped(reason: Counter, service_id: u32) -> Self {
-        Error { reason, service_id }
+    pub const fn dropped(reason: Counter, group_id: u32) -> Self {
+        Error { reason, group_id }
     }
 
     #[inline(always)]

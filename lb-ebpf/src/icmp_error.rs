@@ -71,7 +71,7 @@ pub fn translate<P: Packet, M: MapAccess>(pkt: &mut P, maps: &mut M) -> Result<C
         port: entry.snat_port,
     };
     let masqueraded = entry.flags & ct_flags::SNAT != 0;
-    let service_id = entry.service_id;
+    let group_id = entry.group_id;
     // A quoted reply (the answer is the forward entry's) goes back to being the backend's:
     // from the backend, to the node when masqueraded. A quoted request goes back to being the
     // client's: to the VIP, from the client when masqueraded.
@@ -80,7 +80,7 @@ pub fn translate<P: Packet, M: MapAccess>(pkt: &mut P, maps: &mut M) -> Result<C
         ct_flags::REPLY => (if masqueraded { snat } else { quote.src }, nat),
         _ => return Err(not_ours),
     };
-    let failed = Error::dropped(Counter::DropRewriteFailed, service_id);
+    let failed = Error::dropped(Counter::DropRewriteFailed, group_id);
     rewrite(pkt, &quote, src, dst).ok_or(failed)?;
     Ok(Counter::IcmpErrorTranslated)
 }

@@ -40,8 +40,8 @@ pub fn process<P: Packet, M: MapAccess>(pkt: &mut P, maps: &mut M, scope: u8) ->
             stats::count(maps, e.reason);
             let verdict = e.verdict();
             if verdict == Verdict::Drop {
-                stats::dropped(maps, e.service_id);
-                log::dropped(e.reason, e.service_id);
+                stats::dropped(maps, e.group_id);
+                log::dropped(e.reason, e.group_id);
             }
             verdict
         }
@@ -116,8 +116,8 @@ fn new_flow<P: Packet, M: MapAccess>(
     if service.backend_count == 0 {
         return no_backend(pkt, maps, flow, &service);
     }
-    let service_id = service.id;
-    let missing = Error::dropped(Counter::DropBackendMissing, service_id);
+    let group_id = service.group_id;
+    let missing = Error::dropped(Counter::DropBackendMissing, group_id);
     let now = maps.now_ns();
     let (slot, backend_id) = choose(maps, key, &service, now).ok_or(missing)?;
     let backend = maps
@@ -127,9 +127,9 @@ fn new_flow<P: Packet, M: MapAccess>(
 
     // The reply entry goes in first: masquerading must find it a free key before the flow
     // exists. One value serves as both entries, keeping the stack small.
-    let mut entry = conntrack::reply_entry(key, service_id, backend_id, now);
+    let mut entry = conntrack::reply_entry(key, group_id, backend_id, now);
     let mut reply_key = conntrack::reply_key(key, backend.addr, backend.port);
-    let full = Error::dropped(Counter::DropConntrackFull, service_id);
+    let full = Error::dropped(Counter::DropConntrackFull, group_id);
     let masqueraded =
         masquerade::insert_reply(maps, scope, key, &backend, &mut reply_key, &mut entry)?;
     if !masqueraded {
@@ -150,10 +150,10 @@ fn new_flow<P: Packet, M: MapAccess>(
         Counter::NewFlows,
     )?;
     if affinity::enabled(&service) {
-        let client = affinity::key(key.src_addr, service_id);
+        let client = affinity::key(key.src_addr, group_id);
         maps.set_affinity(&client, &affinity::record(backend_id, slot, now));
     }
-    stats::new_flow(maps, service_id);
+    stats::new_flow(maps, group_id);
     if masqueraded {
         stats::count(maps, masquerade::counter(scope));
     }
@@ -169,18 +169,18 @@ fn choose<M: MapAccess>(
     service: &ServiceValue,
     now: u64,
 ) -> Option<(u32, u32)> {
-    let service_id = service.id;
+    let group_id = service.group_id;
     if affinity::enabled(service) {
-        if let Some(entry) = maps.affinity(&affinity::key(key.src_addr, service_id)) {
+        if let Some(entry) = maps.affinity(&affinity::key(key.src_addr, group_id)) {
             if let Some(slot) = affinity::live_slot(&entry, service, now) {
-                if maps.slot(&BackendSlotKey { service_id, slot }) == Some(entry.backend_id) {
+                if maps.slot(&BackendSlotKey { group_id, slot }) == Some(entry.backend_id) {
                     return Some((slot, entry.backend_id));
                 }
             }
         }
     }
     let slot = select::slot(key, service.backend_count);
-    let backend_id = maps.slot(&BackendSlotKey { service_id, slot })?;
+    let backend_id = maps.slot(&BackendSlotKey { group_id, slot })?;
     Some((slot, backend_id))
 }
 
@@ -193,14 +193,14 @@ fn no_backend<P: Packet, M: MapAccess>(
     flow: &Ipv4Flow,
     service: &ServiceValue,
 ) -> Result<Counter, Error> {
-    let service_id = service.id;
+    let group_id = service.group_id;
     if service.flags & service_flags::DROP_IF_NO_BACKEND != 0 || !reject::may_answer(flow.src.addr)
     {
-        return Err(Error::dropped(Counter::DropNoBackend, service_id));
+        return Err(Error::dropped(Counter::DropNoBackend, group_id));
     }
     reject::port_unreachable(pkt, flow)
-        .map_err(|_| Error::dropped(Counter::DropRewriteFailed, service_id))?;
-    stats::rejected(maps, service_id);
+        .map_err(|_| Error::dropped(Counter::DropRewriteFailed, group_id))?;
+    stats::rejected(maps, group_id);
     Ok(Counter::RejectNoBackend)
 }
 
@@ -219,8 +219,8 @@ fn translate<P: Packet, M: MapAccess>(
         addr: conntrack::v4(&entry.nat_addr),
         port: entry.nat_port,
     };
-    let service_id = entry.service_id;
-    let failed = Error::dropped(Counter::DropRewriteFailed, service_id);
+    let group_id = entry.group_id;
+    let failed = Error::dropped(Counter::DropRewriteFailed, group_id);
     pkt.rewrite(flow, side, to).map_err(|_| failed)?;
     if entry.flags & ct_flags::SNAT != 0 {
         let other = FlowEnd {
@@ -229,7 +229,7 @@ fn translate<P: Packet, M: MapAccess>(
         };
         pkt.rewrite(flow, side.other(), other).map_err(|_| failed)?;
     }
-    stats::translated(maps, service_id, pkt.frame_len());
+    stats::translated(maps, group_id, pkt.frame_len());
     Ok(outcome)
 }
 

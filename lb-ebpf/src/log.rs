@@ -7,7 +7,7 @@
 //! Why not aya-log's `warn!` macros: they build each record in closures that LLVM keeps as BPF
 //! subprograms, and any call costs at least 32 bytes of combined stack, which the XDP program
 //! (about 500 of its 512 bytes) does not have. Here every record is a constant built at
-//! compile time ([`record`]) and copied word by word into the ring buffer with the service id
+//! compile time ([`record`]) and copied word by word into the ring buffer with the group id
 //! patched in at a fixed offset: no calls, no stack.
 
 use aya_log_common::{ArgumentKind, DisplayHint, Level, LogValueLength, RecordFieldKind};
@@ -27,7 +27,7 @@ const SEPARATOR: &str = ": ";
 const NUM_ARGS: u32 = 4;
 /// Bytes a field takes besides its value: kind (u8) and value length (u16).
 const FIELD_HEADER: usize = 3;
-/// Offset of the service id's bytes in every record: the size, the six header fields, the
+/// Offset of the group id's bytes in every record: the size, the six header fields, the
 /// prefix and display hint arguments, then the id field's own header.
 const ID_AT: usize = size_of::<LogValueLength>()
     + 6 * FIELD_HEADER
@@ -43,7 +43,7 @@ const ID_AT: usize = size_of::<LogValueLength>()
     + 1 // display hint
     + FIELD_HEADER;
 
-/// One log record about a service id, padded to [`WORDS`].
+/// One log record about a group id, padded to [`WORDS`].
 pub struct Record {
     level: Level,
     words: [u64; WORDS],
@@ -92,12 +92,12 @@ fn record_for(reason: Counter) -> Option<&'static Record> {
     }
 }
 
-/// Logs the drop of a packet of service `service_id` for `reason`, if the level is enabled
+/// Logs the drop of a packet of service `group_id` for `reason`, if the level is enabled
 /// and the ring buffer has room (a full ring buffer loses the line, never the packet's
 /// verdict).
 #[cfg(not(test))]
 #[inline(always)]
-pub fn dropped(reason: Counter, service_id: u32) {
+pub fn dropped(reason: Counter, group_id: u32) {
     use aya_log_ebpf::macro_support::{level_enabled, AYA_LOGS};
 
     let Some(record) = record_for(reason) else {
@@ -124,7 +124,7 @@ pub fn dropped(reason: Counter, service_id: u32) {
             .cast::<u8>()
             .add(ID_AT)
             .cast::<[u8; 4]>()
-            .write_volatile(service_id.to_ne_bytes())
+            .write_volatile(group_id.to_ne_bytes())
     };
     entry.submit(0);
 }

@@ -94,7 +94,7 @@ pub trait MapAccess {
     /// This CPU's slot of a node-wide counter.
     fn counter(&mut self, counter: Counter) -> Option<&mut u64>;
     /// This CPU's counters of a service (`None` for ids beyond the map).
-    fn service_stats(&mut self, service_id: u32) -> Option<&mut ServiceStats>;
+    fn service_stats(&mut self, group_id: u32) -> Option<&mut ServiceStats>;
     /// The node-wide settings (all zero until the agent writes them).
     fn config(&mut self) -> NodeConfig;
     /// `CLOCK_MONOTONIC` in nanoseconds.
@@ -188,10 +188,10 @@ impl MapAccess for KernelMaps {
     }
 
     #[inline(always)]
-    fn service_stats(&mut self, service_id: u32) -> Option<&mut ServiceStats> {
+    fn service_stats(&mut self, group_id: u32) -> Option<&mut ServiceStats> {
         // SAFETY: as above.
         LB_SVC_STATS
-            .get_ptr_mut(service_id)
+            .get_ptr_mut(group_id)
             .map(|p| unsafe { &mut *p })
     }
 

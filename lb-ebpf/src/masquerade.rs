@@ -89,7 +89,7 @@ pub fn insert_reply<M: MapAccess>(
     }
     Err(Error::dropped(
         Counter::DropSnatPortsExhausted,
-        reply.service_id,
+        reply.group_id,
     ))
 }
 

@@ -200,9 +200,9 @@ pub struct FakeMaps {
 }
 
 impl FakeMaps {
-    /// Maps with one service `service_id` at VIP:80/`proto` in both scopes, whose one slot
+    /// Maps with one service `group_id` at VIP:80/`proto` in both scopes, whose one slot
     /// holds `backend` as `backend_id`, and the clock at 1 s.
-    pub fn one_backend(proto: u8, service_id: u32, backend_id: u32, backend: Backend) -> Self {
+    pub fn one_backend(proto: u8, group_id: u32, backend_id: u32, backend: Backend) -> Self {
         let mut maps = FakeMaps {
             now_ns: 1_000_000_000,
             ..FakeMaps::default()
@@ -213,16 +213,13 @@ impl FakeMaps {
         ] {
             let key = ServiceKey::new(lb_common::ipv4_mapped(VIP.addr), 80, proto, scope);
             let value = ServiceValue {
-                id: service_id,
+                group_id,
                 backend_count: 1,
                 ..ServiceValue::default()
             };
             maps.services.insert(key, value);
         }
-        let slot = BackendSlotKey {
-            service_id,
-            slot: 1,
-        };
+        let slot = BackendSlotKey { group_id, slot: 1 };
         maps.slots.insert(slot, backend_id);
         maps.backends.insert(backend_id, backend);
         maps
@@ -232,9 +229,9 @@ impl FakeMaps {
         self.counters.get(&(counter as u32)).copied().unwrap_or(0)
     }
 
-    pub fn stats_of(&self, service_id: u32) -> ServiceStats {
+    pub fn stats_of(&self, group_id: u32) -> ServiceStats {
         self.service_stats
-            .get(&service_id)
+            .get(&group_id)
             .copied()
             .unwrap_or_default()
     }
@@ -301,8 +298,8 @@ impl MapAccess for FakeMaps {
         Some(self.counters.entry(counter as u32).or_default())
     }
 
-    fn service_stats(&mut self, service_id: u32) -> Option<&mut ServiceStats> {
-        Some(self.service_stats.entry(service_id).or_default())
+    fn service_stats(&mut self, group_id: u32) -> Option<&mut ServiceStats> {
+        Some(self.service_stats.entry(group_id).or_default())
     }
 
     fn config(&mut self) -> NodeConfig {

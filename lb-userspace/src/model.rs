@@ -174,7 +174,7 @@ impl DesiredService {
             flags |= service_flags::DROP_IF_NO_BACKEND;
         }
         ServiceValue {
-            id,
+            group_id: id,
             backend_count,
             flags,
             affinity_timeout_s: self.affinity_timeout_s.unwrap_or(0),
@@ -306,13 +306,13 @@ mod tests {
         assert_eq!(
             external,
             ServiceValue {
-                id: 3,
+                group_id: 3,
                 backend_count: 0,
                 flags: service_flags::AFFINITY | service_flags::DROP_IF_NO_BACKEND,
                 affinity_timeout_s: 600,
             }
         );
         assert_eq!(internal.flags, service_flags::AFFINITY);
-        assert_eq!((internal.id, internal.backend_count), (4, 2));
+        assert_eq!((internal.group_id, internal.backend_count), (4, 2));
     }
 }

@@ -102,7 +102,7 @@ fn ct_entry(
         nat_addr: map_addr(nat.addr),
         nat_port: nat.port.to_be_bytes(),
         flags,
-        service_id: ids.0,
+        group_id: ids.0,
         backend_id: ids.1,
         ..CtValue::default()
     };
@@ -149,13 +149,13 @@ fn written_maps_read_back_from_pins_and_udp_flush_is_precise() {
         .find(|(k, _)| *k == dns.key(scope::INTERNAL))
         .unwrap()
         .1
-        .id;
+        .group_id;
     let web_id = services
         .iter()
         .find(|(k, _)| *k == web.key(scope::INTERNAL))
         .unwrap()
         .1
-        .id;
+        .group_id;
     let backends = pinned.backends().unwrap();
     assert_eq!(backends.len(), 3);
     let id_of = |e: Endpoint| backends.iter().find(|(_, b)| *b == e.backend()).unwrap().0;
@@ -210,7 +210,7 @@ fn written_maps_read_back_from_pins_and_udp_flush_is_precise() {
     left.sort();
     assert_eq!(left, [(40_002, IPPROTO_UDP), (40_003, IPPROTO_TCP)]);
 
-    // A reused service id starts with zeroed counters.
+    // A reused group id starts with zeroed counters.
     let mut stats: PerCpuArray<_, ServiceStats> =
         PerCpuArray::try_from(open_pin(&dir.0, registry::SERVICE_STATS.name)).unwrap();
     let cpus = aya::util::nr_cpus().unwrap();
@@ -240,7 +240,7 @@ fn written_maps_read_back_from_pins_and_udp_flush_is_precise() {
             .find(|(k, _)| *k == udp_80.key(scope::INTERNAL))
             .unwrap()
             .1
-            .id,
+            .group_id,
         web_id
     );
     assert_eq!(
@@ -250,7 +250,7 @@ fn written_maps_read_back_from_pins_and_udp_flush_is_precise() {
 
     // Deleting what is already gone succeeds.
     let missing = BackendSlotKey {
-        service_id: 7,
+        group_id: 7,
         slot: 9,
     };
     datapath.maps().remove_slot(missing).unwrap();

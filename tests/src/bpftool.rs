@@ -64,8 +64,8 @@ pub fn service_key(addr: Ipv4Addr, port: u16, proto: u8, scope: u8) -> Vec<u8> {
 }
 
 /// Raw key of the backend slots map (`lb_common::BackendSlotKey`: two native-endian u32).
-pub fn slot_key(service_id: u32, slot: u32) -> Vec<u8> {
-    [service_id.to_ne_bytes(), slot.to_ne_bytes()].concat()
+pub fn slot_key(group_id: u32, slot: u32) -> Vec<u8> {
+    [group_id.to_ne_bytes(), slot.to_ne_bytes()].concat()
 }
 
 /// The native-endian u32 at `offset` of a raw key or value (ids, counts).

@@ -39,7 +39,7 @@ const SIZES: [(&str, &str); 5] = [
 ];
 
 /// The map each flag sizes and the entries it must have (the per-service counters get one
-/// more than the services map: service ids start at 1).
+/// more than the services map: group ids start at 1).
 const EXPECTED: [(&str, u64); 6] = [
     ("LB_SERVICES", 4),
     ("LB_SVC_STATS", 5),

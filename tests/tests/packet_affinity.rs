@@ -34,7 +34,7 @@ fn id_of(addr: SocketAddrV4) -> u32 {
 fn fixture(hook: Hook, timeout_s: u32) -> Fixture {
     let mut fx = Fixture::new(hook);
     let value = ServiceValue {
-        id: SERVICE_ID,
+        group_id: SERVICE_ID,
         backend_count: BACKENDS.len() as u32,
         flags: service_flags::AFFINITY,
         affinity_timeout_s: timeout_s,
@@ -46,7 +46,7 @@ fn fixture(hook: Hook, timeout_s: u32) -> Fixture {
         IPPROTO_UDP,
         &scopes,
         ServiceValue {
-            id: SERVICE_ID + 1,
+            group_id: SERVICE_ID + 1,
             ..value
         },
         &backends(),
@@ -207,7 +207,7 @@ fn a_removed_backend_is_replaced_and_the_affinity_follows() {
         // service shrinks, then the last slot and the backend are deleted.
         let remaining = vec![backends()[2], backends()[1]];
         let value = ServiceValue {
-            id: SERVICE_ID,
+            group_id: SERVICE_ID,
             backend_count: 2,
             flags: service_flags::AFFINITY,
             affinity_timeout_s: TIMEOUT_S,
@@ -217,7 +217,7 @@ fn a_removed_backend_is_replaced_and_the_affinity_follows() {
         let writer = fx.writer();
         writer
             .remove_slot(BackendSlotKey {
-                service_id: SERVICE_ID,
+                group_id: SERVICE_ID,
                 slot: 3,
             })
             .unwrap();
@@ -260,6 +260,6 @@ fn services_without_affinity_spread_one_client_and_record_nothing() {
 fn affinity_key() -> lb_common::AffinityKey {
     lb_common::AffinityKey {
         client_addr: lb_common::ipv4_mapped(fixture::CLIENT.octets()),
-        service_id: SERVICE_ID,
+        group_id: SERVICE_ID,
     }
 }

@@ -39,7 +39,7 @@ fn hairpin_addr() -> Ipv4Addr {
 fn setup(proto: u8, backends: &[(u32, SocketAddrV4)], config: NodeConfig) -> Fixture {
     let mut fx = Fixture::new(Hook::Tc);
     let value = ServiceValue {
-        id: SERVICE_ID,
+        group_id: SERVICE_ID,
         backend_count: backends.len() as u32,
         ..ServiceValue::default()
     };

@@ -38,7 +38,7 @@ fn empty_services(hook: Hook) -> Fixture {
 fn dropping_services(hook: Hook) -> Fixture {
     let mut fx = Fixture::new(hook);
     let value = ServiceValue {
-        id: DROPPING_TCP,
+        group_id: DROPPING_TCP,
         backend_count: 0,
         flags: service_flags::DROP_IF_NO_BACKEND,
         affinity_timeout_s: 0,
@@ -46,7 +46,7 @@ fn dropping_services(hook: Hook) -> Fixture {
     let scopes = [scope::EXTERNAL, scope::INTERNAL];
     fx.program(vip(80), IPPROTO_TCP, &scopes, value, &[]);
     let udp = ServiceValue {
-        id: DROPPING_UDP,
+        group_id: DROPPING_UDP,
         ..value
     };
     fx.program(vip(53), IPPROTO_UDP, &scopes, udp, &[]);

@@ -24,13 +24,13 @@ const INTERNAL_ID: u32 = 2;
 
 fn one_backend(id: u32) -> ServiceValue {
     ServiceValue {
-        id,
+        group_id: id,
         backend_count: 1,
         ..ServiceValue::default()
     }
 }
 
-/// The service id and backend a hook's scope leads to.
+/// The group id and backend a hook's scope leads to.
 fn expected(hook: Hook) -> (u32, std::net::SocketAddrV4) {
     match hook {
         Hook::Xdp => (EXTERNAL_ID, backend(1)),
@@ -88,7 +88,7 @@ fn each_hook_uses_its_own_scope_entry() {
 fn external_drops_internal_balances(hook: Hook) -> Fixture {
     let mut fx = Fixture::new(hook);
     let empty = ServiceValue {
-        id: EXTERNAL_ID,
+        group_id: EXTERNAL_ID,
         backend_count: 0,
         flags: service_flags::DROP_IF_NO_BACKEND,
         affinity_timeout_s: 0,

@@ -6,7 +6,7 @@ use crate::{
 };
 use lb_common::{service::scope, Backend, NodeConfig};
 
-const SERVICE_ID: u32 = 6;
+const GROUP_ID: u32 = 6;
 const BACKEND: FlowEnd = FlowEnd {
     addr: [198, 18, 2, 9],
     port: 8053u16.to_be_bytes(),
@@ -20,7 +20,7 @@ const FRAG_NEEDED: (u8, u8) = (icmp::DEST_UNREACH, icmp::FRAG_NEEDED);
 /// masquerades when `masquerading`.
 fn maps(proto: u8, masquerading: bool) -> FakeMaps {
     let backend = Backend::new(ipv4_mapped(BACKEND.addr), 8053);
-    let mut maps = FakeMaps::one_backend(proto, SERVICE_ID, 40, backend);
+    let mut maps = FakeMaps::one_backend(proto, GROUP_ID, 40, backend);
     if masquerading {
         maps.config = NodeConfig::masquerading(ipv4_mapped(NODE), 61_000, 61_000);
     }

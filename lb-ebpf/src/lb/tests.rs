@@ -2,7 +2,7 @@ use super::*;
 use crate::testing::{checksums_valid, frame, FakeMaps, FrameSpec, SlicePacket, CLIENT, VIP};
 use lb_common::{ipv4_mapped, net::tcp_flags, service::scope, Backend, IPPROTO_TCP, IPPROTO_UDP};
 
-const SERVICE_ID: u32 = 3;
+const GROUP_ID: u32 = 3;
 const BACKENDS: [(u32, FlowEnd); 2] = [
     (
         10,
@@ -39,7 +39,7 @@ fn maps_with_service(proto: u8) -> FakeMaps {
     maps.services.insert(
         key,
         ServiceValue {
-            id: SERVICE_ID,
+            group_id: GROUP_ID,
             backend_count: BACKENDS.len() as u32,
             ..ServiceValue::default()
         },
@@ -49,7 +49,7 @@ fn maps_with_service(proto: u8) -> FakeMaps {
         let slot = slot as u32 + 1;
         maps.slots.insert(
             BackendSlotKey {
-                service_id: SERVICE_ID,
+                group_id: GROUP_ID,
                 slot,
             },
             *id,
@@ -91,7 +91,7 @@ fn new_flow_is_translated_to_the_selected_backend() {
     assert_eq!(maps.conntrack.len(), 2);
     assert_eq!(maps.counter_value(Counter::Packets), 1);
     assert_eq!(maps.counter_value(Counter::NewFlows), 1);
-    let stats = maps.stats_of(SERVICE_ID);
+    let stats = maps.stats_of(GROUP_ID);
     assert_eq!(
         (stats.packets, stats.bytes, stats.new_flows),
         (1, out.len() as u64, 1)
@@ -119,8 +119,8 @@ fn replies_are_translated_back_to_the_vip() {
         })
     );
     assert_eq!(maps.counter_value(Counter::ReplyTranslated), 1);
-    assert_eq!(maps.stats_of(SERVICE_ID).packets, 2);
-    assert_eq!(maps.stats_of(SERVICE_ID).new_flows, 1);
+    assert_eq!(maps.stats_of(GROUP_ID).packets, 2);
+    assert_eq!(maps.stats_of(GROUP_ID).new_flows, 1);
 }
 
 #[test]
@@ -177,7 +177,7 @@ fn only_the_other_backend(maps: &mut FakeMaps, gone_id: u32) -> FlowEnd {
     maps.slots.clear();
     maps.slots.insert(
         BackendSlotKey {
-            service_id: SERVICE_ID,
+            group_id: GROUP_ID,
             slot: 1,
         },
         other_id,
@@ -349,7 +349,7 @@ fn a_service_without_backends_rejects_tcp_and_udp() {
         assert_eq!(&out[42..62], &original[14..34], "quotes the IPv4 header");
         assert_eq!(maps.counter_value(Counter::RejectNoBackend), 1);
         assert_eq!(maps.counter_value(Counter::Packets), 1);
-        let stats = maps.stats_of(SERVICE_ID);
+        let stats = maps.stats_of(GROUP_ID);
         assert_eq!((stats.rejects, stats.drops, stats.packets), (1, 0, 0));
         assert!(maps.conntrack.is_empty());
     }
@@ -366,7 +366,7 @@ fn a_service_without_backends_that_drops_instead_drops() {
     assert_eq!((verdict, out), (Verdict::Drop, frame(&syn)));
     assert_eq!(maps.counter_value(Counter::DropNoBackend), 1);
     assert_eq!(maps.counter_value(Counter::RejectNoBackend), 0);
-    let stats = maps.stats_of(SERVICE_ID);
+    let stats = maps.stats_of(GROUP_ID);
     assert_eq!((stats.drops, stats.rejects), (1, 0));
 }
 
@@ -392,7 +392,7 @@ fn a_reject_that_cannot_be_written_drops() {
     assert_eq!(process(&mut pkt, &mut maps, scope::INTERNAL), Verdict::Drop);
     assert_eq!(maps.counter_value(Counter::DropRewriteFailed), 1);
     assert_eq!(maps.counter_value(Counter::RejectNoBackend), 0);
-    assert_eq!(maps.stats_of(SERVICE_ID).drops, 1);
+    assert_eq!(maps.stats_of(GROUP_ID).drops, 1);
 }
 
 /// `maps` with session affinity of `timeout_s` seconds on the service.
@@ -440,7 +440,7 @@ fn affinity_keeps_a_client_on_its_first_backend() {
         assert!(checksums_valid(&out));
     }
     assert_eq!(maps.counter_value(Counter::NewFlows), 33);
-    let entry = maps.affinity[&affinity::key(ipv4_mapped(CLIENT.addr), SERVICE_ID)];
+    let entry = maps.affinity[&affinity::key(ipv4_mapped(CLIENT.addr), GROUP_ID)];
     assert_eq!(entry.backend_id, first_id);
     assert_eq!(entry.last_used_ns, maps.now_ns);
 }
@@ -480,7 +480,7 @@ fn an_expired_affinity_selects_anew_and_is_renewed() {
         moved.addr,
         "expired: the flow hash decides"
     );
-    let entry = maps.affinity[&affinity::key(ipv4_mapped(CLIENT.addr), SERVICE_ID)];
+    let entry = maps.affinity[&affinity::key(ipv4_mapped(CLIENT.addr), GROUP_ID)];
     assert_eq!(
         (entry.backend_id, entry.last_used_ns),
         (moved_id, maps.now_ns)
@@ -499,7 +499,7 @@ fn affinity_to_a_removed_backend_selects_anew() {
     maps.slots.clear();
     maps.slots.insert(
         BackendSlotKey {
-            service_id: SERVICE_ID,
+            group_id: GROUP_ID,
             slot: 1,
         },
         other_id,
@@ -510,7 +510,7 @@ fn affinity_to_a_removed_backend_selects_anew() {
     assert_eq!(verdict, Verdict::Pass);
     assert_ne!(gone.addr, other.addr);
     assert_eq!(target_of(&out), other.addr);
-    let entry = maps.affinity[&affinity::key(ipv4_mapped(CLIENT.addr), SERVICE_ID)];
+    let entry = maps.affinity[&affinity::key(ipv4_mapped(CLIENT.addr), GROUP_ID)];
     assert_eq!((entry.backend_id, entry.slot), (other_id, 1));
 }
 
@@ -531,12 +531,12 @@ fn affinity_to_a_slot_that_changed_hands_selects_anew() {
         .find(|s| select::slot(&key(s), 2) != remembered_slot)
         .unwrap();
     let hashed = maps.slots[&BackendSlotKey {
-        service_id: SERVICE_ID,
+        group_id: GROUP_ID,
         slot: select::slot(&key(&next), 2),
     }];
     let (_, out) = run(&mut maps, &next);
     assert_eq!(target_of(&out), backend_addr(hashed));
-    let entry = maps.affinity[&affinity::key(ipv4_mapped(CLIENT.addr), SERVICE_ID)];
+    let entry = maps.affinity[&affinity::key(ipv4_mapped(CLIENT.addr), GROUP_ID)];
     assert_eq!(entry.backend_id, hashed);
 }
 
@@ -562,7 +562,7 @@ fn established_flows_follow_conntrack_not_affinity() {
     run(&mut maps, &syn);
     // Another backend is remembered now (as if another flow had renewed the entry).
     let other = BACKENDS.iter().position(|(_, ep)| *ep != target).unwrap();
-    let client = affinity::key(ipv4_mapped(CLIENT.addr), SERVICE_ID);
+    let client = affinity::key(ipv4_mapped(CLIENT.addr), GROUP_ID);
     maps.affinity.insert(
         client,
         affinity::record(BACKENDS[other].0, other as u32 + 1, maps.now_ns),
@@ -582,23 +582,23 @@ fn each_hook_looks_up_its_own_scope() {
         ..internal
     };
     let one_backend = |id| ServiceValue {
-        id,
+        group_id: id,
         backend_count: 1,
         ..ServiceValue::default()
     };
-    maps.services.insert(internal, one_backend(SERVICE_ID));
-    maps.services.insert(external, one_backend(SERVICE_ID + 1));
+    maps.services.insert(internal, one_backend(GROUP_ID));
+    maps.services.insert(external, one_backend(GROUP_ID + 1));
     maps.slots.insert(
         BackendSlotKey {
-            service_id: SERVICE_ID + 1,
+            group_id: GROUP_ID + 1,
             slot: 1,
         },
         BACKENDS[1].0,
     );
     let syn = FrameSpec::tcp_syn();
     for (hook_scope, id, backend) in [
-        (scope::INTERNAL, SERVICE_ID, BACKENDS[0].1),
-        (scope::EXTERNAL, SERVICE_ID + 1, BACKENDS[1].1),
+        (scope::INTERNAL, GROUP_ID, BACKENDS[0].1),
+        (scope::EXTERNAL, GROUP_ID + 1, BACKENDS[1].1),
     ] {
         maps.conntrack.clear();
         let mut pkt = SlicePacket::new(frame(&syn));
@@ -638,7 +638,7 @@ fn missing_slots_or_backends_drop() {
     for mut maps in [no_slots, no_backend, ipv6_backend] {
         assert_eq!(run(&mut maps, &syn).0, Verdict::Drop);
         assert_eq!(maps.counter_value(Counter::DropBackendMissing), 1);
-        assert_eq!(maps.stats_of(SERVICE_ID).drops, 1);
+        assert_eq!(maps.stats_of(GROUP_ID).drops, 1);
         assert!(maps.conntrack.is_empty());
     }
 }
@@ -663,7 +663,7 @@ fn a_failed_rewrite_drops() {
     assert_eq!(process(&mut pkt, &mut maps, scope::INTERNAL), Verdict::Drop);
     assert_eq!(maps.counter_value(Counter::DropRewriteFailed), 1);
     assert_eq!(maps.counter_value(Counter::NewFlows), 0);
-    assert_eq!(maps.stats_of(SERVICE_ID).drops, 1);
+    assert_eq!(maps.stats_of(GROUP_ID).drops, 1);
 }
 
 #[test]

@@ -13,7 +13,7 @@ use lb_common::{
     IPPROTO_TCP, IPPROTO_UDP,
 };
 
-const SERVICE_ID: u32 = 4;
+const GROUP_ID: u32 = 4;
 const BACKEND_ID: u32 = 20;
 const BACKEND: FlowEnd = FlowEnd {
     addr: [198, 18, 2, 7],
@@ -30,7 +30,7 @@ fn masquerading(min: u16, max: u16) -> NodeConfig {
 fn maps(proto: u8, backend_flags: u8, config: NodeConfig) -> FakeMaps {
     let mut backend = Backend::new(ipv4_mapped(BACKEND.addr), 8080);
     backend.flags = backend_flags;
-    let mut maps = FakeMaps::one_backend(proto, SERVICE_ID, BACKEND_ID, backend);
+    let mut maps = FakeMaps::one_backend(proto, GROUP_ID, BACKEND_ID, backend);
     maps.config = config;
     maps
 }
@@ -149,10 +149,7 @@ fn a_flow_to_a_remote_backend_leaves_from_the_node() {
         (reply.snat_addr, reply.snat_port),
         (ipv4_mapped(CLIENT.addr), CLIENT.port)
     );
-    assert_eq!(
-        (reply.service_id, reply.backend_id),
-        (SERVICE_ID, BACKEND_ID)
-    );
+    assert_eq!((reply.group_id, reply.backend_id), (GROUP_ID, BACKEND_ID));
     assert_eq!(maps.conntrack.len(), 2);
 }
 
@@ -300,7 +297,7 @@ fn exhausted_ports_drop_the_new_flow_and_count_it() {
     assert_eq!((verdict, out), (Verdict::Drop, frame(&second)));
     assert_eq!(maps.counter_value(Counter::DropSnatPortsExhausted), 1);
     assert_eq!(maps.counter_value(Counter::Masqueraded), 1);
-    assert_eq!(maps.stats_of(SERVICE_ID).drops, 1);
+    assert_eq!(maps.stats_of(GROUP_ID).drops, 1);
     assert_eq!(maps.conntrack.len(), 2, "only the first flow's entries");
     // The first flow still works.
     let (_, out) = run(&mut maps, &first, scope::EXTERNAL);

@@ -13,7 +13,7 @@ use lb_common::{
     Backend, Counter, NodeConfig, IPPROTO_TCP, IPPROTO_UDP,
 };
 
-const SERVICE_ID: u32 = 5;
+const GROUP_ID: u32 = 5;
 const BACKEND_ID: u32 = 30;
 const BACKEND: FlowEnd = FlowEnd {
     addr: [198, 18, 2, 7],
@@ -34,7 +34,7 @@ const FIN_ACK: u8 = FIN | ACK;
 /// masquerades to the one port `NODE`.
 fn one_port(proto: u8) -> FakeMaps {
     let backend = Backend::new(ipv4_mapped(BACKEND.addr), 8080);
-    let mut maps = FakeMaps::one_backend(proto, SERVICE_ID, BACKEND_ID, backend);
+    let mut maps = FakeMaps::one_backend(proto, GROUP_ID, BACKEND_ID, backend);
     let port = u16::from_be_bytes(NODE.port);
     maps.config = NodeConfig::masquerading(ipv4_mapped(NODE.addr), port, port);
     maps

@@ -115,14 +115,14 @@ impl DatapathMaps {
     }
 
     /// A service's counters summed over all CPUs.
-    pub fn service_stats(&self, service_id: u32) -> Result<ServiceStats, DatapathError> {
+    pub fn service_stats(&self, group_id: u32) -> Result<ServiceStats, DatapathError> {
         let read = |source| DatapathError::Read {
             map: registry::SERVICE_STATS.name,
             source,
         };
         let array = PerCpuArray::<_, ServiceStats>::try_from(self.map(registry::SERVICE_STATS))
             .map_err(read)?;
-        let per_cpu = array.get(&service_id, 0).map_err(read)?;
+        let per_cpu = array.get(&group_id, 0).map_err(read)?;
         Ok(per_cpu
             .iter()
             .fold(ServiceStats::default(), |sum, s| ServiceStats {
@@ -182,7 +182,7 @@ impl MapWriter for DatapathMaps {
         self.remove(registry::SERVICES, key)
     }
 
-    fn reset_service_stats(&mut self, service_id: u32) -> Result<(), MapWriteError> {
+    fn reset_service_stats(&mut self, group_id: u32) -> Result<(), MapWriteError> {
         let failed = |source| MapWriteError {
             map: registry::SERVICE_STATS.name,
             op: "reset",
@@ -192,13 +192,13 @@ impl MapWriter for DatapathMaps {
         let zeros = PerCpuValues::try_from(vec![ServiceStats::default(); cpus])
             .map_err(|e| failed(MapError::IoError(e)))?;
         PerCpuArray::<_, ServiceStats>::try_from(self.map_mut(registry::SERVICE_STATS))
-            .and_then(|mut array| array.set(service_id, zeros, 0))
+            .and_then(|mut array| array.set(group_id, zeros, 0))
             .map_err(failed)
     }
 
     fn flush_udp_conntrack(
         &mut self,
-        service_id: u32,
+        group_id: u32,
         backend_ids: &[u32],
     ) -> Result<u32, MapWriteError> {
         let failed = |source| MapWriteError {
@@ -213,7 +213,7 @@ impl MapWriter for DatapathMaps {
             .filter_map(|entry| match entry {
                 Ok((key, value))
                     if key.proto == IPPROTO_UDP
-                        && value.service_id == service_id
+                        && value.group_id == group_id
                         && backend_ids.contains(&value.backend_id) =>
                 {
                     Some(Ok(key))

@@ -44,25 +44,25 @@ impl Snapshot {
         let slots: BTreeMap<(u32, u32), u32> = maps
             .slots()?
             .into_iter()
-            .map(|(k, id)| ((k.service_id, k.slot), id))
+            .map(|(k, id)| ((k.group_id, k.slot), id))
             .collect();
         let mut services = Vec::new();
         for (key, value) in maps.services()? {
             let ids = (1..=value.backend_count)
-                .map(|slot| slots.get(&(value.id, slot)).copied().unwrap_or(0))
+                .map(|slot| slots.get(&(value.group_id, slot)).copied().unwrap_or(0))
                 .collect();
             services.push(ServiceRow {
                 key,
                 value,
                 slots: ids,
-                stats: maps.service_stats(value.id)?,
+                stats: maps.service_stats(value.group_id)?,
             });
         }
         services.sort_by_key(|s| (unmap_addr(s.key.addr), s.key.port(), s.key.proto));
         let mut backends = maps.backends()?;
         backends.sort_by_key(|(id, _)| *id);
         let mut conntrack = maps.conntrack()?;
-        conntrack.sort_by_key(|(k, v)| (v.service_id, v.flags, k.src_addr, k.src_port, k.dst_port));
+        conntrack.sort_by_key(|(k, v)| (v.group_id, v.flags, k.src_addr, k.src_port, k.dst_port));
         Ok(Snapshot {
             node_config: maps.node_config()?,
             services,
@@ -106,7 +106,7 @@ impl fmt::Display for Snapshot {
             services.row(vec![
                 frontend(&s.key),
                 scope_name(s.key.scope).to_string(),
-                s.value.id.to_string(),
+                s.value.group_id.to_string(),
                 s.value.backend_count.to_string(),
                 match slots.is_empty() {
                     true => "-".to_string(),
@@ -153,7 +153,7 @@ impl fmt::Display for Snapshot {
                 socket(k.dst_addr, k.dst_port),
                 socket(v.nat_addr, v.nat_port),
                 snat(v),
-                v.service_id.to_string(),
+                v.group_id.to_string(),
                 v.backend_id.to_string(),
                 format!("{}s", age.as_secs()),
                 state(v.flags).to_string(),
@@ -272,7 +272,7 @@ mod tests {
             services: vec![ServiceRow {
                 key: ServiceKey::new(vip, 80, IPPROTO_TCP, lb_common::service::scope::INTERNAL),
                 value: ServiceValue {
-                    id: 1,
+                    group_id: 1,
                     backend_count: 2,
                     flags: service_flags::AFFINITY | service_flags::DROP_IF_NO_BACKEND,
                     affinity_timeout_s: 600,
@@ -303,7 +303,7 @@ mod tests {
                         nat_addr: pod,
                         nat_port: 8080u16.to_be_bytes(),
                         flags: ct_flags::FORWARD,
-                        service_id: 1,
+                        group_id: 1,
                         backend_id: 1,
                         last_seen_ns: 1_000_000_000,
                         ..Default::default()
@@ -315,7 +315,7 @@ mod tests {
                         nat_addr: remote_pod,
                         nat_port: 8080u16.to_be_bytes(),
                         flags: ct_flags::FORWARD | ct_flags::SNAT,
-                        service_id: 1,
+                        group_id: 1,
                         backend_id: 2,
                         last_seen_ns: 1_000_000_000,
                         snat_addr: node,
@@ -329,7 +329,7 @@ mod tests {
                         nat_addr: vip,
                         nat_port: 80u16.to_be_bytes(),
                         flags: ct_flags::REPLY | ct_flags::SNAT | ct_flags::CLOSING,
-                        service_id: 1,
+                        group_id: 1,
                         backend_id: 2,
                         last_seen_ns: 1_000_000_000,
                         snat_addr: client,

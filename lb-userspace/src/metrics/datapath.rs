@@ -120,7 +120,7 @@ impl DatapathCollector {
     fn encode_services(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
         let mut rows = Vec::new();
         for service in self.services.get() {
-            match self.maps.service_stats(service.id) {
+            match self.maps.service_stats(service.group_id) {
                 Ok(stats) => rows.push((labels(&service), stats)),
                 Err(e) => warn!("metrics: reading {}: {}", service.name, Chain(&e)),
             }
@@ -192,7 +192,7 @@ impl Collector for DatapathCollector {
     }
 }
 
-/// `service`, `frontend`, `protocol` and `scope` labels of a service id.
+/// `service`, `frontend`, `protocol` and `scope` labels of a group id.
 fn labels(service: &CountedService) -> [(&'static str, String); 4] {
     let scope = match service.scopes.as_slice() {
         [scope::EXTERNAL] => "external",

@@ -12,7 +12,7 @@ use prometheus_client::registry::Registry;
 
 use crate::reconciler::{CountedService, Reconciler};
 
-/// The service ids the data path counts under, as last programmed; shared with the scraper.
+/// The group ids the data path counts under, as last programmed; shared with the scraper.
 #[derive(Clone, Debug, Default)]
 pub struct CountedServices(Arc<RwLock<Vec<CountedService>>>);
 
@@ -104,7 +104,7 @@ impl SyncMetrics {
         metrics
     }
 
-    /// The service ids as last programmed.
+    /// The group ids as last programmed.
     pub fn counted_services(&self) -> CountedServices {
         self.counted.clone()
     }

@@ -64,31 +64,31 @@ impl Reconciler {
         let mut slots: BTreeMap<u32, BTreeMap<u32, u32>> = BTreeMap::new();
         for (key, backend) in &found_slots {
             slots
-                .entry(key.service_id)
+                .entry(key.group_id)
                 .or_default()
                 .insert(key.slot, *backend);
         }
-        // Per service id, its slots 1..=n as far as each is present and names a backend.
+        // Per group id, its slots 1..=n as far as each is present and names a backend.
         let usable: BTreeMap<u32, Vec<u32>> = slots
             .iter()
-            .map(|(service_id, group)| {
+            .map(|(group_id, group)| {
                 let named = (1..).map_while(|slot| {
                     group
                         .get(&slot)
                         .filter(|backend| backends.contains_key(backend))
                         .copied()
                 });
-                (*service_id, named.collect())
+                (*group_id, named.collect())
             })
             .collect();
-        let usable_len = |service_id: u32| usable.get(&service_id).map_or(0, Vec::len);
+        let usable_len = |group_id: u32| usable.get(&group_id).map_or(0, Vec::len);
 
         let mut adopted: BTreeMap<Frontend, ProgrammedService> = BTreeMap::new();
         let mut owners: BTreeMap<u32, Frontend> = BTreeMap::new();
         for (key, value) in services {
             match adoptable(&key, &value, capacities, &owners, usable_len) {
                 Ok(frontend) => {
-                    owners.insert(value.id, frontend);
+                    owners.insert(value.group_id, frontend);
                     let service = adopted
                         .entry(frontend)
                         .or_insert_with(|| ProgrammedService {
@@ -96,20 +96,23 @@ impl Reconciler {
                             groups: BTreeMap::new(),
                             entries: [None, None],
                         });
-                    service.groups.entry(value.id).or_insert_with(|| SlotGroup {
-                        slots: usable.get(&value.id).cloned().unwrap_or_default(),
-                        stats_reset: true,
-                    });
+                    service
+                        .groups
+                        .entry(value.group_id)
+                        .or_insert_with(|| SlotGroup {
+                            slots: usable.get(&value.group_id).cloned().unwrap_or_default(),
+                            stats_reset: true,
+                        });
                     service.entries[key.scope as usize] = Some(value);
                 }
                 Err(reason) => deletions.services.push((key, reason)),
             }
         }
         for (key, _) in found_slots {
-            let reachable = owners.contains_key(&key.service_id)
-                && key.slot as usize <= usable_len(key.service_id);
+            let reachable =
+                owners.contains_key(&key.group_id) && key.slot as usize <= usable_len(key.group_id);
             if !reachable {
-                let reason = match owners.contains_key(&key.service_id) {
+                let reason = match owners.contains_key(&key.group_id) {
                     true => "past the slots its service can use",
                     false => "no service entry uses its id",
                 };
@@ -118,7 +121,7 @@ impl Reconciler {
         }
         deletions
             .slots
-            .sort_unstable_by_key(|(key, _)| (key.service_id, key.slot));
+            .sort_unstable_by_key(|(key, _)| (key.group_id, key.slot));
 
         let mut refs: HashMap<u32, u32> = HashMap::new();
         let adopted_slots = adopted
@@ -148,7 +151,7 @@ impl Reconciler {
             entry_capacity: capacities.services,
             entries_written,
             slot_capacity: capacities.backend_slots,
-            service_ids: IdPool::with_used(capacities.services, owners.keys().copied()),
+            group_ids: IdPool::with_used(capacities.services, owners.keys().copied()),
             services: adopted,
             backends: adopted_backends,
         };
@@ -176,16 +179,16 @@ fn adoptable(
     if frontend.key(key.scope) != *key {
         return Err("malformed key");
     }
-    if !(1..=capacities.services).contains(&value.id) {
-        return Err("service id out of range");
+    if !(1..=capacities.services).contains(&value.group_id) {
+        return Err("group id out of range");
     }
     if owners
-        .get(&value.id)
+        .get(&value.group_id)
         .is_some_and(|owner| *owner != frontend)
     {
-        return Err("its service id belongs to another frontend");
+        return Err("its group id belongs to another frontend");
     }
-    if value.backend_count as usize > usable_len(value.id) {
+    if value.backend_count as usize > usable_len(value.group_id) {
         return Err("a slot it uses is missing or names a missing backend");
     }
     Ok(frontend)

@@ -1,7 +1,7 @@
 //! Turns a [`DesiredState`] into the minimal set of map writes.
 //!
 //! Every frontend has one services map entry per lookup scope. An entry points at a *slot
-//! group*: a service id with its backend slots `1..=backend_count`. Scopes with equal backend
+//! group*: a group id with its backend slots `1..=backend_count`. Scopes with equal backend
 //! sets share one group (the common case: no Local traffic policy); when a policy makes them
 //! differ, the internal scope gets a group of its own, and loses it again once they are
 //! equal. Flags and the affinity timeout live in the entries, so scopes sharing a group may
@@ -50,14 +50,14 @@ pub trait MapWriter {
     fn remove_slot(&mut self, key: BackendSlotKey) -> Result<(), MapWriteError>;
     fn set_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), MapWriteError>;
     fn remove_service(&mut self, key: &ServiceKey) -> Result<(), MapWriteError>;
-    /// Zeroes the per-service counters of a service id about to be (re)used.
-    fn reset_service_stats(&mut self, service_id: u32) -> Result<(), MapWriteError>;
-    /// Deletes the UDP conntrack entries (both directions) of `service_id` whose flow uses one
+    /// Zeroes the per-service counters of a group id about to be (re)used.
+    fn reset_service_stats(&mut self, group_id: u32) -> Result<(), MapWriteError>;
+    /// Deletes the UDP conntrack entries (both directions) of `group_id` whose flow uses one
     /// of `backend_ids`; returns how many were deleted. TCP entries are never touched, so
     /// established connections survive a backend's removal.
     fn flush_udp_conntrack(
         &mut self,
-        service_id: u32,
+        group_id: u32,
         backend_ids: &[u32],
     ) -> Result<u32, MapWriteError>;
 }
@@ -91,10 +91,10 @@ impl ReconcileSummary {
     }
 }
 
-/// A service id the data path counts under (an index of `LB_SVC_STATS`) and what it serves.
+/// A group id the data path counts under (an index of `LB_SVC_STATS`) and what it serves.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CountedService {
-    pub id: u32,
+    pub group_id: u32,
     pub name: ServicePortName,
     pub frontend: Frontend,
     /// The lookup scopes (`lb_common::service::scope`) whose entries point at the id.
@@ -109,7 +109,7 @@ pub struct Reconciler {
     /// Services map entries written.
     entries_written: u32,
     slot_capacity: u32,
-    service_ids: IdPool,
+    group_ids: IdPool,
     services: BTreeMap<Frontend, ProgrammedService>,
     backends: Backends,
 }
@@ -119,7 +119,7 @@ pub struct Reconciler {
 struct ProgrammedService {
     /// `None` for a service adopted from the maps until a desired state names it.
     name: Option<ServicePortName>,
-    /// Slot groups by service id: one, or two while the scopes' backend sets differ (and,
+    /// Slot groups by group id: one, or two while the scopes' backend sets differ (and,
     /// after a failed write, until the next apply frees the one no entry uses).
     groups: BTreeMap<u32, SlotGroup>,
     /// The services map entry of each scope (indexed by scope) as written; `None` while the
@@ -127,7 +127,7 @@ struct ProgrammedService {
     entries: [Option<ServiceValue>; 2],
 }
 
-/// One service id's backend slots as written.
+/// One group id's backend slots as written.
 #[derive(Debug, Default)]
 struct SlotGroup {
     /// Slot `i + 1` holds backend id `slots[i]`. Never shorter than the backend count of an
@@ -145,7 +145,7 @@ impl ProgrammedService {
         self.entries
             .iter()
             .flatten()
-            .filter(|v| v.id == id)
+            .filter(|v| v.group_id == id)
             .map(|v| v.backend_count as usize)
             .max()
             .unwrap_or(0)
@@ -157,16 +157,16 @@ impl ProgrammedService {
     /// without a scope is freed by the apply.
     fn reusable_ids(&self) -> [Option<u32>; 2] {
         let existing = |id: Option<u32>| id.filter(|id| self.groups.contains_key(id));
-        let [ext_entry, int_entry] = self.entries.map(|e| e.map(|v| v.id));
+        let [ext_entry, int_entry] = self.entries.map(|e| e.map(|v| v.group_id));
         let external = existing(ext_entry).or(existing(int_entry));
         let internal = existing(int_entry).filter(|id| Some(*id) != external);
         [external, internal]
     }
 }
 
-fn slot_key(service_id: u32, index: usize) -> BackendSlotKey {
+fn slot_key(group_id: u32, index: usize) -> BackendSlotKey {
     BackendSlotKey {
-        service_id,
+        group_id,
         slot: index as u32 + 1,
     }
 }
@@ -178,7 +178,7 @@ impl Reconciler {
             entry_capacity: capacities.services,
             entries_written: 0,
             slot_capacity: capacities.backend_slots,
-            service_ids: IdPool::new(capacities.services),
+            group_ids: IdPool::new(capacities.services),
             services: BTreeMap::new(),
             backends: Backends::new(capacities.backends),
         }
@@ -197,7 +197,7 @@ impl Reconciler {
         self.backends.written_count()
     }
 
-    /// Every service id some services map entry points at, with its service and scopes: a
+    /// Every group id some services map entry points at, with its service and scopes: a
     /// read-only view for labelling the per-service counters. Services adopted from the maps
     /// are left out until a desired state names them.
     pub fn counted_services(&self) -> Vec<CountedService> {
@@ -207,11 +207,13 @@ impl Reconciler {
             for id in service.groups.keys() {
                 let scopes: Vec<u8> = SCOPES
                     .into_iter()
-                    .filter(|scope| service.entries[*scope as usize].is_some_and(|v| v.id == *id))
+                    .filter(|scope| {
+                        service.entries[*scope as usize].is_some_and(|v| v.group_id == *id)
+                    })
                     .collect();
                 if !scopes.is_empty() {
                     counted.push(CountedService {
-                        id: *id,
+                        group_id: *id,
                         name: name.clone(),
                         frontend: *frontend,
                         scopes,
@@ -298,9 +300,9 @@ impl Reconciler {
         }
 
         let new_ids = wanted.iter().filter(|(id, _)| id.is_none()).count() as u32;
-        if new_ids > self.service_ids.available() {
-            let (available, capacity) = (self.service_ids.available(), self.service_ids.capacity());
-            return Err(exceeds("service ids", new_ids, available, capacity));
+        if new_ids > self.group_ids.available() {
+            let (available, capacity) = (self.group_ids.available(), self.group_ids.capacity());
+            return Err(exceeds("slot group ids", new_ids, available, capacity));
         }
         let endpoints: BTreeSet<_> = wanted.iter().flat_map(|(_, set)| set.iter()).collect();
         let new_backends = endpoints
@@ -347,9 +349,9 @@ impl Reconciler {
             let id = match id {
                 Some(id) => id,
                 None => self
-                    .service_ids
+                    .group_ids
                     .allocate()
-                    .ok_or_else(|| exceeds("service ids", 1, 0, self.service_ids.capacity()))?,
+                    .ok_or_else(|| exceeds("slot group ids", 1, 0, self.group_ids.capacity()))?,
             };
             let mut backend_ids = Vec::with_capacity(set.len());
             for endpoint in set {
@@ -383,7 +385,7 @@ impl Reconciler {
                 entries: [None, None],
             });
         service.name = Some(desired.name.clone());
-        // Recorded before any write, so a failed write cannot leak a new service id.
+        // Recorded before any write, so a failed write cannot leak a new group id.
         for group in &plan.groups {
             service.groups.entry(group.id).or_default();
         }
@@ -459,7 +461,7 @@ impl Reconciler {
                 service,
                 id,
                 frontend.protocol,
-                &mut self.service_ids,
+                &mut self.group_ids,
                 &mut self.backends,
                 maps,
                 summary,
@@ -497,7 +499,7 @@ impl Reconciler {
                 service,
                 id,
                 frontend.protocol,
-                &mut self.service_ids,
+                &mut self.group_ids,
                 &mut self.backends,
                 maps,
                 summary,
@@ -551,7 +553,7 @@ fn release_group(
     service: &mut ProgrammedService,
     id: u32,
     protocol: Protocol,
-    service_ids: &mut IdPool,
+    group_ids: &mut IdPool,
     backends: &mut Backends,
     maps: &mut impl MapWriter,
     summary: &mut ReconcileSummary,
@@ -564,13 +566,13 @@ fn release_group(
     }
     truncate_slots(id, group, 0, backends, maps, summary)?;
     service.groups.remove(&id);
-    service_ids.release(id);
+    group_ids.release(id);
     Ok(())
 }
 
 /// Deletes a group's slots from the last down to `len` slots.
 fn truncate_slots(
-    service_id: u32,
+    group_id: u32,
     group: &mut SlotGroup,
     len: usize,
     backends: &mut Backends,
@@ -579,7 +581,7 @@ fn truncate_slots(
 ) -> Result<(), MapWriteError> {
     while group.slots.len() > len {
         let index = group.slots.len() - 1;
-        maps.remove_slot(slot_key(service_id, index))?;
+        maps.remove_slot(slot_key(group_id, index))?;
         if let Some(id) = group.slots.pop() {
             backends.drop_ref(id);
         }

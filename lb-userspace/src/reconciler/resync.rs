@@ -77,7 +77,7 @@ impl Reconciler {
             for (id, group) in &service.groups {
                 for (index, backend) in group.slots.iter().enumerate() {
                     let key = slot_key(*id, index);
-                    slots.insert((key.service_id, key.slot), *backend);
+                    slots.insert((key.group_id, key.slot), *backend);
                 }
             }
         }
@@ -88,7 +88,7 @@ impl Reconciler {
             .read_slots()
             .map_err(read_failed)?
             .into_iter()
-            .map(|(k, id)| ((k.service_id, k.slot), id))
+            .map(|(k, id)| ((k.group_id, k.slot), id))
             .collect();
         let actual_backends = maps.read_backends().map_err(read_failed)?;
 
@@ -105,9 +105,9 @@ impl Reconciler {
             note(registry::BACKENDS.name, format!("backend {id}"), drift);
         }
         let (stale_slots, wrong) = diff(&slots, actual_slots);
-        for ((service_id, slot), drift) in wrong {
-            let key = BackendSlotKey { service_id, slot };
-            maps.set_slot(key, slots[&(service_id, slot)])
+        for ((group_id, slot), drift) in wrong {
+            let key = BackendSlotKey { group_id, slot };
+            maps.set_slot(key, slots[&(group_id, slot)])
                 .map_err(repair_failed)?;
             note(registry::BACKEND_SLOTS.name, slot_name(key), drift);
         }
@@ -126,8 +126,8 @@ impl Reconciler {
                 Drift::Unexpected,
             );
         }
-        for (service_id, slot) in stale_slots {
-            let key = BackendSlotKey { service_id, slot };
+        for (group_id, slot) in stale_slots {
+            let key = BackendSlotKey { group_id, slot };
             maps.remove_slot(key).map_err(repair_failed)?;
             note(
                 registry::BACKEND_SLOTS.name,
@@ -182,5 +182,5 @@ pub(super) fn service_name(key: &ServiceKey) -> String {
 }
 
 pub(super) fn slot_name(key: BackendSlotKey) -> String {
-    format!("service {} slot {}", key.service_id, key.slot)
+    format!("service {} slot {}", key.group_id, key.slot)
 }

@@ -34,11 +34,11 @@ fn after() -> DesiredState {
     s
 }
 
-/// The service id of each entry, by (port, scope).
-fn service_ids(maps: &FakeMaps) -> BTreeMap<(u16, u8), u32> {
+/// The group id of each entry, by (port, scope).
+fn group_ids(maps: &FakeMaps) -> BTreeMap<(u16, u8), u32> {
     maps.services
         .iter()
-        .map(|(key, value)| ((key.port(), key.scope), value.id))
+        .map(|(key, value)| ((key.port(), key.scope), value.group_id))
         .collect()
 }
 
@@ -77,7 +77,7 @@ fn after_a_restart_the_first_apply_writes_what_the_old_reconciler_would_have() {
     let expected = untouched.take_log();
 
     let (_, mut maps) = setup(&before());
-    let (ids_before, moved_before) = (service_ids(&maps), backend_id(&maps, 1));
+    let (ids_before, moved_before) = (group_ids(&maps), backend_id(&maps, 1));
     let kept_backends: Vec<u32> = [3, 5, 6, 7].map(|h| backend_id(&maps, h)).to_vec();
     let mut reconciler = restart(&mut maps);
     reconciler.apply(&after(), &mut maps).unwrap();
@@ -87,7 +87,7 @@ fn after_a_restart_the_first_apply_writes_what_the_old_reconciler_would_have() {
         "a minimal diff, in the safe order"
     );
 
-    let ids_after = service_ids(&maps);
+    let ids_after = group_ids(&maps);
     for unchanged in [
         (81, EXT),
         (81, INT),
@@ -188,12 +188,12 @@ fn garbage_in_the_maps_is_deleted_safely_and_the_rest_adopted() {
     let state = desired(&[(tcp(80), &[1, 2]), (tcp(81), &[3]), (tcp(82), &[4])]);
     let (_, mut maps) = setup(&state);
     let (svc80, svc81, svc82) = (
-        maps.services[&tcp(80).key(EXT)].id,
-        maps.services[&tcp(81).key(EXT)].id,
-        maps.services[&tcp(82).key(EXT)].id,
+        maps.services[&tcp(80).key(EXT)].group_id,
+        maps.services[&tcp(81).key(EXT)].group_id,
+        maps.services[&tcp(82).key(EXT)].group_id,
     );
     let (b2, b3) = (backend_id(&maps, 2), backend_id(&maps, 3));
-    let kept_82 = service_ids(&maps)[&(82, EXT)];
+    let kept_82 = group_ids(&maps)[&(82, EXT)];
     maps.drifted = true;
     // 80 lost its second slot; 81's slot names a second id of backend 3's address; a slot
     // nobody uses; a slot past 82's count naming a missing backend; a backend id beyond the
@@ -251,7 +251,7 @@ fn garbage_in_the_maps_is_deleted_safely_and_the_rest_adopted() {
     assert_eq!(maps.resolved(), fresh.resolved());
     maps.assert_no_leftovers();
     assert_eq!(backend_id(&maps, 3), 50, "the referenced duplicate is kept");
-    assert_eq!(service_ids(&maps)[&(82, EXT)], kept_82);
+    assert_eq!(group_ids(&maps)[&(82, EXT)], kept_82);
     assert_no_leaked_ids(&reconciler);
     assert_eq!(reconciler.resync(&mut maps).unwrap(), []);
     assert!(!reconciler

@@ -184,8 +184,8 @@ fn removed_udp_backend_flushes_only_its_udp_conntrack_entries() {
     let state = desired(&[(udp(53), &[1, 2]), (tcp(80), &[1, 2])]);
     let (mut reconciler, mut maps) = setup(&state);
     let (udp_id, tcp_id) = (
-        maps.services[&udp(53).key(scope::INTERNAL)].id,
-        maps.services[&tcp(80).key(scope::INTERNAL)].id,
+        maps.services[&udp(53).key(scope::INTERNAL)].group_id,
+        maps.services[&tcp(80).key(scope::INTERNAL)].group_id,
     );
     maps.conntrack = vec![
         (IPPROTO_UDP, udp_id, 1),

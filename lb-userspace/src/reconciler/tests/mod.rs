@@ -19,7 +19,7 @@ mod scopes;
 const EXT: u8 = scope::EXTERNAL;
 const INT: u8 = scope::INTERNAL;
 
-/// A map operation as the fake saw it (services by id, slots as (service id, slot, backend)).
+/// A map operation as the fake saw it (services by id, slots as (group id, slot, backend)).
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Op {
     Backend(u32),
@@ -44,7 +44,7 @@ struct FakeMaps {
     services: HashMap<ServiceKey, ServiceValue>,
     slots: HashMap<(u32, u32), u32>,
     backends: HashMap<u32, Backend>,
-    /// (protocol, service id, backend id) of each live conntrack entry.
+    /// (protocol, group id, backend id) of each live conntrack entry.
     conntrack: Vec<(u8, u32, u32)>,
     log: Vec<Op>,
     /// Fail the operation with this index in `log` (counting from the start).
@@ -75,12 +75,12 @@ impl FakeMaps {
         let mut broken = BTreeMap::new();
         for (key, value) in &self.services {
             for slot in 1..=value.backend_count {
-                let why = match self.slots.get(&(value.id, slot)) {
-                    None => format!("service {} sees missing slot {slot}", value.id),
+                let why = match self.slots.get(&(value.group_id, slot)) {
+                    None => format!("service {} sees missing slot {slot}", value.group_id),
                     Some(b) if !self.backends.contains_key(b) => {
                         format!(
                             "service {} slot {slot} points to missing backend {b}",
-                            value.id
+                            value.group_id
                         )
                     }
                     Some(_) => continue,
@@ -114,7 +114,7 @@ impl FakeMaps {
             .iter()
             .map(|(key, value)| {
                 let backends = (1..=value.backend_count)
-                    .map(|slot| self.backends[&self.slots[&(value.id, slot)]])
+                    .map(|slot| self.backends[&self.slots[&(value.group_id, slot)]])
                     .map(|b| (b.port(), b.addr))
                     .collect();
                 let entry = (value.flags, value.affinity_timeout_s, backends);
@@ -128,12 +128,12 @@ impl FakeMaps {
         let counts: HashMap<u32, u32> = self
             .services
             .values()
-            .map(|v| (v.id, v.backend_count))
+            .map(|v| (v.group_id, v.backend_count))
             .collect();
-        for (service_id, slot) in self.slots.keys() {
+        for (group_id, slot) in self.slots.keys() {
             assert!(
-                counts.get(service_id).is_some_and(|count| slot <= count),
-                "leftover slot {service_id}/{slot}"
+                counts.get(group_id).is_some_and(|count| slot <= count),
+                "leftover slot {group_id}/{slot}"
             );
         }
         for id in self.backends.keys() {
@@ -175,23 +175,23 @@ impl MapWriter for FakeMaps {
     }
 
     fn set_slot(&mut self, key: BackendSlotKey, backend_id: u32) -> Result<(), MapWriteError> {
-        self.record(Op::Slot(key.service_id, key.slot, backend_id))?;
+        self.record(Op::Slot(key.group_id, key.slot, backend_id))?;
         self.checked(|maps| {
-            maps.slots.insert((key.service_id, key.slot), backend_id);
+            maps.slots.insert((key.group_id, key.slot), backend_id);
         });
         Ok(())
     }
 
     fn remove_slot(&mut self, key: BackendSlotKey) -> Result<(), MapWriteError> {
-        self.record(Op::RemoveSlot(key.service_id, key.slot))?;
+        self.record(Op::RemoveSlot(key.group_id, key.slot))?;
         self.checked(|maps| {
-            maps.slots.remove(&(key.service_id, key.slot));
+            maps.slots.remove(&(key.group_id, key.slot));
         });
         Ok(())
     }
 
     fn set_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), MapWriteError> {
-        self.record(Op::Service(value.id, value.backend_count, key.scope))?;
+        self.record(Op::Service(value.group_id, value.backend_count, key.scope))?;
         self.checked(|maps| {
             maps.services.insert(*key, *value);
         });
@@ -199,7 +199,7 @@ impl MapWriter for FakeMaps {
     }
 
     fn remove_service(&mut self, key: &ServiceKey) -> Result<(), MapWriteError> {
-        let id = self.services.get(key).map_or(0, |v| v.id);
+        let id = self.services.get(key).map_or(0, |v| v.group_id);
         self.record(Op::RemoveService(id, key.scope))?;
         self.checked(|maps| {
             maps.services.remove(key);
@@ -207,19 +207,19 @@ impl MapWriter for FakeMaps {
         Ok(())
     }
 
-    fn reset_service_stats(&mut self, service_id: u32) -> Result<(), MapWriteError> {
-        self.record(Op::ResetStats(service_id))
+    fn reset_service_stats(&mut self, group_id: u32) -> Result<(), MapWriteError> {
+        self.record(Op::ResetStats(group_id))
     }
 
     fn flush_udp_conntrack(
         &mut self,
-        service_id: u32,
+        group_id: u32,
         backend_ids: &[u32],
     ) -> Result<u32, MapWriteError> {
-        self.record(Op::FlushUdp(service_id, backend_ids.to_vec()))?;
+        self.record(Op::FlushUdp(group_id, backend_ids.to_vec()))?;
         let before = self.conntrack.len();
         self.conntrack.retain(|(proto, svc, backend)| {
-            !(*proto == IPPROTO_UDP && *svc == service_id && backend_ids.contains(backend))
+            !(*proto == IPPROTO_UDP && *svc == group_id && backend_ids.contains(backend))
         });
         Ok((before - self.conntrack.len()) as u32)
     }
@@ -234,9 +234,9 @@ impl MapReader for FakeMaps {
         Ok(self
             .slots
             .iter()
-            .map(|((service_id, slot), id)| {
+            .map(|((group_id, slot), id)| {
                 let key = BackendSlotKey {
-                    service_id: *service_id,
+                    group_id: *group_id,
                     slot: *slot,
                 };
                 (key, *id)
@@ -295,12 +295,12 @@ fn udp(port: u16) -> Frontend {
 
 /// Every id is either in use or free again.
 fn assert_no_leaked_ids(reconciler: &Reconciler) {
-    let services = &reconciler.service_ids;
+    let services = &reconciler.group_ids;
     let groups: usize = reconciler.services.values().map(|s| s.groups.len()).sum();
     assert_eq!(
         services.available() + groups as u32,
         services.capacity(),
-        "service ids leaked"
+        "group ids leaked"
     );
     let backends = &reconciler.backends;
     assert_eq!(

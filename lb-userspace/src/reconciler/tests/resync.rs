@@ -83,7 +83,7 @@ fn entries_the_agent_never_wrote_are_deleted_entry_first() {
     maps.services.insert(
         stray,
         ServiceValue {
-            id: 7,
+            group_id: 7,
             backend_count: 1,
             ..ServiceValue::default()
         },

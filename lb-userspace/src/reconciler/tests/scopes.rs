@@ -96,7 +96,7 @@ fn equal_scopes_share_one_group_again() {
     );
     assert_no_leaked_ids(&reconciler);
     assert_eq!(
-        reconciler.service_ids.available(),
+        reconciler.group_ids.available(),
         65_535,
         "id 2 is free again"
     );
@@ -137,7 +137,7 @@ fn affinity_and_timeout_changes_rewrite_only_the_service_entries() {
     assert_eq!(
         maps.services[&tcp(80).key(EXT)],
         ServiceValue {
-            id: 1,
+            group_id: 1,
             backend_count: 2,
             flags: 0,
             affinity_timeout_s: 0,
@@ -160,7 +160,7 @@ fn a_scope_without_local_endpoints_drops_while_the_other_balances() {
         (0, DROP_IF_NO_BACKEND)
     );
     assert_eq!((internal.backend_count, internal.flags), (2, 0));
-    assert_ne!(external.id, internal.id);
+    assert_ne!(external.group_id, internal.group_id);
 
     // A local endpoint appears: only the external side changes.
     drop_external.external.endpoints = [endpoint(2)].into();
@@ -182,7 +182,7 @@ fn flags_of_equal_scopes_may_differ_in_one_shared_group() {
     let (_, maps) = setup(&state([(tcp(80), svc)]));
     let external = maps.services[&tcp(80).key(EXT)];
     let internal = maps.services[&tcp(80).key(INT)];
-    assert_eq!(external.id, internal.id, "one group");
+    assert_eq!(external.group_id, internal.group_id, "one group");
     assert_eq!((external.flags, internal.flags), (0, DROP_IF_NO_BACKEND));
 }
 
@@ -208,7 +208,7 @@ fn counted_services_name_each_id_with_the_scopes_pointing_at_it() {
     let counted = |r: &Reconciler| -> Vec<(u32, u16, Vec<u8>)> {
         r.counted_services()
             .into_iter()
-            .map(|c| (c.id, c.frontend.port, c.scopes))
+            .map(|c| (c.group_id, c.frontend.port, c.scopes))
             .collect()
     };
     assert_eq!(counted(&reconciler), [(1, 80, vec![EXT, INT])]);

@@ -122,12 +122,12 @@ impl PacketBench {
     /// The established flow's forward entry, and one translating the translated packet back,
     /// so repeated runs alternate between the two real translations.
     fn seed_established(&mut self, backend: SocketAddrV4) -> Result<()> {
-        let (service_id, backend_id) = self.target_ids(backend)?;
+        let (group_id, backend_id) = self.target_ids(backend)?;
         let entry = |nat: SocketAddrV4| CtValue {
             nat_addr: map_addr(std::net::IpAddr::V4(*nat.ip())),
             nat_port: nat.port().to_be_bytes(),
             flags: ct_flags::FORWARD,
-            service_id,
+            group_id,
             backend_id,
             ..CtValue::default()
         };
@@ -147,7 +147,7 @@ impl PacketBench {
             .services()?
             .into_iter()
             .find(|(key, _)| key.addr == vip_addr && key.port() == self.vip.port())
-            .map(|(_, value)| value.id);
+            .map(|(_, value)| value.group_id);
         let backend_addr = map_addr(std::net::IpAddr::V4(*backend.ip()));
         let backend = maps
             .backends()?
