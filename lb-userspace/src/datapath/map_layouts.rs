@@ -6,16 +6,15 @@ use std::fs;
 use std::io;
 use std::path::Path;
 
-use aya::maps::MapInfo;
-use lb_common::maps::{self as registry, MapSpec};
+use aya::maps::{MapInfo, MapType};
+use lb_common::maps::{self as registry, MapKind, MapSpec};
 use lb_common::Capacities;
 use tracing::{debug, warn};
 
 /// What the kernel must agree on for a pinned map to be read as this build's map.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(super) struct MapLayout {
-    /// The kernel's `bpf_map_type`.
-    map_type: u32,
+    map_type: MapType,
     key_size: u32,
     value_size: u32,
     max_entries: u32,
@@ -25,7 +24,7 @@ impl fmt::Display for MapLayout {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "map type {}, key {} B, value {} B, {} entries",
+            "{:?}, key {} B, value {} B, {} entries",
             self.map_type, self.key_size, self.value_size, self.max_entries
         )
     }
@@ -35,7 +34,7 @@ impl MapLayout {
     /// The layout of a registry entry's map with `capacities`.
     fn of(spec: &MapSpec, capacities: &Capacities) -> Self {
         Self {
-            map_type: spec.kind as u32,
+            map_type: map_type(spec.kind),
             key_size: spec.key_size,
             value_size: spec.value_size,
             max_entries: spec.entries.with(capacities),
@@ -52,11 +51,21 @@ impl MapLayout {
 
     fn from_info(info: &MapInfo) -> Option<Self> {
         Some(Self {
-            map_type: info.map_type().ok()? as u32,
+            map_type: info.map_type().ok()?,
             key_size: info.key_size(),
             value_size: info.value_size(),
             max_entries: info.max_entries(),
         })
+    }
+}
+
+/// aya's name for a registry entry's kind.
+fn map_type(kind: MapKind) -> MapType {
+    match kind {
+        MapKind::HashMap => MapType::Hash,
+        MapKind::Array => MapType::Array,
+        MapKind::PerCpuArray => MapType::PerCpuArray,
+        MapKind::LruHashMap => MapType::LruHash,
     }
 }
 
