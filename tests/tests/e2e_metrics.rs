@@ -21,7 +21,7 @@ use lb_tests::{
     example, require_root,
     scrape::{self, Metrics, HEALTHZ_ADDR, METRICS_ADDR},
     servers::tcp_request,
-    topology::Topology,
+    topology::{Topology, GATEWAY},
 };
 
 const TCP_REQUESTS: usize = 12;
@@ -119,6 +119,32 @@ fn metrics_count_the_flows_and_rejects_a_client_caused() {
     assert!(before.value("lbagent_network_programming_duration_seconds_count", &[]) >= Some(1.0));
     assert!(before.value("lbagent_sync_proxy_rules_last_timestamp_seconds", &[]) > Some(0.0));
     assert_eq!(before.value("lbagent_conntrack_entries", &[]), Some(0.0));
+    // kube-proxy's names for the same measurements (nothing changes between the two reads of
+    // one scrape: the manifests stay as they are).
+    for name in [
+        "sync_proxy_rules_duration_seconds_count",
+        "sync_proxy_rules_duration_seconds_sum",
+        "network_programming_duration_seconds_count",
+        "sync_proxy_rules_last_timestamp_seconds",
+    ] {
+        let ours = before.value(&format!("lbagent_{name}"), &[]);
+        assert_eq!(
+            before.value(&format!("kubeproxy_{name}"), &[]),
+            ours,
+            "{name}"
+        );
+    }
+    // In kube-proxy's buckets.
+    let programming = "kubeproxy_network_programming_duration_seconds_bucket";
+    for le in ["0.25", "59.0", "300.0"] {
+        assert!(before.value(programming, &[("le", le)]).is_some(), "{le}");
+    }
+    let queued = before.value(
+        "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
+        &[],
+    );
+    assert!(queued > Some(0.0), "{queued:?}");
+    assert!(queued <= before.value("kubeproxy_sync_proxy_rules_last_timestamp_seconds", &[]));
 
     let replies = cluster
         .requests(Protocol::Tcp, TCP_REQUESTS, TIMEOUT)
@@ -230,6 +256,15 @@ fn health_is_ready_only_after_the_first_sync_like_kube_proxy() {
     let dir = tempfile::tempdir().unwrap();
     example::copy_manifests(dir.path()).unwrap();
     let cluster = Cluster::start(dir.path(), "info").unwrap();
+    // As kube-proxy's: metrics on loopback only by default, health checks on every address.
+    let node = cluster.topology().node();
+    let on_node_address = |port: u16| {
+        let addr = format!("{GATEWAY}:{port}");
+        node.run(|| scrape::get(&addr, "/healthz")).unwrap()
+    };
+    let refused = on_node_address(10249).unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::ConnectionRefused, "{refused}");
+    assert_eq!(on_node_address(10256).unwrap().status, 200);
     for path in ["/healthz", "/readyz"] {
         let response = cluster
             .topology()
