@@ -6,14 +6,13 @@
 use std::{
     collections::BTreeSet,
     net::{Ipv4Addr, SocketAddrV4},
-    thread,
     time::Duration,
 };
 
 use lb_tests::{
-    agent::{Agent, AgentOptions},
+    agent::{untranslated_after_cleanup, Agent, AgentOptions},
     example, require_root,
-    servers::{tcp_answerers, tcp_request, Server},
+    servers::{tcp_answerers, Server},
     topology::{backend_addr, Topology, CLIENT_ADDR, NODE_IP},
 };
 
@@ -156,17 +155,8 @@ fn interfaces_with_dots_in_their_names_are_attached_pinned_reused_and_cleaned_up
         "{} is still there",
         options.bpffs_dir.display()
     );
-    // The kernel releases an unpinned link from a work queue: give it a moment.
     let client = &topology.pod(CLIENT).netns;
-    let detached = (0..20).any(|_| {
-        let reply = client
-            .run(|| tcp_request(example::tcp_vip(), Duration::from_millis(200)))
-            .unwrap();
-        reply.is_err() || {
-            thread::sleep(Duration::from_millis(100));
-            false
-        }
-    });
+    let detached = untranslated_after_cleanup(client, example::tcp_vip());
     assert!(detached, "the VIP is still translated after cleanup");
 }
 
