@@ -101,8 +101,9 @@ struct RunArgs {
     /// How often the maps are read back and repaired if they drifted (e.g. 30s, 500ms, 2m).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     resync_interval: Duration,
-    /// Address of the Prometheus metrics endpoint (`/metrics`), as kube-proxy's metrics port.
-    #[arg(long, default_value = "0.0.0.0:10249")]
+    /// Address of the Prometheus metrics endpoint (`/metrics`): kube-proxy's metrics port, on
+    /// loopback by default as kube-proxy's; 0.0.0.0:10249 lets Prometheus scrape it.
+    #[arg(long, default_value = "127.0.0.1:10249")]
     metrics_addr: SocketAddr,
     /// Address of the health endpoints (`/healthz`, `/readyz`), as kube-proxy's health port.
     #[arg(long, default_value = "0.0.0.0:10256")]

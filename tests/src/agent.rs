@@ -337,6 +337,21 @@ impl Drop for Agent {
     }
 }
 
+/// Whether new TCP connections from `netns` to `target` fail within about 2 s: after
+/// `lb-agent cleanup`, once the programs are detached (the kernel releases an unpinned link
+/// from a work queue, so it may take a moment), nothing translates a Service address any more.
+pub fn untranslated_after_cleanup(netns: &NetNs, target: std::net::SocketAddrV4) -> bool {
+    (0..20).any(|_| {
+        let reply = netns
+            .run(|| crate::servers::tcp_request(target, Duration::from_millis(200)))
+            .expect("running in the namespace");
+        reply.is_err() || {
+            thread::sleep(Duration::from_millis(100));
+            false
+        }
+    })
+}
+
 /// Removes a harness-made bpffs directory (`/sys/fs/bpf/lbt-...`) left by an agent; any other
 /// path is left alone.
 fn remove_pins(dir: &Path) {

@@ -92,9 +92,19 @@ impl NetNs {
         }
     }
 
-    /// Sets the sysctl `key` (dotted, e.g. `net.ipv4.ip_forward`) to `value` in this namespace.
+    /// Sets the sysctl `key` (dotted, e.g. `net.ipv4.ip_forward`; as with sysctl(8), a `/`
+    /// stands for a dot inside a component, e.g. `net.ipv4.conf.eth0/100.rp_filter`) to
+    /// `value` in this namespace.
     pub fn set_sysctl(&self, key: &str, value: &str) -> Result<()> {
-        let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+        let path: String = key
+            .chars()
+            .map(|c| match c {
+                '.' => '/',
+                '/' => '.',
+                c => c,
+            })
+            .collect();
+        let path = Path::new("/proc/sys").join(path);
         self.run(|| {
             fs::write(&path, value).map_err(io_context(format!(
                 "cannot set {key}={value} in netns {}",

@@ -48,6 +48,23 @@ pub fn backend_addr(index: usize) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 0, 11 + index as u8)
 }
 
+/// Fails for an interface name longer than the kernel accepts.
+fn check_iface_name(iface: &str) -> Result<()> {
+    if iface.len() > MAX_IFACE_NAME {
+        return Err(Error::Invalid {
+            what: format!("interface name {iface:?}"),
+            reason: format!("longer than {MAX_IFACE_NAME} bytes"),
+        });
+    }
+    Ok(())
+}
+
+/// `iface` as a component of a dotted sysctl key, where a `.` in a name is written as `/`
+/// (sysctl(8)'s convention: `net.ipv4.conf.eth0/100.rp_filter`).
+fn sysctl_name(iface: &str) -> String {
+    iface.replace('.', "/")
+}
+
 /// One pod: its namespace, address and the node-side end of its veth.
 #[derive(Debug)]
 pub struct Pod {
@@ -129,12 +146,7 @@ impl Topology {
 
     fn make_pod(&self, name: &str, addr: Ipv4Addr) -> Result<Pod> {
         let host_iface = format!("v-{name}");
-        if host_iface.len() > MAX_IFACE_NAME {
-            return Err(Error::Invalid {
-                what: format!("pod name {name:?}"),
-                reason: format!("veth name {host_iface:?} exceeds {MAX_IFACE_NAME} bytes"),
-            });
-        }
+        check_iface_name(&host_iface)?;
         let netns = NetNs::create(&format!("{}-{name}", self.id))?;
         let node = &self.node;
         node.ip(&[
@@ -149,7 +161,10 @@ impl Topology {
             "netns",
             netns.name(),
         ])?;
-        node.set_sysctl(&format!("net.ipv4.conf.{host_iface}.rp_filter"), "0")?;
+        node.set_sysctl(
+            &format!("net.ipv4.conf.{}.rp_filter", sysctl_name(&host_iface)),
+            "0",
+        )?;
         node.ip(&["addr", "add", &format!("{GATEWAY}/32"), "dev", &host_iface])?;
         node.ip(&["link", "set", &host_iface, "up"])?;
         node.ip(&[
@@ -181,12 +196,19 @@ impl Topology {
     /// pass-through XDP program, without which a veth drops the frames its peer's XDP program
     /// sends back with `XDP_TX` (the node's rejects).
     pub fn add_outside(&mut self) -> Result<&Outside> {
+        self.add_outside_on(EXTERNAL_IFACE)
+    }
+
+    /// [`Topology::add_outside`] with `iface` as the node's external interface instead of
+    /// [`iface`].
+    pub fn add_outside_on(&mut self, iface: &str) -> Result<&Outside> {
+        check_iface_name(iface)?;
         let netns = NetNs::create(&format!("{}-outside", self.id))?;
         let node = &self.node;
         node.ip(&[
             "link",
             "add",
-            EXTERNAL_IFACE,
+            iface,
             "type",
             "veth",
             "peer",
@@ -195,10 +217,13 @@ impl Topology {
             "netns",
             netns.name(),
         ])?;
-        node.set_sysctl(&format!("net.ipv4.conf.{EXTERNAL_IFACE}.rp_filter"), "0")?;
+        node.set_sysctl(
+            &format!("net.ipv4.conf.{}.rp_filter", sysctl_name(iface)),
+            "0",
+        )?;
         let node_addr = format!("{NODE_IP}/{EXTERNAL_PREFIX}");
-        node.ip(&["addr", "add", &node_addr, "dev", EXTERNAL_IFACE])?;
-        node.ip(&["link", "set", EXTERNAL_IFACE, "up"])?;
+        node.ip(&["addr", "add", &node_addr, "dev", iface])?;
+        node.ip(&["link", "set", iface, "up"])?;
         let outside_addr = format!("{OUTSIDE_ADDR}/{EXTERNAL_PREFIX}");
         netns.ip(&["addr", "add", &outside_addr, "dev", POD_IFACE])?;
         netns.ip(&["link", "set", POD_IFACE, "up"])?;

@@ -9,16 +9,15 @@ use std::{
     collections::BTreeSet,
     net::SocketAddrV4,
     path::{Path, PathBuf},
-    thread,
     time::Duration,
 };
 
 use lb_tests::{
-    agent::{Agent, AgentOptions, BPFFS_ROOT},
+    agent::{untranslated_after_cleanup, Agent, AgentOptions, BPFFS_ROOT},
     cmd,
     counting_program::CountingProgram,
     example, require_root,
-    servers::{tcp_answerers, tcp_request},
+    servers::tcp_answerers,
     topology::{backend_addr, backend_name, Topology, CLIENT},
 };
 
@@ -165,18 +164,7 @@ fn other_tc_programs_on_a_pod_interface_stay_attached_and_keep_seeing_packets() 
     // Cleanup removes the agent's program only.
     agent.stop_keeping_pins().unwrap();
     agent.cleanup().unwrap();
-    // The kernel releases an unpinned link from a work queue: give it a moment.
-    let detached = (0..20).any(|_| {
-        let reply = topology
-            .pod(CLIENT)
-            .netns
-            .run(|| tcp_request(example::tcp_vip(), Duration::from_millis(200)))
-            .unwrap();
-        reply.is_err() || {
-            thread::sleep(Duration::from_millis(100));
-            false
-        }
-    });
+    let detached = untranslated_after_cleanup(&topology.pod(CLIENT).netns, example::tcp_vip());
     assert!(detached, "the VIP is still translated after cleanup");
     let before = counts(&legacy, &tcx);
     assert_eq!(ask(&topology, direct), BTreeSet::from([backend_name(0)]));

@@ -1,6 +1,7 @@
 //! End to end: the real `lb-agent`'s `/metrics` counts exactly the flows a client pod opened
-//! and the connections it refused, and `/healthz` and `/readyz` answer as kube-proxy's health
-//! port does, before and after the first sync.
+//! and the connections it refused, and `/healthz`, `/livez` and `/readyz` answer as
+//! kube-proxy's health port does, before and after the first sync and while the Node is
+//! tainted for deletion or being deleted.
 
 use std::{
     fs,
@@ -9,13 +10,18 @@ use std::{
     time::Duration,
 };
 
+use k8s_openapi::api::core::v1::{Node, Taint};
 use lb_tests::{
     agent::{Agent, AgentOptions},
-    cluster::{Cluster, Protocol},
+    apiserver::objects::service,
+    cluster::{
+        kube::{wait_for_backends, web_ports, KubeCluster, APPLY_TIMEOUT, NAMESPACE, NODE_NAME},
+        Cluster, Protocol,
+    },
     example, require_root,
     scrape::{self, Metrics, HEALTHZ_ADDR, METRICS_ADDR},
     servers::tcp_request,
-    topology::Topology,
+    topology::{Topology, GATEWAY},
 };
 
 const TCP_REQUESTS: usize = 12;
@@ -113,6 +119,32 @@ fn metrics_count_the_flows_and_rejects_a_client_caused() {
     assert!(before.value("lbagent_network_programming_duration_seconds_count", &[]) >= Some(1.0));
     assert!(before.value("lbagent_sync_proxy_rules_last_timestamp_seconds", &[]) > Some(0.0));
     assert_eq!(before.value("lbagent_conntrack_entries", &[]), Some(0.0));
+    // kube-proxy's names for the same measurements (nothing changes between the two reads of
+    // one scrape: the manifests stay as they are).
+    for name in [
+        "sync_proxy_rules_duration_seconds_count",
+        "sync_proxy_rules_duration_seconds_sum",
+        "network_programming_duration_seconds_count",
+        "sync_proxy_rules_last_timestamp_seconds",
+    ] {
+        let ours = before.value(&format!("lbagent_{name}"), &[]);
+        assert_eq!(
+            before.value(&format!("kubeproxy_{name}"), &[]),
+            ours,
+            "{name}"
+        );
+    }
+    // In kube-proxy's buckets.
+    let programming = "kubeproxy_network_programming_duration_seconds_bucket";
+    for le in ["0.25", "59.0", "300.0"] {
+        assert!(before.value(programming, &[("le", le)]).is_some(), "{le}");
+    }
+    let queued = before.value(
+        "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
+        &[],
+    );
+    assert!(queued > Some(0.0), "{queued:?}");
+    assert!(queued <= before.value("kubeproxy_sync_proxy_rules_last_timestamp_seconds", &[]));
 
     let replies = cluster
         .requests(Protocol::Tcp, TCP_REQUESTS, TIMEOUT)
@@ -224,6 +256,15 @@ fn health_is_ready_only_after_the_first_sync_like_kube_proxy() {
     let dir = tempfile::tempdir().unwrap();
     example::copy_manifests(dir.path()).unwrap();
     let cluster = Cluster::start(dir.path(), "info").unwrap();
+    // As kube-proxy's: metrics on loopback only by default, health checks on every address.
+    let node = cluster.topology().node();
+    let on_node_address = |port: u16| {
+        let addr = format!("{GATEWAY}:{port}");
+        node.run(|| scrape::get(&addr, "/healthz")).unwrap()
+    };
+    let refused = on_node_address(10249).unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::ConnectionRefused, "{refused}");
+    assert_eq!(on_node_address(10256).unwrap().status, 200);
     for path in ["/healthz", "/readyz"] {
         let response = cluster
             .topology()
@@ -238,4 +279,91 @@ fn health_is_ready_only_after_the_first_sync_like_kube_proxy() {
             "{path}: {response:?}"
         );
     }
+}
+
+/// The agent's log lines when the Node's eligibility for load-balancer traffic changes.
+const NOT_ELIGIBLE: &str = "is not eligible for load-balancer traffic";
+const ELIGIBLE_AGAIN: &str = "is eligible for load-balancer traffic again";
+const WEB_VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 30), 80);
+
+/// The Service "web" at `WEB_VIP` answers from backend 0.
+fn serves(cluster: &KubeCluster, when: &str) {
+    let client = &cluster.client().netns;
+    wait_for_backends(when, client, Protocol::Tcp, WEB_VIP, &[0]);
+}
+
+/// `GET path` on the agent's health port.
+fn health(cluster: &KubeCluster, path: &str) -> scrape::Response {
+    cluster
+        .topology()
+        .node()
+        .run(|| scrape::get(HEALTHZ_ADDR, path))
+        .unwrap()
+        .unwrap()
+}
+
+/// `/healthz` answers as kube-proxy's for a node that is `eligible` or not; `/livez` and
+/// `/readyz` pass either way (draining neither restarts the agent nor takes it out of service).
+fn assert_eligible(cluster: &KubeCluster, eligible: bool) {
+    let healthz = health(cluster, "/healthz");
+    let status = if eligible { 200 } else { 503 };
+    assert_eq!(healthz.status, status, "{healthz:?}");
+    let field = format!(", \"nodeEligible\": {eligible}}}\n");
+    assert!(healthz.body.ends_with(&field), "{healthz:?}");
+    for path in ["/livez", "/readyz"] {
+        let response = health(cluster, path);
+        assert_eq!(response.status, 200, "{path}: {response:?}");
+        assert!(!response.body.contains("nodeEligible"), "{response:?}");
+    }
+}
+
+#[test]
+fn healthz_fails_while_the_node_is_tainted_for_deletion_or_being_deleted() {
+    require_root!();
+    let mut cluster = KubeCluster::start(1).unwrap();
+    let api = cluster.api();
+    api.create(&service(NAMESPACE, "web", *WEB_VIP.ip(), web_ports()))
+        .unwrap();
+    api.create(&cluster.web_slice("web", &[0])).unwrap();
+    serves(&cluster, "created");
+    assert_eligible(&cluster, true);
+
+    // The cluster autoscaler's taint drains the node, and its removal brings it back.
+    let node = |cluster: &KubeCluster| cluster.api().get::<Node>("", NODE_NAME).unwrap();
+    let mut tainted = node(&cluster);
+    tainted.spec.get_or_insert_with(Default::default).taints = Some(vec![Taint {
+        key: "ToBeDeletedByClusterAutoscaler".into(),
+        value: Some("1700000000".into()),
+        effect: "NoSchedule".into(),
+        time_added: None,
+    }]);
+    cluster.api().replace(&tainted).unwrap();
+    let agent = cluster.agent_mut();
+    agent.wait_for_log(NOT_ELIGIBLE, 1, APPLY_TIMEOUT).unwrap();
+    assert!(agent
+        .log()
+        .contains("tainted ToBeDeletedByClusterAutoscaler"));
+    assert_eligible(&cluster, false);
+    serves(&cluster, "the node is tainted");
+
+    let mut untainted = node(&cluster);
+    untainted.spec.as_mut().unwrap().taints = None;
+    cluster.api().replace(&untainted).unwrap();
+    let agent = cluster.agent_mut();
+    agent
+        .wait_for_log(ELIGIBLE_AGAIN, 1, APPLY_TIMEOUT)
+        .unwrap();
+    assert_eligible(&cluster, true);
+
+    // A Node being deleted (held by a finalizer, so it has a deletionTimestamp) drains too.
+    let mut held = node(&cluster);
+    held.metadata.finalizers = Some(vec!["e2e.example.com/hold".into()]);
+    cluster.api().replace(&held).unwrap();
+    let deleting = cluster.api().delete::<Node>("", NODE_NAME).unwrap();
+    assert!(deleting.metadata.deletion_timestamp.is_some());
+    let agent = cluster.agent_mut();
+    agent.wait_for_log(NOT_ELIGIBLE, 2, APPLY_TIMEOUT).unwrap();
+    assert!(agent.log().contains("it is being deleted"));
+    assert_eligible(&cluster, false);
+    serves(&cluster, "the node is being deleted");
 }

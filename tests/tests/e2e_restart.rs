@@ -14,7 +14,7 @@ use std::{
 };
 
 use lb_tests::{
-    agent::Agent,
+    agent::{untranslated_after_cleanup, Agent},
     cluster::{Cluster, Protocol},
     cmd, example, inspect_output, netns, require_root,
     servers::{tcp_request, udp_request, TcpClient},
@@ -222,17 +222,8 @@ fn a_clean_exit_leaves_traffic_flowing_until_cleanup_removes_everything() {
         "{} is still there",
         bpffs_dir.display()
     );
-    // The programs are detached (the kernel releases an unpinned link from a work queue, so
-    // give it a moment): nothing translates the VIP any more.
-    let detached = (0..20).any(|_| {
-        let replies = cluster
-            .requests(Protocol::Tcp, 1, Duration::from_millis(200))
-            .unwrap();
-        replies[0].is_err() || {
-            thread::sleep(Duration::from_millis(100));
-            false
-        }
-    });
+    // The programs are detached: nothing translates the VIP any more.
+    let detached = untranslated_after_cleanup(&cluster.client().netns, example::tcp_vip());
     assert!(detached, "the VIP is still translated after cleanup");
 }
 

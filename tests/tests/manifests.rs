@@ -219,7 +219,8 @@ fn the_daemonset_runs_on_the_host_network_with_bpffs_and_capabilities_not_privil
     let requests = resources.requests.as_ref().expect("resource requests");
     assert!(requests.contains_key("cpu") && requests.contains_key("memory"));
     for (probe, path) in [
-        (&container.liveness_probe, "/healthz"),
+        // Not /healthz: it fails while the node drains, which is no reason to restart.
+        (&container.liveness_probe, "/livez"),
         (&container.readiness_probe, "/readyz"),
     ] {
         let get = probe

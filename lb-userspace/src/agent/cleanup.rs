@@ -10,6 +10,7 @@ use tracing::info;
 use super::{links_dir, maps_dir};
 use crate::bpffs;
 use crate::bpffs::BpffsError;
+use crate::datapath::link_pin::LinkPin;
 
 /// Removes the pinned links (first, so the programs detach) and maps of the agent using
 /// `bpffs_dir`, then the directories as far as they are empty. Returns the removed pins.
@@ -41,7 +42,15 @@ pub fn cleanup(bpffs_dir: &Path) -> Result<Vec<PathBuf>, BpffsError> {
                 .map_err(|e| BpffsError::io("reading", &dir, e))?
                 .path();
             fs::remove_file(&path).map_err(|e| BpffsError::io("removing", &path, e))?;
-            info!("removed {}", path.display());
+            let link = path
+                .file_name()
+                .and_then(|name| LinkPin::parse(&name.to_string_lossy()))
+                .filter(|_| dir.ends_with("links"));
+            match link {
+                // The file name writes a dot as ':': say which interface it was.
+                Some(link) => info!("removed {} ({link})", path.display()),
+                None => info!("removed {}", path.display()),
+            }
             removed.push(path);
         }
         bpffs::remove_empty_dirs(&dir, bpffs_dir);

@@ -22,6 +22,7 @@ use tracing::{info, warn};
 use crate::bpffs::{self, BpffsError, DirLock};
 use crate::datapath::{Capacities, Datapath, DatapathError, KernelLog, KernelLogLevel};
 use crate::error::Chain;
+use crate::health::SyncHealth;
 use crate::k8s::NodeDef;
 use crate::links::{self, IfacePatterns, LinkEvent, NetlinkError};
 use crate::manifests::ManifestDir;
@@ -217,7 +218,7 @@ enum CheckedSource {
 }
 
 impl CheckedSource {
-    fn start(self, metrics: SyncMetrics) -> RunningSource {
+    fn start(self, metrics: SyncMetrics, health: SyncHealth) -> RunningSource {
         let (name, (task, states)) = match self {
             CheckedSource::Files(dir, poll_interval) => (
                 "manifests",
@@ -225,7 +226,7 @@ impl CheckedSource {
             ),
             CheckedSource::Api(client, node_name, max_endpoints) => (
                 "kubernetes",
-                source::api::spawn(client, node_name, max_endpoints, metrics),
+                source::api::spawn(client, node_name, max_endpoints, metrics, health),
             ),
         };
         RunningSource { name, task, states }
@@ -280,7 +281,7 @@ async fn serve(
     };
 
     let telemetry = Telemetry::start(config, &maps_dir(&config.bpffs_dir)).await?;
-    let mut source = source.start(telemetry.sync());
+    let mut source = source.start(telemetry.sync(), telemetry.health());
     let mut programmer = Programmer::new(&config.capacities, telemetry.sync(), telemetry.health());
     let mut retry = tokio::time::interval(RETRY_INTERVAL);
     retry.set_missed_tick_behavior(MissedTickBehavior::Delay);

@@ -53,6 +53,7 @@ impl Programmer {
         self.pending = Some(desired);
         self.pending_since.get_or_insert(now);
         self.health.queued(now);
+        self.metrics.queued(SystemTime::now());
     }
 
     /// Writes the pending state; logs `ready: programmed N services, M backends` once it is

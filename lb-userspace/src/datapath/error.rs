@@ -52,6 +52,8 @@ pub enum DatapathError {
         #[source]
         source: PinError,
     },
+    #[error(transparent)]
+    IfaceName(#[from] super::link_pin::InvalidIfaceName),
     #[error("pinning the program link at {path} failed")]
     PinLink {
         path: PathBuf,

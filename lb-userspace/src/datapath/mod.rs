@@ -2,6 +2,7 @@
 
 mod error;
 mod kernel_log;
+pub mod link_pin;
 mod map_layouts;
 mod maps;
 mod pinned_links;
@@ -24,8 +25,8 @@ use crate::error::Chain;
 pub use error::DatapathError;
 pub use kernel_log::{KernelLog, KernelLogError, KernelLogLevel};
 pub use lb_common::capacity::{Capacities, CapacityRangeError, MAX_ENTRIES};
+use link_pin::Hook;
 pub use maps::DatapathMaps;
-use pinned_links::Hook;
 
 /// The eBPF object built by `cargo xtask build-ebpf`, embedded by `build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf.o"));
@@ -119,7 +120,8 @@ impl Datapath {
             .links_dir
             .as_deref()
             .filter(|_| tcx)
-            .map(|dir| pinned_links::pin_path(dir, iface, Hook::Tc));
+            .map(|dir| pinned_links::pin_path(dir, iface, Hook::Tc))
+            .transpose()?;
         let program: &mut SchedClassifier = program_mut(&mut self.ebpf, name)?;
         let replace = |link: SchedClassifierLink| program.attach_to_link(link);
         if pin
@@ -155,8 +157,12 @@ impl Datapath {
     /// Removes the pin of `iface`'s TC link, for an interface that vanished (which detached
     /// the link). Does nothing unless loaded by [`Datapath::load_pinned`].
     pub fn unpin_tc(&mut self, iface: &str) {
-        if let Some(dir) = &self.links_dir {
-            pinned_links::remove(&pinned_links::pin_path(dir, iface, Hook::Tc));
+        let Some(dir) = &self.links_dir else {
+            return;
+        };
+        // A name Linux refuses was never attached, so it has no pin.
+        if let Ok(pin) = pinned_links::pin_path(dir, iface, Hook::Tc) {
+            pinned_links::remove(&pin);
         }
     }
 
@@ -168,7 +174,8 @@ impl Datapath {
         let pin = self
             .links_dir
             .as_deref()
-            .map(|dir| pinned_links::pin_path(dir, iface, Hook::Xdp));
+            .map(|dir| pinned_links::pin_path(dir, iface, Hook::Xdp))
+            .transpose()?;
         let program: &mut Xdp = program_mut(&mut self.ebpf, name)?;
         let replace = |link: XdpLink| program.attach_to_link(link);
         if pin

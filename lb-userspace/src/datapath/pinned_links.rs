@@ -11,28 +11,14 @@ use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::ProgramError;
 use tracing::{debug, info, warn};
 
+use super::link_pin::{Hook, InvalidIfaceName, LinkPin};
 use super::DatapathError;
 use crate::error::Chain;
 
-/// Which hook a pinned link attaches to.
-#[derive(Clone, Copy, Debug)]
-pub(super) enum Hook {
-    Tc,
-    Xdp,
-}
-
-impl fmt::Display for Hook {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Hook::Tc => "tc",
-            Hook::Xdp => "xdp",
-        })
-    }
-}
-
-/// Where the link of `hook` on `iface` is pinned: `<dir>/<iface>-<hook>`.
-pub(super) fn pin_path(dir: &Path, iface: &str, hook: Hook) -> PathBuf {
-    dir.join(format!("{iface}-{hook}"))
+/// Where the link of `hook` on `iface` is pinned: `<dir>/<iface>-<hook>`, each `.` of
+/// `iface` written as `:` ([`LinkPin`]).
+pub(super) fn pin_path(dir: &Path, iface: &str, hook: Hook) -> Result<PathBuf, InvalidIfaceName> {
+    Ok(dir.join(LinkPin::new(iface, hook).file_name()?))
 }
 
 /// The link pinned at `pin` by an earlier agent, if there is one. An unreadable pin is
@@ -119,14 +105,14 @@ pub(super) fn remove_vanished(dir: &Path) {
     for entry in entries.flatten() {
         let file_name = entry.file_name();
         let file_name = file_name.to_string_lossy();
-        let Some(iface) = file_name
-            .strip_suffix("-tc")
-            .or_else(|| file_name.strip_suffix("-xdp"))
-        else {
+        let Some(pin) = LinkPin::parse(&file_name) else {
             continue;
         };
-        if !iface_exists(iface) {
-            info!("interface {iface} is gone: removing its pinned link {file_name}");
+        if !iface_exists(&pin.iface) {
+            info!(
+                "interface {} is gone: removing its pinned link {file_name}",
+                pin.iface
+            );
             remove(&entry.path());
         }
     }

@@ -1,5 +1,5 @@
-//! This node: its name (which endpoints are local) and its addresses (where node ports are
-//! served).
+//! This node: its name (which endpoints are local), its addresses (where node ports are
+//! served) and whether load balancers should still send it traffic.
 
 use std::net::IpAddr;
 
@@ -7,6 +7,24 @@ use k8s_openapi::api::core::v1::Node;
 
 use super::fields::parse_ip;
 use crate::objects::FieldError;
+
+/// The taint the cluster autoscaler puts on a node it is about to delete.
+pub const TO_BE_DELETED_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
+
+/// Why load balancers should stop sending traffic to `node`, kube-proxy's rule: it is being
+/// deleted (`deletionTimestamp` set) or carries [`TO_BE_DELETED_TAINT`]; `None` while it is
+/// eligible. The health port's `/healthz` fails meanwhile, so cloud load balancers drain it.
+pub fn not_eligible_because(node: &Node) -> Option<&'static str> {
+    if node.metadata.deletion_timestamp.is_some() {
+        return Some("it is being deleted");
+    }
+    let taints = node.spec.as_ref().and_then(|spec| spec.taints.as_deref());
+    taints
+        .unwrap_or_default()
+        .iter()
+        .any(|taint| taint.key == TO_BE_DELETED_TAINT)
+        .then_some("it is tainted ToBeDeletedByClusterAutoscaler")
+}
 
 /// The node the agent runs on.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -41,5 +59,38 @@ impl NodeDef {
             }
         }
         Ok(NodeDef { name, addresses })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::Node;
+
+    use super::not_eligible_because;
+
+    fn node(yaml: &str) -> Node {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn a_node_is_eligible_unless_deleted_or_tainted_for_deletion() {
+        let eligible = |yaml: &str| not_eligible_because(&node(yaml)).is_none();
+        assert!(eligible("metadata: {name: a}"));
+        assert!(eligible(
+            "metadata: {name: a}\nspec: {taints: [{key: other, effect: NoSchedule}]}"
+        ));
+        assert_eq!(
+            not_eligible_because(&node(
+                "metadata: {name: a}\nspec: {taints: [{key: other, effect: NoSchedule}, \
+             {key: ToBeDeletedByClusterAutoscaler, value: '1700000000', effect: NoSchedule}]}"
+            )),
+            Some("it is tainted ToBeDeletedByClusterAutoscaler")
+        );
+        assert_eq!(
+            not_eligible_because(&node(
+                "metadata: {name: a, deletionTimestamp: '2024-01-01T00:00:00Z', finalizers: [x]}"
+            )),
+            Some("it is being deleted")
+        );
     }
 }

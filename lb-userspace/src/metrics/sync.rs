@@ -1,5 +1,9 @@
 //! Metrics of the programming loop: how long map programming takes, how far it lags behind
 //! the source, its failures, and what is programmed.
+//!
+//! The ones kube-proxy also has are served under its names too (`kubeproxy_...`, from its
+//! `pkg/proxy/metrics`, with its help texts, buckets and units), so dashboards and alerts
+//! written for kube-proxy (the kubernetes-mixin's) keep working after the swap.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
@@ -7,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::{exponential_buckets, linear_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::reconciler::{CountedService, Reconciler};
@@ -29,6 +33,24 @@ impl CountedServices {
     }
 }
 
+/// kube-proxy's `network_programming_duration_seconds` buckets: 0, 0.25 s, 0.5 s, then every
+/// second to 59 s, every 5 s to 115 s and every 30 s to 5 min (its `MergeBuckets` starts with
+/// a 0 bucket).
+fn network_programming_buckets() -> impl Iterator<Item = f64> {
+    std::iter::once(0.0)
+        .chain(linear_buckets(0.25, 0.25, 2))
+        .chain(linear_buckets(1.0, 1.0, 59))
+        .chain(linear_buckets(60.0, 5.0, 12))
+        .chain(linear_buckets(120.0, 30.0, 7))
+}
+
+/// `time` as Unix seconds (0 before the epoch).
+fn unix_seconds(time: SystemTime) -> f64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
 /// Recorder for every map programming run (cheap to clone; all clones record into the same
 /// metrics).
 #[derive(Clone, Debug)]
@@ -37,6 +59,9 @@ pub struct SyncMetrics {
     last_timestamp: Gauge<f64, AtomicU64>,
     failures: Counter,
     programming_latency: Histogram,
+    /// The same as `programming_latency`, in kube-proxy's buckets.
+    kube_proxy_programming_latency: Histogram,
+    last_queued_timestamp: Gauge<f64, AtomicU64>,
     resync_repairs: Counter,
     services: Gauge,
     backends: Gauge,
@@ -54,6 +79,8 @@ impl SyncMetrics {
             last_timestamp: Gauge::default(),
             failures: Counter::default(),
             programming_latency: Histogram::new(buckets()),
+            kube_proxy_programming_latency: Histogram::new(network_programming_buckets()),
+            last_queued_timestamp: Gauge::default(),
             resync_repairs: Counter::default(),
             services: Gauge::default(),
             backends: Gauge::default(),
@@ -101,7 +128,38 @@ impl SyncMetrics {
             "Services and EndpointSlices (and the Node) skipped as invalid by the source",
             metrics.invalid_objects.clone(),
         );
+        metrics.register_kube_proxy_names(registry);
         metrics
+    }
+
+    /// kube-proxy's names for what is measured here.
+    fn register_kube_proxy_names(&self, registry: &mut Registry) {
+        // A metric's clones share its values: each is recorded once, served twice.
+        registry.register(
+            "kubeproxy_sync_proxy_rules_duration_seconds",
+            "SyncProxyRules latency in seconds",
+            self.duration.clone(),
+        );
+        registry.register(
+            "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+            "The last time proxy rules were successfully synced",
+            self.last_timestamp.clone(),
+        );
+        registry.register(
+            "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
+            "The last time a sync of proxy rules was queued",
+            self.last_queued_timestamp.clone(),
+        );
+        registry.register(
+            "kubeproxy_network_programming_duration_seconds",
+            "In Cluster Network Programming Latency in seconds",
+            self.kube_proxy_programming_latency.clone(),
+        );
+    }
+
+    /// A new desired state arrived at `now` and waits to be programmed.
+    pub fn queued(&self, now: SystemTime) {
+        self.last_queued_timestamp.set(unix_seconds(now));
     }
 
     /// The group ids as last programmed.
@@ -113,10 +171,9 @@ impl SyncMetrics {
     pub fn applied(&self, reconciler: &Reconciler, took: Duration, lag: Duration, now: SystemTime) {
         self.duration.observe(took.as_secs_f64());
         self.programming_latency.observe(lag.as_secs_f64());
-        let unix = now
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default();
-        self.last_timestamp.set(unix.as_secs_f64());
+        self.kube_proxy_programming_latency
+            .observe(lag.as_secs_f64());
+        self.last_timestamp.set(unix_seconds(now));
         self.record_programmed(reconciler);
     }
 
@@ -141,5 +198,84 @@ impl SyncMetrics {
         self.services.set(reconciler.programmed_services() as i64);
         self.backends.set(reconciler.programmed_backends() as i64);
         self.counted.set(reconciler.counted_services());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use lb_common::capacity::Capacities;
+    use prometheus_client::encoding::text::encode;
+    use prometheus_client::registry::Registry;
+
+    use super::SyncMetrics;
+    use crate::reconciler::Reconciler;
+
+    /// The value of the sample line starting with `series` (name and labels).
+    fn sample(text: &str, series: &str) -> f64 {
+        let line = text
+            .lines()
+            .find(|l| l.strip_prefix(series).is_some_and(|r| r.starts_with(' ')))
+            .unwrap_or_else(|| panic!("no {series} in:\n{text}"));
+        line[series.len()..].trim().parse().unwrap()
+    }
+
+    #[test]
+    fn kube_proxys_names_serve_the_same_measurements_in_its_buckets() {
+        let mut registry = Registry::default();
+        let metrics = SyncMetrics::register(&mut registry);
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        metrics.queued(at);
+        let reconciler = Reconciler::new(&Capacities::default());
+        let (took, lag) = (Duration::from_millis(3), Duration::from_millis(700));
+        metrics.applied(&reconciler, took, lag, at + Duration::from_secs(1));
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+
+        for prefix in ["lbagent", "kubeproxy"] {
+            let name = format!("{prefix}_sync_proxy_rules_duration_seconds");
+            assert_eq!(sample(&text, &format!("{name}_count")), 1.0);
+            assert_eq!(sample(&text, &format!("{name}_sum")), 0.003);
+            // kube-proxy's buckets: 1 ms doubling, 15 of them.
+            assert_eq!(
+                sample(&text, &format!("{name}_bucket{{le=\"0.002\"}}")),
+                0.0
+            );
+            assert_eq!(
+                sample(&text, &format!("{name}_bucket{{le=\"0.004\"}}")),
+                1.0
+            );
+            assert_eq!(
+                sample(&text, &format!("{name}_bucket{{le=\"16.384\"}}")),
+                1.0
+            );
+            let last = format!("{prefix}_sync_proxy_rules_last_timestamp_seconds");
+            assert_eq!(sample(&text, &last), 1_700_000_001.0);
+        }
+        assert_eq!(
+            sample(
+                &text,
+                "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds"
+            ),
+            1_700_000_000.0
+        );
+
+        let name = "kubeproxy_network_programming_duration_seconds";
+        assert_eq!(sample(&text, &format!("{name}_count")), 1.0);
+        assert_eq!(sample(&text, &format!("{name}_sum")), 0.7);
+        let bucket = |le: &str| sample(&text, &format!("{name}_bucket{{le=\"{le}\"}}"));
+        assert_eq!(bucket("0.0"), 0.0);
+        assert_eq!(bucket("0.5"), 0.0);
+        assert_eq!(bucket("1.0"), 1.0);
+        assert_eq!(bucket("59.0"), 1.0);
+        assert_eq!(bucket("115.0"), 1.0);
+        assert_eq!(bucket("300.0"), 1.0);
+        let buckets = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}_bucket")))
+            .count();
+        // 0, 0.25, 0.5, 1..=59, 60..=115, 120..=300 and +Inf.
+        assert_eq!(buckets, 1 + 2 + 59 + 12 + 7 + 1);
     }
 }

@@ -349,6 +349,8 @@ impl ApiServer {
     }
 
     /// Deletes `namespace/name` (namespace "" for cluster-scoped kinds); returns its last state.
+    /// An object with finalizers only gets its `metadata.deletionTimestamp`, as from a real
+    /// API server, and goes once [`ApiServer::replace`] removes its last finalizer.
     pub fn delete<K: Object>(
         &self,
         namespace: &str,

@@ -8,6 +8,7 @@ use std::{
 };
 
 use bytes::Bytes;
+use k8s_openapi::jiff::Timestamp;
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
@@ -155,6 +156,7 @@ impl Store {
         let uid = format!("00000000-0000-4000-8000-{:012x}", self.next_uid);
         self.next_uid += 1;
         object["metadata"]["uid"] = Value::String(uid);
+        clear_deletion_timestamp(&mut object);
         Ok(self
             .commit(key, Some(object))
             .expect("a created object exists"))
@@ -183,6 +185,16 @@ impl Store {
             return Err(ApiError::conflict(&key));
         }
         object["metadata"]["uid"] = current["metadata"]["uid"].clone();
+        // Only a delete sets the deletion timestamp; an object being deleted goes with its
+        // last finalizer.
+        match current.pointer(DELETION_TIMESTAMP) {
+            Some(since) => object["metadata"]["deletionTimestamp"] = since.clone(),
+            None => clear_deletion_timestamp(&mut object),
+        }
+        if object.pointer(DELETION_TIMESTAMP).is_some() && !has_finalizers(&object) {
+            self.commit(key, None);
+            return Ok(Arc::new(at_version(&object, self.resource_version)));
+        }
         self.commit_if_changed(key, object)
     }
 
@@ -197,11 +209,24 @@ impl Store {
         self.commit_if_changed(key.clone(), object)
     }
 
-    /// Deletes an object and returns its last state.
+    /// Deletes an object and returns its last state. One with finalizers is only marked, as
+    /// the real API server does: its `metadata.deletionTimestamp` is set (a MODIFIED event),
+    /// and it goes once a replacement leaves it without finalizers.
     pub fn delete(&mut self, key: &Key) -> Result<Arc<Value>, ApiError> {
         let last = self.get(key).ok_or_else(|| ApiError::not_found(key))?;
-        self.commit(key.clone(), None);
-        Ok(Arc::new(at_version(&last, self.resource_version)))
+        if !has_finalizers(&last) {
+            self.commit(key.clone(), None);
+            return Ok(Arc::new(at_version(&last, self.resource_version)));
+        }
+        if last.pointer(DELETION_TIMESTAMP).is_some() {
+            return Ok(last);
+        }
+        let mut marked = Value::clone(&last);
+        let now = Timestamp::from_second(Timestamp::now().as_second()).expect("now is in range");
+        marked["metadata"]["deletionTimestamp"] = Value::String(now.to_string());
+        Ok(self
+            .commit(key.clone(), Some(marked))
+            .expect("a marked object exists"))
     }
 
     fn commit_if_changed(&mut self, key: Key, mut object: Value) -> Result<Arc<Value>, ApiError> {
@@ -460,6 +485,24 @@ fn bookmark_line(resource: Resource, rv: u64, initial_events_end: bool) -> Bytes
 }
 
 /// `object` with `metadata.resourceVersion` set to `rv`.
+/// Where an object's deletion timestamp is.
+const DELETION_TIMESTAMP: &str = "/metadata/deletionTimestamp";
+
+/// Removes a deletion timestamp a client sent: only a delete sets one.
+fn clear_deletion_timestamp(object: &mut Value) {
+    if let Some(metadata) = object["metadata"].as_object_mut() {
+        metadata.remove("deletionTimestamp");
+    }
+}
+
+/// Whether `object` has finalizers, which hold its deletion back.
+fn has_finalizers(object: &Value) -> bool {
+    object
+        .pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .is_some_and(|finalizers| !finalizers.is_empty())
+}
+
 fn at_version(object: &Value, rv: u64) -> Value {
     let mut object = object.clone();
     object["metadata"]["resourceVersion"] = Value::String(rv.to_string());

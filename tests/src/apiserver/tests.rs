@@ -222,6 +222,32 @@ fn objects_get_increasing_versions_and_lists_show_the_latest() {
 }
 
 #[test]
+fn an_object_with_finalizers_is_marked_deleted_until_its_last_finalizer_goes() {
+    let server = server();
+    let mut draining = node("node-a", [198, 18, 1, 1].into());
+    draining.metadata.finalizers = Some(vec!["example.com/drain".into()]);
+    // A deletion timestamp cannot be set by an update, only by a delete.
+    draining.metadata.deletion_timestamp =
+        Some(serde_json::from_value(Value::String("2024-01-01T00:00:00Z".into())).unwrap());
+    let created = server.create(&draining).unwrap();
+    let created = server.replace(&created).unwrap();
+    assert!(created.metadata.deletion_timestamp.is_none());
+
+    let marked = server.delete::<Node>("", "node-a").unwrap();
+    assert!(marked.metadata.deletion_timestamp.is_some(), "{marked:?}");
+    assert_eq!(server.get::<Node>("", "node-a"), Some(marked.clone()));
+    // Deleting again changes nothing.
+    let version = server.resource_version();
+    assert_eq!(server.delete::<Node>("", "node-a").unwrap(), marked);
+    assert_eq!(server.resource_version(), version);
+
+    let mut finalized = marked.clone();
+    finalized.metadata.finalizers = None;
+    server.replace(&finalized).unwrap();
+    assert!(server.get::<Node>("", "node-a").is_none());
+}
+
+#[test]
 fn selectors_filter_lists() {
     let server = server();
     let mut other_proxy = web("ns", "other-proxy", 1);

@@ -29,6 +29,8 @@ use tracing::{error, info, warn};
 
 use super::{channel, DesiredStates};
 use crate::error::Chain;
+use crate::health::SyncHealth;
+use crate::k8s::node::not_eligible_because;
 use crate::k8s::{NodeDef, ServiceDef, SliceDef};
 use crate::metrics::SyncMetrics;
 use state::ClusterView;
@@ -98,12 +100,14 @@ enum Change {
 
 /// Watches the cluster in a task and publishes the desired state after every change set
 /// (all events already received are applied together). `max_endpoints` rejects slices that
-/// cannot fit into the backends map; the number of invalid objects goes to `metrics`.
+/// cannot fit into the backends map; the number of invalid objects goes to `metrics`, and
+/// whether the Node may get load-balancer traffic to `health`.
 pub fn spawn(
     client: Client,
     node_name: String,
     max_endpoints: usize,
     metrics: SyncMetrics,
+    health: SyncHealth,
 ) -> (JoinHandle<()>, DesiredStates) {
     let (publisher, states) = channel();
     let services = watcher(
@@ -129,9 +133,9 @@ pub fn spawn(
         let mut changes = stream::select(stream::select(services, slices), node).boxed();
         let mut view = ClusterView::new(node_name);
         while let Some(change) = changes.next().await {
-            apply(&mut view, change, max_endpoints);
+            apply(&mut view, change, max_endpoints, &health);
             while let Some(Some(change)) = changes.next().now_or_never() {
-                apply(&mut view, change, max_endpoints);
+                apply(&mut view, change, max_endpoints, &health);
             }
             if let Some((change_set, state)) = view.take_change_set() {
                 info!("{change_set}");
@@ -145,7 +149,7 @@ pub fn spawn(
     (task, states)
 }
 
-fn apply(view: &mut ClusterView, change: Change, max_endpoints: usize) {
+fn apply(view: &mut ClusterView, change: Change, max_endpoints: usize, health: &SyncHealth) {
     let skipped = match change {
         Change::Services(event) => match *event {
             Ok(event) => view.services.on_event(event, ServiceDef::from_k8s),
@@ -158,12 +162,36 @@ fn apply(view: &mut ClusterView, change: Change, max_endpoints: usize) {
             Err(e) => return watch_failed("endpoint slices", &e),
         },
         Change::Node(event) => match *event {
-            Ok(event) => view.node.on_event(event, NodeDef::from_k8s),
+            Ok(event) => {
+                if let Event::InitApply(node) | Event::Apply(node) | Event::Delete(node) = &event {
+                    sync_node_eligibility(node, health);
+                }
+                view.node.on_event(event, NodeDef::from_k8s)
+            }
             Err(e) => return watch_failed("the node", &e),
         },
     };
     for object in skipped {
         error!("{object}");
+    }
+}
+
+/// Tells `health` whether the node may get load-balancer traffic, from every version of the
+/// Node seen (a deleted one's last state included), as kube-proxy's node handler does.
+fn sync_node_eligibility(node: &Node, health: &SyncHealth) {
+    let why_not = not_eligible_because(node);
+    if !health.set_node_eligible(why_not.is_none()) {
+        return;
+    }
+    let name = node.metadata.name.as_deref().unwrap_or_default();
+    match why_not {
+        Some(why) => warn!(
+            "node {name} is not eligible for load-balancer traffic ({why}): /healthz answers \
+             503 so load balancers drain it; traffic is still served"
+        ),
+        None => {
+            info!("node {name} is eligible for load-balancer traffic again: /healthz answers 200")
+        }
     }
 }
 
