@@ -15,6 +15,8 @@ use lb_userspace::datapath::{KernelLogLevel, MAX_ENTRIES};
 use lb_userspace::inspect::Snapshot;
 use lb_userspace::k8s::NodeDef;
 use lb_userspace::links::{IfacePattern, IfacePatterns};
+use lb_userspace::source::api::access::DEFAULT_SERVICE_ACCOUNT_DIR;
+use lb_userspace::source::api::{ApiAccess, ApiServerUrl};
 use lb_userspace::{Capacities, DatapathMaps};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
@@ -60,6 +62,26 @@ struct RunArgs {
     /// account]. http:// servers work too.
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
+    /// Kubernetes mode: the API server's real address, https://HOST:PORT. Overrides the
+    /// kubeconfig's server and the in-cluster KUBERNETES_SERVICE_HOST/_PORT (the `kubernetes`
+    /// Service's ClusterIP, which only works once this agent programs it) [default: from the
+    /// kubeconfig, else KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT].
+    #[arg(
+        long,
+        env = "LB_K8S_API_SERVER",
+        value_name = "URL",
+        conflicts_with = "manifests"
+    )]
+    k8s_api_server: Option<ApiServerUrl>,
+    /// Kubernetes mode without a kubeconfig: the directory of the service account's `token`
+    /// and `ca.crt` (re-read every minute, so rotation needs no restart).
+    #[arg(
+        long,
+        env = "LB_K8S_SERVICE_ACCOUNT_DIR",
+        value_name = "DIR",
+        default_value = DEFAULT_SERVICE_ACCOUNT_DIR
+    )]
+    k8s_service_account_dir: PathBuf,
     /// This node's name: endpoints with this nodeName are local, and in Kubernetes mode the
     /// Node object whose addresses serve node ports [default: the hostname].
     #[arg(long, env = "NODE_NAME")]
@@ -209,7 +231,11 @@ fn run(args: RunArgs, kernel_log_level: KernelLogLevel) -> anyhow::Result<()> {
             poll_interval: Duration::from_millis(200),
         },
         None => SourceConfig::Kubernetes {
-            kubeconfig: args.kubeconfig,
+            access: ApiAccess {
+                kubeconfig: args.kubeconfig,
+                api_server: args.k8s_api_server,
+                service_account_dir: args.k8s_service_account_dir,
+            },
             node_name,
         },
     };
@@ -363,6 +389,22 @@ mod tests {
         assert!(parse(&["--manifests", "/m", "--kubeconfig", "/k"]).is_err());
         assert!(parse(&["--manifests", "/m", "--node-address", "nope"]).is_err());
         assert!(parse(&["--kubeconfig", "/k", "--node-name", "n1"]).is_ok());
+    }
+
+    #[test]
+    fn the_api_server_address_is_an_https_url_and_needs_kubernetes_mode() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["lb-agent", "run"], args].concat());
+        let access = |args: &[&str]| match parse(args).map(|cli| cli.command) {
+            Ok(Command::Run(run)) => (run.k8s_api_server, run.k8s_service_account_dir),
+            _ => panic!("{args:?} do not parse"),
+        };
+        let (server, dir) = access(&["--k8s-api-server", "https://198.18.0.1:6443"]);
+        assert_eq!(server.unwrap().to_string(), "https://198.18.0.1:6443");
+        assert_eq!(dir, PathBuf::from(DEFAULT_SERVICE_ACCOUNT_DIR));
+        let (server, dir) = access(&["--k8s-service-account-dir", "/sa"]);
+        assert_eq!((server, dir), (None, PathBuf::from("/sa")));
+        assert!(parse(&["--k8s-api-server", "http://198.18.0.1:8080"]).is_err());
+        assert!(parse(&["--manifests", "/m", "--k8s-api-server", "https://h:6443"]).is_err());
     }
 
     #[test]

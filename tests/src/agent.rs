@@ -32,6 +32,16 @@ pub const SERVING_MARKER: &str = "serving /metrics on";
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Environment variable naming the `lb-agent` binary to run instead of the workspace's.
 pub const BINARY_VAR: &str = "LB_AGENT_BIN";
+/// Variables the agent reads to find its API server; the harness never passes the test
+/// process's own on (a developer's KUBECONFIG must not decide where the agent connects), only
+/// those of [`AgentOptions::env`].
+pub const API_ENV_VARS: [&str; 5] = [
+    "KUBECONFIG",
+    "KUBERNETES_SERVICE_HOST",
+    "KUBERNETES_SERVICE_PORT",
+    "LB_K8S_API_SERVER",
+    "LB_K8S_SERVICE_ACCOUNT_DIR",
+];
 /// Grace period between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Poll interval while waiting for log lines or exit.
@@ -47,6 +57,9 @@ pub enum Source {
         kubeconfig: PathBuf,
         node_name: String,
     },
+    /// The Kubernetes API as a pod reaches it, as node `node_name` (`--node-name`): no
+    /// kubeconfig, the address and the service account come from [`AgentOptions::env`].
+    InCluster { node_name: String },
 }
 
 /// How to run the agent.
@@ -65,6 +78,9 @@ pub struct AgentOptions {
     pub log_level: String,
     /// Further `lb-agent run` arguments (e.g. `--resync-interval 500ms`).
     pub extra_args: Vec<String>,
+    /// Environment variables for the agent (e.g. `KUBERNETES_SERVICE_HOST`); of
+    /// [`API_ENV_VARS`] it sees only these.
+    pub env: Vec<(String, String)>,
 }
 
 impl AgentOptions {
@@ -79,6 +95,7 @@ impl AgentOptions {
             bpffs_dir: Path::new(BPFFS_ROOT).join(id),
             log_level: "info".into(),
             extra_args: Vec::new(),
+            env: Vec::new(),
         }
     }
 
@@ -102,6 +119,7 @@ impl AgentOptions {
             bpffs_dir: Path::new(BPFFS_ROOT).join(id),
             log_level: "info".into(),
             extra_args: Vec::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -174,6 +192,7 @@ impl Agent {
                 .arg(kubeconfig)
                 .arg("--node-name")
                 .arg(node_name),
+            Source::InCluster { node_name } => command.arg("--node-name").arg(node_name),
         };
         command
             .arg("--bpffs-dir")
@@ -190,6 +209,10 @@ impl Agent {
             command.arg("--xdp-iface").arg(iface);
         }
         command.args(&options.extra_args);
+        for var in API_ENV_VARS {
+            command.env_remove(var);
+        }
+        command.envs(options.env.iter().map(|(k, v)| (k, v)));
         command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -25,6 +25,8 @@ pub enum Error {
         .0.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
     )]
     AgentNotBuilt(Vec<PathBuf>),
+    #[error("cannot make the API server's certificates: {0}")]
+    Certificates(String),
     #[error("timed out after {timeout:?} waiting for {what}")]
     Timeout { what: String, timeout: Duration },
     #[error("lb-agent exited ({status}) while waiting for {what}; its log:\n{log}")]

@@ -15,6 +15,7 @@ use k8s_openapi::api::{
     rbac::v1::{ClusterRole, ClusterRoleBinding},
 };
 use lb_tests::agent::Agent;
+use lb_userspace::source::api::ApiServerUrl;
 use serde::{de::DeserializeOwned, Serialize};
 use serde_json::Value;
 
@@ -171,7 +172,8 @@ fn the_daemonset_runs_on_the_host_network_with_bpffs_and_capabilities_not_privil
         deployment.service_account.metadata.name
     );
     assert_eq!(pod.host_network, Some(true));
-    assert_eq!(pod.dns_policy.as_deref(), Some("ClusterFirstWithHostNet"));
+    // The node's resolver: the cluster DNS's ClusterIP answers only once the agent runs.
+    assert_eq!(pod.dns_policy.as_deref(), Some("Default"));
     let tolerates_all = pod.tolerations.as_deref().unwrap_or_default();
     assert!(tolerates_all
         .iter()
@@ -290,6 +292,18 @@ fn the_daemonset_arguments_are_lb_agent_flags() {
         !args.iter().any(|a| a.starts_with("--manifests")),
         "Kubernetes mode"
     );
+    // The API server's real address, never the `kubernetes` Service that the agent itself
+    // programs (in KUBERNETES_SERVICE_HOST, or by name through the cluster DNS).
+    let server = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--k8s-api-server="))
+        .expect("--k8s-api-server");
+    let url: ApiServerUrl = server.parse().unwrap();
+    let host = url.uri().host().unwrap_or_default();
+    assert!(
+        host != "kubernetes" && !host.starts_with("kubernetes.default"),
+        "{url}"
+    );
     // `--help` after the arguments succeeds only if clap accepted every one before it.
     let binary = Agent::binary().unwrap();
     let output = std::process::Command::new(&binary)
@@ -314,13 +328,11 @@ fn the_kind_cluster_runs_without_kube_proxy_and_the_agent_finds_its_api_server()
     // kind names the control-plane node (and so the API server's host) `<name>-control-plane`.
     let config = load().config.data.unwrap_or_default();
     assert_eq!(
-        config.get("KUBERNETES_SERVICE_HOST"),
-        Some(&format!("{name}-control-plane"))
+        config.get("LB_K8S_API_SERVER"),
+        Some(&format!("https://{name}-control-plane:6443"))
     );
-    assert_eq!(
-        config.get("KUBERNETES_SERVICE_PORT").map(String::as_str),
-        Some("6443")
-    );
+    // The kubelet's own in-cluster variables are left alone: the flag overrides them.
+    assert!(!config.contains_key("KUBERNETES_SERVICE_HOST"));
 }
 
 #[test]

@@ -28,7 +28,7 @@ use crate::links::{self, IfacePatterns, LinkEvent, NetlinkError};
 use crate::manifests::ManifestDir;
 use crate::metrics::{ListenError, SyncMetrics};
 use crate::reconciler::MapWriteError;
-use crate::source::api::ApiSourceError;
+use crate::source::api::{ApiAccess, ApiSourceError};
 use crate::source::{self, DesiredStates};
 use auto_attach::AutoAttach;
 pub use cleanup::cleanup;
@@ -92,8 +92,8 @@ pub enum SourceConfig {
     },
     /// The Kubernetes API server, for the node named `node_name`.
     Kubernetes {
-        /// `--kubeconfig`; `None`: `$KUBECONFIG`, else in-cluster.
-        kubeconfig: Option<PathBuf>,
+        /// The kubeconfig, or the in-cluster service account, and the address.
+        access: ApiAccess,
         node_name: String,
     },
 }
@@ -161,11 +161,8 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Resul
                 .max_endpoints(max_endpoints);
             CheckedSource::Files(manifests, *poll_interval)
         }
-        SourceConfig::Kubernetes {
-            kubeconfig,
-            node_name,
-        } => {
-            let client = source::api::client(kubeconfig.as_deref()).await?;
+        SourceConfig::Kubernetes { access, node_name } => {
+            let client = source::api::client(access).await?;
             info!("kubernetes mode: node {node_name}");
             CheckedSource::Api(client, node_name.clone(), max_endpoints)
         }

@@ -20,7 +20,7 @@ use tokio::{sync::mpsc::UnboundedReceiver, time::Sleep};
 use super::{
     selector::{FieldSelector, LabelSelector},
     store::{Filter, Key, ListQuery, WatchStart},
-    ApiError, RequestRecord, Resource, Shared,
+    ApiError, Credential, RequestRecord, Resource, Shared,
 };
 
 /// How long a watch without `timeoutSeconds` stays open (the real server picks 30-60 min).
@@ -40,8 +40,13 @@ pub async fn handle(
         method: request.method().to_string(),
         path: request.uri().path().to_string(),
         params,
+        credential: shared.credentials.check(request.headers()),
     };
     shared.record(record.clone());
+    // As a real server without anonymous access: no valid token, no answer but 401.
+    if record.credential != Credential::Token {
+        return Ok(error_response(&ApiError::unauthorized()));
+    }
     Ok(respond(&shared, &record).unwrap_or_else(|error| error_response(&error)))
 }
 

@@ -1,7 +1,12 @@
 //! An in-memory Kubernetes API server for tests: v1 Services, discovery.k8s.io/v1
-//! EndpointSlices and v1 Nodes, served over plain HTTP/1.1 with the list/watch semantics
+//! EndpointSlices and v1 Nodes, served over HTTPS (HTTP/1.1) with the list/watch semantics
 //! kube-runtime's watcher relies on.
 //!
+//! - Authentication as a real server does it ([`auth`]): a CA made for this server signs its
+//!   certificate (subject alternative name: the IP clients dial), and every request must carry
+//!   `Authorization: Bearer <token>`; anything else gets 401 with the real server's
+//!   `Unauthorized` Status. Every request is recorded with what it presented
+//!   ([`RequestRecord::credential`]).
 //! - One global resourceVersion, bumped by every create, update, status update and delete.
 //! - GET of one object; lists (all namespaces or one) with `labelSelector`, `fieldSelector`,
 //!   `limit`/`continue` pagination (continuations show the first page's version),
@@ -22,8 +27,11 @@
 //!
 //! The listening socket is created inside a network namespace of the caller's choice
 //! ([`ApiServer::start_in`]), so an agent in a test's node namespace reaches it on that
-//! namespace's loopback; [`ApiServer::kubeconfig`] points clients at it.
+//! namespace's loopback; [`ApiServer::kubeconfig`] points clients at it with the CA and the
+//! token, [`ApiServer::write_service_account`] writes them as the kubelet mounts a pod's
+//! service account.
 
+pub mod auth;
 mod http;
 pub mod objects;
 mod resource;
@@ -34,9 +42,12 @@ mod tests;
 
 use std::{
     fs,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener},
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -47,6 +58,8 @@ use k8s_openapi::api::core::v1::{Service, ServiceStatus};
 use serde_json::{json, Value};
 use tokio::{runtime::Runtime, task::JoinHandle};
 
+pub use auth::Credential;
+use auth::Credentials;
 pub use resource::{Object, Resource};
 use store::{Key, Store};
 
@@ -145,6 +158,11 @@ impl ApiError {
         ApiError::new(422, "Invalid", message)
     }
 
+    /// What the real server answers a request without valid credentials.
+    fn unauthorized() -> ApiError {
+        ApiError::new(401, "Unauthorized", "Unauthorized")
+    }
+
     fn method_not_allowed(method: &str) -> ApiError {
         ApiError::new(
             405,
@@ -174,6 +192,8 @@ pub struct RequestRecord {
     pub path: String,
     /// Query parameters, decoded, in order.
     pub params: Vec<(String, String)>,
+    /// What its `Authorization` header presented (only [`Credential::Token`] is served).
+    pub credential: Credential,
 }
 
 impl RequestRecord {
@@ -200,6 +220,9 @@ impl RequestRecord {
 struct Shared {
     store: Mutex<Store>,
     requests: Mutex<Vec<RequestRecord>>,
+    credentials: Credentials,
+    /// Connections whose TLS handshake failed (e.g. a client that does not trust the CA).
+    failed_handshakes: AtomicUsize,
 }
 
 impl Shared {
@@ -255,6 +278,7 @@ impl ApiServer {
     }
 
     fn bind(netns: Option<PathBuf>, options: Options) -> Result<ApiServer> {
+        let credentials = Credentials::new(IpAddr::V4(Ipv4Addr::LOCALHOST))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("lb-tests-apiserver")
@@ -273,12 +297,14 @@ impl ApiServer {
             .tempdir()
             .map_err(io_context("cannot create a directory for the kubeconfig"))?;
         let path = kubeconfig.path().join(KUBECONFIG);
-        fs::write(&path, kubeconfig_yaml(addr))
+        fs::write(&path, kubeconfig_yaml(addr, &credentials))
             .map_err(io_context(format!("cannot write {}", path.display())))?;
         let server = ApiServer {
             shared: Arc::new(Shared {
                 store: Mutex::new(Store::new(options.history_limit.max(1))),
                 requests: Mutex::new(Vec::new()),
+                credentials,
+                failed_handshakes: AtomicUsize::new(0),
             }),
             options,
             netns,
@@ -291,9 +317,9 @@ impl ApiServer {
         Ok(server)
     }
 
-    /// `http://<addr>`.
+    /// `https://<addr>`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("https://{}", self.addr)
     }
 
     /// The address it listens on (inside its namespace).
@@ -301,9 +327,36 @@ impl ApiServer {
         self.addr
     }
 
-    /// A kubeconfig file pointing at the server (plain HTTP, no credentials).
+    /// A kubeconfig file pointing at the server, with its CA (`certificate-authority-data`)
+    /// and token, as an admin's kubeconfig from a real cluster has.
     pub fn kubeconfig(&self) -> PathBuf {
         self.kubeconfig.path().join(KUBECONFIG)
+    }
+
+    /// The CA that signed the server's certificate, PEM.
+    pub fn ca_pem(&self) -> &str {
+        self.shared.credentials.ca_pem()
+    }
+
+    /// The credentials clients need: the CA and the token.
+    pub fn credentials(&self) -> &Credentials {
+        &self.shared.credentials
+    }
+
+    /// The bearer token every request must carry.
+    pub fn token(&self) -> &str {
+        self.shared.credentials.token()
+    }
+
+    /// Writes `token`, `ca.crt` and `namespace` into `dir` as the kubelet mounts a pod's
+    /// service account, for a client using its in-cluster configuration.
+    pub fn write_service_account(&self, dir: &Path) -> Result<()> {
+        self.shared.credentials.write_service_account(dir)
+    }
+
+    /// Connections whose TLS handshake failed so far.
+    pub fn failed_handshakes(&self) -> usize {
+        self.shared.failed_handshakes.load(Ordering::Relaxed)
     }
 
     /// Creates `object`; its `metadata.resourceVersion` is ignored, a missing namespace becomes
@@ -486,6 +539,13 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, bookmark_interv
                 };
                 let shared = shared.clone();
                 connections.spawn(async move {
+                    let stream = match shared.credentials.acceptor().accept(stream).await {
+                        Ok(stream) => stream,
+                        Err(_) => {
+                            shared.failed_handshakes.fetch_add(1, Ordering::Relaxed);
+                            return;
+                        }
+                    };
                     let service = service_fn(move |request| http::handle(shared.clone(), request));
                     let _ = http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -519,12 +579,15 @@ fn listen(netns: Option<&Path>, addr: SocketAddr) -> Result<TcpListener> {
     })
 }
 
-/// A kubeconfig for `http://addr` without credentials.
-fn kubeconfig_yaml(addr: SocketAddr) -> String {
+/// A kubeconfig for `https://addr` trusting the server's CA and presenting its token.
+fn kubeconfig_yaml(addr: SocketAddr, credentials: &Credentials) -> String {
     format!(
         "apiVersion: v1\nkind: Config\nclusters:\n  - name: lb-tests\n    cluster:\n      server: \
-         http://{addr}\ncontexts:\n  - name: lb-tests\n    context:\n      cluster: lb-tests\n      \
-         user: lb-tests\ncurrent-context: lb-tests\nusers:\n  - name: lb-tests\n    user: {{}}\n"
+         https://{addr}\n      certificate-authority-data: {ca}\ncontexts:\n  - name: lb-tests\n    \
+         context:\n      cluster: lb-tests\n      user: lb-tests\ncurrent-context: lb-tests\nusers:\n  \
+         - name: lb-tests\n    user:\n      token: {token}\n",
+        ca = credentials.ca_data(),
+        token = credentials.token(),
     )
 }
 

@@ -1,9 +1,10 @@
-//! The server's semantics through real HTTP requests (a minimal HTTP/1.1 client below), and
-//! kube-runtime's watcher against it.
+//! The server's semantics through real HTTPS requests (a minimal HTTP/1.1 client over
+//! rustls below), and kube-runtime's watcher against it.
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
-    net::{SocketAddr, TcpStream},
+    net::TcpStream,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -11,8 +12,11 @@ use k8s_openapi::api::core::v1::{
     LoadBalancerIngress, LoadBalancerStatus, Node, Service, ServiceStatus,
 };
 use serde_json::Value;
+use tokio_rustls::rustls::{
+    crypto::ring, pki_types::ServerName, ClientConfig, ClientConnection, RootCertStore, StreamOwned,
+};
 
-use super::{objects::*, ApiServer, Options};
+use super::{objects::*, ApiServer, Credential, Options};
 use crate::cluster::Protocol;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -26,22 +30,58 @@ fn web(namespace: &str, name: &str, last_octet: u8) -> Service {
     service(namespace, name, [198, 19, 0, last_octet].into(), ports)
 }
 
+/// A TLS connection to a server.
+type Tls = StreamOwned<ClientConnection, TcpStream>;
+
 /// A response: status code and body reader positioned after the headers.
 struct Response {
     status: u16,
     chunked: bool,
     length: Option<usize>,
-    reader: BufReader<TcpStream>,
+    reader: BufReader<Tls>,
 }
 
-fn send(addr: SocketAddr, path: &str) -> Response {
-    let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT).unwrap();
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+/// Connects to `server` over TLS, trusting `ca` (the server's own CA: `None`) and checking
+/// the certificate against `name` (the address dialled: `None`).
+fn connect_as(
+    server: &ApiServer,
+    ca: Option<&ApiServer>,
+    name: Option<ServerName<'static>>,
+) -> std::io::Result<Tls> {
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(ca.unwrap_or(server).credentials().ca_der().clone())
+        .unwrap();
+    let config = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = name.unwrap_or(ServerName::IpAddress(server.addr().ip().into()));
+    let connection = ClientConnection::new(Arc::new(config), name).unwrap();
+    let stream = TcpStream::connect_timeout(&server.addr(), TIMEOUT)?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    let mut tls = StreamOwned::new(connection, stream);
+    // Completes the handshake now, so a refused certificate fails here.
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock)?;
+    }
+    Ok(tls)
+}
+
+/// Sends `method path` with `authorization` (if any) and reads the status and headers.
+fn request(server: &ApiServer, method: &str, path: &str, authorization: Option<&str>) -> Response {
+    let mut stream = connect_as(server, None, None).unwrap();
+    let addr = server.addr();
+    let authorization = authorization
+        .map(|value| format!("Authorization: {value}\r\n"))
+        .unwrap_or_default();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{authorization}Connection: close\r\n\r\n"
     )
     .unwrap();
+    stream.flush().unwrap();
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
     reader.read_line(&mut line).unwrap();
@@ -65,6 +105,12 @@ fn send(addr: SocketAddr, path: &str) -> Response {
         length,
         reader,
     }
+}
+
+/// GETs `path` with the server's token, as every client in a cluster would.
+fn send(server: &ApiServer, path: &str) -> Response {
+    let bearer = format!("Bearer {}", server.token());
+    request(server, "GET", path, Some(&bearer))
 }
 
 impl Response {
@@ -111,7 +157,7 @@ impl Response {
 }
 
 fn get(server: &ApiServer, path: &str) -> (u16, Value) {
-    let response = send(server.addr(), path);
+    let response = send(server, path);
     (response.status, response.json())
 }
 
@@ -369,7 +415,7 @@ fn watches_replay_history_in_order_and_follow_selectors() {
         "/api/v1/services?watch=true&resourceVersion={from}&labelSelector=%21{}",
         SERVICE_PROXY_NAME_LABEL.replace('/', "%2F")
     );
-    let mut watch = send(server.addr(), &path);
+    let mut watch = send(&server, &path);
     assert_eq!(watch.status, 200);
     let replayed = watch.events(1);
     assert_eq!(summary(&replayed), [("ADDED".into(), "b".into())]);
@@ -417,7 +463,7 @@ fn a_watch_from_before_the_history_gets_410_gone() {
     server.compact();
     let from = a.metadata.resource_version.unwrap();
     let mut watch = send(
-        server.addr(),
+        &server,
         &format!("/api/v1/services?watch=true&resourceVersion={from}"),
     );
     assert_eq!(
@@ -438,7 +484,7 @@ fn a_watch_from_before_the_history_gets_410_gone() {
     // From the current version a watch works again.
     let now = server.resource_version();
     let mut watch = send(
-        server.addr(),
+        &server,
         &format!("/api/v1/services?watch=true&resourceVersion={now}"),
     );
     server.delete::<Service>("ns", "b").unwrap();
@@ -457,12 +503,12 @@ fn a_bounded_history_expires_old_versions_by_itself() {
         server.create(&web("ns", name, i as u8 + 1)).unwrap();
     }
     let mut too_old = send(
-        server.addr(),
+        &server,
         &format!("/api/v1/services?watch=true&resourceVersion={first}"),
     );
     assert_eq!(too_old.events(1)[0]["object"]["code"], 410);
     let mut kept = send(
-        server.addr(),
+        &server,
         &format!("/api/v1/services?watch=true&resourceVersion={}", first + 1),
     );
     assert_eq!(
@@ -486,7 +532,7 @@ fn watches_end_at_their_timeout_and_send_bookmarks() {
     let path = format!(
         "/api/v1/nodes?watch=true&timeoutSeconds=1&allowWatchBookmarks=true&resourceVersion={now}"
     );
-    let mut watch = send(server.addr(), &path);
+    let mut watch = send(&server, &path);
     let events = watch.events(usize::MAX);
     let took = started.elapsed();
     assert!(
@@ -505,7 +551,7 @@ fn watches_end_at_their_timeout_and_send_bookmarks() {
 
     // Without allowWatchBookmarks, nothing but changes.
     let mut quiet = send(
-        server.addr(),
+        &server,
         &format!("/api/v1/nodes?watch=true&timeoutSeconds=1&resourceVersion={now}"),
     );
     assert!(quiet.events(usize::MAX).is_empty());
@@ -528,7 +574,7 @@ fn streaming_lists_end_with_the_initial_events_bookmark() {
         "sendInitialEvents needs resourceVersionMatch=NotOlderThan"
     );
     let mut watch = send(
-        server.addr(),
+        &server,
         &format!(
             "{base}&allowWatchBookmarks=true&resourceVersionMatch=NotOlderThan&resourceVersion=0"
         ),
@@ -547,7 +593,7 @@ fn streaming_lists_end_with_the_initial_events_bookmark() {
 fn dropped_watches_end_and_a_restarted_server_keeps_its_address_and_objects() {
     let server = server();
     server.create(&web("ns", "a", 1)).unwrap();
-    let mut watch = send(server.addr(), "/api/v1/services?watch=true");
+    let mut watch = send(&server, "/api/v1/services?watch=true");
     assert_eq!(summary(&watch.events(1)), [("ADDED".into(), "a".into())]);
     let deadline = Instant::now() + TIMEOUT;
     while server.open_watches() == 0 && Instant::now() < deadline {
@@ -556,7 +602,7 @@ fn dropped_watches_end_and_a_restarted_server_keeps_its_address_and_objects() {
     assert_eq!(server.drop_watches(), 1);
     assert!(watch.events(1).is_empty(), "the dropped stream ends");
 
-    let mut broken = send(server.addr(), "/api/v1/services?watch=true");
+    let mut broken = send(&server, "/api/v1/services?watch=true");
     broken.events(1);
     server.stop().unwrap();
     assert!(broken.events(1).is_empty(), "an outage breaks open watches");
@@ -572,16 +618,100 @@ fn dropped_watches_end_and_a_restarted_server_keeps_its_address_and_objects() {
 #[test]
 fn non_get_methods_are_refused() {
     let server = server();
-    let mut stream = TcpStream::connect_timeout(&server.addr(), TIMEOUT).unwrap();
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    write!(
-        stream,
-        "DELETE /api/v1/namespaces/ns/services/a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).unwrap();
-    assert!(reply.starts_with("HTTP/1.1 405"), "{reply}");
+    let bearer = format!("Bearer {}", server.token());
+    let path = "/api/v1/namespaces/ns/services/a";
+    let reply = request(&server, "DELETE", path, Some(&bearer));
+    assert_eq!(reply.status, 405);
+}
+
+/// As a real API server without anonymous access: without `Authorization: Bearer <token>`
+/// nothing is served, not even `/version`, and the answer is the real server's 401 Status.
+#[test]
+fn requests_without_the_token_get_401_unauthorized() {
+    let server = server();
+    server.create(&web("ns", "a", 1)).unwrap();
+    let token = server.token().to_string();
+    let wrong = format!("Bearer {token}x");
+    let basic = format!("Basic {token}");
+    for path in [
+        "/api/v1/services",
+        "/api/v1/namespaces/ns/services/a",
+        "/version",
+    ] {
+        for authorization in [None, Some(wrong.as_str()), Some(basic.as_str())] {
+            let reply = request(&server, "GET", path, authorization);
+            assert_eq!(reply.status, 401, "{path} with {authorization:?}");
+            assert_eq!(
+                reply.json(),
+                serde_json::json!({
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "metadata": {},
+                    "status": "Failure",
+                    "message": "Unauthorized",
+                    "reason": "Unauthorized",
+                    "code": 401,
+                })
+            );
+        }
+    }
+    // The scheme is case-insensitive, the token is not.
+    let lower = format!("bearer {token}");
+    assert_eq!(
+        request(&server, "GET", "/version", Some(&lower)).status,
+        200
+    );
+    let upper = format!("Bearer {}", token.to_uppercase());
+    assert_eq!(
+        request(&server, "GET", "/version", Some(&upper)).status,
+        401
+    );
+    let credentials: Vec<Credential> = server.requests().iter().map(|r| r.credential).collect();
+    let mut expected = [
+        Credential::Missing,
+        Credential::Rejected,
+        Credential::Rejected,
+    ]
+    .repeat(3);
+    expected.extend([Credential::Token, Credential::Rejected]);
+    assert_eq!(credentials, expected);
+}
+
+/// The certificate is the server's own, signed by its CA, for the address dialled: a client
+/// trusting another CA, or expecting another name, fails the handshake.
+#[test]
+fn clients_trust_the_server_through_its_ca_and_address() {
+    let server = server();
+    let other = self::server();
+    assert_ne!(server.ca_pem(), other.ca_pem());
+    assert!(connect_as(&server, None, None).is_ok());
+    let untrusted = connect_as(&server, Some(&other), None).unwrap_err();
+    assert_eq!(
+        untrusted.kind(),
+        std::io::ErrorKind::InvalidData,
+        "{untrusted}"
+    );
+    let name = ServerName::try_from("kubernetes.default.svc").unwrap();
+    let misnamed = connect_as(&server, None, Some(name)).unwrap_err();
+    assert_eq!(
+        misnamed.kind(),
+        std::io::ErrorKind::InvalidData,
+        "{misnamed}"
+    );
+    // The server notices once the client's alert arrives.
+    let deadline = Instant::now() + TIMEOUT;
+    while server.failed_handshakes() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(server.failed_handshakes(), 2);
+    assert!(server.requests().is_empty());
+
+    // The service account files are what a pod gets.
+    let dir = tempfile::tempdir().unwrap();
+    server.write_service_account(dir.path()).unwrap();
+    let read = |name| std::fs::read_to_string(dir.path().join(name)).unwrap();
+    assert_eq!(read(super::auth::TOKEN_FILE), server.token());
+    assert_eq!(read(super::auth::CA_FILE), server.ca_pem());
 }
 
 /// kube-runtime's watcher (what the agent uses) against the server: the initial list, live
@@ -651,6 +781,11 @@ fn kube_runtime_watcher_lists_watches_and_relists_after_410() {
         .filter(|r| r.is_list_of(super::Resource::Services))
         .count();
     assert!(lists >= 2, "no relist after the 410 ({lists} lists)");
+    // Through the kubeconfig's CA and token, as kube-rs' client sends them.
+    assert!(server
+        .requests()
+        .iter()
+        .all(|r| r.credential == Credential::Token));
 }
 
 #[test]
@@ -664,20 +799,21 @@ fn a_server_started_in_a_namespace_listens_only_there() {
         .unwrap();
     let addr = server.addr();
     let status = netns
-        .run(|| send(addr, "/api/v1/nodes/node-a").status)
+        .run(|| send(&server, "/api/v1/nodes/node-a").status)
         .unwrap();
     assert_eq!(status, 200);
     let kubeconfig = std::fs::read_to_string(server.kubeconfig()).unwrap();
     assert!(
-        kubeconfig.contains(&format!("server: http://{addr}\n")),
+        kubeconfig.contains(&format!("server: https://{addr}\n")),
         "{kubeconfig}"
     );
+    assert!(kubeconfig.contains(&format!("token: {}\n", server.token())));
     // The caller's namespace has nothing on that port.
     assert!(TcpStream::connect_timeout(&addr, TIMEOUT).is_err());
     server.stop().unwrap();
     server.restart().unwrap();
     let status = netns
-        .run(|| send(addr, "/api/v1/nodes/node-a").status)
+        .run(|| send(&server, "/api/v1/nodes/node-a").status)
         .unwrap();
     assert_eq!(status, 200, "restarted inside the same namespace");
 }

@@ -1,7 +1,9 @@
 //! A node in Kubernetes mode: the topology with a client pod, backend pods and the outside
 //! namespace; the in-memory API server inside the node namespace holding this node's Node
-//! object; `lb-agent run --kubeconfig` attached with TC to the pods' veths and XDP to the
-//! external interface. Tests change Services and EndpointSlices through [`KubeCluster::api`]
+//! object, served over HTTPS with its own CA and a bearer token; `lb-agent run --kubeconfig`
+//! (a kubeconfig with the CA data and the token) attached with TC to the pods' veths and XDP
+//! to the external interface. [`KubeCluster::start_with`] starts the agent otherwise, e.g. as
+//! a pod reaches its API server. Tests change Services and EndpointSlices through [`KubeCluster::api`]
 //! and send real traffic from the client pod or the outside.
 
 use std::{
@@ -47,6 +49,15 @@ pub const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// near certainty (a miss has odds of 3 x (2/3)^30, below 1e-5).
 pub const REQUESTS: usize = 30;
 
+/// How far [`KubeCluster::start_with`] waits for the agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AgentWait {
+    /// Until it programmed the API server's state ([`crate::agent::READY_MARKER`]).
+    Ready,
+    /// Until its metrics and health ports are open (it may never reach its API server).
+    Serving,
+}
+
 /// A running node in Kubernetes mode; dropping it stops the agent, the servers, the API server
 /// and deletes the namespaces.
 #[derive(Debug)]
@@ -63,6 +74,16 @@ impl KubeCluster {
     /// servers ([`BACKEND_PORTS`]), the API server with the Node [`NODE_NAME`] (InternalIP
     /// [`NODE_IP`]) and then the agent, and waits until it is ready.
     pub fn start(backends: usize) -> Result<KubeCluster> {
+        KubeCluster::start_with(backends, AgentWait::Ready, |_, _| Ok(()))
+    }
+
+    /// [`KubeCluster::start`] with the agent's options changed by `configure` (given the
+    /// running API server) and waiting only as far as `wait`.
+    pub fn start_with(
+        backends: usize,
+        wait: AgentWait,
+        configure: impl FnOnce(&ApiServer, &mut AgentOptions) -> Result<()>,
+    ) -> Result<KubeCluster> {
         let mut topology = Topology::client_and_backends(backends)?;
         topology.add_outside()?;
         let mut servers = BTreeMap::new();
@@ -80,14 +101,18 @@ impl KubeCluster {
         let api = ApiServer::start_in(topology.node(), Options::default())?;
         api.create(&objects::node(NODE_NAME, NODE_IP))
             .expect("a fresh server accepts the Node");
-        let options = AgentOptions::kubernetes(
+        let mut options = AgentOptions::kubernetes(
             topology.id(),
             &api.kubeconfig(),
             NODE_NAME,
             topology.host_ifaces(),
             EXTERNAL_IFACE,
         );
-        let agent = Agent::start(topology.node(), options)?;
+        configure(&api, &mut options)?;
+        let agent = match wait {
+            AgentWait::Ready => Agent::start(topology.node(), options)?,
+            AgentWait::Serving => Agent::start_serving(topology.node(), options)?,
+        };
         Ok(KubeCluster {
             agent,
             servers,

@@ -12,18 +12,17 @@
 //! meanwhile the maps keep the last published state: nothing is ever flushed for want of a
 //! connection. A 410 Gone starts a relist, applied only once complete ([`state`]).
 
+pub mod access;
 pub mod state;
 
-use std::path::Path;
 use std::sync::Arc;
 
 use futures::{stream, FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher::{self, watcher, Event};
 use kube::runtime::WatchStreamExt;
-use kube::{Api, Client, Config};
+use kube::{Api, Client};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
@@ -33,6 +32,7 @@ use crate::health::SyncHealth;
 use crate::k8s::node::not_eligible_because;
 use crate::k8s::{NodeDef, ServiceDef, SliceDef};
 use crate::metrics::SyncMetrics;
+pub use access::{AccessError, ApiAccess, ApiServerUrl};
 use state::ClusterView;
 
 /// Services kube-proxy leaves to another proxy are not watched.
@@ -44,49 +44,15 @@ pub const SLICE_LABEL_SELECTOR: &str =
 /// The Kubernetes API source could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiSourceError {
-    #[error("loading the kubeconfig from {from} failed")]
-    Kubeconfig {
-        from: String,
-        #[source]
-        source: kube::config::KubeconfigError,
-    },
-    #[error(
-        "no kubeconfig (--kubeconfig or KUBECONFIG) and no in-cluster service account to talk \
-         to the Kubernetes API; use --manifests DIR for file mode"
-    )]
-    InCluster(#[source] kube::config::InClusterError),
+    #[error(transparent)]
+    Access(#[from] AccessError),
     #[error("creating the Kubernetes client failed")]
     Client(#[source] kube::Error),
 }
 
-/// A client for the API server: from `kubeconfig` if given, else from the files in
-/// `$KUBECONFIG` if set, else the in-cluster service account. Plain `http://` servers work.
-pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, ApiSourceError> {
-    let options = KubeConfigOptions::default();
-    let config = match kubeconfig {
-        Some(path) => {
-            let file =
-                Kubeconfig::read_from(path).map_err(|source| ApiSourceError::Kubeconfig {
-                    from: path.display().to_string(),
-                    source,
-                })?;
-            Config::from_custom_kubeconfig(file, &options)
-                .await
-                .map_err(|source| ApiSourceError::Kubeconfig {
-                    from: path.display().to_string(),
-                    source,
-                })?
-        }
-        None if std::env::var_os("KUBECONFIG").is_some_and(|v| !v.is_empty()) => {
-            Config::from_kubeconfig(&options).await.map_err(|source| {
-                ApiSourceError::Kubeconfig {
-                    from: "$KUBECONFIG".to_string(),
-                    source,
-                }
-            })?
-        }
-        None => Config::incluster().map_err(ApiSourceError::InCluster)?,
-    };
+/// A client for the API server that `access` describes (see [`access`]).
+pub async fn client(access: &ApiAccess) -> Result<Client, ApiSourceError> {
+    let config = access::config(access).await?;
     info!("kubernetes API server: {}", config.cluster_url);
     Client::try_from(config).map_err(ApiSourceError::Client)
 }
@@ -196,8 +162,33 @@ fn sync_node_eligibility(node: &Node, health: &SyncHealth) {
 }
 
 fn watch_failed(what: &str, error: &watcher::Error) {
+    let hint = refusal_hint(error).unwrap_or_default();
     warn!(
-        "watching {what} failed, retrying with backoff (the maps keep the last known state): {}",
+        "watching {what} failed, retrying with backoff (the maps keep the last known state): \
+         {hint}{}",
         Chain(error)
     );
+}
+
+/// What to check when the API server refused the agent: the credentials (401) or the
+/// permissions (403).
+fn refusal_hint(error: &watcher::Error) -> Option<&'static str> {
+    let code = match error {
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status))
+        | watcher::Error::WatchFailed(kube::Error::Api(status))
+        | watcher::Error::WatchError(status) => status.code,
+        _ => return None,
+    };
+    match code {
+        401 => Some(
+            "401 Unauthorized: the API server rejected the agent's credentials (the service \
+             account token, re-read every minute, or the kubeconfig's user); ",
+        ),
+        403 => Some(
+            "403 Forbidden: the agent's account may not list and watch it (check the \
+             ClusterRole and its binding); ",
+        ),
+        _ => None,
+    }
 }
