@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
+use std::sync::Arc;
 
 use lb_common::service::{backend_flags, scope, service_flags};
 use lb_common::{Backend, ServiceKey, ServiceValue, IPPROTO_TCP, IPPROTO_UDP};
@@ -193,9 +194,36 @@ pub struct BackendSet {
 }
 
 /// Every frontend the node should serve.
+///
+/// Services are shared (`Arc`): a source that recomputes only what changed hands on the same
+/// `Arc` for every other frontend, and the reconciler skips a frontend whose service is the
+/// one it last wrote, so a change costs in proportion to what changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DesiredState {
-    pub services: BTreeMap<Frontend, DesiredService>,
+    pub services: BTreeMap<Frontend, Arc<DesiredService>>,
+}
+
+impl DesiredState {
+    /// Adds or replaces a frontend's service.
+    pub fn insert(&mut self, frontend: Frontend, service: DesiredService) {
+        self.services.insert(frontend, Arc::new(service));
+    }
+}
+
+impl Extend<(Frontend, DesiredService)> for DesiredState {
+    fn extend<I: IntoIterator<Item = (Frontend, DesiredService)>>(&mut self, services: I) {
+        for (frontend, service) in services {
+            self.insert(frontend, service);
+        }
+    }
+}
+
+impl FromIterator<(Frontend, DesiredService)> for DesiredState {
+    fn from_iter<I: IntoIterator<Item = (Frontend, DesiredService)>>(services: I) -> Self {
+        let mut state = DesiredState::default();
+        state.extend(services);
+        state
+    }
 }
 
 /// An address in the maps' 16-byte form (IPv4-mapped for IPv4).

@@ -133,6 +133,16 @@ impl<T> LastValid<T> {
         skipped
     }
 
+    /// The object in effect under `key`.
+    pub fn get(&self, key: &ObjectKey) -> Option<&T> {
+        self.objects.get(key)
+    }
+
+    /// The objects in effect, with their keys.
+    pub fn iter(&self) -> impl Iterator<Item = (&ObjectKey, &T)> {
+        self.objects.iter()
+    }
+
     /// The objects in effect, by key.
     pub fn values(&self) -> impl Iterator<Item = &T> {
         self.objects.values()

@@ -59,20 +59,18 @@ fn endpoint(addr: &str, port: u16) -> Endpoint {
 }
 
 fn desired(services: &[(Frontend, &[Endpoint])]) -> DesiredState {
-    DesiredState {
-        services: services
-            .iter()
-            .map(|(fe, endpoints)| {
-                let name = ServicePortName {
-                    namespace: "default".into(),
-                    name: "dp-test".into(),
-                    port_name: fe.to_string(),
-                };
-                let endpoints = endpoints.iter().copied().collect();
-                (*fe, DesiredService::uniform(name, endpoints))
-            })
-            .collect(),
-    }
+    services
+        .iter()
+        .map(|(fe, endpoints)| {
+            let name = ServicePortName {
+                namespace: "default".into(),
+                name: "dp-test".into(),
+                port_name: fe.to_string(),
+            };
+            let endpoints = endpoints.iter().copied().collect();
+            (*fe, DesiredService::uniform(name, endpoints))
+        })
+        .collect()
 }
 
 /// A conntrack entry of the flow `198.18.0.10:<client_port> -> 198.19.0.53:53` translated to
@@ -197,10 +195,11 @@ fn written_maps_read_back_from_pins_and_udp_flush_is_precise() {
         conntrack.insert(key, value, 0).unwrap();
     }
 
-    let summary = reconciler
+    reconciler
         .apply(&desired(&[(dns, &[b]), (web, &[])]), datapath.maps())
         .unwrap();
-    assert_eq!(summary.conntrack_flushed, 2, "only backend a's UDP entries");
+    let flushed = reconciler.flush_udp_conntrack(datapath.maps()).unwrap();
+    assert_eq!(flushed, 2, "only backend a's UDP entries");
     let mut left: Vec<(u16, u8)> = pinned
         .conntrack()
         .unwrap()

@@ -391,7 +391,7 @@ fn changes_made_while_the_agent_was_down_keep_the_ids_of_what_did_not_change() {
         "adopted 4 services, 6 backends from the pinned maps",
         // Only the difference: `gone`'s two entries and slot, `moved`'s slot, `added`.
         "reconcile applied: service entries 2 written 2 removed, slots 3 written 1 removed, \
-         backends 0 written 0 removed, 0 UDP conntrack entries flushed",
+         backends 0 written 0 removed",
         "ready: programmed 4 services, 6 backends",
     ] {
         assert!(

@@ -57,7 +57,8 @@ impl Programmer {
     }
 
     /// Writes the pending state; logs `ready: programmed N services, M backends` once it is
-    /// completely written, or the failure (the state stays pending for a retry).
+    /// completely written, or the failure (the state stays pending for a retry). Then flushes
+    /// the UDP flows of backends that left, outside the time programming is measured by.
     pub(super) fn apply(&mut self, maps: &mut DatapathMaps) {
         if self.pending.is_none() || !self.adopt(maps) {
             return;
@@ -68,8 +69,9 @@ impl Programmer {
             Ok(summary) => {
                 let since = self.pending_since.take().unwrap_or(started);
                 let now = SystemTime::now();
-                let metrics = &self.metrics;
-                metrics.applied(&self.reconciler, started.elapsed(), since.elapsed(), now);
+                let (took, lag) = (started.elapsed(), since.elapsed());
+                self.metrics
+                    .applied(&self.reconciler, &summary, took, lag, now);
                 self.health.updated(now);
                 for rejected in &summary.rejected {
                     error!("{rejected}");
@@ -77,15 +79,13 @@ impl Programmer {
                 if summary.wrote_anything() {
                     info!(
                         "reconcile applied: service entries {} written {} removed, slots {} \
-                         written {} removed, backends {} written {} removed, {} UDP conntrack \
-                         entries flushed",
+                         written {} removed, backends {} written {} removed",
                         summary.services_written,
                         summary.services_removed,
                         summary.slots_written,
                         summary.slots_removed,
                         summary.backends_written,
                         summary.backends_removed,
-                        summary.conntrack_flushed,
                     );
                 }
                 info!(
@@ -100,6 +100,17 @@ impl Programmer {
                 error!("reconcile failed, retrying: {}", Chain(&e));
             }
         }
+        self.flush_udp_conntrack(maps);
+    }
+
+    /// Deletes the UDP flows of backends that left their services; a failure is retried by
+    /// the next apply or resync.
+    fn flush_udp_conntrack(&mut self, maps: &mut DatapathMaps) {
+        match self.reconciler.flush_udp_conntrack(maps) {
+            Ok(0) => {}
+            Ok(flushed) => info!("flushed {flushed} UDP conntrack entries of removed backends"),
+            Err(e) => error!("{}, retrying", Chain(&e)),
+        }
     }
 
     /// Reads the maps back and repairs whatever differs from what was written.
@@ -107,6 +118,7 @@ impl Programmer {
         if !self.adopt(maps) {
             return;
         }
+        self.flush_udp_conntrack(maps);
         match self.reconciler.resync(maps) {
             Ok(repairs) if repairs.is_empty() => {}
             Ok(repairs) => {

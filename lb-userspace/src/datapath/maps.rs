@@ -1,6 +1,7 @@
 //! Typed access to the data path's maps, from a loaded object or from pins. Which maps exist
 //! and their layouts come from lb-common's registry (`lb_common::maps`).
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use aya::maps::{Array, HashMap, Map, MapData, MapError, MapInfo, PerCpuArray, PerCpuValues};
@@ -196,11 +197,7 @@ impl MapWriter for DatapathMaps {
             .map_err(failed)
     }
 
-    fn flush_udp_conntrack(
-        &mut self,
-        group_id: u32,
-        backend_ids: &[u32],
-    ) -> Result<u32, MapWriteError> {
+    fn flush_udp_conntrack(&mut self, flows: &BTreeSet<(u32, u32)>) -> Result<u32, MapWriteError> {
         let failed = |source| MapWriteError {
             map: registry::CONNTRACK.name,
             op: "flush",
@@ -213,8 +210,7 @@ impl MapWriter for DatapathMaps {
             .filter_map(|entry| match entry {
                 Ok((key, value))
                     if key.proto == IPPROTO_UDP
-                        && value.group_id == group_id
-                        && backend_ids.contains(&value.backend_id) =>
+                        && flows.contains(&(value.group_id, value.backend_id)) =>
                 {
                     Some(Ok(key))
                 }

@@ -1,6 +1,7 @@
 //! Kubernetes objects -> desired state, independent of where the objects come from (manifest
 //! files or the API server).
 
+pub mod desired;
 mod endpoints;
 mod fields;
 mod frontends;
@@ -11,7 +12,8 @@ pub mod slice;
 mod tests;
 pub mod translate;
 
+pub use desired::DesiredTracker;
 pub use node::NodeDef;
 pub use service::{ServiceDef, TrafficPolicy, DEFAULT_AFFINITY_TIMEOUT_S};
 pub use slice::{SliceDef, SERVICE_NAME_LABEL};
-pub use translate::desired_state;
+pub use translate::{desired_state, owner, service_frontends};

@@ -15,14 +15,16 @@
 
 use std::collections::HashMap;
 
-use tracing::{debug, warn};
+use tracing::debug;
 
+use super::desired::DesiredTracker;
 use super::endpoints::PortEndpoints;
 use super::frontends::{frontends, FrontendKind};
 use super::node::NodeDef;
 use super::service::{PortDef, ServiceDef, TrafficPolicy};
 use super::slice::{AddressType, SliceDef, SERVICE_NAME_LABEL};
 use crate::model::{BackendSet, DesiredService, DesiredState, Frontend, ServicePortName};
+use crate::objects::ObjectKey;
 
 /// The desired state for these services and slices on `node`.
 pub fn desired_state<'a>(
@@ -30,48 +32,73 @@ pub fn desired_state<'a>(
     slices: impl IntoIterator<Item = &'a SliceDef>,
     node: &NodeDef,
 ) -> DesiredState {
-    let mut slices_by_service: HashMap<(&str, &str), Vec<&SliceDef>> = HashMap::new();
+    let mut slices_by_service: HashMap<ObjectKey, Vec<&SliceDef>> = HashMap::new();
     for slice in slices {
-        match (&slice.service_name, slice.address_type) {
-            (None, _) => debug!(
+        if let Some(service) = owner(slice) {
+            slices_by_service.entry(service).or_default().push(slice);
+        }
+    }
+    let mut tracker = DesiredTracker::default();
+    for service in services {
+        let key = ObjectKey::new(&service.namespace, &service.name);
+        let slices = slices_by_service.get(&key).map_or(&[][..], Vec::as_slice);
+        tracker.update(key, service_frontends(service, slices, node));
+    }
+    tracker.into_state()
+}
+
+/// The Service an EndpointSlice belongs to (its `kubernetes.io/service-name` label, in its
+/// namespace), if any.
+pub fn owner(slice: &SliceDef) -> Option<ObjectKey> {
+    match &slice.service_name {
+        Some(service) => Some(ObjectKey::new(&slice.namespace, service)),
+        None => {
+            debug!(
                 "EndpointSlice {}/{} has no {SERVICE_NAME_LABEL} label; ignored",
                 slice.namespace, slice.name,
-            ),
-            (Some(service), AddressType::Ipv4) => slices_by_service
-                .entry((slice.namespace.as_str(), service.as_str()))
-                .or_default()
-                .push(slice),
-            (Some(_), other) => debug!(
-                "EndpointSlice {}/{}: addressType {other:?} is not programmed yet; skipped",
-                slice.namespace, slice.name
-            ),
-        }
-    }
-
-    let mut sorted: Vec<&ServiceDef> = services.into_iter().collect();
-    sorted.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    let mut state = DesiredState::default();
-    for service in sorted {
-        if !service.cluster_ips.iter().any(|ip| ip.is_ipv4()) {
-            debug!(
-                "Service {}/{}: no IPv4 cluster IP (headless, ExternalName, unassigned or \
-                 IPv6 only); not proxied",
-                service.namespace, service.name
             );
-            continue;
-        }
-        let slices = slices_by_service
-            .get(&(service.namespace.as_str(), service.name.as_str()))
-            .map_or(&[][..], Vec::as_slice);
-        for port in &service.ports {
-            let endpoints = PortEndpoints::select(port, slices, &node.name);
-            for (frontend, kind) in frontends(service, port, node) {
-                let desired = desired_service(service, port, kind, &endpoints);
-                add_frontend(&mut state, frontend, desired);
-            }
+            None
         }
     }
-    state
+}
+
+/// One service's frontends on `node`, balancing to the endpoints of `slices` (the slices
+/// that belong to it).
+pub fn service_frontends(
+    service: &ServiceDef,
+    slices: &[&SliceDef],
+    node: &NodeDef,
+) -> Vec<(Frontend, DesiredService)> {
+    if !service.cluster_ips.iter().any(|ip| ip.is_ipv4()) {
+        debug!(
+            "Service {}/{}: no IPv4 cluster IP (headless, ExternalName, unassigned or IPv6 \
+             only); not proxied",
+            service.namespace, service.name
+        );
+        return Vec::new();
+    }
+    let slices: Vec<&SliceDef> = slices
+        .iter()
+        .copied()
+        .filter(|slice| match slice.address_type {
+            AddressType::Ipv4 => true,
+            other => {
+                debug!(
+                    "EndpointSlice {}/{}: addressType {other:?} is not programmed yet; skipped",
+                    slice.namespace, slice.name
+                );
+                false
+            }
+        })
+        .collect();
+    let mut frontends_of_service = Vec::new();
+    for port in &service.ports {
+        let endpoints = PortEndpoints::select(port, &slices, &node.name);
+        for (frontend, kind) in frontends(service, port, node) {
+            frontends_of_service.push((frontend, desired_service(service, port, kind, &endpoints)));
+        }
+    }
+    frontends_of_service
 }
 
 fn desired_service(
@@ -110,15 +137,4 @@ fn desired_service(
         internal,
         affinity_timeout_s: service.affinity_timeout_s,
     }
-}
-
-fn add_frontend(state: &mut DesiredState, frontend: Frontend, desired: DesiredService) {
-    if let Some(owner) = state.services.get(&frontend) {
-        warn!(
-            "{frontend} is claimed by both {} and {}; keeping {}",
-            owner.name, desired.name, owner.name
-        );
-        return;
-    }
-    state.services.insert(frontend, desired);
 }

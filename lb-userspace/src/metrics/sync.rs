@@ -14,7 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, linear_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::reconciler::{CountedService, Reconciler};
+use crate::reconciler::{CountedService, ReconcileSummary, Reconciler};
 
 /// The group ids the data path counts under, as last programmed; shared with the scraper.
 #[derive(Clone, Debug, Default)]
@@ -167,21 +167,29 @@ impl SyncMetrics {
         self.counted.clone()
     }
 
-    /// A reconcile completed in `took`; `lag` is the time since its change arrived.
-    pub fn applied(&self, reconciler: &Reconciler, took: Duration, lag: Duration, now: SystemTime) {
+    /// A reconcile completed in `took`; `lag` is the time since its change arrived. The
+    /// group ids' labels are read again only when `summary` says they changed.
+    pub fn applied(
+        &self,
+        reconciler: &Reconciler,
+        summary: &ReconcileSummary,
+        took: Duration,
+        lag: Duration,
+        now: SystemTime,
+    ) {
         self.duration.observe(took.as_secs_f64());
         self.programming_latency.observe(lag.as_secs_f64());
         self.kube_proxy_programming_latency
             .observe(lag.as_secs_f64());
         self.last_timestamp.set(unix_seconds(now));
-        self.record_programmed(reconciler);
+        self.record_programmed(reconciler, summary.labels_changed);
     }
 
     /// A reconcile failed after `took` (what it wrote before failing is programmed).
     pub fn failed(&self, reconciler: &Reconciler, took: Duration) {
         self.duration.observe(took.as_secs_f64());
         self.failures.inc();
-        self.record_programmed(reconciler);
+        self.record_programmed(reconciler, true);
     }
 
     /// A resync repaired `count` entries.
@@ -194,10 +202,12 @@ impl SyncMetrics {
         self.invalid_objects.set(count as i64);
     }
 
-    fn record_programmed(&self, reconciler: &Reconciler) {
+    fn record_programmed(&self, reconciler: &Reconciler, labels_changed: bool) {
         self.services.set(reconciler.programmed_services() as i64);
         self.backends.set(reconciler.programmed_backends() as i64);
-        self.counted.set(reconciler.counted_services());
+        if labels_changed {
+            self.counted.set(reconciler.counted_services());
+        }
     }
 }
 
@@ -210,7 +220,7 @@ mod tests {
     use prometheus_client::registry::Registry;
 
     use super::SyncMetrics;
-    use crate::reconciler::Reconciler;
+    use crate::reconciler::{ReconcileSummary, Reconciler};
 
     /// The value of the sample line starting with `series` (name and labels).
     fn sample(text: &str, series: &str) -> f64 {
@@ -229,7 +239,14 @@ mod tests {
         metrics.queued(at);
         let reconciler = Reconciler::new(&Capacities::default());
         let (took, lag) = (Duration::from_millis(3), Duration::from_millis(700));
-        metrics.applied(&reconciler, took, lag, at + Duration::from_secs(1));
+        let summary = ReconcileSummary::default();
+        metrics.applied(
+            &reconciler,
+            &summary,
+            took,
+            lag,
+            at + Duration::from_secs(1),
+        );
         let mut text = String::new();
         encode(&mut text, &registry).unwrap();
 

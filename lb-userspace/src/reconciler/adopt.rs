@@ -14,7 +14,7 @@
 //! apply moves the others' slots to it and deletes them, like any unreferenced backend.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use lb_common::maps as registry;
 use lb_common::{BackendSlotKey, ServiceKey, ServiceValue};
@@ -95,6 +95,7 @@ impl Reconciler {
                             name: None,
                             groups: BTreeMap::new(),
                             entries: [None, None],
+                            applied: None,
                         });
                     service
                         .groups
@@ -147,13 +148,16 @@ impl Reconciler {
             .values()
             .map(|s| s.entries.iter().flatten().count() as u32)
             .sum();
+        let frontends_written = adopted.values().filter(|s| s.has_entries()).count();
         let reconciler = Reconciler {
             entry_capacity: capacities.services,
             entries_written,
+            frontends_written,
             slot_capacity: capacities.backend_slots,
             group_ids: IdPool::with_used(capacities.services, owners.keys().copied()),
             services: adopted,
             backends: adopted_backends,
+            udp_flush: BTreeSet::new(),
         };
         Ok((reconciler, repairs))
     }

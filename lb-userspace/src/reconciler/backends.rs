@@ -5,7 +5,7 @@
 //! `backend_flags::LOCAL`) rewrites the value in place under the same id, a new address gets
 //! a new id. So a slot or a conntrack entry naming an id never finds another pod behind it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use lb_common::Backend;
 
@@ -36,6 +36,11 @@ pub(super) struct Backends {
     /// of another id's address is in `by_id` only, until its last reference goes.
     by_address: HashMap<Address, u32>,
     pub(super) by_id: BTreeMap<u32, BackendEntry>,
+    /// Entries with a value in the backends map.
+    written_count: usize,
+    /// Ids that may have no reference: every id whose last reference went or that got none
+    /// yet, so finding the unreferenced ones never walks every backend.
+    maybe_unreferenced: BTreeSet<u32>,
 }
 
 #[derive(Debug)]
@@ -54,6 +59,8 @@ impl Backends {
             slot_refs: 0,
             by_address: HashMap::new(),
             by_id: BTreeMap::new(),
+            written_count: 0,
+            maybe_unreferenced: BTreeSet::new(),
         }
     }
 
@@ -75,7 +82,7 @@ impl Backends {
             .into_iter()
             .map(|(address, ids)| (address, canonical(&ids)))
             .collect();
-        let by_id = found
+        let by_id: BTreeMap<u32, BackendEntry> = found
             .iter()
             .map(|(id, backend)| {
                 let entry = BackendEntry {
@@ -90,6 +97,8 @@ impl Backends {
             ids: IdPool::with_used(capacity, found.keys().copied()),
             slot_refs: 0,
             by_address,
+            written_count: by_id.len(),
+            maybe_unreferenced: by_id.keys().copied().collect(),
             by_id,
         }
     }
@@ -116,11 +125,12 @@ impl Backends {
             refs: 0,
         };
         self.by_id.insert(id, entry);
+        self.maybe_unreferenced.insert(id);
         Some(id)
     }
 
     pub(super) fn written_count(&self) -> usize {
-        self.by_id.values().filter(|b| b.written.is_some()).count()
+        self.written_count
     }
 
     /// Every backend entry written to the map, by id.
@@ -145,7 +155,9 @@ impl Backends {
             return Ok(false);
         };
         maps.set_backend(id, &entry.wanted)?;
-        entry.written = Some(entry.wanted);
+        if entry.written.replace(entry.wanted).is_none() {
+            self.written_count += 1;
+        }
         Ok(true)
     }
 
@@ -160,15 +172,20 @@ impl Backends {
         if let Some(entry) = self.by_id.get_mut(&id) {
             entry.refs -= 1;
             self.slot_refs -= 1;
+            if entry.refs == 0 {
+                self.maybe_unreferenced.insert(id);
+            }
         }
     }
 
     /// Ids no written slot references, with their values.
-    pub(super) fn unreferenced(&self) -> Vec<(u32, Backend)> {
-        self.by_id
+    pub(super) fn unreferenced(&mut self) -> Vec<(u32, Backend)> {
+        let by_id = &self.by_id;
+        self.maybe_unreferenced
+            .retain(|id| by_id.get(id).is_some_and(|e| e.refs == 0));
+        self.maybe_unreferenced
             .iter()
-            .filter(|(_, e)| e.refs == 0)
-            .map(|(id, e)| (*id, e.wanted))
+            .filter_map(|id| by_id.get(id).map(|e| (*id, e.wanted)))
             .collect()
     }
 
@@ -185,9 +202,11 @@ impl Backends {
         let written = entry.written.is_some();
         if written {
             maps.remove_backend(id)?;
+            self.written_count -= 1;
         }
         let address = address(&entry.wanted);
         self.by_id.remove(&id);
+        self.maybe_unreferenced.remove(&id);
         if self.by_address.get(&address) == Some(&id) {
             self.by_address.remove(&address);
         }

@@ -9,6 +9,11 @@
 //!
 //! The reconciler remembers what it has written (entries, groups and their slots, backend ids
 //! and their reference counts) and on every [`Reconciler::apply`] writes only the difference.
+//! It plans only the frontends that changed: a frontend whose desired service is the one it
+//! last wrote completely (the same `Arc`, or an equal service) is skipped without planning,
+//! so one endpoint change costs the same whatever the number of services. Start-up (after
+//! [`Reconciler::adopt`]), a failed write and a rejected service leave a frontend unrecorded,
+//! and the next apply plans it again in full.
 //! Write order keeps the kernel consistent at every step:
 //! - backends -> slots -> service entries; slots past what any entry can see are written
 //!   before slots the data path can already see;
@@ -30,6 +35,7 @@ mod slots;
 mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use lb_common::{BackendSlotKey, ServiceKey, ServiceValue};
 
@@ -52,19 +58,18 @@ pub trait MapWriter {
     fn remove_service(&mut self, key: &ServiceKey) -> Result<(), MapWriteError>;
     /// Zeroes the per-service counters of a group id about to be (re)used.
     fn reset_service_stats(&mut self, group_id: u32) -> Result<(), MapWriteError>;
-    /// Deletes the UDP conntrack entries (both directions) of `group_id` whose flow uses one
-    /// of `backend_ids`; returns how many were deleted. TCP entries are never touched, so
-    /// established connections survive a backend's removal.
-    fn flush_udp_conntrack(
-        &mut self,
-        group_id: u32,
-        backend_ids: &[u32],
-    ) -> Result<u32, MapWriteError>;
+    /// Deletes the UDP conntrack entries (both directions) whose flow is balanced by a group
+    /// to a backend, for each (group id, backend id) pair of `flows`, in one walk of the map;
+    /// returns how many were deleted. TCP entries are never touched, so established
+    /// connections survive a backend's removal.
+    fn flush_udp_conntrack(&mut self, flows: &BTreeSet<(u32, u32)>) -> Result<u32, MapWriteError>;
 }
 
 /// What one [`Reconciler::apply`] wrote.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReconcileSummary {
+    /// Frontends planned because their desired service is not the one the maps hold.
+    pub frontends_planned: u32,
     /// Service entries (one per frontend and scope) written or deleted.
     pub services_written: u32,
     pub services_removed: u32,
@@ -72,9 +77,11 @@ pub struct ReconcileSummary {
     pub slots_removed: u32,
     pub backends_written: u32,
     pub backends_removed: u32,
-    pub conntrack_flushed: u32,
     /// Services that did not fit; each is skipped, the rest is programmed.
     pub rejected: Vec<CapacityError>,
+    /// Whether the group ids' services, frontends or scopes changed, i.e.
+    /// [`Reconciler::counted_services`] may differ from before.
+    pub labels_changed: bool,
 }
 
 impl ReconcileSummary {
@@ -86,7 +93,6 @@ impl ReconcileSummary {
             + self.slots_removed
             + self.backends_written
             + self.backends_removed
-            + self.conntrack_flushed
             > 0
     }
 }
@@ -108,10 +114,15 @@ pub struct Reconciler {
     entry_capacity: u32,
     /// Services map entries written.
     entries_written: u32,
+    /// Frontends with at least one services map entry.
+    frontends_written: usize,
     slot_capacity: u32,
     group_ids: IdPool,
     services: BTreeMap<Frontend, ProgrammedService>,
     backends: Backends,
+    /// (group id, backend id) pairs whose UDP flows are still to be flushed: the backend left
+    /// the group (see [`Reconciler::flush_udp_conntrack`]).
+    udp_flush: BTreeSet<(u32, u32)>,
 }
 
 /// A frontend as written to the maps.
@@ -125,6 +136,9 @@ struct ProgrammedService {
     /// The services map entry of each scope (indexed by scope) as written; `None` while the
     /// map has no entry.
     entries: [Option<ServiceValue>; 2],
+    /// The desired service the maps hold completely for this frontend; `None` while a write
+    /// is incomplete or the frontend was adopted, which makes the next apply plan it.
+    applied: Option<Arc<DesiredService>>,
 }
 
 /// One group id's backend slots as written.
@@ -139,6 +153,17 @@ struct SlotGroup {
 }
 
 impl ProgrammedService {
+    fn has_entries(&self) -> bool {
+        self.entries.iter().any(Option::is_some)
+    }
+
+    /// Whether the maps hold `desired` for this frontend already.
+    fn holds(&self, desired: &Arc<DesiredService>) -> bool {
+        self.applied
+            .as_ref()
+            .is_some_and(|applied| Arc::ptr_eq(applied, desired) || applied == desired)
+    }
+
     /// How many of group `id`'s slots the data path can see: the largest backend count of an
     /// entry pointing at it.
     fn visible(&self, id: u32) -> usize {
@@ -177,19 +202,18 @@ impl Reconciler {
         Self {
             entry_capacity: capacities.services,
             entries_written: 0,
+            frontends_written: 0,
             slot_capacity: capacities.backend_slots,
             group_ids: IdPool::new(capacities.services),
             services: BTreeMap::new(),
             backends: Backends::new(capacities.backends),
+            udp_flush: BTreeSet::new(),
         }
     }
 
     /// Number of frontends with a service entry in the maps.
     pub fn programmed_services(&self) -> usize {
-        self.services
-            .values()
-            .filter(|s| s.entries.iter().any(Option::is_some))
-            .count()
+        self.frontends_written
     }
 
     /// Number of backends in the maps.
@@ -234,17 +258,13 @@ impl Reconciler {
         maps: &mut impl MapWriter,
     ) -> Result<ReconcileSummary, ReconcileError> {
         let mut summary = ReconcileSummary::default();
-        let gone: Vec<Frontend> = self
-            .services
-            .keys()
-            .filter(|f| !desired.services.contains_key(f))
-            .copied()
-            .collect();
+        let (gone, changed) = self.changes(desired);
         for frontend in gone {
             self.remove_service(frontend, maps, &mut summary)?;
         }
-        for (frontend, service) in &desired.services {
-            self.plan_and_write(*frontend, service, maps, &mut summary)?;
+        summary.frontends_planned = changed.len() as u32;
+        for (frontend, service) in changed {
+            self.plan_and_write(frontend, service, maps, &mut summary)?;
         }
         self.remove_unused_backends(maps, &mut summary)?;
         if !summary.rejected.is_empty() {
@@ -260,20 +280,80 @@ impl Reconciler {
         Ok(summary)
     }
 
+    /// Frontends programmed but no longer desired, and desired frontends whose service the
+    /// maps do not hold yet: one walk over both sorted maps.
+    #[allow(clippy::type_complexity)]
+    fn changes<'a>(
+        &self,
+        desired: &'a DesiredState,
+    ) -> (Vec<Frontend>, Vec<(Frontend, &'a Arc<DesiredService>)>) {
+        let (mut gone, mut changed) = (Vec::new(), Vec::new());
+        let mut programmed = self.services.iter().peekable();
+        for (frontend, service) in &desired.services {
+            while let Some((old, _)) = programmed.next_if(|(old, _)| *old < frontend) {
+                gone.push(*old);
+            }
+            match programmed.next_if(|(old, _)| *old == frontend) {
+                Some((_, old)) if old.holds(service) => {}
+                _ => changed.push((*frontend, service)),
+            }
+        }
+        gone.extend(programmed.map(|(old, _)| *old));
+        (gone, changed)
+    }
+
+    /// Deletes the UDP conntrack entries of the backends that left a slot group in the
+    /// applies so far, in one walk of the conntrack map; returns how many it deleted. Kept
+    /// out of [`Reconciler::apply`], so a walk of a full conntrack table never delays
+    /// programming: the agent calls it once the maps hold the new state. What a failed walk
+    /// did not delete is retried by the next call.
+    pub fn flush_udp_conntrack(
+        &mut self,
+        maps: &mut impl MapWriter,
+    ) -> Result<u32, ReconcileError> {
+        if self.udp_flush.is_empty() {
+            return Ok(0);
+        }
+        let flushed = maps.flush_udp_conntrack(&self.udp_flush).map_err(|e| {
+            let context = "flushing the UDP conntrack entries of removed backends";
+            failed(context.to_string(), e)
+        })?;
+        self.udp_flush.clear();
+        Ok(flushed)
+    }
+
     /// Writes `service` if it fits, else records why not in `summary`.
     fn plan_and_write(
         &mut self,
         frontend: Frontend,
-        service: &DesiredService,
+        service: &Arc<DesiredService>,
         maps: &mut impl MapWriter,
         summary: &mut ReconcileSummary,
     ) -> Result<(), ReconcileError> {
-        match self.plan(&frontend, service) {
+        let had_entries = self.has_entries(&frontend);
+        let result = match self.plan(&frontend, service) {
             Ok(plan) => self.write_service(frontend, service, plan, maps, summary),
             Err(rejected) => {
                 summary.rejected.push(rejected);
                 Ok(())
             }
+        };
+        self.count_entries(had_entries, &frontend);
+        result
+    }
+
+    fn has_entries(&self, frontend: &Frontend) -> bool {
+        self.services
+            .get(frontend)
+            .is_some_and(ProgrammedService::has_entries)
+    }
+
+    /// Keeps [`Reconciler::programmed_services`] in step after `frontend` was written.
+    fn count_entries(&mut self, had_entries: bool, frontend: &Frontend) {
+        match (had_entries, self.has_entries(frontend)) {
+            (false, true) => self.frontends_written += 1,
+            (true, false) => self.frontends_written -= 1,
+            _ => {}
         }
     }
 
@@ -369,7 +449,7 @@ impl Reconciler {
     fn write_service(
         &mut self,
         frontend: Frontend,
-        desired: &DesiredService,
+        desired: &Arc<DesiredService>,
         plan: Plan,
         maps: &mut impl MapWriter,
         summary: &mut ReconcileSummary,
@@ -383,8 +463,13 @@ impl Reconciler {
                 name: None,
                 groups: BTreeMap::new(),
                 entries: [None, None],
+                applied: None,
             });
-        service.name = Some(desired.name.clone());
+        service.applied = None;
+        if service.name.as_ref() != Some(&desired.name) {
+            service.name = Some(desired.name.clone());
+            summary.labels_changed = true;
+        }
         // Recorded before any write, so a failed write cannot leak a new group id.
         for group in &plan.groups {
             service.groups.entry(group.id).or_default();
@@ -431,10 +516,14 @@ impl Reconciler {
             let index = plan.group_of(scope);
             let (id, count, _) = layouts[index];
             let value = desired.value(scope, id, count as u32);
-            if service.entries[scope as usize] != Some(value) {
+            let written = &mut service.entries[scope as usize];
+            if *written != Some(value) {
                 maps.set_service(&frontend.key(scope), &value)
                     .map_err(fail)?;
-                if service.entries[scope as usize].replace(value).is_none() {
+                if written.is_none_or(|old| old.group_id != value.group_id) {
+                    summary.labels_changed = true;
+                }
+                if written.replace(value).is_none() {
                     self.entries_written += 1;
                 }
                 summary.services_written += 1;
@@ -442,8 +531,9 @@ impl Reconciler {
         }
 
         for (id, count, left) in layouts {
-            if frontend.protocol == Protocol::Udp && !left.is_empty() {
-                summary.conntrack_flushed += maps.flush_udp_conntrack(id, &left).map_err(fail)?;
+            if frontend.protocol == Protocol::Udp {
+                self.udp_flush
+                    .extend(left.iter().map(|backend| (id, *backend)));
             }
             if let Some(group) = service.groups.get_mut(&id) {
                 truncate_slots(id, group, count, &mut self.backends, maps, summary)
@@ -463,11 +553,13 @@ impl Reconciler {
                 frontend.protocol,
                 &mut self.group_ids,
                 &mut self.backends,
+                &mut self.udp_flush,
                 maps,
                 summary,
             )
             .map_err(fail)?;
         }
+        service.applied = Some(Arc::clone(desired));
         Ok(())
     }
 
@@ -477,9 +569,23 @@ impl Reconciler {
         maps: &mut impl MapWriter,
         summary: &mut ReconcileSummary,
     ) -> Result<(), ReconcileError> {
+        let had_entries = self.has_entries(&frontend);
+        let result = self.remove_entries_and_groups(frontend, maps, summary);
+        self.count_entries(had_entries, &frontend);
+        result
+    }
+
+    fn remove_entries_and_groups(
+        &mut self,
+        frontend: Frontend,
+        maps: &mut impl MapWriter,
+        summary: &mut ReconcileSummary,
+    ) -> Result<(), ReconcileError> {
         let Some(service) = self.services.get_mut(&frontend) else {
             return Ok(());
         };
+        service.applied = None;
+        summary.labels_changed = true;
         let context = match &service.name {
             Some(name) => format!("removing service {name} ({frontend})"),
             None => format!("removing service {frontend} adopted from the maps"),
@@ -501,6 +607,7 @@ impl Reconciler {
                 frontend.protocol,
                 &mut self.group_ids,
                 &mut self.backends,
+                &mut self.udp_flush,
                 maps,
                 summary,
             )
@@ -548,25 +655,29 @@ struct PlannedGroup {
     backend_ids: Vec<u32>,
 }
 
-/// Deletes a group no entry points at any more: its UDP flows, its slots, then its id.
+/// Deletes a group no entry points at any more: its slots, then its id; its UDP flows are
+/// left to [`Reconciler::flush_udp_conntrack`].
+#[allow(clippy::too_many_arguments)]
 fn release_group(
     service: &mut ProgrammedService,
     id: u32,
     protocol: Protocol,
     group_ids: &mut IdPool,
     backends: &mut Backends,
+    udp_flush: &mut BTreeSet<(u32, u32)>,
     maps: &mut impl MapWriter,
     summary: &mut ReconcileSummary,
 ) -> Result<(), MapWriteError> {
     let Some(group) = service.groups.get_mut(&id) else {
         return Ok(());
     };
-    if protocol == Protocol::Udp && !group.slots.is_empty() {
-        summary.conntrack_flushed += maps.flush_udp_conntrack(id, &group.slots)?;
+    if protocol == Protocol::Udp {
+        udp_flush.extend(group.slots.iter().map(|backend| (id, *backend)));
     }
     truncate_slots(id, group, 0, backends, maps, summary)?;
     service.groups.remove(&id);
     group_ids.release(id);
+    summary.labels_changed = true;
     Ok(())
 }
 

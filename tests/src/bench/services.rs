@@ -120,7 +120,7 @@ impl ServiceSet {
 
     /// The desired state the agent's reconciler programs.
     pub fn desired_state(&self) -> DesiredState {
-        let services = (0..self.count)
+        (0..self.count)
             .map(|index| {
                 let frontend = Frontend {
                     addr: IpAddr::V4(*self.vip(index).ip()),
@@ -143,8 +143,7 @@ impl ServiceSet {
                 };
                 (frontend, DesiredService::uniform(name, endpoints))
             })
-            .collect();
-        DesiredState { services }
+            .collect()
     }
 
     /// A multi-document YAML file with every Service and its EndpointSlice, for `lb-agent run

@@ -22,7 +22,7 @@ fn split(fe: Frontend, ext: &[u8], int: &[u8]) -> (Frontend, DesiredService) {
 /// Services on ports 80, 81, 82 (scopes split) and 53/UDP.
 fn before() -> DesiredState {
     let mut s = desired(&[(tcp(80), &[1, 2]), (tcp(81), &[3]), (udp(53), &[4, 5])]);
-    s.services.extend([split(tcp(82), &[6], &[6, 7])]);
+    s.extend([split(tcp(82), &[6], &[6, 7])]);
     s
 }
 
@@ -30,7 +30,7 @@ fn before() -> DesiredState {
 /// endpoints changed, 82 unchanged, and a new service on 83 that takes 80's freed id.
 fn after() -> DesiredState {
     let mut s = desired(&[(tcp(81), &[3, 1]), (udp(53), &[5, 8]), (tcp(83), &[9])]);
-    s.services.extend([split(tcp(82), &[6], &[6, 7])]);
+    s.extend([split(tcp(82), &[6], &[6, 7])]);
     s
 }
 
@@ -160,7 +160,7 @@ fn a_changed_backend_flag_is_rewritten_in_place_under_the_same_id() {
     let (_, mut maps) = setup(&desired(&[(tcp(80), &[1, 2])]));
     let id = backend_id(&maps, 2);
     let mut local = desired(&[(tcp(80), &[1])]);
-    let svc = local.services.get_mut(&tcp(80)).unwrap();
+    let svc = std::sync::Arc::make_mut(local.services.get_mut(&tcp(80)).unwrap());
     let moved = Endpoint {
         local: true,
         ..endpoint(2)

@@ -193,21 +193,43 @@ fn removed_udp_backend_flushes_only_its_udp_conntrack_entries() {
         (IPPROTO_UDP, udp_id, 2),
         (IPPROTO_TCP, tcp_id, 1),
     ];
-    let summary = reconciler
+    reconciler
         .apply(&desired(&[(udp(53), &[2]), (tcp(80), &[2])]), &mut maps)
         .unwrap();
-    assert_eq!(summary.conntrack_flushed, 2);
-    assert!(maps.take_log().contains(&Op::FlushUdp(udp_id, vec![1])));
+    assert_eq!(
+        maps.conntrack.len(),
+        4,
+        "the apply leaves the flush to the agent"
+    );
+    assert_eq!(reconciler.flush_udp_conntrack(&mut maps).unwrap(), 2);
+    let flushed = BTreeSet::from([(udp_id, 1)]);
+    assert!(maps.take_log().contains(&Op::FlushUdp(flushed)));
     assert_eq!(
         maps.conntrack,
         [(IPPROTO_UDP, udp_id, 2), (IPPROTO_TCP, tcp_id, 1)]
     );
+    assert_eq!(reconciler.flush_udp_conntrack(&mut maps).unwrap(), 0);
 
-    let summary = reconciler
+    reconciler
         .apply(&desired(&[(tcp(80), &[2])]), &mut maps)
         .unwrap();
-    assert_eq!(summary.conntrack_flushed, 1);
+    assert_eq!(reconciler.flush_udp_conntrack(&mut maps).unwrap(), 1);
     assert_eq!(maps.conntrack, [(IPPROTO_TCP, tcp_id, 1)]);
+}
+
+#[test]
+fn a_failed_flush_is_retried_by_the_next_one() {
+    let state = desired(&[(udp(53), &[1, 2])]);
+    let (mut reconciler, mut maps) = setup(&state);
+    let udp_id = maps.services[&udp(53).key(scope::INTERNAL)].group_id;
+    maps.conntrack = vec![(IPPROTO_UDP, udp_id, 1)];
+    reconciler
+        .apply(&desired(&[(udp(53), &[2])]), &mut maps)
+        .unwrap();
+    maps.fail_at = Some(maps.log.len());
+    assert!(reconciler.flush_udp_conntrack(&mut maps).is_err());
+    assert_eq!(maps.conntrack.len(), 1);
+    assert_eq!(reconciler.flush_udp_conntrack(&mut maps).unwrap(), 1);
 }
 
 #[test]
@@ -346,4 +368,46 @@ fn backend_ids_freed_by_a_removal_are_used_in_the_same_apply() {
     assert_eq!(reconciler.programmed_backends(), 2);
     assert_eq!(maps.resolved().len(), 2, "one frontend in two scopes");
     maps.assert_no_leftovers();
+}
+
+#[test]
+fn only_frontends_whose_service_changed_are_planned() {
+    let state = desired(&[(tcp(80), &[1, 2]), (tcp(81), &[3]), (udp(53), &[4])]);
+    let (mut reconciler, mut maps) = setup(&state);
+
+    // The same services rebuilt (equal, not shared) are recognised as written.
+    let rebuilt = desired(&[(tcp(80), &[1, 2]), (tcp(81), &[3]), (udp(53), &[4])]);
+    let summary = reconciler.apply(&rebuilt, &mut maps).unwrap();
+    assert_eq!(summary.frontends_planned, 0);
+    assert!(!summary.wrote_anything());
+
+    // One service changes, the others keep their Arc: only it is planned.
+    let mut changed = state.clone();
+    changed.insert(tcp(81), service(&tcp(81), &[3, 5]));
+    let summary = reconciler.apply(&changed, &mut maps).unwrap();
+    assert_eq!(summary.frontends_planned, 1);
+    assert_eq!(maps.resolved(), resolved_fresh(&changed));
+
+    // A removed frontend is removed without planning the others.
+    changed.services.remove(&tcp(80));
+    let summary = reconciler.apply(&changed, &mut maps).unwrap();
+    assert_eq!(
+        (summary.frontends_planned, summary.services_removed),
+        (0, 2)
+    );
+    assert_eq!(maps.resolved(), resolved_fresh(&changed));
+    maps.assert_no_leftovers();
+    assert_no_leaked_ids(&reconciler);
+}
+
+#[test]
+fn a_frontend_left_half_written_is_planned_again() {
+    let state = desired(&[(tcp(80), &[1])]);
+    let (mut reconciler, mut maps) = setup(&state);
+    let changed = desired(&[(tcp(80), &[1, 2])]);
+    maps.fail_at = Some(maps.log.len() + 1);
+    assert!(reconciler.apply(&changed, &mut maps).is_err());
+    let summary = reconciler.apply(&changed, &mut maps).unwrap();
+    assert_eq!(summary.frontends_planned, 1);
+    assert_eq!(maps.resolved(), resolved_fresh(&changed));
 }

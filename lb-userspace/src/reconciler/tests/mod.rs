@@ -29,7 +29,7 @@ enum Op {
     ResetStats(u32),
     Service(u32, u32, u8),
     RemoveService(u32, u8),
-    FlushUdp(u32, Vec<u32>),
+    FlushUdp(BTreeSet<(u32, u32)>),
 }
 
 /// Flags, affinity timeout and backends (port, address) of each service entry (port,
@@ -211,15 +211,11 @@ impl MapWriter for FakeMaps {
         self.record(Op::ResetStats(group_id))
     }
 
-    fn flush_udp_conntrack(
-        &mut self,
-        group_id: u32,
-        backend_ids: &[u32],
-    ) -> Result<u32, MapWriteError> {
-        self.record(Op::FlushUdp(group_id, backend_ids.to_vec()))?;
+    fn flush_udp_conntrack(&mut self, flows: &BTreeSet<(u32, u32)>) -> Result<u32, MapWriteError> {
+        self.record(Op::FlushUdp(flows.clone()))?;
         let before = self.conntrack.len();
-        self.conntrack.retain(|(proto, svc, backend)| {
-            !(*proto == IPPROTO_UDP && *svc == group_id && backend_ids.contains(backend))
+        self.conntrack.retain(|(proto, group, backend)| {
+            !(*proto == IPPROTO_UDP && flows.contains(&(*group, *backend)))
         });
         Ok((before - self.conntrack.len()) as u32)
     }
@@ -277,12 +273,10 @@ fn service(fe: &Frontend, hosts: &[u8]) -> DesiredService {
 }
 
 fn desired(services: &[(Frontend, &[u8])]) -> DesiredState {
-    DesiredState {
-        services: services
-            .iter()
-            .map(|(fe, hosts)| (*fe, service(fe, hosts)))
-            .collect(),
-    }
+    services
+        .iter()
+        .map(|(fe, hosts)| (*fe, service(fe, hosts)))
+        .collect()
 }
 
 fn tcp(port: u16) -> Frontend {
@@ -352,4 +346,10 @@ fn assert_resumes_after_any_failure(steps: &[DesiredState]) {
             assert_eq!(reconciler.resync(&mut maps).unwrap(), []);
         }
     }
+}
+
+/// What the data path resolves after programming `state` into empty maps.
+fn resolved_fresh(state: &DesiredState) -> Resolved {
+    let (_, maps) = setup(state);
+    maps.resolved()
 }

@@ -12,9 +12,7 @@ fn split(fe: Frontend, ext: &[u8], int: &[u8]) -> (Frontend, DesiredService) {
 }
 
 fn state(services: impl IntoIterator<Item = (Frontend, DesiredService)>) -> DesiredState {
-    DesiredState {
-        services: services.into_iter().collect(),
-    }
+    services.into_iter().collect()
 }
 
 /// The backend hosts the data path resolves for `fe` in `scope` (`198.18.1.<host>`).
@@ -78,15 +76,16 @@ fn equal_scopes_share_one_group_again() {
     reconciler
         .apply(&desired(&[(udp(53), &[1, 2])]), &mut maps)
         .unwrap();
+    reconciler.flush_udp_conntrack(&mut maps).unwrap();
     assert_eq!(
         maps.take_log(),
         [
             Op::Slot(1, 2, 2),
             Op::Service(1, 2, EXT),
             Op::Service(1, 2, INT),
-            Op::FlushUdp(2, vec![1, 2]),
             Op::RemoveSlot(2, 2),
             Op::RemoveSlot(2, 1),
+            Op::FlushUdp(BTreeSet::from([(2, 1), (2, 2)])),
         ]
     );
     assert_eq!(

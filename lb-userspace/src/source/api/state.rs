@@ -7,14 +7,20 @@
 //! kind only once complete, so the state never passes through a half-listed cluster, and a
 //! relist cut short by an error is simply started again. Nothing is published before all
 //! three kinds have been listed once.
+//!
+//! The desired state is kept up to date incrementally ([`DesiredTracker`]): a Service or
+//! EndpointSlice event recomputes only the Services it touches (for a slice: the Service it
+//! belonged to and the one it belongs to now); a change of the Node or a relist recomputes
+//! every Service.
 
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 
 use kube::runtime::watcher::Event;
 use kube::ResourceExt;
 use tracing::warn;
 
-use crate::k8s::{desired_state, NodeDef, ServiceDef, SliceDef};
+use crate::k8s::{owner, service_frontends, DesiredTracker, NodeDef, ServiceDef, SliceDef};
 use crate::model::DesiredState;
 use crate::objects::{FieldError, LastValid, ObjectError, ObjectKey, SkippedObject};
 
@@ -29,6 +35,10 @@ pub struct Watched<T> {
     listed: bool,
     /// Events since the last change set.
     events: usize,
+    /// Objects added, changed or deleted since the last change set.
+    changed: BTreeSet<ObjectKey>,
+    /// Whether a (re)list completed since the last change set.
+    relisted: bool,
 }
 
 impl<T> Watched<T> {
@@ -39,6 +49,8 @@ impl<T> Watched<T> {
             relist: None,
             listed: false,
             events: 0,
+            changed: BTreeSet::new(),
+            relisted: false,
         }
     }
 
@@ -75,18 +87,21 @@ impl<T> Watched<T> {
             Event::InitDone => {
                 let listed = self.relist.take().unwrap_or_default();
                 self.listed = true;
+                self.relisted = true;
                 self.events += 1;
                 self.objects.replace_all(listed)
             }
             Event::Apply(object) => {
                 let (key, parsed) = parse(&object);
                 self.events += 1;
+                self.changed.insert(key.clone());
                 self.objects.upsert(key, parsed).into_iter().collect()
             }
             Event::Delete(object) => {
                 self.events += 1;
                 let key = ObjectKey::new(object.namespace().unwrap_or_default(), object.name_any());
                 self.objects.remove(&key);
+                self.changed.insert(key);
                 Vec::new()
             }
         }
@@ -102,6 +117,11 @@ pub struct ClusterView {
     node_name: String,
     /// Whether the missing Node object was reported (once until it appears).
     reported_missing_node: bool,
+    /// The desired state, `None` until every kind is listed.
+    desired: Option<DesiredTracker>,
+    /// The Service each EndpointSlice belongs to, and the other way round.
+    slice_owners: HashMap<ObjectKey, ObjectKey>,
+    service_slices: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
 }
 
 /// What changed since the last change set, for the log.
@@ -143,6 +163,9 @@ impl ClusterView {
             node: Watched::new("Node"),
             node_name: node_name.into(),
             reported_missing_node: false,
+            desired: None,
+            slice_owners: HashMap::new(),
+            service_slices: HashMap::new(),
         }
     }
 
@@ -166,12 +189,99 @@ impl ClusterView {
                 + self.slices.objects.invalid_count()
                 + self.node.objects.invalid_count(),
         };
-        let state = desired_state(
-            self.services.objects.values(),
-            self.slices.objects.values(),
-            &node,
-        );
+        let relisted = [
+            self.services.relisted,
+            self.slices.relisted,
+            self.node.relisted,
+        ];
+        let services_changed = std::mem::take(&mut self.services.changed);
+        let slices_changed = std::mem::take(&mut self.slices.changed);
+        let everything =
+            self.desired.is_none() || relisted.contains(&true) || change_set.node_events > 0;
+        self.services.relisted = false;
+        self.slices.relisted = false;
+        self.node.relisted = false;
+        self.node.changed.clear();
+        let dirty = if everything {
+            self.index_all_slices();
+            self.desired = Some(DesiredTracker::default());
+            self.services
+                .objects
+                .iter()
+                .map(|(key, _)| key.clone())
+                .collect()
+        } else {
+            let mut dirty = services_changed;
+            for slice in slices_changed {
+                dirty.extend(self.index_slice(slice));
+            }
+            dirty
+        };
+        let mut desired = self.desired.take().unwrap_or_default();
+        for service in dirty {
+            desired.update(service.clone(), self.frontends_of(&service, &node));
+        }
+        let state = desired.state().clone();
+        self.desired = Some(desired);
         Some((change_set, state))
+    }
+
+    /// The frontends `service` claims now (none once it is deleted).
+    fn frontends_of(
+        &self,
+        service: &ObjectKey,
+        node: &NodeDef,
+    ) -> Vec<(crate::model::Frontend, crate::model::DesiredService)> {
+        let Some(definition) = self.services.objects.get(service) else {
+            return Vec::new();
+        };
+        let slices: Vec<&SliceDef> = self
+            .service_slices
+            .get(service)
+            .into_iter()
+            .flatten()
+            .filter_map(|slice| self.slices.objects.get(slice))
+            .collect();
+        service_frontends(definition, &slices, node)
+    }
+
+    /// Records which Service every EndpointSlice belongs to.
+    fn index_all_slices(&mut self) {
+        self.slice_owners.clear();
+        self.service_slices.clear();
+        let keys: Vec<ObjectKey> = self
+            .slices
+            .objects
+            .iter()
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in keys {
+            self.index_slice(key);
+        }
+    }
+
+    /// Records which Service a changed EndpointSlice belongs to now; returns the Services
+    /// whose endpoints it may have changed (the one it belonged to and the one it belongs to).
+    fn index_slice(&mut self, slice: ObjectKey) -> Vec<ObjectKey> {
+        let mut touched = Vec::new();
+        if let Some(previous) = self.slice_owners.remove(&slice) {
+            if let Some(slices) = self.service_slices.get_mut(&previous) {
+                slices.remove(&slice);
+                if slices.is_empty() {
+                    self.service_slices.remove(&previous);
+                }
+            }
+            touched.push(previous);
+        }
+        if let Some(service) = self.slices.objects.get(&slice).and_then(owner) {
+            self.service_slices
+                .entry(service.clone())
+                .or_default()
+                .insert(slice.clone());
+            self.slice_owners.insert(slice, service.clone());
+            touched.push(service);
+        }
+        touched
     }
 
     /// This node as listed; without a Node object, its name and no addresses (no node ports).
@@ -197,6 +307,8 @@ impl ClusterView {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use k8s_openapi::api::core::v1::{Node, Service};
     use k8s_openapi::api::discovery::v1::EndpointSlice;
 
@@ -415,5 +527,60 @@ mod tests {
         let (change_set, state) = view.take_change_set().unwrap();
         assert_eq!(change_set.node.name, "node-a", "the name stays known");
         assert_eq!(frontends(&state), ["198.19.0.10:80/TCP -> 198.18.1.1:8080"]);
+    }
+
+    /// The desired state a full translation of the view's objects gives.
+    fn translated(view: &ClusterView) -> DesiredState {
+        let node = view.node.objects.values().next().unwrap().clone();
+        crate::k8s::desired_state(
+            view.services.objects.values(),
+            view.slices.objects.values(),
+            &node,
+        )
+    }
+
+    #[test]
+    fn each_change_recomputes_only_what_it_touches_and_matches_a_full_translation() {
+        let mut view = listed();
+        let first = view.desired.as_ref().unwrap().state().clone();
+        let web = |state: &DesiredState| {
+            let key = state
+                .services
+                .keys()
+                .find(|f| f.port == 80)
+                .copied()
+                .unwrap();
+            Arc::clone(&state.services[&key])
+        };
+
+        // A new service with its slice: `web`'s services are the very same.
+        on_service(&mut view, Event::Apply(service("api", "198.19.0.11", "81")));
+        on_slice(&mut view, Event::Apply(slice("api", "198.18.1.3")));
+        let (_, state) = view.take_change_set().unwrap();
+        assert!(Arc::ptr_eq(&web(&first), &web(&state)));
+        assert_eq!(state, translated(&view));
+
+        // A slice moves from `web` to `api` (its label changes): both are recomputed.
+        let mut moved = slice("api", "198.18.1.4");
+        moved.metadata.name = Some("web-1".into());
+        on_slice(&mut view, Event::Apply(moved.clone()));
+        let (_, state) = view.take_change_set().unwrap();
+        assert_eq!(state, translated(&view));
+        assert!(frontends(&state).contains(&"198.19.0.10:80/TCP -> ".to_string()));
+
+        // Deleting the moved slice and the `api` service.
+        on_slice(&mut view, Event::Delete(moved));
+        on_service(
+            &mut view,
+            Event::Delete(service("api", "198.19.0.11", "81")),
+        );
+        let (_, state) = view.take_change_set().unwrap();
+        assert_eq!(state, translated(&view));
+        assert_eq!(state.services.len(), 2, "web's ClusterIP and node port");
+
+        // A node change recomputes everything.
+        on_node(&mut view, Event::Apply(node("198.18.0.2")));
+        let (_, state) = view.take_change_set().unwrap();
+        assert_eq!(state, translated(&view));
     }
 }

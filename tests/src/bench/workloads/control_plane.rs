@@ -13,6 +13,7 @@ use std::{
 };
 
 use lb_userspace::{model::DesiredState, Datapath, Reconciler};
+use std::sync::Arc;
 
 use crate::{
     bench::{
@@ -79,7 +80,7 @@ enum Sync {
     Maps {
         services: ServiceSet,
         states: [DesiredState; 2],
-        current: Option<(Box<Datapath>, Reconciler)>,
+        current: Option<(Box<Datapath>, Box<Reconciler>)>,
     },
     Iptables {
         texts: [String; 2],
@@ -100,7 +101,7 @@ impl Sync {
             // (d) programs nothing; it is never passed here.
             Variant::Ebpf | Variant::Direct => Sync::Maps {
                 services: set.clone(),
-                states: [set.desired_state(), changed.desired_state()],
+                states: sharing_unchanged(set.desired_state(), changed.desired_state()),
                 current: None,
             },
             Variant::Iptables => Sync::Iptables {
@@ -138,7 +139,7 @@ impl Sync {
                 *current = None;
                 let capacities = capacities_for(services, services.endpoints(0).len() as u32);
                 let mut datapath = Box::new(Datapath::load(&capacities)?);
-                let mut reconciler = Reconciler::new(&capacities);
+                let mut reconciler = Box::new(Reconciler::new(&capacities));
                 let started = Instant::now();
                 let summary = reconciler.apply(&states[0], datapath.maps())?;
                 let elapsed = started.elapsed();
@@ -202,6 +203,20 @@ impl Sync {
             }
         }
     }
+}
+
+/// `before` and `after`, where `after` shares every service that did not change with
+/// `before`, as the API source's successive states do.
+fn sharing_unchanged(before: DesiredState, after: DesiredState) -> [DesiredState; 2] {
+    let services = after
+        .services
+        .into_iter()
+        .map(|(frontend, service)| match before.services.get(&frontend) {
+            Some(old) if *old == service => (frontend, Arc::clone(old)),
+            _ => (frontend, service),
+        })
+        .collect();
+    [before, DesiredState { services }]
 }
 
 fn control_plane_netns() -> Result<NetNs> {

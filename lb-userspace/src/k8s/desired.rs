@@ -1,0 +1,213 @@
+//! The desired state kept up to date one Service at a time, as kube-proxy's change tracker
+//! does: a changed Service or EndpointSlice recomputes only that Service's frontends, and every
+//! other frontend keeps its `Arc`, which the reconciler recognises as already written.
+//!
+//! Two Services may claim one frontend (the same IP, port and protocol). As in a full
+//! translation, the first by namespace and name owns it, whatever order the changes arrive
+//! in; the others wait in `contested` and the next one takes over when the owner lets go.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use tracing::warn;
+
+use crate::model::{DesiredService, DesiredState, Frontend};
+use crate::objects::ObjectKey;
+
+/// A desired state and, per Service, the frontends it claims.
+#[derive(Debug, Default)]
+pub struct DesiredTracker {
+    state: DesiredState,
+    /// Each Service's frontends as last computed, owned or not.
+    claims: HashMap<ObjectKey, Vec<(Frontend, Arc<DesiredService>)>>,
+    /// Services that claim a frontend another Service owns.
+    contested: HashMap<Frontend, BTreeSet<ObjectKey>>,
+}
+
+impl DesiredTracker {
+    /// The desired state as it stands.
+    pub fn state(&self) -> &DesiredState {
+        &self.state
+    }
+
+    pub fn into_state(self) -> DesiredState {
+        self.state
+    }
+
+    /// Replaces what `service` claims with `frontends` (empty for a deleted or unproxied
+    /// Service).
+    pub fn update(&mut self, service: ObjectKey, frontends: Vec<(Frontend, DesiredService)>) {
+        let claimed: Vec<(Frontend, Arc<DesiredService>)> = frontends
+            .into_iter()
+            .map(|(frontend, desired)| (frontend, Arc::new(desired)))
+            .collect();
+        let previous = self.claims.remove(&service).unwrap_or_default();
+        for (frontend, _) in &previous {
+            if !claimed.iter().any(|(f, _)| f == frontend) {
+                self.release(*frontend, &service);
+            }
+        }
+        for (frontend, desired) in &claimed {
+            self.claim(*frontend, &service, desired);
+        }
+        if !claimed.is_empty() {
+            self.claims.insert(service, claimed);
+        }
+    }
+
+    /// `service` claims `frontend`: it owns it unless a Service first by namespace and name
+    /// does.
+    fn claim(&mut self, frontend: Frontend, service: &ObjectKey, desired: &Arc<DesiredService>) {
+        let owner = self.state.services.get(&frontend).map(|d| owner_of(d));
+        match owner {
+            Some(owner) if owner < *service => {
+                warn!(
+                    "{frontend} is claimed by both {} and {}; keeping {}",
+                    self.state.services[&frontend].name,
+                    desired.name,
+                    owner_name(&owner)
+                );
+                self.contested
+                    .entry(frontend)
+                    .or_default()
+                    .insert(service.clone());
+            }
+            Some(owner) if owner != *service => {
+                warn!(
+                    "{frontend} is claimed by both {} and {}; keeping {}",
+                    self.state.services[&frontend].name,
+                    desired.name,
+                    owner_name(service)
+                );
+                self.contested.entry(frontend).or_default().insert(owner);
+                self.state.services.insert(frontend, Arc::clone(desired));
+            }
+            _ => {
+                self.state.services.insert(frontend, Arc::clone(desired));
+            }
+        }
+    }
+
+    /// `service` no longer claims `frontend`: the next claimant, if any, takes it over.
+    fn release(&mut self, frontend: Frontend, service: &ObjectKey) {
+        let owned = self
+            .state
+            .services
+            .get(&frontend)
+            .is_some_and(|d| owner_of(d) == *service);
+        let waiting = self.contested.get_mut(&frontend);
+        if !owned {
+            if let Some(waiting) = waiting {
+                waiting.remove(service);
+                if waiting.is_empty() {
+                    self.contested.remove(&frontend);
+                }
+            }
+            return;
+        }
+        let next = waiting.and_then(|waiting| waiting.pop_first());
+        if self
+            .contested
+            .get(&frontend)
+            .is_some_and(BTreeSet::is_empty)
+        {
+            self.contested.remove(&frontend);
+        }
+        let successor = next.and_then(|next| {
+            self.claims
+                .get(&next)
+                .and_then(|claims| claims.iter().find(|(f, _)| *f == frontend))
+                .map(|(_, desired)| Arc::clone(desired))
+        });
+        match successor {
+            Some(desired) => self.state.services.insert(frontend, desired),
+            None => self.state.services.remove(&frontend),
+        };
+    }
+}
+
+/// The Service a desired frontend belongs to.
+fn owner_of(desired: &DesiredService) -> ObjectKey {
+    ObjectKey::new(&desired.name.namespace, &desired.name.name)
+}
+
+fn owner_name(service: &ObjectKey) -> String {
+    format!("{}/{}", service.namespace, service.name)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::model::{Protocol, ServicePortName};
+
+    fn frontend(port: u16) -> Frontend {
+        Frontend {
+            addr: "198.19.0.10".parse().unwrap(),
+            port,
+            protocol: Protocol::Tcp,
+        }
+    }
+
+    fn service(name: &str) -> ObjectKey {
+        ObjectKey::new("shop", name)
+    }
+
+    fn claim(name: &str, ports: &[u16]) -> Vec<(Frontend, DesiredService)> {
+        let port_name = ServicePortName {
+            namespace: "shop".into(),
+            name: name.into(),
+            port_name: String::new(),
+        };
+        let desired = DesiredService::uniform(port_name, BTreeSet::new());
+        ports
+            .iter()
+            .map(|p| (frontend(*p), desired.clone()))
+            .collect()
+    }
+
+    /// Owner of each frontend.
+    fn owners(tracker: &DesiredTracker) -> Vec<(u16, String)> {
+        let services = &tracker.state().services;
+        services
+            .iter()
+            .map(|(f, d)| (f.port, d.name.name.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn the_first_service_by_name_owns_a_contested_frontend_whatever_the_order() {
+        for order in [["a", "b"], ["b", "a"]] {
+            let mut tracker = DesiredTracker::default();
+            for name in order {
+                tracker.update(service(name), claim(name, &[80, 81]));
+            }
+            assert_eq!(owners(&tracker), [(80, "a".into()), (81, "a".into())]);
+
+            // The owner lets go of 80: the other claimant takes it over.
+            tracker.update(service("a"), claim("a", &[81]));
+            assert_eq!(owners(&tracker), [(80, "b".into()), (81, "a".into())]);
+            // Deleted: everything goes to the one left.
+            tracker.update(service("a"), Vec::new());
+            assert_eq!(owners(&tracker), [(80, "b".into()), (81, "b".into())]);
+            tracker.update(service("b"), Vec::new());
+            assert!(owners(&tracker).is_empty());
+            assert!(tracker.contested.is_empty() && tracker.claims.is_empty());
+        }
+    }
+
+    #[test]
+    fn an_unchanged_service_keeps_its_arc() {
+        let mut tracker = DesiredTracker::default();
+        tracker.update(service("a"), claim("a", &[80]));
+        tracker.update(service("b"), claim("b", &[90]));
+        let before = Arc::clone(&tracker.state().services[&frontend(80)]);
+        tracker.update(service("b"), claim("b", &[91]));
+        assert!(Arc::ptr_eq(
+            &before,
+            &tracker.state().services[&frontend(80)]
+        ));
+        assert_eq!(owners(&tracker), [(80, "a".into()), (91, "b".into())]);
+    }
+}
