@@ -69,6 +69,13 @@ pub struct SyncMetrics {
     counted: CountedServices,
 }
 
+/// Registers each `(name, help, metric)`; a metric's clone shares its values.
+macro_rules! register {
+    ($registry:expr, [$(($name:expr, $help:expr, $metric:expr)),* $(,)?]) => {
+        $($registry.register($name, $help, $metric.clone());)*
+    };
+}
+
 impl SyncMetrics {
     /// New metrics, registered in `registry`.
     pub(super) fn register(registry: &mut Registry) -> Self {
@@ -87,46 +94,52 @@ impl SyncMetrics {
             invalid_objects: Gauge::default(),
             counted: CountedServices::default(),
         };
-        registry.register(
-            "lbagent_sync_proxy_rules_duration_seconds",
-            "Time one reconcile took to write a desired state into the maps",
-            metrics.duration.clone(),
-        );
-        registry.register(
-            "lbagent_sync_proxy_rules_last_timestamp_seconds",
-            "Unix time of the last desired state completely programmed",
-            metrics.last_timestamp.clone(),
-        );
-        registry.register(
-            "lbagent_sync_proxy_rules_failures",
-            "Reconciles that failed on a map write (retried)",
-            metrics.failures.clone(),
-        );
-        registry.register(
-            "lbagent_network_programming_duration_seconds",
-            "Time from the source publishing a change (API event or manifest file change \
-             detected) until the maps hold it",
-            metrics.programming_latency.clone(),
-        );
-        registry.register(
-            "lbagent_resync_repairs",
-            "Map entries the periodic resync found drifted and repaired",
-            metrics.resync_repairs.clone(),
-        );
-        registry.register(
-            "lbagent_programmed_services",
-            "Service frontends with an entry in the maps",
-            metrics.services.clone(),
-        );
-        registry.register(
-            "lbagent_programmed_backends",
-            "Backends in the maps",
-            metrics.backends.clone(),
-        );
-        registry.register(
-            "lbagent_invalid_objects",
-            "Services and EndpointSlices (and the Node) skipped as invalid by the source",
-            metrics.invalid_objects.clone(),
+        let help_programming = "Time from the source publishing a change (API event or \
+                                manifest file change detected) until the maps hold it";
+        register!(
+            registry,
+            [
+                (
+                    "lbagent_sync_proxy_rules_duration_seconds",
+                    "Time one reconcile took to write a desired state into the maps",
+                    metrics.duration
+                ),
+                (
+                    "lbagent_sync_proxy_rules_last_timestamp_seconds",
+                    "Unix time of the last desired state completely programmed",
+                    metrics.last_timestamp
+                ),
+                (
+                    "lbagent_sync_proxy_rules_failures",
+                    "Reconciles that failed on a map write (retried)",
+                    metrics.failures
+                ),
+                (
+                    "lbagent_network_programming_duration_seconds",
+                    help_programming,
+                    metrics.programming_latency
+                ),
+                (
+                    "lbagent_resync_repairs",
+                    "Map entries the periodic resync found drifted and repaired",
+                    metrics.resync_repairs
+                ),
+                (
+                    "lbagent_programmed_services",
+                    "Service frontends with an entry in the maps",
+                    metrics.services
+                ),
+                (
+                    "lbagent_programmed_backends",
+                    "Backends in the maps",
+                    metrics.backends
+                ),
+                (
+                    "lbagent_invalid_objects",
+                    "Services and EndpointSlices (and the Node) skipped as invalid by the source",
+                    metrics.invalid_objects
+                ),
+            ]
         );
         metrics.register_kube_proxy_names(registry);
         metrics
@@ -135,25 +148,30 @@ impl SyncMetrics {
     /// kube-proxy's names for what is measured here.
     fn register_kube_proxy_names(&self, registry: &mut Registry) {
         // A metric's clones share its values: each is recorded once, served twice.
-        registry.register(
-            "kubeproxy_sync_proxy_rules_duration_seconds",
-            "SyncProxyRules latency in seconds",
-            self.duration.clone(),
-        );
-        registry.register(
-            "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
-            "The last time proxy rules were successfully synced",
-            self.last_timestamp.clone(),
-        );
-        registry.register(
-            "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
-            "The last time a sync of proxy rules was queued",
-            self.last_queued_timestamp.clone(),
-        );
-        registry.register(
-            "kubeproxy_network_programming_duration_seconds",
-            "In Cluster Network Programming Latency in seconds",
-            self.kube_proxy_programming_latency.clone(),
+        register!(
+            registry,
+            [
+                (
+                    "kubeproxy_sync_proxy_rules_duration_seconds",
+                    "SyncProxyRules latency in seconds",
+                    self.duration
+                ),
+                (
+                    "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+                    "The last time proxy rules were successfully synced",
+                    self.last_timestamp
+                ),
+                (
+                    "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
+                    "The last time a sync of proxy rules was queued",
+                    self.last_queued_timestamp
+                ),
+                (
+                    "kubeproxy_network_programming_duration_seconds",
+                    "In Cluster Network Programming Latency in seconds",
+                    self.kube_proxy_programming_latency
+                ),
+            ]
         );
     }
 
