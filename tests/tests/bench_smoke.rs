@@ -96,14 +96,12 @@ fn every_variant_and_workload_produces_sane_results() {
         agent.rss_mib[0] > 1.0 && agent.ready_s[0] > 0.0,
         "{agent:?}"
     );
-    assert_eq!(results.sync_latency_ms.len(), plan.sync_changes as usize);
+    let sync = &results.sync_latency[0];
+    assert_eq!(sync.services, 10, "one cell per size, with its Services");
+    assert_eq!(sync.latency_ms.len(), plan.sync_changes as usize);
     assert!(
-        results
-            .sync_latency_ms
-            .iter()
-            .all(|ms| *ms > 0.0 && *ms < 10_000.0),
-        "{:?}",
-        results.sync_latency_ms
+        sync.latency_ms.iter().all(|ms| *ms > 0.0 && *ms < 10_000.0) && sync.rss_mib > 1.0,
+        "{sync:?}"
     );
 
     let out = tempfile::tempdir().unwrap();

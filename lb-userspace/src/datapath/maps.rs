@@ -79,6 +79,19 @@ impl DatapathMaps {
         &mut self.maps[index_of(def.name)]
     }
 
+    /// The service entry of `key`, if any (one lookup).
+    pub fn service(&self, key: &ServiceKey) -> Result<Option<ServiceValue>, DatapathError> {
+        let read = |source| DatapathError::Read {
+            map: registry::SERVICES.name,
+            source,
+        };
+        match self.hash(registry::SERVICES).map_err(read)?.get(key, 0) {
+            Ok(value) => Ok(Some(value)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(read(e)),
+        }
+    }
+
     /// Every service entry.
     pub fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>, DatapathError> {
         self.entries(registry::SERVICES)

@@ -109,7 +109,7 @@ mod run {
             results.agent = agent_memory::run(plan)?;
         }
         if wants(Workload::SyncLatency) {
-            results.sync_latency_ms = sync_latency::run(plan.sync_changes as usize)?;
+            results.sync_latency = sync_latency::run(plan.sync_changes as usize, &plan.sizes)?;
         }
         Ok(results)
     }

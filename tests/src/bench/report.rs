@@ -402,29 +402,46 @@ fn control_plane_section(results: &Results) -> String {
 }
 
 fn sync_latency_section(results: &Results) -> String {
-    let mut samples = results.sync_latency_ms.clone();
-    if samples.is_empty() {
+    if results.sync_latency.is_empty() {
         return String::new();
     }
-    let n = samples.len();
-    let p50 = percentile(&mut samples, 0.5);
-    let p99 = percentile(&mut samples, 0.99);
-    let (min, max) = (samples[0], samples[n - 1]);
-    let mut table = Table::new(&["changes", "p50", "p99", "min", "max"]);
-    table.row(vec![
-        n.to_string(),
-        format!("{p50:.2} ms"),
-        format!("{p99:.2} ms"),
-        format!("{min:.2} ms"),
-        format!("{max:.2} ms"),
+    let mut table = Table::new(&[
+        "Services",
+        "changes",
+        "p50",
+        "p99",
+        "min",
+        "max",
+        "agent RSS",
     ]);
+    for cell in &results.sync_latency {
+        let mut samples = cell.latency_ms.clone();
+        let n = samples.len();
+        if n == 0 {
+            continue;
+        }
+        let p50 = percentile(&mut samples, 0.5);
+        let p99 = percentile(&mut samples, 0.99);
+        table.row(vec![
+            cell.services.to_string(),
+            n.to_string(),
+            format!("{p50:.2} ms"),
+            format!("{p99:.2} ms"),
+            format!("{:.2} ms", samples[0]),
+            format!("{:.2} ms", samples[n - 1]),
+            format!("{:.0} MiB", cell.rss_mib),
+        ]);
+    }
     format!(
         "## Kubernetes sync latency\n\nTime from an EndpointSlice change accepted by the \
          in-memory API server to the agent's services map showing it: the real `lb-agent` in \
-         Kubernetes mode watches the server from the node namespace; each change alternates one \
-         Service between two and three ready endpoints, {settle} ms apart; the pinned map is read \
-         in a tight loop.\n\n{}\n",
+         Kubernetes mode watches the server from the node namespace, with N Services in the \
+         cluster (N - 1 of them with {fillers} distinct endpoints each, its map capacities raised \
+         to fit); each change alternates one Service between two and three ready endpoints, \
+         {settle} ms apart; the pinned map is read in a tight loop. Agent RSS: VmRSS once every \
+         Service is programmed.\n\n{}\n",
         table.render(),
+        fillers = sync_latency::FILLER_ENDPOINTS,
         settle = sync_latency::SETTLE.as_millis(),
     )
 }

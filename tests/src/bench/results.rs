@@ -5,6 +5,8 @@ use std::net::SocketAddrV4;
 
 use serde::Serialize;
 
+pub use crate::bench::workloads::sync_latency::SyncCell;
+
 use super::{
     client::{ConnectionRun, RequestResponseRun, StreamRun},
     machine::Machine,
@@ -24,8 +26,9 @@ pub struct Results {
     pub programming: Vec<ControlCell>,
     pub endpoint_change: Vec<ControlCell>,
     pub agent: Vec<AgentCell>,
-    /// Kubernetes-mode sync latency of each EndpointSlice change, in milliseconds.
-    pub sync_latency_ms: Vec<f64>,
+    /// Kubernetes-mode sync latency of EndpointSlice changes, and the agent's memory, per
+    /// number of Services.
+    pub sync_latency: Vec<SyncCell>,
 }
 
 /// The plan's numbers, for the record.

@@ -84,7 +84,7 @@ fn measure_once(manifests: &std::path::Path, services: u32) -> Result<(f64, f64)
 }
 
 /// The pid of this process's child whose command name is `name` (the one agent running).
-fn child_named(name: &str) -> Result<u32> {
+pub fn child_named(name: &str) -> Result<u32> {
     let me = std::process::id();
     let entries = fs::read_dir("/proc").map_err(io_context("listing /proc"))?;
     for entry in entries.flatten() {
@@ -111,7 +111,7 @@ fn child_named(name: &str) -> Result<u32> {
 }
 
 /// VmRSS of `pid` in KiB.
-fn vm_rss_kib(pid: u32) -> Result<u64> {
+pub fn vm_rss_kib(pid: u32) -> Result<u64> {
     let path = format!("/proc/{pid}/status");
     let status = fs::read_to_string(&path).map_err(io_context(format!("reading {path}")))?;
     status
