@@ -265,3 +265,46 @@ fn written_maps_read_back_from_pins_and_udp_flush_is_precise() {
         "pins are removed with the Datapath"
     );
 }
+
+#[test]
+fn a_conntrack_table_larger_than_one_batch_reads_back_whole() {
+    if !is_root() {
+        return;
+    }
+    let dir = PinDir(PathBuf::from(format!(
+        "/sys/fs/bpf/lbu-dp-batch-{}",
+        std::process::id()
+    )));
+    bpffs::prepare_pin_dir(&dir.0).unwrap();
+    // Room for every entry, so the LRU evicts none.
+    let capacities = Capacities {
+        conntrack: 65_536,
+        ..CAPACITIES
+    };
+    let mut datapath = Datapath::load(&capacities).unwrap();
+    datapath.pin_maps(&dir.0).unwrap();
+    let mut conntrack: HashMap<_, CtKey, CtValue> =
+        HashMap::try_from(open_pin(&dir.0, registry::CONNTRACK.name)).unwrap();
+    let backend = endpoint("198.18.1.1", 5353);
+    // Ten thousand flows: more than one batch (4,096), both directions.
+    let mut written = Vec::new();
+    for port in 0..5_000u16 {
+        for flags in [ct_flags::FORWARD, ct_flags::REPLY] {
+            let entry = ct_entry(20_000 + port, backend, flags, (1, 1), IPPROTO_UDP);
+            conntrack.insert(entry.0, entry.1, 0).unwrap();
+            written.push(entry);
+        }
+    }
+
+    let mut read = datapath.maps().conntrack().unwrap();
+    let mut walked: Vec<(CtKey, CtValue)> = conntrack.iter().map(Result::unwrap).collect();
+    let order = |(key, _): &(CtKey, CtValue)| (key.src_port, key.dst_port, key.src_addr);
+    for entries in [&mut read, &mut walked, &mut written] {
+        entries.sort_by_key(order);
+    }
+    assert_eq!(read.len(), 10_000);
+    assert!(
+        read == walked && read == written,
+        "the batched read differs"
+    );
+}

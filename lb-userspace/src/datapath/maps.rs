@@ -12,6 +12,7 @@ use lb_common::{
     ServiceValue, IPPROTO_UDP,
 };
 
+use super::batch;
 use super::DatapathError;
 use crate::reconciler::{MapReader, MapWriteError, MapWriter};
 
@@ -109,7 +110,18 @@ impl DatapathMaps {
 
     /// Every conntrack entry (forward and reply).
     pub fn conntrack(&self) -> Result<Vec<(CtKey, CtValue)>, DatapathError> {
-        self.entries(registry::CONNTRACK)
+        self.conntrack_entries()
+            .map_err(|source| DatapathError::Read {
+                map: registry::CONNTRACK.name,
+                source,
+            })
+    }
+
+    /// Every conntrack entry, read in batches.
+    fn conntrack_entries(&self) -> Result<Vec<(CtKey, CtValue)>, MapError> {
+        let conntrack = map_data(self.map(registry::CONNTRACK));
+        let conntrack = conntrack.ok_or(MapError::InvalidMapType { map_type: 0 })?;
+        batch::entries(conntrack).map_err(MapError::IoError)
     }
 
     /// The node-wide counters, each summed over all CPUs.
@@ -217,21 +229,14 @@ impl MapWriter for DatapathMaps {
             source,
         };
         let stale: Vec<CtKey> = self
-            .hash(registry::CONNTRACK)
+            .conntrack_entries()
             .map_err(failed)?
-            .iter()
-            .filter_map(|entry| match entry {
-                Ok((key, value))
-                    if key.proto == IPPROTO_UDP
-                        && flows.contains(&(value.group_id, value.backend_id)) =>
-                {
-                    Some(Ok(key))
-                }
-                Ok(_) => None,
-                Err(e) => Some(Err(e)),
+            .into_iter()
+            .filter(|(key, value)| {
+                key.proto == IPPROTO_UDP && flows.contains(&(value.group_id, value.backend_id))
             })
-            .collect::<Result<_, _>>()
-            .map_err(failed)?;
+            .map(|(key, _)| key)
+            .collect();
         remove_all(self.map_mut(registry::CONNTRACK), &stale).map_err(failed)
     }
 }
@@ -307,6 +312,16 @@ fn index_of(name: &str) -> usize {
         .unwrap_or_else(|| unreachable!("map {name} is not in the registry"))
 }
 
+/// The map behind `map`, if it is of a kind the registry uses.
+fn map_data(map: &Map) -> Option<&MapData> {
+    match map {
+        Map::HashMap(data) | Map::LruHashMap(data) | Map::Array(data) | Map::PerCpuArray(data) => {
+            Some(data)
+        }
+        _ => None,
+    }
+}
+
 /// Checks a map's kind, key and value sizes against its registry entry (not its size: that is
 /// chosen at load time).
 fn check_layout(spec: &MapSpec, map: &Map) -> Result<(), DatapathError> {
@@ -314,15 +329,9 @@ fn check_layout(spec: &MapSpec, map: &Map) -> Result<(), DatapathError> {
         map: spec.name,
         source,
     };
-    let data = match map {
-        Map::HashMap(data) | Map::LruHashMap(data) | Map::Array(data) | Map::PerCpuArray(data) => {
-            data
-        }
-        _ => {
-            return Err(layout(MapError::InvalidMapType {
-                map_type: spec.kind as u32,
-            }))
-        }
+    let Some(data) = map_data(map) else {
+        let map_type = spec.kind as u32;
+        return Err(layout(MapError::InvalidMapType { map_type }));
     };
     let info: MapInfo = data.info().map_err(layout)?;
     let map_type = info.map_type().map_err(layout)? as u32;

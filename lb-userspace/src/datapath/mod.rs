@@ -1,5 +1,6 @@
 //! The loaded eBPF data path: programs, their attachments and typed access to the maps.
 
+mod batch;
 mod error;
 mod kernel_log;
 pub mod link_pin;
