@@ -94,7 +94,9 @@ struct RunArgs {
     #[arg(long = "iface", value_name = "NAME")]
     ifaces: Vec<String>,
     /// Auto-attach: a glob (`*`, `?`) naming pod-facing interfaces (repeatable) [default:
-    /// veth* cali* lxc* cni* eni* gke* azv*]. Bridges, lo and the XDP interface never match.
+    /// veth* cali* lxc* cni* eni* gke* azv* flannel* vxlan* cilium_vxlan cilium_geneve: pod
+    /// veths and overlay devices]. Bridges, lo, the XDP interface and devices without
+    /// Ethernet frames never match.
     #[arg(long = "iface-pattern", value_name = "GLOB", conflicts_with = "ifaces")]
     iface_patterns: Vec<IfacePattern>,
     /// Interface to attach the XDP program to [default: with --iface none, in auto-attach

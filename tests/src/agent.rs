@@ -42,6 +42,8 @@ pub const API_ENV_VARS: [&str; 5] = [
     "LB_K8S_API_SERVER",
     "LB_K8S_SERVICE_ACCOUNT_DIR",
 ];
+/// How long an auto-attaching agent may take to attach TC to an interface once it exists.
+pub const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Grace period between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Poll interval while waiting for log lines or exit.
@@ -122,6 +124,11 @@ impl AgentOptions {
             env: Vec::new(),
         }
     }
+}
+
+/// The agent's log line once it attached its TC program to `iface`.
+pub fn tc_attached(iface: &str) -> String {
+    format!("attached lb_tc_ingress to {iface} ingress")
 }
 
 /// A running `lb-agent run`; stopped on drop.

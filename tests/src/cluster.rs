@@ -29,6 +29,17 @@ pub enum Protocol {
     Udp,
 }
 
+impl Protocol {
+    /// One request to `target` from the current namespace: a new TCP connection or a fresh
+    /// UDP socket, waiting up to `timeout` for the answer.
+    pub fn request(self, target: SocketAddrV4, timeout: Duration) -> io::Result<Reply> {
+        match self {
+            Protocol::Tcp => tcp_request(target, timeout),
+            Protocol::Udp => udp_request(target, timeout),
+        }
+    }
+}
+
 impl std::fmt::Display for Protocol {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -127,11 +138,12 @@ impl Cluster {
         timeout: Duration,
     ) -> Result<Vec<io::Result<Reply>>> {
         self.client().netns.run(|| {
+            let target = match protocol {
+                Protocol::Tcp => example::tcp_vip(),
+                Protocol::Udp => example::udp_vip(),
+            };
             (0..count)
-                .map(|_| match protocol {
-                    Protocol::Tcp => tcp_request(example::tcp_vip(), timeout),
-                    Protocol::Udp => udp_request(example::udp_vip(), timeout),
-                })
+                .map(|_| protocol.request(target, timeout))
                 .collect()
         })
     }

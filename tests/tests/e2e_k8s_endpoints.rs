@@ -14,7 +14,7 @@ use lb_tests::{
     apiserver::objects::{service, spec_mut, terminating_endpoint},
     cluster::{
         kube::{
-            connected_udp_request, requests, wait_for_backends, wait_until, web_ports, web_slice,
+            connected_udp_request, wait_for_backends, wait_until, web_ports, web_slice,
             KubeCluster, APPLY_TIMEOUT, NAMESPACE, NODE_NAME, REQUEST_TIMEOUT,
         },
         Protocol,
@@ -33,9 +33,11 @@ const QUICK: Duration = Duration::from_millis(500);
 fn wait_for_refusal(what: &str, netns: &NetNs, target: SocketAddrV4) {
     wait_until(what, APPLY_TIMEOUT, || {
         let started = Instant::now();
-        let mut replies = requests(netns, Protocol::Tcp, target, 1).map_err(|e| e.to_string())?;
-        match replies.pop() {
-            Some(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
+        let reply = netns
+            .run(|| Protocol::Tcp.request(target, REQUEST_TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        match reply {
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
                 let took = started.elapsed();
                 assert!(took < QUICK, "{what}: the refusal took {took:?}");
                 Ok(())

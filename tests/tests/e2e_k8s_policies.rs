@@ -12,8 +12,8 @@ use lb_tests::{
     apiserver::objects::{service, spec_mut},
     cluster::{
         kube::{
-            requests, tally, wait_for_backends, wait_until, web_ports, web_slice, KubeCluster,
-            APPLY_TIMEOUT, NAMESPACE, NODE_NAME, OTHER_NODE, REQUESTS,
+            tally, wait_for_backends, wait_until, web_ports, web_slice, KubeCluster, APPLY_TIMEOUT,
+            NAMESPACE, NODE_NAME, OTHER_NODE, REQUESTS, REQUEST_TIMEOUT,
         },
         Protocol,
     },
@@ -41,9 +41,11 @@ fn node_port_service(name: &str, octet: u8) -> Service {
 /// rejected (a refusal or an answer keeps waiting).
 fn wait_for_silent_drop(what: &str, netns: &NetNs, target: SocketAddrV4) {
     wait_until(what, APPLY_TIMEOUT, || {
-        let mut replies = requests(netns, Protocol::Tcp, target, 1).map_err(|e| e.to_string())?;
-        match replies.pop() {
-            Some(Err(e))
+        let reply = netns
+            .run(|| Protocol::Tcp.request(target, REQUEST_TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        match reply {
+            Err(e)
                 if matches!(
                     e.kind(),
                     io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock

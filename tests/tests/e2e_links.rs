@@ -10,21 +10,14 @@ use std::{
 };
 
 use lb_tests::{
-    agent::{Agent, AgentOptions, READY_MARKER},
+    agent::{tc_attached as attached, Agent, AgentOptions, ATTACH_TIMEOUT, READY_MARKER},
     example, require_root,
     servers::{tcp_answerers, Server},
     topology::{backend_addr, backend_name, Pod, Topology},
 };
 
 const TIMEOUT: Duration = Duration::from_secs(2);
-/// How long the agent may take to notice an interface change.
-const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUESTS: usize = 30;
-
-/// The log line of the agent attaching to `iface`.
-fn attached(iface: &str) -> String {
-    format!("attached lb_tc_ingress to {iface} ingress")
-}
 
 /// `REQUESTS` new TCP connections from `pod` to the example Service: who answered. Every
 /// request must succeed, answered from the VIP.
@@ -57,10 +50,13 @@ fn pods_that_come_and_go_are_attached_and_forgotten_without_a_restart() {
     let mut servers: Vec<Server> = (0..example::BACKENDS)
         .map(|i| backend_server(topology.pod(&backend_name(i))))
         .collect();
-    // Not pod-facing, must stay untouched: a bridge even though its name matches, and a veth
-    // whose name does not.
+    // Not pod-facing, must stay untouched: a bridge even though its name matches, a veth
+    // whose name does not, and a device without Ethernet frames (a layer-3 tun device, as
+    // IPIP and WireGuard tunnels are) whose name matches.
     let node = topology.node();
     node.ip(&["link", "add", "v-br", "type", "bridge"]).unwrap();
+    node.ip(&["tuntap", "add", "mode", "tun", "name", "v-tun"])
+        .unwrap();
     node.ip(&[
         "link", "add", "other0", "type", "veth", "peer", "name", "other1",
     ])
@@ -129,12 +125,16 @@ fn pods_that_come_and_go_are_attached_and_forgotten_without_a_restart() {
     );
 
     let log = agent.log();
-    for untouched in ["v-br", "other0", "other1", "lo"] {
+    for untouched in ["v-br", "other0", "other1", "lo", "v-tun"] {
         assert!(
             !log.contains(&attached(untouched)),
             "attached to {untouched}:\n{log}"
         );
     }
+    assert!(
+        log.contains("auto-attach: skipping v-tun: it carries no Ethernet frames"),
+        "{log}"
+    );
     // The node namespace has no default route, so no XDP: the only warning expected.
     let complaints: Vec<&str> = log
         .lines()

@@ -12,7 +12,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
     ops::RangeInclusive,
     time::Duration,
 };
@@ -20,7 +20,7 @@ use std::{
 use lb_tests::{
     cluster::{
         kube::connected_udp_request,
-        two_node::{Node, TwoNodes, CLIENT_ADDR, LAN_IFACE},
+        two_node::{node_port_service, Node, TwoNodes, CLIENT_ADDR, LAN_IFACE},
         Protocol,
     },
     inspect_output, require_root,
@@ -50,41 +50,14 @@ fn service(
     extra: &str,
     nodes: &[Node],
 ) -> String {
-    let [(_, tcp), (_, udp)] = node_ports;
-    let endpoints: String = nodes
-        .iter()
-        .map(|n| {
-            format!(
-                "  - {{addresses: [{}], nodeName: {}}}\n",
-                n.pod_addr(),
-                n.name()
-            )
-        })
-        .collect();
-    format!(
-        r#"apiVersion: v1
-kind: Service
-metadata: {{name: {name}, namespace: e2e}}
-spec:
-  type: NodePort
-  clusterIP: 198.19.5.{octet}
-  externalTrafficPolicy: {policy}
-{extra}  ports:
-  - {{name: http, protocol: TCP, port: 80, targetPort: 8080, nodePort: {tcp}}}
-  - {{name: dns, protocol: UDP, port: 53, targetPort: 8053, nodePort: {udp}}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: {name}-1
-  namespace: e2e
-  labels: {{kubernetes.io/service-name: {name}}}
-addressType: IPv4
-ports:
-  - {{name: http, protocol: TCP, port: 8080}}
-  - {{name: dns, protocol: UDP, port: 8053}}
-endpoints:
-{endpoints}"#
+    let endpoints: Vec<(Ipv4Addr, Node)> = nodes.iter().map(|&n| (n.pod_addr(), n)).collect();
+    node_port_service(
+        name,
+        Ipv4Addr::new(198, 19, 5, octet),
+        policy,
+        node_ports,
+        extra,
+        &endpoints,
     )
 }
 

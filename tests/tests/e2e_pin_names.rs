@@ -10,14 +10,13 @@ use std::{
 };
 
 use lb_tests::{
-    agent::{untranslated_after_cleanup, Agent, AgentOptions},
+    agent::{tc_attached, untranslated_after_cleanup, Agent, AgentOptions, ATTACH_TIMEOUT},
     example, require_root,
     servers::{tcp_answerers, Server},
     topology::{backend_addr, Topology, CLIENT_ADDR, NODE_IP},
 };
 
 const TIMEOUT: Duration = Duration::from_secs(2);
-const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUESTS: usize = 20;
 const NODE_PORT: u16 = 30080;
 /// The node's external interface (XDP), named like a VLAN interface.
@@ -113,8 +112,9 @@ fn interfaces_with_dots_in_their_names_are_attached_pinned_reused_and_cleaned_up
     ];
     let mut agent = Agent::start(topology.node(), options.clone()).unwrap();
     for iface in topology.host_ifaces() {
-        let attached = format!("attached lb_tc_ingress to {iface} ingress");
-        agent.wait_for_log(&attached, 1, ATTACH_TIMEOUT).unwrap();
+        agent
+            .wait_for_log(&tc_attached(&iface), 1, ATTACH_TIMEOUT)
+            .unwrap();
     }
     // Each pin is named after its interface with the dot written as ':'.
     let links = options.bpffs_dir.join("links");

@@ -18,8 +18,8 @@ pub(super) struct AutoAttach {
     watcher: LinkWatcher,
     /// Interfaces with the TC program, by index.
     attached: BTreeMap<u32, String>,
-    /// Interfaces whose attachment failed, by index: not retried (nor logged) again until
-    /// they are re-created.
+    /// Interfaces whose attachment failed, or that match but carry no Ethernet frames, by
+    /// index: not tried (nor logged) again until they are re-created.
     failed: BTreeSet<u32>,
 }
 
@@ -70,6 +70,15 @@ impl AutoAttach {
             None => {}
         }
         if !self.is_pod_facing(&link) || self.failed.contains(&link.index) {
+            return;
+        }
+        if !link.is_ethernet {
+            info!(
+                "auto-attach: skipping {}: it carries no Ethernet frames (a layer-3 device such \
+                 as an IPIP or WireGuard tunnel), and the TC program reads Ethernet frames",
+                link.name
+            );
+            self.failed.insert(link.index);
             return;
         }
         match datapath.attach_tc(&link.name) {

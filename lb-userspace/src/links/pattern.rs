@@ -4,8 +4,24 @@ use std::fmt;
 use std::str::FromStr;
 
 /// Host-side interface names common CNIs give pod veths: plain veth pairs (bridge, ptp and
-/// kindnet), Calico, Cilium, generic CNI tools, AWS VPC CNI, GKE and Azure.
-pub const DEFAULT_PATTERNS: &[&str] = &["veth*", "cali*", "lxc*", "cni*", "eni*", "gke*", "azv*"];
+/// kindnet), Calico, Cilium, generic CNI tools, AWS VPC CNI, GKE and Azure; and the overlay
+/// devices through which other nodes' pods answer: flannel's `flannel.1` (`flannel-v6.1`),
+/// Calico's `vxlan.calico` (`vxlan-v6.calico`), Weave's `vxlan-6784`, Cilium's
+/// `cilium_vxlan` and `cilium_geneve`. Layer-3 tunnels that match (flannel's WireGuard
+/// `flannel-wg`) are skipped: the TC program reads Ethernet frames.
+pub const DEFAULT_PATTERNS: &[&str] = &[
+    "veth*",
+    "cali*",
+    "lxc*",
+    "cni*",
+    "eni*",
+    "gke*",
+    "azv*",
+    "flannel*",
+    "vxlan*",
+    "cilium_vxlan",
+    "cilium_geneve",
+];
 
 /// Longest interface name Linux allows (`IFNAMSIZ` - 1).
 const MAX_IFACE_NAME: usize = 15;
@@ -107,7 +123,7 @@ mod tests {
     }
 
     #[test]
-    fn the_defaults_match_cni_veths_but_not_the_node_or_bridges() {
+    fn the_defaults_match_cni_veths_and_overlays_but_not_the_node_or_bridges() {
         let defaults = IfacePatterns::default();
         for pod in [
             "veth1a2b3c4d",
@@ -115,6 +131,13 @@ mod tests {
             "lxc0a1b2c",
             "cni-abc",
             "eni1234",
+            "flannel.1",
+            "flannel-v6.1",
+            "vxlan.calico",
+            "vxlan-v6.calico",
+            "vxlan-6784",
+            "cilium_vxlan",
+            "cilium_geneve",
         ] {
             assert!(defaults.matches(pod), "{pod}");
         }
@@ -126,6 +149,9 @@ mod tests {
             "docker0",
             "br-1234",
             "wlan0",
+            "cilium_host",
+            "kube-ipvs0",
+            "nodelocaldns",
         ] {
             assert!(!defaults.matches(node), "{node}");
         }

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
 };
-use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
+use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkLayerType, LinkMessage};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, AsyncSocket, AsyncSocketExt, TokioSocket};
 use tracing::{debug, warn};
@@ -22,6 +22,9 @@ pub struct Link {
     pub name: String,
     /// Whether it is a bridge (never pod-facing: its ports are).
     pub is_bridge: bool,
+    /// Whether its packets carry an Ethernet header (veths, VXLAN and Geneve devices; not
+    /// `lo` or layer-3 tunnels such as IPIP and WireGuard).
+    pub is_ethernet: bool,
 }
 
 /// What happened to a link.
@@ -136,7 +139,8 @@ pub(super) fn serialize(mut message: NetlinkMessage<RouteNetlinkMessage>) -> Vec
     bytes
 }
 
-/// The link's index, name and whether it is a bridge; `None` without a name.
+/// The link's index, name, whether it is a bridge and whether it is Ethernet; `None` without
+/// a name.
 fn describe(message: &LinkMessage) -> Option<Link> {
     let mut name = None;
     let mut is_bridge = false;
@@ -155,5 +159,6 @@ fn describe(message: &LinkMessage) -> Option<Link> {
         index: message.header.index,
         name: name?,
         is_bridge,
+        is_ethernet: message.header.link_layer_type == LinkLayerType::Ether,
     })
 }

@@ -24,7 +24,7 @@ use crate::{
     agent::{Agent, AgentOptions},
     apiserver::{objects, ApiServer, Options},
     netns::NetNs,
-    servers::{tcp_request, udp_request, Reply, Server},
+    servers::{Reply, Server},
     topology::{backend_name, Outside, Pod, Topology, CLIENT, EXTERNAL_IFACE, NODE_IP},
     Result,
 };
@@ -231,52 +231,33 @@ pub fn wait_for_backends(
     });
 }
 
-/// Sends `count` requests to `target` from inside `netns`, a new connection (TCP) or fresh
-/// socket (UDP) each, stopping at the first failure (whose error ends the list).
-pub fn requests(
-    netns: &NetNs,
-    protocol: Protocol,
-    target: SocketAddrV4,
-    count: usize,
-) -> Result<Vec<io::Result<Reply>>> {
-    netns.run(|| {
-        let mut replies = Vec::with_capacity(count);
-        for _ in 0..count {
-            let reply = match protocol {
-                Protocol::Tcp => tcp_request(target, REQUEST_TIMEOUT),
-                Protocol::Udp => udp_request(target, REQUEST_TIMEOUT),
-            };
-            let failed = reply.is_err();
-            replies.push(reply);
-            if failed {
-                break;
-            }
-        }
-        replies
-    })
-}
-
 /// Which pods answered `count` requests to `target` from `netns`, and how often; an `Err`
-/// describes the first failed request or an answer from an address other than `target`.
+/// describes the first failed request (the last one sent) or an answer from an address other
+/// than `target`.
 pub fn tally(
     netns: &NetNs,
     protocol: Protocol,
     target: SocketAddrV4,
     count: usize,
 ) -> std::result::Result<BTreeMap<String, usize>, String> {
-    let replies = requests(netns, protocol, target, count).map_err(|e| e.to_string())?;
-    let mut counts = BTreeMap::new();
-    for (i, reply) in replies.into_iter().enumerate() {
-        let reply = reply.map_err(|e| format!("{protocol} request {i} to {target} failed: {e}"))?;
-        if reply.peer != SocketAddr::V4(target) {
-            return Err(format!(
-                "{protocol} request {i} to {target} answered from {}",
-                reply.peer
-            ));
-        }
-        *counts.entry(reply.from).or_insert(0) += 1;
-    }
-    Ok(counts)
+    netns
+        .run(|| {
+            let mut counts = BTreeMap::new();
+            for i in 0..count {
+                let reply = protocol
+                    .request(target, REQUEST_TIMEOUT)
+                    .map_err(|e| format!("{protocol} request {i} to {target} failed: {e}"))?;
+                if reply.peer != SocketAddr::V4(target) {
+                    return Err(format!(
+                        "{protocol} request {i} to {target} answered from {}",
+                        reply.peer
+                    ));
+                }
+                *counts.entry(reply.from).or_insert(0) += 1;
+            }
+            Ok(counts)
+        })
+        .map_err(|e| e.to_string())?
 }
 
 /// Sends one datagram from a connected UDP socket in `netns` and waits for the answer; a

@@ -17,6 +17,16 @@
 //! through node A: a reply that node A did not masquerade goes straight to the client, as it
 //! would in a real cluster, and breaks the connection.
 //!
+//! With [`PodNetwork::Vxlan`] the pods talk over a VXLAN overlay instead, set up as flannel's
+//! vxlan backend sets it up (pod CIDRs 198.18.64.0/24 on node A and 198.18.65.0/24 on node
+//! B): a `flannel.1` device on each node (VNI 1, UDP port 8472, no learning, MTU 1450) whose
+//! address is the node's pod-CIDR network address (its VTEP address); per remote node a route
+//! to its pod CIDR via its VTEP address `onlink dev flannel.1`, a permanent neighbour entry for
+//! that address with the remote `flannel.1`'s MAC, and an FDB entry sending that MAC to the
+//! remote node's LAN address. Packets between pods of different nodes cross the LAN inside
+//! VXLAN and arrive on `flannel.1`; everything else (the client, masqueraded replies to node
+//! A's LAN address) still takes the LAN.
+//!
 //! The frames that node A's XDP program translates come from the client and, for replies,
 //! from pod-b, so both send with transmit checksum offload off (complete checksums, as on a
 //! wire). No XDP program runs on the LAN side of the veths: nothing here is answered with
@@ -32,12 +42,12 @@ use std::{
 
 use super::Protocol;
 use crate::{
-    agent::{Agent, AgentOptions},
+    agent::{tc_attached, Agent, AgentOptions, ATTACH_TIMEOUT},
     cmd,
     netns::{unique_prefix, NetNs},
-    servers::{tcp_request, udp_request, Reply, Server},
+    servers::{Reply, Server},
     topology::{lan::Lan, Pod, Topology, POD_IFACE},
-    Result,
+    Error, Result,
 };
 
 /// Each node's interface on the LAN, where its agent attaches XDP.
@@ -52,6 +62,95 @@ pub const POD_PORTS: [(Protocol, u16); 2] = [(Protocol::Tcp, 8080), (Protocol::U
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 /// Prefix length of the LAN.
 const LAN_PREFIX: u8 = 24;
+/// The VXLAN device of [`PodNetwork::Vxlan`] on each node, named as flannel names it.
+pub const VXLAN_IFACE: &str = "flannel.1";
+/// The VXLAN network identifier and UDP port flannel's vxlan backend uses by default.
+const VXLAN_ID: &str = "1";
+const VXLAN_PORT: &str = "8472";
+/// `flannel.1`'s MTU: the LAN's 1500 less VXLAN's 50 bytes of headers, as flannel sets it.
+const VXLAN_MTU: &str = "1450";
+
+/// How the two nodes' pods reach each other.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PodNetwork {
+    /// Each node routes the other's pod CIDR via the other's LAN address (as kindnet and
+    /// flannel's host-gw backend do).
+    #[default]
+    Routed,
+    /// A VXLAN overlay on [`VXLAN_IFACE`], as flannel's vxlan backend sets it up.
+    Vxlan,
+}
+
+impl PodNetwork {
+    /// The address of `node`'s pod on this network.
+    pub fn pod_addr(self, node: Node) -> Ipv4Addr {
+        let [a, b, c, _] = self.pod_net(node).octets();
+        Ipv4Addr::new(a, b, c, 11)
+    }
+
+    /// The network address of `node`'s pod CIDR (a /24); on [`PodNetwork::Vxlan`] also the
+    /// address of the node's [`VXLAN_IFACE`] (its VTEP address), as flannel gives it.
+    fn pod_net(self, node: Node) -> Ipv4Addr {
+        match (self, node) {
+            (PodNetwork::Routed, Node::A) => Ipv4Addr::new(198, 18, 10, 0),
+            (PodNetwork::Routed, Node::B) => Ipv4Addr::new(198, 18, 20, 0),
+            (PodNetwork::Vxlan, Node::A) => Ipv4Addr::new(198, 18, 64, 0),
+            (PodNetwork::Vxlan, Node::B) => Ipv4Addr::new(198, 18, 65, 0),
+        }
+    }
+
+    /// `node`'s pod CIDR.
+    fn pod_cidr(self, node: Node) -> String {
+        format!("{}/24", self.pod_net(node))
+    }
+
+    /// Makes `netns`, the namespace of `node`, reach the other node's pods.
+    fn connect(self, node: Node, netns: &NetNs) -> Result<()> {
+        let other = node.other();
+        let cidr = self.pod_cidr(other);
+        match self {
+            PodNetwork::Routed => netns
+                .ip(&["route", "add", &cidr, "via", &other.addr().to_string()])
+                .map(drop),
+            PodNetwork::Vxlan => {
+                let (mac, local, lan) = (node.vtep_mac(), node.addr(), LAN_IFACE);
+                let (remote_mac, remote) = (other.vtep_mac(), other.addr());
+                let vtep = self.pod_net(node);
+                let remote_vtep = self.pod_net(other);
+                let dev = VXLAN_IFACE;
+                for command in [
+                    format!(
+                        "link add {dev} address {mac} mtu {VXLAN_MTU} type vxlan id {VXLAN_ID} \
+                         local {local} dev {lan} dstport {VXLAN_PORT} nolearning"
+                    ),
+                    format!("addr add {vtep}/32 dev {dev}"),
+                    format!("link set {dev} up"),
+                    format!("route add {cidr} via {remote_vtep} dev {dev} onlink"),
+                    format!("neigh add {remote_vtep} lladdr {remote_mac} dev {dev} nud permanent"),
+                ] {
+                    netns.ip(&command.split(' ').collect::<Vec<_>>())?;
+                }
+                let fdb = format!("fdb append {remote_mac} dev {dev} dst {remote}");
+                let args: Vec<&str> = ["-netns", netns.name()]
+                    .into_iter()
+                    .chain(fdb.split(' '))
+                    .collect();
+                cmd::run("bridge", &args).map(drop)
+            }
+        }
+    }
+}
+
+/// How [`TwoNodes::start_with`] builds the nodes and runs their agents.
+#[derive(Clone, Debug, Default)]
+pub struct Setup {
+    pub network: PodNetwork,
+    /// Auto-attach with these `--iface-pattern`s; empty: TC on the pods' veths by name
+    /// (`--iface`).
+    pub iface_patterns: Vec<String>,
+    /// Further `lb-agent run` arguments for node A's agent.
+    pub node_a_args: Vec<String>,
+}
 
 /// One of the two nodes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -88,19 +187,17 @@ impl Node {
         }
     }
 
-    /// The address of the node's pod.
+    /// The address of the node's pod on the [`PodNetwork::Routed`] network
+    /// ([`TwoNodes::start`]).
     pub fn pod_addr(self) -> Ipv4Addr {
-        match self {
-            Node::A => Ipv4Addr::new(198, 18, 10, 11),
-            Node::B => Ipv4Addr::new(198, 18, 20, 11),
-        }
+        PodNetwork::Routed.pod_addr(self)
     }
 
-    /// The node's pod subnet (the other node routes it via this node's LAN address).
-    fn pod_cidr(self) -> &'static str {
+    /// The MAC address of the node's [`VXLAN_IFACE`].
+    fn vtep_mac(self) -> &'static str {
         match self {
-            Node::A => "198.18.10.0/24",
-            Node::B => "198.18.20.0/24",
+            Node::A => "02:00:c6:12:40:00",
+            Node::B => "02:00:c6:12:41:00",
         }
     }
 
@@ -131,8 +228,22 @@ pub struct TwoNodes {
 impl TwoNodes {
     /// Builds the LAN, the client and both nodes with their pods, starts the pods' servers
     /// ([`POD_PORTS`]) and an agent per node on `manifests`, and waits until both are ready.
-    /// `node_a_args` are further `lb-agent run` arguments for node A's agent.
+    /// `node_a_args` are further `lb-agent run` arguments for node A's agent. The pods are
+    /// routed ([`PodNetwork::Routed`]) and each agent attaches TC to its pod's veth by name.
     pub fn start(manifests: &Path, node_a_args: &[&str]) -> Result<TwoNodes> {
+        TwoNodes::start_with(
+            manifests,
+            &Setup {
+                node_a_args: node_a_args.iter().map(|arg| arg.to_string()).collect(),
+                ..Setup::default()
+            },
+        )
+    }
+
+    /// [`TwoNodes::start`] as `setup` says. With auto-attach it also waits until each agent
+    /// has attached its pod's veth.
+    pub fn start_with(manifests: &Path, setup: &Setup) -> Result<TwoNodes> {
+        let network = setup.network;
         let id = unique_prefix();
         let mut lan = Lan::new(&id)?;
         let client = NetNs::create(&format!("{id}-client"))?;
@@ -144,13 +255,9 @@ impl TwoNodes {
         let mut nodes = Vec::new();
         let mut servers = BTreeMap::new();
         for node in Node::ALL {
-            let topology = Topology::new(&[(node.pod_name(), node.pod_addr())])?;
+            let topology = Topology::new(&[(node.pod_name(), network.pod_addr(node))])?;
             lan.join(topology.node(), LAN_IFACE, node.addr(), LAN_PREFIX)?;
-            let other = node.other();
-            let via = other.addr().to_string();
-            topology
-                .node()
-                .ip(&["route", "add", other.pod_cidr(), "via", &via])?;
+            network.connect(node, topology.node())?;
             let pod = topology.pod(node.pod_name());
             checksum_offload_off(&pod.netns)?;
             for (protocol, port) in POD_PORTS {
@@ -166,15 +273,32 @@ impl TwoNodes {
 
         let mut agents = Vec::new();
         for (node, topology) in Node::ALL.into_iter().zip(&nodes) {
-            let mut options = AgentOptions::new(topology.id(), manifests, topology.host_ifaces());
+            let auto_attach = !setup.iface_patterns.is_empty();
+            let ifaces = if auto_attach {
+                Vec::new()
+            } else {
+                topology.host_ifaces()
+            };
+            let mut options = AgentOptions::new(topology.id(), manifests, ifaces);
+            options.iface_patterns = setup.iface_patterns.clone();
             options.xdp_iface = Some(LAN_IFACE.to_string());
             let addr = node.addr().to_string();
             options.extra_args = ["--node-name", node.name(), "--node-address", &addr]
                 .iter()
-                .chain(if node == Node::A { node_a_args } else { &[] })
                 .map(|arg| arg.to_string())
+                .chain(if node == Node::A {
+                    setup.node_a_args.clone()
+                } else {
+                    Vec::new()
+                })
                 .collect();
-            agents.push(Agent::start(topology.node(), options)?);
+            let mut agent = Agent::start(topology.node(), options)?;
+            if auto_attach {
+                for iface in topology.host_ifaces() {
+                    agent.wait_for_log(&tc_attached(&iface), 1, ATTACH_TIMEOUT)?;
+                }
+            }
+            agents.push(agent);
         }
         Ok(TwoNodes {
             agents,
@@ -193,6 +317,25 @@ impl TwoNodes {
     /// The agent of `node`.
     pub fn agent(&self, node: Node) -> &Agent {
         &self.agents[node.index()]
+    }
+
+    /// The agent of `node`, to wait for its logs.
+    pub fn agent_mut(&mut self, node: Node) -> &mut Agent {
+        &mut self.agents[node.index()]
+    }
+
+    /// Packets `node`'s [`VXLAN_IFACE`] received so far (what arrived over the overlay).
+    pub fn vxlan_rx_packets(&self, node: Node) -> Result<u64> {
+        let path = format!("/sys/class/net/{VXLAN_IFACE}/statistics/rx_packets");
+        // `ip netns exec` mounts the namespace's own sysfs.
+        let count = cmd::run(
+            "ip",
+            &["netns", "exec", self.node(node).name(), "cat", &path],
+        )?;
+        count.trim().parse().map_err(|e| Error::Invalid {
+            what: format!("{path} in {}", self.node(node).name()),
+            reason: format!("{e}: {count:?}"),
+        })
     }
 
     /// The namespace of `node`.
@@ -223,15 +366,65 @@ impl TwoNodes {
         target: SocketAddrV4,
         count: usize,
     ) -> Result<Vec<io::Result<Reply>>> {
-        self.client.run(|| {
-            (0..count)
-                .map(|_| match protocol {
-                    Protocol::Tcp => tcp_request(target, REQUEST_TIMEOUT),
-                    Protocol::Udp => udp_request(target, REQUEST_TIMEOUT),
-                })
-                .collect()
-        })
+        requests_from(&self.client, protocol, target, count)
     }
+}
+
+/// [`TwoNodes::requests`] from `netns` (a pod's, say) instead of the client's.
+pub fn requests_from(
+    netns: &NetNs,
+    protocol: Protocol,
+    target: SocketAddrV4,
+    count: usize,
+) -> Result<Vec<io::Result<Reply>>> {
+    netns.run(|| {
+        (0..count)
+            .map(|_| protocol.request(target, REQUEST_TIMEOUT))
+            .collect()
+    })
+}
+
+/// A NodePort Service `name` in namespace `e2e` at `cluster_ip` with TCP 80 -> 8080 and UDP
+/// 53 -> 8053 ([`POD_PORTS`]) on `node_ports`, `policy` as externalTrafficPolicy and `extra`
+/// as further `spec` lines, and its EndpointSlice with `endpoints` (pod address, its node).
+pub fn node_port_service(
+    name: &str,
+    cluster_ip: Ipv4Addr,
+    policy: &str,
+    node_ports: [(Protocol, u16); 2],
+    extra: &str,
+    endpoints: &[(Ipv4Addr, Node)],
+) -> String {
+    let [(_, tcp), (_, udp)] = node_ports;
+    let endpoints: String = endpoints
+        .iter()
+        .map(|(addr, node)| format!("  - {{addresses: [{addr}], nodeName: {}}}\n", node.name()))
+        .collect();
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: e2e}}
+spec:
+  type: NodePort
+  clusterIP: {cluster_ip}
+  externalTrafficPolicy: {policy}
+{extra}  ports:
+  - {{name: http, protocol: TCP, port: 80, targetPort: 8080, nodePort: {tcp}}}
+  - {{name: dns, protocol: UDP, port: 53, targetPort: 8053, nodePort: {udp}}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {name}-1
+  namespace: e2e
+  labels: {{kubernetes.io/service-name: {name}}}
+addressType: IPv4
+ports:
+  - {{name: http, protocol: TCP, port: 8080}}
+  - {{name: dns, protocol: UDP, port: 8053}}
+endpoints:
+{endpoints}"#
+    )
 }
 
 /// Turns transmit checksum offload off on `netns`'s [`POD_IFACE`], so its frames carry
