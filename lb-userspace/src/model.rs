@@ -226,6 +226,25 @@ impl FromIterator<(Frontend, DesiredService)> for DesiredState {
     }
 }
 
+/// Which frontends of a desired state changed since an earlier one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Changed {
+    /// Possibly every frontend: the reconciler compares them all.
+    Everything,
+    /// Only these (added, changed or removed).
+    Frontends(BTreeSet<Frontend>),
+}
+
+impl Changed {
+    /// Adds what changed after this.
+    pub fn merge(&mut self, later: Changed) {
+        match (self, later) {
+            (Changed::Frontends(these), Changed::Frontends(later)) => these.extend(later),
+            (this, _) => *this = Changed::Everything,
+        }
+    }
+}
+
 /// An address in the maps' 16-byte form (IPv4-mapped for IPv4).
 pub fn map_addr(addr: IpAddr) -> [u8; 16] {
     match addr {

@@ -289,13 +289,11 @@ async fn serve(
     let result = loop {
         tokio::select! {
             () = &mut shutdown => break Ok(()),
-            changed = source.states.changed() => {
-                if changed.is_err() {
+            update = source.states.next() => {
+                let Some(update) = update else {
                     break Err(AgentError::SourceStopped(source.name));
-                }
-                if let Some(desired) = source.states.borrow_and_update().clone() {
-                    programmer.want(desired);
-                }
+                };
+                programmer.want(update);
                 programmer.apply(datapath.maps());
             }
             _ = retry.tick(), if programmer.has_pending() => programmer.apply(datapath.maps()),

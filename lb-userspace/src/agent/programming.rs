@@ -2,7 +2,6 @@
 //! (retrying a failed write), resyncs the maps periodically, logs the lines operators and
 //! tests read, and records metrics and health.
 
-use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use tracing::{error, info, warn};
@@ -11,8 +10,9 @@ use crate::datapath::{Capacities, DatapathMaps};
 use crate::error::Chain;
 use crate::health::SyncHealth;
 use crate::metrics::SyncMetrics;
-use crate::model::DesiredState;
+use crate::model::Changed;
 use crate::reconciler::Reconciler;
+use crate::source::Update;
 
 /// The one reconciler of the agent, whatever the source.
 pub(super) struct Programmer {
@@ -21,8 +21,9 @@ pub(super) struct Programmer {
     /// Whether `reconciler` took over what the pinned maps hold (an earlier agent's writes
     /// outlive it), which happens before anything is written or resynced.
     adopted: bool,
-    /// A desired state not yet fully written.
-    pending: Option<Arc<DesiredState>>,
+    /// A desired state not yet fully written, with the frontends changed since the last one
+    /// that was.
+    pending: Option<Update>,
     /// When the oldest change not yet fully written arrived.
     pending_since: Option<Instant>,
     metrics: SyncMetrics,
@@ -47,10 +48,17 @@ impl Programmer {
         self.pending.is_some()
     }
 
-    /// Makes `desired` the state to program, replacing any older one not yet written.
-    pub(super) fn want(&mut self, desired: Arc<DesiredState>) {
+    /// Makes `update`'s state the one to program, replacing any older one not yet written
+    /// (whose changes are kept).
+    pub(super) fn want(&mut self, update: Update) {
         let now = Instant::now();
-        self.pending = Some(desired);
+        match &mut self.pending {
+            Some(pending) => {
+                pending.changed.merge(update.changed);
+                pending.state = update.state;
+            }
+            None => self.pending = Some(update),
+        }
         self.pending_since.get_or_insert(now);
         self.health.queued(now);
         self.metrics.queued(SystemTime::now());
@@ -63,9 +71,16 @@ impl Programmer {
         if self.pending.is_none() || !self.adopt(maps) {
             return;
         }
-        let Some(desired) = &self.pending else { return };
+        let Some(pending) = &mut self.pending else {
+            return;
+        };
         let started = Instant::now();
-        match self.reconciler.apply(desired, maps) {
+        let applied = self
+            .reconciler
+            .apply_changes(&pending.state, &pending.changed, maps);
+        // What a failed apply wrote is recorded, but not which frontends it left half done.
+        pending.changed = Changed::Everything;
+        match applied {
             Ok(summary) => {
                 let since = self.pending_since.take().unwrap_or(started);
                 let now = SystemTime::now();

@@ -17,7 +17,10 @@ use crate::objects::ObjectKey;
 /// A desired state and, per Service, the frontends it claims.
 #[derive(Debug, Default)]
 pub struct DesiredTracker {
-    state: DesiredState,
+    /// Shared with what was published: changed in place unless a reader still holds it.
+    state: Arc<DesiredState>,
+    /// Frontends added, changed or removed since [`DesiredTracker::publish`].
+    changed: BTreeSet<Frontend>,
     /// Each Service's frontends as last computed, owned or not.
     claims: HashMap<ObjectKey, Vec<(Frontend, Arc<DesiredService>)>>,
     /// Services that claim a frontend another Service owns.
@@ -31,7 +34,21 @@ impl DesiredTracker {
     }
 
     pub fn into_state(self) -> DesiredState {
-        self.state
+        Arc::unwrap_or_clone(self.state)
+    }
+
+    /// The state to publish, and the frontends changed since the last call.
+    pub fn publish(&mut self) -> (Arc<DesiredState>, BTreeSet<Frontend>) {
+        (Arc::clone(&self.state), std::mem::take(&mut self.changed))
+    }
+
+    fn set(&mut self, frontend: Frontend, desired: Option<Arc<DesiredService>>) {
+        let services = &mut Arc::make_mut(&mut self.state).services;
+        match desired {
+            Some(desired) => services.insert(frontend, desired),
+            None => services.remove(&frontend),
+        };
+        self.changed.insert(frontend);
     }
 
     /// Replaces what `service` claims with `frontends` (empty for a deleted or unproxied
@@ -80,11 +97,9 @@ impl DesiredTracker {
                     owner_name(service)
                 );
                 self.contested.entry(frontend).or_default().insert(owner);
-                self.state.services.insert(frontend, Arc::clone(desired));
+                self.set(frontend, Some(Arc::clone(desired)));
             }
-            _ => {
-                self.state.services.insert(frontend, Arc::clone(desired));
-            }
+            _ => self.set(frontend, Some(Arc::clone(desired))),
         }
     }
 
@@ -119,10 +134,7 @@ impl DesiredTracker {
                 .and_then(|claims| claims.iter().find(|(f, _)| *f == frontend))
                 .map(|(_, desired)| Arc::clone(desired))
         });
-        match successor {
-            Some(desired) => self.state.services.insert(frontend, desired),
-            None => self.state.services.remove(&frontend),
-        };
+        self.set(frontend, successor);
     }
 }
 

@@ -158,6 +158,7 @@ impl Reconciler {
             services: adopted,
             backends: adopted_backends,
             udp_flush: BTreeSet::new(),
+            rejected: BTreeSet::new(),
         };
         Ok((reconciler, repairs))
     }

@@ -39,7 +39,9 @@ use std::sync::Arc;
 
 use lb_common::{BackendSlotKey, ServiceKey, ServiceValue};
 
-use crate::model::{DesiredService, DesiredState, Frontend, Protocol, ServicePortName, SCOPES};
+use crate::model::{
+    Changed, DesiredService, DesiredState, Frontend, Protocol, ServicePortName, SCOPES,
+};
 use backends::{describe, Backends};
 pub use error::{CapacityError, MapWriteError, ReconcileError};
 use ids::IdPool;
@@ -123,6 +125,8 @@ pub struct Reconciler {
     /// (group id, backend id) pairs whose UDP flows are still to be flushed: the backend left
     /// the group (see [`Reconciler::flush_udp_conntrack`]).
     udp_flush: BTreeSet<(u32, u32)>,
+    /// Frontends rejected for capacity: planned again by every apply until they fit.
+    rejected: BTreeSet<Frontend>,
 }
 
 /// A frontend as written to the maps.
@@ -208,6 +212,7 @@ impl Reconciler {
             services: BTreeMap::new(),
             backends: Backends::new(capacities.backends),
             udp_flush: BTreeSet::new(),
+            rejected: BTreeSet::new(),
         }
     }
 
@@ -257,8 +262,23 @@ impl Reconciler {
         desired: &DesiredState,
         maps: &mut impl MapWriter,
     ) -> Result<ReconcileSummary, ReconcileError> {
+        self.apply_changes(desired, &Changed::Everything, maps)
+    }
+
+    /// [`Reconciler::apply`] when only `changed` frontends (and those rejected before) may
+    /// differ from what is programmed, as the source that made `desired` says: the others
+    /// are not even compared, so the cost does not grow with the number of services.
+    pub fn apply_changes(
+        &mut self,
+        desired: &DesiredState,
+        changed: &Changed,
+        maps: &mut impl MapWriter,
+    ) -> Result<ReconcileSummary, ReconcileError> {
         let mut summary = ReconcileSummary::default();
-        let (gone, changed) = self.changes(desired);
+        let (gone, changed) = match changed {
+            Changed::Everything => self.changes(desired),
+            Changed::Frontends(frontends) => self.changes_among(desired, frontends),
+        };
         for frontend in gone {
             self.remove_service(frontend, maps, &mut summary)?;
         }
@@ -267,6 +287,7 @@ impl Reconciler {
             self.plan_and_write(frontend, service, maps, &mut summary)?;
         }
         self.remove_unused_backends(maps, &mut summary)?;
+        self.rejected.clear();
         if !summary.rejected.is_empty() {
             // The backend ids and slots freed above may make room for what was rejected.
             for rejected in std::mem::take(&mut summary.rejected) {
@@ -277,6 +298,8 @@ impl Reconciler {
             }
             self.remove_unused_backends(maps, &mut summary)?;
         }
+        self.rejected
+            .extend(summary.rejected.iter().map(|rejected| rejected.frontend));
         Ok(summary)
     }
 
@@ -299,6 +322,28 @@ impl Reconciler {
             }
         }
         gone.extend(programmed.map(|(old, _)| *old));
+        (gone, changed)
+    }
+
+    /// [`Reconciler::changes`] looking only at `frontends` and the ones rejected before.
+    #[allow(clippy::type_complexity)]
+    fn changes_among<'a>(
+        &self,
+        desired: &'a DesiredState,
+        frontends: &BTreeSet<Frontend>,
+    ) -> (Vec<Frontend>, Vec<(Frontend, &'a Arc<DesiredService>)>) {
+        let (mut gone, mut changed) = (Vec::new(), Vec::new());
+        for frontend in frontends.union(&self.rejected) {
+            let programmed = self.services.get(frontend);
+            match desired.services.get(frontend) {
+                Some(service) if !programmed.is_some_and(|p| p.holds(service)) => {
+                    changed.push((*frontend, service));
+                }
+                Some(_) => {}
+                None if programmed.is_some() => gone.push(*frontend),
+                None => {}
+            }
+        }
         (gone, changed)
     }
 

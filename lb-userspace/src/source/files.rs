@@ -7,10 +7,11 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tracing::{error, info};
 
-use super::{channel, DesiredStates};
+use super::{channel, DesiredStates, Update};
 use crate::error::Chain;
 use crate::manifests::ManifestDir;
 use crate::metrics::SyncMetrics;
+use crate::model::Changed;
 
 /// Polls `dir` in a task and publishes each changed state. Read errors are logged (once until
 /// they change) and keep the last state. The number of invalid objects goes to `metrics`.
@@ -38,7 +39,11 @@ pub fn spawn(
                         sync.services, sync.endpoint_slices, sync.invalid_objects
                     );
                     metrics.invalid_objects(sync.invalid_objects);
-                    publisher.send_replace(Some(Arc::new(sync.state)));
+                    // The directory is translated whole: the reconciler compares every frontend.
+                    publisher.publish(Update {
+                        state: Arc::new(sync.state),
+                        changed: Changed::Everything,
+                    });
                 }
                 Ok(None) => {}
                 Err(e) => {

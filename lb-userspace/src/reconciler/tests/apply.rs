@@ -411,3 +411,51 @@ fn a_frontend_left_half_written_is_planned_again() {
     assert_eq!(summary.frontends_planned, 1);
     assert_eq!(maps.resolved(), resolved_fresh(&changed));
 }
+
+#[test]
+fn changes_named_by_the_source_are_all_that_is_compared() {
+    let state = desired(&[(tcp(80), &[1, 2]), (tcp(81), &[3]), (udp(53), &[4])]);
+    let (mut reconciler, mut maps) = setup(&state);
+    let mut changed = state.clone();
+    changed.insert(tcp(81), service(&tcp(81), &[3, 5]));
+    changed.services.remove(&udp(53));
+    let named = Changed::Frontends(BTreeSet::from([tcp(81), udp(53)]));
+    let summary = reconciler
+        .apply_changes(&changed, &named, &mut maps)
+        .unwrap();
+    assert_eq!(
+        (summary.frontends_planned, summary.services_removed),
+        (1, 2)
+    );
+    assert_eq!(maps.resolved(), resolved_fresh(&changed));
+    maps.assert_no_leftovers();
+    assert_no_leaked_ids(&reconciler);
+    // Nothing named, nothing compared.
+    let none = Changed::Frontends(BTreeSet::new());
+    let summary = reconciler
+        .apply_changes(&changed, &none, &mut maps)
+        .unwrap();
+    assert_eq!(summary.frontends_planned, 0);
+}
+
+#[test]
+fn a_rejected_frontend_is_planned_again_once_a_change_frees_room() {
+    let capacities = Capacities {
+        services: 3,
+        ..Capacities::default()
+    };
+    let mut reconciler = Reconciler::new(&capacities);
+    let mut maps = FakeMaps::default();
+    let both = desired(&[(tcp(80), &[1]), (tcp(81), &[2])]);
+    let summary = reconciler.apply(&both, &mut maps).unwrap();
+    assert_eq!(summary.rejected.len(), 1);
+
+    // The source names only the removed frontend; the rejected one gets its room.
+    let only_81 = desired(&[(tcp(81), &[2])]);
+    let named = Changed::Frontends(BTreeSet::from([tcp(80)]));
+    let summary = reconciler
+        .apply_changes(&only_81, &named, &mut maps)
+        .unwrap();
+    assert!(summary.rejected.is_empty(), "{:?}", summary.rejected);
+    assert_eq!(maps.resolved(), resolved_fresh(&only_81));
+}

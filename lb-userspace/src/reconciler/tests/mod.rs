@@ -8,7 +8,9 @@ use lb_common::{
 };
 
 use super::{MapReader, MapWriteError, MapWriter, Reconciler};
-use crate::model::{DesiredService, DesiredState, Endpoint, Frontend, Protocol, ServicePortName};
+use crate::model::{
+    Changed, DesiredService, DesiredState, Endpoint, Frontend, Protocol, ServicePortName,
+};
 use lb_common::Capacities;
 
 mod adopt;

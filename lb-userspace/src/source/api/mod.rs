@@ -15,8 +15,6 @@
 pub mod access;
 pub mod state;
 
-use std::sync::Arc;
-
 use futures::{stream, FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -103,12 +101,13 @@ pub fn spawn(
             while let Some(Some(change)) = changes.next().now_or_never() {
                 apply(&mut view, change, max_endpoints, &health);
             }
-            if let Some((change_set, state)) = view.take_change_set() {
+            if let Some((change_set, update)) = view.take_change_set() {
                 info!("{change_set}");
                 metrics.invalid_objects(change_set.invalid_objects);
-                if publisher.send(Some(Arc::new(state))).is_err() {
+                if publisher.is_closed() {
                     return;
                 }
+                publisher.publish(update);
             }
         }
     });

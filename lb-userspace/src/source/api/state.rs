@@ -21,8 +21,9 @@ use kube::ResourceExt;
 use tracing::warn;
 
 use crate::k8s::{owner, service_frontends, DesiredTracker, NodeDef, ServiceDef, SliceDef};
-use crate::model::DesiredState;
+use crate::model::{Changed, DesiredService, Frontend};
 use crate::objects::{FieldError, LastValid, ObjectError, ObjectKey, SkippedObject};
+use crate::source::Update;
 
 /// Objects of one kind as the watcher reported them.
 #[derive(Debug)]
@@ -171,7 +172,7 @@ impl ClusterView {
 
     /// When every kind has been listed and something changed since the last call: what
     /// changed and the desired state now.
-    pub fn take_change_set(&mut self) -> Option<(ChangeSet, DesiredState)> {
+    pub fn take_change_set(&mut self) -> Option<(ChangeSet, Update)> {
         let kinds_listed = self.services.listed && self.slices.listed && self.node.listed;
         let events = self.services.events + self.slices.events + self.node.events;
         if !kinds_listed || events == 0 {
@@ -221,17 +222,17 @@ impl ClusterView {
         for service in dirty {
             desired.update(service.clone(), self.frontends_of(&service, &node));
         }
-        let state = desired.state().clone();
+        let (state, frontends) = desired.publish();
         self.desired = Some(desired);
-        Some((change_set, state))
+        let changed = match everything {
+            true => Changed::Everything,
+            false => Changed::Frontends(frontends),
+        };
+        Some((change_set, Update { state, changed }))
     }
 
     /// The frontends `service` claims now (none once it is deleted).
-    fn frontends_of(
-        &self,
-        service: &ObjectKey,
-        node: &NodeDef,
-    ) -> Vec<(crate::model::Frontend, crate::model::DesiredService)> {
+    fn frontends_of(&self, service: &ObjectKey, node: &NodeDef) -> Vec<(Frontend, DesiredService)> {
         let Some(definition) = self.services.objects.get(service) else {
             return Vec::new();
         };
@@ -313,6 +314,7 @@ mod tests {
     use k8s_openapi::api::discovery::v1::EndpointSlice;
 
     use super::*;
+    use crate::model::DesiredState;
 
     fn service(name: &str, ip: &str, port: &str) -> Service {
         serde_yaml::from_str(&format!(
@@ -416,7 +418,7 @@ mod tests {
         on_node(&mut view, Event::Init);
         on_node(&mut view, Event::InitApply(node("198.18.0.1")));
         on_node(&mut view, Event::InitDone);
-        let (change_set, state) = view.take_change_set().unwrap();
+        let (change_set, state) = take(&mut view);
         assert_eq!(
             change_set.to_string(),
             "kubernetes change set: 1 service, 1 endpoint slice, 1 node events; in effect: 1 \
@@ -444,7 +446,7 @@ mod tests {
             "a half relist changes nothing"
         );
         on_slice(&mut view, Event::Apply(slice("web", "198.18.1.2")));
-        let (_, during) = view.take_change_set().unwrap();
+        let (_, during) = take(&mut view);
         assert_eq!(
             frontends(&during),
             [
@@ -454,7 +456,7 @@ mod tests {
             "other kinds' changes apply on the services as last complete"
         );
         on_service(&mut view, Event::InitDone);
-        let (_, after) = view.take_change_set().unwrap();
+        let (_, after) = take(&mut view);
         assert_eq!(
             frontends(&after),
             ["198.18.0.1:30080/TCP -> ", "198.19.0.11:81/TCP -> "]
@@ -476,7 +478,7 @@ mod tests {
             Event::InitApply(service("web", "198.19.0.10", "80")),
         );
         on_service(&mut view, Event::InitDone);
-        let (_, state) = view.take_change_set().unwrap();
+        let (_, state) = take(&mut view);
         assert_eq!(
             frontends(&state),
             [
@@ -500,7 +502,7 @@ mod tests {
               skipped; its last valid version stays in effect)"
             ]
         );
-        let (change_set, state) = view.take_change_set().unwrap();
+        let (change_set, state) = take(&mut view);
         assert_eq!(change_set.invalid_objects, 1);
         assert_eq!(
             frontends(&state),
@@ -513,7 +515,7 @@ mod tests {
             &mut view,
             Event::Delete(service("web", "198.19.0.10", "80")),
         );
-        let (change_set, state) = view.take_change_set().unwrap();
+        let (change_set, state) = take(&mut view);
         assert_eq!((change_set.invalid_objects, state.services.len()), (0, 0));
     }
 
@@ -521,12 +523,18 @@ mod tests {
     fn node_ports_follow_the_node_object() {
         let mut view = listed();
         on_node(&mut view, Event::Apply(node("198.18.0.2")));
-        let (_, state) = view.take_change_set().unwrap();
+        let (_, state) = take(&mut view);
         assert!(frontends(&state)[0].starts_with("198.18.0.2:30080/TCP"));
         on_node(&mut view, Event::Delete(node("198.18.0.2")));
-        let (change_set, state) = view.take_change_set().unwrap();
+        let (change_set, state) = take(&mut view);
         assert_eq!(change_set.node.name, "node-a", "the name stays known");
         assert_eq!(frontends(&state), ["198.19.0.10:80/TCP -> 198.18.1.1:8080"]);
+    }
+
+    /// The next change set and the desired state it publishes.
+    fn take(view: &mut ClusterView) -> (ChangeSet, DesiredState) {
+        let (change_set, update) = view.take_change_set().unwrap();
+        (change_set, (*update.state).clone())
     }
 
     /// The desired state a full translation of the view's objects gives.
@@ -553,10 +561,17 @@ mod tests {
             Arc::clone(&state.services[&key])
         };
 
-        // A new service with its slice: `web`'s services are the very same.
+        // A new service with its slice: `web`'s services are the very same, and only the new
+        // frontends are reported as changed.
         on_service(&mut view, Event::Apply(service("api", "198.19.0.11", "81")));
         on_slice(&mut view, Event::Apply(slice("api", "198.18.1.3")));
-        let (_, state) = view.take_change_set().unwrap();
+        let (_, update) = view.take_change_set().unwrap();
+        let Changed::Frontends(changed) = &update.changed else {
+            panic!("{:?}", update.changed);
+        };
+        let changed: Vec<String> = changed.iter().map(ToString::to_string).collect();
+        assert_eq!(changed, ["198.18.0.1:30080/TCP", "198.19.0.11:81/TCP"]);
+        let state = (*update.state).clone();
         assert!(Arc::ptr_eq(&web(&first), &web(&state)));
         assert_eq!(state, translated(&view));
 
@@ -564,7 +579,7 @@ mod tests {
         let mut moved = slice("api", "198.18.1.4");
         moved.metadata.name = Some("web-1".into());
         on_slice(&mut view, Event::Apply(moved.clone()));
-        let (_, state) = view.take_change_set().unwrap();
+        let (_, state) = take(&mut view);
         assert_eq!(state, translated(&view));
         assert!(frontends(&state).contains(&"198.19.0.10:80/TCP -> ".to_string()));
 
@@ -574,13 +589,13 @@ mod tests {
             &mut view,
             Event::Delete(service("api", "198.19.0.11", "81")),
         );
-        let (_, state) = view.take_change_set().unwrap();
+        let (_, state) = take(&mut view);
         assert_eq!(state, translated(&view));
         assert_eq!(state.services.len(), 2, "web's ClusterIP and node port");
 
         // A node change recomputes everything.
         on_node(&mut view, Event::Apply(node("198.18.0.2")));
-        let (_, state) = view.take_change_set().unwrap();
+        let (_, state) = take(&mut view);
         assert_eq!(state, translated(&view));
     }
 }
