@@ -7,6 +7,8 @@
 //! - [`servers`]: real TCP and UDP servers in pods that answer with their pod name, and clients.
 //! - [`agent`]: the real `lb-agent` binary running in the node namespace.
 //! - [`cluster`]: all of the above running the example Service.
+//! - [`deploy`]: `manifests/deploy/` parsed, and the agent's container as the kubelet resolves
+//!   it (feature `kube`).
 //! - [`example`]: the example Service in `manifests/examples/` and its EndpointSlice.
 //! - [`root`]: skipping tests loudly when not root.
 //! - [`bpftool`]: dumping and changing pinned maps by their raw bytes, as an operator would.
@@ -27,6 +29,8 @@ pub mod bpftool;
 pub mod cluster;
 pub mod cmd;
 pub mod counting_program;
+#[cfg(feature = "kube")]
+pub mod deploy;
 pub mod error;
 pub mod example;
 pub mod inspect_output;
