@@ -1,7 +1,7 @@
 //! The deployment manifests (`manifests/deploy/`) parse into typed Kubernetes objects with no
 //! unknown or misspelt field, and ask for what the agent needs and no more: read access to
-//! Services, EndpointSlices and Nodes, the host network, bpffs and three capabilities instead
-//! of a privileged container. The DaemonSet's arguments are flags the real `lb-agent` accepts.
+//! Services, EndpointSlices and Nodes, the host network, bpffs, the node's net.* sysctls and
+//! three capabilities instead of a privileged container. The DaemonSet's arguments are flags the real `lb-agent` accepts.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -82,25 +82,33 @@ fn the_daemonset_runs_on_the_host_network_with_bpffs_and_capabilities_not_privil
         .any(|t| t.operator.as_deref() == Some("Exists") && t.key.is_none()));
 
     let container = deployment.agent_container();
-    let bpffs_volume = pod
-        .volumes
-        .as_deref()
-        .unwrap_or_default()
-        .iter()
-        .find(|v| {
-            v.host_path
-                .as_ref()
-                .is_some_and(|h| h.path == "/sys/fs/bpf")
-        })
-        .expect("a hostPath volume of /sys/fs/bpf");
-    let mounts = container.volume_mounts.as_deref().unwrap_or_default();
-    assert!(
-        mounts
+    let volumes = pod.volumes.as_deref().unwrap_or_default();
+    let host_path_mount = |host_path: &str| {
+        let volume = volumes
             .iter()
-            .any(|m| m.name == bpffs_volume.name && m.mount_path == "/sys/fs/bpf"),
-        "bpffs is not mounted at /sys/fs/bpf: {mounts:?}"
+            .find(|v| v.host_path.as_ref().is_some_and(|h| h.path == host_path))
+            .unwrap_or_else(|| panic!("a hostPath volume of {host_path}"));
+        let mounts = container.volume_mounts.as_deref().unwrap_or_default();
+        let mount = mounts.iter().find(|m| m.name == volume.name);
+        mount
+            .unwrap_or_else(|| panic!("{host_path} is not mounted: {mounts:?}"))
+            .mount_path
+            .clone()
+    };
+    assert_eq!(host_path_mount("/sys/fs/bpf"), "/sys/fs/bpf");
+    // The node's net.* sysctls, where the agent writes accept_local.
+    let proc_sys_net = host_path_mount("/proc/sys/net");
+    let args = container.args.as_deref().unwrap_or_default();
+    assert!(
+        args.contains(&format!("--proc-sys-net-dir={proc_sys_net}")),
+        "{args:?}"
     );
-    assert_eq!(mounts.len(), 1, "nothing but bpffs from the host");
+    let mounts = container.volume_mounts.as_deref().unwrap_or_default();
+    assert_eq!(
+        mounts.len(),
+        2,
+        "nothing but bpffs and net.* sysctls from the host"
+    );
 
     let security = container
         .security_context
