@@ -10,6 +10,7 @@
 //! - [`deploy`]: `manifests/deploy/` parsed, and the agent's container as the kubelet resolves
 //!   it (feature `kube`).
 //! - [`example`]: the example Service in `manifests/examples/` and its EndpointSlice.
+//! - [`load`]: client traffic that counts lost requests and broken connections.
 //! - [`root`]: skipping tests loudly when not root.
 //! - [`bpftool`]: dumping and changing pinned maps by their raw bytes, as an operator would.
 //! - [`counting_program`]: a packet-counting TC program standing for another tool's on the
@@ -34,6 +35,7 @@ pub mod deploy;
 pub mod error;
 pub mod example;
 pub mod inspect_output;
+pub mod load;
 pub mod netns;
 pub mod raw_bpf;
 pub mod root;
