@@ -50,8 +50,13 @@ pub const SERVICE_NET: &str = "198.19.0.0/16";
 pub const POD_PORTS: [(Protocol, u16); 2] = [(Protocol::Tcp, 8080), (Protocol::Udp, 8053)];
 /// Per-request timeout of [`TwoNodes::requests`].
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+/// Every node's default gateway on the LAN (no namespace answers there): what makes
+/// [`LAN_IFACE`] a node's external interface for an agent that looks for it.
+pub const GATEWAY_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 254);
 /// Prefix length of the LAN.
 const LAN_PREFIX: u8 = 24;
+/// Node-side veth names as CNI plugins make them (matched by the agent's `veth*` pattern).
+const CNI_VETH_PREFIX: &str = "veth-";
 
 /// One of the two nodes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -121,7 +126,7 @@ impl Node {
 #[derive(Debug)]
 pub struct TwoNodes {
     // Field order is drop order: the LAN goes last.
-    agents: Vec<Agent>,
+    agents: BTreeMap<Node, Agent>,
     servers: BTreeMap<(Node, Protocol), Server>,
     client: NetNs,
     nodes: Vec<Topology>,
@@ -133,6 +138,20 @@ impl TwoNodes {
     /// ([`POD_PORTS`]) and an agent per node on `manifests`, and waits until both are ready.
     /// `node_a_args` are further `lb-agent run` arguments for node A's agent.
     pub fn start(manifests: &Path, node_a_args: &[&str]) -> Result<TwoNodes> {
+        let mut cluster = TwoNodes::without_agents()?;
+        for node in Node::ALL {
+            let args = if node == Node::A { node_a_args } else { &[] };
+            cluster.start_agent(node, manifests, args)?;
+        }
+        Ok(cluster)
+    }
+
+    /// Builds the LAN, the client and both nodes with their pods and starts the pods'
+    /// servers ([`POD_PORTS`]), but no agent. Pods' node-side veths are named as CNI plugins
+    /// name them (`veth-<pod>`), so an agent in auto-attach mode finds them; each node's
+    /// default route leads to [`GATEWAY_ADDR`] on its [`LAN_IFACE`], where such an agent
+    /// attaches XDP.
+    pub fn without_agents() -> Result<TwoNodes> {
         let id = unique_prefix();
         let mut lan = Lan::new(&id)?;
         let client = NetNs::create(&format!("{id}-client"))?;
@@ -144,13 +163,15 @@ impl TwoNodes {
         let mut nodes = Vec::new();
         let mut servers = BTreeMap::new();
         for node in Node::ALL {
-            let topology = Topology::new(&[(node.pod_name(), node.pod_addr())])?;
+            let pods = [(node.pod_name(), node.pod_addr())];
+            let topology = Topology::with_host_prefix(CNI_VETH_PREFIX, &pods)?;
             lan.join(topology.node(), LAN_IFACE, node.addr(), LAN_PREFIX)?;
             let other = node.other();
             let via = other.addr().to_string();
-            topology
-                .node()
-                .ip(&["route", "add", other.pod_cidr(), "via", &via])?;
+            let node_ns = topology.node();
+            node_ns.ip(&["route", "add", other.pod_cidr(), "via", &via])?;
+            let gateway = GATEWAY_ADDR.to_string();
+            node_ns.ip(&["route", "add", "default", "via", &gateway, "dev", LAN_IFACE])?;
             let pod = topology.pod(node.pod_name());
             checksum_offload_off(&pod.netns)?;
             for (protocol, port) in POD_PORTS {
@@ -163,26 +184,45 @@ impl TwoNodes {
             }
             nodes.push(topology);
         }
-
-        let mut agents = Vec::new();
-        for (node, topology) in Node::ALL.into_iter().zip(&nodes) {
-            let mut options = AgentOptions::new(topology.id(), manifests, topology.host_ifaces());
-            options.xdp_iface = Some(LAN_IFACE.to_string());
-            let addr = node.addr().to_string();
-            options.extra_args = ["--node-name", node.name(), "--node-address", &addr]
-                .iter()
-                .chain(if node == Node::A { node_a_args } else { &[] })
-                .map(|arg| arg.to_string())
-                .collect();
-            agents.push(Agent::start(topology.node(), options)?);
-        }
         Ok(TwoNodes {
-            agents,
+            agents: BTreeMap::new(),
             servers,
             client,
             nodes,
             _lan: lan,
         })
+    }
+
+    /// Starts a file-mode agent on `node` reading `manifests`, with TC on its pods' veths,
+    /// XDP on [`LAN_IFACE`] and further `lb-agent run` arguments `args`, and waits until it
+    /// is ready.
+    pub fn start_agent(&mut self, node: Node, manifests: &Path, args: &[&str]) -> Result<()> {
+        let topology = &self.nodes[node.index()];
+        let mut options = AgentOptions::new(topology.id(), manifests, topology.host_ifaces());
+        options.xdp_iface = Some(LAN_IFACE.to_string());
+        let addr = node.addr().to_string();
+        options.extra_args = ["--node-name", node.name(), "--node-address", &addr]
+            .iter()
+            .chain(args)
+            .map(|arg| arg.to_string())
+            .collect();
+        let agent = Agent::start(topology.node(), options)?;
+        self.agents.insert(node, agent);
+        Ok(())
+    }
+
+    /// Adds a pod `name` at `addr` on `node` (with no server): in the node's pod subnet
+    /// (198.18.10.0/24 on node A, 198.18.20.0/24 on node B) the other node routes to it.
+    pub fn add_pod(&mut self, node: Node, name: &str, addr: Ipv4Addr) -> Result<&Pod> {
+        let pod = self.nodes[node.index()].add_pod(name, addr)?;
+        checksum_offload_off(&pod.netns)?;
+        Ok(pod)
+    }
+
+    /// The bpffs directory name (under `/sys/fs/bpf`) and namespace prefix of `node`: unique
+    /// to this process, removed by the harness's stale-state sweep once it is gone.
+    pub fn id(&self, node: Node) -> &str {
+        self.nodes[node.index()].id()
     }
 
     /// The outside client's namespace.
@@ -192,12 +232,17 @@ impl TwoNodes {
 
     /// The agent of `node`.
     pub fn agent(&self, node: Node) -> &Agent {
-        &self.agents[node.index()]
+        &self.agents[&node]
     }
 
     /// The namespace of `node`.
     pub fn node(&self, node: Node) -> &NetNs {
         self.nodes[node.index()].node()
+    }
+
+    /// The pod `name` of `node` (one [`TwoNodes::add_pod`] added).
+    pub fn pod_named(&self, node: Node, name: &str) -> &Pod {
+        self.nodes[node.index()].pod(name)
     }
 
     /// The pod of `node`.
