@@ -9,6 +9,8 @@
 //! - [`cluster`]: all of the above running the example Service.
 //! - [`deploy`]: `manifests/deploy/` parsed, and the agent's container as the kubelet resolves
 //!   it (feature `kube`).
+//! - [`podman`]: the agent's image assembled from the build output, run by podman + runc as
+//!   the DaemonSet declares it (feature `kube`).
 //! - [`example`]: the example Service in `manifests/examples/` and its EndpointSlice.
 //! - [`load`]: client traffic that counts lost requests and broken connections.
 //! - [`root`]: skipping tests loudly when not root.
@@ -37,6 +39,8 @@ pub mod example;
 pub mod inspect_output;
 pub mod load;
 pub mod netns;
+#[cfg(feature = "kube")]
+pub mod podman;
 pub mod raw_bpf;
 pub mod root;
 pub mod scrape;
