@@ -35,6 +35,22 @@ pub struct Traffic {
     pub broken: usize,
 }
 
+impl Traffic {
+    /// Prints the tally as `<what>restarts: N, requests: N, failed: N, broken: N` and asserts
+    /// that at least `min_requests` were made and none failed or broke.
+    pub fn assert_nothing_lost(&self, what: &str, restarts: usize, min_requests: usize) {
+        println!(
+            "{what}restarts: {restarts}, requests: {}, failed: {}, broken: {}",
+            self.requests, self.failed, self.broken
+        );
+        assert!(
+            self.requests >= min_requests,
+            "{what}too little traffic to mean anything: {self:?}"
+        );
+        assert_eq!((self.failed, self.broken), (0, 0), "{what}{self:?}");
+    }
+}
+
 /// Runs client traffic inside the namespace `client` until `stop` is set (or two minutes
 /// pass): each round asks once on every kept connection to `tcp`, and makes one new TCP
 /// connection to `tcp` and one UDP request to `udp`. Panics if the kept connections cannot be

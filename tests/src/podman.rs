@@ -108,26 +108,19 @@ impl Podman {
 
     /// Runs `podman args...` and returns its stdout.
     pub fn run(&self, args: &[&str]) -> Result<String> {
-        let mut command = self.command();
-        let output = command
-            .args(args)
-            .output()
-            .map_err(io_context("cannot run podman"))?;
-        if !output.status.success() {
-            return Err(Error::Command {
-                command: format!("podman {}", args.join(" ")),
-                status: output.status.to_string(),
-                stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-            });
-        }
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        self.output(args).map(|(stdout, _)| stdout)
     }
 
     /// Runs `podman args...` to its end and returns its stdout and then its stderr (where
     /// the agent logs).
     pub fn run_with_stderr(&self, args: &[&str]) -> Result<String> {
-        let mut command = self.command();
-        let output = command
+        self.output(args).map(|(stdout, stderr)| stdout + &stderr)
+    }
+
+    /// Stdout and stderr of `podman args...`; an error with the stderr if it fails.
+    fn output(&self, args: &[&str]) -> Result<(String, String)> {
+        let output = self
+            .command()
             .args(args)
             .output()
             .map_err(io_context("cannot run podman"))?;
@@ -136,10 +129,10 @@ impl Podman {
             return Err(Error::Command {
                 command: format!("podman {}", args.join(" ")),
                 status: output.status.to_string(),
-                stderr,
+                stderr: stderr.trim().to_string(),
             });
         }
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned() + &stderr)
+        Ok((String::from_utf8_lossy(&output.stdout).into_owned(), stderr))
     }
 
     /// Assembles the agent's image from the build output (the binary [`Agent::binary`] and
@@ -373,13 +366,11 @@ pub fn pod_args(
     );
     let profile = kubelet.runtime_default_seccomp.display();
     push(&["--security-opt", &format!("seccomp={profile}")]);
-    for (user, flag) in [
-        (security.run_as_user, "--user"),
-        (security.run_as_group, "--group-add"),
-    ] {
-        if let Some(id) = user {
-            push(&[flag, &id.to_string()]);
-        }
+    match (security.run_as_user, security.run_as_group) {
+        (None, None) => {}
+        (Some(user), None) => push(&["--user", &user.to_string()]),
+        (Some(user), Some(group)) => push(&["--user", &format!("{user}:{group}")]),
+        (None, Some(_)) => panic!("runAsGroup without runAsUser is not modelled"),
     }
     let limits = container.resources.as_ref().and_then(|r| r.limits.as_ref());
     if let Some(memory) = limits.and_then(|l| l.get("memory")) {
