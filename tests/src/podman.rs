@@ -46,8 +46,9 @@ const POLL: Duration = Duration::from_millis(100);
 /// How long a stopped container gets between SIGTERM and SIGKILL (the DaemonSet's
 /// terminationGracePeriodSeconds is longer; the tests never need it).
 const STOP_GRACE: &str = "5";
-/// This machine's runtime settings: cgroups in hybrid mode (crun fails, runc works, no
-/// systemd), and podman's default ulimits fail here.
+/// This machine's runtime settings (cgroups in hybrid mode: crun fails, runc works, no
+/// systemd; podman's default ulimits fail here), and every directory podman would otherwise
+/// keep state in machine-wide moved under `{dir}`, its own.
 const CONTAINERS_CONF: &str = "\
 [containers]
 default_ulimits = []
@@ -56,6 +57,12 @@ default_ulimits = []
 runtime = \"runc\"
 cgroup_manager = \"cgroupfs\"
 events_logger = \"file\"
+events_logfile_path = \"{dir}/events.log\"
+tmp_dir = \"{dir}/tmp\"
+volume_path = \"{dir}/volumes\"
+
+[network]
+network_config_dir = \"{dir}/networks\"
 ";
 
 /// Suffix of a [`Podman`]'s directory (`<tmp>/lbt-<pid>-<n>-podman`).
@@ -76,7 +83,8 @@ impl Podman {
         let dir = std::env::temp_dir().join(format!("{}{DIR_SUFFIX}", unique_prefix()));
         fs::create_dir(&dir).map_err(io_context(format!("creating {}", dir.display())))?;
         let podman = Podman { dir };
-        fs::write(podman.dir.join("containers.conf"), CONTAINERS_CONF)
+        let conf = CONTAINERS_CONF.replace("{dir}", &podman.dir.to_string_lossy());
+        fs::write(podman.dir.join("containers.conf"), conf)
             .map_err(io_context("writing containers.conf"))?;
         podman.run(&["--version"]).map_err(|e| Error::Invalid {
             what: "container runtime".into(),
