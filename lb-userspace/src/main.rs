@@ -10,6 +10,7 @@ use clap::{ArgMatches, Args, FromArgMatches, Parser, Subcommand};
 use lb_common::Capacity;
 use lb_userspace::agent::{
     self, Masquerade, PortRange, RunConfig, SourceConfig, XdpIface, DEFAULT_BPFFS_DIR,
+    DEFAULT_PROC_SYS_NET_DIR,
 };
 use lb_userspace::datapath::{KernelLogLevel, MAX_ENTRIES};
 use lb_userspace::inspect::Snapshot;
@@ -122,6 +123,11 @@ struct RunArgs {
     /// They stay pinned when the agent exits; `lb-agent cleanup` removes them.
     #[arg(long, default_value = DEFAULT_BPFFS_DIR)]
     bpffs_dir: PathBuf,
+    /// The node's `net.*` sysctls, where accept_local is written (masquerading and node port
+    /// replies need it): in a container, whose own /proc/sys is read-only, the node's
+    /// /proc/sys/net mounted writable (the DaemonSet mounts it at /host/proc/sys/net).
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PROC_SYS_NET_DIR)]
+    proc_sys_net_dir: PathBuf,
     /// How often the maps are read back and repaired if they drifted (e.g. 30s, 500ms, 2m).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     resync_interval: Duration,
@@ -259,6 +265,7 @@ fn run(args: RunArgs, kernel_log_level: KernelLogLevel) -> anyhow::Result<()> {
         tc_ifaces: args.ifaces,
         iface_patterns: IfacePatterns::new(args.iface_patterns),
         bpffs_dir: args.bpffs_dir,
+        proc_sys_net_dir: args.proc_sys_net_dir,
         capacities: args.map_sizes.0,
         resync_interval: args.resync_interval,
         metrics_addr: args.metrics_addr,

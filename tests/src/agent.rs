@@ -384,7 +384,7 @@ pub fn untranslated_after_cleanup(netns: &NetNs, target: std::net::SocketAddrV4)
 
 /// Removes a harness-made bpffs directory (`/sys/fs/bpf/lbt-...`) left by an agent; any other
 /// path is left alone.
-fn remove_pins(dir: &Path) {
+pub fn remove_pins(dir: &Path) {
     let ours = dir.parent() == Some(Path::new(BPFFS_ROOT))
         && dir
             .file_name()

@@ -7,7 +7,12 @@
 //! - [`servers`]: real TCP and UDP servers in pods that answer with their pod name, and clients.
 //! - [`agent`]: the real `lb-agent` binary running in the node namespace.
 //! - [`cluster`]: all of the above running the example Service.
+//! - [`deploy`]: `manifests/deploy/` parsed, and the agent's container as the kubelet resolves
+//!   it (feature `kube`).
+//! - [`podman`]: the agent's image assembled from the build output, run by podman + runc as
+//!   the DaemonSet declares it (feature `kube`).
 //! - [`example`]: the example Service in `manifests/examples/` and its EndpointSlice.
+//! - [`load`]: client traffic that counts lost requests and broken connections.
 //! - [`root`]: skipping tests loudly when not root.
 //! - [`bpftool`]: dumping and changing pinned maps by their raw bytes, as an operator would.
 //! - [`counting_program`]: a packet-counting TC program standing for another tool's on the
@@ -27,10 +32,15 @@ pub mod bpftool;
 pub mod cluster;
 pub mod cmd;
 pub mod counting_program;
+#[cfg(feature = "kube")]
+pub mod deploy;
 pub mod error;
 pub mod example;
 pub mod inspect_output;
+pub mod load;
 pub mod netns;
+#[cfg(feature = "kube")]
+pub mod podman;
 pub mod raw_bpf;
 pub mod root;
 pub mod scrape;

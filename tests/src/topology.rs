@@ -84,10 +84,15 @@ pub struct Outside {
     pub netns: NetNs,
 }
 
+/// Default prefix of the pods' node-side veth names.
+const HOST_PREFIX: &str = "v-";
+
 /// A node namespace and its pods; all namespaces (and so all veths) are deleted on drop.
 #[derive(Debug)]
 pub struct Topology {
     id: String,
+    /// Prefix of the pods' node-side veth names.
+    host_prefix: &'static str,
     // Field order is drop order: the node goes last.
     pods: Vec<Pod>,
     outside: Option<Outside>,
@@ -98,6 +103,15 @@ impl Topology {
     /// Builds a node with the given pods (name, address). Namespace names carry a prefix unique
     /// to this process and call, so topologies can coexist.
     pub fn new(pods: &[(&str, Ipv4Addr)]) -> Result<Topology> {
+        Topology::with_host_prefix(HOST_PREFIX, pods)
+    }
+
+    /// [`Topology::new`] with the pods' node-side veths named `<host_prefix><name>`, e.g.
+    /// `veth-` as CNI plugins name them, which the agent's default auto-attach patterns match.
+    pub fn with_host_prefix(
+        host_prefix: &'static str,
+        pods: &[(&str, Ipv4Addr)],
+    ) -> Result<Topology> {
         let id = crate::netns::unique_prefix();
         let node = NetNs::create(&format!("{id}-node"))?;
         node.set_sysctl("net.ipv4.ip_forward", "1")?;
@@ -105,6 +119,7 @@ impl Topology {
         node.set_sysctl("net.ipv4.conf.default.rp_filter", "0")?;
         let mut topology = Topology {
             id,
+            host_prefix,
             pods: Vec::with_capacity(pods.len()),
             outside: None,
             node,
@@ -130,7 +145,8 @@ impl Topology {
     }
 
     /// Adds a pod (also while an agent runs, as a CNI would): its namespace, a veth whose node
-    /// end is `v-<name>`, and the /32 routes.
+    /// end is `v-<name>` (or with the prefix of [`Topology::with_host_prefix`]), and the /32
+    /// routes.
     pub fn add_pod(&mut self, name: &str, addr: Ipv4Addr) -> Result<&Pod> {
         let pod = self.make_pod(name, addr)?;
         self.pods.push(pod);
@@ -145,7 +161,7 @@ impl Topology {
     }
 
     fn make_pod(&self, name: &str, addr: Ipv4Addr) -> Result<Pod> {
-        let host_iface = format!("v-{name}");
+        let host_iface = format!("{}{name}", self.host_prefix);
         check_iface_name(&host_iface)?;
         let netns = NetNs::create(&format!("{}-{name}", self.id))?;
         let node = &self.node;

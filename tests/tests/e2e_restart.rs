@@ -5,19 +5,20 @@
 
 use std::{
     collections::BTreeMap,
-    fs::File,
     net::{Ipv4Addr, SocketAddrV4},
     path::Path,
     sync::atomic::{AtomicBool, Ordering},
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use lb_tests::{
     agent::{untranslated_after_cleanup, Agent},
     cluster::{Cluster, Protocol},
-    cmd, example, inspect_output, netns, require_root,
-    servers::{tcp_request, udp_request, TcpClient},
+    cmd, example, inspect_output,
+    load::client_traffic,
+    require_root,
+    servers::{tcp_request, TcpClient},
     topology::{backend_addr, backend_name},
 };
 
@@ -25,75 +26,7 @@ use lb_tests::{
 const RESTARTS: usize = 20;
 /// Pause between a restarted agent becoming ready and the next kill.
 const BETWEEN_RESTARTS: Duration = Duration::from_millis(400);
-/// Long-lived connections the client keeps asking on.
-const KEPT_CONNECTIONS: usize = 4;
-/// Pause between two rounds of client traffic.
-const ROUND_PAUSE: Duration = Duration::from_millis(20);
-/// The client stops on its own after this long, whatever happens to the test.
-const MAX_TRAFFIC: Duration = Duration::from_secs(120);
 const TIMEOUT: Duration = Duration::from_secs(2);
-
-/// What the client saw.
-#[derive(Debug, Default)]
-struct Traffic {
-    /// Requests on new connections (TCP) or fresh sockets (UDP), and asks on kept connections.
-    requests: usize,
-    /// New-connection and UDP requests that got no answer.
-    failed: usize,
-    /// Asks on kept connections that failed or were answered by another backend.
-    broken: usize,
-}
-
-/// Runs client traffic inside `client` until `stop` is set (or [`MAX_TRAFFIC`] passes): each
-/// round asks once on every kept connection, and makes one new TCP connection and one UDP
-/// request to the Service.
-fn client_traffic(client: File, stop: &AtomicBool) -> Traffic {
-    netns::enter(&client).expect("entering the client namespace");
-    let vip = example::tcp_vip();
-    let mut kept: Vec<(TcpClient, String)> = (0..KEPT_CONNECTIONS)
-        .map(|i| {
-            let mut conn = TcpClient::connect(vip, TIMEOUT)
-                .unwrap_or_else(|e| panic!("kept connection {i}: {e}"));
-            let first = conn
-                .ask()
-                .unwrap_or_else(|e| panic!("kept connection {i}: {e}"));
-            (conn, first.from)
-        })
-        .collect();
-    let mut traffic = Traffic::default();
-    let deadline = Instant::now() + MAX_TRAFFIC;
-    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-        for (i, (conn, backend)) in kept.iter_mut().enumerate() {
-            traffic.requests += 1;
-            match conn.ask() {
-                Ok(reply) if reply.from == *backend => {}
-                Ok(reply) => {
-                    eprintln!("kept connection {i} moved from {backend} to {}", reply.from);
-                    traffic.broken += 1;
-                }
-                Err(e) => {
-                    eprintln!("kept connection {i} broke: {e}");
-                    traffic.broken += 1;
-                    if let Ok(new) = TcpClient::connect(vip, TIMEOUT) {
-                        *conn = new;
-                    }
-                }
-            }
-        }
-        for result in [
-            tcp_request(vip, TIMEOUT),
-            udp_request(example::udp_vip(), TIMEOUT),
-        ] {
-            traffic.requests += 1;
-            if let Err(e) = result {
-                eprintln!("request failed: {e}");
-                traffic.failed += 1;
-            }
-        }
-        thread::sleep(ROUND_PAUSE);
-    }
-    traffic
-}
 
 #[test]
 fn connections_survive_the_agent_being_killed_and_restarted_many_times() {
@@ -105,7 +38,8 @@ fn connections_survive_the_agent_being_killed_and_restarted_many_times() {
     let stop = AtomicBool::new(false);
 
     let traffic = thread::scope(|scope| {
-        let worker = scope.spawn(|| client_traffic(client, &stop));
+        let (tcp, udp, stop) = (example::tcp_vip(), example::udp_vip(), &stop);
+        let worker = scope.spawn(move || client_traffic(client, tcp, udp, stop));
         let restarts = (|| {
             for restart in 0..RESTARTS {
                 thread::sleep(BETWEEN_RESTARTS);
@@ -129,15 +63,7 @@ fn connections_survive_the_agent_being_killed_and_restarted_many_times() {
         traffic
     });
 
-    println!(
-        "restarts: {RESTARTS}, requests: {}, failed: {}, broken: {}",
-        traffic.requests, traffic.failed, traffic.broken
-    );
-    assert!(
-        traffic.requests >= RESTARTS * 10,
-        "too little traffic to mean anything: {traffic:?}"
-    );
-    assert_eq!((traffic.failed, traffic.broken), (0, 0), "{traffic:?}");
+    traffic.assert_nothing_lost("", RESTARTS, RESTARTS * 10);
     // The restarts rewrote nothing that changes where new flows go: all backends still serve.
     let replies = cluster.requests(Protocol::Tcp, 30, TIMEOUT).unwrap();
     assert!(replies.iter().all(|r| r.is_ok()), "{replies:?}");

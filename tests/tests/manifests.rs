@@ -1,120 +1,22 @@
 //! The deployment manifests (`manifests/deploy/`) parse into typed Kubernetes objects with no
 //! unknown or misspelt field, and ask for what the agent needs and no more: read access to
-//! Services, EndpointSlices and Nodes, the host network, bpffs and three capabilities instead
-//! of a privileged container. The DaemonSet's arguments are flags the real `lb-agent` accepts.
+//! Services, EndpointSlices and Nodes, the host network, bpffs, the node's net.* sysctls and
+//! three capabilities instead of a privileged container. The DaemonSet's arguments are flags the real `lb-agent` accepts.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
-    path::{Path, PathBuf},
 };
 
-use k8s_openapi::api::{
-    apps::v1::DaemonSet,
-    core::v1::{ConfigMap, Container, PodSpec, ServiceAccount},
-    rbac::v1::{ClusterRole, ClusterRoleBinding},
+use lb_tests::{
+    agent::Agent,
+    deploy::{manifests_dir, Deployment},
 };
-use lb_tests::agent::Agent;
 use lb_userspace::source::api::ApiServerUrl;
-use serde::{de::DeserializeOwned, Serialize};
 use serde_json::Value;
 
-fn manifests_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests")
-}
-
-/// Every object of `manifests/deploy/`.
-struct Deployment {
-    service_account: ServiceAccount,
-    role: ClusterRole,
-    binding: ClusterRoleBinding,
-    config: ConfigMap,
-    daemonset: DaemonSet,
-}
-
-/// Parses `document` as `T` and checks that serializing it back gives the same document, so
-/// a field `T` does not know (a typo, a wrong nesting level) fails instead of vanishing.
-fn typed<T: DeserializeOwned + Serialize>(path: &Path, document: &Value) -> T {
-    let object: T = serde_json::from_value(document.clone())
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let back = serde_json::to_value(&object).unwrap();
-    assert_eq!(
-        &back,
-        document,
-        "{}: fields were dropped or changed by parsing",
-        path.display()
-    );
-    object
-}
-
 fn load() -> Deployment {
-    let dir = manifests_dir().join("deploy");
-    let mut documents: BTreeMap<String, (PathBuf, Value)> = BTreeMap::new();
-    let mut paths: Vec<PathBuf> = fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    paths.sort();
-    for path in paths {
-        assert_eq!(
-            path.extension().and_then(|e| e.to_str()),
-            Some("yaml"),
-            "{}",
-            path.display()
-        );
-        let text = fs::read_to_string(&path).unwrap();
-        let document: Value =
-            serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let kind = document["kind"].as_str().unwrap_or_default().to_string();
-        let earlier = documents.insert(kind.clone(), (path.clone(), document));
-        assert!(earlier.is_none(), "two {kind} manifests");
-    }
-    let kinds: BTreeSet<&str> = documents.keys().map(String::as_str).collect();
-    assert_eq!(
-        kinds,
-        BTreeSet::from([
-            "ClusterRole",
-            "ClusterRoleBinding",
-            "ConfigMap",
-            "DaemonSet",
-            "ServiceAccount"
-        ])
-    );
-    let get = |kind: &str| {
-        let (path, document) = &documents[kind];
-        (path.as_path(), document)
-    };
-    let (p, d) = get("ServiceAccount");
-    let service_account = typed(p, d);
-    let (p, d) = get("ClusterRole");
-    let role = typed(p, d);
-    let (p, d) = get("ClusterRoleBinding");
-    let binding = typed(p, d);
-    let (p, d) = get("ConfigMap");
-    let config = typed(p, d);
-    let (p, d) = get("DaemonSet");
-    let daemonset = typed(p, d);
-    Deployment {
-        service_account,
-        role,
-        binding,
-        config,
-        daemonset,
-    }
-}
-
-fn pod_spec(daemonset: &DaemonSet) -> &PodSpec {
-    daemonset
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .expect("a pod template")
-}
-
-fn agent_container(daemonset: &DaemonSet) -> &Container {
-    let containers = &pod_spec(daemonset).containers;
-    assert_eq!(containers.len(), 1, "one container");
-    &containers[0]
+    Deployment::load()
 }
 
 #[test]
@@ -162,7 +64,7 @@ fn rbac_grants_exactly_reading_services_endpointslices_and_nodes() {
 fn the_daemonset_runs_on_the_host_network_with_bpffs_and_capabilities_not_privilege() {
     let deployment = load();
     let daemonset = &deployment.daemonset;
-    let pod = pod_spec(daemonset);
+    let pod = deployment.pod_spec();
     assert_eq!(
         daemonset.metadata.namespace,
         deployment.service_account.metadata.namespace
@@ -179,26 +81,34 @@ fn the_daemonset_runs_on_the_host_network_with_bpffs_and_capabilities_not_privil
         .iter()
         .any(|t| t.operator.as_deref() == Some("Exists") && t.key.is_none()));
 
-    let container = agent_container(daemonset);
-    let bpffs_volume = pod
-        .volumes
-        .as_deref()
-        .unwrap_or_default()
-        .iter()
-        .find(|v| {
-            v.host_path
-                .as_ref()
-                .is_some_and(|h| h.path == "/sys/fs/bpf")
-        })
-        .expect("a hostPath volume of /sys/fs/bpf");
-    let mounts = container.volume_mounts.as_deref().unwrap_or_default();
-    assert!(
-        mounts
+    let container = deployment.agent_container();
+    let volumes = pod.volumes.as_deref().unwrap_or_default();
+    let host_path_mount = |host_path: &str| {
+        let volume = volumes
             .iter()
-            .any(|m| m.name == bpffs_volume.name && m.mount_path == "/sys/fs/bpf"),
-        "bpffs is not mounted at /sys/fs/bpf: {mounts:?}"
+            .find(|v| v.host_path.as_ref().is_some_and(|h| h.path == host_path))
+            .unwrap_or_else(|| panic!("a hostPath volume of {host_path}"));
+        let mounts = container.volume_mounts.as_deref().unwrap_or_default();
+        let mount = mounts.iter().find(|m| m.name == volume.name);
+        mount
+            .unwrap_or_else(|| panic!("{host_path} is not mounted: {mounts:?}"))
+            .mount_path
+            .clone()
+    };
+    assert_eq!(host_path_mount("/sys/fs/bpf"), "/sys/fs/bpf");
+    // The node's net.* sysctls, where the agent writes accept_local.
+    let proc_sys_net = host_path_mount("/proc/sys/net");
+    let args = container.args.as_deref().unwrap_or_default();
+    assert!(
+        args.contains(&format!("--proc-sys-net-dir={proc_sys_net}")),
+        "{args:?}"
     );
-    assert_eq!(mounts.len(), 1, "nothing but bpffs from the host");
+    let mounts = container.volume_mounts.as_deref().unwrap_or_default();
+    assert_eq!(
+        mounts.len(),
+        2,
+        "nothing but bpffs and net.* sysctls from the host"
+    );
 
     let security = container
         .security_context
@@ -237,55 +147,11 @@ fn the_daemonset_runs_on_the_host_network_with_bpffs_and_capabilities_not_privil
     }
 }
 
-/// The container's arguments with `$(VAR)` replaced as the kubelet does, from its `env`
-/// (`fieldRef`s get `field_values`) and the ConfigMap it takes with `envFrom`.
-fn expanded_args(deployment: &Deployment, field_values: &BTreeMap<&str, &str>) -> Vec<String> {
-    let container = agent_container(&deployment.daemonset);
-    let mut vars: BTreeMap<String, String> = BTreeMap::new();
-    for source in container.env_from.as_deref().unwrap_or_default() {
-        let reference = source.config_map_ref.as_ref().expect("a ConfigMap");
-        assert_eq!(
-            Some(&reference.name),
-            deployment.config.metadata.name.as_ref()
-        );
-        vars.extend(deployment.config.data.clone().unwrap_or_default());
-    }
-    for var in container.env.as_deref().unwrap_or_default() {
-        let value = match (&var.value, &var.value_from) {
-            (Some(value), _) => value.clone(),
-            (None, Some(from)) => {
-                let field = &from.field_ref.as_ref().expect("a fieldRef").field_path;
-                field_values[field.as_str()].to_string()
-            }
-            (None, None) => String::new(),
-        };
-        vars.insert(var.name.clone(), value);
-    }
-    container
-        .args
-        .as_deref()
-        .unwrap_or_default()
-        .iter()
-        .map(|arg| {
-            let mut arg = arg.clone();
-            while let Some(start) = arg.find("$(") {
-                let end = start + arg[start..].find(')').expect("a closing parenthesis");
-                let name = &arg[start + 2..end];
-                let value = vars
-                    .get(name)
-                    .unwrap_or_else(|| panic!("argument {arg:?} uses undefined {name}"));
-                arg.replace_range(start..=end, value);
-            }
-            arg
-        })
-        .collect()
-}
-
 #[test]
 fn the_daemonset_arguments_are_lb_agent_flags() {
     let deployment = load();
     let nodes = BTreeMap::from([("spec.nodeName", "node-a")]);
-    let args = expanded_args(&deployment, &nodes);
+    let args = deployment.agent_args(&nodes);
     assert_eq!(args.first().map(String::as_str), Some("run"));
     assert!(args.contains(&"--node-name=node-a".to_string()), "{args:?}");
     assert!(
@@ -345,7 +211,7 @@ fn the_image_embeds_a_fresh_ebpf_object_and_matches_the_daemonset() {
     };
     assert!(position("cargo xtask build-ebpf") < position("cargo build --release"));
     position("COPY --from=build /src/target/release/lb-agent ");
-    let image = agent_container(&load().daemonset).image.clone().unwrap();
+    let image = load().agent_container().image.clone().unwrap();
     let header: String = containerfile
         .lines()
         .take_while(|l| l.starts_with('#'))

@@ -19,13 +19,16 @@ use anyhow::{bail, ensure, Context as _, Result};
 use crate::shell;
 
 /// Debian packages: what the tests, the demo and the README use (ethtool turns checksum
-/// offload off where test traffic crosses XDP), and a C toolchain for building bpf-linker.
+/// offload off where test traffic crosses XDP; podman with runc runs the agent's image as the
+/// DaemonSet declares it in the "as deployed" test), and a C toolchain for building bpf-linker.
 const PACKAGES: &[&str] = &[
     "bpftool",
     "ethtool",
     "iproute2",
     "iptables",
     "nftables",
+    "podman",
+    "runc",
     "build-essential",
 ];
 /// bpf-linker release built by setup (its features name the LLVM majors it supports).

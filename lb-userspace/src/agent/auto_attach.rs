@@ -2,6 +2,7 @@
 //! appears, found by name pattern, and the state of interfaces that vanish is dropped.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 
 use tracing::{info, warn};
 
@@ -15,6 +16,8 @@ pub(super) struct AutoAttach {
     patterns: IfacePatterns,
     /// The external interface (XDP's), never treated as pod-facing.
     external: Option<String>,
+    /// Where `accept_local` is written (`--proc-sys-net-dir`).
+    proc_sys_net_dir: PathBuf,
     watcher: LinkWatcher,
     /// Interfaces with the TC program, by index.
     attached: BTreeMap<u32, String>,
@@ -28,11 +31,13 @@ impl AutoAttach {
     pub(super) fn start(
         patterns: IfacePatterns,
         external: Option<String>,
+        proc_sys_net_dir: PathBuf,
     ) -> Result<Self, NetlinkError> {
         info!("auto-attach: TC on every interface matching {patterns}");
         Ok(Self {
             patterns,
             external,
+            proc_sys_net_dir,
             watcher: LinkWatcher::start()?,
             attached: BTreeMap::new(),
             failed: BTreeSet::new(),
@@ -83,10 +88,10 @@ impl AutoAttach {
         }
         match datapath.attach_tc(&link.name) {
             Ok(()) => {
-                if let Err(e) =
-                    accept_local::enable(std::slice::from_ref(&link.name), accept_local::POD_FACING)
-                {
-                    warn!("enabling accept_local on {} failed: {e}", link.name);
+                let ifaces = std::slice::from_ref(&link.name);
+                let why = accept_local::POD_FACING;
+                if let Err(e) = accept_local::enable(&self.proc_sys_net_dir, ifaces, why) {
+                    warn!("{e}");
                 }
                 self.attached.insert(link.index, link.name);
             }

@@ -30,6 +30,7 @@ use crate::metrics::{ListenError, SyncMetrics};
 use crate::reconciler::MapWriteError;
 use crate::source::api::{ApiAccess, ApiSourceError};
 use crate::source::{self, DesiredStates};
+pub use accept_local::{AcceptLocalError, DEFAULT_PROC_SYS_NET_DIR};
 use auto_attach::AutoAttach;
 pub use cleanup::cleanup;
 pub use masquerade::{Masquerade, PortRange, PortRangeError};
@@ -58,6 +59,9 @@ pub struct RunConfig {
     pub masquerade: Masquerade,
     /// Maps are pinned under `<bpffs_dir>/maps/`.
     pub bpffs_dir: PathBuf,
+    /// The node's `net.*` sysctls (`/proc/sys/net`, or the node's mounted into a container,
+    /// whose own is read-only): `accept_local` is written and `ip_forward` read there.
+    pub proc_sys_net_dir: PathBuf,
     pub capacities: Capacities,
     /// How often the maps are read back and repaired ([`crate::Reconciler::resync`]).
     pub resync_interval: Duration,
@@ -113,10 +117,8 @@ pub enum AgentError {
     SourceStopped(&'static str),
     #[error("watching the node's interfaces failed")]
     Links(#[from] NetlinkError),
-    #[error("enabling accept_local on the pod-facing interfaces failed")]
-    AcceptLocal(#[source] std::io::Error),
-    #[error("enabling accept_local on the external interface {0} for masquerading failed")]
-    AcceptLocalExternal(String, #[source] std::io::Error),
+    #[error(transparent)]
+    AcceptLocal(#[from] AcceptLocalError),
     #[error("writing the node settings (masquerading) failed")]
     NodeConfig(#[source] MapWriteError),
     #[error(transparent)]
@@ -259,20 +261,21 @@ async fn serve(
         .set_node_config(&node_config)
         .map_err(AgentError::NodeConfig)?;
     if let (Some(iface), true) = (&xdp_iface, node_config.masquerades()) {
-        accept_local::enable(std::slice::from_ref(iface), accept_local::MASQUERADING)
-            .map_err(|e| AgentError::AcceptLocalExternal(iface.clone(), e))?;
+        let ifaces = std::slice::from_ref(iface);
+        accept_local::enable(&config.proc_sys_net_dir, ifaces, accept_local::MASQUERADING)?;
     }
-    forwarding::check();
+    forwarding::check(&config.proc_sys_net_dir);
     if let Some(iface) = &xdp_iface {
         datapath.attach_xdp(iface)?;
     }
     for iface in &config.tc_ifaces {
         datapath.attach_tc(iface)?;
     }
-    accept_local::enable(&config.tc_ifaces, accept_local::POD_FACING)
-        .map_err(AgentError::AcceptLocal)?;
+    let sysctls = &config.proc_sys_net_dir;
+    accept_local::enable(sysctls, &config.tc_ifaces, accept_local::POD_FACING)?;
     let mut auto_attach = if config.tc_ifaces.is_empty() {
-        Some(AutoAttach::start(config.iface_patterns.clone(), xdp_iface)?)
+        let patterns = config.iface_patterns.clone();
+        Some(AutoAttach::start(patterns, xdp_iface, sysctls.clone())?)
     } else {
         None
     };

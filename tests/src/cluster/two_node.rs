@@ -62,6 +62,11 @@ pub const POD_PORTS: [(Protocol, u16); 2] = [(Protocol::Tcp, 8080), (Protocol::U
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 /// Prefix length of the LAN.
 const LAN_PREFIX: u8 = 24;
+/// Every node's default gateway on the LAN (no namespace answers there): what makes
+/// [`LAN_IFACE`] a node's external interface for an agent that looks for it.
+pub const GATEWAY_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 254);
+/// Node-side veth names as CNI plugins make them (matched by the agent's `veth*` pattern).
+const CNI_VETH_PREFIX: &str = "veth-";
 /// The VXLAN device of [`PodNetwork::Vxlan`] on each node, named as flannel names it.
 pub const VXLAN_IFACE: &str = "flannel.1";
 /// The VXLAN network identifier and UDP port flannel's vxlan backend uses by default.
@@ -218,7 +223,7 @@ impl Node {
 #[derive(Debug)]
 pub struct TwoNodes {
     // Field order is drop order: the LAN goes last.
-    agents: Vec<Agent>,
+    agents: BTreeMap<Node, Agent>,
     servers: BTreeMap<(Node, Protocol), Server>,
     client: NetNs,
     nodes: Vec<Topology>,
@@ -243,7 +248,23 @@ impl TwoNodes {
     /// [`TwoNodes::start`] as `setup` says. With auto-attach it also waits until each agent
     /// has attached its pod's veth.
     pub fn start_with(manifests: &Path, setup: &Setup) -> Result<TwoNodes> {
-        let network = setup.network;
+        let mut cluster = TwoNodes::build(setup.network)?;
+        for node in Node::ALL {
+            cluster.start_agent(node, manifests, setup)?;
+        }
+        Ok(cluster)
+    }
+
+    /// Builds the LAN, the client and both nodes with their routed pods and starts the pods'
+    /// servers ([`POD_PORTS`]), but no agent. Pods' node-side veths are named as CNI plugins
+    /// name them (`veth-<pod>`), so an agent in auto-attach mode finds them; each node's
+    /// default route leads to [`GATEWAY_ADDR`] on its [`LAN_IFACE`], where such an agent
+    /// attaches XDP.
+    pub fn without_agents() -> Result<TwoNodes> {
+        TwoNodes::build(PodNetwork::Routed)
+    }
+
+    fn build(network: PodNetwork) -> Result<TwoNodes> {
         let id = unique_prefix();
         let mut lan = Lan::new(&id)?;
         let client = NetNs::create(&format!("{id}-client"))?;
@@ -255,9 +276,14 @@ impl TwoNodes {
         let mut nodes = Vec::new();
         let mut servers = BTreeMap::new();
         for node in Node::ALL {
-            let topology = Topology::new(&[(node.pod_name(), network.pod_addr(node))])?;
+            let pods = [(node.pod_name(), network.pod_addr(node))];
+            let topology = Topology::with_host_prefix(CNI_VETH_PREFIX, &pods)?;
             lan.join(topology.node(), LAN_IFACE, node.addr(), LAN_PREFIX)?;
             network.connect(node, topology.node())?;
+            let gateway = GATEWAY_ADDR.to_string();
+            topology
+                .node()
+                .ip(&["route", "add", "default", "via", &gateway, "dev", LAN_IFACE])?;
             let pod = topology.pod(node.pod_name());
             checksum_offload_off(&pod.netns)?;
             for (protocol, port) in POD_PORTS {
@@ -271,42 +297,66 @@ impl TwoNodes {
             nodes.push(topology);
         }
 
-        let mut agents = Vec::new();
-        for (node, topology) in Node::ALL.into_iter().zip(&nodes) {
-            let auto_attach = !setup.iface_patterns.is_empty();
-            let ifaces = if auto_attach {
-                Vec::new()
-            } else {
-                topology.host_ifaces()
-            };
-            let mut options = AgentOptions::new(topology.id(), manifests, ifaces);
-            options.iface_patterns = setup.iface_patterns.clone();
-            options.xdp_iface = Some(LAN_IFACE.to_string());
-            let addr = node.addr().to_string();
-            options.extra_args = ["--node-name", node.name(), "--node-address", &addr]
-                .iter()
-                .map(|arg| arg.to_string())
-                .chain(if node == Node::A {
-                    setup.node_a_args.clone()
-                } else {
-                    Vec::new()
-                })
-                .collect();
-            let mut agent = Agent::start(topology.node(), options)?;
-            if auto_attach {
-                for iface in topology.host_ifaces() {
-                    agent.wait_for_log(&tc_attached(&iface), 1, ATTACH_TIMEOUT)?;
-                }
-            }
-            agents.push(agent);
-        }
         Ok(TwoNodes {
-            agents,
+            agents: BTreeMap::new(),
             servers,
             client,
             nodes,
             _lan: lan,
         })
+    }
+
+    /// Starts a file-mode agent on `node` reading `manifests` as `setup` says (TC on its pods'
+    /// veths by name, or auto-attach), with XDP on [`LAN_IFACE`], and waits until it is ready
+    /// (and, with auto-attach, has attached its pods' veths).
+    fn start_agent(&mut self, node: Node, manifests: &Path, setup: &Setup) -> Result<()> {
+        let topology = &self.nodes[node.index()];
+        let auto_attach = !setup.iface_patterns.is_empty();
+        let ifaces = if auto_attach {
+            Vec::new()
+        } else {
+            topology.host_ifaces()
+        };
+        let mut options = AgentOptions::new(topology.id(), manifests, ifaces);
+        options.iface_patterns = setup.iface_patterns.clone();
+        options.xdp_iface = Some(LAN_IFACE.to_string());
+        let addr = node.addr().to_string();
+        options.extra_args = ["--node-name", node.name(), "--node-address", &addr]
+            .iter()
+            .map(|arg| arg.to_string())
+            .chain(if node == Node::A {
+                setup.node_a_args.clone()
+            } else {
+                Vec::new()
+            })
+            .collect();
+        let mut agent = Agent::start(topology.node(), options)?;
+        if auto_attach {
+            for iface in topology.host_ifaces() {
+                agent.wait_for_log(&tc_attached(&iface), 1, ATTACH_TIMEOUT)?;
+            }
+        }
+        self.agents.insert(node, agent);
+        Ok(())
+    }
+
+    /// Adds a pod `name` at `addr` on `node` (with no server): in the node's pod subnet
+    /// (198.18.10.0/24 on node A, 198.18.20.0/24 on node B) the other node routes to it.
+    pub fn add_pod(&mut self, node: Node, name: &str, addr: Ipv4Addr) -> Result<&Pod> {
+        let pod = self.nodes[node.index()].add_pod(name, addr)?;
+        checksum_offload_off(&pod.netns)?;
+        Ok(pod)
+    }
+
+    /// The bpffs directory name (under `/sys/fs/bpf`) and namespace prefix of `node`: unique
+    /// to this process, removed by the harness's stale-state sweep once it is gone.
+    pub fn id(&self, node: Node) -> &str {
+        self.nodes[node.index()].id()
+    }
+
+    /// The pod `name` of `node` (one [`TwoNodes::add_pod`] added).
+    pub fn pod_named(&self, node: Node, name: &str) -> &Pod {
+        self.nodes[node.index()].pod(name)
     }
 
     /// The outside client's namespace.
@@ -316,12 +366,14 @@ impl TwoNodes {
 
     /// The agent of `node`.
     pub fn agent(&self, node: Node) -> &Agent {
-        &self.agents[node.index()]
+        &self.agents[&node]
     }
 
     /// The agent of `node`, to wait for its logs.
     pub fn agent_mut(&mut self, node: Node) -> &mut Agent {
-        &mut self.agents[node.index()]
+        self.agents
+            .get_mut(&node)
+            .unwrap_or_else(|| panic!("{} runs no agent", node.name()))
     }
 
     /// Packets `node`'s [`VXLAN_IFACE`] received so far (what arrived over the overlay).
