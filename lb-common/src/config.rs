@@ -32,6 +32,11 @@ pub struct NodeConfig {
     /// Last port masquerading allocates (inclusive), network byte order.
     pub snat_port_max: [u8; 2],
     pub _pad: [u8; 4],
+    /// Network namespace cookie (`SO_NETNS_COOKIE`) of the node's own sockets: the socket
+    /// programs translate only sockets in this namespace (host-network processes and pods),
+    /// never a pod's, which the TC program serves. 0 until the agent writes it: no socket is
+    /// translated.
+    pub sock_netns_cookie: u64,
 }
 
 impl NodeConfig {
@@ -42,6 +47,16 @@ impl NodeConfig {
             snat_port_min: min.to_be_bytes(),
             snat_port_max: max.to_be_bytes(),
             _pad: [0; 4],
+            sock_netns_cookie: 0,
+        }
+    }
+
+    /// This config with socket-level translation for the namespace whose cookie is
+    /// `netns_cookie` (0: none).
+    pub const fn with_sock_netns(self, netns_cookie: u64) -> Self {
+        Self {
+            sock_netns_cookie: netns_cookie,
+            ..self
         }
     }
 
@@ -61,7 +76,7 @@ impl NodeConfig {
     }
 }
 
-const _: () = assert!(core::mem::size_of::<NodeConfig>() == 24);
+const _: () = assert!(core::mem::size_of::<NodeConfig>() == 32);
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for NodeConfig {}

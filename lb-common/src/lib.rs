@@ -16,12 +16,14 @@ pub mod counters;
 pub mod maps;
 pub mod net;
 pub mod service;
+pub mod sock;
 
 pub use capacity::{Capacities, Capacity};
 pub use config::NodeConfig;
 pub use conntrack::{CtKey, CtValue};
 pub use counters::{Counter, ServiceStats};
 pub use service::{AffinityKey, AffinityValue, Backend, BackendSlotKey, ServiceKey, ServiceValue};
+pub use sock::{SockRevKey, SockRevValue};
 
 pub use net::{IPPROTO_TCP, IPPROTO_UDP};
 
@@ -31,6 +33,14 @@ pub mod program_names {
     pub const TC_INGRESS: &str = "lb_tc_ingress";
     /// XDP on the node's external interface.
     pub const XDP_INGRESS: &str = "lb_xdp_ingress";
+    /// cgroup `connect4`: TCP and UDP sockets connecting to a Service.
+    pub const SOCK_CONNECT4: &str = "lb_sock_connect4";
+    /// cgroup `sendmsg4`: unconnected UDP datagrams sent to a Service.
+    pub const SOCK_SENDMSG4: &str = "lb_sock_sendmsg4";
+    /// cgroup `recvmsg4`: UDP answers, shown as coming from the Service.
+    pub const SOCK_RECVMSG4: &str = "lb_sock_recvmsg4";
+    /// cgroup `getpeername4`: a translated socket's peer is the Service.
+    pub const SOCK_GETPEERNAME4: &str = "lb_sock_getpeername4";
 }
 
 /// Returns the IPv4-mapped IPv6 form (`::ffff:a.b.c.d`) of an IPv4 address, as stored in maps.

@@ -12,7 +12,7 @@ use core::mem::size_of;
 use crate::capacity::{Capacities, Capacity};
 use crate::{
     AffinityKey, AffinityValue, Backend, BackendSlotKey, Counter, CtKey, CtValue, NodeConfig,
-    ServiceKey, ServiceStats, ServiceValue,
+    ServiceKey, ServiceStats, ServiceValue, SockRevKey, SockRevValue,
 };
 
 /// The kind of a BPF map. Variants are named after aya's map types and valued as the kernel's
@@ -151,6 +151,9 @@ const fn str_eq(a: &str, b: &str) -> bool {
     true
 }
 
+/// Entries of `LB_SOCK_REVNAT`: translated sockets remembered at once (about 7 MB).
+pub const SOCK_REVNAT_ENTRIES: u32 = 65_536;
+
 /// Declares each map as a [`MapDef`] constant and lists them all in [`ALL`].
 macro_rules! registry {
     ($($(#[$doc:meta])* $def:ident = $name:literal: $kind:ident<$key:ty, $value:ty>, $entries:expr;)*) => {
@@ -177,6 +180,10 @@ registry! {
     SERVICE_STATS = "LB_SVC_STATS": PerCpuArray<u32, ServiceStats>, Entries::IdIndexed(Capacity::Services);
     /// Node-wide settings, one element.
     CONFIG = "LB_CONFIG": Array<u32, NodeConfig>, Entries::Fixed(1);
+    /// Sockets translated to a backend: (socket cookie, backend) -> Service address, for
+    /// `recvmsg` and `getpeername`. Entries are not deleted when a socket closes; the LRU
+    /// evicts those of sockets gone longest.
+    SOCK_REVNAT = "LB_SOCK_REVNAT": LruHashMap<SockRevKey, SockRevValue>, Entries::Fixed(SOCK_REVNAT_ENTRIES);
 }
 
 #[cfg(test)]

@@ -6,14 +6,17 @@ use aya_ebpf::{
         BPF_F_RECOMPUTE_CSUM, TC_ACT_SHOT,
     },
     helpers::generated::{
-        bpf_redirect, bpf_skb_change_tail, bpf_xdp_adjust_head, bpf_xdp_adjust_tail,
+        bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_redirect, bpf_skb_change_tail,
+        bpf_xdp_adjust_head, bpf_xdp_adjust_tail,
     },
-    programs::{TcContext, XdpContext},
+    programs::{SockAddrContext, TcContext, XdpContext},
+    EbpfContext,
 };
 
 use crate::{
     parse::{FlowEnd, Ipv4Flow, IPV4_CHECKSUM_OFFSET},
     rewrite::{self, RewriteFailed, Side},
+    sock::SockAddr,
 };
 
 /// Packet access shared by both hooks.
@@ -206,5 +209,49 @@ impl Packet for TcPacket {
                 .map_err(|_| RewriteFailed)?;
         }
         Ok(())
+    }
+}
+
+/// The socket call of a cgroup `sock_addr` program (IPv4 hooks).
+pub struct SockCtx(pub SockAddrContext);
+
+impl SockAddr for SockCtx {
+    #[inline(always)]
+    fn addr(&self) -> FlowEnd {
+        // SAFETY: the kernel hands the program a valid context; the verifier rewrites these
+        // 4-byte loads into reads of the socket call's address.
+        let (ip, port) = unsafe { ((*self.0.sock_addr).user_ip4, (*self.0.sock_addr).user_port) };
+        FlowEnd {
+            // Both in network byte order: the port in the field's first two bytes.
+            addr: ip.to_ne_bytes(),
+            port: (port as u16).to_ne_bytes(),
+        }
+    }
+
+    #[inline(always)]
+    fn set_addr(&mut self, to: FlowEnd) {
+        // SAFETY: as above; the IPv4 hooks may write both fields, with 4-byte stores.
+        unsafe {
+            (*self.0.sock_addr).user_ip4 = u32::from_ne_bytes(to.addr);
+            (*self.0.sock_addr).user_port = u32::from(u16::from_ne_bytes(to.port));
+        }
+    }
+
+    #[inline(always)]
+    fn proto(&self) -> u8 {
+        // SAFETY: as above.
+        unsafe { (*self.0.sock_addr).protocol as u8 }
+    }
+
+    #[inline(always)]
+    fn cookie(&mut self) -> u64 {
+        // SAFETY: the helper only reads the context's socket.
+        unsafe { bpf_get_socket_cookie(self.0.as_ptr()) }
+    }
+
+    #[inline(always)]
+    fn netns_cookie(&mut self) -> u64 {
+        // SAFETY: as above.
+        unsafe { bpf_get_netns_cookie(self.0.as_ptr()) }
     }
 }

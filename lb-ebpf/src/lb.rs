@@ -4,12 +4,12 @@
 //! `icmp_error`.
 
 use lb_common::{
-    conntrack::ct_flags, ipv4_unmapped, service::service_flags, BackendSlotKey, Counter, CtKey,
-    CtValue, ServiceKey, ServiceValue, IPPROTO_UDP,
+    conntrack::ct_flags, service::service_flags, Counter, CtKey, CtValue, ServiceKey, ServiceValue,
+    IPPROTO_UDP,
 };
 
 use crate::{
-    affinity, conntrack,
+    conntrack,
     context::Packet,
     error::{Error, Verdict},
     icmp_error, log,
@@ -119,11 +119,9 @@ fn new_flow<P: Packet, M: MapAccess>(
     let group_id = service.group_id;
     let missing = Error::dropped(Counter::DropBackendMissing, group_id);
     let now = maps.now_ns();
-    let (slot, backend_id) = choose(maps, key, &service, now).ok_or(missing)?;
-    let backend = maps
-        .backend(backend_id)
-        .filter(|b| ipv4_unmapped(&b.addr).is_some())
-        .ok_or(missing)?;
+    let choice = select::choose(maps, &key.src_addr, || select::flow(key), &service, now);
+    let (slot, backend_id) = choice.ok_or(missing)?;
+    let backend = select::ipv4_backend(maps, backend_id, group_id)?;
 
     // The reply entry goes in first: masquerading must find it a free key before the flow
     // exists. One value serves as both entries, keeping the stack small.
@@ -149,39 +147,12 @@ fn new_flow<P: Packet, M: MapAccess>(
         &entry,
         Counter::NewFlows,
     )?;
-    if affinity::enabled(&service) {
-        let client = affinity::key(key.src_addr, group_id);
-        maps.set_affinity(&client, &affinity::record(backend_id, slot, now));
-    }
+    select::remember(maps, &key.src_addr, &service, (slot, backend_id), now);
     stats::new_flow(maps, group_id);
     if masqueraded {
         stats::count(maps, masquerade::counter(scope));
     }
     Ok(outcome)
-}
-
-/// The slot and backend id for a new flow: the client's remembered backend when the service
-/// has session affinity and the memory still holds, else the slot the flow hashes to.
-#[inline(always)]
-fn choose<M: MapAccess>(
-    maps: &mut M,
-    key: &CtKey,
-    service: &ServiceValue,
-    now: u64,
-) -> Option<(u32, u32)> {
-    let group_id = service.group_id;
-    if affinity::enabled(service) {
-        if let Some(entry) = maps.affinity(&affinity::key(key.src_addr, group_id)) {
-            if let Some(slot) = affinity::live_slot(&entry, service, now) {
-                if maps.slot(&BackendSlotKey { group_id, slot }) == Some(entry.backend_id) {
-                    return Some((slot, entry.backend_id));
-                }
-            }
-        }
-    }
-    let slot = select::slot(key, service.backend_count);
-    let backend_id = maps.slot(&BackendSlotKey { group_id, slot })?;
-    Some((slot, backend_id))
 }
 
 /// A new flow for a service without a usable backend: rejected with ICMP port unreachable

@@ -22,22 +22,25 @@ mod port_reuse;
 mod reject;
 mod rewrite;
 mod select;
+mod sock;
 mod stats;
 #[cfg(test)]
 mod testing;
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_SHOT, TC_ACT_UNSPEC},
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    helpers::generated::bpf_set_retval,
+    macros::{cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, TcContext, XdpContext},
 };
 
 use lb_common::service::scope;
 
 use crate::{
-    context::{TcPacket, XdpPacket},
+    context::{SockCtx, TcPacket, XdpPacket},
     error::Verdict,
     maps::KernelMaps,
+    sock::SockVerdict,
 };
 
 /// TC ingress on pod-facing interfaces (`lb_common::program_names::TC_INGRESS`): traffic from
@@ -63,6 +66,50 @@ pub fn lb_xdp_ingress(ctx: XdpContext) -> u32 {
         Verdict::Pass => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
         Verdict::SendBack => xdp_action::XDP_TX,
+    }
+}
+
+/// cgroup `connect4` (`lb_common::program_names::SOCK_CONNECT4`): a TCP or UDP socket of
+/// the node connecting to a Service is connected to a backend instead.
+#[cgroup_sock_addr(connect4)]
+pub fn lb_sock_connect4(ctx: SockAddrContext) -> i32 {
+    sock_verdict(sock::forward(&mut SockCtx(ctx), &mut KernelMaps, false))
+}
+
+/// cgroup `sendmsg4` (`lb_common::program_names::SOCK_SENDMSG4`): a datagram of an
+/// unconnected UDP socket of the node sent to a Service goes to a backend instead.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn lb_sock_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock_verdict(sock::forward(&mut SockCtx(ctx), &mut KernelMaps, true))
+}
+
+/// cgroup `recvmsg4` (`lb_common::program_names::SOCK_RECVMSG4`): a backend's answer to a
+/// translated UDP socket comes from the Service address. Must always return 1.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn lb_sock_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&mut SockCtx(ctx), &mut KernelMaps);
+    1
+}
+
+/// cgroup `getpeername4` (`lb_common::program_names::SOCK_GETPEERNAME4`): a translated
+/// socket's peer is the Service address. Must always return 1.
+#[cgroup_sock_addr(getpeername4)]
+pub fn lb_sock_getpeername4(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&mut SockCtx(ctx), &mut KernelMaps);
+    1
+}
+
+/// The return value of `connect4` and `sendmsg4`: 1 lets the call go on; 0 fails it, with
+/// the `errno` set by `bpf_set_retval` (kernel 5.18) instead of the default `EPERM`.
+#[inline(always)]
+fn sock_verdict(verdict: SockVerdict) -> i32 {
+    match verdict {
+        SockVerdict::Proceed => 1,
+        SockVerdict::Refuse(errno) => {
+            // SAFETY: no pointers; allowed in connect and sendmsg hooks.
+            unsafe { bpf_set_retval(-errno) };
+            0
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use aya_ebpf::{
 use lb_common::{
     maps::{self as registry, MapDef, MapKind},
     AffinityKey, AffinityValue, Backend, BackendSlotKey, Counter, CtKey, CtValue, NodeConfig,
-    ServiceKey, ServiceStats, ServiceValue,
+    ServiceKey, ServiceStats, ServiceValue, SockRevKey, SockRevValue,
 };
 
 /// A map type of aya-ebpf, with the key and value types and the kind it has in the registry.
@@ -68,6 +68,7 @@ registered_map!(LB_AFFINITY: LruHashMap<AffinityKey, AffinityValue> = registry::
 registered_map!(LB_STATS: PerCpuArray<u64> = registry::STATS);
 registered_map!(LB_SVC_STATS: PerCpuArray<ServiceStats> = registry::SERVICE_STATS);
 registered_map!(LB_CONFIG: Array<NodeConfig> = registry::CONFIG);
+registered_map!(LB_SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue> = registry::SOCK_REVNAT);
 
 /// What the pipeline reads and writes besides the packet: the maps, and the clock.
 ///
@@ -97,6 +98,11 @@ pub trait MapAccess {
     fn service_stats(&mut self, group_id: u32) -> Option<&mut ServiceStats>;
     /// The node-wide settings (all zero until the agent writes them).
     fn config(&mut self) -> NodeConfig;
+    /// The Service address a translated socket's backend stands for.
+    fn sock_revnat(&mut self, key: &SockRevKey) -> Option<SockRevValue>;
+    /// Records the Service address of a translated socket's backend; a refused insert only
+    /// costs the translation back (the socket then sees the backend's address).
+    fn set_sock_revnat(&mut self, key: &SockRevKey, value: &SockRevValue);
     /// `CLOCK_MONOTONIC` in nanoseconds.
     fn now_ns(&self) -> u64;
 }
@@ -198,6 +204,18 @@ impl MapAccess for KernelMaps {
     #[inline(always)]
     fn config(&mut self) -> NodeConfig {
         LB_CONFIG.get(0).copied().unwrap_or_default()
+    }
+
+    #[inline(always)]
+    fn sock_revnat(&mut self, key: &SockRevKey) -> Option<SockRevValue> {
+        // SAFETY: plain-old-data value, copied out at once.
+        unsafe { LB_SOCK_REVNAT.get(key).copied() }
+    }
+
+    #[inline(always)]
+    fn set_sock_revnat(&mut self, key: &SockRevKey, value: &SockRevValue) {
+        // The LRU map evicts rather than refuses; see the trait.
+        let _ = LB_SOCK_REVNAT.insert(key, value, 0);
     }
 
     #[inline(always)]

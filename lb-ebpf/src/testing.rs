@@ -9,7 +9,8 @@ use lb_frames::{Frame, Icmp};
 
 use lb_common::{
     net::ETH_HLEN, AffinityKey, AffinityValue, Backend, BackendSlotKey, Counter, CtKey, CtValue,
-    NodeConfig, ServiceKey, ServiceStats, ServiceValue, IPPROTO_TCP, IPPROTO_UDP,
+    NodeConfig, ServiceKey, ServiceStats, ServiceValue, SockRevKey, SockRevValue, IPPROTO_TCP,
+    IPPROTO_UDP,
 };
 
 use crate::{
@@ -196,6 +197,7 @@ pub struct FakeMaps {
     pub counters: HashMap<u32, u64>,
     pub service_stats: HashMap<u32, ServiceStats>,
     pub config: NodeConfig,
+    pub sock_revnat: HashMap<SockRevKey, SockRevValue>,
     pub now_ns: u64,
 }
 
@@ -304,6 +306,14 @@ impl MapAccess for FakeMaps {
 
     fn config(&mut self) -> NodeConfig {
         self.config
+    }
+
+    fn sock_revnat(&mut self, key: &SockRevKey) -> Option<SockRevValue> {
+        self.sock_revnat.get(key).copied()
+    }
+
+    fn set_sock_revnat(&mut self, key: &SockRevKey, value: &SockRevValue) {
+        self.sock_revnat.insert(*key, *value);
     }
 
     fn now_ns(&self) -> u64 {

@@ -1,6 +1,9 @@
 use super::*;
+use crate::affinity;
 use crate::testing::{checksums_valid, frame, FakeMaps, FrameSpec, SlicePacket, CLIENT, VIP};
-use lb_common::{ipv4_mapped, net::tcp_flags, service::scope, Backend, IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::{
+    ipv4_mapped, net::tcp_flags, service::scope, Backend, BackendSlotKey, IPPROTO_TCP, IPPROTO_UDP,
+};
 
 const GROUP_ID: u32 = 3;
 const BACKENDS: [(u32, FlowEnd); 2] = [
@@ -68,7 +71,10 @@ fn run(maps: &mut FakeMaps, spec: &FrameSpec) -> (Verdict, Vec<u8>) {
 /// The backend the pipeline will pick for `spec`'s flow.
 fn chosen(spec: &FrameSpec) -> (u32, FlowEnd) {
     let flow = parse::ipv4_flow(&SlicePacket::new(frame(spec))).unwrap();
-    let slot = select::slot(&conntrack::key_of(&flow), BACKENDS.len() as u32);
+    let slot = select::slot(
+        select::flow(&conntrack::key_of(&flow)),
+        BACKENDS.len() as u32,
+    );
     BACKENDS[slot as usize - 1]
 }
 
@@ -518,7 +524,7 @@ fn affinity_to_a_removed_backend_selects_anew() {
 fn affinity_to_a_slot_that_changed_hands_selects_anew() {
     let mut maps = with_affinity(maps_with_service(IPPROTO_TCP), 60);
     let first = syn_from(CLIENT.addr, 40_000);
-    let remembered_slot = select::slot(&key(&first), 2);
+    let remembered_slot = select::slot(select::flow(&key(&first)), 2);
     run(&mut maps, &first);
     // Swap the two backends' slots: the remembered slot now holds the other backend.
     for backend in maps.slots.values_mut() {
@@ -528,11 +534,11 @@ fn affinity_to_a_slot_that_changed_hands_selects_anew() {
     // would give a different answer than selecting anew.
     let next = (40_001..41_000)
         .map(|p| syn_from(CLIENT.addr, p))
-        .find(|s| select::slot(&key(s), 2) != remembered_slot)
+        .find(|s| select::slot(select::flow(&key(s)), 2) != remembered_slot)
         .unwrap();
     let hashed = maps.slots[&BackendSlotKey {
         group_id: GROUP_ID,
-        slot: select::slot(&key(&next), 2),
+        slot: select::slot(select::flow(&key(&next)), 2),
     }];
     let (_, out) = run(&mut maps, &next);
     assert_eq!(target_of(&out), backend_addr(hashed));

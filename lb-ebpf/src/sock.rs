@@ -1,0 +1,189 @@
+//! Socket-level translation for the node's own sockets (cgroup `sock_addr` hooks): a
+//! `connect()` (TCP, connected UDP) or an unconnected UDP `sendmsg()` to a Service is pointed
+//! at a backend before any packet exists, so nothing is translated per packet and no
+//! conntrack entry is needed; `recvmsg()` and `getpeername()` show the Service address again
+//! (Cilium's `bpf_sock.c`).
+//!
+//! Services are looked up in the internal scope, the one the TC program uses for pods: a
+//! process on the node reaches a Service as a pod does (all usable backends of a NodePort,
+//! LoadBalancer or external IP; internalTrafficPolicy: Local keeps ClusterIPs on this node's
+//! endpoints). Backends are chosen by the packet path's selection ([`select`]), with a
+//! socket's cookie as its hash. The client of session affinity is the socket's network
+//! namespace (all its processes share one client address when the packet path would see
+//! them, the node's).
+//!
+//! Only sockets in the namespace `NodeConfig::sock_netns_cookie` names are translated: pods'
+//! sockets are left to the TC program (and all sockets while the agent has not written it).
+
+use lb_common::{
+    ipv4_mapped, service::scope, service::service_flags, Counter, ServiceKey, ServiceValue,
+    SockRevKey, SockRevValue, IPPROTO_TCP, IPPROTO_UDP,
+};
+
+use crate::{conntrack, error::Error, maps::MapAccess, parse::FlowEnd, select, stats};
+
+/// `errno` of a `connect()` or `sendmsg()` to a Service without endpoints (kube-proxy's
+/// REJECT: the client sees a refused connection at once).
+pub const ECONNREFUSED: i32 = 111;
+/// `errno` of a `connect()` or `sendmsg()` to a Service whose packets the packet path would
+/// drop: without endpoints under `DROP_IF_NO_BACKEND`, or a backend entry missing. No packet
+/// leaves, as none would have reached a backend (Cilium fails such sockets the same way).
+pub const EHOSTUNREACH: i32 = 113;
+
+/// What a `sock_addr` hook reads and changes of the socket call (IPv4).
+pub trait SockAddr {
+    /// The address the call carries: the destination of `connect` and `sendmsg`, the peer of
+    /// `recvmsg` and `getpeername`.
+    fn addr(&self) -> FlowEnd;
+    fn set_addr(&mut self, to: FlowEnd);
+    /// `IPPROTO_TCP`, `IPPROTO_UDP` or another protocol.
+    fn proto(&self) -> u8;
+    /// The socket's cookie, unique per socket.
+    fn cookie(&mut self) -> u64;
+    /// The cookie of the socket's network namespace.
+    fn netns_cookie(&mut self) -> u64;
+}
+
+/// What the hook tells the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SockVerdict {
+    /// Carry on, translated or untouched.
+    Proceed,
+    /// Fail the call with this `errno`.
+    Refuse(i32),
+}
+
+/// `connect()` of a TCP or UDP socket, or (`udp_only`) `sendmsg()` of an unconnected UDP
+/// socket: a Service destination becomes a backend, and the socket remembers the Service
+/// ([`reverse`]). A Service without a backend refuses the call. Counted as the packet path
+/// counts new flows, rejects and drops.
+#[inline(always)]
+pub fn forward<S: SockAddr, M: MapAccess>(
+    sock: &mut S,
+    maps: &mut M,
+    udp_only: bool,
+) -> SockVerdict {
+    match try_forward(sock, maps, udp_only) {
+        Ok(None) => SockVerdict::Proceed,
+        Ok(Some(group_id)) => {
+            stats::count(maps, Counter::NewFlows);
+            stats::new_flow(maps, group_id);
+            SockVerdict::Proceed
+        }
+        Err(e) => {
+            stats::count(maps, e.reason);
+            if e.reason == Counter::RejectNoBackend {
+                stats::rejected(maps, e.group_id);
+                SockVerdict::Refuse(ECONNREFUSED)
+            } else {
+                stats::dropped(maps, e.group_id);
+                SockVerdict::Refuse(EHOSTUNREACH)
+            }
+        }
+    }
+}
+
+/// Translates the call; the service's group id if it was one.
+#[inline(always)]
+fn try_forward<S: SockAddr, M: MapAccess>(
+    sock: &mut S,
+    maps: &mut M,
+    udp_only: bool,
+) -> Result<Option<u32>, Error> {
+    let proto = sock.proto();
+    let served = proto == IPPROTO_UDP || proto == IPPROTO_TCP && !udp_only;
+    if !served {
+        return Ok(None);
+    }
+    let netns = sock.netns_cookie();
+    let wanted = maps.config().sock_netns_cookie;
+    if wanted == 0 || netns != wanted {
+        return Ok(None);
+    }
+    let service_addr = sock.addr();
+    let key = ServiceKey {
+        addr: ipv4_mapped(service_addr.addr),
+        port: service_addr.port,
+        proto,
+        scope: scope::INTERNAL,
+    };
+    let Some(service) = maps.service(&key) else {
+        return Ok(None);
+    };
+    if service.backend_count == 0 {
+        return Err(no_backend(&service));
+    }
+    let client = client(netns);
+    let cookie = sock.cookie();
+    let now = maps.now_ns();
+    let group_id = service.group_id;
+    let choice = select::choose(maps, &client, || select::socket(cookie), &service, now)
+        .ok_or(Error::dropped(Counter::DropBackendMissing, group_id))?;
+    let backend = select::ipv4_backend(maps, choice.1, group_id)?;
+    let backend = FlowEnd {
+        addr: conntrack::v4(&backend.addr),
+        port: backend.port,
+    };
+    maps.set_sock_revnat(
+        &rev_key(cookie, backend),
+        &SockRevValue {
+            addr: key.addr,
+            port: key.port,
+            _pad: [0; 2],
+        },
+    );
+    sock.set_addr(backend);
+    select::remember(maps, &client, &service, choice, now);
+    Ok(Some(group_id))
+}
+
+/// `recvmsg()` of a UDP socket and `getpeername()`: a peer that is the backend a Service
+/// address was translated to for this socket shows as that Service address.
+#[inline(always)]
+pub fn reverse<S: SockAddr, M: MapAccess>(sock: &mut S, maps: &mut M) {
+    let proto = sock.proto();
+    if proto != IPPROTO_UDP && proto != IPPROTO_TCP {
+        return;
+    }
+    let key = rev_key(sock.cookie(), sock.addr());
+    if let Some(service) = maps.sock_revnat(&key) {
+        sock.set_addr(FlowEnd {
+            addr: conntrack::v4(&service.addr),
+            port: service.port,
+        });
+    }
+}
+
+/// Why a new socket to a service without backends fails.
+#[inline(always)]
+fn no_backend(service: &ServiceValue) -> Error {
+    let reason = if service.flags & service_flags::DROP_IF_NO_BACKEND != 0 {
+        Counter::DropNoBackend
+    } else {
+        Counter::RejectNoBackend
+    };
+    Error::dropped(reason, service.group_id)
+}
+
+/// The session-affinity client of a socket in the network namespace `netns_cookie` (never 0
+/// here): the cookie in the first 8 bytes, so it never equals an IPv4-mapped address, whose
+/// first 10 bytes are 0.
+#[inline(always)]
+fn client(netns_cookie: u64) -> [u8; 16] {
+    let mut addr = [0u8; 16];
+    addr[..8].copy_from_slice(&netns_cookie.to_be_bytes());
+    addr
+}
+
+#[inline(always)]
+fn rev_key(cookie: u64, backend: FlowEnd) -> SockRevKey {
+    SockRevKey {
+        cookie,
+        addr: ipv4_mapped(backend.addr),
+        port: backend.port,
+        _pad: [0; 6],
+    }
+}
+
+#[cfg(test)]
+mod tests;

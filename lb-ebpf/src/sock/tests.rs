@@ -1,0 +1,312 @@
+use super::*;
+use crate::testing::{FakeMaps, VIP};
+use lb_common::{
+    service::service_flags, Backend, BackendSlotKey, NodeConfig, IPPROTO_TCP, IPPROTO_UDP,
+};
+
+const GROUP_ID: u32 = 4;
+const NETNS: u64 = 0x1234;
+const BACKENDS: [(u32, FlowEnd); 3] = [
+    (20, end([198, 18, 1, 1], 8080)),
+    (21, end([198, 18, 1, 2], 8080)),
+    (22, end([198, 18, 1, 3], 8081)),
+];
+
+const fn end(addr: [u8; 4], port: u16) -> FlowEnd {
+    FlowEnd {
+        addr,
+        port: port.to_be_bytes(),
+    }
+}
+
+/// A socket call as the hook sees it.
+#[derive(Clone, Copy, Debug)]
+struct FakeSock {
+    addr: FlowEnd,
+    proto: u8,
+    cookie: u64,
+    netns: u64,
+}
+
+impl SockAddr for FakeSock {
+    fn addr(&self) -> FlowEnd {
+        self.addr
+    }
+
+    fn set_addr(&mut self, to: FlowEnd) {
+        self.addr = to;
+    }
+
+    fn proto(&self) -> u8 {
+        self.proto
+    }
+
+    fn cookie(&mut self) -> u64 {
+        self.cookie
+    }
+
+    fn netns_cookie(&mut self) -> u64 {
+        self.netns
+    }
+}
+
+fn sock(proto: u8, cookie: u64) -> FakeSock {
+    FakeSock {
+        addr: VIP,
+        proto,
+        cookie,
+        netns: NETNS,
+    }
+}
+
+/// The VIP as a service of `proto` in `scope` with every backend, sockets of [`NETNS`]
+/// translated.
+fn maps_in(proto: u8, scope: u8) -> FakeMaps {
+    let mut maps = FakeMaps {
+        now_ns: 5_000_000_000,
+        config: NodeConfig::default().with_sock_netns(NETNS),
+        ..FakeMaps::default()
+    };
+    let key = ServiceKey::new(ipv4_mapped(VIP.addr), 80, proto, scope);
+    let value = ServiceValue {
+        group_id: GROUP_ID,
+        backend_count: BACKENDS.len() as u32,
+        ..ServiceValue::default()
+    };
+    maps.services.insert(key, value);
+    for (slot, (id, ep)) in BACKENDS.iter().enumerate() {
+        let backend = Backend::new(ipv4_mapped(ep.addr), u16::from_be_bytes(ep.port));
+        maps.backends.insert(*id, backend);
+        let key = BackendSlotKey {
+            group_id: GROUP_ID,
+            slot: slot as u32 + 1,
+        };
+        maps.slots.insert(key, *id);
+    }
+    maps
+}
+
+fn maps(proto: u8) -> FakeMaps {
+    maps_in(proto, scope::INTERNAL)
+}
+
+fn service_mut(maps: &mut FakeMaps) -> &mut ServiceValue {
+    maps.services.values_mut().next().unwrap()
+}
+
+/// The backend the packet path's selection gives a socket with `cookie`.
+fn expected(cookie: u64) -> FlowEnd {
+    let slot = select::slot(select::socket(cookie), BACKENDS.len() as u32);
+    BACKENDS[slot as usize - 1].1
+}
+
+#[test]
+fn connect_points_the_socket_at_the_selected_backend_and_getpeername_shows_the_service() {
+    for proto in [IPPROTO_TCP, IPPROTO_UDP] {
+        let mut maps = maps(proto);
+        let mut s = sock(proto, 7);
+        assert_eq!(forward(&mut s, &mut maps, false), SockVerdict::Proceed);
+        assert_eq!(s.addr, expected(7));
+        assert_eq!(maps.counter_value(Counter::NewFlows), 1);
+        assert_eq!(maps.stats_of(GROUP_ID).new_flows, 1);
+        assert!(maps.conntrack.is_empty(), "sockets need no conntrack");
+
+        // getpeername (or recvmsg) on the same socket: the peer is the backend.
+        reverse(&mut s, &mut maps);
+        assert_eq!(s.addr, VIP);
+    }
+}
+
+#[test]
+fn sockets_reach_every_backend() {
+    let mut maps = maps(IPPROTO_TCP);
+    let mut seen = [0; BACKENDS.len()];
+    for cookie in 1000..1300 {
+        let mut s = sock(IPPROTO_TCP, cookie);
+        forward(&mut s, &mut maps, false);
+        let i = BACKENDS.iter().position(|(_, ep)| *ep == s.addr).unwrap();
+        seen[i] += 1;
+    }
+    assert!(seen.iter().all(|n| *n > 50), "{seen:?}");
+}
+
+#[test]
+fn unconnected_udp_keeps_its_backend_and_sees_answers_from_the_service() {
+    let mut maps = maps(IPPROTO_UDP);
+    for _ in 0..3 {
+        let mut datagram = sock(IPPROTO_UDP, 99);
+        assert_eq!(
+            forward(&mut datagram, &mut maps, true),
+            SockVerdict::Proceed
+        );
+        assert_eq!(datagram.addr, expected(99));
+    }
+    // recvmsg: the answer's source is the backend.
+    let mut answer = FakeSock {
+        addr: expected(99),
+        ..sock(IPPROTO_UDP, 99)
+    };
+    reverse(&mut answer, &mut maps);
+    assert_eq!(answer.addr, VIP);
+
+    // A datagram from elsewhere, or the backend's answer to another socket, stays as it is.
+    let other = end([198, 18, 9, 9], 53);
+    let mut stranger = FakeSock {
+        addr: other,
+        ..sock(IPPROTO_UDP, 99)
+    };
+    reverse(&mut stranger, &mut maps);
+    assert_eq!(stranger.addr, other);
+    let mut other_socket = FakeSock {
+        addr: expected(99),
+        ..sock(IPPROTO_UDP, 100)
+    };
+    reverse(&mut other_socket, &mut maps);
+    assert_eq!(other_socket.addr, expected(99));
+}
+
+#[test]
+fn sendmsg_leaves_tcp_alone() {
+    let mut maps = maps(IPPROTO_TCP);
+    let mut s = sock(IPPROTO_TCP, 7);
+    assert_eq!(forward(&mut s, &mut maps, true), SockVerdict::Proceed);
+    assert_eq!(s.addr, VIP);
+    assert!(maps.sock_revnat.is_empty());
+}
+
+#[test]
+fn only_the_internal_scope_and_served_protocols_are_translated() {
+    let mut external = maps_in(IPPROTO_TCP, scope::EXTERNAL);
+    let mut s = sock(IPPROTO_TCP, 7);
+    assert_eq!(forward(&mut s, &mut external, false), SockVerdict::Proceed);
+    assert_eq!(s.addr, VIP);
+
+    let mut maps = maps(IPPROTO_TCP);
+    let mut udp = sock(IPPROTO_UDP, 7);
+    let mut sctp = sock(132, 7);
+    forward(&mut udp, &mut maps, false);
+    forward(&mut sctp, &mut maps, false);
+    assert_eq!((udp.addr, sctp.addr), (VIP, VIP));
+    assert_eq!(maps.counter_value(Counter::NewFlows), 0);
+}
+
+#[test]
+fn sockets_of_other_namespaces_are_left_to_the_packet_path() {
+    let mut maps = maps(IPPROTO_TCP);
+    let mut pod = FakeSock {
+        netns: NETNS + 1,
+        ..sock(IPPROTO_TCP, 7)
+    };
+    forward(&mut pod, &mut maps, false);
+    assert_eq!(pod.addr, VIP);
+
+    // Before the agent names the node's namespace nothing is translated.
+    maps.config = NodeConfig::default();
+    let mut s = sock(IPPROTO_TCP, 7);
+    forward(&mut s, &mut maps, false);
+    assert_eq!(s.addr, VIP);
+}
+
+#[test]
+fn a_service_without_backends_refuses_at_once() {
+    for proto in [IPPROTO_TCP, IPPROTO_UDP] {
+        let mut maps = maps(proto);
+        service_mut(&mut maps).backend_count = 0;
+        let mut s = sock(proto, 7);
+        assert_eq!(
+            forward(&mut s, &mut maps, false),
+            SockVerdict::Refuse(ECONNREFUSED)
+        );
+        assert_eq!(s.addr, VIP);
+        assert_eq!(maps.counter_value(Counter::RejectNoBackend), 1);
+        assert_eq!(maps.stats_of(GROUP_ID).rejects, 1);
+    }
+    let mut maps = maps(IPPROTO_UDP);
+    service_mut(&mut maps).backend_count = 0;
+    let mut datagram = sock(IPPROTO_UDP, 7);
+    assert_eq!(
+        forward(&mut datagram, &mut maps, true),
+        SockVerdict::Refuse(ECONNREFUSED)
+    );
+}
+
+#[test]
+fn a_drop_service_without_backends_fails_as_unreachable() {
+    let mut maps = maps(IPPROTO_TCP);
+    let service = service_mut(&mut maps);
+    service.backend_count = 0;
+    service.flags = service_flags::DROP_IF_NO_BACKEND;
+    let mut s = sock(IPPROTO_TCP, 7);
+    assert_eq!(
+        forward(&mut s, &mut maps, false),
+        SockVerdict::Refuse(EHOSTUNREACH)
+    );
+    assert_eq!(maps.counter_value(Counter::DropNoBackend), 1);
+    assert_eq!(maps.stats_of(GROUP_ID).drops, 1);
+}
+
+#[test]
+fn a_missing_backend_entry_fails_as_unreachable() {
+    let mut maps = maps(IPPROTO_TCP);
+    maps.backends.clear();
+    let mut s = sock(IPPROTO_TCP, 7);
+    assert_eq!(
+        forward(&mut s, &mut maps, false),
+        SockVerdict::Refuse(EHOSTUNREACH)
+    );
+    assert_eq!(s.addr, VIP);
+    assert_eq!(maps.counter_value(Counter::DropBackendMissing), 1);
+}
+
+#[test]
+fn session_affinity_keeps_the_namespace_on_one_backend() {
+    let mut maps = maps(IPPROTO_TCP);
+    let service = service_mut(&mut maps);
+    service.flags = service_flags::AFFINITY;
+    service.affinity_timeout_s = 60;
+    let mut first = sock(IPPROTO_TCP, 1);
+    forward(&mut first, &mut maps, false);
+    for cookie in 2..50 {
+        let mut s = sock(IPPROTO_TCP, cookie);
+        forward(&mut s, &mut maps, false);
+        assert_eq!(s.addr, first.addr, "cookie {cookie}");
+    }
+    // A socket of another translated namespace is another client.
+    maps.config = NodeConfig::default().with_sock_netns(NETNS + 1);
+    let spread: Vec<_> = (100..130)
+        .map(|cookie| {
+            let mut s = FakeSock {
+                netns: NETNS + 1,
+                ..sock(IPPROTO_TCP, cookie)
+            };
+            forward(&mut s, &mut maps, false);
+            s.addr
+        })
+        .collect();
+    assert!(spread.iter().all(|a| *a == spread[0]));
+    assert_eq!(maps.affinity.len(), 2);
+}
+
+#[test]
+fn new_sockets_follow_a_changed_endpoint_set() {
+    let mut maps = maps(IPPROTO_TCP);
+    // The agent replaces the backends with one new endpoint.
+    let new = end([198, 18, 2, 1], 9090);
+    maps.backends.insert(
+        30,
+        Backend::new(ipv4_mapped(new.addr), u16::from_be_bytes(new.port)),
+    );
+    maps.slots.insert(
+        BackendSlotKey {
+            group_id: GROUP_ID,
+            slot: 1,
+        },
+        30,
+    );
+    service_mut(&mut maps).backend_count = 1;
+    for cookie in 1..20 {
+        let mut s = sock(IPPROTO_TCP, cookie);
+        forward(&mut s, &mut maps, false);
+        assert_eq!(s.addr, new);
+    }
+}
