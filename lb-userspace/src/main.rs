@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{ArgMatches, Args, FromArgMatches, Parser, Subcommand};
 use lb_common::Capacity;
 use lb_userspace::agent::{
-    self, Masquerade, PortRange, RunConfig, SourceConfig, XdpIface, DEFAULT_BPFFS_DIR,
+    self, Masquerade, PortRange, RunConfig, SocketLb, SourceConfig, XdpIface, DEFAULT_BPFFS_DIR,
     DEFAULT_PROC_SYS_NET_DIR,
 };
 use lb_userspace::datapath::{KernelLogLevel, MAX_ENTRIES};
@@ -119,6 +119,15 @@ struct RunArgs {
     /// (those nodes must then route replies back through this one).
     #[arg(long, conflicts_with_all = ["masquerade_address", "masquerade_ports"])]
     no_masquerade: bool,
+    /// cgroup v2 directory whose processes' sockets reach Services (socket-level translation
+    /// at connect/sendmsg) [default: the root of the cgroup v2 hierarchy, from
+    /// /proc/self/mountinfo: every process of the node].
+    #[arg(long, value_name = "PATH")]
+    cgroup_path: Option<PathBuf>,
+    /// No socket-level translation: processes on the node (host network) do not reach
+    /// Services; pins an earlier agent left are removed.
+    #[arg(long, conflicts_with = "cgroup_path")]
+    no_socket_lb: bool,
     /// bpffs directory; maps are pinned under <DIR>/maps/, program links under <DIR>/links/.
     /// They stay pinned when the agent exits; `lb-agent cleanup` removes them.
     #[arg(long, default_value = DEFAULT_BPFFS_DIR)]
@@ -261,6 +270,10 @@ fn run(args: RunArgs, kernel_log_level: KernelLogLevel) -> anyhow::Result<()> {
                 addr: args.masquerade_address,
                 ports: args.masquerade_ports.unwrap_or_default(),
             },
+        },
+        socket_lb: match args.no_socket_lb {
+            true => SocketLb::Off,
+            false => SocketLb::Cgroup(args.cgroup_path),
         },
         tc_ifaces: args.ifaces,
         iface_patterns: IfacePatterns::new(args.iface_patterns),

@@ -83,6 +83,9 @@ pub struct AgentOptions {
     /// Environment variables for the agent (e.g. `KUBERNETES_SERVICE_HOST`); of
     /// [`API_ENV_VARS`] it sees only these.
     pub env: Vec<(String, String)>,
+    /// The test cgroup whose processes' sockets the agent translates (`--cgroup-path`); `None`
+    /// runs it with `--no-socket-lb`, so no test ever attaches to the machine's root cgroup.
+    pub cgroup: Option<PathBuf>,
 }
 
 impl AgentOptions {
@@ -98,6 +101,7 @@ impl AgentOptions {
             log_level: "info".into(),
             extra_args: Vec::new(),
             env: Vec::new(),
+            cgroup: None,
         }
     }
 
@@ -122,6 +126,7 @@ impl AgentOptions {
             log_level: "info".into(),
             extra_args: Vec::new(),
             env: Vec::new(),
+            cgroup: None,
         }
     }
 }
@@ -215,6 +220,10 @@ impl Agent {
         if let Some(iface) = &options.xdp_iface {
             command.arg("--xdp-iface").arg(iface);
         }
+        match &options.cgroup {
+            Some(cgroup) => command.arg("--cgroup-path").arg(cgroup),
+            None => command.arg("--no-socket-lb"),
+        };
         command.args(&options.extra_args);
         for var in API_ENV_VARS {
             command.env_remove(var);

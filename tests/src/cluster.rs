@@ -64,6 +64,14 @@ impl Cluster {
     /// Builds the topology, starts the backends' servers and then the agent on `manifests`
     /// with `log_level`, and waits until the agent is ready.
     pub fn start(manifests: &Path, log_level: &str) -> Result<Cluster> {
+        Cluster::start_configured(manifests, |options| options.log_level = log_level.into())
+    }
+
+    /// Like [`Cluster::start`], with the agent's options changed by `configure` first.
+    pub fn start_configured(
+        manifests: &Path,
+        configure: impl FnOnce(&mut AgentOptions),
+    ) -> Result<Cluster> {
         let topology = Topology::client_and_backends(example::BACKENDS)?;
         let mut servers = Vec::new();
         for i in 0..example::BACKENDS {
@@ -76,7 +84,7 @@ impl Cluster {
             ));
         }
         let mut options = AgentOptions::new(topology.id(), manifests, topology.host_ifaces());
-        options.log_level = log_level.to_string();
+        configure(&mut options);
         let agent = Agent::start(topology.node(), options)?;
         Ok(Cluster {
             agent,

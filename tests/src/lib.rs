@@ -6,6 +6,7 @@
 //! - [`topology`]: a "node" namespace with pod namespaces on /32 veth routes, as kind's ptp CNI.
 //! - [`servers`]: real TCP and UDP servers in pods that answer with their pod name, and clients.
 //! - [`agent`]: the real `lb-agent` binary running in the node namespace.
+//! - [`cgroup`]: test cgroups and client processes inside them, for socket-level translation.
 //! - [`cluster`]: all of the above running the example Service.
 //! - [`deploy`]: `manifests/deploy/` parsed, and the agent's container as the kubelet resolves
 //!   it (feature `kube`).
@@ -29,6 +30,7 @@ pub mod agent;
 pub mod apiserver;
 pub mod bench;
 pub mod bpftool;
+pub mod cgroup;
 pub mod cluster;
 pub mod cmd;
 pub mod counting_program;

@@ -252,6 +252,22 @@ pub fn udp_request(target: SocketAddrV4, timeout: Duration) -> io::Result<Reply>
     })
 }
 
+/// Like [`udp_request`] from a socket connected to `target` first (`connect()`, then `send`
+/// and `recv`), reporting the connected socket's peer (`getpeername`) in [`Reply::peer`].
+pub fn udp_connected_request(target: SocketAddrV4, timeout: Duration) -> io::Result<Reply> {
+    let socket = UdpSocket::bind("0.0.0.0:0")?;
+    socket.set_read_timeout(Some(timeout))?;
+    socket.connect(target)?;
+    socket.send(REQUEST)?;
+    let mut buf = [0u8; 256];
+    let len = socket.recv(&mut buf)?;
+    Ok(Reply {
+        from: String::from_utf8_lossy(&buf[..len]).into_owned(),
+        peer: socket.peer_addr()?,
+        local_port: socket.local_addr()?.port(),
+    })
+}
+
 /// The pods answering `count` new TCP connections from `netns` to `target`, one request
 /// each. Panics, naming the request, when one fails or is answered from elsewhere than
 /// `target`.

@@ -7,6 +7,7 @@ mod cleanup;
 mod forwarding;
 mod masquerade;
 mod programming;
+mod socket_lb;
 mod telemetry;
 
 use std::future::Future;
@@ -35,6 +36,7 @@ use auto_attach::AutoAttach;
 pub use cleanup::cleanup;
 pub use masquerade::{Masquerade, PortRange, PortRangeError};
 use programming::Programmer;
+pub use socket_lb::{cgroup2_root, SocketLb};
 use telemetry::Telemetry;
 
 /// Default `--bpffs-dir`.
@@ -57,6 +59,8 @@ pub struct RunConfig {
     pub xdp_iface: XdpIface,
     /// Whether and how external flows to backends on other nodes are masqueraded.
     pub masquerade: Masquerade,
+    /// Whether and where the node's own sockets are translated (cgroup socket programs).
+    pub socket_lb: SocketLb,
     /// Maps are pinned under `<bpffs_dir>/maps/`.
     pub bpffs_dir: PathBuf,
     /// The node's `net.*` sysctls (`/proc/sys/net`, or the node's mounted into a container,
@@ -123,6 +127,13 @@ pub enum AgentError {
     NodeConfig(#[source] MapWriteError),
     #[error(transparent)]
     Listen(#[from] ListenError),
+    #[error(
+        "no cgroup v2 hierarchy for socket-level translation ({0}): mount cgroup2, name a cgroup \
+         v2 directory with --cgroup-path, or turn it off with --no-socket-lb"
+    )]
+    Cgroup2Mount(String),
+    #[error("reading this network namespace's cookie (SO_NETNS_COOKIE, Linux 5.14) failed")]
+    NetnsCookie(#[source] std::io::Error),
 }
 
 /// Where the maps of an agent using `bpffs_dir` are pinned.
@@ -254,8 +265,11 @@ async fn serve(
             found
         }
     };
-    // Before the XDP program runs (a restarted agent overwrites what the last one set).
-    let node_config = masquerade::node_config(&config.masquerade, xdp_iface.as_deref());
+    let sockets = socket_lb::prepare(&config.socket_lb)?;
+    // Before the XDP and socket programs run (a restarted agent overwrites what the last one
+    // set).
+    let node_config = masquerade::node_config(&config.masquerade, xdp_iface.as_deref())
+        .with_sock_netns(sockets.as_ref().map_or(0, |s| s.netns_cookie));
     datapath
         .maps()
         .set_node_config(&node_config)
@@ -265,6 +279,10 @@ async fn serve(
         accept_local::enable(&config.proc_sys_net_dir, ifaces, accept_local::MASQUERADING)?;
     }
     forwarding::check(&config.proc_sys_net_dir);
+    match &sockets {
+        Some(sockets) => datapath.attach_sockets(&sockets.cgroup)?,
+        None => drop(Datapath::remove_socket_links(&links_dir(&config.bpffs_dir))),
+    }
     if let Some(iface) = &xdp_iface {
         datapath.attach_xdp(iface)?;
     }

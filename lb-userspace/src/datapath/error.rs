@@ -39,6 +39,25 @@ pub enum DatapathError {
         #[source]
         source: ProgramError,
     },
+    #[error("cannot open cgroup {path} for socket-level translation")]
+    OpenCgroup {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{0} is not a cgroup v2 directory: socket-level translation attaches to cgroup v2 only"
+    )]
+    NotCgroup2(PathBuf),
+    #[error("attaching `{program}` to cgroup {cgroup} failed")]
+    AttachCgroup {
+        program: &'static str,
+        cgroup: PathBuf,
+        #[source]
+        source: Box<dyn Error + Send + Sync>,
+    },
+    #[error("socket programs are attached only by an agent that pins its links (load_pinned)")]
+    SocketsNeedPins,
     #[error("map `{map}` does not have the layout lb-common expects")]
     MapLayout {
         map: &'static str,

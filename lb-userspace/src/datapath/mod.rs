@@ -7,6 +7,7 @@ pub mod link_pin;
 mod map_layouts;
 mod maps;
 mod pinned_links;
+mod sock_links;
 
 use std::fs;
 use std::io;
@@ -15,7 +16,7 @@ use std::path::{Path, PathBuf};
 use aya::programs::links::FdLink;
 use aya::programs::tc::SchedClassifierLink;
 use aya::programs::xdp::XdpLink;
-use aya::programs::{tc, Program, SchedClassifier, TcAttachType, Xdp, XdpMode};
+use aya::programs::{tc, CgroupSockAddr, Program, SchedClassifier, TcAttachType, Xdp, XdpMode};
 use aya::util::KernelVersion;
 use aya::{Ebpf, EbpfLoader};
 use lb_common::maps as registry;
@@ -101,6 +102,9 @@ impl Datapath {
             })?;
         load_program::<SchedClassifier>(&mut ebpf, program_names::TC_INGRESS, |p| p.load())?;
         load_program::<Xdp>(&mut ebpf, program_names::XDP_INGRESS, |p| p.load())?;
+        for (_, name) in sock_links::PROGRAMS {
+            load_program::<CgroupSockAddr>(&mut ebpf, name, |p| p.load())?;
+        }
         let maps = DatapathMaps::take_from(&mut ebpf)?;
         Ok(Datapath {
             ebpf,
@@ -216,6 +220,37 @@ impl Datapath {
             }
         }
         Ok(())
+    }
+
+    /// Attaches the socket programs (connect4, sendmsg4, recvmsg4, getpeername4) to the cgroup
+    /// v2 directory `cgroup`, after any programs already there, so every socket of a process
+    /// in that cgroup's subtree is translated. After [`Datapath::load_pinned`] the links are
+    /// pinned, and links pinned earlier on the same cgroup get the new programs instead.
+    pub fn attach_sockets(&mut self, cgroup: &Path) -> Result<(), DatapathError> {
+        let (dir, cgroup_id) = sock_links::open_cgroup(cgroup)?;
+        let Some(links_dir) = self.links_dir.clone() else {
+            return Err(DatapathError::SocketsNeedPins);
+        };
+        for (hook, name) in sock_links::PROGRAMS {
+            let pin = sock_links::pin_path(&links_dir, hook);
+            let program: &mut CgroupSockAddr = program_mut(&mut self.ebpf, name)?;
+            if sock_links::reuse(&pin, cgroup_id, program) {
+                info!(
+                    "replaced the program in the pinned {hook} link of cgroup {} with {name}",
+                    cgroup.display()
+                );
+                continue;
+            }
+            sock_links::attach(program, name, (&dir, cgroup), &pin)?;
+            info!("attached {name} to cgroup {} ({hook})", cgroup.display());
+        }
+        Ok(())
+    }
+
+    /// Removes the pinned links of the socket programs in `links_dir` (an agent started with
+    /// socket-level translation off), which detaches them; the removed pins.
+    pub fn remove_socket_links(links_dir: &Path) -> Vec<PathBuf> {
+        sock_links::remove_all(links_dir)
     }
 
     /// Pins every map as `<dir>/<map name>` so `lb-agent inspect` (or `bpftool`) can read

@@ -1,0 +1,197 @@
+//! Test cgroups (cgroup v2) that remove themselves on drop, and client processes inside one.
+//!
+//! The agent's socket programs attach to a test cgroup (`--cgroup-path`), never to the
+//! machine's root cgroup; only the test's client processes ([`SockClient`]) are moved into
+//! it, so no other process of the machine is translated.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{BufRead, BufReader, Write},
+    os::{fd::AsRawFd, unix::process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+use crate::{error::io_context, netns::NetNs, servers::Reply, Error, Result};
+
+/// Attempts at removing a cgroup whose processes are still exiting.
+const REMOVE_ATTEMPTS: u32 = 100;
+const REMOVE_POLL: Duration = Duration::from_millis(20);
+
+/// A cgroup created for one test under the cgroup v2 root; removed on drop, after its
+/// processes (only ever the test's own clients) are killed.
+#[derive(Debug)]
+pub struct TestCgroup {
+    path: PathBuf,
+}
+
+impl TestCgroup {
+    /// Creates `<root>/<name>`; `root` is the cgroup v2 mount, `name` a harness name
+    /// (`lbt-<pid>-<n>`, see [`crate::netns::unique_prefix`]).
+    pub fn create(root: &Path, name: &str) -> Result<TestCgroup> {
+        let path = root.join(name);
+        fs::create_dir(&path).map_err(io_context(format!(
+            "cannot create cgroup {}",
+            path.display()
+        )))?;
+        Ok(TestCgroup { path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The processes in the cgroup.
+    pub fn procs(&self) -> Vec<u32> {
+        fs::read_to_string(self.path.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // `cgroup.kill` (Linux 5.14) ends every process in this cgroup: only test clients.
+        if !self.procs().is_empty() {
+            let _ = fs::write(self.path.join("cgroup.kill"), "1");
+        }
+        for _ in 0..REMOVE_ATTEMPTS {
+            match fs::remove_dir(&self.path) {
+                Ok(()) => return,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+                Err(_) => thread::sleep(REMOVE_POLL),
+            }
+        }
+        eprintln!("warning: cannot remove cgroup {}", self.path.display());
+    }
+}
+
+/// A `lb-sock-client` process in a node namespace (and a test cgroup, or not), asked one
+/// command at a time; killed on drop.
+#[derive(Debug)]
+pub struct SockClient {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+/// What a client command got: the answer, or the error kind and message.
+pub type SockResult = std::result::Result<Reply, String>;
+
+impl SockClient {
+    /// Starts `binary` (the `lb-sock-client` built with the tests) inside `node`, in `cgroup`
+    /// if given (moved there before it runs any code of its own).
+    pub fn start(binary: &Path, node: &NetNs, cgroup: Option<&TestCgroup>) -> Result<SockClient> {
+        let netns = node.open()?;
+        let procs = cgroup
+            .map(|c| {
+                let path = c.path.join("cgroup.procs");
+                OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(io_context(format!("cannot open {}", path.display())))
+            })
+            .transpose()?;
+        let mut command = Command::new(binary);
+        command.stdin(Stdio::piped()).stdout(Stdio::piped());
+        enter_before_exec(&mut command, netns, procs);
+        let mut child = command
+            .spawn()
+            .map_err(io_context(format!("cannot start {}", binary.display())))?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            let _ = child.kill();
+            return Err(Error::Io {
+                context: "lb-sock-client has no stdin or stdout".into(),
+                source: std::io::ErrorKind::BrokenPipe.into(),
+            });
+        };
+        Ok(SockClient {
+            child,
+            stdin,
+            stdout: BufReader::new(stdout),
+        })
+    }
+
+    /// The client's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends one command (see the binary) and returns its answer.
+    pub fn ask(&mut self, command: &str) -> SockResult {
+        let mut line = String::new();
+        let sent = writeln!(self.stdin, "{command}").and_then(|()| self.stdin.flush());
+        if let Err(e) = sent.and_then(|()| self.stdout.read_line(&mut line).map(drop)) {
+            return Err(format!("client gone: {e}"));
+        }
+        parse(line.trim_end())
+    }
+}
+
+impl Drop for SockClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `ok <from> <peer>` or `err <kind> <message>`.
+fn parse(line: &str) -> SockResult {
+    let mut words = line.splitn(3, ' ');
+    match (words.next(), words.next(), words.next()) {
+        (Some("ok"), Some(from), Some(peer)) => match peer.parse() {
+            Ok(peer) => Ok(Reply {
+                from: from.to_string(),
+                peer,
+                local_port: 0,
+            }),
+            Err(_) => Err(format!("bad answer {line:?}")),
+        },
+        _ => Err(line.strip_prefix("err ").unwrap_or(line).to_string()),
+    }
+}
+
+/// Makes the child enter `netns` and, if given, the cgroup whose `cgroup.procs` is `procs`
+/// (writing 0 moves the writer), before exec; it gets SIGKILL when the test thread dies.
+fn enter_before_exec(command: &mut Command, netns: File, procs: Option<File>) {
+    let netns_fd = netns.as_raw_fd();
+    let procs_fd = procs.as_ref().map(|f| f.as_raw_fd());
+    // SAFETY: the closure runs between fork and exec and makes only async-signal-safe system
+    // calls; both files stay open in the parent until `spawn` returns (the closure owns them).
+    unsafe {
+        command.pre_exec(move || {
+            let _keep_open = (&netns, &procs);
+            if libc::setns(netns_fd, libc::CLONE_NEWNET) != 0
+                || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some(fd) = procs_fd {
+                if libc::write(fd, b"0\n".as_ptr().cast(), 2) != 2 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_parse_into_replies_or_errors() {
+        let reply = parse("ok pod-1 198.19.0.10:80").unwrap();
+        assert_eq!(reply.from, "pod-1");
+        assert_eq!(reply.peer, "198.19.0.10:80".parse().unwrap());
+        assert_eq!(
+            parse("err ConnectionRefused Connection refused (os error 111)"),
+            Err("ConnectionRefused Connection refused (os error 111)".to_string())
+        );
+    }
+}
