@@ -16,6 +16,10 @@ use std::{
 
 use crate::{error::io_context, netns::NetNs, servers::Reply, Error, Result};
 
+/// Where the cgroup v2 root is mounted in hybrid and in unified mode: where test cgroups
+/// are made, so where leftovers of killed runs are looked for.
+const CGROUP2_ROOTS: [&str; 2] = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"];
+
 /// Attempts at removing a cgroup whose processes are still exiting.
 const REMOVE_ATTEMPTS: u32 = 100;
 const REMOVE_POLL: Duration = Duration::from_millis(20);
@@ -68,6 +72,23 @@ impl Drop for TestCgroup {
         }
         eprintln!("warning: cannot remove cgroup {}", self.path.display());
     }
+}
+
+/// Removes the (empty) test cgroups of harness processes that no longer run and returns them.
+pub fn remove_stale() -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    for root in CGROUP2_ROOTS {
+        let Ok(entries) = fs::read_dir(root) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let stale = crate::netns::owner_is_gone(&entry.file_name().to_string_lossy());
+            if stale && fs::remove_dir(entry.path()).is_ok() {
+                removed.push(entry.path());
+            }
+        }
+    }
+    removed
 }
 
 /// A `lb-sock-client` process in a node namespace (and a test cgroup, or not), asked one

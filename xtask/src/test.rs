@@ -1,7 +1,7 @@
 //! `cargo xtask test`: everything CI checks, cheapest first, stopping at the first failure.
 
 use anyhow::Result;
-use lb_tests::{agent, netns, root};
+use lb_tests::{agent, cgroup, netns, root};
 
 use crate::{build_ebpf, setup, shell};
 
@@ -62,13 +62,16 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-/// Removes namespaces and bpffs pins of earlier test runs that were killed before cleaning up.
+/// Removes namespaces, bpffs pins and test cgroups of earlier test runs that were killed before cleaning up.
 fn remove_leftovers() -> Result<()> {
     for name in netns::remove_stale()? {
         println!("xtask test: removed leftover netns {name}");
     }
     for dir in agent::remove_stale_pins() {
         println!("xtask test: removed leftover pins {}", dir.display());
+    }
+    for dir in cgroup::remove_stale() {
+        println!("xtask test: removed leftover cgroup {}", dir.display());
     }
     Ok(())
 }
