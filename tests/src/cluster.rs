@@ -106,8 +106,14 @@ impl Cluster {
     /// Kills the agent with SIGKILL and starts a new one with the same options, which adopts
     /// the pinned maps and programs; returns once the new agent is ready.
     pub fn restart_agent_after_kill(&mut self) -> Result<()> {
+        self.restart_agent_with(|_| {})
+    }
+
+    /// Like [`Cluster::restart_agent_after_kill`], with the options changed by `configure`.
+    pub fn restart_agent_with(&mut self, configure: impl FnOnce(&mut AgentOptions)) -> Result<()> {
         self.agent.kill()?;
-        let options = self.agent.options().clone();
+        let mut options = self.agent.options().clone();
+        configure(&mut options);
         self.agent = Agent::start(self.topology.node(), options)?;
         Ok(())
     }

@@ -14,10 +14,10 @@ use std::{
 };
 
 use lb_tests::{
-    agent::READY_MARKER,
+    agent::{AgentOptions, READY_MARKER},
     cgroup::{SockClient, SockResult, TestCgroup},
     cluster::{Cluster, Protocol},
-    example::{self, ENDPOINTSLICE_FILE},
+    example::{self, ENDPOINTSLICE_FILE, SERVICE_FILE},
     netns::unique_prefix,
     require_root,
     topology::backend_name,
@@ -38,12 +38,24 @@ fn cgroup_root() -> PathBuf {
 /// manifests directory. Declared in reverse drop order by the callers: clients, cluster,
 /// cgroup.
 fn start() -> (TestCgroup, tempfile::TempDir, Cluster) {
+    start_with(|_| {}, |_| {})
+}
+
+/// [`start`] with the manifests directory and the agent's options changed first.
+fn start_with(
+    edit_manifests: impl FnOnce(&Path),
+    configure: impl FnOnce(&mut AgentOptions),
+) -> (TestCgroup, tempfile::TempDir, Cluster) {
     let cgroup = TestCgroup::create(&cgroup_root(), &unique_prefix()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     example::copy_manifests(dir.path()).unwrap();
+    edit_manifests(dir.path());
     let path = cgroup.path().to_path_buf();
-    let cluster =
-        Cluster::start_configured(dir.path(), |options| options.cgroup = Some(path)).unwrap();
+    let cluster = Cluster::start_configured(dir.path(), |options| {
+        options.cgroup = Some(path);
+        configure(options);
+    })
+    .unwrap();
     (cgroup, dir, cluster)
 }
 
@@ -70,10 +82,14 @@ fn vip(protocol: Protocol) -> SocketAddrV4 {
     }
 }
 
-/// `count` requests of `kind`; panics unless each is answered with the Service address as
+/// `count` requests of `kind` to `target`; panics unless each is answered with `target` as
 /// the peer; the answering pods.
-fn answerers(client: &mut SockClient, kind: &str, protocol: Protocol, count: usize) -> Vec<String> {
-    let target = vip(protocol);
+fn answerers(
+    client: &mut SockClient,
+    kind: &str,
+    target: SocketAddrV4,
+    count: usize,
+) -> Vec<String> {
     (0..count)
         .map(|i| {
             let reply = client
@@ -113,7 +129,7 @@ fn node_processes_in_the_cgroup_reach_a_cluster_ip_and_see_the_service_as_peer()
             .map(|i| cluster.served(i, protocol))
             .collect();
         let mut counts = BTreeMap::new();
-        for from in answerers(&mut inside, kind, protocol, REQUESTS) {
+        for from in answerers(&mut inside, kind, vip(protocol), REQUESTS) {
             *counts.entry(from).or_insert(0) += 1;
         }
         assert_eq!(
@@ -166,6 +182,50 @@ fn node_processes_in_the_cgroup_reach_a_cluster_ip_and_see_the_service_as_peer()
 }
 
 #[test]
+fn a_node_port_on_the_nodes_own_address_is_reached_from_the_node() {
+    require_root!();
+    const NODE_ADDR: &str = "198.18.1.1";
+    let node_port = |protocol| match protocol {
+        Protocol::Tcp => SocketAddrV4::new(NODE_ADDR.parse().unwrap(), 30080),
+        Protocol::Udp => SocketAddrV4::new(NODE_ADDR.parse().unwrap(), 30053),
+    };
+    let (cgroup, _dir, cluster) = start_with(
+        |dir| {
+            let service = fs::read_to_string(dir.join(SERVICE_FILE))
+                .unwrap()
+                .replace("type: ClusterIP", "type: NodePort")
+                .replace(
+                    "targetPort: 8080",
+                    "targetPort: 8080\n      nodePort: 30080",
+                )
+                .replace(
+                    "targetPort: 8053",
+                    "targetPort: 8053\n      nodePort: 30053",
+                );
+            example::replace_manifest(dir, SERVICE_FILE, &service).unwrap();
+        },
+        |options| {
+            options.extra_args = vec!["--node-address".into(), NODE_ADDR.into()];
+        },
+    );
+    let node = cluster.topology().node();
+    node.ip(&["addr", "add", &format!("{NODE_ADDR}/32"), "dev", "lo"])
+        .unwrap();
+    let mut inside = client(&cluster, Some(&cgroup));
+    for (kind, protocol) in KINDS {
+        let target = node_port(protocol);
+        let from: BTreeSet<String> = answerers(&mut inside, kind, target, REQUESTS)
+            .into_iter()
+            .collect();
+        assert_eq!(from, names(&[0, 1, 2]), "{kind}");
+    }
+    // Untranslated, the node port is a closed port of the node itself.
+    let mut outside = client(&cluster, None);
+    let result = outside.ask(&format!("tcp {}", node_port(Protocol::Tcp)));
+    assert!(refused(&result), "{result:?}");
+}
+
+#[test]
 fn new_sockets_follow_the_endpoints_and_a_service_without_any_refuses_at_once() {
     require_root!();
     let (cgroup, dir, mut cluster) = start();
@@ -173,7 +233,7 @@ fn new_sockets_follow_the_endpoints_and_a_service_without_any_refuses_at_once() 
 
     set_endpoints(dir.path(), &mut cluster, &[1], 2);
     for (kind, protocol) in KINDS {
-        let from: BTreeSet<String> = answerers(&mut inside, kind, protocol, 10)
+        let from: BTreeSet<String> = answerers(&mut inside, kind, vip(protocol), 10)
             .into_iter()
             .collect();
         assert_eq!(from, names(&[1]), "{kind}");
@@ -190,7 +250,7 @@ fn new_sockets_follow_the_endpoints_and_a_service_without_any_refuses_at_once() 
 
     set_endpoints(dir.path(), &mut cluster, &[0, 2], 4);
     for (kind, protocol) in KINDS {
-        let from: BTreeSet<String> = answerers(&mut inside, kind, protocol, REQUESTS)
+        let from: BTreeSet<String> = answerers(&mut inside, kind, vip(protocol), REQUESTS)
             .into_iter()
             .collect();
         assert_eq!(from, names(&[0, 2]), "{kind}");
@@ -249,13 +309,59 @@ fn a_restarted_agent_keeps_translating_open_and_new_sockets_and_cleanup_detaches
     assert!(links.join("sock-connect4").exists());
     cluster.agent().cleanup().unwrap();
     assert!(!links.join("sock-connect4").exists());
-    let mut untranslated = false;
-    for _ in 0..20 {
-        if inside.ask(&format!("tcp {}", example::tcp_vip())).is_err() {
-            untranslated = true;
-            break;
+    assert!(
+        untranslated_soon(&mut inside),
+        "still translated after cleanup"
+    );
+}
+
+#[test]
+fn a_restart_with_another_cgroup_moves_the_links_and_no_socket_lb_removes_them() {
+    require_root!();
+    let (first, _dir, mut cluster) = start();
+    let second = TestCgroup::create(&cgroup_root(), &unique_prefix()).unwrap();
+    let mut in_first = client(&cluster, Some(&first));
+    let mut in_second = client(&cluster, Some(&second));
+    let target = format!("tcp {}", example::tcp_vip());
+    assert!(in_first.ask(&target).is_ok());
+    assert!(in_second.ask(&target).is_err());
+
+    let path = second.path().to_path_buf();
+    cluster
+        .restart_agent_with(|options| options.cgroup = Some(path))
+        .unwrap();
+    assert!(
+        cluster
+            .agent()
+            .log()
+            .contains("cannot be reused (it is attached to cgroup id"),
+        "{}",
+        cluster.agent().log()
+    );
+    assert!(in_second.ask(&target).is_ok());
+    assert!(
+        untranslated_soon(&mut in_first),
+        "the first cgroup is still translated"
+    );
+
+    cluster
+        .restart_agent_with(|options| options.cgroup = None)
+        .unwrap();
+    let links = cluster.agent().options().bpffs_dir.join("links");
+    assert!(!links.join("sock-connect4").exists());
+    assert!(
+        untranslated_soon(&mut in_second),
+        "still translated with --no-socket-lb"
+    );
+}
+
+/// Whether a new TCP connection of `client` to the ClusterIP fails within about 2 s: a link
+/// whose pin is removed is released by the kernel a moment later.
+fn untranslated_soon(client: &mut SockClient) -> bool {
+    (0..20).any(|_| {
+        client.ask(&format!("tcp {}", example::tcp_vip())).is_err() || {
+            std::thread::sleep(Duration::from_millis(100));
+            false
         }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(untranslated, "still translated after cleanup");
+    })
 }
