@@ -99,6 +99,8 @@ pub(super) fn drop_incompatible_pin(name: &str, path: &Path, wanted: &MapLayout)
         "; established connections lose their conntrack entries"
     } else if name == registry::AFFINITY.name {
         "; clients lose their session affinity"
+    } else if name == registry::SOCK_REVNAT.name {
+        "; UDP sockets translated before see their backend's address as the peer"
     } else if [registry::STATS.name, registry::SERVICE_STATS.name].contains(&name) {
         "; the counters restart from zero"
     } else {
