@@ -207,55 +207,94 @@ fn sockets_of_other_namespaces_are_left_to_the_packet_path() {
     assert_eq!(s.addr, VIP);
 }
 
-#[test]
-fn a_service_without_backends_refuses_at_once() {
-    for proto in [IPPROTO_TCP, IPPROTO_UDP] {
-        let mut maps = maps(proto);
-        service_mut(&mut maps).backend_count = 0;
-        let mut s = sock(proto, 7);
-        assert_eq!(
-            forward(&mut s, &mut maps, false),
-            SockVerdict::Refuse(ECONNREFUSED)
-        );
-        assert_eq!(s.addr, VIP);
-        assert_eq!(maps.counter_value(Counter::RejectNoBackend), 1);
-        assert_eq!(maps.stats_of(GROUP_ID).rejects, 1);
-    }
-    let mut maps = maps(IPPROTO_UDP);
-    service_mut(&mut maps).backend_count = 0;
-    let mut datagram = sock(IPPROTO_UDP, 7);
-    assert_eq!(
-        forward(&mut datagram, &mut maps, true),
-        SockVerdict::Refuse(ECONNREFUSED)
-    );
+fn no_backends(maps: &mut FakeMaps) {
+    service_mut(maps).backend_count = 0;
 }
 
-#[test]
-fn a_drop_service_without_backends_fails_as_unreachable() {
-    let mut maps = maps(IPPROTO_TCP);
-    let service = service_mut(&mut maps);
+fn drop_without_backends(maps: &mut FakeMaps) {
+    let service = service_mut(maps);
     service.backend_count = 0;
     service.flags = service_flags::DROP_IF_NO_BACKEND;
-    let mut s = sock(IPPROTO_TCP, 7);
-    assert_eq!(
-        forward(&mut s, &mut maps, false),
-        SockVerdict::Refuse(EHOSTUNREACH)
-    );
-    assert_eq!(maps.counter_value(Counter::DropNoBackend), 1);
-    assert_eq!(maps.stats_of(GROUP_ID).drops, 1);
 }
 
-#[test]
-fn a_missing_backend_entry_fails_as_unreachable() {
-    let mut maps = maps(IPPROTO_TCP);
+fn backends_missing(maps: &mut FakeMaps) {
     maps.backends.clear();
-    let mut s = sock(IPPROTO_TCP, 7);
-    assert_eq!(
-        forward(&mut s, &mut maps, false),
-        SockVerdict::Refuse(EHOSTUNREACH)
-    );
-    assert_eq!(s.addr, VIP);
-    assert_eq!(maps.counter_value(Counter::DropBackendMissing), 1);
+}
+
+/// A refused call, what makes it one, and what it gets: the packet path's verdict as an
+/// `errno` (a reject as ECONNREFUSED, a drop as EHOSTUNREACH), counted as the packet path
+/// counts it.
+struct Refusal {
+    name: &'static str,
+    proto: u8,
+    udp_only: bool,
+    setup: fn(&mut FakeMaps),
+    errno: i32,
+    counter: Counter,
+}
+
+const REFUSALS: [Refusal; 5] = [
+    Refusal {
+        name: "TCP connect without endpoints",
+        proto: IPPROTO_TCP,
+        udp_only: false,
+        setup: no_backends,
+        errno: ECONNREFUSED,
+        counter: Counter::RejectNoBackend,
+    },
+    Refusal {
+        name: "UDP connect without endpoints",
+        proto: IPPROTO_UDP,
+        udp_only: false,
+        setup: no_backends,
+        errno: ECONNREFUSED,
+        counter: Counter::RejectNoBackend,
+    },
+    Refusal {
+        name: "UDP sendmsg without endpoints",
+        proto: IPPROTO_UDP,
+        udp_only: true,
+        setup: no_backends,
+        errno: ECONNREFUSED,
+        counter: Counter::RejectNoBackend,
+    },
+    Refusal {
+        name: "a drop service without endpoints",
+        proto: IPPROTO_TCP,
+        udp_only: false,
+        setup: drop_without_backends,
+        errno: EHOSTUNREACH,
+        counter: Counter::DropNoBackend,
+    },
+    Refusal {
+        name: "a missing backend entry",
+        proto: IPPROTO_TCP,
+        udp_only: false,
+        setup: backends_missing,
+        errno: EHOSTUNREACH,
+        counter: Counter::DropBackendMissing,
+    },
+];
+
+#[test]
+fn refused_calls_fail_at_once_with_the_packet_paths_verdict() {
+    for case in REFUSALS {
+        let name = case.name;
+        let mut maps = maps(case.proto);
+        (case.setup)(&mut maps);
+        let mut s = sock(case.proto, 7);
+        let verdict = forward(&mut s, &mut maps, case.udp_only);
+        assert_eq!(verdict, SockVerdict::Refuse(case.errno), "{name}");
+        assert_eq!(s.addr, VIP, "{name}");
+        assert_eq!(maps.counter_value(case.counter), 1, "{name}");
+        let stats = maps.stats_of(GROUP_ID);
+        let counted = match case.errno {
+            ECONNREFUSED => stats.rejects,
+            _ => stats.drops,
+        };
+        assert_eq!(counted, 1, "{name}");
+        assert_eq!(maps.counter_value(Counter::NewFlows), 0, "{name}");
+    }
 }
 
 #[test]

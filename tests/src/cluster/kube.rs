@@ -9,7 +9,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     io,
-    net::{SocketAddr, SocketAddrV4, UdpSocket},
+    net::{SocketAddr, SocketAddrV4},
     thread,
     time::{Duration, Instant},
 };
@@ -24,7 +24,7 @@ use crate::{
     agent::{Agent, AgentOptions},
     apiserver::{objects, ApiServer, Options},
     netns::NetNs,
-    servers::{Reply, Server},
+    servers::{udp_connected_request, Reply, Server},
     topology::{backend_name, Outside, Pod, Topology, CLIENT, EXTERNAL_IFACE, NODE_IP},
     Result,
 };
@@ -263,19 +263,7 @@ pub fn tally(
 /// Sends one datagram from a connected UDP socket in `netns` and waits for the answer; a
 /// rejected flow (ICMP port unreachable) fails with `ConnectionRefused`.
 pub fn connected_udp_request(netns: &NetNs, target: SocketAddrV4) -> Result<io::Result<Reply>> {
-    netns.run(|| {
-        let socket = UdpSocket::bind("0.0.0.0:0")?;
-        socket.set_read_timeout(Some(REQUEST_TIMEOUT))?;
-        socket.connect(target)?;
-        socket.send(b"who are you?\n")?;
-        let mut buf = [0u8; 256];
-        let len = socket.recv(&mut buf)?;
-        Ok(Reply {
-            from: String::from_utf8_lossy(&buf[..len]).into_owned(),
-            peer: socket.peer_addr()?,
-            local_port: socket.local_addr()?.port(),
-        })
-    })
+    netns.run(|| udp_connected_request(target, REQUEST_TIMEOUT))
 }
 
 /// Calls `check` every 100 ms until it returns `Ok` or `timeout` passes; then panics with
