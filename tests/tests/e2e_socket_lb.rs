@@ -226,6 +226,30 @@ fn a_node_port_on_the_nodes_own_address_is_reached_from_the_node() {
 }
 
 #[test]
+fn session_affinity_keeps_the_nodes_sockets_on_one_backend() {
+    require_root!();
+    let (cgroup, _dir, cluster) = start_with(
+        |dir| {
+            let service = fs::read_to_string(dir.join(SERVICE_FILE)).unwrap().replace(
+                "type: ClusterIP",
+                "type: ClusterIP\n  sessionAffinity: ClientIP",
+            );
+            example::replace_manifest(dir, SERVICE_FILE, &service).unwrap();
+        },
+        |_| {},
+    );
+    let mut inside = client(&cluster, Some(&cgroup));
+    for protocol in [Protocol::Tcp, Protocol::Udp] {
+        let from: BTreeSet<String> = KINDS
+            .iter()
+            .filter(|(_, p)| *p == protocol)
+            .flat_map(|(kind, _)| answerers(&mut inside, kind, vip(protocol), REQUESTS))
+            .collect();
+        assert_eq!(from.len(), 1, "{protocol}: {from:?}");
+    }
+}
+
+#[test]
 fn new_sockets_follow_the_endpoints_and_a_service_without_any_refuses_at_once() {
     require_root!();
     let (cgroup, dir, mut cluster) = start();
