@@ -3,7 +3,9 @@
 //! [`maps`] (layouts in `lb-common`).
 //!
 //! Both hooks run the same pipeline ([`lb::process`]); they differ only in how a packet is read
-//! and rewritten ([`context`]).
+//! and rewritten ([`context`]). Cgroup socket programs translate the node's own sockets at
+//! `connect()` / `sendmsg()` instead ([`sock`]), with the pipeline's backend selection
+//! ([`select`]).
 #![cfg_attr(not(test), no_std)]
 #![cfg_attr(not(test), no_main)]
 
