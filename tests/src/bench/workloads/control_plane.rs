@@ -1,5 +1,6 @@
 //! Workload 4a: programming N services x 10 endpoints from empty, then applying one endpoint
-//! change of the target service, for the maps (the agent's reconciler, in-process), iptables
+//! change of the target service, for the maps (the agent's reconciler, in-process, told which
+//! frontend changed as the API source tells it), iptables
 //! (kube-proxy's full `iptables-restore` of the nat table, also for a change) and nftables
 //! (kube-proxy's transactions: the full sync, then one small incremental transaction).
 //!
@@ -12,7 +13,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_userspace::{model::DesiredState, Datapath, Reconciler};
+use lb_userspace::{
+    model::{Changed, DesiredState},
+    Datapath, Reconciler,
+};
 use std::sync::Arc;
 
 use crate::{
@@ -80,6 +84,8 @@ enum Sync {
     Maps {
         services: ServiceSet,
         states: [DesiredState; 2],
+        /// The frontends that differ between the two states, as the API source names them.
+        changed: Changed,
         current: Option<(Box<Datapath>, Box<Reconciler>)>,
     },
     Iptables {
@@ -99,11 +105,23 @@ impl Sync {
     fn prepare(variant: Variant, set: &ServiceSet, changed: &ServiceSet, plan: &Plan) -> Sync {
         match variant {
             // (d) programs nothing; it is never passed here.
-            Variant::Ebpf | Variant::Direct => Sync::Maps {
-                services: set.clone(),
-                states: sharing_unchanged(set.desired_state(), changed.desired_state()),
-                current: None,
-            },
+            Variant::Ebpf | Variant::Direct => {
+                let states = sharing_unchanged(set.desired_state(), changed.desired_state());
+                let differing = states[1]
+                    .services
+                    .iter()
+                    .filter(|(frontend, service)| {
+                        states[0].services.get(*frontend) != Some(*service)
+                    })
+                    .map(|(frontend, _)| *frontend)
+                    .collect();
+                Sync::Maps {
+                    services: set.clone(),
+                    states,
+                    changed: Changed::Frontends(differing),
+                    current: None,
+                }
+            }
             Variant::Iptables => Sync::Iptables {
                 texts: [
                     iptables_restore(&set.kube_services()),
@@ -135,6 +153,7 @@ impl Sync {
                 services,
                 states,
                 current,
+                ..
             } => {
                 *current = None;
                 let capacities = capacities_for(services, services.endpoints(0).len() as u32);
@@ -180,12 +199,15 @@ impl Sync {
         let missing = || BenchError::Check("a change before programming".into());
         match self {
             Sync::Maps {
-                states, current, ..
+                states,
+                changed,
+                current,
+                ..
             } => {
                 let (datapath, reconciler) = current.as_mut().ok_or_else(missing)?;
                 let desired = &states[1 - step];
                 let started = Instant::now();
-                let summary = reconciler.apply(desired, datapath.maps())?;
+                let summary = reconciler.apply_changes(desired, changed, datapath.maps())?;
                 let elapsed = started.elapsed();
                 if !summary.wrote_anything() {
                     return Err(BenchError::Check("the change wrote nothing".into()));
