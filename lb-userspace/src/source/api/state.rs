@@ -120,9 +120,11 @@ pub struct ClusterView {
     reported_missing_node: bool,
     /// The desired state, `None` until every kind is listed.
     desired: Option<DesiredTracker>,
-    /// The Service each EndpointSlice belongs to, and the other way round.
-    slice_owners: HashMap<ObjectKey, ObjectKey>,
-    service_slices: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
+    /// The name of the Service each EndpointSlice belongs to (in the slice's namespace), and
+    /// the other way round: the names of each Service's slices. Names only, to keep the index
+    /// small next to the objects themselves.
+    slice_owners: HashMap<ObjectKey, String>,
+    service_slices: HashMap<ObjectKey, Vec<String>>,
 }
 
 /// What changed since the last change set, for the log.
@@ -241,7 +243,10 @@ impl ClusterView {
             .get(service)
             .into_iter()
             .flatten()
-            .filter_map(|slice| self.slices.objects.get(slice))
+            .filter_map(|name| {
+                let slice = ObjectKey::new(&service.namespace, name);
+                self.slices.objects.get(&slice)
+            })
             .collect();
         service_frontends(definition, &slices, node)
     }
@@ -266,8 +271,9 @@ impl ClusterView {
     fn index_slice(&mut self, slice: ObjectKey) -> Vec<ObjectKey> {
         let mut touched = Vec::new();
         if let Some(previous) = self.slice_owners.remove(&slice) {
+            let previous = ObjectKey::new(&slice.namespace, previous);
             if let Some(slices) = self.service_slices.get_mut(&previous) {
-                slices.remove(&slice);
+                slices.retain(|name| *name != slice.name);
                 if slices.is_empty() {
                     self.service_slices.remove(&previous);
                 }
@@ -278,8 +284,8 @@ impl ClusterView {
             self.service_slices
                 .entry(service.clone())
                 .or_default()
-                .insert(slice.clone());
-            self.slice_owners.insert(slice, service.clone());
+                .push(slice.name.clone());
+            self.slice_owners.insert(slice, service.name.clone());
             touched.push(service);
         }
         touched
