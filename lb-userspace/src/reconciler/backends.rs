@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use lb_common::Backend;
 
+use super::id_map::IdMap;
 use super::ids::IdPool;
 use super::{MapWriteError, MapWriter};
 use crate::model::{unmap_addr, Endpoint, SocketDisplay};
@@ -35,7 +36,7 @@ pub(super) struct Backends {
     /// The id new references to an address use. An id adopted from the maps as a duplicate
     /// of another id's address is in `by_id` only, until its last reference goes.
     by_address: HashMap<Address, u32>,
-    pub(super) by_id: BTreeMap<u32, BackendEntry>,
+    pub(super) by_id: IdMap<BackendEntry>,
     /// Entries with a value in the backends map.
     written_count: usize,
     /// Ids that may have no reference: every id whose last reference went or that got none
@@ -58,7 +59,7 @@ impl Backends {
             ids: IdPool::new(capacity),
             slot_refs: 0,
             by_address: HashMap::new(),
-            by_id: BTreeMap::new(),
+            by_id: IdMap::default(),
             written_count: 0,
             maybe_unreferenced: BTreeSet::new(),
         }
@@ -82,7 +83,7 @@ impl Backends {
             .into_iter()
             .map(|(address, ids)| (address, canonical(&ids)))
             .collect();
-        let by_id: BTreeMap<u32, BackendEntry> = found
+        let by_id: IdMap<BackendEntry> = found
             .iter()
             .map(|(id, backend)| {
                 let entry = BackendEntry {
@@ -98,7 +99,7 @@ impl Backends {
             slot_refs: 0,
             by_address,
             written_count: by_id.len(),
-            maybe_unreferenced: by_id.keys().copied().collect(),
+            maybe_unreferenced: by_id.iter().map(|(id, _)| id).collect(),
             by_id,
         }
     }
@@ -137,7 +138,7 @@ impl Backends {
     pub(super) fn written(&self) -> impl Iterator<Item = (u32, Backend)> + '_ {
         self.by_id
             .iter()
-            .filter_map(|(id, e)| e.written.map(|b| (*id, b)))
+            .filter_map(|(id, e)| e.written.map(|b| (id, b)))
     }
 
     /// Writes the backend entry unless the map holds its value already; returns whether it

@@ -28,6 +28,7 @@
 mod adopt;
 mod backends;
 mod error;
+mod id_map;
 mod ids;
 mod resync;
 mod slots;
