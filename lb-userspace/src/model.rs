@@ -134,9 +134,10 @@ impl fmt::Display for ServicePortName {
 pub struct DesiredService {
     pub name: ServicePortName,
     /// Traffic arriving from outside the node (`scope::EXTERNAL`).
-    pub external: BackendSet,
-    /// Traffic from pods on this node (`scope::INTERNAL`).
-    pub internal: BackendSet,
+    pub external: Arc<BackendSet>,
+    /// Traffic from pods on this node (`scope::INTERNAL`); the same `Arc` as `external`
+    /// while both are equal (the common case), so the set is held once.
+    pub internal: Arc<BackendSet>,
     /// `sessionAffinity: ClientIP`: a client sticks to its backend for this many seconds.
     pub affinity_timeout_s: Option<u32>,
 }
@@ -144,13 +145,13 @@ pub struct DesiredService {
 impl DesiredService {
     /// A service whose scopes both balance to `endpoints`, without affinity.
     pub fn uniform(name: ServicePortName, endpoints: BTreeSet<Endpoint>) -> Self {
-        let backends = BackendSet {
+        let backends = Arc::new(BackendSet {
             endpoints,
             drop_if_empty: false,
-        };
+        });
         Self {
             name,
-            external: backends.clone(),
+            external: Arc::clone(&backends),
             internal: backends,
             affinity_timeout_s: None,
         }
@@ -347,7 +348,7 @@ mod tests {
         let mut service = DesiredService::uniform(name, BTreeSet::new());
         assert_eq!(service.value(scope::EXTERNAL, 3, 2).flags, 0);
         service.affinity_timeout_s = Some(600);
-        service.external.drop_if_empty = true;
+        Arc::make_mut(&mut service.external).drop_if_empty = true;
         let external = service.value(scope::EXTERNAL, 3, 0);
         let internal = service.value(scope::INTERNAL, 4, 2);
         assert_eq!(

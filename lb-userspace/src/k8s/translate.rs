@@ -14,6 +14,7 @@
 //! Only IPv4 is programmed for now: IPv6 cluster IPs and IPv6/FQDN slices are skipped.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use tracing::debug;
 
@@ -94,37 +95,59 @@ pub fn service_frontends(
     let mut frontends_of_service = Vec::new();
     for port in &service.ports {
         let endpoints = PortEndpoints::select(port, &slices, &node.name);
+        let backends = PortBackends::new(service, &endpoints);
         for (frontend, kind) in frontends(service, port, node) {
-            frontends_of_service.push((frontend, desired_service(service, port, kind, &endpoints)));
+            frontends_of_service.push((frontend, desired_service(service, port, kind, &backends)));
         }
     }
     frontends_of_service
+}
+
+/// The backend sets of one service port, built once and shared by its frontends.
+struct PortBackends {
+    cluster: Arc<BackendSet>,
+    /// Only when a traffic policy of the service is Local.
+    local: Option<Arc<BackendSet>>,
+}
+
+impl PortBackends {
+    fn new(service: &ServiceDef, endpoints: &PortEndpoints) -> Self {
+        let cluster = Arc::new(BackendSet {
+            endpoints: endpoints.cluster.clone(),
+            drop_if_empty: false,
+        });
+        let policies = [service.internal_policy, service.external_policy];
+        let local = policies.contains(&TrafficPolicy::Local).then(|| {
+            Arc::new(BackendSet {
+                endpoints: endpoints.local.clone(),
+                drop_if_empty: endpoints.any_usable(),
+            })
+        });
+        Self { cluster, local }
+    }
+
+    fn by_policy(&self, policy: TrafficPolicy) -> Arc<BackendSet> {
+        match (policy, &self.local) {
+            (TrafficPolicy::Local, Some(local)) => Arc::clone(local),
+            _ => Arc::clone(&self.cluster),
+        }
+    }
 }
 
 fn desired_service(
     service: &ServiceDef,
     port: &PortDef,
     kind: FrontendKind,
-    endpoints: &PortEndpoints,
+    backends: &PortBackends,
 ) -> DesiredService {
-    let by_policy = |policy| match policy {
-        TrafficPolicy::Cluster => BackendSet {
-            endpoints: endpoints.cluster.clone(),
-            drop_if_empty: false,
-        },
-        TrafficPolicy::Local => BackendSet {
-            endpoints: endpoints.local.clone(),
-            drop_if_empty: endpoints.any_usable(),
-        },
-    };
     let (external, internal) = match kind {
         FrontendKind::ClusterIp => {
-            let backends = by_policy(service.internal_policy);
-            (backends.clone(), backends)
+            let backends = backends.by_policy(service.internal_policy);
+            (Arc::clone(&backends), backends)
         }
         FrontendKind::External => (
-            by_policy(service.external_policy),
-            by_policy(TrafficPolicy::Cluster),
+            backends.by_policy(service.external_policy),
+            backends.by_policy(TrafficPolicy::Cluster),
         ),
     };
     DesiredService {

@@ -1,5 +1,7 @@
 //! Adoption: a new reconciler takes over maps an earlier one wrote (an agent restart).
 
+use std::sync::Arc;
+
 use lb_common::maps as registry;
 
 use super::*;
@@ -15,7 +17,7 @@ fn restart(maps: &mut FakeMaps) -> Reconciler {
 /// `fe` with external backends `ext` and internal backends `int`.
 fn split(fe: Frontend, ext: &[u8], int: &[u8]) -> (Frontend, DesiredService) {
     let mut svc = service(&fe, int);
-    svc.external.endpoints = ext.iter().map(|h| endpoint(*h)).collect();
+    Arc::make_mut(&mut svc.external).endpoints = ext.iter().map(|h| endpoint(*h)).collect();
     (fe, svc)
 }
 
@@ -160,13 +162,13 @@ fn a_changed_backend_flag_is_rewritten_in_place_under_the_same_id() {
     let (_, mut maps) = setup(&desired(&[(tcp(80), &[1, 2])]));
     let id = backend_id(&maps, 2);
     let mut local = desired(&[(tcp(80), &[1])]);
-    let svc = std::sync::Arc::make_mut(local.services.get_mut(&tcp(80)).unwrap());
+    let svc = Arc::make_mut(local.services.get_mut(&tcp(80)).unwrap());
     let moved = Endpoint {
         local: true,
         ..endpoint(2)
     };
-    svc.external.endpoints.insert(moved);
-    svc.internal.endpoints.insert(moved);
+    Arc::make_mut(&mut svc.external).endpoints.insert(moved);
+    Arc::make_mut(&mut svc.internal).endpoints.insert(moved);
 
     let mut reconciler = restart(&mut maps);
     reconciler.apply(&local, &mut maps).unwrap();

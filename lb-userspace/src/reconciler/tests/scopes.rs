@@ -1,5 +1,7 @@
 //! Per-scope backend sets, flags and the affinity timeout.
 
+use std::sync::Arc;
+
 use lb_common::service::service_flags::{AFFINITY, DROP_IF_NO_BACKEND};
 
 use super::*;
@@ -7,7 +9,7 @@ use super::*;
 /// `fe` with external backends `ext` and internal backends `int`.
 fn split(fe: Frontend, ext: &[u8], int: &[u8]) -> (Frontend, DesiredService) {
     let mut svc = service(&fe, int);
-    svc.external.endpoints = ext.iter().map(|h| endpoint(*h)).collect();
+    Arc::make_mut(&mut svc.external).endpoints = ext.iter().map(|h| endpoint(*h)).collect();
     (fe, svc)
 }
 
@@ -147,7 +149,7 @@ fn affinity_and_timeout_changes_rewrite_only_the_service_entries() {
 #[test]
 fn a_scope_without_local_endpoints_drops_while_the_other_balances() {
     let (_, mut drop_external) = split(tcp(80), &[], &[1, 2]);
-    drop_external.external.drop_if_empty = true;
+    Arc::make_mut(&mut drop_external.external).drop_if_empty = true;
     let (mut reconciler, mut maps) = setup(&desired(&[(tcp(80), &[1, 2])]));
     reconciler
         .apply(&state([(tcp(80), drop_external.clone())]), &mut maps)
@@ -162,7 +164,7 @@ fn a_scope_without_local_endpoints_drops_while_the_other_balances() {
     assert_ne!(external.group_id, internal.group_id);
 
     // A local endpoint appears: only the external side changes.
-    drop_external.external.endpoints = [endpoint(2)].into();
+    Arc::make_mut(&mut drop_external.external).endpoints = [endpoint(2)].into();
     maps.take_log();
     reconciler
         .apply(&state([(tcp(80), drop_external)]), &mut maps)
@@ -177,7 +179,7 @@ fn a_scope_without_local_endpoints_drops_while_the_other_balances() {
 #[test]
 fn flags_of_equal_scopes_may_differ_in_one_shared_group() {
     let (_, mut svc) = split(tcp(80), &[1], &[1]);
-    svc.internal.drop_if_empty = true;
+    Arc::make_mut(&mut svc.internal).drop_if_empty = true;
     let (_, maps) = setup(&state([(tcp(80), svc)]));
     let external = maps.services[&tcp(80).key(EXT)];
     let internal = maps.services[&tcp(80).key(INT)];
@@ -189,8 +191,8 @@ fn flags_of_equal_scopes_may_differ_in_one_shared_group() {
 fn failed_scope_transitions_are_resumed_by_the_next_apply() {
     let mut sticky = service(&udp(53), &[4, 5]);
     sticky.affinity_timeout_s = Some(30);
-    sticky.internal.endpoints = [endpoint(4)].into();
-    sticky.internal.drop_if_empty = true;
+    Arc::make_mut(&mut sticky.internal).endpoints = [endpoint(4)].into();
+    Arc::make_mut(&mut sticky.internal).drop_if_empty = true;
     assert_resumes_after_any_failure(&[
         desired(&[(tcp(80), &[1, 2, 3]), (udp(53), &[4])]),
         state([split(tcp(80), &[1], &[1, 2, 3]), (udp(53), sticky)]),
