@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::desired::DesiredTracker;
 use super::endpoints::PortEndpoints;
@@ -71,11 +71,18 @@ pub fn service_frontends(
     node: &NodeDef,
 ) -> Vec<(Frontend, DesiredService)> {
     if !service.cluster_ips.iter().any(|ip| ip.is_ipv4()) {
-        debug!(
-            "Service {}/{}: no IPv4 cluster IP (headless, ExternalName, unassigned or IPv6 \
-             only); not proxied",
-            service.namespace, service.name
-        );
+        if service.cluster_ips.is_empty() {
+            debug!(
+                "Service {}/{}: no cluster IP (headless, ExternalName or unassigned); not \
+                 proxied",
+                service.namespace, service.name
+            );
+        } else {
+            warn!(
+                "Service {}/{}: IPv6-only Services are not served yet; not proxied",
+                service.namespace, service.name
+            );
+        }
         return Vec::new();
     }
     let slices: Vec<&SliceDef> = slices
