@@ -53,10 +53,7 @@ impl Programmer {
     pub(super) fn want(&mut self, update: Update) {
         let now = Instant::now();
         match &mut self.pending {
-            Some(pending) => {
-                pending.changed.merge(update.changed);
-                pending.state = update.state;
-            }
+            Some(pending) => pending.merge(update),
             None => self.pending = Some(update),
         }
         self.pending_since.get_or_insert(now);

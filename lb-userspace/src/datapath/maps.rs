@@ -119,8 +119,9 @@ impl DatapathMaps {
 
     /// Every conntrack entry, read in batches.
     fn conntrack_entries(&self) -> Result<Vec<(CtKey, CtValue)>, MapError> {
+        let map_type = registry::CONNTRACK.kind as u32;
         let conntrack = map_data(self.map(registry::CONNTRACK));
-        let conntrack = conntrack.ok_or(MapError::InvalidMapType { map_type: 0 })?;
+        let conntrack = conntrack.ok_or(MapError::InvalidMapType { map_type })?;
         batch::entries(conntrack).map_err(MapError::IoError)
     }
 

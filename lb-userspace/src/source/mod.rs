@@ -25,6 +25,14 @@ pub struct Update {
     pub changed: Changed,
 }
 
+impl Update {
+    /// Takes the state of `later`, keeping the changes of both.
+    pub fn merge(&mut self, later: Update) {
+        self.changed.merge(later.changed);
+        self.state = later.state;
+    }
+}
+
 #[derive(Default)]
 struct Shared {
     /// The latest update not taken yet, with the changes of the ones it replaced.
@@ -54,10 +62,7 @@ impl Publisher {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         match pending.as_mut() {
-            Some(waiting) => {
-                waiting.changed.merge(update.changed);
-                waiting.state = update.state;
-            }
+            Some(waiting) => waiting.merge(update),
             None => *pending = Some(update),
         }
         drop(pending);
