@@ -75,32 +75,26 @@ impl DesiredTracker {
     /// `service` claims `frontend`: it owns it unless a Service first by namespace and name
     /// does.
     fn claim(&mut self, frontend: Frontend, service: &ObjectKey, desired: &Arc<DesiredService>) {
-        let owner = self.state.services.get(&frontend).map(|d| owner_of(d));
-        match owner {
-            Some(owner) if owner < *service => {
-                warn!(
-                    "{frontend} is claimed by both {} and {}; keeping {}",
-                    self.state.services[&frontend].name,
-                    desired.name,
-                    owner_name(&owner)
-                );
-                self.contested
-                    .entry(frontend)
-                    .or_default()
-                    .insert(service.clone());
-            }
-            Some(owner) if owner != *service => {
-                warn!(
-                    "{frontend} is claimed by both {} and {}; keeping {}",
-                    self.state.services[&frontend].name,
-                    desired.name,
-                    owner_name(service)
-                );
-                self.contested.entry(frontend).or_default().insert(owner);
-                self.set(frontend, Some(Arc::clone(desired)));
-            }
-            _ => self.set(frontend, Some(Arc::clone(desired))),
+        let Some(owner) = self.state.services.get(&frontend).map(|d| owner_of(d)) else {
+            return self.set(frontend, Some(Arc::clone(desired)));
+        };
+        if owner == *service {
+            return self.set(frontend, Some(Arc::clone(desired)));
         }
+        let (keeper, waiter) = match owner < *service {
+            true => (owner, service.clone()),
+            false => (service.clone(), owner),
+        };
+        warn!(
+            "{frontend} is claimed by both {} and {}; keeping {}",
+            self.state.services[&frontend].name,
+            desired.name,
+            owner_name(&keeper)
+        );
+        if keeper == *service {
+            self.set(frontend, Some(Arc::clone(desired)));
+        }
+        self.contested.entry(frontend).or_default().insert(waiter);
     }
 
     /// `service` no longer claims `frontend`: the next claimant, if any, takes it over.
