@@ -277,6 +277,9 @@ impl Agent {
             }
             if let Some(status) = self.exit_status()? {
                 thread::sleep(POLL); // let the readers drain the last lines
+                if self.log_count(needle) >= count {
+                    return Ok(());
+                }
                 return Err(Error::AgentExited {
                     status: status.to_string(),
                     what,

@@ -259,6 +259,21 @@ impl Container<'_> {
         }
     }
 
+    /// The log of a stopped container, read again until it stops growing (at most ~2 s):
+    /// conmon may still be writing its last lines when the container is reported stopped.
+    fn log_after_exit(&self) -> String {
+        let mut log = self.log();
+        for _ in 0..10 {
+            thread::sleep(Duration::from_millis(200));
+            let again = self.log();
+            if again == log {
+                break;
+            }
+            log = again;
+        }
+        log
+    }
+
     /// Whether it still runs.
     pub fn running(&self) -> bool {
         let state = self
@@ -276,6 +291,12 @@ impl Container<'_> {
                 return Ok(());
             }
             if !self.running() {
+                // It may have written the line and stopped after the read above, and
+                // the runtime may still be flushing what it wrote last.
+                let log = self.log_after_exit();
+                if log.contains(needle) {
+                    return Ok(());
+                }
                 return Err(Error::AgentExited {
                     status: format!("container {} stopped", self.name),
                     what: needle.to_string(),
