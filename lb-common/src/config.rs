@@ -19,6 +19,19 @@ pub const SNAT_PORT_ATTEMPTS: u32 = 16;
 /// masquerading off too.
 pub const HAIRPIN_ADDR: [u8; 4] = [169, 254, 42, 1];
 
+/// Values of [`NodeConfig::reply_path`]: how translated packets that carry one of the node's
+/// own addresses as their new source (node port replies, masqueraded flows), and every other
+/// translated reply, leave the node.
+pub mod reply_path {
+    /// Handed back to the kernel, which routes them; its martian check then needs
+    /// `net.ipv4.conf.<iface>.accept_local=1` on the interface they arrived on.
+    pub const KERNEL: u8 = 0;
+    /// Sent to the egress device found with `bpf_fib_lookup` (`bpf_redirect`, or
+    /// `bpf_redirect_neigh` when the neighbour is unresolved): they never meet the martian
+    /// check. XDP hands its packets to the TC program on the same interface to do it.
+    pub const REDIRECT: u8 = 1;
+}
+
 /// Value of `LB_CONFIG[0]`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -31,7 +44,9 @@ pub struct NodeConfig {
     pub snat_port_min: [u8; 2],
     /// Last port masquerading allocates (inclusive), network byte order.
     pub snat_port_max: [u8; 2],
-    pub _pad: [u8; 4],
+    /// One of [`reply_path`].
+    pub reply_path: u8,
+    pub _pad: [u8; 3],
     /// Network namespace cookie (`SO_NETNS_COOKIE`) of the node's own sockets: the socket
     /// programs translate only sockets in this namespace (host-network processes and pods),
     /// never a pod's, which the TC program serves. 0 until the agent writes it: no socket is
@@ -46,8 +61,17 @@ impl NodeConfig {
             snat_addr,
             snat_port_min: min.to_be_bytes(),
             snat_port_max: max.to_be_bytes(),
-            _pad: [0; 4],
+            reply_path: reply_path::KERNEL,
+            _pad: [0; 3],
             sock_netns_cookie: 0,
+        }
+    }
+
+    /// This config with translated replies leaving by `path` (one of [`reply_path`]).
+    pub const fn with_reply_path(self, path: u8) -> Self {
+        Self {
+            reply_path: path,
+            ..self
         }
     }
 

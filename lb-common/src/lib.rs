@@ -33,6 +33,9 @@ pub mod program_names {
     pub const TC_INGRESS: &str = "lb_tc_ingress";
     /// XDP on the node's external interface.
     pub const XDP_INGRESS: &str = "lb_xdp_ingress";
+    /// TC ingress on the XDP interface: sends on what XDP handed over for the redirect reply
+    /// path (`config::reply_path::REDIRECT`).
+    pub const TC_XDP_HANDOFF: &str = "lb_tc_xdp_handoff";
     /// cgroup `connect4`: TCP and UDP sockets connecting to a Service.
     pub const SOCK_CONNECT4: &str = "lb_sock_connect4";
     /// cgroup `sendmsg4`: unconnected UDP datagrams sent to a Service.

@@ -30,6 +30,8 @@ pub const IPV4_TOTAL_LEN: usize = 2;
 pub const IPV4_FRAG_OFF: usize = 6;
 /// Offset of the IPv4 protocol.
 pub const IPV4_PROTO: usize = 9;
+/// Offset of the time to live in the IPv4 header (the protocol follows it in the same word).
+pub const IPV4_TTL: usize = 8;
 /// Offset of the IPv4 header checksum.
 pub const IPV4_CHECKSUM: usize = 10;
 /// Offset of the IPv4 source address (the destination follows it).

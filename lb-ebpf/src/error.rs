@@ -11,6 +11,8 @@ pub enum Verdict {
     Drop,
     /// Send the packet, rewritten into a reply, back out of the interface it arrived on.
     SendBack,
+    /// Hand the translated packet straight to its egress device (`reply_path::REDIRECT`).
+    Forward,
 }
 
 /// A packet the program did not translate: the counter naming the reason, and the service the

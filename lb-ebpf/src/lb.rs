@@ -4,8 +4,8 @@
 //! `icmp_error`.
 
 use lb_common::{
-    conntrack::ct_flags, service::service_flags, Counter, CtKey, CtValue, ServiceKey, ServiceValue,
-    IPPROTO_UDP,
+    config::reply_path, conntrack::ct_flags, service::service_flags, Counter, CtKey, CtValue,
+    ServiceKey, ServiceValue, IPPROTO_UDP,
 };
 
 use crate::{
@@ -21,6 +21,26 @@ use crate::{
     select, stats,
 };
 
+/// What was done to a packet the pipeline let through: its counter, and whether its new
+/// addresses are ones the redirect reply path sends on itself: a reply translated back, a
+/// masqueraded (or hairpinned) packet, a translated ICMP error. The first two are the packets
+/// that may carry one of the node's own addresses as their source.
+#[derive(Clone, Copy)]
+struct Done {
+    outcome: Counter,
+    forward: bool,
+}
+
+impl Done {
+    #[inline(always)]
+    fn kept(outcome: Counter) -> Self {
+        Done {
+            outcome,
+            forward: false,
+        }
+    }
+}
+
 /// Handles one packet: translates it if it belongs to a flow or a service, counts the outcome
 /// and returns what the hook should do with it. `scope` is the hook's service lookup scope
 /// (`lb_common::service::scope`).
@@ -28,10 +48,12 @@ use crate::{
 pub fn process<P: Packet, M: MapAccess>(pkt: &mut P, maps: &mut M, scope: u8) -> Verdict {
     stats::count(maps, Counter::Packets);
     match try_process(pkt, maps, scope) {
-        Ok(outcome) => {
-            stats::count(maps, outcome);
-            if outcome == Counter::RejectNoBackend {
+        Ok(done) => {
+            stats::count(maps, done.outcome);
+            if done.outcome == Counter::RejectNoBackend {
                 Verdict::SendBack
+            } else if done.forward && maps.config().reply_path == reply_path::REDIRECT {
+                Verdict::Forward
             } else {
                 Verdict::Pass
             }
@@ -48,23 +70,33 @@ pub fn process<P: Packet, M: MapAccess>(pkt: &mut P, maps: &mut M, scope: u8) ->
     }
 }
 
-/// Translates the packet, or turns it into a reject; returns the counter of what was done.
+/// Translates the packet, or turns it into a reject; says what was done.
 #[inline(always)]
 fn try_process<P: Packet, M: MapAccess>(
     pkt: &mut P,
     maps: &mut M,
     scope: u8,
-) -> Result<Counter, Error> {
+) -> Result<Done, Error> {
     let flow = match parse::ipv4_flow(pkt) {
         Ok(flow) => flow,
-        Err(e) if e.reason == Counter::OtherProtocol => return icmp_error::translate(pkt, maps),
+        Err(e) if e.reason == Counter::OtherProtocol => {
+            let outcome = icmp_error::translate(pkt, maps)?;
+            return Ok(Done {
+                outcome,
+                forward: true,
+            });
+        }
         Err(e) => return Err(e),
     };
     let key = conntrack::key_of(&flow);
     if let Some(entry) = maps.conntrack(&key) {
         if let Some((side, outcome)) = established(maps, &flow, &entry) {
             port_reuse::note_tcp_end(maps, &flow, side, &key, &entry);
-            return translate(pkt, maps, &flow, side, &entry, outcome);
+            let outcome = translate(pkt, maps, &flow, side, &entry, outcome)?;
+            return Ok(Done {
+                outcome,
+                forward: side == Side::Source || entry.flags & ct_flags::SNAT != 0,
+            });
         }
         forget(maps, &key, &entry);
     }
@@ -104,7 +136,7 @@ fn new_flow<P: Packet, M: MapAccess>(
     flow: &Ipv4Flow,
     key: &CtKey,
     scope: u8,
-) -> Result<Counter, Error> {
+) -> Result<Done, Error> {
     let service = maps
         .service(&ServiceKey {
             addr: key.dst_addr,
@@ -114,7 +146,7 @@ fn new_flow<P: Packet, M: MapAccess>(
         })
         .ok_or(Error::untouched(Counter::NotService))?;
     if service.backend_count == 0 {
-        return no_backend(pkt, maps, flow, &service);
+        return no_backend(pkt, maps, flow, &service).map(Done::kept);
     }
     let group_id = service.group_id;
     let missing = Error::dropped(Counter::DropBackendMissing, group_id);
@@ -152,7 +184,10 @@ fn new_flow<P: Packet, M: MapAccess>(
     if masqueraded {
         stats::count(maps, masquerade::counter(scope));
     }
-    Ok(outcome)
+    Ok(Done {
+        outcome,
+        forward: masqueraded,
+    })
 }
 
 /// A new flow for a service without a usable backend: rejected with ICMP port unreachable

@@ -22,6 +22,7 @@ mod masquerade;
 mod parse;
 mod port_reuse;
 mod reject;
+mod reply_path;
 mod rewrite;
 mod select;
 mod sock;
@@ -57,6 +58,7 @@ pub fn lb_tc_ingress(ctx: TcContext) -> i32 {
         Verdict::Pass => TC_ACT_UNSPEC,
         Verdict::Drop => TC_ACT_SHOT,
         Verdict::SendBack => pkt.redirect_back(),
+        Verdict::Forward => reply_path::tc_forward(&pkt.0),
     }
 }
 
@@ -64,11 +66,21 @@ pub fn lb_tc_ingress(ctx: TcContext) -> i32 {
 /// from outside the node, looked up in the external scope. Rejects leave by the same interface.
 #[xdp]
 pub fn lb_xdp_ingress(ctx: XdpContext) -> u32 {
-    match lb::process(&mut XdpPacket(ctx), &mut KernelMaps, scope::EXTERNAL) {
+    let mut pkt = XdpPacket(ctx);
+    match lb::process(&mut pkt, &mut KernelMaps, scope::EXTERNAL) {
         Verdict::Pass => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
         Verdict::SendBack => xdp_action::XDP_TX,
+        Verdict::Forward => reply_path::xdp_handoff(&pkt.0),
     }
+}
+
+/// TC ingress on the XDP interface (`lb_common::program_names::TC_XDP_HANDOFF`), attached with
+/// the redirect reply path: sends on the packets XDP translated and handed over
+/// (`reply_path`); every other packet goes on to the hook's next program.
+#[classifier]
+pub fn lb_tc_xdp_handoff(ctx: TcContext) -> i32 {
+    reply_path::tc_handoff(&ctx)
 }
 
 /// cgroup `connect4` (`lb_common::program_names::SOCK_CONNECT4`): a TCP or UDP socket of

@@ -9,8 +9,8 @@ use anyhow::Context;
 use clap::{ArgMatches, Args, FromArgMatches, Parser, Subcommand};
 use lb_common::Capacity;
 use lb_userspace::agent::{
-    self, Masquerade, PortRange, RunConfig, SocketLb, SourceConfig, XdpIface, DEFAULT_BPFFS_DIR,
-    DEFAULT_PROC_SYS_NET_DIR,
+    self, Masquerade, PortRange, ReplyPath, RunConfig, SocketLb, SourceConfig, XdpIface,
+    DEFAULT_BPFFS_DIR, DEFAULT_PROC_SYS_NET_DIR,
 };
 use lb_userspace::datapath::{KernelLogLevel, MAX_ENTRIES};
 use lb_userspace::inspect::Snapshot;
@@ -132,9 +132,16 @@ struct RunArgs {
     /// They stay pinned when the agent exits; `lb-agent cleanup` removes them.
     #[arg(long, default_value = DEFAULT_BPFFS_DIR)]
     bpffs_dir: PathBuf,
-    /// The node's `net.*` sysctls, where accept_local is written (masquerading and node port
-    /// replies need it): in a container, whose own /proc/sys is read-only, the node's
-    /// /proc/sys/net mounted writable (the DaemonSet mounts it at /host/proc/sys/net).
+    /// How node port replies and masqueraded packets (which carry the node's own address as
+    /// their source) and other translated replies leave the node: `redirect` sends them to
+    /// the egress device the FIB names, from the programs; `kernel` hands them to the kernel's
+    /// routing, which drops them as martians unless accept_local is 1 on the interfaces they
+    /// arrive on (the agent writes it under --proc-sys-net-dir).
+    #[arg(long, value_enum, default_value_t = ReplyPath::Redirect)]
+    reply_path: ReplyPath,
+    /// The node's `net.*` sysctls: ip_forward is read there, and with --reply-path kernel
+    /// accept_local written (in a container, whose own /proc/sys is read-only, the node's
+    /// /proc/sys/net mounted writable).
     #[arg(long, value_name = "DIR", default_value = DEFAULT_PROC_SYS_NET_DIR)]
     proc_sys_net_dir: PathBuf,
     /// How often the maps are read back and repaired if they drifted (e.g. 30s, 500ms, 2m).
@@ -278,6 +285,7 @@ fn run(args: RunArgs, kernel_log_level: KernelLogLevel) -> anyhow::Result<()> {
         tc_ifaces: args.ifaces,
         iface_patterns: IfacePatterns::new(args.iface_patterns),
         bpffs_dir: args.bpffs_dir,
+        reply_path: args.reply_path,
         proc_sys_net_dir: args.proc_sys_net_dir,
         capacities: args.map_sizes.0,
         resync_interval: args.resync_interval,

@@ -92,6 +92,32 @@ impl NetNs {
         }
     }
 
+    /// The interfaces of this namespace (and `all`) whose `net.ipv4.conf.<iface>.accept_local`
+    /// is not 0: what the redirect reply path must not need (the harness never sets it).
+    pub fn accept_local_on(&self) -> Result<Vec<String>> {
+        self.run(|| {
+            let conf = Path::new("/proc/sys/net/ipv4/conf");
+            let mut on = Vec::new();
+            for entry in fs::read_dir(conf).map_err(io_context(format!("cannot read {conf:?}")))? {
+                let dir = entry
+                    .map_err(io_context(format!("cannot read {conf:?}")))?
+                    .path();
+                let path = dir.join("accept_local");
+                let value = fs::read_to_string(&path)
+                    .map_err(io_context(format!("cannot read {}", path.display())))?;
+                if value.trim() != "0" {
+                    on.push(
+                        dir.file_name()
+                            .unwrap_or_default()
+                            .to_string_lossy()
+                            .into_owned(),
+                    );
+                }
+            }
+            Ok(on)
+        })?
+    }
+
     /// Sets the sysctl `key` (dotted, e.g. `net.ipv4.ip_forward`; as with sysctl(8), a `/`
     /// stands for a dot inside a component, e.g. `net.ipv4.conf.eth0/100.rp_filter`) to
     /// `value` in this namespace.

@@ -194,6 +194,14 @@ fn external_flows_to_the_other_nodes_pod_are_masqueraded_and_local_ones_keep_the
         );
     }
 
+    // Masqueraded packets and node port replies carry node A's address as their source, which
+    // the kernel's routing drops unless accept_local is set: the (default) redirect reply path
+    // sends them on without it.
+    assert_eq!(
+        cluster.node(Node::A).accept_local_on().unwrap(),
+        [] as [String; 0]
+    );
+
     let inspect = cluster.agent(Node::A).inspect().unwrap();
     assert_eq!(
         inspect_output::table_rows(&inspect, "NODE"),

@@ -180,6 +180,11 @@ fn an_outside_clients_node_port_request_reaches_the_other_nodes_pod_over_the_ove
         );
     }
     assert!(counter(&cluster, Node::A, "masqueraded") >= 2 * REQUESTS as u64);
+    // Masqueraded packets carry node A's address: sent on without accept_local.
+    assert_eq!(
+        cluster.node(Node::A).accept_local_on().unwrap(),
+        [] as [String; 0]
+    );
 }
 
 #[test]

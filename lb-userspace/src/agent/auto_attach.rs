@@ -16,8 +16,8 @@ pub(super) struct AutoAttach {
     patterns: IfacePatterns,
     /// The external interface (XDP's), never treated as pod-facing.
     external: Option<String>,
-    /// Where `accept_local` is written (`--proc-sys-net-dir`).
-    proc_sys_net_dir: PathBuf,
+    /// Where `accept_local` is written (`--proc-sys-net-dir`), with the kernel reply path.
+    accept_local_dir: Option<PathBuf>,
     watcher: LinkWatcher,
     /// Interfaces with the TC program, by index.
     attached: BTreeMap<u32, String>,
@@ -31,13 +31,13 @@ impl AutoAttach {
     pub(super) fn start(
         patterns: IfacePatterns,
         external: Option<String>,
-        proc_sys_net_dir: PathBuf,
+        accept_local_dir: Option<PathBuf>,
     ) -> Result<Self, NetlinkError> {
         info!("auto-attach: TC on every interface matching {patterns}");
         Ok(Self {
             patterns,
             external,
-            proc_sys_net_dir,
+            accept_local_dir,
             watcher: LinkWatcher::start()?,
             attached: BTreeMap::new(),
             failed: BTreeSet::new(),
@@ -90,8 +90,10 @@ impl AutoAttach {
             Ok(()) => {
                 let ifaces = std::slice::from_ref(&link.name);
                 let why = accept_local::POD_FACING;
-                if let Err(e) = accept_local::enable(&self.proc_sys_net_dir, ifaces, why) {
-                    warn!("{e}");
+                if let Some(dir) = &self.accept_local_dir {
+                    if let Err(e) = accept_local::enable(dir, ifaces, why) {
+                        warn!("{e}");
+                    }
                 }
                 self.attached.insert(link.index, link.name);
             }

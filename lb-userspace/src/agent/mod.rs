@@ -20,6 +20,8 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tracing::{info, warn};
 
+use lb_common::config::reply_path;
+
 use crate::bpffs::{self, BpffsError, DirLock};
 use crate::datapath::{Capacities, Datapath, DatapathError, KernelLog, KernelLogLevel};
 use crate::error::Chain;
@@ -61,10 +63,13 @@ pub struct RunConfig {
     pub masquerade: Masquerade,
     /// Whether and where the node's own sockets are translated (cgroup socket programs).
     pub socket_lb: SocketLb,
+    /// How translated replies and masqueraded packets leave the node.
+    pub reply_path: ReplyPath,
     /// Maps are pinned under `<bpffs_dir>/maps/`.
     pub bpffs_dir: PathBuf,
     /// The node's `net.*` sysctls (`/proc/sys/net`, or the node's mounted into a container,
-    /// whose own is read-only): `accept_local` is written and `ip_forward` read there.
+    /// whose own is read-only): `ip_forward` is read there, and with
+    /// [`ReplyPath::Kernel`] `accept_local` written.
     pub proc_sys_net_dir: PathBuf,
     pub capacities: Capacities,
     /// How often the maps are read back and repaired ([`crate::Reconciler::resync`]).
@@ -76,6 +81,29 @@ pub struct RunConfig {
     /// The most verbose level the eBPF programs write log lines at; the agent forwards them
     /// into its own log.
     pub kernel_log_level: KernelLogLevel,
+}
+
+/// How translated packets that may carry one of the node's own addresses as their source
+/// (node port replies, masqueraded flows; `lb_common::config::reply_path`) leave the node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReplyPath {
+    /// The programs send them to the egress device the FIB names (`bpf_redirect`,
+    /// `bpf_redirect_neigh`); the XDP interface also gets TC ingress for what XDP hands over.
+    /// No sysctl is written.
+    Redirect,
+    /// Back to the kernel's routing, which needs `accept_local` on the interfaces they arrive
+    /// on; the agent writes it under `--proc-sys-net-dir`.
+    Kernel,
+}
+
+impl ReplyPath {
+    /// The `LB_CONFIG` value.
+    fn config_value(self) -> u8 {
+        match self {
+            ReplyPath::Redirect => reply_path::REDIRECT,
+            ReplyPath::Kernel => reply_path::KERNEL,
+        }
+    }
 }
 
 /// Which interface gets the XDP program.
@@ -269,14 +297,20 @@ async fn serve(
     // Before the XDP and socket programs run (a restarted agent overwrites what the last one
     // set).
     let node_config = masquerade::node_config(&config.masquerade, xdp_iface.as_deref())
-        .with_sock_netns(sockets.as_ref().map_or(0, |s| s.netns_cookie));
+        .with_sock_netns(sockets.as_ref().map_or(0, |s| s.netns_cookie))
+        .with_reply_path(config.reply_path.config_value());
     datapath
         .maps()
         .set_node_config(&node_config)
         .map_err(AgentError::NodeConfig)?;
-    if let (Some(iface), true) = (&xdp_iface, node_config.masquerades()) {
+    // Where accept_local is written: only the kernel reply path needs it.
+    let accept_local_dir =
+        (config.reply_path == ReplyPath::Kernel).then(|| config.proc_sys_net_dir.clone());
+    if let (Some(iface), Some(dir), true) =
+        (&xdp_iface, &accept_local_dir, node_config.masquerades())
+    {
         let ifaces = std::slice::from_ref(iface);
-        accept_local::enable(&config.proc_sys_net_dir, ifaces, accept_local::MASQUERADING)?;
+        accept_local::enable(dir, ifaces, accept_local::MASQUERADING)?;
     }
     forwarding::check(&config.proc_sys_net_dir);
     match &sockets {
@@ -284,16 +318,23 @@ async fn serve(
         None => drop(Datapath::remove_socket_links(&links_dir(&config.bpffs_dir))),
     }
     if let Some(iface) = &xdp_iface {
+        // The handoff first, so no packet XDP hands over meets a hook without it.
+        match config.reply_path {
+            ReplyPath::Redirect => datapath.attach_xdp_handoff(iface)?,
+            // One an earlier agent left would be harmless (nothing is marked) but confusing.
+            ReplyPath::Kernel => datapath.unpin_tc(iface),
+        }
         datapath.attach_xdp(iface)?;
     }
     for iface in &config.tc_ifaces {
         datapath.attach_tc(iface)?;
     }
-    let sysctls = &config.proc_sys_net_dir;
-    accept_local::enable(sysctls, &config.tc_ifaces, accept_local::POD_FACING)?;
+    if let Some(dir) = &accept_local_dir {
+        accept_local::enable(dir, &config.tc_ifaces, accept_local::POD_FACING)?;
+    }
     let mut auto_attach = if config.tc_ifaces.is_empty() {
         let patterns = config.iface_patterns.clone();
-        Some(AutoAttach::start(patterns, xdp_iface, sysctls.clone())?)
+        Some(AutoAttach::start(patterns, xdp_iface, accept_local_dir)?)
     } else {
         None
     };

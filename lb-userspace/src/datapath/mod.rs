@@ -101,6 +101,7 @@ impl Datapath {
                 DatapathError::or_permission_denied("loading the eBPF maps", e, DatapathError::Load)
             })?;
         load_program::<SchedClassifier>(&mut ebpf, program_names::TC_INGRESS, |p| p.load())?;
+        load_program::<SchedClassifier>(&mut ebpf, program_names::TC_XDP_HANDOFF, |p| p.load())?;
         load_program::<Xdp>(&mut ebpf, program_names::XDP_INGRESS, |p| p.load())?;
         for (_, name) in sock_links::PROGRAMS {
             load_program::<CgroupSockAddr>(&mut ebpf, name, |p| p.load())?;
@@ -119,7 +120,17 @@ impl Datapath {
     /// either way other programs' filters are left in place. After [`Datapath::load_pinned`]
     /// a TCX link is pinned, and one pinned earlier gets the new program instead.
     pub fn attach_tc(&mut self, iface: &str) -> Result<(), DatapathError> {
-        let name = program_names::TC_INGRESS;
+        self.attach_classifier(program_names::TC_INGRESS, iface)
+    }
+
+    /// Attaches the handoff program (the redirect reply path's second half for XDP) to the XDP
+    /// interface `iface`'s ingress, as [`Datapath::attach_tc`] attaches the TC program (and
+    /// pinned under the same name: the XDP interface never has the TC program).
+    pub fn attach_xdp_handoff(&mut self, iface: &str) -> Result<(), DatapathError> {
+        self.attach_classifier(program_names::TC_XDP_HANDOFF, iface)
+    }
+
+    fn attach_classifier(&mut self, name: &'static str, iface: &str) -> Result<(), DatapathError> {
         let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
         let pin = self
             .links_dir
@@ -160,7 +171,8 @@ impl Datapath {
     }
 
     /// Removes the pin of `iface`'s TC link, for an interface that vanished (which detached
-    /// the link). Does nothing unless loaded by [`Datapath::load_pinned`].
+    /// the link), or the handoff's on the XDP interface, which detaches it. Does nothing
+    /// unless loaded by [`Datapath::load_pinned`].
     pub fn unpin_tc(&mut self, iface: &str) {
         let Some(dir) = &self.links_dir else {
             return;
