@@ -56,8 +56,9 @@ fn try_tc_forward(ctx: &TcContext) -> Option<i32> {
     // SAFETY: plain-old-data; all zero is the helper's "nothing set".
     let mut fib: bpf_fib_lookup = unsafe { zeroed() };
     fib.family = AF_INET;
-    // SAFETY: reads the program's own context.
-    fib.ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    // SAFETY: reads the program's own context. At TC ingress the skb's device is the one it
+    // arrived on (BPF_PROG_TEST_RUN: the loopback device of the caller's namespace).
+    fib.ifindex = unsafe { (*ctx.skb.skb).ifindex };
     fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
     fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
     // SAFETY: `fib` is a valid, writable `bpf_fib_lookup` of the size passed.

@@ -1,0 +1,187 @@
+//! The redirect reply path (`lb_common::config::reply_path::REDIRECT`) through the real TC and
+//! XDP programs (BPF_PROG_TEST_RUN), run inside a namespace whose FIB the test sets up: the
+//! node's LAN interface 198.18.0.2/24 with a permanent neighbour entry for the client. A
+//! translated reply at TC goes to the FIB's egress device (`TC_ACT_REDIRECT`) with the
+//! neighbour's and the interface's MAC addresses and the TTL decremented, or through
+//! `bpf_redirect_neigh` when the neighbour is unresolved; what the FIB does not forward, a
+//! TTL about to expire and the kernel reply path pass to the kernel. XDP hands its masqueraded
+//! packets to TC with a mark in the metadata.
+
+mod fixture;
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use fixture::{backend, client, vip, Fixture, Hook, Verdict};
+use lb_common::{
+    config::{reply_path, SNAT_PORT_MAX, SNAT_PORT_MIN},
+    ipv4_mapped,
+    net::tcp_flags,
+    service::backend_flags,
+    NodeConfig, IPPROTO_TCP,
+};
+use lb_frames::{assert_frames_equal, parse, Frame};
+use lb_tests::{netns::unique_prefix, netns::NetNs, require_root};
+
+/// The node's address on its LAN interface (and masquerading address).
+const NODE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+/// The node's LAN interface in the test's namespace.
+const LAN: &str = "lan0";
+/// The client's MAC address in the node's neighbour table.
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
+/// A client on the LAN whose neighbour entry the node does not have.
+const UNRESOLVED: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 20);
+/// A client the node has no route to.
+const UNROUTED: Ipv4Addr = Ipv4Addr::new(198, 19, 200, 1);
+/// The mark XDP puts into the metadata of what it hands to TC (`lb-ebpf/src/reply_path.rs`).
+const HANDOFF_MARK: &[u8; 4] = b"LBrp";
+
+/// A namespace with the node's LAN (a veth pair, both ends inside), the client's neighbour
+/// entry and forwarding on; and the LAN interface's MAC address.
+fn node_fib() -> (NetNs, [u8; 6]) {
+    let netns = NetNs::create(&format!("{}-fib", unique_prefix())).unwrap();
+    netns
+        .ip(&["link", "add", LAN, "type", "veth", "peer", "name", "lan1"])
+        .unwrap();
+    for iface in [LAN, "lan1"] {
+        netns.ip(&["link", "set", iface, "up"]).unwrap();
+    }
+    netns
+        .ip(&["addr", "add", &format!("{NODE}/24"), "dev", LAN])
+        .unwrap();
+    let mac = CLIENT_MAC.map(|b| format!("{b:02x}")).join(":");
+    let client = fixture::CLIENT.to_string();
+    netns
+        .ip(&[
+            "neigh",
+            "add",
+            &client,
+            "lladdr",
+            &mac,
+            "dev",
+            LAN,
+            "nud",
+            "permanent",
+        ])
+        .unwrap();
+    netns.set_sysctl("net.ipv4.ip_forward", "1").unwrap();
+    let link = netns.ip(&["-br", "link", "show", LAN]).unwrap();
+    let lan_mac = link
+        .split_whitespace()
+        .nth(2)
+        .and_then(|mac| {
+            let bytes: Vec<u8> = mac
+                .split(':')
+                .filter_map(|b| u8::from_str_radix(b, 16).ok())
+                .collect();
+            bytes.try_into().ok()
+        })
+        .unwrap_or_else(|| panic!("no MAC address in {link:?}"));
+    (netns, lan_mac)
+}
+
+/// A node that masquerades to [`NODE`] with `path` as its reply path; its one service
+/// vip(80)/TCP balances to backend(1) with `backend_flags`.
+fn node(hook: Hook, flags: u8, path: u8) -> Fixture {
+    let config = NodeConfig::masquerading(ipv4_mapped(NODE.octets()), SNAT_PORT_MIN, SNAT_PORT_MAX)
+        .with_reply_path(path);
+    Fixture::one_backend(hook, IPPROTO_TCP, (1, 11), flags, &config)
+}
+
+/// The backend's SYN-ACK to `to`, after `to`'s SYN through TC created the flow.
+fn reply_after_syn(fx: &mut Fixture, to: SocketAddrV4) -> Frame {
+    fx.hook = Hook::Tc;
+    let syn = Frame::tcp(to, vip(80), tcp_flags::SYN);
+    assert_eq!(
+        fx.run(&syn.to_bytes()).0,
+        Verdict::Pass,
+        "a request is DNATed only"
+    );
+    Frame::tcp(backend(1), to, tcp_flags::SYN | tcp_flags::ACK)
+}
+
+/// `frame` as forwarded: TTL one less, and with `macs` (destination, source) when given.
+fn forwarded(mut frame: Frame, macs: Option<([u8; 6], [u8; 6])>) -> Vec<u8> {
+    frame.ip.ttl -= 1;
+    if let Some((dst, src)) = macs {
+        (frame.dst_mac, frame.src_mac) = (dst, src);
+    }
+    frame.to_bytes()
+}
+
+#[test]
+fn a_translated_reply_goes_to_the_clients_neighbour_at_tc() {
+    require_root!();
+    let (netns, lan_mac) = node_fib();
+    let mut fx = node(Hook::Tc, backend_flags::LOCAL, reply_path::REDIRECT);
+    let reply = reply_after_syn(&mut fx, client(40_000));
+    let (verdict, out) = netns.run(|| fx.run(&reply.to_bytes())).unwrap();
+    assert_eq!(verdict, Verdict::SendBack, "TC_ACT_REDIRECT");
+    let translated = reply.with_src(vip(80));
+    assert_frames_equal(&out, &forwarded(translated, Some((CLIENT_MAC, lan_mac))));
+    assert!(parse(&out).unwrap().ip_checksum_ok);
+}
+
+#[test]
+fn an_unresolved_neighbour_is_left_to_redirect_neigh() {
+    require_root!();
+    let (netns, _) = node_fib();
+    let mut fx = node(Hook::Tc, backend_flags::LOCAL, reply_path::REDIRECT);
+    let to = SocketAddrV4::new(UNRESOLVED, 40_000);
+    let reply = reply_after_syn(&mut fx, to);
+    let (verdict, out) = netns.run(|| fx.run(&reply.to_bytes())).unwrap();
+    assert_eq!(verdict, Verdict::SendBack, "TC_ACT_REDIRECT");
+    // The kernel writes the MAC addresses once it has resolved the neighbour.
+    assert_frames_equal(&out, &forwarded(reply.with_src(vip(80)), None));
+}
+
+#[test]
+fn what_the_fib_does_not_forward_goes_to_the_kernel() {
+    require_root!();
+    let (netns, _) = node_fib();
+    // No route to the client; a TTL about to expire; the kernel reply path; a request
+    // (DNAT only, its source unchanged).
+    let mut fx = node(Hook::Tc, backend_flags::LOCAL, reply_path::REDIRECT);
+    let unrouted = reply_after_syn(&mut fx, SocketAddrV4::new(UNROUTED, 40_000));
+    let mut expiring = reply_after_syn(&mut fx, client(40_001));
+    expiring.ip.ttl = 1;
+    let mut kernel = node(Hook::Tc, backend_flags::LOCAL, reply_path::KERNEL);
+    let kernel_reply = reply_after_syn(&mut kernel, client(40_002));
+    let request = Frame::tcp(client(40_003), vip(80), tcp_flags::SYN);
+    let cases = [
+        (&fx, unrouted.clone(), unrouted.with_src(vip(80))),
+        (&fx, expiring.clone(), expiring.with_src(vip(80))),
+        (
+            &kernel,
+            kernel_reply.clone(),
+            kernel_reply.with_src(vip(80)),
+        ),
+        (&fx, request.clone(), request.with_dst(backend(1))),
+    ];
+    for (fx, frame, translated) in cases {
+        let (verdict, out) = netns.run(|| fx.run(&frame.to_bytes())).unwrap();
+        assert_eq!(verdict, Verdict::Pass, "{frame:?}");
+        assert_frames_equal(&out, &translated.to_bytes());
+    }
+}
+
+#[test]
+fn xdp_hands_masqueraded_packets_to_tc_with_a_mark() {
+    require_root!();
+    let (netns, _) = node_fib();
+    for (path, mark) in [
+        (reply_path::REDIRECT, &HANDOFF_MARK[..]),
+        (reply_path::KERNEL, &[]),
+    ] {
+        let fx = node(Hook::Xdp, 0, path);
+        let request = Frame::tcp(client(40_000), vip(80), tcp_flags::SYN);
+        let (verdict, out) = netns.run(|| fx.run(&request.to_bytes())).unwrap();
+        assert_eq!(verdict, Verdict::Pass, "XDP_PASS");
+        let (meta, frame) = out.split_at(mark.len());
+        assert_eq!(meta, mark, "reply path {path}");
+        let port = parse(frame).unwrap().ports.unwrap().0;
+        let masqueraded = request
+            .with_src(SocketAddrV4::new(NODE, port))
+            .with_dst(backend(1));
+        assert_frames_equal(frame, &masqueraded.to_bytes());
+    }
+}
