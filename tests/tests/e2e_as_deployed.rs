@@ -2,7 +2,7 @@
 //! `manifests/deploy/` (parsed, not restated), in an image assembled from the build output,
 //! under podman with runc: host network as node A's namespace, only the listed
 //! capabilities, no privilege escalation, a read-only root filesystem, the runtime's
-//! read-only `/proc/sys` and masked paths, containerd's `RuntimeDefault` seccomp rules, the
+//! read-only `/proc/sys` (the agent writes no sysctl) and masked paths, containerd's `RuntimeDefault` seccomp rules, the
 //! hostPath mounts (a bpffs directory of this test's own for `/sys/fs/bpf`), and the service
 //! account of the in-memory API server, reached over HTTPS with its token at the address the
 //! ConfigMap's `LB_K8S_API_SERVER` gives. Topology: [`lb_tests::cluster::two_node`], node A
@@ -44,6 +44,9 @@ const WEB_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
 /// Service `remote`: NodePort (externalTrafficPolicy Cluster), its one endpoint on node B.
 const REMOTE_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 11);
 const REMOTE_NODE_PORTS: [(Protocol, u16); 2] = [(Protocol::Tcp, 30080), (Protocol::Udp, 30053)];
+/// Service `local`: NodePort (externalTrafficPolicy Cluster), its one endpoint on node A.
+const LOCAL_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 12);
+const LOCAL_NODE_PORTS: [(Protocol, u16); 2] = [(Protocol::Tcp, 30081), (Protocol::Udp, 30054)];
 /// Where `KUBERNETES_SERVICE_HOST` points, as in a cluster whose `kubernetes` Service nothing
 /// translates yet: the agent must not depend on it.
 const UNPROGRAMMED_CLUSTER_IP: &str = "198.19.255.1";
@@ -100,8 +103,13 @@ impl Deployed {
             .unwrap();
         api.create(&web_slice("web", Node::ALL.map(endpoint).to_vec()))
             .unwrap();
-        api.create(&node_port_service()).unwrap();
+        let remote = node_port_service("remote", REMOTE_VIP, REMOTE_NODE_PORTS);
+        api.create(&remote).unwrap();
         api.create(&web_slice("remote", vec![endpoint(Node::B)]))
+            .unwrap();
+        let local = node_port_service("local", LOCAL_VIP, LOCAL_NODE_PORTS);
+        api.create(&local).unwrap();
+        api.create(&web_slice("local", vec![endpoint(Node::A)]))
             .unwrap();
         let account = tempfile::tempdir().unwrap();
         api.write_service_account(account.path()).unwrap();
@@ -115,11 +123,7 @@ impl Deployed {
         let kubelet = Kubelet {
             node_name: Node::A.name().into(),
             netns: cluster.node(Node::A).path(),
-            host_paths: BTreeMap::from([
-                ("/sys/fs/bpf".into(), bpffs.0.clone()),
-                // Shows the namespace of the reader: node A's.
-                ("/proc/sys/net".into(), "/proc/sys/net".into()),
-            ]),
+            host_paths: BTreeMap::from([("/sys/fs/bpf".into(), bpffs.0.clone())]),
             service_account: account.path().to_path_buf(),
             env: BTreeMap::from([
                 (
@@ -151,9 +155,14 @@ impl Deployed {
         container
     }
 
-    /// Node A's address and the NodePort of `protocol`.
+    /// Node A's address and service `remote`'s NodePort of `protocol`.
     fn node_port(protocol: Protocol) -> SocketAddrV4 {
-        let port = REMOTE_NODE_PORTS
+        Self::node_port_of(REMOTE_NODE_PORTS, protocol)
+    }
+
+    /// Node A's address and the NodePort of `protocol` among `node_ports`.
+    fn node_port_of(node_ports: [(Protocol, u16); 2], protocol: Protocol) -> SocketAddrV4 {
+        let port = node_ports
             .iter()
             .find(|(p, _)| *p == protocol)
             .map(|(_, port)| *port)
@@ -162,13 +171,13 @@ impl Deployed {
     }
 }
 
-/// Service `remote`: NodePort, [`web_ports`] on [`REMOTE_NODE_PORTS`], eTP Cluster.
-fn node_port_service() -> Service {
-    let mut service = objects::service(NAMESPACE, "remote", REMOTE_VIP, web_ports());
+/// A NodePort Service `name` at `vip`, [`web_ports`] on `node_ports`, eTP Cluster.
+fn node_port_service(name: &str, vip: Ipv4Addr, node_ports: [(Protocol, u16); 2]) -> Service {
+    let mut service = objects::service(NAMESPACE, name, vip, web_ports());
     let spec = objects::spec_mut(&mut service);
     spec.type_ = Some("NodePort".into());
     spec.external_traffic_policy = Some("Cluster".into());
-    for (port, (_, node_port)) in spec.ports.iter_mut().flatten().zip(REMOTE_NODE_PORTS) {
+    for (port, (_, node_port)) in spec.ports.iter_mut().flatten().zip(node_ports) {
         port.node_port = Some(node_port.into());
     }
     service
@@ -269,7 +278,7 @@ fn the_daemonset_as_a_kubelet_runs_it_serves_the_node_survives_kills_and_cleans_
         log.contains(&format!("external interface (default route): {LAN_IFACE}")),
         "{log}"
     );
-    assert!(log.contains("enabled accept_local on"), "{log}");
+    assert!(!log.contains("accept_local"), "{log}");
 
     // Only the listed capabilities, no privilege escalation, a seccomp filter.
     let security = process_security(&deployed, "lb-agent-0");
@@ -391,52 +400,62 @@ fn the_daemonset_as_a_kubelet_runs_it_serves_the_node_survives_kills_and_cleans_
 }
 
 #[test]
-fn without_the_node_sysctls_mounted_the_agent_stops_with_one_line_naming_the_sysctl() {
+fn with_the_runtimes_read_only_proc_sys_node_ports_to_local_and_remote_pods_answer() {
     require_root!();
-    let mut deployed = Deployed::new();
-    let container = deployed
-        .deployment
-        .daemonset
-        .spec
-        .as_mut()
-        .and_then(|s| s.template.spec.as_mut())
-        .map(|pod| &mut pod.containers[0])
+    let deployed = Deployed::new();
+    let _container = deployed.start("lb-agent-ro-sysctls", READY_MARKER);
+    // The runtime mounts the container's /proc/sys read-only and the DaemonSet mounts no
+    // sysctls: the agent can write none.
+    let pid = deployed
+        .podman
+        .run(&[
+            "inspect",
+            "--format",
+            "{{.State.Pid}}",
+            "lb-agent-ro-sysctls",
+        ])
         .unwrap();
-    let args = container.args.get_or_insert_with(Vec::new);
-    args.retain(|a| !a.starts_with("--proc-sys-net-dir"));
-    let mounts = container.volume_mounts.get_or_insert_with(Vec::new);
-    mounts.retain(|m| m.mount_path != "/host/proc/sys/net");
-
-    let sysctl = format!("net.ipv4.conf.{LAN_IFACE}.accept_local");
-    let container = deployed.start("lb-agent-no-sysctls", &format!("{sysctl} must be 1"));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while container.running() && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(100));
-    }
-    assert!(
-        !container.running(),
-        "the agent keeps running without accept_local"
-    );
-    let log = container.log();
-    let line = log
+    let mounts = fs::read_to_string(format!("/proc/{}/mountinfo", pid.trim())).unwrap();
+    let proc_sys = mounts
         .lines()
-        .find(|l| l.contains(&format!("{sysctl} must be 1")))
-        .unwrap();
-    eprintln!("{line}");
-    assert!(
-        line.contains("Read-only file system")
-            && line.contains("--proc-sys-net-dir")
-            && line.contains(&format!("sysctl -w {sysctl}=1")),
-        "{line}"
-    );
-    // Nothing was written behind the agent's back.
-    let value = deployed
-        .cluster
-        .node(Node::A)
-        .run(|| fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{LAN_IFACE}/accept_local")))
-        .unwrap()
-        .unwrap();
-    assert_eq!(value.trim(), "0");
+        .find(|line| line.split_whitespace().nth(4) == Some("/proc/sys"))
+        .unwrap_or_else(|| panic!("no /proc/sys mount: {mounts}"));
+    let options = proc_sys.split_whitespace().nth(5).unwrap_or_default();
+    assert!(options.split(',').any(|o| o == "ro"), "{proc_sys}");
+
+    // Replies from node A's pod leave with node A's address, and masqueraded packets carry
+    // it both ways: the packets the kernel's routing would drop without accept_local.
+    let client = IpAddr::V4(CLIENT_ADDR);
+    for (node_ports, server, source) in [
+        (LOCAL_NODE_PORTS, Node::A, client),
+        (REMOTE_NODE_PORTS, Node::B, IpAddr::V4(Node::A.addr())),
+    ] {
+        for protocol in [Protocol::Tcp, Protocol::Udp] {
+            let target = Deployed::node_port_of(node_ports, protocol);
+            let before = deployed.cluster.peers(server, protocol).len();
+            let replies = deployed
+                .cluster
+                .requests(protocol, target, REQUESTS)
+                .unwrap();
+            let failed: Vec<_> = replies
+                .iter()
+                .filter(|r| {
+                    !r.as_ref().is_ok_and(|r| {
+                        r.from == server.pod_name() && r.peer == SocketAddr::V4(target)
+                    })
+                })
+                .collect();
+            eprintln!(
+                "{protocol} to {target} ({server:?}'s pod): {REQUESTS} requests, {} failed",
+                failed.len()
+            );
+            assert!(failed.is_empty(), "{failed:?}");
+            let peers = deployed.cluster.peers(server, protocol).split_off(before);
+            assert!(peers.iter().all(|p| p.ip() == source), "{peers:?}");
+        }
+    }
+    let node_a = deployed.cluster.node(Node::A);
+    assert_eq!(node_a.accept_local_on().unwrap(), [] as [String; 0]);
 }
 
 /// Files (pins) anywhere under `dir`.

@@ -96,19 +96,16 @@ fn the_daemonset_runs_on_the_host_network_with_bpffs_and_capabilities_not_privil
             .clone()
     };
     assert_eq!(host_path_mount("/sys/fs/bpf"), "/sys/fs/bpf");
-    // The node's net.* sysctls, where the agent writes accept_local.
-    let proc_sys_net = host_path_mount("/proc/sys/net");
+    // No sysctl is written (the redirect reply path needs none): no /proc/sys/net mount.
     let args = container.args.as_deref().unwrap_or_default();
     assert!(
-        args.contains(&format!("--proc-sys-net-dir={proc_sys_net}")),
+        !args
+            .iter()
+            .any(|a| a.starts_with("--proc-sys-net-dir") || a.starts_with("--reply-path")),
         "{args:?}"
     );
     let mounts = container.volume_mounts.as_deref().unwrap_or_default();
-    assert_eq!(
-        mounts.len(),
-        2,
-        "nothing but bpffs and net.* sysctls from the host"
-    );
+    assert_eq!(mounts.len(), 1, "nothing but bpffs from the host");
 
     let security = container
         .security_context

@@ -1,5 +1,6 @@
 //! `net.ipv4.conf.<iface>.accept_local` on the pod-facing interfaces and, with masquerading,
-//! on the external one.
+//! on the external one: what the kernel reply path (`--reply-path kernel`) needs. The
+//! redirect reply path, the default, sends these packets on from the programs and needs none.
 //!
 //! The TC program translates a backend's reply back to the frontend it was sent to. For a
 //! node port that frontend is one of the node's own addresses, so the reply enters the node
@@ -10,8 +11,8 @@
 //!
 //! The kernel ORs `net.ipv4.conf.all.accept_local` with the interface's own, so where `all`
 //! is 1 nothing is written. Inside a container `/proc/sys` is read-only: the agent then
-//! writes through the node's `/proc/sys/net` mounted elsewhere (`--proc-sys-net-dir`; the
-//! DaemonSet mounts it), and says in one line which setting to grant when it cannot.
+//! writes through the node's `/proc/sys/net` mounted elsewhere (`--proc-sys-net-dir`), and
+//! says in one line which setting to grant when it cannot.
 //!
 //! The setting stays on when the agent exits: the pinned programs keep translating replies
 //! while no agent runs, and a restarted agent expects it.
@@ -36,10 +37,11 @@ pub enum AcceptLocalError {
     /// The agent may not write it: the one line names the setting and how to grant it.
     #[error(
         "net.ipv4.conf.{iface}.accept_local must be 1 ({why}), but {} is not writable here \
-         ({error}): mount the node's /proc/sys/net writable into the container and pass \
-         --proc-sys-net-dir (manifests/deploy/daemonset.yaml mounts it at /host/proc/sys/net), \
-         or set it on the node (sysctl -w net.ipv4.conf.{iface}.accept_local=1, or \
-         net.ipv4.conf.all.accept_local=1 for every interface)",
+         ({error}) with --reply-path kernel: use --reply-path redirect, which needs no sysctl, \
+         mount the node's /proc/sys/net writable into the container and pass \
+         --proc-sys-net-dir, or set it on the node (sysctl -w \
+         net.ipv4.conf.{iface}.accept_local=1, or net.ipv4.conf.all.accept_local=1 for every \
+         interface)",
         path.display()
     )]
     NotPermitted {
