@@ -470,3 +470,41 @@ fn a_client_on_the_external_side_with_the_backends_address_is_not_a_hairpin() {
     assert_eq!(source_of(&out), CLIENT);
     assert_eq!(maps.counter_value(Counter::Hairpinned), 0);
 }
+
+#[test]
+fn the_redirect_reply_path_forwards_masqueraded_packets_and_replies_only() {
+    use lb_common::config::reply_path;
+    for (path, forward) in [
+        (reply_path::REDIRECT, Verdict::Forward),
+        (reply_path::KERNEL, Verdict::Pass),
+    ] {
+        let config = masquerading(SNAT_PORT_MIN, SNAT_PORT_MAX).with_reply_path(path);
+        // A remote backend: masqueraded, so the request carries the node's address too.
+        let mut remote = maps(IPPROTO_TCP, 0, config);
+        let request = FrameSpec::tcp_syn();
+        let (verdict, out) = run(&mut remote, &request, scope::EXTERNAL);
+        assert_eq!(verdict, forward, "masqueraded request, path {path}");
+        let answer = FrameSpec {
+            src: BACKEND,
+            dst: source_of(&out),
+            tcp_flags: tcp_flags::SYN | tcp_flags::ACK,
+            ..request.clone()
+        };
+        assert_eq!(run(&mut remote, &answer, scope::EXTERNAL).0, forward);
+        // A local backend: the request is only DNATed and keeps its source, the reply does not.
+        let mut local = maps(IPPROTO_TCP, backend_flags::LOCAL, config);
+        assert_eq!(run(&mut local, &request, scope::EXTERNAL).0, Verdict::Pass);
+        let answer = FrameSpec {
+            src: BACKEND,
+            tcp_flags: tcp_flags::SYN | tcp_flags::ACK,
+            ..request.reversed()
+        };
+        assert_eq!(run(&mut local, &answer, scope::INTERNAL).0, forward);
+        // Untouched traffic is never forwarded.
+        let other = FrameSpec {
+            dst: BACKEND,
+            ..request.clone()
+        };
+        assert_eq!(run(&mut local, &other, scope::INTERNAL).0, Verdict::Pass);
+    }
+}
