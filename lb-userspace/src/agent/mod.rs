@@ -303,6 +303,16 @@ async fn serve(
         .maps()
         .set_node_config(&node_config)
         .map_err(AgentError::NodeConfig)?;
+    match config.reply_path {
+        ReplyPath::Redirect => info!(
+            "reply path: redirect (node port replies and masqueraded packets go to their egress \
+             device from the programs; no sysctl needed)"
+        ),
+        ReplyPath::Kernel => info!(
+            "reply path: kernel (node port replies and masqueraded packets are routed by the \
+             kernel, which needs accept_local)"
+        ),
+    }
     // Where accept_local is written: only the kernel reply path needs it.
     let accept_local_dir =
         (config.reply_path == ReplyPath::Kernel).then(|| config.proc_sys_net_dir.clone());
