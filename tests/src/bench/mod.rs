@@ -64,7 +64,7 @@ mod run {
         options::{Plan, Workload},
         results::{PlanRecord, Results},
         variants::Variant,
-        workloads::{agent_memory, control_plane, per_packet, sync_latency, traffic},
+        workloads::{agent_memory, control_plane, per_packet, reply_path, sync_latency, traffic},
     };
 
     /// Prints a progress line with the time since the first one.
@@ -110,6 +110,9 @@ mod run {
         }
         if wants(Workload::SyncLatency) {
             results.sync_latency = sync_latency::run(plan.sync_changes as usize, &plan.sizes)?;
+        }
+        if wants(Workload::ReplyPath) {
+            results.reply_path = reply_path::run(plan)?;
         }
         Ok(results)
     }

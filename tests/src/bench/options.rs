@@ -19,16 +19,20 @@ pub enum Workload {
     ControlPlane,
     /// Kubernetes mode: time from an EndpointSlice change in the API server to the map updated.
     SyncLatency,
+    /// Two nodes: new connections and requests/responses to a NodePort with a local and a
+    /// remote (masqueraded) endpoint, with `--reply-path redirect` and `kernel`.
+    ReplyPath,
 }
 
 impl Workload {
     /// Every workload, in report order.
-    pub const ALL: [Workload; 5] = [
+    pub const ALL: [Workload; 6] = [
         Workload::Connections,
         Workload::Established,
         Workload::PerPacket,
         Workload::ControlPlane,
         Workload::SyncLatency,
+        Workload::ReplyPath,
     ];
 }
 

@@ -52,6 +52,7 @@ pub fn markdown(results: &Results) -> String {
     md.push_str(&per_packet_section(results));
     md.push_str(&control_plane_section(results));
     md.push_str(&sync_latency_section(results));
+    md.push_str(&reply_path_section(results));
     md.push_str(&methods(results));
     md
 }
@@ -443,6 +444,53 @@ fn sync_latency_section(results: &Results) -> String {
         table.render(),
         fillers = sync_latency::FILLER_ENDPOINTS,
         settle = sync_latency::SETTLE.as_millis(),
+    )
+}
+
+fn reply_path_section(results: &Results) -> String {
+    if results.reply_path.is_empty() {
+        return String::new();
+    }
+    let runs = results.plan.runs;
+    let mut table = Table::new(&[
+        "NodePort endpoint",
+        "reply path",
+        "New connections (per s)",
+        "Connect latency p50 (µs)",
+        "Requests/responses (per s)",
+    ]);
+    for row in &results.reply_path {
+        let of = |values: Vec<f64>| Summary::of(&values);
+        table.row(vec![
+            row.endpoint.to_string(),
+            row.path.to_string(),
+            cell(
+                of(row.connections.iter().map(|r| r.rate).collect()),
+                number,
+                runs,
+            ),
+            cell(
+                of(row.connections.iter().map(|r| r.connect_p50_us).collect()),
+                number,
+                runs,
+            ),
+            cell(
+                of(row.request_response.iter().map(|r| r.rate).collect()),
+                number,
+                runs,
+            ),
+        ]);
+    }
+    format!(
+        "## Reply path\n\nAn outside client's TCP traffic to a NodePort of node A in the \
+         two-node topology (`lb_tests::cluster::two_node`; real `lb-agent`s, XDP on the LAN \
+         interfaces, TC on the pods' veths), whose only endpoint is node A's pod (`local`: \
+         replies enter on the pod's veth and leave with node A's address) or node B's \
+         (`remote`: masqueraded by node A's XDP program both ways). Node A's agent runs with \
+         `--reply-path redirect` (the programs send those packets to the egress device) or \
+         `kernel` (the kernel routes them, with `accept_local` set), one topology each, \
+         alternating run by run.\n\n{}\n",
+        table.render()
     )
 }
 

@@ -5,7 +5,7 @@ use std::net::SocketAddrV4;
 
 use serde::Serialize;
 
-pub use crate::bench::workloads::sync_latency::SyncCell;
+pub use crate::bench::workloads::{reply_path::ReplyPathCell, sync_latency::SyncCell};
 
 use super::{
     client::{ConnectionRun, RequestResponseRun, StreamRun},
@@ -29,6 +29,8 @@ pub struct Results {
     /// Kubernetes-mode sync latency of EndpointSlice changes, and the agent's memory, per
     /// number of Services.
     pub sync_latency: Vec<SyncCell>,
+    /// The reply paths' live traffic through a NodePort (two nodes).
+    pub reply_path: Vec<ReplyPathCell>,
 }
 
 /// The plan's numbers, for the record.
