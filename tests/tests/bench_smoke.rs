@@ -54,6 +54,31 @@ fn every_variant_and_workload_produces_sane_results() {
         assert!(cell.request_response[0].transactions > 0, "{name}");
     }
 
+    // Both reply paths, to the local and the remote pod, through node A's NodePort.
+    let cells: Vec<_> = results
+        .reply_path
+        .iter()
+        .map(|c| (c.path, c.endpoint))
+        .collect();
+    assert_eq!(
+        cells,
+        [
+            ("redirect", "local"),
+            ("redirect", "remote"),
+            ("kernel", "local"),
+            ("kernel", "remote")
+        ]
+    );
+    for cell in &results.reply_path {
+        let connections = &cell.connections[0];
+        assert!(
+            connections.completed > 0 && connections.failed == 0,
+            "{cell:?}"
+        );
+        assert_eq!(connections.peer, Some(cell.target.into()), "{cell:?}");
+        assert!(cell.request_response[0].transactions > 0, "{cell:?}");
+    }
+
     assert_eq!(results.per_packet.len(), 2 * 2 * 6);
     for hook in Hook::ALL {
         for fill in [ConntrackFill::Empty, ConntrackFill::NinetyPercent] {

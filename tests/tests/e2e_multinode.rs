@@ -374,3 +374,22 @@ fn a_remote_pods_port_unreachable_reaches_the_client_through_the_masquerading_no
     assert_eq!(counter(&inspect, "icmp_error_translated"), 1, "{inspect}");
     assert_eq!(counter(&inspect, "masqueraded"), 2, "{inspect}");
 }
+
+#[test]
+fn with_the_kernel_reply_path_the_agent_sets_accept_local_and_node_ports_answer() {
+    require_root!();
+    let dir = manifests();
+    let cluster = TwoNodes::start(dir.path(), &["--reply-path", "kernel"]).unwrap();
+    let target = SocketAddrV4::new(Node::A.addr(), CLUSTER_NODE_PORTS[0].1);
+    let answered = all_answered(&cluster, Protocol::Tcp, target);
+    for node in Node::ALL {
+        assert!(answered.contains_key(node.pod_name()), "{answered:?}");
+    }
+    // The kernel routes node port replies (arriving on the pod's veth) and masqueraded
+    // packets (on the LAN interface): both need accept_local, which the agent set.
+    let on = cluster.node(Node::A).accept_local_on().unwrap();
+    assert!(
+        on.iter().any(|iface| iface == LAN_IFACE) && on.iter().any(|i| i.starts_with("veth")),
+        "{on:?}"
+    );
+}

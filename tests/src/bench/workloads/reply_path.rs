@@ -111,8 +111,12 @@ pub fn run(plan: &Plan) -> Result<Vec<ReplyPathCell>> {
     // A round's masqueraded connections hold their ports until the close timeout has passed:
     // the next round starts after it, so no run finds the ports taken.
     let round_gap = Duration::from_nanos(CLOSING_REUSE_NS) + Duration::from_secs(1);
-    for _ in 0..plan.runs {
-        let started = Instant::now();
+    let mut started = Instant::now();
+    for round in 0..plan.runs {
+        if round > 0 {
+            std::thread::sleep(round_gap.saturating_sub(started.elapsed()));
+        }
+        started = Instant::now();
         for (cluster, cells) in clusters.iter().zip(cells.chunks_mut(ENDPOINTS.len())) {
             for cell in cells {
                 interrupt::check()?;
@@ -129,7 +133,6 @@ pub fn run(plan: &Plan) -> Result<Vec<ReplyPathCell>> {
                 cell.request_response.push(rr);
             }
         }
-        std::thread::sleep(round_gap.saturating_sub(started.elapsed()));
     }
     Ok(cells)
 }
