@@ -518,6 +518,52 @@ fn without_the_node_sysctls_mounted_the_agent_stops_with_one_line_naming_the_sys
     assert_eq!(value.trim(), "0");
 }
 
+#[test]
+fn without_any_one_of_its_capabilities_the_agent_stops_with_one_line_naming_it() {
+    require_root!();
+    let mut deployed = Deployed::new();
+    let granted = deployed
+        .deployment
+        .agent_container()
+        .security_context
+        .as_ref()
+        .and_then(|s| s.capabilities.as_ref())
+        .and_then(|c| c.add.clone())
+        .unwrap();
+    for cap in &granted {
+        let container = deployed
+            .deployment
+            .daemonset
+            .spec
+            .as_mut()
+            .and_then(|s| s.template.spec.as_mut())
+            .map(|pod| &mut pod.containers[0])
+            .unwrap();
+        let capabilities = container
+            .security_context
+            .as_mut()
+            .and_then(|s| s.capabilities.as_mut())
+            .unwrap();
+        capabilities.add = Some(granted.iter().filter(|c| *c != cap).cloned().collect());
+        let name = format!("lb-agent-without-{}", cap.to_lowercase());
+        let needle = format!("lacks CAP_{cap}:");
+        let container = deployed.start(&name, &needle);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while container.running() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(100));
+        }
+        assert!(
+            !container.running(),
+            "the agent keeps running without {cap}"
+        );
+        let log = container.log();
+        let line = log.lines().find(|l| l.contains(&needle)).unwrap();
+        eprintln!("{line}");
+        // Nothing was loaded or attached.
+        assert!(pins_under(&deployed.bpffs.0).is_empty(), "{log}");
+    }
+}
+
 /// The cgroup v2 root, found as the agent finds it: where the test cgroup goes.
 fn cgroup_root() -> PathBuf {
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();

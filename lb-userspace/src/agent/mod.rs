@@ -4,6 +4,7 @@
 mod accept_local;
 mod api_address;
 mod auto_attach;
+mod capabilities;
 mod cleanup;
 mod forwarding;
 mod masquerade;
@@ -137,6 +138,12 @@ pub enum AgentError {
     Cgroup2Mount(String),
     #[error("reading this network namespace's cookie (SO_NETNS_COOKIE, Linux 5.14) failed")]
     NetnsCookie(#[source] std::io::Error),
+    #[error(
+        "lb-agent run lacks {0}: loading and attaching its programs takes CAP_BPF, CAP_PERFMON \
+         and CAP_NET_ADMIN (CAP_SYS_ADMIN covers the first two); run it as root or grant them \
+         (the DaemonSet's securityContext.capabilities.add)"
+    )]
+    MissingCapabilities(String),
 }
 
 /// Where the maps of an agent using `bpffs_dir` are pinned.
@@ -187,6 +194,7 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Resul
             CheckedSource::Api(Box::new(config), service, node_name.clone(), max_endpoints)
         }
     };
+    capabilities::check()?;
     let maps = maps_dir(&config.bpffs_dir);
     let links = links_dir(&config.bpffs_dir);
     bpffs::prepare_pin_dir(&maps)?;
