@@ -189,6 +189,9 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Resul
             node_name,
         } => {
             let config = access::config(api).await.map_err(ApiSourceError::from)?;
+            // A client is made once now so a bad CA fails before anything is loaded; the one
+            // used is made once the address is chosen.
+            drop(source::api::client(config.clone())?);
             let service = access::kubernetes_service(api);
             info!("kubernetes mode: node {node_name}");
             CheckedSource::Api(Box::new(config), service, node_name.clone(), max_endpoints)
