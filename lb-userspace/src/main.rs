@@ -65,7 +65,8 @@ struct RunArgs {
     kubeconfig: Option<PathBuf>,
     /// Kubernetes mode: the API server's real address, https://HOST:PORT. Overrides the
     /// kubeconfig's server and the in-cluster KUBERNETES_SERVICE_HOST/_PORT (the `kubernetes`
-    /// Service's ClusterIP, which only works once this agent programs it) [default: from the
+    /// Service's ClusterIP, which only works once this agent programs it: in-cluster, a
+    /// restarted agent whose pinned maps translate it tries it first) [default: from the
     /// kubeconfig, else KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT].
     #[arg(
         long,
@@ -120,8 +121,9 @@ struct RunArgs {
     #[arg(long, conflicts_with_all = ["masquerade_address", "masquerade_ports"])]
     no_masquerade: bool,
     /// cgroup v2 directory whose processes' sockets reach Services (socket-level translation
-    /// at connect/sendmsg) [default: the root of the cgroup v2 hierarchy, from
-    /// /proc/self/mountinfo: every process of the node].
+    /// at connect/sendmsg), or a hybrid host's /sys/fs/cgroup, whose unified/ is used (the
+    /// DaemonSet passes the node's, mounted) [default: the root of the cgroup v2 hierarchy,
+    /// from /proc/self/mountinfo: every process of the node].
     #[arg(long, value_name = "PATH")]
     cgroup_path: Option<PathBuf>,
     /// No socket-level translation: processes on the node (host network) do not reach

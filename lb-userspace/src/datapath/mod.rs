@@ -29,6 +29,7 @@ pub use kernel_log::{KernelLog, KernelLogError, KernelLogLevel};
 pub use lb_common::capacity::{Capacities, CapacityRangeError, MAX_ENTRIES};
 use link_pin::Hook;
 pub use maps::DatapathMaps;
+pub use sock_links::is_cgroup2;
 
 /// The eBPF object built by `cargo xtask build-ebpf`, embedded by `build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf.o"));
