@@ -316,6 +316,7 @@ async fn serve(
         None => drop(Datapath::remove_socket_links(&links_dir(&config.bpffs_dir))),
     }
     if let Some(iface) = &xdp_iface {
+        datapath.attach_tc_egress(iface)?;
         datapath.attach_xdp(iface)?;
     }
     for iface in &config.tc_ifaces {
