@@ -15,7 +15,7 @@ use fixture::{
 use lb_common::{
     net::{tcp_flags, ETHERTYPE_ARP, ETH_HLEN, ETH_TYPE_OFFSET, IPPROTO_ICMP, IPV4_MIN_HLEN},
     service::scope,
-    Counter, ServiceValue, IPPROTO_TCP, IPPROTO_UDP,
+    Counter, NodeConfig, ServiceValue, IPPROTO_TCP, IPPROTO_UDP,
 };
 use lb_frames::{assert_frames_equal, Frame, L4};
 use lb_tests::require_root;
@@ -156,6 +156,26 @@ fn a_host_backends_port_unreachable_reaches_the_client_from_the_frontend() {
         assert_frames_equal(&out, &expected.to_bytes());
         assert_eq!(moved, deltas(&[(Counter::IcmpErrorTranslated, 1)]));
     }
+}
+
+#[test]
+fn a_backend_at_the_masquerading_address_is_never_masqueraded() {
+    require_root!();
+    // Listed without a nodeName, the endpoint is not known to be local; its address says it is.
+    let mut fx = setup(Hook::Xdp, IPPROTO_TCP);
+    let node = lb_common::ipv4_mapped(host_backend().ip().octets());
+    fx.set_node_config(&NodeConfig::masquerading(node, 61_000, 65_535));
+    let sent = request(IPPROTO_TCP);
+    let (verdict, out, moved) = fx.run_counted(&sent.to_bytes());
+    assert_eq!(verdict, Verdict::Pass);
+    assert_frames_equal(&out, &sent.with_dst(host_backend()).to_bytes());
+    assert_eq!(
+        moved,
+        deltas(&[(Counter::Packets, 1), (Counter::NewFlows, 1)])
+    );
+    let (_, out, moved) = fx.run_counted_on(Hook::TcEgress, &reply(IPPROTO_TCP).to_bytes());
+    assert_frames_equal(&out, &reply(IPPROTO_TCP).with_src(vip(80)).to_bytes());
+    assert_eq!(moved, deltas(&[(Counter::ReplyTranslated, 1)]));
 }
 
 /// A row: `input` passes egress untouched, moving no counter and creating no flow.
