@@ -138,9 +138,15 @@ impl Datapath {
         iface: &str,
         direction: TcAttachType,
     ) -> Result<(), DatapathError> {
-        let (name, hook, side) = match direction {
-            TcAttachType::Egress => (program_names::TC_EGRESS, Hook::TcEgress, "egress"),
-            _ => (program_names::TC_INGRESS, Hook::Tc, "ingress"),
+        // Ingress keeps the log lines of agents that attached nothing else.
+        let (name, hook, side, pinned) = match direction {
+            TcAttachType::Egress => (
+                program_names::TC_EGRESS,
+                Hook::TcEgress,
+                "egress",
+                "tcx egress link",
+            ),
+            _ => (program_names::TC_INGRESS, Hook::Tc, "ingress", "tcx link"),
         };
         let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
         let pin = self
@@ -155,7 +161,7 @@ impl Datapath {
             .as_deref()
             .is_some_and(|pin| pinned_links::reuse(pin, replace))
         {
-            info!("replaced the program in the pinned tcx {side} link of {iface} with {name}");
+            info!("replaced the program in the pinned {pinned} of {iface} with {name}");
             return Ok(());
         }
         if !tcx {
