@@ -54,7 +54,7 @@ const RETRY_INTERVAL: Duration = Duration::from_millis(500);
 #[derive(Clone, Debug)]
 pub struct RunConfig {
     pub source: SourceConfig,
-    /// Interfaces whose TC ingress gets the program; empty: auto-attach to every interface
+    /// Interfaces whose TC ingress and egress get the programs; empty: auto-attach to every interface
     /// matching `iface_patterns`, as interfaces come and go.
     pub tc_ifaces: Vec<String>,
     /// Pod-facing interface names for auto-attach.
