@@ -5,8 +5,9 @@
 //! translates the replies (and ICMP errors) the node's own stack sends for tracked flows.
 
 use lb_common::{
-    conntrack::ct_flags, service::service_flags, Counter, CtKey, CtValue, ServiceKey, ServiceValue,
-    IPPROTO_UDP,
+    conntrack::ct_flags,
+    service::{scope, service_flags},
+    Counter, CtKey, CtValue, ServiceKey, ServiceValue, IPPROTO_UDP,
 };
 
 use crate::{
@@ -34,6 +35,17 @@ pub enum Hook {
     /// an outside client. Only those and drops are counted, so `packets` stays the count of
     /// packets that entered.
     Egress,
+}
+
+impl Hook {
+    /// TC ingress on pod-facing interfaces: traffic from pods, in the internal scope.
+    pub const POD_FACING: Hook = Hook::Ingress {
+        scope: scope::INTERNAL,
+    };
+    /// XDP on the external interface: traffic from outside the node, in the external scope.
+    pub const EXTERNAL: Hook = Hook::Ingress {
+        scope: scope::EXTERNAL,
+    };
 }
 
 /// Handles one packet: translates it if it belongs to a flow or (at ingress) a service, counts

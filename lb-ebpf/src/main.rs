@@ -4,9 +4,9 @@
 //! in `lb-common`).
 //!
 //! Every hook runs the same pipeline ([`lb::process`], told which hook it runs in); they differ
-//! only in how a packet is read and rewritten ([`context`]). Cgroup socket programs translate the node's own sockets at
-//! `connect()` / `sendmsg()` instead ([`sock`]), with the pipeline's backend selection
-//! ([`select`]).
+//! only in how a packet is read and rewritten ([`context`]). Cgroup socket programs translate
+//! the node's own sockets at `connect()` / `sendmsg()` instead ([`sock`]), with the pipeline's
+//! backend selection ([`select`]).
 #![cfg_attr(not(test), no_std)]
 #![cfg_attr(not(test), no_main)]
 
@@ -37,8 +37,6 @@ use aya_ebpf::{
     programs::{SockAddrContext, TcContext, XdpContext},
 };
 
-use lb_common::service::scope;
-
 use crate::{
     context::{SockCtx, TcPacket, XdpPacket},
     error::Verdict,
@@ -55,13 +53,7 @@ use crate::{
 #[classifier]
 pub fn lb_tc_ingress(ctx: TcContext) -> i32 {
     let mut pkt = TcPacket(ctx);
-    match lb::process(
-        &mut pkt,
-        &mut KernelMaps,
-        Hook::Ingress {
-            scope: scope::INTERNAL,
-        },
-    ) {
+    match lb::process(&mut pkt, &mut KernelMaps, Hook::POD_FACING) {
         Verdict::Pass => TC_ACT_UNSPEC,
         Verdict::Drop => TC_ACT_SHOT,
         Verdict::SendBack => pkt.redirect_back(),
@@ -85,13 +77,7 @@ pub fn lb_tc_egress(ctx: TcContext) -> i32 {
 /// from outside the node, looked up in the external scope. Rejects leave by the same interface.
 #[xdp]
 pub fn lb_xdp_ingress(ctx: XdpContext) -> u32 {
-    match lb::process(
-        &mut XdpPacket(ctx),
-        &mut KernelMaps,
-        Hook::Ingress {
-            scope: scope::EXTERNAL,
-        },
-    ) {
+    match lb::process(&mut XdpPacket(ctx), &mut KernelMaps, Hook::EXTERNAL) {
         Verdict::Pass => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
         Verdict::SendBack => xdp_action::XDP_TX,
