@@ -91,7 +91,7 @@ struct RunArgs {
     /// File mode: an address of this node that serves NodePort services (repeatable).
     #[arg(long = "node-address", value_name = "IP", requires = "manifests")]
     node_addresses: Vec<IpAddr>,
-    /// Pod-facing interface to attach the TC ingress program to (repeatable). Without it,
+    /// Pod-facing interface to attach the TC ingress and egress programs to (repeatable). Without it,
     /// auto-attach: every interface matching --iface-pattern, as interfaces come and go.
     #[arg(long = "iface", value_name = "NAME")]
     ifaces: Vec<String>,
@@ -101,8 +101,8 @@ struct RunArgs {
     /// Ethernet frames never match.
     #[arg(long = "iface-pattern", value_name = "GLOB", conflicts_with = "ifaces")]
     iface_patterns: Vec<IfacePattern>,
-    /// Interface to attach the XDP program to [default: with --iface none, in auto-attach
-    /// mode the interface of the IPv4 default route].
+    /// Interface to attach the XDP program (and the TC egress program) to [default: with
+    /// --iface none, in auto-attach mode the interface of the IPv4 default route].
     #[arg(long, value_name = "NAME")]
     xdp_iface: Option<String>,
     /// No XDP program at all.

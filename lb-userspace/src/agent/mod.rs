@@ -56,7 +56,7 @@ const RETRY_INTERVAL: Duration = Duration::from_millis(500);
 #[derive(Clone, Debug)]
 pub struct RunConfig {
     pub source: SourceConfig,
-    /// Interfaces whose TC ingress gets the program; empty: auto-attach to every interface
+    /// Interfaces whose TC ingress and egress get the programs; empty: auto-attach to every interface
     /// matching `iface_patterns`, as interfaces come and go.
     pub tc_ifaces: Vec<String>,
     /// Pod-facing interface names for auto-attach.
@@ -360,11 +360,12 @@ async fn serve(
         None => drop(Datapath::remove_socket_links(&links_dir(&config.bpffs_dir))),
     }
     if let Some(iface) = &xdp_iface {
-        // The handoff first, so no packet XDP hands over meets a hook without it.
+        datapath.attach_tc_egress(iface)?;
+        // The handoff before XDP, so no packet XDP hands over meets a hook without it.
         match config.reply_path {
             ReplyPath::Redirect => datapath.attach_xdp_handoff(iface)?,
             // One an earlier agent left would be harmless (nothing is marked) but confusing.
-            ReplyPath::Kernel => datapath.unpin_tc(iface),
+            ReplyPath::Kernel => datapath.unpin_xdp_handoff(iface),
         }
         datapath.attach_xdp(iface)?;
     }

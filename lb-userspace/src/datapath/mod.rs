@@ -101,8 +101,13 @@ impl Datapath {
             .map_err(|e| {
                 DatapathError::or_permission_denied("loading the eBPF maps", e, DatapathError::Load)
             })?;
-        load_program::<SchedClassifier>(&mut ebpf, program_names::TC_INGRESS, |p| p.load())?;
-        load_program::<SchedClassifier>(&mut ebpf, program_names::TC_XDP_HANDOFF, |p| p.load())?;
+        for name in [
+            program_names::TC_INGRESS,
+            program_names::TC_EGRESS,
+            program_names::TC_XDP_HANDOFF,
+        ] {
+            load_program::<SchedClassifier>(&mut ebpf, name, |p| p.load())?;
+        }
         load_program::<Xdp>(&mut ebpf, program_names::XDP_INGRESS, |p| p.load())?;
         for (_, name) in sock_links::PROGRAMS {
             load_program::<CgroupSockAddr>(&mut ebpf, name, |p| p.load())?;
@@ -116,28 +121,64 @@ impl Datapath {
         })
     }
 
-    /// Attaches the TC program to `iface`'s ingress, after any programs already there. Uses a
-    /// TCX link on kernels >= 6.6 and a netlink filter (adding the clsact qdisc) before that;
-    /// either way other programs' filters are left in place. After [`Datapath::load_pinned`]
-    /// a TCX link is pinned, and one pinned earlier gets the new program instead.
+    /// Attaches the TC programs to a pod-facing interface: egress (replies the node sends to
+    /// the pod), then ingress, each after any programs already there. Uses TCX links on
+    /// kernels >= 6.6 and netlink filters (adding the clsact qdisc) before that; either way
+    /// other programs' filters are left in place. After [`Datapath::load_pinned`] a TCX link
+    /// is pinned, and one pinned earlier gets the new program instead.
     pub fn attach_tc(&mut self, iface: &str) -> Result<(), DatapathError> {
-        self.attach_classifier(program_names::TC_INGRESS, iface)
+        self.attach_classifier(iface, Classifier::Egress)?;
+        self.attach_classifier(iface, Classifier::Ingress)
+    }
+
+    /// Attaches only the TC egress program, for the external interface (whose ingress has the
+    /// XDP program): replies the node sends to outside clients; as [`Datapath::attach_tc`].
+    pub fn attach_tc_egress(&mut self, iface: &str) -> Result<(), DatapathError> {
+        self.attach_classifier(iface, Classifier::Egress)
     }
 
     /// Attaches the handoff program (the redirect reply path's second half for XDP) to the XDP
-    /// interface `iface`'s ingress, as [`Datapath::attach_tc`] attaches the TC program (and
-    /// pinned under the same name: the XDP interface never has the TC program).
+    /// interface `iface`'s ingress, as [`Datapath::attach_tc`] attaches the ingress program
+    /// (and pinned under its name: the XDP interface never has that program).
     pub fn attach_xdp_handoff(&mut self, iface: &str) -> Result<(), DatapathError> {
-        self.attach_classifier(program_names::TC_XDP_HANDOFF, iface)
+        self.attach_classifier(iface, Classifier::XdpHandoff)
     }
 
-    fn attach_classifier(&mut self, name: &'static str, iface: &str) -> Result<(), DatapathError> {
+    fn attach_classifier(
+        &mut self,
+        iface: &str,
+        classifier: Classifier,
+    ) -> Result<(), DatapathError> {
+        // Ingress keeps the log lines of agents that attached nothing else.
+        let (name, hook, direction, side, pinned) = match classifier {
+            Classifier::Egress => (
+                program_names::TC_EGRESS,
+                Hook::TcEgress,
+                TcAttachType::Egress,
+                "egress",
+                "tcx egress link",
+            ),
+            Classifier::Ingress => (
+                program_names::TC_INGRESS,
+                Hook::Tc,
+                TcAttachType::Ingress,
+                "ingress",
+                "tcx link",
+            ),
+            Classifier::XdpHandoff => (
+                program_names::TC_XDP_HANDOFF,
+                Hook::Tc,
+                TcAttachType::Ingress,
+                "ingress",
+                "tcx link",
+            ),
+        };
         let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
         let pin = self
             .links_dir
             .as_deref()
             .filter(|_| tcx)
-            .map(|dir| pinned_links::pin_path(dir, iface, Hook::Tc))
+            .map(|dir| pinned_links::pin_path(dir, iface, hook))
             .transpose()?;
         let program: &mut SchedClassifier = program_mut(&mut self.ebpf, name)?;
         let replace = |link: SchedClassifierLink| program.attach_to_link(link);
@@ -145,7 +186,7 @@ impl Datapath {
             .as_deref()
             .is_some_and(|pin| pinned_links::reuse(pin, replace))
         {
-            info!("replaced the program in the pinned tcx link of {iface} with {name}");
+            info!("replaced the program in the pinned {pinned} of {iface} with {name}");
             return Ok(());
         }
         if !tcx {
@@ -155,7 +196,7 @@ impl Datapath {
             }
         }
         let id = program
-            .attach(iface, TcAttachType::Ingress)
+            .attach(iface, direction)
             .map_err(|e| attach_error(name, iface, e))?;
         if let Some(pin) = &pin {
             let link = program
@@ -167,20 +208,32 @@ impl Datapath {
             }
         }
         let how = if tcx { "tcx link" } else { "netlink filter" };
-        info!("attached {name} to {iface} ingress ({how})");
+        info!("attached {name} to {iface} {side} ({how})");
         Ok(())
     }
 
-    /// Removes the pin of `iface`'s TC link, for an interface that vanished (which detached
-    /// the link), or the handoff's on the XDP interface, which detaches it. Does nothing
-    /// unless loaded by [`Datapath::load_pinned`].
+    /// Removes the pin of the handoff program's link on the XDP interface `iface`, which
+    /// detaches it (an agent on the kernel reply path). Does nothing unless loaded by
+    /// [`Datapath::load_pinned`].
+    pub fn unpin_xdp_handoff(&mut self, iface: &str) {
+        if let Some(dir) = &self.links_dir {
+            if let Ok(pin) = pinned_links::pin_path(dir, iface, Hook::Tc) {
+                pinned_links::remove(&pin);
+            }
+        }
+    }
+
+    /// Removes the pins of `iface`'s TC links, for an interface that vanished (which detached
+    /// the links). Does nothing unless loaded by [`Datapath::load_pinned`].
     pub fn unpin_tc(&mut self, iface: &str) {
         let Some(dir) = &self.links_dir else {
             return;
         };
-        // A name Linux refuses was never attached, so it has no pin.
-        if let Ok(pin) = pinned_links::pin_path(dir, iface, Hook::Tc) {
-            pinned_links::remove(&pin);
+        for hook in [Hook::Tc, Hook::TcEgress] {
+            // A name Linux refuses was never attached, so it has no pin.
+            if let Ok(pin) = pinned_links::pin_path(dir, iface, hook) {
+                pinned_links::remove(&pin);
+            }
         }
     }
 
@@ -295,6 +348,11 @@ impl Datapath {
         program_ref(&self.ebpf, program_names::TC_INGRESS)
     }
 
+    /// The TC egress program, e.g. for `aya::programs::TestRun`.
+    pub fn tc_egress_program(&self) -> &SchedClassifier {
+        program_ref(&self.ebpf, program_names::TC_EGRESS)
+    }
+
     /// The XDP program, e.g. for `aya::programs::TestRun`.
     pub fn xdp_program(&self) -> &Xdp {
         program_ref(&self.ebpf, program_names::XDP_INGRESS)
@@ -320,6 +378,14 @@ impl Drop for Datapath {
 }
 
 /// Looks a program up by name and type.
+/// The TC programs [`Datapath::attach_classifier`] attaches.
+#[derive(Clone, Copy)]
+enum Classifier {
+    Ingress,
+    Egress,
+    XdpHandoff,
+}
+
 fn program_mut<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, DatapathError>
 where
     &'a mut P: TryFrom<&'a mut Program>,
