@@ -31,11 +31,14 @@ pub struct NodeConfig {
     pub snat_port_min: [u8; 2],
     /// Last port masquerading allocates (inclusive), network byte order.
     pub snat_port_max: [u8; 2],
-    pub _pad: [u8; 4],
+    /// 1: the socket programs translate sockets of every network namespace (pods too, at
+    /// `connect()`), not only those of `sock_netns_cookie`'s; 0: only those.
+    pub sock_all_netns: u8,
+    pub _pad: [u8; 3],
     /// Network namespace cookie (`SO_NETNS_COOKIE`) of the node's own sockets: the socket
-    /// programs translate only sockets in this namespace (host-network processes and pods),
-    /// never a pod's, which the TC program serves. 0 until the agent writes it: no socket is
-    /// translated.
+    /// programs translate sockets in this namespace (host-network processes and pods), and a
+    /// pod's only with `sock_all_netns` (else the TC program serves them). 0 until the agent
+    /// writes it: no socket is translated, whatever `sock_all_netns` says.
     pub sock_netns_cookie: u64,
 }
 
@@ -46,7 +49,8 @@ impl NodeConfig {
             snat_addr,
             snat_port_min: min.to_be_bytes(),
             snat_port_max: max.to_be_bytes(),
-            _pad: [0; 4],
+            sock_all_netns: 0,
+            _pad: [0; 3],
             sock_netns_cookie: 0,
         }
     }
@@ -56,6 +60,15 @@ impl NodeConfig {
     pub const fn with_sock_netns(self, netns_cookie: u64) -> Self {
         Self {
             sock_netns_cookie: netns_cookie,
+            ..self
+        }
+    }
+
+    /// This config with socket-level translation for sockets of every network namespace
+    /// (`all`), or only for those of the namespace [`NodeConfig::with_sock_netns`] names.
+    pub const fn with_sock_all_netns(self, all: bool) -> Self {
+        Self {
+            sock_all_netns: all as u8,
             ..self
         }
     }
