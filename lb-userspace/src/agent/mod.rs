@@ -36,7 +36,7 @@ use auto_attach::AutoAttach;
 pub use cleanup::cleanup;
 pub use masquerade::{Masquerade, PortRange, PortRangeError};
 use programming::Programmer;
-pub use socket_lb::{cgroup2_root, SocketLb};
+pub use socket_lb::{cgroup2_root, netns_cookie, SocketLb};
 use telemetry::Telemetry;
 
 /// Default `--bpffs-dir`.
@@ -59,7 +59,8 @@ pub struct RunConfig {
     pub xdp_iface: XdpIface,
     /// Whether and how external flows to backends on other nodes are masqueraded.
     pub masquerade: Masquerade,
-    /// Whether and where the node's own sockets are translated (cgroup socket programs).
+    /// Whether and where the node's own sockets (and pods') are translated (cgroup socket
+    /// programs).
     pub socket_lb: SocketLb,
     /// Maps are pinned under `<bpffs_dir>/maps/`.
     pub bpffs_dir: PathBuf,
@@ -269,7 +270,8 @@ async fn serve(
     // Before the XDP and socket programs run (a restarted agent overwrites what the last one
     // set).
     let node_config = masquerade::node_config(&config.masquerade, xdp_iface.as_deref())
-        .with_sock_netns(sockets.as_ref().map_or(0, |s| s.netns_cookie));
+        .with_sock_netns(sockets.as_ref().map_or(0, |s| s.netns_cookie))
+        .with_sock_all_netns(sockets.as_ref().is_some_and(|s| s.pods));
     datapath
         .maps()
         .set_node_config(&node_config)
