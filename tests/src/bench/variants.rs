@@ -5,7 +5,6 @@ use std::fs;
 
 use lb_common::NodeConfig;
 use lb_userspace::{agent, Capacities, Datapath, Reconciler};
-use serde::Serialize;
 
 use super::{
     error::{io_context, map_context, BenchError, Result},
@@ -15,47 +14,7 @@ use super::{
 };
 use crate::{cgroup::TestCgroup, netns::unique_prefix, topology::Topology};
 
-/// How a client's packets to a service reach a pod.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub enum Variant {
-    /// (a) This project: TC programs on the pod veths, maps written by the agent's reconciler.
-    Ebpf,
-    /// (b) kube-proxy's iptables mode (nf_tables backend), loaded with `iptables-restore`.
-    Iptables,
-    /// (c) kube-proxy's nftables mode, loaded with `nft -f`.
-    Nftables,
-    /// (d) No translation: the client addresses the pod directly.
-    Direct,
-    /// (e) This project with `--socket-lb-pods`: the client pod's process is in a cgroup that
-    /// carries the socket programs, so its sockets are connected to a backend at `connect()`;
-    /// the TC programs stay on the pod veths (and pass the packets, addressed to a pod).
-    EbpfSocket,
-}
-
-impl Variant {
-    /// Every variant, in report order.
-    pub const ALL: [Variant; 5] = [
-        Variant::Ebpf,
-        Variant::Iptables,
-        Variant::Nftables,
-        Variant::Direct,
-        Variant::EbpfSocket,
-    ];
-
-    /// The variants that program translations of their own ((e) has (a)'s maps).
-    pub const TRANSLATING: [Variant; 3] = [Variant::Ebpf, Variant::Iptables, Variant::Nftables];
-
-    /// Column heading in reports.
-    pub fn label(self) -> &'static str {
-        match self {
-            Variant::Ebpf => "(a) eBPF TC",
-            Variant::Iptables => "(b) iptables",
-            Variant::Nftables => "(c) nftables",
-            Variant::Direct => "(d) direct",
-            Variant::EbpfSocket => "(e) eBPF socket",
-        }
-    }
-}
+pub use super::options::Variant;
 
 /// What keeps a variant's translation in place. Rules live in the node namespace and go
 /// with it; the eBPF data path is detached and unloaded when this is dropped, then the
