@@ -31,6 +31,9 @@ pub use net::{IPPROTO_TCP, IPPROTO_UDP};
 pub mod program_names {
     /// TC ingress on pod-facing interfaces.
     pub const TC_INGRESS: &str = "lb_tc_ingress";
+    /// TC egress on pod-facing interfaces and the external interface: replies the node's own
+    /// stack sends for tracked flows (host-network backends).
+    pub const TC_EGRESS: &str = "lb_tc_egress";
     /// XDP on the node's external interface.
     pub const XDP_INGRESS: &str = "lb_xdp_ingress";
     /// cgroup `connect4`: TCP and UDP sockets connecting to a Service.

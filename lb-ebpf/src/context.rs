@@ -103,8 +103,9 @@ impl Packet for XdpPacket {
     }
 }
 
-/// A socket buffer at TC ingress: rewritten through the kernel's store and checksum helpers,
-/// which also keep `CHECKSUM_PARTIAL` (local veth traffic) and `CHECKSUM_COMPLETE` skbs right.
+/// A socket buffer at TC ingress or egress: rewritten through the kernel's store and checksum
+/// helpers, which also keep `CHECKSUM_PARTIAL` (local veth traffic, and everything the node's
+/// own stack sends) and `CHECKSUM_COMPLETE` skbs right.
 pub struct TcPacket(pub TcContext);
 
 impl TcPacket {

@@ -1,11 +1,13 @@
 //! The load balancer, shared by the XDP and TC hooks: parse -> conntrack -> service ->
 //! backend selection (session affinity, flow hash) -> conntrack create -> rewrite; or, for a
 //! service without backends, a reject or a drop. ICMP errors about tracked flows go to
-//! `icmp_error`.
+//! `icmp_error`. At egress ([`Hook::Egress`]) the pipeline stops after conntrack: it only
+//! translates the replies (and ICMP errors) the node's own stack sends for tracked flows.
 
 use lb_common::{
-    conntrack::ct_flags, service::service_flags, Counter, CtKey, CtValue, ServiceKey, ServiceValue,
-    IPPROTO_UDP,
+    conntrack::ct_flags,
+    service::{scope, service_flags},
+    Counter, CtKey, CtValue, ServiceKey, ServiceValue, IPPROTO_UDP,
 };
 
 use crate::{
@@ -21,13 +23,40 @@ use crate::{
     select, stats,
 };
 
-/// Handles one packet: translates it if it belongs to a flow or a service, counts the outcome
-/// and returns what the hook should do with it. `scope` is the hook's service lookup scope
-/// (`lb_common::service::scope`).
+/// Where the pipeline runs, and so what it may do with a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// A packet entering the node: tracked flows are translated both ways, and a new flow to
+    /// a Service looked up in `scope` (`lb_common::service::scope`) gets a backend. Every
+    /// packet is counted.
+    Ingress { scope: u8 },
+    /// A packet the node's own stack sends (TC egress): only replies of tracked flows, and
+    /// ICMP errors about them, are translated, e.g. a host-network backend answering a pod or
+    /// an outside client. Only those and drops are counted, so `packets` stays the count of
+    /// packets that entered.
+    Egress,
+}
+
+impl Hook {
+    /// TC ingress on pod-facing interfaces: traffic from pods, in the internal scope.
+    pub const POD_FACING: Hook = Hook::Ingress {
+        scope: scope::INTERNAL,
+    };
+    /// XDP on the external interface: traffic from outside the node, in the external scope.
+    pub const EXTERNAL: Hook = Hook::Ingress {
+        scope: scope::EXTERNAL,
+    };
+}
+
+/// Handles one packet: translates it if it belongs to a flow or (at ingress) a service, counts
+/// the outcome and returns what the hook should do with it.
 #[inline(always)]
-pub fn process<P: Packet, M: MapAccess>(pkt: &mut P, maps: &mut M, scope: u8) -> Verdict {
-    stats::count(maps, Counter::Packets);
-    match try_process(pkt, maps, scope) {
+pub fn process<P: Packet, M: MapAccess>(pkt: &mut P, maps: &mut M, hook: Hook) -> Verdict {
+    let counts_all = hook != Hook::Egress;
+    if counts_all {
+        stats::count(maps, Counter::Packets);
+    }
+    match try_process(pkt, maps, hook) {
         Ok(outcome) => {
             stats::count(maps, outcome);
             if outcome == Counter::RejectNoBackend {
@@ -37,8 +66,10 @@ pub fn process<P: Packet, M: MapAccess>(pkt: &mut P, maps: &mut M, scope: u8) ->
             }
         }
         Err(e) => {
-            stats::count(maps, e.reason);
             let verdict = e.verdict();
+            if counts_all || verdict == Verdict::Drop {
+                stats::count(maps, e.reason);
+            }
             if verdict == Verdict::Drop {
                 stats::dropped(maps, e.group_id);
                 log::dropped(e.reason, e.group_id);
@@ -53,7 +84,7 @@ pub fn process<P: Packet, M: MapAccess>(pkt: &mut P, maps: &mut M, scope: u8) ->
 fn try_process<P: Packet, M: MapAccess>(
     pkt: &mut P,
     maps: &mut M,
-    scope: u8,
+    hook: Hook,
 ) -> Result<Counter, Error> {
     let flow = match parse::ipv4_flow(pkt) {
         Ok(flow) => flow,
@@ -61,6 +92,9 @@ fn try_process<P: Packet, M: MapAccess>(
         Err(e) => return Err(e),
     };
     let key = conntrack::key_of(&flow);
+    let Hook::Ingress { scope } = hook else {
+        return reply(pkt, maps, &flow, &key);
+    };
     if let Some(entry) = maps.conntrack(&key) {
         if let Some((side, outcome)) = established(maps, &flow, &entry) {
             port_reuse::note_tcp_end(maps, &flow, side, &key, &entry);
@@ -69,6 +103,30 @@ fn try_process<P: Packet, M: MapAccess>(
         forget(maps, &key, &entry);
     }
     new_flow(pkt, maps, &flow, &key, scope)
+}
+
+/// At egress: translates a reply of a tracked flow back to the frontend; anything else,
+/// including a packet matching a forward entry, passes untouched and the entries stay.
+#[inline(always)]
+fn reply<P: Packet, M: MapAccess>(
+    pkt: &mut P,
+    maps: &mut M,
+    flow: &Ipv4Flow,
+    key: &CtKey,
+) -> Result<Counter, Error> {
+    let entry = maps
+        .conntrack(key)
+        .filter(|entry| entry.flags & ct_flags::DIRECTION == ct_flags::REPLY)
+        .ok_or(Error::untouched(Counter::NotService))?;
+    port_reuse::note_tcp_end(maps, flow, Side::Source, key, &entry);
+    translate(
+        pkt,
+        maps,
+        flow,
+        Side::Source,
+        &entry,
+        Counter::ReplyTranslated,
+    )
 }
 
 /// Which side of a packet with a conntrack entry to translate, or `None` when the flow must

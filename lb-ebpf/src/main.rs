@@ -1,11 +1,12 @@
 //! Kernel data path of the service load balancer: XDP and TC ingress programs that translate
-//! Service VIP:port to a backend and the backend's replies back, driven by the maps in
-//! [`maps`] (layouts in `lb-common`).
+//! Service VIP:port to a backend and the backend's replies back, and a TC egress program that
+//! translates the replies the node's own stack sends, driven by the maps in [`maps`] (layouts
+//! in `lb-common`).
 //!
-//! Both hooks run the same pipeline ([`lb::process`]); they differ only in how a packet is read
-//! and rewritten ([`context`]). Cgroup socket programs translate the node's own sockets (and,
-//! when `LB_CONFIG` says so, pods') at `connect()` / `sendmsg()` instead ([`sock`]), with the
-//! pipeline's backend selection ([`select`]).
+//! Every hook runs the same pipeline ([`lb::process`], told which hook it runs in); they differ
+//! only in how a packet is read and rewritten ([`context`]). Cgroup socket programs translate
+//! the node's own sockets (and, when `LB_CONFIG` says so, pods') at `connect()` / `sendmsg()`
+//! instead ([`sock`]), with the pipeline's backend selection ([`select`]).
 #![cfg_attr(not(test), no_std)]
 #![cfg_attr(not(test), no_main)]
 
@@ -36,11 +37,10 @@ use aya_ebpf::{
     programs::{SockAddrContext, TcContext, XdpContext},
 };
 
-use lb_common::service::scope;
-
 use crate::{
     context::{SockCtx, TcPacket, XdpPacket},
     error::Verdict,
+    lb::Hook,
     maps::KernelMaps,
     sock::SockVerdict,
 };
@@ -53,10 +53,23 @@ use crate::{
 #[classifier]
 pub fn lb_tc_ingress(ctx: TcContext) -> i32 {
     let mut pkt = TcPacket(ctx);
-    match lb::process(&mut pkt, &mut KernelMaps, scope::INTERNAL) {
+    match lb::process(&mut pkt, &mut KernelMaps, Hook::POD_FACING) {
         Verdict::Pass => TC_ACT_UNSPEC,
         Verdict::Drop => TC_ACT_SHOT,
         Verdict::SendBack => pkt.redirect_back(),
+    }
+}
+
+/// TC egress on pod-facing interfaces and the external interface
+/// (`lb_common::program_names::TC_EGRESS`): replies the node's own stack sends for tracked
+/// flows (a host-network backend answering a pod or an outside client) are translated back
+/// to the frontend the client addressed; everything else goes on untouched.
+#[classifier]
+pub fn lb_tc_egress(ctx: TcContext) -> i32 {
+    match lb::process(&mut TcPacket(ctx), &mut KernelMaps, Hook::Egress) {
+        Verdict::Drop => TC_ACT_SHOT,
+        // Egress never answers a packet itself.
+        Verdict::Pass | Verdict::SendBack => TC_ACT_UNSPEC,
     }
 }
 
@@ -64,7 +77,7 @@ pub fn lb_tc_ingress(ctx: TcContext) -> i32 {
 /// from outside the node, looked up in the external scope. Rejects leave by the same interface.
 #[xdp]
 pub fn lb_xdp_ingress(ctx: XdpContext) -> u32 {
-    match lb::process(&mut XdpPacket(ctx), &mut KernelMaps, scope::EXTERNAL) {
+    match lb::process(&mut XdpPacket(ctx), &mut KernelMaps, Hook::EXTERNAL) {
         Verdict::Pass => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
         Verdict::SendBack => xdp_action::XDP_TX,

@@ -44,7 +44,9 @@ pub fn counter(scope: u8) -> Counter {
 
 /// Inserts a new flow's reply entry source-NATed when it is to be: a hairpin always (to
 /// `HAIRPIN_ADDR`), a flow [`wanted`] for masquerading if the node masquerades (to its
-/// `snat_addr`). Tries ports of the configured range (for a hairpin the default range while
+/// `snat_addr`; never a backend at that address itself, a host-network endpoint of this node
+/// listed without its `nodeName`, whose replies to the node's own address would never leave
+/// it). Tries ports of the configured range (for a hairpin the default range while
 /// none is configured) until the reply key (backend -> address:port) is free or taken over. `reply_key` and
 /// `reply` are the flow's plain reply key and entry and become the source-NATed ones. Returns
 /// `Ok(false)`, having inserted nothing, when the flow is not source-NATed.
@@ -68,7 +70,7 @@ pub fn insert_reply<M: MapAccess>(
             config.snat_port_min = SNAT_PORT_MIN.to_be_bytes();
             config.snat_port_max = SNAT_PORT_MAX.to_be_bytes();
         }
-    } else if ipv4_unmapped(&config.snat_addr).is_none() {
+    } else if ipv4_unmapped(&config.snat_addr).is_none() || config.snat_addr == backend.addr {
         return Ok(false);
     }
     mark(key, &config.snat_addr, reply_key, reply);

@@ -65,7 +65,8 @@ struct RunArgs {
     kubeconfig: Option<PathBuf>,
     /// Kubernetes mode: the API server's real address, https://HOST:PORT. Overrides the
     /// kubeconfig's server and the in-cluster KUBERNETES_SERVICE_HOST/_PORT (the `kubernetes`
-    /// Service's ClusterIP, which only works once this agent programs it) [default: from the
+    /// Service's ClusterIP, which only works once this agent programs it: in-cluster, a
+    /// restarted agent whose pinned maps translate it tries it first) [default: from the
     /// kubeconfig, else KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT].
     #[arg(
         long,
@@ -90,7 +91,7 @@ struct RunArgs {
     /// File mode: an address of this node that serves NodePort services (repeatable).
     #[arg(long = "node-address", value_name = "IP", requires = "manifests")]
     node_addresses: Vec<IpAddr>,
-    /// Pod-facing interface to attach the TC ingress program to (repeatable). Without it,
+    /// Pod-facing interface to attach the TC ingress and egress programs to (repeatable). Without it,
     /// auto-attach: every interface matching --iface-pattern, as interfaces come and go.
     #[arg(long = "iface", value_name = "NAME")]
     ifaces: Vec<String>,
@@ -100,8 +101,8 @@ struct RunArgs {
     /// Ethernet frames never match.
     #[arg(long = "iface-pattern", value_name = "GLOB", conflicts_with = "ifaces")]
     iface_patterns: Vec<IfacePattern>,
-    /// Interface to attach the XDP program to [default: with --iface none, in auto-attach
-    /// mode the interface of the IPv4 default route].
+    /// Interface to attach the XDP program (and the TC egress program) to [default: with
+    /// --iface none, in auto-attach mode the interface of the IPv4 default route].
     #[arg(long, value_name = "NAME")]
     xdp_iface: Option<String>,
     /// No XDP program at all.
@@ -120,8 +121,9 @@ struct RunArgs {
     #[arg(long, conflicts_with_all = ["masquerade_address", "masquerade_ports"])]
     no_masquerade: bool,
     /// cgroup v2 directory whose processes' sockets reach Services (socket-level translation
-    /// at connect/sendmsg) [default: the root of the cgroup v2 hierarchy, from
-    /// /proc/self/mountinfo: every process of the node].
+    /// at connect/sendmsg), or a hybrid host's /sys/fs/cgroup, whose unified/ is used (the
+    /// DaemonSet passes the node's, mounted) [default: the root of the cgroup v2 hierarchy,
+    /// from /proc/self/mountinfo: every process of the node].
     #[arg(long, value_name = "PATH")]
     cgroup_path: Option<PathBuf>,
     /// No socket-level translation: processes on the node (host network) do not reach

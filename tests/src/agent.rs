@@ -9,7 +9,7 @@
 
 use std::{
     env,
-    fs::File,
+    fs::{File, OpenOptions},
     io::{BufRead, BufReader, Read},
     os::{fd::AsRawFd, unix::process::CommandExt},
     path::{Path, PathBuf},
@@ -85,6 +85,7 @@ pub struct AgentOptions {
     pub env: Vec<(String, String)>,
     /// The test cgroup whose processes' sockets the agent translates (`--cgroup-path`); `None`
     /// runs it with `--no-socket-lb`, so no test ever attaches to the machine's root cgroup.
+    /// The agent itself runs in it, as a deployed agent runs below the node's root cgroup.
     pub cgroup: Option<PathBuf>,
 }
 
@@ -240,7 +241,18 @@ impl Agent {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        enter_netns_before_exec(&mut command, netns);
+        let procs = match &options.cgroup {
+            Some(cgroup) => {
+                let path = cgroup.join("cgroup.procs");
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(io_context(format!("cannot open {}", path.display())))?;
+                Some(file)
+            }
+            None => None,
+        };
+        enter_before_exec(&mut command, netns, procs);
         let mut child = command
             .spawn()
             .map_err(io_context(format!("cannot start {}", binary.display())))?;
@@ -431,21 +443,29 @@ pub fn remove_stale_pins() -> Vec<PathBuf> {
     stale
 }
 
-/// Makes the child enter `netns` before exec, run in its own process group (a terminal's
+/// Makes the child enter `netns` and, if given, the cgroup whose `cgroup.procs` is `procs`
+/// (writing 0 moves the writer) before exec, run in its own process group (a terminal's
 /// Ctrl-C reaches only the harness, which then stops the agent in order) and get SIGTERM if
 /// the spawning thread dies without stopping it.
-fn enter_netns_before_exec(command: &mut Command, netns: File) {
+fn enter_before_exec(command: &mut Command, netns: File, procs: Option<File>) {
     let fd = netns.as_raw_fd();
+    let procs_fd = procs.as_ref().map(|f| f.as_raw_fd());
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe system
-    // calls; `netns` stays open in the parent until `spawn` returns because the closure owns it.
+    // calls; both files stay open in the parent until `spawn` returns because the closure owns
+    // them.
     unsafe {
         command.pre_exec(move || {
-            let _keep_open = &netns;
+            let _keep_open = (&netns, &procs);
             if libc::setns(fd, libc::CLONE_NEWNET) != 0
                 || libc::setpgid(0, 0) != 0
                 || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0
             {
                 return Err(std::io::Error::last_os_error());
+            }
+            if let Some(fd) = procs_fd {
+                if libc::write(fd, b"0\n".as_ptr().cast(), 2) != 2 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });

@@ -74,9 +74,66 @@ impl Drop for TestCgroup {
     }
 }
 
-/// Removes the (empty) test cgroups of harness processes that no longer run and returns them.
+/// A stand-in for a hybrid host's `/sys/fs/cgroup` (as this machine's), for a container's
+/// hostPath: a directory whose `unified` is a test cgroup, bind-mounted. Unmounted and removed
+/// on drop; a killed run's are removed by [`remove_stale`].
+#[derive(Debug)]
+pub struct HybridCgroupDir {
+    dir: PathBuf,
+}
+
+impl HybridCgroupDir {
+    /// `<tmp>/<name>-cgroup` with `cgroup` mounted at its `unified`; `name` a harness name.
+    pub fn new(cgroup: &TestCgroup, name: &str) -> Result<HybridCgroupDir> {
+        let dir = std::env::temp_dir().join(format!("{name}{HYBRID_SUFFIX}"));
+        let unified = dir.join(UNIFIED);
+        fs::create_dir_all(&unified)
+            .map_err(io_context(format!("cannot create {}", unified.display())))?;
+        let hybrid = HybridCgroupDir { dir };
+        let (from, to) = (cgroup.path.to_string_lossy(), unified.to_string_lossy());
+        crate::cmd::run("mount", &["--bind", &from, &to])?;
+        Ok(hybrid)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for HybridCgroupDir {
+    fn drop(&mut self) {
+        remove_hybrid(&self.dir);
+    }
+}
+
+/// Unmounts `dir`'s `unified` (if mounted) and removes `dir`.
+fn remove_hybrid(dir: &Path) {
+    let unified = dir.join(UNIFIED);
+    let _ = crate::cmd::run("umount", &[&unified.to_string_lossy()]);
+    if let Err(e) = fs::remove_dir(&unified).and_then(|()| fs::remove_dir(dir)) {
+        eprintln!("warning: cannot remove {}: {e}", dir.display());
+    }
+}
+
+/// Suffix of a [`HybridCgroupDir`] and the name of its cgroup v2 directory.
+const HYBRID_SUFFIX: &str = "-cgroup";
+const UNIFIED: &str = "unified";
+
+/// Removes the (empty) test cgroups and [`HybridCgroupDir`]s of harness processes that no
+/// longer run and returns them.
 pub fn remove_stale() -> Vec<PathBuf> {
     let mut removed = Vec::new();
+    for entry in fs::read_dir(std::env::temp_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(HYBRID_SUFFIX) && crate::netns::owner_is_gone(&name) {
+            remove_hybrid(&entry.path());
+            removed.push(entry.path());
+        }
+    }
     for root in CGROUP2_ROOTS {
         let Ok(entries) = fs::read_dir(root) else {
             continue;

@@ -3,10 +3,12 @@
 //! under podman with runc: host network as node A's namespace, only the listed
 //! capabilities, no privilege escalation, a read-only root filesystem, the runtime's
 //! read-only `/proc/sys` and masked paths, containerd's `RuntimeDefault` seccomp rules, the
-//! hostPath mounts (a bpffs directory of this test's own for `/sys/fs/bpf`), and the service
-//! account of the in-memory API server, reached over HTTPS with its token at the address the
-//! ConfigMap's `LB_K8S_API_SERVER` gives. Topology: [`lb_tests::cluster::two_node`], node A
-//! with a client pod; node B runs no agent (its pod is only a backend).
+//! hostPath mounts (a bpffs directory of this test's own for `/sys/fs/bpf`; for the node's
+//! `/sys/fs/cgroup` a directory laid out as this hybrid machine's, whose `unified` is a test
+//! cgroup, never the machine's root cgroup), and the service account of
+//! the in-memory API server, reached over HTTPS with its token at the address the ConfigMap's
+//! `LB_K8S_API_SERVER` gives. Topology: [`lb_tests::cluster::two_node`], node A with a client
+//! pod; node B runs no agent (its pod is only a backend).
 //!
 //! The test fails, rather than skips, when podman is missing: `cargo xtask setup` installs it.
 
@@ -24,6 +26,7 @@ use k8s_openapi::api::core::v1::Service;
 use lb_tests::{
     agent::{remove_pins, untranslated_after_cleanup, READY_MARKER},
     apiserver::{objects, ApiServer, Options},
+    cgroup::{HybridCgroupDir, SockClient, TestCgroup},
     cluster::{
         kube::{tally, web_ports, web_slice, NAMESPACE},
         two_node::{Node, TwoNodes, CLIENT_ADDR, LAN_IFACE},
@@ -31,7 +34,7 @@ use lb_tests::{
     },
     deploy::Deployment,
     load::{client_traffic, Traffic},
-    netns::NetNs,
+    netns::{unique_prefix, NetNs},
     podman::{pod_args, write_runtime_default_seccomp, Container, Kubelet, Podman},
     require_root, scrape,
 };
@@ -41,6 +44,8 @@ const CLIENT_POD: &str = "client-a";
 const CLIENT_POD_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 10, 20);
 /// Service `web`: ClusterIP, endpoints on both nodes.
 const WEB_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
+/// Service `empty`: ClusterIP, no endpoints.
+const EMPTY_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 12);
 /// Service `remote`: NodePort (externalTrafficPolicy Cluster), its one endpoint on node B.
 const REMOTE_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 11);
 const REMOTE_NODE_PORTS: [(Protocol, u16); 2] = [(Protocol::Tcp, 30080), (Protocol::Udp, 30053)];
@@ -55,13 +60,18 @@ const REQUESTS: usize = 20;
 const RESTARTS: usize = 3;
 /// Traffic before the first kill, between restarts and after the last.
 const BETWEEN_RESTARTS: Duration = Duration::from_millis(500);
+/// The DaemonSet's host cgroup hierarchy, which the test replaces by a test cgroup.
+const HOST_CGROUP: &str = "/sys/fs/cgroup";
+const SOCK_CLIENT: &str = env!("CARGO_BIN_EXE_lb-sock-client");
 
 /// Everything the pod needs on this machine; dropped in field order: containers and images,
-/// then the bpffs directory (detaching whatever is still pinned), the API server, the
-/// namespaces.
+/// then the bpffs directory (detaching whatever is still pinned), the node's cgroup stand-in
+/// and the test cgroup, the API server, the namespaces.
 struct Deployed {
     podman: Podman,
     bpffs: BpffsDir,
+    _host_cgroup: HybridCgroupDir,
+    cgroup: TestCgroup,
     api: ApiServer,
     cluster: TwoNodes,
     deployment: Deployment,
@@ -89,6 +99,8 @@ impl Deployed {
             .unwrap();
         let bpffs = BpffsDir(Path::new("/sys/fs/bpf").join(cluster.id(Node::A)));
         fs::create_dir(&bpffs.0).unwrap();
+        let cgroup = TestCgroup::create(&cgroup_root(), &unique_prefix()).unwrap();
+        let host_cgroup = HybridCgroupDir::new(&cgroup, &unique_prefix()).unwrap();
 
         let api = ApiServer::start_in(cluster.node(Node::A), Options::default()).unwrap();
         for node in Node::ALL {
@@ -101,6 +113,13 @@ impl Deployed {
         api.create(&web_slice("web", Node::ALL.map(endpoint).to_vec()))
             .unwrap();
         api.create(&node_port_service()).unwrap();
+        api.create(&objects::service(
+            NAMESPACE,
+            "empty",
+            EMPTY_VIP,
+            web_ports(),
+        ))
+        .unwrap();
         api.create(&web_slice("remote", vec![endpoint(Node::B)]))
             .unwrap();
         let account = tempfile::tempdir().unwrap();
@@ -119,6 +138,8 @@ impl Deployed {
                 ("/sys/fs/bpf".into(), bpffs.0.clone()),
                 // Shows the namespace of the reader: node A's.
                 ("/proc/sys/net".into(), "/proc/sys/net".into()),
+                // The node's cgroups: the socket programs attach to the test cgroup only.
+                (HOST_CGROUP.into(), host_cgroup.path().to_path_buf()),
             ]),
             service_account: account.path().to_path_buf(),
             env: BTreeMap::from([
@@ -133,6 +154,8 @@ impl Deployed {
         Deployed {
             podman,
             bpffs,
+            _host_cgroup: host_cgroup,
+            cgroup,
             api,
             cluster,
             deployment,
@@ -149,6 +172,14 @@ impl Deployed {
             panic!("{e}");
         }
         container
+    }
+
+    /// The value of the DaemonSet's argument that starts with `prefix` (`--flag=`).
+    fn agent_arg(&self, prefix: &str) -> Option<String> {
+        let nodes = BTreeMap::from([("spec.nodeName", Node::A.name())]);
+        let args = self.deployment.agent_args(&nodes);
+        args.iter()
+            .find_map(|a| Some(a.strip_prefix(prefix)?.to_string()))
     }
 
     /// Node A's address and the NodePort of `protocol`.
@@ -270,6 +301,17 @@ fn the_daemonset_as_a_kubelet_runs_it_serves_the_node_survives_kills_and_cleans_
         "{log}"
     );
     assert!(log.contains("enabled accept_local on"), "{log}");
+    // The socket programs at the node's cgroup v2 root, through the DaemonSet's mount: its
+    // `unified` on a hybrid node.
+    let cgroup_arg = deployed
+        .agent_arg("--cgroup-path=")
+        .expect("the DaemonSet's --cgroup-path");
+    assert!(
+        log.contains(&format!(
+            "attached lb_sock_connect4 to cgroup {cgroup_arg}/unified"
+        )),
+        "{log}"
+    );
 
     // Only the listed capabilities, no privilege escalation, a seccomp filter.
     let security = process_security(&deployed, "lb-agent-0");
@@ -296,6 +338,34 @@ fn the_daemonset_as_a_kubelet_runs_it_serves_the_node_survives_kills_and_cleans_
             assert!(counts.contains_key(node.pod_name()), "{counts:?}");
         }
     }
+
+    // The node's own processes (host network) in the cgroup reach the ClusterIP, and a Service
+    // without endpoints refuses at once; a process outside the cgroup is not translated.
+    let mut in_cgroup =
+        SockClient::start(Path::new(SOCK_CLIENT), node_a, Some(&deployed.cgroup)).unwrap();
+    let mut outside_cgroup = SockClient::start(Path::new(SOCK_CLIENT), node_a, None).unwrap();
+    for (kind, port) in [("tcp", 80), ("udp", 53), ("udpu", 53)] {
+        let target = SocketAddrV4::new(WEB_VIP, port);
+        let mut answered = BTreeMap::new();
+        for i in 0..REQUESTS {
+            let reply = in_cgroup
+                .ask(&format!("{kind} {target}"))
+                .unwrap_or_else(|e| panic!("node process, {kind} request {i} to {target}: {e}"));
+            assert_eq!(reply.peer, SocketAddr::V4(target), "{kind} request {i}");
+            *answered.entry(reply.from).or_insert(0) += 1;
+        }
+        eprintln!("{kind} from node A's namespace to {target}: {answered:?}");
+        for node in Node::ALL {
+            assert!(answered.contains_key(node.pod_name()), "{answered:?}");
+        }
+    }
+    let empty = in_cgroup.ask(&format!("tcp {}", SocketAddrV4::new(EMPTY_VIP, 80)));
+    assert!(
+        matches!(&empty, Err(e) if e.starts_with("ConnectionRefused")),
+        "{empty:?}"
+    );
+    let untranslated = outside_cgroup.ask(&format!("tcp {}", SocketAddrV4::new(WEB_VIP, 80)));
+    assert!(untranslated.is_err(), "{untranslated:?}");
 
     // An outside client reaches the NodePort on node A whose endpoint is on node B; pod-b sees
     // node A's address (masqueraded), so its replies go back through node A.
@@ -337,10 +407,12 @@ fn the_daemonset_as_a_kubelet_runs_it_serves_the_node_survives_kills_and_cleans_
                 started.elapsed()
             );
             let log = current.log();
-            assert!(
-                log.contains("replaced the program in the pinned tcx link"),
-                "restart {restart} did not adopt the pinned links:\n{log}"
-            );
+            for link in ["tcx", "connect4"] {
+                assert!(
+                    log.contains(&format!("replaced the program in the pinned {link} link")),
+                    "restart {restart} did not adopt the pinned {link} link:\n{log}"
+                );
+            }
         }
         thread::sleep(BETWEEN_RESTARTS);
         current
@@ -361,15 +433,10 @@ fn the_daemonset_as_a_kubelet_runs_it_serves_the_node_survives_kills_and_cleans_
         .unwrap();
     assert_eq!(exit.trim(), "0", "{}", container.log());
     drop(container);
-    let agent_args = deployed
-        .deployment
-        .agent_args(&BTreeMap::from([("spec.nodeName", Node::A.name())]));
-    let bpffs_dir = agent_args
-        .iter()
-        .find(|a| a.starts_with("--bpffs-dir="))
-        .expect("the DaemonSet's --bpffs-dir")
-        .clone();
-    let cleanup = ["cleanup".to_string(), bpffs_dir];
+    let bpffs_dir = deployed
+        .agent_arg("--bpffs-dir=")
+        .expect("the DaemonSet's --bpffs-dir");
+    let cleanup = ["cleanup".to_string(), format!("--bpffs-dir={bpffs_dir}")];
     let mut run = vec!["run".to_string(), "--rm".into()];
     run.extend(pod_args(
         &deployed.deployment,
@@ -388,6 +455,18 @@ fn the_daemonset_as_a_kubelet_runs_it_serves_the_node_survives_kills_and_cleans_
     ));
     let link = node_a.ip(&["-d", "link", "show", LAN_IFACE]).unwrap();
     assert!(!link.contains("xdp"), "XDP still attached: {link}");
+    // The cgroup links went with their pins: the node's processes are no longer translated.
+    let web = format!("tcp {}", SocketAddrV4::new(WEB_VIP, 80));
+    let detached = (0..20).any(|_| {
+        in_cgroup.ask(&web).is_err() || {
+            thread::sleep(Duration::from_millis(100));
+            false
+        }
+    });
+    assert!(
+        detached,
+        "the node's processes are still translated after cleanup"
+    );
 }
 
 #[test]
@@ -437,6 +516,58 @@ fn without_the_node_sysctls_mounted_the_agent_stops_with_one_line_naming_the_sys
         .unwrap()
         .unwrap();
     assert_eq!(value.trim(), "0");
+}
+
+#[test]
+fn without_any_one_of_its_capabilities_the_agent_stops_with_one_line_naming_it() {
+    require_root!();
+    let mut deployed = Deployed::new();
+    let granted = deployed
+        .deployment
+        .agent_container()
+        .security_context
+        .as_ref()
+        .and_then(|s| s.capabilities.as_ref())
+        .and_then(|c| c.add.clone())
+        .unwrap();
+    for cap in &granted {
+        let container = deployed
+            .deployment
+            .daemonset
+            .spec
+            .as_mut()
+            .and_then(|s| s.template.spec.as_mut())
+            .map(|pod| &mut pod.containers[0])
+            .unwrap();
+        let capabilities = container
+            .security_context
+            .as_mut()
+            .and_then(|s| s.capabilities.as_mut())
+            .unwrap();
+        capabilities.add = Some(granted.iter().filter(|c| *c != cap).cloned().collect());
+        let name = format!("lb-agent-without-{}", cap.to_lowercase());
+        let needle = format!("lacks CAP_{cap}:");
+        let container = deployed.start(&name, &needle);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while container.running() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(100));
+        }
+        assert!(
+            !container.running(),
+            "the agent keeps running without {cap}"
+        );
+        let log = container.log();
+        let line = log.lines().find(|l| l.contains(&needle)).unwrap();
+        eprintln!("{line}");
+        // Nothing was loaded or attached.
+        assert!(pins_under(&deployed.bpffs.0).is_empty(), "{log}");
+    }
+}
+
+/// The cgroup v2 root, found as the agent finds it: where the test cgroup goes.
+fn cgroup_root() -> PathBuf {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    lb_userspace::agent::cgroup2_root(&mountinfo).expect("a cgroup v2 mount")
 }
 
 /// Files (pins) anywhere under `dir`.

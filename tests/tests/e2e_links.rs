@@ -112,13 +112,18 @@ fn pods_that_come_and_go_are_attached_and_forgotten_without_a_restart() {
     assert!(served_by_new, "{new_backend} never answered");
 
     // A deleted pod: its state is dropped, quietly.
-    let pin = agent.options().bpffs_dir.join("links/v-client-2-tc");
-    assert!(pin.exists(), "no pinned link at {}", pin.display());
+    let links = agent.options().bpffs_dir.join("links");
+    let pins = ["v-client-2-tc", "v-client-2-tc-egress"].map(|name| links.join(name));
+    for pin in &pins {
+        assert!(pin.exists(), "no pinned link at {}", pin.display());
+    }
     assert!(topology.remove_pod("client-2"));
     agent
         .wait_for_log("interface v-client-2 is gone", 1, ATTACH_TIMEOUT)
         .unwrap();
-    assert!(!pin.exists(), "{} outlived its interface", pin.display());
+    for pin in &pins {
+        assert!(!pin.exists(), "{} outlived its interface", pin.display());
+    }
     assert_eq!(
         ask_from(topology.pod("client")).len(),
         example::BACKENDS + 1

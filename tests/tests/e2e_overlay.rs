@@ -102,7 +102,7 @@ fn start() -> (TwoNodes, tempfile::TempDir) {
     let setup = Setup {
         network: NETWORK,
         iface_patterns,
-        node_a_args: Vec::new(),
+        ..Setup::default()
     };
     let mut cluster = TwoNodes::start_with(dir.path(), &setup).unwrap();
     for node in Node::ALL {

@@ -135,6 +135,7 @@ fn a_clean_exit_leaves_traffic_flowing_until_cleanup_removes_everything() {
     let bpffs_dir = cluster.agent().options().bpffs_dir.clone();
     assert!(bpffs_dir.join("maps/LB_CONNTRACK").exists());
     assert!(bpffs_dir.join("links/v-client-tc").exists());
+    assert!(bpffs_dir.join("links/v-client-tc-egress").exists());
 
     // No agent runs, yet the pinned programs and maps keep serving.
     for protocol in [Protocol::Tcp, Protocol::Udp] {

@@ -1,7 +1,7 @@
 //! The deployment manifests (`manifests/deploy/`) parse into typed Kubernetes objects with no
 //! unknown or misspelt field, and ask for what the agent needs and no more: read access to
-//! Services, EndpointSlices and Nodes, the host network, bpffs, the node's net.* sysctls and
-//! three capabilities instead of a privileged container. The DaemonSet's arguments are flags the real `lb-agent` accepts.
+//! Services, EndpointSlices and Nodes, the host network, bpffs, the node's net.* sysctls, its
+//! cgroups (read-only) and three capabilities instead of a privileged container. The DaemonSet's arguments are flags the real `lb-agent` accepts.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -103,11 +103,20 @@ fn the_daemonset_runs_on_the_host_network_with_bpffs_and_capabilities_not_privil
         args.contains(&format!("--proc-sys-net-dir={proc_sys_net}")),
         "{args:?}"
     );
+    // The node's cgroups, read-only: the socket programs attach to its cgroup v2 root.
+    let cgroup = host_path_mount("/sys/fs/cgroup");
+    assert!(
+        args.contains(&format!("--cgroup-path={cgroup}")),
+        "{args:?}"
+    );
+    assert!(!args.iter().any(|a| a == "--no-socket-lb"), "{args:?}");
     let mounts = container.volume_mounts.as_deref().unwrap_or_default();
+    let cgroup_mount = mounts.iter().find(|m| m.mount_path == cgroup).unwrap();
+    assert_eq!(cgroup_mount.read_only, Some(true));
     assert_eq!(
         mounts.len(),
-        2,
-        "nothing but bpffs and net.* sysctls from the host"
+        3,
+        "nothing but bpffs, net.* sysctls and cgroups from the host"
     );
 
     let security = container

@@ -35,6 +35,7 @@ fn expected(hook: Hook) -> (u32, std::net::SocketAddrV4) {
     match hook {
         Hook::Xdp => (EXTERNAL_ID, backend(1)),
         Hook::Tc => (INTERNAL_ID, backend(2)),
+        Hook::TcEgress => unreachable!("egress looks no service up"),
     }
 }
 

@@ -64,7 +64,13 @@ fn maps_with_service(proto: u8) -> FakeMaps {
 /// Runs `spec`'s frame through the pipeline; returns the verdict and the output frame.
 fn run(maps: &mut FakeMaps, spec: &FrameSpec) -> (Verdict, Vec<u8>) {
     let mut pkt = SlicePacket::new(frame(spec));
-    let verdict = process(&mut pkt, maps, scope::INTERNAL);
+    let verdict = process(
+        &mut pkt,
+        maps,
+        Hook::Ingress {
+            scope: scope::INTERNAL,
+        },
+    );
     (verdict, pkt.bytes)
 }
 
@@ -323,7 +329,16 @@ fn malformed_packets_pass_untouched_and_are_counted() {
     let mut fragment = frame(&FrameSpec::tcp_syn());
     fragment[20] |= 0x20; // more fragments
     let mut pkt = SlicePacket::new(fragment.clone());
-    assert_eq!(process(&mut pkt, &mut maps, scope::INTERNAL), Verdict::Pass);
+    assert_eq!(
+        process(
+            &mut pkt,
+            &mut maps,
+            Hook::Ingress {
+                scope: scope::INTERNAL
+            }
+        ),
+        Verdict::Pass
+    );
     assert_eq!(pkt.bytes, fragment);
     assert_eq!(maps.counter_value(Counter::Fragment), 1);
     assert_eq!(maps.counter_value(Counter::Packets), 1);
@@ -395,7 +410,16 @@ fn a_reject_that_cannot_be_written_drops() {
     let mut maps = without_backends(maps_with_service(IPPROTO_UDP), 0);
     let mut pkt = SlicePacket::new(frame(&FrameSpec::udp()));
     pkt.fail_resize = true;
-    assert_eq!(process(&mut pkt, &mut maps, scope::INTERNAL), Verdict::Drop);
+    assert_eq!(
+        process(
+            &mut pkt,
+            &mut maps,
+            Hook::Ingress {
+                scope: scope::INTERNAL
+            }
+        ),
+        Verdict::Drop
+    );
     assert_eq!(maps.counter_value(Counter::DropRewriteFailed), 1);
     assert_eq!(maps.counter_value(Counter::RejectNoBackend), 0);
     assert_eq!(maps.stats_of(GROUP_ID).drops, 1);
@@ -608,7 +632,10 @@ fn each_hook_looks_up_its_own_scope() {
     ] {
         maps.conntrack.clear();
         let mut pkt = SlicePacket::new(frame(&syn));
-        assert_eq!(process(&mut pkt, &mut maps, hook_scope), Verdict::Pass);
+        assert_eq!(
+            process(&mut pkt, &mut maps, Hook::Ingress { scope: hook_scope }),
+            Verdict::Pass
+        );
         assert_eq!(
             pkt.bytes,
             frame(&FrameSpec {
@@ -625,7 +652,16 @@ fn a_scope_without_an_entry_is_not_a_service() {
     let mut maps = maps_with_service(IPPROTO_TCP);
     let syn = FrameSpec::tcp_syn();
     let mut pkt = SlicePacket::new(frame(&syn));
-    assert_eq!(process(&mut pkt, &mut maps, scope::EXTERNAL), Verdict::Pass);
+    assert_eq!(
+        process(
+            &mut pkt,
+            &mut maps,
+            Hook::Ingress {
+                scope: scope::EXTERNAL
+            }
+        ),
+        Verdict::Pass
+    );
     assert_eq!(pkt.bytes, frame(&syn));
     assert_eq!(maps.counter_value(Counter::NotService), 1);
 }
@@ -666,7 +702,16 @@ fn a_failed_rewrite_drops() {
     let mut maps = maps_with_service(IPPROTO_TCP);
     let mut pkt = SlicePacket::new(frame(&FrameSpec::tcp_syn()));
     pkt.fail_stores = true;
-    assert_eq!(process(&mut pkt, &mut maps, scope::INTERNAL), Verdict::Drop);
+    assert_eq!(
+        process(
+            &mut pkt,
+            &mut maps,
+            Hook::Ingress {
+                scope: scope::INTERNAL
+            }
+        ),
+        Verdict::Drop
+    );
     assert_eq!(maps.counter_value(Counter::DropRewriteFailed), 1);
     assert_eq!(maps.counter_value(Counter::NewFlows), 0);
     assert_eq!(maps.stats_of(GROUP_ID).drops, 1);
@@ -689,4 +734,67 @@ fn last_seen_is_refreshed_at_most_once_a_second() {
 
 fn key(spec: &FrameSpec) -> CtKey {
     conntrack::key_of(&parse::ipv4_flow(&SlicePacket::new(frame(spec))).unwrap())
+}
+
+/// Runs `spec`'s frame through the pipeline at egress.
+fn run_egress(maps: &mut FakeMaps, spec: &FrameSpec) -> (Verdict, Vec<u8>) {
+    let mut pkt = SlicePacket::new(frame(spec));
+    let verdict = process(&mut pkt, maps, Hook::Egress);
+    (verdict, pkt.bytes)
+}
+
+#[test]
+fn egress_translates_a_reply_the_node_sends_and_counts_only_that() {
+    let mut maps = maps_with_service(IPPROTO_TCP);
+    let syn = FrameSpec::tcp_syn();
+    let (_, target) = chosen(&syn);
+    run(&mut maps, &syn);
+    let packets = maps.counter_value(Counter::Packets);
+    let syn_ack = FrameSpec {
+        src: target,
+        tcp_flags: tcp_flags::SYN | tcp_flags::ACK,
+        ..syn.reversed()
+    };
+    let (verdict, out) = run_egress(&mut maps, &syn_ack);
+    assert_eq!(verdict, Verdict::Pass);
+    assert_eq!(
+        out,
+        frame(&FrameSpec {
+            src: VIP,
+            ..syn_ack
+        })
+    );
+    assert!(checksums_valid(&out));
+    assert_eq!(maps.counter_value(Counter::ReplyTranslated), 1);
+    assert_eq!(maps.counter_value(Counter::Packets), packets);
+    assert_eq!(maps.stats_of(GROUP_ID).packets, 2);
+}
+
+#[test]
+fn egress_leaves_requests_and_unknown_packets_alone_and_creates_no_flow() {
+    let mut maps = maps_with_service(IPPROTO_TCP);
+    // A packet to the VIP (a node socket nobody translated): no new flow at egress.
+    let syn = FrameSpec::tcp_syn();
+    let (verdict, out) = run_egress(&mut maps, &syn);
+    assert_eq!((verdict, out), (Verdict::Pass, frame(&syn)));
+    assert!(maps.conntrack.is_empty());
+
+    // With the flow tracked, its request direction still passes untouched and both entries
+    // stay; so does an unrelated reply.
+    run(&mut maps, &syn);
+    let entries = maps.conntrack.clone();
+    let counters = maps.counters.clone();
+    let stranger = FrameSpec {
+        src: FlowEnd {
+            addr: [198, 18, 9, 9],
+            port: 8080u16.to_be_bytes(),
+        },
+        ..syn.reversed()
+    };
+    for spec in [ack(&syn), stranger] {
+        let (verdict, out) = run_egress(&mut maps, &spec);
+        assert_eq!((verdict, out), (Verdict::Pass, frame(&spec)), "{spec:?}");
+    }
+    assert_eq!(maps.conntrack, entries);
+    assert_eq!(maps.counters, counters);
 }

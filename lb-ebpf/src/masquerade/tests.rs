@@ -2,7 +2,7 @@ use super::*;
 use crate::{
     conntrack,
     error::Verdict,
-    lb::process,
+    lb::{process, Hook},
     parse::{ipv4_flow, FlowEnd},
     testing::{checksums_valid, frame, FakeMaps, FrameSpec, SlicePacket, CLIENT, VIP},
 };
@@ -41,7 +41,7 @@ fn remote(proto: u8) -> FakeMaps {
 
 fn run(maps: &mut FakeMaps, spec: &FrameSpec, hook_scope: u8) -> (Verdict, Vec<u8>) {
     let mut pkt = SlicePacket::new(frame(spec));
-    let verdict = process(&mut pkt, maps, hook_scope);
+    let verdict = process(&mut pkt, maps, Hook::Ingress { scope: hook_scope });
     (verdict, pkt.bytes)
 }
 

@@ -1,7 +1,7 @@
 use super::*;
 use crate::{
     error::Verdict,
-    lb::process,
+    lb::{process, Hook},
     parse::{ipv4_flow, FlowEnd},
     testing::{frame, FakeMaps, FrameSpec, SlicePacket, CLIENT, VIP},
 };
@@ -42,7 +42,13 @@ fn one_port(proto: u8) -> FakeMaps {
 
 fn run(maps: &mut FakeMaps, spec: &FrameSpec) -> (Verdict, Vec<u8>) {
     let mut pkt = SlicePacket::new(frame(spec));
-    let verdict = process(&mut pkt, maps, scope::EXTERNAL);
+    let verdict = process(
+        &mut pkt,
+        maps,
+        Hook::Ingress {
+            scope: scope::EXTERNAL,
+        },
+    );
     (verdict, pkt.bytes)
 }
 

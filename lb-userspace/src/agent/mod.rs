@@ -2,7 +2,9 @@
 //! source's desired state (manifest files or the Kubernetes API) until shutdown.
 
 mod accept_local;
+mod api_address;
 mod auto_attach;
+mod capabilities;
 mod cleanup;
 mod forwarding;
 mod masquerade;
@@ -11,7 +13,7 @@ mod socket_lb;
 mod telemetry;
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::Duration;
@@ -21,7 +23,9 @@ use tokio::time::MissedTickBehavior;
 use tracing::{info, warn};
 
 use crate::bpffs::{self, BpffsError, DirLock};
-use crate::datapath::{Capacities, Datapath, DatapathError, KernelLog, KernelLogLevel};
+use crate::datapath::{
+    Capacities, Datapath, DatapathError, DatapathMaps, KernelLog, KernelLogLevel,
+};
 use crate::error::Chain;
 use crate::health::SyncHealth;
 use crate::k8s::NodeDef;
@@ -29,7 +33,7 @@ use crate::links::{self, IfacePatterns, LinkEvent, NetlinkError};
 use crate::manifests::ManifestDir;
 use crate::metrics::{ListenError, SyncMetrics};
 use crate::reconciler::MapWriteError;
-use crate::source::api::{ApiAccess, ApiSourceError};
+use crate::source::api::{access, ApiAccess, ApiSourceError};
 use crate::source::{self, DesiredStates};
 pub use accept_local::{AcceptLocalError, DEFAULT_PROC_SYS_NET_DIR};
 use auto_attach::AutoAttach;
@@ -50,7 +54,7 @@ const RETRY_INTERVAL: Duration = Duration::from_millis(500);
 #[derive(Clone, Debug)]
 pub struct RunConfig {
     pub source: SourceConfig,
-    /// Interfaces whose TC ingress gets the program; empty: auto-attach to every interface
+    /// Interfaces whose TC ingress and egress get the programs; empty: auto-attach to every interface
     /// matching `iface_patterns`, as interfaces come and go.
     pub tc_ifaces: Vec<String>,
     /// Pod-facing interface names for auto-attach.
@@ -135,6 +139,12 @@ pub enum AgentError {
     Cgroup2Mount(String),
     #[error("reading this network namespace's cookie (SO_NETNS_COOKIE, Linux 5.14) failed")]
     NetnsCookie(#[source] std::io::Error),
+    #[error(
+        "lb-agent run lacks {0}: loading and attaching its programs takes CAP_BPF, CAP_PERFMON \
+         and CAP_NET_ADMIN (CAP_SYS_ADMIN covers the first two); run it as root or grant them \
+         (the DaemonSet's securityContext.capabilities.add)"
+    )]
+    MissingCapabilities(String),
 }
 
 /// Where the maps of an agent using `bpffs_dir` are pinned.
@@ -175,12 +185,20 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Resul
                 .max_endpoints(max_endpoints);
             CheckedSource::Files(manifests, *poll_interval)
         }
-        SourceConfig::Kubernetes { access, node_name } => {
-            let client = source::api::client(access).await?;
+        SourceConfig::Kubernetes {
+            access: api,
+            node_name,
+        } => {
+            let config = access::config(api).await.map_err(ApiSourceError::from)?;
+            // A client is made once now so a bad CA fails before anything is loaded; the one
+            // used is made once the address is chosen.
+            drop(source::api::client(config.clone())?);
+            let service = access::kubernetes_service(api);
             info!("kubernetes mode: node {node_name}");
-            CheckedSource::Api(client, node_name.clone(), max_endpoints)
+            CheckedSource::Api(Box::new(config), service, node_name.clone(), max_endpoints)
         }
     };
+    capabilities::check()?;
     let maps = maps_dir(&config.bpffs_dir);
     let links = links_dir(&config.bpffs_dir);
     bpffs::prepare_pin_dir(&maps)?;
@@ -224,23 +242,37 @@ async fn lock_pins(
 enum CheckedSource {
     /// The manifests directory and its poll interval.
     Files(ManifestDir, Duration),
-    /// The API client, this node's name and the slice size limit.
-    Api(kube::Client, String, usize),
+    /// The API client's configuration (with the explicit address, if one was given), the
+    /// `kubernetes` Service's address to prefer once this node translates it, this node's
+    /// name and the slice size limit.
+    Api(Box<kube::Config>, Option<SocketAddrV4>, String, usize),
 }
 
 impl CheckedSource {
-    fn start(self, metrics: SyncMetrics, health: SyncHealth) -> RunningSource {
+    /// Starts the source; the API server's address is chosen now, with the programs attached
+    /// and the maps adopted ([`api_address::choose`]); `sockets`: socket-level translation is on.
+    async fn start(
+        self,
+        maps: &DatapathMaps,
+        sockets: bool,
+        metrics: SyncMetrics,
+        health: SyncHealth,
+    ) -> Result<RunningSource, AgentError> {
         let (name, (task, states)) = match self {
             CheckedSource::Files(dir, poll_interval) => (
                 "manifests",
                 source::files::spawn(dir, poll_interval, metrics),
             ),
-            CheckedSource::Api(client, node_name, max_endpoints) => (
-                "kubernetes",
-                source::api::spawn(client, node_name, max_endpoints, metrics, health),
-            ),
+            CheckedSource::Api(mut config, service, node_name, max_endpoints) => {
+                api_address::choose(&mut config, service, maps, sockets).await;
+                let client = source::api::client(*config)?;
+                (
+                    "kubernetes",
+                    source::api::spawn(client, node_name, max_endpoints, metrics, health),
+                )
+            }
         };
-        RunningSource { name, task, states }
+        Ok(RunningSource { name, task, states })
     }
 }
 
@@ -286,6 +318,7 @@ async fn serve(
         None => drop(Datapath::remove_socket_links(&links_dir(&config.bpffs_dir))),
     }
     if let Some(iface) = &xdp_iface {
+        datapath.attach_tc_egress(iface)?;
         datapath.attach_xdp(iface)?;
     }
     for iface in &config.tc_ifaces {
@@ -301,7 +334,14 @@ async fn serve(
     };
 
     let telemetry = Telemetry::start(config, &maps_dir(&config.bpffs_dir)).await?;
-    let mut source = source.start(telemetry.sync(), telemetry.health());
+    let mut source = source
+        .start(
+            datapath.maps(),
+            sockets.is_some(),
+            telemetry.sync(),
+            telemetry.health(),
+        )
+        .await?;
     let mut programmer = Programmer::new(&config.capacities, telemetry.sync(), telemetry.health());
     let mut retry = tokio::time::interval(RETRY_INTERVAL);
     retry.set_missed_tick_behavior(MissedTickBehavior::Delay);

@@ -1,21 +1,24 @@
 //! Where the socket programs attach: the root of the cgroup v2 hierarchy (every process of
-//! the node) unless `--cgroup-path` names another cgroup; and which sockets they translate:
-//! those of the agent's own network namespace, the node's, and with `--socket-lb-pods` those
-//! of every namespace (pods).
+//! the node) unless `--cgroup-path` names another cgroup (or a hybrid host's `/sys/fs/cgroup`,
+//! whose `unified/` is used); and which sockets they translate: those of the agent's own
+//! network namespace, the node's, and with `--socket-lb-pods` those of every namespace (pods).
 
 use std::fs;
 use std::io;
 use std::mem::size_of;
 use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use tracing::info;
 
 use super::AgentError;
+use crate::datapath::is_cgroup2;
 
 /// Where the kernel lists the mounts this process sees.
 const MOUNTINFO: &str = "/proc/self/mountinfo";
+/// Where a hybrid host mounts cgroup v2 inside its `/sys/fs/cgroup`.
+const HYBRID_CGROUP2_DIR: &str = "unified";
 /// `SO_NETNS_COOKIE` (kernel 5.14), missing from older libc crates.
 const SO_NETNS_COOKIE: libc::c_int = 71;
 
@@ -47,7 +50,7 @@ pub(super) fn prepare(setting: &SocketLb) -> Result<Option<Sockets>, AgentError>
         SocketLb::Cgroup { path, pods } => (path, *pods),
     };
     let cgroup = match path {
-        Some(path) => path.clone(),
+        Some(path) => cgroup2_in(path),
         None => {
             let mountinfo = fs::read_to_string(MOUNTINFO)
                 .map_err(|e| AgentError::Cgroup2Mount(format!("reading {MOUNTINFO}: {e}")))?;
@@ -65,6 +68,26 @@ pub(super) fn prepare(setting: &SocketLb) -> Result<Option<Sockets>, AgentError>
         netns_cookie,
         pods,
     }))
+}
+
+/// `path` when it is a cgroup v2 directory, else its `unified` subdirectory when that is one:
+/// a hybrid host's `/sys/fs/cgroup` (e.g. the node's, mounted into the DaemonSet's container)
+/// holds the v2 hierarchy there, a unified host's is cgroup v2 itself. Else `path`, which
+/// attaching refuses with one line.
+fn cgroup2_in(path: &Path) -> PathBuf {
+    if is_cgroup2(path) {
+        return path.to_path_buf();
+    }
+    let unified = path.join(HYBRID_CGROUP2_DIR);
+    if is_cgroup2(&unified) {
+        info!(
+            "{} is not cgroup v2 but holds it at {} (a hybrid host's cgroups)",
+            path.display(),
+            unified.display()
+        );
+        return unified;
+    }
+    path.to_path_buf()
 }
 
 /// The mount point of the cgroup v2 hierarchy's root in a `/proc/self/mountinfo` text: the
@@ -165,6 +188,18 @@ mod tests {
             cgroup2_root(bind),
             Some(PathBuf::from("/run/lb agent/cgroup"))
         );
+    }
+
+    #[test]
+    fn a_hybrid_cgroup_dir_resolves_to_its_unified_hierarchy() {
+        // This machine's: whichever of the two mount points is cgroup v2 is found from both.
+        let root = cgroup2_root(&fs::read_to_string(MOUNTINFO).unwrap()).unwrap();
+        assert_eq!(cgroup2_in(&root), root);
+        if root.ends_with(HYBRID_CGROUP2_DIR) {
+            assert_eq!(cgroup2_in(root.parent().unwrap()), root);
+        }
+        let plain = tempfile::tempdir().unwrap();
+        assert_eq!(cgroup2_in(plain.path()), plain.path());
     }
 
     #[test]

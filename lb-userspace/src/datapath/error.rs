@@ -46,7 +46,8 @@ pub enum DatapathError {
         source: std::io::Error,
     },
     #[error(
-        "{0} is not a cgroup v2 directory: socket-level translation attaches to cgroup v2 only"
+        "{0} is not a cgroup v2 directory, and holds none at unified/ (a hybrid host's \
+         /sys/fs/cgroup): socket-level translation attaches to cgroup v2 only"
     )]
     NotCgroup2(PathBuf),
     #[error("attaching `{program}` to cgroup {cgroup} failed")]

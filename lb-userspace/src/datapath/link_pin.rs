@@ -14,16 +14,20 @@ use std::fmt;
 /// Which hook a pinned link attaches to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {
+    /// TC ingress.
     Tc,
+    /// TC egress.
+    TcEgress,
     Xdp,
 }
 
 impl Hook {
-    const ALL: [Hook; 2] = [Hook::Tc, Hook::Xdp];
+    const ALL: [Hook; 3] = [Hook::Tc, Hook::TcEgress, Hook::Xdp];
 
     fn as_str(self) -> &'static str {
         match self {
             Hook::Tc => "tc",
+            Hook::TcEgress => "tc-egress",
             Hook::Xdp => "xdp",
         }
     }
@@ -117,6 +121,7 @@ mod tests {
         "back\\slash",
         "x-tc",
         "x-xdp",
+        "x-tc-egress",
         "x.-tc",
         "-",
         "é.1",
@@ -143,6 +148,12 @@ mod tests {
                 format!("{iface}-xdp")
             );
         }
+        assert_eq!(
+            LinkPin::new("flannel.1", Hook::TcEgress)
+                .file_name()
+                .unwrap(),
+            "flannel:1-tc-egress"
+        );
     }
 
     #[test]
@@ -202,6 +213,7 @@ mod tests {
             "-tc",
             "eth0",
             "eth0-tcx",
+            "eth0-egress",
             "eth0_tc",
             "lock",
             "eth0.1-tc",

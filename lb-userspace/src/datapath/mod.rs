@@ -29,6 +29,7 @@ pub use kernel_log::{KernelLog, KernelLogError, KernelLogLevel};
 pub use lb_common::capacity::{Capacities, CapacityRangeError, MAX_ENTRIES};
 use link_pin::Hook;
 pub use maps::DatapathMaps;
+pub use sock_links::is_cgroup2;
 
 /// The eBPF object built by `cargo xtask build-ebpf`, embedded by `build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf.o"));
@@ -100,7 +101,9 @@ impl Datapath {
             .map_err(|e| {
                 DatapathError::or_permission_denied("loading the eBPF maps", e, DatapathError::Load)
             })?;
-        load_program::<SchedClassifier>(&mut ebpf, program_names::TC_INGRESS, |p| p.load())?;
+        for name in [program_names::TC_INGRESS, program_names::TC_EGRESS] {
+            load_program::<SchedClassifier>(&mut ebpf, name, |p| p.load())?;
+        }
         load_program::<Xdp>(&mut ebpf, program_names::XDP_INGRESS, |p| p.load())?;
         for (_, name) in sock_links::PROGRAMS {
             load_program::<CgroupSockAddr>(&mut ebpf, name, |p| p.load())?;
@@ -114,18 +117,43 @@ impl Datapath {
         })
     }
 
-    /// Attaches the TC program to `iface`'s ingress, after any programs already there. Uses a
-    /// TCX link on kernels >= 6.6 and a netlink filter (adding the clsact qdisc) before that;
-    /// either way other programs' filters are left in place. After [`Datapath::load_pinned`]
-    /// a TCX link is pinned, and one pinned earlier gets the new program instead.
+    /// Attaches the TC programs to a pod-facing interface: egress (replies the node sends to
+    /// the pod), then ingress, each after any programs already there. Uses TCX links on
+    /// kernels >= 6.6 and netlink filters (adding the clsact qdisc) before that; either way
+    /// other programs' filters are left in place. After [`Datapath::load_pinned`] a TCX link
+    /// is pinned, and one pinned earlier gets the new program instead.
     pub fn attach_tc(&mut self, iface: &str) -> Result<(), DatapathError> {
-        let name = program_names::TC_INGRESS;
+        self.attach_classifier(iface, TcAttachType::Egress)?;
+        self.attach_classifier(iface, TcAttachType::Ingress)
+    }
+
+    /// Attaches only the TC egress program, for the external interface (whose ingress has the
+    /// XDP program): replies the node sends to outside clients; as [`Datapath::attach_tc`].
+    pub fn attach_tc_egress(&mut self, iface: &str) -> Result<(), DatapathError> {
+        self.attach_classifier(iface, TcAttachType::Egress)
+    }
+
+    fn attach_classifier(
+        &mut self,
+        iface: &str,
+        direction: TcAttachType,
+    ) -> Result<(), DatapathError> {
+        // Ingress keeps the log lines of agents that attached nothing else.
+        let (name, hook, side, pinned) = match direction {
+            TcAttachType::Egress => (
+                program_names::TC_EGRESS,
+                Hook::TcEgress,
+                "egress",
+                "tcx egress link",
+            ),
+            _ => (program_names::TC_INGRESS, Hook::Tc, "ingress", "tcx link"),
+        };
         let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
         let pin = self
             .links_dir
             .as_deref()
             .filter(|_| tcx)
-            .map(|dir| pinned_links::pin_path(dir, iface, Hook::Tc))
+            .map(|dir| pinned_links::pin_path(dir, iface, hook))
             .transpose()?;
         let program: &mut SchedClassifier = program_mut(&mut self.ebpf, name)?;
         let replace = |link: SchedClassifierLink| program.attach_to_link(link);
@@ -133,7 +161,7 @@ impl Datapath {
             .as_deref()
             .is_some_and(|pin| pinned_links::reuse(pin, replace))
         {
-            info!("replaced the program in the pinned tcx link of {iface} with {name}");
+            info!("replaced the program in the pinned {pinned} of {iface} with {name}");
             return Ok(());
         }
         if !tcx {
@@ -143,7 +171,7 @@ impl Datapath {
             }
         }
         let id = program
-            .attach(iface, TcAttachType::Ingress)
+            .attach(iface, direction)
             .map_err(|e| attach_error(name, iface, e))?;
         if let Some(pin) = &pin {
             let link = program
@@ -155,19 +183,21 @@ impl Datapath {
             }
         }
         let how = if tcx { "tcx link" } else { "netlink filter" };
-        info!("attached {name} to {iface} ingress ({how})");
+        info!("attached {name} to {iface} {side} ({how})");
         Ok(())
     }
 
-    /// Removes the pin of `iface`'s TC link, for an interface that vanished (which detached
-    /// the link). Does nothing unless loaded by [`Datapath::load_pinned`].
+    /// Removes the pins of `iface`'s TC links, for an interface that vanished (which detached
+    /// the links). Does nothing unless loaded by [`Datapath::load_pinned`].
     pub fn unpin_tc(&mut self, iface: &str) {
         let Some(dir) = &self.links_dir else {
             return;
         };
-        // A name Linux refuses was never attached, so it has no pin.
-        if let Ok(pin) = pinned_links::pin_path(dir, iface, Hook::Tc) {
-            pinned_links::remove(&pin);
+        for hook in [Hook::Tc, Hook::TcEgress] {
+            // A name Linux refuses was never attached, so it has no pin.
+            if let Ok(pin) = pinned_links::pin_path(dir, iface, hook) {
+                pinned_links::remove(&pin);
+            }
         }
     }
 
@@ -285,6 +315,11 @@ impl Datapath {
     /// The TC program, e.g. for `aya::programs::TestRun`.
     pub fn tc_program(&self) -> &SchedClassifier {
         program_ref(&self.ebpf, program_names::TC_INGRESS)
+    }
+
+    /// The TC egress program, e.g. for `aya::programs::TestRun`.
+    pub fn tc_egress_program(&self) -> &SchedClassifier {
+        program_ref(&self.ebpf, program_names::TC_EGRESS)
     }
 
     /// The XDP program, e.g. for `aya::programs::TestRun`.

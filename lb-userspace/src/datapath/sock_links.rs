@@ -53,16 +53,28 @@ pub(super) fn open_cgroup(path: &Path) -> Result<(File, u64), DatapathError> {
         source,
     };
     let dir = File::open(path).map_err(open_error)?;
-    // SAFETY: an all-zero statfs is valid; fstatfs fills it for the open descriptor.
-    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::fstatfs(dir.as_raw_fd(), &mut stat) } != 0 {
-        return Err(open_error(io::Error::last_os_error()));
-    }
-    if stat.f_type as i64 != CGROUP2_SUPER_MAGIC {
+    if !on_cgroup2(&dir).map_err(open_error)? {
         return Err(DatapathError::NotCgroup2(path.to_path_buf()));
     }
     let id = dir.metadata().map_err(open_error)?.ino();
     Ok((dir, id))
+}
+
+/// Whether `path` is a directory of a cgroup v2 file system (false if it cannot be opened).
+pub fn is_cgroup2(path: &Path) -> bool {
+    File::open(path)
+        .and_then(|dir| on_cgroup2(&dir))
+        .unwrap_or(false)
+}
+
+/// Whether the open `file` is on a cgroup v2 file system (`statfs` magic).
+fn on_cgroup2(file: &File) -> io::Result<bool> {
+    // SAFETY: an all-zero statfs is valid; fstatfs fills it for the open descriptor.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut stat) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(stat.f_type as i64 == CGROUP2_SUPER_MAGIC)
 }
 
 /// Swaps `program` into the link pinned at `pin` if that link is attached to the cgroup

@@ -55,9 +55,9 @@ impl std::fmt::Debug for Credentials {
 }
 
 impl Credentials {
-    /// A new CA, a certificate it signed with `ip` as its subject alternative name, and a
+    /// A new CA, a certificate it signed with `ips` as its subject alternative names, and a
     /// random token.
-    pub fn new(ip: IpAddr) -> Result<Credentials> {
+    pub fn new(ips: &[IpAddr]) -> Result<Credentials> {
         let failed = |e: rcgen::Error| Error::Certificates(e.to_string());
         let ca_key = KeyPair::generate().map_err(failed)?;
         let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(failed)?;
@@ -73,7 +73,8 @@ impl Credentials {
         let issuer = Issuer::new(ca, ca_key);
 
         let server_key = KeyPair::generate().map_err(failed)?;
-        let mut server = CertificateParams::new(vec![ip.to_string()]).map_err(failed)?;
+        let names = ips.iter().map(IpAddr::to_string).collect::<Vec<_>>();
+        let mut server = CertificateParams::new(names).map_err(failed)?;
         server
             .distinguished_name
             .push(DnType::CommonName, "kube-apiserver");

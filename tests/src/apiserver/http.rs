@@ -5,6 +5,7 @@ use std::{
     collections::HashMap,
     convert::Infallible,
     future::Future,
+    net::SocketAddr,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -26,9 +27,10 @@ use super::{
 /// How long a watch without `timeoutSeconds` stays open (the real server picks 30-60 min).
 const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
-/// Answers one request.
+/// Answers one request that came in at `local_addr`.
 pub async fn handle(
     shared: Arc<Shared>,
+    local_addr: SocketAddr,
     request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let params: Vec<(String, String)> = request
@@ -41,6 +43,7 @@ pub async fn handle(
         path: request.uri().path().to_string(),
         params,
         credential: shared.credentials.check(request.headers()),
+        local_addr,
     };
     shared.record(record.clone());
     // As a real server without anonymous access: no valid token, no answer but 401.

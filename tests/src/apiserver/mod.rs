@@ -72,6 +72,12 @@ pub struct Options {
     pub history_limit: usize,
     /// How often watches that allow bookmarks get one (the real server: about a minute).
     pub bookmark_interval: Duration,
+    /// The address it listens on in its namespace: 127.0.0.1, or 0.0.0.0 for every address
+    /// of the namespace (clients then dial 127.0.0.1, or any address in `alt_names`).
+    pub listen: Ipv4Addr,
+    /// More addresses its certificate names besides 127.0.0.1, as a real API server's names
+    /// the addresses it is reached at and the `kubernetes` Service's ClusterIP.
+    pub alt_names: Vec<IpAddr>,
 }
 
 impl Default for Options {
@@ -79,6 +85,8 @@ impl Default for Options {
         Options {
             history_limit: 1000,
             bookmark_interval: Duration::from_secs(1),
+            listen: Ipv4Addr::LOCALHOST,
+            alt_names: Vec::new(),
         }
     }
 }
@@ -194,6 +202,9 @@ pub struct RequestRecord {
     pub params: Vec<(String, String)>,
     /// What its `Authorization` header presented (only [`Credential::Token`] is served).
     pub credential: Credential,
+    /// The server's address the connection came in at (which one the client dialled, or
+    /// what a translated Service address led to).
+    pub local_addr: SocketAddr,
 }
 
 impl RequestRecord {
@@ -244,6 +255,9 @@ pub struct ApiServer {
     options: Options,
     /// The namespace file the socket is bound in (`None`: the caller's namespace).
     netns: Option<PathBuf>,
+    /// Where it listens (`Options::listen` and the port).
+    bound: SocketAddr,
+    /// Where clients dial it: `bound`, on 127.0.0.1 if that is 0.0.0.0.
     addr: SocketAddr,
     serving: Mutex<Option<JoinHandle<()>>>,
     kubeconfig: tempfile::TempDir,
@@ -266,19 +280,21 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 const KUBECONFIG: &str = "kubeconfig";
 
 impl ApiServer {
-    /// Starts a server on 127.0.0.1 (a free port) of the caller's network namespace.
+    /// Starts a server on [`Options::listen`] (a free port) of the caller's network namespace.
     pub fn start(options: Options) -> Result<ApiServer> {
         ApiServer::bind(None, options)
     }
 
-    /// Starts a server on 127.0.0.1 (a free port) inside `netns`: clients in that namespace
-    /// (an agent in a test's node namespace) reach it through its loopback.
+    /// Starts a server on [`Options::listen`] (a free port) inside `netns`: clients in that
+    /// namespace (an agent in a test's node namespace) reach it through its loopback.
     pub fn start_in(netns: &NetNs, options: Options) -> Result<ApiServer> {
         ApiServer::bind(Some(netns.path()), options)
     }
 
     fn bind(netns: Option<PathBuf>, options: Options) -> Result<ApiServer> {
-        let credentials = Credentials::new(IpAddr::V4(Ipv4Addr::LOCALHOST))?;
+        let mut names = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
+        names.extend(&options.alt_names);
+        let credentials = Credentials::new(&names)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("lb-tests-apiserver")
@@ -287,11 +303,15 @@ impl ApiServer {
             .map_err(io_context("cannot start the API server's runtime"))?;
         let listener = listen(
             netns.as_deref(),
-            SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0).into(),
+            SocketAddrV4::new(options.listen, 0).into(),
         )?;
-        let addr = listener
+        let bound = listener
             .local_addr()
             .map_err(io_context("cannot read the API server's address"))?;
+        let mut addr = bound;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        }
         let kubeconfig = tempfile::Builder::new()
             .prefix("lbt-apiserver-")
             .tempdir()
@@ -308,6 +328,7 @@ impl ApiServer {
             }),
             options,
             netns,
+            bound,
             addr,
             serving: Mutex::new(None),
             kubeconfig,
@@ -322,9 +343,15 @@ impl ApiServer {
         format!("https://{}", self.addr)
     }
 
-    /// The address it listens on (inside its namespace).
+    /// The address clients dial (inside its namespace).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// `https://<ip>:<port>`: the server at another of its namespace's addresses (one of
+    /// [`Options::alt_names`], with [`Options::listen`] 0.0.0.0).
+    pub fn url_at(&self, ip: IpAddr) -> String {
+        format!("https://{}", SocketAddr::new(ip, self.addr.port()))
     }
 
     /// A kubeconfig file pointing at the server, with its CA (`certificate-authority-data`)
@@ -482,7 +509,7 @@ impl ApiServer {
         if self.serving_guard().is_some() {
             return Ok(());
         }
-        let listener = listen(self.netns.as_deref(), self.addr)?;
+        let listener = listen(self.netns.as_deref(), self.bound)?;
         self.serve(listener);
         Ok(())
     }
@@ -537,6 +564,9 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, bookmark_interv
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 };
+                let Ok(local_addr) = stream.local_addr() else {
+                    continue;
+                };
                 let shared = shared.clone();
                 connections.spawn(async move {
                     let stream = match shared.credentials.acceptor().accept(stream).await {
@@ -546,7 +576,9 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, bookmark_interv
                             return;
                         }
                     };
-                    let service = service_fn(move |request| http::handle(shared.clone(), request));
+                    let service = service_fn(move |request| {
+                        http::handle(shared.clone(), local_addr, request)
+                    });
                     let _ = http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
                         .await;

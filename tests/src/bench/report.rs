@@ -469,11 +469,12 @@ fn methods(results: &Results) -> String {
          (at most {max} connections); connect latency is the time `connect()` takes.\n\
          - Established: one connection sending 128 KiB writes for {w} ms (the server confirms \
          the byte count), then 32-byte request/response on one kept-open connection for {w} ms.\n\
-         - Per packet: BPF_PROG_TEST_RUN on the data path's XDP and TC programs and on a \
-         two-instruction no-op of the same type, through one raw bpf(2) helper. Conntrack \
+         - Per packet: BPF_PROG_TEST_RUN on the data path's XDP, TC and TC egress programs and \
+         on a two-instruction no-op of the same type, through one raw bpf(2) helper. Conntrack \
          \"90% full\" is pre-filled through the map API. Established packets alternate between \
          two real translations (a second conntrack entry maps the translated packet back; \
-         checked on the output frame).\n\
+         checked on the output frame); at TC egress they are a backend's replies, and there \
+         is no new flow.\n\
          - Control plane: N services x {cpe} endpoints; times from process spawn to exit for \
          the baselines and of the map writes for (a). Cells stop repeating after {budget} s.\n\
          - Only the NAT path of kube-proxy is modelled (no filter-table chains, no \

@@ -22,25 +22,28 @@ const OUTPUT_ROOM: usize = 2_048;
 pub enum Hook {
     Xdp,
     Tc,
+    /// TC egress: replies the node's own stack sends.
+    TcEgress,
 }
 
 impl Hook {
-    /// Both hooks, in report order.
-    pub const ALL: [Hook; 2] = [Hook::Xdp, Hook::Tc];
+    /// Every hook, in report order.
+    pub const ALL: [Hook; 3] = [Hook::Xdp, Hook::Tc, Hook::TcEgress];
 
     /// The verdict meaning "continue as usual" at this hook.
     pub fn pass_verdict(self) -> u32 {
         match self {
             Hook::Xdp => XDP_PASS,
-            Hook::Tc => TC_ACT_UNSPEC,
+            Hook::Tc | Hook::TcEgress => TC_ACT_UNSPEC,
         }
     }
 
-    /// Name in reports.
+    /// Name in reports (also in plot file names, lower-cased).
     pub fn label(self) -> &'static str {
         match self {
             Hook::Xdp => "XDP",
             Hook::Tc => "TC",
+            Hook::TcEgress => "TC-egress",
         }
     }
 }
@@ -92,7 +95,7 @@ impl NoopProgram {
     pub fn load(hook: Hook) -> io::Result<NoopProgram> {
         let prog_type = match hook {
             Hook::Xdp => BPF_PROG_TYPE_XDP,
-            Hook::Tc => BPF_PROG_TYPE_SCHED_CLS,
+            Hook::Tc | Hook::TcEgress => BPF_PROG_TYPE_SCHED_CLS,
         };
         let fd = raw_bpf::load_verdict_program(prog_type, hook.pass_verdict(), 0, "bench_noop")?;
         Ok(NoopProgram { fd })

@@ -10,6 +10,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     io,
     net::{SocketAddr, SocketAddrV4},
+    path::Path,
     thread,
     time::{Duration, Instant},
 };
@@ -21,7 +22,7 @@ use k8s_openapi::api::{
 
 use super::Protocol;
 use crate::{
-    agent::{Agent, AgentOptions},
+    agent::{Agent, AgentOptions, Source},
     apiserver::{objects, ApiServer, Options},
     netns::NetNs,
     servers::{udp_connected_request, Reply, Server},
@@ -84,6 +85,19 @@ impl KubeCluster {
         wait: AgentWait,
         configure: impl FnOnce(&ApiServer, &mut AgentOptions) -> Result<()>,
     ) -> Result<KubeCluster> {
+        KubeCluster::start_configured(backends, Options::default(), wait, |_, api, options| {
+            configure(api, options)
+        })
+    }
+
+    /// [`KubeCluster::start_with`] with the API server's `api` options, and `configure` given
+    /// the topology too (e.g. to add an address to the node first).
+    pub fn start_configured(
+        backends: usize,
+        api: Options,
+        wait: AgentWait,
+        configure: impl FnOnce(&Topology, &ApiServer, &mut AgentOptions) -> Result<()>,
+    ) -> Result<KubeCluster> {
         let mut topology = Topology::client_and_backends(backends)?;
         topology.add_outside()?;
         let mut servers = BTreeMap::new();
@@ -98,7 +112,7 @@ impl KubeCluster {
                 servers.insert((i, protocol, port), server);
             }
         }
-        let api = ApiServer::start_in(topology.node(), Options::default())?;
+        let api = ApiServer::start_in(topology.node(), api)?;
         api.create(&objects::node(NODE_NAME, NODE_IP))
             .expect("a fresh server accepts the Node");
         let mut options = AgentOptions::kubernetes(
@@ -108,7 +122,7 @@ impl KubeCluster {
             topology.host_ifaces(),
             EXTERNAL_IFACE,
         );
-        configure(&api, &mut options)?;
+        configure(&topology, &api, &mut options)?;
         let agent = match wait {
             AgentWait::Ready => Agent::start(topology.node(), options)?,
             AgentWait::Serving => Agent::start_serving(topology.node(), options)?,
@@ -134,6 +148,16 @@ impl KubeCluster {
     /// The agent, to wait for its logs or check its status.
     pub fn agent_mut(&mut self) -> &mut Agent {
         &mut self.agent
+    }
+
+    /// Kills the agent with SIGKILL and starts a new one with the same options changed by
+    /// `configure`, which adopts the pinned maps and programs; returns once it is ready.
+    pub fn restart_agent_with(&mut self, configure: impl FnOnce(&mut AgentOptions)) -> Result<()> {
+        self.agent.kill()?;
+        let mut options = self.agent.options().clone();
+        configure(&mut options);
+        self.agent = Agent::start(self.topology.node(), options)?;
+        Ok(())
     }
 
     /// The topology.
@@ -209,6 +233,22 @@ pub fn web_slice(service: &str, endpoints: Vec<Endpoint>) -> EndpointSlice {
     ];
     let name = format!("{service}-1");
     objects::endpoint_slice(NAMESPACE, service, &name, ports, endpoints)
+}
+
+/// Makes the agent start as a pod: no kubeconfig, the service account in `dir`, `env` (e.g.
+/// `KUBERNETES_SERVICE_HOST`, `LB_K8S_API_SERVER`).
+pub fn in_cluster(options: &mut AgentOptions, dir: &Path, env: &[(&str, &str)]) {
+    options.source = Source::InCluster {
+        node_name: NODE_NAME.into(),
+    };
+    options.env = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .chain([(
+            "LB_K8S_SERVICE_ACCOUNT_DIR".to_string(),
+            dir.display().to_string(),
+        )])
+        .collect();
 }
 
 /// Waits until [`REQUESTS`] requests from `netns` to `target` are all answered, from

@@ -36,7 +36,7 @@ use std::{
     collections::BTreeMap,
     io,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
-    path::Path,
+    path::{Path, PathBuf},
     time::Duration,
 };
 
@@ -155,6 +155,9 @@ pub struct Setup {
     pub iface_patterns: Vec<String>,
     /// Further `lb-agent run` arguments for node A's agent.
     pub node_a_args: Vec<String>,
+    /// The test cgroup whose sockets node A's agent translates (`--cgroup-path`); `None`:
+    /// `--no-socket-lb`, as node B's always runs.
+    pub node_a_cgroup: Option<PathBuf>,
 }
 
 /// One of the two nodes.
@@ -320,6 +323,9 @@ impl TwoNodes {
         let mut options = AgentOptions::new(topology.id(), manifests, ifaces);
         options.iface_patterns = setup.iface_patterns.clone();
         options.xdp_iface = Some(LAN_IFACE.to_string());
+        if node == Node::A {
+            options.cgroup = setup.node_a_cgroup.clone();
+        }
         let addr = node.addr().to_string();
         options.extra_args = ["--node-name", node.name(), "--node-address", &addr]
             .iter()
@@ -367,6 +373,18 @@ impl TwoNodes {
     /// The agent of `node`.
     pub fn agent(&self, node: Node) -> &Agent {
         &self.agents[&node]
+    }
+
+    /// Kills `node`'s agent with SIGKILL (its maps and links stay pinned), runs `while_down`,
+    /// then starts a new agent with the same options, which adopts the pins, and waits until
+    /// it is ready.
+    pub fn restart_agent(&mut self, node: Node, while_down: impl FnOnce(&TwoNodes)) -> Result<()> {
+        self.agent_mut(node).kill()?;
+        while_down(self);
+        let options = self.agent(node).options().clone();
+        let agent = Agent::start(self.node(node), options)?;
+        self.agents.insert(node, agent);
+        Ok(())
     }
 
     /// The agent of `node`, to wait for its logs.

@@ -10,14 +10,15 @@
 //! case, as Cilium's `k8sServiceHost`/`k8sServicePort` and kube-proxy's `--master` do. Without
 //! kube-proxy nothing translates the `kubernetes` Service's ClusterIP, which the kubelet puts
 //! into `KUBERNETES_SERVICE_HOST`, until this agent programs it: the agent must reach the API
-//! server's real address to get there.
+//! server's real address to get there. Once an earlier agent has programmed it, the in-cluster
+//! ClusterIP is the better address ([`kubernetes_service`]; the agent decides at start).
 //!
 //! The token file is re-read by kube-rs at most once a minute (so a rotated or fixed token
 //! takes effect within about a minute, without a restart), the CA file likewise.
 
 use std::fmt;
 use std::io;
-use std::net::Ipv6Addr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -183,6 +184,30 @@ async fn config_from(
         config.cluster_url = url.uri().clone();
     }
     Ok(config)
+}
+
+/// The `kubernetes` Service's ClusterIP and port from `KUBERNETES_SERVICE_HOST` /
+/// `KUBERNETES_SERVICE_PORT`, when `access` is in-cluster (no kubeconfig) with an explicit
+/// address that overrides them: the address to prefer once this node translates it. `None`
+/// without an explicit address (the variables are the address then), with a kubeconfig, or
+/// when the variables are not an IPv4 address and a port.
+pub fn kubernetes_service(access: &ApiAccess) -> Option<SocketAddrV4> {
+    kubernetes_service_from(access, |name| std::env::var(name).ok())
+}
+
+/// [`kubernetes_service`] with the environment given by `env`.
+fn kubernetes_service_from(
+    access: &ApiAccess,
+    env: impl Fn(&str) -> Option<String>,
+) -> Option<SocketAddrV4> {
+    let kubeconfig =
+        access.kubeconfig.is_some() || env("KUBECONFIG").is_some_and(|v| !v.is_empty());
+    if kubeconfig || access.api_server.is_none() {
+        return None;
+    }
+    let host: Ipv4Addr = env(SERVICE_HOST_VAR)?.parse().ok()?;
+    let port: u16 = env(SERVICE_PORT_VAR)?.parse().ok()?;
+    Some(SocketAddrV4::new(host, port))
 }
 
 /// `KUBERNETES_SERVICE_HOST` and `KUBERNETES_SERVICE_PORT`, both needed as in client-go.

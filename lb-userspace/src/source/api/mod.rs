@@ -48,10 +48,8 @@ pub enum ApiSourceError {
     Client(#[source] kube::Error),
 }
 
-/// A client for the API server that `access` describes (see [`access`]).
-pub async fn client(access: &ApiAccess) -> Result<Client, ApiSourceError> {
-    let config = access::config(access).await?;
-    info!("kubernetes API server: {}", config.cluster_url);
+/// A client for the API server of `config` (see [`access::config`]).
+pub fn client(config: kube::Config) -> Result<Client, ApiSourceError> {
     Client::try_from(config).map_err(ApiSourceError::Client)
 }
 

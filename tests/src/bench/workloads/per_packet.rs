@@ -10,6 +10,11 @@
 //!   (checked: an odd repeat count ends translated, an even one as sent); also repeat = 1;
 //! - new flow: repeat = 1 over distinct SYNs (a new source port each), median of the kernel's
 //!   times; the no-op is measured the same way, so the fixed per-run overhead shows.
+//!
+//! The TC egress program (replies the node's own stack sends) creates no flows: its
+//! "established" packet is a backend's reply, seeded in both directions the same way, and it
+//! has no new-flow case. Its non-service packet is the cost every packet leaving a pod-facing
+//! or the external interface pays.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -68,11 +73,15 @@ struct PacketBench {
     datapath: Datapath,
     conntrack: HashMap<MapData, CtKey, CtValue>,
     conntrack_capacity: u32,
+    /// The XDP and the TC no-op.
     noops: [NoopProgram; 2],
     services: u32,
     /// The established packet as sent, and translated to the backend.
     sent: Vec<u8>,
     translated: Vec<u8>,
+    /// The backend's reply as the node sends it, and translated to come from the VIP.
+    reply: Vec<u8>,
+    reply_translated: Vec<u8>,
     non_service: Vec<u8>,
     target_endpoints: Vec<SocketAddrV4>,
     vip: SocketAddrV4,
@@ -100,6 +109,8 @@ impl PacketBench {
         let backend = target_endpoints[0];
         let sent = Frame::tcp(CLIENT, vip, tcp_flags::ACK).with_payload(&PAYLOAD);
         let translated = sent.clone().with_dst(backend);
+        let reply = Frame::tcp(backend, CLIENT, tcp_flags::ACK).with_payload(&PAYLOAD);
+        let reply_translated = reply.clone().with_src(vip);
         let mut bench = PacketBench {
             datapath,
             conntrack,
@@ -108,6 +119,8 @@ impl PacketBench {
             services,
             sent: sent.to_bytes(),
             translated: translated.to_bytes(),
+            reply: reply.to_bytes(),
+            reply_translated: reply_translated.to_bytes(),
             non_service: Frame::tcp(NON_SERVICE.0, NON_SERVICE.1, tcp_flags::ACK)
                 .with_payload(&PAYLOAD)
                 .to_bytes(),
@@ -120,21 +133,25 @@ impl PacketBench {
     }
 
     /// The established flow's forward entry, and one translating the translated packet back,
-    /// so repeated runs alternate between the two real translations.
+    /// so repeated runs alternate between the two real translations; likewise its reply
+    /// entry and one translating the translated reply back.
     fn seed_established(&mut self, backend: SocketAddrV4) -> Result<()> {
         let (group_id, backend_id) = self.target_ids(backend)?;
-        let entry = |nat: SocketAddrV4| CtValue {
+        let entry = |nat: SocketAddrV4, flags| CtValue {
             nat_addr: map_addr(std::net::IpAddr::V4(*nat.ip())),
             nat_port: nat.port().to_be_bytes(),
-            flags: ct_flags::FORWARD,
+            flags,
             group_id,
             backend_id,
             ..CtValue::default()
         };
         for (dst, nat) in [(self.vip, backend), (backend, self.vip)] {
             self.conntrack
-                .insert(ct_key(CLIENT, dst), entry(nat), 0)
+                .insert(ct_key(CLIENT, dst), entry(nat, ct_flags::FORWARD), 0)
                 .map_err(map_context("seeding the established flow"))?;
+            self.conntrack
+                .insert(ct_key(nat, CLIENT), entry(dst, ct_flags::REPLY), 0)
+                .map_err(map_context("seeding the established flow's replies"))?;
         }
         Ok(())
     }
@@ -197,18 +214,19 @@ impl PacketBench {
         let run = |frame: &[u8], repeat: u32| {
             test_run(program, frame, repeat).map_err(io_context("BPF_PROG_TEST_RUN"))
         };
-        expect("established, once", &run(&self.sent, 1)?, &self.translated)?;
-        expect("established, twice", &run(&self.sent, 2)?, &self.sent)?;
-        expect(
-            "established, 101 times",
-            &run(&self.sent, 101)?,
-            &self.translated,
-        )?;
+        let (sent, translated) = self.established(hook);
+        expect("established, once", &run(sent, 1)?, translated)?;
+        expect("established, twice", &run(sent, 2)?, sent)?;
+        expect("established, 101 times", &run(sent, 101)?, translated)?;
         expect(
             "non-service",
             &run(&self.non_service, 3)?,
             &self.non_service,
         )?;
+        if hook == Hook::TcEgress {
+            // Egress never starts a flow: the SYN leaves untouched.
+            return expect("a SYN to the VIP", &run(&syn, 1)?, &syn);
+        }
         let outcome = run(&syn, 1)?;
         let parsed = parse(&outcome.frame)
             .map_err(|e| BenchError::Check(format!("{hook:?} new flow to {}: {e}", self.vip)))?;
@@ -236,6 +254,7 @@ impl PacketBench {
             (Established, Single),
             (NewFlow, Single),
         ];
+        let cases = &cases[..if hook == Hook::TcEgress { 5 } else { 6 }];
         let mut samples = vec![Vec::new(); cases.len()];
         // The no-op's repeat count is odd like the others', though it changes nothing.
         let repeat = plan.repeat | 1;
@@ -245,27 +264,27 @@ impl PacketBench {
                 .map(|_| self.new_flow_frame())
                 .collect();
             let program = self.program(hook)?;
-            let noop = self.noops[hook as usize].as_fd();
+            let noop = self.noop(hook);
+            let (sent, _) = self.established(hook);
             let count = plan.single_frames as usize;
-            let values = [
-                repeated_ns(noop, &self.sent, repeat)?,
-                repeated_ns(program, &self.non_service, repeat)?,
-                repeated_ns(program, &self.sent, repeat)?,
-                single_ns(noop, frames.iter().map(Vec::as_slice))?,
-                single_ns(program, std::iter::repeat_n(self.sent.as_slice(), count))?,
-                single_ns(program, frames.iter().map(Vec::as_slice))?,
-            ];
-            for (sample, value) in samples.iter_mut().zip(values) {
-                sample.push(value);
+            for (sample, &case) in samples.iter_mut().zip(cases) {
+                sample.push(match case {
+                    (NoOp, Repeat) => repeated_ns(noop, sent, repeat)?,
+                    (NonService, _) => repeated_ns(program, &self.non_service, repeat)?,
+                    (Established, Repeat) => repeated_ns(program, sent, repeat)?,
+                    (NoOp, Single) => single_ns(noop, frames.iter().map(Vec::as_slice))?,
+                    (Established, Single) => single_ns(program, std::iter::repeat_n(sent, count))?,
+                    (NewFlow, _) => single_ns(program, frames.iter().map(Vec::as_slice))?,
+                });
             }
             if fill == ConntrackFill::Empty {
                 self.clear_new_flows()?;
             }
         }
         Ok(cases
-            .into_iter()
+            .iter()
             .zip(samples)
-            .map(|((case, method), ns)| PacketCell {
+            .map(|(&(case, method), ns)| PacketCell {
                 hook,
                 conntrack: fill,
                 services: self.services,
@@ -280,12 +299,31 @@ impl PacketBench {
         let fd = match hook {
             Hook::Xdp => self.datapath.xdp_program().fd(),
             Hook::Tc => self.datapath.tc_program().fd(),
+            Hook::TcEgress => self.datapath.tc_egress_program().fd(),
         };
         fd.map(|fd| fd.as_fd())
             .map_err(|source| BenchError::Program {
                 context: format!("{hook:?} program descriptor"),
                 source,
             })
+    }
+
+    /// The no-op of `hook`'s program type.
+    fn noop(&self, hook: Hook) -> BorrowedFd<'_> {
+        let [xdp, tc] = &self.noops;
+        match hook {
+            Hook::Xdp => xdp.as_fd(),
+            Hook::Tc | Hook::TcEgress => tc.as_fd(),
+        }
+    }
+
+    /// The established packet `hook` translates, as sent and as translated: the client's at
+    /// ingress, the backend's reply at egress.
+    fn established(&self, hook: Hook) -> (&[u8], &[u8]) {
+        match hook {
+            Hook::Xdp | Hook::Tc => (&self.sent, &self.translated),
+            Hook::TcEgress => (&self.reply, &self.reply_translated),
+        }
     }
 
     /// A SYN of a flow not seen before.
@@ -297,7 +335,8 @@ impl PacketBench {
 
     /// Deletes the entries new flows created, keeping conntrack empty but for the seeds.
     fn clear_new_flows(&mut self) -> Result<()> {
-        let seeded = |key: &CtKey| key.src_addr == map_addr(std::net::IpAddr::V4(*CLIENT.ip()));
+        let client = map_addr(std::net::IpAddr::V4(*CLIENT.ip()));
+        let seeded = |key: &CtKey| key.src_addr == client || key.dst_addr == client;
         let keys = self
             .conntrack
             .keys()

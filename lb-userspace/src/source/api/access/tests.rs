@@ -153,3 +153,38 @@ async fn the_flag_overrides_the_kubeconfig_server() {
     let config = config_from(&access, &env(&[])).await.unwrap();
     assert_eq!(config.cluster_url.to_string(), "https://198.18.0.1:6443/");
 }
+
+#[test]
+fn the_kubernetes_service_is_an_alternative_only_in_cluster_beside_an_explicit_address() {
+    let vars = [(SERVICE_HOST_VAR, "198.19.0.1"), (SERVICE_PORT_VAR, "443")];
+    let dir = tempfile::tempdir().unwrap();
+    let explicit = in_cluster_access(dir.path(), Some("https://198.18.0.1:6443"));
+    assert_eq!(
+        kubernetes_service_from(&explicit, env(&vars)),
+        Some("198.19.0.1:443".parse().unwrap())
+    );
+    // Without the flag the variables already are the address.
+    let plain = in_cluster_access(dir.path(), None);
+    assert_eq!(kubernetes_service_from(&plain, env(&vars)), None);
+    // A kubeconfig names its own server.
+    let kubeconfig = ApiAccess {
+        kubeconfig: Some(dir.path().join("kubeconfig")),
+        ..explicit.clone()
+    };
+    assert_eq!(kubernetes_service_from(&kubeconfig, env(&vars)), None);
+    let with_env = [vars[0], vars[1], ("KUBECONFIG", "/k")];
+    assert_eq!(kubernetes_service_from(&explicit, env(&with_env)), None);
+    // Only an IPv4 address and a port are served by the data path.
+    for bad in [
+        [(SERVICE_HOST_VAR, "kubernetes.default"), vars[1]],
+        [(SERVICE_HOST_VAR, "2001:2::1"), vars[1]],
+        [vars[0], (SERVICE_PORT_VAR, "https")],
+    ] {
+        assert_eq!(
+            kubernetes_service_from(&explicit, env(&bad)),
+            None,
+            "{bad:?}"
+        );
+    }
+    assert_eq!(kubernetes_service_from(&explicit, env(&vars[..1])), None);
+}
