@@ -46,11 +46,14 @@ pub struct NodeConfig {
     pub snat_port_max: [u8; 2],
     /// One of [`reply_path`].
     pub reply_path: u8,
-    pub _pad: [u8; 3],
+    /// 1: the socket programs translate sockets of every network namespace (pods too, at
+    /// `connect()`), not only those of `sock_netns_cookie`'s; 0: only those.
+    pub sock_all_netns: u8,
+    pub _pad: [u8; 2],
     /// Network namespace cookie (`SO_NETNS_COOKIE`) of the node's own sockets: the socket
-    /// programs translate only sockets in this namespace (host-network processes and pods),
-    /// never a pod's, which the TC program serves. 0 until the agent writes it: no socket is
-    /// translated.
+    /// programs translate sockets in this namespace (host-network processes and pods), and a
+    /// pod's only with `sock_all_netns` (else the TC program serves them). 0 until the agent
+    /// writes it: no socket is translated, whatever `sock_all_netns` says.
     pub sock_netns_cookie: u64,
 }
 
@@ -62,7 +65,8 @@ impl NodeConfig {
             snat_port_min: min.to_be_bytes(),
             snat_port_max: max.to_be_bytes(),
             reply_path: reply_path::KERNEL,
-            _pad: [0; 3],
+            sock_all_netns: 0,
+            _pad: [0; 2],
             sock_netns_cookie: 0,
         }
     }
@@ -80,6 +84,15 @@ impl NodeConfig {
     pub const fn with_sock_netns(self, netns_cookie: u64) -> Self {
         Self {
             sock_netns_cookie: netns_cookie,
+            ..self
+        }
+    }
+
+    /// This config with socket-level translation for sockets of every network namespace
+    /// (`all`), or only for those of the namespace [`NodeConfig::with_sock_netns`] names.
+    pub const fn with_sock_all_netns(self, all: bool) -> Self {
+        Self {
+            sock_all_netns: all as u8,
             ..self
         }
     }

@@ -5,8 +5,8 @@
 //!
 //! Every hook runs the same pipeline ([`lb::process`], told which hook it runs in); they differ
 //! only in how a packet is read and rewritten ([`context`]). Cgroup socket programs translate
-//! the node's own sockets at `connect()` / `sendmsg()` instead ([`sock`]), with the pipeline's
-//! backend selection ([`select`]).
+//! the node's own sockets (and, when `LB_CONFIG` says so, pods') at `connect()` / `sendmsg()`
+//! instead ([`sock`]), with the pipeline's backend selection ([`select`]).
 #![cfg_attr(not(test), no_std)]
 #![cfg_attr(not(test), no_main)]
 
@@ -97,14 +97,16 @@ pub fn lb_tc_xdp_handoff(ctx: TcContext) -> i32 {
 }
 
 /// cgroup `connect4` (`lb_common::program_names::SOCK_CONNECT4`): a TCP or UDP socket of
-/// the node connecting to a Service is connected to a backend instead.
+/// the node (or of a pod, see [`sock`]) connecting to a Service is connected to a backend
+/// instead.
 #[cgroup_sock_addr(connect4)]
 pub fn lb_sock_connect4(ctx: SockAddrContext) -> i32 {
     sock_verdict(sock::forward(&mut SockCtx(ctx), &mut KernelMaps, false))
 }
 
 /// cgroup `sendmsg4` (`lb_common::program_names::SOCK_SENDMSG4`): a datagram of an
-/// unconnected UDP socket of the node sent to a Service goes to a backend instead.
+/// unconnected UDP socket of the node (or of a pod) sent to a Service goes to a backend
+/// instead.
 #[cgroup_sock_addr(sendmsg4)]
 pub fn lb_sock_sendmsg4(ctx: SockAddrContext) -> i32 {
     sock_verdict(sock::forward(&mut SockCtx(ctx), &mut KernelMaps, true))

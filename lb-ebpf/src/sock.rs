@@ -1,4 +1,5 @@
-//! Socket-level translation for the node's own sockets (cgroup `sock_addr` hooks): a
+//! Socket-level translation for the node's own sockets, and optionally pods' (cgroup
+//! `sock_addr` hooks): a
 //! `connect()` (TCP, connected UDP) or an unconnected UDP `sendmsg()` to a Service is pointed
 //! at a backend before any packet exists, so nothing is translated per packet and no
 //! conntrack entry is needed; `recvmsg()` and `getpeername()` show the Service address again
@@ -7,13 +8,16 @@
 //! Services are looked up in the internal scope, the one the TC program uses for pods: a
 //! process on the node reaches a Service as a pod does (all usable backends of a NodePort,
 //! LoadBalancer or external IP; internalTrafficPolicy: Local keeps ClusterIPs on this node's
-//! endpoints). Backends are chosen by the packet path's selection ([`select`]), with a
-//! socket's cookie as its hash. The client of session affinity is the socket's network
-//! namespace (all its processes share one client address when the packet path would see
-//! them, the node's).
+//! endpoints; a pod is on this node, so the same holds for it). Backends are chosen by the
+//! packet path's selection ([`select`]), with a socket's cookie as its hash. The client of
+//! session affinity is the socket's network namespace (all its processes share one client
+//! address when the packet path would see them: the node's, or a pod's).
 //!
-//! Only sockets in the namespace `NodeConfig::sock_netns_cookie` names are translated: pods'
-//! sockets are left to the TC program (and all sockets while the agent has not written it).
+//! Sockets in the namespace `NodeConfig::sock_netns_cookie` names are translated, and those
+//! of every other namespace (pods) when `NodeConfig::sock_all_netns` is set; otherwise pods'
+//! sockets are left to the TC program. Nothing is translated while the agent has not written
+//! the cookie. A pod's translated socket sends straight to the backend: the TC program on its
+//! veth sees packets to a pod address, which it passes untouched without a conntrack entry.
 
 use lb_common::{
     ipv4_mapped, service::scope, service::service_flags, Counter, ServiceKey, ServiceValue,
@@ -95,9 +99,10 @@ fn try_forward<S: SockAddr, M: MapAccess>(
     if !served {
         return Ok(None);
     }
+    let config = maps.config();
     let netns = sock.netns_cookie();
-    let wanted = maps.config().sock_netns_cookie;
-    if wanted == 0 || netns != wanted {
+    let wanted = config.sock_netns_cookie;
+    if wanted == 0 || (netns != wanted && config.sock_all_netns == 0) {
         return Ok(None);
     }
     let service_addr = sock.addr();

@@ -130,6 +130,11 @@ struct RunArgs {
     /// Services; pins an earlier agent left are removed.
     #[arg(long, conflicts_with = "cgroup_path")]
     no_socket_lb: bool,
+    /// Socket-level translation for pods too: sockets of every network namespace, not only
+    /// the node's, are connected to a backend at connect/sendmsg, so their packets need no
+    /// per-packet translation (the TC program still serves what sockets cannot cover).
+    #[arg(long, conflicts_with = "no_socket_lb")]
+    socket_lb_pods: bool,
     /// bpffs directory; maps are pinned under <DIR>/maps/, program links under <DIR>/links/.
     /// They stay pinned when the agent exits; `lb-agent cleanup` removes them.
     #[arg(long, default_value = DEFAULT_BPFFS_DIR)]
@@ -282,7 +287,10 @@ fn run(args: RunArgs, kernel_log_level: KernelLogLevel) -> anyhow::Result<()> {
         },
         socket_lb: match args.no_socket_lb {
             true => SocketLb::Off,
-            false => SocketLb::Cgroup(args.cgroup_path),
+            false => SocketLb::Cgroup {
+                path: args.cgroup_path,
+                pods: args.socket_lb_pods,
+            },
         },
         tc_ifaces: args.ifaces,
         iface_patterns: IfacePatterns::new(args.iface_patterns),
@@ -421,6 +429,13 @@ mod tests {
         assert!(parse(&["--manifests", "/m", "--kubeconfig", "/k"]).is_err());
         assert!(parse(&["--manifests", "/m", "--node-address", "nope"]).is_err());
         assert!(parse(&["--kubeconfig", "/k", "--node-name", "n1"]).is_ok());
+    }
+
+    #[test]
+    fn socket_lb_pods_needs_socket_level_translation() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["lb-agent", "run"], args].concat());
+        assert!(parse(&["--socket-lb-pods", "--cgroup-path", "/sys/fs/cgroup/x"]).is_ok());
+        assert!(parse(&["--socket-lb-pods", "--no-socket-lb"]).is_err());
     }
 
     #[test]

@@ -148,6 +148,24 @@ pub struct Agent {
     keep_pins: bool,
 }
 
+/// The workspace binary `name` built next to the current executable (`target/<profile>/` for
+/// binaries, or its parent for test executables in `target/<profile>/deps/`); the paths
+/// looked at if there is none.
+pub fn built_binary(name: &str) -> Result<std::result::Result<PathBuf, Vec<PathBuf>>> {
+    let exe = env::current_exe().map_err(io_context("cannot find the current executable"))?;
+    let candidates: Vec<PathBuf> = exe
+        .ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join(name))
+        .collect();
+    Ok(candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or(candidates))
+}
+
 impl Agent {
     /// Path of the `lb-agent` binary: `$LB_AGENT_BIN` if set (to test another build), else
     /// the one built next to the current executable (`target/<profile>/` for binaries, or its
@@ -156,18 +174,7 @@ impl Agent {
         if let Some(path) = env::var_os(BINARY_VAR) {
             return Ok(PathBuf::from(path));
         }
-        let exe = env::current_exe().map_err(io_context("cannot find the current executable"))?;
-        let candidates: Vec<PathBuf> = exe
-            .ancestors()
-            .skip(1)
-            .take(2)
-            .map(|dir| dir.join("lb-agent"))
-            .collect();
-        candidates
-            .iter()
-            .find(|p| p.is_file())
-            .cloned()
-            .ok_or(Error::AgentNotBuilt(candidates))
+        built_binary("lb-agent")?.map_err(Error::AgentNotBuilt)
     }
 
     /// Starts the agent inside `node` and waits until it logs [`READY_MARKER`].

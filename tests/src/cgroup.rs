@@ -165,15 +165,7 @@ impl SockClient {
     /// if given (moved there before it runs any code of its own).
     pub fn start(binary: &Path, node: &NetNs, cgroup: Option<&TestCgroup>) -> Result<SockClient> {
         let netns = node.open()?;
-        let procs = cgroup
-            .map(|c| {
-                let path = c.path.join("cgroup.procs");
-                OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .map_err(io_context(format!("cannot open {}", path.display())))
-            })
-            .transpose()?;
+        let procs = cgroup.map(|c| open_procs(c.path())).transpose()?;
         let mut command = Command::new(binary);
         command.stdin(Stdio::piped()).stdout(Stdio::piped());
         enter_before_exec(&mut command, netns, procs);
@@ -233,9 +225,19 @@ fn parse(line: &str) -> SockResult {
     }
 }
 
+/// The `cgroup.procs` of the cgroup directory `cgroup`, open for writing (writing 0 moves the
+/// writer into the cgroup).
+pub(crate) fn open_procs(cgroup: &Path) -> Result<File> {
+    let path = cgroup.join("cgroup.procs");
+    OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .map_err(io_context(format!("cannot open {}", path.display())))
+}
+
 /// Makes the child enter `netns` and, if given, the cgroup whose `cgroup.procs` is `procs`
 /// (writing 0 moves the writer), before exec; it gets SIGKILL when the test thread dies.
-fn enter_before_exec(command: &mut Command, netns: File, procs: Option<File>) {
+pub(crate) fn enter_before_exec(command: &mut Command, netns: File, procs: Option<File>) {
     let netns_fd = netns.as_raw_fd();
     let procs_fd = procs.as_ref().map(|f| f.as_raw_fd());
     // SAFETY: the closure runs between fork and exec and makes only async-signal-safe system

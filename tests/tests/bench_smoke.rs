@@ -147,7 +147,10 @@ fn every_variant_and_workload_produces_sane_results() {
     );
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.path().join("results.json")).unwrap()).unwrap();
-    assert_eq!(json["traffic"].as_array().map(Vec::len), Some(4));
+    assert_eq!(
+        json["traffic"].as_array().map(Vec::len),
+        Some(Variant::ALL.len())
+    );
     let plots: Vec<_> = written
         .iter()
         .filter(|p| p.extension() == Some("png".as_ref()))

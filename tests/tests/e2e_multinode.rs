@@ -205,7 +205,7 @@ fn external_flows_to_the_other_nodes_pod_are_masqueraded_and_local_ones_keep_the
     let inspect = cluster.agent(Node::A).inspect().unwrap();
     assert_eq!(
         inspect_output::table_rows(&inspect, "NODE"),
-        [[node_a.to_string(), ports]],
+        [[node_a.to_string(), ports, "off".to_string()]],
         "{inspect}"
     );
     assert!(

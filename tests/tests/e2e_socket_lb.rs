@@ -1,9 +1,10 @@
-//! End to end: socket-level translation for the node's own processes. The real `lb-agent`
-//! attaches its cgroup socket programs to a test cgroup (`--cgroup-path`); `lb-sock-client`
-//! processes in the node namespace, moved into that cgroup, reach the example ClusterIP over
-//! TCP, connected UDP and unconnected UDP, and see the Service address as their peer. A
-//! client outside the cgroup (same namespace) is not translated. The cgroup is removed on
-//! drop, also when a test fails.
+//! End to end: socket-level translation for the node's own processes, and with
+//! `--socket-lb-pods` for pods' too. The real `lb-agent` attaches its cgroup socket programs
+//! to a test cgroup (`--cgroup-path`); `lb-sock-client` processes in the node namespace or a
+//! pod's, moved into that cgroup, reach the example ClusterIP over TCP, connected UDP and
+//! unconnected UDP, and see the Service address as their peer. A client outside the cgroup
+//! (same namespace) is not translated by the socket programs. The cgroup is removed on drop,
+//! also when a test fails.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -18,9 +19,10 @@ use lb_tests::{
     cgroup::{SockClient, SockResult, TestCgroup},
     cluster::{Cluster, Protocol},
     example::{self, ENDPOINTSLICE_FILE, SERVICE_FILE},
-    netns::unique_prefix,
+    inspect_output::{counter, table_rows},
+    netns::{unique_prefix, NetNs},
     require_root,
-    topology::backend_name,
+    topology::{backend_name, CLIENT as CLIENT_POD},
 };
 
 const REQUESTS: usize = 30;
@@ -60,11 +62,25 @@ fn start_with(
 }
 
 fn client(cluster: &Cluster, cgroup: Option<&TestCgroup>) -> SockClient {
-    let client = SockClient::start(Path::new(CLIENT), cluster.topology().node(), cgroup).unwrap();
+    client_in(cluster.topology().node(), cgroup)
+}
+
+/// A client in pod `pod`'s namespace (a process of that pod), in `cgroup` if given.
+fn pod_client(cluster: &Cluster, pod: &str, cgroup: Option<&TestCgroup>) -> SockClient {
+    client_in(&cluster.topology().pod(pod).netns, cgroup)
+}
+
+fn client_in(netns: &NetNs, cgroup: Option<&TestCgroup>) -> SockClient {
+    let client = SockClient::start(Path::new(CLIENT), netns, cgroup).unwrap();
     if let Some(cgroup) = cgroup {
         assert!(cgroup.procs().contains(&client.pid()));
     }
     client
+}
+
+/// The agent's options for pods' sockets too.
+fn pods(options: &mut AgentOptions) {
+    options.extra_args.push("--socket-lb-pods".into());
 }
 
 /// The three ways a client asks: a TCP connection, a connected UDP socket, an unconnected
@@ -116,6 +132,34 @@ fn set_endpoints(dir: &Path, cluster: &mut Cluster, backends: &[usize], applied:
 
 fn refused(result: &SockResult) -> bool {
     matches!(result, Err(e) if e.starts_with("ConnectionRefused"))
+}
+
+/// The node-wide counter `name` now.
+fn counter_now(cluster: &Cluster, name: &str) -> u64 {
+    let inspect = cluster.agent().inspect().unwrap();
+    counter(&inspect, name).unwrap_or_else(|| panic!("no counter {name}:\n{inspect}"))
+}
+
+/// The conntrack table's rows now.
+fn conntrack_rows(cluster: &Cluster) -> Vec<Vec<String>> {
+    table_rows(&cluster.agent().inspect().unwrap(), "CONNTRACK")
+}
+
+/// Panics unless conntrack is empty: the TC program tracked no flow.
+fn assert_no_conntrack(cluster: &Cluster) {
+    let rows = conntrack_rows(cluster);
+    assert!(
+        rows.is_empty(),
+        "{} conntrack entries, first {:?}",
+        rows.len(),
+        rows[0]
+    );
+}
+
+/// The example Service with `edit` applied to its manifest.
+fn edit_service(dir: &Path, edit: impl FnOnce(String) -> String) {
+    let service = edit(fs::read_to_string(dir.join(SERVICE_FILE)).unwrap());
+    example::replace_manifest(dir, SERVICE_FILE, &service).unwrap();
 }
 
 #[test]
@@ -388,4 +432,195 @@ fn untranslated_soon(client: &mut SockClient) -> bool {
             false
         }
     })
+}
+
+#[test]
+fn with_socket_lb_pods_a_pods_sockets_go_to_backends_and_tc_passes_their_packets_untouched() {
+    require_root!();
+    let (cgroup, _dir, cluster) = start_with(|_| {}, pods);
+    let mut inside = pod_client(&cluster, CLIENT_POD, Some(&cgroup));
+    let counters = [
+        "new_flows",
+        "not_service",
+        "forward_translated",
+        "reply_translated",
+    ];
+    let before = counters.map(|name| counter_now(&cluster, name));
+
+    for (kind, protocol) in KINDS {
+        let from: BTreeSet<String> = answerers(&mut inside, kind, vip(protocol), REQUESTS)
+            .into_iter()
+            .collect();
+        assert_eq!(from, names(&[0, 1, 2]), "{kind}");
+    }
+    let first = inside.ask(&format!("hold {}", example::tcp_vip())).unwrap();
+    for _ in 0..5 {
+        assert_eq!(inside.ask("ask").unwrap(), first);
+    }
+
+    // Each socket was translated once, at connect() or sendmsg(); the TC program on the pods'
+    // veths saw their packets addressed to pods, passed them untouched and tracked nothing.
+    let [new_flows, not_service, forward, reply] = counters.map(|name| counter_now(&cluster, name));
+    assert_eq!(new_flows - before[0], (KINDS.len() * REQUESTS + 1) as u64);
+    assert!(not_service - before[1] >= (KINDS.len() * REQUESTS) as u64);
+    assert_eq!((forward, reply), (before[2], before[3]));
+    assert_no_conntrack(&cluster);
+
+    // A process of the pod outside the cgroup is left to the TC program, which translates
+    // its packets and tracks them.
+    let mut outside = pod_client(&cluster, CLIENT_POD, None);
+    answerers(&mut outside, "tcp", example::tcp_vip(), 5);
+    assert!(counter_now(&cluster, "forward_translated") > forward);
+    assert!(!conntrack_rows(&cluster).is_empty());
+}
+
+#[test]
+fn without_socket_lb_pods_a_pods_sockets_are_left_to_the_tc_program() {
+    require_root!();
+    let (cgroup, _dir, cluster) = start();
+    let mut inside = pod_client(&cluster, CLIENT_POD, Some(&cgroup));
+    let new_flows = counter_now(&cluster, "new_flows");
+    for (kind, protocol) in KINDS {
+        answerers(&mut inside, kind, vip(protocol), 10);
+    }
+    // Translated per packet: every request is a new flow of the TC program, with conntrack
+    // entries, and its packets are translated both ways.
+    assert_eq!(
+        counter_now(&cluster, "new_flows") - new_flows,
+        (KINDS.len() * 10) as u64
+    );
+    assert!(counter_now(&cluster, "forward_translated") > 0);
+    assert!(counter_now(&cluster, "reply_translated") > 0);
+    assert!(!conntrack_rows(&cluster).is_empty());
+}
+
+#[test]
+fn a_pods_sockets_are_refused_without_endpoints_and_reach_the_pod_itself_as_backend() {
+    require_root!();
+    let (cgroup, dir, mut cluster) = start_with(|_| {}, pods);
+    set_endpoints(dir.path(), &mut cluster, &[], 2);
+    let mut client = pod_client(&cluster, CLIENT_POD, Some(&cgroup));
+    for (kind, protocol) in KINDS {
+        let result = client.ask(&format!("{kind} {}", vip(protocol)));
+        assert!(refused(&result), "{kind}: {result:?}");
+    }
+
+    // backend-1 is the Service's only endpoint and asks it: its sockets connect to its own
+    // address (over its loopback), no hairpin translation, no conntrack entry.
+    set_endpoints(dir.path(), &mut cluster, &[1], 3);
+    let mut itself = pod_client(&cluster, &backend_name(1), Some(&cgroup));
+    for (kind, protocol) in KINDS {
+        let from: BTreeSet<String> = answerers(&mut itself, kind, vip(protocol), 5)
+            .into_iter()
+            .collect();
+        assert_eq!(from, names(&[1]), "{kind}");
+    }
+    assert_eq!(counter_now(&cluster, "hairpinned"), 0);
+    assert_no_conntrack(&cluster);
+}
+
+#[test]
+fn a_pod_reaches_a_node_port_and_keeps_session_affinity() {
+    require_root!();
+    const NODE_ADDR: &str = "198.18.1.1";
+    let node_port = |protocol| match protocol {
+        Protocol::Tcp => SocketAddrV4::new(NODE_ADDR.parse().unwrap(), 30080),
+        Protocol::Udp => SocketAddrV4::new(NODE_ADDR.parse().unwrap(), 30053),
+    };
+    let (cgroup, _dir, cluster) = start_with(
+        |dir| {
+            edit_service(dir, |service| {
+                service
+                    .replace(
+                        "type: ClusterIP",
+                        "type: NodePort\n  sessionAffinity: ClientIP",
+                    )
+                    .replace(
+                        "targetPort: 8080",
+                        "targetPort: 8080\n      nodePort: 30080",
+                    )
+                    .replace(
+                        "targetPort: 8053",
+                        "targetPort: 8053\n      nodePort: 30053",
+                    )
+            })
+        },
+        |options| {
+            pods(options);
+            options
+                .extra_args
+                .extend(["--node-address".into(), NODE_ADDR.into()]);
+        },
+    );
+    cluster
+        .topology()
+        .node()
+        .ip(&["addr", "add", &format!("{NODE_ADDR}/32"), "dev", "lo"])
+        .unwrap();
+    let mut client = pod_client(&cluster, CLIENT_POD, Some(&cgroup));
+    for protocol in [Protocol::Tcp, Protocol::Udp] {
+        for target in [vip(protocol), node_port(protocol)] {
+            let from: BTreeSet<String> = KINDS
+                .iter()
+                .filter(|(_, p)| *p == protocol)
+                .flat_map(|(kind, _)| answerers(&mut client, kind, target, 10))
+                .collect();
+            assert_eq!(from.len(), 1, "{target}: {from:?}");
+        }
+    }
+    assert_no_conntrack(&cluster);
+}
+
+#[test]
+fn internal_traffic_policy_local_keeps_a_pods_sockets_on_this_nodes_endpoints() {
+    require_root!();
+    const NODE: &str = "node-a";
+    // Backends 0 and 2 run on this node, backend 1 on another.
+    let slice = |backends: &[usize]| {
+        let mut yaml = example::endpointslice_yaml(backends);
+        for &i in backends {
+            let node = if i == 1 { "node-b" } else { NODE };
+            let name = format!("      name: {}\n", backend_name(i));
+            yaml = yaml.replace(&name, &format!("{name}    nodeName: {node}\n"));
+        }
+        yaml
+    };
+    let (cgroup, dir, mut cluster) = start_with(
+        |dir| {
+            edit_service(dir, |service| {
+                service.replace(
+                    "type: ClusterIP",
+                    "type: ClusterIP\n  internalTrafficPolicy: Local",
+                )
+            });
+            example::replace_manifest(dir, ENDPOINTSLICE_FILE, &slice(&[0, 1, 2])).unwrap();
+        },
+        |options| {
+            pods(options);
+            options
+                .extra_args
+                .extend(["--node-name".into(), NODE.into()]);
+        },
+    );
+    let mut client = pod_client(&cluster, CLIENT_POD, Some(&cgroup));
+    for (kind, protocol) in KINDS {
+        let from: BTreeSet<String> = answerers(&mut client, kind, vip(protocol), REQUESTS)
+            .into_iter()
+            .collect();
+        assert_eq!(from, names(&[0, 2]), "{kind}");
+    }
+
+    // Only a remote endpoint: kube-proxy drops, the socket call fails at once.
+    example::replace_manifest(dir.path(), ENDPOINTSLICE_FILE, &slice(&[1])).unwrap();
+    cluster
+        .agent_mut()
+        .wait_for_log(READY_MARKER, 2, PROGRAMMED)
+        .unwrap();
+    for (kind, protocol) in KINDS {
+        let result = client.ask(&format!("{kind} {}", vip(protocol)));
+        assert!(
+            matches!(&result, Err(e) if e.starts_with("HostUnreachable")),
+            "{kind}: {result:?}"
+        );
+    }
 }

@@ -1,6 +1,7 @@
-//! `cargo xtask bench`: builds the eBPF object, `lb-agent` and `lb-bench` in release mode and
-//! runs the benchmarks: this project's eBPF data path against kube-proxy-style iptables and
-//! nftables rules and no translation, with 1 to 30,000 services (see lb-tests' `bench`).
+//! `cargo xtask bench`: builds the eBPF object, `lb-agent`, `lb-bench` and `lb-bench-client`
+//! in release mode and runs the benchmarks: this project's eBPF data path (per packet, and at
+//! `connect()` for pods) against kube-proxy-style iptables and nftables rules and no
+//! translation, with 1 to 30,000 services (see lb-tests' `bench`).
 //! Results (results.md, results.json, PNG plots) go to `bench-results/` at the workspace root
 //! unless `--out` says otherwise. About 20 minutes on a 2-core VM; `--quick` takes about one.
 
@@ -57,6 +58,8 @@ impl Bench {
                 "bench",
                 "--bin",
                 "lb-bench",
+                "--bin",
+                "lb-bench-client",
             ]))?;
         }
         for name in netns::remove_stale()? {

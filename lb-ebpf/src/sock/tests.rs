@@ -207,6 +207,33 @@ fn sockets_of_other_namespaces_are_left_to_the_packet_path() {
     assert_eq!(s.addr, VIP);
 }
 
+#[test]
+fn with_every_namespace_on_pods_sockets_are_translated_too() {
+    let mut maps = maps(IPPROTO_TCP);
+    maps.config = maps.config.with_sock_all_netns(true);
+    for netns in [NETNS, NETNS + 1, NETNS + 2] {
+        let mut s = FakeSock {
+            netns,
+            ..sock(IPPROTO_TCP, 7)
+        };
+        assert_eq!(forward(&mut s, &mut maps, false), SockVerdict::Proceed);
+        assert_eq!(s.addr, expected(7), "namespace {netns}");
+        reverse(&mut s, &mut maps);
+        assert_eq!(s.addr, VIP, "namespace {netns}");
+    }
+    assert_eq!(maps.counter_value(Counter::NewFlows), 3);
+    assert!(maps.conntrack.is_empty());
+
+    // Still nothing before the agent has written the node's namespace.
+    maps.config = NodeConfig::default().with_sock_all_netns(true);
+    let mut pod = FakeSock {
+        netns: NETNS + 1,
+        ..sock(IPPROTO_TCP, 7)
+    };
+    forward(&mut pod, &mut maps, false);
+    assert_eq!(pod.addr, VIP);
+}
+
 fn no_backends(maps: &mut FakeMaps) {
     service_mut(maps).backend_count = 0;
 }
@@ -324,6 +351,17 @@ fn session_affinity_keeps_the_namespace_on_one_backend() {
         .collect();
     assert!(spread.iter().all(|a| *a == spread[0]));
     assert_eq!(maps.affinity.len(), 2);
+
+    // With every namespace translated, each pod's namespace is a client of its own.
+    maps.config = maps.config.with_sock_all_netns(true);
+    for cookie in 200..210 {
+        let mut s = FakeSock {
+            netns: NETNS + 2,
+            ..sock(IPPROTO_TCP, cookie)
+        };
+        forward(&mut s, &mut maps, false);
+    }
+    assert_eq!(maps.affinity.len(), 3);
 }
 
 #[test]

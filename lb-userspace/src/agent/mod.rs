@@ -42,7 +42,7 @@ use auto_attach::AutoAttach;
 pub use cleanup::cleanup;
 pub use masquerade::{Masquerade, PortRange, PortRangeError};
 use programming::Programmer;
-pub use socket_lb::{cgroup2_root, SocketLb};
+pub use socket_lb::{cgroup2_root, netns_cookie, SocketLb};
 use telemetry::Telemetry;
 
 /// Default `--bpffs-dir`.
@@ -65,7 +65,8 @@ pub struct RunConfig {
     pub xdp_iface: XdpIface,
     /// Whether and how external flows to backends on other nodes are masqueraded.
     pub masquerade: Masquerade,
-    /// Whether and where the node's own sockets are translated (cgroup socket programs).
+    /// Whether and where the node's own sockets (and pods') are translated (cgroup socket
+    /// programs).
     pub socket_lb: SocketLb,
     /// How translated replies and masqueraded packets leave the node.
     pub reply_path: ReplyPath,
@@ -330,7 +331,8 @@ async fn serve(
     // set).
     let node_config = masquerade::node_config(&config.masquerade, xdp_iface.as_deref())
         .with_sock_netns(sockets.as_ref().map_or(0, |s| s.netns_cookie))
-        .with_reply_path(config.reply_path.config_value());
+        .with_reply_path(config.reply_path.config_value())
+        .with_sock_all_netns(sockets.as_ref().is_some_and(|s| s.pods));
     datapath
         .maps()
         .set_node_config(&node_config)

@@ -1,7 +1,7 @@
 //! Where the socket programs attach: the root of the cgroup v2 hierarchy (every process of
 //! the node) unless `--cgroup-path` names another cgroup (or a hybrid host's `/sys/fs/cgroup`,
 //! whose `unified/` is used); and which sockets they translate: those of the agent's own
-//! network namespace, the node's.
+//! network namespace, the node's, and with `--socket-lb-pods` those of every namespace (pods).
 
 use std::fs;
 use std::io;
@@ -27,25 +27,31 @@ const SO_NETNS_COOKIE: libc::c_int = 71;
 pub enum SocketLb {
     /// `--no-socket-lb`: no socket-level translation; pins left by an earlier agent go.
     Off,
-    /// To this cgroup v2 directory (`--cgroup-path`), or to the hierarchy's root.
-    Cgroup(Option<PathBuf>),
+    /// To this cgroup v2 directory (`path`, `--cgroup-path`), or to the hierarchy's root;
+    /// `pods` (`--socket-lb-pods`): sockets of every network namespace, not only the node's.
+    Cgroup { path: Option<PathBuf>, pods: bool },
 }
 
-/// What the socket programs need: their cgroup and the namespace whose sockets they translate.
+/// What the socket programs need: their cgroup and the namespaces whose sockets they
+/// translate (the node's, whose cookie this is, and with `pods` every other one).
 pub(super) struct Sockets {
     pub cgroup: PathBuf,
     pub netns_cookie: u64,
+    pub pods: bool,
 }
 
 /// Resolves `setting`: `None` when socket-level translation is off.
 pub(super) fn prepare(setting: &SocketLb) -> Result<Option<Sockets>, AgentError> {
-    let cgroup = match setting {
+    let (path, pods) = match setting {
         SocketLb::Off => {
             info!("socket-level translation off (--no-socket-lb): the node's own processes do not reach Services");
             return Ok(None);
         }
-        SocketLb::Cgroup(Some(path)) => cgroup2_in(path),
-        SocketLb::Cgroup(None) => {
+        SocketLb::Cgroup { path, pods } => (path, *pods),
+    };
+    let cgroup = match path {
+        Some(path) => cgroup2_in(path),
+        None => {
             let mountinfo = fs::read_to_string(MOUNTINFO)
                 .map_err(|e| AgentError::Cgroup2Mount(format!("reading {MOUNTINFO}: {e}")))?;
             cgroup2_root(&mountinfo).ok_or_else(|| {
@@ -54,9 +60,13 @@ pub(super) fn prepare(setting: &SocketLb) -> Result<Option<Sockets>, AgentError>
         }
     };
     let netns_cookie = netns_cookie().map_err(AgentError::NetnsCookie)?;
+    if pods {
+        info!("socket-level translation for pods too (--socket-lb-pods): sockets of every network namespace are connected to backends at connect()");
+    }
     Ok(Some(Sockets {
         cgroup,
         netns_cookie,
+        pods,
     }))
 }
 
@@ -121,8 +131,9 @@ fn unescape(field: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The cookie of this process's network namespace.
-fn netns_cookie() -> io::Result<u64> {
+/// The cookie of this process's network namespace (of the calling thread's, which may have
+/// entered another).
+pub fn netns_cookie() -> io::Result<u64> {
     let socket = UdpSocket::bind("127.0.0.1:0")?;
     let mut cookie = 0u64;
     let mut len = size_of::<u64>() as libc::socklen_t;

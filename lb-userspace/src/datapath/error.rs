@@ -57,8 +57,6 @@ pub enum DatapathError {
         #[source]
         source: Box<dyn Error + Send + Sync>,
     },
-    #[error("socket programs are attached only by an agent that pins its links (load_pinned)")]
-    SocketsNeedPins,
     #[error("map `{map}` does not have the layout lb-common expects")]
     MapLayout {
         map: &'static str,

@@ -291,15 +291,20 @@ impl Datapath {
     /// Attaches the socket programs (connect4, sendmsg4, recvmsg4, getpeername4) to the cgroup
     /// v2 directory `cgroup`, after any programs already there, so every socket of a process
     /// in that cgroup's subtree is translated. After [`Datapath::load_pinned`] the links are
-    /// pinned, and links pinned earlier on the same cgroup get the new programs instead.
+    /// pinned, and links pinned earlier on the same cgroup get the new programs instead;
+    /// otherwise they are detached when the `Datapath` is dropped.
     pub fn attach_sockets(&mut self, cgroup: &Path) -> Result<(), DatapathError> {
         let (dir, cgroup_id) = sock_links::open_cgroup(cgroup)?;
-        let Some(links_dir) = self.links_dir.clone() else {
-            return Err(DatapathError::SocketsNeedPins);
-        };
         for (hook, name) in sock_links::PROGRAMS {
-            let pin = sock_links::pin_path(&links_dir, hook);
+            let pin = self
+                .links_dir
+                .as_deref()
+                .map(|dir| sock_links::pin_path(dir, hook));
             let program: &mut CgroupSockAddr = program_mut(&mut self.ebpf, name)?;
+            let Some(pin) = pin else {
+                sock_links::attach(program, name, (&dir, cgroup), None)?;
+                continue;
+            };
             if sock_links::reuse(&pin, cgroup_id, program) {
                 info!(
                     "replaced the program in the pinned {hook} link of cgroup {} with {name}",
@@ -307,7 +312,7 @@ impl Datapath {
                 );
                 continue;
             }
-            sock_links::attach(program, name, (&dir, cgroup), &pin)?;
+            sock_links::attach(program, name, (&dir, cgroup), Some(&pin))?;
             info!("attached {name} to cgroup {} ({hook})", cgroup.display());
         }
         Ok(())

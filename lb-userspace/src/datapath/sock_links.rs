@@ -108,14 +108,15 @@ pub(super) fn reuse(pin: &Path, cgroup_id: u64, program: &CgroupSockAddr) -> boo
     }
 }
 
-/// Attaches `program` to `cgroup` with a `bpf_link` and pins the link at `pin`. A cgroup
-/// link always runs beside the cgroup's other programs (the kernel attaches links as with
+/// Attaches `program` to `cgroup` with a `bpf_link` and pins the link at `pin`, or without a
+/// pin leaves it to the program (detached when the program is dropped). A cgroup link always
+/// runs beside the cgroup's other programs (the kernel attaches links as with
 /// `BPF_F_ALLOW_MULTI` and refuses any flag), so other tools' programs stay.
 pub(super) fn attach(
     program: &mut CgroupSockAddr,
     name: &'static str,
     cgroup: (&File, &Path),
-    pin: &Path,
+    pin: Option<&Path>,
 ) -> Result<(), DatapathError> {
     let (dir, path) = cgroup;
     let attach_error = |source| {
@@ -132,6 +133,9 @@ pub(super) fn attach(
     let id = program
         .attach(dir, CgroupAttachMode::Single)
         .map_err(attach_error)?;
+    let Some(pin) = pin else {
+        return Ok(());
+    };
     let link = program.take_link(id).map_err(attach_error)?;
     let link = FdLink::try_from(link).map_err(|e| DatapathError::AttachCgroup {
         program: name,

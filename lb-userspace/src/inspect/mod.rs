@@ -19,7 +19,7 @@ use table::Table;
 /// Everything `inspect` shows, read from the maps at one moment.
 #[derive(Debug)]
 pub struct Snapshot {
-    /// Node-wide settings (masquerading).
+    /// Node-wide settings (masquerading, socket-level translation).
     pub node_config: NodeConfig,
     pub services: Vec<ServiceRow>,
     pub backends: Vec<(u32, Backend)>,
@@ -76,8 +76,8 @@ impl Snapshot {
 
 impl fmt::Display for Snapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut node = Table::new(&["MASQUERADE", "PORTS"]);
-        node.row(match self.node_config.masquerades() {
+        let mut node = Table::new(&["MASQUERADE", "PORTS", "SOCKETS"]);
+        let mut row = match self.node_config.masquerades() {
             true => vec![
                 unmap_addr(self.node_config.snat_addr).to_string(),
                 format!(
@@ -87,7 +87,9 @@ impl fmt::Display for Snapshot {
                 ),
             ],
             false => vec!["off".to_string(), "-".to_string()],
-        });
+        };
+        row.push(sockets(&self.node_config).to_string());
+        node.row(row);
         let mut services = Table::new(&[
             "FRONTEND",
             "SCOPE",
@@ -168,6 +170,16 @@ impl fmt::Display for Snapshot {
             "NODE\n{node}\nSERVICES\n{services}\nBACKENDS\n{backends}\nCONNTRACK\n{conntrack}\n\
              COUNTERS\n{counters}"
         )
+    }
+}
+
+/// Whose sockets the socket programs translate: `node` (its network namespace), `node+pods`
+/// (every namespace) or `off`.
+fn sockets(config: &NodeConfig) -> &'static str {
+    match (config.sock_netns_cookie, config.sock_all_netns) {
+        (0, _) => "off",
+        (_, 0) => "node",
+        _ => "node+pods",
     }
 }
 
@@ -268,7 +280,9 @@ mod tests {
             _pad: [0; 3],
         };
         let snapshot = Snapshot {
-            node_config: NodeConfig::masquerading(node, 61000, 65535),
+            node_config: NodeConfig::masquerading(node, 61000, 65535)
+                .with_sock_netns(1)
+                .with_sock_all_netns(true),
             services: vec![ServiceRow {
                 key: ServiceKey::new(vip, 80, IPPROTO_TCP, lb_common::service::scope::INTERNAL),
                 value: ServiceValue {
@@ -343,8 +357,8 @@ mod tests {
         };
         let expected = "\
 NODE
-MASQUERADE  PORTS
-198.18.0.1  61000-65535
+MASQUERADE  PORTS        SOCKETS
+198.18.0.1  61000-65535  node+pods
 
 SERVICES
 FRONTEND            SCOPE     ID  BACKENDS  SLOTS  PACKETS  BYTES  NEW FLOWS  REJECTS  DROPS  FLAGS

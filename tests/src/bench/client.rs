@@ -1,18 +1,99 @@
-//! The client side of the traffic workloads, run inside the client pod's namespace. Every loop
+//! The client side of the traffic workloads: a process of the client pod ([`Client`] runs
+//! `lb-bench-client` inside the pod's namespace, and in a cgroup when one is given). Every loop
 //! is bounded by a time window and an operation count, and every socket call by a timeout.
 
 use std::{
+    fs::File,
     io::{self, Read, Write},
     net::{Shutdown, SocketAddr, SocketAddrV4, TcpStream},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use serde::Serialize;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use super::{
+    error::{io_context, BenchError, Result},
     server::{MODE_ECHO, MODE_SINK},
     stats::percentile,
 };
+use crate::{agent::built_binary, cgroup, netns::NetNs};
+
+/// The client binary, built next to `lb-bench`.
+const CLIENT_BINARY: &str = "lb-bench-client";
+
+/// What one client process measures (`lb-bench-client <workload> ...`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Workload {
+    /// [`connection_loop`].
+    Connections,
+    /// [`stream`].
+    Stream,
+    /// [`request_response`].
+    RequestResponse,
+}
+
+/// The client pod's processes: each measurement runs `lb-bench-client` in the pod's namespace
+/// (and cgroup, for socket-level translation), which prints its result as one JSON line.
+pub struct Client<'a> {
+    binary: PathBuf,
+    netns: &'a NetNs,
+    cgroup: Option<&'a Path>,
+}
+
+impl<'a> Client<'a> {
+    /// Clients in `netns`, and in the cgroup v2 directory `cgroup` if given.
+    pub fn new(netns: &'a NetNs, cgroup: Option<&'a Path>) -> Result<Client<'a>> {
+        let binary = built_binary(CLIENT_BINARY)?.map_err(|looked_at| {
+            BenchError::Check(format!(
+                "{CLIENT_BINARY} not built (looked at {looked_at:?}): `cargo xtask bench` builds it"
+            ))
+        })?;
+        Ok(Client {
+            binary,
+            netns,
+            cgroup,
+        })
+    }
+
+    /// Runs `workload` against `target` for `window` (at most `max` operations) in a new
+    /// process; its result, or the error the client met.
+    pub fn run<T: DeserializeOwned>(
+        &self,
+        workload: Workload,
+        target: SocketAddrV4,
+        window: Duration,
+        max: u32,
+    ) -> Result<io::Result<T>> {
+        let name = clap::ValueEnum::to_possible_value(&workload)
+            .map(|v| v.get_name().to_string())
+            .unwrap_or_default();
+        let line = format!("{CLIENT_BINARY} {name} {target}");
+        let mut command = Command::new(&self.binary);
+        command
+            .args([
+                name,
+                target.to_string(),
+                window.as_millis().to_string(),
+                max.to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let procs: Option<File> = self.cgroup.map(cgroup::open_procs).transpose()?;
+        cgroup::enter_before_exec(&mut command, self.netns.open()?, procs);
+        let output = command
+            .output()
+            .map_err(io_context(format!("running {line}")))?;
+        if !output.status.success() {
+            return Err(BenchError::Check(format!("{line}: {}", output.status)));
+        }
+        let result: std::result::Result<T, String> = serde_json::from_slice(&output.stdout)
+            .map_err(|e| BenchError::Check(format!("{line} printed no result: {e}")))?;
+        Ok(result.map_err(io::Error::other))
+    }
+}
 
 /// Timeout of every connect, read and write.
 const IO_TIMEOUT: Duration = Duration::from_secs(1);
@@ -24,7 +105,7 @@ const STREAM_CHUNK: usize = 128 * 1024;
 const MAX_FAILURES_IN_A_ROW: u32 = 20;
 
 /// One window of the new-connection loop.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ConnectionRun {
     /// Connections that connected, got their answer and closed.
     pub completed: u64,
@@ -92,7 +173,7 @@ fn one_request(target: SocketAddrV4) -> io::Result<(Duration, SocketAddr)> {
 }
 
 /// One window of the stream workload.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StreamRun {
     /// Bytes the server confirmed receiving.
     pub bytes: u64,
@@ -132,7 +213,7 @@ pub fn stream(target: SocketAddrV4, window: Duration) -> io::Result<StreamRun> {
 }
 
 /// One window of the request/response workload.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RequestResponseRun {
     pub transactions: u64,
     pub seconds: f64,

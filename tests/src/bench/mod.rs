@@ -63,7 +63,6 @@ mod run {
         machine::Machine,
         options::{Plan, Workload},
         results::{PlanRecord, Results},
-        variants::Variant,
         workloads::{agent_memory, control_plane, per_packet, reply_path, sync_latency, traffic},
     };
 
@@ -93,7 +92,7 @@ mod run {
         };
         if live.connections || live.established {
             for &services in &plan.sizes {
-                for variant in Variant::ALL {
+                for &variant in &plan.variants {
                     progress(&format!(
                         "traffic, {} with {services} services",
                         variant.label()
@@ -120,6 +119,7 @@ mod run {
     fn record(plan: &Plan) -> PlanRecord {
         PlanRecord {
             sizes: plan.sizes.clone(),
+            variants: plan.variants.clone(),
             runs: plan.runs,
             endpoints: plan.endpoints,
             control_plane_endpoints: plan.control_plane_endpoints,

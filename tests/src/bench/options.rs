@@ -36,6 +36,50 @@ impl Workload {
     ];
 }
 
+/// How a client's packets to a service reach a pod.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
+#[cfg_attr(feature = "bench", derive(serde::Serialize))]
+pub enum Variant {
+    /// (a) This project: TC programs on the pod veths, maps written by the agent's reconciler.
+    #[value(name = "ebpf")]
+    Ebpf,
+    /// (b) kube-proxy's iptables mode (nf_tables backend), loaded with `iptables-restore`.
+    Iptables,
+    /// (c) kube-proxy's nftables mode, loaded with `nft -f`.
+    Nftables,
+    /// (d) No translation: the client addresses the pod directly.
+    Direct,
+    /// (e) This project with `--socket-lb-pods`: the client pod's process is in a cgroup that
+    /// carries the socket programs, so its sockets are connected to a backend at `connect()`;
+    /// the TC programs stay on the pod veths (and pass the packets, addressed to a pod).
+    EbpfSocket,
+}
+
+impl Variant {
+    /// Every variant, in report order.
+    pub const ALL: [Variant; 5] = [
+        Variant::Ebpf,
+        Variant::Iptables,
+        Variant::Nftables,
+        Variant::Direct,
+        Variant::EbpfSocket,
+    ];
+
+    /// The variants that program translations of their own ((e) has (a)'s maps).
+    pub const TRANSLATING: [Variant; 3] = [Variant::Ebpf, Variant::Iptables, Variant::Nftables];
+
+    /// Column heading in reports.
+    pub fn label(self) -> &'static str {
+        match self {
+            Variant::Ebpf => "(a) eBPF TC",
+            Variant::Iptables => "(b) iptables",
+            Variant::Nftables => "(c) nftables",
+            Variant::Direct => "(d) direct",
+            Variant::EbpfSocket => "(e) eBPF socket",
+        }
+    }
+}
+
 /// `cargo xtask bench` options.
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct BenchOptions {
@@ -52,6 +96,9 @@ pub struct BenchOptions {
     /// Workloads to run [default: all].
     #[arg(long, value_delimiter = ',', value_enum)]
     pub workloads: Option<Vec<Workload>>,
+    /// Variants the traffic workloads run through [default: all].
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub variants: Option<Vec<Variant>>,
     /// Directory for results.md, results.json and the plots.
     #[arg(long, default_value = DEFAULT_OUT)]
     pub out: PathBuf,
@@ -80,15 +127,10 @@ impl BenchOptions {
             args.extend(["--sizes".to_string(), sizes.join(",")]);
         }
         if let Some(workloads) = &self.workloads {
-            let names: Vec<String> = workloads
-                .iter()
-                .map(|w| {
-                    clap::ValueEnum::to_possible_value(w)
-                        .map(|v| v.get_name().to_string())
-                        .unwrap_or_default()
-                })
-                .collect();
-            args.extend(["--workloads".to_string(), names.join(",")]);
+            args.extend(["--workloads".to_string(), value_names(workloads).join(",")]);
+        }
+        if let Some(variants) = &self.variants {
+            args.extend(["--variants".to_string(), value_names(variants).join(",")]);
         }
         args.extend(["--out".to_string(), self.out.display().to_string()]);
         args
@@ -107,13 +149,29 @@ impl BenchOptions {
         let mut sizes = self.sizes.clone().unwrap_or(base.sizes);
         sizes.sort();
         sizes.dedup();
+        let mut variants = self.variants.clone().unwrap_or(base.variants);
+        variants.sort();
+        variants.dedup();
         Plan {
             runs: self.runs.unwrap_or(base.runs),
             sizes,
             workloads,
+            variants,
             ..base
         }
     }
+}
+
+/// The command-line names of `values`.
+fn value_names<T: clap::ValueEnum>(values: &[T]) -> Vec<String> {
+    values
+        .iter()
+        .map(|v| {
+            v.to_possible_value()
+                .map(|v| v.get_name().to_string())
+                .unwrap_or_default()
+        })
+        .collect()
 }
 
 /// Everything a benchmark run does, with its bounds.
@@ -124,6 +182,8 @@ pub struct Plan {
     /// Repetitions of every measurement.
     pub runs: u32,
     pub workloads: Vec<Workload>,
+    /// Variants of the traffic workloads, in report order.
+    pub variants: Vec<Variant>,
     /// Endpoints per service in the traffic and per-packet workloads.
     pub endpoints: u32,
     /// Endpoints per service in the control-plane workload.
@@ -153,6 +213,7 @@ impl Plan {
             sizes: vec![1, 1_000, 10_000, 30_000],
             runs: 5,
             workloads: Workload::ALL.to_vec(),
+            variants: Variant::ALL.to_vec(),
             endpoints: 3,
             control_plane_endpoints: 10,
             window: Duration::from_secs(1),
@@ -230,6 +291,8 @@ mod tests {
             "1000,1,1000",
             "--workloads",
             "per-packet,connections",
+            "--variants",
+            "ebpf-socket,ebpf,direct",
             "--out",
             "/tmp/x",
         ]);
@@ -237,6 +300,10 @@ mod tests {
         assert_eq!(plan.runs, 3);
         assert_eq!(plan.sizes, [1, 1_000]);
         assert_eq!(plan.workloads, [Workload::Connections, Workload::PerPacket]);
+        assert_eq!(
+            plan.variants,
+            [Variant::Ebpf, Variant::Direct, Variant::EbpfSocket]
+        );
         assert_eq!(plan.window, Plan::quick().window);
         let args = options.to_args();
         let reparsed = parse(&args.iter().map(String::as_str).collect::<Vec<_>>());

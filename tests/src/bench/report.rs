@@ -68,16 +68,10 @@ pub fn headline(results: &Results) -> String {
     } else {
         vec![first, last]
     };
-    let mut table = Table::new(&[
-        "Metric",
-        "Services",
-        "(a) eBPF",
-        "(b) iptables",
-        "(c) nftables",
-        "(d) direct",
-        "(a)/(b)",
-        "(a)/(d)",
-    ]);
+    let mut header = vec!["Metric".to_string(), "Services".to_string()];
+    header.extend(Variant::ALL.map(|v| v.label().to_string()));
+    header.extend(HEADLINE_RATIOS.map(|(x, y)| format!("{}/{}", short(x), short(y))));
+    let mut table = Table::from_header(header);
     let runs = results.plan.runs;
     for (metric, unit) in TRAFFIC_METRICS {
         for &n in &ends {
@@ -87,8 +81,7 @@ pub fn headline(results: &Results) -> String {
             }
             let mut row = vec![format!("{} ({unit})", metric.label()), n.to_string()];
             row.extend(Variant::ALL.map(|v| cell(of(v), number, runs)));
-            row.push(ratio(of(Variant::Ebpf), of(Variant::Iptables)));
-            row.push(ratio(of(Variant::Ebpf), of(Variant::Direct)));
+            row.extend(HEADLINE_RATIOS.map(|(x, y)| ratio(of(x), of(y))));
             table.row(row);
         }
     }
@@ -103,8 +96,10 @@ pub fn headline(results: &Results) -> String {
             }
             let mut row = vec![label.to_string(), n.to_string()];
             row.extend(Variant::ALL.map(|v| cell(of(v), seconds, runs)));
-            row.push(ratio(of(Variant::Ebpf), of(Variant::Iptables)));
-            row.push("".into());
+            row.extend(HEADLINE_RATIOS.map(|(x, y)| match (x, y) {
+                (Variant::Ebpf, Variant::Iptables) => ratio(of(x), of(y)),
+                _ => String::new(),
+            }));
             table.row(row);
         }
     }
@@ -242,7 +237,8 @@ fn traffic_sections(results: &Results) -> String {
     let mut md = String::from(
         "## 1. New connections and 2. established traffic\n\nA client pod connects to the \
          target service (the last of N programmed) through a node namespace; (d) connects to \
-         a backend pod directly. Ratios compare medians; for latencies lower is better.\n\n",
+         a backend pod directly; (e)'s sockets are connected to a backend at `connect()`. \
+         Ratios compare medians; for latencies lower is better.\n\n",
     );
     for (metric, unit) in TRAFFIC_METRICS {
         let mut header = vec!["Services".to_string()];
@@ -271,13 +267,24 @@ fn traffic_sections(results: &Results) -> String {
     md
 }
 
-/// Ratio columns: every variant against (d), and the other translations against (b).
-const RATIOS: [(Variant, Variant); 5] = [
+/// Ratio columns: every variant against (d), the other translations against (b), and
+/// socket-level against per-packet translation.
+const RATIOS: [(Variant, Variant); 7] = [
     (Variant::Ebpf, Variant::Direct),
     (Variant::Iptables, Variant::Direct),
     (Variant::Nftables, Variant::Direct),
+    (Variant::EbpfSocket, Variant::Direct),
     (Variant::Ebpf, Variant::Iptables),
     (Variant::Nftables, Variant::Iptables),
+    (Variant::EbpfSocket, Variant::Ebpf),
+];
+
+/// The headline's ratio columns.
+const HEADLINE_RATIOS: [(Variant, Variant); 4] = [
+    (Variant::Ebpf, Variant::Iptables),
+    (Variant::Ebpf, Variant::Direct),
+    (Variant::EbpfSocket, Variant::Ebpf),
+    (Variant::EbpfSocket, Variant::Direct),
 ];
 
 fn short(variant: Variant) -> &'static str {
@@ -500,9 +507,12 @@ fn methods(results: &Results) -> String {
         "## How it was measured\n\n\
          - Topology: a node namespace routing between pod namespaces over veth pairs (/32 \
          routes, as kind's ptp CNI); (a) attaches the TC program to every pod veth in the node, \
-         (b)/(c) load their rules into the node namespace only, (d) has neither. Each (variant, \
-         N) gets fresh namespaces. N services with {e} endpoints each; the target is the last \
-         one programmed; its endpoints are the three backend pods.\n\
+         (b)/(c) load their rules into the node namespace only, (d) has neither; (e) is (a) plus \
+         the socket programs on a cgroup the client's processes run in, translating every \
+         namespace's sockets at `connect()` (`lb-agent --socket-lb-pods`). Each (variant, N) \
+         gets fresh namespaces. N services with {e} endpoints each; the target is the last one \
+         programmed; its endpoints are the three backend pods. Every measurement is a new \
+         client process in the client pod's namespace.\n\
          - New connections: connect, a 32-byte request and its echo, close, in a loop for {w} ms \
          (at most {max} connections); connect latency is the time `connect()` takes.\n\
          - Established: one connection sending 128 KiB writes for {w} ms (the server confirms \

@@ -37,6 +37,8 @@ pub struct Results {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct PlanRecord {
     pub sizes: Vec<u32>,
+    /// Variants of the traffic workloads.
+    pub variants: Vec<Variant>,
     pub runs: u32,
     pub endpoints: u32,
     pub control_plane_endpoints: u32,

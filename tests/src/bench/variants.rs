@@ -1,59 +1,50 @@
-//! The four ways traffic reaches the target pod, and programming a [`ServiceSet`] into each
+//! The five ways traffic reaches the target pod, and programming a [`ServiceSet`] into each
 //! inside a node namespace.
 
-use lb_userspace::{Capacities, Datapath, Reconciler};
-use serde::Serialize;
+use std::fs;
+
+use lb_common::NodeConfig;
+use lb_userspace::{agent, Capacities, Datapath, Reconciler};
 
 use super::{
-    error::{BenchError, Result},
+    error::{io_context, map_context, BenchError, Result},
     exec,
     kube_proxy_rules::{iptables_restore, nft_sync},
     services::ServiceSet,
 };
-use crate::topology::Topology;
+use crate::{cgroup::TestCgroup, netns::unique_prefix, topology::Topology};
 
-/// How a client's packets to a service reach a pod.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub enum Variant {
-    /// (a) This project: TC programs on the pod veths, maps written by the agent's reconciler.
-    Ebpf,
-    /// (b) kube-proxy's iptables mode (nf_tables backend), loaded with `iptables-restore`.
-    Iptables,
-    /// (c) kube-proxy's nftables mode, loaded with `nft -f`.
-    Nftables,
-    /// (d) No translation: the client addresses the pod directly.
-    Direct,
-}
-
-impl Variant {
-    /// Every variant, in report order.
-    pub const ALL: [Variant; 4] = [
-        Variant::Ebpf,
-        Variant::Iptables,
-        Variant::Nftables,
-        Variant::Direct,
-    ];
-
-    /// The variants that translate (and so have something to program).
-    pub const TRANSLATING: [Variant; 3] = [Variant::Ebpf, Variant::Iptables, Variant::Nftables];
-
-    /// Column heading in reports.
-    pub fn label(self) -> &'static str {
-        match self {
-            Variant::Ebpf => "(a) eBPF",
-            Variant::Iptables => "(b) iptables",
-            Variant::Nftables => "(c) nftables",
-            Variant::Direct => "(d) direct",
-        }
-    }
-}
+pub use super::options::Variant;
 
 /// What keeps a variant's translation in place. Rules live in the node namespace and go
-/// with it; the eBPF data path is detached and unloaded when this is dropped.
+/// with it; the eBPF data path is detached and unloaded when this is dropped, then the
+/// socket programs' cgroup is removed.
 pub enum Programmed {
-    Ebpf(Box<Datapath>),
+    Ebpf {
+        datapath: Box<Datapath>,
+        /// (e): the cgroup the client's processes run in, with the socket programs.
+        sockets: Option<TestCgroup>,
+    },
     /// Rules in the node namespace, or nothing for [`Variant::Direct`].
     InNamespace,
+}
+
+impl Programmed {
+    /// The cgroup the client's processes must run in, if any.
+    pub fn client_cgroup(&self) -> Option<&TestCgroup> {
+        match self {
+            Programmed::Ebpf { sockets, .. } => sockets.as_ref(),
+            Programmed::InNamespace => None,
+        }
+    }
+
+    /// Flows the eBPF data path tracks in conntrack; `None` for rules.
+    pub fn conntrack_entries(&mut self) -> Result<Option<usize>> {
+        match self {
+            Programmed::Ebpf { datapath, .. } => Ok(Some(datapath.maps().conntrack()?.len())),
+            Programmed::InNamespace => Ok(None),
+        }
+    }
 }
 
 /// Map capacities that hold `services` (the defaults, raised where they would not).
@@ -80,7 +71,7 @@ pub fn program(
 ) -> Result<Programmed> {
     let node = topology.node();
     match variant {
-        Variant::Ebpf => {
+        Variant::Ebpf | Variant::EbpfSocket => {
             let capacities = capacities_for(services, endpoints_per_service);
             let mut datapath = Box::new(Datapath::load(&capacities)?);
             let summary =
@@ -97,7 +88,11 @@ pub fn program(
                     .iter()
                     .try_for_each(|iface| datapath.attach_tc(iface))
             })??;
-            Ok(Programmed::Ebpf(datapath))
+            let sockets = match variant {
+                Variant::EbpfSocket => Some(attach_sockets(topology, &mut datapath)?),
+                _ => None,
+            };
+            Ok(Programmed::Ebpf { datapath, sockets })
         }
         Variant::Iptables => {
             let rules = iptables_restore(&services.kube_services());
@@ -113,4 +108,27 @@ pub fn program(
         }
         Variant::Direct => Ok(Programmed::InNamespace),
     }
+}
+
+/// Attaches the socket programs to a new cgroup, for every network namespace's sockets (as
+/// `lb-agent --socket-lb-pods`, the node's namespace named as the agent would name it).
+fn attach_sockets(topology: &Topology, datapath: &mut Datapath) -> Result<TestCgroup> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo")
+        .map_err(io_context("reading /proc/self/mountinfo"))?;
+    let root = agent::cgroup2_root(&mountinfo)
+        .ok_or_else(|| BenchError::Check("no cgroup v2 mount for (e)".into()))?;
+    let cgroup = TestCgroup::create(&root, &unique_prefix())?;
+    datapath.attach_sockets(cgroup.path())?;
+    let node_netns = topology
+        .node()
+        .run(agent::netns_cookie)?
+        .map_err(io_context("reading the node namespace's cookie"))?;
+    let config = NodeConfig::default()
+        .with_sock_netns(node_netns)
+        .with_sock_all_netns(true);
+    datapath
+        .maps()
+        .set_node_config(&config)
+        .map_err(|e| map_context("writing LB_CONFIG")(e.source))?;
+    Ok(cgroup)
 }

@@ -104,8 +104,8 @@ impl Sync {
     /// Builds the inputs for programming `set` and for switching between `set` and `changed`.
     fn prepare(variant: Variant, set: &ServiceSet, changed: &ServiceSet, plan: &Plan) -> Sync {
         match variant {
-            // (d) programs nothing; it is never passed here.
-            Variant::Ebpf | Variant::Direct => {
+            // (d) programs nothing and (e) (a)'s maps; they are never passed here.
+            Variant::Ebpf | Variant::Direct | Variant::EbpfSocket => {
                 let states = sharing_unchanged(set.desired_state(), changed.desired_state());
                 let differing = states[1]
                     .services

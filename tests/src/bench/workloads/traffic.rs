@@ -4,20 +4,21 @@
 //! Per (variant, N) a fresh topology is built, N services (3 endpoints each; the target's are
 //! the three backend pods) are programmed, and each run measures, one after the other: the
 //! new-connection loop, stream throughput on one connection, and request/response on one
-//! kept-open connection, each for one window.
+//! kept-open connection, each for one window, each in a new client process of the client pod
+//! (in the cgroup with the socket programs for (e)).
 
 use std::net::SocketAddrV4;
 
 use crate::{
     bench::{
-        client::{self, ConnectionRun},
+        client::{Client, ConnectionRun, Workload},
         error::{io_context, BenchError, Result},
         interrupt,
         options::Plan,
         results::TrafficCell,
         server::BenchServer,
         services::{ServiceSet, TARGET_PORT},
-        variants::{self, Variant},
+        variants::{self, Programmed, Variant},
     },
     topology::{Topology, CLIENT},
 };
@@ -56,7 +57,7 @@ pub fn run_cell(
         .map(|(pod, addr)| BenchServer::start(&pod.netns, *addr))
         .collect::<Result<Vec<_>>>()?;
     let set = ServiceSet::new(services, plan.endpoints).with_target(backends.clone());
-    let _programmed = variants::program(
+    let mut programmed = variants::program(
         variant,
         &topology,
         &set,
@@ -67,9 +68,18 @@ pub fn run_cell(
         Variant::Direct => backends[0],
         _ => set.target_vip(),
     };
+    let cgroup = programmed.client_cgroup().map(|c| c.path().to_path_buf());
+    let client = Client::new(client_ns, cgroup.as_deref())?;
+    let (window, max) = (plan.window, plan.max_operations);
 
-    let warm_up = client_ns.run(|| client::connection_loop(target, plan.window * 5, WARM_UP))?;
-    check_warm_up(&warm_up, variant, services, target)?;
+    let warm_up = client.run(Workload::Connections, target, window * 5, WARM_UP)?;
+    check_warm_up(
+        &warm_up.map_err(io_context("warm-up"))?,
+        variant,
+        services,
+        target,
+    )?;
+    check_path(&mut programmed, variant)?;
 
     let mut cell = TrafficCell {
         variant,
@@ -80,24 +90,21 @@ pub fn run_cell(
         request_response: Vec::new(),
         backend_connections: 0,
     };
+    let context = |what: &str| format!("{} N={services}: {what} to {target}", variant.label());
     for _ in 0..plan.runs {
         interrupt::check()?;
         if traffic.connections {
-            let run = client_ns
-                .run(|| client::connection_loop(target, plan.window, plan.max_operations))?;
-            cell.connections.push(run);
+            let run = client.run(Workload::Connections, target, window, max)?;
+            cell.connections
+                .push(run.map_err(io_context(context("connections")))?);
         }
         if traffic.established {
-            let context = format!("{} N={services}: stream to {target}", variant.label());
-            let stream = client_ns
-                .run(|| client::stream(target, plan.window))?
-                .map_err(io_context(context))?;
-            cell.stream.push(stream);
-            let context = format!("{} N={services}: requests to {target}", variant.label());
-            let rr = client_ns
-                .run(|| client::request_response(target, plan.window, plan.max_operations))?
-                .map_err(io_context(context))?;
-            cell.request_response.push(rr);
+            let stream = client.run(Workload::Stream, target, window, max)?;
+            cell.stream
+                .push(stream.map_err(io_context(context("stream")))?);
+            let rr = client.run(Workload::RequestResponse, target, window, max)?;
+            cell.request_response
+                .push(rr.map_err(io_context(context("requests")))?);
         }
     }
     cell.backend_connections = servers.iter().map(BenchServer::connections).sum();
@@ -121,6 +128,23 @@ fn check_warm_up(
             run.completed,
             run.peer,
             run.error.as_deref().unwrap_or("none"),
+        )));
+    }
+    Ok(())
+}
+
+/// The eBPF variants must take their own path: (a) translates the warm-up per packet and
+/// tracks it in conntrack, (e) connects its sockets to a backend so the TC program tracks
+/// nothing.
+fn check_path(programmed: &mut Programmed, variant: Variant) -> Result<()> {
+    let Some(tracked) = programmed.conntrack_entries()? else {
+        return Ok(());
+    };
+    let per_socket = variant == Variant::EbpfSocket;
+    if (tracked == 0) != per_socket {
+        return Err(BenchError::Check(format!(
+            "{}: {tracked} conntrack entries after the warm-up",
+            variant.label()
         )));
     }
     Ok(())
