@@ -226,18 +226,19 @@ fn node_processes_in_the_cgroup_reach_a_cluster_ip_and_see_the_service_as_peer()
 }
 
 #[test]
-fn a_node_port_on_the_nodes_own_address_is_reached_from_the_node() {
+fn node_ports_external_ips_and_load_balancer_ips_are_reached_from_the_node() {
     require_root!();
     const NODE_ADDR: &str = "198.18.1.1";
-    let node_port = |protocol| match protocol {
-        Protocol::Tcp => SocketAddrV4::new(NODE_ADDR.parse().unwrap(), 30080),
-        Protocol::Udp => SocketAddrV4::new(NODE_ADDR.parse().unwrap(), 30053),
-    };
+    const EXTERNAL_IP: &str = "198.19.5.1";
+    const LB_IP: &str = "198.19.5.2";
     let (cgroup, _dir, cluster) = start_with(
         |dir| {
             let service = fs::read_to_string(dir.join(SERVICE_FILE))
                 .unwrap()
-                .replace("type: ClusterIP", "type: NodePort")
+                .replace(
+                    "type: ClusterIP",
+                    &format!("type: LoadBalancer\n  externalIPs: [{EXTERNAL_IP}]"),
+                )
                 .replace(
                     "targetPort: 8080",
                     "targetPort: 8080\n      nodePort: 30080",
@@ -245,7 +246,8 @@ fn a_node_port_on_the_nodes_own_address_is_reached_from_the_node() {
                 .replace(
                     "targetPort: 8053",
                     "targetPort: 8053\n      nodePort: 30053",
-                );
+                )
+                + &format!("status:\n  loadBalancer:\n    ingress:\n      - ip: {LB_IP}\n");
             example::replace_manifest(dir, SERVICE_FILE, &service).unwrap();
         },
         |options| {
@@ -256,16 +258,30 @@ fn a_node_port_on_the_nodes_own_address_is_reached_from_the_node() {
     node.ip(&["addr", "add", &format!("{NODE_ADDR}/32"), "dev", "lo"])
         .unwrap();
     let mut inside = client(&cluster, Some(&cgroup));
+    let node_port = |protocol| match protocol {
+        Protocol::Tcp => 30080,
+        Protocol::Udp => 30053,
+    };
     for (kind, protocol) in KINDS {
-        let target = node_port(protocol);
-        let from: BTreeSet<String> = answerers(&mut inside, kind, target, REQUESTS)
-            .into_iter()
-            .collect();
-        assert_eq!(from, names(&[0, 1, 2]), "{kind}");
+        let port = vip(protocol).port();
+        let targets = [
+            SocketAddrV4::new(NODE_ADDR.parse().unwrap(), node_port(protocol)),
+            SocketAddrV4::new(EXTERNAL_IP.parse().unwrap(), port),
+            SocketAddrV4::new(LB_IP.parse().unwrap(), port),
+        ];
+        for target in targets {
+            let from: BTreeSet<String> = answerers(&mut inside, kind, target, REQUESTS)
+                .into_iter()
+                .collect();
+            assert_eq!(from, names(&[0, 1, 2]), "{kind} to {target}");
+        }
     }
     // Untranslated, the node port is a closed port of the node itself.
     let mut outside = client(&cluster, None);
-    let result = outside.ask(&format!("tcp {}", node_port(Protocol::Tcp)));
+    let result = outside.ask(&format!(
+        "tcp {}",
+        SocketAddrV4::new(NODE_ADDR.parse().unwrap(), node_port(Protocol::Tcp))
+    ));
     assert!(refused(&result), "{result:?}");
 }
 
