@@ -156,6 +156,19 @@ fn assert_no_conntrack(cluster: &Cluster) {
     );
 }
 
+/// The example Service's manifest `service` with node ports 30080 (TCP) and 30053 (UDP).
+fn with_node_ports(service: String) -> String {
+    service
+        .replace(
+            "targetPort: 8080",
+            "targetPort: 8080\n      nodePort: 30080",
+        )
+        .replace(
+            "targetPort: 8053",
+            "targetPort: 8053\n      nodePort: 30053",
+        )
+}
+
 /// The example Service with `edit` applied to its manifest.
 fn edit_service(dir: &Path, edit: impl FnOnce(String) -> String) {
     let service = edit(fs::read_to_string(dir.join(SERVICE_FILE)).unwrap());
@@ -233,22 +246,12 @@ fn node_ports_external_ips_and_load_balancer_ips_are_reached_from_the_node() {
     const LB_IP: &str = "198.19.5.2";
     let (cgroup, _dir, cluster) = start_with(
         |dir| {
-            let service = fs::read_to_string(dir.join(SERVICE_FILE))
-                .unwrap()
-                .replace(
+            edit_service(dir, |service| {
+                with_node_ports(service.replace(
                     "type: ClusterIP",
                     &format!("type: LoadBalancer\n  externalIPs: [{EXTERNAL_IP}]"),
-                )
-                .replace(
-                    "targetPort: 8080",
-                    "targetPort: 8080\n      nodePort: 30080",
-                )
-                .replace(
-                    "targetPort: 8053",
-                    "targetPort: 8053\n      nodePort: 30053",
-                )
-                + &format!("status:\n  loadBalancer:\n    ingress:\n      - ip: {LB_IP}\n");
-            example::replace_manifest(dir, SERVICE_FILE, &service).unwrap();
+                )) + &format!("status:\n  loadBalancer:\n    ingress:\n      - ip: {LB_IP}\n")
+            });
         },
         |options| {
             options.extra_args = vec!["--node-address".into(), NODE_ADDR.into()];
@@ -546,19 +549,10 @@ fn a_pod_reaches_a_node_port_and_keeps_session_affinity() {
     let (cgroup, _dir, cluster) = start_with(
         |dir| {
             edit_service(dir, |service| {
-                service
-                    .replace(
-                        "type: ClusterIP",
-                        "type: NodePort\n  sessionAffinity: ClientIP",
-                    )
-                    .replace(
-                        "targetPort: 8080",
-                        "targetPort: 8080\n      nodePort: 30080",
-                    )
-                    .replace(
-                        "targetPort: 8053",
-                        "targetPort: 8053\n      nodePort: 30053",
-                    )
+                with_node_ports(service.replace(
+                    "type: ClusterIP",
+                    "type: NodePort\n  sessionAffinity: ClientIP",
+                ))
             })
         },
         |options| {
