@@ -10,6 +10,9 @@
 //! so the masqueraded connections measure the path, not the port range. Both
 //! reply paths run in the same invocation, each on a topology of its own (node A's agent with
 //! `--reply-path redirect` or `kernel`, which then sets `accept_local`), alternating run by run.
+//!
+//! Each run also takes the run time per program run of node A's programs under its traffic
+//! ([`program_stats`]), with the kernel's run-time statistics on for every run of both paths.
 
 use std::{
     net::SocketAddrV4,
@@ -26,9 +29,10 @@ use crate::{
         error::{io_context, BenchError, Result},
         interrupt,
         options::Plan,
+        program_stats::{AgentPrograms, ProgramCost, StatsEnabled},
         server::BenchServer,
     },
-    cluster::two_node::{Node, TwoNodes},
+    cluster::two_node::{Node, TwoNodes, LAN_IFACE},
 };
 
 /// The bench servers' port in both pods (the pods' own servers use 8080 and 8053).
@@ -52,6 +56,9 @@ pub struct ReplyPathCell {
     pub target: SocketAddrV4,
     pub connections: Vec<ConnectionRun>,
     pub request_response: Vec<RequestResponseRun>,
+    /// Per run (connections and requests/responses together), node A's programs that are
+    /// attached, each with its runs and nanoseconds per run.
+    pub programs: Vec<Vec<ProgramCost>>,
 }
 
 /// The reply paths, in report order.
@@ -105,9 +112,18 @@ pub fn run(plan: &Plan) -> Result<Vec<ReplyPathCell>> {
                 target,
                 connections: Vec::new(),
                 request_response: Vec::new(),
+                programs: Vec::new(),
             });
         }
     }
+    let node_a_programs = clusters
+        .iter()
+        .map(|cluster| {
+            let bpffs_dir = &cluster.agent(Node::A).options().bpffs_dir;
+            AgentPrograms::pinned(bpffs_dir, LAN_IFACE)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let _stats = StatsEnabled::new()?;
     // A round's masqueraded connections hold their ports until the close timeout has passed:
     // the next round starts after it, so no run finds the ports taken.
     let round_gap = Duration::from_nanos(CLOSING_REUSE_NS) + Duration::from_secs(1);
@@ -117,10 +133,12 @@ pub fn run(plan: &Plan) -> Result<Vec<ReplyPathCell>> {
             std::thread::sleep(round_gap.saturating_sub(started.elapsed()));
         }
         started = Instant::now();
-        for (cluster, cells) in clusters.iter().zip(cells.chunks_mut(ENDPOINTS.len())) {
+        let paths = clusters.iter().zip(&node_a_programs);
+        for ((cluster, programs), cells) in paths.zip(cells.chunks_mut(ENDPOINTS.len())) {
             for cell in cells {
                 interrupt::check()?;
                 let target = cell.target;
+                let before = programs.counters()?;
                 let run = cluster
                     .client()
                     .run(|| client::connection_loop(target, plan.window, plan.max_operations))?;
@@ -131,6 +149,8 @@ pub fn run(plan: &Plan) -> Result<Vec<ReplyPathCell>> {
                     .run(|| client::request_response(target, plan.window, plan.max_operations))?
                     .map_err(io_context(context))?;
                 cell.request_response.push(rr);
+                cell.programs
+                    .push(before.costs_until(&programs.counters()?));
             }
         }
     }
