@@ -78,14 +78,15 @@ fn every_variant_and_workload_produces_sane_results() {
         );
         assert_eq!(connections.peer, Some(cell.target.into()), "{cell:?}");
         assert!(cell.request_response[0].transactions > 0, "{cell:?}");
-        // Node A's programs ran on the run's traffic: XDP on every request, the handoff
+        // Node A's programs ran on the requests/responses: XDP on every request, the handoff
         // (redirect only) on every packet in from the LAN, TC ingress on the local pod's
         // replies, TC egress on every packet out; each run took some time.
         let mut expected = vec![Role::Xdp, Role::TcIngress, Role::TcEgress];
         if cell.path == "redirect" {
             expected.insert(1, Role::XdpHandoff);
         }
-        let costs = &cell.programs[0];
+        assert!(cell.programs[0].rate > 0.0, "{cell:?}");
+        let costs = &cell.programs[0].costs;
         let roles: Vec<Role> = costs.iter().map(|c| c.role).collect();
         assert_eq!(roles, expected, "{cell:?}");
         for cost in costs {

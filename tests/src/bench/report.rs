@@ -466,6 +466,7 @@ fn reply_path_section(results: &Results) -> String {
         "New connections (per s)",
         "Connect latency p50 (µs)",
         "Requests/responses (per s)",
+        "Requests/responses, statistics on (per s)",
         "XDP, LAN (ns per run)",
         "TC handoff, LAN (ns per run)",
         "TC ingress, pod veth (ns per run)",
@@ -494,9 +495,17 @@ fn reply_path_section(results: &Results) -> String {
                 ),
             ]
             .into_iter()
+            .chain([cell(
+                of(row.programs.iter().map(|w| w.rate).collect()),
+                number,
+                runs,
+            )])
             .chain(Role::ALL.map(|role| {
-                let ns = row.programs.iter().flatten().filter(|c| c.role == role);
-                cell(of(ns.filter_map(|c| c.ns_per_run).collect()), number, runs)
+                let costs = row.programs.iter().flat_map(|w| &w.costs);
+                let ns = costs
+                    .filter(|c| c.role == role)
+                    .filter_map(|c| c.ns_per_run);
+                cell(of(ns.collect()), number, runs)
             }))
             .collect(),
         );
@@ -509,13 +518,13 @@ fn reply_path_section(results: &Results) -> String {
          (`remote`: masqueraded by node A's XDP program both ways). Node A's agent runs with \
          `--reply-path redirect` (the programs send those packets to the egress device) or \
          `kernel` (the kernel routes them, with `accept_local` set), one topology each, \
-         alternating run by run. The last four columns are node A's programs' run time per \
-         program run over each run's traffic (connections and requests/responses together), \
-         from the kernel's run-time statistics (BPF_ENABLE_STATS, on for both paths alike): \
-         XDP and the handoff on the LAN interface, TC ingress on the pod's veth, TC egress on \
-         both (one program); `–` where a program is not attached or did not run. They count \
-         only the program: the kernel's routing (kernel path) or the redirect's transmit after \
-         the program returns (redirect path) are not in them.\n\n{}\n",
+         alternating run by run. Each run ends with a third window of requests/responses with \
+         the kernel's run-time statistics on (BPF_ENABLE_STATS, held only for that window): \
+         its rate, then node A's programs' run time per program run in it: XDP and the \
+         handoff on the LAN interface, TC ingress on the pod's veth, TC egress on both (one \
+         program); `–` where a program is not attached or did not run. They count only the \
+         program: the kernel's routing (kernel path) or the redirect's transmit after the \
+         program returns (redirect path) are not in them.\n\n{}\n",
         table.render()
     )
 }

@@ -11,8 +11,10 @@
 //! reply paths run in the same invocation, each on a topology of its own (node A's agent with
 //! `--reply-path redirect` or `kernel`, which then sets `accept_local`), alternating run by run.
 //!
-//! Each run also takes the run time per program run of node A's programs under its traffic
-//! ([`program_stats`]), with the kernel's run-time statistics on for every run of both paths.
+//! Each run ends with a third window, requests/responses again with the kernel's run-time
+//! statistics on, for the run time per program run of node A's programs ([`program_stats`]).
+//! The first two windows run with them off, as runs before them did: the statistics add two
+//! clock reads to every program run.
 
 use std::{
     net::SocketAddrV4,
@@ -56,9 +58,17 @@ pub struct ReplyPathCell {
     pub target: SocketAddrV4,
     pub connections: Vec<ConnectionRun>,
     pub request_response: Vec<RequestResponseRun>,
-    /// Per run (connections and requests/responses together), node A's programs that are
-    /// attached, each with its runs and nanoseconds per run.
-    pub programs: Vec<Vec<ProgramCost>>,
+    /// Per run, the window with run-time statistics on.
+    pub programs: Vec<ProgramWindow>,
+}
+
+/// Requests/responses with the kernel's run-time statistics on, and what node A's attached
+/// programs cost meanwhile.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProgramWindow {
+    /// Transactions per second in this window.
+    pub rate: f64,
+    pub costs: Vec<ProgramCost>,
 }
 
 /// The reply paths, in report order.
@@ -123,7 +133,6 @@ pub fn run(plan: &Plan) -> Result<Vec<ReplyPathCell>> {
             AgentPrograms::pinned(bpffs_dir, LAN_IFACE)
         })
         .collect::<Result<Vec<_>>>()?;
-    let _stats = StatsEnabled::new()?;
     // A round's masqueraded connections hold their ports until the close timeout has passed:
     // the next round starts after it, so no run finds the ports taken.
     let round_gap = Duration::from_nanos(CLOSING_REUSE_NS) + Duration::from_secs(1);
@@ -138,19 +147,27 @@ pub fn run(plan: &Plan) -> Result<Vec<ReplyPathCell>> {
             for cell in cells {
                 interrupt::check()?;
                 let target = cell.target;
-                let before = programs.counters()?;
                 let run = cluster
                     .client()
                     .run(|| client::connection_loop(target, plan.window, plan.max_operations))?;
                 cell.connections.push(run);
                 let context = format!("reply path {}: requests to {target}", cell.path);
-                let rr = cluster
-                    .client()
-                    .run(|| client::request_response(target, plan.window, plan.max_operations))?
-                    .map_err(io_context(context))?;
-                cell.request_response.push(rr);
-                cell.programs
-                    .push(before.costs_until(&programs.counters()?));
+                let requests = || {
+                    cluster
+                        .client()
+                        .run(|| client::request_response(target, plan.window, plan.max_operations))?
+                        .map_err(io_context(context.clone()))
+                };
+                cell.request_response.push(requests()?);
+                let stats = StatsEnabled::new()?;
+                let before = programs.counters()?;
+                let rr = requests()?;
+                let costs = before.costs_until(&programs.counters()?);
+                drop(stats);
+                cell.programs.push(ProgramWindow {
+                    rate: rr.rate,
+                    costs,
+                });
             }
         }
     }
