@@ -7,6 +7,7 @@ use lb_tests::{
     bench::{
         self,
         options::Plan,
+        program_stats::Role,
         report,
         results::{ConntrackFill, Method, PacketCase},
         services::ServiceSet,
@@ -77,6 +78,26 @@ fn every_variant_and_workload_produces_sane_results() {
         );
         assert_eq!(connections.peer, Some(cell.target.into()), "{cell:?}");
         assert!(cell.request_response[0].transactions > 0, "{cell:?}");
+        // Node A's programs ran on the requests/responses: XDP on every request, the handoff
+        // (redirect only) on every packet in from the LAN, TC ingress on the local pod's
+        // replies, TC egress on every packet out; each run took some time.
+        let mut expected = vec![Role::Xdp, Role::TcIngress, Role::TcEgress];
+        if cell.path == "redirect" {
+            expected.insert(1, Role::XdpHandoff);
+        }
+        assert!(cell.programs[0].rate > 0.0, "{cell:?}");
+        let costs = &cell.programs[0].costs;
+        let roles: Vec<Role> = costs.iter().map(|c| c.role).collect();
+        assert_eq!(roles, expected, "{cell:?}");
+        for cost in costs {
+            if cost.role == Role::TcIngress && cell.endpoint == "remote" {
+                continue;
+            }
+            assert!(
+                cost.runs > 0 && cost.ns_per_run.is_some_and(|ns| ns > 0.0 && ns < 1e6),
+                "{cost:?} in {cell:?}"
+            );
+        }
     }
 
     // Per conntrack fill, six cases on XDP and on TC; TC egress starts no flow, so five.
@@ -137,6 +158,10 @@ fn every_variant_and_workload_produces_sane_results() {
     let written = report::write(out.path(), &results).unwrap();
     let markdown = std::fs::read_to_string(out.path().join("results.md")).unwrap();
     assert!(markdown.contains("## Headline"), "{markdown}");
+    assert!(
+        markdown.contains("| TC ingress, pod veth (ns per run) |"),
+        "{markdown}"
+    );
     assert!(
         markdown.contains("## Kubernetes sync latency"),
         "{markdown}"

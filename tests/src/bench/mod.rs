@@ -7,7 +7,8 @@
 //! - [`services`]: the N services; [`kube_proxy_rules`]: the baselines' rules for them;
 //!   [`variants`]: programming them for each variant.
 //! - [`workloads`]: traffic through a node namespace ([`server`], [`client`]), per-packet cost
-//!   through BPF_PROG_TEST_RUN ([`test_run`]), the control plane.
+//!   through BPF_PROG_TEST_RUN ([`test_run`]) and under real traffic ([`program_stats`]), the
+//!   control plane.
 //! - [`report`] and [`plot`]: `results.md`, `results.json` and the PNG plots.
 //!
 //! Everything runs in namespaces the benchmark creates, on 198.18.0.0/15; every namespace,
@@ -34,6 +35,8 @@ pub mod kube_proxy_rules;
 pub mod machine;
 #[cfg(feature = "bench")]
 pub mod plot;
+#[cfg(feature = "bench")]
+pub mod program_stats;
 #[cfg(feature = "bench")]
 pub mod report;
 #[cfg(feature = "bench")]

@@ -10,6 +10,7 @@ use std::{
 use super::{
     error::{io_context, Result},
     plot,
+    program_stats::Role,
     results::{ConntrackFill, ControlCell, Method, PacketCase, PacketCell, Results, TrafficCell},
     stats::{percentile, Summary},
     test_run::Hook,
@@ -465,28 +466,49 @@ fn reply_path_section(results: &Results) -> String {
         "New connections (per s)",
         "Connect latency p50 (µs)",
         "Requests/responses (per s)",
+        "Requests/responses, statistics on (per s)",
+        "XDP, LAN (ns per run)",
+        "TC handoff, LAN (ns per run)",
+        "TC ingress, pod veth (ns per run)",
+        "TC egress (ns per run)",
     ]);
     for row in &results.reply_path {
         let of = |values: Vec<f64>| Summary::of(&values);
-        table.row(vec![
-            row.endpoint.to_string(),
-            row.path.to_string(),
-            cell(
-                of(row.connections.iter().map(|r| r.rate).collect()),
+        table.row(
+            vec![
+                row.endpoint.to_string(),
+                row.path.to_string(),
+                cell(
+                    of(row.connections.iter().map(|r| r.rate).collect()),
+                    number,
+                    runs,
+                ),
+                cell(
+                    of(row.connections.iter().map(|r| r.connect_p50_us).collect()),
+                    number,
+                    runs,
+                ),
+                cell(
+                    of(row.request_response.iter().map(|r| r.rate).collect()),
+                    number,
+                    runs,
+                ),
+            ]
+            .into_iter()
+            .chain([cell(
+                of(row.programs.iter().map(|w| w.rate).collect()),
                 number,
                 runs,
-            ),
-            cell(
-                of(row.connections.iter().map(|r| r.connect_p50_us).collect()),
-                number,
-                runs,
-            ),
-            cell(
-                of(row.request_response.iter().map(|r| r.rate).collect()),
-                number,
-                runs,
-            ),
-        ]);
+            )])
+            .chain(Role::ALL.map(|role| {
+                let costs = row.programs.iter().flat_map(|w| &w.costs);
+                let ns = costs
+                    .filter(|c| c.role == role)
+                    .filter_map(|c| c.ns_per_run);
+                cell(of(ns.collect()), number, runs)
+            }))
+            .collect(),
+        );
     }
     format!(
         "## Reply path\n\nAn outside client's TCP traffic to a NodePort of node A in the \
@@ -496,7 +518,13 @@ fn reply_path_section(results: &Results) -> String {
          (`remote`: masqueraded by node A's XDP program both ways). Node A's agent runs with \
          `--reply-path redirect` (the programs send those packets to the egress device) or \
          `kernel` (the kernel routes them, with `accept_local` set), one topology each, \
-         alternating run by run.\n\n{}\n",
+         alternating run by run. Each run ends with a third window of requests/responses with \
+         the kernel's run-time statistics on (BPF_ENABLE_STATS, held only for that window): \
+         its rate, then node A's programs' run time per program run in it: XDP and the \
+         handoff on the LAN interface, TC ingress on the pod's veth, TC egress on both (one \
+         program); `–` where a program is not attached or did not run. They count only the \
+         program: the kernel's routing (kernel path) or the redirect's transmit after the \
+         program returns (redirect path) are not in them.\n\n{}\n",
         table.render()
     )
 }

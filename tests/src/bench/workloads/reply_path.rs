@@ -10,6 +10,11 @@
 //! so the masqueraded connections measure the path, not the port range. Both
 //! reply paths run in the same invocation, each on a topology of its own (node A's agent with
 //! `--reply-path redirect` or `kernel`, which then sets `accept_local`), alternating run by run.
+//!
+//! Each run ends with a third window, requests/responses again with the kernel's run-time
+//! statistics on, for the run time per program run of node A's programs ([`program_stats`]).
+//! The first two windows run with them off, as runs before them did: the statistics add two
+//! clock reads to every program run.
 
 use std::{
     net::SocketAddrV4,
@@ -26,9 +31,10 @@ use crate::{
         error::{io_context, BenchError, Result},
         interrupt,
         options::Plan,
+        program_stats::{AgentPrograms, ProgramCost, StatsEnabled},
         server::BenchServer,
     },
-    cluster::two_node::{Node, TwoNodes},
+    cluster::two_node::{Node, TwoNodes, LAN_IFACE},
 };
 
 /// The bench servers' port in both pods (the pods' own servers use 8080 and 8053).
@@ -52,6 +58,17 @@ pub struct ReplyPathCell {
     pub target: SocketAddrV4,
     pub connections: Vec<ConnectionRun>,
     pub request_response: Vec<RequestResponseRun>,
+    /// Per run, the window with run-time statistics on.
+    pub programs: Vec<ProgramWindow>,
+}
+
+/// Requests/responses with the kernel's run-time statistics on, and what node A's attached
+/// programs cost meanwhile.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProgramWindow {
+    /// Transactions per second in this window.
+    pub rate: f64,
+    pub costs: Vec<ProgramCost>,
 }
 
 /// The reply paths, in report order.
@@ -105,9 +122,17 @@ pub fn run(plan: &Plan) -> Result<Vec<ReplyPathCell>> {
                 target,
                 connections: Vec::new(),
                 request_response: Vec::new(),
+                programs: Vec::new(),
             });
         }
     }
+    let node_a_programs = clusters
+        .iter()
+        .map(|cluster| {
+            let bpffs_dir = &cluster.agent(Node::A).options().bpffs_dir;
+            AgentPrograms::pinned(bpffs_dir, LAN_IFACE)
+        })
+        .collect::<Result<Vec<_>>>()?;
     // A round's masqueraded connections hold their ports until the close timeout has passed:
     // the next round starts after it, so no run finds the ports taken.
     let round_gap = Duration::from_nanos(CLOSING_REUSE_NS) + Duration::from_secs(1);
@@ -117,7 +142,8 @@ pub fn run(plan: &Plan) -> Result<Vec<ReplyPathCell>> {
             std::thread::sleep(round_gap.saturating_sub(started.elapsed()));
         }
         started = Instant::now();
-        for (cluster, cells) in clusters.iter().zip(cells.chunks_mut(ENDPOINTS.len())) {
+        let paths = clusters.iter().zip(&node_a_programs);
+        for ((cluster, programs), cells) in paths.zip(cells.chunks_mut(ENDPOINTS.len())) {
             for cell in cells {
                 interrupt::check()?;
                 let target = cell.target;
@@ -126,11 +152,22 @@ pub fn run(plan: &Plan) -> Result<Vec<ReplyPathCell>> {
                     .run(|| client::connection_loop(target, plan.window, plan.max_operations))?;
                 cell.connections.push(run);
                 let context = format!("reply path {}: requests to {target}", cell.path);
-                let rr = cluster
-                    .client()
-                    .run(|| client::request_response(target, plan.window, plan.max_operations))?
-                    .map_err(io_context(context))?;
-                cell.request_response.push(rr);
+                let requests = || {
+                    cluster
+                        .client()
+                        .run(|| client::request_response(target, plan.window, plan.max_operations))?
+                        .map_err(io_context(context.clone()))
+                };
+                cell.request_response.push(requests()?);
+                let stats = StatsEnabled::new()?;
+                let before = programs.counters()?;
+                let rr = requests()?;
+                let costs = before.costs_until(&programs.counters()?);
+                drop(stats);
+                cell.programs.push(ProgramWindow {
+                    rate: rr.rate,
+                    costs,
+                });
             }
         }
     }
