@@ -258,6 +258,7 @@ fn run(args: RunArgs, kernel_log_level: KernelLogLevel) -> anyhow::Result<()> {
             node: NodeDef {
                 name: node_name,
                 addresses: args.node_addresses,
+                zone: None,
             },
             poll_interval: Duration::from_millis(200),
         },

@@ -1,5 +1,6 @@
-//! This node: its name (which endpoints are local), its addresses (where node ports are
-//! served) and whether load balancers should still send it traffic.
+//! This node: its name (which endpoints are local), its zone (which topology hints apply),
+//! its addresses (where node ports are served) and whether load balancers should still send
+//! it traffic.
 
 use std::net::IpAddr;
 
@@ -7,6 +8,9 @@ use k8s_openapi::api::core::v1::Node;
 
 use super::fields::parse_ip;
 use crate::objects::FieldError;
+
+/// The Node label naming its zone, matched against endpoints' `hints.forZones`.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
 /// The taint the cluster autoscaler puts on a node it is about to delete.
 pub const TO_BE_DELETED_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
@@ -33,10 +37,13 @@ pub struct NodeDef {
     pub name: String,
     /// Addresses that serve node ports.
     pub addresses: Vec<IpAddr>,
+    /// The [`ZONE_LABEL`] label; `None` when unset or empty.
+    pub zone: Option<String>,
 }
 
 impl NodeDef {
-    /// The node's `InternalIP` and `ExternalIP` addresses from `status.addresses`.
+    /// The node's `InternalIP` and `ExternalIP` addresses from `status.addresses`, and its
+    /// zone label.
     pub fn from_k8s(node: &Node) -> Result<NodeDef, FieldError> {
         let name = node
             .metadata
@@ -58,7 +65,18 @@ impl NodeDef {
                 }
             }
         }
-        Ok(NodeDef { name, addresses })
+        let zone = node
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|labels| labels.get(ZONE_LABEL))
+            .filter(|zone| !zone.is_empty())
+            .cloned();
+        Ok(NodeDef {
+            name,
+            addresses,
+            zone,
+        })
     }
 }
 

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec, ServiceStatus};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::fields::{object_name, parse_ip, parse_ips, port_number, protocol};
 use crate::model::Protocol;
@@ -100,6 +100,7 @@ impl ServiceDef {
             ServiceType::ExternalName => Vec::new(),
             _ => cluster_ips(&spec)?,
         };
+        check_traffic_distribution(&namespace, &name, spec.traffic_distribution.as_deref());
         let status = service.status.as_ref();
         Ok(ServiceDef {
             namespace,
@@ -216,6 +217,25 @@ fn traffic_policy(policy: Option<&str>, path: &str) -> Result<TrafficPolicy, Fie
             format!("unknown traffic policy {other:?} (expected Cluster or Local)"),
         )),
     }
+}
+
+/// `spec.trafficDistribution` asks the EndpointSlice controller for topology hints; the
+/// agent, as kube-proxy, follows the hints, not the field (see [`super::endpoints`]). An
+/// unknown value (one newer than this agent) only prefers endpoints, so it is logged and the
+/// Service is served from its hints as usual, not rejected.
+pub(super) fn check_traffic_distribution(namespace: &str, name: &str, value: Option<&str>) -> bool {
+    let known = matches!(
+        value,
+        None | Some("PreferClose" | "PreferSameZone" | "PreferSameNode")
+    );
+    if !known {
+        warn!(
+            "Service {namespace}/{name}: unknown spec.trafficDistribution {:?} (expected \
+             PreferClose, PreferSameZone or PreferSameNode); its endpoints' hints apply as usual",
+            value.unwrap_or_default()
+        );
+    }
+    known
 }
 
 fn affinity_timeout(spec: &ServiceSpec) -> Result<Option<u32>, FieldError> {

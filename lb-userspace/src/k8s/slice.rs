@@ -47,6 +47,11 @@ pub struct EndpointDef {
     pub terminating: bool,
     /// `nodeName`: the node the endpoint runs on.
     pub node_name: Option<String>,
+    /// `hints.forZones[].name`: the zones whose nodes should send this endpoint traffic.
+    pub zone_hints: Vec<String>,
+    /// `hints.forNodes[].name`: the nodes that should send this endpoint traffic
+    /// (`trafficDistribution: PreferSameNode`).
+    pub node_hints: Vec<String>,
 }
 
 impl SliceDef {
@@ -140,12 +145,21 @@ fn endpoints(slice: &EndpointSlice, family: AddressType) -> Result<Vec<EndpointD
             addresses.push(addr);
         }
         let conditions = endpoint.conditions.clone().unwrap_or_default();
+        let hints = endpoint.hints.as_ref();
+        let zone_hints = hints
+            .and_then(|h| h.for_zones.as_deref())
+            .unwrap_or_default();
+        let node_hints = hints
+            .and_then(|h| h.for_nodes.as_deref())
+            .unwrap_or_default();
         defs.push(EndpointDef {
             addr: addresses[0],
             ready: conditions.ready.unwrap_or(true),
             serving: conditions.serving.unwrap_or(true),
             terminating: conditions.terminating.unwrap_or(false),
             node_name: endpoint.node_name.clone(),
+            zone_hints: zone_hints.iter().map(|z| z.name.clone()).collect(),
+            node_hints: node_hints.iter().map(|n| n.name.clone()).collect(),
         });
     }
     Ok(defs)

@@ -101,7 +101,7 @@ pub fn service_frontends(
         .collect();
     let mut frontends_of_service = Vec::new();
     for port in &service.ports {
-        let endpoints = PortEndpoints::select(port, &slices, &node.name);
+        let endpoints = PortEndpoints::select(port, &slices, node);
         let backends = PortBackends::new(service, &endpoints);
         for (frontend, kind) in frontends(service, port, node) {
             frontends_of_service.push((frontend, desired_service(service, port, kind, &backends)));

@@ -9,6 +9,7 @@ use lb_common::Capacity;
 use super::{desired_state, NodeDef, ServiceDef, SliceDef};
 use crate::model::{BackendSet, DesiredService};
 
+mod topology;
 mod translate;
 mod types;
 mod validate;
@@ -29,11 +30,13 @@ fn node(yaml: &str) -> Result<NodeDef, String> {
     NodeDef::from_k8s(&node).map_err(|e| e.to_string())
 }
 
-/// This node in the tests: `node-a` at 198.18.0.1 (and an IPv6 address that is skipped).
+/// This node in the tests: `node-a` in `zone-a` at 198.18.0.1 (and an IPv6 address that is
+/// skipped).
 fn node_a() -> NodeDef {
     NodeDef {
         name: "node-a".into(),
         addresses: vec!["198.18.0.1".parse().unwrap(), "2001:2::1".parse().unwrap()],
+        zone: Some("zone-a".into()),
     }
 }
 

@@ -308,6 +308,7 @@ impl ClusterView {
         NodeDef {
             name: self.node_name.clone(),
             addresses: Vec::new(),
+            zone: None,
         }
     }
 }
