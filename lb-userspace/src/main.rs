@@ -14,7 +14,7 @@ use lb_userspace::agent::{
 };
 use lb_userspace::datapath::{KernelLogLevel, MAX_ENTRIES};
 use lb_userspace::inspect::Snapshot;
-use lb_userspace::k8s::NodeDef;
+use lb_userspace::k8s::{NodeDef, NodePortAddress, NodePortAddresses};
 use lb_userspace::links::{IfacePattern, IfacePatterns};
 use lb_userspace::source::api::access::DEFAULT_SERVICE_ACCOUNT_DIR;
 use lb_userspace::source::api::{ApiAccess, ApiServerUrl};
@@ -91,6 +91,15 @@ struct RunArgs {
     /// File mode: an address of this node that serves NodePort services (repeatable).
     #[arg(long = "node-address", value_name = "IP", requires = "manifests")]
     node_addresses: Vec<IpAddr>,
+    /// kube-proxy's flag: which node addresses serve node ports, `primary` (every address
+    /// of the Node, or every --node-address) or CIDRs (comma-separated or repeated; the
+    /// addresses inside them) [default: primary].
+    #[arg(
+        long = "nodeport-addresses",
+        value_name = "CIDR|primary",
+        value_delimiter = ','
+    )]
+    nodeport_addresses: Vec<NodePortAddress>,
     /// Pod-facing interface to attach the TC ingress and egress programs to (repeatable). Without it,
     /// auto-attach: every interface matching --iface-pattern, as interfaces come and go.
     #[arg(long = "iface", value_name = "NAME")]
@@ -252,12 +261,18 @@ fn run(args: RunArgs, kernel_log_level: KernelLogLevel) -> anyhow::Result<()> {
         Some(name) => name,
         None => hostname().context("--node-name not given and NODE_NAME not set")?,
     };
+    let node_port_addresses = NodePortAddresses::new(&args.nodeport_addresses)
+        .map_err(|e| anyhow::anyhow!("invalid --nodeport-addresses: {e}"))?;
     let source = match args.manifests {
         Some(dir) => SourceConfig::Files {
             dir,
             node: NodeDef {
+                addresses: node_port_addresses.serving(
+                    &node_name,
+                    &args.node_addresses,
+                    &mut false,
+                ),
                 name: node_name,
-                addresses: args.node_addresses,
                 zone: None,
             },
             poll_interval: Duration::from_millis(200),
@@ -269,6 +284,7 @@ fn run(args: RunArgs, kernel_log_level: KernelLogLevel) -> anyhow::Result<()> {
                 service_account_dir: args.k8s_service_account_dir,
             },
             node_name,
+            node_port_addresses,
         },
     };
     let config = RunConfig {
@@ -430,6 +446,42 @@ mod tests {
         assert!(parse(&["--manifests", "/m", "--kubeconfig", "/k"]).is_err());
         assert!(parse(&["--manifests", "/m", "--node-address", "nope"]).is_err());
         assert!(parse(&["--kubeconfig", "/k", "--node-name", "n1"]).is_ok());
+    }
+
+    #[test]
+    fn nodeport_addresses_take_cidrs_or_primary() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["lb-agent", "run"], args].concat());
+        let cidrs = |cli: Cli| match cli.command {
+            Command::Run(args) => NodePortAddresses::new(&args.nodeport_addresses),
+            _ => unreachable!("a run command"),
+        };
+        let both = ["--nodeport-addresses", "198.18.1.0/24,198.18.2.0/24"];
+        assert_eq!(
+            cidrs(parse(&both).unwrap()).unwrap().to_string(),
+            "198.18.1.0/24,198.18.2.0/24"
+        );
+        assert_eq!(
+            cidrs(parse(&[]).unwrap()).unwrap(),
+            NodePortAddresses::Primary
+        );
+        let Err(error) = parse(&["--nodeport-addresses", "198.18.1.0/33"]) else {
+            panic!("an invalid CIDR was accepted");
+        };
+        let error = error.to_string();
+        assert!(
+            error.lines().next().unwrap().contains(
+                "'198.18.1.0/33' for '--nodeport-addresses <CIDR|primary>': \"198.18.1.0/33\" is \
+                 neither a CIDR"
+            ),
+            "{error}"
+        );
+        let mixed = parse(&[
+            "--nodeport-addresses",
+            "primary",
+            "--nodeport-addresses",
+            "10.0.0.0/8",
+        ]);
+        assert!(cidrs(mixed.unwrap()).is_err());
     }
 
     #[test]

@@ -30,7 +30,7 @@ use crate::datapath::{
 };
 use crate::error::Chain;
 use crate::health::SyncHealth;
-use crate::k8s::NodeDef;
+use crate::k8s::{NodeDef, NodePortAddresses};
 use crate::links::{self, IfacePatterns, LinkEvent, NetlinkError};
 use crate::manifests::ManifestDir;
 use crate::metrics::{ListenError, SyncMetrics};
@@ -136,6 +136,8 @@ pub enum SourceConfig {
         /// The kubeconfig, or the in-cluster service account, and the address.
         access: ApiAccess,
         node_name: String,
+        /// Which of the Node's addresses serve node ports.
+        node_port_addresses: NodePortAddresses,
     },
 }
 
@@ -216,6 +218,7 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Resul
         SourceConfig::Kubernetes {
             access: api,
             node_name,
+            node_port_addresses,
         } => {
             let config = access::config(api).await.map_err(ApiSourceError::from)?;
             // A client is made once now so a bad CA fails before anything is loaded; the one
@@ -223,7 +226,9 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Resul
             drop(source::api::client(config.clone())?);
             let service = access::kubernetes_service(api);
             info!("kubernetes mode: node {node_name}");
-            CheckedSource::Api(Box::new(config), service, node_name.clone(), max_endpoints)
+            info!("node ports on: --nodeport-addresses {node_port_addresses}");
+            let node = (node_name.clone(), node_port_addresses.clone());
+            CheckedSource::Api(Box::new(config), service, node, max_endpoints)
         }
     };
     capabilities::check()?;
@@ -272,8 +277,13 @@ enum CheckedSource {
     Files(ManifestDir, Duration),
     /// The API client's configuration (with the explicit address, if one was given), the
     /// `kubernetes` Service's address to prefer once this node translates it, this node's
-    /// name and the slice size limit.
-    Api(Box<kube::Config>, Option<SocketAddrV4>, String, usize),
+    /// name and node port addresses, and the slice size limit.
+    Api(
+        Box<kube::Config>,
+        Option<SocketAddrV4>,
+        (String, NodePortAddresses),
+        usize,
+    ),
 }
 
 impl CheckedSource {
@@ -291,12 +301,19 @@ impl CheckedSource {
                 "manifests",
                 source::files::spawn(dir, poll_interval, metrics),
             ),
-            CheckedSource::Api(mut config, service, node_name, max_endpoints) => {
+            CheckedSource::Api(mut config, service, (node_name, addresses), max_endpoints) => {
                 api_address::choose(&mut config, service, maps, sockets).await;
                 let client = source::api::client(*config)?;
                 (
                     "kubernetes",
-                    source::api::spawn(client, node_name, max_endpoints, metrics, health),
+                    source::api::spawn(
+                        client,
+                        node_name,
+                        addresses,
+                        max_endpoints,
+                        metrics,
+                        health,
+                    ),
                 )
             }
         };

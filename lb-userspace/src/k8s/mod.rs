@@ -6,6 +6,7 @@ mod endpoints;
 mod fields;
 mod frontends;
 pub mod node;
+pub mod nodeport_addresses;
 pub mod service;
 pub mod slice;
 #[cfg(test)]
@@ -14,6 +15,7 @@ pub mod translate;
 
 pub use desired::DesiredTracker;
 pub use node::NodeDef;
+pub use nodeport_addresses::{NodePortAddress, NodePortAddresses};
 pub use service::{ServiceDef, TrafficPolicy, DEFAULT_AFFINITY_TIMEOUT_S};
 pub use slice::{SliceDef, SERVICE_NAME_LABEL};
 pub use translate::{desired_state, owner, service_frontends};

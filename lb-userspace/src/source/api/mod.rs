@@ -28,7 +28,7 @@ use super::{channel, DesiredStates};
 use crate::error::Chain;
 use crate::health::SyncHealth;
 use crate::k8s::node::not_eligible_because;
-use crate::k8s::{NodeDef, ServiceDef, SliceDef};
+use crate::k8s::{NodeDef, NodePortAddresses, ServiceDef, SliceDef};
 use crate::metrics::SyncMetrics;
 pub use access::{AccessError, ApiAccess, ApiServerUrl};
 use state::ClusterView;
@@ -67,6 +67,7 @@ enum Change {
 pub fn spawn(
     client: Client,
     node_name: String,
+    node_port_addresses: NodePortAddresses,
     max_endpoints: usize,
     metrics: SyncMetrics,
     health: SyncHealth,
@@ -93,7 +94,7 @@ pub fn spawn(
 
     let task = tokio::spawn(async move {
         let mut changes = stream::select(stream::select(services, slices), node).boxed();
-        let mut view = ClusterView::new(node_name);
+        let mut view = ClusterView::new(node_name, node_port_addresses);
         while let Some(change) = changes.next().await {
             apply(&mut view, change, max_endpoints, &health);
             while let Some(Some(change)) = changes.next().now_or_never() {

@@ -20,7 +20,9 @@ use kube::runtime::watcher::Event;
 use kube::ResourceExt;
 use tracing::warn;
 
-use crate::k8s::{owner, service_frontends, DesiredTracker, NodeDef, ServiceDef, SliceDef};
+use crate::k8s::{
+    owner, service_frontends, DesiredTracker, NodeDef, NodePortAddresses, ServiceDef, SliceDef,
+};
 use crate::model::{Changed, DesiredService, Frontend};
 use crate::objects::{FieldError, LastValid, ObjectError, ObjectKey, SkippedObject};
 use crate::source::Update;
@@ -116,8 +118,12 @@ pub struct ClusterView {
     pub slices: Watched<SliceDef>,
     pub node: Watched<NodeDef>,
     node_name: String,
+    /// Which of the Node's addresses serve node ports.
+    node_port_addresses: NodePortAddresses,
     /// Whether the missing Node object was reported (once until it appears).
     reported_missing_node: bool,
+    /// Whether it was reported that no address serves node ports (once until one does).
+    reported_no_node_port_address: bool,
     /// The desired state, `None` until every kind is listed.
     desired: Option<DesiredTracker>,
     /// The name of the Service each EndpointSlice belongs to (in the slice's namespace), and
@@ -159,13 +165,15 @@ impl fmt::Display for ChangeSet {
 }
 
 impl ClusterView {
-    pub fn new(node_name: impl Into<String>) -> Self {
+    pub fn new(node_name: impl Into<String>, node_port_addresses: NodePortAddresses) -> Self {
         Self {
             services: Watched::new("Service"),
             slices: Watched::new("EndpointSlice"),
             node: Watched::new("Node"),
             node_name: node_name.into(),
+            node_port_addresses,
             reported_missing_node: false,
+            reported_no_node_port_address: false,
             desired: None,
             slice_owners: HashMap::new(),
             service_slices: HashMap::new(),
@@ -291,11 +299,20 @@ impl ClusterView {
         touched
     }
 
-    /// This node as listed; without a Node object, its name and no addresses (no node ports).
+    /// This node as listed, with the addresses that serve node ports; without a Node
+    /// object, its name and no addresses (no node ports).
     fn node(&mut self) -> NodeDef {
         if let Some(node) = self.node.objects.values().next() {
             self.reported_missing_node = false;
-            return node.clone();
+            let addresses = self.node_port_addresses.serving(
+                &node.name,
+                &node.addresses,
+                &mut self.reported_no_node_port_address,
+            );
+            return NodeDef {
+                addresses,
+                ..node.clone()
+            };
         }
         if !self.reported_missing_node {
             warn!(
@@ -364,7 +381,7 @@ mod tests {
     /// A view with every kind listed: `web` (198.19.0.10:80 -> 198.18.1.1), node-a at
     /// 198.18.0.1; its first change set taken.
     fn listed() -> ClusterView {
-        let mut view = ClusterView::new("node-a");
+        let mut view = ClusterView::new("node-a", NodePortAddresses::default());
         for event in [
             Event::Init,
             Event::InitApply(service("web", "198.19.0.10", "80")),
@@ -409,7 +426,7 @@ mod tests {
 
     #[test]
     fn nothing_is_published_before_every_kind_is_listed() {
-        let mut view = ClusterView::new("node-a");
+        let mut view = ClusterView::new("node-a", NodePortAddresses::default());
         on_service(&mut view, Event::Init);
         on_service(
             &mut view,
