@@ -67,19 +67,21 @@ impl PortEndpoints {
                 })
                 .collect()
         };
+        // The ready endpoints `ready_in` keeps; without one, the serving terminating ones
+        // `terminating_in` keeps.
+        let with_fallback =
+            |ready_in: &dyn Fn(&Conditions) -> bool,
+             terminating_in: &dyn Fn(&Conditions) -> bool| {
+                let ready = pick(&|c| c.ready && ready_in(c));
+                if !ready.is_empty() {
+                    return ready;
+                }
+                pick(&|c| c.serving && c.terminating && terminating_in(c))
+            };
         let topology = Topology::from_hints(conditions.values(), node);
-        let with_fallback = |local_only: bool| {
-            let ready = pick(&|c| {
-                c.ready && (c.local || !local_only) && (local_only || topology.admits(c, node))
-            });
-            if !ready.is_empty() {
-                return ready;
-            }
-            pick(&|c| c.serving && c.terminating && (c.local || !local_only))
-        };
         PortEndpoints {
-            cluster: with_fallback(false),
-            local: with_fallback(true),
+            cluster: with_fallback(&|c| topology.admits(c, node), &|_| true),
+            local: with_fallback(&|c| c.local, &|c| c.local),
         }
     }
 
