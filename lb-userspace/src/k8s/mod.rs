@@ -5,6 +5,7 @@ pub mod desired;
 mod endpoints;
 mod fields;
 mod frontends;
+pub mod health_check;
 pub mod node;
 pub mod service;
 pub mod slice;
@@ -13,6 +14,7 @@ mod tests;
 pub mod translate;
 
 pub use desired::DesiredTracker;
+pub use health_check::health_check;
 pub use node::NodeDef;
 pub use service::{ServiceDef, TrafficPolicy, DEFAULT_AFFINITY_TIMEOUT_S};
 pub use slice::{SliceDef, SERVICE_NAME_LABEL};
