@@ -83,6 +83,8 @@ impl Programmer {
             .apply_changes(&pending.state, &pending.changed, maps);
         // What a failed apply wrote is recorded, but not which frontends it left half done.
         pending.changed = Changed::Everything;
+        // The health checks of a state completely written.
+        let mut programmed = None;
         match applied {
             Ok(summary) => {
                 let since = self.pending_since.take().unwrap_or(started);
@@ -111,16 +113,17 @@ impl Programmer {
                     self.reconciler.programmed_services(),
                     self.reconciler.programmed_backends()
                 );
-                let health_checks = Arc::clone(&pending.state.health_checks);
+                programmed = Some(Arc::clone(&pending.state.health_checks));
                 self.pending = None;
-                self.flush_udp_conntrack(maps);
-                self.health_check_ports.sync(&health_checks).await;
             }
             Err(e) => {
                 self.metrics.failed(&self.reconciler, started.elapsed());
                 error!("reconcile failed, retrying: {}", Chain(&e));
-                self.flush_udp_conntrack(maps);
             }
+        }
+        self.flush_udp_conntrack(maps);
+        if let Some(health_checks) = programmed {
+            self.health_check_ports.sync(&health_checks).await;
         }
     }
 
