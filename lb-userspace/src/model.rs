@@ -12,6 +12,8 @@ use std::sync::Arc;
 use lb_common::service::{backend_flags, scope, service_flags};
 use lb_common::{Backend, ServiceKey, ServiceValue, IPPROTO_TCP, IPPROTO_UDP};
 
+use crate::objects::ObjectKey;
+
 /// Transport protocol the data path balances.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Protocol {
@@ -194,7 +196,7 @@ pub struct BackendSet {
     pub drop_if_empty: bool,
 }
 
-/// Every frontend the node should serve.
+/// Every frontend the node should serve, and the health check node ports it answers on.
 ///
 /// Services are shared (`Arc`): a source that recomputes only what changed hands on the same
 /// `Arc` for every other frontend, and the reconciler skips a frontend whose service is the
@@ -202,6 +204,18 @@ pub struct BackendSet {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DesiredState {
     pub services: BTreeMap<Frontend, Arc<DesiredService>>,
+    /// Per Service (namespace and name); the same `Arc` while no health check changed, so
+    /// the agent compares them only after a change.
+    pub health_checks: Arc<BTreeMap<ObjectKey, HealthCheck>>,
+}
+
+/// A Service's `healthCheckNodePort` (a LoadBalancer with `externalTrafficPolicy: Local`),
+/// where cloud load balancers ask whether this node has endpoints of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub port: u16,
+    /// Ready endpoints on this node, counted by address (kube-proxy's count).
+    pub local_endpoints: usize,
 }
 
 impl DesiredState {

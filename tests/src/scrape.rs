@@ -15,11 +15,23 @@ pub const HEALTHZ_ADDR: &str = "127.0.0.1:10256";
 /// How long a request may take.
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Status code and body of an HTTP response.
+/// Status code, headers and body of an HTTP response.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Response {
     pub status: u16,
+    /// Names in lower case, in the order received.
+    pub headers: Vec<(String, String)>,
     pub body: String,
+}
+
+impl Response {
+    /// The value of header `name` (lower case), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// `GET path` on `addr` (HTTP/1.1, one request per connection).
@@ -41,13 +53,21 @@ pub fn get(addr: &str, path: &str) -> io::Result<Response> {
     let (head, body) = raw
         .split_once("\r\n\r\n")
         .ok_or_else(|| invalid("no end of headers"))?;
-    let status = head
-        .split(' ')
-        .nth(1)
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
         .and_then(|code| code.parse().ok())
         .ok_or_else(|| invalid("no status code"))?;
+    let headers = lines
+        .map(|line| {
+            let (name, value) = line.split_once(':').ok_or_else(|| invalid("bad header"))?;
+            Ok((name.to_ascii_lowercase(), value.trim().to_string()))
+        })
+        .collect::<io::Result<_>>()?;
     Ok(Response {
         status,
+        headers,
         body: body.to_string(),
     })
 }

@@ -7,6 +7,7 @@ mod auto_attach;
 mod capabilities;
 mod cleanup;
 mod forwarding;
+mod health_check_ports;
 mod masquerade;
 mod programming;
 mod socket_lb;
@@ -425,10 +426,12 @@ async fn serve(
                     break Err(AgentError::SourceStopped(source.name));
                 };
                 programmer.want(update);
-                programmer.apply(datapath.maps());
+                programmer.apply(datapath.maps()).await;
             }
-            _ = retry.tick(), if programmer.has_pending() => programmer.apply(datapath.maps()),
-            _ = resync.tick() => programmer.resync(datapath.maps()),
+            _ = retry.tick(), if programmer.has_pending() => {
+                programmer.apply(datapath.maps()).await;
+            }
+            _ = resync.tick() => programmer.resync(datapath.maps()).await,
             event = next_link_event(&mut auto_attach) => match (event, &mut auto_attach) {
                 (Ok(event), Some(auto_attach)) => auto_attach.handle(event, &mut datapath),
                 (Err(e), _) => break Err(e.into()),

@@ -1,11 +1,14 @@
 //! Desired states -> maps: adopts what the pinned maps hold, applies the latest state
 //! (retrying a failed write), resyncs the maps periodically, logs the lines operators and
-//! tests read, and records metrics and health.
+//! tests read, records metrics and health, and serves the health check node ports of what
+//! it programmed.
 
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use tracing::{error, info, warn};
 
+use super::health_check_ports::HealthCheckPorts;
 use crate::datapath::{Capacities, DatapathMaps};
 use crate::error::Chain;
 use crate::health::SyncHealth;
@@ -28,6 +31,7 @@ pub(super) struct Programmer {
     pending_since: Option<Instant>,
     metrics: SyncMetrics,
     health: SyncHealth,
+    health_check_ports: HealthCheckPorts,
 }
 
 impl Programmer {
@@ -38,6 +42,7 @@ impl Programmer {
             adopted: false,
             pending: None,
             pending_since: None,
+            health_check_ports: HealthCheckPorts::new(health.clone(), metrics.clone()),
             metrics,
             health,
         }
@@ -63,8 +68,9 @@ impl Programmer {
 
     /// Writes the pending state; logs `ready: programmed N services, M backends` once it is
     /// completely written, or the failure (the state stays pending for a retry). Then flushes
-    /// the UDP flows of backends that left, outside the time programming is measured by.
-    pub(super) fn apply(&mut self, maps: &mut DatapathMaps) {
+    /// the UDP flows of backends that left, outside the time programming is measured by, and
+    /// updates the health check node ports.
+    pub(super) async fn apply(&mut self, maps: &mut DatapathMaps) {
         if self.pending.is_none() || !self.adopt(maps) {
             return;
         }
@@ -77,6 +83,8 @@ impl Programmer {
             .apply_changes(&pending.state, &pending.changed, maps);
         // What a failed apply wrote is recorded, but not which frontends it left half done.
         pending.changed = Changed::Everything;
+        // The health checks of a state completely written.
+        let mut programmed = None;
         match applied {
             Ok(summary) => {
                 let since = self.pending_since.take().unwrap_or(started);
@@ -105,6 +113,7 @@ impl Programmer {
                     self.reconciler.programmed_services(),
                     self.reconciler.programmed_backends()
                 );
+                programmed = Some(Arc::clone(&pending.state.health_checks));
                 self.pending = None;
             }
             Err(e) => {
@@ -113,6 +122,9 @@ impl Programmer {
             }
         }
         self.flush_udp_conntrack(maps);
+        if let Some(health_checks) = programmed {
+            self.health_check_ports.sync(&health_checks).await;
+        }
     }
 
     /// Deletes the UDP flows of backends that left their services; a failure is retried by
@@ -125,8 +137,10 @@ impl Programmer {
         }
     }
 
-    /// Reads the maps back and repairs whatever differs from what was written.
-    pub(super) fn resync(&mut self, maps: &mut DatapathMaps) {
+    /// Reads the maps back and repairs whatever differs from what was written; tries the
+    /// health check node ports that could not be opened again.
+    pub(super) async fn resync(&mut self, maps: &mut DatapathMaps) {
+        self.health_check_ports.open_unbound().await;
         if !self.adopt(maps) {
             return;
         }

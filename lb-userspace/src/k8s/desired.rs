@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use tracing::warn;
 
-use crate::model::{DesiredService, DesiredState, Frontend};
+use crate::model::{DesiredService, DesiredState, Frontend, HealthCheck};
 use crate::objects::ObjectKey;
 
 /// A desired state and, per Service, the frontends it claims.
@@ -52,8 +52,14 @@ impl DesiredTracker {
     }
 
     /// Replaces what `service` claims with `frontends` (empty for a deleted or unproxied
-    /// Service).
-    pub fn update(&mut self, service: ObjectKey, frontends: Vec<(Frontend, DesiredService)>) {
+    /// Service) and its health check.
+    pub fn update(
+        &mut self,
+        service: ObjectKey,
+        frontends: Vec<(Frontend, DesiredService)>,
+        health_check: Option<HealthCheck>,
+    ) {
+        self.set_health_check(&service, health_check);
         let claimed: Vec<(Frontend, Arc<DesiredService>)> = frontends
             .into_iter()
             .map(|(frontend, desired)| (frontend, Arc::new(desired)))
@@ -70,6 +76,19 @@ impl DesiredTracker {
         if !claimed.is_empty() {
             self.claims.insert(service, claimed);
         }
+    }
+
+    /// Changes the health checks' `Arc` only when `service`'s changed, so an unchanged one
+    /// tells the agent there is nothing to compare.
+    fn set_health_check(&mut self, service: &ObjectKey, health_check: Option<HealthCheck>) {
+        if self.state.health_checks.get(service) == health_check.as_ref() {
+            return;
+        }
+        let checks = Arc::make_mut(&mut Arc::make_mut(&mut self.state).health_checks);
+        match health_check {
+            Some(check) => checks.insert(service.clone(), check),
+            None => checks.remove(service),
+        };
     }
 
     /// `service` claims `frontend`: it owns it unless a Service first by namespace and name
@@ -187,17 +206,17 @@ mod tests {
         for order in [["a", "b"], ["b", "a"]] {
             let mut tracker = DesiredTracker::default();
             for name in order {
-                tracker.update(service(name), claim(name, &[80, 81]));
+                tracker.update(service(name), claim(name, &[80, 81]), None);
             }
             assert_eq!(owners(&tracker), [(80, "a".into()), (81, "a".into())]);
 
             // The owner lets go of 80: the other claimant takes it over.
-            tracker.update(service("a"), claim("a", &[81]));
+            tracker.update(service("a"), claim("a", &[81]), None);
             assert_eq!(owners(&tracker), [(80, "b".into()), (81, "a".into())]);
             // Deleted: everything goes to the one left.
-            tracker.update(service("a"), Vec::new());
+            tracker.update(service("a"), Vec::new(), None);
             assert_eq!(owners(&tracker), [(80, "b".into()), (81, "b".into())]);
-            tracker.update(service("b"), Vec::new());
+            tracker.update(service("b"), Vec::new(), None);
             assert!(owners(&tracker).is_empty());
             assert!(tracker.contested.is_empty() && tracker.claims.is_empty());
         }
@@ -206,14 +225,36 @@ mod tests {
     #[test]
     fn an_unchanged_service_keeps_its_arc() {
         let mut tracker = DesiredTracker::default();
-        tracker.update(service("a"), claim("a", &[80]));
-        tracker.update(service("b"), claim("b", &[90]));
+        tracker.update(service("a"), claim("a", &[80]), None);
+        tracker.update(service("b"), claim("b", &[90]), None);
         let before = Arc::clone(&tracker.state().services[&frontend(80)]);
-        tracker.update(service("b"), claim("b", &[91]));
+        tracker.update(service("b"), claim("b", &[91]), None);
         assert!(Arc::ptr_eq(
             &before,
             &tracker.state().services[&frontend(80)]
         ));
         assert_eq!(owners(&tracker), [(80, "a".into()), (91, "b".into())]);
+    }
+
+    #[test]
+    fn the_health_checks_change_their_arc_only_when_one_changes() {
+        let mut tracker = DesiredTracker::default();
+        let check = |local_endpoints| HealthCheck {
+            port: 32000,
+            local_endpoints,
+        };
+        tracker.update(service("a"), claim("a", &[80]), Some(check(0)));
+        let before = Arc::clone(&tracker.state().health_checks);
+        tracker.update(service("a"), claim("a", &[81]), Some(check(0)));
+        tracker.update(service("b"), claim("b", &[90]), None);
+        assert!(Arc::ptr_eq(&before, &tracker.state().health_checks));
+
+        tracker.update(service("a"), claim("a", &[81]), Some(check(2)));
+        assert_eq!(
+            tracker.state().health_checks.get(&service("a")),
+            Some(&check(2))
+        );
+        tracker.update(service("a"), Vec::new(), None);
+        assert!(tracker.state().health_checks.is_empty());
     }
 }

@@ -5,6 +5,7 @@ pub mod desired;
 mod endpoints;
 mod fields;
 mod frontends;
+pub mod health_check;
 pub mod node;
 pub mod nodeport_addresses;
 pub mod service;
@@ -14,6 +15,7 @@ mod tests;
 pub mod translate;
 
 pub use desired::DesiredTracker;
+pub use health_check::health_check;
 pub use node::NodeDef;
 pub use nodeport_addresses::{NodePortAddress, NodePortAddresses};
 pub use service::{ServiceDef, TrafficPolicy, DEFAULT_AFFINITY_TIMEOUT_S};

@@ -40,6 +40,9 @@ pub struct ServiceDef {
     pub internal_policy: TrafficPolicy,
     /// `sessionAffinity: ClientIP` timeout in seconds; `None` without affinity.
     pub affinity_timeout_s: Option<u32>,
+    /// `spec.healthCheckNodePort` (0 counts as unset); served only for a LoadBalancer with
+    /// `externalTrafficPolicy: Local` ([`super::health_check`]).
+    pub health_check_node_port: Option<u16>,
 }
 
 /// `spec.type`.
@@ -119,6 +122,11 @@ impl ServiceDef {
                 "spec.internalTrafficPolicy",
             )?,
             affinity_timeout_s: affinity_timeout(&spec)?,
+            health_check_node_port: spec
+                .health_check_node_port
+                .filter(|port| *port != 0)
+                .map(|port| port_number(port, "spec.healthCheckNodePort"))
+                .transpose()?,
         })
     }
 }

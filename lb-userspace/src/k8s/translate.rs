@@ -1,4 +1,5 @@
-//! Services + EndpointSlices + this node -> desired state, with kube-proxy's rules:
+//! Services + EndpointSlices + this node -> desired state (frontends, and health checks:
+//! [`super::health_check`]), with kube-proxy's rules:
 //! - headless and ExternalName services (no cluster IP) are not proxied at all;
 //! - a service port takes the endpoints of the slices labelled with the service's name in
 //!   its namespace (selector-less services included: their slices are made by hand);
@@ -21,6 +22,7 @@ use tracing::{debug, warn};
 use super::desired::DesiredTracker;
 use super::endpoints::PortEndpoints;
 use super::frontends::{frontends, FrontendKind};
+use super::health_check::health_check;
 use super::node::NodeDef;
 use super::service::{PortDef, ServiceDef, TrafficPolicy};
 use super::slice::{AddressType, SliceDef, SERVICE_NAME_LABEL};
@@ -43,7 +45,8 @@ pub fn desired_state<'a>(
     for service in services {
         let key = ObjectKey::new(&service.namespace, &service.name);
         let slices = slices_by_service.get(&key).map_or(&[][..], Vec::as_slice);
-        tracker.update(key, service_frontends(service, slices, node));
+        let check = health_check(service, slices, node);
+        tracker.update(key, service_frontends(service, slices, node), check);
     }
     tracker.into_state()
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::header::{HeaderValue, CONTENT_TYPE, X_CONTENT_TYPE_OPTIONS};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
@@ -92,9 +92,13 @@ pub(crate) fn text(status: StatusCode, body: String) -> Response<Body> {
     response(status, "text/plain; charset=utf-8", body)
 }
 
-/// A JSON response.
+/// A JSON response, with kube-proxy's `X-Content-Type-Options: nosniff`.
 pub(crate) fn json(status: StatusCode, body: String) -> Response<Body> {
-    response(status, "application/json", body)
+    let mut response = response(status, "application/json", body);
+    response
+        .headers_mut()
+        .insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    response
 }
 
 /// A response with a content type.

@@ -66,6 +66,8 @@ pub struct SyncMetrics {
     services: Gauge,
     backends: Gauge,
     invalid_objects: Gauge,
+    health_check_ports: Gauge,
+    health_check_ports_unbound: Gauge,
     counted: CountedServices,
 }
 
@@ -92,6 +94,8 @@ impl SyncMetrics {
             services: Gauge::default(),
             backends: Gauge::default(),
             invalid_objects: Gauge::default(),
+            health_check_ports: Gauge::default(),
+            health_check_ports_unbound: Gauge::default(),
             counted: CountedServices::default(),
         };
         let help_programming = "Time from the source publishing a change (API event or \
@@ -138,6 +142,17 @@ impl SyncMetrics {
                     "lbagent_invalid_objects",
                     "Services and EndpointSlices (and the Node) skipped as invalid by the source",
                     metrics.invalid_objects
+                ),
+                (
+                    "lbagent_health_check_node_ports",
+                    "healthCheckNodePorts served",
+                    metrics.health_check_ports
+                ),
+                (
+                    "lbagent_health_check_node_ports_unbound",
+                    "healthCheckNodePorts that could not be opened (another process holds \
+                     them; tried again at every sync)",
+                    metrics.health_check_ports_unbound
                 ),
             ]
         );
@@ -218,6 +233,12 @@ impl SyncMetrics {
     /// The source currently skips `count` invalid objects.
     pub fn invalid_objects(&self, count: usize) {
         self.invalid_objects.set(count as i64);
+    }
+
+    /// `serving` health check node ports are open, `unbound` could not be opened.
+    pub fn health_check_ports(&self, serving: usize, unbound: usize) {
+        self.health_check_ports.set(serving as i64);
+        self.health_check_ports_unbound.set(unbound as i64);
     }
 
     fn record_programmed(&self, reconciler: &Reconciler, labels_changed: bool) {

@@ -9,6 +9,7 @@ use lb_common::Capacity;
 use super::{desired_state, NodeDef, ServiceDef, SliceDef};
 use crate::model::{BackendSet, DesiredService};
 
+mod health_check;
 mod topology;
 mod translate;
 mod types;

@@ -76,6 +76,16 @@ fn invalid_service_fields_are_named() {
              sessionAffinityConfig: {clientIP: {timeoutSeconds: 0}}",
             "spec.sessionAffinityConfig.clientIP.timeoutSeconds: 0 is out of range (1..=86400)",
         ),
+        (
+            "clusterIP: 198.19.0.10",
+            "clusterIP: 198.19.0.10\n  healthCheckNodePort: 65536",
+            "spec.healthCheckNodePort: 65536 is not a port (1..=65535)",
+        ),
+        (
+            "clusterIP: 198.19.0.10",
+            "clusterIP: 198.19.0.10\n  healthCheckNodePort: -1",
+            "spec.healthCheckNodePort: -1 is not a port (1..=65535)",
+        ),
     ];
     for (from, to, expected) in cases {
         let yaml = WEB.replace(from, to);

@@ -21,9 +21,10 @@ use kube::ResourceExt;
 use tracing::warn;
 
 use crate::k8s::{
-    owner, service_frontends, DesiredTracker, NodeDef, NodePortAddresses, ServiceDef, SliceDef,
+    health_check, owner, service_frontends, DesiredTracker, NodeDef, NodePortAddresses, ServiceDef,
+    SliceDef,
 };
-use crate::model::{Changed, DesiredService, Frontend};
+use crate::model::{Changed, DesiredService, Frontend, HealthCheck};
 use crate::objects::{FieldError, LastValid, ObjectError, ObjectKey, SkippedObject};
 use crate::source::Update;
 
@@ -230,7 +231,8 @@ impl ClusterView {
         };
         let mut desired = self.desired.take().unwrap_or_default();
         for service in dirty {
-            desired.update(service.clone(), self.frontends_of(&service, &node));
+            let (frontends, health_check) = self.translate(&service, &node);
+            desired.update(service, frontends, health_check);
         }
         let (state, frontends) = desired.publish();
         self.desired = Some(desired);
@@ -241,10 +243,14 @@ impl ClusterView {
         Some((change_set, Update { state, changed }))
     }
 
-    /// The frontends `service` claims now (none once it is deleted).
-    fn frontends_of(&self, service: &ObjectKey, node: &NodeDef) -> Vec<(Frontend, DesiredService)> {
+    /// The frontends `service` claims now and its health check (none once it is deleted).
+    fn translate(
+        &self,
+        service: &ObjectKey,
+        node: &NodeDef,
+    ) -> (Vec<(Frontend, DesiredService)>, Option<HealthCheck>) {
         let Some(definition) = self.services.objects.get(service) else {
-            return Vec::new();
+            return (Vec::new(), None);
         };
         let slices: Vec<&SliceDef> = self
             .service_slices
@@ -256,7 +262,10 @@ impl ClusterView {
                 self.slices.objects.get(&slice)
             })
             .collect();
-        service_frontends(definition, &slices, node)
+        (
+            service_frontends(definition, &slices, node),
+            health_check(definition, &slices, node),
+        )
     }
 
     /// Records which Service every EndpointSlice belongs to.

@@ -238,7 +238,13 @@ fn sharing_unchanged(before: DesiredState, after: DesiredState) -> [DesiredState
             _ => (frontend, service),
         })
         .collect();
-    [before, DesiredState { services }]
+    [
+        before,
+        DesiredState {
+            services,
+            ..DesiredState::default()
+        },
+    ]
 }
 
 fn control_plane_netns() -> Result<NetNs> {
