@@ -12,6 +12,7 @@ pub mod health;
 pub mod inspect;
 pub mod k8s;
 pub mod links;
+pub mod maglev;
 pub mod manifests;
 pub mod metrics;
 pub mod model;

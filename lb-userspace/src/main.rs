@@ -16,6 +16,8 @@ use lb_userspace::datapath::{KernelLogLevel, MAX_ENTRIES};
 use lb_userspace::inspect::Snapshot;
 use lb_userspace::k8s::{NodeDef, NodePortAddress, NodePortAddresses};
 use lb_userspace::links::{IfacePattern, IfacePatterns};
+use lb_userspace::maglev::TableSize;
+use lb_userspace::model::Algorithm;
 use lb_userspace::source::api::access::DEFAULT_SERVICE_ACCOUNT_DIR;
 use lb_userspace::source::api::{ApiAccess, ApiServerUrl};
 use lb_userspace::{Capacities, DatapathMaps};
@@ -155,6 +157,15 @@ struct RunArgs {
     /// arrive on (the agent writes it under --proc-sys-net-dir).
     #[arg(long, value_enum, default_value_t = ReplyPath::Redirect)]
     reply_path: ReplyPath,
+    /// How new flows pick a backend where a Service's `lb-agent/lb-algorithm` annotation does
+    /// not say: `random` (flow hash modulo the backend count) or `maglev` (a consistent-hash
+    /// table: the same backend on every node, few flows move when endpoints change).
+    #[arg(long, value_enum, default_value_t = Algorithm::Random)]
+    lb_algorithm: Algorithm,
+    /// Entries of each Maglev Service port's table (a prime): one backend slot each, so each
+    /// Maglev Service port with endpoints takes this many of --max-backend-slots.
+    #[arg(long, value_name = "PRIME", default_value_t = TableSize::DEFAULT)]
+    maglev_table_size: TableSize,
     /// The node's `net.*` sysctls: ip_forward is read there, and with --reply-path kernel
     /// accept_local written (in a container, whose own /proc/sys is read-only, the node's
     /// /proc/sys/net mounted writable).
@@ -313,6 +324,8 @@ fn run(args: RunArgs, kernel_log_level: KernelLogLevel) -> anyhow::Result<()> {
         iface_patterns: IfacePatterns::new(args.iface_patterns),
         bpffs_dir: args.bpffs_dir,
         reply_path: args.reply_path,
+        lb_algorithm: args.lb_algorithm,
+        maglev_table_size: args.maglev_table_size,
         proc_sys_net_dir: args.proc_sys_net_dir,
         capacities: args.map_sizes.0,
         resync_interval: args.resync_interval,

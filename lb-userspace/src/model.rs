@@ -142,6 +142,21 @@ pub struct DesiredService {
     pub internal: Arc<BackendSet>,
     /// `sessionAffinity: ClientIP`: a client sticks to its backend for this many seconds.
     pub affinity_timeout_s: Option<u32>,
+    /// How new flows pick a backend, when the Service says (its annotation); `None` takes the
+    /// node's `--lb-algorithm`.
+    pub algorithm: Option<Algorithm>,
+}
+
+/// How new flows pick among a frontend's backends (affinity, where set, comes first).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Algorithm {
+    /// The flow hash modulo the backend count: even spread, but a changed backend set moves
+    /// most flows' choice.
+    #[default]
+    Random,
+    /// The flow hash into a Maglev table ([`crate::maglev`]): the same choice on every node
+    /// for the same endpoints, and about 1/N of choices move when one of N leaves.
+    Maglev,
 }
 
 impl DesiredService {
@@ -156,6 +171,7 @@ impl DesiredService {
             external: Arc::clone(&backends),
             internal: backends,
             affinity_timeout_s: None,
+            algorithm: None,
         }
     }
 

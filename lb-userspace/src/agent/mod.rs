@@ -33,9 +33,11 @@ use crate::error::Chain;
 use crate::health::SyncHealth;
 use crate::k8s::{NodeDef, NodePortAddresses};
 use crate::links::{self, IfacePatterns, LinkEvent, NetlinkError};
+use crate::maglev::TableSize;
 use crate::manifests::ManifestDir;
 use crate::metrics::{ListenError, SyncMetrics};
-use crate::reconciler::MapWriteError;
+use crate::model::Algorithm;
+use crate::reconciler::{MapWriteError, Reconciler};
 use crate::source::api::{access, ApiAccess, ApiSourceError};
 use crate::source::{self, DesiredStates};
 pub use accept_local::{AcceptLocalError, DEFAULT_PROC_SYS_NET_DIR};
@@ -71,6 +73,9 @@ pub struct RunConfig {
     pub socket_lb: SocketLb,
     /// How translated replies and masqueraded packets leave the node.
     pub reply_path: ReplyPath,
+    /// Backend selection of services that do not choose one.
+    pub lb_algorithm: Algorithm,
+    pub maglev_table_size: TableSize,
     /// Maps are pinned under `<bpffs_dir>/maps/`.
     pub bpffs_dir: PathBuf,
     /// The node's `net.*` sysctls (`/proc/sys/net`, or the node's mounted into a container,
@@ -411,7 +416,14 @@ async fn serve(
             telemetry.health(),
         )
         .await?;
-    let mut programmer = Programmer::new(&config.capacities, telemetry.sync(), telemetry.health());
+    let reconciler = Reconciler::new(&config.capacities)
+        .with_selection(config.lb_algorithm, config.maglev_table_size);
+    let mut programmer = Programmer::new(
+        &config.capacities,
+        reconciler,
+        telemetry.sync(),
+        telemetry.health(),
+    );
     let mut retry = tokio::time::interval(RETRY_INTERVAL);
     retry.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut resync = tokio::time::interval(config.resync_interval);

@@ -35,10 +35,15 @@ pub(super) struct Programmer {
 }
 
 impl Programmer {
-    pub(super) fn new(capacities: &Capacities, metrics: SyncMetrics, health: SyncHealth) -> Self {
+    pub(super) fn new(
+        capacities: &Capacities,
+        reconciler: Reconciler,
+        metrics: SyncMetrics,
+        health: SyncHealth,
+    ) -> Self {
         Self {
             capacities: *capacities,
-            reconciler: Reconciler::new(capacities),
+            reconciler,
             adopted: false,
             pending: None,
             pending_since: None,
@@ -176,7 +181,7 @@ impl Programmer {
                     reconciler.programmed_backends(),
                     started.elapsed().as_secs_f64() * 1000.0
                 );
-                self.reconciler = reconciler;
+                self.reconciler = reconciler.with_selection_of(&self.reconciler);
                 self.adopted = true;
             }
             Err(e) => error!("adopting the pinned maps failed, retrying: {}", Chain(&e)),

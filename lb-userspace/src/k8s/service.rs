@@ -10,13 +10,16 @@ use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec, ServiceStatu
 use tracing::{debug, warn};
 
 use super::fields::{object_name, parse_ip, parse_ips, port_number, protocol};
-use crate::model::Protocol;
+use crate::model::{Algorithm, Protocol};
 use crate::objects::FieldError;
 
 /// `sessionAffinityConfig.clientIP.timeoutSeconds` when unset (3 hours, as Kubernetes).
 pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
 /// The longest affinity timeout Kubernetes accepts (one day).
 const MAX_AFFINITY_TIMEOUT_S: i32 = 86_400;
+/// The annotation that chooses a Service's backend selection (`random` or `maglev`) over the
+/// node's `--lb-algorithm`.
+pub const LB_ALGORITHM_ANNOTATION: &str = "lb-agent/lb-algorithm";
 
 /// A Service reduced to its frontends and policies.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,6 +43,8 @@ pub struct ServiceDef {
     pub internal_policy: TrafficPolicy,
     /// `sessionAffinity: ClientIP` timeout in seconds; `None` without affinity.
     pub affinity_timeout_s: Option<u32>,
+    /// The [`LB_ALGORITHM_ANNOTATION`]; `None` without it.
+    pub algorithm: Option<Algorithm>,
     /// `spec.healthCheckNodePort` (0 counts as unset); served only for a LoadBalancer with
     /// `externalTrafficPolicy: Local` ([`super::health_check`]).
     pub health_check_node_port: Option<u16>,
@@ -122,6 +127,7 @@ impl ServiceDef {
                 "spec.internalTrafficPolicy",
             )?,
             affinity_timeout_s: affinity_timeout(&spec)?,
+            algorithm: algorithm(service)?,
             health_check_node_port: spec
                 .health_check_node_port
                 .filter(|port| *port != 0)
@@ -244,6 +250,25 @@ pub(super) fn check_traffic_distribution(namespace: &str, name: &str, value: Opt
         );
     }
     known
+}
+
+fn algorithm(service: &Service) -> Result<Option<Algorithm>, FieldError> {
+    let Some(value) = service
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(LB_ALGORITHM_ANNOTATION))
+    else {
+        return Ok(None);
+    };
+    clap::ValueEnum::from_str(value, false)
+        .map(Some)
+        .map_err(|_| {
+            FieldError::new(
+                format!("metadata.annotations[{LB_ALGORITHM_ANNOTATION}]"),
+                format!("unknown algorithm {value:?} (expected random or maglev)"),
+            )
+        })
 }
 
 fn affinity_timeout(spec: &ServiceSpec) -> Result<Option<u32>, FieldError> {

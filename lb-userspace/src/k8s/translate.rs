@@ -169,5 +169,6 @@ fn desired_service(
         external,
         internal,
         affinity_timeout_s: service.affinity_timeout_s,
+        algorithm: service.algorithm,
     }
 }

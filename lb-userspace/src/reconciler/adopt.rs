@@ -26,6 +26,7 @@ use super::{
     failed, MapReader, MapWriter, ProgrammedService, ReconcileError, Reconciler, SlotGroup,
 };
 use super::{Drift, Repair};
+use crate::maglev::TableSize;
 use crate::model::{unmap_addr, Frontend, Protocol, SCOPES};
 use lb_common::Capacities;
 
@@ -159,6 +160,8 @@ impl Reconciler {
             backends: adopted_backends,
             udp_flush: BTreeSet::new(),
             rejected: BTreeSet::new(),
+            default_algorithm: Default::default(),
+            maglev_table_size: TableSize::DEFAULT,
         };
         Ok((reconciler, repairs))
     }

@@ -35,13 +35,15 @@ mod slots;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
 use lb_common::{BackendSlotKey, ServiceKey, ServiceValue};
 
+use crate::maglev::{self, TableSize};
 use crate::model::{
-    Changed, DesiredService, DesiredState, Frontend, Protocol, ServicePortName, SCOPES,
+    Algorithm, Changed, DesiredService, DesiredState, Endpoint, Frontend, Protocol,
+    ServicePortName, SCOPES,
 };
 use backends::{describe, Backends};
 pub use error::{CapacityError, MapWriteError, ReconcileError};
@@ -128,6 +130,10 @@ pub struct Reconciler {
     udp_flush: BTreeSet<(u32, u32)>,
     /// Frontends rejected for capacity: planned again by every apply until they fit.
     rejected: BTreeSet<Frontend>,
+    /// The algorithm of services that do not choose one (`--lb-algorithm`).
+    default_algorithm: Algorithm,
+    /// The slots of a Maglev group with backends (`--maglev-table-size`).
+    maglev_table_size: TableSize,
 }
 
 /// A frontend as written to the maps.
@@ -214,7 +220,30 @@ impl Reconciler {
             backends: Backends::new(capacities.backends),
             udp_flush: BTreeSet::new(),
             rejected: BTreeSet::new(),
+            default_algorithm: Algorithm::default(),
+            maglev_table_size: TableSize::DEFAULT,
         }
+    }
+
+    /// The same, with the node's backend selection for services that choose none, and the
+    /// Maglev table size.
+    pub fn with_selection(self, default_algorithm: Algorithm, maglev_table_size: TableSize) -> Self {
+        Self {
+            default_algorithm,
+            maglev_table_size,
+            ..self
+        }
+    }
+
+    /// The same, with `other`'s backend selection (for a reconciler that adopted the maps).
+    pub fn with_selection_of(self, other: &Reconciler) -> Self {
+        self.with_selection(other.default_algorithm, other.maglev_table_size)
+    }
+
+    /// The Maglev table size of `service`, if it uses Maglev.
+    fn maglev_size(&self, service: &DesiredService) -> Option<TableSize> {
+        let algorithm = service.algorithm.unwrap_or(self.default_algorithm);
+        (algorithm == Algorithm::Maglev).then_some(self.maglev_table_size)
     }
 
     /// Number of frontends with a service entry in the maps.
@@ -444,9 +473,14 @@ impl Reconciler {
             id.and_then(|id| programmed.and_then(|p| p.groups.get(&id)))
                 .map_or(0, |g| g.slots.len())
         };
+        let maglev_size = self.maglev_size(service);
+        let slots = |set: &BTreeSet<Endpoint>| match maglev_size {
+            Some(size) if !set.is_empty() => size.get() as usize,
+            _ => set.len(),
+        };
         let growth: u32 = wanted
             .iter()
-            .map(|(id, set)| set.len().saturating_sub(written(*id)) as u32)
+            .map(|(id, set)| slots(set).saturating_sub(written(*id)) as u32)
             .sum();
         let free_slots = self.slot_capacity.saturating_sub(self.backends.slot_refs);
         if growth > free_slots {
@@ -487,7 +521,16 @@ impl Reconciler {
                     .ok_or_else(|| exceeds("backend ids", 1, 0, self.backends.ids.capacity()))?;
                 backend_ids.push(backend_id);
             }
-            groups.push(PlannedGroup { id, backend_ids });
+            let maglev = maglev_size.map(|size| {
+                let addrs: Vec<_> = set.iter().map(|ep| (ep.addr, ep.port)).collect();
+                let table = maglev::table(&addrs, size);
+                table.into_iter().map(|i| backend_ids[i]).collect()
+            });
+            groups.push(PlannedGroup {
+                id,
+                backend_ids,
+                maglev,
+            });
         }
         Ok(Plan { groups })
     }
@@ -536,7 +579,10 @@ impl Reconciler {
                 group.stats_reset = true;
             }
             let previously_visible = group.slots[..visible].to_vec();
-            let layout = stable_layout(&previously_visible, &planned.backend_ids);
+            let layout = match &planned.maglev {
+                Some(table) => table.clone(),
+                None => stable_layout(&previously_visible, &planned.backend_ids),
+            };
             for index in (visible..layout.len()).chain(0..visible.min(layout.len())) {
                 let id = layout[index];
                 if group.slots.get(index) == Some(&id) {
@@ -551,9 +597,10 @@ impl Reconciler {
                 }
                 summary.slots_written += 1;
             }
-            let left: Vec<u32> = previously_visible
+            let kept: HashSet<u32> = layout.iter().copied().collect();
+            let left: BTreeSet<u32> = previously_visible
                 .into_iter()
-                .filter(|id| !layout.contains(id))
+                .filter(|id| !kept.contains(id))
                 .collect();
             layouts.push((planned.id, layout.len(), left));
         }
@@ -699,6 +746,8 @@ struct PlannedGroup {
     id: u32,
     /// One per desired endpoint, in the desired state's order.
     backend_ids: Vec<u32>,
+    /// For a Maglev service, the slots' backend ids (its table) instead of one slot each.
+    maglev: Option<Vec<u32>>,
 }
 
 /// Deletes a group no entry points at any more: its slots, then its id; its UDP flows are
