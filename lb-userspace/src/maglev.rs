@@ -172,10 +172,10 @@ mod tests {
     fn every_entry_names_a_backend_and_each_gets_a_fair_share() {
         let size = TableSize::new(1021).unwrap();
         let set = backends(7);
-        let table = table(&set, size);
-        assert_eq!(table.len(), 1021);
+        let entries = table(&set, size);
+        assert_eq!(entries.len(), 1021);
         let mut counts = [0usize; 7];
-        for i in &table {
+        for i in &entries {
             counts[*i] += 1;
         }
         // Maglev fills round-robin: shares differ by at most one entry per round.

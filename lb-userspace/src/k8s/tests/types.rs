@@ -1,6 +1,7 @@
 //! Frontends of every service type, traffic policies and session affinity.
 
 use super::*;
+use crate::model::Algorithm;
 
 /// A service of `type_` with `extra` spec lines (indented by two spaces).
 fn svc(type_: &str, extra: &str) -> String {
@@ -266,4 +267,26 @@ fn endpoints_are_local_when_their_node_name_is_this_node() {
         }
     }
     assert_eq!(state.services.len(), 2);
+}
+
+#[test]
+fn the_lb_algorithm_annotation_reaches_every_frontend() {
+    let algorithms = |annotations: &str| {
+        let yaml = svc("NodePort", "").replace(
+            "{name: web, namespace: shop}",
+            &format!("{{name: web, namespace: shop{annotations}}}"),
+        );
+        let services = [service(&yaml).unwrap()];
+        let slices = [slice(SLICE).unwrap()];
+        desired_state(&services, &slices, &node_a())
+            .services
+            .values()
+            .map(|s| s.algorithm)
+            .collect::<Vec<_>>()
+    };
+    let maglev = ", annotations: {lb-agent/lb-algorithm: maglev}";
+    assert_eq!(algorithms(maglev), [Some(Algorithm::Maglev); 2]);
+    let random = ", annotations: {lb-agent/lb-algorithm: random}";
+    assert_eq!(algorithms(random), [Some(Algorithm::Random); 2]);
+    assert_eq!(algorithms(""), [None; 2], "the node's --lb-algorithm decides");
 }

@@ -77,6 +77,11 @@ fn invalid_service_fields_are_named() {
             "spec.sessionAffinityConfig.clientIP.timeoutSeconds: 0 is out of range (1..=86400)",
         ),
         (
+            "{name: web, namespace: shop}",
+            "{name: web, namespace: shop, annotations: {lb-agent/lb-algorithm: ring}}",
+            r#"metadata.annotations[lb-agent/lb-algorithm]: unknown algorithm "ring" (expected random or maglev)"#,
+        ),
+        (
             "clusterIP: 198.19.0.10",
             "clusterIP: 198.19.0.10\n  healthCheckNodePort: 65536",
             "spec.healthCheckNodePort: 65536 is not a port (1..=65535)",

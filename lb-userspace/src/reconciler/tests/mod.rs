@@ -15,6 +15,7 @@ use lb_common::Capacities;
 
 mod adopt;
 mod apply;
+mod maglev;
 mod resync;
 mod scopes;
 
