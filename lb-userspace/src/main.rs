@@ -568,6 +568,24 @@ mod tests {
     }
 
     #[test]
+    fn the_lb_algorithm_and_maglev_table_size_are_checked() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["lb-agent", "run"], args].concat());
+        let error = |args: &[&str]| parse(args).err().map(|e| e.to_string()).unwrap_or_default();
+        let selection = |args: &[&str]| match parse(args).map(|cli| cli.command) {
+            Ok(Command::Run(run)) => (run.lb_algorithm, run.maglev_table_size.get()),
+            _ => panic!("{args:?} do not parse"),
+        };
+        assert_eq!(selection(&[]), (Algorithm::Random, 1021));
+        let maglev = ["--lb-algorithm", "maglev", "--maglev-table-size", "16381"];
+        assert_eq!(selection(&maglev), (Algorithm::Maglev, 16381));
+        assert!(error(&["--lb-algorithm", "ring"]).contains("invalid value 'ring'"));
+        let not_prime = error(&["--maglev-table-size", "1000"]);
+        assert!(not_prime.contains("1000 is not a prime"), "{not_prime}");
+        assert!(error(&["--maglev-table-size", "131101"]).contains("between 3 and 131071"));
+        assert!(error(&["--maglev-table-size", "big"]).contains("not a table size"));
+    }
+
+    #[test]
     fn masquerading_flags_are_checked() {
         let parse = |args: &[&str]| Cli::try_parse_from([&["lb-agent", "run"], args].concat());
         let error = |args: &[&str]| parse(args).err().map(|e| e.to_string()).unwrap_or_default();

@@ -104,16 +104,12 @@ impl fmt::Display for Snapshot {
             "FLAGS",
         ]);
         for s in &self.services {
-            let slots: Vec<String> = s.slots.iter().map(u32::to_string).collect();
             services.row(vec![
                 frontend(&s.key),
                 scope_name(s.key.scope).to_string(),
                 s.value.group_id.to_string(),
                 s.value.backend_count.to_string(),
-                match slots.is_empty() {
-                    true => "-".to_string(),
-                    false => slots.join(","),
-                },
+                slot_list(&s.slots),
                 s.stats.packets.to_string(),
                 s.stats.bytes.to_string(),
                 s.stats.new_flows.to_string(),
@@ -185,6 +181,30 @@ fn sockets(config: &NodeConfig) -> &'static str {
 
 fn frontend(key: &ServiceKey) -> String {
     format!("{}/{}", socket(key.addr, key.port), protocol(key.proto))
+}
+
+/// The slots' backend ids, comma-separated; where ids repeat (a Maglev table), each id once
+/// with its number of slots (`3x340`), in order of first appearance; `-` for none.
+fn slot_list(slots: &[u32]) -> String {
+    let mut counts: Vec<(u32, usize)> = Vec::new();
+    for id in slots {
+        match counts.iter_mut().find(|(seen, _)| seen == id) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((*id, 1)),
+        }
+    }
+    let repeated = counts.len() < slots.len();
+    let list: Vec<String> = counts
+        .iter()
+        .map(|(id, n)| match repeated {
+            true => format!("{id}x{n}"),
+            false => id.to_string(),
+        })
+        .collect();
+    match list.is_empty() {
+        true => "-".to_string(),
+        false => list.join(","),
+    }
 }
 
 /// `affinity=<timeout>s` and `drop` (DROP_IF_NO_BACKEND), comma-separated; `-` for none.
@@ -262,7 +282,14 @@ mod tests {
     use lb_common::{ipv4_mapped, Backend, Counter, CtKey, CtValue, NodeConfig, ServiceKey};
     use lb_common::{ServiceStats, ServiceValue, IPPROTO_TCP};
 
-    use super::{ServiceRow, Snapshot};
+    use super::{slot_list, ServiceRow, Snapshot};
+
+    #[test]
+    fn a_maglev_tables_slots_are_listed_per_backend() {
+        assert_eq!(slot_list(&[]), "-");
+        assert_eq!(slot_list(&[2, 1]), "2,1");
+        assert_eq!(slot_list(&[2, 1, 1, 3, 2, 1]), "2x2,1x3,3x1");
+    }
 
     #[test]
     fn renders_every_section_as_aligned_tables() {
