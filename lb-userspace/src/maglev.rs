@@ -71,7 +71,7 @@ impl fmt::Display for TableSizeError {
 impl std::error::Error for TableSizeError {}
 
 fn is_prime(n: u32) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
 }
 
 /// The Maglev table of `size` entries over `backends` (address and port each): entry `i`
@@ -165,7 +165,10 @@ mod tests {
         let error = "1000".parse::<TableSize>().unwrap_err();
         assert!(error.contains("1000 is not a prime"), "{error}");
         assert!(!error.contains('\n'));
-        assert!("many".parse::<TableSize>().unwrap_err().contains("\"many\""));
+        assert!("many"
+            .parse::<TableSize>()
+            .unwrap_err()
+            .contains("\"many\""));
     }
 
     #[test]
@@ -219,7 +222,10 @@ mod tests {
         assert!(share < 0.25, "{moved} of {} entries moved", size.get());
         // A different port is a different backend, and gets a different permutation.
         let other_port = [(five[0].0, 9090)];
-        assert_eq!(hash(OFFSET_SEED, &identity(five[0])), hash(OFFSET_SEED, &identity(five[0])));
+        assert_eq!(
+            hash(OFFSET_SEED, &identity(five[0])),
+            hash(OFFSET_SEED, &identity(five[0]))
+        );
         assert_ne!(identity(five[0]), identity(other_port[0]));
     }
 }

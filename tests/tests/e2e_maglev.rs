@@ -119,9 +119,15 @@ fn the_same_flow_lands_on_the_same_pod_through_either_node_and_few_move_on_remov
         .filter(|(_, (a, b))| a != b)
         .map(|(port, _)| port)
         .collect();
-    assert!(differ.is_empty(), "flows from ports {differ:?} changed pod with the node");
+    assert!(
+        differ.is_empty(),
+        "flows from ports {differ:?} changed pod with the node"
+    );
     let pods: BTreeSet<&String> = via_a.iter().collect();
-    eprintln!("{} flows, the same pod through either node; pods: {pods:?}", via_a.len());
+    eprintln!(
+        "{} flows, the same pod through either node; pods: {pods:?}",
+        via_a.len()
+    );
     assert_eq!(pods.len(), 5, "every pod gets flows");
 
     route_via(&cluster, Node::A);
@@ -153,6 +159,9 @@ fn the_same_flow_lands_on_the_same_pod_through_either_node_and_few_move_on_remov
     );
     // Flows of the removed pod must move; of the others, few do (Maglev's table, 1021
     // entries by default, moves a few entries beyond the removed pod's).
-    assert!(moved - on_removed <= flows / 20, "{moved} of {flows} flows moved");
+    assert!(
+        moved - on_removed <= flows / 20,
+        "{moved} of {flows} flows moved"
+    );
     drop(servers);
 }

@@ -95,7 +95,13 @@ fn two_nodes_agree_and_removing_one_of_five_moves_about_a_fifth() {
         );
         assert!(after.iter().all(|b| *b != five[2]));
         // Flows on the removed backend must move; of the rest, few do.
-        assert!(moved - on_removed <= flows / 20, "{hook:?}: {moved} of {flows} moved");
-        assert!(moved <= flows * 3 / 10, "{hook:?}: {moved} of {flows} moved");
+        assert!(
+            moved - on_removed <= flows / 20,
+            "{hook:?}: {moved} of {flows} moved"
+        );
+        assert!(
+            moved <= flows * 3 / 10,
+            "{hook:?}: {moved} of {flows} moved"
+        );
     }
 }

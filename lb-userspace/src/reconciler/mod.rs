@@ -227,7 +227,11 @@ impl Reconciler {
 
     /// The same, with the node's backend selection for services that choose none, and the
     /// Maglev table size.
-    pub fn with_selection(self, default_algorithm: Algorithm, maglev_table_size: TableSize) -> Self {
+    pub fn with_selection(
+        self,
+        default_algorithm: Algorithm,
+        maglev_table_size: TableSize,
+    ) -> Self {
         Self {
             default_algorithm,
             maglev_table_size,

@@ -288,5 +288,9 @@ fn the_lb_algorithm_annotation_reaches_every_frontend() {
     assert_eq!(algorithms(maglev), [Some(Algorithm::Maglev); 2]);
     let random = ", annotations: {lb-agent/lb-algorithm: random}";
     assert_eq!(algorithms(random), [Some(Algorithm::Random); 2]);
-    assert_eq!(algorithms(""), [None; 2], "the node's --lb-algorithm decides");
+    assert_eq!(
+        algorithms(""),
+        [None; 2],
+        "the node's --lb-algorithm decides"
+    );
 }

@@ -41,7 +41,10 @@ fn a_maglev_service_gets_its_table_as_slots() {
     let mut reconciler = maglev_reconciler(Algorithm::Random, &Capacities::default());
     let mut maps = FakeMaps::default();
     let summary = reconciler
-        .apply(&with_algorithm(&fe, &[1, 2, 3, 4, 5], Some(Algorithm::Maglev)), &mut maps)
+        .apply(
+            &with_algorithm(&fe, &[1, 2, 3, 4, 5], Some(Algorithm::Maglev)),
+            &mut maps,
+        )
         .unwrap();
     assert_eq!(summary.slots_written, SIZE);
     assert_eq!(maps.services[&fe.key(INT)].backend_count, SIZE);
@@ -105,7 +108,11 @@ fn switching_algorithms_and_emptying_keep_every_step_consistent() {
     for (hosts, algorithm) in steps {
         let state = with_algorithm(&fe, &hosts, algorithm);
         reconciler.apply(&state, &mut maps).unwrap();
-        assert_eq!(maps.resolved(), resolved_fresh_with(&state), "{hosts:?} {algorithm:?}");
+        assert_eq!(
+            maps.resolved(),
+            resolved_fresh_with(&state),
+            "{hosts:?} {algorithm:?}"
+        );
         maps.assert_no_leftovers();
     }
     assert_no_leaked_ids(&reconciler);
