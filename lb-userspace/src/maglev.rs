@@ -71,7 +71,10 @@ impl fmt::Display for TableSizeError {
 impl std::error::Error for TableSizeError {}
 
 fn is_prime(n: u32) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
 }
 
 /// The Maglev table of `size` entries over `backends` (address and port each): entry `i`

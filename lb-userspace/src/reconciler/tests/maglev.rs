@@ -150,3 +150,19 @@ fn a_table_beyond_the_free_slots_is_rejected_by_name() {
         )]
     );
 }
+
+#[test]
+fn a_restarted_agent_adopts_a_maglev_table_and_rewrites_nothing() {
+    let fe = tcp(80);
+    let state = with_algorithm(&fe, &[1, 2, 3, 4, 5], None);
+    let mut maps = FakeMaps::default();
+    let mut first = maglev_reconciler(Algorithm::Maglev, &Capacities::default());
+    first.apply(&state, &mut maps).unwrap();
+    maps.take_log();
+    let (adopted, repairs) = Reconciler::adopt(&Capacities::default(), &mut maps).unwrap();
+    assert_eq!(repairs, []);
+    let mut restarted = adopted.with_selection_of(&first);
+    let summary = restarted.apply(&state, &mut maps).unwrap();
+    assert!(!summary.wrote_anything(), "{:?}", maps.take_log());
+    assert_eq!(table_of(&maps, &fe), expected(&[1, 2, 3, 4, 5]));
+}
