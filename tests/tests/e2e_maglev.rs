@@ -1,6 +1,7 @@
 //! End to end on two nodes with a Maglev Service (the `lb-agent/lb-algorithm: maglev`
 //! annotation) of five pods: the same outside 5-tuple lands on the same pod whether the
-//! client's router sends it through node A or node B (an ECMP rehash, a node drain), and
+//! client's router sends it through node A or node B (an ECMP rehash, a node drain), also
+//! after the nodes saw different endpoint histories, and
 //! after one of the five endpoints is removed only about a fifth of a fixed set of new flows
 //! change pod.
 
@@ -8,11 +9,11 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::{Ipv4Addr, SocketAddrV4, UdpSocket},
     ops::Range,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use lb_tests::{
-    agent::{tc_attached, ATTACH_TIMEOUT},
+    agent::{tc_attached, Agent, ATTACH_TIMEOUT},
     cluster::{
         two_node::{node_port_service, Node, Setup, TwoNodes, CLIENT_ADDR, SERVICE_NET},
         Protocol,
@@ -76,6 +77,18 @@ fn answers(cluster: &TwoNodes, ports: Range<u16>) -> Vec<String> {
         .unwrap_or_else(|e| panic!("a request failed: {e}"))
 }
 
+/// Waits until `agent` logged `needle` `count` times.
+fn wait_for_count(agent: &Agent, needle: &str, count: usize) {
+    let deadline = Instant::now() + PROPAGATION;
+    while agent.log_count(needle) < count {
+        assert!(
+            Instant::now() < deadline,
+            "{count} x {needle:?} not in the log"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Makes the client route Service addresses through `node`.
 fn route_via(cluster: &TwoNodes, node: Node) {
     let via = node.addr().to_string();
@@ -110,6 +123,18 @@ fn the_same_flow_lands_on_the_same_pod_through_either_node_and_few_move_on_remov
             .wait_for_log(&tc_attached(&iface), 1, ATTACH_TIMEOUT)
             .unwrap();
     }
+
+    // Node A sees pod-a leave and come back while node B's agent is down: the nodes' histories
+    // differ (random selection's slot order then differs; a Maglev table does not).
+    cluster
+        .restart_agent(Node::B, |cluster| {
+            let node_a = cluster.agent(Node::A);
+            std::fs::write(&file, manifest(&endpoints[1..])).unwrap();
+            wait_for_count(node_a, "ready: programmed 6 services, 8 backends", 1);
+            std::fs::write(&file, manifest(&endpoints)).unwrap();
+            wait_for_count(node_a, "ready: programmed 6 services, 10 backends", 2);
+        })
+        .unwrap();
 
     let via_a = answers(&cluster, BOTH_WAYS);
     route_via(&cluster, Node::B);
