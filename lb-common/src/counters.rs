@@ -53,11 +53,16 @@ pub enum Counter {
     /// ICMP errors (destination unreachable, time exceeded) quoting a packet of a tracked
     /// flow, translated like that flow's packets so the sender's socket gets them.
     IcmpErrorTranslated,
+    /// New flow to a ClusterIP on a port or protocol no Service exposes: answered with ICMP
+    /// port unreachable (kube-proxy nftables' reject).
+    RejectUnexposedPort,
+    /// As `RejectUnexposedPort`, from a source no ICMP error may be sent to: dropped.
+    DropUnexposedPort,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 21] = [
+    pub const ALL: [Counter; 23] = [
         Counter::Packets,
         Counter::NotIpv4,
         Counter::OtherProtocol,
@@ -79,6 +84,8 @@ impl Counter {
         Counter::DropSnatPortsExhausted,
         Counter::Hairpinned,
         Counter::IcmpErrorTranslated,
+        Counter::RejectUnexposedPort,
+        Counter::DropUnexposedPort,
     ];
     /// Size of the counters array.
     pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -107,6 +114,8 @@ impl Counter {
             Counter::DropSnatPortsExhausted => "drop_snat_ports_exhausted",
             Counter::Hairpinned => "hairpinned",
             Counter::IcmpErrorTranslated => "icmp_error_translated",
+            Counter::RejectUnexposedPort => "reject_unexposed_port",
+            Counter::DropUnexposedPort => "drop_unexposed_port",
         }
     }
 }

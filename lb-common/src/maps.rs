@@ -184,6 +184,9 @@ registry! {
     /// `recvmsg` and `getpeername`. Entries are not deleted when a socket closes; the LRU
     /// evicts those of sockets gone longest.
     SOCK_REVNAT = "LB_SOCK_REVNAT": LruHashMap<SockRevKey, SockRevValue>, Entries::Fixed(SOCK_REVNAT_ENTRIES);
+    /// Addresses (IPv4-mapped) that are ClusterIPs, each -> 0: a new flow to one on a port or
+    /// protocol no Service exposes is rejected, as kube-proxy's nftables mode does.
+    CLUSTER_IPS = "LB_CLUSTER_IPS": HashMap<[u8; 16], u32>, Entries::Sized(Capacity::Services);
 }
 
 #[cfg(test)]

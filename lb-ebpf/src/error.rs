@@ -50,7 +50,8 @@ impl Error {
             | Counter::DropBackendMissing
             | Counter::DropConntrackFull
             | Counter::DropRewriteFailed
-            | Counter::DropSnatPortsExhausted => Verdict::Drop,
+            | Counter::DropSnatPortsExhausted
+            | Counter::DropUnexposedPort => Verdict::Drop,
             _ => Verdict::Pass,
         }
     }

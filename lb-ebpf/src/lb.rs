@@ -81,7 +81,10 @@ pub fn process<P: Packet, M: MapAccess>(pkt: &mut P, maps: &mut M, hook: Hook) -
     match try_process(pkt, maps, hook) {
         Ok(done) => {
             stats::count(maps, done.outcome);
-            if done.outcome == Counter::RejectNoBackend {
+            if matches!(
+                done.outcome,
+                Counter::RejectNoBackend | Counter::RejectUnexposedPort
+            ) {
                 Verdict::SendBack
             } else if done.forward && counts_all && maps.config().reply_path == reply_path::REDIRECT
             {
@@ -198,14 +201,14 @@ fn new_flow<P: Packet, M: MapAccess>(
     key: &CtKey,
     scope: u8,
 ) -> Result<Done, Error> {
-    let service = maps
-        .service(&ServiceKey {
-            addr: key.dst_addr,
-            port: key.dst_port,
-            proto: key.proto,
-            scope,
-        })
-        .ok_or(Error::untouched(Counter::NotService))?;
+    let Some(service) = maps.service(&ServiceKey {
+        addr: key.dst_addr,
+        port: key.dst_port,
+        proto: key.proto,
+        scope,
+    }) else {
+        return not_service(pkt, maps, flow, key).map(Done::kept);
+    };
     if service.backend_count == 0 {
         return no_backend(pkt, maps, flow, &service).map(Done::kept);
     }
@@ -249,6 +252,26 @@ fn new_flow<P: Packet, M: MapAccess>(
         outcome,
         forward: masqueraded,
     })
+}
+
+/// A new flow to no Service: passed untouched, unless its destination is a ClusterIP (on a
+/// port or protocol the Service does not expose), which kube-proxy's nftables mode rejects.
+#[inline(always)]
+fn not_service<P: Packet, M: MapAccess>(
+    pkt: &mut P,
+    maps: &mut M,
+    flow: &Ipv4Flow,
+    key: &CtKey,
+) -> Result<Counter, Error> {
+    if !maps.is_cluster_ip(&key.dst_addr) {
+        return Err(Error::untouched(Counter::NotService));
+    }
+    if !reject::may_answer(flow.src.addr) {
+        return Err(Error::dropped(Counter::DropUnexposedPort, 0));
+    }
+    reject::port_unreachable(pkt, flow)
+        .map_err(|_| Error::dropped(Counter::DropRewriteFailed, 0))?;
+    Ok(Counter::RejectUnexposedPort)
 }
 
 /// A new flow for a service without a usable backend: rejected with ICMP port unreachable

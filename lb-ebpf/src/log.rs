@@ -76,10 +76,16 @@ static SNAT_PORTS_EXHAUSTED: Record = record(
     line!(),
     "dropped a new flow: no free masquerading port",
 );
+static UNEXPOSED_PORT: Record = record(
+    Level::Debug,
+    line!(),
+    "dropped a new flow to a ClusterIP port no Service exposes: its source gets no ICMP error",
+);
 
 /// The record for a drop for `reason`: trouble (a backend missing mid-update, conntrack
 /// refusing the flow, a failed rewrite, masquerading ports exhausted) at warn level; the
-/// expected drop without a backend (externalTrafficPolicy: Local) at debug level.
+/// expected drops (no backend with externalTrafficPolicy: Local, an unexposed ClusterIP
+/// port from a source no ICMP error goes to) at debug level.
 #[inline(always)]
 fn record_for(reason: Counter) -> Option<&'static Record> {
     match reason {
@@ -88,6 +94,7 @@ fn record_for(reason: Counter) -> Option<&'static Record> {
         Counter::DropConntrackFull => Some(&CONNTRACK_FULL),
         Counter::DropRewriteFailed => Some(&REWRITE_FAILED),
         Counter::DropSnatPortsExhausted => Some(&SNAT_PORTS_EXHAUSTED),
+        Counter::DropUnexposedPort => Some(&UNEXPOSED_PORT),
         _ => None,
     }
 }
@@ -299,11 +306,12 @@ mod tests {
             let is_drop = reason.name().starts_with("drop_");
             assert_eq!(record.is_some(), is_drop, "{reason:?}");
             if let Some(record) = record {
-                let expected = if reason == Counter::DropNoBackend {
-                    Level::Debug
-                } else {
-                    Level::Warn
-                };
+                let expected =
+                    if matches!(reason, Counter::DropNoBackend | Counter::DropUnexposedPort) {
+                        Level::Debug
+                    } else {
+                        Level::Warn
+                    };
                 assert_eq!(record.level, expected, "{reason:?}");
             }
         }

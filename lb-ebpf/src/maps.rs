@@ -69,6 +69,7 @@ registered_map!(LB_STATS: PerCpuArray<u64> = registry::STATS);
 registered_map!(LB_SVC_STATS: PerCpuArray<ServiceStats> = registry::SERVICE_STATS);
 registered_map!(LB_CONFIG: Array<NodeConfig> = registry::CONFIG);
 registered_map!(LB_SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue> = registry::SOCK_REVNAT);
+registered_map!(LB_CLUSTER_IPS: HashMap<[u8; 16], u32> = registry::CLUSTER_IPS);
 
 /// What the pipeline reads and writes besides the packet: the maps, and the clock.
 ///
@@ -103,6 +104,8 @@ pub trait MapAccess {
     /// Records the Service address of a translated socket's backend; a refused insert only
     /// costs the translation back (the socket then sees the backend's address).
     fn set_sock_revnat(&mut self, key: &SockRevKey, value: &SockRevValue);
+    /// Whether an address (IPv4-mapped) is a ClusterIP.
+    fn is_cluster_ip(&mut self, addr: &[u8; 16]) -> bool;
     /// `CLOCK_MONOTONIC` in nanoseconds.
     fn now_ns(&self) -> u64;
 }
@@ -216,6 +219,12 @@ impl MapAccess for KernelMaps {
     fn set_sock_revnat(&mut self, key: &SockRevKey, value: &SockRevValue) {
         // The LRU map evicts rather than refuses; see the trait.
         let _ = LB_SOCK_REVNAT.insert(key, value, 0);
+    }
+
+    #[inline(always)]
+    fn is_cluster_ip(&mut self, addr: &[u8; 16]) -> bool {
+        // SAFETY: only the presence of the value is read.
+        unsafe { LB_CLUSTER_IPS.get(addr).is_some() }
     }
 
     #[inline(always)]

@@ -198,6 +198,8 @@ pub struct FakeMaps {
     pub service_stats: HashMap<u32, ServiceStats>,
     pub config: NodeConfig,
     pub sock_revnat: HashMap<SockRevKey, SockRevValue>,
+    /// Addresses (IPv4-mapped) that are ClusterIPs.
+    pub cluster_ips: Vec<[u8; 16]>,
     pub now_ns: u64,
 }
 
@@ -314,6 +316,10 @@ impl MapAccess for FakeMaps {
 
     fn set_sock_revnat(&mut self, key: &SockRevKey, value: &SockRevValue) {
         self.sock_revnat.insert(*key, *value);
+    }
+
+    fn is_cluster_ip(&mut self, addr: &[u8; 16]) -> bool {
+        self.cluster_ips.contains(addr)
     }
 
     fn now_ns(&self) -> u64 {

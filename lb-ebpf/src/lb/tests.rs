@@ -323,6 +323,82 @@ fn other_traffic_passes_untouched() {
     assert!(maps.conntrack.is_empty());
 }
 
+/// `maps_with_service(proto)` with VIP listed as a ClusterIP.
+fn cluster_ip_service(proto: u8) -> FakeMaps {
+    let mut maps = maps_with_service(proto);
+    maps.cluster_ips.push(ipv4_mapped(VIP.addr));
+    maps
+}
+
+#[test]
+fn a_cluster_ip_rejects_ports_and_protocols_it_does_not_expose() {
+    let mut maps = cluster_ip_service(IPPROTO_TCP);
+    let other_port = FrameSpec {
+        dst: FlowEnd {
+            port: 443u16.to_be_bytes(),
+            ..VIP
+        },
+        ..FrameSpec::tcp_syn()
+    };
+    let udp_same_port = FrameSpec::udp();
+    for spec in [other_port, udp_same_port] {
+        let (verdict, out) = run(&mut maps, &spec);
+        assert_eq!(verdict, Verdict::SendBack);
+        let original = frame(&spec);
+        assert_eq!(&out[0..6], &original[6..12], "back to the sender's MAC");
+        assert_eq!(out[14 + 9], 1, "ICMP");
+        assert_eq!(&out[26..34], &[VIP.addr, spec.src.addr].concat());
+        assert_eq!(&out[34..36], &[3, 3], "port unreachable");
+        assert_eq!(&out[42..62], &original[14..34], "quotes the IPv4 header");
+    }
+    assert_eq!(maps.counter_value(Counter::RejectUnexposedPort), 2);
+    assert_eq!(maps.counter_value(Counter::NotService), 0);
+    assert!(maps.conntrack.is_empty());
+}
+
+#[test]
+fn a_cluster_ip_still_serves_the_ports_it_exposes() {
+    let mut maps = cluster_ip_service(IPPROTO_TCP);
+    let syn = FrameSpec::tcp_syn();
+    let (verdict, out) = run(&mut maps, &syn);
+    assert_eq!(verdict, Verdict::Pass);
+    assert_eq!(
+        out,
+        frame(&FrameSpec {
+            dst: chosen(&syn).1,
+            ..syn
+        })
+    );
+    assert_eq!(maps.counter_value(Counter::RejectUnexposedPort), 0);
+}
+
+#[test]
+fn an_unexposed_port_from_a_broadcast_source_is_dropped() {
+    let mut maps = cluster_ip_service(IPPROTO_TCP);
+    let spec = FrameSpec {
+        src: FlowEnd {
+            addr: [255, 255, 255, 255],
+            ..CLIENT
+        },
+        ..FrameSpec::udp()
+    };
+    assert_eq!(run(&mut maps, &spec), (Verdict::Drop, frame(&spec)));
+    assert_eq!(maps.counter_value(Counter::DropUnexposedPort), 1);
+}
+
+#[test]
+fn an_unexposed_port_reject_that_cannot_be_written_drops() {
+    let mut maps = cluster_ip_service(IPPROTO_TCP);
+    let mut pkt = SlicePacket::new(frame(&FrameSpec::udp()));
+    pkt.fail_resize = true;
+    assert_eq!(
+        process(&mut pkt, &mut maps, Hook::POD_FACING),
+        Verdict::Drop
+    );
+    assert_eq!(maps.counter_value(Counter::DropRewriteFailed), 1);
+    assert_eq!(maps.counter_value(Counter::RejectUnexposedPort), 0);
+}
+
 #[test]
 fn malformed_packets_pass_untouched_and_are_counted() {
     let mut maps = maps_with_service(IPPROTO_TCP);

@@ -67,13 +67,15 @@ const SERVICE_COUNTERS: [ServiceCounter; 5] = [
 ];
 
 /// The node-wide counters that count dropped (or rejected) packets.
-const DROP_REASONS: [Counter; 6] = [
+const DROP_REASONS: [Counter; 8] = [
     Counter::RejectNoBackend,
     Counter::DropNoBackend,
     Counter::DropBackendMissing,
     Counter::DropConntrackFull,
     Counter::DropRewriteFailed,
     Counter::DropSnatPortsExhausted,
+    Counter::RejectUnexposedPort,
+    Counter::DropUnexposedPort,
 ];
 
 impl DatapathCollector {
