@@ -145,6 +145,9 @@ pub struct DesiredService {
     /// How new flows pick a backend, when the Service says (its annotation); `None` takes the
     /// node's `--lb-algorithm`.
     pub algorithm: Option<Algorithm>,
+    /// The frontend is a Service's ClusterIP: its address goes into `LB_CLUSTER_IPS`, so new
+    /// flows to ports and protocols the address does not expose are rejected.
+    pub cluster_ip: bool,
 }
 
 /// How new flows pick among a frontend's backends (affinity, where set, comes first).
@@ -172,6 +175,7 @@ impl DesiredService {
             internal: backends,
             affinity_timeout_s: None,
             algorithm: None,
+            cluster_ip: false,
         }
     }
 

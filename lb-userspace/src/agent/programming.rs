@@ -14,13 +14,15 @@ use crate::error::Chain;
 use crate::health::SyncHealth;
 use crate::metrics::SyncMetrics;
 use crate::model::Changed;
-use crate::reconciler::Reconciler;
+use crate::reconciler::{ClusterIps, ReconcileError, Reconciler};
 use crate::source::Update;
 
 /// The one reconciler of the agent, whatever the source.
 pub(super) struct Programmer {
     capacities: Capacities,
     reconciler: Reconciler,
+    /// `LB_CLUSTER_IPS`, synced after each complete write of the services.
+    cluster_ips: ClusterIps,
     /// Whether `reconciler` took over what the pinned maps hold (an earlier agent's writes
     /// outlive it), which happens before anything is written or resynced.
     adopted: bool,
@@ -44,6 +46,7 @@ impl Programmer {
         Self {
             capacities: *capacities,
             reconciler,
+            cluster_ips: ClusterIps::default(),
             adopted: false,
             pending: None,
             pending_since: None,
@@ -85,7 +88,16 @@ impl Programmer {
         let started = Instant::now();
         let applied = self
             .reconciler
-            .apply_changes(&pending.state, &pending.changed, maps);
+            .apply_changes(&pending.state, &pending.changed, maps)
+            .and_then(|summary| {
+                self.cluster_ips
+                    .sync(&pending.state, &pending.changed, maps)
+                    .map_err(|e| ReconcileError {
+                        context: "cannot list the cluster IPs".into(),
+                        source: Box::new(e),
+                    })
+                    .map(|()| summary)
+            });
         // What a failed apply wrote is recorded, but not which frontends it left half done.
         pending.changed = Changed::Everything;
         // The health checks of a state completely written.

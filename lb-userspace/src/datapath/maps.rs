@@ -14,7 +14,7 @@ use lb_common::{
 
 use super::batch;
 use super::DatapathError;
-use crate::reconciler::{MapReader, MapWriteError, MapWriter};
+use crate::reconciler::{ClusterIpMap, MapReader, MapWriteError, MapWriter};
 
 /// The data path's maps, one per registry entry, each checked against its entry's layout.
 pub struct DatapathMaps {
@@ -239,6 +239,21 @@ impl MapWriter for DatapathMaps {
             .map(|(key, _)| key)
             .collect();
         remove_all(self.map_mut(registry::CONNTRACK), &stale).map_err(failed)
+    }
+}
+
+impl ClusterIpMap for DatapathMaps {
+    fn read_cluster_ips(&self) -> Result<Vec<[u8; 16]>, MapWriteError> {
+        let entries = self.read_all(registry::CLUSTER_IPS)?;
+        Ok(entries.into_iter().map(|(addr, _)| addr).collect())
+    }
+
+    fn set_cluster_ip(&mut self, addr: &[u8; 16]) -> Result<(), MapWriteError> {
+        self.insert(registry::CLUSTER_IPS, *addr, 0)
+    }
+
+    fn remove_cluster_ip(&mut self, addr: &[u8; 16]) -> Result<(), MapWriteError> {
+        self.remove(registry::CLUSTER_IPS, addr)
     }
 }
 

@@ -170,5 +170,6 @@ fn desired_service(
         internal,
         affinity_timeout_s: service.affinity_timeout_s,
         algorithm: service.algorithm,
+        cluster_ip: kind == FrontendKind::ClusterIp,
     }
 }

@@ -27,6 +27,7 @@
 
 mod adopt;
 mod backends;
+mod cluster_ips;
 mod error;
 mod id_map;
 mod ids;
@@ -46,6 +47,7 @@ use crate::model::{
     ServicePortName, SCOPES,
 };
 use backends::{describe, Backends};
+pub use cluster_ips::{ClusterIpMap, ClusterIps};
 pub use error::{CapacityError, MapWriteError, ReconcileError};
 use ids::IdPool;
 use lb_common::Capacities;
