@@ -141,7 +141,11 @@ impl ServiceSet {
                     name: service_name(index),
                     port_name: "http".to_string(),
                 };
-                (frontend, DesiredService::uniform(name, endpoints))
+                let service = DesiredService {
+                    cluster_ip: true,
+                    ..DesiredService::uniform(name, endpoints)
+                };
+                (frontend, service)
             })
             .collect()
     }

@@ -22,7 +22,11 @@ use aya::maps::{HashMap, Map, MapData};
 use lb_common::maps as registry;
 use lb_common::{conntrack::ct_flags, net::tcp_flags, CtKey, CtValue, IPPROTO_TCP};
 use lb_frames::{describe, parse, Frame};
-use lb_userspace::{model::map_addr, Datapath, Reconciler};
+use lb_userspace::{
+    model::{map_addr, Changed},
+    reconciler::ClusterIps,
+    Datapath, Reconciler,
+};
 use std::os::fd::{AsFd, BorrowedFd};
 
 use crate::bench::{
@@ -94,7 +98,13 @@ impl PacketBench {
         let set = ServiceSet::new(services, plan.endpoints);
         let capacities = capacities_for(&set, plan.endpoints);
         let mut datapath = Datapath::load(&capacities)?;
-        let summary = Reconciler::new(&capacities).apply(&set.desired_state(), datapath.maps())?;
+        let desired = set.desired_state();
+        let summary = Reconciler::new(&capacities).apply(&desired, datapath.maps())?;
+        // Every VIP is a ClusterIP: a non-service packet pays the miss in LB_CLUSTER_IPS at
+        // its full size, as on a node.
+        ClusterIps::default()
+            .sync(&desired, &Changed::Everything, datapath.maps())
+            .map_err(|e| BenchError::Check(format!("listing the cluster IPs: {e}")))?;
         if !summary.rejected.is_empty() {
             return Err(BenchError::Check(format!(
                 "{} services did not fit the data path",
