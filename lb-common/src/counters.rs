@@ -58,11 +58,14 @@ pub enum Counter {
     RejectUnexposedPort,
     /// As `RejectUnexposedPort`, from a source no ICMP error may be sent to: dropped.
     DropUnexposedPort,
+    /// New flow to a load-balancer IP from a source outside its Service's
+    /// `loadBalancerSourceRanges`: dropped.
+    DropSourceRange,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 23] = [
+    pub const ALL: [Counter; 24] = [
         Counter::Packets,
         Counter::NotIpv4,
         Counter::OtherProtocol,
@@ -86,6 +89,7 @@ impl Counter {
         Counter::IcmpErrorTranslated,
         Counter::RejectUnexposedPort,
         Counter::DropUnexposedPort,
+        Counter::DropSourceRange,
     ];
     /// Size of the counters array.
     pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -116,6 +120,7 @@ impl Counter {
             Counter::IcmpErrorTranslated => "icmp_error_translated",
             Counter::RejectUnexposedPort => "reject_unexposed_port",
             Counter::DropUnexposedPort => "drop_unexposed_port",
+            Counter::DropSourceRange => "drop_source_range",
         }
     }
 }
@@ -133,7 +138,7 @@ pub struct ServiceStats {
     /// New flows rejected for want of a usable backend (ICMP port unreachable sent).
     pub rejects: u64,
     /// Packets dropped for this service: no usable backend on a drop path, a backend entry missing mid-update,
-    /// conntrack full or a failed rewrite (the node-wide counters say which).
+    /// conntrack full, a failed rewrite or a source outside its ranges (the node-wide counters say which).
     pub drops: u64,
 }
 

@@ -22,7 +22,9 @@ pub use capacity::{Capacities, Capacity};
 pub use config::NodeConfig;
 pub use conntrack::{CtKey, CtValue};
 pub use counters::{Counter, ServiceStats};
-pub use service::{AffinityKey, AffinityValue, Backend, BackendSlotKey, ServiceKey, ServiceValue};
+pub use service::{
+    AffinityKey, AffinityValue, Backend, BackendSlotKey, ServiceKey, ServiceValue, SourceRange,
+};
 pub use sock::{SockRevKey, SockRevValue};
 
 pub use net::{IPPROTO_TCP, IPPROTO_UDP};

@@ -12,7 +12,7 @@ use core::mem::size_of;
 use crate::capacity::{Capacities, Capacity};
 use crate::{
     AffinityKey, AffinityValue, Backend, BackendSlotKey, Counter, CtKey, CtValue, NodeConfig,
-    ServiceKey, ServiceStats, ServiceValue, SockRevKey, SockRevValue,
+    ServiceKey, ServiceStats, ServiceValue, SockRevKey, SockRevValue, SourceRange,
 };
 
 /// The kind of a BPF map. Variants are named after aya's map types and valued as the kernel's
@@ -24,6 +24,8 @@ pub enum MapKind {
     Array = 2,
     PerCpuArray = 6,
     LruHashMap = 9,
+    /// Keys are `{prefix_len: u32, data: K}`: the registry's key type is the data.
+    LpmTrie = 11,
 }
 
 /// How many entries a map has.
@@ -104,7 +106,11 @@ impl<K, V> MapDef<K, V> {
         MapSpec {
             name: self.name,
             kind: self.kind,
-            key_size: size_of::<K>() as u32,
+            key_size: size_of::<K>() as u32
+                + match self.kind {
+                    MapKind::LpmTrie => 4,
+                    _ => 0,
+                },
             value_size: size_of::<V>() as u32,
             entries: self.entries,
         }
@@ -154,6 +160,10 @@ const fn str_eq(a: &str, b: &str) -> bool {
 /// Entries of `LB_SOCK_REVNAT`: translated sockets remembered at once (about 7 MB).
 pub const SOCK_REVNAT_ENTRIES: u32 = 65_536;
 
+/// Entries of `LB_SRC_RANGES`: source ranges over all Services. The trie allocates per
+/// entry, so an unused capacity costs nothing.
+pub const SOURCE_RANGE_ENTRIES: u32 = 65_536;
+
 /// Declares each map as a [`MapDef`] constant and lists them all in [`ALL`].
 macro_rules! registry {
     ($($(#[$doc:meta])* $def:ident = $name:literal: $kind:ident<$key:ty, $value:ty>, $entries:expr;)*) => {
@@ -187,6 +197,9 @@ registry! {
     /// Addresses (IPv4-mapped) that are ClusterIPs, each -> 0: a new flow to one on a port or
     /// protocol no Service exposes is rejected, as kube-proxy's nftables mode does.
     CLUSTER_IPS = "LB_CLUSTER_IPS": HashMap<[u8; 16], u32>, Entries::Sized(Capacity::Services);
+    /// `loadBalancerSourceRanges`: (group id, allowed source prefix) -> 1, read for new flows
+    /// to entries with `service_flags::SOURCE_RANGES`.
+    SOURCE_RANGES = "LB_SRC_RANGES": LpmTrie<SourceRange, u8>, Entries::Fixed(SOURCE_RANGE_ENTRIES);
 }
 
 #[cfg(test)]
@@ -200,6 +213,7 @@ mod tests {
         }
         assert_eq!(SERVICES.spec().key_size, 20);
         assert_eq!(STATS.spec().key_size, 4);
+        assert_eq!(SOURCE_RANGES.spec().key_size, 24, "prefix length + data");
         let capacities = Capacities {
             services: 8,
             ..Capacities::default()

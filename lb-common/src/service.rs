@@ -30,6 +30,10 @@ pub mod service_flags {
     /// With no backend, drop silently instead of rejecting (an externalTrafficPolicy: Local
     /// path on a node without a local endpoint, as kube-proxy does).
     pub const DROP_IF_NO_BACKEND: u32 = 1 << 1;
+    /// `loadBalancerSourceRanges`: a new flow is served only from a source address inside one
+    /// of the group's ranges (`LB_SRC_RANGES`), else dropped. Set only on load-balancer IP
+    /// entries in the external scope, so other traffic pays nothing for it.
+    pub const SOURCE_RANGES: u32 = 1 << 2;
 }
 
 /// Key of the services map: one service frontend.
@@ -151,6 +155,40 @@ pub struct AffinityValue {
     pub last_used_ns: u64,
 }
 
+/// The data of a key of the source ranges map (`LB_SRC_RANGES`, an LPM trie whose keys are
+/// `{prefix_len: u32, data: SourceRange}`): a slot group and an allowed source prefix.
+///
+/// The group id comes first and is always matched in full, so one trie holds every
+/// service's ranges and a lookup costs the same whatever their number.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceRange {
+    /// Group id of the load-balancer IP's external entry, big-endian (the trie matches bits
+    /// from the first byte on).
+    pub group_id: [u8; 4],
+    /// Source address (the prefix's, or the packet's), network byte order, IPv4-mapped for
+    /// IPv4.
+    pub addr: [u8; 16],
+}
+
+impl SourceRange {
+    /// Bits of the key a lookup matches: the group id and the whole address.
+    pub const LOOKUP_PREFIX_LEN: u32 = 32 + 128;
+
+    pub const fn new(group_id: u32, addr: [u8; 16]) -> Self {
+        Self {
+            group_id: group_id.to_be_bytes(),
+            addr,
+        }
+    }
+
+    /// The key's `prefix_len` for an IPv4 prefix of `bits` (IPv4-mapped: 96 bits before it).
+    pub const fn ipv4_prefix_len(bits: u8) -> u32 {
+        32 + 96 + bits as u32
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<SourceRange>() == 20);
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
 const _: () = assert!(core::mem::size_of::<AffinityKey>() == 20);
 const _: () = assert!(core::mem::size_of::<AffinityValue>() == 16);
@@ -166,4 +204,5 @@ mod pod {
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::AffinityKey {}
     unsafe impl aya::Pod for super::AffinityValue {}
+    unsafe impl aya::Pod for super::SourceRange {}
 }

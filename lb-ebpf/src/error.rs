@@ -51,7 +51,8 @@ impl Error {
             | Counter::DropConntrackFull
             | Counter::DropRewriteFailed
             | Counter::DropSnatPortsExhausted
-            | Counter::DropUnexposedPort => Verdict::Drop,
+            | Counter::DropUnexposedPort
+            | Counter::DropSourceRange => Verdict::Drop,
             _ => Verdict::Pass,
         }
     }

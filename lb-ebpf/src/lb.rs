@@ -209,10 +209,15 @@ fn new_flow<P: Packet, M: MapAccess>(
     }) else {
         return not_service(pkt, maps, flow, key).map(Done::kept);
     };
+    let group_id = service.group_id;
+    if service.flags & service_flags::SOURCE_RANGES != 0
+        && !maps.source_allowed(group_id, &key.src_addr)
+    {
+        return Err(Error::dropped(Counter::DropSourceRange, group_id));
+    }
     if service.backend_count == 0 {
         return no_backend(pkt, maps, flow, &service).map(Done::kept);
     }
-    let group_id = service.group_id;
     let missing = Error::dropped(Counter::DropBackendMissing, group_id);
     let now = maps.now_ns();
     let choice = select::choose(maps, &key.src_addr, || select::flow(key), &service, now);

@@ -81,11 +81,17 @@ static UNEXPOSED_PORT: Record = record(
     line!(),
     "dropped a new flow to a ClusterIP port no Service exposes: its source gets no ICMP error",
 );
+static SOURCE_RANGE: Record = record(
+    Level::Debug,
+    line!(),
+    "dropped a new flow: its source is outside loadBalancerSourceRanges",
+);
 
 /// The record for a drop for `reason`: trouble (a backend missing mid-update, conntrack
 /// refusing the flow, a failed rewrite, masquerading ports exhausted) at warn level; the
 /// expected drops (no backend with externalTrafficPolicy: Local, an unexposed ClusterIP
-/// port from a source no ICMP error goes to) at debug level.
+/// port from a source no ICMP error goes to, a source outside `loadBalancerSourceRanges`)
+/// at debug level.
 #[inline(always)]
 fn record_for(reason: Counter) -> Option<&'static Record> {
     match reason {
@@ -95,6 +101,7 @@ fn record_for(reason: Counter) -> Option<&'static Record> {
         Counter::DropRewriteFailed => Some(&REWRITE_FAILED),
         Counter::DropSnatPortsExhausted => Some(&SNAT_PORTS_EXHAUSTED),
         Counter::DropUnexposedPort => Some(&UNEXPOSED_PORT),
+        Counter::DropSourceRange => Some(&SOURCE_RANGE),
         _ => None,
     }
 }
@@ -300,18 +307,22 @@ mod tests {
     }
 
     #[test]
-    fn every_drop_has_a_record_and_only_the_expected_one_is_at_debug_level() {
+    fn every_drop_has_a_record_and_only_the_expected_ones_are_at_debug_level() {
         for reason in Counter::ALL {
             let record = record_for(reason);
             let is_drop = reason.name().starts_with("drop_");
             assert_eq!(record.is_some(), is_drop, "{reason:?}");
             if let Some(record) = record {
-                let expected =
-                    if matches!(reason, Counter::DropNoBackend | Counter::DropUnexposedPort) {
-                        Level::Debug
-                    } else {
-                        Level::Warn
-                    };
+                let debug = [
+                    Counter::DropNoBackend,
+                    Counter::DropUnexposedPort,
+                    Counter::DropSourceRange,
+                ];
+                let expected = if debug.contains(&reason) {
+                    Level::Debug
+                } else {
+                    Level::Warn
+                };
                 assert_eq!(record.level, expected, "{reason:?}");
             }
         }

@@ -6,12 +6,12 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::bpf_ktime_get_ns,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use lb_common::{
     maps::{self as registry, MapDef, MapKind},
     AffinityKey, AffinityValue, Backend, BackendSlotKey, Counter, CtKey, CtValue, NodeConfig,
-    ServiceKey, ServiceStats, ServiceValue, SockRevKey, SockRevValue,
+    ServiceKey, ServiceStats, ServiceValue, SockRevKey, SockRevValue, SourceRange,
 };
 
 /// A map type of aya-ebpf, with the key and value types and the kind it has in the registry.
@@ -37,6 +37,12 @@ impl<T> KernelMap for Array<T> {
     type Key = u32;
     type Value = T;
     const KIND: MapKind = MapKind::Array;
+}
+
+impl<K, V> KernelMap for LpmTrie<K, V> {
+    type Key = K;
+    type Value = V;
+    const KIND: MapKind = MapKind::LpmTrie;
 }
 
 impl<T> KernelMap for PerCpuArray<T> {
@@ -70,6 +76,7 @@ registered_map!(LB_SVC_STATS: PerCpuArray<ServiceStats> = registry::SERVICE_STAT
 registered_map!(LB_CONFIG: Array<NodeConfig> = registry::CONFIG);
 registered_map!(LB_SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue> = registry::SOCK_REVNAT);
 registered_map!(LB_CLUSTER_IPS: HashMap<[u8; 16], u32> = registry::CLUSTER_IPS);
+registered_map!(LB_SRC_RANGES: LpmTrie<SourceRange, u8> = registry::SOURCE_RANGES);
 
 /// What the pipeline reads and writes besides the packet: the maps, and the clock.
 ///
@@ -106,6 +113,8 @@ pub trait MapAccess {
     fn set_sock_revnat(&mut self, key: &SockRevKey, value: &SockRevValue);
     /// Whether an address (IPv4-mapped) is a ClusterIP.
     fn is_cluster_ip(&mut self, addr: &[u8; 16]) -> bool;
+    /// Whether `source` lies in one of the source ranges of group `group_id`.
+    fn source_allowed(&mut self, group_id: u32, source: &[u8; 16]) -> bool;
     /// `CLOCK_MONOTONIC` in nanoseconds.
     fn now_ns(&self) -> u64;
 }
@@ -225,6 +234,15 @@ impl MapAccess for KernelMaps {
     fn is_cluster_ip(&mut self, addr: &[u8; 16]) -> bool {
         // SAFETY: only the presence of the value is read.
         unsafe { LB_CLUSTER_IPS.get(addr).is_some() }
+    }
+
+    #[inline(always)]
+    fn source_allowed(&mut self, group_id: u32, source: &[u8; 16]) -> bool {
+        let key = Key::new(
+            SourceRange::LOOKUP_PREFIX_LEN,
+            SourceRange::new(group_id, *source),
+        );
+        LB_SRC_RANGES.get(key).is_some()
     }
 
     #[inline(always)]

@@ -200,6 +200,8 @@ pub struct FakeMaps {
     pub sock_revnat: HashMap<SockRevKey, SockRevValue>,
     /// Addresses (IPv4-mapped) that are ClusterIPs.
     pub cluster_ips: Vec<[u8; 16]>,
+    /// Allowed source prefixes per group id: (address, IPv4 prefix length).
+    pub source_ranges: HashMap<u32, Vec<([u8; 4], u8)>>,
     pub now_ns: u64,
 }
 
@@ -320,6 +322,20 @@ impl MapAccess for FakeMaps {
 
     fn is_cluster_ip(&mut self, addr: &[u8; 16]) -> bool {
         self.cluster_ips.contains(addr)
+    }
+
+    fn source_allowed(&mut self, group_id: u32, source: &[u8; 16]) -> bool {
+        let Some(source) = lb_common::ipv4_unmapped(source).map(u32::from_be_bytes) else {
+            return false;
+        };
+        self.source_ranges
+            .get(&group_id)
+            .into_iter()
+            .flatten()
+            .any(|(net, bits)| {
+                let mask = u32::MAX.checked_shl(32 - u32::from(*bits)).unwrap_or(0);
+                source & mask == u32::from_be_bytes(*net) & mask
+            })
     }
 
     fn now_ns(&self) -> u64 {

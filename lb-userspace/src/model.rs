@@ -9,8 +9,9 @@ use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 
+use ipnet::IpNet;
 use lb_common::service::{backend_flags, scope, service_flags};
-use lb_common::{Backend, ServiceKey, ServiceValue, IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::{Backend, ServiceKey, ServiceValue, SourceRange, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::objects::ObjectKey;
 
@@ -148,6 +149,10 @@ pub struct DesiredService {
     /// The frontend is a Service's ClusterIP: its address goes into `LB_CLUSTER_IPS`, so new
     /// flows to ports and protocols the address does not expose are rejected.
     pub cluster_ip: bool,
+    /// `loadBalancerSourceRanges` of a load-balancer IP frontend: new flows from outside the
+    /// node are served only from these sources. Empty: every source (and every other
+    /// frontend).
+    pub source_ranges: BTreeSet<IpNet>,
 }
 
 /// How new flows pick among a frontend's backends (affinity, where set, comes first).
@@ -176,6 +181,7 @@ impl DesiredService {
             affinity_timeout_s: None,
             algorithm: None,
             cluster_ip: false,
+            source_ranges: BTreeSet::new(),
         }
     }
 
@@ -196,6 +202,9 @@ impl DesiredService {
         }
         if self.backends(scope).drop_if_empty {
             flags |= service_flags::DROP_IF_NO_BACKEND;
+        }
+        if scope == scope::EXTERNAL && !self.source_ranges.is_empty() {
+            flags |= service_flags::SOURCE_RANGES;
         }
         ServiceValue {
             group_id: id,
@@ -286,6 +295,35 @@ pub fn map_addr(addr: IpAddr) -> [u8; 16] {
         IpAddr::V4(v4) => lb_common::ipv4_mapped(v4.octets()),
         IpAddr::V6(v6) => v6.octets(),
     }
+}
+
+/// The source ranges map key of `range` for group `group_id`: its `prefix_len` and data.
+pub fn source_range_key(group_id: u32, range: IpNet) -> (u32, SourceRange) {
+    let range = range.trunc();
+    let prefix_len = match range {
+        IpNet::V4(v4) => SourceRange::ipv4_prefix_len(v4.prefix_len()),
+        IpNet::V6(v6) => 32 + u32::from(v6.prefix_len()),
+    };
+    (
+        prefix_len,
+        SourceRange::new(group_id, map_addr(range.addr())),
+    )
+}
+
+/// The group id and range of a source ranges map key; `None` for a prefix length no range
+/// has (at most 32 bits for IPv4, 128 for IPv6, after the group id's 32).
+pub fn source_range_of(prefix_len: u32, key: SourceRange) -> Option<(u32, IpNet)> {
+    let group_id = u32::from_be_bytes(key.group_id);
+    let range = match unmap_addr(key.addr) {
+        IpAddr::V4(v4) => {
+            let bits = prefix_len.checked_sub(SourceRange::ipv4_prefix_len(0))?;
+            IpNet::new(v4.into(), u8::try_from(bits).ok()?).ok()?
+        }
+        IpAddr::V6(v6) => {
+            IpNet::new(v6.into(), u8::try_from(prefix_len.checked_sub(32)?).ok()?).ok()?
+        }
+    };
+    Some((group_id, range))
 }
 
 /// An address from the maps' 16-byte form (IPv4-mapped becomes IPv4).
@@ -396,5 +434,46 @@ mod tests {
         );
         assert_eq!(internal.flags, service_flags::AFFINITY);
         assert_eq!((internal.group_id, internal.backend_count), (4, 2));
+        service
+            .source_ranges
+            .insert("203.0.113.0/24".parse().unwrap());
+        assert_eq!(
+            service.value(scope::EXTERNAL, 3, 1).flags,
+            service_flags::AFFINITY
+                | service_flags::DROP_IF_NO_BACKEND
+                | service_flags::SOURCE_RANGES
+        );
+        assert_eq!(
+            service.value(scope::INTERNAL, 4, 2).flags,
+            service_flags::AFFINITY,
+            "pods are not filtered"
+        );
+    }
+
+    #[test]
+    fn source_range_keys_match_the_group_and_the_prefix() {
+        let (len, key) = source_range_key(7, "203.0.113.77/24".parse().unwrap());
+        assert_eq!(len, 32 + 96 + 24);
+        assert_eq!(key.group_id, [0, 0, 0, 7]);
+        assert_eq!(
+            key.addr[10..],
+            [0xff, 0xff, 203, 0, 113, 0],
+            "host bits cleared"
+        );
+        assert_eq!(
+            source_range_of(len, key),
+            Some((7, "203.0.113.0/24".parse().unwrap()))
+        );
+        assert_eq!(source_range_of(32 + 96 + 33, key), None);
+        assert_eq!(source_range_of(32 + 95, key), None);
+        let (len, key) = source_range_key(1, "2001:2::/48".parse().unwrap());
+        assert_eq!(
+            (len, key.addr[..6].to_vec()),
+            (32 + 48, vec![0x20, 0x01, 0, 2, 0, 0])
+        );
+        assert_eq!(
+            source_range_of(len, key),
+            Some((1, "2001:2::/48".parse().unwrap()))
+        );
     }
 }

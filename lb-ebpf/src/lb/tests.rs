@@ -874,3 +874,59 @@ fn egress_leaves_requests_and_unknown_packets_alone_and_creates_no_flow() {
     assert_eq!(maps.conntrack, entries);
     assert_eq!(maps.counters, counters);
 }
+
+/// `maps_with_service` whose entry admits new flows only from `ranges`.
+fn with_source_ranges(mut maps: FakeMaps, ranges: &[([u8; 4], u8)]) -> FakeMaps {
+    for value in maps.services.values_mut() {
+        value.flags |= service_flags::SOURCE_RANGES;
+    }
+    maps.source_ranges.insert(GROUP_ID, ranges.to_vec());
+    maps
+}
+
+#[test]
+fn source_ranges_admit_new_flows_from_inside_and_drop_the_rest() {
+    let mut maps = with_source_ranges(
+        maps_with_service(IPPROTO_TCP),
+        &[([198, 18, 0, 8], 30), ([203, 0, 113, 0], 24)],
+    );
+    let inside = FrameSpec::tcp_syn();
+    let (_, target) = chosen(&inside);
+    let (verdict, out) = run(&mut maps, &inside);
+    assert_eq!(verdict, Verdict::Pass);
+    assert_eq!(
+        out,
+        frame(&FrameSpec {
+            dst: target,
+            ..inside.clone()
+        })
+    );
+    let outside = FrameSpec {
+        src: FlowEnd {
+            addr: [198, 18, 0, 12],
+            ..CLIENT
+        },
+        ..FrameSpec::tcp_syn()
+    };
+    let (verdict, out) = run(&mut maps, &outside);
+    assert_eq!((verdict, out), (Verdict::Drop, frame(&outside)));
+    assert_eq!(maps.counter_value(Counter::DropSourceRange), 1);
+    assert_eq!(maps.stats_of(GROUP_ID).drops, 1);
+    assert_eq!(maps.conntrack.len(), 2, "only the inside flow is tracked");
+    // An established flow is decided by conntrack: the ranges are not read again.
+    maps.source_ranges.clear();
+    assert_eq!(run(&mut maps, &ack(&inside)).0, Verdict::Pass);
+    assert_eq!(maps.counter_value(Counter::ForwardTranslated), 1);
+}
+
+#[test]
+fn source_ranges_are_checked_before_a_reject() {
+    let mut maps = with_source_ranges(
+        without_backends(maps_with_service(IPPROTO_UDP), 0),
+        &[([203, 0, 113, 0], 24)],
+    );
+    let (verdict, _) = run(&mut maps, &FrameSpec::udp());
+    assert_eq!(verdict, Verdict::Drop);
+    assert_eq!(maps.counter_value(Counter::DropSourceRange), 1);
+    assert_eq!(maps.counter_value(Counter::RejectNoBackend), 0);
+}

@@ -66,6 +66,7 @@ fn map_type(kind: MapKind) -> MapType {
         MapKind::Array => MapType::Array,
         MapKind::PerCpuArray => MapType::PerCpuArray,
         MapKind::LruHashMap => MapType::LruHash,
+        MapKind::LpmTrie => MapType::LpmTrie,
     }
 }
 

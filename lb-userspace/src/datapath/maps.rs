@@ -4,16 +4,19 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
+use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, Map, MapData, MapError, MapInfo, PerCpuArray, PerCpuValues};
 use aya::{Ebpf, Pod};
+use ipnet::IpNet;
 use lb_common::maps::{self as registry, MapDef, MapSpec};
 use lb_common::{
     Backend, BackendSlotKey, Counter, CtKey, CtValue, NodeConfig, ServiceKey, ServiceStats,
-    ServiceValue, IPPROTO_UDP,
+    ServiceValue, SourceRange, IPPROTO_UDP,
 };
 
 use super::batch;
 use super::DatapathError;
+use crate::model::{source_range_key, source_range_of};
 use crate::reconciler::{ClusterIpMap, MapReader, MapWriteError, MapWriter};
 
 /// The data path's maps, one per registry entry, each checked against its entry's layout.
@@ -209,6 +212,28 @@ impl MapWriter for DatapathMaps {
         self.remove(registry::SERVICES, key)
     }
 
+    fn set_source_range(&mut self, group_id: u32, range: IpNet) -> Result<(), MapWriteError> {
+        let (prefix_len, data) = source_range_key(group_id, range);
+        self.source_ranges()
+            .and_then(|mut trie| trie.insert(&Key::new(prefix_len, data), 1, 0))
+            .map_err(|source| MapWriteError {
+                map: registry::SOURCE_RANGES.name,
+                op: "update",
+                source,
+            })
+    }
+
+    fn remove_source_range(&mut self, group_id: u32, range: IpNet) -> Result<(), MapWriteError> {
+        let (prefix_len, data) = source_range_key(group_id, range);
+        self.source_ranges()
+            .and_then(|mut trie| ignore_missing(trie.remove(&Key::new(prefix_len, data))))
+            .map_err(|source| MapWriteError {
+                map: registry::SOURCE_RANGES.name,
+                op: "delete",
+                source,
+            })
+    }
+
     fn reset_service_stats(&mut self, group_id: u32) -> Result<(), MapWriteError> {
         let failed = |source| MapWriteError {
             map: registry::SERVICE_STATS.name,
@@ -269,10 +294,29 @@ impl MapReader for DatapathMaps {
     fn read_backends(&self) -> Result<Vec<(u32, Backend)>, MapWriteError> {
         self.read_all(registry::BACKENDS)
     }
+
+    fn read_source_ranges(&self) -> Result<Vec<(u32, IpNet)>, MapWriteError> {
+        LpmTrie::<_, SourceRange, u8>::try_from(self.map(registry::SOURCE_RANGES))
+            .and_then(|trie| trie.keys().collect::<Result<Vec<_>, _>>())
+            .map(|keys| {
+                keys.into_iter()
+                    .filter_map(|key| source_range_of(key.prefix_len(), key.data()))
+                    .collect()
+            })
+            .map_err(|source| MapWriteError {
+                map: registry::SOURCE_RANGES.name,
+                op: "read",
+                source,
+            })
+    }
 }
 
 /// Typed hash map access by registry entry; each fails with the map's name.
 impl DatapathMaps {
+    fn source_ranges(&mut self) -> Result<LpmTrie<&mut MapData, SourceRange, u8>, MapError> {
+        LpmTrie::try_from(self.map_mut(registry::SOURCE_RANGES))
+    }
+
     fn hash<K: Pod, V: Pod>(&self, def: MapDef<K, V>) -> Result<HashMap<&MapData, K, V>, MapError> {
         HashMap::try_from(self.map(def))
     }
@@ -331,9 +375,11 @@ fn index_of(name: &str) -> usize {
 /// The map behind `map`, if it is of a kind the registry uses.
 fn map_data(map: &Map) -> Option<&MapData> {
     match map {
-        Map::HashMap(data) | Map::LruHashMap(data) | Map::Array(data) | Map::PerCpuArray(data) => {
-            Some(data)
-        }
+        Map::HashMap(data)
+        | Map::LruHashMap(data)
+        | Map::Array(data)
+        | Map::PerCpuArray(data)
+        | Map::LpmTrie(data) => Some(data),
         _ => None,
     }
 }

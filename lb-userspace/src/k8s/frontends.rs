@@ -18,9 +18,12 @@ use crate::model::Frontend;
 pub enum FrontendKind {
     /// A cluster IP: `internalTrafficPolicy` applies to all its traffic.
     ClusterIp,
-    /// A node port, load balancer IP or external IP: `externalTrafficPolicy` applies to
-    /// traffic from outside the node; this node's pods reach every usable endpoint.
+    /// A node port or external IP: `externalTrafficPolicy` applies to traffic from outside
+    /// the node; this node's pods reach every usable endpoint.
     External,
+    /// A load balancer IP: as [`FrontendKind::External`], and `loadBalancerSourceRanges`
+    /// filters its traffic from outside the node.
+    LoadBalancerIp,
 }
 
 /// Every frontend of `port`, with its kind.
@@ -54,7 +57,7 @@ pub fn frontends(
             service
                 .load_balancer_ips
                 .iter()
-                .map(|ip| (on(*ip, port.port), FrontendKind::External)),
+                .map(|ip| (on(*ip, port.port), FrontendKind::LoadBalancerIp)),
         );
     }
     frontends.extend(

@@ -6,6 +6,8 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
+use ipnet::IpNet;
+
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec, ServiceStatus};
 use tracing::{debug, warn};
 
@@ -36,6 +38,9 @@ pub struct ServiceDef {
     /// `status.loadBalancer.ingress[].ip`, except ingresses with `ipMode: Proxy` (the load
     /// balancer proxies to the node ports itself, so kube-proxy leaves their IPs alone).
     pub load_balancer_ips: Vec<IpAddr>,
+    /// `spec.loadBalancerSourceRanges` that parse as CIDRs (kube-proxy's reading: each value
+    /// trimmed; an invalid one is logged and skipped). Only load-balancer IPs are filtered.
+    pub load_balancer_source_ranges: Vec<IpNet>,
     /// `spec.externalTrafficPolicy`: which endpoints traffic from outside the node reaches
     /// through node ports, load balancer and external IPs.
     pub external_policy: TrafficPolicy,
@@ -110,6 +115,13 @@ impl ServiceDef {
         };
         check_traffic_distribution(&namespace, &name, spec.traffic_distribution.as_deref());
         let status = service.status.as_ref();
+        let load_balancer_source_ranges = source_ranges(
+            &namespace,
+            &name,
+            spec.load_balancer_source_ranges
+                .as_deref()
+                .unwrap_or_default(),
+        );
         Ok(ServiceDef {
             namespace,
             name,
@@ -118,6 +130,7 @@ impl ServiceDef {
             ports,
             external_ips: parse_ips(spec.external_ips.as_deref(), "spec.externalIPs")?,
             load_balancer_ips: load_balancer_ips(status)?,
+            load_balancer_source_ranges,
             external_policy: traffic_policy(
                 spec.external_traffic_policy.as_deref(),
                 "spec.externalTrafficPolicy",
@@ -219,6 +232,25 @@ fn load_balancer_ips(status: Option<&ServiceStatus>) -> Result<Vec<IpAddr>, Fiel
         }
     }
     Ok(ips)
+}
+
+/// `spec.loadBalancerSourceRanges` as kube-proxy reads them: trimmed, and an entry that is
+/// not a CIDR is logged (naming the Service and the entry) and skipped, not an error.
+pub(super) fn source_ranges(namespace: &str, name: &str, ranges: &[String]) -> Vec<IpNet> {
+    ranges
+        .iter()
+        .enumerate()
+        .filter_map(|(i, range)| match range.trim().parse::<IpNet>() {
+            Ok(net) => Some(net.trunc()),
+            Err(_) => {
+                warn!(
+                    "Service {namespace}/{name}: spec.loadBalancerSourceRanges[{i}] {range:?} \
+                     is not a CIDR; skipped"
+                );
+                None
+            }
+        })
+        .collect()
 }
 
 fn traffic_policy(policy: Option<&str>, path: &str) -> Result<TrafficPolicy, FieldError> {

@@ -10,12 +10,18 @@
 //!   node, while this node's pods reach every usable endpoint through them (kube-proxy treats
 //!   pod -> external destination traffic as "subject to neither form of traffic policy");
 //! - a Local policy with no local endpoint drops new connections, unless the service has no
-//!   usable endpoint anywhere: then every path rejects them.
+//!   usable endpoint anywhere: then every path rejects them;
+//! - `loadBalancerSourceRanges` filter a load balancer IP's traffic from outside the node,
+//!   with kube-proxy's exception: when a range holds one of the node's addresses, the load
+//!   balancer IP itself is allowed as a source too (a VIP routed locally loops the node's own
+//!   requests back from it).
 //!
 //! Only IPv4 is programmed for now: IPv6 cluster IPs and IPv6/FQDN slices are skipped.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+
+use ipnet::IpNet;
 
 use tracing::{debug, warn};
 
@@ -107,7 +113,11 @@ pub fn service_frontends(
         let endpoints = PortEndpoints::select(port, &slices, node);
         let backends = PortBackends::new(service, &endpoints);
         for (frontend, kind) in frontends(service, port, node) {
-            frontends_of_service.push((frontend, desired_service(service, port, kind, &backends)));
+            let mut desired = desired_service(service, port, kind, &backends);
+            if kind == FrontendKind::LoadBalancerIp {
+                desired.source_ranges = source_ranges(service, frontend, node);
+            }
+            frontends_of_service.push((frontend, desired));
         }
     }
     frontends_of_service
@@ -155,7 +165,7 @@ fn desired_service(
             let backends = backends.by_policy(service.internal_policy);
             (Arc::clone(&backends), backends)
         }
-        FrontendKind::External => (
+        FrontendKind::External | FrontendKind::LoadBalancerIp => (
             backends.by_policy(service.external_policy),
             backends.by_policy(TrafficPolicy::Cluster),
         ),
@@ -171,5 +181,25 @@ fn desired_service(
         affinity_timeout_s: service.affinity_timeout_s,
         algorithm: service.algorithm,
         cluster_ip: kind == FrontendKind::ClusterIp,
+        source_ranges: BTreeSet::new(),
     }
+}
+
+/// The sources a load balancer IP frontend admits from outside the node: the Service's
+/// ranges of the frontend's family, plus the frontend's own address when a range holds one of
+/// the node's addresses (kube-proxy's `allowFromNode`). Empty: every source.
+fn source_ranges(service: &ServiceDef, frontend: Frontend, node: &NodeDef) -> BTreeSet<IpNet> {
+    let mut ranges: BTreeSet<IpNet> = service
+        .load_balancer_source_ranges
+        .iter()
+        .filter(|range| range.addr().is_ipv4() == frontend.addr.is_ipv4())
+        .copied()
+        .collect();
+    let from_node = ranges
+        .iter()
+        .any(|range| node.addresses.iter().any(|addr| range.contains(addr)));
+    if from_node {
+        ranges.insert(IpNet::from(frontend.addr));
+    }
+    ranges
 }

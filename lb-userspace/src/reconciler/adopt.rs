@@ -16,6 +16,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use ipnet::IpNet;
 use lb_common::maps as registry;
 use lb_common::{BackendSlotKey, ServiceKey, ServiceValue};
 
@@ -36,6 +37,7 @@ struct Deletions {
     services: Vec<(ServiceKey, &'static str)>,
     slots: Vec<(BackendSlotKey, &'static str)>,
     backends: Vec<u32>,
+    source_ranges: Vec<(u32, IpNet)>,
 }
 
 impl Reconciler {
@@ -104,6 +106,7 @@ impl Reconciler {
                         .or_insert_with(|| SlotGroup {
                             slots: usable.get(&value.group_id).cloned().unwrap_or_default(),
                             stats_reset: true,
+                            source_ranges: BTreeSet::new(),
                         });
                     service.entries[key.scope as usize] = Some(value);
                 }
@@ -124,6 +127,20 @@ impl Reconciler {
         deletions
             .slots
             .sort_unstable_by_key(|(key, _)| (key.group_id, key.slot));
+        // A group's ranges are adopted with it (the first apply keeps the desired ones); those
+        // of a group no entry uses are deleted.
+        for (group_id, range) in maps.read_source_ranges().map_err(read_failed)? {
+            let group = owners
+                .get(&group_id)
+                .and_then(|frontend| adopted.get_mut(frontend))
+                .and_then(|service| service.groups.get_mut(&group_id));
+            match group {
+                Some(group) => {
+                    group.source_ranges.insert(range);
+                }
+                None => deletions.source_ranges.push((group_id, range)),
+            }
+        }
 
         let mut refs: HashMap<u32, u32> = HashMap::new();
         let adopted_slots = adopted
@@ -217,6 +234,15 @@ impl Deletions {
         for (key, reason) in self.services {
             maps.remove_service(&key).map_err(delete_failed)?;
             note(registry::SERVICES.name, service_name(&key), reason);
+        }
+        for (group_id, range) in self.source_ranges {
+            maps.remove_source_range(group_id, range)
+                .map_err(delete_failed)?;
+            note(
+                registry::SOURCE_RANGES.name,
+                format!("group {group_id} source {range}"),
+                "no service entry uses its id",
+            );
         }
         for (key, reason) in self.slots {
             maps.remove_slot(key).map_err(delete_failed)?;

@@ -18,7 +18,10 @@
 //! - backends -> slots -> service entries; slots past what any entry can see are written
 //!   before slots the data path can already see;
 //! - entries are shrunk or re-pointed before the slots they no longer use are deleted; a
-//!   group no entry points at is deleted after that, and backends nobody references last.
+//!   group no entry points at is deleted after that, and backends nobody references last;
+//! - a load balancer IP's source ranges (`loadBalancerSourceRanges`, keyed by its external
+//!   entry's group) are added before the entry and removed after it, so a change never
+//!   drops a source that both the old and the new ranges admit.
 //!
 //! When a write fails, everything written before it is remembered, so the next `apply`
 //! continues from what the kernel really holds. [`Reconciler::resync`] compares the maps'
@@ -39,7 +42,9 @@ mod tests;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
-use lb_common::{BackendSlotKey, ServiceKey, ServiceValue};
+use ipnet::IpNet;
+
+use lb_common::{service::scope, BackendSlotKey, ServiceKey, ServiceValue};
 
 use crate::maglev::{self, TableSize};
 use crate::model::{
@@ -63,6 +68,10 @@ pub trait MapWriter {
     fn remove_slot(&mut self, key: BackendSlotKey) -> Result<(), MapWriteError>;
     fn set_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), MapWriteError>;
     fn remove_service(&mut self, key: &ServiceKey) -> Result<(), MapWriteError>;
+    /// Admits new flows from `range` to the load balancer IP whose external entry uses group
+    /// `group_id` (`LB_SRC_RANGES`).
+    fn set_source_range(&mut self, group_id: u32, range: IpNet) -> Result<(), MapWriteError>;
+    fn remove_source_range(&mut self, group_id: u32, range: IpNet) -> Result<(), MapWriteError>;
     /// Zeroes the per-service counters of a group id about to be (re)used.
     fn reset_service_stats(&mut self, group_id: u32) -> Result<(), MapWriteError>;
     /// Deletes the UDP conntrack entries (both directions) whose flow is balanced by a group
@@ -84,6 +93,9 @@ pub struct ReconcileSummary {
     pub slots_removed: u32,
     pub backends_written: u32,
     pub backends_removed: u32,
+    /// Source ranges (`loadBalancerSourceRanges`) written or deleted.
+    pub source_ranges_written: u32,
+    pub source_ranges_removed: u32,
     /// Services that did not fit; each is skipped, the rest is programmed.
     pub rejected: Vec<CapacityError>,
     /// Whether the group ids' services, frontends or scopes changed, i.e.
@@ -100,6 +112,8 @@ impl ReconcileSummary {
             + self.slots_removed
             + self.backends_written
             + self.backends_removed
+            + self.source_ranges_written
+            + self.source_ranges_removed
             > 0
     }
 }
@@ -163,6 +177,8 @@ struct SlotGroup {
     slots: Vec<u32>,
     /// Whether the id's per-service counters were zeroed, which happens before first use.
     stats_reset: bool,
+    /// Source ranges written under the id (only an external entry's group has any).
+    source_ranges: BTreeSet<IpNet>,
 }
 
 impl ProgrammedService {
@@ -611,6 +627,18 @@ impl Reconciler {
             layouts.push((planned.id, layout.len(), left));
         }
 
+        let external_id = layouts[plan.group_of(scope::EXTERNAL)].0;
+        if let Some(group) = service.groups.get_mut(&external_id) {
+            for range in desired
+                .source_ranges
+                .difference(&group.source_ranges.clone())
+            {
+                maps.set_source_range(external_id, *range).map_err(fail)?;
+                group.source_ranges.insert(*range);
+                summary.source_ranges_written += 1;
+            }
+        }
+
         for scope in SCOPES {
             let index = plan.group_of(scope);
             let (id, count, _) = layouts[index];
@@ -627,6 +655,15 @@ impl Reconciler {
                 }
                 summary.services_written += 1;
             }
+        }
+
+        for (id, group) in service.groups.iter_mut() {
+            let keep = if *id == external_id {
+                &desired.source_ranges
+            } else {
+                &BTreeSet::new()
+            };
+            remove_source_ranges(*id, group, keep, maps, summary).map_err(fail)?;
         }
 
         for (id, count, left) in layouts {
@@ -775,10 +812,28 @@ fn release_group(
     if protocol == Protocol::Udp {
         udp_flush.extend(group.slots.iter().map(|backend| (id, *backend)));
     }
+    remove_source_ranges(id, group, &BTreeSet::new(), maps, summary)?;
     truncate_slots(id, group, 0, backends, maps, summary)?;
     service.groups.remove(&id);
     group_ids.release(id);
     summary.labels_changed = true;
+    Ok(())
+}
+
+/// Deletes the source ranges of group `id` that are not in `keep`.
+fn remove_source_ranges(
+    id: u32,
+    group: &mut SlotGroup,
+    keep: &BTreeSet<IpNet>,
+    maps: &mut impl MapWriter,
+    summary: &mut ReconcileSummary,
+) -> Result<(), MapWriteError> {
+    let stale: Vec<IpNet> = group.source_ranges.difference(keep).copied().collect();
+    for range in stale {
+        maps.remove_source_range(id, range)?;
+        group.source_ranges.remove(&range);
+        summary.source_ranges_removed += 1;
+    }
     Ok(())
 }
 

@@ -5,6 +5,7 @@
 //! order: missing or changed backends, then slots, then service entries are rewritten;
 //! unexpected service entries, then slots, then backends are deleted.
 
+use ipnet::IpNet;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -21,6 +22,8 @@ pub trait MapReader {
     fn read_services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>, MapWriteError>;
     fn read_slots(&self) -> Result<Vec<(BackendSlotKey, u32)>, MapWriteError>;
     fn read_backends(&self) -> Result<Vec<(u32, Backend)>, MapWriteError>;
+    /// Every (group id, source range); keys that are no range are left out.
+    fn read_source_ranges(&self) -> Result<Vec<(u32, IpNet)>, MapWriteError>;
 }
 
 /// How a map entry differed from what the reconciler wrote.

@@ -1,10 +1,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 
+use ipnet::IpNet;
+
 use aya::maps::MapError;
 use aya::sys::SyscallError;
 use lb_common::{
-    service::scope, Backend, BackendSlotKey, ServiceKey, ServiceValue, IPPROTO_TCP, IPPROTO_UDP,
+    service::{scope, service_flags},
+    Backend, BackendSlotKey, ServiceKey, ServiceValue, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 use super::{MapReader, MapWriteError, MapWriter, Reconciler};
@@ -18,6 +21,7 @@ mod apply;
 mod maglev;
 mod resync;
 mod scopes;
+mod source_ranges;
 
 const EXT: u8 = scope::EXTERNAL;
 const INT: u8 = scope::INTERNAL;
@@ -33,6 +37,8 @@ enum Op {
     Service(u32, u32, u8),
     RemoveService(u32, u8),
     FlushUdp(BTreeSet<(u32, u32)>),
+    SourceRange(u32, IpNet),
+    RemoveSourceRange(u32, IpNet),
 }
 
 /// Flags, affinity timeout and backends (port, address) of each service entry (port,
@@ -49,6 +55,8 @@ struct FakeMaps {
     backends: HashMap<u32, Backend>,
     /// (protocol, group id, backend id) of each live conntrack entry.
     conntrack: Vec<(u8, u32, u32)>,
+    /// (group id, range) of each source range.
+    source_ranges: BTreeSet<(u32, IpNet)>,
     log: Vec<Op>,
     /// Fail the operation with this index in `log` (counting from the start).
     fail_at: Option<usize>,
@@ -88,6 +96,14 @@ impl FakeMaps {
                     }
                     Some(_) => continue,
                 };
+                broken.entry(*key).or_insert(why);
+            }
+            let filtered = value.flags & service_flags::SOURCE_RANGES != 0;
+            if filtered && !self.source_ranges.iter().any(|(g, _)| *g == value.group_id) {
+                let why = format!(
+                    "service {} filters sources but has no range",
+                    value.group_id
+                );
                 broken.entry(*key).or_insert(why);
             }
         }
@@ -137,6 +153,13 @@ impl FakeMaps {
             assert!(
                 counts.get(group_id).is_some_and(|count| slot <= count),
                 "leftover slot {group_id}/{slot}"
+            );
+        }
+        for (group_id, range) in &self.source_ranges {
+            assert!(
+                self.services.values().any(|v| v.group_id == *group_id
+                    && v.flags & service_flags::SOURCE_RANGES != 0),
+                "leftover source range {group_id}/{range}"
             );
         }
         for id in self.backends.keys() {
@@ -210,6 +233,22 @@ impl MapWriter for FakeMaps {
         Ok(())
     }
 
+    fn set_source_range(&mut self, group_id: u32, range: IpNet) -> Result<(), MapWriteError> {
+        self.record(Op::SourceRange(group_id, range))?;
+        self.checked(|maps| {
+            maps.source_ranges.insert((group_id, range));
+        });
+        Ok(())
+    }
+
+    fn remove_source_range(&mut self, group_id: u32, range: IpNet) -> Result<(), MapWriteError> {
+        self.record(Op::RemoveSourceRange(group_id, range))?;
+        self.checked(|maps| {
+            maps.source_ranges.remove(&(group_id, range));
+        });
+        Ok(())
+    }
+
     fn reset_service_stats(&mut self, group_id: u32) -> Result<(), MapWriteError> {
         self.record(Op::ResetStats(group_id))
     }
@@ -245,6 +284,10 @@ impl MapReader for FakeMaps {
 
     fn read_backends(&self) -> Result<Vec<(u32, Backend)>, MapWriteError> {
         Ok(self.backends.iter().map(|(id, b)| (*id, *b)).collect())
+    }
+
+    fn read_source_ranges(&self) -> Result<Vec<(u32, IpNet)>, MapWriteError> {
+        Ok(self.source_ranges.iter().copied().collect())
     }
 }
 
