@@ -53,7 +53,7 @@ fn side(backends: &BackendSet) -> String {
 }
 
 /// A frontend's scopes: one list when both scopes are equal, else `ext X | int Y`; then
-/// ` affinity Ns` with session affinity.
+/// ` affinity Ns` with session affinity, ` from R,...` with source ranges.
 fn describe(service: &DesiredService) -> String {
     let mut text = if service.external == service.internal {
         side(&service.external)
@@ -66,6 +66,10 @@ fn describe(service: &DesiredService) -> String {
     };
     if let Some(timeout) = service.affinity_timeout_s {
         text += &format!(" affinity {timeout}s");
+    }
+    if !service.source_ranges.is_empty() {
+        let ranges: Vec<String> = service.source_ranges.iter().map(|r| r.to_string()).collect();
+        text += &format!(" from {}", ranges.join(","));
     }
     text
 }

@@ -294,3 +294,57 @@ fn the_lb_algorithm_annotation_reaches_every_frontend() {
         "the node's --lb-algorithm decides"
     );
 }
+
+/// A LoadBalancer at 198.18.9.1 with external IP 198.18.8.1 and these source ranges.
+fn with_ranges(ranges: &str) -> String {
+    format!(
+        "{}status:\n  loadBalancer:\n    ingress: [{{ip: 198.18.9.1}}]\n",
+        svc(
+            "LoadBalancer",
+            &format!("  externalIPs: [198.18.8.1]\n  loadBalancerSourceRanges: {ranges}\n")
+        )
+    )
+}
+
+#[test]
+fn source_ranges_filter_only_load_balancer_ips() {
+    let from = format!("{ALL} from 203.0.113.0/24");
+    assert_eq!(
+        translate(
+            &[&with_ranges("[\" 203.0.113.7/24 \", \"2001:2::/48\"]")],
+            &[SLICE]
+        ),
+        expect([
+            ("198.18.0.1:30080/TCP", ALL),
+            ("198.18.8.1:80/TCP", ALL),
+            ("198.18.9.1:80/TCP", from.as_str()),
+            ("198.19.0.10:80/TCP", ALL),
+        ]),
+        "trimmed, host bits cleared, IPv6 ranges left to IPv6 frontends; node ports, \
+         external and cluster IPs open"
+    );
+}
+
+#[test]
+fn a_range_holding_the_node_admits_the_load_balancer_ip_itself() {
+    // 198.18.0.1 is node-a's address (kube-proxy's allowFromNode).
+    let translated = translate(&[&with_ranges("[198.18.0.0/24]")], &[SLICE]);
+    assert_eq!(
+        translated["198.18.9.1:80/TCP"],
+        format!("{ALL} from 198.18.0.0/24,198.18.9.1/32")
+    );
+}
+
+#[test]
+fn invalid_source_ranges_are_skipped_and_the_rest_kept() {
+    let def = service(&with_ranges("[nonsense, 198.18.0.0/33, 192.0.2.0/24]")).unwrap();
+    assert_eq!(
+        def.load_balancer_source_ranges,
+        ["192.0.2.0/24".parse::<ipnet::IpNet>().unwrap()]
+    );
+    let only_invalid = translate(&[&with_ranges("[nonsense]")], &[SLICE]);
+    assert_eq!(
+        only_invalid["198.18.9.1:80/TCP"], ALL,
+        "no valid range: open to every source, as kube-proxy"
+    );
+}
