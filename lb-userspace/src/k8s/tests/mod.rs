@@ -68,7 +68,11 @@ fn describe(service: &DesiredService) -> String {
         text += &format!(" affinity {timeout}s");
     }
     if !service.source_ranges.is_empty() {
-        let ranges: Vec<String> = service.source_ranges.iter().map(|r| r.to_string()).collect();
+        let ranges: Vec<String> = service
+            .source_ranges
+            .iter()
+            .map(|r| r.to_string())
+            .collect();
         text += &format!(" from {}", ranges.join(","));
     }
     text
