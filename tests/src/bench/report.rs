@@ -307,7 +307,9 @@ fn per_packet_section(results: &Results) -> String {
         plan.single_frames
     );
     use Method::{Repeat, Single};
-    use PacketCase::{Established, NewFlow, NoOp, NonService};
+    use PacketCase::{
+        Established, NewFlow, NewFlowOneRange, NewFlowThousandRanges, NoOp, NonService,
+    };
     let columns = [
         ("no-op, repeat", NoOp, Repeat),
         ("non-service, repeat", NonService, Repeat),
@@ -315,6 +317,12 @@ fn per_packet_section(results: &Results) -> String {
         ("no-op, once", NoOp, Single),
         ("established, once", Established, Single),
         ("new flow, once", NewFlow, Single),
+        ("new flow, 1 source range, once", NewFlowOneRange, Single),
+        (
+            "new flow, 1000 source ranges, once",
+            NewFlowThousandRanges,
+            Single,
+        ),
     ];
     for hook in Hook::ALL {
         let mut header = vec!["Services".to_string(), "Conntrack".to_string()];

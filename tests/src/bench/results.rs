@@ -76,6 +76,11 @@ pub enum PacketCase {
     Established,
     /// A SYN to the target VIP (service lookup, backend choice, two conntrack inserts).
     NewFlow,
+    /// A SYN from outside (XDP) to a load-balancer IP with one `loadBalancerSourceRanges`
+    /// entry holding the source: a new flow plus the source range lookup.
+    NewFlowOneRange,
+    /// As [`PacketCase::NewFlowOneRange`], with 1000 ranges (999 not holding the source).
+    NewFlowThousandRanges,
 }
 
 impl PacketCase {
@@ -86,6 +91,8 @@ impl PacketCase {
             PacketCase::NonService => "non-service",
             PacketCase::Established => "established",
             PacketCase::NewFlow => "new flow",
+            PacketCase::NewFlowOneRange => "new flow, 1 source range",
+            PacketCase::NewFlowThousandRanges => "new flow, 1000 source ranges",
         }
     }
 }

@@ -11,19 +11,25 @@
 //! - new flow: repeat = 1 over distinct SYNs (a new source port each), median of the kernel's
 //!   times; the no-op is measured the same way, so the fixed per-run overhead shows.
 //!
+//! New flows to a load-balancer IP with `loadBalancerSourceRanges` (1 and 1000 ranges, the
+//! source in one of them) are measured on XDP only, the one hook that filters by source: two
+//! extra frontends, programmed with the N services, balancing to the target's endpoints.
+//!
 //! The TC egress program (replies the node's own stack sends) creates no flows: its
 //! "established" packet is a backend's reply, seeded in both directions the same way, and it
 //! has no new-flow case. Its non-service packet is the cost every packet leaving a pod-facing
 //! or the external interface pays.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+
+use ipnet::IpNet;
 
 use aya::maps::{HashMap, Map, MapData};
 use lb_common::maps as registry;
 use lb_common::{conntrack::ct_flags, net::tcp_flags, CtKey, CtValue, IPPROTO_TCP};
 use lb_frames::{describe, parse, Frame};
 use lb_userspace::{
-    model::{map_addr, Changed},
+    model::{map_addr, Changed, DesiredService, Endpoint, Frontend, Protocol, ServicePortName},
     reconciler::ClusterIps,
     Datapath, Reconciler,
 };
@@ -50,6 +56,10 @@ const NON_SERVICE: (SocketAddrV4, SocketAddrV4) = (
 /// New flows come from 198.18.64.0/19, conntrack filler entries from 198.18.96.0/19.
 const NEW_FLOW_BASE: u32 = u32::from_be_bytes([198, 18, 64, 0]);
 const FILLER_BASE: u32 = u32::from_be_bytes([198, 18, 96, 0]);
+/// Load-balancer IPs with 1 and with 1000 source ranges (in 198.19.0.0/16, which the N
+/// services' VIPs, counted up from 198.19.0.1, reach only beyond 65,000 services).
+const LB_ONE_RANGE: Ipv4Addr = Ipv4Addr::new(198, 19, 255, 1);
+const LB_THOUSAND_RANGES: Ipv4Addr = Ipv4Addr::new(198, 19, 255, 2);
 /// Payload of the established data packet.
 const PAYLOAD: [u8; 64] = [0x42; 64];
 
@@ -98,7 +108,12 @@ impl PacketBench {
         let set = ServiceSet::new(services, plan.endpoints);
         let capacities = capacities_for(&set, plan.endpoints);
         let mut datapath = Datapath::load(&capacities)?;
-        let desired = set.desired_state();
+        let mut desired = set.desired_state();
+        let endpoints = set.endpoints(set.target_index());
+        desired.extend([
+            ranged(LB_ONE_RANGE, &endpoints, 1),
+            ranged(LB_THOUSAND_RANGES, &endpoints, 1000),
+        ]);
         let summary = Reconciler::new(&capacities).apply(&desired, datapath.maps())?;
         // Every VIP is a ClusterIP: a non-service packet pays the miss in LB_CLUSTER_IPS at
         // its full size, as on a node.
@@ -209,6 +224,13 @@ impl PacketBench {
     fn verify(&mut self, hook: Hook) -> Result<()> {
         let pass = hook.pass_verdict();
         let syn = self.new_flow_frame();
+        let mut syns = vec![(self.vip, syn.clone())];
+        if hook == Hook::Xdp {
+            for lb in [LB_ONE_RANGE, LB_THOUSAND_RANGES] {
+                let vip = SocketAddrV4::new(lb, self.vip.port());
+                syns.push((vip, self.new_flow_frame_to(vip)));
+            }
+        }
         let program = self.program(hook)?;
         let expect = |what: &str, outcome: &Outcome, frame: &[u8]| {
             if outcome.verdict != pass || outcome.frame != frame {
@@ -237,17 +259,22 @@ impl PacketBench {
             // Egress never starts a flow: the SYN leaves untouched.
             return expect("a SYN to the VIP", &run(&syn, 1)?, &syn);
         }
-        let outcome = run(&syn, 1)?;
-        let parsed = parse(&outcome.frame)
-            .map_err(|e| BenchError::Check(format!("{hook:?} new flow to {}: {e}", self.vip)))?;
-        let chosen = parsed
-            .ports
-            .map(|(_, dport)| SocketAddrV4::new(parsed.dst, dport));
-        if outcome.verdict != pass || !chosen.is_some_and(|c| self.target_endpoints.contains(&c)) {
-            return Err(BenchError::Check(format!(
-                "{hook:?} new flow to {}: verdict {}, translated to {chosen:?}, not one of {:?}",
-                self.vip, outcome.verdict, self.target_endpoints
-            )));
+        for (vip, syn) in syns {
+            let outcome = run(&syn, 1)?;
+            let parsed = parse(&outcome.frame)
+                .map_err(|e| BenchError::Check(format!("{hook:?} new flow to {vip}: {e}")))?;
+            let chosen = parsed
+                .ports
+                .map(|(_, dport)| SocketAddrV4::new(parsed.dst, dport));
+            if outcome.verdict != pass
+                || !chosen.is_some_and(|c| self.target_endpoints.contains(&c))
+            {
+                return Err(BenchError::Check(format!(
+                    "{hook:?} new flow to {vip}: verdict {}, translated to {chosen:?}, not one \
+                     of {:?}",
+                    outcome.verdict, self.target_endpoints
+                )));
+            }
         }
         Ok(())
     }
@@ -255,7 +282,9 @@ impl PacketBench {
     /// Every case, `plan.runs` times.
     fn measure(&mut self, plan: &Plan, hook: Hook, fill: ConntrackFill) -> Result<Vec<PacketCell>> {
         use Method::{Repeat, Single};
-        use PacketCase::{Established, NewFlow, NoOp, NonService};
+        use PacketCase::{
+            Established, NewFlow, NewFlowOneRange, NewFlowThousandRanges, NoOp, NonService,
+        };
         let cases = [
             (NoOp, Repeat),
             (NonService, Repeat),
@@ -263,8 +292,14 @@ impl PacketBench {
             (NoOp, Single),
             (Established, Single),
             (NewFlow, Single),
+            (NewFlowOneRange, Single),
+            (NewFlowThousandRanges, Single),
         ];
-        let cases = &cases[..if hook == Hook::TcEgress { 5 } else { 6 }];
+        let cases = &cases[..match hook {
+            Hook::TcEgress => 5,
+            Hook::Tc => 6,
+            Hook::Xdp => 8,
+        }];
         let mut samples = vec![Vec::new(); cases.len()];
         // The no-op's repeat count is odd like the others', though it changes nothing.
         let repeat = plan.repeat | 1;
@@ -273,6 +308,14 @@ impl PacketBench {
             let frames: Vec<Vec<u8>> = (0..plan.single_frames)
                 .map(|_| self.new_flow_frame())
                 .collect();
+            let to_lb = |bench: &mut Self, lb| -> Vec<Vec<u8>> {
+                let vip = SocketAddrV4::new(lb, bench.vip.port());
+                (0..plan.single_frames)
+                    .map(|_| bench.new_flow_frame_to(vip))
+                    .collect()
+            };
+            let one_range = to_lb(self, LB_ONE_RANGE);
+            let thousand_ranges = to_lb(self, LB_THOUSAND_RANGES);
             let program = self.program(hook)?;
             let noop = self.noop(hook);
             let (sent, _) = self.established(hook);
@@ -285,6 +328,12 @@ impl PacketBench {
                     (NoOp, Single) => single_ns(noop, frames.iter().map(Vec::as_slice))?,
                     (Established, Single) => single_ns(program, std::iter::repeat_n(sent, count))?,
                     (NewFlow, _) => single_ns(program, frames.iter().map(Vec::as_slice))?,
+                    (NewFlowOneRange, _) => {
+                        single_ns(program, one_range.iter().map(Vec::as_slice))?
+                    }
+                    (NewFlowThousandRanges, _) => {
+                        single_ns(program, thousand_ranges.iter().map(Vec::as_slice))?
+                    }
                 });
             }
             if fill == ConntrackFill::Empty {
@@ -338,9 +387,14 @@ impl PacketBench {
 
     /// A SYN of a flow not seen before.
     fn new_flow_frame(&mut self) -> Vec<u8> {
+        self.new_flow_frame_to(self.vip)
+    }
+
+    /// A SYN of a flow not seen before, to `vip`.
+    fn new_flow_frame_to(&mut self, vip: SocketAddrV4) -> Vec<u8> {
         let src = numbered_source(NEW_FLOW_BASE, self.flows);
         self.flows += 1;
-        Frame::tcp(src, self.vip, tcp_flags::SYN).to_bytes()
+        Frame::tcp(src, vip, tcp_flags::SYN).to_bytes()
     }
 
     /// Deletes the entries new flows created, keeping conntrack empty but for the seeds.
@@ -358,6 +412,35 @@ impl PacketBench {
         }
         Ok(())
     }
+}
+
+/// A load-balancer IP frontend at `lb` balancing to `endpoints`, admitting new flows from
+/// `ranges` source ranges: `ranges - 1` /32s in 203.0.0.0/16, which hold no source, and
+/// the new flows' 198.18.64.0/19.
+fn ranged(lb: Ipv4Addr, endpoints: &[SocketAddrV4], ranges: u32) -> (Frontend, DesiredService) {
+    let frontend = Frontend {
+        addr: IpAddr::V4(lb),
+        port: crate::bench::services::VIP_PORT,
+        protocol: Protocol::Tcp,
+    };
+    let name = ServicePortName {
+        namespace: "bench".into(),
+        name: format!("source-ranges-{ranges}"),
+        port_name: String::new(),
+    };
+    let endpoints = endpoints.iter().map(|e| Endpoint {
+        addr: IpAddr::V4(*e.ip()),
+        port: e.port(),
+        local: true,
+    });
+    let mut service = DesiredService::uniform(name, endpoints.collect());
+    let others = (1..ranges).map(|i| {
+        let addr = Ipv4Addr::from(u32::from_be_bytes([203, 0, 0, 0]) + i);
+        IpNet::from(IpAddr::V4(addr))
+    });
+    let sources = IpNet::new(Ipv4Addr::from(NEW_FLOW_BASE).into(), 19).expect("a /19");
+    service.source_ranges = others.chain([sources]).collect();
+    (frontend, service)
 }
 
 /// The kernel's time per iteration of one run of `repeat` iterations.
