@@ -67,7 +67,7 @@ const SERVICE_COUNTERS: [ServiceCounter; 5] = [
 ];
 
 /// The node-wide counters that count dropped (or rejected) packets.
-const DROP_REASONS: [Counter; 8] = [
+const DROP_REASONS: [Counter; 9] = [
     Counter::RejectNoBackend,
     Counter::DropNoBackend,
     Counter::DropBackendMissing,
@@ -76,6 +76,7 @@ const DROP_REASONS: [Counter; 8] = [
     Counter::DropSnatPortsExhausted,
     Counter::RejectUnexposedPort,
     Counter::DropUnexposedPort,
+    Counter::DropSourceRange,
 ];
 
 impl DatapathCollector {
