@@ -100,8 +100,25 @@ fn every_variant_and_workload_produces_sane_results() {
         }
     }
 
-    // Per conntrack fill, six cases on XDP and on TC; TC egress starts no flow, so five.
-    assert_eq!(results.per_packet.len(), 2 * (6 + 6 + 5));
+    // Per conntrack fill, six cases on TC and eight on XDP (new flows to load-balancer IPs
+    // with 1 and 1000 source ranges); TC egress starts no flow, so five.
+    assert_eq!(results.per_packet.len(), 2 * (8 + 6 + 5));
+    let ranged = [
+        PacketCase::NewFlowOneRange,
+        PacketCase::NewFlowThousandRanges,
+    ];
+    for cell in results
+        .per_packet
+        .iter()
+        .filter(|c| ranged.contains(&c.case))
+    {
+        assert_eq!(
+            (cell.hook, cell.method),
+            (Hook::Xdp, Method::Single),
+            "{cell:?}"
+        );
+        assert!(cell.ns.len() == 1 && cell.ns[0] > 0.0, "{cell:?}");
+    }
     for hook in Hook::ALL {
         for fill in [ConntrackFill::Empty, ConntrackFill::NinetyPercent] {
             for case in [
