@@ -12,10 +12,10 @@ use fixture::{
     client, deltas, vip, Fixture, Hook, Verdict, HOOKS,
 };
 use lb_common::{
-    net::{icmp, tcp_flags, ETH_HLEN, TCP_HLEN, UDP_HLEN},
+    net::{tcp_flags, TCP_HLEN, UDP_HLEN},
     Counter,
 };
-use lb_frames::{parse, Frame, Icmp, DST_MAC, SRC_MAC};
+use lb_frames::Frame;
 use lb_tests::require_root;
 use lb_userspace::model::Protocol;
 
@@ -31,25 +31,8 @@ fn external_tcp_80(hook: Hook) -> Fixture {
     Fixture::with_service(hook, vip(80), Protocol::Tcp, &[backend(1)])
 }
 
-/// The ICMP port unreachable answering `original` (see packet_no_backend.rs): from the
-/// destination back to the sender, quoting the IPv4 header and `quoted_l4` bytes.
-fn port_unreachable(original: &[u8], quoted_l4: usize) -> Vec<u8> {
-    let sent = parse(original).expect("a valid frame");
-    let quoted = &original[ETH_HLEN..ETH_HLEN + sent.header_len + quoted_l4];
-    let icmp = Icmp {
-        icmp_type: icmp::DEST_UNREACH,
-        code: icmp::PORT_UNREACH,
-        rest: [0; 4],
-        body: quoted.to_vec(),
-    };
-    let mut reply = Frame::icmp(sent.dst, sent.src, icmp);
-    (reply.dst_mac, reply.src_mac) = (SRC_MAC, DST_MAC);
-    reply.ip.id = 0;
-    reply.to_bytes()
-}
-
 fn rejected(name: &'static str, input: Vec<u8>, quoted_l4: usize) -> Case {
-    let reply = port_unreachable(&input, quoted_l4);
+    let reply = Frame::port_unreachable_reply(&input, quoted_l4);
     Case {
         name,
         hooks: &HOOKS,

@@ -11,11 +11,11 @@ use fixture::{
     client, deltas, vip, Fixture, Hook, Verdict, HOOKS,
 };
 use lb_common::{
-    net::{icmp, tcp_flags, ETH_HLEN, IPPROTO_ICMP, TCP_HLEN, UDP_HLEN},
+    net::{tcp_flags, IPPROTO_ICMP, TCP_HLEN, UDP_HLEN},
     service::{scope, service_flags},
     Counter, ServiceValue, IPPROTO_TCP, IPPROTO_UDP,
 };
-use lb_frames::{parse, Frame, Icmp, DST_MAC, L4, SRC_MAC};
+use lb_frames::{Frame, L4};
 use lb_tests::require_root;
 use lb_userspace::model::Protocol;
 
@@ -51,24 +51,6 @@ fn dropping_services(hook: Hook) -> Fixture {
     };
     fx.program(vip(53), IPPROTO_UDP, &scopes, udp, &[]);
     fx
-}
-
-/// The ICMP port unreachable answering `original`, built from the RFC: Ethernet addresses
-/// swapped, IPv4 from the frontend to the client (TOS 0xc0, TTL 64, no fragmentation), ICMP
-/// type 3 code 3 quoting the original IPv4 header and `quoted_l4` bytes of its payload.
-fn port_unreachable(original: &[u8], quoted_l4: usize) -> Vec<u8> {
-    let sent = parse(original).expect("a valid frame");
-    let quoted = &original[ETH_HLEN..ETH_HLEN + sent.header_len + quoted_l4];
-    let icmp = Icmp {
-        icmp_type: icmp::DEST_UNREACH,
-        code: icmp::PORT_UNREACH,
-        rest: [0; 4],
-        body: quoted.to_vec(),
-    };
-    let mut reply = Frame::icmp(sent.dst, sent.src, icmp);
-    (reply.dst_mac, reply.src_mac) = (SRC_MAC, DST_MAC);
-    reply.ip.id = 0;
-    reply.to_bytes()
 }
 
 /// A row: `input` to an empty service is answered with exactly `reply` (whose checksums
@@ -149,8 +131,8 @@ fn frames_to_services_without_backends() {
     padded.resize(60, 0);
     // The fixed TCP header is quoted (more than RFC 792's 8 bytes; see lb-ebpf's reject
     // module), its options are not; Ethernet padding is not quoted.
-    let tcp_reply = |bytes: &[u8]| port_unreachable(bytes, TCP_HLEN);
-    let udp_reply = |bytes: &[u8]| port_unreachable(bytes, UDP_HLEN);
+    let tcp_reply = |bytes: &[u8]| Frame::port_unreachable_reply(bytes, TCP_HLEN);
+    let udp_reply = |bytes: &[u8]| Frame::port_unreachable_reply(bytes, UDP_HLEN);
     let echo_request = syn(46_003).with_l4(L4::Raw {
         protocol: IPPROTO_ICMP,
         bytes: vec![8, 0, 0xf7, 0xff, 0, 0, 0, 0],

@@ -4,7 +4,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use lb_common::net::{
-    tcp_flags, ETHERTYPE_IPV4, ETH_HLEN, ICMP_CHECKSUM, ICMP_HLEN, IPPROTO_ICMP, IPPROTO_TCP,
+    icmp, tcp_flags, ETHERTYPE_IPV4, ETH_HLEN, ICMP_CHECKSUM, ICMP_HLEN, IPPROTO_ICMP, IPPROTO_TCP,
     IPPROTO_UDP, IPV4_CHECKSUM, IPV4_DF, IPV4_MF, IPV4_MIN_HLEN, IPV4_OFFSET_MASK, TCP_CHECKSUM,
     TCP_HLEN, UDP_CHECKSUM, UDP_HLEN,
 };
@@ -167,6 +167,25 @@ impl Frame {
         let mut body = quoted.to_bytes().split_off(ETH_HLEN);
         body.truncate(quote_len.unwrap_or(body.len()));
         Frame::icmp(src, dst, Icmp::error((icmp_type, code), body))
+    }
+
+    /// The ICMP port unreachable a frontend answers `original` with, built from the RFC:
+    /// Ethernet addresses swapped, IPv4 from the destination back to the sender (TOS 0xc0,
+    /// TTL 64, no fragmentation, id 0), ICMP type 3 code 3 quoting the original IPv4 header
+    /// and `quoted_l4` bytes of its payload.
+    pub fn port_unreachable_reply(original: &[u8], quoted_l4: usize) -> Vec<u8> {
+        let sent = crate::parse(original).expect("a valid frame");
+        let quoted = &original[ETH_HLEN..ETH_HLEN + sent.header_len + quoted_l4];
+        let icmp = Icmp {
+            icmp_type: icmp::DEST_UNREACH,
+            code: icmp::PORT_UNREACH,
+            rest: [0; 4],
+            body: quoted.to_vec(),
+        };
+        let mut reply = Frame::icmp(sent.dst, sent.src, icmp);
+        (reply.dst_mac, reply.src_mac) = (SRC_MAC, DST_MAC);
+        reply.ip.id = 0;
+        reply.to_bytes()
     }
 
     fn ipv4(src: SocketAddrV4, dst: SocketAddrV4, l4: L4) -> Frame {
