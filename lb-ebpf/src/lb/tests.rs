@@ -304,9 +304,8 @@ fn udp_flows_work_both_ways() {
     assert_eq!(out, frame(&FrameSpec { src: VIP, ..answer }));
 }
 
-#[test]
-fn other_traffic_passes_untouched() {
-    let mut maps = maps_with_service(IPPROTO_TCP);
+/// A TCP SYN to the VIP on a port the TCP service does not expose, and UDP to its port.
+fn unexposed_by_the_tcp_service() -> [FrameSpec; 2] {
     let other_port = FrameSpec {
         dst: FlowEnd {
             port: 443u16.to_be_bytes(),
@@ -314,8 +313,13 @@ fn other_traffic_passes_untouched() {
         },
         ..FrameSpec::tcp_syn()
     };
-    let udp_same_port = FrameSpec::udp();
-    for spec in [other_port, udp_same_port] {
+    [other_port, FrameSpec::udp()]
+}
+
+#[test]
+fn other_traffic_passes_untouched() {
+    let mut maps = maps_with_service(IPPROTO_TCP);
+    for spec in unexposed_by_the_tcp_service() {
         let (verdict, out) = run(&mut maps, &spec);
         assert_eq!((verdict, out), (Verdict::Pass, frame(&spec)));
     }
@@ -333,15 +337,7 @@ fn cluster_ip_service(proto: u8) -> FakeMaps {
 #[test]
 fn a_cluster_ip_rejects_ports_and_protocols_it_does_not_expose() {
     let mut maps = cluster_ip_service(IPPROTO_TCP);
-    let other_port = FrameSpec {
-        dst: FlowEnd {
-            port: 443u16.to_be_bytes(),
-            ..VIP
-        },
-        ..FrameSpec::tcp_syn()
-    };
-    let udp_same_port = FrameSpec::udp();
-    for spec in [other_port, udp_same_port] {
+    for spec in unexposed_by_the_tcp_service() {
         let (verdict, out) = run(&mut maps, &spec);
         assert_eq!(verdict, Verdict::SendBack);
         let original = frame(&spec);
