@@ -47,6 +47,36 @@ const CLIENT_POD_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 10, 20);
 const WEB_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
 /// Service `empty`: ClusterIP, no endpoints.
 const EMPTY_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 12);
+/// Sends [`REQUESTS`] `protocol` requests from the outside client to the node port `target`;
+/// asserts that `server`'s pod answered each from `target` and saw each come from `source`.
+fn assert_node_port_served(
+    deployed: &Deployed,
+    protocol: Protocol,
+    target: SocketAddrV4,
+    server: Node,
+    source: IpAddr,
+) {
+    let before = deployed.cluster.peers(server, protocol).len();
+    let replies = deployed
+        .cluster
+        .requests(protocol, target, REQUESTS)
+        .unwrap();
+    let failed: Vec<_> = replies
+        .iter()
+        .filter(|r| {
+            !r.as_ref()
+                .is_ok_and(|r| r.from == server.pod_name() && r.peer == SocketAddr::V4(target))
+        })
+        .collect();
+    eprintln!(
+        "{protocol} to {target} ({server:?}'s pod): {REQUESTS} requests, {} failed",
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    let peers = deployed.cluster.peers(server, protocol).split_off(before);
+    assert!(peers.iter().all(|p| p.ip() == source), "{peers:?}");
+}
+
 /// Service `remote`: NodePort (externalTrafficPolicy Cluster), its one endpoint on node B.
 const REMOTE_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 11);
 const REMOTE_NODE_PORTS: [(Protocol, u16); 2] = [(Protocol::Tcp, 30080), (Protocol::Udp, 30053)];
@@ -383,25 +413,7 @@ fn the_daemonset_as_a_kubelet_runs_it_serves_the_node_survives_kills_and_cleans_
     // node A's address (masqueraded), so its replies go back through node A.
     for protocol in [Protocol::Tcp, Protocol::Udp] {
         let target = Deployed::node_port(protocol);
-        let before = deployed.cluster.peers(Node::B, protocol).len();
-        let replies = deployed
-            .cluster
-            .requests(protocol, target, REQUESTS)
-            .unwrap();
-        let failed: Vec<_> = replies
-            .iter()
-            .filter(|r| !r.as_ref().is_ok_and(|r| r.from == Node::B.pod_name()))
-            .collect();
-        eprintln!(
-            "{protocol} from {CLIENT_ADDR} to {target}: {REQUESTS} requests, {} failed",
-            failed.len()
-        );
-        assert!(failed.is_empty(), "{failed:?}");
-        let peers = deployed.cluster.peers(Node::B, protocol).split_off(before);
-        assert!(
-            peers.iter().all(|p| p.ip() == IpAddr::V4(Node::A.addr())),
-            "{peers:?}"
-        );
+        assert_node_port_served(&deployed, protocol, target, Node::B, Node::A.addr().into());
     }
 
     // `podman kill` and a new container, as the kubelet restarts a crashed one, under load.
@@ -514,26 +526,7 @@ fn with_the_runtimes_read_only_proc_sys_node_ports_to_local_and_remote_pods_answ
     ] {
         for protocol in [Protocol::Tcp, Protocol::Udp] {
             let target = Deployed::node_port_of(node_ports, protocol);
-            let before = deployed.cluster.peers(server, protocol).len();
-            let replies = deployed
-                .cluster
-                .requests(protocol, target, REQUESTS)
-                .unwrap();
-            let failed: Vec<_> = replies
-                .iter()
-                .filter(|r| {
-                    !r.as_ref().is_ok_and(|r| {
-                        r.from == server.pod_name() && r.peer == SocketAddr::V4(target)
-                    })
-                })
-                .collect();
-            eprintln!(
-                "{protocol} to {target} ({server:?}'s pod): {REQUESTS} requests, {} failed",
-                failed.len()
-            );
-            assert!(failed.is_empty(), "{failed:?}");
-            let peers = deployed.cluster.peers(server, protocol).split_off(before);
-            assert!(peers.iter().all(|p| p.ip() == source), "{peers:?}");
+            assert_node_port_served(&deployed, protocol, target, server, source);
         }
     }
     let node_a = deployed.cluster.node(Node::A);
