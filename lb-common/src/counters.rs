@@ -61,11 +61,14 @@ pub enum Counter {
     /// New flow to a load-balancer IP from a source outside its Service's
     /// `loadBalancerSourceRanges`: dropped.
     DropSourceRange,
+    /// A reject (of `RejectNoBackend` or `RejectUnexposedPort`) over its client's or the
+    /// node's rate limit (`reject_limit`): dropped instead of answered.
+    DropRejectSuppressed,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 24] = [
+    pub const ALL: [Counter; 25] = [
         Counter::Packets,
         Counter::NotIpv4,
         Counter::OtherProtocol,
@@ -90,6 +93,7 @@ impl Counter {
         Counter::RejectUnexposedPort,
         Counter::DropUnexposedPort,
         Counter::DropSourceRange,
+        Counter::DropRejectSuppressed,
     ];
     /// Size of the counters array.
     pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -121,6 +125,7 @@ impl Counter {
             Counter::RejectUnexposedPort => "reject_unexposed_port",
             Counter::DropUnexposedPort => "drop_unexposed_port",
             Counter::DropSourceRange => "drop_source_range",
+            Counter::DropRejectSuppressed => "drop_reject_suppressed",
         }
     }
 }

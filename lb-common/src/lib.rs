@@ -15,6 +15,7 @@ pub mod conntrack;
 pub mod counters;
 pub mod maps;
 pub mod net;
+pub mod reject_limit;
 pub mod service;
 pub mod sock;
 
@@ -22,6 +23,7 @@ pub use capacity::{Capacities, Capacity};
 pub use config::NodeConfig;
 pub use conntrack::{CtKey, CtValue};
 pub use counters::{Counter, ServiceStats};
+pub use reject_limit::{RejectLimits, TokenBucket};
 pub use service::{
     AffinityKey, AffinityValue, Backend, BackendSlotKey, ServiceKey, ServiceValue, SourceRange,
 };

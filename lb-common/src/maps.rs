@@ -12,7 +12,8 @@ use core::mem::size_of;
 use crate::capacity::{Capacities, Capacity};
 use crate::{
     AffinityKey, AffinityValue, Backend, BackendSlotKey, Counter, CtKey, CtValue, NodeConfig,
-    ServiceKey, ServiceStats, ServiceValue, SockRevKey, SockRevValue, SourceRange,
+    RejectLimits, ServiceKey, ServiceStats, ServiceValue, SockRevKey, SockRevValue, SourceRange,
+    TokenBucket,
 };
 
 /// The kind of a BPF map. Variants are named after aya's map types and valued as the kernel's
@@ -164,6 +165,11 @@ pub const SOCK_REVNAT_ENTRIES: u32 = 65_536;
 /// entry, so an unused capacity costs nothing.
 pub const SOURCE_RANGE_ENTRIES: u32 = 65_536;
 
+/// Entries of `LB_REJECT_SRC`: client addresses whose reject rate is tracked at once (about
+/// 1.5 MB). Beyond that the LRU forgets the quietest, which then start with a full burst
+/// again; the node-wide bucket still bounds the total.
+pub const REJECT_SOURCE_ENTRIES: u32 = 16_384;
+
 /// Declares each map as a [`MapDef`] constant and lists them all in [`ALL`].
 macro_rules! registry {
     ($($(#[$doc:meta])* $def:ident = $name:literal: $kind:ident<$key:ty, $value:ty>, $entries:expr;)*) => {
@@ -200,6 +206,12 @@ registry! {
     /// `loadBalancerSourceRanges`: (group id, allowed source prefix) -> 1, read for new flows
     /// to entries with `service_flags::SOURCE_RANGES`.
     SOURCE_RANGES = "LB_SRC_RANGES": LpmTrie<SourceRange, u8>, Entries::Fixed(SOURCE_RANGE_ENTRIES);
+    /// Rate limits of rejects (ICMP errors the data path answers with), one element.
+    REJECT_LIMITS = "LB_REJECT_CFG": Array<u32, RejectLimits>, Entries::Fixed(1);
+    /// Reject token buckets per client address (IPv4-mapped).
+    REJECT_SOURCES = "LB_REJECT_SRC": LruHashMap<[u8; 16], TokenBucket>, Entries::Fixed(REJECT_SOURCE_ENTRIES);
+    /// The node's reject token bucket, one element shared by every CPU.
+    REJECT_GLOBAL = "LB_REJECT_ALL": Array<u32, TokenBucket>, Entries::Fixed(1);
 }
 
 #[cfg(test)]
