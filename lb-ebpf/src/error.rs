@@ -52,7 +52,8 @@ impl Error {
             | Counter::DropRewriteFailed
             | Counter::DropSnatPortsExhausted
             | Counter::DropUnexposedPort
-            | Counter::DropSourceRange => Verdict::Drop,
+            | Counter::DropSourceRange
+            | Counter::DropRejectSuppressed => Verdict::Drop,
             _ => Verdict::Pass,
         }
     }

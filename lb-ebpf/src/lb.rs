@@ -19,7 +19,7 @@ use crate::{
     maps::MapAccess,
     masquerade,
     parse::{self, FlowEnd, Ipv4Flow},
-    port_reuse, reject,
+    port_reuse, reject, reject_limit,
     rewrite::Side,
     select, stats,
 };
@@ -274,13 +274,17 @@ fn not_service<P: Packet, M: MapAccess>(
     if !reject::may_answer(flow.src.addr) {
         return Err(Error::dropped(Counter::DropUnexposedPort, 0));
     }
+    if !reject_limit::allow(maps, &key.src_addr) {
+        return Err(Error::dropped(Counter::DropRejectSuppressed, 0));
+    }
     reject::port_unreachable(pkt, flow)
         .map_err(|_| Error::dropped(Counter::DropRewriteFailed, 0))?;
     Ok(Counter::RejectUnexposedPort)
 }
 
 /// A new flow for a service without a usable backend: rejected with ICMP port unreachable
-/// (kube-proxy's REJECT), or dropped when the service says so or no ICMP error may be sent.
+/// (kube-proxy's REJECT), or dropped when the service says so, no ICMP error may be sent or the
+/// reject is over its rate limit (counted as the service's drop, not its reject).
 #[inline(always)]
 fn no_backend<P: Packet, M: MapAccess>(
     pkt: &mut P,
@@ -292,6 +296,9 @@ fn no_backend<P: Packet, M: MapAccess>(
     if service.flags & service_flags::DROP_IF_NO_BACKEND != 0 || !reject::may_answer(flow.src.addr)
     {
         return Err(Error::dropped(Counter::DropNoBackend, group_id));
+    }
+    if !reject_limit::allow(maps, &lb_common::ipv4_mapped(flow.src.addr)) {
+        return Err(Error::dropped(Counter::DropRejectSuppressed, group_id));
     }
     reject::port_unreachable(pkt, flow)
         .map_err(|_| Error::dropped(Counter::DropRewriteFailed, group_id))?;

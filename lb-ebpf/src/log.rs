@@ -86,12 +86,18 @@ static SOURCE_RANGE: Record = record(
     line!(),
     "dropped a new flow: its source is outside loadBalancerSourceRanges",
 );
+static REJECT_SUPPRESSED: Record = record(
+    Level::Debug,
+    line!(),
+    "dropped a new flow instead of rejecting it: its source or the node is over the reject \
+     rate limit",
+);
 
 /// The record for a drop for `reason`: trouble (a backend missing mid-update, conntrack
 /// refusing the flow, a failed rewrite, masquerading ports exhausted) at warn level; the
 /// expected drops (no backend with externalTrafficPolicy: Local, an unexposed ClusterIP
-/// port from a source no ICMP error goes to, a source outside `loadBalancerSourceRanges`)
-/// at debug level.
+/// port from a source no ICMP error goes to, a source outside `loadBalancerSourceRanges`, a
+/// reject over its rate limit) at debug level.
 #[inline(always)]
 fn record_for(reason: Counter) -> Option<&'static Record> {
     match reason {
@@ -102,6 +108,7 @@ fn record_for(reason: Counter) -> Option<&'static Record> {
         Counter::DropSnatPortsExhausted => Some(&SNAT_PORTS_EXHAUSTED),
         Counter::DropUnexposedPort => Some(&UNEXPOSED_PORT),
         Counter::DropSourceRange => Some(&SOURCE_RANGE),
+        Counter::DropRejectSuppressed => Some(&REJECT_SUPPRESSED),
         _ => None,
     }
 }
@@ -317,6 +324,7 @@ mod tests {
                     Counter::DropNoBackend,
                     Counter::DropUnexposedPort,
                     Counter::DropSourceRange,
+                    Counter::DropRejectSuppressed,
                 ];
                 let expected = if debug.contains(&reason) {
                     Level::Debug

@@ -23,6 +23,7 @@ mod masquerade;
 mod parse;
 mod port_reuse;
 mod reject;
+mod reject_limit;
 mod reply_path;
 mod rewrite;
 mod select;

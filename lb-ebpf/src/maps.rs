@@ -11,7 +11,8 @@ use aya_ebpf::{
 use lb_common::{
     maps::{self as registry, MapDef, MapKind},
     AffinityKey, AffinityValue, Backend, BackendSlotKey, Counter, CtKey, CtValue, NodeConfig,
-    ServiceKey, ServiceStats, ServiceValue, SockRevKey, SockRevValue, SourceRange,
+    RejectLimits, ServiceKey, ServiceStats, ServiceValue, SockRevKey, SockRevValue, SourceRange,
+    TokenBucket,
 };
 
 /// A map type of aya-ebpf, with the key and value types and the kind it has in the registry.
@@ -77,6 +78,9 @@ registered_map!(LB_CONFIG: Array<NodeConfig> = registry::CONFIG);
 registered_map!(LB_SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue> = registry::SOCK_REVNAT);
 registered_map!(LB_CLUSTER_IPS: HashMap<[u8; 16], u32> = registry::CLUSTER_IPS);
 registered_map!(LB_SRC_RANGES: LpmTrie<SourceRange, u8> = registry::SOURCE_RANGES);
+registered_map!(LB_REJECT_CFG: Array<RejectLimits> = registry::REJECT_LIMITS);
+registered_map!(LB_REJECT_SRC: LruHashMap<[u8; 16], TokenBucket> = registry::REJECT_SOURCES);
+registered_map!(LB_REJECT_ALL: Array<TokenBucket> = registry::REJECT_GLOBAL);
 
 /// What the pipeline reads and writes besides the packet: the maps, and the clock.
 ///
@@ -117,6 +121,14 @@ pub trait MapAccess {
     fn source_allowed(&mut self, group_id: u32, source: &[u8; 16]) -> bool;
     /// `CLOCK_MONOTONIC` in nanoseconds.
     fn now_ns(&self) -> u64;
+    /// The rate limits of rejects (all zero, no limit, until the agent writes them).
+    fn reject_limits(&mut self) -> RejectLimits;
+    /// The reject bucket of a client address (IPv4-mapped), if it has one.
+    fn reject_bucket(&mut self, source: &[u8; 16]) -> Option<&mut TokenBucket>;
+    /// Gives a client address a reject bucket; a refused insert only costs the limit.
+    fn set_reject_bucket(&mut self, source: &[u8; 16], bucket: &TokenBucket);
+    /// The node's reject bucket, shared by every CPU.
+    fn global_reject_bucket(&mut self) -> Option<&mut TokenBucket>;
 }
 
 /// The maps of the loaded object.
@@ -249,5 +261,31 @@ impl MapAccess for KernelMaps {
     fn now_ns(&self) -> u64 {
         // SAFETY: no arguments, no side effects.
         unsafe { bpf_ktime_get_ns() }
+    }
+
+    #[inline(always)]
+    fn reject_limits(&mut self) -> RejectLimits {
+        LB_REJECT_CFG.get(0).copied().unwrap_or_default()
+    }
+
+    #[inline(always)]
+    fn reject_bucket(&mut self, source: &[u8; 16]) -> Option<&mut TokenBucket> {
+        // SAFETY: the element stays valid for the program run (RCU); concurrent CPUs updating
+        // the same client's bucket can lose one another's update (see `reject_limit`).
+        LB_REJECT_SRC
+            .get_ptr_mut(source)
+            .map(|p| unsafe { &mut *p })
+    }
+
+    #[inline(always)]
+    fn set_reject_bucket(&mut self, source: &[u8; 16], bucket: &TokenBucket) {
+        // The LRU map evicts rather than refuses; see the trait.
+        let _ = LB_REJECT_SRC.insert(source, bucket, 0);
+    }
+
+    #[inline(always)]
+    fn global_reject_bucket(&mut self) -> Option<&mut TokenBucket> {
+        // SAFETY: as `reject_bucket`: one element every CPU updates without a lock.
+        LB_REJECT_ALL.get_ptr_mut(0).map(|p| unsafe { &mut *p })
     }
 }

@@ -5,7 +5,8 @@
 //! The reply quotes the original IPv4 header (with options) and the fixed TCP or UDP header:
 //! at least the 8 bytes RFC 792 asks for, everything a client stack needs to find its socket,
 //! and, for TCP, the checksum field a `CHECKSUM_PARTIAL` skb must keep (see
-//! `TcPacket::make_reply_room`). There is no rate limit: one reply per rejected packet.
+//! `TcPacket::make_reply_room`). Replies are rate-limited per client and for the node
+//! (`reject_limit`).
 
 use lb_common::net::{
     icmp, ETHERTYPE_IPV4, ETH_HLEN, ETH_TYPE_OFFSET, ICMP_CHECKSUM, ICMP_HLEN, IPPROTO_ICMP,

@@ -9,8 +9,8 @@ use lb_frames::{Frame, Icmp};
 
 use lb_common::{
     net::ETH_HLEN, AffinityKey, AffinityValue, Backend, BackendSlotKey, Counter, CtKey, CtValue,
-    NodeConfig, ServiceKey, ServiceStats, ServiceValue, SockRevKey, SockRevValue, IPPROTO_TCP,
-    IPPROTO_UDP,
+    NodeConfig, RejectLimits, ServiceKey, ServiceStats, ServiceValue, SockRevKey, SockRevValue,
+    TokenBucket, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 use crate::{
@@ -202,6 +202,9 @@ pub struct FakeMaps {
     pub cluster_ips: Vec<[u8; 16]>,
     /// Allowed source prefixes per group id: (address, IPv4 prefix length).
     pub source_ranges: HashMap<u32, Vec<([u8; 4], u8)>>,
+    pub reject_limits: RejectLimits,
+    pub reject_buckets: HashMap<[u8; 16], TokenBucket>,
+    pub global_reject_bucket: TokenBucket,
     pub now_ns: u64,
 }
 
@@ -340,5 +343,21 @@ impl MapAccess for FakeMaps {
 
     fn now_ns(&self) -> u64 {
         self.now_ns
+    }
+
+    fn reject_limits(&mut self) -> RejectLimits {
+        self.reject_limits
+    }
+
+    fn reject_bucket(&mut self, source: &[u8; 16]) -> Option<&mut TokenBucket> {
+        self.reject_buckets.get_mut(source)
+    }
+
+    fn set_reject_bucket(&mut self, source: &[u8; 16], bucket: &TokenBucket) {
+        self.reject_buckets.insert(*source, *bucket);
+    }
+
+    fn global_reject_bucket(&mut self) -> Option<&mut TokenBucket> {
+        Some(&mut self.global_reject_bucket)
     }
 }

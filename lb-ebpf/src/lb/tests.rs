@@ -926,3 +926,32 @@ fn source_ranges_are_checked_before_a_reject() {
     assert_eq!(maps.counter_value(Counter::DropSourceRange), 1);
     assert_eq!(maps.counter_value(Counter::RejectNoBackend), 0);
 }
+
+#[test]
+fn rejects_over_the_rate_limit_are_dropped_and_counted_as_drops() {
+    let limits = lb_common::RejectLimits {
+        per_source: lb_common::reject_limit::Limit::new(1, 2),
+        ..lb_common::RejectLimits::default()
+    };
+    let mut maps = without_backends(maps_with_service(IPPROTO_UDP), 0);
+    maps.reject_limits = limits;
+    let spec = FrameSpec::udp();
+    let verdicts: Vec<_> = (0..3).map(|_| run(&mut maps, &spec)).collect();
+    assert_eq!(verdicts[1].0, Verdict::SendBack);
+    assert_eq!(verdicts[2], (Verdict::Drop, frame(&spec)));
+    assert_eq!(maps.counter_value(Counter::RejectNoBackend), 2);
+    assert_eq!(maps.counter_value(Counter::DropRejectSuppressed), 1);
+    let stats = maps.stats_of(GROUP_ID);
+    assert_eq!((stats.rejects, stats.drops), (2, 1));
+
+    // A reject of an unexposed ClusterIP port is limited alike.
+    let mut maps = cluster_ip_service(IPPROTO_TCP);
+    maps.reject_limits = limits;
+    let [unexposed, _] = unexposed_by_the_tcp_service();
+    let verdicts: Vec<_> = (0..3).map(|_| run(&mut maps, &unexposed).0).collect();
+    assert_eq!(
+        verdicts,
+        [Verdict::SendBack, Verdict::SendBack, Verdict::Drop]
+    );
+    assert_eq!(maps.counter_value(Counter::DropRejectSuppressed), 1);
+}
