@@ -9,8 +9,8 @@ use anyhow::Context;
 use clap::{ArgMatches, Args, FromArgMatches, Parser, Subcommand};
 use lb_common::Capacity;
 use lb_userspace::agent::{
-    self, Masquerade, PortRange, ReplyPath, RunConfig, SocketLb, SourceConfig, XdpIface,
-    DEFAULT_BPFFS_DIR, DEFAULT_PROC_SYS_NET_DIR,
+    self, Masquerade, PortRange, RejectLimitFlags, ReplyPath, RunConfig, SocketLb, SourceConfig,
+    XdpIface, DEFAULT_BPFFS_DIR, DEFAULT_PROC_SYS_NET_DIR,
 };
 use lb_userspace::datapath::{KernelLogLevel, MAX_ENTRIES};
 use lb_userspace::inspect::Snapshot;
@@ -182,6 +182,8 @@ struct RunArgs {
     #[arg(long, default_value = "0.0.0.0:10256")]
     healthz_addr: SocketAddr,
     #[command(flatten)]
+    reject_limits: RejectLimitFlags,
+    #[command(flatten)]
     map_sizes: MapSizes,
 }
 
@@ -324,6 +326,7 @@ fn run(args: RunArgs, kernel_log_level: KernelLogLevel) -> anyhow::Result<()> {
         iface_patterns: IfacePatterns::new(args.iface_patterns),
         bpffs_dir: args.bpffs_dir,
         reply_path: args.reply_path,
+        reject_limits: args.reject_limits,
         lb_algorithm: args.lb_algorithm,
         maglev_table_size: args.maglev_table_size,
         proc_sys_net_dir: args.proc_sys_net_dir,

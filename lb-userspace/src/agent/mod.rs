@@ -10,6 +10,7 @@ mod forwarding;
 mod health_check_ports;
 mod masquerade;
 mod programming;
+mod reject_limits;
 mod socket_lb;
 mod telemetry;
 
@@ -45,6 +46,7 @@ use auto_attach::AutoAttach;
 pub use cleanup::cleanup;
 pub use masquerade::{Masquerade, PortRange, PortRangeError};
 use programming::Programmer;
+pub use reject_limits::RejectLimitFlags;
 pub use socket_lb::{cgroup2_root, netns_cookie, SocketLb};
 use telemetry::Telemetry;
 
@@ -73,6 +75,8 @@ pub struct RunConfig {
     pub socket_lb: SocketLb,
     /// How translated replies and masqueraded packets leave the node.
     pub reply_path: ReplyPath,
+    /// Rate limits of the data path's rejects.
+    pub reject_limits: RejectLimitFlags,
     /// Backend selection of services that do not choose one.
     pub lb_algorithm: Algorithm,
     pub maglev_table_size: TableSize,
@@ -166,6 +170,8 @@ pub enum AgentError {
     AcceptLocal(#[from] AcceptLocalError),
     #[error("writing the node settings (masquerading) failed")]
     NodeConfig(#[source] MapWriteError),
+    #[error("writing the reject rate limits failed")]
+    RejectLimits(#[source] MapWriteError),
     #[error(transparent)]
     Listen(#[from] ListenError),
     #[error(
@@ -360,6 +366,11 @@ async fn serve(
         .maps()
         .set_node_config(&node_config)
         .map_err(AgentError::NodeConfig)?;
+    datapath
+        .maps()
+        .set_reject_limits(&config.reject_limits.limits())
+        .map_err(AgentError::RejectLimits)?;
+    info!("{}", config.reject_limits.describe());
     match config.reply_path {
         ReplyPath::Redirect => info!(
             "reply path: redirect (node port replies and masqueraded packets go to their egress \

@@ -10,8 +10,8 @@ use aya::{Ebpf, Pod};
 use ipnet::IpNet;
 use lb_common::maps::{self as registry, MapDef, MapSpec};
 use lb_common::{
-    Backend, BackendSlotKey, Counter, CtKey, CtValue, NodeConfig, ServiceKey, ServiceStats,
-    ServiceValue, SourceRange, IPPROTO_UDP,
+    Backend, BackendSlotKey, Counter, CtKey, CtValue, NodeConfig, RejectLimits, ServiceKey,
+    ServiceStats, ServiceValue, SourceRange, IPPROTO_UDP,
 };
 
 use super::batch;
@@ -181,6 +181,17 @@ impl DatapathMaps {
             .and_then(|mut array| array.set(0, *config, 0))
             .map_err(|source| MapWriteError {
                 map: registry::CONFIG.name,
+                op: "update",
+                source,
+            })
+    }
+
+    /// Replaces the rate limits of rejects (`LB_REJECT_CFG[0]`); the next reject uses them.
+    pub fn set_reject_limits(&mut self, limits: &RejectLimits) -> Result<(), MapWriteError> {
+        Array::<_, RejectLimits>::try_from(self.map_mut(registry::REJECT_LIMITS))
+            .and_then(|mut array| array.set(0, *limits, 0))
+            .map_err(|source| MapWriteError {
+                map: registry::REJECT_LIMITS.name,
                 op: "update",
                 source,
             })

@@ -67,7 +67,7 @@ const SERVICE_COUNTERS: [ServiceCounter; 5] = [
 ];
 
 /// The node-wide counters that count dropped (or rejected) packets.
-const DROP_REASONS: [Counter; 9] = [
+const DROP_REASONS: [Counter; 10] = [
     Counter::RejectNoBackend,
     Counter::DropNoBackend,
     Counter::DropBackendMissing,
@@ -77,6 +77,7 @@ const DROP_REASONS: [Counter; 9] = [
     Counter::RejectUnexposedPort,
     Counter::DropUnexposedPort,
     Counter::DropSourceRange,
+    Counter::DropRejectSuppressed,
 ];
 
 impl DatapathCollector {
