@@ -27,7 +27,8 @@ use lb_common::{
 use crate::{conntrack, error::Error, maps::MapAccess, parse::FlowEnd, select, stats};
 
 /// `errno` of a `connect()` or `sendmsg()` to a Service without endpoints (kube-proxy's
-/// REJECT: the client sees a refused connection at once).
+/// REJECT: the client sees a refused connection at once). Not rate-limited as the packet
+/// path's rejects are (`reject_limit`): the error goes to the caller, no packet is sent.
 pub const ECONNREFUSED: i32 = 111;
 /// `errno` of a `connect()` or `sendmsg()` to a Service whose packets the packet path would
 /// drop: without endpoints under `DROP_IF_NO_BACKEND`, or a backend entry missing. No packet

@@ -114,7 +114,7 @@ mod tests {
             ("--reject-rate-per-source", "fast"),
         ] {
             let arg = format!("{flag}={value}");
-            let error = parse(&[&arg]).err().expect(flag).to_string();
+            let error = parse(&[&arg]).expect_err(flag).to_string();
             assert!(error.contains(flag), "{error}");
         }
     }
