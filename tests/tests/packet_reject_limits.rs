@@ -3,14 +3,15 @@
 //! answers, then its further packets are dropped and counted (`drop_reject_suppressed`, the
 //! service's drops) while another client is still answered; once the node's burst is spent,
 //! every client's rejects are dropped; a client's bucket refills with time (the programs read
-//! the real clock, so that case waits a bounded second).
+//! the real clock, so that case waits a bounded second); the node's bucket, shared by every
+//! CPU without a lock, still holds its rate while two CPUs reject at once.
 
 mod fixture;
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use fixture::{deltas, vip, Fixture, Hook, Verdict, HOOKS};
@@ -129,4 +130,66 @@ fn without_limits_every_reject_is_answered() {
             assert_answered(&mut fx, &query(client(10, 40_000 + port)), "no limit");
         }
     }
+}
+
+/// Moves the calling thread to CPU `cpu`.
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is an empty set; the calls only read it.
+    let pinned = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set)
+    };
+    assert_eq!(
+        pinned,
+        0,
+        "pinning to CPU {cpu}: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+#[test]
+fn the_node_limit_holds_while_two_cpus_reject_at_once() {
+    require_root!();
+    const PER_CPU: u16 = 20_000;
+    let (rate, burst) = (1000, 50);
+    let fx = limited(
+        Hook::Xdp,
+        RejectLimits {
+            per_source: Limit::default(),
+            global: Limit::new(rate, burst),
+        },
+    );
+    let cpus = thread::available_parallelism().map_or(1, |n| n.get().min(2));
+    let fx = &fx;
+    let started = Instant::now();
+    let answered: usize = thread::scope(|scope| {
+        let workers: Vec<_> = (0..cpus)
+            .map(|cpu| {
+                scope.spawn(move || {
+                    pin_to_cpu(cpu);
+                    let client = |i: u16| {
+                        let [hi, lo] = i.to_be_bytes();
+                        SocketAddrV4::new(Ipv4Addr::new(198, 18, hi, lo), 40_000 + cpu as u16)
+                    };
+                    (0..PER_CPU)
+                        .filter(|&i| fx.run(&query(client(i))).0 == Verdict::SendBack)
+                        .count()
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).sum()
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    let limit = f64::from(burst) + f64::from(rate) * elapsed;
+    eprintln!(
+        "{cpus} CPUs, {} rejects in {elapsed:.3} s: {answered} answered, the limit {limit:.1}",
+        usize::from(PER_CPU) * cpus
+    );
+    // Racing CPUs may each spend the same credit now and then; a tenth more cannot flake.
+    assert!(
+        (answered as f64) <= limit * 1.1 + 2.0,
+        "{answered} > {limit:.1}"
+    );
+    assert!((answered as f64) >= f64::from(burst), "{answered}");
 }
