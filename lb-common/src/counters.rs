@@ -64,11 +64,14 @@ pub enum Counter {
     /// A reject (of `RejectNoBackend` or `RejectUnexposedPort`) over its client's or the
     /// node's rate limit (`reject_limit`): dropped instead of answered.
     DropRejectSuppressed,
+    /// New flow to an address inside the service CIDRs that is no ClusterIP (no Service holds
+    /// it): dropped, as kube-proxy nftables' `cluster-ips-check` does.
+    DropUnallocatedServiceIp,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 25] = [
+    pub const ALL: [Counter; 26] = [
         Counter::Packets,
         Counter::NotIpv4,
         Counter::OtherProtocol,
@@ -94,6 +97,7 @@ impl Counter {
         Counter::DropUnexposedPort,
         Counter::DropSourceRange,
         Counter::DropRejectSuppressed,
+        Counter::DropUnallocatedServiceIp,
     ];
     /// Size of the counters array.
     pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -126,6 +130,7 @@ impl Counter {
             Counter::DropUnexposedPort => "drop_unexposed_port",
             Counter::DropSourceRange => "drop_source_range",
             Counter::DropRejectSuppressed => "drop_reject_suppressed",
+            Counter::DropUnallocatedServiceIp => "drop_unallocated_service_ip",
         }
     }
 }

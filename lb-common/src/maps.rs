@@ -170,6 +170,9 @@ pub const SOURCE_RANGE_ENTRIES: u32 = 65_536;
 /// again; the node-wide bucket still bounds the total.
 pub const REJECT_SOURCE_ENTRIES: u32 = 16_384;
 
+/// Entries of `LB_SVC_CIDRS`: service CIDRs (a cluster has a handful).
+pub const SERVICE_CIDR_ENTRIES: u32 = 256;
+
 /// Declares each map as a [`MapDef`] constant and lists them all in [`ALL`].
 macro_rules! registry {
     ($($(#[$doc:meta])* $def:ident = $name:literal: $kind:ident<$key:ty, $value:ty>, $entries:expr;)*) => {
@@ -212,6 +215,11 @@ registry! {
     REJECT_SOURCES = "LB_REJECT_SRC": LruHashMap<[u8; 16], TokenBucket>, Entries::Fixed(REJECT_SOURCE_ENTRIES);
     /// The node's reject token bucket, one element shared by every CPU.
     REJECT_GLOBAL = "LB_REJECT_ALL": Array<u32, TokenBucket>, Entries::Fixed(1);
+
+    /// The service CIDRs (`ServiceCIDR` objects or `--service-cidrs`): IPv4-mapped prefix ->
+    /// 1. A new flow to an address inside one that no Service holds is dropped, as kube-proxy
+    /// nftables does.
+    SERVICE_CIDRS = "LB_SVC_CIDRS": LpmTrie<[u8; 16], u8>, Entries::Fixed(SERVICE_CIDR_ENTRIES);
 }
 
 #[cfg(test)]
@@ -226,6 +234,7 @@ mod tests {
         assert_eq!(SERVICES.spec().key_size, 20);
         assert_eq!(STATS.spec().key_size, 4);
         assert_eq!(SOURCE_RANGES.spec().key_size, 24, "prefix length + data");
+        assert_eq!(SERVICE_CIDRS.spec().key_size, 20, "prefix length + address");
         let capacities = Capacities {
             services: 8,
             ..Capacities::default()

@@ -53,7 +53,8 @@ impl Error {
             | Counter::DropSnatPortsExhausted
             | Counter::DropUnexposedPort
             | Counter::DropSourceRange
-            | Counter::DropRejectSuppressed => Verdict::Drop,
+            | Counter::DropRejectSuppressed
+            | Counter::DropUnallocatedServiceIp => Verdict::Drop,
             _ => Verdict::Pass,
         }
     }

@@ -260,7 +260,8 @@ fn new_flow<P: Packet, M: MapAccess>(
 }
 
 /// A new flow to no Service: passed untouched, unless its destination is a ClusterIP (on a
-/// port or protocol the Service does not expose), which kube-proxy's nftables mode rejects.
+/// port or protocol the Service does not expose), which kube-proxy's nftables mode rejects,
+/// or another address inside the service CIDRs, which it drops.
 #[inline(always)]
 fn not_service<P: Packet, M: MapAccess>(
     pkt: &mut P,
@@ -269,7 +270,12 @@ fn not_service<P: Packet, M: MapAccess>(
     key: &CtKey,
 ) -> Result<Counter, Error> {
     if !maps.is_cluster_ip(&key.dst_addr) {
-        return Err(Error::untouched(Counter::NotService));
+        // Inside the service CIDRs, no Service holds the address (kube-proxy nftables'
+        // `cluster-ips-check` drops it); elsewhere the flow is simply not ours.
+        return Err(match maps.in_service_cidr(&key.dst_addr) {
+            true => Error::dropped(Counter::DropUnallocatedServiceIp, 0),
+            false => Error::untouched(Counter::NotService),
+        });
     }
     if !reject::may_answer(flow.src.addr) {
         return Err(Error::dropped(Counter::DropUnexposedPort, 0));

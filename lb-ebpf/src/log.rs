@@ -92,12 +92,17 @@ static REJECT_SUPPRESSED: Record = record(
     "dropped a new flow instead of rejecting it: its source or the node is over the reject \
      rate limit",
 );
+static UNALLOCATED_SERVICE_IP: Record = record(
+    Level::Debug,
+    line!(),
+    "dropped a new flow to an address in the service CIDRs that no Service holds",
+);
 
 /// The record for a drop for `reason`: trouble (a backend missing mid-update, conntrack
 /// refusing the flow, a failed rewrite, masquerading ports exhausted) at warn level; the
 /// expected drops (no backend with externalTrafficPolicy: Local, an unexposed ClusterIP
 /// port from a source no ICMP error goes to, a source outside `loadBalancerSourceRanges`, a
-/// reject over its rate limit) at debug level.
+/// reject over its rate limit, an unallocated address of the service CIDRs) at debug level.
 #[inline(always)]
 fn record_for(reason: Counter) -> Option<&'static Record> {
     match reason {
@@ -109,6 +114,7 @@ fn record_for(reason: Counter) -> Option<&'static Record> {
         Counter::DropUnexposedPort => Some(&UNEXPOSED_PORT),
         Counter::DropSourceRange => Some(&SOURCE_RANGE),
         Counter::DropRejectSuppressed => Some(&REJECT_SUPPRESSED),
+        Counter::DropUnallocatedServiceIp => Some(&UNALLOCATED_SERVICE_IP),
         _ => None,
     }
 }
@@ -325,6 +331,7 @@ mod tests {
                     Counter::DropUnexposedPort,
                     Counter::DropSourceRange,
                     Counter::DropRejectSuppressed,
+                    Counter::DropUnallocatedServiceIp,
                 ];
                 let expected = if debug.contains(&reason) {
                     Level::Debug

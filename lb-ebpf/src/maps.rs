@@ -81,6 +81,7 @@ registered_map!(LB_SRC_RANGES: LpmTrie<SourceRange, u8> = registry::SOURCE_RANGE
 registered_map!(LB_REJECT_CFG: Array<RejectLimits> = registry::REJECT_LIMITS);
 registered_map!(LB_REJECT_SRC: LruHashMap<[u8; 16], TokenBucket> = registry::REJECT_SOURCES);
 registered_map!(LB_REJECT_ALL: Array<TokenBucket> = registry::REJECT_GLOBAL);
+registered_map!(LB_SVC_CIDRS: LpmTrie<[u8; 16], u8> = registry::SERVICE_CIDRS);
 
 /// What the pipeline reads and writes besides the packet: the maps, and the clock.
 ///
@@ -129,6 +130,8 @@ pub trait MapAccess {
     fn set_reject_bucket(&mut self, source: &[u8; 16], bucket: &TokenBucket);
     /// The node's reject bucket, shared by every CPU.
     fn global_reject_bucket(&mut self) -> Option<&mut TokenBucket>;
+    /// Whether an address (IPv4-mapped) lies inside one of the service CIDRs.
+    fn in_service_cidr(&mut self, addr: &[u8; 16]) -> bool;
 }
 
 /// The maps of the loaded object.
@@ -287,5 +290,10 @@ impl MapAccess for KernelMaps {
     fn global_reject_bucket(&mut self) -> Option<&mut TokenBucket> {
         // SAFETY: as `reject_bucket`: one element every CPU updates without a lock.
         LB_REJECT_ALL.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+    }
+
+    #[inline(always)]
+    fn in_service_cidr(&mut self, addr: &[u8; 16]) -> bool {
+        LB_SVC_CIDRS.get(Key::new(128, *addr)).is_some()
     }
 }

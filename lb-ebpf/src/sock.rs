@@ -26,13 +26,15 @@ use lb_common::{
 
 use crate::{conntrack, error::Error, maps::MapAccess, parse::FlowEnd, select, stats};
 
-/// `errno` of a `connect()` or `sendmsg()` to a Service without endpoints (kube-proxy's
-/// REJECT: the client sees a refused connection at once). Not rate-limited as the packet
-/// path's rejects are (`reject_limit`): the error goes to the caller, no packet is sent.
+/// `errno` of a `connect()` or `sendmsg()` to a Service without endpoints, or to a ClusterIP
+/// on a port or protocol it does not expose (kube-proxy's REJECT: the client sees a refused
+/// connection at once). Not rate-limited as the packet path's rejects are (`reject_limit`):
+/// the error goes to the caller, no packet is sent.
 pub const ECONNREFUSED: i32 = 111;
 /// `errno` of a `connect()` or `sendmsg()` to a Service whose packets the packet path would
-/// drop: without endpoints under `DROP_IF_NO_BACKEND`, or a backend entry missing. No packet
-/// leaves, as none would have reached a backend (Cilium fails such sockets the same way).
+/// drop: without endpoints under `DROP_IF_NO_BACKEND`, a backend entry missing, or an address
+/// inside the service CIDRs that no Service holds. No packet leaves, as none would have
+/// reached a backend (Cilium fails such sockets the same way).
 pub const EHOSTUNREACH: i32 = 113;
 
 /// What a `sock_addr` hook reads and changes of the socket call (IPv4).
@@ -60,8 +62,9 @@ pub enum SockVerdict {
 
 /// `connect()` of a TCP or UDP socket, or (`udp_only`) `sendmsg()` of an unconnected UDP
 /// socket: a Service destination becomes a backend, and the socket remembers the Service
-/// ([`reverse`]). A Service without a backend refuses the call. Counted as the packet path
-/// counts new flows, rejects and drops.
+/// ([`reverse`]). A Service without a backend refuses the call, as do a ClusterIP's
+/// unexposed ports and unallocated addresses of the service CIDRs. Counted as the packet
+/// path counts new flows, rejects and drops.
 #[inline(always)]
 pub fn forward<S: SockAddr, M: MapAccess>(
     sock: &mut S,
@@ -77,13 +80,15 @@ pub fn forward<S: SockAddr, M: MapAccess>(
         }
         Err(e) => {
             stats::count(maps, e.reason);
-            if e.reason == Counter::RejectNoBackend {
-                stats::rejected(maps, e.group_id);
-                SockVerdict::Refuse(ECONNREFUSED)
-            } else {
-                stats::dropped(maps, e.group_id);
-                SockVerdict::Refuse(EHOSTUNREACH)
+            match e.reason {
+                Counter::RejectNoBackend => stats::rejected(maps, e.group_id),
+                Counter::RejectUnexposedPort => {}
+                _ => {
+                    stats::dropped(maps, e.group_id);
+                    return SockVerdict::Refuse(EHOSTUNREACH);
+                }
             }
+            SockVerdict::Refuse(ECONNREFUSED)
         }
     }
 }
@@ -114,7 +119,7 @@ fn try_forward<S: SockAddr, M: MapAccess>(
         scope: scope::INTERNAL,
     };
     let Some(service) = maps.service(&key) else {
-        return Ok(None);
+        return not_service(maps, &key.addr);
     };
     if service.backend_count == 0 {
         return Err(no_backend(&service));
@@ -158,6 +163,20 @@ pub fn reverse<S: SockAddr, M: MapAccess>(sock: &mut S, maps: &mut M) {
             port: service.port,
         });
     }
+}
+
+/// A call to no Service: left alone, unless it goes to a ClusterIP on a port or protocol no
+/// Service exposes (refused, as the packet path rejects it) or to an address inside the
+/// service CIDRs that no Service holds (failed, as the packet path drops it).
+#[inline(always)]
+fn not_service<M: MapAccess>(maps: &mut M, addr: &[u8; 16]) -> Result<Option<u32>, Error> {
+    if maps.is_cluster_ip(addr) {
+        return Err(Error::dropped(Counter::RejectUnexposedPort, 0));
+    }
+    if maps.in_service_cidr(addr) {
+        return Err(Error::dropped(Counter::DropUnallocatedServiceIp, 0));
+    }
+    Ok(None)
 }
 
 /// Why a new socket to a service without backends fails.

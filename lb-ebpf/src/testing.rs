@@ -205,6 +205,8 @@ pub struct FakeMaps {
     pub reject_limits: RejectLimits,
     pub reject_buckets: HashMap<[u8; 16], TokenBucket>,
     pub global_reject_bucket: TokenBucket,
+    /// The service CIDRs: (address, IPv4 prefix length).
+    pub service_cidrs: Vec<([u8; 4], u8)>,
     pub now_ns: u64,
 }
 
@@ -335,10 +337,7 @@ impl MapAccess for FakeMaps {
             .get(&group_id)
             .into_iter()
             .flatten()
-            .any(|(net, bits)| {
-                let mask = u32::MAX.checked_shl(32 - u32::from(*bits)).unwrap_or(0);
-                source & mask == u32::from_be_bytes(*net) & mask
-            })
+            .any(|prefix| contains(prefix, source))
     }
 
     fn now_ns(&self) -> u64 {
@@ -360,4 +359,18 @@ impl MapAccess for FakeMaps {
     fn global_reject_bucket(&mut self) -> Option<&mut TokenBucket> {
         Some(&mut self.global_reject_bucket)
     }
+
+    fn in_service_cidr(&mut self, addr: &[u8; 16]) -> bool {
+        lb_common::ipv4_unmapped(addr).is_some_and(|addr| {
+            self.service_cidrs
+                .iter()
+                .any(|p| contains(p, u32::from_be_bytes(addr)))
+        })
+    }
+}
+
+/// Whether the IPv4 prefix `(net, bits)` holds `addr` (host byte order).
+fn contains((net, bits): &([u8; 4], u8), addr: u32) -> bool {
+    let mask = u32::MAX.checked_shl(32 - u32::from(*bits)).unwrap_or(0);
+    addr & mask == u32::from_be_bytes(*net) & mask
 }

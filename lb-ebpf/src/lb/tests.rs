@@ -395,6 +395,82 @@ fn an_unexposed_port_reject_that_cannot_be_written_drops() {
     assert_eq!(maps.counter_value(Counter::RejectUnexposedPort), 0);
 }
 
+/// `cluster_ip_service(proto)` with the service CIDR 198.19.0.0/24 around VIP.
+fn in_service_cidr(proto: u8) -> FakeMaps {
+    let mut maps = cluster_ip_service(proto);
+    maps.service_cidrs.push(([198, 19, 0, 0], 24));
+    maps
+}
+
+/// A TCP SYN and a UDP datagram to `addr` on the VIP's port.
+fn to_addr(addr: [u8; 4]) -> [FrameSpec; 2] {
+    [FrameSpec::tcp_syn(), FrameSpec::udp()].map(|spec| FrameSpec {
+        dst: FlowEnd { addr, ..VIP },
+        ..spec
+    })
+}
+
+#[test]
+fn an_unallocated_address_in_the_service_cidrs_is_dropped() {
+    let mut maps = in_service_cidr(IPPROTO_TCP);
+    for spec in to_addr([198, 19, 0, 2])
+        .into_iter()
+        .chain(to_addr([198, 19, 0, 255]))
+    {
+        assert_eq!(run(&mut maps, &spec), (Verdict::Drop, frame(&spec)));
+    }
+    assert_eq!(maps.counter_value(Counter::DropUnallocatedServiceIp), 4);
+    assert_eq!(maps.counter_value(Counter::NotService), 0);
+    assert!(maps.conntrack.is_empty());
+}
+
+#[test]
+fn outside_the_service_cidrs_and_on_cluster_ips_nothing_changes() {
+    let mut maps = in_service_cidr(IPPROTO_TCP);
+    for spec in to_addr([198, 19, 1, 0]) {
+        assert_eq!(run(&mut maps, &spec), (Verdict::Pass, frame(&spec)));
+    }
+    assert_eq!(maps.counter_value(Counter::NotService), 2);
+    // The ClusterIP still rejects what it does not expose and serves what it does.
+    for spec in unexposed_by_the_tcp_service() {
+        assert_eq!(run(&mut maps, &spec).0, Verdict::SendBack);
+    }
+    let syn = FrameSpec::tcp_syn();
+    let (verdict, out) = run(&mut maps, &syn);
+    assert_eq!(verdict, Verdict::Pass);
+    assert_eq!(
+        out,
+        frame(&FrameSpec {
+            dst: chosen(&syn).1,
+            ..syn
+        })
+    );
+    assert_eq!(maps.counter_value(Counter::RejectUnexposedPort), 2);
+    assert_eq!(maps.counter_value(Counter::DropUnallocatedServiceIp), 0);
+}
+
+#[test]
+fn an_established_flow_outlives_its_service_in_the_service_cidrs() {
+    let mut maps = in_service_cidr(IPPROTO_TCP);
+    let syn = FrameSpec::tcp_syn();
+    run(&mut maps, &syn);
+    // The Service is deleted: its address is unallocated now, but only new flows are
+    // dropped (kube-proxy checks `ct state new`).
+    maps.services.clear();
+    maps.cluster_ips.clear();
+    let (verdict, out) = run(&mut maps, &ack(&syn));
+    assert_eq!(verdict, Verdict::Pass);
+    assert_eq!(
+        out,
+        frame(&FrameSpec {
+            dst: chosen(&syn).1,
+            ..ack(&syn)
+        })
+    );
+    assert_eq!(maps.counter_value(Counter::ForwardTranslated), 1);
+    assert_eq!(maps.counter_value(Counter::DropUnallocatedServiceIp), 0);
+}
+
 #[test]
 fn malformed_packets_pass_untouched_and_are_counted() {
     let mut maps = maps_with_service(IPPROTO_TCP);

@@ -260,7 +260,17 @@ struct Refusal {
     counter: Counter,
 }
 
-const REFUSALS: [Refusal; 5] = [
+fn unexposed_port(maps: &mut FakeMaps) {
+    maps.cluster_ips.push(ipv4_mapped(VIP.addr));
+    maps.services.clear();
+}
+
+fn unallocated_address(maps: &mut FakeMaps) {
+    maps.service_cidrs.push(([198, 19, 0, 0], 16));
+    maps.services.clear();
+}
+
+const REFUSALS: [Refusal; 8] = [
     Refusal {
         name: "TCP connect without endpoints",
         proto: IPPROTO_TCP,
@@ -301,6 +311,30 @@ const REFUSALS: [Refusal; 5] = [
         errno: EHOSTUNREACH,
         counter: Counter::DropBackendMissing,
     },
+    Refusal {
+        name: "TCP connect to a ClusterIP's unexposed port",
+        proto: IPPROTO_TCP,
+        udp_only: false,
+        setup: unexposed_port,
+        errno: ECONNREFUSED,
+        counter: Counter::RejectUnexposedPort,
+    },
+    Refusal {
+        name: "UDP sendmsg to a ClusterIP's unexposed port",
+        proto: IPPROTO_UDP,
+        udp_only: true,
+        setup: unexposed_port,
+        errno: ECONNREFUSED,
+        counter: Counter::RejectUnexposedPort,
+    },
+    Refusal {
+        name: "TCP connect to an unallocated service address",
+        proto: IPPROTO_TCP,
+        udp_only: false,
+        setup: unallocated_address,
+        errno: EHOSTUNREACH,
+        counter: Counter::DropUnallocatedServiceIp,
+    },
 ];
 
 #[test]
@@ -319,7 +353,9 @@ fn refused_calls_fail_at_once_with_the_packet_paths_verdict() {
             ECONNREFUSED => stats.rejects,
             _ => stats.drops,
         };
-        assert_eq!(counted, 1, "{name}");
+        // A call to no Service counts for none.
+        let service_calls = !maps.services.is_empty();
+        assert_eq!(counted, u64::from(service_calls), "{name}");
         assert_eq!(maps.counter_value(Counter::NewFlows), 0, "{name}");
     }
 }
