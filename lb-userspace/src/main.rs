@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{ArgMatches, Args, FromArgMatches, Parser, Subcommand};
+use ipnet::IpNet;
 use lb_common::Capacity;
 use lb_userspace::agent::{
     self, Masquerade, PortRange, RejectLimitFlags, ReplyPath, RunConfig, SocketLb, SourceConfig,
@@ -14,7 +15,7 @@ use lb_userspace::agent::{
 };
 use lb_userspace::datapath::{KernelLogLevel, MAX_ENTRIES};
 use lb_userspace::inspect::Snapshot;
-use lb_userspace::k8s::{NodeDef, NodePortAddress, NodePortAddresses};
+use lb_userspace::k8s::{service_cidr, NodeDef, NodePortAddress, NodePortAddresses};
 use lb_userspace::links::{IfacePattern, IfacePatterns};
 use lb_userspace::maglev::TableSize;
 use lb_userspace::model::Algorithm;
@@ -102,6 +103,12 @@ struct RunArgs {
         value_delimiter = ','
     )]
     nodeport_addresses: Vec<NodePortAddress>,
+    /// The service CIDRs (comma-separated or repeated): new flows to their addresses that no
+    /// Service holds are dropped, as kube-proxy nftables does. Kubernetes mode watches
+    /// ServiceCIDR objects (networking.k8s.io/v1, Kubernetes 1.33) unless this is given;
+    /// file mode has only these. IPv6 ranges are ignored.
+    #[arg(long = "service-cidrs", value_name = "CIDR", value_delimiter = ',')]
+    service_cidrs: Option<Vec<IpNet>>,
     /// Pod-facing interface to attach the TC ingress and egress programs to (repeatable). Without it,
     /// auto-attach: every interface matching --iface-pattern, as interfaces come and go.
     #[arg(long = "iface", value_name = "NAME")]
@@ -302,6 +309,7 @@ fn run(args: RunArgs, kernel_log_level: KernelLogLevel) -> anyhow::Result<()> {
     };
     let config = RunConfig {
         source,
+        service_cidrs: args.service_cidrs.as_deref().map(service_cidr::ipv4_cidrs),
         xdp_iface: match (args.xdp_iface, args.no_xdp) {
             (_, true) => XdpIface::Off,
             (Some(iface), false) => XdpIface::Named(iface),
@@ -462,6 +470,32 @@ mod tests {
         assert!(parse(&["--manifests", "/m", "--kubeconfig", "/k"]).is_err());
         assert!(parse(&["--manifests", "/m", "--node-address", "nope"]).is_err());
         assert!(parse(&["--kubeconfig", "/k", "--node-name", "n1"]).is_ok());
+    }
+
+    #[test]
+    fn service_cidrs_take_a_list_and_name_an_invalid_one() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["lb-agent", "run"], args].concat());
+        let cidrs = |cli: Cli| match cli.command {
+            Command::Run(args) => args.service_cidrs,
+            _ => unreachable!("a run command"),
+        };
+        assert_eq!(
+            cidrs(parse(&[]).unwrap()),
+            None,
+            "watch ServiceCIDR objects"
+        );
+        let given = cidrs(parse(&["--service-cidrs", "198.19.0.0/16,2001:2::/112"]).unwrap());
+        let given: Vec<String> = given.unwrap().iter().map(ToString::to_string).collect();
+        assert_eq!(given, ["198.19.0.0/16", "2001:2::/112"]);
+        let Err(error) = parse(&["--service-cidrs", "198.19.0.0/16,198.19.0.0/33"]) else {
+            panic!("an invalid CIDR was accepted");
+        };
+        let error = error.to_string();
+        let first = error.lines().next().unwrap();
+        assert!(
+            first.contains("invalid value '198.19.0.0/33' for '--service-cidrs <CIDR>'"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 use lb_common::service::{backend_flags, scope, service_flags};
 use lb_common::{Backend, ServiceKey, ServiceValue, SourceRange, IPPROTO_TCP, IPPROTO_UDP};
 
@@ -236,6 +236,9 @@ pub struct DesiredState {
     /// Per Service (namespace and name); the same `Arc` while no health check changed, so
     /// the agent compares them only after a change.
     pub health_checks: Arc<BTreeMap<ObjectKey, HealthCheck>>,
+    /// The service CIDRs (IPv4): new flows to their addresses that no Service holds are
+    /// dropped. Empty: nothing is.
+    pub service_cidrs: BTreeSet<Ipv4Net>,
 }
 
 /// A Service's `healthCheckNodePort` (a LoadBalancer with `externalTrafficPolicy: Local`),
@@ -326,6 +329,23 @@ pub fn source_range_of(prefix_len: u32, key: SourceRange) -> Option<(u32, IpNet)
     Some((group_id, range))
 }
 
+/// The service CIDRs map key of `cidr`: its `prefix_len` (IPv4-mapped: 96 bits before the
+/// range's) and the address.
+pub fn service_cidr_key(cidr: Ipv4Net) -> (u32, [u8; 16]) {
+    let cidr = cidr.trunc();
+    (
+        96 + u32::from(cidr.prefix_len()),
+        lb_common::ipv4_mapped(cidr.addr().octets()),
+    )
+}
+
+/// The range of a service CIDRs map key; `None` for one no IPv4 range has.
+pub fn service_cidr_of(prefix_len: u32, addr: [u8; 16]) -> Option<Ipv4Net> {
+    let v4 = lb_common::ipv4_unmapped(&addr)?;
+    let bits = u8::try_from(prefix_len.checked_sub(96)?).ok()?;
+    Ipv4Net::new(v4.into(), bits).ok()
+}
+
 /// An address from the maps' 16-byte form (IPv4-mapped becomes IPv4).
 pub fn unmap_addr(addr: [u8; 16]) -> IpAddr {
     match lb_common::ipv4_unmapped(&addr) {
@@ -349,6 +369,17 @@ impl fmt::Display for SocketDisplay {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn service_cidr_keys_round_trip() {
+        let cidr: Ipv4Net = "198.19.0.0/16".parse().unwrap();
+        let (prefix_len, addr) = service_cidr_key(cidr);
+        assert_eq!(prefix_len, 112);
+        assert_eq!(&addr[10..], &[0xff, 0xff, 198, 19, 0, 0]);
+        assert_eq!(service_cidr_of(prefix_len, addr), Some(cidr));
+        assert_eq!(service_cidr_of(95, addr), None);
+        assert_eq!(service_cidr_of(129, addr), None);
+    }
 
     #[test]
     fn addresses_round_trip_through_map_form() {

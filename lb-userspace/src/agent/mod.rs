@@ -14,12 +14,14 @@ mod reject_limits;
 mod socket_lb;
 mod telemetry;
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::Duration;
 
+use ipnet::Ipv4Net;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tracing::{info, warn};
@@ -61,6 +63,9 @@ const RETRY_INTERVAL: Duration = Duration::from_millis(500);
 #[derive(Clone, Debug)]
 pub struct RunConfig {
     pub source: SourceConfig,
+    /// `--service-cidrs` (IPv4): in Kubernetes mode given instead of watching ServiceCIDR
+    /// objects (`None`: watch them); in file mode the only ones (`None`: none).
+    pub service_cidrs: Option<BTreeSet<Ipv4Net>>,
     /// Interfaces whose TC ingress and egress get the programs; empty: auto-attach to every interface
     /// matching `iface_patterns`, as interfaces come and go.
     pub tc_ifaces: Vec<String>,
@@ -303,6 +308,7 @@ impl CheckedSource {
     /// and the maps adopted ([`api_address::choose`]); `sockets`: socket-level translation is on.
     async fn start(
         self,
+        service_cidrs: Option<BTreeSet<Ipv4Net>>,
         maps: &DatapathMaps,
         sockets: bool,
         metrics: SyncMetrics,
@@ -311,7 +317,12 @@ impl CheckedSource {
         let (name, (task, states)) = match self {
             CheckedSource::Files(dir, poll_interval) => (
                 "manifests",
-                source::files::spawn(dir, poll_interval, metrics),
+                source::files::spawn(
+                    dir,
+                    poll_interval,
+                    service_cidrs.unwrap_or_default(),
+                    metrics,
+                ),
             ),
             CheckedSource::Api(mut config, service, (node_name, addresses), max_endpoints) => {
                 api_address::choose(&mut config, service, maps, sockets).await;
@@ -322,6 +333,7 @@ impl CheckedSource {
                         client,
                         node_name,
                         addresses,
+                        service_cidrs,
                         max_endpoints,
                         metrics,
                         health,
@@ -421,6 +433,7 @@ async fn serve(
     let telemetry = Telemetry::start(config, &maps_dir(&config.bpffs_dir)).await?;
     let mut source = source
         .start(
+            config.service_cidrs.clone(),
             datapath.maps(),
             sockets.is_some(),
             telemetry.sync(),

@@ -1,7 +1,7 @@
-//! Desired states -> maps: adopts what the pinned maps hold, applies the latest state
-//! (retrying a failed write), resyncs the maps periodically, logs the lines operators and
-//! tests read, records metrics and health, and serves the health check node ports of what
-//! it programmed.
+//! Desired states -> maps: adopts what the pinned maps hold, applies the latest state (its
+//! services, then the cluster IPs and the service CIDRs; retrying a failed write), resyncs
+//! the maps periodically, logs the lines operators and tests read, records metrics and
+//! health, and serves the health check node ports of what it programmed.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -14,7 +14,7 @@ use crate::error::Chain;
 use crate::health::SyncHealth;
 use crate::metrics::SyncMetrics;
 use crate::model::Changed;
-use crate::reconciler::{ClusterIps, ReconcileError, Reconciler};
+use crate::reconciler::{ClusterIps, ReconcileError, Reconciler, ServiceCidrs};
 use crate::source::Update;
 
 /// The one reconciler of the agent, whatever the source.
@@ -23,6 +23,9 @@ pub(super) struct Programmer {
     reconciler: Reconciler,
     /// `LB_CLUSTER_IPS`, synced after each complete write of the services.
     cluster_ips: ClusterIps,
+    /// `LB_SVC_CIDRS`, synced after the cluster IPs, so no ClusterIP is dropped for want of
+    /// its entries.
+    service_cidrs: ServiceCidrs,
     /// Whether `reconciler` took over what the pinned maps hold (an earlier agent's writes
     /// outlive it), which happens before anything is written or resynced.
     adopted: bool,
@@ -47,6 +50,7 @@ impl Programmer {
             capacities: *capacities,
             reconciler,
             cluster_ips: ClusterIps::default(),
+            service_cidrs: ServiceCidrs::default(),
             adopted: false,
             pending: None,
             pending_since: None,
@@ -94,6 +98,15 @@ impl Programmer {
                     .sync(&pending.state, &pending.changed, maps)
                     .map_err(|e| ReconcileError {
                         context: "cannot list the cluster IPs".into(),
+                        source: Box::new(e),
+                    })
+                    .map(|()| summary)
+            })
+            .and_then(|summary| {
+                self.service_cidrs
+                    .sync(&pending.state.service_cidrs, maps)
+                    .map_err(|e| ReconcileError {
+                        context: "cannot write the service CIDRs".into(),
                         source: Box::new(e),
                     })
                     .map(|()| summary)

@@ -7,7 +7,7 @@ use std::path::Path;
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, Map, MapData, MapError, MapInfo, PerCpuArray, PerCpuValues};
 use aya::{Ebpf, Pod};
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 use lb_common::maps::{self as registry, MapDef, MapSpec};
 use lb_common::{
     Backend, BackendSlotKey, Counter, CtKey, CtValue, NodeConfig, RejectLimits, ServiceKey,
@@ -16,8 +16,8 @@ use lb_common::{
 
 use super::batch;
 use super::DatapathError;
-use crate::model::{source_range_key, source_range_of};
-use crate::reconciler::{ClusterIpMap, MapReader, MapWriteError, MapWriter};
+use crate::model::{service_cidr_key, service_cidr_of, source_range_key, source_range_of};
+use crate::reconciler::{ClusterIpMap, MapReader, MapWriteError, MapWriter, ServiceCidrMap};
 
 /// The data path's maps, one per registry entry, each checked against its entry's layout.
 pub struct DatapathMaps {
@@ -290,6 +290,45 @@ impl ClusterIpMap for DatapathMaps {
 
     fn remove_cluster_ip(&mut self, addr: &[u8; 16]) -> Result<(), MapWriteError> {
         self.remove(registry::CLUSTER_IPS, addr)
+    }
+}
+
+impl ServiceCidrMap for DatapathMaps {
+    fn read_service_cidrs(&self) -> Result<Vec<Ipv4Net>, MapWriteError> {
+        LpmTrie::<_, [u8; 16], u8>::try_from(self.map(registry::SERVICE_CIDRS))
+            .and_then(|trie| trie.keys().collect::<Result<Vec<_>, _>>())
+            .map(|keys| {
+                keys.into_iter()
+                    .filter_map(|key| service_cidr_of(key.prefix_len(), key.data()))
+                    .collect()
+            })
+            .map_err(|source| MapWriteError {
+                map: registry::SERVICE_CIDRS.name,
+                op: "read",
+                source,
+            })
+    }
+
+    fn set_service_cidr(&mut self, cidr: Ipv4Net) -> Result<(), MapWriteError> {
+        let (prefix_len, data) = service_cidr_key(cidr);
+        LpmTrie::try_from(self.map_mut(registry::SERVICE_CIDRS))
+            .and_then(|mut trie| trie.insert(&Key::new(prefix_len, data), 1u8, 0))
+            .map_err(|source| MapWriteError {
+                map: registry::SERVICE_CIDRS.name,
+                op: "update",
+                source,
+            })
+    }
+
+    fn remove_service_cidr(&mut self, cidr: Ipv4Net) -> Result<(), MapWriteError> {
+        let (prefix_len, data) = service_cidr_key(cidr);
+        LpmTrie::<_, [u8; 16], u8>::try_from(self.map_mut(registry::SERVICE_CIDRS))
+            .and_then(|mut trie| ignore_missing(trie.remove(&Key::new(prefix_len, data))))
+            .map_err(|source| MapWriteError {
+                map: registry::SERVICE_CIDRS.name,
+                op: "delete",
+                source,
+            })
     }
 }
 

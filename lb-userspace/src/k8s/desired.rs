@@ -9,6 +9,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
+use ipnet::Ipv4Net;
 use tracing::warn;
 
 use crate::model::{DesiredService, DesiredState, Frontend, HealthCheck};
@@ -40,6 +41,13 @@ impl DesiredTracker {
     /// The state to publish, and the frontends changed since the last call.
     pub fn publish(&mut self) -> (Arc<DesiredState>, BTreeSet<Frontend>) {
         (Arc::clone(&self.state), std::mem::take(&mut self.changed))
+    }
+
+    /// Replaces the service CIDRs; no frontend changes.
+    pub fn set_service_cidrs(&mut self, cidrs: BTreeSet<Ipv4Net>) {
+        if self.state.service_cidrs != cidrs {
+            Arc::make_mut(&mut self.state).service_cidrs = cidrs;
+        }
     }
 
     fn set(&mut self, frontend: Frontend, desired: Option<Arc<DesiredService>>) {

@@ -9,6 +9,7 @@ pub mod health_check;
 pub mod node;
 pub mod nodeport_addresses;
 pub mod service;
+pub mod service_cidr;
 pub mod slice;
 #[cfg(test)]
 mod tests;
@@ -19,5 +20,6 @@ pub use health_check::health_check;
 pub use node::NodeDef;
 pub use nodeport_addresses::{NodePortAddress, NodePortAddresses};
 pub use service::{ServiceDef, TrafficPolicy, DEFAULT_AFFINITY_TIMEOUT_S};
+pub use service_cidr::ServiceCidrDef;
 pub use slice::{SliceDef, SERVICE_NAME_LABEL};
 pub use translate::{desired_state, owner, service_frontends};

@@ -67,7 +67,7 @@ const SERVICE_COUNTERS: [ServiceCounter; 5] = [
 ];
 
 /// The node-wide counters that count dropped (or rejected) packets.
-const DROP_REASONS: [Counter; 10] = [
+const DROP_REASONS: [Counter; 11] = [
     Counter::RejectNoBackend,
     Counter::DropNoBackend,
     Counter::DropBackendMissing,
@@ -78,6 +78,7 @@ const DROP_REASONS: [Counter; 10] = [
     Counter::DropUnexposedPort,
     Counter::DropSourceRange,
     Counter::DropRejectSuppressed,
+    Counter::DropUnallocatedServiceIp,
 ];
 
 impl DatapathCollector {

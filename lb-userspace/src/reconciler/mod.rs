@@ -35,6 +35,7 @@ mod error;
 mod id_map;
 mod ids;
 mod resync;
+mod service_cidrs;
 mod slots;
 #[cfg(test)]
 mod tests;
@@ -57,6 +58,7 @@ pub use error::{CapacityError, MapWriteError, ReconcileError};
 use ids::IdPool;
 use lb_common::Capacities;
 pub use resync::{Drift, MapReader, Repair};
+pub use service_cidrs::{ServiceCidrMap, ServiceCidrs};
 use slots::stable_layout;
 
 /// The map operations the reconciler needs; implemented by [`crate::datapath::DatapathMaps`] and by an

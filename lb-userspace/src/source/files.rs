@@ -1,8 +1,10 @@
 //! File source: the manifests directory, read every poll interval.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ipnet::Ipv4Net;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tracing::{error, info};
@@ -11,13 +13,15 @@ use super::{channel, DesiredStates, Update};
 use crate::error::Chain;
 use crate::manifests::ManifestDir;
 use crate::metrics::SyncMetrics;
-use crate::model::Changed;
+use crate::model::{Changed, DesiredState};
 
 /// Polls `dir` in a task and publishes each changed state. Read errors are logged (once until
 /// they change) and keep the last state. The number of invalid objects goes to `metrics`.
+/// `service_cidrs` (`--service-cidrs`) go into every state.
 pub fn spawn(
     mut dir: ManifestDir,
     poll_interval: Duration,
+    service_cidrs: BTreeSet<Ipv4Net>,
     metrics: SyncMetrics,
 ) -> (JoinHandle<()>, DesiredStates) {
     let (publisher, states) = channel();
@@ -40,8 +44,12 @@ pub fn spawn(
                     );
                     metrics.invalid_objects(sync.invalid_objects);
                     // The directory is translated whole: the reconciler compares every frontend.
+                    let state = DesiredState {
+                        service_cidrs: service_cidrs.clone(),
+                        ..sync.state
+                    };
                     publisher.publish(Update {
-                        state: Arc::new(sync.state),
+                        state: Arc::new(state),
                         changed: Changed::Everything,
                     });
                 }

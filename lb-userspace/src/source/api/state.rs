@@ -6,23 +6,26 @@
 //! relist (after a 410 Gone or a broken watch) is buffered and replaces the objects of its
 //! kind only once complete, so the state never passes through a half-listed cluster, and a
 //! relist cut short by an error is simply started again. Nothing is published before all
-//! three kinds have been listed once.
+//! four kinds have been listed once, where ServiceCIDRs count as listed when they come from
+//! `--service-cidrs` or the API server does not serve them (or forbids them to the agent).
 //!
 //! The desired state is kept up to date incrementally ([`DesiredTracker`]): a Service or
 //! EndpointSlice event recomputes only the Services it touches (for a slice: the Service it
 //! belonged to and the one it belongs to now); a change of the Node or a relist recomputes
-//! every Service.
+//! every Service. A ServiceCIDR change changes only the published service CIDRs.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
+
+use ipnet::Ipv4Net;
 
 use kube::runtime::watcher::Event;
 use kube::ResourceExt;
 use tracing::warn;
 
 use crate::k8s::{
-    health_check, owner, service_frontends, DesiredTracker, NodeDef, NodePortAddresses, ServiceDef,
-    SliceDef,
+    health_check, owner, service_frontends, DesiredTracker, NodeDef, NodePortAddresses,
+    ServiceCidrDef, ServiceDef, SliceDef,
 };
 use crate::model::{Changed, DesiredService, Frontend, HealthCheck};
 use crate::objects::{FieldError, LastValid, ObjectError, ObjectKey, SkippedObject};
@@ -118,6 +121,12 @@ pub struct ClusterView {
     pub services: Watched<ServiceDef>,
     pub slices: Watched<SliceDef>,
     pub node: Watched<NodeDef>,
+    /// ServiceCIDRs, unless `cidrs_from_flag`.
+    pub service_cidrs: Watched<ServiceCidrDef>,
+    /// `--service-cidrs`: used instead of ServiceCIDR objects.
+    cidrs_from_flag: Option<BTreeSet<Ipv4Net>>,
+    /// Whether it was reported that ServiceCIDRs cannot be listed (once until they can).
+    reported_cidrs_unavailable: bool,
     node_name: String,
     /// Which of the Node's addresses serve node ports.
     node_port_addresses: NodePortAddresses,
@@ -140,6 +149,7 @@ pub struct ChangeSet {
     pub service_events: usize,
     pub slice_events: usize,
     pub node_events: usize,
+    pub service_cidr_events: usize,
     pub services: usize,
     pub slices: usize,
     pub node: NodeDef,
@@ -161,7 +171,11 @@ impl fmt::Display for ChangeSet {
             self.node.name,
             self.node.addresses.len(),
             self.invalid_objects
-        )
+        )?;
+        if self.service_cidr_events > 0 {
+            write!(f, "; {} service CIDR events", self.service_cidr_events)?;
+        }
+        Ok(())
     }
 }
 
@@ -171,6 +185,9 @@ impl ClusterView {
             services: Watched::new("Service"),
             slices: Watched::new("EndpointSlice"),
             node: Watched::new("Node"),
+            service_cidrs: Watched::new("ServiceCIDR"),
+            cidrs_from_flag: None,
+            reported_cidrs_unavailable: false,
             node_name: node_name.into(),
             node_port_addresses,
             reported_missing_node: false,
@@ -181,11 +198,54 @@ impl ClusterView {
         }
     }
 
+    /// The service CIDRs come from `--service-cidrs` (`Some`), or from ServiceCIDR objects.
+    pub fn with_service_cidrs(mut self, from_flag: Option<BTreeSet<Ipv4Net>>) -> Self {
+        self.service_cidrs.listed = from_flag.is_some();
+        self.cidrs_from_flag = from_flag;
+        self
+    }
+
+    /// ServiceCIDRs cannot be listed (the API server answered 404 or 403): they count as
+    /// listed, with the objects last listed (none at first), so the rest is served; the
+    /// watcher keeps retrying. Returns whether to report it (the first time only).
+    pub fn service_cidrs_unavailable(&mut self) -> bool {
+        if !self.service_cidrs.listed {
+            self.service_cidrs.listed = true;
+            self.service_cidrs.events += 1;
+        }
+        !std::mem::replace(&mut self.reported_cidrs_unavailable, true)
+    }
+
+    /// ServiceCIDRs could be listed or watched again: a later failure is reported anew.
+    pub fn service_cidrs_available(&mut self) {
+        self.reported_cidrs_unavailable = false;
+    }
+
+    /// The service CIDRs in effect: the flag's, or the union of every ServiceCIDR object's
+    /// (as kube-proxy takes them).
+    fn current_service_cidrs(&self) -> BTreeSet<Ipv4Net> {
+        match &self.cidrs_from_flag {
+            Some(cidrs) => cidrs.clone(),
+            None => self
+                .service_cidrs
+                .objects
+                .values()
+                .flat_map(|def| def.cidrs.iter().copied())
+                .collect(),
+        }
+    }
+
     /// When every kind has been listed and something changed since the last call: what
     /// changed and the desired state now.
     pub fn take_change_set(&mut self) -> Option<(ChangeSet, Update)> {
-        let kinds_listed = self.services.listed && self.slices.listed && self.node.listed;
-        let events = self.services.events + self.slices.events + self.node.events;
+        let kinds_listed = self.services.listed
+            && self.slices.listed
+            && self.node.listed
+            && self.service_cidrs.listed;
+        let events = self.services.events
+            + self.slices.events
+            + self.node.events
+            + self.service_cidrs.events;
         if !kinds_listed || events == 0 {
             return None;
         }
@@ -194,12 +254,14 @@ impl ClusterView {
             service_events: std::mem::take(&mut self.services.events),
             slice_events: std::mem::take(&mut self.slices.events),
             node_events: std::mem::take(&mut self.node.events),
+            service_cidr_events: std::mem::take(&mut self.service_cidrs.events),
             services: self.services.objects.len(),
             slices: self.slices.objects.len(),
             node: node.clone(),
             invalid_objects: self.services.objects.invalid_count()
                 + self.slices.objects.invalid_count()
-                + self.node.objects.invalid_count(),
+                + self.node.objects.invalid_count()
+                + self.service_cidrs.objects.invalid_count(),
         };
         let relisted = [
             self.services.relisted,
@@ -214,6 +276,8 @@ impl ClusterView {
         self.slices.relisted = false;
         self.node.relisted = false;
         self.node.changed.clear();
+        self.service_cidrs.changed.clear();
+        self.service_cidrs.relisted = false;
         let dirty = if everything {
             self.index_all_slices();
             self.desired = Some(DesiredTracker::default());
@@ -234,6 +298,7 @@ impl ClusterView {
             let (frontends, health_check) = self.translate(&service, &node);
             desired.update(service, frontends, health_check);
         }
+        desired.set_service_cidrs(self.current_service_cidrs());
         let (state, frontends) = desired.publish();
         self.desired = Some(desired);
         let changed = match everything {
@@ -345,6 +410,7 @@ mod tests {
 
     use k8s_openapi::api::core::v1::{Node, Service};
     use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use k8s_openapi::api::networking::v1::ServiceCIDR;
 
     use super::*;
     use crate::model::DesiredState;
@@ -387,10 +453,49 @@ mod tests {
         view.node.on_event(event, NodeDef::from_k8s);
     }
 
+    fn service_cidr(name: &str, cidrs: &str) -> ServiceCIDR {
+        serde_yaml::from_str(&format!(
+            "metadata: {{name: {name}}}\nspec: {{cidrs: {cidrs}}}"
+        ))
+        .unwrap()
+    }
+
+    fn on_service_cidr(view: &mut ClusterView, event: Event<ServiceCIDR>) {
+        view.service_cidrs.on_event(event, ServiceCidrDef::from_k8s);
+    }
+
+    fn list_service_cidrs(view: &mut ClusterView, objects: Vec<ServiceCIDR>) {
+        on_service_cidr(view, Event::Init);
+        for object in objects {
+            on_service_cidr(view, Event::InitApply(object));
+        }
+        on_service_cidr(view, Event::InitDone);
+    }
+
+    /// Lists no Services, EndpointSlices or Node.
+    fn list_nothing_but_service_cidrs(view: &mut ClusterView) {
+        on_service(view, Event::Init);
+        on_service(view, Event::InitDone);
+        on_slice(view, Event::Init);
+        on_slice(view, Event::InitDone);
+        on_node(view, Event::Init);
+        on_node(view, Event::InitDone);
+    }
+
+    fn cidrs(state: &DesiredState) -> Vec<String> {
+        state
+            .service_cidrs
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
     /// A view with every kind listed: `web` (198.19.0.10:80 -> 198.18.1.1), node-a at
-    /// 198.18.0.1; its first change set taken.
+    /// 198.18.0.1, the service CIDR 198.19.0.0/16; its first change set taken.
     fn listed() -> ClusterView {
         let mut view = ClusterView::new("node-a", NodePortAddresses::default());
+        let kubernetes = service_cidr("kubernetes", "['198.19.0.0/16']");
+        list_service_cidrs(&mut view, vec![kubernetes]);
         for event in [
             Event::Init,
             Event::InitApply(service("web", "198.19.0.10", "80")),
@@ -451,12 +556,17 @@ mod tests {
         on_node(&mut view, Event::Init);
         on_node(&mut view, Event::InitApply(node("198.18.0.1")));
         on_node(&mut view, Event::InitDone);
+        assert!(
+            view.take_change_set().is_none(),
+            "the service CIDRs are not listed yet"
+        );
+        list_service_cidrs(&mut view, Vec::new());
         let (change_set, state) = take(&mut view);
         assert_eq!(
             change_set.to_string(),
             "kubernetes change set: 1 service, 1 endpoint slice, 1 node events; in effect: 1 \
              services, 0 endpoint slices, node node-a with 1 addresses; 0 invalid objects \
-             skipped"
+             skipped; 1 service CIDR events"
         );
         assert_eq!(
             frontends(&state),
@@ -564,6 +674,56 @@ mod tests {
         assert_eq!(frontends(&state), ["198.19.0.10:80/TCP -> 198.18.1.1:8080"]);
     }
 
+    #[test]
+    fn a_service_cidr_change_publishes_the_union_and_changes_no_frontend() {
+        let mut view = listed();
+        let before = view.desired.as_ref().unwrap().state().clone();
+        assert_eq!(cidrs(&before), ["198.19.0.0/16"]);
+        let extra = service_cidr("extra", "['198.18.128.0/24', '2001:2::/112', 'nonsense']");
+        on_service_cidr(&mut view, Event::Apply(extra.clone()));
+        let (change_set, update) = view.take_change_set().unwrap();
+        assert_eq!(change_set.service_cidr_events, 1);
+        assert_eq!(update.changed, Changed::Frontends(BTreeSet::new()));
+        assert_eq!(cidrs(&update.state), ["198.18.128.0/24", "198.19.0.0/16"]);
+        assert_eq!(update.state.services, before.services);
+        on_service_cidr(&mut view, Event::Delete(extra));
+        let (_, state) = take(&mut view);
+        assert_eq!(cidrs(&state), ["198.19.0.0/16"]);
+    }
+
+    #[test]
+    fn unavailable_service_cidrs_do_not_hold_up_the_rest_and_are_reported_once() {
+        let mut view = ClusterView::new("node-a", NodePortAddresses::default());
+        list_nothing_but_service_cidrs(&mut view);
+        assert!(view.take_change_set().is_none());
+        assert!(view.service_cidrs_unavailable(), "reported the first time");
+        assert!(!view.service_cidrs_unavailable(), "not again");
+        let (_, state) = take(&mut view);
+        assert!(state.service_cidrs.is_empty());
+        // Once they can be listed (RBAC granted, the cluster upgraded) they take effect.
+        view.service_cidrs_available();
+        list_service_cidrs(
+            &mut view,
+            vec![service_cidr("kubernetes", "['198.19.0.0/16']")],
+        );
+        let (_, state) = take(&mut view);
+        assert_eq!(cidrs(&state), ["198.19.0.0/16"]);
+        assert!(
+            view.service_cidrs_unavailable(),
+            "a new failure is reported anew"
+        );
+    }
+
+    #[test]
+    fn the_flag_replaces_service_cidr_objects() {
+        let flag = BTreeSet::from(["198.19.0.0/20".parse().unwrap()]);
+        let mut view =
+            ClusterView::new("node-a", NodePortAddresses::default()).with_service_cidrs(Some(flag));
+        list_nothing_but_service_cidrs(&mut view);
+        let (_, state) = take(&mut view);
+        assert_eq!(cidrs(&state), ["198.19.0.0/20"]);
+    }
+
     /// The next change set and the desired state it publishes.
     fn take(view: &mut ClusterView) -> (ChangeSet, DesiredState) {
         let (change_set, update) = view.take_change_set().unwrap();
@@ -573,11 +733,15 @@ mod tests {
     /// The desired state a full translation of the view's objects gives.
     fn translated(view: &ClusterView) -> DesiredState {
         let node = view.node.objects.values().next().unwrap().clone();
-        crate::k8s::desired_state(
+        let state = crate::k8s::desired_state(
             view.services.objects.values(),
             view.slices.objects.values(),
             &node,
-        )
+        );
+        DesiredState {
+            service_cidrs: view.current_service_cidrs(),
+            ..state
+        }
     }
 
     #[test]
