@@ -1,6 +1,6 @@
 //! The deployment manifests (`manifests/deploy/`) parse into typed Kubernetes objects with no
 //! unknown or misspelt field, and ask for what the agent needs and no more: read access to
-//! Services, EndpointSlices and Nodes, the host network, bpffs, the node's net.* sysctls, its
+//! Services, EndpointSlices, Nodes and ServiceCIDRs, the host network, bpffs, the node's net.* sysctls, its
 //! cgroups (read-only) and three capabilities instead of a privileged container. The DaemonSet's arguments are flags the real `lb-agent` accepts.
 
 use std::{
@@ -20,7 +20,7 @@ fn load() -> Deployment {
 }
 
 #[test]
-fn rbac_grants_exactly_reading_services_endpointslices_and_nodes() {
+fn rbac_grants_exactly_reading_services_endpointslices_nodes_and_servicecidrs() {
     let deployment = load();
     let mut granted = BTreeSet::new();
     for rule in deployment.role.rules.as_deref().unwrap_or_default() {
@@ -43,6 +43,9 @@ fn rbac_grants_exactly_reading_services_endpointslices_and_nodes() {
             needed.insert((group, resource, verb));
         }
     }
+    // ServiceCIDRs are only listed and watched (kube-runtime's watcher; no get).
+    needed.insert(("networking.k8s.io", "servicecidrs", "list"));
+    needed.insert(("networking.k8s.io", "servicecidrs", "watch"));
     assert_eq!(granted, needed);
 
     let (account, role, binding) = (

@@ -65,8 +65,9 @@ fn respond(shared: &Shared, request: &RequestRecord) -> Result<Response<Response
             "platform": "linux/amd64",
         })));
     }
-    let route =
-        Route::parse(&request.path).ok_or_else(|| ApiError::path_not_found(&request.path))?;
+    let route = Route::parse(&request.path)
+        .filter(|route| !shared.unserved.contains(&route.resource))
+        .ok_or_else(|| ApiError::path_not_found(&request.path))?;
     let params = Params::parse(&request.params)?;
     match route.name {
         Some(name) => {

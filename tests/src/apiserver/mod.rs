@@ -78,6 +78,8 @@ pub struct Options {
     /// More addresses its certificate names besides 127.0.0.1, as a real API server's names
     /// the addresses it is reached at and the `kubernetes` Service's ClusterIP.
     pub alt_names: Vec<IpAddr>,
+    /// Resources it answers 404 for, as a server of an older Kubernetes does.
+    pub unserved: Vec<Resource>,
 }
 
 impl Default for Options {
@@ -87,6 +89,7 @@ impl Default for Options {
             bookmark_interval: Duration::from_secs(1),
             listen: Ipv4Addr::LOCALHOST,
             alt_names: Vec::new(),
+            unserved: Vec::new(),
         }
     }
 }
@@ -234,6 +237,8 @@ struct Shared {
     credentials: Credentials,
     /// Connections whose TLS handshake failed (e.g. a client that does not trust the CA).
     failed_handshakes: AtomicUsize,
+    /// [`Options::unserved`].
+    unserved: Vec<Resource>,
 }
 
 impl Shared {
@@ -325,6 +330,7 @@ impl ApiServer {
                 requests: Mutex::new(Vec::new()),
                 credentials,
                 failed_handshakes: AtomicUsize::new(0),
+                unserved: options.unserved.clone(),
             }),
             options,
             netns,

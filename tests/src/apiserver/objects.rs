@@ -1,5 +1,5 @@
 //! Builders for the objects tests put into the server: Services, their ports, EndpointSlices
-//! with endpoints in every condition, and Nodes. Tests adjust the returned k8s-openapi
+//! with endpoints in every condition, Nodes and ServiceCIDRs. Tests adjust the returned k8s-openapi
 //! structs directly for anything else (service type, traffic policies, affinity, ...).
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
@@ -8,6 +8,7 @@ use k8s_openapi::{
     api::{
         core::v1::{Node, NodeAddress, NodeStatus, Service, ServicePort, ServiceSpec},
         discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
+        networking::v1::{ServiceCIDR, ServiceCIDRSpec},
     },
     apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
 };
@@ -154,5 +155,19 @@ pub fn node(name: &str, internal_ip: Ipv4Addr) -> Node {
             ]),
             ..NodeStatus::default()
         }),
+    }
+}
+
+/// A ServiceCIDR holding `cidrs`.
+pub fn service_cidr(name: &str, cidrs: &[&str]) -> ServiceCIDR {
+    ServiceCIDR {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(ServiceCIDRSpec {
+            cidrs: Some(cidrs.iter().map(ToString::to_string).collect()),
+        }),
+        status: None,
     }
 }

@@ -4,6 +4,7 @@ use k8s_openapi::{
     api::{
         core::v1::{Node, Service},
         discovery::v1::EndpointSlice,
+        networking::v1::ServiceCIDR,
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
@@ -18,14 +19,17 @@ pub enum Resource {
     EndpointSlices,
     /// `v1` Nodes (cluster-scoped).
     Nodes,
+    /// `networking.k8s.io/v1` ServiceCIDRs (cluster-scoped; Kubernetes 1.33).
+    ServiceCidrs,
 }
 
 impl Resource {
     /// Every resource, for routing.
-    pub const ALL: [Resource; 3] = [
+    pub const ALL: [Resource; 4] = [
         Resource::Services,
         Resource::EndpointSlices,
         Resource::Nodes,
+        Resource::ServiceCidrs,
     ];
 
     /// `apiVersion` of its objects.
@@ -33,6 +37,7 @@ impl Resource {
         match self {
             Resource::Services | Resource::Nodes => "v1",
             Resource::EndpointSlices => "discovery.k8s.io/v1",
+            Resource::ServiceCidrs => "networking.k8s.io/v1",
         }
     }
 
@@ -42,6 +47,7 @@ impl Resource {
             Resource::Services => "Service",
             Resource::EndpointSlices => "EndpointSlice",
             Resource::Nodes => "Node",
+            Resource::ServiceCidrs => "ServiceCIDR",
         }
     }
 
@@ -51,12 +57,13 @@ impl Resource {
             Resource::Services => "services",
             Resource::EndpointSlices => "endpointslices",
             Resource::Nodes => "nodes",
+            Resource::ServiceCidrs => "servicecidrs",
         }
     }
 
     /// Whether objects live in a namespace.
     pub const fn namespaced(self) -> bool {
-        !matches!(self, Resource::Nodes)
+        !matches!(self, Resource::Nodes | Resource::ServiceCidrs)
     }
 
     /// Path prefix of its API group and version (`/api/v1`, `/apis/<group>/<version>`).
@@ -64,6 +71,7 @@ impl Resource {
         match self {
             Resource::Services | Resource::Nodes => "/api/v1",
             Resource::EndpointSlices => "/apis/discovery.k8s.io/v1",
+            Resource::ServiceCidrs => "/apis/networking.k8s.io/v1",
         }
     }
 }
@@ -92,3 +100,4 @@ macro_rules! object {
 object!(Service, Resource::Services);
 object!(EndpointSlice, Resource::EndpointSlices);
 object!(Node, Resource::Nodes);
+object!(ServiceCIDR, Resource::ServiceCidrs);
