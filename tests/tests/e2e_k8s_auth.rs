@@ -46,7 +46,7 @@ fn replace_file(path: &Path, contents: &str) {
     fs::rename(&new, path).unwrap();
 }
 
-/// Whether the agent's three watchers each listed their resource.
+/// Whether the agent's watchers each listed their resource (ServiceCIDRs too).
 fn listed_everything(requests: &[RequestRecord]) -> bool {
     Resource::ALL
         .into_iter()

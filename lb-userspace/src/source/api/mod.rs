@@ -157,7 +157,10 @@ fn apply(view: &mut ClusterView, change: Change, max_endpoints: usize, health: &
         },
         Change::ServiceCidrs(event) => match *event {
             Ok(event) => {
-                view.service_cidrs_available();
+                // The watcher sends `Init` before each list attempt, also before one that fails.
+                if !matches!(event, Event::Init) {
+                    view.service_cidrs_available();
+                }
                 view.service_cidrs.on_event(event, ServiceCidrDef::from_k8s)
             }
             Err(e) => return service_cidrs_failed(view, &e),
