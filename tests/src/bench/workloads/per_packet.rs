@@ -20,9 +20,10 @@
 //! has no new-flow case. Its non-service packet is the cost every packet leaving a pod-facing
 //! or the external interface pays.
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 
 use aya::maps::{HashMap, Map, MapData};
 use lb_common::maps as registry;
@@ -30,7 +31,7 @@ use lb_common::{conntrack::ct_flags, net::tcp_flags, CtKey, CtValue, IPPROTO_TCP
 use lb_frames::{describe, parse, Frame};
 use lb_userspace::{
     model::{map_addr, Changed, DesiredService, Endpoint, Frontend, Protocol, ServicePortName},
-    reconciler::ClusterIps,
+    reconciler::{ClusterIps, ServiceCidrs},
     Datapath, Reconciler,
 };
 use std::os::fd::{AsFd, BorrowedFd};
@@ -60,6 +61,11 @@ const FILLER_BASE: u32 = u32::from_be_bytes([198, 18, 96, 0]);
 /// services' VIPs, counted up from 198.19.0.1, reach only beyond 65,000 services).
 const LB_ONE_RANGE: Ipv4Addr = Ipv4Addr::new(198, 19, 255, 1);
 const LB_THOUSAND_RANGES: Ipv4Addr = Ipv4Addr::new(198, 19, 255, 2);
+/// The service CIDR around every VIP.
+const SERVICE_CIDR: Ipv4Net = match Ipv4Net::new(Ipv4Addr::new(198, 19, 0, 0), 16) {
+    Ok(net) => net,
+    Err(_) => panic!("a valid prefix length"),
+};
 /// Payload of the established data packet.
 const PAYLOAD: [u8; 64] = [0x42; 64];
 
@@ -120,6 +126,11 @@ impl PacketBench {
         ClusterIps::default()
             .sync(&desired, &Changed::Everything, datapath.maps())
             .map_err(|e| BenchError::Check(format!("listing the cluster IPs: {e}")))?;
+        // And the VIPs' service CIDR: a non-service packet (to a pod) also pays the miss in
+        // LB_SVC_CIDRS.
+        ServiceCidrs::default()
+            .sync(&BTreeSet::from([SERVICE_CIDR]), datapath.maps())
+            .map_err(|e| BenchError::Check(format!("writing the service CIDR: {e}")))?;
         if !summary.rejected.is_empty() {
             return Err(BenchError::Check(format!(
                 "{} services did not fit the data path",
