@@ -32,8 +32,12 @@ pub mod service_flags {
     pub const DROP_IF_NO_BACKEND: u32 = 1 << 1;
     /// `loadBalancerSourceRanges`: a new flow is served only from a source address inside one
     /// of the group's ranges (`LB_SRC_RANGES`), else dropped. Set only on load-balancer IP
-    /// entries in the external scope, so other traffic pays nothing for it.
+    /// entries (both scopes), so other traffic pays nothing for it.
     pub const SOURCE_RANGES: u32 = 1 << 2;
+    /// With [`SOURCE_RANGES`], on the internal entry: a range holds the node's address
+    /// (kube-proxy's `allowFromNode`), so the node's own sockets whose source the kernel
+    /// picks (the node's address) are served; a socket bound to a source is checked by it.
+    pub const NODE_IN_SOURCE_RANGES: u32 = 1 << 3;
 }
 
 /// Key of the services map: one service frontend.

@@ -255,4 +255,22 @@ impl SockAddr for SockCtx {
         // SAFETY: as above.
         unsafe { bpf_get_netns_cookie(self.0.as_ptr()) }
     }
+
+    #[inline(always)]
+    fn source(&mut self, sendmsg: bool) -> [u8; 4] {
+        let ctx = self.0.sock_addr;
+        // SAFETY: the context is valid; `msg_src_ip4` may be read in sendmsg4 hooks only
+        // (`sendmsg` is a constant per hook), and `sk` is never null in `sock_addr` hooks,
+        // whose `src_ip4` (the bound address, network byte order) every hook may read.
+        unsafe {
+            let named = match sendmsg {
+                true => (*ctx).msg_src_ip4,
+                false => 0,
+            };
+            match named {
+                0 => (*(*ctx).__bindgen_anon_1.sk).src_ip4.to_ne_bytes(),
+                named => named.to_ne_bytes(),
+            }
+        }
+    }
 }

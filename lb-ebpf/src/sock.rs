@@ -18,6 +18,16 @@
 //! sockets are left to the TC program. Nothing is translated while the agent has not written
 //! the cookie. A pod's translated socket sends straight to the backend: the TC program on its
 //! veth sees packets to a pod address, which it passes untouched without a conntrack entry.
+//!
+//! `loadBalancerSourceRanges` ([`service_flags::SOURCE_RANGES`]) apply to the node's sockets
+//! as kube-proxy's firewall chain in `filter-output` applies them to the node's packets: a
+//! socket bound to a source (or a datagram naming one) is checked with it; one that leaves
+//! the source to the kernel leaves with the node's address, so it is served when a range
+//! holds the node ([`service_flags::NODE_IN_SOURCE_RANGES`]). A refused call fails with
+//! `EHOSTUNREACH`, counted as `drop_source_range`. A pod's source address is not known at
+//! `connect()` (its route picks it, in the pod's namespace), so a pod's socket to such a
+//! Service proceeds untranslated and the TC program on its veth filters its packets with
+//! their real source.
 
 use lb_common::{
     ipv4_mapped, service::scope, service::service_flags, Counter, ServiceKey, ServiceValue,
@@ -49,6 +59,10 @@ pub trait SockAddr {
     fn cookie(&mut self) -> u64;
     /// The cookie of the socket's network namespace.
     fn netns_cookie(&mut self) -> u64;
+    /// The source address the call's packets carry when the socket is bound to one or
+    /// (`sendmsg`) the datagram names one (`IP_PKTINFO`); all zero while the kernel is left
+    /// to pick it.
+    fn source(&mut self, sendmsg: bool) -> [u8; 4];
 }
 
 /// What the hook tells the kernel.
@@ -121,6 +135,12 @@ fn try_forward<S: SockAddr, M: MapAccess>(
     let Some(service) = maps.service(&key) else {
         return not_service(maps, &key.addr);
     };
+    if service.flags & service_flags::SOURCE_RANGES != 0 {
+        if netns != wanted {
+            return Ok(None);
+        }
+        node_source_allowed(sock, maps, &service, udp_only)?;
+    }
     if service.backend_count == 0 {
         return Err(no_backend(&service));
     }
@@ -177,6 +197,25 @@ fn not_service<M: MapAccess>(maps: &mut M, addr: &[u8; 16]) -> Result<Option<u32
         return Err(Error::dropped(Counter::DropUnallocatedServiceIp, 0));
     }
     Ok(None)
+}
+
+/// Whether the node's socket may reach a Service with source ranges: its own source if it
+/// names one, else the node's address (the flag the agent sets when a range holds it).
+#[inline(always)]
+fn node_source_allowed<S: SockAddr, M: MapAccess>(
+    sock: &mut S,
+    maps: &mut M,
+    service: &ServiceValue,
+    sendmsg: bool,
+) -> Result<(), Error> {
+    let allowed = match sock.source(sendmsg) {
+        [0, 0, 0, 0] => service.flags & service_flags::NODE_IN_SOURCE_RANGES != 0,
+        source => maps.source_allowed(service.group_id, &ipv4_mapped(source)),
+    };
+    match allowed {
+        true => Ok(()),
+        false => Err(Error::dropped(Counter::DropSourceRange, service.group_id)),
+    }
 }
 
 /// Why a new socket to a service without backends fails.

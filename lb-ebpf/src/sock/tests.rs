@@ -26,6 +26,10 @@ struct FakeSock {
     proto: u8,
     cookie: u64,
     netns: u64,
+    /// The socket's bound address (all zero: unbound).
+    bound: [u8; 4],
+    /// The source a datagram names (`IP_PKTINFO`; all zero: none).
+    msg_source: [u8; 4],
 }
 
 impl SockAddr for FakeSock {
@@ -48,6 +52,13 @@ impl SockAddr for FakeSock {
     fn netns_cookie(&mut self) -> u64 {
         self.netns
     }
+
+    fn source(&mut self, sendmsg: bool) -> [u8; 4] {
+        match (sendmsg, self.msg_source) {
+            (true, named) if named != [0; 4] => named,
+            _ => self.bound,
+        }
+    }
 }
 
 fn sock(proto: u8, cookie: u64) -> FakeSock {
@@ -56,6 +67,8 @@ fn sock(proto: u8, cookie: u64) -> FakeSock {
         proto,
         cookie,
         netns: NETNS,
+        bound: [0; 4],
+        msg_source: [0; 4],
     }
 }
 
@@ -248,6 +261,20 @@ fn backends_missing(maps: &mut FakeMaps) {
     maps.backends.clear();
 }
 
+/// The service admits only 198.18.5.0/24 (`loadBalancerSourceRanges`), which does not hold
+/// the node: its unbound sockets are refused, those bound inside are served.
+fn source_ranges(maps: &mut FakeMaps) {
+    service_mut(maps).flags = service_flags::SOURCE_RANGES;
+    maps.source_ranges
+        .insert(GROUP_ID, vec![([198, 18, 5, 0], 24)]);
+}
+
+/// [`source_ranges`] without endpoints: the source decides first, as on the packet path.
+fn source_ranges_without_backends(maps: &mut FakeMaps) {
+    source_ranges(maps);
+    no_backends(maps);
+}
+
 /// A refused call, what makes it one, and what it gets: the packet path's verdict as an
 /// `errno` (a reject as ECONNREFUSED, a drop as EHOSTUNREACH), counted as the packet path
 /// counts it.
@@ -270,7 +297,7 @@ fn unallocated_address(maps: &mut FakeMaps) {
     maps.services.clear();
 }
 
-const REFUSALS: [Refusal; 8] = [
+const REFUSALS: [Refusal; 11] = [
     Refusal {
         name: "TCP connect without endpoints",
         proto: IPPROTO_TCP,
@@ -334,6 +361,30 @@ const REFUSALS: [Refusal; 8] = [
         setup: unallocated_address,
         errno: EHOSTUNREACH,
         counter: Counter::DropUnallocatedServiceIp,
+    },
+    Refusal {
+        name: "TCP connect of the node outside the source ranges",
+        proto: IPPROTO_TCP,
+        udp_only: false,
+        setup: source_ranges,
+        errno: EHOSTUNREACH,
+        counter: Counter::DropSourceRange,
+    },
+    Refusal {
+        name: "UDP sendmsg of the node outside the source ranges",
+        proto: IPPROTO_UDP,
+        udp_only: true,
+        setup: source_ranges,
+        errno: EHOSTUNREACH,
+        counter: Counter::DropSourceRange,
+    },
+    Refusal {
+        name: "outside the source ranges, without endpoints",
+        proto: IPPROTO_TCP,
+        udp_only: false,
+        setup: source_ranges_without_backends,
+        errno: EHOSTUNREACH,
+        counter: Counter::DropSourceRange,
     },
 ];
 
@@ -422,4 +473,72 @@ fn new_sockets_follow_a_changed_endpoint_set() {
         forward(&mut s, &mut maps, false);
         assert_eq!(s.addr, new);
     }
+}
+
+#[test]
+fn source_ranges_check_the_nodes_bound_source_or_else_whether_a_range_holds_the_node() {
+    let inside = [198, 18, 5, 7];
+    let outside = [198, 18, 6, 7];
+    // Bound address, a datagram's source (connect() never sees one), whether a range holds
+    // the node; served at connect() and at sendmsg().
+    let cases = [
+        ([0; 4], [0; 4], true, (true, true)),
+        ([0; 4], [0; 4], false, (false, false)),
+        (inside, [0; 4], false, (true, true)),
+        (outside, [0; 4], true, (false, false)),
+        ([0; 4], inside, false, (false, true)),
+        (outside, inside, false, (false, true)),
+        (inside, outside, true, (true, false)),
+    ];
+    for (bound, msg_source, holds_node, (at_connect, at_sendmsg)) in cases {
+        for (sendmsg, served) in [(false, at_connect), (true, at_sendmsg)] {
+            let what = format!("bound {bound:?}, datagram {msg_source:?}, node {holds_node}");
+            let what = format!("{what}, sendmsg {sendmsg}");
+            let mut maps = maps(IPPROTO_UDP);
+            source_ranges(&mut maps);
+            if holds_node {
+                service_mut(&mut maps).flags |= service_flags::NODE_IN_SOURCE_RANGES;
+            }
+            let mut s = FakeSock {
+                bound,
+                msg_source,
+                ..sock(IPPROTO_UDP, 7)
+            };
+            let verdict = forward(&mut s, &mut maps, sendmsg);
+            if served {
+                assert_eq!(verdict, SockVerdict::Proceed, "{what}");
+                assert_eq!(s.addr, expected(7), "{what}");
+            } else {
+                assert_eq!(verdict, SockVerdict::Refuse(EHOSTUNREACH), "{what}");
+                assert_eq!(s.addr, VIP, "{what}");
+                assert_eq!(maps.counter_value(Counter::DropSourceRange), 1, "{what}");
+                assert_eq!(maps.stats_of(GROUP_ID).drops, 1, "{what}");
+            }
+        }
+    }
+}
+
+#[test]
+fn pods_sockets_to_a_service_with_source_ranges_are_left_to_the_packet_path() {
+    let mut maps = maps(IPPROTO_TCP);
+    maps.config = maps.config.with_sock_all_netns(true);
+    source_ranges(&mut maps);
+    service_mut(&mut maps).flags |= service_flags::NODE_IN_SOURCE_RANGES;
+    for bound in [[0; 4], [198, 18, 5, 7], [198, 18, 6, 7]] {
+        let mut pod = FakeSock {
+            netns: NETNS + 1,
+            bound,
+            ..sock(IPPROTO_TCP, 7)
+        };
+        assert_eq!(forward(&mut pod, &mut maps, false), SockVerdict::Proceed);
+        assert_eq!(
+            pod.addr, VIP,
+            "untranslated: the TC program sees its source"
+        );
+    }
+    assert!(maps.counters.is_empty(), "{:?}", maps.counters);
+    // The node's own socket is translated.
+    let mut node = sock(IPPROTO_TCP, 7);
+    assert_eq!(forward(&mut node, &mut maps, false), SockVerdict::Proceed);
+    assert_eq!(node.addr, expected(7));
 }
