@@ -150,9 +150,12 @@ pub struct DesiredService {
     /// flows to ports and protocols the address does not expose are rejected.
     pub cluster_ip: bool,
     /// `loadBalancerSourceRanges` of a load-balancer IP frontend: new flows from outside the
-    /// node are served only from these sources. Empty: every source (and every other
-    /// frontend).
+    /// node, from pods and from the node's own sockets are served only from these sources.
+    /// Empty: every source (and every other frontend).
     pub source_ranges: BTreeSet<IpNet>,
+    /// A source range holds the node's address (kube-proxy's `allowFromNode`): the node's own
+    /// sockets that leave their source to the kernel are served.
+    pub source_ranges_hold_node: bool,
 }
 
 /// How new flows pick among a frontend's backends (affinity, where set, comes first).
@@ -182,6 +185,7 @@ impl DesiredService {
             algorithm: None,
             cluster_ip: false,
             source_ranges: BTreeSet::new(),
+            source_ranges_hold_node: false,
         }
     }
 
@@ -203,8 +207,11 @@ impl DesiredService {
         if self.backends(scope).drop_if_empty {
             flags |= service_flags::DROP_IF_NO_BACKEND;
         }
-        if scope == scope::EXTERNAL && !self.source_ranges.is_empty() {
+        if !self.source_ranges.is_empty() {
             flags |= service_flags::SOURCE_RANGES;
+            if scope == scope::INTERNAL && self.source_ranges_hold_node {
+                flags |= service_flags::NODE_IN_SOURCE_RANGES;
+            }
         }
         ServiceValue {
             group_id: id,
@@ -476,8 +483,25 @@ mod tests {
         );
         assert_eq!(
             service.value(scope::INTERNAL, 4, 2).flags,
-            service_flags::AFFINITY,
-            "pods are not filtered"
+            service_flags::AFFINITY | service_flags::SOURCE_RANGES,
+            "pods and the node are filtered too"
+        );
+        service.source_ranges_hold_node = true;
+        assert_eq!(
+            service.value(scope::INTERNAL, 4, 2).flags,
+            service_flags::AFFINITY
+                | service_flags::SOURCE_RANGES
+                | service_flags::NODE_IN_SOURCE_RANGES
+        );
+        assert_eq!(
+            service.value(scope::EXTERNAL, 3, 1).flags & service_flags::NODE_IN_SOURCE_RANGES,
+            0,
+            "only the node's sockets read it, in the internal scope"
+        );
+        service.source_ranges.clear();
+        assert_eq!(
+            service.value(scope::INTERNAL, 4, 2).flags,
+            service_flags::AFFINITY
         );
     }
 

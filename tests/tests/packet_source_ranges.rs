@@ -1,12 +1,13 @@
 //! `loadBalancerSourceRanges` through the real XDP and TC programs (BPF_PROG_TEST_RUN),
-//! programmed by the agent's reconciler into the LPM trie: a new flow from outside the
-//! node (XDP, external scope) to a load-balancer IP is served only from a source inside one
-//! of its Service's ranges, else dropped and counted; pods (TC) and established flows are not
-//! filtered.
+//! programmed by the agent's reconciler into the LPM trie: a new flow to a load-balancer IP,
+//! from outside the node (XDP, external scope) or from a pod (TC, internal scope), is served
+//! only from a source inside one of its Service's ranges, else dropped and counted; node
+//! ports, Services without ranges and established flows are not filtered.
 
 mod fixture;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
 
 use fixture::{backend, deltas, vip, Fixture, Hook, Verdict};
 use ipnet::IpNet;
@@ -14,13 +15,22 @@ use lb_common::{net::tcp_flags, Counter, IPPROTO_TCP};
 use lb_frames::{assert_frames_equal, Frame};
 use lb_tests::require_root;
 use lb_userspace::model::{
-    DesiredService, DesiredState, Endpoint, Frontend, Protocol, ServicePortName,
+    BackendSet, DesiredService, DesiredState, Endpoint, Frontend, Protocol, ServicePortName,
 };
 
 /// A load-balancer IP frontend at `vip(port)` balancing to backend(1), admitting `ranges`.
 fn filtered(port: u16, ranges: impl IntoIterator<Item = IpNet>) -> (Frontend, DesiredService) {
+    filtered_at(vip(port), ranges)
+}
+
+/// [`filtered`] at `at` (another address: an unfiltered frontend of the same Service).
+fn filtered_at(
+    at: SocketAddrV4,
+    ranges: impl IntoIterator<Item = IpNet>,
+) -> (Frontend, DesiredService) {
+    let port = at.port();
     let frontend = Frontend {
-        addr: IpAddr::V4(*vip(port).ip()),
+        addr: IpAddr::V4(*at.ip()),
         port,
         protocol: Protocol::Tcp,
     };
@@ -50,9 +60,14 @@ fn syn_from(source: Ipv4Addr, port: u16) -> Frame {
 
 /// Runs a SYN from `source` to `vip(port)`: served (translated to backend(1)) or dropped.
 fn assert_served(fx: &mut Fixture, source: [u8; 4], port: u16, served: bool) {
-    let syn = syn_from(source.into(), port);
+    assert_served_at(fx, source, vip(port), served);
+}
+
+/// [`assert_served`] for a SYN to `to`.
+fn assert_served_at(fx: &mut Fixture, source: [u8; 4], to: SocketAddrV4, served: bool) {
+    let syn = Frame::tcp(SocketAddrV4::new(source.into(), 40_000), to, tcp_flags::SYN);
     let (verdict, out, moved) = fx.run_counted(&syn.to_bytes());
-    let what = format!("{:?}: {source:?} -> :{port}", fx.hook);
+    let what = format!("{:?}: {source:?} -> {to}", fx.hook);
     if served {
         assert_eq!(verdict, Verdict::Pass, "{what}");
         assert_frames_equal(&out, &syn.with_dst(backend(1)).to_bytes());
@@ -116,12 +131,62 @@ fn many_ranges_and_services_keep_each_services_own() {
 }
 
 #[test]
-fn pods_and_established_flows_are_not_filtered() {
+fn pods_are_filtered_by_their_own_source_but_not_at_a_node_port_or_another_service() {
     require_root!();
     let mut tc = Fixture::new(Hook::Tc);
-    tc.apply(&[filtered(80, [net("198.18.0.8/30")])].into_iter().collect());
-    assert_served(&mut tc, [198, 18, 0, 12], 80, true);
+    let node_port = SocketAddrV4::new([198, 18, 1, 254].into(), 30_080);
+    let state: DesiredState = [
+        filtered(80, [net("198.18.0.8/30")]),
+        filtered_at(node_port, []),
+        filtered(81, []),
+    ]
+    .into_iter()
+    .collect();
+    tc.apply(&state);
+    assert_served(&mut tc, [198, 18, 0, 9], 80, true);
+    assert_served(&mut tc, [198, 18, 0, 12], 80, false);
+    assert_served_at(&mut tc, [198, 18, 0, 12], node_port, true);
+    assert_served(&mut tc, [198, 18, 0, 12], 81, true);
+    let stats = tc.service_stats(vip(80), IPPROTO_TCP);
+    assert_eq!(
+        (stats.new_flows, stats.drops),
+        (1, 1),
+        "counted per service"
+    );
+}
 
+#[test]
+fn pods_are_filtered_when_a_local_policy_gives_them_a_group_of_their_own() {
+    require_root!();
+    // externalTrafficPolicy: Local without a local endpoint: outside clients have no backend
+    // (their own group, empty), pods reach backend(1) through the internal scope's group.
+    let (frontend, mut service) = filtered(80, [net("198.18.0.8/30")]);
+    service.external = Arc::new(BackendSet {
+        endpoints: Default::default(),
+        drop_if_empty: true,
+    });
+    let state: DesiredState = [(frontend, service)].into_iter().collect();
+    let mut tc = Fixture::new(Hook::Tc);
+    tc.apply(&state);
+    assert_served(&mut tc, [198, 18, 0, 9], 80, true);
+    assert_served(&mut tc, [198, 18, 0, 12], 80, false);
+
+    let mut xdp = Fixture::new(Hook::Xdp);
+    xdp.apply(&state);
+    assert_served(&mut xdp, [198, 18, 0, 12], 80, false);
+    let syn = syn_from([198, 18, 0, 9].into(), 80);
+    let (verdict, _, moved) = xdp.run_counted(&syn.to_bytes());
+    assert_eq!(verdict, Verdict::Drop);
+    assert_eq!(
+        moved,
+        deltas(&[(Counter::Packets, 1), (Counter::DropNoBackend, 1)]),
+        "inside the ranges: the policy decides"
+    );
+}
+
+#[test]
+fn established_flows_are_not_filtered() {
+    require_root!();
     let mut fx = Fixture::new(Hook::Xdp);
     fx.apply(&[filtered(80, [net("198.18.0.8/30")])].into_iter().collect());
     assert_served(&mut fx, [198, 18, 0, 9], 80, true);

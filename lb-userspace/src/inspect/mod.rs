@@ -207,8 +207,8 @@ fn slot_list(slots: &[u32]) -> String {
     }
 }
 
-/// `affinity=<timeout>s`, `drop` (DROP_IF_NO_BACKEND) and `source-ranges` (SOURCE_RANGES),
-/// comma-separated; `-` for none.
+/// `affinity=<timeout>s`, `drop` (DROP_IF_NO_BACKEND), `source-ranges` (SOURCE_RANGES) and
+/// `node-in-ranges` (NODE_IN_SOURCE_RANGES), comma-separated; `-` for none.
 fn flags(value: &ServiceValue) -> String {
     let mut flags = Vec::new();
     if value.flags & service_flags::AFFINITY != 0 {
@@ -219,6 +219,9 @@ fn flags(value: &ServiceValue) -> String {
     }
     if value.flags & service_flags::SOURCE_RANGES != 0 {
         flags.push("source-ranges".to_string());
+    }
+    if value.flags & service_flags::NODE_IN_SOURCE_RANGES != 0 {
+        flags.push("node-in-ranges".to_string());
     }
     match flags.is_empty() {
         true => "-".to_string(),

@@ -12,9 +12,9 @@
 //! - a Local policy with no local endpoint drops new connections, unless the service has no
 //!   usable endpoint anywhere: then every path rejects them;
 //! - `loadBalancerSourceRanges` filter a load balancer IP's traffic from outside the node,
-//!   with kube-proxy's exception: when a range holds one of the node's addresses, the load
-//!   balancer IP itself is allowed as a source too (a VIP routed locally loops the node's own
-//!   requests back from it).
+//!   from pods and from the node's own processes, with kube-proxy's exception: when a range
+//!   holds one of the node's addresses, the load balancer IP itself is allowed as a source
+//!   too (a VIP routed locally loops the node's own requests back from it).
 //!
 //! Only IPv4 is programmed for now: IPv6 cluster IPs and IPv6/FQDN slices are skipped.
 
@@ -115,7 +115,8 @@ pub fn service_frontends(
         for (frontend, kind) in frontends(service, port, node) {
             let mut desired = desired_service(service, port, kind, &backends);
             if kind == FrontendKind::LoadBalancerIp {
-                desired.source_ranges = source_ranges(service, frontend, node);
+                (desired.source_ranges, desired.source_ranges_hold_node) =
+                    source_ranges(service, frontend, node);
             }
             frontends_of_service.push((frontend, desired));
         }
@@ -182,13 +183,18 @@ fn desired_service(
         algorithm: service.algorithm,
         cluster_ip: kind == FrontendKind::ClusterIp,
         source_ranges: BTreeSet::new(),
+        source_ranges_hold_node: false,
     }
 }
 
-/// The sources a load balancer IP frontend admits from outside the node: the Service's
-/// ranges of the frontend's family, plus the frontend's own address when a range holds one of
-/// the node's addresses (kube-proxy's `allowFromNode`). Empty: every source.
-fn source_ranges(service: &ServiceDef, frontend: Frontend, node: &NodeDef) -> BTreeSet<IpNet> {
+/// The sources a load balancer IP frontend admits: the Service's ranges of the frontend's
+/// family, plus the frontend's own address when a range holds one of the node's addresses
+/// (kube-proxy's `allowFromNode`), and whether one does. Empty: every source.
+fn source_ranges(
+    service: &ServiceDef,
+    frontend: Frontend,
+    node: &NodeDef,
+) -> (BTreeSet<IpNet>, bool) {
     let mut ranges: BTreeSet<IpNet> = service
         .load_balancer_source_ranges
         .iter()
@@ -201,5 +207,5 @@ fn source_ranges(service: &ServiceDef, frontend: Frontend, node: &NodeDef) -> BT
     if from_node {
         ranges.insert(IpNet::from(frontend.addr));
     }
-    ranges
+    (ranges, from_node)
 }

@@ -45,7 +45,7 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
-use lb_common::{service::scope, BackendSlotKey, ServiceKey, ServiceValue};
+use lb_common::{BackendSlotKey, ServiceKey, ServiceValue};
 
 use crate::maglev::{self, TableSize};
 use crate::model::{
@@ -179,7 +179,7 @@ struct SlotGroup {
     slots: Vec<u32>,
     /// Whether the id's per-service counters were zeroed, which happens before first use.
     stats_reset: bool,
-    /// Source ranges written under the id (only an external entry's group has any).
+    /// Source ranges written under the id (the groups of a load-balancer IP with ranges).
     source_ranges: BTreeSet<IpNet>,
 }
 
@@ -629,15 +629,18 @@ impl Reconciler {
             layouts.push((planned.id, layout.len(), left));
         }
 
-        let external_id = layouts[plan.group_of(scope::EXTERNAL)].0;
-        if let Some(group) = service.groups.get_mut(&external_id) {
-            for range in desired
-                .source_ranges
-                .difference(&group.source_ranges.clone())
-            {
-                maps.set_source_range(external_id, *range).map_err(fail)?;
-                group.source_ranges.insert(*range);
-                summary.source_ranges_written += 1;
+        // Both scopes' entries filter on the ranges (outside the node, and pods and the
+        // node's own sockets), each under its own group id.
+        for (id, _, _) in &layouts {
+            if let Some(group) = service.groups.get_mut(id) {
+                for range in desired
+                    .source_ranges
+                    .difference(&group.source_ranges.clone())
+                {
+                    maps.set_source_range(*id, *range).map_err(fail)?;
+                    group.source_ranges.insert(*range);
+                    summary.source_ranges_written += 1;
+                }
             }
         }
 
@@ -660,10 +663,9 @@ impl Reconciler {
         }
 
         for (id, group) in service.groups.iter_mut() {
-            let keep = if *id == external_id {
-                &desired.source_ranges
-            } else {
-                &BTreeSet::new()
+            let keep = match layouts.iter().any(|(planned, _, _)| planned == id) {
+                true => &desired.source_ranges,
+                false => &BTreeSet::new(),
             };
             remove_source_ranges(*id, group, keep, maps, summary).map_err(fail)?;
         }

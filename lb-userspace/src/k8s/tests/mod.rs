@@ -53,7 +53,8 @@ fn side(backends: &BackendSet) -> String {
 }
 
 /// A frontend's scopes: one list when both scopes are equal, else `ext X | int Y`; then
-/// ` affinity Ns` with session affinity, ` from R,...` with source ranges.
+/// ` affinity Ns` with session affinity, ` from R,...` with source ranges, ` +node` when one
+/// holds the node.
 fn describe(service: &DesiredService) -> String {
     let mut text = if service.external == service.internal {
         side(&service.external)
@@ -74,6 +75,9 @@ fn describe(service: &DesiredService) -> String {
             .map(|r| r.to_string())
             .collect();
         text += &format!(" from {}", ranges.join(","));
+    }
+    if service.source_ranges_hold_node {
+        text += " +node";
     }
     text
 }

@@ -331,7 +331,7 @@ fn a_range_holding_the_node_admits_the_load_balancer_ip_itself() {
     let translated = translate(&[&with_ranges("[198.18.0.0/24]")], &[SLICE]);
     assert_eq!(
         translated["198.18.9.1:80/TCP"],
-        format!("{ALL} from 198.18.0.0/24,198.18.9.1/32")
+        format!("{ALL} from 198.18.0.0/24,198.18.9.1/32 +node")
     );
 }
 
