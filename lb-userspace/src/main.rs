@@ -286,14 +286,17 @@ fn run(args: RunArgs, kernel_log_level: KernelLogLevel) -> anyhow::Result<()> {
     let source = match args.manifests {
         Some(dir) => SourceConfig::Files {
             dir,
-            node: NodeDef {
-                addresses: node_port_addresses.serving(
-                    &node_name,
-                    &args.node_addresses,
-                    &mut false,
-                ),
-                name: node_name,
-                zone: None,
+            node: {
+                let addresses =
+                    node_port_addresses.serving(&node_name, &args.node_addresses, &mut false);
+                NodeDef {
+                    health_check_addrs: node_port_addresses
+                        .health_check_addresses(&addresses)
+                        .into(),
+                    addresses,
+                    name: node_name,
+                    zone: None,
+                }
             },
             poll_interval: Duration::from_millis(200),
         },

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use ipnet::{IpNet, Ipv4Net};
@@ -250,11 +250,14 @@ pub struct DesiredState {
 
 /// A Service's `healthCheckNodePort` (a LoadBalancer with `externalTrafficPolicy: Local`),
 /// where cloud load balancers ask whether this node has endpoints of it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HealthCheck {
     pub port: u16,
     /// Ready endpoints on this node, counted by address (kube-proxy's count).
     pub local_endpoints: usize,
+    /// The addresses the port listens on (`0.0.0.0`: every address), the node's
+    /// (`--nodeport-addresses`).
+    pub addrs: Arc<[Ipv4Addr]>,
 }
 
 impl DesiredState {

@@ -7,10 +7,12 @@
 //! agent is healthy (kube-proxy's sync rule, [`crate::health`]; the Node's eligibility does
 //! not count here, as in kube-proxy), 503 otherwise, with kube-proxy's JSON body and headers.
 //! Ports follow the desired state as programmed: they open and close, and their counts change,
-//! after a desired state is completely written to the maps. They listen on every address of
-//! the node (kube-proxy without `--nodeport-addresses`). A port that cannot be opened (another
-//! process holds it) is logged, counted and tried again at every later sync and resync; the
-//! agent keeps running.
+//! after a desired state is completely written to the maps. They listen where kube-proxy's
+//! do: on each address that serves node ports (`--nodeport-addresses`), or on every address
+//! (`0.0.0.0`) when the setting matches them all; a port reopens when those change. A port
+//! that cannot be opened on one of its addresses (another process holds it) is closed on the
+//! others, logged, counted and tried again at every later sync and resync; the agent keeps
+//! running.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -41,10 +43,12 @@ pub(super) struct HealthCheckPorts {
 /// One Service's port.
 struct Port {
     port: u16,
+    /// Where it listens.
+    addrs: Arc<[Ipv4Addr]>,
     /// Read by the server at each request.
     local_endpoints: Arc<AtomicUsize>,
-    /// `None` while the port could not be opened.
-    server: Option<JoinHandle<()>>,
+    /// One per address; `None` while the port could not be opened.
+    servers: Option<Vec<JoinHandle<()>>>,
     /// Whether a failure to open it was logged at warn (later ones go to debug).
     reported: bool,
 }
@@ -67,7 +71,10 @@ impl HealthCheckPorts {
             let gone: Vec<ObjectKey> = self
                 .ports
                 .iter()
-                .filter(|(service, port)| wanted.get(service).map(|c| c.port) != Some(port.port))
+                .filter(|(service, port)| {
+                    let check = wanted.get(service);
+                    check.is_none_or(|c| c.port != port.port || c.addrs != port.addrs)
+                })
                 .map(|(service, _)| service.clone())
                 .collect();
             for service in gone {
@@ -78,8 +85,9 @@ impl HealthCheckPorts {
             for (service, check) in wanted.iter() {
                 let port = self.ports.entry(service.clone()).or_insert_with(|| Port {
                     port: check.port,
+                    addrs: Arc::clone(&check.addrs),
                     local_endpoints: Arc::default(),
-                    server: None,
+                    servers: None,
                     reported: false,
                 });
                 port.local_endpoints
@@ -93,11 +101,11 @@ impl HealthCheckPorts {
     /// Tries again to open the ports that could not be opened.
     pub(super) async fn open_unbound(&mut self) {
         for (service, port) in &mut self.ports {
-            if port.server.is_none() {
+            if port.servers.is_none() {
                 port.open(service, &self.health).await;
             }
         }
-        let serving = self.ports.values().filter(|p| p.server.is_some()).count();
+        let serving = self.ports.values().filter(|p| p.servers.is_some()).count();
         self.metrics
             .health_check_ports(serving, self.ports.len() - serving);
     }
@@ -105,56 +113,80 @@ impl HealthCheckPorts {
 
 impl Drop for HealthCheckPorts {
     fn drop(&mut self) {
-        for server in self.ports.values().filter_map(|p| p.server.as_ref()) {
+        for server in self
+            .ports
+            .values()
+            .filter_map(|p| p.servers.as_ref())
+            .flatten()
+        {
             server.abort();
         }
     }
 }
 
 impl Port {
-    /// Listens on every address of the node and serves `service`'s health check.
+    /// Listens on each of its addresses and serves `service`'s health check; on none if one
+    /// of them cannot be opened.
     async fn open(&mut self, service: &ObjectKey, health: &SyncHealth) {
-        let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, self.port));
-        let listener = match TcpListener::bind(addr).await {
-            Ok(listener) => listener,
-            Err(e) => {
-                let message = format!(
-                    "cannot listen on {addr} for the health check of Service {}/{} \
-                     (healthCheckNodePort): {e}; retrying at every sync",
-                    service.namespace, service.name
-                );
-                match std::mem::replace(&mut self.reported, true) {
-                    false => warn!("{message}"),
-                    true => debug!("{message}"),
+        let mut listeners = Vec::with_capacity(self.addrs.len());
+        for ip in self.addrs.iter() {
+            let addr = SocketAddr::from((*ip, self.port));
+            match TcpListener::bind(addr).await {
+                Ok(listener) => listeners.push(listener),
+                Err(e) => {
+                    let message = format!(
+                        "cannot listen on {addr} for the health check of Service {}/{} \
+                         (healthCheckNodePort): {e}; retrying at every sync",
+                        service.namespace, service.name
+                    );
+                    match std::mem::replace(&mut self.reported, true) {
+                        false => warn!("{message}"),
+                        true => debug!("{message}"),
+                    }
+                    return;
                 }
-                return;
             }
+        }
+        let service_name = Arc::new(service.clone());
+        let servers = listeners.into_iter().map(|listener| {
+            let (service_name, local, health) = (
+                Arc::clone(&service_name),
+                Arc::clone(&self.local_endpoints),
+                health.clone(),
+            );
+            http::serve(listener, move |_request| {
+                let count = local.load(Ordering::Relaxed);
+                let healthy = health.status(Instant::now(), SystemTime::now()).healthy;
+                let response = respond(&service_name, count, healthy);
+                async move { response }
+            })
+        });
+        self.servers = Some(servers.collect());
+        let addrs: Vec<String> = self
+            .addrs
+            .iter()
+            .map(|ip| SocketAddr::from((*ip, self.port)).to_string())
+            .collect();
+        let addrs = match addrs.is_empty() {
+            true => "no address (--nodeport-addresses matches none of the node's)".to_string(),
+            false => addrs.join(", "),
         };
-        let (service_name, local, health) = (
-            Arc::new(service.clone()),
-            Arc::clone(&self.local_endpoints),
-            health.clone(),
-        );
-        self.server = Some(http::serve(listener, move |_request| {
-            let count = local.load(Ordering::Relaxed);
-            let healthy = health.status(Instant::now(), SystemTime::now()).healthy;
-            let response = respond(&service_name, count, healthy);
-            async move { response }
-        }));
         info!(
-            "serving the health check of Service {}/{} on {addr}",
+            "serving the health check of Service {}/{} on {addrs}",
             service.namespace, service.name
         );
     }
 
     /// Stops serving; the port is free once this returns.
     async fn close(self, service: &ObjectKey) {
-        let Some(server) = self.server else {
+        let Some(servers) = self.servers else {
             return;
         };
-        server.abort();
-        // The task, and with it the listener, is dropped before its handle completes.
-        let _ = server.await;
+        for server in servers {
+            server.abort();
+            // The task, and with it the listener, is dropped before its handle completes.
+            let _ = server.await;
+        }
         info!(
             "closed the health check port {} of Service {}/{}",
             self.port, service.namespace, service.name

@@ -6,6 +6,7 @@
 //! not count, so a node whose last local pod is draining fails the check.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use tracing::warn;
 
@@ -44,5 +45,6 @@ pub fn health_check(
     Some(HealthCheck {
         port,
         local_endpoints: local_ready.len(),
+        addrs: Arc::clone(&node.health_check_addrs),
     })
 }

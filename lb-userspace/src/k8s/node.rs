@@ -1,8 +1,9 @@
 //! This node: its name (which endpoints are local), its zone (which topology hints apply),
-//! its addresses (where node ports are served) and whether load balancers should still send
-//! it traffic.
+//! its addresses (where node ports and health check node ports are served) and whether load
+//! balancers should still send it traffic.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Node;
 
@@ -39,6 +40,9 @@ pub struct NodeDef {
     pub addresses: Vec<IpAddr>,
     /// The [`ZONE_LABEL`] label; `None` when unset or empty.
     pub zone: Option<String>,
+    /// Where health check node ports listen (`0.0.0.0`: every address), from
+    /// [`super::NodePortAddresses::health_check_addresses`].
+    pub health_check_addrs: Arc<[Ipv4Addr]>,
 }
 
 impl NodeDef {
@@ -76,6 +80,7 @@ impl NodeDef {
             name,
             addresses,
             zone,
+            health_check_addrs: Arc::default(),
         })
     }
 }

@@ -5,7 +5,7 @@
 //! address family: a list without an IPv4 CIDR keeps every IPv4 address.
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::str::FromStr;
 
 use ipnet::IpNet;
@@ -74,6 +74,32 @@ impl NodePortAddresses {
             family.is_empty() || family.iter().any(|cidr| cidr.contains(addr))
         };
         addresses.iter().copied().filter(keeps).collect()
+    }
+
+    /// Where health check node ports listen, given the addresses that serve node ports
+    /// (`serving`), as kube-proxy's service health server: on every address (`0.0.0.0`) when
+    /// the setting matches every IPv4 address (no IPv4 CIDR, or a /0) or `primary` knows no
+    /// IPv4 address of the node; else on each serving IPv4 address (none when no address
+    /// matches).
+    pub fn health_check_addresses(&self, serving: &[IpAddr]) -> Vec<Ipv4Addr> {
+        let v4: Vec<Ipv4Addr> = serving
+            .iter()
+            .filter_map(|addr| match addr {
+                IpAddr::V4(v4) => Some(*v4),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        let everywhere = match self {
+            NodePortAddresses::Primary => v4.is_empty(),
+            NodePortAddresses::Cidrs(cidrs) => {
+                let mut family = cidrs.iter().filter(|cidr| cidr.addr().is_ipv4()).peekable();
+                family.peek().is_none() || family.any(|cidr| cidr.prefix_len() == 0)
+            }
+        };
+        match everywhere {
+            true => vec![Ipv4Addr::UNSPECIFIED],
+            false => v4,
+        }
     }
 
     /// [`NodePortAddresses::select`] for node `node`, warning (once while `warned` stays set)
@@ -145,6 +171,32 @@ mod tests {
             ips(&["198.18.1.1", "198.18.2.1"]),
             "per family, as kube-proxy: without an IPv4 CIDR every IPv4 address serves"
         );
+    }
+
+    #[test]
+    fn health_checks_listen_on_the_serving_ipv4_addresses_or_everywhere_as_kube_proxy() {
+        let node = ips(&["198.18.1.1", "198.18.2.1", "2001:2::1"]);
+        let listen = |values: &[&str], addresses: &[IpAddr]| {
+            let setting = parse(values).unwrap();
+            setting.health_check_addresses(&setting.select(addresses))
+        };
+        let all = vec![Ipv4Addr::UNSPECIFIED];
+        let one = |ip: [u8; 4]| vec![Ipv4Addr::from(ip)];
+        assert_eq!(
+            listen(&["primary"], &node),
+            [[198, 18, 1, 1], [198, 18, 2, 1]].map(Ipv4Addr::from),
+            "primary: the node's addresses"
+        );
+        assert_eq!(listen(&["primary"], &ips(&["2001:2::1"])), all);
+        assert_eq!(listen(&["primary"], &[]), all, "no node address known yet");
+        assert_eq!(listen(&["198.18.2.0/24"], &node), one([198, 18, 2, 1]));
+        assert_eq!(
+            listen(&["198.19.0.0/16"], &node),
+            [] as [Ipv4Addr; 0],
+            "none matches"
+        );
+        assert_eq!(listen(&["2001:2::/48"], &node), all, "no IPv4 CIDR");
+        assert_eq!(listen(&["0.0.0.0/0", "198.18.2.0/24"], &node), all);
     }
 
     #[test]

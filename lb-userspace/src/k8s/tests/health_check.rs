@@ -25,7 +25,7 @@ fn check(service: &ServiceDef, slices: &[&str]) -> Option<HealthCheck> {
     let slices: Vec<SliceDef> = slices.iter().map(|s| slice(s).unwrap()).collect();
     let state = desired_state([service], &slices, &node_a());
     assert!(state.health_checks.len() <= 1);
-    state.health_checks.values().next().copied()
+    state.health_checks.values().next().cloned()
 }
 
 /// A slice of `web` with `ports` and `endpoints` (YAML flow sequences).
@@ -43,6 +43,7 @@ fn only_a_load_balancer_with_local_external_policy_has_one() {
     let empty = Some(HealthCheck {
         port: 32000,
         local_endpoints: 0,
+        addrs: [[198, 18, 0, 1].into()].into(),
     });
     assert_eq!(check(&lb_service("", ""), &[]), empty);
     let cases = [

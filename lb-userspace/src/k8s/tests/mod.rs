@@ -32,12 +32,13 @@ fn node(yaml: &str) -> Result<NodeDef, String> {
 }
 
 /// This node in the tests: `node-a` in `zone-a` at 198.18.0.1 (and an IPv6 address that is
-/// skipped).
+/// skipped), where health check node ports listen.
 fn node_a() -> NodeDef {
     NodeDef {
         name: "node-a".into(),
         addresses: vec!["198.18.0.1".parse().unwrap(), "2001:2::1".parse().unwrap()],
         zone: Some("zone-a".into()),
+        health_check_addrs: [[198, 18, 0, 1].into()].into(),
     }
 }
 

@@ -383,8 +383,13 @@ impl ClusterView {
                 &node.addresses,
                 &mut self.reported_no_node_port_address,
             );
+            let health_check_addrs = self
+                .node_port_addresses
+                .health_check_addresses(&addresses)
+                .into();
             return NodeDef {
                 addresses,
+                health_check_addrs,
                 ..node.clone()
             };
         }
@@ -400,6 +405,7 @@ impl ClusterView {
             name: self.node_name.clone(),
             addresses: Vec::new(),
             zone: None,
+            health_check_addrs: self.node_port_addresses.health_check_addresses(&[]).into(),
         }
     }
 }
