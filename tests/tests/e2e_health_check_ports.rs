@@ -3,27 +3,31 @@
 //! namespace at the node's address, as a cloud load balancer asks: 503 without a ready
 //! endpoint on this node, 200 with their count while there are, the port closed once the
 //! Service is deleted or its `externalTrafficPolicy` is Cluster; a port another process holds
-//! is reported while everything else keeps working, and served once it is free. File mode
-//! serves them the same way.
+//! is reported while everything else keeps working, and served once it is free. As
+//! kube-proxy's, the port listens only on the node's addresses that `--nodeport-addresses`
+//! keeps. File mode serves them the same way.
 
 use std::{
     fs, io,
     net::{Ipv4Addr, TcpListener},
 };
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{NodeAddress, Service};
 use lb_tests::{
-    apiserver::objects::{service, spec_mut, terminating_endpoint},
+    apiserver::{
+        objects::{node, service, spec_mut, terminating_endpoint},
+        Options,
+    },
     cluster::kube::{
-        wait_until, web_ports, web_slice, KubeCluster, APPLY_TIMEOUT, NAMESPACE, NODE_NAME,
-        OTHER_NODE,
+        wait_until, web_ports, web_slice, AgentWait, KubeCluster, APPLY_TIMEOUT, NAMESPACE,
+        NODE_NAME, OTHER_NODE,
     },
     cluster::Cluster,
     example,
     netns::NetNs,
     require_root,
     scrape::{self, Metrics, METRICS_ADDR},
-    topology::NODE_IP,
+    topology::{EXTERNAL_IFACE, NODE_IP},
 };
 
 /// Health check node ports of the test's Services (any free port of the node namespace).
@@ -172,7 +176,8 @@ fn a_port_another_process_holds_is_reported_and_served_once_free() {
     Asker::outside(&cluster).wait_for_answer(HEALTH_PORT, "free", 200, 1);
     assert_eq!(port_gauges(&cluster), (Some(1.0), Some(1.0)));
     let reported = format!(
-        "cannot listen on 0.0.0.0:{TAKEN_PORT} for the health check of Service {NAMESPACE}/taken"
+        "cannot listen on {NODE_IP}:{TAKEN_PORT} for the health check of Service \
+         {NAMESPACE}/taken"
     );
     let agent = cluster.agent_mut();
     assert_eq!(agent.log_count(&reported), 1, "{}", agent.log());
@@ -186,6 +191,88 @@ fn a_port_another_process_holds_is_reported_and_served_once_free() {
         .unwrap();
     Asker::outside(&cluster).wait_for_answer(TAKEN_PORT, "taken", 200, 1);
     assert_eq!(port_gauges(&cluster), (Some(2.0), Some(0.0)));
+}
+
+/// The node's second address, on the outside's LAN as [`NODE_IP`], inside 198.18.1.4/30.
+const SECOND_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 5);
+
+#[test]
+fn the_port_listens_only_on_the_node_addresses_nodeport_addresses_keeps() {
+    require_root!();
+    let mut cluster = KubeCluster::start_configured(
+        1,
+        Options::default(),
+        AgentWait::Ready,
+        |topo, api, agent| {
+            topo.node().ip(&[
+                "addr",
+                "add",
+                &format!("{SECOND_IP}/24"),
+                "dev",
+                EXTERNAL_IFACE,
+            ])?;
+            let mut two_addresses = node(NODE_NAME, NODE_IP);
+            let status = two_addresses.status.as_mut().expect("a status");
+            status
+                .addresses
+                .get_or_insert_with(Vec::new)
+                .push(NodeAddress {
+                    type_: "ExternalIP".into(),
+                    address: SECOND_IP.to_string(),
+                });
+            api.apply(&two_addresses)
+                .expect("the API server takes the Node");
+            agent.extra_args.extend([
+                "--nodeport-addresses".into(),
+                "2001:2::/48,198.18.1.4/30".into(),
+            ]);
+            Ok(())
+        },
+    )
+    .unwrap();
+    cluster
+        .api()
+        .create(&lb_service("lb", 74, HEALTH_PORT))
+        .unwrap();
+    cluster
+        .api()
+        .create(&cluster.web_slice("lb", &[0]))
+        .unwrap();
+    let outside = &cluster.outside().netns;
+    let (first, second) = (
+        Asker {
+            netns: outside,
+            node: NODE_IP,
+        },
+        Asker {
+            netns: outside,
+            node: SECOND_IP,
+        },
+    );
+    second.wait_for_answer(HEALTH_PORT, "lb", 200, 1);
+    first.wait_until_closed(HEALTH_PORT);
+    let listening = format!(
+        "serving the health check of Service {NAMESPACE}/lb on {SECOND_IP}:{HEALTH_PORT}\n"
+    );
+    assert_eq!(
+        cluster.agent().log_count(&listening),
+        1,
+        "{}",
+        cluster.agent().log()
+    );
+
+    // The default, primary: on every address of the Node.
+    cluster
+        .restart_agent_with(|agent| agent.extra_args.clear())
+        .unwrap();
+    let outside = &cluster.outside().netns;
+    for node in [NODE_IP, SECOND_IP] {
+        let asker = Asker {
+            netns: outside,
+            node,
+        };
+        asker.wait_for_answer(HEALTH_PORT, "lb", 200, 1);
+    }
 }
 
 /// The LoadBalancer of the file-mode test, `--node-name` [`NODE_NAME`].
@@ -226,7 +313,8 @@ fn file_mode_serves_the_health_check_node_ports_of_its_manifests() {
         options.extra_args = vec!["--node-name".into(), NODE_NAME.into()];
     })
     .unwrap();
-    // From the node itself, at loopback: the port listens on all its addresses.
+    // From the node itself, at loopback: without `--node-address`, `primary` knows no
+    // address of the node, so the port listens on all of them (kube-proxy's fallback).
     let asker = Asker {
         netns: cluster.topology().node(),
         node: Ipv4Addr::LOCALHOST,
