@@ -12,8 +12,9 @@
 //!   times; the no-op is measured the same way, so the fixed per-run overhead shows.
 //!
 //! New flows to a load-balancer IP with `loadBalancerSourceRanges` (1 and 1000 ranges, the
-//! source in one of them) are measured on XDP only, the one hook that filters by source: two
-//! extra frontends, programmed with the N services, balancing to the target's endpoints.
+//! source in one of them) are measured on XDP and TC ingress, the hooks that filter by
+//! source: two extra frontends, programmed with the N services, balancing to the target's
+//! endpoints.
 //!
 //! The TC egress program (replies the node's own stack sends) creates no flows: its
 //! "established" packet is a backend's reply, seeded in both directions the same way, and it
@@ -308,8 +309,7 @@ impl PacketBench {
         ];
         let cases = &cases[..match hook {
             Hook::TcEgress => 5,
-            Hook::Tc => 6,
-            Hook::Xdp => 8,
+            Hook::Tc | Hook::Xdp => 8,
         }];
         let mut samples = vec![Vec::new(); cases.len()];
         // The no-op's repeat count is odd like the others', though it changes nothing.
