@@ -8,7 +8,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     io::{self, BufRead, BufReader, Write},
-    net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc, Mutex,
@@ -240,7 +240,16 @@ pub fn tcp_request(target: SocketAddrV4, timeout: Duration) -> io::Result<Reply>
 /// answer. Run inside the client namespace. The socket is unconnected, so an answer from any
 /// source is received and its real source is reported in [`Reply::peer`].
 pub fn udp_request(target: SocketAddrV4, timeout: Duration) -> io::Result<Reply> {
-    let socket = UdpSocket::bind("0.0.0.0:0")?;
+    udp_request_from(Ipv4Addr::UNSPECIFIED, target, timeout)
+}
+
+/// [`udp_request`] from a socket bound to `source` (any port).
+pub fn udp_request_from(
+    source: Ipv4Addr,
+    target: SocketAddrV4,
+    timeout: Duration,
+) -> io::Result<Reply> {
+    let socket = UdpSocket::bind((source, 0))?;
     socket.set_read_timeout(Some(timeout))?;
     socket.send_to(REQUEST, target)?;
     let mut buf = [0u8; 256];
@@ -255,7 +264,16 @@ pub fn udp_request(target: SocketAddrV4, timeout: Duration) -> io::Result<Reply>
 /// Like [`udp_request`] from a socket connected to `target` first (`connect()`, then `send`
 /// and `recv`), reporting the connected socket's peer (`getpeername`) in [`Reply::peer`].
 pub fn udp_connected_request(target: SocketAddrV4, timeout: Duration) -> io::Result<Reply> {
-    let socket = UdpSocket::bind("0.0.0.0:0")?;
+    udp_connected_request_from(Ipv4Addr::UNSPECIFIED, target, timeout)
+}
+
+/// [`udp_connected_request`] from a socket bound to `source` (any port).
+pub fn udp_connected_request_from(
+    source: Ipv4Addr,
+    target: SocketAddrV4,
+    timeout: Duration,
+) -> io::Result<Reply> {
+    let socket = UdpSocket::bind((source, 0))?;
     socket.set_read_timeout(Some(timeout))?;
     socket.connect(target)?;
     socket.send(REQUEST)?;

@@ -1,8 +1,8 @@
 //! End to end in Kubernetes mode: `loadBalancerSourceRanges` let only sources inside the
 //! ranges reach a LoadBalancer's IP, from outside the node (XDP), from a pod (TC, its own
 //! address) and from the node's own processes (socket programs on a test cgroup: the node's
-//! address, served when a range holds it, else `EHOSTUNREACH` at `connect()`); its node port
-//! is not filtered, as in kube-proxy.
+//! address, served when a range holds it, else `EHOSTUNREACH` at `connect()`; a socket bound
+//! to an address, by that address); its node port is not filtered, as in kube-proxy.
 
 use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
@@ -26,6 +26,8 @@ use lb_tests::{
 };
 
 const LB_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 2, 1);
+/// An address of the node's loopback that the node's sockets bind to, inside 198.18.3.0/24.
+const BOUND_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 3, 1);
 const NODE_PORT: u16 = 30081;
 const SOCK_CLIENT: &str = env!("CARGO_BIN_EXE_lb-sock-client");
 
@@ -47,16 +49,22 @@ fn wait_for_drops(netns: &NetNs, protocol: Protocol, target: SocketAddrV4) {
     );
 }
 
-/// Waits until the node's process `node` gets `expected` for a TCP connection and a connected
-/// UDP socket to the load-balancer IP: answered by backend 0 with the Service as the peer
-/// (`None`), or the call failing with this error kind.
-fn wait_for_node(node: &mut SockClient, expected: Option<&str>) {
-    for (kind, port) in [("tcp", 80), ("udp", 53)] {
-        let target = SocketAddrV4::new(LB_IP, port);
+/// Waits until the node's process `node` gets `expected` for a TCP connection, a connected and
+/// an unconnected UDP socket to the load-balancer IP (only UDP sockets when they are bound to
+/// `bound`): answered by backend 0 with the Service as the peer (`None`), or the call failing
+/// with this error kind.
+fn wait_for_node(node: &mut SockClient, bound: Option<Ipv4Addr>, expected: Option<&str>) {
+    let kinds = match bound {
+        None => &[("tcp", 80), ("udp", 53), ("udpu", 53)][..],
+        Some(_) => &[("udp", 53), ("udpu", 53)],
+    };
+    let from = bound.map(|ip| format!(" {ip}")).unwrap_or_default();
+    for (kind, port) in kinds {
+        let target = SocketAddrV4::new(LB_IP, *port);
         wait_until(
-            &format!("the node's {kind} to {target}: {expected:?}"),
+            &format!("the node's {kind} to {target}{from}: {expected:?}"),
             APPLY_TIMEOUT,
-            || match (node.ask(&format!("{kind} {target}")), expected) {
+            || match (node.ask(&format!("{kind} {target}{from}")), expected) {
                 (Ok(reply), None)
                     if reply.from == backend_name(0) && reply.peer == SocketAddr::V4(target) =>
                 {
@@ -87,6 +95,9 @@ fn only_sources_inside_the_ranges_reach_the_load_balancer_ip_from_outside_pods_a
         Ok(())
     })
     .unwrap();
+    let bound = format!("{BOUND_IP}/32");
+    let lo = ["addr", "add", bound.as_str(), "dev", "lo"];
+    cluster.topology().node().ip(&lo).unwrap();
     let api = cluster.api();
     let mut lb = service(NAMESPACE, "lb", [198, 19, 0, 21].into(), web_ports());
     let spec = spec_mut(&mut lb);
@@ -122,7 +133,8 @@ fn only_sources_inside_the_ranges_reach_the_load_balancer_ip_from_outside_pods_a
     assert_eq!(CLIENT_ADDR, Ipv4Addr::new(198, 18, 0, 10));
     wait_for_backends("inside the range, TCP", outside, Protocol::Tcp, tcp, &[0]);
     wait_for_backends("inside the range, UDP", outside, Protocol::Udp, udp, &[0]);
-    wait_for_node(&mut node, None);
+    wait_for_node(&mut node, None, None);
+    wait_for_node(&mut node, Some(BOUND_IP), Some("HostUnreachable"));
     wait_for_drops(client, Protocol::Tcp, tcp);
     wait_for_drops(client, Protocol::Udp, udp);
     wait_for_backends(
@@ -133,15 +145,17 @@ fn only_sources_inside_the_ranges_reach_the_load_balancer_ip_from_outside_pods_a
         &[0],
     );
 
-    // Ranges holding the pod only: it is served; the outside client's new flows are dropped
-    // and the node's sockets refused at once, while the node port still serves the outside.
-    api.apply(&with_ranges(&lb, Some(&["198.18.0.8/30"])))
-        .unwrap();
+    // Ranges holding the pod and the bound address only: the pod is served, and the node's
+    // sockets bound there; the outside client's new flows are dropped and the node's other
+    // sockets refused at once, while the node port still serves the outside.
+    let pod_and_bound = ["198.18.0.8/30", "198.18.3.0/24"];
+    api.apply(&with_ranges(&lb, Some(&pod_and_bound))).unwrap();
     wait_for_backends("a pod inside, TCP", client, Protocol::Tcp, tcp, &[0]);
     wait_for_backends("a pod inside, UDP", client, Protocol::Udp, udp, &[0]);
     wait_for_drops(outside, Protocol::Tcp, tcp);
     wait_for_drops(outside, Protocol::Udp, udp);
-    wait_for_node(&mut node, Some("HostUnreachable"));
+    wait_for_node(&mut node, None, Some("HostUnreachable"));
+    wait_for_node(&mut node, Some(BOUND_IP), None);
     wait_for_backends("its node port", outside, Protocol::Tcp, node_port, &[0]);
     let inspect = cluster.inspect().unwrap();
     let drops = inspect.counter("drop_source_range");
@@ -151,5 +165,5 @@ fn only_sources_inside_the_ranges_reach_the_load_balancer_ip_from_outside_pods_a
     api.apply(&with_ranges(&lb, None)).unwrap();
     wait_for_backends("no ranges, outside", outside, Protocol::Tcp, tcp, &[0]);
     wait_for_backends("no ranges, a pod", client, Protocol::Tcp, tcp, &[0]);
-    wait_for_node(&mut node, None);
+    wait_for_node(&mut node, None, None);
 }

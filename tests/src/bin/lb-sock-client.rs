@@ -5,14 +5,16 @@
 //! Commands (`ADDR` is `ip:port`): `tcp ADDR` (a new connection, one request), `udp ADDR`
 //! (a connected UDP socket, one request), `udpu ADDR` (an unconnected UDP socket: `sendto`,
 //! `recvfrom`), `hold ADDR` (opens a TCP connection kept for `ask`), `ask` (one request on
-//! the held connection). Answers: `ok <answering pod> <peer as the socket sees it>`, or
+//! the held connection); `udp` and `udpu` take a source address to bind to as a third word. Answers: `ok <answering pod> <peer as the socket sees it>`, or
 //! `err <io::ErrorKind> <message>`.
 
 use std::io::{self, BufRead, Write};
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
-use lb_tests::servers::{tcp_request, udp_connected_request, udp_request, Reply, TcpClient};
+use lb_tests::servers::{
+    tcp_request, udp_connected_request_from, udp_request_from, Reply, TcpClient,
+};
 
 /// Every connect, send and receive gives up after this long.
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -43,10 +45,17 @@ fn run(line: &str, held: &mut Option<TcpClient>) -> io::Result<Reply> {
         addr.and_then(|addr| addr.parse().ok())
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no ip:port"))
     };
+    let from = words.next();
+    let source = || -> io::Result<Ipv4Addr> {
+        from.map_or(Ok(Ipv4Addr::UNSPECIFIED), |ip| {
+            ip.parse()
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "bad source"))
+        })
+    };
     match command {
         "tcp" => tcp_request(target()?, TIMEOUT),
-        "udp" => udp_connected_request(target()?, TIMEOUT),
-        "udpu" => udp_request(target()?, TIMEOUT),
+        "udp" => udp_connected_request_from(source()?, target()?, TIMEOUT),
+        "udpu" => udp_request_from(source()?, target()?, TIMEOUT),
         "hold" => {
             let mut client = TcpClient::connect(target()?, TIMEOUT)?;
             let reply = client.ask()?;
