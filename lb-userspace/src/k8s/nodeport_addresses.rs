@@ -1,4 +1,5 @@
-//! kube-proxy's `--nodeport-addresses`: which of this node's addresses serve node ports.
+//! kube-proxy's `--nodeport-addresses`: which of this node's addresses serve node ports, and
+//! where health check node ports listen.
 //!
 //! `primary` (the default) keeps every address of the Node (or `--node-address`); a CIDR
 //! list keeps the addresses inside one of its CIDRs. As in kube-proxy, the list applies per
