@@ -199,8 +199,9 @@ fn not_service<M: MapAccess>(maps: &mut M, addr: &[u8; 16]) -> Result<Option<u32
     Ok(None)
 }
 
-/// Whether the node's socket may reach a Service with source ranges: its own source if it
-/// names one, else the node's address (the flag the agent sets when a range holds it).
+/// Lets the node's socket reach a Service with source ranges if its own source, when it names
+/// one, lies in them, else if they hold the node's address (the flag the agent sets); else
+/// the drop that refuses the call.
 #[inline(always)]
 fn node_source_allowed<S: SockAddr, M: MapAccess>(
     sock: &mut S,
