@@ -71,7 +71,7 @@ fn trailers_are_neither_rewritten_nor_checksummed() {
 fn a_reply_with_a_trailer_is_translated_back_within_its_packet() {
     require_root!();
     for hook in HOOKS {
-        let mut fx = fixture(hook);
+        let fx = fixture(hook);
         let request = Frame::udp(client(45_100), vip(53), b"query");
         let (verdict, _) = fx.run(&request.to_bytes());
         assert_eq!(verdict, Verdict::Pass);

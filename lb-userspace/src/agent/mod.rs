@@ -230,7 +230,7 @@ pub async fn run(config: RunConfig, shutdown: impl Future<Output = ()>) -> Resul
             let manifests = ManifestDir::new(dir)
                 .for_node(node.clone())
                 .max_endpoints(max_endpoints);
-            CheckedSource::Files(manifests, *poll_interval)
+            CheckedSource::Files(Box::new(manifests), *poll_interval)
         }
         SourceConfig::Kubernetes {
             access: api,
@@ -291,7 +291,7 @@ async fn lock_pins(
 /// A source checked but not started yet (it starts once the maps exist).
 enum CheckedSource {
     /// The manifests directory and its poll interval.
-    Files(ManifestDir, Duration),
+    Files(Box<ManifestDir>, Duration),
     /// The API client's configuration (with the explicit address, if one was given), the
     /// `kubernetes` Service's address to prefer once this node translates it, this node's
     /// name and node port addresses, and the slice size limit.
@@ -318,7 +318,7 @@ impl CheckedSource {
             CheckedSource::Files(dir, poll_interval) => (
                 "manifests",
                 source::files::spawn(
-                    dir,
+                    *dir,
                     poll_interval,
                     service_cidrs.unwrap_or_default(),
                     metrics,
