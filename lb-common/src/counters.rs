@@ -22,19 +22,20 @@ pub enum Counter {
     ReplyTranslated,
     /// Frame shorter than an Ethernet header: passed untouched.
     TruncatedEthernet,
-    /// Frame shorter than its IPv4 header: passed untouched.
+    /// Frame shorter than its IPv4 header or than the IPv4 total length: passed untouched.
     TruncatedIpv4,
     /// IPv4 header length below 20 bytes or beyond the total length: passed untouched.
     BadIpv4HeaderLength,
     /// IPv4 fragment: passed untouched (fragments are not load balanced).
     Fragment,
-    /// Frame shorter than its TCP or UDP header: passed untouched.
+    /// TCP or UDP header (TCP: with the options its data offset counts) beyond the frame or
+    /// the IPv4 total length: passed untouched.
     TruncatedL4,
     /// New flow for a service with no usable backend: answered with ICMP port unreachable
     /// (kube-proxy's REJECT).
     RejectNoBackend,
     /// New flow for a service path with no usable backend that drops rather than rejects
-    /// (externalTrafficPolicy: Local without a local endpoint): dropped.
+    /// (externalTrafficPolicy or internalTrafficPolicy Local without a local endpoint): dropped.
     DropNoBackend,
     /// A slot or backend entry was missing (mid-update race): dropped.
     DropBackendMissing,
@@ -67,11 +68,20 @@ pub enum Counter {
     /// New flow to an address inside the service CIDRs that is no ClusterIP (no Service holds
     /// it): dropped, as kube-proxy nftables' `cluster-ips-check` does.
     DropUnallocatedServiceIp,
+    /// TCP data offset below 5 words, or a UDP length other than the IPv4 payload's: passed
+    /// untouched.
+    BadL4Length,
+    /// New flow (or reject) whose IPv4 header checksum is wrong: passed untouched, nothing
+    /// tracked or answered (the kernel drops it after XDP and TC).
+    BadIpv4Checksum,
+    /// New flow to a Service without a usable backend, from a source no ICMP error may be
+    /// sent to (zero, loopback, multicast, broadcast): dropped instead of rejected.
+    DropRejectSource,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 26] = [
+    pub const ALL: [Counter; 29] = [
         Counter::Packets,
         Counter::NotIpv4,
         Counter::OtherProtocol,
@@ -98,6 +108,9 @@ impl Counter {
         Counter::DropSourceRange,
         Counter::DropRejectSuppressed,
         Counter::DropUnallocatedServiceIp,
+        Counter::BadL4Length,
+        Counter::BadIpv4Checksum,
+        Counter::DropRejectSource,
     ];
     /// Size of the counters array.
     pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -131,6 +144,9 @@ impl Counter {
             Counter::DropSourceRange => "drop_source_range",
             Counter::DropRejectSuppressed => "drop_reject_suppressed",
             Counter::DropUnallocatedServiceIp => "drop_unallocated_service_ip",
+            Counter::BadL4Length => "bad_l4_length",
+            Counter::BadIpv4Checksum => "bad_ipv4_checksum",
+            Counter::DropRejectSource => "drop_reject_source",
         }
     }
 }
@@ -148,7 +164,8 @@ pub struct ServiceStats {
     /// New flows rejected for want of a usable backend (ICMP port unreachable sent).
     pub rejects: u64,
     /// Packets dropped for this service: no usable backend on a drop path, a backend entry missing mid-update,
-    /// conntrack full, a failed rewrite or a source outside its ranges (the node-wide counters say which).
+    /// conntrack full, a failed rewrite, a source outside its ranges or one no reject may
+    /// answer (the node-wide counters say which).
     pub drops: u64,
 }
 

@@ -55,6 +55,8 @@ pub const TCP_CHECKSUM: usize = 16;
 pub const UDP_HLEN: usize = 8;
 /// Offset of the UDP checksum.
 pub const UDP_CHECKSUM: usize = 6;
+/// Offset of the UDP length (header and payload).
+pub const UDP_LEN: usize = 4;
 
 /// TCP flag bits (the header's 14th byte).
 pub mod tcp_flags {

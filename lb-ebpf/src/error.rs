@@ -54,7 +54,8 @@ impl Error {
             | Counter::DropUnexposedPort
             | Counter::DropSourceRange
             | Counter::DropRejectSuppressed
-            | Counter::DropUnallocatedServiceIp => Verdict::Drop,
+            | Counter::DropUnallocatedServiceIp
+            | Counter::DropRejectSource => Verdict::Drop,
             _ => Verdict::Pass,
         }
     }

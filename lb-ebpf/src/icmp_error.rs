@@ -13,7 +13,8 @@
 //! The flow is found with the quote's reverse, the packet answering the quoted one: the reply
 //! entry for a quoted request, the forward entry for a quoted reply. Checksums are updated
 //! incrementally: the outer IPv4 header's, the quoted IPv4 and TCP/UDP headers' (when quoted)
-//! and the ICMP message's.
+//! and the ICMP message's. Everything read or written lies inside the outer IPv4 packet's
+//! total length: bytes after it are an Ethernet trailer, never part of the quote.
 
 use lb_common::{
     conntrack::ct_flags,
@@ -32,7 +33,7 @@ use crate::{
     error::Error,
     maps::MapAccess,
     parse::{
-        flow_ends, ipv4_header_len, is_fragment, is_ipv4, FlowEnd, Ipv4Header,
+        flow_ends, ipv4_header_len, ipv4_total_len, is_fragment, is_ipv4, FlowEnd, Ipv4Header,
         IPV4_CHECKSUM_OFFSET, IPV4_DST_OFFSET, IPV4_SRC_OFFSET,
     },
 };
@@ -42,6 +43,8 @@ struct Quote {
     icmp: usize,
     ip: usize,
     l4: usize,
+    /// Where the outer IPv4 packet, and so the quote, ends in the frame.
+    end: usize,
     proto: u8,
     src: FlowEnd,
     dst: FlowEnd,
@@ -108,12 +111,17 @@ fn quote<P: Packet>(pkt: &P) -> Option<Quote> {
         return None;
     }
     let l4 = ip + header_len;
+    let end = ETH_HLEN + ipv4_total_len(&outer);
+    if l4 + 4 > end || end > pkt.frame_len() as usize {
+        return None;
+    }
     let ports: [u8; 4] = pkt.load(l4)?;
     let (src, dst) = flow_ends(&inner, ports);
     Some(Quote {
         icmp,
         ip,
         l4,
+        end,
         proto,
         src,
         dst,
@@ -142,7 +150,8 @@ fn rewrite<P: Packet>(pkt: &mut P, quote: &Quote, src: FlowEnd, dst: FlowEnd) ->
         } else {
             TCP_CHECKSUM
         };
-    if let Some(l4_checksum) = pkt.load::<2>(l4_checksum_at) {
+    let quoted = l4_checksum_at + 2 <= quote.end;
+    if let Some(l4_checksum) = pkt.load::<2>(l4_checksum_at).filter(|_| quoted) {
         if !(quote.proto == IPPROTO_UDP && l4_checksum == [0, 0]) {
             let mut new = replace_ends(l4_checksum, quote, src, dst);
             if quote.proto == IPPROTO_UDP && new == [0, 0] {

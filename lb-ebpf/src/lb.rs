@@ -210,6 +210,7 @@ fn new_flow<P: Packet, M: MapAccess>(
         return not_service(pkt, maps, flow, key).map(Done::kept);
     };
     let group_id = service.group_id;
+    checksum_verified(pkt)?;
     if service.flags & service_flags::SOURCE_RANGES != 0
         && !maps.source_allowed(group_id, &key.src_addr)
     {
@@ -277,6 +278,7 @@ fn not_service<P: Packet, M: MapAccess>(
             false => Error::untouched(Counter::NotService),
         });
     }
+    checksum_verified(pkt)?;
     if !reject::may_answer(flow.src.addr) {
         return Err(Error::dropped(Counter::DropUnexposedPort, 0));
     }
@@ -299,9 +301,11 @@ fn no_backend<P: Packet, M: MapAccess>(
     service: &ServiceValue,
 ) -> Result<Counter, Error> {
     let group_id = service.group_id;
-    if service.flags & service_flags::DROP_IF_NO_BACKEND != 0 || !reject::may_answer(flow.src.addr)
-    {
+    if service.flags & service_flags::DROP_IF_NO_BACKEND != 0 {
         return Err(Error::dropped(Counter::DropNoBackend, group_id));
+    }
+    if !reject::may_answer(flow.src.addr) {
+        return Err(Error::dropped(Counter::DropRejectSource, group_id));
     }
     if !reject_limit::allow(maps, &lb_common::ipv4_mapped(flow.src.addr)) {
         return Err(Error::dropped(Counter::DropRejectSuppressed, group_id));
@@ -339,6 +343,18 @@ fn translate<P: Packet, M: MapAccess>(
     }
     stats::translated(maps, group_id, pkt.frame_len());
     Ok(outcome)
+}
+
+/// Passes a packet whose IPv4 header checksum is wrong on untouched before anything is
+/// tracked or answered for it: the kernel drops it after XDP and TC anyway. Packets of
+/// tracked flows are not checked (their rewrite keeps a wrong checksum wrong).
+#[inline(always)]
+fn checksum_verified<P: Packet>(pkt: &P) -> Result<(), Error> {
+    if parse::ipv4_checksum_valid(pkt) {
+        Ok(())
+    } else {
+        Err(Error::untouched(Counter::BadIpv4Checksum))
+    }
 }
 
 /// Whether a packet of an established flow starts the flow over when its backend is gone:

@@ -52,8 +52,8 @@ pub struct Record {
 static NO_BACKEND: Record = record(
     Level::Debug,
     line!(),
-    "dropped a new flow: no backend on this path (externalTrafficPolicy: Local without a \
-     local endpoint)",
+    "dropped a new flow: no backend on this path (a traffic policy Local without a local \
+     endpoint)",
 );
 static BACKEND_MISSING: Record = record(
     Level::Warn,
@@ -97,12 +97,19 @@ static UNALLOCATED_SERVICE_IP: Record = record(
     line!(),
     "dropped a new flow to an address in the service CIDRs that no Service holds",
 );
+static REJECT_SOURCE: Record = record(
+    Level::Debug,
+    line!(),
+    "dropped a new flow to a Service without endpoints: its source (zero, loopback, \
+     multicast or broadcast) gets no ICMP error",
+);
 
 /// The record for a drop for `reason`: trouble (a backend missing mid-update, conntrack
 /// refusing the flow, a failed rewrite, masquerading ports exhausted) at warn level; the
-/// expected drops (no backend with externalTrafficPolicy: Local, an unexposed ClusterIP
-/// port from a source no ICMP error goes to, a source outside `loadBalancerSourceRanges`, a
-/// reject over its rate limit, an unallocated address of the service CIDRs) at debug level.
+/// expected drops (no backend with a traffic policy Local, a reject or an unexposed
+/// ClusterIP port from a source no ICMP error goes to, a source outside
+/// `loadBalancerSourceRanges`, a reject over its rate limit, an unallocated address of the
+/// service CIDRs) at debug level.
 #[inline(always)]
 fn record_for(reason: Counter) -> Option<&'static Record> {
     match reason {
@@ -115,6 +122,7 @@ fn record_for(reason: Counter) -> Option<&'static Record> {
         Counter::DropSourceRange => Some(&SOURCE_RANGE),
         Counter::DropRejectSuppressed => Some(&REJECT_SUPPRESSED),
         Counter::DropUnallocatedServiceIp => Some(&UNALLOCATED_SERVICE_IP),
+        Counter::DropRejectSource => Some(&REJECT_SOURCE),
         _ => None,
     }
 }
@@ -332,6 +340,7 @@ mod tests {
                     Counter::DropSourceRange,
                     Counter::DropRejectSuppressed,
                     Counter::DropUnallocatedServiceIp,
+                    Counter::DropRejectSource,
                 ];
                 let expected = if debug.contains(&reason) {
                     Level::Debug

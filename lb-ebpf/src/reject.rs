@@ -17,11 +17,11 @@ use crate::{checksum, context::Packet, parse::Ipv4Flow, rewrite::RewriteFailed};
 
 /// The reply's own IPv4 and ICMP headers, inserted in front of the quoted packet.
 const REPLY_HEADERS_LEN: usize = IPV4_MIN_HLEN + ICMP_HLEN;
-/// IPv4 options are at most 40 bytes.
-const MAX_OPTION_WORDS: usize = 10;
 /// Type of service of the reply: precedence "internetwork control", as Linux sends ICMP errors.
 const TOS_INTERNETWORK_CONTROL: u8 = 0xc0;
 const TTL: u8 = 64;
+/// The one's complement sum of an IPv4 header whose checksum verifies.
+const VERIFIED_HEADER_SUM: u32 = 0xffff;
 
 /// Whether an ICMP error may be sent to `client` at all: never to a zero, loopback, multicast,
 /// reserved or broadcast source address (RFC 1812 4.3.2.7).
@@ -31,7 +31,8 @@ pub fn may_answer(client: [u8; 4]) -> bool {
 }
 
 /// Rewrites the packet into the ICMP port unreachable answering it: Ethernet addresses
-/// swapped, IPv4 from the frontend to the client, ICMP header, the quoted packet.
+/// swapped, IPv4 from the frontend to the client, ICMP header, the quoted packet. Only for
+/// packets whose IPv4 header checksum verifies (`parse::ipv4_checksum_valid`).
 #[inline(always)]
 pub fn port_unreachable<P: Packet>(pkt: &mut P, flow: &Ipv4Flow) -> Result<(), RewriteFailed> {
     let macs: [u8; 12] = pkt.load(0).ok_or(RewriteFailed)?;
@@ -48,20 +49,11 @@ pub fn port_unreachable<P: Packet>(pkt: &mut P, flow: &Ipv4Flow) -> Result<(), R
 }
 
 /// One's complement sum of what the reply quotes: the IPv4 header with its options and the
-/// fixed TCP or UDP header.
+/// fixed TCP or UDP header. A header whose checksum verifies sums to 0xffff, so only the
+/// TCP or UDP header is read.
 #[inline(always)]
 fn quoted_sum<P: Packet>(pkt: &P, flow: &Ipv4Flow) -> Option<u32> {
-    let ip: [u8; IPV4_MIN_HLEN] = pkt.load(ETH_HLEN)?;
-    let mut sum = checksum::add(0, ip);
-    // Constant offsets (the loop unrolls), which the verifier follows more easily than a
-    // running one.
-    for i in 0..MAX_OPTION_WORDS {
-        let offset = ETH_HLEN + IPV4_MIN_HLEN + 4 * i;
-        if offset < flow.l4_offset {
-            let word: [u8; 4] = pkt.load(offset)?;
-            sum = checksum::add(sum, word);
-        }
-    }
+    let mut sum = VERIFIED_HEADER_SUM;
     let ports_and_more: [u8; 8] = pkt.load(flow.l4_offset)?;
     sum = checksum::add(sum, ports_and_more);
     if !flow.is_udp() {

@@ -2,9 +2,12 @@
 //! `*.yml` files of a directory (multi-document; hidden files and other kinds are ignored).
 //!
 //! Bad input never removes what is programmed: an invalid object is skipped and its last valid
-//! version stays in effect; a file that is not valid YAML keeps its last good objects.
+//! version stays in effect; a file that is not valid YAML keeps its last good objects. An
+//! object defined in more than one file comes from the file it came from before, as long as
+//! that file still defines it; a new object from the first file (by name) that defines it.
+//! The other definitions are reported as duplicates and ignored, whatever their file names.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::fs;
 use std::io;
@@ -33,7 +36,12 @@ pub struct ManifestDir {
     documents: BTreeMap<PathBuf, Vec<Document>>,
     services: LastValid<ServiceDef>,
     slices: LastValid<SliceDef>,
+    /// The file each object's definition in effect comes from.
+    owners: BTreeMap<ObjectId, PathBuf>,
 }
+
+/// An object's kind and key: what a duplicate shares.
+type ObjectId = (Kind, ObjectKey);
 
 type Files = BTreeMap<PathBuf, Result<Vec<u8>, String>>;
 
@@ -45,7 +53,8 @@ pub struct Sync {
     pub services: usize,
     /// EndpointSlices in effect.
     pub endpoint_slices: usize,
-    /// Objects whose current version is invalid (skipped; see `errors`).
+    /// What was skipped (see `errors`): objects whose current version is invalid or that
+    /// have no name, duplicates, and files that do not parse.
     pub invalid_objects: usize,
     pub errors: Vec<ManifestError>,
 }
@@ -83,6 +92,7 @@ impl ManifestDir {
             documents: BTreeMap::new(),
             services: LastValid::default(),
             slices: LastValid::default(),
+            owners: BTreeMap::new(),
         }
     }
 
@@ -113,11 +123,7 @@ impl ManifestDir {
 
     fn load(&mut self, files: &Files) -> Sync {
         let mut previous = std::mem::take(&mut self.documents);
-        let mut defined_in: BTreeMap<(Kind, ObjectKey), PathBuf> = BTreeMap::new();
-        let mut services = Vec::new();
-        let mut slices = Vec::new();
         let mut errors = Vec::new();
-
         for (path, contents) in files {
             let parsed = match contents {
                 Ok(bytes) => parse_file(path, bytes, self.max_endpoints),
@@ -130,36 +136,42 @@ impl ManifestDir {
                 });
                 previous.remove(path).unwrap_or_default()
             });
-            for document in &documents {
-                let (kind, key) = match document {
-                    Document::Service(key, _) => (Kind::Service, key),
-                    Document::Slice(key, _) => (Kind::EndpointSlice, key),
-                    Document::Unnamed(error) => {
+            self.documents.insert(path.clone(), documents);
+        }
+        self.owners = self.owners();
+
+        let mut taken = BTreeSet::new();
+        let mut services = Vec::new();
+        let mut slices = Vec::new();
+        for (path, documents) in &self.documents {
+            for document in documents {
+                let Some(id) = document.id() else {
+                    if let Document::Unnamed(error) = document {
                         errors.push(ManifestError::InvalidObject(SkippedObject {
                             error: error.clone(),
                             kept_previous: false,
                         }));
-                        continue;
                     }
+                    continue;
                 };
-                if let Some(first) = defined_in.get(&(kind, key.clone())) {
+                let owner = &self.owners[&id];
+                if owner != path || !taken.insert(id.clone()) {
+                    let (kind, key) = id;
                     errors.push(ManifestError::Duplicate {
                         path: path.clone(),
                         kind: kind.to_string(),
-                        namespace: key.namespace.clone(),
-                        name: key.name.clone(),
-                        first: first.clone(),
+                        namespace: key.namespace,
+                        name: key.name,
+                        in_effect: owner.clone(),
                     });
                     continue;
                 }
-                defined_in.insert((kind, key.clone()), path.clone());
                 match document {
                     Document::Service(key, parsed) => services.push((key.clone(), parsed.clone())),
                     Document::Slice(key, parsed) => slices.push((key.clone(), parsed.clone())),
                     Document::Unnamed(_) => {}
                 }
             }
-            self.documents.insert(path.clone(), documents);
         }
         let skipped = self
             .services
@@ -171,8 +183,43 @@ impl ManifestDir {
             state: desired_state(self.services.values(), self.slices.values(), &self.node),
             services: self.services.len(),
             endpoint_slices: self.slices.len(),
-            invalid_objects: self.services.invalid_count() + self.slices.invalid_count(),
+            invalid_objects: errors.len(),
             errors,
+        }
+    }
+
+    /// The file each object defined in the documents comes from: the one it came from
+    /// before, while that file still defines it (a file that stopped parsing keeps its last
+    /// good objects), else the first file by name that defines it.
+    fn owners(&self) -> BTreeMap<ObjectId, PathBuf> {
+        let mut defined_in: BTreeMap<ObjectId, Vec<&PathBuf>> = BTreeMap::new();
+        for (path, documents) in &self.documents {
+            for id in documents.iter().filter_map(Document::id) {
+                defined_in.entry(id).or_default().push(path);
+            }
+        }
+        defined_in
+            .into_iter()
+            .map(|(id, paths)| {
+                let owner = self
+                    .owners
+                    .get(&id)
+                    .filter(|owner| paths.contains(owner))
+                    .unwrap_or(paths[0])
+                    .clone();
+                (id, owner)
+            })
+            .collect()
+    }
+}
+
+impl Document {
+    /// The object's kind and key; `None` without a name.
+    fn id(&self) -> Option<ObjectId> {
+        match self {
+            Document::Service(key, _) => Some((Kind::Service, key.clone())),
+            Document::Slice(key, _) => Some((Kind::EndpointSlice, key.clone())),
+            Document::Unnamed(_) => None,
         }
     }
 }
@@ -284,17 +331,19 @@ pub enum ManifestError {
     InvalidObject(SkippedObject),
     #[error("{}: {message} (keeping the file's last good objects)", path.display())]
     InvalidFile { path: PathBuf, message: String },
+    /// `path` defines an object again; the definition from `in_effect` stays in effect.
     #[error(
-        "{}: {kind} {namespace}/{name} is already defined in {}; ignored",
+        "{}: {kind} {namespace}/{name} is already defined in {}, whose definition stays in \
+         effect; ignored",
         path.display(),
-        first.display()
+        in_effect.display()
     )]
     Duplicate {
         path: PathBuf,
         kind: String,
         namespace: String,
         name: String,
-        first: PathBuf,
+        in_effect: PathBuf,
     },
 }
 

@@ -125,7 +125,7 @@ fn an_external_traffic_policy_local_drop_is_logged_at_debug_only() {
         .collect();
     let node_port = SocketAddrV4::new(NODE_IP, NODE_PORT);
     let outside = &topology.outside().netns;
-    let line = "dropped a new flow: no backend on this path (externalTrafficPolicy: Local";
+    let line = "dropped a new flow: no backend on this path (a traffic policy Local without";
 
     // At the default level the drop is counted, but the kernel writes no line.
     let mut agent = Agent::start(topology.node(), options.clone()).unwrap();

@@ -1,6 +1,6 @@
 //! End to end: editing the manifests of a running `lb-agent`. Removing a backend stops new
 //! connections to it within a second while an open connection to it keeps working; broken
-//! manifests leave the running state intact.
+//! manifests and duplicates in earlier-sorting files leave the running state intact.
 
 use std::{
     collections::BTreeSet,
@@ -121,4 +121,40 @@ fn broken_manifests_leave_the_running_state_intact() {
     example::replace_manifest(dir.path(), ENDPOINTSLICE_FILE, &only_backend_0).unwrap();
     thread::sleep(PROPAGATION.saturating_sub(written.elapsed()));
     assert_eq!(tcp_backends(&cluster), backends(&[0]));
+}
+
+#[test]
+fn a_duplicate_in_an_earlier_sorting_file_leaves_the_service_in_effect() {
+    require_root!();
+    let (dir, mut cluster) = start();
+    // Sorts before both example files: the Service on another ClusterIP, its EndpointSlice
+    // with backend-0 only.
+    const DUPLICATES: &str = "0-duplicates.yaml";
+    let service = std::fs::read_to_string(dir.path().join(SERVICE_FILE)).unwrap();
+    let duplicates = format!(
+        "{}\n---\n{}",
+        service.replace("198.19.0.10", "198.19.0.99"),
+        example::endpointslice_yaml(&[0])
+    );
+    example::replace_manifest(dir.path(), DUPLICATES, &duplicates).unwrap();
+    let ignored = |object: &str| {
+        format!(
+            "{}: {object} is already defined in {}, whose definition stays in effect; ignored",
+            dir.path().join(DUPLICATES).display(),
+            dir.path()
+                .join(if object.starts_with("Service") {
+                    SERVICE_FILE
+                } else {
+                    ENDPOINTSLICE_FILE
+                })
+                .display()
+        )
+    };
+    for object in ["Service default/demo", "EndpointSlice default/demo-abc12"] {
+        cluster
+            .agent_mut()
+            .wait_for_log(&ignored(object), 1, PROPAGATION)
+            .unwrap_or_else(|e| panic!("the agent did not name {DUPLICATES} for {object}: {e}"));
+    }
+    assert_eq!(tcp_backends(&cluster), backends(&[0, 1, 2]));
 }

@@ -8,9 +8,14 @@ mod fixture;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use fixture::{backend, client, deltas, vip, Fixture, Hook, Verdict, HOOKS};
-use lb_common::{ipv4_mapped, net::tcp_flags, Counter, NodeConfig, IPPROTO_TCP, IPPROTO_UDP};
-use lb_frames::{assert_frames_equal, Frame};
+use lb_common::{
+    ipv4_mapped,
+    net::{tcp_flags, ETH_HLEN},
+    Counter, NodeConfig, IPPROTO_TCP, IPPROTO_UDP,
+};
+use lb_frames::{assert_frames_equal, checksums_valid, internet_checksum, Frame};
 use lb_tests::require_root;
+use lb_userspace::model::Protocol;
 
 const SERVICE_ID: u32 = 1;
 const BACKEND_ID: u32 = 11;
@@ -119,6 +124,55 @@ fn other_icmp_and_errors_about_untracked_packets_pass_untouched() {
             moved,
             deltas(&[(Counter::Packets, 1), (Counter::OtherProtocol, 1)]),
             "{hook:?}"
+        );
+    }
+}
+
+/// The fuzz run's frame (issue 14): a router's "fragmentation needed" to 198.18.201.59 quoting
+/// 28 bytes of its SYN to 198.18.10.22:9090, followed by a 10-byte Ethernet trailer where the
+/// quoted TCP checksum would be, were the quote longer.
+const FUZZ_ICMP_ERROR: &str =
+    "02fa0000000202fa00000001080045000038123440004001702fc6126301c612c93b\
+                               030481e60000057845000028123440004006c925c612c93bc6120a164e33238200\
+                               0003e8a0a1a2a3a4a5a6a7a8a9";
+
+fn unhex(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+#[test]
+fn an_icmp_error_with_an_ethernet_trailer_is_translated_within_its_ip_length() {
+    require_root!();
+    let client = SocketAddrV4::new(Ipv4Addr::new(198, 18, 201, 59), 20_019);
+    let frontend = SocketAddrV4::new(Ipv4Addr::new(198, 19, 10, 20), 8080);
+    let backend = SocketAddrV4::new(Ipv4Addr::new(198, 18, 10, 22), 9090);
+    let error = unhex(FUZZ_ICMP_ERROR);
+    let quote = ETH_HLEN + 20 + 8;
+    // The quote back to client -> frontend (its IPv4 checksum updated), the ICMP checksum the
+    // issue names; the trailer as it came.
+    let mut expected = error.clone();
+    expected[quote + 16..quote + 20].copy_from_slice(&frontend.ip().octets());
+    expected[quote + 10..quote + 12].fill(0);
+    let inner_checksum = internet_checksum(&expected[quote..quote + 20]);
+    expected[quote + 10..quote + 12].copy_from_slice(&inner_checksum.to_be_bytes());
+    expected[quote + 22..quote + 24].copy_from_slice(&frontend.port().to_be_bytes());
+    expected[ETH_HLEN + 22..ETH_HLEN + 24].copy_from_slice(&[0x85, 0xd8]);
+    for error_hook in HOOKS {
+        let mut fx = Fixture::with_service(Hook::Tc, frontend, Protocol::Tcp, &[backend]);
+        let syn = Frame::tcp(client, frontend, tcp_flags::SYN);
+        passes_as(&mut fx, &syn, &syn.clone().with_dst(backend));
+        let (verdict, out, moved) = fx.run_counted_on(error_hook, &error);
+        assert_eq!(verdict, Verdict::Pass, "{error_hook:?}");
+        assert_frames_equal(&out, &expected);
+        assert!(checksums_valid(&out), "{error_hook:?}");
+        assert_eq!(&out[out.len() - 2..], [0xa8, 0xa9]);
+        assert_eq!(
+            moved,
+            deltas(&[(Counter::Packets, 1), (Counter::IcmpErrorTranslated, 1)]),
+            "{error_hook:?}"
         );
     }
 }

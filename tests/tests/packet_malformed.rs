@@ -2,8 +2,8 @@
 //! (BPF_PROG_TEST_RUN), each addressed to a live service so a wrong parse would translate it.
 //! One table, run by [`run_cases`]: every frame is stateless.
 //!
-//! Documented verdicts: every one passes untouched (TC_ACT_UNSPEC / XDP_PASS) and moves exactly
-//! `packets` and its reason's counter.
+//! Documented verdicts: every one passes untouched (TC_ACT_UNSPEC / XDP_PASS), moves exactly
+//! `packets` and its reason's counter, and leaves no conntrack entry.
 //!
 //! Limits of the kernel's test runner (EINVAL before the program runs): frames shorter than
 //! an Ethernet header on both hooks (so `truncated_ethernet` is not reachable here), and on TC
@@ -19,8 +19,9 @@ use fixture::{
 };
 use lb_common::{
     net::{
-        tcp_flags, ETHERTYPE_ARP, ETHERTYPE_IPV6, ETH_HLEN, ETH_TYPE_OFFSET, IPPROTO_ICMP,
-        IPPROTO_TCP, IPV4_CHECKSUM, IPV4_MIN_HLEN, TCP_HLEN, UDP_HLEN,
+        tcp_flags::{self, SYN},
+        ETHERTYPE_ARP, ETHERTYPE_IPV6, ETH_HLEN, ETH_TYPE_OFFSET, IPPROTO_ICMP, IPPROTO_TCP,
+        IPV4_CHECKSUM, IPV4_MIN_HLEN, IPV4_TOTAL_LEN, TCP_HLEN, UDP_HLEN, UDP_LEN,
     },
     Counter,
 };
@@ -72,6 +73,20 @@ fn untouched(name: &'static str, hooks: &'static [Hook], input: Vec<u8>, reason:
     }
 }
 
+/// `bytes` with the IPv4 total length set to `len` (header checksum fixed).
+fn with_total_len(mut bytes: Vec<u8>, len: usize) -> Vec<u8> {
+    let at = ETH_HLEN + IPV4_TOTAL_LEN;
+    bytes[at..at + 2].copy_from_slice(&(len as u16).to_be_bytes());
+    let version_ihl = bytes[ETH_HLEN];
+    with_version_ihl(bytes, version_ihl)
+}
+
+/// `bytes` with the 2 bytes at `offset` replaced (checksums not fixed).
+fn with_bytes(mut bytes: Vec<u8>, offset: usize, value: [u8; 2]) -> Vec<u8> {
+    bytes[offset..offset + 2].copy_from_slice(&value);
+    bytes
+}
+
 /// A row: the kernel's test runner refuses `input` on `hooks` before the program runs.
 fn refused(name: &'static str, hooks: &'static [Hook], input: Vec<u8>) -> Case {
     Case {
@@ -112,11 +127,30 @@ fn malformed_and_out_of_scope_frames() {
     let options_cut = cut(&with_options, l4_at + 4);
     let tcp_cut = cut(&tcp, l4_at + TCP_HLEN - 1);
     let udp_cut = cut(&udp, l4_at + UDP_HLEN - 1);
+    let ip_len = |bytes: &[u8]| bytes.len() - ETH_HLEN;
+    let tcp_beyond_frame = with_total_len(tcp.clone(), ip_len(&tcp) + 10);
+    let udp_beyond_frame = with_total_len(udp.clone(), ip_len(&udp) + 1);
+    let data_offset_at = l4_at + 12;
+    let data_offset = |words: u8| with_bytes(tcp.clone(), data_offset_at, [words << 4, SYN]);
+    // A data offset of 6 words in a 20-byte segment, though the frame has 8 more bytes.
+    let mut offset_beyond_packet = data_offset(6);
+    offset_beyond_packet.extend_from_slice(&[0; 8]);
+    let query = Frame::udp(client(47_000), vip(53), b"query").to_bytes();
+    let udp_len = |len: usize| {
+        let len = (len as u16).to_be_bytes();
+        with_bytes(query.clone(), l4_at + UDP_LEN, len)
+    };
+    let udp_payload = ip_len(&query) - IPV4_MIN_HLEN;
+    // The header checksum off by one: a new flow to a live service.
+    let checksum_at = ETH_HLEN + IPV4_CHECKSUM;
+    let checksum = u16::from_be_bytes([tcp[checksum_at], tcp[checksum_at + 1]]);
+    let bad_checksum = with_bytes(tcp.clone(), checksum_at, (checksum ^ 1).to_be_bytes());
     let arp = with_ethertype(&tcp, ETHERTYPE_ARP);
     let ipv6 = with_ethertype(&tcp, ETHERTYPE_IPV6);
 
     use Counter::{
-        BadIpv4HeaderLength as BadIhl, Fragment, NotIpv4, OtherProtocol, TruncatedIpv4, TruncatedL4,
+        BadIpv4Checksum, BadIpv4HeaderLength as BadIhl, BadL4Length, Fragment, NotIpv4,
+        OtherProtocol, TruncatedIpv4, TruncatedL4,
     };
     #[rustfmt::skip]
     let cases = [
@@ -133,6 +167,16 @@ fn malformed_and_out_of_scope_frames() {
         untouched("TCP header cut by a byte",  &HOOKS, tcp_cut, TruncatedL4),
         untouched("UDP header cut by a byte",  &HOOKS, udp_cut, TruncatedL4),
         untouched("total length short of TCP", &HOOKS, short_total, TruncatedL4),
+        untouched("TCP total length beyond the frame", &HOOKS, tcp_beyond_frame, TruncatedIpv4),
+        untouched("UDP total length beyond the frame", &HOOKS, udp_beyond_frame, TruncatedIpv4),
+        untouched("TCP data offset 0",         &HOOKS, data_offset(0), BadL4Length),
+        untouched("TCP data offset 4",         &HOOKS, data_offset(4), BadL4Length),
+        untouched("TCP data offset beyond the packet", &HOOKS, offset_beyond_packet, TruncatedL4),
+        untouched("TCP data offset 15",        &HOOKS, data_offset(15), TruncatedL4),
+        untouched("UDP length below its header", &HOOKS, udp_len(UDP_HLEN - 1), BadL4Length),
+        untouched("UDP length short of the packet", &HOOKS, udp_len(udp_payload - 1), BadL4Length),
+        untouched("UDP length beyond the packet", &HOOKS, udp_len(udp_payload + 1), BadL4Length),
+        untouched("IPv4 header checksum wrong", &HOOKS, bad_checksum, BadIpv4Checksum),
         untouched("first TCP fragment",        &HOOKS, first_fragment.to_bytes(), Fragment),
         untouched("later TCP fragment",        &HOOKS, later_fragment.to_bytes(), Fragment),
         untouched("middle UDP fragment",       &HOOKS, middle_udp_fragment.to_bytes(), Fragment),

@@ -1,8 +1,9 @@
 //! Services without a usable backend through the real TC and XDP programs (BPF_PROG_TEST_RUN):
 //! new TCP and UDP flows are rejected as kube-proxy does (ICMP port unreachable from the
 //! frontend, sent back out of the arrival interface: `TC_ACT_REDIRECT` / `XDP_TX`), or dropped
-//! when the service entry says so (`DROP_IF_NO_BACKEND`). Every case is one frame on fresh
-//! maps: one table, run by [`run_cases`].
+//! when the service entry says so (`DROP_IF_NO_BACKEND`) or the source may get no ICMP error
+//! (`drop_reject_source`). Every case is one frame on fresh maps: one table, run by
+//! [`run_cases`].
 
 mod fixture;
 
@@ -77,19 +78,14 @@ fn rejected(name: &'static str, input: Vec<u8>, reply: Vec<u8>, protocol: u8) ->
     }
 }
 
-/// A row: `input` is dropped for want of a backend, counted against `service` when given.
+/// A row: `input` to `service` is dropped for want of a backend, counted as `reason`.
 fn dropped(
     name: &'static str,
     setup: fn(Hook) -> Fixture,
     input: Vec<u8>,
-    service: Option<u32>,
+    service: Service,
+    reason: Counter,
 ) -> Case {
-    let stats = service.map_or_else(Vec::new, |id| {
-        vec![
-            (Service::Id(id), Stat::Drops, 1),
-            (Service::Id(id), Stat::Rejects, 0),
-        ]
-    });
     Case {
         name,
         hooks: &HOOKS,
@@ -98,8 +94,8 @@ fn dropped(
         expect: Expect::Ran {
             verdict: Verdict::Drop,
             output: Output::Unchecked,
-            counters: deltas(&[(Counter::Packets, 1), (Counter::DropNoBackend, 1)]),
-            stats,
+            counters: deltas(&[(Counter::Packets, 1), (reason, 1)]),
+            stats: vec![(service, Stat::Drops, 1), (service, Stat::Rejects, 0)],
             conntrack: 0,
         },
     }
@@ -138,9 +134,14 @@ fn frames_to_services_without_backends() {
         bytes: vec![8, 0, 0xf7, 0xff, 0, 0, 0, 0],
     });
     let first_fragment = query(50_005, &[1; 64]).with_fragment(true, 0);
-    let from_broadcast = Frame::udp("255.255.255.255:68".parse().unwrap(), vip(53), b"query");
+    let from = |source: &str| Frame::udp(source.parse().unwrap(), vip(53), b"query").to_bytes();
+    let syn_from_loopback = Frame::tcp("127.0.0.1:46004".parse().unwrap(), vip(80), tcp_flags::SYN);
     let (dropping, empty) = (dropping_services, empty_services);
-    use Counter::{Fragment, OtherProtocol};
+    let (empty_tcp, empty_udp) = (
+        Service::At(vip(80), IPPROTO_TCP),
+        Service::At(vip(53), IPPROTO_UDP),
+    );
+    use Counter::{DropNoBackend, DropRejectSource, Fragment, OtherProtocol};
 
     #[rustfmt::skip]
     let cases = [
@@ -152,10 +153,17 @@ fn frames_to_services_without_backends() {
                  IPPROTO_UDP),
         rejected("UDP checksum 0", no_checksum.clone(), udp_reply(&no_checksum), IPPROTO_UDP),
         rejected("UDP with Ethernet padding", padded, udp_reply(&short), IPPROTO_UDP),
-        dropped("TCP SYN, dropping service", dropping, syn(46_002).to_bytes(), Some(DROPPING_TCP)),
+        dropped("TCP SYN, dropping service", dropping, syn(46_002).to_bytes(),
+                Service::Id(DROPPING_TCP), DropNoBackend),
         dropped("UDP, dropping service", dropping, query(50_004, b"query").to_bytes(),
-                Some(DROPPING_UDP)),
-        dropped("UDP from the broadcast address", empty, from_broadcast.to_bytes(), None),
+                Service::Id(DROPPING_UDP), DropNoBackend),
+        dropped("UDP from the broadcast address", empty, from("255.255.255.255:68"), empty_udp,
+                DropRejectSource),
+        dropped("UDP from a multicast address", empty, from("224.0.0.251:5353"), empty_udp,
+                DropRejectSource),
+        dropped("UDP from 0.0.0.0", empty, from("0.0.0.0:68"), empty_udp, DropRejectSource),
+        dropped("TCP SYN from loopback", empty, syn_from_loopback.to_bytes(), empty_tcp,
+                DropRejectSource),
         untouched("ICMP echo request", echo_request.to_bytes(), OtherProtocol),
         untouched("first UDP fragment", first_fragment.to_bytes(), Fragment),
     ];

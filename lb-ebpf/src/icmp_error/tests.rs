@@ -146,3 +146,20 @@ fn errors_about_untracked_packets_and_other_icmp_pass_untouched() {
     assert_eq!(maps.counter_value(Counter::IcmpErrorTranslated), 0);
     assert_eq!(maps.counter_value(Counter::OtherProtocol), 3);
 }
+
+#[test]
+fn a_trailer_after_a_short_quote_is_neither_rewritten_nor_checksummed() {
+    let mut maps = maps(IPPROTO_TCP, false);
+    let (sent, at_backend) = request(&mut maps, IPPROTO_TCP, scope::INTERNAL);
+    let (t, c) = FRAG_NEEDED;
+    // Where the quoted TCP checksum would be, were the quote longer than its 8 bytes.
+    let trailer: Vec<u8> = (0xa0..0xb4).collect();
+    let error = icmp_error(ROUTER, CLIENT.addr, t, c, &ip_packet(&at_backend, Some(28)));
+    let out = translated(
+        &mut maps,
+        [error, trailer.clone()].concat(),
+        scope::EXTERNAL,
+    );
+    let expected = icmp_error(ROUTER, CLIENT.addr, t, c, &ip_packet(&sent, Some(28)));
+    assert_eq!(out, [expected, trailer].concat());
+}

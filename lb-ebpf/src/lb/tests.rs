@@ -550,7 +550,9 @@ fn no_icmp_error_goes_to_a_broadcast_or_multicast_source() {
         ..FrameSpec::udp()
     };
     assert_eq!(run(&mut maps, &spec).0, Verdict::Drop);
-    assert_eq!(maps.counter_value(Counter::DropNoBackend), 1);
+    assert_eq!(maps.counter_value(Counter::DropRejectSource), 1);
+    assert_eq!(maps.counter_value(Counter::DropNoBackend), 0);
+    assert_eq!(maps.stats_of(GROUP_ID).drops, 1);
 }
 
 #[test]
@@ -1030,4 +1032,51 @@ fn rejects_over_the_rate_limit_are_dropped_and_counted_as_drops() {
         [Verdict::SendBack, Verdict::SendBack, Verdict::Drop]
     );
     assert_eq!(maps.counter_value(Counter::DropRejectSuppressed), 1);
+}
+
+/// Runs `bytes` through the pipeline at TC ingress.
+fn run_bytes(maps: &mut FakeMaps, bytes: Vec<u8>) -> (Verdict, Vec<u8>) {
+    let mut pkt = SlicePacket::new(bytes);
+    let verdict = process(
+        &mut pkt,
+        maps,
+        Hook::Ingress {
+            scope: scope::INTERNAL,
+        },
+    );
+    (verdict, pkt.bytes)
+}
+
+/// `spec`'s frame with its IPv4 header checksum off by one.
+fn with_wrong_header_checksum(spec: &FrameSpec) -> Vec<u8> {
+    let mut bytes = frame(spec);
+    bytes[14 + 11] ^= 0x01;
+    bytes
+}
+
+#[test]
+fn a_wrong_header_checksum_starts_no_flow_and_gets_no_reject() {
+    let mut maps = maps_with_service(IPPROTO_TCP);
+    let bad = with_wrong_header_checksum(&FrameSpec::tcp_syn());
+    assert_eq!(run_bytes(&mut maps, bad.clone()), (Verdict::Pass, bad));
+    assert_eq!(maps.counter_value(Counter::BadIpv4Checksum), 1);
+    assert!(maps.conntrack.is_empty());
+
+    let mut maps = without_backends(maps_with_service(IPPROTO_UDP), 0);
+    let bad = with_wrong_header_checksum(&FrameSpec::udp());
+    assert_eq!(run_bytes(&mut maps, bad.clone()), (Verdict::Pass, bad));
+    assert_eq!(maps.counter_value(Counter::RejectNoBackend), 0);
+    assert_eq!(maps.counter_value(Counter::BadIpv4Checksum), 1);
+}
+
+#[test]
+fn an_established_flows_packet_is_translated_whatever_its_header_checksum() {
+    let mut maps = maps_with_service(IPPROTO_TCP);
+    let syn = FrameSpec::tcp_syn();
+    assert_eq!(run(&mut maps, &syn).0, Verdict::Pass);
+    let (verdict, out) = run_bytes(&mut maps, with_wrong_header_checksum(&ack(&syn)));
+    assert_eq!(verdict, Verdict::Pass);
+    assert_eq!(target_of(&out), chosen(&syn).1.addr);
+    assert_eq!(maps.counter_value(Counter::ForwardTranslated), 1);
+    assert_eq!(maps.counter_value(Counter::BadIpv4Checksum), 0);
 }

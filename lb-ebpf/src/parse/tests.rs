@@ -160,3 +160,69 @@ fn rejects_fragments() {
     dont_fragment[20..22].copy_from_slice(&0x4000u16.to_be_bytes());
     assert!(parse(&dont_fragment).is_ok());
 }
+
+#[test]
+fn a_total_length_beyond_the_frame_is_truncated_and_a_trailer_is_not_the_packet() {
+    let syn = frame(&FrameSpec::tcp_syn());
+    let mut long = syn.clone();
+    long[16..18].copy_from_slice(&41u16.to_be_bytes());
+    assert_eq!(parse(&long), Err(Error::untouched(Counter::TruncatedIpv4)));
+    let mut trailer = syn.clone();
+    trailer.extend_from_slice(&[0xa5; 12]);
+    assert_eq!(parse(&trailer), parse(&syn));
+}
+
+#[test]
+fn tcp_data_offsets_below_five_words_or_beyond_the_packet_are_refused() {
+    let syn = frame(&FrameSpec::tcp_syn());
+    let with_data_offset = |words: u8| {
+        let mut f = syn.clone();
+        f[14 + 20 + 12] = words << 4;
+        f
+    };
+    for words in 0..5 {
+        assert_eq!(
+            parse(&with_data_offset(words)),
+            Err(Error::untouched(Counter::BadL4Length)),
+            "data offset {words}"
+        );
+    }
+    // 24 bytes of header in a 20-byte segment, though the frame has padding after it.
+    let mut beyond = with_data_offset(6);
+    beyond.extend_from_slice(&[0; 8]);
+    assert_eq!(parse(&beyond), Err(Error::untouched(Counter::TruncatedL4)));
+    assert!(parse(&with_data_offset(5)).is_ok());
+}
+
+#[test]
+fn a_udp_length_other_than_the_ip_payload_is_refused() {
+    let udp = frame(&FrameSpec::udp());
+    let payload = (udp.len() - 14 - 20) as u16;
+    for len in [0, 7, 8, payload - 1, payload + 1, 0xffff] {
+        let mut f = udp.clone();
+        f[14 + 20 + 4..14 + 20 + 6].copy_from_slice(&len.to_be_bytes());
+        assert_eq!(
+            parse(&f),
+            Err(Error::untouched(Counter::BadL4Length)),
+            "UDP length {len}"
+        );
+    }
+    assert!(parse(&udp).is_ok());
+}
+
+#[test]
+fn the_header_checksum_is_verified_with_options() {
+    for options in [vec![], vec![1; 8], vec![1; 40]] {
+        let spec = FrameSpec {
+            ip_options: options,
+            ..FrameSpec::tcp_syn()
+        };
+        let good = SlicePacket::new(frame(&spec));
+        let flow = ipv4_flow(&good).unwrap();
+        assert!(ipv4_checksum_valid(&good));
+        // The header's last byte: the destination address, or the last option word.
+        let mut bad = good.bytes.clone();
+        bad[flow.l4_offset - 1] ^= 0x01;
+        assert!(!ipv4_checksum_valid(&SlicePacket::new(bad)));
+    }
+}

@@ -11,7 +11,7 @@ use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec, ServiceStatus};
 use tracing::{debug, warn};
 
-use super::fields::{object_name, parse_ip, parse_ips, port_number, protocol};
+use super::fields::{check_target_port, object_name, parse_ip, parse_ips, port_number, protocol};
 use crate::model::{Algorithm, Protocol};
 use crate::objects::FieldError;
 
@@ -192,6 +192,7 @@ fn service_ports(ports: &[ServicePort]) -> Result<Vec<PortDef>, FieldError> {
                 format!("duplicate port {number}/{protocol} (also spec.ports[{first}])"),
             ));
         }
+        check_target_port(port.target_port.as_ref(), &format!("{path}.targetPort"))?;
         let node_port = port
             .node_port
             .map(|n| port_number(n, &format!("{path}.nodePort")))

@@ -211,8 +211,17 @@ fn a_broken_file_keeps_its_last_good_objects() {
     assert_eq!(after.len(), 2, "the other file still applies");
 }
 
+/// The message for `file`'s duplicate of `object` while `in_effect`'s stays in effect.
+fn duplicate(dir: &Path, file: &str, object: &str, in_effect: &str) -> String {
+    format!(
+        "{}: {object} is already defined in {}, whose definition stays in effect; ignored",
+        dir.join(file).display(),
+        dir.join(in_effect).display()
+    )
+}
+
 #[test]
-fn duplicate_objects_keep_the_first_definition() {
+fn on_a_cold_start_the_first_file_by_name_wins() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "a.yaml", SERVICE);
     write(dir.path(), "b.yaml", &SERVICE.replace(".10", ".99"));
@@ -221,12 +230,108 @@ fn duplicate_objects_keep_the_first_definition() {
     assert_eq!(frontends(&sync), ["198.19.0.10:80/TCP -> "]);
     assert_eq!(
         messages(&sync),
-        [format!(
-            "{}: Service shop/web is already defined in {}; ignored",
-            dir.path().join("b.yaml").display(),
-            dir.path().join("a.yaml").display()
+        [duplicate(
+            dir.path(),
+            "b.yaml",
+            "Service shop/web",
+            "a.yaml"
         )]
     );
+}
+
+#[test]
+fn a_duplicate_in_an_earlier_file_never_displaces_the_object_in_effect() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "m-web.yaml",
+        &format!("{SERVICE}\n---\n{SLICE}"),
+    );
+    let mut source = ManifestDir::new(dir.path());
+    let before = frontends(&poll(&mut source));
+    assert_eq!(before, ["198.19.0.10:80/TCP -> 198.18.1.1:8080"]);
+
+    // Another cluster IP for the Service, another endpoint for its slice, in a file that
+    // sorts first; then the valid file changes, and the agent restarts its source.
+    let other_service = SERVICE.replace(".10", ".99");
+    let other_slice = SLICE.replace("198.18.1.1", "198.18.1.9");
+    write(
+        dir.path(),
+        "a-copy.yaml",
+        &format!("{other_service}\n---\n{other_slice}"),
+    );
+    let sync = poll(&mut source);
+    assert_eq!(frontends(&sync), before);
+    assert_eq!(
+        messages(&sync),
+        [
+            duplicate(dir.path(), "a-copy.yaml", "Service shop/web", "m-web.yaml"),
+            duplicate(
+                dir.path(),
+                "a-copy.yaml",
+                "EndpointSlice shop/web-1",
+                "m-web.yaml"
+            ),
+        ]
+    );
+    assert_eq!(sync.invalid_objects, 2);
+    write(
+        dir.path(),
+        "m-web.yaml",
+        &format!(
+            "{SERVICE}\n---\n{}",
+            SLICE.replace("198.18.1.1", "198.18.1.2")
+        ),
+    );
+    assert_eq!(
+        frontends(&poll(&mut source)),
+        ["198.19.0.10:80/TCP -> 198.18.1.2:8080"]
+    );
+
+    // Once the file in effect no longer defines them, the duplicates take over.
+    fs::remove_file(dir.path().join("m-web.yaml")).unwrap();
+    let sync = poll(&mut source);
+    assert_eq!(frontends(&sync), ["198.19.0.99:80/TCP -> 198.18.1.9:8080"]);
+    assert_eq!(messages(&sync), Vec::<String>::new());
+}
+
+#[test]
+fn a_broken_file_keeps_the_objects_it_defined_against_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "m-web.yaml", SERVICE);
+    let mut source = ManifestDir::new(dir.path());
+    let before = frontends(&poll(&mut source));
+    write(dir.path(), "m-web.yaml", "kind: [oops\n");
+    write(dir.path(), "a-copy.yaml", &SERVICE.replace(".10", ".99"));
+    let sync = poll(&mut source);
+    assert_eq!(frontends(&sync), before);
+    assert_eq!(messages(&sync).len(), 2, "{:?}", messages(&sync));
+    assert_eq!(
+        messages(&sync)[1],
+        duplicate(dir.path(), "a-copy.yaml", "Service shop/web", "m-web.yaml")
+    );
+}
+
+#[test]
+fn every_skipped_object_and_file_is_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "a.yaml", SERVICE);
+    write(dir.path(), "b.yaml", SERVICE);
+    write(dir.path(), "broken.yaml", "kind: [oops\n");
+    write(
+        dir.path(),
+        "nameless.yaml",
+        &SERVICE.replace("name: web, ", ""),
+    );
+    write(
+        dir.path(),
+        "invalid.yaml",
+        &SERVICE.replace("web", "api").replace("port: 80", "port: 0"),
+    );
+    let sync = poll(&mut ManifestDir::new(dir.path()));
+    assert_eq!(sync.invalid_objects, 4, "{:?}", messages(&sync));
+    assert_eq!(sync.errors.len(), 4);
+    assert_eq!(frontends(&sync), ["198.19.0.10:80/TCP -> "]);
 }
 
 #[test]

@@ -67,7 +67,7 @@ const SERVICE_COUNTERS: [ServiceCounter; 5] = [
 ];
 
 /// The node-wide counters that count dropped (or rejected) packets.
-const DROP_REASONS: [Counter; 11] = [
+const DROP_REASONS: [Counter; 12] = [
     Counter::RejectNoBackend,
     Counter::DropNoBackend,
     Counter::DropBackendMissing,
@@ -79,6 +79,7 @@ const DROP_REASONS: [Counter; 11] = [
     Counter::DropSourceRange,
     Counter::DropRejectSuppressed,
     Counter::DropUnallocatedServiceIp,
+    Counter::DropRejectSource,
 ];
 
 impl DatapathCollector {

@@ -140,7 +140,7 @@ impl SyncMetrics {
                 ),
                 (
                     "lbagent_invalid_objects",
-                    "Services and EndpointSlices (and the Node) skipped as invalid by the source",
+                    "Objects the source skips: invalid or nameless Services and EndpointSlices (and the Node), duplicates and manifest files that do not parse",
                     metrics.invalid_objects
                 ),
                 (

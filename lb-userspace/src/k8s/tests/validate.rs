@@ -91,6 +91,23 @@ fn invalid_service_fields_are_named() {
             "clusterIP: 198.19.0.10\n  healthCheckNodePort: -1",
             "spec.healthCheckNodePort: -1 is not a port (1..=65535)",
         ),
+        (
+            "targetPort: 8080",
+            "targetPort: 70000",
+            "spec.ports[0].targetPort: 70000 is not a port (1..=65535)",
+        ),
+        (
+            "targetPort: 8080",
+            "targetPort: -8080",
+            "spec.ports[0].targetPort: -8080 is not a port (1..=65535)",
+        ),
+        (
+            "targetPort: 8080",
+            "targetPort: Http_Alt",
+            "spec.ports[0].targetPort: \"Http_Alt\" is not a port name (IANA_SVC_NAME: at most \
+             15 lowercase letters, digits and '-', at least one letter, no '-' at either end or \
+             next to another)",
+        ),
     ];
     for (from, to, expected) in cases {
         let yaml = WEB.replace(from, to);
@@ -187,4 +204,28 @@ status:
         node(yaml).unwrap_err(),
         r#"status.addresses[1].address: "not-an-ip" is not an IP address"#
     );
+}
+
+#[test]
+fn target_ports_are_numbers_or_iana_service_names() {
+    for (target, valid) in [
+        ("0", true), // unset: the API server defaults it to `port`
+        ("\"\"", true),
+        ("1", true),
+        ("65535", true),
+        ("65536", false),
+        ("http-alt", true),
+        ("h2", true),
+        ("a23456789012345", true),
+        ("a234567890123456", false),
+        ("8080", true),
+        ("\"8080\"", false), // a name needs a letter
+        ("-http", false),
+        ("http-", false),
+        ("http--alt", false),
+        ("HTTP", false),
+    ] {
+        let yaml = WEB.replace("targetPort: 8080", &format!("targetPort: {target}"));
+        assert_eq!(service(&yaml).is_ok(), valid, "targetPort: {target}");
+    }
 }
