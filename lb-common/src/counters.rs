@@ -26,7 +26,8 @@ pub enum Counter {
     TruncatedIpv4,
     /// IPv4 header length below 20 bytes or beyond the total length: passed untouched.
     BadIpv4HeaderLength,
-    /// IPv4 fragment: passed untouched (fragments are not load balanced).
+    /// IPv4 fragments of TCP or UDP datagrams that entered (the first one's ports recorded in
+    /// `LB_FRAGMENTS`, the later ones' read there): counted besides their outcome.
     Fragment,
     /// TCP or UDP header (TCP: with the options its data offset counts) beyond the frame or
     /// the IPv4 total length: passed untouched.
@@ -77,11 +78,14 @@ pub enum Counter {
     /// New flow to a Service without a usable backend, from a source no ICMP error may be
     /// sent to (zero, loopback, multicast, broadcast): dropped instead of rejected.
     DropRejectSource,
+    /// A later IPv4 fragment whose datagram's first fragment was not seen (or was evicted):
+    /// its ports are unknown, so it passes untouched.
+    FragmentUnknown,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 29] = [
+    pub const ALL: [Counter; 30] = [
         Counter::Packets,
         Counter::NotIpv4,
         Counter::OtherProtocol,
@@ -111,6 +115,7 @@ impl Counter {
         Counter::BadL4Length,
         Counter::BadIpv4Checksum,
         Counter::DropRejectSource,
+        Counter::FragmentUnknown,
     ];
     /// Size of the counters array.
     pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -147,6 +152,7 @@ impl Counter {
             Counter::BadL4Length => "bad_l4_length",
             Counter::BadIpv4Checksum => "bad_ipv4_checksum",
             Counter::DropRejectSource => "drop_reject_source",
+            Counter::FragmentUnknown => "fragment_unknown",
         }
     }
 }

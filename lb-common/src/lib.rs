@@ -13,6 +13,7 @@ pub mod capacity;
 pub mod config;
 pub mod conntrack;
 pub mod counters;
+pub mod fragment;
 pub mod maps;
 pub mod net;
 pub mod reject_limit;
@@ -23,6 +24,7 @@ pub use capacity::{Capacities, Capacity};
 pub use config::NodeConfig;
 pub use conntrack::{CtKey, CtValue};
 pub use counters::{Counter, ServiceStats};
+pub use fragment::{FragKey, FragPorts};
 pub use reject_limit::{RejectLimits, TokenBucket};
 pub use service::{
     AffinityKey, AffinityValue, Backend, BackendSlotKey, ServiceKey, ServiceValue, SourceRange,

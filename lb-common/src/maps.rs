@@ -11,9 +11,9 @@ use core::mem::size_of;
 
 use crate::capacity::{Capacities, Capacity};
 use crate::{
-    AffinityKey, AffinityValue, Backend, BackendSlotKey, Counter, CtKey, CtValue, NodeConfig,
-    RejectLimits, ServiceKey, ServiceStats, ServiceValue, SockRevKey, SockRevValue, SourceRange,
-    TokenBucket,
+    AffinityKey, AffinityValue, Backend, BackendSlotKey, Counter, CtKey, CtValue, FragKey,
+    FragPorts, NodeConfig, RejectLimits, ServiceKey, ServiceStats, ServiceValue, SockRevKey,
+    SockRevValue, SourceRange, TokenBucket,
 };
 
 /// The kind of a BPF map. Variants are named after aya's map types and valued as the kernel's
@@ -173,6 +173,11 @@ pub const REJECT_SOURCE_ENTRIES: u32 = 16_384;
 /// Entries of `LB_SVC_CIDRS`: service CIDRs (a cluster has a handful).
 pub const SERVICE_CIDR_ENTRIES: u32 = 256;
 
+/// Entries of `LB_FRAGMENTS`: fragmented datagrams in flight at once (under 1 MB). An entry
+/// is read only until the datagram's last fragment passed, so the LRU evicts finished ones
+/// before those in flight.
+pub const FRAGMENT_ENTRIES: u32 = 8_192;
+
 /// Declares each map as a [`MapDef`] constant and lists them all in [`ALL`].
 macro_rules! registry {
     ($($(#[$doc:meta])* $def:ident = $name:literal: $kind:ident<$key:ty, $value:ty>, $entries:expr;)*) => {
@@ -220,6 +225,9 @@ registry! {
     /// 1. A new flow to an address inside one that no Service holds is dropped, as kube-proxy
     /// nftables does.
     SERVICE_CIDRS = "LB_SVC_CIDRS": LpmTrie<[u8; 16], u8>, Entries::Fixed(SERVICE_CIDR_ENTRIES);
+    /// Fragmented datagrams: (source, destination, protocol, IP id) -> ports, from the first
+    /// fragment, for the later ones (which carry no TCP or UDP header).
+    FRAGMENTS = "LB_FRAGMENTS": LruHashMap<FragKey, FragPorts>, Entries::Fixed(FRAGMENT_ENTRIES);
 }
 
 #[cfg(test)]

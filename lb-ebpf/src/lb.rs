@@ -1,8 +1,9 @@
 //! The load balancer, shared by the XDP and TC hooks: parse -> conntrack -> service ->
 //! backend selection (session affinity, flow hash) -> conntrack create -> rewrite; or, for a
 //! service without backends, a reject or a drop. ICMP errors about tracked flows go to
-//! `icmp_error`. At egress ([`Hook::Egress`]) the pipeline stops after conntrack: it only
-//! translates the replies (and ICMP errors) the node's own stack sends for tracked flows.
+//! `icmp_error`. IP fragments follow their datagram's first fragment (`fragment`): only that
+//! one may start a flow. At egress ([`Hook::Egress`]) the pipeline stops after conntrack: it
+//! only translates the replies (and ICMP errors) the node's own stack sends for tracked flows.
 
 use lb_common::{
     config::reply_path,
@@ -15,12 +16,12 @@ use crate::{
     conntrack,
     context::Packet,
     error::{Error, Verdict},
-    icmp_error, log,
+    fragment, icmp_error, log,
     maps::MapAccess,
     masquerade,
-    parse::{self, FlowEnd, Ipv4Flow},
+    parse::{self, FlowEnd, Ipv4Flow, Piece},
     port_reuse, reject, reject_limit,
-    rewrite::Side,
+    rewrite::{self, Side},
     select, stats,
 };
 
@@ -122,6 +123,17 @@ fn try_process<P: Packet, M: MapAccess>(
                 outcome,
                 forward: true,
             });
+        }
+        Err(e) if e.reason == Counter::Fragment => {
+            let (mut flow, piece) = parse::fragment_flow(pkt)?;
+            if hook != Hook::Egress {
+                stats::count(maps, Counter::Fragment);
+            }
+            fragment::follow(pkt, maps, &mut flow, piece)?;
+            if piece == Piece::Later {
+                return later_fragment(pkt, maps, &flow, hook);
+            }
+            flow
         }
         Err(e) => return Err(e),
     };
@@ -316,6 +328,31 @@ fn no_backend<P: Packet, M: MapAccess>(
     Ok(Counter::RejectNoBackend)
 }
 
+/// A later fragment of a tracked flow's datagram: its addresses translated as the flow's
+/// packets are (it has no ports to rewrite). It never starts a flow: without one it passes.
+#[inline(always)]
+fn later_fragment<P: Packet, M: MapAccess>(
+    pkt: &mut P,
+    maps: &mut M,
+    flow: &Ipv4Flow,
+    hook: Hook,
+) -> Result<Done, Error> {
+    let untracked = Error::untouched(Counter::NotService);
+    let entry = maps.conntrack(&conntrack::key_of(flow)).ok_or(untracked)?;
+    let (side, outcome) = match hook {
+        Hook::Ingress { .. } => established(maps, flow, &entry),
+        Hook::Egress => (entry.flags & ct_flags::DIRECTION == ct_flags::REPLY)
+            .then_some((Side::Source, Counter::ReplyTranslated)),
+    }
+    .ok_or(untracked)?;
+    let outcome = translate_ends(pkt, maps, flow, side, &entry, outcome, false)?;
+    Ok(Done {
+        outcome,
+        forward: hook != Hook::Egress
+            && (side == Side::Source || entry.flags & ct_flags::SNAT != 0),
+    })
+}
+
 /// Rewrites `side` of the packet to the entry's NAT address (and, for a masqueraded flow, the
 /// other side to its SNAT address) and accounts it to the service.
 #[inline(always)]
@@ -327,19 +364,41 @@ fn translate<P: Packet, M: MapAccess>(
     entry: &CtValue,
     outcome: Counter,
 ) -> Result<Counter, Error> {
+    translate_ends(pkt, maps, flow, side, entry, outcome, true)
+}
+
+/// [`translate`], rewriting addresses and ports (`with_ports`), or the addresses only (a later
+/// fragment's, see `rewrite::addresses`). Callers pass a constant: each copy has one of them.
+#[inline(always)]
+fn translate_ends<P: Packet, M: MapAccess>(
+    pkt: &mut P,
+    maps: &mut M,
+    flow: &Ipv4Flow,
+    side: Side,
+    entry: &CtValue,
+    outcome: Counter,
+    with_ports: bool,
+) -> Result<Counter, Error> {
+    let rewrite = |pkt: &mut P, side: Side, to: FlowEnd| {
+        if with_ports {
+            pkt.rewrite(flow, side, to)
+        } else {
+            rewrite::addresses(pkt, flow, side, to)
+        }
+    };
     let to = FlowEnd {
         addr: conntrack::v4(&entry.nat_addr),
         port: entry.nat_port,
     };
     let group_id = entry.group_id;
     let failed = Error::dropped(Counter::DropRewriteFailed, group_id);
-    pkt.rewrite(flow, side, to).map_err(|_| failed)?;
+    rewrite(pkt, side, to).map_err(|_| failed)?;
     if entry.flags & ct_flags::SNAT != 0 {
         let other = FlowEnd {
             addr: conntrack::v4(&entry.snat_addr),
             port: entry.snat_port,
         };
-        pkt.rewrite(flow, side.other(), other).map_err(|_| failed)?;
+        rewrite(pkt, side.other(), other).map_err(|_| failed)?;
     }
     stats::translated(maps, group_id, pkt.frame_len());
     Ok(outcome)

@@ -15,6 +15,7 @@ mod checksum;
 mod conntrack;
 mod context;
 mod error;
+mod fragment;
 mod icmp_error;
 mod lb;
 mod log;
@@ -53,6 +54,7 @@ use crate::{
 /// `TC_ACT_UNSPEC` (TCX_NEXT): `TC_ACT_OK` would end the hook there and hide every packet from
 /// other tools' programs attached after it, TCX or legacy `tc` filters alike.
 #[classifier]
+#[inline(always)]
 pub fn lb_tc_ingress(ctx: TcContext) -> i32 {
     let mut pkt = TcPacket(ctx);
     match lb::process(&mut pkt, &mut KernelMaps, Hook::POD_FACING) {
@@ -79,6 +81,7 @@ pub fn lb_tc_egress(ctx: TcContext) -> i32 {
 /// XDP on the node's external interface (`lb_common::program_names::XDP_INGRESS`): traffic
 /// from outside the node, looked up in the external scope. Rejects leave by the same interface.
 #[xdp]
+#[inline(always)]
 pub fn lb_xdp_ingress(ctx: XdpContext) -> u32 {
     let mut pkt = XdpPacket(ctx);
     match lb::process(&mut pkt, &mut KernelMaps, Hook::EXTERNAL) {

@@ -10,9 +10,9 @@ use aya_ebpf::{
 };
 use lb_common::{
     maps::{self as registry, MapDef, MapKind},
-    AffinityKey, AffinityValue, Backend, BackendSlotKey, Counter, CtKey, CtValue, NodeConfig,
-    RejectLimits, ServiceKey, ServiceStats, ServiceValue, SockRevKey, SockRevValue, SourceRange,
-    TokenBucket,
+    AffinityKey, AffinityValue, Backend, BackendSlotKey, Counter, CtKey, CtValue, FragKey,
+    FragPorts, NodeConfig, RejectLimits, ServiceKey, ServiceStats, ServiceValue, SockRevKey,
+    SockRevValue, SourceRange, TokenBucket,
 };
 
 /// A map type of aya-ebpf, with the key and value types and the kind it has in the registry.
@@ -82,6 +82,7 @@ registered_map!(LB_REJECT_CFG: Array<RejectLimits> = registry::REJECT_LIMITS);
 registered_map!(LB_REJECT_SRC: LruHashMap<[u8; 16], TokenBucket> = registry::REJECT_SOURCES);
 registered_map!(LB_REJECT_ALL: Array<TokenBucket> = registry::REJECT_GLOBAL);
 registered_map!(LB_SVC_CIDRS: LpmTrie<[u8; 16], u8> = registry::SERVICE_CIDRS);
+registered_map!(LB_FRAGMENTS: LruHashMap<FragKey, FragPorts> = registry::FRAGMENTS);
 
 /// What the pipeline reads and writes besides the packet: the maps, and the clock.
 ///
@@ -132,6 +133,11 @@ pub trait MapAccess {
     fn global_reject_bucket(&mut self) -> Option<&mut TokenBucket>;
     /// Whether an address (IPv4-mapped) lies inside one of the service CIDRs.
     fn in_service_cidr(&mut self, addr: &[u8; 16]) -> bool;
+    /// The ports of a fragmented datagram, recorded from its first fragment.
+    fn fragment(&mut self, key: &FragKey) -> Option<FragPorts>;
+    /// Records a fragmented datagram's ports; a refused insert only leaves its later fragments
+    /// untranslated.
+    fn set_fragment(&mut self, key: &FragKey, ports: &FragPorts);
 }
 
 /// The maps of the loaded object.
@@ -295,5 +301,17 @@ impl MapAccess for KernelMaps {
     #[inline(always)]
     fn in_service_cidr(&mut self, addr: &[u8; 16]) -> bool {
         LB_SVC_CIDRS.get(Key::new(128, *addr)).is_some()
+    }
+
+    #[inline(always)]
+    fn fragment(&mut self, key: &FragKey) -> Option<FragPorts> {
+        // SAFETY: plain-old-data value, copied out at once.
+        unsafe { LB_FRAGMENTS.get(key).copied() }
+    }
+
+    #[inline(always)]
+    fn set_fragment(&mut self, key: &FragKey, ports: &FragPorts) {
+        // The LRU map evicts rather than refuses; see the trait.
+        let _ = LB_FRAGMENTS.insert(key, ports, 0);
     }
 }

@@ -3,8 +3,8 @@
 use lb_common::{
     net::{
         tcp_flags, ETHERTYPE_IPV4, ETH_HLEN, ETH_TYPE_OFFSET, IPV4_CHECKSUM, IPV4_DST,
-        IPV4_FRAGMENT_MASK, IPV4_FRAG_OFF, IPV4_MIN_HLEN, IPV4_PROTO, IPV4_SRC, IPV4_TOTAL_LEN,
-        TCP_CHECKSUM, TCP_HLEN, UDP_CHECKSUM, UDP_HLEN, UDP_LEN,
+        IPV4_FRAGMENT_MASK, IPV4_FRAG_OFF, IPV4_MIN_HLEN, IPV4_OFFSET_MASK, IPV4_PROTO, IPV4_SRC,
+        IPV4_TOTAL_LEN, TCP_CHECKSUM, TCP_HLEN, UDP_CHECKSUM, UDP_HLEN, UDP_LEN,
     },
     Counter, IPPROTO_TCP, IPPROTO_UDP,
 };
@@ -17,6 +17,9 @@ pub const IPV4_CHECKSUM_OFFSET: usize = ETH_HLEN + IPV4_CHECKSUM;
 pub const IPV4_SRC_OFFSET: usize = ETH_HLEN + IPV4_SRC;
 /// Offset of the IPv4 destination address in the frame.
 pub const IPV4_DST_OFFSET: usize = ETH_HLEN + IPV4_DST;
+/// Offset of the IPv4 identification in the frame: with the addresses and protocol it names
+/// the datagram of a fragment.
+pub const IPV4_ID_OFFSET: usize = ETH_HLEN + 4;
 /// Offset of the TCP data offset byte, which the flags byte follows.
 const TCP_DATA_OFFSET: usize = 12;
 /// IPv4 options are at most 40 bytes.
@@ -29,16 +32,28 @@ pub struct FlowEnd {
     pub port: [u8; 2],
 }
 
+/// Which part of a datagram an IPv4 packet carries ([`fragment_flow`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Piece {
+    /// All of it: not a fragment.
+    Whole,
+    /// The first fragment (offset 0, more fragments follow): it has the TCP or UDP header.
+    First,
+    /// A later fragment: no TCP or UDP header, its ports are the first fragment's.
+    Later,
+}
+
 /// The parsed headers of an IPv4 TCP or UDP packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ipv4Flow {
-    /// Offset of the TCP/UDP header in the frame (after IPv4 options, if any).
+    /// Offset of the TCP/UDP header in the frame (after IPv4 options, if any); of the payload
+    /// in a later fragment.
     pub l4_offset: usize,
     /// `IPPROTO_TCP` or `IPPROTO_UDP`.
     pub proto: u8,
     pub src: FlowEnd,
     pub dst: FlowEnd,
-    /// TCP flags byte; 0 for UDP.
+    /// TCP flags byte; 0 for UDP and later fragments.
     pub tcp_flags: u8,
 }
 
@@ -114,6 +129,12 @@ pub fn is_fragment(ip: &Ipv4Header) -> bool {
     u16::from_be_bytes([ip[IPV4_FRAG_OFF], ip[IPV4_FRAG_OFF + 1]]) & IPV4_FRAGMENT_MASK != 0
 }
 
+/// The fragment offset, in 8-byte units: 0 for the first fragment (and unfragmented packets).
+#[inline(always)]
+fn fragment_offset(ip: &Ipv4Header) -> u16 {
+    u16::from_be_bytes([ip[IPV4_FRAG_OFF], ip[IPV4_FRAG_OFF + 1]]) & IPV4_OFFSET_MASK
+}
+
 /// The source and destination of a TCP or UDP packet: the addresses from its IPv4 header,
 /// the ports from the first four bytes of its TCP or UDP header.
 #[inline(always)]
@@ -131,11 +152,26 @@ pub fn flow_ends(ip: &Ipv4Header, ports: [u8; 4]) -> (FlowEnd, FlowEnd) {
     )
 }
 
-/// Parses an Ethernet frame carrying an unfragmented IPv4 TCP or UDP packet.
+/// Parses an Ethernet frame carrying an unfragmented IPv4 TCP or UDP packet; a fragment is
+/// `Counter::Fragment`, for [`fragment_flow`].
 ///
 /// Every error is a reason to leave the packet untouched.
 #[inline(always)]
 pub fn ipv4_flow<P: Packet>(pkt: &P) -> Result<Ipv4Flow, Error> {
+    parse(pkt, false).map(|(flow, _)| flow)
+}
+
+/// Parses an Ethernet frame carrying an IPv4 TCP or UDP fragment: the first fragment as any
+/// packet, a later one with its ports left 0 (only its datagram's first fragment has them).
+/// Kept apart from [`ipv4_flow`] so unfragmented packets pay one branch for fragments.
+#[inline(always)]
+pub fn fragment_flow<P: Packet>(pkt: &P) -> Result<(Ipv4Flow, Piece), Error> {
+    parse(pkt, true)
+}
+
+/// [`ipv4_flow`], and with `fragments` [`fragment_flow`]; callers pass a constant.
+#[inline(always)]
+fn parse<P: Packet>(pkt: &P, fragments: bool) -> Result<(Ipv4Flow, Piece), Error> {
     let ethertype: [u8; 2] = pkt
         .load(ETH_TYPE_OFFSET)
         .ok_or(Error::untouched(Counter::TruncatedEthernet))?;
@@ -159,14 +195,34 @@ pub fn ipv4_flow<P: Packet>(pkt: &P) -> Result<Ipv4Flow, Error> {
         IPPROTO_UDP => UDP_HLEN,
         _ => return Err(Error::untouched(Counter::OtherProtocol)),
     };
-    if is_fragment(&ip) {
+    let piece = if !is_fragment(&ip) {
+        Piece::Whole
+    } else if !fragments {
         return Err(Error::untouched(Counter::Fragment));
-    }
+    } else if fragment_offset(&ip) == 0 {
+        Piece::First
+    } else {
+        Piece::Later
+    };
     let l4_offset = ETH_HLEN + header_len;
     // The options must be in the frame, the L4 header in the frame and in the IP packet.
     // (Presence is checked with 2-byte loads: see `context::Packet::load`.)
     if header_len > IPV4_MIN_HLEN && pkt.load::<2>(l4_offset - 2).is_none() {
         return Err(Error::untouched(Counter::TruncatedIpv4));
+    }
+    if piece == Piece::Later {
+        if ETH_HLEN + total_len > pkt.frame_len() as usize {
+            return Err(Error::untouched(Counter::TruncatedIpv4));
+        }
+        let (src, dst) = flow_ends(&ip, [0; 4]);
+        let flow = Ipv4Flow {
+            l4_offset,
+            proto,
+            src,
+            dst,
+            tcp_flags: 0,
+        };
+        return Ok((flow, piece));
     }
     if header_len + l4_header_len > total_len
         || pkt.load::<2>(l4_offset + l4_header_len - 2).is_none()
@@ -184,17 +240,21 @@ pub fn ipv4_flow<P: Packet>(pkt: &P) -> Result<Ipv4Flow, Error> {
     let tcp_flags = if proto == IPPROTO_TCP {
         tcp_flags_checked(pkt, l4_offset, l4_len)?
     } else {
-        udp_length_checked(pkt, l4_offset, l4_len)?;
+        // A first fragment's UDP length is the whole datagram's, beyond the fragment.
+        if piece == Piece::Whole {
+            udp_length_checked(pkt, l4_offset, l4_len)?;
+        }
         0
     };
     let (src, dst) = flow_ends(&ip, ports);
-    Ok(Ipv4Flow {
+    let flow = Ipv4Flow {
         l4_offset,
         proto,
         src,
         dst,
         tcp_flags,
-    })
+    };
+    Ok((flow, piece))
 }
 
 /// The flags of the TCP header at `l4_offset`, whose data offset must count at least the

@@ -39,6 +39,26 @@ impl Side {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RewriteFailed;
 
+/// Rewrites one end of a later fragment, which has no TCP or UDP header (its datagram's ports
+/// and checksum are in the first fragment): the address and the IPv4 checksum only.
+#[inline(always)]
+pub fn addresses<P: Packet>(
+    pkt: &mut P,
+    flow: &Ipv4Flow,
+    side: Side,
+    to: FlowEnd,
+) -> Result<(), RewriteFailed> {
+    let (addr_offset, _, from) = side.locate(flow);
+    if from.addr != to.addr {
+        let ip_check = pkt.load(IPV4_CHECKSUM_OFFSET).ok_or(RewriteFailed)?;
+        let ip_check = checksum::replace4(ip_check, from.addr, to.addr);
+        pkt.store(IPV4_CHECKSUM_OFFSET, ip_check)
+            .ok_or(RewriteFailed)?;
+        pkt.store(addr_offset, to.addr).ok_or(RewriteFailed)?;
+    }
+    Ok(())
+}
+
 /// Rewrites one end of the flow with plain stores, updating the IPv4 and TCP/UDP checksums
 /// incrementally (for contexts that rewrite in place). A UDP checksum of 0 (none) stays 0; a
 /// computed 0 is sent as 0xffff.

@@ -9,8 +9,8 @@ use lb_frames::{Frame, Icmp};
 
 use lb_common::{
     net::ETH_HLEN, AffinityKey, AffinityValue, Backend, BackendSlotKey, Counter, CtKey, CtValue,
-    NodeConfig, RejectLimits, ServiceKey, ServiceStats, ServiceValue, SockRevKey, SockRevValue,
-    TokenBucket, IPPROTO_TCP, IPPROTO_UDP,
+    FragKey, FragPorts, NodeConfig, RejectLimits, ServiceKey, ServiceStats, ServiceValue,
+    SockRevKey, SockRevValue, TokenBucket, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 use crate::{
@@ -208,6 +208,7 @@ pub struct FakeMaps {
     /// The service CIDRs: (address, IPv4 prefix length).
     pub service_cidrs: Vec<([u8; 4], u8)>,
     pub now_ns: u64,
+    pub fragments: HashMap<FragKey, FragPorts>,
 }
 
 impl FakeMaps {
@@ -366,6 +367,14 @@ impl MapAccess for FakeMaps {
                 .iter()
                 .any(|p| contains(p, u32::from_be_bytes(addr)))
         })
+    }
+
+    fn fragment(&mut self, key: &FragKey) -> Option<FragPorts> {
+        self.fragments.get(key).copied()
+    }
+
+    fn set_fragment(&mut self, key: &FragKey, ports: &FragPorts) {
+        self.fragments.insert(*key, *ports);
     }
 }
 

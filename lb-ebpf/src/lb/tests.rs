@@ -2,8 +2,11 @@ use super::*;
 use crate::affinity;
 use crate::testing::{checksums_valid, frame, FakeMaps, FrameSpec, SlicePacket, CLIENT, VIP};
 use lb_common::{
-    ipv4_mapped, net::tcp_flags, service::scope, Backend, BackendSlotKey, IPPROTO_TCP, IPPROTO_UDP,
+    ipv4_mapped, net::tcp_flags, service::scope, Backend, BackendSlotKey, FragKey, FragPorts,
+    IPPROTO_TCP, IPPROTO_UDP,
 };
+use lb_frames::Frame;
+use std::net::SocketAddrV4;
 
 const GROUP_ID: u32 = 3;
 const BACKENDS: [(u32, FlowEnd); 2] = [
@@ -475,7 +478,7 @@ fn an_established_flow_outlives_its_service_in_the_service_cidrs() {
 fn malformed_packets_pass_untouched_and_are_counted() {
     let mut maps = maps_with_service(IPPROTO_TCP);
     let mut fragment = frame(&FrameSpec::tcp_syn());
-    fragment[20] |= 0x20; // more fragments
+    fragment[21] = 8; // a later fragment, whose first one was not seen
     let mut pkt = SlicePacket::new(fragment.clone());
     assert_eq!(
         process(
@@ -489,7 +492,63 @@ fn malformed_packets_pass_untouched_and_are_counted() {
     );
     assert_eq!(pkt.bytes, fragment);
     assert_eq!(maps.counter_value(Counter::Fragment), 1);
+    assert_eq!(maps.counter_value(Counter::FragmentUnknown), 1);
     assert_eq!(maps.counter_value(Counter::Packets), 1);
+}
+
+#[test]
+fn fragments_follow_their_first_fragment_both_ways() {
+    let mut maps = maps_with_service(IPPROTO_UDP);
+    let (_, target) = chosen(&FrameSpec::udp());
+    let datagram = |src: FlowEnd, dst: FlowEnd| {
+        let end = |e: FlowEnd| SocketAddrV4::new(e.addr.into(), u16::from_be_bytes(e.port));
+        Frame::udp(end(src), end(dst), &[7; 3000])
+    };
+    let request = datagram(CLIENT, VIP);
+    let answer = datagram(target, CLIENT);
+    for (sent, expected) in [
+        (request.clone(), datagram(CLIENT, target)),
+        (answer, datagram(VIP, CLIENT)),
+    ] {
+        let mut out = Vec::new();
+        for fragment in sent.to_fragments(1500) {
+            let mut pkt = SlicePacket::new(fragment);
+            assert_eq!(
+                process(&mut pkt, &mut maps, Hook::POD_FACING),
+                Verdict::Pass
+            );
+            out.push(pkt.bytes);
+        }
+        assert_eq!(out, expected.to_fragments(1500));
+    }
+    assert_eq!(maps.counter_value(Counter::Fragment), 6);
+    assert_eq!(maps.counter_value(Counter::NewFlows), 1);
+    assert_eq!(maps.counter_value(Counter::ForwardTranslated), 2);
+    assert_eq!(maps.counter_value(Counter::ReplyTranslated), 3);
+    assert_eq!(maps.fragments.len(), 2);
+}
+
+#[test]
+fn a_later_fragment_never_starts_a_flow() {
+    let mut maps = maps_with_service(IPPROTO_UDP);
+    let mut later = frame(&FrameSpec::udp());
+    later[20..22].copy_from_slice(&[0, 8]);
+    // Its ports are known, as if its first fragment had passed, and still no flow starts.
+    let key = FragKey {
+        src_addr: ipv4_mapped(CLIENT.addr),
+        dst_addr: ipv4_mapped(VIP.addr),
+        id: [0x42, 0x42],
+        proto: IPPROTO_UDP,
+        _pad: 0,
+    };
+    let ports = FragPorts {
+        src_port: CLIENT.port,
+        dst_port: VIP.port,
+    };
+    maps.fragments.insert(key, ports);
+    assert_eq!(run_bytes(&mut maps, later.clone()), (Verdict::Pass, later));
+    assert!(maps.conntrack.is_empty());
+    assert_eq!(maps.counter_value(Counter::NotService), 1);
 }
 
 /// `maps` with the service's backend count set to 0 and `flags` set.

@@ -145,19 +145,23 @@ fn rejects_bad_header_lengths() {
     );
 }
 
+/// `frame` with the flags/fragment-offset word `word`.
+fn with_fragment_word(mut frame: Vec<u8>, word: u16) -> Vec<u8> {
+    frame[20..22].copy_from_slice(&word.to_be_bytes());
+    frame
+}
+
 #[test]
-fn rejects_fragments() {
-    for frag in [0x2000u16, 0x0001, 0x2010, 0x1fff] {
-        let mut f = frame(&FrameSpec::udp());
-        f[20..22].copy_from_slice(&frag.to_be_bytes());
+fn fragments_are_left_to_fragment_flow() {
+    for word in [0x2000u16, 0x0001, 0x2010, 0x1fff] {
+        let f = with_fragment_word(frame(&FrameSpec::udp()), word);
         assert_eq!(
             parse(&f),
             Err(Error::untouched(Counter::Fragment)),
-            "frag field {frag:#x}"
+            "{word:#x}"
         );
     }
-    let mut dont_fragment = frame(&FrameSpec::udp());
-    dont_fragment[20..22].copy_from_slice(&0x4000u16.to_be_bytes());
+    let dont_fragment = with_fragment_word(frame(&FrameSpec::udp()), 0x4000);
     assert!(parse(&dont_fragment).is_ok());
 }
 
@@ -225,4 +229,36 @@ fn the_header_checksum_is_verified_with_options() {
         bad[flow.l4_offset - 1] ^= 0x01;
         assert!(!ipv4_checksum_valid(&SlicePacket::new(bad)));
     }
+}
+
+#[test]
+fn a_first_fragment_has_ports_and_a_later_one_none() {
+    for (word, piece) in [
+        (0x2000u16, Piece::First),
+        (0x0001, Piece::Later),
+        (0x2010, Piece::Later),
+        (0x1fff, Piece::Later),
+    ] {
+        let f = with_fragment_word(frame(&FrameSpec::udp()), word);
+        let (flow, parsed) = fragment_flow(&SlicePacket::new(f)).unwrap();
+        assert_eq!(parsed, piece, "{word:#x}");
+        assert_eq!(flow.l4_offset, 34);
+        let ports = if piece == Piece::Later {
+            [[0; 2]; 2]
+        } else {
+            [40000u16.to_be_bytes(), 80u16.to_be_bytes()]
+        };
+        assert_eq!([flow.src.port, flow.dst.port], ports, "{word:#x}");
+    }
+}
+
+#[test]
+fn a_later_fragment_needs_no_l4_header_but_a_first_one_does() {
+    let mut later = with_fragment_word(frame(&FrameSpec::udp()), 0x0001);
+    later.truncate(34);
+    later[16..18].copy_from_slice(&20u16.to_be_bytes());
+    let piece = |bytes: &[u8]| fragment_flow(&SlicePacket::new(bytes.to_vec())).map(|(_, p)| p);
+    assert_eq!(piece(&later), Ok(Piece::Later));
+    let first = with_fragment_word(later, 0x2000);
+    assert_eq!(piece(&first), Err(Error::untouched(Counter::TruncatedL4)));
 }

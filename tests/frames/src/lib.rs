@@ -5,6 +5,8 @@
 //!   frames are built independently of the data path's incremental updates.
 //! - [`internet_checksum`] and [`l4_checksum`]: the RFC 1071 checksum, plain and with the IPv4
 //!   pseudo-header.
+//! - [`Frame::to_fragments`] and [`reassemble`]: a datagram as a sender fragments it and as a
+//!   receiver puts it back together.
 //! - [`parse`]: reads a frame back and verifies its checksums; [`describe`], [`hex`],
 //!   [`frame_difference`] and [`assert_frames_equal`] for assertion messages.
 //!
@@ -13,11 +15,13 @@
 
 mod checksum;
 mod diff;
+mod fragment;
 mod frame;
 mod parse;
 
 pub use checksum::{internet_checksum, l4_checksum};
 pub use diff::{assert_frames_equal, describe, frame_difference, hex};
+pub use fragment::reassemble;
 pub use frame::{Frame, Icmp, Ipv4, Tcp, Udp, DST_MAC, L4, SRC_MAC};
 pub use parse::{checksums_valid, parse, ParseError, Parsed};
 

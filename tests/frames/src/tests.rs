@@ -147,3 +147,24 @@ fn frame_assertion_reports_the_first_difference() {
     let message = panic.downcast_ref::<String>().unwrap();
     assert!(message.contains("first at byte 20"), "{message}");
 }
+
+#[test]
+fn a_datagram_cut_into_fragments_reassembles_in_any_order() {
+    let datagram = Frame::udp(addr("198.18.0.10:1"), addr("198.19.0.1:2"), &[9; 3000]);
+    let mut fragments = datagram.to_fragments(1500);
+    let words: Vec<u16> = fragments
+        .iter()
+        .map(|f| parse(f).unwrap().flags_fragment)
+        .collect();
+    assert_eq!(words, [IPV4_MF, IPV4_MF | 185, 370], "1480-byte pieces");
+    assert!(fragments.iter().all(|f| f.len() <= ETH_HLEN + 1500));
+    assert!(fragments.iter().all(|f| parse(f).unwrap().ip_checksum_ok));
+    fragments.reverse();
+    let whole = reassemble(&fragments);
+    assert!(checksums_valid(&whole));
+    assert_eq!(
+        whole,
+        datagram.with_fragment(false, 0).to_bytes(),
+        "the datagram without don't-fragment"
+    );
+}
