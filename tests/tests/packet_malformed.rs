@@ -20,8 +20,8 @@ use fixture::{
 use lb_common::{
     net::{
         tcp_flags::{self, SYN},
-        ETHERTYPE_ARP, ETHERTYPE_IPV6, ETH_HLEN, ETH_TYPE_OFFSET, IPPROTO_ICMP, IPPROTO_TCP,
-        IPV4_CHECKSUM, IPV4_MIN_HLEN, IPV4_TOTAL_LEN, TCP_HLEN, UDP_HLEN, UDP_LEN,
+        ETHERTYPE_ARP, ETHERTYPE_IPV6, ETH_HLEN, ETH_TYPE_OFFSET, IPPROTO_ICMP, IPV4_CHECKSUM,
+        IPV4_MIN_HLEN, IPV4_TOTAL_LEN, TCP_HLEN, UDP_HLEN, UDP_LEN,
     },
     Counter,
 };
@@ -111,12 +111,6 @@ fn malformed_and_out_of_scope_frames() {
     let mut short_total = tcp.clone();
     short_total[ETH_HLEN + 3] = (IPV4_MIN_HLEN + TCP_HLEN - 1) as u8;
     let short_total = with_version_ihl(short_total, 0x45);
-    let first_fragment = syn().with_payload(&[7; 64]).with_fragment(true, 0);
-    let later_fragment = syn().with_fragment(false, 8).with_l4(L4::Raw {
-        protocol: IPPROTO_TCP,
-        bytes: vec![7; 64],
-    });
-    let middle_udp_fragment = Frame::udp(client(47_000), vip(53), &[1; 32]).with_fragment(true, 4);
     let echo_request = syn().with_l4(L4::Raw {
         protocol: IPPROTO_ICMP,
         bytes: vec![8, 0, 0xf7, 0xff, 0, 0, 0, 0],
@@ -149,8 +143,8 @@ fn malformed_and_out_of_scope_frames() {
     let ipv6 = with_ethertype(&tcp, ETHERTYPE_IPV6);
 
     use Counter::{
-        BadIpv4Checksum, BadIpv4HeaderLength as BadIhl, BadL4Length, Fragment, NotIpv4,
-        OtherProtocol, TruncatedIpv4, TruncatedL4,
+        BadIpv4Checksum, BadIpv4HeaderLength as BadIhl, BadL4Length, NotIpv4, OtherProtocol,
+        TruncatedIpv4, TruncatedL4,
     };
     #[rustfmt::skip]
     let cases = [
@@ -177,9 +171,6 @@ fn malformed_and_out_of_scope_frames() {
         untouched("UDP length short of the packet", &HOOKS, udp_len(udp_payload - 1), BadL4Length),
         untouched("UDP length beyond the packet", &HOOKS, udp_len(udp_payload + 1), BadL4Length),
         untouched("IPv4 header checksum wrong", &HOOKS, bad_checksum, BadIpv4Checksum),
-        untouched("first TCP fragment",        &HOOKS, first_fragment.to_bytes(), Fragment),
-        untouched("later TCP fragment",        &HOOKS, later_fragment.to_bytes(), Fragment),
-        untouched("middle UDP fragment",       &HOOKS, middle_udp_fragment.to_bytes(), Fragment),
         untouched("ARP",                       &HOOKS, arp, NotIpv4),
         untouched("IPv6 EtherType",            &HOOKS, ipv6, NotIpv4),
         untouched("IPv4 EtherType, version 6", &HOOKS, with_version_ihl(tcp, 0x65), NotIpv4),

@@ -133,7 +133,6 @@ fn frames_to_services_without_backends() {
         protocol: IPPROTO_ICMP,
         bytes: vec![8, 0, 0xf7, 0xff, 0, 0, 0, 0],
     });
-    let first_fragment = query(50_005, &[1; 64]).with_fragment(true, 0);
     let from = |source: &str| Frame::udp(source.parse().unwrap(), vip(53), b"query").to_bytes();
     let syn_from_loopback = Frame::tcp("127.0.0.1:46004".parse().unwrap(), vip(80), tcp_flags::SYN);
     let (dropping, empty) = (dropping_services, empty_services);
@@ -141,7 +140,7 @@ fn frames_to_services_without_backends() {
         Service::At(vip(80), IPPROTO_TCP),
         Service::At(vip(53), IPPROTO_UDP),
     );
-    use Counter::{DropNoBackend, DropRejectSource, Fragment, OtherProtocol};
+    use Counter::{DropNoBackend, DropRejectSource, OtherProtocol};
 
     #[rustfmt::skip]
     let cases = [
@@ -165,7 +164,6 @@ fn frames_to_services_without_backends() {
         dropped("TCP SYN from loopback", empty, syn_from_loopback.to_bytes(), empty_tcp,
                 DropRejectSource),
         untouched("ICMP echo request", echo_request.to_bytes(), OtherProtocol),
-        untouched("first UDP fragment", first_fragment.to_bytes(), Fragment),
     ];
     run_cases(&cases);
 }
