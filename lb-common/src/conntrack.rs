@@ -37,6 +37,10 @@ pub mod ct_flags {
     /// direction: a new SYN on the tuple starts a new flow, and after
     /// [`CLOSING_REUSE_NS`](super::CLOSING_REUSE_NS) idle its port may go to a new flow.
     pub const CLOSING: u8 = 8;
+    /// On both entries once the backend has answered (the reply entry translated a packet).
+    /// Until then the forward entry checks on every packet that its reply entry is there;
+    /// after, once a second (see `lb-ebpf`'s `pairs`).
+    pub const SEEN_REPLY: u8 = 16;
     /// The direction bits.
     pub const DIRECTION: u8 = FORWARD | REPLY;
 }
@@ -59,8 +63,9 @@ pub struct CtValue {
     pub nat_addr: [u8; 16],
     /// Port to translate to, network byte order.
     pub nat_port: [u8; 2],
-    /// [`ct_flags::FORWARD`] or [`ct_flags::REPLY`], plus [`ct_flags::SNAT`] when masqueraded
-    /// and [`ct_flags::CLOSING`] when such a TCP flow is ending.
+    /// [`ct_flags::FORWARD`] or [`ct_flags::REPLY`], plus [`ct_flags::SNAT`] when masqueraded,
+    /// [`ct_flags::CLOSING`] when such a TCP flow is ending and [`ct_flags::SEEN_REPLY`] once
+    /// the backend answered.
     pub flags: u8,
     pub _pad: u8,
     /// Service the flow belongs to (per-service counters).

@@ -81,11 +81,14 @@ pub enum Counter {
     /// A later IPv4 fragment whose datagram's first fragment was not seen (or was evicted):
     /// its ports are unknown, so it passes untouched.
     FragmentUnknown,
+    /// A conntrack entry re-created from the other entry of its flow, after eviction or
+    /// deletion removed it alone (`pairs`): the flow keeps its backend and translation.
+    ConntrackRepaired,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 30] = [
+    pub const ALL: [Counter; 31] = [
         Counter::Packets,
         Counter::NotIpv4,
         Counter::OtherProtocol,
@@ -116,6 +119,7 @@ impl Counter {
         Counter::BadIpv4Checksum,
         Counter::DropRejectSource,
         Counter::FragmentUnknown,
+        Counter::ConntrackRepaired,
     ];
     /// Size of the counters array.
     pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -153,6 +157,7 @@ impl Counter {
             Counter::BadIpv4Checksum => "bad_ipv4_checksum",
             Counter::DropRejectSource => "drop_reject_source",
             Counter::FragmentUnknown => "fragment_unknown",
+            Counter::ConntrackRepaired => "conntrack_repaired",
         }
     }
 }

@@ -42,18 +42,80 @@ pub fn reply_key_of(forward: &CtKey, entry: &CtValue) -> CtKey {
     key
 }
 
-/// The key of the forward entry belonging to a masqueraded flow's reply entry: the original
-/// client to the frontend it addressed.
+/// The key of the forward entry belonging to a reply entry: the original client (the reply
+/// key's destination, or the entry's SNAT end when masqueraded) to the frontend it addressed.
 #[inline(always)]
 pub fn forward_key_of(reply_key: &CtKey, entry: &CtValue) -> CtKey {
+    let (src_addr, src_port) = if entry.flags & ct_flags::SNAT != 0 {
+        (entry.snat_addr, entry.snat_port)
+    } else {
+        (reply_key.dst_addr, reply_key.dst_port)
+    };
     CtKey {
-        src_addr: entry.snat_addr,
+        src_addr,
         dst_addr: entry.nat_addr,
-        src_port: entry.snat_port,
+        src_port,
         dst_port: entry.nat_port,
         proto: reply_key.proto,
         _pad: [0; 3],
     }
+}
+
+/// Whether `reply` is the reply entry of the flow whose forward key is `key`: it translates
+/// back to the frontend `key` addressed and, when masqueraded, to `key`'s client. Addresses
+/// compare as IPv4 (entries hold IPv4-mapped addresses only): more 16-byte compares here
+/// crash LLVM's BPF backend (bpf-linker SIGILL in post-RA pseudo instruction expansion).
+#[inline(always)]
+pub fn reply_belongs(key: &CtKey, reply: &CtValue) -> bool {
+    v4(&reply.nat_addr) == v4(&key.dst_addr)
+        && reply.nat_port == key.dst_port
+        && (reply.flags & ct_flags::SNAT == 0
+            || reply.snat_port == key.src_port && v4(&reply.snat_addr) == v4(&key.src_addr))
+}
+
+/// Whether `forward` is the forward entry of the flow whose reply key is `reply_key`: it
+/// translates to the backend that answers and, when masqueraded, from the node's end the
+/// backend answers (compared as in [`reply_belongs`]).
+#[inline(always)]
+pub fn forward_belongs(reply_key: &CtKey, forward: &CtValue) -> bool {
+    v4(&forward.nat_addr) == v4(&reply_key.src_addr)
+        && forward.nat_port == reply_key.src_port
+        && (forward.flags & ct_flags::SNAT == 0
+            || forward.snat_port == reply_key.dst_port
+                && v4(&forward.snat_addr) == v4(&reply_key.dst_addr))
+}
+
+/// The reply entry of the forward entry `entry` under `key`, made anew (it is stored under
+/// [`reply_key_of`]): translates back to the frontend and, when masqueraded, to the client.
+#[inline(always)]
+pub fn reply_of(key: &CtKey, entry: &CtValue, now_ns: u64) -> CtValue {
+    let mut reply = *entry;
+    reply.flags = entry.flags & !ct_flags::DIRECTION | ct_flags::REPLY;
+    reply.nat_addr = key.dst_addr;
+    reply.nat_port = key.dst_port;
+    if entry.flags & ct_flags::SNAT != 0 {
+        reply.snat_addr = key.src_addr;
+        reply.snat_port = key.src_port;
+    }
+    reply.last_seen_ns = now_ns;
+    reply
+}
+
+/// The forward entry of the reply entry `entry` under `reply_key`, made anew (it is stored
+/// under [`forward_key_of`]): translates to the backend (the reply key's source) and, when
+/// masqueraded, from the node's address and port (the reply key's destination).
+#[inline(always)]
+pub fn forward_of(reply_key: &CtKey, entry: &CtValue, now_ns: u64) -> CtValue {
+    let mut forward = *entry;
+    forward.flags = entry.flags & !ct_flags::DIRECTION | ct_flags::FORWARD;
+    forward.nat_addr = reply_key.src_addr;
+    forward.nat_port = reply_key.src_port;
+    if entry.flags & ct_flags::SNAT != 0 {
+        forward.snat_addr = reply_key.dst_addr;
+        forward.snat_port = reply_key.dst_port;
+    }
+    forward.last_seen_ns = now_ns;
+    forward
 }
 
 /// Whether a masqueraded flow's reply entry has been idle long enough for a new flow to take
@@ -124,10 +186,17 @@ pub fn backend_matches(entry: &CtValue, backend: Option<&Backend>) -> bool {
     backend.is_some_and(|b| b.addr == entry.nat_addr && b.port == entry.nat_port)
 }
 
+/// Whether the entry was last marked used a refresh interval or more ago (or, torn or
+/// stamped by another CPU after `now_ns` was read, seemingly in the future).
+#[inline(always)]
+pub fn stale(entry: &CtValue, now_ns: u64) -> bool {
+    now_ns.wrapping_sub(entry.last_seen_ns) >= REFRESH_INTERVAL_NS
+}
+
 /// Marks the entry as used now, unless that was already done within the refresh interval.
 #[inline(always)]
 pub fn refresh(entry: &mut CtValue, now_ns: u64) {
-    if now_ns.wrapping_sub(entry.last_seen_ns) >= REFRESH_INTERVAL_NS {
+    if stale(entry, now_ns) {
         entry.last_seen_ns = now_ns;
     }
 }
@@ -207,6 +276,56 @@ mod tests {
         assert_eq!((e.nat_addr, e.nat_port()), (backend.addr, 8080));
         assert_eq!((e.snat_addr, e.snat_port()), (rk.dst_addr, 61_234));
         assert_eq!(reply_key_of(&fwd, &e), rk);
+    }
+
+    #[test]
+    fn either_entry_of_a_flow_is_made_anew_from_the_other() {
+        let backend = Backend::new(ipv4_mapped([198, 18, 1, 2]), 8080);
+        let fwd = key_of(&flow());
+        let (rk, r, f) = entries(&backend, 42);
+        assert_eq!(reply_of(&fwd, &f, 42), r);
+        assert_eq!(forward_key_of(&rk, &r), fwd);
+        assert_eq!(forward_of(&rk, &r, 42), f);
+        let (mut f, mut r) = (f, r);
+        f.flags |= ct_flags::SEEN_REPLY;
+        r.flags |= ct_flags::SEEN_REPLY;
+        assert_eq!(reply_of(&fwd, &f, 42), r);
+        assert_eq!(forward_of(&rk, &r, 42), f);
+        assert_eq!(reply_of(&fwd, &f, 99).last_seen_ns, 99);
+        assert!(reply_belongs(&fwd, &r) && forward_belongs(&rk, &f));
+        let other = Backend::new(ipv4_mapped([198, 18, 1, 3]), 8080);
+        let (_, other_r, other_f) = entries(&other, 42);
+        assert!(reply_belongs(&fwd, &other_r) && !forward_belongs(&rk, &other_f));
+        let mut elsewhere = r;
+        elsewhere.nat_port = 81u16.to_be_bytes();
+        assert!(!reply_belongs(&fwd, &elsewhere));
+    }
+
+    #[test]
+    fn a_masqueraded_flow_is_made_anew_with_its_node_port_and_client() {
+        let backend = Backend::new(ipv4_mapped([198, 18, 1, 2]), 8080);
+        let fwd = key_of(&flow());
+        let mut rk = reply_key(&fwd, backend.addr, backend.port);
+        rk.dst_addr = ipv4_mapped([198, 18, 0, 2]);
+        rk.dst_port = 61_234u16.to_be_bytes();
+        let mut r = reply_entry(&fwd, 7, 3, 42);
+        r.flags |= ct_flags::SNAT | ct_flags::CLOSING;
+        r.snat_addr = fwd.src_addr;
+        r.snat_port = fwd.src_port;
+        let mut f = r;
+        make_forward(&mut f, &backend, &rk);
+        f.flags |= ct_flags::CLOSING;
+        assert_eq!(forward_key_of(&rk, &r), fwd);
+        assert_eq!(reply_key_of(&fwd, &f), rk);
+        assert_eq!(reply_of(&fwd, &f, 42), r);
+        assert_eq!(forward_of(&rk, &r, 42), f);
+        assert!(reply_belongs(&fwd, &r) && forward_belongs(&rk, &f));
+        let mut other_client = fwd;
+        other_client.src_port = 40001u16.to_be_bytes();
+        assert!(!reply_belongs(&other_client, &r));
+        let mut other_port = rk;
+        other_port.dst_port = 61_235u16.to_be_bytes();
+        assert!(!forward_belongs(&other_port, &f));
     }
 
     #[test]

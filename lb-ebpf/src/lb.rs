@@ -18,7 +18,7 @@ use crate::{
     error::{Error, Verdict},
     fragment, icmp_error, log,
     maps::MapAccess,
-    masquerade,
+    masquerade, pairs,
     parse::{self, FlowEnd, Ipv4Flow, Piece},
     port_reuse, reject, reject_limit,
     rewrite::{self, Side},
@@ -142,15 +142,19 @@ fn try_process<P: Packet, M: MapAccess>(
         return reply(pkt, maps, &flow, &key).map(Done::kept);
     };
     if let Some(entry) = maps.conntrack(&key) {
-        if let Some((side, outcome)) = established(maps, &flow, &entry) {
-            port_reuse::note_tcp_end(maps, &flow, side, &key, &entry);
-            let outcome = translate(pkt, maps, &flow, side, &entry, outcome)?;
-            return Ok(Done {
-                outcome,
-                forward: side == Side::Source || entry.flags & ct_flags::SNAT != 0,
-            });
+        match established(maps, &flow, &entry) {
+            Some((side, outcome)) if pairs::whole(maps, &key, &entry, side) => {
+                port_reuse::note_tcp_end(maps, &flow, side, &key, &entry);
+                let outcome = translate(pkt, maps, &flow, side, &entry, outcome)?;
+                return Ok(Done {
+                    outcome,
+                    forward: side == Side::Source || entry.flags & ct_flags::SNAT != 0,
+                });
+            }
+            // Its reply key belongs to another flow now: only the forward entry is this one's.
+            Some(_) => maps.remove_conntrack(&key),
+            None => forget(maps, &key, &entry),
         }
-        forget(maps, &key, &entry);
     }
     new_flow(pkt, maps, &flow, &key, scope)
 }
@@ -168,6 +172,7 @@ fn reply<P: Packet, M: MapAccess>(
         .conntrack(key)
         .filter(|entry| entry.flags & ct_flags::DIRECTION == ct_flags::REPLY)
         .ok_or(Error::untouched(Counter::NotService))?;
+    pairs::reply_whole(maps, key, &entry);
     port_reuse::note_tcp_end(maps, flow, Side::Source, key, &entry);
     translate(
         pkt,

@@ -21,6 +21,7 @@ mod lb;
 mod log;
 mod maps;
 mod masquerade;
+mod pairs;
 mod parse;
 mod port_reuse;
 mod reject;

@@ -91,7 +91,8 @@ pub trait MapAccess {
     fn service(&mut self, key: &ServiceKey) -> Option<ServiceValue>;
     fn slot(&mut self, key: &BackendSlotKey) -> Option<u32>;
     fn backend(&mut self, id: u32) -> Option<Backend>;
-    /// Looks up a flow and marks it used now (see [`conntrack::refresh`]).
+    /// Looks up a flow and marks it used now (see [`conntrack::refresh`]); returns the entry
+    /// as it was found, so the caller sees when it was last marked.
     fn conntrack(&mut self, key: &CtKey) -> Option<CtValue>;
     /// Looks up a flow without marking it used.
     fn peek_conntrack(&mut self, key: &CtKey) -> Option<&CtValue>;
@@ -168,8 +169,9 @@ impl MapAccess for KernelMaps {
         // SAFETY: the element stays valid for the program run (RCU); a concurrent update can at
         // worst tear it, and the next packet of the flow overwrites it.
         let entry = unsafe { &mut *entry };
+        let found = *entry;
         conntrack::refresh(entry, self.now_ns());
-        Some(*entry)
+        Some(found)
     }
 
     #[inline(always)]

@@ -264,8 +264,9 @@ impl MapAccess for FakeMaps {
 
     fn conntrack(&mut self, key: &CtKey) -> Option<CtValue> {
         let entry = self.conntrack.get_mut(key)?;
+        let found = *entry;
         conntrack::refresh(entry, self.now_ns);
-        Some(*entry)
+        Some(found)
     }
 
     fn peek_conntrack(&mut self, key: &CtKey) -> Option<&CtValue> {

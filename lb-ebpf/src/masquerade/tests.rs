@@ -420,7 +420,8 @@ fn a_pod_balanced_to_itself_is_answered_from_the_vip_with_masquerading_off() {
         assert_eq!(maps.counter_value(Counter::ForwardTranslated), 2);
         assert_eq!(maps.counter_value(Counter::Hairpinned), 1);
         let forward = maps.conntrack[&key_of(&request)];
-        assert_eq!(forward.flags, ct_flags::FORWARD | ct_flags::SNAT);
+        let answered = ct_flags::SEEN_REPLY;
+        assert_eq!(forward.flags, ct_flags::FORWARD | ct_flags::SNAT | answered);
         assert_eq!(forward.snat_addr, ipv4_mapped(HAIRPIN));
     }
 }
