@@ -33,9 +33,11 @@ pub mod ct_flags {
     /// `snat_addr:snat_port` (the node's address and an allocated port); a reply entry also
     /// rewrites the destination to `snat_addr:snat_port` (the original client).
     pub const SNAT: u8 = 4;
-    /// On both entries of a masqueraded TCP flow once a FIN or RST was seen in either
-    /// direction: a new SYN on the tuple starts a new flow, and after
-    /// [`CLOSING_REUSE_NS`](super::CLOSING_REUSE_NS) idle its port may go to a new flow.
+    /// On both entries of a TCP flow once a FIN or RST was seen in either direction (the
+    /// closing state): a new SYN on the tuple starts a new flow, the agent's garbage
+    /// collector gives it the short close timeout, and after
+    /// [`CLOSING_REUSE_NS`](super::CLOSING_REUSE_NS) idle a masqueraded flow's port may go to
+    /// a new flow.
     pub const CLOSING: u8 = 8;
     /// On both entries once the backend has answered (the reply entry translated a packet).
     /// Until then the forward entry checks on every packet that its reply entry is there;
@@ -86,6 +88,43 @@ pub struct CtValue {
 }
 
 impl CtValue {
+    /// The key of the other entry of this entry's flow, this entry being stored under `key`:
+    /// a forward entry's reply key (backend -> client, or -> the node's end when
+    /// masqueraded), a reply entry's forward key (client -> frontend). The programs derive
+    /// the same keys (`lb-ebpf`'s `conntrack::reply_key_of` and `forward_key_of`).
+    pub fn pair_key(&self, key: &CtKey) -> CtKey {
+        let snat = self.flags & ct_flags::SNAT != 0;
+        if self.flags & ct_flags::DIRECTION == ct_flags::FORWARD {
+            let (dst_addr, dst_port) = if snat {
+                (self.snat_addr, self.snat_port)
+            } else {
+                (key.src_addr, key.src_port)
+            };
+            CtKey {
+                src_addr: self.nat_addr,
+                dst_addr,
+                src_port: self.nat_port,
+                dst_port,
+                proto: key.proto,
+                _pad: [0; 3],
+            }
+        } else {
+            let (src_addr, src_port) = if snat {
+                (self.snat_addr, self.snat_port)
+            } else {
+                (key.dst_addr, key.dst_port)
+            };
+            CtKey {
+                src_addr,
+                dst_addr: self.nat_addr,
+                src_port,
+                dst_port: self.nat_port,
+                proto: key.proto,
+                _pad: [0; 3],
+            }
+        }
+    }
+
     /// Port to translate to, in host byte order.
     pub const fn nat_port(&self) -> u16 {
         u16::from_be_bytes(self.nat_port)

@@ -293,6 +293,11 @@ mod tests {
         assert_eq!(forward_of(&rk, &r, 42), f);
         assert_eq!(reply_of(&fwd, &f, 99).last_seen_ns, 99);
         assert!(reply_belongs(&fwd, &r) && forward_belongs(&rk, &f));
+        assert_eq!(
+            (f.pair_key(&fwd), r.pair_key(&rk)),
+            (rk, fwd),
+            "as the agent derives them"
+        );
         let other = Backend::new(ipv4_mapped([198, 18, 1, 3]), 8080);
         let (_, other_r, other_f) = entries(&other, 42);
         assert!(reply_belongs(&fwd, &other_r) && !forward_belongs(&rk, &other_f));
@@ -320,6 +325,11 @@ mod tests {
         assert_eq!(reply_of(&fwd, &f, 42), r);
         assert_eq!(forward_of(&rk, &r, 42), f);
         assert!(reply_belongs(&fwd, &r) && forward_belongs(&rk, &f));
+        assert_eq!(
+            (f.pair_key(&fwd), r.pair_key(&rk)),
+            (rk, fwd),
+            "as the agent derives them"
+        );
         let mut other_client = fwd;
         other_client.src_port = 40001u16.to_be_bytes();
         assert!(!reply_belongs(&other_client, &r));

@@ -198,7 +198,7 @@ fn established<M: MapAccess>(
         // they can finish; a new connection attempt on a vanished backend starts over. UDP has
         // no connection to finish: its flow moves on rather than feed a backend that is gone
         // (kube-proxy deletes such conntrack entries for the same reason). A SYN on a
-        // masqueraded flow that was closing is a new connection reusing the tuple.
+        // flow that was closing is a new connection reusing the tuple.
         ct_flags::FORWARD
             if !(restarts_when_gone(flow) && backend_gone(maps, entry)
                 || flow.is_tcp_syn() && entry.flags & ct_flags::CLOSING != 0) =>

@@ -36,8 +36,9 @@ pub fn take_over<M: MapAccess>(maps: &mut M, reply_key: &CtKey, now_ns: u64) -> 
     true
 }
 
-/// Marks both entries of a masqueraded TCP flow [`ct_flags::CLOSING`] when `flow` (a packet
-/// found on `side` of the entry `entry` under `key`) is a FIN or RST.
+/// Marks both entries of a TCP flow [`ct_flags::CLOSING`] when `flow` (a packet found on
+/// `side` of the entry `entry` under `key`) is a FIN or RST: the closing state, which the
+/// port take-over and the agent's garbage collector read alike.
 #[inline(always)]
 pub fn note_tcp_end<M: MapAccess>(
     maps: &mut M,
@@ -46,7 +47,7 @@ pub fn note_tcp_end<M: MapAccess>(
     key: &CtKey,
     entry: &CtValue,
 ) {
-    if entry.flags & ct_flags::SNAT == 0 || !flow.is_tcp_end() {
+    if !flow.is_tcp_end() {
         return;
     }
     let other = match side {

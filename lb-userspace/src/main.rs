@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{ArgMatches, Args, FromArgMatches, Parser, Subcommand};
 use ipnet::IpNet;
 use lb_common::Capacity;
+use lb_userspace::agent::conntrack_gc::Timeouts;
 use lb_userspace::agent::{
     self, Masquerade, PortRange, RejectLimitFlags, ReplyPath, RunConfig, SocketLb, SourceConfig,
     XdpIface, DEFAULT_BPFFS_DIR, DEFAULT_PROC_SYS_NET_DIR,
@@ -191,7 +192,49 @@ struct RunArgs {
     #[command(flatten)]
     reject_limits: RejectLimitFlags,
     #[command(flatten)]
+    conntrack: ConntrackFlags,
+    #[command(flatten)]
     map_sizes: MapSizes,
+}
+
+/// Idle timeouts of tracked flows per state, and the garbage collector that applies them
+/// (README "Conntrack timeouts": the defaults are Cilium's for TCP and the kernel's for UDP).
+#[derive(Args, Debug)]
+#[command(next_help_heading = "Conntrack timeouts (idle, per flow state)")]
+struct ConntrackFlags {
+    /// TCP connections the backend has not answered yet (SYN sent): Cilium's SYN timeout.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    conntrack_tcp_timeout_syn: Duration,
+    /// Established TCP connections: Cilium's TCP lifetime (kube-proxy sets the kernel's
+    /// nf_conntrack_tcp_timeout_established to 24h).
+    #[arg(long, value_name = "DURATION", default_value = "6h", value_parser = parse_duration)]
+    conntrack_tcp_timeout_established: Duration,
+    /// TCP connections after a FIN or RST either way: Cilium's close timeout (kube-proxy sets
+    /// the kernel's nf_conntrack_tcp_timeout_close_wait to 1h).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    conntrack_tcp_timeout_close_wait: Duration,
+    /// UDP flows the backend has not answered: the kernel's nf_conntrack_udp_timeout.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    conntrack_udp_timeout: Duration,
+    /// Answered UDP flows: the kernel's nf_conntrack_udp_timeout_stream.
+    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = parse_duration)]
+    conntrack_udp_timeout_stream: Duration,
+    /// How often the garbage collector walks the conntrack map and deletes expired flows (a
+    /// walk of a 90%-full default-sized map takes seconds of CPU, see the README).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    conntrack_gc_interval: Duration,
+}
+
+impl ConntrackFlags {
+    fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            tcp_syn: self.conntrack_tcp_timeout_syn,
+            tcp_established: self.conntrack_tcp_timeout_established,
+            tcp_closing: self.conntrack_tcp_timeout_close_wait,
+            udp: self.conntrack_udp_timeout,
+            udp_stream: self.conntrack_udp_timeout_stream,
+        }
+    }
 }
 
 /// How many entries each map holds (1 to 2^24 each): one flag per [`Capacity`], named and
@@ -343,6 +386,8 @@ fn run(args: RunArgs, kernel_log_level: KernelLogLevel) -> anyhow::Result<()> {
         proc_sys_net_dir: args.proc_sys_net_dir,
         capacities: args.map_sizes.0,
         resync_interval: args.resync_interval,
+        conntrack_timeouts: args.conntrack.timeouts(),
+        conntrack_gc_interval: args.conntrack.conntrack_gc_interval,
         metrics_addr: args.metrics_addr,
         healthz_addr: args.healthz_addr,
         kernel_log_level,

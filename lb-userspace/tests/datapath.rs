@@ -1,15 +1,18 @@
 //! The typed map access against the real kernel: what the reconciler writes through
 //! `Datapath::maps()` is what `DatapathMaps::from_pins` (and so `lb-agent inspect`) reads back, and the
-//! UDP conntrack flush deletes exactly the removed backend's UDP entries.
+//! UDP conntrack flush deletes exactly the removed backend's UDP entries, and the conntrack
+//! garbage collector deletes exactly the expired flows of a full table (printing its speed).
 //! Needs root (loads BPF, pins on bpffs); skipped with a message otherwise.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use aya::maps::{HashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use lb_common::conntrack::ct_flags;
 use lb_common::maps as registry;
 use lb_common::{service::scope, IPPROTO_UDP};
 use lb_common::{BackendSlotKey, Counter, CtKey, CtValue, ServiceStats, IPPROTO_TCP};
+use lb_userspace::agent::conntrack_gc::{self, Timeouts};
 use lb_userspace::inspect::Snapshot;
 use lb_userspace::model::{
     map_addr, DesiredService, DesiredState, Endpoint, Frontend, Protocol, ServicePortName,
@@ -307,4 +310,108 @@ fn a_conntrack_table_larger_than_one_batch_reads_back_whole() {
         read == walked && read == written,
         "the batched read differs"
     );
+}
+
+/// The `n`th of many UDP flows to 198.19.0.53:53 on backend 198.18.1.1:5353, each from its
+/// own client address and port: its forward and reply entries, last seen at `last_seen_ns`.
+fn udp_flow(n: u32, last_seen_ns: u64) -> [(CtKey, CtValue); 2] {
+    let client = (
+        [198, 18, 100 + (n / 50_000) as u8, 10],
+        10_000 + (n % 50_000) as u16,
+    );
+    let (vip, backend) = (([198, 19, 0, 53], 53), ([198, 18, 1, 1], 5353));
+    let key = |src: ([u8; 4], u16), dst: ([u8; 4], u16)| CtKey {
+        src_addr: lb_common::ipv4_mapped(src.0),
+        dst_addr: lb_common::ipv4_mapped(dst.0),
+        src_port: src.1.to_be_bytes(),
+        dst_port: dst.1.to_be_bytes(),
+        proto: IPPROTO_UDP,
+        _pad: [0; 3],
+    };
+    let value = |nat: ([u8; 4], u16), flags| CtValue {
+        nat_addr: lb_common::ipv4_mapped(nat.0),
+        nat_port: nat.1.to_be_bytes(),
+        flags,
+        group_id: 1,
+        backend_id: 1,
+        last_seen_ns,
+        ..CtValue::default()
+    };
+    [
+        (key(client, vip), value(backend, ct_flags::FORWARD)),
+        (key(backend, client), value(vip, ct_flags::REPLY)),
+    ]
+}
+
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec to write.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+#[test]
+fn the_garbage_collector_deletes_the_expired_flows_of_a_full_table_and_keeps_live_ones() {
+    if !is_root() {
+        return;
+    }
+    let dir = PinDir(PathBuf::from(format!(
+        "/sys/fs/bpf/lbu-dp-gc-{}",
+        std::process::id()
+    )));
+    bpffs::prepare_pin_dir(&dir.0).unwrap();
+    // The default --conntrack-size, 90% full (a full LRU map evicts before its last entry):
+    // half the flows idle for an hour, half just seen.
+    let capacities = Capacities {
+        conntrack: 262_144,
+        ..CAPACITIES
+    };
+    let mut datapath = Datapath::load(&capacities).unwrap();
+    datapath.pin_maps(&dir.0).unwrap();
+    let mut conntrack: HashMap<_, CtKey, CtValue> =
+        HashMap::try_from(open_pin(&dir.0, registry::CONNTRACK.name)).unwrap();
+    let now = monotonic_ns();
+    let flows = 117_964; // entries: 90% of 262,144
+
+    for n in 0..flows {
+        let last_seen = if n % 2 == 0 {
+            now - 3_600_000_000_000
+        } else {
+            now
+        };
+        for (key, value) in udp_flow(n, last_seen) {
+            conntrack.insert(key, value, 0).unwrap();
+        }
+    }
+    let timeouts = Timeouts {
+        tcp_syn: Duration::from_secs(60),
+        tcp_established: Duration::from_secs(21_600),
+        tcp_closing: Duration::from_secs(10),
+        udp: Duration::from_secs(30),
+        udp_stream: Duration::from_secs(120),
+    };
+    let mut pinned = DatapathMaps::from_pins(&dir.0).unwrap();
+    let gc = conntrack_gc::collect(&mut pinned, &timeouts).unwrap();
+    assert_eq!((gc.walked, gc.collected), (2 * flows as usize, flows));
+    let left = pinned.conntrack().unwrap();
+    assert_eq!(left.len(), flows as usize);
+    assert!(left.iter().all(|(_, v)| v.last_seen_ns == now));
+    eprintln!(
+        "conntrack gc: walked {} entries and deleted {} in {:?} ({:.0} entries/s walked)",
+        gc.walked,
+        gc.collected,
+        gc.duration,
+        gc.walked as f64 / gc.duration.as_secs_f64()
+    );
+    let again = conntrack_gc::collect(&mut pinned, &timeouts).unwrap();
+    eprintln!(
+        "conntrack gc: walked {} live entries, deleted none, in {:?} ({:.0} entries/s)",
+        again.walked,
+        again.duration,
+        again.walked as f64 / again.duration.as_secs_f64()
+    );
+    assert_eq!(again.collected, 0);
 }

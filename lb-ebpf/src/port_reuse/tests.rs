@@ -216,15 +216,19 @@ fn a_syn_on_a_closing_flow_starts_a_new_one() {
 }
 
 #[test]
-fn unmasqueraded_flows_are_never_marked() {
+fn unmasqueraded_flows_close_too_and_a_syn_starts_them_anew() {
     let mut maps = one_port(IPPROTO_TCP);
     maps.config = NodeConfig::default();
     let syn = request(IPPROTO_TCP, CLIENT);
     run(&mut maps, &syn);
+    assert!(!closing(&maps, &key_of(&syn)));
     run(&mut maps, &from_client(CLIENT, FIN_ACK));
     assert!(maps
         .conntrack
         .values()
-        .all(|e| e.flags & ct_flags::CLOSING == 0));
+        .all(|e| e.flags & ct_flags::CLOSING != 0));
     assert_eq!(maps.conntrack.len(), 2);
+    run(&mut maps, &syn);
+    assert_eq!(maps.counter_value(Counter::NewFlows), 2);
+    assert!(!closing(&maps, &key_of(&syn)));
 }

@@ -6,6 +6,7 @@ mod api_address;
 mod auto_attach;
 mod capabilities;
 mod cleanup;
+pub mod conntrack_gc;
 mod forwarding;
 mod health_check_ports;
 mod masquerade;
@@ -94,6 +95,10 @@ pub struct RunConfig {
     pub capacities: Capacities,
     /// How often the maps are read back and repaired ([`crate::Reconciler::resync`]).
     pub resync_interval: Duration,
+    /// Idle timeouts of tracked flows, per state.
+    pub conntrack_timeouts: conntrack_gc::Timeouts,
+    /// How often the conntrack garbage collector walks the map.
+    pub conntrack_gc_interval: Duration,
     /// Where `/metrics` is served.
     pub metrics_addr: SocketAddr,
     /// Where `/healthz` and `/readyz` are served.
@@ -431,6 +436,12 @@ async fn serve(
     };
 
     let telemetry = Telemetry::start(config, &maps_dir(&config.bpffs_dir)).await?;
+    let conntrack_gc = conntrack_gc::spawn(
+        DatapathMaps::from_pins(&maps_dir(&config.bpffs_dir))?,
+        config.conntrack_timeouts,
+        config.conntrack_gc_interval,
+        telemetry.conntrack_gc(),
+    );
     let mut source = source
         .start(
             config.service_cidrs.clone(),
@@ -483,6 +494,7 @@ async fn serve(
         kernel_log.flush();
     }
     source.task.abort();
+    conntrack_gc.abort();
     info!("shutting down: programs and maps stay pinned; `lb-agent cleanup` removes them");
     result
 }

@@ -8,12 +8,13 @@ use tracing::info;
 
 use super::{AgentError, RunConfig};
 use crate::health::{self, SyncHealth};
-use crate::metrics::{self, Metrics, SyncMetrics};
+use crate::metrics::{self, ConntrackGcMetrics, Metrics, SyncMetrics};
 
 /// The running metrics and health servers and the recorders feeding them; the servers stop
 /// when this is dropped.
 pub(super) struct Telemetry {
     sync: SyncMetrics,
+    conntrack_gc: ConntrackGcMetrics,
     health: SyncHealth,
     servers: [JoinHandle<()>; 2],
 }
@@ -29,6 +30,7 @@ impl Telemetry {
             metrics::listen(config.healthz_addr, "health checks", "--healthz-addr").await?;
         let registry = Metrics::default();
         let sync = registry.sync();
+        let conntrack_gc = registry.conntrack_gc();
         // kube-proxy's health timeout: two sync periods.
         let health = SyncHealth::new(config.resync_interval * 2, started);
         let servers = [
@@ -41,6 +43,7 @@ impl Telemetry {
         );
         Ok(Self {
             sync,
+            conntrack_gc,
             health,
             servers,
         })
@@ -49,6 +52,11 @@ impl Telemetry {
     /// The recorder for programming runs and sources.
     pub(super) fn sync(&self) -> SyncMetrics {
         self.sync.clone()
+    }
+
+    /// The recorder for the conntrack garbage collector.
+    pub(super) fn conntrack_gc(&self) -> ConntrackGcMetrics {
+        self.conntrack_gc.clone()
     }
 
     /// The sync state `/healthz` and `/readyz` report.

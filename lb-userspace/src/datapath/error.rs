@@ -92,6 +92,12 @@ pub enum DatapathError {
         #[source]
         source: MapError,
     },
+    #[error("deleting from map `{map}` failed")]
+    Delete {
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
 }
 
 impl DatapathError {

@@ -120,6 +120,17 @@ impl DatapathMaps {
             })
     }
 
+    /// Deletes the conntrack entries under `keys` (one gone already counts as deleted
+    /// nothing); returns how many were deleted.
+    pub fn remove_conntrack(&mut self, keys: &[CtKey]) -> Result<u32, DatapathError> {
+        remove_all(self.map_mut(registry::CONNTRACK), keys).map_err(|source| {
+            DatapathError::Delete {
+                map: registry::CONNTRACK.name,
+                source,
+            }
+        })
+    }
+
     /// Every conntrack entry, read in batches.
     fn conntrack_entries(&self) -> Result<Vec<(CtKey, CtValue)>, MapError> {
         let map_type = registry::CONNTRACK.kind as u32;

@@ -253,8 +253,9 @@ fn direction(flags: u8) -> String {
     }
 }
 
-/// `closing` for a masqueraded TCP flow that saw a FIN or RST, whose port a new flow may
-/// take once it has been idle for a while; `-` otherwise.
+/// `closing` for a TCP flow that saw a FIN or RST (collected after the close timeout; a
+/// masqueraded one's port a new flow may take once it has been idle for a while); `-`
+/// otherwise.
 fn state(flags: u8) -> &'static str {
     match flags & ct_flags::CLOSING != 0 {
         true => "closing",

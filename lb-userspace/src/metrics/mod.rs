@@ -5,6 +5,7 @@
 //! happens ([`SyncMetrics`]); the maps' counters and the conntrack fill level are read on each
 //! scrape, on a blocking thread so the programming loop never waits for a scrape.
 
+mod conntrack_gc;
 mod datapath;
 pub(crate) mod http;
 mod sync;
@@ -20,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::datapath::DatapathError;
+pub use conntrack_gc::ConntrackGcMetrics;
 use datapath::DatapathCollector;
 use http::Body;
 pub use http::{listen, ListenError};
@@ -33,13 +35,19 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 pub struct Metrics {
     registry: Registry,
     sync: SyncMetrics,
+    conntrack_gc: ConntrackGcMetrics,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::default();
         let sync = SyncMetrics::register(&mut registry);
-        Self { registry, sync }
+        let conntrack_gc = ConntrackGcMetrics::register(&mut registry);
+        Self {
+            registry,
+            sync,
+            conntrack_gc,
+        }
     }
 }
 
@@ -47,6 +55,11 @@ impl Metrics {
     /// The recorder for the programming loop and the sources.
     pub fn sync(&self) -> SyncMetrics {
         self.sync.clone()
+    }
+
+    /// The recorder for the conntrack garbage collector.
+    pub fn conntrack_gc(&self) -> ConntrackGcMetrics {
+        self.conntrack_gc.clone()
     }
 
     /// Adds the maps pinned in `pins` and serves `/metrics` on `listener` until the returned
