@@ -15,6 +15,7 @@ pub mod conntrack;
 pub mod counters;
 pub mod fragment;
 pub mod maps;
+pub mod names;
 pub mod net;
 pub mod reject_limit;
 pub mod service;
@@ -25,6 +26,7 @@ pub use config::NodeConfig;
 pub use conntrack::{CtKey, CtValue};
 pub use counters::{Counter, ServiceStats};
 pub use fragment::{FragKey, FragPorts};
+pub use names::ServiceName;
 pub use reject_limit::{RejectLimits, TokenBucket};
 pub use service::{
     AffinityKey, AffinityValue, Backend, BackendSlotKey, ServiceKey, ServiceValue, SourceRange,

@@ -12,8 +12,8 @@ use core::mem::size_of;
 use crate::capacity::{Capacities, Capacity};
 use crate::{
     AffinityKey, AffinityValue, Backend, BackendSlotKey, Counter, CtKey, CtValue, FragKey,
-    FragPorts, NodeConfig, RejectLimits, ServiceKey, ServiceStats, ServiceValue, SockRevKey,
-    SockRevValue, SourceRange, TokenBucket,
+    FragPorts, NodeConfig, RejectLimits, ServiceKey, ServiceName, ServiceStats, ServiceValue,
+    SockRevKey, SockRevValue, SourceRange, TokenBucket,
 };
 
 /// The kind of a BPF map. Variants are named after aya's map types and valued as the kernel's
@@ -228,6 +228,9 @@ registry! {
     /// Fragmented datagrams: (source, destination, protocol, IP id) -> ports, from the first
     /// fragment, for the later ones (which carry no TCP or UDP header).
     FRAGMENTS = "LB_FRAGMENTS": LruHashMap<FragKey, FragPorts>, Entries::Fixed(FRAGMENT_ENTRIES);
+    /// `namespace/name:port` by slot group id, for `lb-agent inspect` (the agent writes it,
+    /// the data path never reads it; not preallocated).
+    SERVICE_NAMES = "LB_SVC_NAMES": HashMap<u32, ServiceName>, Entries::Sized(Capacity::Services);
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use crate::conntrack;
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
@@ -11,8 +11,8 @@ use aya_ebpf::{
 use lb_common::{
     maps::{self as registry, MapDef, MapKind},
     AffinityKey, AffinityValue, Backend, BackendSlotKey, Counter, CtKey, CtValue, FragKey,
-    FragPorts, NodeConfig, RejectLimits, ServiceKey, ServiceStats, ServiceValue, SockRevKey,
-    SockRevValue, SourceRange, TokenBucket,
+    FragPorts, NodeConfig, RejectLimits, ServiceKey, ServiceName, ServiceStats, ServiceValue,
+    SockRevKey, SockRevValue, SourceRange, TokenBucket,
 };
 
 /// A map type of aya-ebpf, with the key and value types and the kind it has in the registry.
@@ -83,6 +83,14 @@ registered_map!(LB_REJECT_SRC: LruHashMap<[u8; 16], TokenBucket> = registry::REJ
 registered_map!(LB_REJECT_ALL: Array<TokenBucket> = registry::REJECT_GLOBAL);
 registered_map!(LB_SVC_CIDRS: LpmTrie<[u8; 16], u8> = registry::SERVICE_CIDRS);
 registered_map!(LB_FRAGMENTS: LruHashMap<FragKey, FragPorts> = registry::FRAGMENTS);
+
+/// Names for `lb-agent inspect`, written by the agent only: declared so the agent creates and
+/// pins it with the others; not preallocated, since a name is 144 bytes per service.
+#[map]
+static LB_SVC_NAMES: HashMap<u32, ServiceName> = HashMap::with_max_entries(
+    declared::<HashMap<u32, ServiceName>>(registry::SERVICE_NAMES, "LB_SVC_NAMES"),
+    BPF_F_NO_PREALLOC,
+);
 
 /// What the pipeline reads and writes besides the packet: the maps, and the clock.
 ///
