@@ -12,6 +12,7 @@ mod health_check_ports;
 mod masquerade;
 mod programming;
 mod reject_limits;
+mod service_names;
 mod socket_lb;
 mod telemetry;
 

@@ -9,6 +9,7 @@ use std::time::{Instant, SystemTime};
 use tracing::{error, info, warn};
 
 use super::health_check_ports::HealthCheckPorts;
+use super::service_names::ServiceNames;
 use crate::datapath::{Capacities, DatapathMaps};
 use crate::error::Chain;
 use crate::health::SyncHealth;
@@ -26,6 +27,8 @@ pub(super) struct Programmer {
     /// `LB_SVC_CIDRS`, synced after the cluster IPs, so no ClusterIP is dropped for want of
     /// its entries.
     service_cidrs: ServiceCidrs,
+    /// `LB_SVC_NAMES`, synced after each complete write of the services.
+    service_names: ServiceNames,
     /// Whether `reconciler` took over what the pinned maps hold (an earlier agent's writes
     /// outlive it), which happens before anything is written or resynced.
     adopted: bool,
@@ -51,6 +54,7 @@ impl Programmer {
             reconciler,
             cluster_ips: ClusterIps::default(),
             service_cidrs: ServiceCidrs::default(),
+            service_names: ServiceNames::default(),
             adopted: false,
             pending: None,
             pending_since: None,
@@ -143,6 +147,10 @@ impl Programmer {
                     self.reconciler.programmed_services(),
                     self.reconciler.programmed_backends()
                 );
+                let counted = self.reconciler.counted_services();
+                if let Err(e) = self.service_names.sync(&counted, maps) {
+                    warn!("inspect's service names not written: {}", Chain(&e));
+                }
                 programmed = Some(Arc::clone(&pending.state.health_checks));
                 self.pending = None;
             }

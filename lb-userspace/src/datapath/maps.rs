@@ -11,7 +11,7 @@ use ipnet::{IpNet, Ipv4Net};
 use lb_common::maps::{self as registry, MapDef, MapSpec};
 use lb_common::{
     Backend, BackendSlotKey, Counter, CtKey, CtValue, NodeConfig, RejectLimits, ServiceKey,
-    ServiceStats, ServiceValue, SourceRange, IPPROTO_UDP,
+    ServiceName, ServiceStats, ServiceValue, SourceRange, IPPROTO_UDP,
 };
 
 use super::batch;
@@ -109,6 +109,47 @@ impl DatapathMaps {
     /// Every backend by id.
     pub fn backends(&self) -> Result<Vec<(u32, Backend)>, DatapathError> {
         self.entries(registry::BACKENDS)
+    }
+
+    /// The `namespace/name:port` the agent wrote for slot group `group_id`, if any (one
+    /// lookup); `None` also for a name that is not UTF-8.
+    pub fn service_name(&self, group_id: u32) -> Result<Option<String>, DatapathError> {
+        let read = |source| DatapathError::Read {
+            map: registry::SERVICE_NAMES.name,
+            source,
+        };
+        match self
+            .hash(registry::SERVICE_NAMES)
+            .map_err(read)?
+            .get(&group_id, 0)
+        {
+            Ok(name) => Ok(name.as_str().map(str::to_string)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(read(e)),
+        }
+    }
+
+    /// Every service name by group id.
+    pub(crate) fn read_service_names(
+        &self,
+    ) -> Result<std::collections::BTreeMap<u32, String>, MapWriteError> {
+        let names = self.read_all(registry::SERVICE_NAMES)?;
+        Ok(names
+            .into_iter()
+            .map(|(id, name)| (id, name.as_str().unwrap_or_default().to_string()))
+            .collect())
+    }
+
+    pub(crate) fn set_service_name(
+        &mut self,
+        group_id: u32,
+        name: &str,
+    ) -> Result<(), MapWriteError> {
+        self.insert(registry::SERVICE_NAMES, group_id, ServiceName::new(name))
+    }
+
+    pub(crate) fn remove_service_name(&mut self, group_id: u32) -> Result<(), MapWriteError> {
+        self.remove(registry::SERVICE_NAMES, &group_id)
     }
 
     /// Every conntrack entry (forward and reply).
