@@ -15,7 +15,9 @@ use lb_userspace::agent::{
     XdpIface, DEFAULT_BPFFS_DIR, DEFAULT_PROC_SYS_NET_DIR,
 };
 use lb_userspace::datapath::{KernelLogLevel, MAX_ENTRIES};
-use lb_userspace::inspect::Snapshot;
+use lb_userspace::inspect::{
+    AddrFilter, Filters, Query, ServiceFilter, Snapshot, DEFAULT_CONNTRACK_LIMIT,
+};
 use lb_userspace::k8s::{service_cidr, NodeDef, NodePortAddress, NodePortAddresses};
 use lb_userspace::links::{IfacePattern, IfacePatterns};
 use lb_userspace::maglev::TableSize;
@@ -288,6 +290,27 @@ struct InspectArgs {
     /// bpffs directory of the agent to inspect.
     #[arg(long, default_value = DEFAULT_BPFFS_DIR)]
     bpffs_dir: PathBuf,
+    /// Only this Service's frontends, their backends and flows; PORT is the port's name.
+    #[arg(long, value_name = "NS/NAME[:PORT]")]
+    service: Option<ServiceFilter>,
+    /// Only the frontends at this address (and port), their backends and flows.
+    #[arg(long, value_name = "IP[:PORT]")]
+    frontend: Option<AddrFilter>,
+    /// Only the backends at this address (and port), the frontends using them and their flows.
+    #[arg(long, value_name = "IP[:PORT]")]
+    backend: Option<AddrFilter>,
+    /// One JSON document instead of tables.
+    #[arg(long)]
+    json: bool,
+    /// Conntrack rows shown at most (a line says how many more match).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_CONNTRACK_LIMIT)]
+    conntrack_limit: usize,
+    /// Matching conntrack rows skipped before the first one shown.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    conntrack_offset: usize,
+    /// Every matching conntrack row (overrides --conntrack-limit).
+    #[arg(long)]
+    all: bool,
 }
 
 #[derive(Args)]
@@ -414,8 +437,21 @@ fn run(args: RunArgs, kernel_log_level: KernelLogLevel) -> anyhow::Result<()> {
 
 fn inspect(args: InspectArgs) -> anyhow::Result<()> {
     let maps = DatapathMaps::from_pins(&agent::maps_dir(&args.bpffs_dir))?;
-    let tables = Snapshot::read(&maps)?.to_string();
-    match std::io::stdout().write_all(tables.as_bytes()) {
+    let query = Query {
+        filters: Filters {
+            service: args.service,
+            frontend: args.frontend,
+            backend: args.backend,
+        },
+        conntrack_offset: args.conntrack_offset,
+        conntrack_limit: (!args.all).then_some(args.conntrack_limit),
+    };
+    let snapshot = Snapshot::read(&maps, &query)?;
+    let text = match args.json {
+        true => snapshot.to_json(),
+        false => snapshot.to_string(),
+    };
+    match std::io::stdout().write_all(text.as_bytes()) {
         // Piped into `head` and friends: the reader has all it wanted.
         Err(e) if e.kind() == ErrorKind::BrokenPipe => Ok(()),
         result => result.context("writing to stdout"),

@@ -13,7 +13,7 @@ use lb_common::maps as registry;
 use lb_common::{service::scope, IPPROTO_UDP};
 use lb_common::{BackendSlotKey, Counter, CtKey, CtValue, ServiceStats, IPPROTO_TCP};
 use lb_userspace::agent::conntrack_gc::{self, Timeouts};
-use lb_userspace::inspect::Snapshot;
+use lb_userspace::inspect::{Query, Snapshot};
 use lb_userspace::model::{
     map_addr, DesiredService, DesiredState, Endpoint, Frontend, Protocol, ServicePortName,
 };
@@ -258,7 +258,9 @@ fn written_maps_read_back_from_pins_and_udp_flush_is_precise() {
     datapath.maps().remove_slot(missing).unwrap();
     datapath.maps().remove_backend(99).unwrap();
 
-    let table = Snapshot::read(&pinned).unwrap().to_string();
+    let table = Snapshot::read(&pinned, &Query::default())
+        .unwrap()
+        .to_string();
     assert!(table.contains("198.19.0.53:53/UDP"), "{table}");
     assert!(table.contains("198.18.1.2:5353"), "{table}");
 
