@@ -324,9 +324,18 @@ impl Agent {
 
     /// Runs `lb-agent inspect` on this agent's pinned maps and returns its output.
     pub fn inspect(&self) -> Result<String> {
+        self.inspect_with(&[])
+    }
+
+    /// `lb-agent inspect` on this agent's pins with more `args` (filters, `--json`, paging).
+    pub fn inspect_with(&self, args: &[&str]) -> Result<String> {
         let binary = Agent::binary()?;
         let dir = self.options.bpffs_dir.to_string_lossy();
-        cmd::run(&binary.to_string_lossy(), &["inspect", "--bpffs-dir", &dir])
+        let all: Vec<&str> = ["inspect", "--bpffs-dir", &dir]
+            .into_iter()
+            .chain(args.iter().copied())
+            .collect();
+        cmd::run(&binary.to_string_lossy(), &all)
     }
 
     /// The options the agent runs with.

@@ -224,8 +224,8 @@ impl Ids {
             .into_iter()
             .map(|c| {
                 (
-                    (c[0].clone(), c[1].clone()),
-                    (c[2].parse().unwrap(), c[4].clone()),
+                    (c[0].clone(), c[2].clone()),
+                    (c[3].parse().unwrap(), c[5].clone()),
                 )
             })
             .collect();

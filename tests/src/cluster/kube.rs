@@ -357,8 +357,8 @@ impl Inspect {
                 let columns: Vec<&str> = line.split_whitespace().collect();
                 Some(FrontendRow {
                     frontend: columns.first()?.to_string(),
-                    scope: columns.get(1)?.to_string(),
-                    backends: columns.get(3)?.parse().ok()?,
+                    scope: columns.get(2)?.to_string(),
+                    backends: columns.get(4)?.parse().ok()?,
                 })
             })
             .collect()
@@ -388,9 +388,9 @@ mod tests {
 
     #[test]
     fn inspect_tables_are_read_by_column() {
-        let text = "SERVICES\nFRONTEND  SCOPE  ID  BACKENDS  SLOTS  PACKETS\n\
-                    198.19.0.10:80/TCP  external  1  2  1,2  5\n\
-                    198.19.0.10:80/TCP  internal  1  0    0\n\nBACKENDS\nID  ADDRESS\n\
+        let text = "SERVICES\nFRONTEND  SERVICE  SCOPE  ID  BACKENDS  SLOTS  PACKETS\n\
+                    198.19.0.10:80/TCP  default/web:http  external  1  2  1,2  5\n\
+                    198.19.0.10:80/TCP  -  internal  1  0    0\n\nBACKENDS\nID  ADDRESS\n\
                     1  198.18.0.11:8080\n\nCOUNTERS\nCOUNTER  VALUE\npackets  12\n\
                     reject_no_backend  3\n";
         let inspect = Inspect(text.to_string());
