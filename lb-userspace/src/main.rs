@@ -52,7 +52,7 @@ struct Cli {
 enum Command {
     /// Load the data path and program the services of a manifests directory or the cluster.
     Run(Box<RunArgs>),
-    /// Print the pinned maps of a running agent as tables.
+    /// Print the pinned maps of an agent (running or not) as tables or JSON.
     Inspect(InspectArgs),
     /// Detach the programs and remove the maps a stopped agent left pinned.
     Cleanup(CleanupArgs),
