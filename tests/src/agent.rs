@@ -322,9 +322,10 @@ impl Agent {
             .map_err(io_context("cannot query lb-agent's status"))
     }
 
-    /// Runs `lb-agent inspect` on this agent's pinned maps and returns its output.
+    /// Runs `lb-agent inspect --all` (every conntrack row) on this agent's pinned maps and
+    /// returns its output.
     pub fn inspect(&self) -> Result<String> {
-        self.inspect_with(&[])
+        self.inspect_with(&["--all"])
     }
 
     /// `lb-agent inspect` on this agent's pins with more `args` (filters, `--json`, paging).
