@@ -430,6 +430,7 @@ fn sync_latency_section(results: &Results) -> String {
         "min",
         "max",
         "agent RSS",
+        "map memory",
     ]);
     for cell in &results.sync_latency {
         let mut samples = cell.latency_ms.clone();
@@ -447,6 +448,7 @@ fn sync_latency_section(results: &Results) -> String {
             format!("{:.2} ms", samples[0]),
             format!("{:.2} ms", samples[n - 1]),
             format!("{:.0} MiB", cell.rss_mib),
+            format!("{:.0} MiB", cell.map_mib),
         ]);
     }
     format!(
@@ -456,7 +458,8 @@ fn sync_latency_section(results: &Results) -> String {
          cluster (N - 1 of them with {fillers} distinct endpoints each, its map capacities raised \
          to fit); each change alternates one Service between two and three ready endpoints, \
          {settle} ms apart; the pinned map is read in a tight loop. Agent RSS: VmRSS once every \
-         Service is programmed.\n\n{}\n",
+         Service is programmed; map memory: the `memlock` of the BPF maps it holds then (kernel \
+         memory at these capacities, not part of its RSS).\n\n{}\n",
         table.render(),
         fillers = sync_latency::FILLER_ENDPOINTS,
         settle = sync_latency::SETTLE.as_millis(),

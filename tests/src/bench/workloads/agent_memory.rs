@@ -5,7 +5,7 @@
 //! endpoints would exceed its backend capacity, services share endpoint sets; the distinct
 //! backend count is recorded with each cell.
 
-use std::{fs, time::Instant};
+use std::{collections::BTreeMap, fs, time::Instant};
 
 use lb_userspace::Capacities;
 
@@ -119,4 +119,27 @@ pub fn vm_rss_kib(pid: u32) -> Result<u64> {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
         .ok_or_else(|| BenchError::Check(format!("no VmRSS in {path}")))
+}
+
+/// Kernel memory of the BPF maps `pid` holds open, in KiB: the sum of each map's `memlock`
+/// (what `bpftool map show` reports), read from the fdinfo of its map file descriptors and
+/// counted once per map id. Not part of VmRSS: none of the maps is mmap'd.
+pub fn map_memlock_kib(pid: u32) -> Result<u64> {
+    let dir = format!("/proc/{pid}/fdinfo");
+    let entries = fs::read_dir(&dir).map_err(io_context(format!("listing {dir}")))?;
+    let mut maps = BTreeMap::new();
+    for entry in entries.flatten() {
+        // An fd closed since the listing has no fdinfo any more: skipped.
+        let Ok(info) = fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+        };
+        if let (Some(id), Some(bytes)) = (field("map_id:"), field("memlock:")) {
+            maps.insert(id, bytes);
+        }
+    }
+    Ok(maps.values().sum::<u64>() / 1024)
 }

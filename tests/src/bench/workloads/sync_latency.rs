@@ -25,7 +25,7 @@ use crate::{
     bench::{
         error::{BenchError, Result},
         interrupt,
-        workloads::agent_memory::{child_named, vm_rss_kib},
+        workloads::agent_memory::{child_named, map_memlock_kib, vm_rss_kib},
     },
     cluster::{
         kube::{web_ports, AgentWait, KubeCluster, NAMESPACE, NODE_NAME},
@@ -52,6 +52,8 @@ pub struct SyncCell {
     pub latency_ms: Vec<f64>,
     /// The agent's VmRSS once every Service was programmed, in MiB.
     pub rss_mib: f64,
+    /// The kernel memory of the maps it holds (their `memlock`) at that moment, in MiB.
+    pub map_mib: f64,
 }
 
 /// One cell per size: `changes` EndpointSlice changes with that many Services.
@@ -85,7 +87,9 @@ fn run_size(changes: usize, services: u32) -> Result<SyncCell> {
         .agent_mut()
         .wait_for_log(READY_MARKER, 1, SYNC_TIMEOUT)?;
     wait_for_count(&maps, &key, 3, Instant::now(), SYNC_TIMEOUT)?;
-    let rss_mib = vm_rss_kib(child_named("lb-agent")?)? as f64 / 1024.0;
+    let agent = child_named("lb-agent")?;
+    let rss_mib = vm_rss_kib(agent)? as f64 / 1024.0;
+    let map_mib = map_memlock_kib(agent)? as f64 / 1024.0;
 
     let mut latency_ms = Vec::with_capacity(changes);
     for i in 0..changes {
@@ -102,6 +106,7 @@ fn run_size(changes: usize, services: u32) -> Result<SyncCell> {
         services,
         latency_ms,
         rss_mib,
+        map_mib,
     })
 }
 
