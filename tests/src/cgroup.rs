@@ -209,18 +209,20 @@ impl Drop for SockClient {
     }
 }
 
-/// `ok <from> <peer>` or `err <kind> <message>`.
+/// `ok <from> <peer> <local port>` or `err <kind> <message>`.
 fn parse(line: &str) -> SockResult {
-    let mut words = line.splitn(3, ' ');
-    match (words.next(), words.next(), words.next()) {
-        (Some("ok"), Some(from), Some(peer)) => match peer.parse() {
-            Ok(peer) => Ok(Reply {
-                from: from.to_string(),
-                peer,
-                local_port: 0,
-            }),
-            Err(_) => Err(format!("bad answer {line:?}")),
-        },
+    let mut words = line.splitn(4, ' ');
+    match (words.next(), words.next(), words.next(), words.next()) {
+        (Some("ok"), Some(from), Some(peer), Some(local_port)) => {
+            match (peer.parse(), local_port.parse()) {
+                (Ok(peer), Ok(local_port)) => Ok(Reply {
+                    from: from.to_string(),
+                    peer,
+                    local_port,
+                }),
+                _ => Err(format!("bad answer {line:?}")),
+            }
+        }
         _ => Err(line.strip_prefix("err ").unwrap_or(line).to_string()),
     }
 }
@@ -266,9 +268,11 @@ mod tests {
 
     #[test]
     fn answers_parse_into_replies_or_errors() {
-        let reply = parse("ok pod-1 198.19.0.10:80").unwrap();
+        let reply = parse("ok pod-1 198.19.0.10:80 40123").unwrap();
         assert_eq!(reply.from, "pod-1");
         assert_eq!(reply.peer, "198.19.0.10:80".parse().unwrap());
+        assert_eq!(reply.local_port, 40123);
+        assert!(parse("ok pod-1 198.19.0.10:80").is_err());
         assert_eq!(
             parse("err ConnectionRefused Connection refused (os error 111)"),
             Err("ConnectionRefused Connection refused (os error 111)".to_string())

@@ -5,8 +5,8 @@
 //! Commands (`ADDR` is `ip:port`): `tcp ADDR` (a new connection, one request), `udp ADDR`
 //! (a connected UDP socket, one request), `udpu ADDR` (an unconnected UDP socket: `sendto`,
 //! `recvfrom`), `hold ADDR` (opens a TCP connection kept for `ask`), `ask` (one request on
-//! the held connection); `udp` and `udpu` take a source address to bind to as a third word. Answers: `ok <answering pod> <peer as the socket sees it>`, or
-//! `err <io::ErrorKind> <message>`.
+//! the held connection); `udp` and `udpu` take a source address to bind to as a third word. Answers: `ok <answering pod> <peer as the socket sees it> <the socket's local port>`,
+//! or `err <io::ErrorKind> <message>`.
 
 use std::io::{self, BufRead, Write};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -25,7 +25,7 @@ fn main() {
     for line in io::stdin().lock().lines() {
         let Ok(line) = line else { break };
         let answer = match run(&line, &mut held) {
-            Ok(reply) => format!("ok {} {}", reply.from, reply.peer),
+            Ok(reply) => format!("ok {} {} {}", reply.from, reply.peer, reply.local_port),
             Err(e) => format!("err {:?} {e}", e.kind()),
         };
         if writeln!(out, "{answer}")
