@@ -13,6 +13,7 @@ pub mod capacity;
 pub mod config;
 pub mod conntrack;
 pub mod counters;
+pub mod event;
 pub mod fragment;
 pub mod maps;
 pub mod names;

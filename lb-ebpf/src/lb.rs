@@ -16,7 +16,7 @@ use crate::{
     conntrack,
     context::Packet,
     error::{Error, Verdict},
-    fragment, icmp_error, log,
+    event, fragment, icmp_error,
     maps::MapAccess,
     masquerade, pairs,
     parse::{self, FlowEnd, Ipv4Flow, Piece},
@@ -101,7 +101,7 @@ pub fn process<P: Packet, M: MapAccess>(pkt: &mut P, maps: &mut M, hook: Hook) -
             }
             if verdict == Verdict::Drop {
                 stats::dropped(maps, e.group_id);
-                log::dropped(e.reason, e.group_id);
+                event::dropped(e.reason, e.group_id);
             }
             verdict
         }

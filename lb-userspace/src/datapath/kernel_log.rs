@@ -1,16 +1,17 @@
-//! The eBPF programs' log lines (lb-ebpf's `log.rs`: rare drops, written to aya-log's ring
-//! buffer `AYA_LOGS`): the level the kernel filters at, fixed when the object is loaded, and
-//! the reader that forwards the lines into the agent's `tracing` log.
+//! The eBPF programs' events (lb-ebpf's `event.rs`: rare drops, typed `lb_common::event::Event`s
+//! in the ring buffer `LB_EVENTS`): the level the kernel filters at, fixed when the object is
+//! loaded, and the reader that formats them into the agent's `tracing` log.
 //!
 //! Each loaded object has its own ring buffer (it is not pinned), and after a restart the new
 //! object's program is the one swapped into the pinned links, so the new agent reads the
-//! lines of the programs that run.
+//! events of the programs that run.
 
 use std::io;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use aya_log::EbpfLogger;
+use aya::maps::{MapData, RingBuf};
+use lb_common::event::{self, level, Event, EVENTS_MAP};
+use lb_common::Counter;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tracing::level_filters::LevelFilter;
@@ -22,31 +23,31 @@ use super::Datapath;
 const MAX_LINES_PER_SECOND: u32 = 20;
 const SECOND: Duration = Duration::from_secs(1);
 
-/// The most verbose level the programs write lines at (aya-log's `AYA_LOG_LEVEL`); lines
-/// above it cost the kernel nothing.
+/// The most verbose level the programs write events at (the object's
+/// `lb_common::event::LEVEL_GLOBAL`); events above it cost the kernel nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KernelLogLevel(LevelFilter);
 
 impl KernelLogLevel {
-    /// No lines at all (nothing reads them).
+    /// No events at all (nothing reads them).
     pub const OFF: KernelLogLevel = KernelLogLevel(LevelFilter::OFF);
 
     /// The level for an agent whose log filter enables at most `most_verbose` (for an
-    /// `EnvFilter`, its `max_level_hint()`), so the kernel writes every line the agent's log
+    /// `EnvFilter`, its `max_level_hint()`), so the kernel writes every event the agent's log
     /// may show.
     pub fn new(most_verbose: LevelFilter) -> KernelLogLevel {
         KernelLogLevel(most_verbose)
     }
 
-    /// The `AYA_LOG_LEVEL` value: aya-log's level numbers (error 1 to trace 5), 0 for off.
+    /// The `LEVEL_GLOBAL` value: error 1 to trace 5, 0 for off.
     pub(super) fn global(self) -> &'static u8 {
         static VALUES: [u8; 6] = [
-            0,
-            aya_log::Level::Error as u8,
-            aya_log::Level::Warn as u8,
-            aya_log::Level::Info as u8,
-            aya_log::Level::Debug as u8,
-            aya_log::Level::Trace as u8,
+            level::OFF,
+            level::ERROR,
+            level::WARN,
+            level::INFO,
+            level::DEBUG,
+            level::TRACE,
         ];
         let index = match self.0.into_level() {
             None => 0,
@@ -60,82 +61,139 @@ impl KernelLogLevel {
     }
 }
 
-/// Why the kernel's lines cannot be read.
+/// Why the kernel's events cannot be read.
 #[derive(Debug, thiserror::Error)]
 pub enum KernelLogError {
-    #[error("opening the programs' log ring buffer failed")]
-    Open(#[from] aya_log::Error),
-    #[error("watching the programs' log ring buffer failed")]
+    #[error("the object has no ring buffer {EVENTS_MAP}")]
+    Missing,
+    #[error("opening the programs' ring buffer {EVENTS_MAP} failed")]
+    Open(#[from] aya::maps::MapError),
+    #[error("watching the programs' ring buffer {EVENTS_MAP} failed")]
     Watch(#[from] io::Error),
 }
 
-/// Forwards the programs' log lines into the agent's log.
+/// Formats the programs' events into the agent's log.
 pub struct KernelLog {
-    ring: AsyncFd<EbpfLogger<Forward>>,
+    ring: AsyncFd<RingBuf<MapData>>,
+    budget: Budget,
 }
 
 impl KernelLog {
-    /// Waits until the programs have written lines, then logs them. Cancel-safe: lines not
+    /// Waits until the programs have written events, then logs them. Cancel-safe: events not
     /// yet logged stay in the ring buffer.
     pub async fn forward(&mut self) -> io::Result<()> {
         let mut ready = self.ring.readable_mut().await?;
-        ready.get_inner_mut().flush();
+        let ring = ready.get_inner_mut();
+        while let Some(item) = ring.next() {
+            if let Some(event) = read_event(&item) {
+                log_event(&event, &mut self.budget);
+            }
+        }
         ready.clear_ready();
         Ok(())
     }
 
-    /// Logs the lines written so far without waiting (e.g. before exiting).
+    /// Logs the events written so far without waiting (e.g. before exiting).
     pub fn flush(&mut self) {
-        self.ring.get_mut().flush();
+        let ring = self.ring.get_mut();
+        while let Some(item) = ring.next() {
+            if let Some(event) = read_event(&item) {
+                log_event(&event, &mut self.budget);
+            }
+        }
     }
 }
 
 impl Datapath {
-    /// Starts reading the programs' log lines. Must run inside a Tokio runtime. Once only:
-    /// the ring buffer moves into the returned reader.
+    /// Starts reading the programs' events. Must run inside a Tokio runtime. Once only: the
+    /// ring buffer moves into the returned reader.
     pub fn kernel_log(&mut self) -> Result<KernelLog, KernelLogError> {
-        let logger = EbpfLogger::init_with_logger(&mut self.ebpf, Forward::default())?;
-        // SAFETY: the logger owns the ring buffer's descriptor for its whole life and its
+        let map = self
+            .ebpf
+            .take_map(EVENTS_MAP)
+            .ok_or(KernelLogError::Missing)?;
+        let ring = RingBuf::try_from(map)?;
+        // SAFETY: the ring buffer owns its map's descriptor for its whole life and its
         // `as_raw_fd` always returns that descriptor.
-        let ring = unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) }
+        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
             .map_err(io::Error::from)?;
-        Ok(KernelLog { ring })
+        Ok(KernelLog {
+            ring,
+            budget: Budget::default(),
+        })
     }
 }
 
-/// Hands aya-log's records (the `log` crate's) to `tracing`, as `kernel: <line>` at the
-/// line's level, at most [`MAX_LINES_PER_SECOND`].
-#[derive(Default)]
-struct Forward {
-    budget: Mutex<Budget>,
+/// The event in a ring buffer entry; `None` for an entry of another size.
+fn read_event(bytes: &[u8]) -> Option<Event> {
+    (bytes.len() == size_of::<Event>())
+        // SAFETY: the length is an Event's, Event is Pod, and the read is unaligned.
+        .then(|| unsafe { bytes.as_ptr().cast::<Event>().read_unaligned() })
 }
 
-impl log::Log for Forward {
-    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
-        true
+/// The line for a drop event: `service <id>: <what happened>`; `None` for another event.
+fn drop_line(event: &Event) -> Option<String> {
+    if event.kind != event::kind::DROP {
+        return None;
     }
+    let text = drop_text(event.counter()?)?;
+    Some(format!("service {}: {text}", event.group_id))
+}
 
-    fn log(&self, record: &log::Record<'_>) {
-        let admitted = self
-            .budget
-            .lock()
-            .map(|mut budget| budget.admit(Instant::now()))
-            .unwrap_or(Some(0));
-        let Some(skipped) = admitted else { return };
-        if skipped > 0 {
-            warn!("kernel: {skipped} lines not logged (more than {MAX_LINES_PER_SECOND} a second)");
+/// What a drop for `reason` means, for the log.
+fn drop_text(reason: Counter) -> Option<&'static str> {
+    Some(match reason {
+        Counter::DropNoBackend => {
+            "dropped a new flow: no backend on this path (a traffic policy Local without a \
+             local endpoint)"
         }
-        let line = record.args();
-        match record.level() {
-            log::Level::Error => error!("kernel: {line}"),
-            log::Level::Warn => warn!("kernel: {line}"),
-            log::Level::Info => info!("kernel: {line}"),
-            log::Level::Debug => debug!("kernel: {line}"),
-            log::Level::Trace => trace!("kernel: {line}"),
+        Counter::DropBackendMissing => {
+            "dropped a packet: its backend slot or backend entry is missing (maps changed \
+             behind the agent, or an update in progress)"
         }
+        Counter::DropConntrackFull => {
+            "dropped a new flow: the conntrack map refused its entry (full?)"
+        }
+        Counter::DropRewriteFailed => "dropped a packet: rewriting it failed",
+        Counter::DropSnatPortsExhausted => "dropped a new flow: no free masquerading port",
+        Counter::DropUnexposedPort => {
+            "dropped a new flow to a ClusterIP port no Service exposes: its source gets no ICMP \
+             error"
+        }
+        Counter::DropSourceRange => {
+            "dropped a new flow: its source is outside loadBalancerSourceRanges"
+        }
+        Counter::DropRejectSuppressed => {
+            "dropped a new flow instead of rejecting it: its source or the node is over the \
+             reject rate limit"
+        }
+        Counter::DropUnallocatedServiceIp => {
+            "dropped a new flow to an address in the service CIDRs that no Service holds"
+        }
+        Counter::DropRejectSource => {
+            "dropped a new flow to a Service without endpoints: its source (zero, loopback, \
+             multicast or broadcast) gets no ICMP error"
+        }
+        _ => return None,
+    })
+}
+
+/// Logs `event` as `kernel: <line>` at its level, within `budget`.
+fn log_event(event: &Event, budget: &mut Budget) {
+    let Some(line) = drop_line(event) else { return };
+    let Some(skipped) = budget.admit(Instant::now()) else {
+        return;
+    };
+    if skipped > 0 {
+        warn!("kernel: {skipped} lines not logged (more than {MAX_LINES_PER_SECOND} a second)");
     }
-
-    fn flush(&self) {}
+    match event.level {
+        level::ERROR => error!("kernel: {line}"),
+        level::WARN => warn!("kernel: {line}"),
+        level::INFO => info!("kernel: {line}"),
+        level::DEBUG => debug!("kernel: {line}"),
+        _ => trace!("kernel: {line}"),
+    }
 }
 
 /// Lines left to log in the current one-second window.
@@ -176,10 +234,36 @@ mod tests {
     fn the_kernel_logs_the_most_verbose_level_the_agent_shows() {
         let global = |filter| *KernelLogLevel::new(filter).global();
         assert_eq!(global(LevelFilter::OFF), 0);
-        assert_eq!(global(LevelFilter::WARN), aya_log::Level::Warn as u8);
-        assert_eq!(global(LevelFilter::INFO), aya_log::Level::Info as u8);
-        assert_eq!(global(LevelFilter::DEBUG), aya_log::Level::Debug as u8);
+        assert_eq!(global(LevelFilter::WARN), level::WARN);
+        assert_eq!(global(LevelFilter::INFO), level::INFO);
+        assert_eq!(global(LevelFilter::DEBUG), level::DEBUG);
         assert_eq!(*KernelLogLevel::OFF.global(), 0);
+    }
+
+    #[test]
+    fn every_drop_has_a_line_naming_its_service() {
+        for reason in Counter::ALL {
+            let event = Event {
+                timestamp_ns: 0,
+                group_id: 7,
+                reason: reason as u32,
+                kind: event::kind::DROP,
+                level: event::drop_level(reason),
+                _pad: [0; 6],
+            };
+            let line = drop_line(&event);
+            assert_eq!(line.is_some(), event.level != level::OFF, "{reason:?}");
+            if let Some(line) = line {
+                assert!(line.starts_with("service 7: dropped a "), "{line}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_entry_of_another_size_is_no_event() {
+        assert_eq!(read_event(&[0; 16]), None);
+        let event = read_event(&[0; size_of::<Event>()]).unwrap();
+        assert_eq!(drop_line(&event), None, "kind 0 is no drop");
     }
 
     #[test]

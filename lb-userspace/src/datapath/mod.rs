@@ -96,7 +96,7 @@ impl Datapath {
             }
         }
         let mut ebpf = loader
-            .override_global(aya_log::LEVEL, kernel_log.global(), true)
+            .override_global(lb_common::event::LEVEL_GLOBAL, kernel_log.global(), true)
             .load(EBPF_OBJECT)
             .map_err(|e| {
                 DatapathError::or_permission_denied("loading the eBPF maps", e, DatapathError::Load)
