@@ -21,6 +21,7 @@ pub mod net;
 pub mod reject_limit;
 pub mod service;
 pub mod sock;
+pub mod trace;
 
 pub use capacity::{Capacities, Capacity};
 pub use config::NodeConfig;
@@ -33,6 +34,7 @@ pub use service::{
     AffinityKey, AffinityValue, Backend, BackendSlotKey, ServiceKey, ServiceValue, SourceRange,
 };
 pub use sock::{SockRevKey, SockRevValue};
+pub use trace::TraceRecord;
 
 pub use net::{IPPROTO_TCP, IPPROTO_UDP};
 

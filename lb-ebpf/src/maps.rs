@@ -12,7 +12,7 @@ use lb_common::{
     maps::{self as registry, MapDef, MapKind},
     AffinityKey, AffinityValue, Backend, BackendSlotKey, Counter, CtKey, CtValue, FragKey,
     FragPorts, NodeConfig, RejectLimits, ServiceKey, ServiceName, ServiceStats, ServiceValue,
-    SockRevKey, SockRevValue, SourceRange, TokenBucket,
+    SockRevKey, SockRevValue, SourceRange, TokenBucket, TraceRecord,
 };
 
 /// A map type of aya-ebpf, with the key and value types and the kind it has in the registry.
@@ -91,6 +91,52 @@ static LB_SVC_NAMES: HashMap<u32, ServiceName> = HashMap::with_max_entries(
     declared::<HashMap<u32, ServiceName>>(registry::SERVICE_NAMES, "LB_SVC_NAMES"),
     BPF_F_NO_PREALLOC,
 );
+
+/// 1 in the copy `lb-agent trace` loads beside the live maps: no shared map is written, and
+/// what would have been is recorded in the `LB_TRACE*` maps, the copy's own. 0 in the agent's
+/// load, where the verifier prunes every dry-run branch.
+#[no_mangle]
+static DRY_RUN: u8 = 0;
+
+/// What a dry run would have changed (`lb_common::trace`).
+#[map]
+static LB_TRACE: PerCpuArray<TraceRecord> = PerCpuArray::with_max_entries(1, 0);
+/// The counters a dry run would have moved, indexed as `LB_STATS`.
+#[map]
+static LB_TRACE_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+/// Scratch for a dry run's per-Service counters (index 0) and reject buckets (0: the
+/// client's, 1: the node's), so the pipeline's updates land outside the shared maps.
+#[map]
+static LB_TRACE_SVC_STATS: PerCpuArray<ServiceStats> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static LB_TRACE_BUCKETS: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entries(2, 0);
+
+#[inline(always)]
+fn dry_run() -> bool {
+    // SAFETY: a constant set at load; volatile so the compiler keeps the branch for the
+    // verifier to prune.
+    unsafe { core::ptr::read_volatile(&DRY_RUN) != 0 }
+}
+
+/// The dry run's record, if this is a dry run.
+#[inline(always)]
+fn trace() -> Option<&'static mut TraceRecord> {
+    if !dry_run() {
+        return None;
+    }
+    // SAFETY: per-CPU slot: no other program run writes it concurrently.
+    LB_TRACE.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
+/// A dry run's copy of `value` in scratch slot `index` of `LB_TRACE_BUCKETS`.
+#[inline(always)]
+fn scratch_bucket(index: u32, value: Option<&TokenBucket>) -> Option<&'static mut TokenBucket> {
+    let value = *value?;
+    // SAFETY: per-CPU slot, as above.
+    let slot = unsafe { &mut *LB_TRACE_BUCKETS.get_ptr_mut(index)? };
+    *slot = value;
+    Some(slot)
+}
 
 /// What the pipeline reads and writes besides the packet: the maps, and the clock.
 ///
@@ -178,7 +224,13 @@ impl MapAccess for KernelMaps {
         // worst tear it, and the next packet of the flow overwrites it.
         let entry = unsafe { &mut *entry };
         let found = *entry;
-        conntrack::refresh(entry, self.now_ns());
+        if let Some(trace) = trace() {
+            if trace.conntrack_backend_id == 0 {
+                trace.conntrack_backend_id = found.backend_id;
+            }
+        } else {
+            conntrack::refresh(entry, self.now_ns());
+        }
         Some(found)
     }
 
@@ -190,6 +242,9 @@ impl MapAccess for KernelMaps {
 
     #[inline(always)]
     fn mark_conntrack(&mut self, key: &CtKey, flags: u8) {
+        if dry_run() {
+            return;
+        }
         if let Some(entry) = LB_CONNTRACK.get_ptr_mut(key) {
             // SAFETY: as above.
             let entry = unsafe { &mut *entry };
@@ -200,11 +255,23 @@ impl MapAccess for KernelMaps {
 
     #[inline(always)]
     fn insert_conntrack(&mut self, key: &CtKey, value: &CtValue) -> Result<(), ()> {
+        if let Some(trace) = trace() {
+            trace.created(value);
+            return Ok(());
+        }
         LB_CONNTRACK.insert(key, value, 0).map_err(|_| ())
     }
 
     #[inline(always)]
     fn insert_conntrack_new(&mut self, key: &CtKey, value: &CtValue) -> Result<(), ()> {
+        if let Some(trace) = trace() {
+            // SAFETY: only the presence of the entry is read.
+            if unsafe { LB_CONNTRACK.get(key).is_some() } {
+                return Err(());
+            }
+            trace.created(value);
+            return Ok(());
+        }
         LB_CONNTRACK
             .insert(key, value, u64::from(BPF_NOEXIST))
             .map_err(|_| ())
@@ -212,6 +279,10 @@ impl MapAccess for KernelMaps {
 
     #[inline(always)]
     fn remove_conntrack(&mut self, key: &CtKey) {
+        if let Some(trace) = trace() {
+            trace.removed_entries += 1;
+            return;
+        }
         // A missing entry is already the wanted state.
         let _ = LB_CONNTRACK.remove(key);
     }
@@ -224,20 +295,35 @@ impl MapAccess for KernelMaps {
 
     #[inline(always)]
     fn set_affinity(&mut self, key: &AffinityKey, value: &AffinityValue) {
+        if dry_run() {
+            return;
+        }
         // The LRU map evicts rather than refuses; an error only means no affinity next time.
         let _ = LB_AFFINITY.insert(key, value, 0);
     }
 
     #[inline(always)]
     fn counter(&mut self, counter: Counter) -> Option<&mut u64> {
+        let stats = if dry_run() {
+            &LB_TRACE_STATS
+        } else {
+            &LB_STATS
+        };
         // SAFETY: per-CPU slot: no other program run writes it concurrently.
-        LB_STATS
+        stats
             .get_ptr_mut(counter as u32)
             .map(|p| unsafe { &mut *p })
     }
 
     #[inline(always)]
     fn service_stats(&mut self, group_id: u32) -> Option<&mut ServiceStats> {
+        if let Some(trace) = trace() {
+            trace.group_id = group_id;
+            // SAFETY: as above.
+            return LB_TRACE_SVC_STATS
+                .get_ptr_mut(0)
+                .map(|p| unsafe { &mut *p });
+        }
         // SAFETY: as above.
         LB_SVC_STATS
             .get_ptr_mut(group_id)
@@ -257,6 +343,9 @@ impl MapAccess for KernelMaps {
 
     #[inline(always)]
     fn set_sock_revnat(&mut self, key: &SockRevKey, value: &SockRevValue) {
+        if dry_run() {
+            return;
+        }
         // The LRU map evicts rather than refuses; see the trait.
         let _ = LB_SOCK_REVNAT.insert(key, value, 0);
     }
@@ -291,6 +380,9 @@ impl MapAccess for KernelMaps {
     fn reject_bucket(&mut self, source: &[u8; 16]) -> Option<&mut TokenBucket> {
         // SAFETY: the element stays valid for the program run (RCU); concurrent CPUs updating
         // the same client's bucket can lose one another's update (see `reject_limit`).
+        if dry_run() {
+            return scratch_bucket(0, unsafe { LB_REJECT_SRC.get(source) });
+        }
         LB_REJECT_SRC
             .get_ptr_mut(source)
             .map(|p| unsafe { &mut *p })
@@ -298,12 +390,18 @@ impl MapAccess for KernelMaps {
 
     #[inline(always)]
     fn set_reject_bucket(&mut self, source: &[u8; 16], bucket: &TokenBucket) {
+        if dry_run() {
+            return;
+        }
         // The LRU map evicts rather than refuses; see the trait.
         let _ = LB_REJECT_SRC.insert(source, bucket, 0);
     }
 
     #[inline(always)]
     fn global_reject_bucket(&mut self) -> Option<&mut TokenBucket> {
+        if dry_run() {
+            return scratch_bucket(1, LB_REJECT_ALL.get(0));
+        }
         // SAFETY: as `reject_bucket`: one element every CPU updates without a lock.
         LB_REJECT_ALL.get_ptr_mut(0).map(|p| unsafe { &mut *p })
     }
@@ -321,6 +419,9 @@ impl MapAccess for KernelMaps {
 
     #[inline(always)]
     fn set_fragment(&mut self, key: &FragKey, ports: &FragPorts) {
+        if dry_run() {
+            return;
+        }
         // The LRU map evicts rather than refuses; see the trait.
         let _ = LB_FRAGMENTS.insert(key, ports, 0);
     }

@@ -19,6 +19,7 @@ pub mod model;
 pub mod objects;
 pub mod reconciler;
 pub mod source;
+pub mod trace;
 
 pub use datapath::{Capacities, Datapath, DatapathMaps};
 pub use reconciler::{MapReader, MapWriter, Reconciler};

@@ -1,7 +1,7 @@
 //! `lb-agent`: the node agent of the eBPF service load balancer.
 
 use std::io::{ErrorKind, IsTerminal, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use lb_userspace::agent::{
     self, Masquerade, PortRange, RejectLimitFlags, ReplyPath, RunConfig, SocketLb, SourceConfig,
     XdpIface, DEFAULT_BPFFS_DIR, DEFAULT_PROC_SYS_NET_DIR,
 };
-use lb_userspace::datapath::{KernelLogLevel, MAX_ENTRIES};
+use lb_userspace::datapath::{KernelLogLevel, TraceHook, MAX_ENTRIES};
 use lb_userspace::inspect::{
     AddrFilter, Filters, Query, ServiceFilter, Snapshot, DEFAULT_CONNTRACK_LIMIT,
 };
@@ -24,6 +24,7 @@ use lb_userspace::maglev::TableSize;
 use lb_userspace::model::Algorithm;
 use lb_userspace::source::api::access::DEFAULT_SERVICE_ACCOUNT_DIR;
 use lb_userspace::source::api::{ApiAccess, ApiServerUrl};
+use lb_userspace::trace::{self, Packet, TraceProtocol};
 use lb_userspace::{Capacities, DatapathMaps};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
@@ -56,6 +57,8 @@ enum Command {
     Inspect(InspectArgs),
     /// Detach the programs and remove the maps a stopped agent left pinned.
     Cleanup(CleanupArgs),
+    /// Show what the running agent's programs would do with a packet, without changing its maps.
+    Trace(TraceArgs),
 }
 
 /// `lb-agent run`. Without `--manifests` the objects come from the Kubernetes API.
@@ -313,6 +316,38 @@ struct InspectArgs {
     all: bool,
 }
 
+/// `lb-agent trace`: the packet runs through a dry-run copy of the programs that shares the
+/// agent's pinned maps and writes none of them.
+#[derive(Args)]
+struct TraceArgs {
+    /// bpffs directory of the agent whose maps the packet meets.
+    #[arg(long, default_value = DEFAULT_BPFFS_DIR)]
+    bpffs_dir: PathBuf,
+    /// Source address and port.
+    #[arg(long, value_name = "IP:PORT")]
+    from: SocketAddrV4,
+    /// Destination address and port.
+    #[arg(long, value_name = "IP:PORT")]
+    to: SocketAddrV4,
+    #[arg(long, value_enum, default_value = "tcp")]
+    proto: TraceProtocol,
+    /// TCP flags, comma-separated: syn, ack, fin, rst, psh.
+    #[arg(long, value_name = "FLAGS", default_value = "syn", value_parser = trace::parse_tcp_flags)]
+    tcp_flags: u8,
+    /// The entry point: tc (pod-facing interfaces) or xdp (the external interface).
+    #[arg(long, value_enum, default_value = "tc")]
+    hook: TraceHookArg,
+    /// One JSON document instead of lines.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum TraceHookArg {
+    Tc,
+    Xdp,
+}
+
 #[derive(Args)]
 struct CleanupArgs {
     /// bpffs directory of the agent to clean up after.
@@ -339,6 +374,7 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => run(*args, kernel_log_level),
         Command::Inspect(args) => inspect(args),
         Command::Cleanup(args) => cleanup(args),
+        Command::Trace(args) => trace(args),
     }
 }
 
@@ -456,6 +492,27 @@ fn inspect(args: InspectArgs) -> anyhow::Result<()> {
         Err(e) if e.kind() == ErrorKind::BrokenPipe => Ok(()),
         result => result.context("writing to stdout"),
     }
+}
+
+fn trace(args: TraceArgs) -> anyhow::Result<()> {
+    let packet = Packet {
+        from: args.from,
+        to: args.to,
+        protocol: args.proto,
+        tcp_flags: args.tcp_flags,
+    };
+    let hook = match args.hook {
+        TraceHookArg::Tc => TraceHook::Tc,
+        TraceHookArg::Xdp => TraceHook::Xdp,
+    };
+    let report = trace::trace(&agent::maps_dir(&args.bpffs_dir), hook, &packet)?;
+    let text = match args.json {
+        true => report.to_json(),
+        false => report.to_string(),
+    };
+    std::io::stdout()
+        .write_all(text.as_bytes())
+        .context("writing to stdout")
 }
 
 fn cleanup(args: CleanupArgs) -> anyhow::Result<()> {

@@ -339,6 +339,17 @@ impl Agent {
         cmd::run(&binary.to_string_lossy(), &all)
     }
 
+    /// `lb-agent trace` on this agent's pins with `args` (the packet, `--json`).
+    pub fn trace_with(&self, args: &[&str]) -> Result<String> {
+        let binary = Agent::binary()?;
+        let dir = self.options.bpffs_dir.to_string_lossy();
+        let all: Vec<&str> = ["trace", "--bpffs-dir", &dir]
+            .into_iter()
+            .chain(args.iter().copied())
+            .collect();
+        cmd::run(&binary.to_string_lossy(), &all)
+    }
+
     /// The options the agent runs with.
     pub fn options(&self) -> &AgentOptions {
         &self.options

@@ -1,6 +1,7 @@
 //! The loaded eBPF data path: programs, their attachments and typed access to the maps.
 
 mod batch;
+mod dry_run;
 mod error;
 mod kernel_log;
 pub mod link_pin;
@@ -24,6 +25,7 @@ use lb_common::program_names;
 use tracing::{debug, info, warn};
 
 use crate::error::Chain;
+pub use dry_run::{DryRun, DryRunResult, TraceHook};
 pub use error::DatapathError;
 pub use kernel_log::{KernelLog, KernelLogError, KernelLogLevel};
 pub use lb_common::capacity::{Capacities, CapacityRangeError, MAX_ENTRIES};

@@ -1,0 +1,312 @@
+//! `lb-agent trace`: a packet described on the command line, run through a dry-run copy of
+//! the live programs ([`DryRun`]), and what they would do with it: the verdict, the Service
+//! and backend, the headers before and after, the conntrack entries and counters.
+
+use std::fmt;
+use std::net::{Ipv6Addr, SocketAddrV4};
+use std::path::Path;
+
+use lb_common::net::{tcp_flags, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::TraceRecord;
+use lb_frames::Frame;
+use serde_json::json;
+
+use crate::datapath::{DatapathError, DatapathMaps, DryRun, TraceHook};
+
+/// The transport of a traced packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TraceProtocol {
+    Tcp,
+    Udp,
+}
+
+/// A packet to trace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Packet {
+    pub from: SocketAddrV4,
+    pub to: SocketAddrV4,
+    pub protocol: TraceProtocol,
+    /// TCP flags (`lb_common::net::tcp_flags` bits); ignored for UDP.
+    pub tcp_flags: u8,
+}
+
+impl Packet {
+    /// The Ethernet frame of the packet (a TCP segment without payload, or an empty datagram).
+    pub fn frame(&self) -> Vec<u8> {
+        match self.protocol {
+            TraceProtocol::Tcp => Frame::tcp(self.from, self.to, self.tcp_flags),
+            TraceProtocol::Udp => Frame::udp(self.from, self.to, &[]),
+        }
+        .to_bytes()
+    }
+}
+
+const FLAG_NAMES: [(&str, u8); 5] = [
+    ("syn", tcp_flags::SYN),
+    ("ack", tcp_flags::ACK),
+    ("fin", tcp_flags::FIN),
+    ("rst", tcp_flags::RST),
+    ("psh", tcp_flags::PSH),
+];
+
+/// Parses `--tcp-flags`: comma-separated names (`syn`, `ack`, `fin`, `rst`, `psh`).
+pub fn parse_tcp_flags(text: &str) -> Result<u8, String> {
+    text.split(',').try_fold(0, |flags, name| {
+        FLAG_NAMES
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.trim()))
+            .map(|(_, bit)| flags | bit)
+            .ok_or_else(|| format!("{name:?} is not one of syn, ack, fin, rst, psh"))
+    })
+}
+
+/// A frame's addresses as one line: `198.18.1.2:40000 -> 198.19.0.10:80 TCP [syn]`.
+fn header(frame: &[u8]) -> String {
+    let Ok(p) = lb_frames::parse(frame) else {
+        return format!("unparsed frame of {} bytes", frame.len());
+    };
+    let (sport, dport) = p.ports.unwrap_or_default();
+    match p.protocol {
+        IPPROTO_TCP => {
+            let flags = p.tcp_flags.unwrap_or_default();
+            let names: Vec<_> = FLAG_NAMES
+                .iter()
+                .filter(|(_, bit)| flags & bit != 0)
+                .map(|(n, _)| *n)
+                .collect();
+            format!(
+                "{}:{sport} -> {}:{dport} TCP [{}]",
+                p.src,
+                p.dst,
+                names.join(",")
+            )
+        }
+        IPPROTO_UDP => format!("{}:{sport} -> {}:{dport} UDP", p.src, p.dst),
+        IPPROTO_ICMP => format!("{} -> {} ICMP", p.src, p.dst),
+        other => format!("{} -> {} protocol {other}", p.src, p.dst),
+    }
+}
+
+/// The verdict's name for a program's return code.
+fn verdict(hook: TraceHook, code: u32) -> String {
+    match (hook, code) {
+        (TraceHook::Tc, u32::MAX) => "pass".into(),
+        (TraceHook::Tc, 0) => "ok".into(),
+        (TraceHook::Tc, 2) | (TraceHook::Xdp, 1) => "drop".into(),
+        (TraceHook::Tc, 7) | (TraceHook::Xdp, 4) => "redirect".into(),
+        (TraceHook::Xdp, 2) => "pass".into(),
+        (TraceHook::Xdp, 3) => "tx".into(),
+        (_, other) => format!("return code {other}"),
+    }
+}
+
+/// What the programs would do with a packet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Report {
+    pub hook: TraceHook,
+    pub verdict: String,
+    pub before: String,
+    /// The frame as the program left it (an ICMP error for a reject).
+    pub after: String,
+    /// `namespace/name:port` of the slot group whose counters would move, and its id.
+    pub service: Option<(u32, Option<String>)>,
+    /// The backend the packet goes to (of the entry it matched or would create).
+    pub backend: Option<(u32, Option<SocketAddrV4>)>,
+    pub record: TraceRecord,
+    /// Node-wide counters and how much they would move.
+    pub counters: Vec<(&'static str, u64)>,
+}
+
+/// Runs `packet` through `hook`'s program of a dry-run copy sharing the maps pinned in
+/// `maps_dir`; the live maps are not changed.
+pub fn trace(maps_dir: &Path, hook: TraceHook, packet: &Packet) -> Result<Report, DatapathError> {
+    let maps = DatapathMaps::from_pins(maps_dir)?;
+    let frame = packet.frame();
+    let result = DryRun::load(maps_dir)?.run(hook, &frame)?;
+    let record = result.record;
+    let service = match record.group_id {
+        0 => None,
+        id => Some((id, maps.service_name(id)?)),
+    };
+    let backend_id = match record.conntrack_backend_id {
+        0 => record.new_backend_id,
+        id => id,
+    };
+    let backend = match backend_id {
+        0 => None,
+        id => {
+            let addr = maps.backends()?.into_iter().find(|(b, _)| *b == id);
+            let addr = addr.and_then(|(_, b)| {
+                let ip = Ipv6Addr::from(b.addr).to_ipv4_mapped()?;
+                Some(SocketAddrV4::new(ip, u16::from_be_bytes(b.port)))
+            });
+            Some((id, addr))
+        }
+    };
+    Ok(Report {
+        hook,
+        verdict: verdict(hook, result.return_value),
+        before: header(&frame),
+        after: header(&result.frame),
+        service,
+        backend,
+        record,
+        counters: result
+            .counters
+            .into_iter()
+            .map(|(c, n)| (c.name(), n))
+            .collect(),
+    })
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hook = match self.hook {
+            TraceHook::Tc => "tc",
+            TraceHook::Xdp => "xdp",
+        };
+        writeln!(f, "hook:      {hook}")?;
+        writeln!(f, "verdict:   {}", self.verdict)?;
+        writeln!(f, "before:    {}", self.before)?;
+        writeln!(f, "after:     {}", self.after)?;
+        match &self.service {
+            Some((id, name)) => {
+                let name = name.as_deref().unwrap_or("(no name)");
+                writeln!(f, "service:   {name} (slot group {id})")?
+            }
+            None => writeln!(f, "service:   -")?,
+        }
+        match &self.backend {
+            Some((id, Some(addr))) => writeln!(f, "backend:   {addr} (id {id})")?,
+            Some((id, None)) => writeln!(f, "backend:   id {id} (not in LB_BACKENDS)")?,
+            None => writeln!(f, "backend:   -")?,
+        }
+        let r = &self.record;
+        let matched = match r.conntrack_backend_id {
+            0 => "no entry matched".to_string(),
+            id => format!("matched an entry (backend id {id})"),
+        };
+        writeln!(
+            f,
+            "conntrack: {matched}; would create {}, remove {}",
+            r.new_entries, r.removed_entries
+        )?;
+        let counters: Vec<_> = self
+            .counters
+            .iter()
+            .map(|(name, n)| format!("{name} +{n}"))
+            .collect();
+        writeln!(f, "counters:  {}", counters.join(", "))
+    }
+}
+
+impl Report {
+    /// The report as one JSON document.
+    pub fn to_json(&self) -> String {
+        let counters: serde_json::Map<_, _> = self
+            .counters
+            .iter()
+            .map(|(name, n)| (name.to_string(), json!(n)))
+            .collect();
+        let doc = json!({
+            "hook": match self.hook { TraceHook::Tc => "tc", TraceHook::Xdp => "xdp" },
+            "verdict": self.verdict,
+            "before": self.before,
+            "after": self.after,
+            "service": self.service.as_ref().map(|(id, name)| json!({"group_id": id, "name": name})),
+            "backend": self.backend.as_ref().map(|(id, addr)| json!({"id": id, "addr": addr.map(|a| a.to_string())})),
+            "conntrack": {
+                "matched_backend_id": self.record.conntrack_backend_id,
+                "new_entries": self.record.new_entries,
+                "removed_entries": self.record.removed_entries,
+            },
+            "counters": counters,
+        });
+        format!("{doc}\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcp_flags_parse_by_name_and_reject_unknown_ones() {
+        assert_eq!(parse_tcp_flags("syn"), Ok(tcp_flags::SYN));
+        assert_eq!(
+            parse_tcp_flags("SYN, ack"),
+            Ok(tcp_flags::SYN | tcp_flags::ACK)
+        );
+        assert!(parse_tcp_flags("syn,urg").unwrap_err().contains("\"urg\""));
+    }
+
+    #[test]
+    fn headers_name_addresses_ports_protocol_and_flags() {
+        let packet = Packet {
+            from: "198.18.1.2:40000".parse().unwrap(),
+            to: "198.19.0.10:80".parse().unwrap(),
+            protocol: TraceProtocol::Tcp,
+            tcp_flags: tcp_flags::SYN | tcp_flags::ACK,
+        };
+        assert_eq!(
+            header(&packet.frame()),
+            "198.18.1.2:40000 -> 198.19.0.10:80 TCP [syn,ack]"
+        );
+        let udp = Packet {
+            protocol: TraceProtocol::Udp,
+            ..packet
+        };
+        assert_eq!(
+            header(&udp.frame()),
+            "198.18.1.2:40000 -> 198.19.0.10:80 UDP"
+        );
+        assert_eq!(header(&[0; 10]), "unparsed frame of 10 bytes");
+    }
+
+    #[test]
+    fn verdicts_are_named_per_hook() {
+        assert_eq!(verdict(TraceHook::Tc, u32::MAX), "pass");
+        assert_eq!(verdict(TraceHook::Xdp, 1), "drop");
+        assert_eq!(verdict(TraceHook::Xdp, 3), "tx");
+        assert_eq!(verdict(TraceHook::Tc, 9), "return code 9");
+    }
+
+    #[test]
+    fn a_report_prints_one_line_per_finding() {
+        let report = Report {
+            hook: TraceHook::Tc,
+            verdict: "pass".into(),
+            before: "a".into(),
+            after: "b".into(),
+            service: Some((3, Some("default/web:http".into()))),
+            backend: Some((7, Some("198.18.2.2:8080".parse().unwrap()))),
+            record: TraceRecord {
+                group_id: 3,
+                new_backend_id: 7,
+                new_entries: 2,
+                ..TraceRecord::default()
+            },
+            counters: vec![("packets", 1), ("new_flows", 1)],
+        };
+        let text = report.to_string();
+        assert!(
+            text.contains("service:   default/web:http (slot group 3)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("backend:   198.18.2.2:8080 (id 7)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("no entry matched; would create 2, remove 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("counters:  packets +1, new_flows +1\n"),
+            "{text}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        assert_eq!(json["backend"]["addr"], "198.18.2.2:8080");
+        assert_eq!(json["counters"]["new_flows"], 1);
+    }
+}
