@@ -13,6 +13,7 @@ use std::{io, net::SocketAddrV4, path::Path, time::Duration};
 use crate::{
     agent::{Agent, AgentOptions},
     example,
+    scrape::{self, Metrics, METRICS_ADDR},
     servers::{tcp_request, udp_request, Reply, Server},
     topology::{backend_name, Pod, Topology, CLIENT},
     Result,
@@ -136,6 +137,18 @@ impl Cluster {
     /// The topology.
     pub fn topology(&self) -> &Topology {
         &self.topology
+    }
+
+    /// The agent's metrics, scraped from the node's namespace (status 200 asserted).
+    pub fn scrape_metrics(&self) -> Metrics {
+        let response = self
+            .topology
+            .node()
+            .run(|| scrape::get(METRICS_ADDR, "/metrics"))
+            .expect("entering the node's namespace")
+            .expect("scraping the metrics");
+        assert_eq!(response.status, 200, "{}", response.body);
+        Metrics(response.body)
     }
 
     /// The client pod.

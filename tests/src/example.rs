@@ -30,6 +30,29 @@ pub const BACKENDS: usize = 3;
 pub const SERVICE_FILE: &str = "service.yaml";
 pub const ENDPOINTSLICE_FILE: &str = "endpointslice.yaml";
 
+/// The cluster IP of [`EMPTY_SERVICE`].
+pub const EMPTY_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 20);
+/// `default/empty`, a ClusterIP Service (TCP 80 -> 8080) whose selector matches no pod: no
+/// endpoints, so kube-proxy rejects its connections.
+pub const EMPTY_SERVICE: &str = "\
+apiVersion: v1
+kind: Service
+metadata:
+  name: empty
+  namespace: default
+spec:
+  type: ClusterIP
+  clusterIP: 198.19.0.20
+  clusterIPs: [198.19.0.20]
+  ipFamilies: [IPv4]
+  selector: {app: nothing}
+  ports:
+    - name: web
+      protocol: TCP
+      port: 80
+      targetPort: 8080
+";
+
 /// The TCP frontend.
 pub fn tcp_vip() -> SocketAddrV4 {
     SocketAddrV4::new(VIP, TCP_PORT)

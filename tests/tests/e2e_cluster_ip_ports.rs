@@ -13,7 +13,6 @@ use std::{
 use lb_tests::{
     cluster::{Cluster, Protocol},
     example, require_root,
-    scrape::{self, Metrics, METRICS_ADDR},
     servers::tcp_request,
 };
 
@@ -42,17 +41,6 @@ fn udp_to_tcp_port_error(cluster: &Cluster) -> ErrorKind {
     received.unwrap().unwrap_err().kind()
 }
 
-fn scrape_metrics(cluster: &Cluster) -> Metrics {
-    let response = cluster
-        .topology()
-        .node()
-        .run(|| scrape::get(METRICS_ADDR, "/metrics"))
-        .unwrap()
-        .unwrap();
-    assert_eq!(response.status, 200, "{}", response.body);
-    Metrics(response.body)
-}
-
 #[test]
 fn unexposed_ports_of_a_cluster_ip_are_refused_and_exposed_ones_served() {
     require_root!();
@@ -70,7 +58,7 @@ fn unexposed_ports_of_a_cluster_ip_are_refused_and_exposed_ones_served() {
     );
     let replies = cluster.requests(Protocol::Tcp, 3, TIMEOUT).unwrap();
     assert!(replies.iter().all(Result::is_ok), "{replies:?}");
-    let rejects = scrape_metrics(&cluster).value(
+    let rejects = cluster.scrape_metrics().value(
         "lbagent_drop_count_total",
         &[("reason", "reject_unexposed_port")],
     );

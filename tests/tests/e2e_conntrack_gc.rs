@@ -11,7 +11,6 @@ use std::{
 use lb_tests::{
     cluster::Cluster,
     example, require_root,
-    scrape::{self, Metrics, METRICS_ADDR},
     servers::{tcp_request, TcpClient},
 };
 
@@ -19,20 +18,9 @@ const TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the collector may take: the 2 s timeout, then a few walks 500 ms apart.
 const COLLECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn scrape_metrics(cluster: &Cluster) -> Metrics {
-    let response = cluster
-        .topology()
-        .node()
-        .run(|| scrape::get(METRICS_ADDR, "/metrics"))
-        .unwrap()
-        .unwrap();
-    assert_eq!(response.status, 200, "{}", response.body);
-    Metrics(response.body)
-}
-
 /// `lbagent_conntrack_entries` and `lbagent_conntrack_gc_collected_total`.
 fn entries_and_collected(cluster: &Cluster) -> (f64, f64) {
-    let metrics = scrape_metrics(cluster);
+    let metrics = cluster.scrape_metrics();
     let value = |name| {
         metrics
             .value(name, &[])

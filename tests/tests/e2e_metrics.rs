@@ -19,7 +19,7 @@ use lb_tests::{
         Cluster, Protocol,
     },
     example, require_root,
-    scrape::{self, Metrics, HEALTHZ_ADDR, METRICS_ADDR},
+    scrape::{self, HEALTHZ_ADDR},
     servers::tcp_request,
     topology::{Topology, GATEWAY},
 };
@@ -28,27 +28,6 @@ const TCP_REQUESTS: usize = 12;
 const UDP_REQUESTS: usize = 9;
 const REFUSED: usize = 4;
 const TIMEOUT: Duration = Duration::from_secs(2);
-
-/// A ClusterIP service without endpoints: kube-proxy rejects its connections.
-const EMPTY_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 20);
-const EMPTY_SERVICE: &str = "\
-apiVersion: v1
-kind: Service
-metadata:
-  name: empty
-  namespace: default
-spec:
-  type: ClusterIP
-  clusterIP: 198.19.0.20
-  clusterIPs: [198.19.0.20]
-  ipFamilies: [IPv4]
-  selector: {app: nothing}
-  ports:
-    - name: web
-      protocol: TCP
-      port: 80
-      targetPort: 8080
-";
 
 /// Labels of the example Service's TCP and UDP series and of the empty one's.
 const DEMO_TCP: [(&str, &str); 4] = [
@@ -64,17 +43,6 @@ const DEMO_UDP: [(&str, &str); 4] = [
     ("scope", "all"),
 ];
 const EMPTY_TCP: [(&str, &str); 2] = [("service", "default/empty:web"), ("protocol", "tcp")];
-
-fn scrape_metrics(cluster: &Cluster) -> Metrics {
-    let response = cluster
-        .topology()
-        .node()
-        .run(|| scrape::get(METRICS_ADDR, "/metrics"))
-        .unwrap()
-        .unwrap();
-    assert_eq!(response.status, 200, "{}", response.body);
-    Metrics(response.body)
-}
 
 /// `count` UDP requests, each from its own socket; the sockets stay open until all are
 /// answered, so no two requests share a source port (and a conntrack entry).
@@ -105,10 +73,10 @@ fn metrics_count_the_flows_and_rejects_a_client_caused() {
     require_root!();
     let dir = tempfile::tempdir().unwrap();
     example::copy_manifests(dir.path()).unwrap();
-    fs::write(dir.path().join("empty.yaml"), EMPTY_SERVICE).unwrap();
+    fs::write(dir.path().join("empty.yaml"), example::EMPTY_SERVICE).unwrap();
     let cluster = Cluster::start(dir.path(), "info").unwrap();
 
-    let before = scrape_metrics(&cluster);
+    let before = cluster.scrape_metrics();
     assert_eq!(
         before.value("lbagent_service_new_flows_total", &DEMO_TCP),
         Some(0.0)
@@ -156,7 +124,7 @@ fn metrics_count_the_flows_and_rejects_a_client_caused() {
         .netns
         .run(|| {
             (0..REFUSED)
-                .map(|_| tcp_request(SocketAddrV4::new(EMPTY_VIP, 80), TIMEOUT))
+                .map(|_| tcp_request(SocketAddrV4::new(example::EMPTY_VIP, 80), TIMEOUT))
                 .collect::<Vec<_>>()
         })
         .unwrap();
@@ -165,7 +133,7 @@ fn metrics_count_the_flows_and_rejects_a_client_caused() {
         assert_eq!(kind, ErrorKind::ConnectionRefused, "{refused:?}");
     }
 
-    let after = scrape_metrics(&cluster);
+    let after = cluster.scrape_metrics();
     let value = |name: &str, labels: &[(&str, &str)]| {
         after
             .value(name, labels)

@@ -15,25 +15,6 @@ use lb_tests::{
 use serde_json::Value;
 
 const TIMEOUT: Duration = Duration::from_secs(2);
-/// A ClusterIP Service without endpoints: its connections are rejected.
-const EMPTY_SERVICE: &str = "\
-apiVersion: v1
-kind: Service
-metadata:
-  name: empty
-  namespace: default
-spec:
-  type: ClusterIP
-  clusterIP: 198.19.0.20
-  clusterIPs: [198.19.0.20]
-  ipFamilies: [IPv4]
-  selector: {app: nothing}
-  ports:
-    - name: web
-      protocol: TCP
-      port: 80
-      targetPort: 8080
-";
 
 /// The live conntrack entries (without their age), counters and per-Service counters, from
 /// `lb-agent inspect`.
@@ -63,7 +44,7 @@ fn trace_shows_backend_conntrack_and_reject_without_changing_the_maps() {
     require_root!();
     let dir = tempfile::tempdir().unwrap();
     example::copy_manifests(dir.path()).unwrap();
-    example::replace_manifest(dir.path(), "empty.yaml", EMPTY_SERVICE).unwrap();
+    example::replace_manifest(dir.path(), "empty.yaml", example::EMPTY_SERVICE).unwrap();
     let cluster = Cluster::start(dir.path(), "info").unwrap();
     let agent = cluster.agent();
     let backends: Vec<String> = (0..example::BACKENDS)
