@@ -559,8 +559,8 @@ fn methods(results: &Results) -> String {
          - Per packet: BPF_PROG_TEST_RUN on the data path's XDP, TC and TC egress programs and \
          on a two-instruction no-op of the same type, through one raw bpf(2) helper. Conntrack \
          \"90% full\" is pre-filled through the map API. Established packets alternate between \
-         two real translations (a second conntrack entry maps the translated packet back; \
-         checked on the output frame); at TC egress they are a backend's replies, and there \
+         two real translations of an answered flow (a second conntrack entry maps the \
+         translated packet back; checked on the output frame); at TC egress they are a backend's replies, and there \
          is no new flow.\n\
          - Control plane: N services x {cpe} endpoints; times from process spawn to exit for \
          the baselines and of the map writes for (a). Cells stop repeating after {budget} s.\n\

@@ -171,7 +171,8 @@ impl PacketBench {
 
     /// The established flow's forward entry, and one translating the translated packet back,
     /// so repeated runs alternate between the two real translations; likewise its reply
-    /// entry and one translating the translated reply back.
+    /// entry and one translating the translated reply back. All are marked answered
+    /// (`SEEN_REPLY`), as an established flow's entries are after the backend's first reply.
     fn seed_established(&mut self, backend: SocketAddrV4) -> Result<()> {
         let (group_id, backend_id) = self.target_ids(backend)?;
         let entry = |nat: SocketAddrV4, flags| CtValue {
@@ -184,10 +185,18 @@ impl PacketBench {
         };
         for (dst, nat) in [(self.vip, backend), (backend, self.vip)] {
             self.conntrack
-                .insert(ct_key(CLIENT, dst), entry(nat, ct_flags::FORWARD), 0)
+                .insert(
+                    ct_key(CLIENT, dst),
+                    entry(nat, ct_flags::FORWARD | ct_flags::SEEN_REPLY),
+                    0,
+                )
                 .map_err(map_context("seeding the established flow"))?;
             self.conntrack
-                .insert(ct_key(nat, CLIENT), entry(dst, ct_flags::REPLY), 0)
+                .insert(
+                    ct_key(nat, CLIENT),
+                    entry(dst, ct_flags::REPLY | ct_flags::SEEN_REPLY),
+                    0,
+                )
                 .map_err(map_context("seeding the established flow's replies"))?;
         }
         Ok(())
