@@ -24,6 +24,8 @@ pub const PLOT_FONT_PACKAGE: &str = "fonts-dejavu-core";
 #[cfg(feature = "bench")]
 pub mod client;
 #[cfg(feature = "bench")]
+pub mod conntrack_fill;
+#[cfg(feature = "bench")]
 pub mod error;
 #[cfg(feature = "bench")]
 pub mod exec;

@@ -28,7 +28,7 @@ use ipnet::{IpNet, Ipv4Net};
 
 use aya::maps::{HashMap, Map, MapData};
 use lb_common::maps as registry;
-use lb_common::{conntrack::ct_flags, net::tcp_flags, CtKey, CtValue, IPPROTO_TCP};
+use lb_common::{conntrack::ct_flags, net::tcp_flags, CtKey, CtValue};
 use lb_frames::{describe, parse, Frame};
 use lb_userspace::{
     model::{map_addr, Changed, DesiredService, Endpoint, Frontend, Protocol, ServicePortName},
@@ -38,6 +38,7 @@ use lb_userspace::{
 use std::os::fd::{AsFd, BorrowedFd};
 
 use crate::bench::{
+    conntrack_fill::{self, ct_key, numbered_source},
     error::{io_context, map_context, BenchError, Result},
     interrupt,
     options::Plan,
@@ -55,9 +56,9 @@ const NON_SERVICE: (SocketAddrV4, SocketAddrV4) = (
     SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 10), 40_001),
     SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 11), 8080),
 );
-/// New flows come from 198.18.64.0/19, conntrack filler entries from 198.18.96.0/19.
+/// New flows come from 198.18.64.0/19 (conntrack filler entries from
+/// [`conntrack_fill::FILLER_SOURCES`]).
 const NEW_FLOW_BASE: u32 = u32::from_be_bytes([198, 18, 64, 0]);
-const FILLER_BASE: u32 = u32::from_be_bytes([198, 18, 96, 0]);
 /// Load-balancer IPs with 1 and with 1000 source ranges (in 198.19.0.0/16, which the N
 /// services' VIPs, counted up from 198.19.0.1, reach only beyond 65,000 services).
 const LB_ONE_RANGE: Ipv4Addr = Ipv4Addr::new(198, 19, 255, 1);
@@ -232,13 +233,13 @@ impl PacketBench {
             ..CtValue::default()
         };
         let present = self.conntrack.keys().count() as u32;
-        for k in present..wanted {
-            let src = numbered_source(FILLER_BASE, k);
-            self.conntrack
-                .insert(ct_key(src, self.vip), value, 0)
-                .map_err(map_context("filling conntrack"))?;
-        }
-        Ok(())
+        conntrack_fill::fill(
+            &mut self.conntrack,
+            (present, wanted),
+            conntrack_fill::FILLER_SOURCES,
+            self.vip,
+            value,
+        )
     }
 
     /// Checks that each case does what it is measured for, on `hook`.
@@ -505,24 +506,4 @@ fn open_conntrack(datapath: &Datapath) -> Result<HashMap<MapData, CtKey, CtValue
         "the XDP program uses no map named {}",
         registry::CONNTRACK.name
     )))
-}
-
-/// The conntrack key of a TCP packet `src -> dst` as it arrives.
-fn ct_key(src: SocketAddrV4, dst: SocketAddrV4) -> CtKey {
-    CtKey {
-        src_addr: map_addr(std::net::IpAddr::V4(*src.ip())),
-        dst_addr: map_addr(std::net::IpAddr::V4(*dst.ip())),
-        src_port: src.port().to_be_bytes(),
-        dst_port: dst.port().to_be_bytes(),
-        proto: IPPROTO_TCP,
-        ..CtKey::default()
-    }
-}
-
-/// The `n`th distinct source address and port above `base` (50,000 ports per address).
-fn numbered_source(base: u32, n: u32) -> SocketAddrV4 {
-    SocketAddrV4::new(
-        Ipv4Addr::from(base + n / 50_000),
-        10_000 + (n % 50_000) as u16,
-    )
 }
