@@ -6,6 +6,7 @@
 use lb_tests::{
     bench::{
         self,
+        client::Workload as ClientWorkload,
         options::Plan,
         program_stats::Role,
         report,
@@ -53,6 +54,34 @@ fn every_variant_and_workload_produces_sane_results() {
         );
         assert!(cell.stream[0].bytes > 0, "{name}");
         assert!(cell.request_response[0].transactions > 0, "{name}");
+        // (a) and (e): the TC ingress program ran under each workload's window with the
+        // run-time statistics on (for (e) too: the backends' replies and the packets addressed
+        // to a pod pass it).
+        let ebpf = matches!(cell.variant, Variant::Ebpf | Variant::EbpfSocket);
+        let workloads: Vec<ClientWorkload> = cell.programs.iter().map(|w| w.workload).collect();
+        if ebpf {
+            assert_eq!(
+                workloads,
+                [
+                    ClientWorkload::Connections,
+                    ClientWorkload::Stream,
+                    ClientWorkload::RequestResponse
+                ],
+                "{name}"
+            );
+        } else {
+            assert!(workloads.is_empty(), "{name}");
+        }
+        for window in &cell.programs {
+            let [cost] = window.costs.as_slice() else {
+                panic!("{name}: {window:?}");
+            };
+            assert_eq!(cost.role, Role::TcIngress);
+            assert!(
+                cost.runs > 0 && cost.ns_per_run.is_some_and(|ns| ns > 0.0 && ns < 1e6),
+                "{name}: {window:?}"
+            );
+        }
     }
 
     // Both reply paths, to the local and the remote pod, through node A's NodePort.
@@ -150,12 +179,18 @@ fn every_variant_and_workload_produces_sane_results() {
             [Variant::Ebpf, Variant::Iptables, Variant::Nftables]
         );
         assert!(
-            cells
-                .iter()
-                .all(|c| c.seconds.len() == 1 && c.seconds[0] > 0.0),
+            cells.iter().all(|c| c.seconds.iter().all(|s| *s > 0.0)),
             "{cells:?}"
         );
     }
+    // (a)'s endpoint change: every change is a sample; the baselines run once here.
+    let samples: Vec<usize> = results
+        .endpoint_change
+        .iter()
+        .map(|c| c.seconds.len())
+        .collect();
+    assert_eq!(samples, [plan.endpoint_changes as usize, 1, 1]);
+    assert!(results.programming.iter().all(|c| c.seconds.len() == 1));
     let agent = &results.agent[0];
     assert_eq!((agent.services, agent.distinct_backends), (10, 30));
     assert!(
@@ -165,15 +200,51 @@ fn every_variant_and_workload_produces_sane_results() {
     let sync = &results.sync_latency[0];
     assert_eq!(sync.services, 10, "one cell per size, with its Services");
     assert_eq!(sync.latency_ms.len(), plan.sync_changes as usize);
+    assert_eq!(sync.traffic_ms.len(), plan.sync_changes as usize);
     assert!(
-        sync.latency_ms.iter().all(|ms| *ms > 0.0 && *ms < 10_000.0) && sync.rss_mib > 1.0,
+        sync.latency_ms
+            .iter()
+            .chain(&sync.traffic_ms)
+            .all(|ms| *ms > 0.0 && *ms < 10_000.0)
+            && sync.rss_mib > 1.0,
         "{sync:?}"
+    );
+    // The scrapes saw conntrack filled (an LRU map may evict a few entries while filled).
+    let scrape = &sync.scrape;
+    assert_eq!(scrape.ms.len(), plan.scrapes as usize);
+    assert!(
+        scrape.conntrack_entries >= 0.9 * f64::from(scrape.conntrack_capacity)
+            && scrape.conntrack_capacity >= 262_144
+            && scrape.ms.iter().all(|ms| *ms > 0.0)
+            && scrape.bytes > 0,
+        "{scrape:?}"
     );
 
     let out = tempfile::tempdir().unwrap();
     let written = report::write(out.path(), &results).unwrap();
     let markdown = std::fs::read_to_string(out.path().join("results.md")).unwrap();
     assert!(markdown.contains("## Headline"), "{markdown}");
+    // The targets at N = 10: the per-packet rows are measured (at the largest size run), the
+    // rows at N = 1 or 30000 are not.
+    assert!(markdown.contains("## Targets"), "{markdown}");
+    let targets = bench::targets::rows(&results);
+    let measured: Vec<bool> = targets
+        .iter()
+        .map(|r| r.verdict != bench::targets::Verdict::NotMeasured)
+        .collect();
+    assert_eq!(
+        measured,
+        [false, false, false, false, false, false, true, true],
+        "{targets:?}"
+    );
+    assert!(
+        markdown.contains("### Scrape cost at a full conntrack"),
+        "{markdown}"
+    );
+    assert!(
+        markdown.contains("### Program run time under traffic"),
+        "{markdown}"
+    );
     assert!(
         markdown.contains("| TC ingress, pod veth (ns per run) |"),
         "{markdown}"

@@ -24,7 +24,8 @@ use crate::{agent::built_binary, cgroup, netns::NetNs};
 const CLIENT_BINARY: &str = "lb-bench-client";
 
 /// What one client process measures (`lb-bench-client <workload> ...`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Workload {
     /// [`connection_loop`].
     Connections,

@@ -9,7 +9,8 @@
 //! - [`workloads`]: traffic through a node namespace ([`server`], [`client`]), per-packet cost
 //!   through BPF_PROG_TEST_RUN ([`test_run`]) and under real traffic ([`program_stats`]), the
 //!   control plane.
-//! - [`report`] and [`plot`]: `results.md`, `results.json` and the PNG plots.
+//! - [`report`] and [`plot`]: `results.md`, `results.json` and the PNG plots; [`targets`]: its
+//!   table of the target rows.
 //!
 //! Everything runs in namespaces the benchmark creates, on 198.18.0.0/15; every namespace,
 //! rule set, program and process is removed by a guard, also on failure or Ctrl-C.
@@ -49,6 +50,8 @@ pub mod server;
 pub mod services;
 #[cfg(feature = "bench")]
 pub mod stats;
+#[cfg(feature = "bench")]
+pub mod targets;
 #[cfg(feature = "bench")]
 pub mod test_run;
 #[cfg(feature = "bench")]
@@ -113,7 +116,7 @@ mod run {
             results.agent = agent_memory::run(plan)?;
         }
         if wants(Workload::SyncLatency) {
-            results.sync_latency = sync_latency::run(plan.sync_changes as usize, &plan.sizes)?;
+            results.sync_latency = sync_latency::run(plan)?;
         }
         if wants(Workload::ReplyPath) {
             results.reply_path = reply_path::run(plan)?;
@@ -135,6 +138,8 @@ mod run {
             control_plane_budget_s: plan.control_plane_budget.as_secs(),
             nft_services_per_transaction: plan.nft_services_per_transaction,
             sync_changes: plan.sync_changes,
+            endpoint_changes: plan.endpoint_changes,
+            scrapes: plan.scrapes,
         }
     }
 }

@@ -201,8 +201,13 @@ pub struct Plan {
     pub control_plane_budget: Duration,
     /// Services per `nft -f` transaction when the nftables variant programs everything.
     pub nft_services_per_transaction: u32,
-    /// EndpointSlice changes timed by the sync-latency workload.
+    /// EndpointSlice changes timed by the sync-latency workload (each twice: to the services
+    /// map, and to traffic following it).
     pub sync_changes: u32,
+    /// One-endpoint changes (a) applies in-process per size, each a sample.
+    pub endpoint_changes: u32,
+    /// `GET /metrics` requests timed with conntrack full, per size of the sync-latency workload.
+    pub scrapes: u32,
 }
 
 impl Plan {
@@ -223,6 +228,8 @@ impl Plan {
             control_plane_budget: Duration::from_secs(25),
             nft_services_per_transaction: 1_000,
             sync_changes: 200,
+            endpoint_changes: 200,
+            scrapes: 20,
         }
     }
 
@@ -236,6 +243,8 @@ impl Plan {
             single_frames: 200,
             control_plane_budget: Duration::from_secs(5),
             sync_changes: 20,
+            endpoint_changes: 100,
+            scrapes: 5,
             ..Plan::full()
         }
     }
@@ -251,6 +260,8 @@ impl Plan {
             single_frames: 20,
             control_plane_budget: Duration::ZERO,
             sync_changes: 3,
+            endpoint_changes: 4,
+            scrapes: 2,
             ..Plan::full()
         }
     }

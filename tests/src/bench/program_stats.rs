@@ -6,12 +6,16 @@
 //!
 //! The programs are found through the agent's pinned links (`<bpffs dir>/links/<iface>-<hook>`):
 //! each link names the program attached. A program attached to several interfaces (TC egress,
-//! or TC ingress with several pods) is counted once, over all of them.
+//! or TC ingress with several pods) is counted once, over all of them. The traffic workloads'
+//! in-process data path names its TC program itself.
 
 use std::{collections::BTreeMap, os::fd::OwnedFd, path::Path};
 
 use aya::programs::{links::PinnedLink, loaded_programs};
-use lb_userspace::datapath::link_pin::{Hook, LinkPin};
+use lb_userspace::{
+    datapath::link_pin::{Hook, LinkPin},
+    Datapath,
+};
 use serde::Serialize;
 
 use crate::bench::error::{io_context, BenchError, Result};
@@ -101,6 +105,32 @@ impl AgentPrograms {
             }
         }
         Ok(AgentPrograms { ids })
+    }
+
+    /// The TC ingress program of an in-process data path (attached to the pod veths by the
+    /// traffic workloads).
+    pub fn tc_ingress_of(datapath: &Datapath) -> Result<AgentPrograms> {
+        let info = datapath
+            .tc_program()
+            .info()
+            .map_err(|source| BenchError::Program {
+                context: "reading the TC program's id".to_string(),
+                source,
+            })?;
+        Ok(AgentPrograms {
+            ids: BTreeMap::from([(Role::TcIngress, info.id())]),
+        })
+    }
+
+    /// Runs `window` with run-time statistics on; returns its result and what each program
+    /// cost meanwhile.
+    pub fn measure<T>(&self, window: impl FnOnce() -> Result<T>) -> Result<(T, Vec<ProgramCost>)> {
+        let stats = StatsEnabled::new()?;
+        let before = self.counters()?;
+        let result = window()?;
+        let costs = before.costs_until(&self.counters()?);
+        drop(stats);
+        Ok((result, costs))
     }
 
     /// Every program's (run time in ns, run count) now.

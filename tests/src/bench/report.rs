@@ -8,11 +8,13 @@ use std::{
 };
 
 use super::{
+    client::Workload as ClientWorkload,
     error::{io_context, Result},
     plot,
-    program_stats::Role,
+    program_stats::{ProgramCost, Role},
     results::{ConntrackFill, ControlCell, Method, PacketCase, PacketCell, Results, TrafficCell},
-    stats::{percentile, Summary},
+    stats::Summary,
+    targets::{self, p50_p99},
     test_run::Hook,
     variants::Variant,
     workloads::sync_latency,
@@ -48,8 +50,10 @@ pub fn markdown(results: &Results) -> String {
         results.machine.summary(),
         plan.runs
     );
+    md.push_str(&targets::section(results));
     md.push_str(&headline(results));
     md.push_str(&traffic_sections(results));
+    md.push_str(&traffic_programs_section(results));
     md.push_str(&per_packet_section(results));
     md.push_str(&control_plane_section(results));
     md.push_str(&sync_latency_section(results));
@@ -292,6 +296,50 @@ fn short(variant: Variant) -> &'static str {
     &variant.label()[..3]
 }
 
+/// The TC ingress program's time per run under each traffic workload, for (a) and (e).
+fn traffic_programs_section(results: &Results) -> String {
+    let workloads = [
+        (ClientWorkload::Connections, "new connections"),
+        (ClientWorkload::Stream, "stream"),
+        (ClientWorkload::RequestResponse, "requests/responses"),
+    ];
+    let mut header = vec!["Variant".to_string(), "Services".to_string()];
+    header.extend(workloads.map(|(_, label)| format!("{label}: ns per run (runs)")));
+    let mut table = Table::from_header(header);
+    for cell in results.traffic.iter().filter(|c| !c.programs.is_empty()) {
+        let mut row = vec![cell.variant.label().to_string(), cell.services.to_string()];
+        row.extend(workloads.map(|(workload, _)| {
+            let cost = cell
+                .programs
+                .iter()
+                .filter(|w| w.workload == workload)
+                .flat_map(|w| &w.costs)
+                .find(|c| c.role == Role::TcIngress);
+            match cost {
+                Some(ProgramCost {
+                    ns_per_run: Some(ns),
+                    runs,
+                    ..
+                }) => format!("{} ({runs})", number(*ns)),
+                _ => "–".to_string(),
+            }
+        }));
+        table.row(row);
+    }
+    if table.is_empty() {
+        return String::new();
+    }
+    format!(
+        "### Program run time under traffic (BPF_ENABLE_STATS)\n\nAfter its runs, each (a) and \
+         (e) cell runs one more window of each workload with the kernel's run-time statistics \
+         on (held only for that window; they add two clock reads to every program run, so the \
+         windows above run without them): the TC ingress program's `run_time_ns` / `run_cnt` \
+         over that window, on every pod veth (the client's packets and the backends' replies). \
+         (e)'s socket programs are not counted.\n\n{}\n",
+        table.render()
+    )
+}
+
 fn per_packet_section(results: &Results) -> String {
     if results.per_packet.is_empty() {
         return String::new();
@@ -361,17 +409,22 @@ fn control_plane_section(results: &Results) -> String {
          the maps (in-process; loading the object is not included). (b): `iptables-restore` of \
          the whole nat table, for a change too (kube-proxy's full sync). (c): `nft -f` \
          transactions of {} services each for programming, one small incremental transaction \
-         for a change (kube-proxy's nftables mode).\n\n",
-        plan.control_plane_endpoints, plan.nft_services_per_transaction
+         for a change (kube-proxy's nftables mode). (a)'s endpoint change is applied {} times \
+         per size (the endpoint swapped in and out in turn), each a sample: its cell is the \
+         median (min–max) of all of them, with their p50 and p99.\n\n",
+        plan.control_plane_endpoints, plan.nft_services_per_transaction, plan.endpoint_changes
     );
     let translated = Variant::TRANSLATING;
-    for (title, cells) in [
-        ("Programming from empty", &results.programming),
-        ("One endpoint change", &results.endpoint_change),
+    for (title, cells, per_change) in [
+        ("Programming from empty", &results.programming, false),
+        ("One endpoint change", &results.endpoint_change, true),
     ] {
         let mut header = vec!["Services".to_string()];
         header.extend(translated.map(|v| v.label().to_string()));
         header.extend(["(a)/(b)".into(), "(c)/(b)".into()]);
+        if per_change {
+            header.extend(["(a) p50".into(), "(a) p99".into(), "(a) changes".into()]);
+        }
         let mut table = Table::from_header(header);
         for &n in &plan.sizes {
             let of = |v| control_summary(cells, v, n);
@@ -382,6 +435,18 @@ fn control_plane_section(results: &Results) -> String {
             row.extend(translated.map(|v| cell(of(v), seconds, plan.runs)));
             row.push(ratio(of(Variant::Ebpf), of(Variant::Iptables)));
             row.push(ratio(of(Variant::Nftables), of(Variant::Iptables)));
+            if per_change {
+                let samples = cells
+                    .iter()
+                    .find(|c| c.variant == Variant::Ebpf && c.services == n)
+                    .map(|c| c.seconds.as_slice())
+                    .unwrap_or_default();
+                match p50_p99(samples) {
+                    Some((p50, p99)) => row.extend([seconds(p50), seconds(p99)]),
+                    None => row.extend(["–".to_string(), "–".to_string()]),
+                }
+                row.push(samples.len().to_string());
+            }
             table.row(row);
         }
         if !table.is_empty() {
@@ -425,45 +490,87 @@ fn sync_latency_section(results: &Results) -> String {
     let mut table = Table::new(&[
         "Services",
         "changes",
-        "p50",
-        "p99",
-        "min",
-        "max",
+        "map p50",
+        "map p99",
+        "map max",
+        "traffic p50",
+        "traffic p99",
+        "traffic max",
         "agent RSS",
         "map memory",
     ]);
+    let mut scrapes = Table::new(&[
+        "Services",
+        "conntrack entries",
+        "scrapes",
+        "p50",
+        "p99",
+        "agent CPU per scrape",
+        "metrics text",
+    ]);
+    let ms = |x: f64| format!("{x:.2} ms");
     for cell in &results.sync_latency {
-        let mut samples = cell.latency_ms.clone();
-        let n = samples.len();
-        if n == 0 {
-            continue;
+        let columns = |samples: &[f64]| match p50_p99(samples) {
+            Some((p50, p99)) => {
+                let max = samples.iter().copied().fold(f64::MIN, f64::max);
+                [ms(p50), ms(p99), ms(max)]
+            }
+            None => ["–".to_string(), "–".to_string(), "–".to_string()],
+        };
+        let mut row = vec![cell.services.to_string(), cell.latency_ms.len().to_string()];
+        row.extend(columns(&cell.latency_ms));
+        row.extend(columns(&cell.traffic_ms));
+        row.push(format!("{:.0} MiB", cell.rss_mib));
+        row.push(format!("{:.0} MiB", cell.map_mib));
+        table.row(row);
+        let scrape = &cell.scrape;
+        if let Some((p50, p99)) = p50_p99(&scrape.ms) {
+            scrapes.row(vec![
+                cell.services.to_string(),
+                format!(
+                    "{:.0} of {}",
+                    scrape.conntrack_entries, scrape.conntrack_capacity
+                ),
+                scrape.ms.len().to_string(),
+                ms(p50),
+                ms(p99),
+                ms(scrape.cpu_ms_per_scrape),
+                format!("{} KiB", scrape.bytes / 1024),
+            ]);
         }
-        let p50 = percentile(&mut samples, 0.5);
-        let p99 = percentile(&mut samples, 0.99);
-        table.row(vec![
-            cell.services.to_string(),
-            n.to_string(),
-            format!("{p50:.2} ms"),
-            format!("{p99:.2} ms"),
-            format!("{:.2} ms", samples[0]),
-            format!("{:.2} ms", samples[n - 1]),
-            format!("{:.0} MiB", cell.rss_mib),
-            format!("{:.0} MiB", cell.map_mib),
-        ]);
     }
-    format!(
+    let mut md = format!(
         "## Kubernetes sync latency\n\nTime from an EndpointSlice change accepted by the \
-         in-memory API server to the agent's services map showing it: the real `lb-agent` in \
-         Kubernetes mode watches the server from the node namespace, with N Services in the \
-         cluster (N - 1 of them with {fillers} distinct endpoints each, its map capacities raised \
-         to fit); each change alternates one Service between two and three ready endpoints, \
-         {settle} ms apart; the pinned map is read in a tight loop. Agent RSS: VmRSS once every \
-         Service is programmed; map memory: the `memlock` of the BPF maps it holds then (kernel \
-         memory at these capacities, not part of its RSS).\n\n{}\n",
+         in-memory API server to the agent applying it: the real `lb-agent` in Kubernetes mode \
+         watches the server from the node namespace, with N Services in the cluster (N - 2 of \
+         them with {fillers} distinct endpoints each, its map capacities raised to fit). \
+         \"map\": each change alternates one Service between two and three ready endpoints, \
+         {settle} ms apart; the clock stops when the pinned services map, read in a tight loop, \
+         shows it. \"traffic\": as many changes flip a probe Service between two endpoints (UDP \
+         echo servers answering with their pod's name); after each, the client pod sends fresh \
+         UDP flows (a source port not used before in the run, each waiting at most {probe} ms \
+         for its answer) to the Service until the new endpoint answers; the clock stops at that \
+         answer. Agent RSS: VmRSS once every Service is programmed; map memory: the `memlock` \
+         of the BPF maps it holds then (kernel memory at these capacities, not part of its \
+         RSS).\n\n{}\n",
         table.render(),
         fillers = sync_latency::FILLER_ENDPOINTS,
         settle = sync_latency::SETTLE.as_millis(),
-    )
+        probe = sync_latency::PROBE_TIMEOUT.as_millis(),
+    );
+    if !scrapes.is_empty() {
+        let _ = write!(
+            md,
+            "### Scrape cost at a full conntrack\n\nAfter the changes, the agent's conntrack \
+             map is filled to its capacity through its pin (answered TCP flows; the agent runs \
+             with `--conntrack-gc-interval 1h`, so no collection walk runs meanwhile), then \
+             `GET /metrics` is timed from the node namespace (connect to the end of the \
+             response), one scrape after the other. Agent CPU: its user and system time over \
+             all scrapes (`/proc/<pid>/stat`, in clock ticks) divided by their number.\n\n{}\n",
+            scrapes.render()
+        );
+    }
+    md
 }
 
 fn reply_path_section(results: &Results) -> String {
@@ -592,17 +699,19 @@ fn cell(summary: Option<Summary>, format: fn(f64) -> String, planned: u32) -> St
 /// `x/y` of medians, to two significant digits (at least two decimals).
 fn ratio(x: Option<Summary>, y: Option<Summary>) -> String {
     match (x, y) {
-        (Some(x), Some(y)) if y.median > 0.0 => {
-            let r = x.median / y.median;
-            let decimals = if r > 0.0 && r < 0.1 {
-                (-r.log10()).ceil() as usize + 1
-            } else {
-                2
-            };
-            format!("{r:.decimals$}×")
-        }
+        (Some(x), Some(y)) if y.median > 0.0 => times(x.median / y.median),
         _ => "–".to_string(),
     }
+}
+
+/// A ratio `r` as `r×`, to two significant digits (at least two decimals).
+pub fn times(r: f64) -> String {
+    let decimals = if r > 0.0 && r < 0.1 {
+        (-r.log10()).ceil() as usize + 1
+    } else {
+        2
+    };
+    format!("{r:.decimals$}×")
 }
 
 /// `x - y` of medians.
@@ -632,13 +741,13 @@ fn seconds(s: f64) -> String {
 }
 
 /// A Markdown table.
-struct Table {
+pub struct Table {
     header: Vec<String>,
     rows: Vec<Vec<String>>,
 }
 
 impl Table {
-    fn new(header: &[&str]) -> Table {
+    pub fn new(header: &[&str]) -> Table {
         Table::from_header(header.iter().map(|h| h.to_string()).collect())
     }
 
@@ -649,7 +758,7 @@ impl Table {
         }
     }
 
-    fn row(&mut self, row: Vec<String>) {
+    pub fn row(&mut self, row: Vec<String>) {
         self.rows.push(row);
     }
 
@@ -657,7 +766,7 @@ impl Table {
         self.rows.is_empty()
     }
 
-    fn render(&self) -> String {
+    pub fn render(&self) -> String {
         let line = |cells: &[String]| format!("| {} |\n", cells.join(" | "));
         let mut text = line(&self.header);
         text.push_str(&line(&vec!["---".to_string(); self.header.len()]));

@@ -8,8 +8,9 @@ use serde::Serialize;
 pub use crate::bench::workloads::{reply_path::ReplyPathCell, sync_latency::SyncCell};
 
 use super::{
-    client::{ConnectionRun, RequestResponseRun, StreamRun},
+    client::{ConnectionRun, RequestResponseRun, StreamRun, Workload as ClientWorkload},
     machine::Machine,
+    program_stats::ProgramCost,
     test_run::Hook,
     variants::Variant,
 };
@@ -49,6 +50,8 @@ pub struct PlanRecord {
     pub control_plane_budget_s: u64,
     pub nft_services_per_transaction: u32,
     pub sync_changes: u32,
+    pub endpoint_changes: u32,
+    pub scrapes: u32,
 }
 
 /// Traffic through one variant with N services programmed.
@@ -61,8 +64,18 @@ pub struct TrafficCell {
     pub connections: Vec<ConnectionRun>,
     pub stream: Vec<StreamRun>,
     pub request_response: Vec<RequestResponseRun>,
+    /// (a) and (e): one window per workload with run-time statistics on, and what the
+    /// data path's programs cost per run in it.
+    pub programs: Vec<WorkloadCosts>,
     /// Connections the backends accepted during the cell (warm-up included).
     pub backend_connections: u64,
+}
+
+/// The programs' cost per run during one window of a client workload.
+#[derive(Clone, Debug, Serialize)]
+pub struct WorkloadCosts {
+    pub workload: ClientWorkload,
+    pub costs: Vec<ProgramCost>,
 }
 
 /// Which packet a per-packet measurement runs.

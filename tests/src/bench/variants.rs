@@ -38,6 +38,14 @@ impl Programmed {
         }
     }
 
+    /// The eBPF data path; `None` for rules.
+    pub fn datapath(&self) -> Option<&Datapath> {
+        match self {
+            Programmed::Ebpf { datapath, .. } => Some(datapath),
+            Programmed::InNamespace => None,
+        }
+    }
+
     /// Flows the eBPF data path tracks in conntrack; `None` for rules.
     pub fn conntrack_entries(&mut self) -> Result<Option<usize>> {
         match self {

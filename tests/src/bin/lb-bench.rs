@@ -3,7 +3,7 @@
 
 use anyhow::{ensure, Context};
 use clap::Parser;
-use lb_tests::bench::{self, interrupt, options::BenchOptions, report};
+use lb_tests::bench::{self, interrupt, options::BenchOptions, report, targets};
 
 #[derive(Parser)]
 #[command(
@@ -26,6 +26,7 @@ fn main() -> anyhow::Result<()> {
     let command = format!("cargo xtask bench {}", options.to_args().join(" "));
     let results = bench::run(&plan, &command).context("benchmark failed")?;
     let written = report::write(&options.out, &results).context("writing the results")?;
+    println!("{}", targets::section(&results));
     println!("{}", report::headline(&results));
     for path in written {
         println!("wrote {}", path.display());

@@ -31,7 +31,7 @@ use crate::{
         error::{io_context, BenchError, Result},
         interrupt,
         options::Plan,
-        program_stats::{AgentPrograms, ProgramCost, StatsEnabled},
+        program_stats::{AgentPrograms, ProgramCost},
         server::BenchServer,
     },
     cluster::two_node::{Node, TwoNodes, LAN_IFACE},
@@ -159,11 +159,7 @@ pub fn run(plan: &Plan) -> Result<Vec<ReplyPathCell>> {
                         .map_err(io_context(context.clone()))
                 };
                 cell.request_response.push(requests()?);
-                let stats = StatsEnabled::new()?;
-                let before = programs.counters()?;
-                let rr = requests()?;
-                let costs = before.costs_until(&programs.counters()?);
-                drop(stats);
+                let (rr, costs) = programs.measure(requests)?;
                 cell.programs.push(ProgramWindow {
                     rate: rr.rate,
                     costs,

@@ -6,6 +6,11 @@
 //! new-connection loop, stream throughput on one connection, and request/response on one
 //! kept-open connection, each for one window, each in a new client process of the client pod
 //! (in the cgroup with the socket programs for (e)).
+//!
+//! For (a) and (e), each cell ends with one more window of each workload with the kernel's
+//! run-time statistics on ([`crate::bench::program_stats`]): the TC ingress program's time
+//! per run under that traffic. The measured windows run with them off: the statistics add two
+//! clock reads to every program run.
 
 use std::net::SocketAddrV4;
 
@@ -15,7 +20,8 @@ use crate::{
         error::{io_context, BenchError, Result},
         interrupt,
         options::Plan,
-        results::TrafficCell,
+        program_stats::AgentPrograms,
+        results::{TrafficCell, WorkloadCosts},
         server::BenchServer,
         services::{ServiceSet, TARGET_PORT},
         variants::{self, Programmed, Variant},
@@ -28,6 +34,20 @@ use crate::{
 pub struct Traffic {
     pub connections: bool,
     pub established: bool,
+}
+
+impl Traffic {
+    /// The client workloads selected, in report order.
+    fn workloads(self) -> Vec<Workload> {
+        let mut workloads = Vec::new();
+        if self.connections {
+            workloads.push(Workload::Connections);
+        }
+        if self.established {
+            workloads.extend([Workload::Stream, Workload::RequestResponse]);
+        }
+        workloads
+    }
 }
 
 /// Connections a cell makes before measuring, which must all succeed.
@@ -88,6 +108,7 @@ pub fn run_cell(
         connections: Vec::new(),
         stream: Vec::new(),
         request_response: Vec::new(),
+        programs: Vec::new(),
         backend_connections: 0,
     };
     let context = |what: &str| format!("{} N={services}: {what} to {target}", variant.label());
@@ -105,6 +126,20 @@ pub fn run_cell(
             let rr = client.run(Workload::RequestResponse, target, window, max)?;
             cell.request_response
                 .push(rr.map_err(io_context(context("requests")))?);
+        }
+    }
+    if let Some(datapath) = programmed.datapath() {
+        let programs = AgentPrograms::tc_ingress_of(datapath)?;
+        for workload in traffic.workloads() {
+            interrupt::check()?;
+            let run_window = || {
+                client
+                    .run::<serde_json::Value>(workload, target, window, max)?
+                    .map(|_| ())
+                    .map_err(io_context(context("a window with run-time statistics")))
+            };
+            let ((), costs) = programs.measure(run_window)?;
+            cell.programs.push(WorkloadCosts { workload, costs });
         }
     }
     cell.backend_connections = servers.iter().map(BenchServer::connections).sum();
