@@ -7,11 +7,13 @@
 //! The programs are found through the agent's pinned links (`<bpffs dir>/links/<iface>-<hook>`):
 //! each link names the program attached. A program attached to several interfaces (TC egress,
 //! or TC ingress with several pods) is counted once, over all of them. The traffic workloads'
-//! in-process data path names its TC program itself.
+//! in-process data path names its TC program itself, and its `connect4` program is the one
+//! loaded under that name that uses the data path's maps.
 
 use std::{collections::BTreeMap, os::fd::OwnedFd, path::Path};
 
 use aya::programs::{links::PinnedLink, loaded_programs};
+use lb_common::program_names::SOCK_CONNECT4;
 use lb_userspace::{
     datapath::link_pin::{Hook, LinkPin},
     Datapath,
@@ -32,10 +34,14 @@ pub enum Role {
     TcIngress,
     /// TC egress on the pod-facing and the external interfaces.
     TcEgress,
+    /// cgroup `connect4` of socket-level translation (the one socket program a TCP client's
+    /// `connect()` runs).
+    SockConnect,
 }
 
 impl Role {
-    pub const ALL: [Role; 4] = [Role::Xdp, Role::XdpHandoff, Role::TcIngress, Role::TcEgress];
+    /// The programs a node's links name, in report order.
+    pub const LINKED: [Role; 4] = [Role::Xdp, Role::XdpHandoff, Role::TcIngress, Role::TcEgress];
 
     /// The role of the link pinned as `pin` on a node whose XDP interface is `xdp_iface`.
     fn of(pin: &LinkPin, xdp_iface: &str) -> Role {
@@ -107,19 +113,49 @@ impl AgentPrograms {
         Ok(AgentPrograms { ids })
     }
 
-    /// The TC ingress program of an in-process data path (attached to the pod veths by the
-    /// traffic workloads).
-    pub fn tc_ingress_of(datapath: &Datapath) -> Result<AgentPrograms> {
-        let info = datapath
+    /// The programs of an in-process data path that the traffic workloads run: TC ingress
+    /// (attached to the pod veths) and, with `sockets`, `connect4`. The latter is found among
+    /// the loaded programs by its name and by using this data path's maps.
+    pub fn in_process(datapath: &Datapath, sockets: bool) -> Result<AgentPrograms> {
+        let program_error = |context: &str| {
+            let context = context.to_string();
+            move |source| BenchError::Program { context, source }
+        };
+        let tc = datapath
             .tc_program()
             .info()
-            .map_err(|source| BenchError::Program {
-                context: "reading the TC program's id".to_string(),
-                source,
-            })?;
-        Ok(AgentPrograms {
-            ids: BTreeMap::from([(Role::TcIngress, info.id())]),
-        })
+            .map_err(program_error("reading the TC program's info"))?;
+        let mut ids = BTreeMap::from([(Role::TcIngress, tc.id())]);
+        if !sockets {
+            return Ok(AgentPrograms { ids });
+        }
+        let maps = tc
+            .map_ids()
+            .map_err(program_error("reading the TC program's maps"))?
+            .unwrap_or_default();
+        for info in loaded_programs() {
+            let info = info.map_err(program_error("listing the loaded programs"))?;
+            // The kernel keeps 15 bytes of a program's name.
+            let named = info
+                .name_as_str()
+                .is_some_and(|name| !name.is_empty() && SOCK_CONNECT4.starts_with(name));
+            if !named {
+                continue;
+            }
+            let its_maps = info
+                .map_ids()
+                .map_err(program_error("reading a program's maps"))?
+                .unwrap_or_default();
+            if its_maps.iter().any(|id| maps.contains(id)) {
+                ids.insert(Role::SockConnect, info.id());
+            }
+        }
+        if !ids.contains_key(&Role::SockConnect) {
+            return Err(BenchError::Check(format!(
+                "no {SOCK_CONNECT4} program using the data path's maps is loaded"
+            )));
+        }
+        Ok(AgentPrograms { ids })
     }
 
     /// Runs `window` with run-time statistics on; returns its result and what each program
@@ -160,7 +196,7 @@ impl AgentPrograms {
 pub struct Counters(BTreeMap<Role, (u64, u64)>);
 
 impl Counters {
-    /// What each program cost between `self` and `later`, in [`Role::ALL`] order.
+    /// What each program cost between `self` and `later`, in [`Role`] order.
     pub fn costs_until(&self, later: &Counters) -> Vec<ProgramCost> {
         self.0
             .iter()

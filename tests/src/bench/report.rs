@@ -296,35 +296,49 @@ fn short(variant: Variant) -> &'static str {
     &variant.label()[..3]
 }
 
-/// The TC ingress program's time per run under each traffic workload, for (a) and (e).
+/// The programs' time per run under each traffic workload, for (a) and (e).
 fn traffic_programs_section(results: &Results) -> String {
     let workloads = [
         (ClientWorkload::Connections, "new connections"),
         (ClientWorkload::Stream, "stream"),
         (ClientWorkload::RequestResponse, "requests/responses"),
     ];
-    let mut header = vec!["Variant".to_string(), "Services".to_string()];
+    let programs = [
+        (Role::TcIngress, "TC ingress"),
+        (Role::SockConnect, "connect4"),
+    ];
+    let mut header = ["Variant", "Services", "Program"]
+        .map(String::from)
+        .to_vec();
     header.extend(workloads.map(|(_, label)| format!("{label}: ns per run (runs)")));
     let mut table = Table::from_header(header);
     for cell in results.traffic.iter().filter(|c| !c.programs.is_empty()) {
-        let mut row = vec![cell.variant.label().to_string(), cell.services.to_string()];
-        row.extend(workloads.map(|(workload, _)| {
-            let cost = cell
-                .programs
-                .iter()
-                .filter(|w| w.workload == workload)
-                .flat_map(|w| &w.costs)
-                .find(|c| c.role == Role::TcIngress);
-            match cost {
+        for (role, program) in programs {
+            let cost_in = |workload| {
+                cell.programs
+                    .iter()
+                    .filter(|w| w.workload == workload)
+                    .flat_map(|w| &w.costs)
+                    .find(|c| c.role == role)
+            };
+            if workloads.iter().all(|&(w, _)| cost_in(w).is_none()) {
+                continue;
+            }
+            let mut row = vec![
+                cell.variant.label().to_string(),
+                cell.services.to_string(),
+                program.to_string(),
+            ];
+            row.extend(workloads.map(|(workload, _)| match cost_in(workload) {
                 Some(ProgramCost {
                     ns_per_run: Some(ns),
                     runs,
                     ..
                 }) => format!("{} ({runs})", number(*ns)),
                 _ => "–".to_string(),
-            }
-        }));
-        table.row(row);
+            }));
+            table.row(row);
+        }
     }
     if table.is_empty() {
         return String::new();
@@ -333,9 +347,10 @@ fn traffic_programs_section(results: &Results) -> String {
         "### Program run time under traffic (BPF_ENABLE_STATS)\n\nAfter its runs, each (a) and \
          (e) cell runs one more window of each workload with the kernel's run-time statistics \
          on (held only for that window; they add two clock reads to every program run, so the \
-         windows above run without them): the TC ingress program's `run_time_ns` / `run_cnt` \
-         over that window, on every pod veth (the client's packets and the backends' replies). \
-         (e)'s socket programs are not counted.\n\n{}\n",
+         windows above run without them): each program's `run_time_ns` / `run_cnt` over that \
+         window. TC ingress runs on every pod veth (the client's packets and the backends' \
+         replies); (e)'s `connect4` once per `connect()` (its other socket programs are not \
+         counted).\n\n{}\n",
         table.render()
     )
 }
@@ -618,7 +633,7 @@ fn reply_path_section(results: &Results) -> String {
                 number,
                 runs,
             )])
-            .chain(Role::ALL.map(|role| {
+            .chain(Role::LINKED.map(|role| {
                 let costs = row.programs.iter().flat_map(|w| &w.costs);
                 let ns = costs
                     .filter(|c| c.role == role)

@@ -9,7 +9,7 @@
 //!
 //! For (a) and (e), each cell ends with one more window of each workload with the kernel's
 //! run-time statistics on ([`crate::bench::program_stats`]): the TC ingress program's time
-//! per run under that traffic. The measured windows run with them off: the statistics add two
+//! per run under that traffic, and for (e) the `connect4` socket program's. The measured windows run with them off: the statistics add two
 //! clock reads to every program run.
 
 use std::net::SocketAddrV4;
@@ -129,7 +129,8 @@ pub fn run_cell(
         }
     }
     if let Some(datapath) = programmed.datapath() {
-        let programs = AgentPrograms::tc_ingress_of(datapath)?;
+        let sockets = programmed.client_cgroup().is_some();
+        let programs = AgentPrograms::in_process(datapath, sockets)?;
         for workload in traffic.workloads() {
             interrupt::check()?;
             let run_window = || {
