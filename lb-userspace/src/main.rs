@@ -2,7 +2,8 @@
 
 use std::io::{ErrorKind, IsTerminal, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::path::PathBuf;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -24,7 +25,7 @@ use lb_userspace::maglev::TableSize;
 use lb_userspace::model::Algorithm;
 use lb_userspace::source::api::access::DEFAULT_SERVICE_ACCOUNT_DIR;
 use lb_userspace::source::api::{ApiAccess, ApiServerUrl};
-use lb_userspace::trace::{self, Packet, TraceProtocol};
+use lb_userspace::trace::{self, Arrival, Packet, TraceProtocol};
 use lb_userspace::{Capacities, DatapathMaps};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
@@ -316,28 +317,45 @@ struct InspectArgs {
     all: bool,
 }
 
-/// `lb-agent trace`: the packet runs through a dry-run copy of the programs that shares the
-/// agent's pinned maps and writes none of them.
+/// `lb-agent trace`: the packet (or each packet of a capture) runs through a dry-run copy of
+/// the programs that shares the agent's pinned maps and writes none of them.
 #[derive(Args)]
 struct TraceArgs {
     /// bpffs directory of the agent whose maps the packet meets.
     #[arg(long, default_value = DEFAULT_BPFFS_DIR)]
     bpffs_dir: PathBuf,
     /// Source address and port.
-    #[arg(long, value_name = "IP:PORT")]
-    from: SocketAddrV4,
+    #[arg(long, value_name = "IP:PORT", required_unless_present = "pcap", conflicts_with = "pcap")]
+    from: Option<SocketAddrV4>,
     /// Destination address and port.
-    #[arg(long, value_name = "IP:PORT")]
-    to: SocketAddrV4,
-    #[arg(long, value_enum, default_value = "tcp")]
+    #[arg(long, value_name = "IP:PORT", required_unless_present = "pcap", conflicts_with = "pcap")]
+    to: Option<SocketAddrV4>,
+    #[arg(long, value_enum, default_value = "tcp", conflicts_with = "pcap")]
     proto: TraceProtocol,
     /// TCP flags, comma-separated: syn, ack, fin, rst, psh.
-    #[arg(long, value_name = "FLAGS", default_value = "syn", value_parser = trace::parse_tcp_flags)]
+    #[arg(
+        long,
+        value_name = "FLAGS",
+        default_value = "syn",
+        value_parser = trace::parse_tcp_flags,
+        conflicts_with = "pcap"
+    )]
     tcp_flags: u8,
-    /// The entry point: tc (pod-facing interfaces) or xdp (the external interface).
-    #[arg(long, value_enum, default_value = "tc")]
-    hook: TraceHookArg,
-    /// One JSON document instead of lines.
+    /// Trace each packet of this capture instead (pcap or pcapng; Ethernet or Linux cooked).
+    #[arg(long, value_name = "FILE")]
+    pcap: Option<PathBuf>,
+    /// Only this packet of the capture (from 1).
+    #[arg(long, value_name = "N", requires = "pcap")]
+    packet: Option<NonZeroUsize>,
+    /// The interface the packet arrives on, in this network namespace: its hook is the one the
+    /// agent attached there, and the program runs as on that interface.
+    #[arg(long, value_name = "NAME")]
+    iface: Option<String>,
+    /// The entry point: tc (pod-facing interfaces) or xdp (the external interface). Default:
+    /// the one the agent attached to --iface (which this must agree with), else tc.
+    #[arg(long, value_enum)]
+    hook: Option<TraceHookArg>,
+    /// JSON instead of lines: one document per packet, one per line.
     #[arg(long)]
     json: bool,
 }
@@ -495,24 +513,73 @@ fn inspect(args: InspectArgs) -> anyhow::Result<()> {
 }
 
 fn trace(args: TraceArgs) -> anyhow::Result<()> {
-    let packet = Packet {
-        from: args.from,
-        to: args.to,
-        protocol: args.proto,
-        tcp_flags: args.tcp_flags,
-    };
-    let hook = match args.hook {
+    let hook = args.hook.map(|hook| match hook {
         TraceHookArg::Tc => TraceHook::Tc,
         TraceHookArg::Xdp => TraceHook::Xdp,
+    });
+    let arrival = match &args.iface {
+        Some(iface) => trace::resolve_iface(&agent::links_dir(&args.bpffs_dir), iface, hook)?,
+        None => Arrival {
+            hook: hook.unwrap_or(TraceHook::Tc),
+            iface: None,
+        },
     };
-    let report = trace::trace(&agent::maps_dir(&args.bpffs_dir), hook, &packet)?;
-    let text = match args.json {
-        true => report.to_json(),
-        false => report.to_string(),
+    let frames = match &args.pcap {
+        Some(path) => capture_frames(path, args.packet)?,
+        None => {
+            let (Some(from), Some(to)) = (args.from, args.to) else {
+                anyhow::bail!("--from and --to describe the packet (or --pcap names a capture)");
+            };
+            let packet = Packet {
+                from,
+                to,
+                protocol: args.proto,
+                tcp_flags: args.tcp_flags,
+            };
+            vec![(None, packet.frame())]
+        }
     };
-    std::io::stdout()
-        .write_all(text.as_bytes())
-        .context("writing to stdout")
+    let mut tracer = trace::Tracer::load(&agent::maps_dir(&args.bpffs_dir), arrival)?;
+    let mut stdout = std::io::stdout().lock();
+    for (i, (number, frame)) in frames.iter().enumerate() {
+        let report = tracer.trace(frame);
+        let mut report = match number {
+            Some(n) => report.with_context(|| format!("packet {n}"))?,
+            None => report?,
+        };
+        report.packet = *number;
+        let text = match args.json {
+            true => report.to_json(),
+            false if i == 0 => report.to_string(),
+            false => format!("\n{report}"),
+        };
+        match stdout.write_all(text.as_bytes()) {
+            // Piped into `head` and friends: the reader has all it wanted.
+            Err(e) if e.kind() == ErrorKind::BrokenPipe => return Ok(()),
+            result => result.context("writing to stdout")?,
+        }
+    }
+    Ok(())
+}
+
+/// The frames of the capture at `path`, numbered from 1: all of them, or packet `only`.
+fn capture_frames(
+    path: &Path,
+    only: Option<NonZeroUsize>,
+) -> anyhow::Result<Vec<(Option<usize>, Vec<u8>)>> {
+    let frames = trace::read_capture(path)?;
+    let count = frames.len();
+    let numbered = frames.into_iter().enumerate().map(|(i, f)| (Some(i + 1), f));
+    match only {
+        None => Ok(numbered.collect()),
+        Some(n) => numbered
+            .into_iter()
+            .nth(n.get() - 1)
+            .map(|frame| vec![frame])
+            .ok_or_else(|| {
+                anyhow::anyhow!("{}: no packet {n}: it holds {count}", path.display())
+            }),
+    }
 }
 
 fn cleanup(args: CleanupArgs) -> anyhow::Result<()> {

@@ -350,6 +350,19 @@ impl Agent {
         cmd::run(&binary.to_string_lossy(), &all)
     }
 
+    /// [`Agent::trace_with`] run inside `netns` (entered with `nsenter --net`, which leaves the
+    /// mounts, and so bpffs, as they are), where `--iface` names its interfaces.
+    pub fn trace_in(&self, netns: &NetNs, args: &[&str]) -> Result<String> {
+        let binary = Agent::binary()?;
+        let (binary, dir) = (binary.to_string_lossy(), self.options.bpffs_dir.to_string_lossy());
+        let net = format!("--net={}", netns.path().display());
+        let all: Vec<&str> = [net.as_str(), &binary, "trace", "--bpffs-dir", &dir]
+            .into_iter()
+            .chain(args.iter().copied())
+            .collect();
+        cmd::run("nsenter", &all)
+    }
+
     /// The options the agent runs with.
     pub fn options(&self) -> &AgentOptions {
         &self.options

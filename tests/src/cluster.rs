@@ -15,7 +15,7 @@ use crate::{
     example,
     scrape::{self, Metrics, METRICS_ADDR},
     servers::{tcp_request, udp_request, Reply, Server},
-    topology::{backend_name, Pod, Topology, CLIENT},
+    topology::{backend_name, Pod, Topology, CLIENT, EXTERNAL_IFACE},
     Result,
 };
 
@@ -73,7 +73,24 @@ impl Cluster {
         manifests: &Path,
         configure: impl FnOnce(&mut AgentOptions),
     ) -> Result<Cluster> {
-        let topology = Topology::client_and_backends(example::BACKENDS)?;
+        Cluster::start_on(Topology::client_and_backends(example::BACKENDS)?, manifests, configure)
+    }
+
+    /// Like [`Cluster::start`], with the outside namespace ([`Topology::add_outside`]) on the
+    /// node's external interface, where the agent attaches XDP.
+    pub fn start_with_outside(manifests: &Path) -> Result<Cluster> {
+        let mut topology = Topology::client_and_backends(example::BACKENDS)?;
+        topology.add_outside()?;
+        Cluster::start_on(topology, manifests, |options| {
+            options.xdp_iface = Some(EXTERNAL_IFACE.into())
+        })
+    }
+
+    fn start_on(
+        topology: Topology,
+        manifests: &Path,
+        configure: impl FnOnce(&mut AgentOptions),
+    ) -> Result<Cluster> {
         let mut servers = Vec::new();
         for i in 0..example::BACKENDS {
             let pod = topology.pod(&backend_name(i));

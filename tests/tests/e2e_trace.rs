@@ -1,17 +1,23 @@
 //! End to end: `lb-agent trace` (the real binary, on the real agent's pins) says where a SYN
 //! to the example Service would go, follows the live conntrack entry of a connection the
 //! test made to the backend that connection reached, shows the reject of a Service without
-//! endpoints, and changes neither the conntrack table nor the counters.
+//! endpoints, and changes neither the conntrack table nor the counters. A capture written
+//! here is traced packet by packet at the hook the agent attached to the interface named.
 
 use std::collections::BTreeSet;
+use std::net::SocketAddrV4;
+use std::path::Path;
 use std::time::Duration;
 
+use lb_frames::Frame;
 use lb_tests::{
     cluster::Cluster,
     example, require_root,
     servers::TcpClient,
-    topology::{backend_addr, CLIENT_ADDR},
+    topology::{backend_addr, CLIENT_ADDR, EXTERNAL_IFACE},
+    Error,
 };
+use pcap_file::pcap::{PcapPacket, PcapWriter};
 use serde_json::Value;
 
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -150,4 +156,157 @@ fn trace_shows_backend_conntrack_and_reject_without_changing_the_maps() {
         }
     }
     drop(connection);
+}
+
+/// Writes `frames` as a pcap file at `path`.
+fn write_pcap(path: &Path, frames: &[Vec<u8>]) {
+    let mut writer = PcapWriter::new(std::fs::File::create(path).unwrap()).unwrap();
+    for (i, frame) in frames.iter().enumerate() {
+        let at = Duration::from_millis(i as u64);
+        let packet = PcapPacket::new(at, frame.len() as u32, frame);
+        writer.write_packet(&packet).unwrap();
+    }
+}
+
+/// The JSON lines `lb-agent trace --json` printed.
+fn json_lines(out: &str) -> Vec<Value> {
+    out.lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect()
+}
+
+/// The stderr of a failed `lb-agent trace`, which must be one line.
+fn one_line_error(result: lb_tests::Result<String>) -> String {
+    match result {
+        Err(Error::Command { stderr, .. }) => {
+            assert_eq!(stderr.lines().count(), 1, "{stderr}");
+            stderr
+        }
+        other => panic!("expected a failed command, got {other:?}"),
+    }
+}
+
+#[test]
+fn trace_runs_each_packet_of_a_capture_at_the_hook_of_the_interface() {
+    require_root!();
+    let dir = tempfile::tempdir().unwrap();
+    example::copy_manifests(dir.path()).unwrap();
+    example::replace_manifest(dir.path(), "empty.yaml", example::EMPTY_SERVICE).unwrap();
+    let cluster = Cluster::start_with_outside(dir.path()).unwrap();
+    let agent = cluster.agent();
+    let node = cluster.topology().node();
+    let backends: Vec<String> = (0..example::BACKENDS)
+        .map(|i| format!("{}:{}", backend_addr(i), example::TCP_TARGET_PORT))
+        .collect();
+    let before = live_state(&agent.inspect_with(&["--json", "--all"]).unwrap());
+
+    // A SYN to the ClusterIP, one to the Service without endpoints, and a datagram to an
+    // address no Service has.
+    let client: SocketAddrV4 = "198.18.1.2:40999".parse().unwrap();
+    let empty = SocketAddrV4::new(example::EMPTY_VIP, 80);
+    let elsewhere: SocketAddrV4 = "198.18.7.7:5353".parse().unwrap();
+    let capture = dir.path().join("capture.pcap");
+    write_pcap(
+        &capture,
+        &[
+            Frame::tcp(client, example::tcp_vip(), 0x02).to_bytes(),
+            Frame::tcp(client, empty, 0x02).to_bytes(),
+            Frame::udp(client, elsewhere, b"query").to_bytes(),
+        ],
+    );
+    let capture = capture.to_str().unwrap();
+
+    // On the client pod's veth: TC, as the agent attached there.
+    let veth = cluster.client().host_iface.as_str();
+    let out = agent
+        .trace_in(node, &["--json", "--pcap", capture, "--iface", veth])
+        .unwrap();
+    let reports = json_lines(&out);
+    assert_eq!(reports.len(), 3, "{out}");
+    for (i, report) in reports.iter().enumerate() {
+        assert_eq!(report["packet"], i + 1, "{report}");
+        assert_eq!(report["hook"], "tc", "{report}");
+        assert_eq!(report["iface"], veth, "{report}");
+    }
+    let syn = &reports[0];
+    assert_eq!(syn["service"]["name"], "default/demo:http", "{syn}");
+    let backend = syn["backend"]["addr"].as_str().unwrap();
+    assert!(backends.iter().any(|b| b == backend), "{backend} {syn}");
+    assert_eq!(
+        syn["after"],
+        format!("{client} -> {backend} TCP [syn]"),
+        "{syn}"
+    );
+    assert_eq!(syn["counters"]["new_flows"], 1, "{syn}");
+    // The same packet described on the command line: the same backend (its 5-tuple's).
+    let described = trace(
+        &cluster,
+        &["--json", "--from", &client.to_string(), "--to", &example::tcp_vip().to_string()],
+    );
+    assert_eq!(described["backend"], syn["backend"], "{described}");
+    let reject = &reports[1];
+    assert_eq!(reject["verdict"], "redirect", "{reject}");
+    assert_eq!(reject["service"]["name"], "default/empty:web", "{reject}");
+    assert_eq!(reject["after"], format!("{} -> {} ICMP", empty.ip(), client.ip()), "{reject}");
+    assert_eq!(reject["counters"]["reject_no_backend"], 1, "{reject}");
+    let other = &reports[2];
+    assert_eq!(other["verdict"], "pass", "{other}");
+    assert_eq!((&other["service"], &other["backend"]), (&Value::Null, &Value::Null));
+    assert_eq!(other["after"], other["before"], "{other}");
+    assert_eq!(other["counters"]["not_service"], 1, "{other}");
+
+    // One packet of it, and the text form saying where it ran.
+    let second = json_lines(
+        &agent
+            .trace_in(node, &["--json", "--pcap", capture, "--packet", "2", "--iface", veth])
+            .unwrap(),
+    );
+    assert_eq!(second, [reject.clone()]);
+    let text = agent
+        .trace_in(node, &["--pcap", capture, "--packet", "1", "--iface", veth])
+        .unwrap();
+    assert!(
+        text.starts_with(&format!("packet:    1\nhook:      tc on {veth}\nverdict:   ")),
+        "{text}"
+    );
+
+    // On the external interface: XDP, where the ClusterIP is not served (external scope).
+    let external = json_lines(
+        &agent
+            .trace_in(node, &["--json", "--pcap", capture, "--iface", EXTERNAL_IFACE])
+            .unwrap(),
+    );
+    assert_eq!(external.len(), 3);
+    let syn = &external[0];
+    assert_eq!((&syn["hook"], &syn["iface"]), (&Value::from("xdp"), &Value::from(EXTERNAL_IFACE)));
+    assert_eq!(syn["verdict"], "pass", "{syn}");
+    assert_eq!(syn["service"], Value::Null, "{syn}");
+    assert_eq!(syn["after"], syn["before"], "{syn}");
+    assert_eq!(syn["counters"]["not_service"], 1, "{syn}");
+
+    // What cannot be traced: one line each, and a failed exit.
+    let error = one_line_error(agent.trace_in(
+        node,
+        &["--pcap", capture, "--iface", EXTERNAL_IFACE, "--hook", "tc"],
+    ));
+    assert!(error.contains("--hook tc disagrees with the xdp program the agent attached to ext0"), "{error}");
+    let error = one_line_error(agent.trace_in(node, &["--pcap", capture, "--iface", "tracepcap0"]));
+    assert!(error.contains("no interface tracepcap0 in this network namespace"), "{error}");
+    let missing = dir.path().join("missing.pcap");
+    let error = one_line_error(agent.trace_with(&["--pcap", missing.to_str().unwrap()]));
+    assert!(error.contains("cannot read ") && error.contains("missing.pcap"), "{error}");
+    let garbage = dir.path().join("garbage.pcap");
+    std::fs::write(&garbage, b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    let error = one_line_error(agent.trace_with(&["--pcap", garbage.to_str().unwrap()]));
+    assert!(error.contains("not a readable pcap or pcapng capture"), "{error}");
+    let error = one_line_error(agent.trace_with(&["--pcap", capture, "--packet", "4"]));
+    assert!(error.contains("no packet 4: it holds 3"), "{error}");
+
+    // Nothing traced reached the live maps.
+    let after = live_state(&agent.inspect_with(&["--json", "--all"]).unwrap());
+    assert_eq!(before.0, after.0, "conntrack changed");
+    assert_eq!(before.2, after.2, "per-Service counters moved");
+    for name in ["new_flows", "reject_no_backend"] {
+        assert_eq!(before.1[name], after.1[name], "{name} moved");
+    }
 }

@@ -12,7 +12,8 @@ use lb_common::maps as registry;
 use lb_common::trace::{DRY_RUN_GLOBAL, TRACE_MAP, TRACE_STATS_MAP};
 use lb_common::{program_names, Counter, TraceRecord};
 
-use super::{load_program, program_ref, DatapathError, DatapathMaps, EBPF_OBJECT};
+use super::link_pin::{Hook, InvalidIfaceName};
+use super::{load_program, pinned_links, program_ref, DatapathError, DatapathMaps, EBPF_OBJECT};
 
 /// Which entry point a traced packet goes through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,6 +22,38 @@ pub enum TraceHook {
     Tc,
     /// XDP, as on the external interface.
     Xdp,
+}
+
+impl TraceHook {
+    /// The ingress hook the agent attached to `iface`, told by the link it pinned in
+    /// `links_dir`: XDP (the external interface, whose TC link is the XDP hand-off) or else
+    /// TC; `None` without a pin (none there, or a TC attachment through netlink, before
+    /// kernel 6.6).
+    pub fn attached(links_dir: &Path, iface: &str) -> Result<Option<Self>, InvalidIfaceName> {
+        for (pinned, hook) in [(Hook::Xdp, TraceHook::Xdp), (Hook::Tc, TraceHook::Tc)] {
+            let pin = pinned_links::pin_path(links_dir, iface, pinned)?;
+            if std::fs::symlink_metadata(pin).is_ok() {
+                return Ok(Some(hook));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// The context a run starts with when the packet arrives on the interface `ifindex`, as
+/// bytes: a prefix of `struct __sk_buff` up to `ifindex` for TC (the kernel zeroes the rest;
+/// of these fields BPF_PROG_TEST_RUN takes only `ingress_ifindex` and `ifindex`, and runs
+/// the program on that device), all of `struct xdp_md` for XDP (`data_end` must be the frame's
+/// length; `ingress_ifindex` picks the device's first receive queue).
+fn arrival_ctx(hook: TraceHook, ifindex: u32, frame_len: usize) -> Vec<u8> {
+    let words: &[u32] = match hook {
+        // len, pkt_type, mark, queue_mapping, protocol, vlan_present, vlan_tci, vlan_proto,
+        // priority, ingress_ifindex, ifindex.
+        TraceHook::Tc => &[0, 0, 0, 0, 0, 0, 0, 0, 0, ifindex, ifindex],
+        // data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
+        TraceHook::Xdp => &[0, frame_len as u32, 0, ifindex, 0, 0],
+    };
+    words.iter().flat_map(|w| w.to_ne_bytes()).collect()
 }
 
 /// What one dry run returned.
@@ -62,12 +95,20 @@ impl DryRun {
         Ok(Self { ebpf })
     }
 
-    /// Runs `frame` through `hook`'s program once.
-    pub fn run(&mut self, hook: TraceHook, frame: &[u8]) -> Result<DryRunResult, DatapathError> {
+    /// Runs `frame` through `hook`'s program once, as arrived on the interface `ifindex` (in
+    /// the caller's network namespace) if given, else on its loopback device.
+    pub fn run(
+        &mut self,
+        hook: TraceHook,
+        ifindex: Option<u32>,
+        frame: &[u8],
+    ) -> Result<DryRunResult, DatapathError> {
         let mut out = vec![0u8; frame.len() + 256];
+        let ctx = ifindex.map(|ifindex| arrival_ctx(hook, ifindex, frame.len()));
         let options = TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
+            ctx_in: ctx.as_deref(),
             ..TestRunOptions::default()
         };
         let (program, result) = match hook {
@@ -136,5 +177,27 @@ impl DryRun {
             }
         }
         Ok(moved)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn word(ctx: &[u8], offset: usize) -> u32 {
+        u32::from_ne_bytes(ctx[offset..offset + 4].try_into().unwrap())
+    }
+
+    #[test]
+    fn the_arrival_interface_is_where_the_kernel_reads_it() {
+        // `struct __sk_buff`: ingress_ifindex at 36, ifindex at 40; nothing else set.
+        let tc = arrival_ctx(TraceHook::Tc, 7, 60);
+        assert_eq!(tc.len(), 44);
+        assert_eq!((word(&tc, 36), word(&tc, 40)), (7, 7));
+        assert!(tc[..36].iter().all(|b| *b == 0));
+        // `struct xdp_md`: data_end at 4 (the frame's length), ingress_ifindex at 12.
+        let xdp = arrival_ctx(TraceHook::Xdp, 7, 60);
+        assert_eq!(xdp.len(), 24);
+        assert_eq!((word(&xdp, 0), word(&xdp, 4), word(&xdp, 12)), (0, 60, 7));
     }
 }

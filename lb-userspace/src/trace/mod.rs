@@ -1,6 +1,13 @@
-//! `lb-agent trace`: a packet described on the command line, run through a dry-run copy of
-//! the live programs ([`DryRun`]), and what they would do with it: the verdict, the Service
-//! and backend, the headers before and after, the conntrack entries and counters.
+//! `lb-agent trace`: a packet described on the command line, or each packet of a capture
+//! ([`capture`]), run through a dry-run copy of the live programs ([`DryRun`]) at the hook of
+//! an interface ([`iface`]) or one named, and what they would do with it: the verdict, the
+//! Service and backend, the headers before and after, the conntrack entries and counters.
+
+mod capture;
+mod iface;
+
+pub use capture::{read as read_capture, CaptureError};
+pub use iface::{hook_name, resolve as resolve_iface, Arrival, Iface, IfaceError};
 
 use std::fmt;
 use std::net::{Ipv6Addr, SocketAddrV4};
@@ -103,7 +110,11 @@ fn verdict(hook: TraceHook, code: u32) -> String {
 /// What the programs would do with a packet.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Report {
+    /// Its number in the capture it came from (from 1).
+    pub packet: Option<usize>,
     pub hook: TraceHook,
+    /// The interface it arrived on, if one was named.
+    pub iface: Option<String>,
     pub verdict: String,
     pub before: String,
     /// The frame as the program left it (an ICMP error for a reject).
@@ -117,55 +128,78 @@ pub struct Report {
     pub counters: Vec<(&'static str, u64)>,
 }
 
-/// Runs `packet` through `hook`'s program of a dry-run copy sharing the maps pinned in
-/// `maps_dir`; the live maps are not changed.
-pub fn trace(maps_dir: &Path, hook: TraceHook, packet: &Packet) -> Result<Report, DatapathError> {
-    let maps = DatapathMaps::from_pins(maps_dir)?;
-    let frame = packet.frame();
-    let result = DryRun::load(maps_dir)?.run(hook, &frame)?;
-    let record = result.record;
-    let service = match record.group_id {
-        0 => None,
-        id => Some((id, maps.service_name(id)?)),
-    };
-    let backend_id = match record.conntrack_backend_id {
-        0 => record.new_backend_id,
-        id => id,
-    };
-    let backend = match backend_id {
-        0 => None,
-        id => {
-            let addr = maps.backends()?.into_iter().find(|(b, _)| *b == id);
-            let addr = addr.and_then(|(_, b)| {
-                let ip = Ipv6Addr::from(b.addr).to_ipv4_mapped()?;
-                Some(SocketAddrV4::new(ip, u16::from_be_bytes(b.port)))
-            });
-            Some((id, addr))
-        }
-    };
-    Ok(Report {
-        hook,
-        verdict: verdict(hook, result.return_value),
-        before: header(&frame),
-        after: header(&result.frame),
-        service,
-        backend,
-        record,
-        counters: result
-            .counters
-            .into_iter()
-            .map(|(c, n)| (c.name(), n))
-            .collect(),
-    })
+/// A dry-run copy of the programs sharing the maps pinned in a directory, tracing frames at
+/// one arrival point; the live maps are not changed, so each frame meets them as they are
+/// (a traced SYN leaves no entry for a traced ACK after it).
+pub struct Tracer {
+    maps: DatapathMaps,
+    dry_run: DryRun,
+    arrival: Arrival,
+}
+
+impl Tracer {
+    /// Loads the copy on the maps pinned in `maps_dir`.
+    pub fn load(maps_dir: &Path, arrival: Arrival) -> Result<Self, DatapathError> {
+        Ok(Self {
+            maps: DatapathMaps::from_pins(maps_dir)?,
+            dry_run: DryRun::load(maps_dir)?,
+            arrival,
+        })
+    }
+
+    /// Runs `frame` (Ethernet, as it arrives) through the hook once.
+    pub fn trace(&mut self, frame: &[u8]) -> Result<Report, DatapathError> {
+        let hook = self.arrival.hook;
+        let iface = self.arrival.iface.as_ref();
+        let result = self.dry_run.run(hook, iface.map(|i| i.index), frame)?;
+        let record = result.record;
+        let service = match record.group_id {
+            0 => None,
+            id => Some((id, self.maps.service_name(id)?)),
+        };
+        let backend_id = match record.conntrack_backend_id {
+            0 => record.new_backend_id,
+            id => id,
+        };
+        let backend = match backend_id {
+            0 => None,
+            id => {
+                let addr = self.maps.backends()?.into_iter().find(|(b, _)| *b == id);
+                let addr = addr.and_then(|(_, b)| {
+                    let ip = Ipv6Addr::from(b.addr).to_ipv4_mapped()?;
+                    Some(SocketAddrV4::new(ip, u16::from_be_bytes(b.port)))
+                });
+                Some((id, addr))
+            }
+        };
+        Ok(Report {
+            packet: None,
+            hook,
+            iface: iface.map(|i| i.name.clone()),
+            verdict: verdict(hook, result.return_value),
+            before: header(frame),
+            after: header(&result.frame),
+            service,
+            backend,
+            record,
+            counters: result
+                .counters
+                .into_iter()
+                .map(|(c, n)| (c.name(), n))
+                .collect(),
+        })
+    }
 }
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let hook = match self.hook {
-            TraceHook::Tc => "tc",
-            TraceHook::Xdp => "xdp",
-        };
-        writeln!(f, "hook:      {hook}")?;
+        if let Some(n) = self.packet {
+            writeln!(f, "packet:    {n}")?;
+        }
+        match &self.iface {
+            Some(iface) => writeln!(f, "hook:      {} on {iface}", hook_name(self.hook))?,
+            None => writeln!(f, "hook:      {}", hook_name(self.hook))?,
+        }
         writeln!(f, "verdict:   {}", self.verdict)?;
         writeln!(f, "before:    {}", self.before)?;
         writeln!(f, "after:     {}", self.after)?;
@@ -209,7 +243,9 @@ impl Report {
             .map(|(name, n)| (name.to_string(), json!(n)))
             .collect();
         let doc = json!({
-            "hook": match self.hook { TraceHook::Tc => "tc", TraceHook::Xdp => "xdp" },
+            "packet": self.packet,
+            "hook": hook_name(self.hook),
+            "iface": self.iface,
             "verdict": self.verdict,
             "before": self.before,
             "after": self.after,
@@ -274,7 +310,9 @@ mod tests {
     #[test]
     fn a_report_prints_one_line_per_finding() {
         let report = Report {
+            packet: Some(2),
             hook: TraceHook::Tc,
+            iface: Some("veth1".into()),
             verdict: "pass".into(),
             before: "a".into(),
             after: "b".into(),
@@ -289,6 +327,7 @@ mod tests {
             counters: vec![("packets", 1), ("new_flows", 1)],
         };
         let text = report.to_string();
+        assert!(text.starts_with("packet:    2\nhook:      tc on veth1\n"), "{text}");
         assert!(
             text.contains("service:   default/web:http (slot group 3)\n"),
             "{text}"
@@ -308,5 +347,6 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
         assert_eq!(json["backend"]["addr"], "198.18.2.2:8080");
         assert_eq!(json["counters"]["new_flows"], 1);
+        assert_eq!((&json["packet"], &json["iface"]), (&json!(2), &json!("veth1")));
     }
 }
