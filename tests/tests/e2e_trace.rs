@@ -175,12 +175,14 @@ fn json_lines(out: &str) -> Vec<Value> {
         .collect()
 }
 
-/// The stderr of a failed `lb-agent trace`, which must be one line.
+/// The error a failed `lb-agent trace` printed, which must be one line (before the stack
+/// backtrace anyhow adds where `RUST_BACKTRACE` is set, as under `cargo test`).
 fn one_line_error(result: lb_tests::Result<String>) -> String {
     match result {
         Err(Error::Command { stderr, .. }) => {
-            assert_eq!(stderr.lines().count(), 1, "{stderr}");
-            stderr
+            let message = stderr.split("\n\nStack backtrace:").next().unwrap();
+            assert_eq!(message.lines().count(), 1, "{stderr}");
+            message.to_string()
         }
         other => panic!("expected a failed command, got {other:?}"),
     }
@@ -270,19 +272,24 @@ fn trace_runs_each_packet_of_a_capture_at_the_hook_of_the_interface() {
         "{text}"
     );
 
-    // On the external interface: XDP, where the ClusterIP is not served (external scope).
+    // On the external interface: XDP, whose packets from outside the node are masqueraded
+    // on their way to a pod (at TC, from a pod, they were not), handed to TC with the mark.
     let external = json_lines(
         &agent
             .trace_in(node, &["--json", "--pcap", capture, "--iface", EXTERNAL_IFACE])
             .unwrap(),
     );
     assert_eq!(external.len(), 3);
+    assert!(reports[0]["counters"].get("masqueraded").is_none(), "{}", reports[0]);
     let syn = &external[0];
     assert_eq!((&syn["hook"], &syn["iface"]), (&Value::from("xdp"), &Value::from(EXTERNAL_IFACE)));
     assert_eq!(syn["verdict"], "pass", "{syn}");
-    assert_eq!(syn["service"], Value::Null, "{syn}");
-    assert_eq!(syn["after"], syn["before"], "{syn}");
-    assert_eq!(syn["counters"]["not_service"], 1, "{syn}");
+    assert_eq!(syn["service"]["name"], "default/demo:http", "{syn}");
+    assert_eq!(syn["counters"]["masqueraded"], 1, "{syn}");
+    let backend = syn["backend"]["addr"].as_str().unwrap();
+    let after = syn["after"].as_str().unwrap();
+    assert!(after.ends_with(&format!(" -> {backend} TCP [syn]")), "{syn}");
+    assert!(!after.starts_with(&client.to_string()), "not masqueraded: {syn}");
 
     // What cannot be traced: one line each, and a failed exit.
     let error = one_line_error(agent.trace_in(

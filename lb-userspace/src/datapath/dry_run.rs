@@ -2,10 +2,12 @@
 //! global set, sharing an agent's pinned maps, so a packet run through it with
 //! BPF_PROG_TEST_RUN sees the live state and changes none of it. What the run would have
 //! written lands in the copy's own `LB_TRACE` maps.
+//! Each run starts from cleared records, so one copy traces packet after packet.
 
 use std::path::Path;
 
-use aya::maps::PerCpuArray;
+use aya::maps::{MapError, PerCpuArray, PerCpuValues};
+use aya::Pod;
 use aya::programs::{SchedClassifier, TestRunOptions, Xdp};
 use aya::{Ebpf, EbpfLoader, TestRun};
 use lb_common::maps as registry;
@@ -40,21 +42,27 @@ impl TraceHook {
     }
 }
 
-/// The context a run starts with when the packet arrives on the interface `ifindex`, as
-/// bytes: a prefix of `struct __sk_buff` up to `ifindex` for TC (the kernel zeroes the rest;
-/// of these fields BPF_PROG_TEST_RUN takes only `ingress_ifindex` and `ifindex`, and runs
-/// the program on that device), all of `struct xdp_md` for XDP (`data_end` must be the frame's
-/// length; `ingress_ifindex` picks the device's first receive queue).
-fn arrival_ctx(hook: TraceHook, ifindex: u32, frame_len: usize) -> Vec<u8> {
-    let words: &[u32] = match hook {
+/// The context a run starts with, as bytes, when the packet arrives on the interface
+/// `ifindex` (else on the run's loopback device): for TC, with an interface, a prefix of
+/// `struct __sk_buff` up to `ifindex` (the kernel zeroes the rest; of these fields
+/// BPF_PROG_TEST_RUN takes only `ingress_ifindex` and `ifindex`, and runs the program on that
+/// device); for XDP always all of `struct xdp_md` (`data_end` must be the frame's length;
+/// `ingress_ifindex`, if not 0, picks the device's first receive queue), so that the context
+/// the run hands back tells where the frame starts after the metadata the program added.
+fn run_ctx(hook: TraceHook, ifindex: Option<u32>, frame_len: usize) -> Option<Vec<u8>> {
+    let words = match (hook, ifindex) {
+        (TraceHook::Tc, None) => return None,
         // len, pkt_type, mark, queue_mapping, protocol, vlan_present, vlan_tci, vlan_proto,
         // priority, ingress_ifindex, ifindex.
-        TraceHook::Tc => &[0, 0, 0, 0, 0, 0, 0, 0, 0, ifindex, ifindex],
+        (TraceHook::Tc, Some(ifindex)) => vec![0, 0, 0, 0, 0, 0, 0, 0, 0, ifindex, ifindex],
         // data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
-        TraceHook::Xdp => &[0, frame_len as u32, 0, ifindex, 0, 0],
+        (TraceHook::Xdp, ifindex) => vec![0, frame_len as u32, 0, ifindex.unwrap_or(0), 0, 0],
     };
-    words.iter().flat_map(|w| w.to_ne_bytes()).collect()
+    Some(words.iter().flat_map(|w| w.to_ne_bytes()).collect())
 }
+
+/// `sizeof(struct xdp_md)`.
+const XDP_MD_LEN: usize = 24;
 
 /// What one dry run returned.
 #[derive(Clone, Debug)]
@@ -103,12 +111,17 @@ impl DryRun {
         ifindex: Option<u32>,
         frame: &[u8],
     ) -> Result<DryRunResult, DatapathError> {
+        // What an earlier run of this copy recorded.
+        self.clear::<TraceRecord>(TRACE_MAP, 1)?;
+        self.clear::<u64>(TRACE_STATS_MAP, Counter::COUNT)?;
         let mut out = vec![0u8; frame.len() + 256];
-        let ctx = ifindex.map(|ifindex| arrival_ctx(hook, ifindex, frame.len()));
+        let ctx = run_ctx(hook, ifindex, frame.len());
+        let mut xdp_md = [0u8; XDP_MD_LEN];
         let options = TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
             ctx_in: ctx.as_deref(),
+            ctx_out: (hook == TraceHook::Xdp).then_some(&mut xdp_md[..]),
             ..TestRunOptions::default()
         };
         let (program, result) = match hook {
@@ -130,12 +143,33 @@ impl DryRun {
             )
         })?;
         out.truncate(result.data_size_out as usize);
+        // XDP's output starts with the metadata (the reply path's hand-off mark); `data` of
+        // the `xdp_md` handed back is its length.
+        let metadata = u32::from_ne_bytes([xdp_md[0], xdp_md[1], xdp_md[2], xdp_md[3]]);
+        out.drain(..(metadata as usize).min(out.len()));
         Ok(DryRunResult {
             return_value: result.return_value,
             frame: out,
             record: self.record()?,
             counters: self.counters()?,
         })
+    }
+
+    /// Zeroes the first `len` elements of the per-CPU array `name`.
+    fn clear<T: Pod + Default>(&mut self, name: &'static str, len: u32) -> Result<(), DatapathError> {
+        let failed = |source| DatapathError::Clear { map: name, source };
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| failed(MapError::IoError(e)))?;
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DatapathError::MissingMap(name))?;
+        let mut array = PerCpuArray::<_, T>::try_from(map).map_err(failed)?;
+        for index in 0..len {
+            let zeros = PerCpuValues::try_from(vec![T::default(); cpus])
+                .map_err(|e| failed(MapError::IoError(e)))?;
+            array.set(index, zeros, 0).map_err(failed)?;
+        }
+        Ok(())
     }
 
     fn record(&self) -> Result<TraceRecord, DatapathError> {
@@ -191,13 +225,16 @@ mod tests {
     #[test]
     fn the_arrival_interface_is_where_the_kernel_reads_it() {
         // `struct __sk_buff`: ingress_ifindex at 36, ifindex at 40; nothing else set.
-        let tc = arrival_ctx(TraceHook::Tc, 7, 60);
+        let tc = run_ctx(TraceHook::Tc, Some(7), 60).unwrap();
         assert_eq!(tc.len(), 44);
         assert_eq!((word(&tc, 36), word(&tc, 40)), (7, 7));
         assert!(tc[..36].iter().all(|b| *b == 0));
+        assert_eq!(run_ctx(TraceHook::Tc, None, 60), None);
         // `struct xdp_md`: data_end at 4 (the frame's length), ingress_ifindex at 12.
-        let xdp = arrival_ctx(TraceHook::Xdp, 7, 60);
-        assert_eq!(xdp.len(), 24);
+        let xdp = run_ctx(TraceHook::Xdp, Some(7), 60).unwrap();
+        assert_eq!(xdp.len(), XDP_MD_LEN);
         assert_eq!((word(&xdp, 0), word(&xdp, 4), word(&xdp, 12)), (0, 60, 7));
+        let xdp = run_ctx(TraceHook::Xdp, None, 60).unwrap();
+        assert_eq!((word(&xdp, 4), word(&xdp, 12)), (60, 0));
     }
 }

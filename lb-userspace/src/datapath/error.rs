@@ -92,6 +92,12 @@ pub enum DatapathError {
         #[source]
         source: MapError,
     },
+    #[error("clearing map `{map}` failed")]
+    Clear {
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
     #[error("deleting from map `{map}` failed")]
     Delete {
         map: &'static str,
