@@ -325,10 +325,20 @@ struct TraceArgs {
     #[arg(long, default_value = DEFAULT_BPFFS_DIR)]
     bpffs_dir: PathBuf,
     /// Source address and port.
-    #[arg(long, value_name = "IP:PORT", required_unless_present = "pcap", conflicts_with = "pcap")]
+    #[arg(
+        long,
+        value_name = "IP:PORT",
+        required_unless_present = "pcap",
+        conflicts_with = "pcap"
+    )]
     from: Option<SocketAddrV4>,
     /// Destination address and port.
-    #[arg(long, value_name = "IP:PORT", required_unless_present = "pcap", conflicts_with = "pcap")]
+    #[arg(
+        long,
+        value_name = "IP:PORT",
+        required_unless_present = "pcap",
+        conflicts_with = "pcap"
+    )]
     to: Option<SocketAddrV4>,
     #[arg(long, value_enum, default_value = "tcp", conflicts_with = "pcap")]
     proto: TraceProtocol,
@@ -569,16 +579,17 @@ fn capture_frames(
 ) -> anyhow::Result<Vec<(Option<usize>, Vec<u8>)>> {
     let frames = trace::read_capture(path)?;
     let count = frames.len();
-    let numbered = frames.into_iter().enumerate().map(|(i, f)| (Some(i + 1), f));
+    let numbered = frames
+        .into_iter()
+        .enumerate()
+        .map(|(i, f)| (Some(i + 1), f));
     match only {
         None => Ok(numbered.collect()),
         Some(n) => numbered
             .into_iter()
             .nth(n.get() - 1)
             .map(|frame| vec![frame])
-            .ok_or_else(|| {
-                anyhow::anyhow!("{}: no packet {n}: it holds {count}", path.display())
-            }),
+            .ok_or_else(|| anyhow::anyhow!("{}: no packet {n}: it holds {count}", path.display())),
     }
 }
 

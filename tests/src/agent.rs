@@ -354,7 +354,10 @@ impl Agent {
     /// mounts, and so bpffs, as they are), where `--iface` names its interfaces.
     pub fn trace_in(&self, netns: &NetNs, args: &[&str]) -> Result<String> {
         let binary = Agent::binary()?;
-        let (binary, dir) = (binary.to_string_lossy(), self.options.bpffs_dir.to_string_lossy());
+        let (binary, dir) = (
+            binary.to_string_lossy(),
+            self.options.bpffs_dir.to_string_lossy(),
+        );
         let net = format!("--net={}", netns.path().display());
         let all: Vec<&str> = [net.as_str(), &binary, "trace", "--bpffs-dir", &dir]
             .into_iter()

@@ -73,7 +73,11 @@ impl Cluster {
         manifests: &Path,
         configure: impl FnOnce(&mut AgentOptions),
     ) -> Result<Cluster> {
-        Cluster::start_on(Topology::client_and_backends(example::BACKENDS)?, manifests, configure)
+        Cluster::start_on(
+            Topology::client_and_backends(example::BACKENDS)?,
+            manifests,
+            configure,
+        )
     }
 
     /// Like [`Cluster::start`], with the outside namespace ([`Topology::add_outside`]) on the

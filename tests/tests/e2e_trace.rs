@@ -14,7 +14,7 @@ use lb_tests::{
     cluster::Cluster,
     example, require_root,
     servers::TcpClient,
-    topology::{backend_addr, CLIENT_ADDR, EXTERNAL_IFACE},
+    topology::{backend_addr, backend_name, CLIENT_ADDR, EXTERNAL_IFACE},
     Error,
 };
 use pcap_file::pcap::{PcapPacket, PcapWriter};
@@ -200,6 +200,22 @@ fn trace_runs_each_packet_of_a_capture_at_the_hook_of_the_interface() {
     let backends: Vec<String> = (0..example::BACKENDS)
         .map(|i| format!("{}:{}", backend_addr(i), example::TCP_TARGET_PORT))
         .collect();
+    // A real connection, kept open (its entries are part of the live state).
+    let mut connection = cluster
+        .client()
+        .netns
+        .run(|| TcpClient::connect(example::tcp_vip(), TIMEOUT))
+        .unwrap()
+        .unwrap();
+    let reply = connection.ask().unwrap();
+    let index: usize = reply.from.trim_start_matches("backend-").parse().unwrap();
+    let reached = format!("{}:{}", backend_addr(index), example::TCP_TARGET_PORT);
+    let connected = format!("{CLIENT_ADDR}:{}", reply.local_port);
+    let backend_veth = cluster
+        .topology()
+        .pod(&backend_name(index))
+        .host_iface
+        .clone();
     let before = live_state(&agent.inspect_with(&["--json", "--all"]).unwrap());
 
     // A SYN to the ClusterIP, one to the Service without endpoints, and a datagram to an
@@ -243,24 +259,42 @@ fn trace_runs_each_packet_of_a_capture_at_the_hook_of_the_interface() {
     // The same packet described on the command line: the same backend (its 5-tuple's).
     let described = trace(
         &cluster,
-        &["--json", "--from", &client.to_string(), "--to", &example::tcp_vip().to_string()],
+        &[
+            "--json",
+            "--from",
+            &client.to_string(),
+            "--to",
+            &example::tcp_vip().to_string(),
+        ],
     );
     assert_eq!(described["backend"], syn["backend"], "{described}");
     let reject = &reports[1];
     assert_eq!(reject["verdict"], "redirect", "{reject}");
     assert_eq!(reject["service"]["name"], "default/empty:web", "{reject}");
-    assert_eq!(reject["after"], format!("{} -> {} ICMP", empty.ip(), client.ip()), "{reject}");
+    assert_eq!(
+        reject["after"],
+        format!("{} -> {} ICMP", empty.ip(), client.ip()),
+        "{reject}"
+    );
     assert_eq!(reject["counters"]["reject_no_backend"], 1, "{reject}");
     let other = &reports[2];
     assert_eq!(other["verdict"], "pass", "{other}");
-    assert_eq!((&other["service"], &other["backend"]), (&Value::Null, &Value::Null));
+    assert_eq!(
+        (&other["service"], &other["backend"]),
+        (&Value::Null, &Value::Null)
+    );
     assert_eq!(other["after"], other["before"], "{other}");
     assert_eq!(other["counters"]["not_service"], 1, "{other}");
 
     // One packet of it, and the text form saying where it ran.
     let second = json_lines(
         &agent
-            .trace_in(node, &["--json", "--pcap", capture, "--packet", "2", "--iface", veth])
+            .trace_in(
+                node,
+                &[
+                    "--json", "--pcap", capture, "--packet", "2", "--iface", veth,
+                ],
+            )
             .unwrap(),
     );
     assert_eq!(second, [reject.clone()]);
@@ -268,7 +302,9 @@ fn trace_runs_each_packet_of_a_capture_at_the_hook_of_the_interface() {
         .trace_in(node, &["--pcap", capture, "--packet", "1", "--iface", veth])
         .unwrap();
     assert!(
-        text.starts_with(&format!("packet:    1\nhook:      tc on {veth}\nverdict:   ")),
+        text.starts_with(&format!(
+            "packet:    1\nhook:      tc on {veth}\nverdict:   "
+        )),
         "{text}"
     );
 
@@ -276,36 +312,93 @@ fn trace_runs_each_packet_of_a_capture_at_the_hook_of_the_interface() {
     // on their way to a pod (at TC, from a pod, they were not), handed to TC with the mark.
     let external = json_lines(
         &agent
-            .trace_in(node, &["--json", "--pcap", capture, "--iface", EXTERNAL_IFACE])
+            .trace_in(
+                node,
+                &["--json", "--pcap", capture, "--iface", EXTERNAL_IFACE],
+            )
             .unwrap(),
     );
     assert_eq!(external.len(), 3);
-    assert!(reports[0]["counters"].get("masqueraded").is_none(), "{}", reports[0]);
+    assert!(
+        reports[0]["counters"].get("masqueraded").is_none(),
+        "{}",
+        reports[0]
+    );
     let syn = &external[0];
-    assert_eq!((&syn["hook"], &syn["iface"]), (&Value::from("xdp"), &Value::from(EXTERNAL_IFACE)));
+    assert_eq!(
+        (&syn["hook"], &syn["iface"]),
+        (&Value::from("xdp"), &Value::from(EXTERNAL_IFACE))
+    );
     assert_eq!(syn["verdict"], "pass", "{syn}");
     assert_eq!(syn["service"]["name"], "default/demo:http", "{syn}");
     assert_eq!(syn["counters"]["masqueraded"], 1, "{syn}");
     let backend = syn["backend"]["addr"].as_str().unwrap();
     let after = syn["after"].as_str().unwrap();
-    assert!(after.ends_with(&format!(" -> {backend} TCP [syn]")), "{syn}");
-    assert!(!after.starts_with(&client.to_string()), "not masqueraded: {syn}");
+    assert!(
+        after.ends_with(&format!(" -> {backend} TCP [syn]")),
+        "{syn}"
+    );
+    assert!(
+        !after.starts_with(&client.to_string()),
+        "not masqueraded: {syn}"
+    );
+
+    // A backend's reply to a connection the test holds open, on that backend's veth: the
+    // redirect reply path's FIB lookup runs as for that interface, so it sends the reply on
+    // while the interface forwards, and leaves it to the kernel once it does not.
+    let reply_args = [
+        "--json",
+        "--from",
+        &reached,
+        "--to",
+        &connected,
+        "--tcp-flags",
+        "ack",
+        "--iface",
+        &backend_veth,
+    ];
+    let forwarded = json_lines(&agent.trace_in(node, &reply_args).unwrap());
+    assert_eq!(forwarded[0]["verdict"], "redirect", "{}", forwarded[0]);
+    assert_eq!(
+        forwarded[0]["after"],
+        format!("{} -> {connected} TCP [ack]", example::tcp_vip()),
+        "{}",
+        forwarded[0]
+    );
+    let forwarding = format!("net.ipv4.conf.{backend_veth}.forwarding");
+    node.set_sysctl(&forwarding, "0").unwrap();
+    let kept = json_lines(&agent.trace_in(node, &reply_args).unwrap());
+    node.set_sysctl(&forwarding, "1").unwrap();
+    assert_eq!(kept[0]["verdict"], "pass", "{}", kept[0]);
+    assert_eq!(kept[0]["after"], forwarded[0]["after"], "{}", kept[0]);
 
     // What cannot be traced: one line each, and a failed exit.
     let error = one_line_error(agent.trace_in(
         node,
         &["--pcap", capture, "--iface", EXTERNAL_IFACE, "--hook", "tc"],
     ));
-    assert!(error.contains("--hook tc disagrees with the xdp program the agent attached to ext0"), "{error}");
+    assert!(
+        error.contains("--hook tc disagrees with the xdp program the agent attached to ext0"),
+        "{error}"
+    );
     let error = one_line_error(agent.trace_in(node, &["--pcap", capture, "--iface", "tracepcap0"]));
-    assert!(error.contains("no interface tracepcap0 in this network namespace"), "{error}");
+    assert!(
+        error.contains("no interface tracepcap0 in this network namespace"),
+        "{error}"
+    );
     let missing = dir.path().join("missing.pcap");
     let error = one_line_error(agent.trace_with(&["--pcap", missing.to_str().unwrap()]));
-    assert!(error.contains("cannot read ") && error.contains("missing.pcap"), "{error}");
+    assert!(
+        error.contains("cannot read ") && error.contains("missing.pcap"),
+        "{error}"
+    );
     let garbage = dir.path().join("garbage.pcap");
     std::fs::write(&garbage, b"GET / HTTP/1.1\r\n\r\n").unwrap();
     let error = one_line_error(agent.trace_with(&["--pcap", garbage.to_str().unwrap()]));
-    assert!(error.contains("not a readable pcap or pcapng capture"), "{error}");
+    assert!(
+        error.contains("not a readable pcap or pcapng capture"),
+        "{error}"
+    );
     let error = one_line_error(agent.trace_with(&["--pcap", capture, "--packet", "4"]));
     assert!(error.contains("no packet 4: it holds 3"), "{error}");
 
@@ -313,7 +406,8 @@ fn trace_runs_each_packet_of_a_capture_at_the_hook_of_the_interface() {
     let after = live_state(&agent.inspect_with(&["--json", "--all"]).unwrap());
     assert_eq!(before.0, after.0, "conntrack changed");
     assert_eq!(before.2, after.2, "per-Service counters moved");
-    for name in ["new_flows", "reject_no_backend"] {
+    for name in ["new_flows", "reject_no_backend", "masqueraded"] {
         assert_eq!(before.1[name], after.1[name], "{name} moved");
     }
+    drop(connection);
 }

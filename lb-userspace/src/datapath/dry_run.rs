@@ -7,8 +7,8 @@
 use std::path::Path;
 
 use aya::maps::{MapError, PerCpuArray, PerCpuValues};
-use aya::Pod;
 use aya::programs::{SchedClassifier, TestRunOptions, Xdp};
+use aya::Pod;
 use aya::{Ebpf, EbpfLoader, TestRun};
 use lb_common::maps as registry;
 use lb_common::trace::{DRY_RUN_GLOBAL, TRACE_MAP, TRACE_STATS_MAP};
@@ -156,7 +156,11 @@ impl DryRun {
     }
 
     /// Zeroes the first `len` elements of the per-CPU array `name`.
-    fn clear<T: Pod + Default>(&mut self, name: &'static str, len: u32) -> Result<(), DatapathError> {
+    fn clear<T: Pod + Default>(
+        &mut self,
+        name: &'static str,
+        len: u32,
+    ) -> Result<(), DatapathError> {
         let failed = |source| DatapathError::Clear { map: name, source };
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| failed(MapError::IoError(e)))?;
         let map = self

@@ -238,18 +238,41 @@ mod tests {
     #[test]
     fn what_cannot_be_traced_is_a_clear_error() {
         let raw = read_bytes(&pcap(DataLink::RAW, &frames())).unwrap_err();
-        assert!(raw.to_string().ends_with(": link type RAW is not traced (Ethernet, LINUX_SLL and LINUX_SLL2 are)"), "{raw}");
+        assert!(
+            raw.to_string().ends_with(
+                ": link type RAW is not traced (Ethernet, LINUX_SLL and LINUX_SLL2 are)"
+            ),
+            "{raw}"
+        );
         let short = read_bytes(&pcap(DataLink::ETHERNET, &[vec![0; 10]])).unwrap_err();
-        assert!(short.to_string().ends_with(": packet 1 (ETHERNET) has 10 bytes, fewer than its link-layer header"), "{short}");
+        assert!(
+            short
+                .to_string()
+                .ends_with(": packet 1 (ETHERNET) has 10 bytes, fewer than its link-layer header"),
+            "{short}"
+        );
         let empty = read_bytes(&pcap(DataLink::ETHERNET, &[])).unwrap_err();
         assert!(empty.to_string().ends_with(" holds no packets"), "{empty}");
         let text = read_bytes(b"not a capture at all").unwrap_err();
-        assert!(text.to_string().contains(": not a readable pcap or pcapng capture ("), "{text}");
+        assert!(
+            text.to_string()
+                .contains(": not a readable pcap or pcapng capture ("),
+            "{text}"
+        );
         let mut cut = pcap(DataLink::ETHERNET, &frames());
         cut.truncate(cut.len() - 1);
         let cut = read_bytes(&cut).unwrap_err();
-        assert!(cut.to_string().contains(": not a readable pcap or pcapng capture ("), "{cut}");
+        assert!(
+            cut.to_string()
+                .contains(": not a readable pcap or pcapng capture ("),
+            "{cut}"
+        );
         let missing = read(Path::new("/nonexistent/tracepcap.pcap")).unwrap_err();
-        assert!(missing.to_string().starts_with("cannot read /nonexistent/tracepcap.pcap: "), "{missing}");
+        assert!(
+            missing
+                .to_string()
+                .starts_with("cannot read /nonexistent/tracepcap.pcap: "),
+            "{missing}"
+        );
     }
 }

@@ -110,7 +110,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // Every namespace has a loopback device; its pins here are plain files.
         let err = resolve(dir.path(), "lo", None).unwrap_err();
-        assert!(err.to_string().contains("name the hook with --hook"), "{err}");
+        assert!(
+            err.to_string().contains("name the hook with --hook"),
+            "{err}"
+        );
         let lo = resolve(dir.path(), "lo", Some(TraceHook::Xdp)).unwrap();
         assert_eq!(lo.hook, TraceHook::Xdp);
         assert_eq!(lo.iface.map(|i| (i.name, i.index)), Some(("lo".into(), 1)));
@@ -119,7 +122,10 @@ mod tests {
         assert_eq!(resolve(dir.path(), "lo", None).unwrap().hook, TraceHook::Tc);
         // The external interface: XDP, and the hand-off program's TC link beside it.
         std::fs::write(dir.path().join("lo-xdp"), "").unwrap();
-        assert_eq!(resolve(dir.path(), "lo", None).unwrap().hook, TraceHook::Xdp);
+        assert_eq!(
+            resolve(dir.path(), "lo", None).unwrap().hook,
+            TraceHook::Xdp
+        );
         let err = resolve(dir.path(), "lo", Some(TraceHook::Tc)).unwrap_err();
         assert_eq!(
             err.to_string(),

@@ -327,7 +327,10 @@ mod tests {
             counters: vec![("packets", 1), ("new_flows", 1)],
         };
         let text = report.to_string();
-        assert!(text.starts_with("packet:    2\nhook:      tc on veth1\n"), "{text}");
+        assert!(
+            text.starts_with("packet:    2\nhook:      tc on veth1\n"),
+            "{text}"
+        );
         assert!(
             text.contains("service:   default/web:http (slot group 3)\n"),
             "{text}"
@@ -347,6 +350,9 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
         assert_eq!(json["backend"]["addr"], "198.18.2.2:8080");
         assert_eq!(json["counters"]["new_flows"], 1);
-        assert_eq!((&json["packet"], &json["iface"]), (&json!(2), &json!("veth1")));
+        assert_eq!(
+            (&json["packet"], &json["iface"]),
+            (&json!(2), &json!("veth1"))
+        );
     }
 }
