@@ -297,7 +297,7 @@ fn trace_runs_each_packet_of_a_capture_at_the_hook_of_the_interface() {
             )
             .unwrap(),
     );
-    assert_eq!(second, [reject.clone()]);
+    assert_eq!(second.as_slice(), std::slice::from_ref(reject));
     let text = agent
         .trace_in(node, &["--pcap", capture, "--packet", "1", "--iface", veth])
         .unwrap();

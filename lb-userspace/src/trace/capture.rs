@@ -224,7 +224,7 @@ mod tests {
         let expected = [&[0; 6][..], mac, rest].concat();
         assert_eq!(
             read_bytes(&pcap(DataLink::LINUX_SLL, &[sll])).unwrap(),
-            [expected.clone()]
+            std::slice::from_ref(&expected)
         );
         // Protocol, reserved, ifindex, ARPHRD_ETHER, packet type, address length, address.
         let mut sll2 = [&rest[..2], &[0, 0, 0, 0, 0, 2, 0, 1, 0, 6], mac, &[0, 0]].concat();
