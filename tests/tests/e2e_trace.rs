@@ -342,6 +342,19 @@ fn trace_runs_each_packet_of_a_capture_at_the_hook_of_the_interface() {
         !after.starts_with(&client.to_string()),
         "not masqueraded: {syn}"
     );
+    // `--hook xdp` alone: the same program on the loopback device, the same decision.
+    let hooked = json_lines(
+        &agent
+            .trace_with(&[
+                "--json", "--hook", "xdp", "--pcap", capture, "--packet", "1",
+            ])
+            .unwrap(),
+    );
+    assert_eq!(
+        (&hooked[0]["hook"], &hooked[0]["iface"]),
+        (&Value::from("xdp"), &Value::Null)
+    );
+    assert_eq!(hooked[0]["after"], syn["after"], "{}", hooked[0]);
 
     // A backend's reply to a connection the test holds open, on that backend's veth: the
     // redirect reply path's FIB lookup runs as for that interface, so it sends the reply on
