@@ -90,38 +90,29 @@ pub struct CtValue {
 impl CtValue {
     /// The key of the other entry of this entry's flow, this entry being stored under `key`:
     /// a forward entry's reply key (backend -> client, or -> the node's end when
-    /// masqueraded), a reply entry's forward key (client -> frontend). The programs derive
-    /// the same keys (`lb-ebpf`'s `conntrack::reply_key_of` and `forward_key_of`).
+    /// masqueraded), a reply entry's forward key (client -> frontend). The programs and the
+    /// agent's garbage collector both derive the other key with it.
+    #[inline(always)]
     pub fn pair_key(&self, key: &CtKey) -> CtKey {
-        let snat = self.flags & ct_flags::SNAT != 0;
-        if self.flags & ct_flags::DIRECTION == ct_flags::FORWARD {
-            let (dst_addr, dst_port) = if snat {
-                (self.snat_addr, self.snat_port)
-            } else {
-                (key.src_addr, key.src_port)
-            };
-            CtKey {
-                src_addr: self.nat_addr,
-                dst_addr,
-                src_port: self.nat_port,
-                dst_port,
-                proto: key.proto,
-                _pad: [0; 3],
-            }
+        let forward = self.flags & ct_flags::DIRECTION == ct_flags::FORWARD;
+        // The client's end of the other entry: the node's when masqueraded, else the client
+        // of this entry's key (its source when forward, its destination when a reply).
+        let client = if self.flags & ct_flags::SNAT != 0 {
+            (&self.snat_addr, &self.snat_port)
+        } else if forward {
+            (&key.src_addr, &key.src_port)
         } else {
-            let (src_addr, src_port) = if snat {
-                (self.snat_addr, self.snat_port)
-            } else {
-                (key.dst_addr, key.dst_port)
-            };
-            CtKey {
-                src_addr,
-                dst_addr: self.nat_addr,
-                src_port,
-                dst_port: self.nat_port,
-                proto: key.proto,
-                _pad: [0; 3],
-            }
+            (&key.dst_addr, &key.dst_port)
+        };
+        let nat = (&self.nat_addr, &self.nat_port);
+        let (src, dst) = if forward { (nat, client) } else { (client, nat) };
+        CtKey {
+            src_addr: *src.0,
+            dst_addr: *dst.0,
+            src_port: *src.1,
+            dst_port: *dst.1,
+            proto: key.proto,
+            _pad: [0; 3],
         }
     }
 

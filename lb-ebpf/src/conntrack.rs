@@ -30,37 +30,6 @@ pub fn reply_key(forward: &CtKey, backend_addr: [u8; 16], backend_port: [u8; 2])
     }
 }
 
-/// The key of the reply entry belonging to a forward entry: the backend's answer to the
-/// client, or to the node's address and port when the flow is masqueraded.
-#[inline(always)]
-pub fn reply_key_of(forward: &CtKey, entry: &CtValue) -> CtKey {
-    let mut key = reply_key(forward, entry.nat_addr, entry.nat_port);
-    if entry.flags & ct_flags::SNAT != 0 {
-        key.dst_addr = entry.snat_addr;
-        key.dst_port = entry.snat_port;
-    }
-    key
-}
-
-/// The key of the forward entry belonging to a reply entry: the original client (the reply
-/// key's destination, or the entry's SNAT end when masqueraded) to the frontend it addressed.
-#[inline(always)]
-pub fn forward_key_of(reply_key: &CtKey, entry: &CtValue) -> CtKey {
-    let (src_addr, src_port) = if entry.flags & ct_flags::SNAT != 0 {
-        (entry.snat_addr, entry.snat_port)
-    } else {
-        (reply_key.dst_addr, reply_key.dst_port)
-    };
-    CtKey {
-        src_addr,
-        dst_addr: entry.nat_addr,
-        src_port,
-        dst_port: entry.nat_port,
-        proto: reply_key.proto,
-        _pad: [0; 3],
-    }
-}
-
 /// Whether `reply` is the reply entry of the flow whose forward key is `key`: it translates
 /// back to the frontend `key` addressed and, when masqueraded, to `key`'s client. Addresses
 /// compare as IPv4 (entries hold IPv4-mapped addresses only): more 16-byte compares here
@@ -86,7 +55,7 @@ pub fn forward_belongs(reply_key: &CtKey, forward: &CtValue) -> bool {
 }
 
 /// The reply entry of the forward entry `entry` under `key`, made anew (it is stored under
-/// [`reply_key_of`]): translates back to the frontend and, when masqueraded, to the client.
+/// `entry.pair_key(key)`): translates back to the frontend and, when masqueraded, to the client.
 #[inline(always)]
 pub fn reply_of(key: &CtKey, entry: &CtValue, now_ns: u64) -> CtValue {
     let mut reply = *entry;
@@ -102,7 +71,7 @@ pub fn reply_of(key: &CtKey, entry: &CtValue, now_ns: u64) -> CtValue {
 }
 
 /// The forward entry of the reply entry `entry` under `reply_key`, made anew (it is stored
-/// under [`forward_key_of`]): translates to the backend (the reply key's source) and, when
+/// under `entry.pair_key(reply_key)`): translates to the backend (the reply key's source) and, when
 /// masqueraded, from the node's address and port (the reply key's destination).
 #[inline(always)]
 pub fn forward_of(reply_key: &CtKey, entry: &CtValue, now_ns: u64) -> CtValue {
@@ -186,18 +155,25 @@ pub fn backend_matches(entry: &CtValue, backend: Option<&Backend>) -> bool {
     backend.is_some_and(|b| b.addr == entry.nat_addr && b.port == entry.nat_port)
 }
 
-/// Whether the entry was last marked used a refresh interval or more ago (or, torn or
-/// stamped by another CPU after `now_ns` was read, seemingly in the future).
-#[inline(always)]
-pub fn stale(entry: &CtValue, now_ns: u64) -> bool {
-    now_ns.wrapping_sub(entry.last_seen_ns) >= REFRESH_INTERVAL_NS
+/// A conntrack entry as a packet found it.
+#[derive(Clone, Copy)]
+pub struct Found {
+    /// The entry before the lookup marked it used.
+    pub entry: CtValue,
+    /// Whether the lookup marked the entry used: it was not, within the refresh interval
+    /// (or, torn or stamped by another CPU after the clock was read, it seems to be from the
+    /// future). The once-a-second checks of an established flow ride on this write.
+    pub refreshed: bool,
 }
 
-/// Marks the entry as used now, unless that was already done within the refresh interval.
-#[inline(always)]
-pub fn refresh(entry: &mut CtValue, now_ns: u64) {
-    if stale(entry, now_ns) {
-        entry.last_seen_ns = now_ns;
+impl Found {
+    /// `entry`, found at `now_ns`.
+    #[inline(always)]
+    pub fn at(entry: CtValue, now_ns: u64) -> Self {
+        Found {
+            entry,
+            refreshed: now_ns.wrapping_sub(entry.last_seen_ns) >= REFRESH_INTERVAL_NS,
+        }
     }
 }
 
@@ -259,7 +235,7 @@ mod tests {
             assert_eq!((v.group_id, v.backend_id, v.last_seen_ns), (7, 3, 42));
             assert_eq!((v.snat_addr, v.snat_port()), ([0; 16], 0));
         }
-        assert_eq!(reply_key_of(&key_of(&flow()), &f), rk);
+        assert_eq!(f.pair_key(&key_of(&flow())), rk);
     }
 
     #[test]
@@ -275,7 +251,7 @@ mod tests {
         assert_eq!(e.flags, ct_flags::FORWARD | ct_flags::SNAT);
         assert_eq!((e.nat_addr, e.nat_port()), (backend.addr, 8080));
         assert_eq!((e.snat_addr, e.snat_port()), (rk.dst_addr, 61_234));
-        assert_eq!(reply_key_of(&fwd, &e), rk);
+        assert_eq!(e.pair_key(&fwd), rk);
     }
 
     #[test]
@@ -284,7 +260,7 @@ mod tests {
         let fwd = key_of(&flow());
         let (rk, r, f) = entries(&backend, 42);
         assert_eq!(reply_of(&fwd, &f, 42), r);
-        assert_eq!(forward_key_of(&rk, &r), fwd);
+        assert_eq!(r.pair_key(&rk), fwd);
         assert_eq!(forward_of(&rk, &r, 42), f);
         let (mut f, mut r) = (f, r);
         f.flags |= ct_flags::SEEN_REPLY;
@@ -293,11 +269,7 @@ mod tests {
         assert_eq!(forward_of(&rk, &r, 42), f);
         assert_eq!(reply_of(&fwd, &f, 99).last_seen_ns, 99);
         assert!(reply_belongs(&fwd, &r) && forward_belongs(&rk, &f));
-        assert_eq!(
-            (f.pair_key(&fwd), r.pair_key(&rk)),
-            (rk, fwd),
-            "as the agent derives them"
-        );
+        assert_eq!((f.pair_key(&fwd), r.pair_key(&rk)), (rk, fwd));
         let other = Backend::new(ipv4_mapped([198, 18, 1, 3]), 8080);
         let (_, other_r, other_f) = entries(&other, 42);
         assert!(reply_belongs(&fwd, &other_r) && !forward_belongs(&rk, &other_f));
@@ -320,16 +292,10 @@ mod tests {
         let mut f = r;
         make_forward(&mut f, &backend, &rk);
         f.flags |= ct_flags::CLOSING;
-        assert_eq!(forward_key_of(&rk, &r), fwd);
-        assert_eq!(reply_key_of(&fwd, &f), rk);
+        assert_eq!((f.pair_key(&fwd), r.pair_key(&rk)), (rk, fwd));
         assert_eq!(reply_of(&fwd, &f, 42), r);
         assert_eq!(forward_of(&rk, &r, 42), f);
         assert!(reply_belongs(&fwd, &r) && forward_belongs(&rk, &f));
-        assert_eq!(
-            (f.pair_key(&fwd), r.pair_key(&rk)),
-            (rk, fwd),
-            "as the agent derives them"
-        );
         let mut other_client = fwd;
         other_client.src_port = 40001u16.to_be_bytes();
         assert!(!reply_belongs(&other_client, &r));
@@ -339,13 +305,12 @@ mod tests {
     }
 
     #[test]
-    fn refresh_writes_at_most_once_a_second() {
+    fn a_lookup_refreshes_at_most_once_a_second() {
         let backend = Backend::new(ipv4_mapped([198, 18, 1, 2]), 8080);
-        let (_, _, mut e) = entries(&backend, 5_000_000_000);
-        refresh(&mut e, 5_999_999_999);
-        assert_eq!(e.last_seen_ns, 5_000_000_000);
-        refresh(&mut e, 6_000_000_000);
-        assert_eq!(e.last_seen_ns, 6_000_000_000);
+        let (_, _, e) = entries(&backend, 5_000_000_000);
+        assert!(!Found::at(e, 5_999_999_999).refreshed);
+        assert!(Found::at(e, 6_000_000_000).refreshed);
+        assert!(Found::at(e, 4_999_999_999).refreshed, "stamped after the clock was read");
     }
 
     #[test]

@@ -141,11 +141,12 @@ fn try_process<P: Packet, M: MapAccess>(
     let Hook::Ingress { scope } = hook else {
         return reply(pkt, maps, &flow, &key).map(Done::kept);
     };
-    if let Some(entry) = maps.conntrack(&key) {
-        match established(maps, &flow, &entry) {
-            Some((side, outcome)) if pairs::whole(maps, &key, &entry, side) => {
-                port_reuse::note_tcp_end(maps, &flow, side, &key, &entry);
-                let outcome = translate(pkt, maps, &flow, side, &entry, outcome)?;
+    if let Some(found) = maps.conntrack(&key) {
+        let entry = &found.entry;
+        match established(maps, &flow, entry) {
+            Some((side, outcome)) if pairs::whole(maps, &key, &found, side) => {
+                port_reuse::note_tcp_end(maps, &flow, &key, entry);
+                let outcome = translate(pkt, maps, &flow, side, entry, outcome)?;
                 return Ok(Done {
                     outcome,
                     forward: side == Side::Source || entry.flags & ct_flags::SNAT != 0,
@@ -153,7 +154,7 @@ fn try_process<P: Packet, M: MapAccess>(
             }
             // Its reply key belongs to another flow now: only the forward entry is this one's.
             Some(_) => maps.remove_conntrack(&key),
-            None => forget(maps, &key, &entry),
+            None => forget(maps, &key, entry),
         }
     }
     new_flow(pkt, maps, &flow, &key, scope)
@@ -168,18 +169,18 @@ fn reply<P: Packet, M: MapAccess>(
     flow: &Ipv4Flow,
     key: &CtKey,
 ) -> Result<Counter, Error> {
-    let entry = maps
+    let found = maps
         .conntrack(key)
-        .filter(|entry| entry.flags & ct_flags::DIRECTION == ct_flags::REPLY)
+        .filter(|found| found.entry.flags & ct_flags::DIRECTION == ct_flags::REPLY)
         .ok_or(Error::untouched(Counter::NotService))?;
-    pairs::reply_whole(maps, key, &entry);
-    port_reuse::note_tcp_end(maps, flow, Side::Source, key, &entry);
+    pairs::reply_whole(maps, key, &found);
+    port_reuse::note_tcp_end(maps, flow, key, &found.entry);
     translate(
         pkt,
         maps,
         flow,
         Side::Source,
-        &entry,
+        &found.entry,
         Counter::ReplyTranslated,
     )
 }
@@ -343,7 +344,7 @@ fn later_fragment<P: Packet, M: MapAccess>(
     hook: Hook,
 ) -> Result<Done, Error> {
     let untracked = Error::untouched(Counter::NotService);
-    let entry = maps.conntrack(&conntrack::key_of(flow)).ok_or(untracked)?;
+    let entry = maps.conntrack(&conntrack::key_of(flow)).ok_or(untracked)?.entry;
     let (side, outcome) = match hook {
         Hook::Ingress { .. } => established(maps, flow, &entry),
         Hook::Egress => (entry.flags & ct_flags::DIRECTION == ct_flags::REPLY)
@@ -437,7 +438,7 @@ fn backend_gone<M: MapAccess>(maps: &mut M, entry: &CtValue) -> bool {
 /// Removes both entries of a flow, given its forward key and entry.
 #[inline(always)]
 fn forget<M: MapAccess>(maps: &mut M, key: &CtKey, entry: &CtValue) {
-    maps.remove_conntrack(&conntrack::reply_key_of(key, entry));
+    maps.remove_conntrack(&entry.pair_key(key));
     maps.remove_conntrack(key);
 }
 

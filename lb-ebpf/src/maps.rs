@@ -145,9 +145,9 @@ pub trait MapAccess {
     fn service(&mut self, key: &ServiceKey) -> Option<ServiceValue>;
     fn slot(&mut self, key: &BackendSlotKey) -> Option<u32>;
     fn backend(&mut self, id: u32) -> Option<Backend>;
-    /// Looks up a flow and marks it used now (see [`conntrack::refresh`]); returns the entry
-    /// as it was found, so the caller sees when it was last marked.
-    fn conntrack(&mut self, key: &CtKey) -> Option<CtValue>;
+    /// Looks up a flow and marks it used now, at most once per refresh interval (see
+    /// [`conntrack::Found`]).
+    fn conntrack(&mut self, key: &CtKey) -> Option<conntrack::Found>;
     /// Looks up a flow without marking it used.
     fn peek_conntrack(&mut self, key: &CtKey) -> Option<&CtValue>;
     /// Adds `flags` to an entry, if there is one, and marks it used now.
@@ -218,18 +218,19 @@ impl MapAccess for KernelMaps {
     }
 
     #[inline(always)]
-    fn conntrack(&mut self, key: &CtKey) -> Option<CtValue> {
+    fn conntrack(&mut self, key: &CtKey) -> Option<conntrack::Found> {
         let entry = LB_CONNTRACK.get_ptr_mut(key)?;
         // SAFETY: the element stays valid for the program run (RCU); a concurrent update can at
         // worst tear it, and the next packet of the flow overwrites it.
         let entry = unsafe { &mut *entry };
-        let found = *entry;
+        let now = self.now_ns();
+        let found = conntrack::Found::at(*entry, now);
         if let Some(trace) = trace() {
             if trace.conntrack_backend_id == 0 {
-                trace.conntrack_backend_id = found.backend_id;
+                trace.conntrack_backend_id = found.entry.backend_id;
             }
-        } else {
-            conntrack::refresh(entry, self.now_ns());
+        } else if found.refreshed {
+            entry.last_seen_ns = now;
         }
         Some(found)
     }

@@ -14,41 +14,46 @@
 //! Between two checks of an answered flow (at most a second of traffic) an evicted entry is
 //! missed: replies pass untranslated, or the client's packets start a new flow.
 
-use lb_common::{conntrack::ct_flags, Counter, CtKey, CtValue};
+use lb_common::{conntrack::ct_flags, Counter, CtKey};
 
-use crate::{conntrack, maps::MapAccess, rewrite::Side, stats};
+use crate::{
+    conntrack::{self, Found},
+    maps::MapAccess,
+    rewrite::Side,
+    stats,
+};
 
-/// Checks the other entry of a flow whose entry `entry` was found under `key`, on `side` of
+/// Checks the other entry of a flow whose entry was found (`found`) under `key`, on `side` of
 /// the packet (see [`forward_whole`] and [`reply_whole`]). Returns `false` when the flow has
 /// to start over.
 #[inline(always)]
-pub fn whole<M: MapAccess>(maps: &mut M, key: &CtKey, entry: &CtValue, side: Side) -> bool {
+pub fn whole<M: MapAccess>(maps: &mut M, key: &CtKey, found: &Found, side: Side) -> bool {
     match side {
-        Side::Destination => forward_whole(maps, key, entry),
+        Side::Destination => forward_whole(maps, key, found),
         Side::Source => {
-            reply_whole(maps, key, entry);
+            reply_whole(maps, key, found);
             true
         }
     }
 }
 
-/// Checks a forward entry `entry`, found (before its refresh) under `key`, against its reply
-/// entry and re-creates that if it is missing. Returns `false` when the flow has to start
-/// over: its reply key is held by another flow (or refused by the map).
+/// Checks a forward entry, found under `key`, against its reply entry and re-creates that if
+/// it is missing. Returns `false` when the flow has to start over: its reply key is held by
+/// another flow (or refused by the map).
 #[inline(always)]
-pub fn forward_whole<M: MapAccess>(maps: &mut M, key: &CtKey, entry: &CtValue) -> bool {
-    let now = maps.now_ns();
-    if entry.flags & ct_flags::SEEN_REPLY != 0 && !conntrack::stale(entry, now) {
+pub fn forward_whole<M: MapAccess>(maps: &mut M, key: &CtKey, found: &Found) -> bool {
+    let entry = &found.entry;
+    if entry.flags & ct_flags::SEEN_REPLY != 0 && !found.refreshed {
         return true;
     }
-    let reply_key = conntrack::reply_key_of(key, entry);
+    let reply_key = entry.pair_key(key);
     let ours = maps
         .peek_conntrack(&reply_key)
         .map(|reply| conntrack::reply_belongs(key, reply));
     match ours {
         Some(ours) => ours,
         None => {
-            let reply = conntrack::reply_of(key, entry, now);
+            let reply = conntrack::reply_of(key, entry, maps.now_ns());
             let restored = maps.insert_conntrack_new(&reply_key, &reply).is_ok();
             if restored {
                 stats::count(maps, Counter::ConntrackRepaired);
@@ -58,24 +63,24 @@ pub fn forward_whole<M: MapAccess>(maps: &mut M, key: &CtKey, entry: &CtValue) -
     }
 }
 
-/// Checks a reply entry `entry`, found (before its refresh) under `reply_key`, against its
-/// forward entry: re-creates that if it is missing (unless the client has started another
-/// flow on the tuple meanwhile) and, on the flow's first reply, marks both
-/// [`ct_flags::SEEN_REPLY`]. The reply is translated either way: its entry is right.
+/// Checks a reply entry, found under `reply_key`, against its forward entry: re-creates that
+/// if it is missing (unless the client has started another flow on the tuple meanwhile) and,
+/// on the flow's first reply, marks both [`ct_flags::SEEN_REPLY`]. The reply is translated
+/// either way: its entry is right.
 #[inline(always)]
-pub fn reply_whole<M: MapAccess>(maps: &mut M, reply_key: &CtKey, entry: &CtValue) {
-    let now = maps.now_ns();
+pub fn reply_whole<M: MapAccess>(maps: &mut M, reply_key: &CtKey, found: &Found) {
+    let entry = &found.entry;
     let first = entry.flags & ct_flags::SEEN_REPLY == 0;
-    if !first && !conntrack::stale(entry, now) {
+    if !first && !found.refreshed {
         return;
     }
-    let key = conntrack::forward_key_of(reply_key, entry);
+    let key = entry.pair_key(reply_key);
     let ours = maps
         .peek_conntrack(&key)
         .map(|forward| conntrack::forward_belongs(reply_key, forward));
     match ours {
         None => {
-            let mut forward = conntrack::forward_of(reply_key, entry, now);
+            let mut forward = conntrack::forward_of(reply_key, entry, maps.now_ns());
             forward.flags |= ct_flags::SEEN_REPLY;
             if maps.insert_conntrack_new(&key, &forward).is_ok() {
                 stats::count(maps, Counter::ConntrackRepaired);

@@ -6,7 +6,7 @@
 
 use lb_common::{conntrack::ct_flags, CtKey, CtValue};
 
-use crate::{conntrack, maps::MapAccess, parse::Ipv4Flow, rewrite::Side};
+use crate::{conntrack, maps::MapAccess, parse::Ipv4Flow};
 
 /// Frees `reply_key`, taken by another masqueraded flow, if that flow's reply entry is
 /// [`conntrack::reusable`]: deletes it and the flow's forward entry (unless the client has
@@ -20,7 +20,7 @@ pub fn take_over<M: MapAccess>(maps: &mut M, reply_key: &CtKey, now_ns: u64) -> 
             if old.flags & ct_flags::SNAT != 0
                 && conntrack::reusable(old, reply_key.proto, now_ns) =>
         {
-            conntrack::forward_key_of(reply_key, old)
+            old.pair_key(reply_key)
         }
         Some(_) => return false,
     };
@@ -36,26 +36,16 @@ pub fn take_over<M: MapAccess>(maps: &mut M, reply_key: &CtKey, now_ns: u64) -> 
     true
 }
 
-/// Marks both entries of a TCP flow [`ct_flags::CLOSING`] when `flow` (a packet found on
-/// `side` of the entry `entry` under `key`) is a FIN or RST: the closing state, which the
-/// port take-over and the agent's garbage collector read alike.
+/// Marks both entries of a TCP flow [`ct_flags::CLOSING`] when `flow` (a packet whose entry
+/// `entry`, either one of the flow's, was found under `key`) is a FIN or RST: the closing
+/// state, which the port take-over and the agent's garbage collector read alike.
 #[inline(always)]
-pub fn note_tcp_end<M: MapAccess>(
-    maps: &mut M,
-    flow: &Ipv4Flow,
-    side: Side,
-    key: &CtKey,
-    entry: &CtValue,
-) {
+pub fn note_tcp_end<M: MapAccess>(maps: &mut M, flow: &Ipv4Flow, key: &CtKey, entry: &CtValue) {
     if !flow.is_tcp_end() {
         return;
     }
-    let other = match side {
-        Side::Destination => conntrack::reply_key_of(key, entry),
-        Side::Source => conntrack::forward_key_of(key, entry),
-    };
     maps.mark_conntrack(key, ct_flags::CLOSING);
-    maps.mark_conntrack(&other, ct_flags::CLOSING);
+    maps.mark_conntrack(&entry.pair_key(key), ct_flags::CLOSING);
 }
 
 #[cfg(test)]

@@ -262,10 +262,13 @@ impl MapAccess for FakeMaps {
         self.backends.get(&id).copied()
     }
 
-    fn conntrack(&mut self, key: &CtKey) -> Option<CtValue> {
+    fn conntrack(&mut self, key: &CtKey) -> Option<conntrack::Found> {
         let entry = self.conntrack.get_mut(key)?;
-        let found = *entry;
-        conntrack::refresh(entry, self.now_ns);
+        let now = self.now_ns;
+        let found = conntrack::Found::at(*entry, now);
+        if found.refreshed {
+            entry.last_seen_ns = now;
+        }
         Some(found)
     }
 
