@@ -75,8 +75,8 @@ pub struct CtValue {
     /// Backend chosen for the flow; an established flow keeps it when the backend set changes.
     pub backend_id: u32,
     pub _pad2: u32,
-    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when the flow was last refreshed; refreshed at most
-    /// once a second to keep the fast path free of writes.
+    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC, to the timer tick) when the flow was last
+    /// refreshed; refreshed at most once a second to keep the fast path free of writes.
     pub last_seen_ns: u64,
     /// With [`ct_flags::SNAT`]: the other end's translation (forward: the node's address as
     /// the new source; reply: the original client as the new destination), network byte
@@ -105,7 +105,11 @@ impl CtValue {
             (&key.dst_addr, &key.dst_port)
         };
         let nat = (&self.nat_addr, &self.nat_port);
-        let (src, dst) = if forward { (nat, client) } else { (client, nat) };
+        let (src, dst) = if forward {
+            (nat, client)
+        } else {
+            (client, nat)
+        };
         CtKey {
             src_addr: *src.0,
             dst_addr: *dst.0,

@@ -155,7 +155,7 @@ pub struct AffinityValue {
     /// only while that slot (within the backend count) still holds `backend_id`: one slot
     /// lookup proves the backend still belongs to the service.
     pub slot: u32,
-    /// `bpf_ktime_get_ns` of the client's last new flow to the service.
+    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC) of the client's last new flow to the service.
     pub last_used_ns: u64,
 }
 

@@ -310,7 +310,10 @@ mod tests {
         let (_, _, e) = entries(&backend, 5_000_000_000);
         assert!(!Found::at(e, 5_999_999_999).refreshed);
         assert!(Found::at(e, 6_000_000_000).refreshed);
-        assert!(Found::at(e, 4_999_999_999).refreshed, "stamped after the clock was read");
+        assert!(
+            Found::at(e, 4_999_999_999).refreshed,
+            "stamped after the clock was read"
+        );
     }
 
     #[test]

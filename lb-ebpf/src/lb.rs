@@ -344,7 +344,10 @@ fn later_fragment<P: Packet, M: MapAccess>(
     hook: Hook,
 ) -> Result<Done, Error> {
     let untracked = Error::untouched(Counter::NotService);
-    let entry = maps.conntrack(&conntrack::key_of(flow)).ok_or(untracked)?.entry;
+    let entry = maps
+        .conntrack(&conntrack::key_of(flow))
+        .ok_or(untracked)?
+        .entry;
     let (side, outcome) = match hook {
         Hook::Ingress { .. } => established(maps, flow, &entry),
         Hook::Egress => (entry.flags & ct_flags::DIRECTION == ct_flags::REPLY)

@@ -4,7 +4,7 @@
 use crate::conntrack;
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
-    helpers::bpf_ktime_get_ns,
+    helpers::bpf_ktime_get_coarse_ns,
     macros::map,
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
@@ -176,7 +176,9 @@ pub trait MapAccess {
     fn is_cluster_ip(&mut self, addr: &[u8; 16]) -> bool;
     /// Whether `source` lies in one of the source ranges of group `group_id`.
     fn source_allowed(&mut self, group_id: u32, source: &[u8; 16]) -> bool;
-    /// `CLOCK_MONOTONIC` in nanoseconds.
+    /// `CLOCK_MONOTONIC` in nanoseconds, as of the last timer tick (`bpf_ktime_get_coarse_ns`:
+    /// every stamp and timeout here is a second or more, and the coarse read is the cheaper
+    /// one on the per-packet path).
     fn now_ns(&self) -> u64;
     /// The rate limits of rejects (all zero, no limit, until the agent writes them).
     fn reject_limits(&mut self) -> RejectLimits;
@@ -369,7 +371,7 @@ impl MapAccess for KernelMaps {
     #[inline(always)]
     fn now_ns(&self) -> u64 {
         // SAFETY: no arguments, no side effects.
-        unsafe { bpf_ktime_get_ns() }
+        unsafe { bpf_ktime_get_coarse_ns() }
     }
 
     #[inline(always)]

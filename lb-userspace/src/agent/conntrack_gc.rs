@@ -94,7 +94,7 @@ pub fn collect(maps: &mut DatapathMaps, timeouts: &Timeouts) -> Result<Collected
     })
 }
 
-/// `CLOCK_MONOTONIC` in nanoseconds, the clock of `bpf_ktime_get_ns`.
+/// `CLOCK_MONOTONIC` in nanoseconds, the clock the programs stamp with (to the tick).
 fn monotonic_now_ns() -> u64 {
     let mut now = libc::timespec {
         tv_sec: 0,

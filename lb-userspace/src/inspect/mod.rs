@@ -454,7 +454,7 @@ fn snat(value: &CtValue) -> String {
     }
 }
 
-/// CLOCK_MONOTONIC in nanoseconds, the clock `bpf_ktime_get_ns` reads.
+/// CLOCK_MONOTONIC in nanoseconds, the clock the programs stamp with (to the tick).
 fn monotonic_now_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
