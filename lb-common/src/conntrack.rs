@@ -89,33 +89,52 @@ pub struct CtValue {
 
 impl CtValue {
     /// The key of the other entry of this entry's flow, this entry being stored under `key`:
-    /// a forward entry's reply key (backend -> client, or -> the node's end when
-    /// masqueraded), a reply entry's forward key (client -> frontend). The programs and the
-    /// agent's garbage collector both derive the other key with it.
+    /// [`CtValue::reply_key`] of a forward entry, [`CtValue::forward_key`] of a reply entry.
+    /// The programs and the agent's garbage collector both derive the other key with these.
     #[inline(always)]
     pub fn pair_key(&self, key: &CtKey) -> CtKey {
-        let forward = self.flags & ct_flags::DIRECTION == ct_flags::FORWARD;
-        // The client's end of the other entry: the node's when masqueraded, else the client
-        // of this entry's key (its source when forward, its destination when a reply).
-        let client = if self.flags & ct_flags::SNAT != 0 {
-            (&self.snat_addr, &self.snat_port)
-        } else if forward {
-            (&key.src_addr, &key.src_port)
+        if self.flags & ct_flags::DIRECTION == ct_flags::FORWARD {
+            self.reply_key(key)
         } else {
-            (&key.dst_addr, &key.dst_port)
+            self.forward_key(key)
+        }
+    }
+
+    /// The reply key of this forward entry, stored under `forward_key`: the backend's answer
+    /// to the client, or to the node's address and port when the flow is masqueraded.
+    #[inline(always)]
+    pub fn reply_key(&self, forward_key: &CtKey) -> CtKey {
+        let mut key = CtKey {
+            src_addr: self.nat_addr,
+            dst_addr: forward_key.src_addr,
+            src_port: self.nat_port,
+            dst_port: forward_key.src_port,
+            proto: forward_key.proto,
+            _pad: [0; 3],
         };
-        let nat = (&self.nat_addr, &self.nat_port);
-        let (src, dst) = if forward {
-            (nat, client)
+        if self.flags & ct_flags::SNAT != 0 {
+            key.dst_addr = self.snat_addr;
+            key.dst_port = self.snat_port;
+        }
+        key
+    }
+
+    /// The forward key of this reply entry, stored under `reply_key`: the original client
+    /// (the reply key's destination, or the entry's SNAT end when masqueraded) to the
+    /// frontend it addressed.
+    #[inline(always)]
+    pub fn forward_key(&self, reply_key: &CtKey) -> CtKey {
+        let (src_addr, src_port) = if self.flags & ct_flags::SNAT != 0 {
+            (self.snat_addr, self.snat_port)
         } else {
-            (client, nat)
+            (reply_key.dst_addr, reply_key.dst_port)
         };
         CtKey {
-            src_addr: *src.0,
-            dst_addr: *dst.0,
-            src_port: *src.1,
-            dst_port: *dst.1,
-            proto: key.proto,
+            src_addr,
+            dst_addr: self.nat_addr,
+            src_port,
+            dst_port: self.nat_port,
+            proto: reply_key.proto,
             _pad: [0; 3],
         }
     }

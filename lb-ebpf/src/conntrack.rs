@@ -55,7 +55,8 @@ pub fn forward_belongs(reply_key: &CtKey, forward: &CtValue) -> bool {
 }
 
 /// The reply entry of the forward entry `entry` under `key`, made anew (it is stored under
-/// `entry.pair_key(key)`): translates back to the frontend and, when masqueraded, to the client.
+/// `entry.reply_key(key)`): translates back to the frontend and, when masqueraded, to the
+/// client.
 #[inline(always)]
 pub fn reply_of(key: &CtKey, entry: &CtValue, now_ns: u64) -> CtValue {
     let mut reply = *entry;
@@ -71,8 +72,8 @@ pub fn reply_of(key: &CtKey, entry: &CtValue, now_ns: u64) -> CtValue {
 }
 
 /// The forward entry of the reply entry `entry` under `reply_key`, made anew (it is stored
-/// under `entry.pair_key(reply_key)`): translates to the backend (the reply key's source) and, when
-/// masqueraded, from the node's address and port (the reply key's destination).
+/// under `entry.forward_key(reply_key)`): translates to the backend (the reply key's source)
+/// and, when masqueraded, from the node's address and port (the reply key's destination).
 #[inline(always)]
 pub fn forward_of(reply_key: &CtKey, entry: &CtValue, now_ns: u64) -> CtValue {
     let mut forward = *entry;

@@ -441,7 +441,7 @@ fn backend_gone<M: MapAccess>(maps: &mut M, entry: &CtValue) -> bool {
 /// Removes both entries of a flow, given its forward key and entry.
 #[inline(always)]
 fn forget<M: MapAccess>(maps: &mut M, key: &CtKey, entry: &CtValue) {
-    maps.remove_conntrack(&entry.pair_key(key));
+    maps.remove_conntrack(&entry.reply_key(key));
     maps.remove_conntrack(key);
 }
 

@@ -46,7 +46,7 @@ pub fn forward_whole<M: MapAccess>(maps: &mut M, key: &CtKey, found: &Found) -> 
     if entry.flags & ct_flags::SEEN_REPLY != 0 && !found.refreshed {
         return true;
     }
-    let reply_key = entry.pair_key(key);
+    let reply_key = entry.reply_key(key);
     let ours = maps
         .peek_conntrack(&reply_key)
         .map(|reply| conntrack::reply_belongs(key, reply));
@@ -74,7 +74,7 @@ pub fn reply_whole<M: MapAccess>(maps: &mut M, reply_key: &CtKey, found: &Found)
     if !first && !found.refreshed {
         return;
     }
-    let key = entry.pair_key(reply_key);
+    let key = entry.forward_key(reply_key);
     let ours = maps
         .peek_conntrack(&key)
         .map(|forward| conntrack::forward_belongs(reply_key, forward));

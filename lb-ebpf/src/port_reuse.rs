@@ -20,7 +20,7 @@ pub fn take_over<M: MapAccess>(maps: &mut M, reply_key: &CtKey, now_ns: u64) -> 
             if old.flags & ct_flags::SNAT != 0
                 && conntrack::reusable(old, reply_key.proto, now_ns) =>
         {
-            old.pair_key(reply_key)
+            old.forward_key(reply_key)
         }
         Some(_) => return false,
     };
