@@ -84,11 +84,14 @@ pub enum Counter {
     /// A conntrack entry re-created from the other entry of its flow, after eviction or
     /// deletion removed it alone (`pairs`): the flow keeps its backend and translation.
     ConntrackRepaired,
+    /// An event (`crate::event`) the full ring buffer had no room for: the agent (or its
+    /// monitor clients) did not read fast enough. The packet was handled as without it.
+    EventsLost,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 31] = [
+    pub const ALL: [Counter; 32] = [
         Counter::Packets,
         Counter::NotIpv4,
         Counter::OtherProtocol,
@@ -120,6 +123,7 @@ impl Counter {
         Counter::DropRejectSource,
         Counter::FragmentUnknown,
         Counter::ConntrackRepaired,
+        Counter::EventsLost,
     ];
     /// Size of the counters array.
     pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -158,6 +162,7 @@ impl Counter {
             Counter::DropRejectSource => "drop_reject_source",
             Counter::FragmentUnknown => "fragment_unknown",
             Counter::ConntrackRepaired => "conntrack_repaired",
+            Counter::EventsLost => "events_lost",
         }
     }
 }

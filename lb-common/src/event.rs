@@ -1,17 +1,22 @@
 //! Typed events the data path writes to the ring buffer [`EVENTS_MAP`] for what the kernel
-//! has to say (today: the rare drops an operator should hear about), formatted by the agent.
+//! has to say, formatted by the agent: into its log (drops) and for `lb-agent monitor`
+//! (drops, rejects, new flows, masquerade allocations).
 //!
-//! Each event has a level; the kernel writes only events at or below the level the agent set
-//! in the object's global [`LEVEL_GLOBAL`] at load (from `--log-level`), so a disabled level
-//! costs one comparison with a constant the verifier prunes, and the ordinary path writes
-//! nothing.
+//! Drops have a level; the kernel writes one when its level is at or below the level the
+//! agent set in the object's global [`LEVEL_GLOBAL`] at load (from `--log-level`), or when a
+//! monitor listens. Rejects, new flows and masquerade allocations are written only while a
+//! monitor listens: the agent keeps the number of connected monitor clients in
+//! [`crate::maps::MONITOR`], which the kernel reads only on the paths that would write one
+//! (never for a packet of an established flow). An event the full ring buffer has no room for
+//! is counted as `Counter::EventsLost`; the packet's verdict never depends on it.
 
 use crate::Counter;
 
 /// The ring buffer's name in the object. Each loaded object has its own (it is not pinned).
 pub const EVENTS_MAP: &str = "LB_EVENTS";
-/// The ring buffer's size in bytes (a power-of-2 multiple of the page size): 64 KiB.
-pub const EVENTS_BYTES: u32 = 64 * 1024;
+/// The ring buffer's size in bytes (a power-of-2 multiple of the page size): 256 KiB, room for
+/// 2,600 events between two reads by the agent.
+pub const EVENTS_BYTES: u32 = 256 * 1024;
 /// The object's global (a `u8`) holding the most verbose [`level`] the kernel writes.
 pub const LEVEL_GLOBAL: &str = "LB_EVENT_LEVEL";
 
@@ -29,9 +34,30 @@ pub mod level {
 pub mod kind {
     /// A packet was dropped for [`super::Event::reason`].
     pub const DROP: u8 = 1;
+    /// A new flow was answered with an ICMP port unreachable ([`super::Event::reason`]:
+    /// `reject_no_backend` or `reject_unexposed_port`).
+    pub const REJECT: u8 = 2;
+    /// A new flow got a backend ([`super::Event::backend_addr`]).
+    pub const NEW_FLOW: u8 = 3;
+    /// A new flow got a backend and was source-NATed to [`super::Event::nat_addr`] and a
+    /// port allocated for it (reason `masqueraded`, or `hairpinned` for a pod balanced to
+    /// itself).
+    pub const MASQUERADE: u8 = 4;
 }
 
-/// One event in [`EVENTS_MAP`]: fixed size, written in place by the kernel.
+/// Where an [`Event`] happened.
+pub mod hook {
+    /// XDP on the external interface.
+    pub const XDP: u8 = 1;
+    /// TC ingress.
+    pub const TC_INGRESS: u8 = 2;
+    /// TC egress.
+    pub const TC_EGRESS: u8 = 3;
+}
+
+/// One event in [`EVENTS_MAP`]: fixed size, written in place by the kernel. Addresses are
+/// IPv4-mapped IPv6 addresses (as conntrack keys have them), ports in network byte order; a
+/// field an event has nothing for is zero.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Event {
@@ -41,16 +67,52 @@ pub struct Event {
     pub group_id: u32,
     /// The [`Counter`] counted for it, as its index.
     pub reason: u32,
+    /// The interface the packet was seen on.
+    pub ifindex: u32,
     /// A [`kind`] constant.
     pub kind: u8,
-    /// Its [`level`].
+    /// Its [`level`] (drops; 0 for the others).
     pub level: u8,
-    pub _pad: [u8; 6],
+    /// A [`hook`] constant.
+    pub hook: u8,
+    /// The IP protocol (6 TCP, 17 UDP); 0 when the packet was not parsed that far.
+    pub proto: u8,
+    /// The packet's source and destination as it arrived.
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+    /// The backend a new flow got.
+    pub backend_addr: [u8; 16],
+    /// The address a masqueraded flow's source was translated to.
+    pub nat_addr: [u8; 16],
+    pub src_port: [u8; 2],
+    pub dst_port: [u8; 2],
+    pub backend_port: [u8; 2],
+    pub nat_port: [u8; 2],
 }
 
-const _: () = assert!(size_of::<Event>() == 24);
+const _: () = assert!(size_of::<Event>() == 96);
 
 impl Event {
+    /// An event of nothing, every field zero: the kernel fills one in place from it.
+    pub const ZERO: Event = Event {
+        timestamp_ns: 0,
+        group_id: 0,
+        reason: 0,
+        ifindex: 0,
+        kind: 0,
+        level: 0,
+        hook: 0,
+        proto: 0,
+        src_addr: [0; 16],
+        dst_addr: [0; 16],
+        backend_addr: [0; 16],
+        nat_addr: [0; 16],
+        src_port: [0; 2],
+        dst_port: [0; 2],
+        backend_port: [0; 2],
+        nat_port: [0; 2],
+    };
+
     /// The counter named by [`Event::reason`], if it is one.
     pub fn counter(&self) -> Option<Counter> {
         Counter::ALL.get(self.reason as usize).copied()
@@ -100,7 +162,7 @@ mod tests {
             reason: Counter::DropConntrackFull as u32,
             kind: kind::DROP,
             level: level::WARN,
-            _pad: [0; 6],
+            ..Event::ZERO
         };
         assert_eq!(event.counter(), Some(Counter::DropConntrackFull));
         let bogus = Event {

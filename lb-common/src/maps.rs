@@ -231,6 +231,10 @@ registry! {
     /// `namespace/name:port` by slot group id, for `lb-agent inspect` (the agent writes it,
     /// the data path never reads it; not preallocated).
     SERVICE_NAMES = "LB_SVC_NAMES": HashMap<u32, ServiceName>, Entries::Sized(Capacity::Services);
+    /// The number of `lb-agent monitor` clients connected, one element (the agent writes it):
+    /// while it is 0 the data path writes no rejects, new flows or masquerade allocations to
+    /// the ring buffer of `crate::event`.
+    MONITOR = "LB_MONITOR": Array<u32, u32>, Entries::Fixed(1);
 }
 
 #[cfg(test)]

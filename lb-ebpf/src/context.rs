@@ -13,6 +13,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 
+use lb_common::event::hook;
+
 use crate::{
     parse::{FlowEnd, Ipv4Flow, IPV4_CHECKSUM_OFFSET},
     rewrite::{self, RewriteFailed, Side},
@@ -21,6 +23,10 @@ use crate::{
 
 /// Packet access shared by both hooks.
 pub trait Packet {
+    /// The `lb_common::event::hook` of this packet kind at ingress.
+    const INGRESS_HOOK: u8;
+    /// The interface the packet is on.
+    fn ifindex(&self) -> u32;
     /// Length of the whole frame in bytes (what per-service byte counters add).
     fn frame_len(&self) -> u32;
     /// Copies `N` bytes at `offset`, or returns `None` when the frame is shorter.
@@ -61,6 +67,14 @@ fn load_direct<const N: usize>(data: usize, data_end: usize, offset: usize) -> O
 pub struct XdpPacket(pub XdpContext);
 
 impl Packet for XdpPacket {
+    const INGRESS_HOOK: u8 = hook::XDP;
+
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        // SAFETY: reads the program's own context.
+        unsafe { (*self.0.ctx).ingress_ifindex }
+    }
+
     #[inline(always)]
     fn frame_len(&self) -> u32 {
         (self.0.data_end() - self.0.data()) as u32
@@ -135,6 +149,14 @@ impl TcPacket {
 }
 
 impl Packet for TcPacket {
+    const INGRESS_HOOK: u8 = hook::TC_INGRESS;
+
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        // SAFETY: reads the program's own context.
+        unsafe { (*self.0.skb.skb).ifindex }
+    }
+
     #[inline(always)]
     fn frame_len(&self) -> u32 {
         self.0.len()

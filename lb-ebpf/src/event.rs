@@ -1,56 +1,138 @@
-//! Typed events for the rare drops an operator should hear about, written in place into the
-//! ring buffer `LB_EVENTS` (`lb_common::event`); the agent formats them into its log. Called
-//! only from the drop branch of [`crate::lb::process`], never for an ordinary packet.
+//! Typed events (`lb_common::event`) for the ring buffer `LB_EVENTS`, read by the agent: drops
+//! for its log and `lb-agent monitor`; rejects, new flows and masquerade allocations for
+//! `lb-agent monitor` only. Called only where a packet is dropped, rejected or starts a flow,
+//! never for a packet of an established flow.
 //!
-//! The agent sets `LB_EVENT_LEVEL` at load from `--log-level`; a disabled level costs one
-//! comparison with a constant the verifier prunes. Fields are written through the reserved
-//! entry's pointer: the XDP program has almost no stack to spare for a copy.
+//! A drop is written when its level is enabled (`LB_EVENT_LEVEL`, set by the agent at load
+//! from `--log-level`; a disabled level costs one comparison with a constant the verifier
+//! prunes) or a monitor listens; the others only while a monitor listens (`LB_MONITOR`, one
+//! array lookup). Fields are written through the reserved entry's pointer ([`MapAccess::write_event`]):
+//! the XDP program has almost no stack to spare for a copy.
 
-use lb_common::Counter;
-#[cfg(not(test))]
-use {
-    aya_ebpf::{helpers::bpf_ktime_get_ns, macros::map, maps::RingBuf, Global},
-    core::ptr::addr_of_mut,
-    lb_common::event::{drop_level, kind, level, Event, EVENTS_BYTES},
+use lb_common::{
+    event::{drop_level, hook, kind, level, Event},
+    Backend, Counter, CtKey,
 };
 
-#[cfg(not(test))]
-#[map]
-static LB_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+use crate::{conntrack, context::Packet, lb::Hook, maps::MapAccess, parse, stats};
 
-/// The most verbose level written (`lb_common::event::LEVEL_GLOBAL`), set by the agent.
-#[cfg(not(test))]
-#[unsafe(no_mangle)]
-static LB_EVENT_LEVEL: Global<u8> = Global::new(level::OFF);
-
-/// Reports the drop of a packet of service `group_id` for `reason`, if its level is enabled
-/// and the ring buffer has room (a full ring buffer loses the event, never the packet's
-/// verdict).
-#[cfg(not(test))]
+/// The [`hook`] constant of a packet of `P` handled at `at`.
 #[inline(always)]
-pub fn dropped(reason: Counter, group_id: u32) {
-    let event_level = drop_level(reason);
-    if event_level == level::OFF || event_level > LB_EVENT_LEVEL.load() {
-        return;
+fn hook_of<P: Packet>(at: Hook) -> u8 {
+    match at {
+        Hook::Ingress { .. } => P::INGRESS_HOOK,
+        Hook::Egress => hook::TC_EGRESS,
     }
-    let Some(mut entry) = LB_EVENTS.reserve::<Event>(0) else {
-        return;
-    };
-    let event = entry.as_mut_ptr();
-    // SAFETY: `event` points to the reserved entry, which holds one Event; every field is
-    // written before it is submitted.
-    unsafe {
-        addr_of_mut!((*event).timestamp_ns).write(bpf_ktime_get_ns());
-        addr_of_mut!((*event).group_id).write(group_id);
-        addr_of_mut!((*event).reason).write(reason as u32);
-        addr_of_mut!((*event).kind).write(kind::DROP);
-        addr_of_mut!((*event).level).write(event_level);
-        addr_of_mut!((*event)._pad).write([0; 6]);
-    }
-    entry.submit(0);
 }
 
-/// Host tests: no ring buffer.
-#[cfg(test)]
+/// Writes one event seen at `hook`, filled by `fill` after the time, interface and hook; an
+/// event the ring buffer has no room for is counted as [`Counter::EventsLost`].
 #[inline(always)]
-pub fn dropped(_reason: Counter, _group_id: u32) {}
+fn write<P: Packet, M: MapAccess>(pkt: &P, maps: &mut M, hook: u8, fill: impl FnOnce(&mut Event)) {
+    let now = maps.now_ns();
+    let ifindex = pkt.ifindex();
+    let written = maps.write_event(|event| {
+        event.timestamp_ns = now;
+        event.ifindex = ifindex;
+        event.hook = hook;
+        fill(event);
+    });
+    if !written {
+        stats::count(maps, Counter::EventsLost);
+    }
+}
+
+/// Copies a flow's original tuple into `event`.
+#[inline(always)]
+fn tuple(event: &mut Event, key: &CtKey) {
+    event.proto = key.proto;
+    event.src_addr = key.src_addr;
+    event.dst_addr = key.dst_addr;
+    event.src_port = key.src_port;
+    event.dst_port = key.dst_port;
+}
+
+/// Reports the drop of a packet of service `group_id` for `reason` if its level is enabled or
+/// a monitor listens, with its tuple when it parses as a TCP or UDP packet.
+#[inline(always)]
+pub fn dropped<P: Packet, M: MapAccess>(
+    pkt: &P,
+    maps: &mut M,
+    at: Hook,
+    reason: Counter,
+    group_id: u32,
+) {
+    let event_level = drop_level(reason);
+    if event_level == level::OFF || (event_level > maps.event_level() && !maps.monitored()) {
+        return;
+    }
+    let flow = parse::ipv4_flow(pkt).ok();
+    write(pkt, maps, hook_of::<P>(at), |event| {
+        event.kind = kind::DROP;
+        event.level = event_level;
+        event.reason = reason as u32;
+        event.group_id = group_id;
+        if let Some(flow) = &flow {
+            tuple(event, &conntrack::key_of(flow));
+        }
+    });
+}
+
+/// Reports a new flow `key` rejected for `reason` (an ICMP error sent back), if a monitor
+/// listens. Only ingress hooks reject.
+#[inline(always)]
+pub fn rejected<P: Packet, M: MapAccess>(
+    pkt: &P,
+    maps: &mut M,
+    key: &CtKey,
+    reason: Counter,
+    group_id: u32,
+) {
+    if !maps.monitored() {
+        return;
+    }
+    write(pkt, maps, P::INGRESS_HOOK, |event| {
+        event.kind = kind::REJECT;
+        event.reason = reason as u32;
+        event.group_id = group_id;
+        tuple(event, key);
+    });
+}
+
+/// Reports a new flow `key` of service `group_id` balanced to `backend` (at an ingress hook),
+/// if a monitor listens; `masqueraded`: it was also source-NATed, to its reply key's destination, counted
+/// as `reason`.
+#[inline(always)]
+pub fn new_flow<P: Packet, M: MapAccess>(
+    pkt: &P,
+    maps: &mut M,
+    key: &CtKey,
+    group_id: u32,
+    backend: &Backend,
+    masqueraded: Option<(&CtKey, Counter)>,
+) {
+    if !maps.monitored() {
+        return;
+    }
+    write(pkt, maps, P::INGRESS_HOOK, |event| {
+        event.group_id = group_id;
+        tuple(event, key);
+        event.backend_addr = backend.addr;
+        event.backend_port = backend.port;
+        match masqueraded {
+            Some((reply_key, reason)) => {
+                event.kind = kind::MASQUERADE;
+                event.reason = reason as u32;
+                event.nat_addr = reply_key.dst_addr;
+                event.nat_port = reply_key.dst_port;
+            }
+            None => {
+                event.kind = kind::NEW_FLOW;
+                event.reason = Counter::NewFlows as u32;
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests;

@@ -101,7 +101,7 @@ pub fn process<P: Packet, M: MapAccess>(pkt: &mut P, maps: &mut M, hook: Hook) -
             }
             if verdict == Verdict::Drop {
                 stats::dropped(maps, e.group_id);
-                event::dropped(e.reason, e.group_id);
+                event::dropped(pkt, maps, hook, e.reason, e.group_id);
             }
             verdict
         }
@@ -235,7 +235,7 @@ fn new_flow<P: Packet, M: MapAccess>(
         return Err(Error::dropped(Counter::DropSourceRange, group_id));
     }
     if service.backend_count == 0 {
-        return no_backend(pkt, maps, flow, &service).map(Done::kept);
+        return no_backend(pkt, maps, flow, key, &service).map(Done::kept);
     }
     let missing = Error::dropped(Counter::DropBackendMissing, group_id);
     let now = maps.now_ns();
@@ -269,9 +269,11 @@ fn new_flow<P: Packet, M: MapAccess>(
     )?;
     select::remember(maps, &key.src_addr, &service, (slot, backend_id), now);
     stats::new_flow(maps, group_id);
-    if masqueraded {
-        stats::count(maps, masquerade::counter(scope));
+    let snat = masqueraded.then(|| (&reply_key, masquerade::counter(scope)));
+    if let Some((_, counter)) = snat {
+        stats::count(maps, counter);
     }
+    event::new_flow(pkt, maps, key, group_id, &backend, snat);
     Ok(Done {
         outcome,
         forward: masqueraded,
@@ -305,6 +307,7 @@ fn not_service<P: Packet, M: MapAccess>(
     }
     reject::port_unreachable(pkt, flow)
         .map_err(|_| Error::dropped(Counter::DropRewriteFailed, 0))?;
+    event::rejected(pkt, maps, key, Counter::RejectUnexposedPort, 0);
     Ok(Counter::RejectUnexposedPort)
 }
 
@@ -316,6 +319,7 @@ fn no_backend<P: Packet, M: MapAccess>(
     pkt: &mut P,
     maps: &mut M,
     flow: &Ipv4Flow,
+    key: &CtKey,
     service: &ServiceValue,
 ) -> Result<Counter, Error> {
     let group_id = service.group_id;
@@ -331,6 +335,7 @@ fn no_backend<P: Packet, M: MapAccess>(
     reject::port_unreachable(pkt, flow)
         .map_err(|_| Error::dropped(Counter::DropRewriteFailed, group_id))?;
     stats::rejected(maps, group_id);
+    event::rejected(pkt, maps, key, Counter::RejectNoBackend, group_id);
     Ok(Counter::RejectNoBackend)
 }
 

@@ -6,9 +6,11 @@ use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::bpf_ktime_get_coarse_ns,
     macros::map,
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    Global,
 };
 use lb_common::{
+    event::{level, Event, EVENTS_BYTES},
     maps::{self as registry, MapDef, MapKind},
     AffinityKey, AffinityValue, Backend, BackendSlotKey, Counter, CtKey, CtValue, FragKey,
     FragPorts, NodeConfig, RejectLimits, ServiceKey, ServiceName, ServiceStats, ServiceValue,
@@ -83,6 +85,17 @@ registered_map!(LB_REJECT_SRC: LruHashMap<[u8; 16], TokenBucket> = registry::REJ
 registered_map!(LB_REJECT_ALL: Array<TokenBucket> = registry::REJECT_GLOBAL);
 registered_map!(LB_SVC_CIDRS: LpmTrie<[u8; 16], u8> = registry::SERVICE_CIDRS);
 registered_map!(LB_FRAGMENTS: LruHashMap<FragKey, FragPorts> = registry::FRAGMENTS);
+registered_map!(LB_MONITOR: Array<u32> = registry::MONITOR);
+
+/// The events the agent reads (`lb_common::event`): each loaded object has its own, not
+/// pinned, so a restarted agent reads the events of the programs it swapped in.
+#[map]
+static LB_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+/// The most verbose drop level written (`lb_common::event::LEVEL_GLOBAL`), set by the agent
+/// at load.
+#[unsafe(no_mangle)]
+static LB_EVENT_LEVEL: Global<u8> = Global::new(level::OFF);
 
 /// Names for `lb-agent inspect`, written by the agent only: declared so the agent creates and
 /// pins it with the others; not preallocated, since a name is 144 bytes per service.
@@ -195,6 +208,12 @@ pub trait MapAccess {
     /// Records a fragmented datagram's ports; a refused insert only leaves its later fragments
     /// untranslated.
     fn set_fragment(&mut self, key: &FragKey, ports: &FragPorts);
+    /// The most verbose drop level the agent's log wants (`lb_common::event::level`).
+    fn event_level(&self) -> u8;
+    /// Whether an `lb-agent monitor` client listens (`LB_MONITOR`).
+    fn monitored(&mut self) -> bool;
+    /// Writes an event, all zero until `fill` fills it in; `false` when there was no room.
+    fn write_event(&mut self, fill: impl FnOnce(&mut Event)) -> bool;
 }
 
 /// The maps of the loaded object.
@@ -372,6 +391,36 @@ impl MapAccess for KernelMaps {
     fn now_ns(&self) -> u64 {
         // SAFETY: no arguments, no side effects.
         unsafe { bpf_ktime_get_coarse_ns() }
+    }
+
+    #[inline(always)]
+    fn event_level(&self) -> u8 {
+        LB_EVENT_LEVEL.load()
+    }
+
+    /// Never in a dry run: `lb-agent trace` reports what it saw itself.
+    #[inline(always)]
+    fn monitored(&mut self) -> bool {
+        !dry_run() && LB_MONITOR.get(0).is_some_and(|clients| *clients != 0)
+    }
+
+    #[inline(always)]
+    fn write_event(&mut self, fill: impl FnOnce(&mut Event)) -> bool {
+        if dry_run() {
+            return true;
+        }
+        let Some(mut entry) = LB_EVENTS.reserve::<Event>(0) else {
+            return false;
+        };
+        let event = entry.as_mut_ptr();
+        // SAFETY: `event` points to the reserved entry, which holds one Event; it is
+        // initialised (all zero) before the reference is made, and submitted after.
+        unsafe {
+            event.write(Event::ZERO);
+            fill(&mut *event);
+        }
+        entry.submit(0);
+        true
     }
 
     #[inline(always)]

@@ -8,9 +8,11 @@ pub use lb_frames::checksums_valid;
 use lb_frames::{Frame, Icmp};
 
 use lb_common::{
-    net::ETH_HLEN, AffinityKey, AffinityValue, Backend, BackendSlotKey, Counter, CtKey, CtValue,
-    FragKey, FragPorts, NodeConfig, RejectLimits, ServiceKey, ServiceStats, ServiceValue,
-    SockRevKey, SockRevValue, TokenBucket, IPPROTO_TCP, IPPROTO_UDP,
+    event::{hook, Event},
+    net::ETH_HLEN,
+    AffinityKey, AffinityValue, Backend, BackendSlotKey, Counter, CtKey, CtValue, FragKey,
+    FragPorts, NodeConfig, RejectLimits, ServiceKey, ServiceStats, ServiceValue, SockRevKey,
+    SockRevValue, TokenBucket, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 use crate::{
@@ -25,6 +27,9 @@ use crate::{
 pub fn full_checksum(bytes: &[u8]) -> [u8; 2] {
     lb_frames::internet_checksum(bytes).to_be_bytes()
 }
+
+/// The interface index every [`SlicePacket`] is on.
+pub const TEST_IFINDEX: u32 = 7;
 
 /// A tiny deterministic generator, so failures reproduce.
 pub struct Lcg(pub u64);
@@ -141,6 +146,12 @@ impl SlicePacket {
 }
 
 impl Packet for SlicePacket {
+    const INGRESS_HOOK: u8 = hook::XDP;
+
+    fn ifindex(&self) -> u32 {
+        TEST_IFINDEX
+    }
+
     fn frame_len(&self) -> u32 {
         self.bytes.len() as u32
     }
@@ -209,6 +220,14 @@ pub struct FakeMaps {
     pub service_cidrs: Vec<([u8; 4], u8)>,
     pub now_ns: u64,
     pub fragments: HashMap<FragKey, FragPorts>,
+    /// The drop level the agent's log wants (`LB_EVENT_LEVEL`).
+    pub event_level: u8,
+    /// Whether a monitor listens (`LB_MONITOR`).
+    pub monitored: bool,
+    /// The events written, oldest first.
+    pub events: Vec<Event>,
+    /// Room left in the ring buffer for this many events; `None`: unlimited.
+    pub event_room: Option<usize>,
 }
 
 impl FakeMaps {
@@ -379,6 +398,27 @@ impl MapAccess for FakeMaps {
 
     fn set_fragment(&mut self, key: &FragKey, ports: &FragPorts) {
         self.fragments.insert(*key, *ports);
+    }
+
+    fn event_level(&self) -> u8 {
+        self.event_level
+    }
+
+    fn monitored(&mut self) -> bool {
+        self.monitored
+    }
+
+    fn write_event(&mut self, fill: impl FnOnce(&mut Event)) -> bool {
+        if self
+            .event_room
+            .is_some_and(|room| room <= self.events.len())
+        {
+            return false;
+        }
+        let mut event = Event::ZERO;
+        fill(&mut event);
+        self.events.push(event);
+        true
     }
 }
 
