@@ -2,7 +2,7 @@
 //! Kubernetes Services and EndpointSlices from manifest files or the API server ([`source`],
 //! [`manifests`], [`objects`], [`k8s`]) into a desired state ([`model`]) and programs it into
 //! the maps ([`reconciler`]), all driven by [`agent`], which follows the node's interfaces
-//! ([`links`]) and reports through [`metrics`] and [`health`].
+//! ([`links`]) and reports through [`metrics`], [`health`] and [`monitor`].
 
 pub mod agent;
 pub mod bpffs;
@@ -16,6 +16,7 @@ pub mod maglev;
 pub mod manifests;
 pub mod metrics;
 pub mod model;
+pub mod monitor;
 pub mod objects;
 pub mod reconciler;
 pub mod source;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{ArgMatches, Args, FromArgMatches, Parser, Subcommand};
 use ipnet::IpNet;
-use lb_common::Capacity;
+use lb_common::{Capacity, Counter};
 use lb_userspace::agent::conntrack_gc::Timeouts;
 use lb_userspace::agent::{
     self, Masquerade, PortRange, RejectLimitFlags, ReplyPath, RunConfig, SocketLb, SourceConfig,
@@ -23,6 +23,11 @@ use lb_userspace::k8s::{service_cidr, NodeDef, NodePortAddress, NodePortAddresse
 use lb_userspace::links::{IfacePattern, IfacePatterns};
 use lb_userspace::maglev::TableSize;
 use lb_userspace::model::Algorithm;
+use lb_userspace::monitor::{
+    self,
+    filter::{EventFilter, Kind},
+    DEFAULT_SOCKET,
+};
 use lb_userspace::source::api::access::DEFAULT_SERVICE_ACCOUNT_DIR;
 use lb_userspace::source::api::{ApiAccess, ApiServerUrl};
 use lb_userspace::trace::{self, Arrival, Packet, TraceProtocol};
@@ -60,6 +65,8 @@ enum Command {
     Cleanup(CleanupArgs),
     /// Show what the running agent's programs would do with a packet, without changing its maps.
     Trace(TraceArgs),
+    /// Stream the running agent's data-path events: drops, rejects, new flows, masquerading.
+    Monitor(MonitorArgs),
 }
 
 /// `lb-agent run`. Without `--manifests` the objects come from the Kubernetes API.
@@ -195,6 +202,10 @@ struct RunArgs {
     /// Address of the health endpoints (`/healthz`, `/readyz`), as kube-proxy's health port.
     #[arg(long, default_value = "0.0.0.0:10256")]
     healthz_addr: SocketAddr,
+    /// Unix socket where `lb-agent monitor` clients connect (its directory is created, a stale
+    /// socket replaced; root only).
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
+    monitor_socket: PathBuf,
     #[command(flatten)]
     reject_limits: RejectLimitFlags,
     #[command(flatten)]
@@ -370,6 +381,34 @@ struct TraceArgs {
     json: bool,
 }
 
+/// `lb-agent monitor`: events as the agent's programs see them, filtered here. Every filter
+/// given must match.
+#[derive(Args)]
+struct MonitorArgs {
+    /// The agent's --monitor-socket.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Only this Service's events; PORT is the port's name.
+    #[arg(long, value_name = "NS/NAME[:PORT]")]
+    service: Option<ServiceFilter>,
+    /// Only events counted as this counter, e.g. drop_no_backend, reject_no_backend, new_flows,
+    /// masqueraded (repeatable: any of them).
+    #[arg(long = "reason", value_name = "NAME", value_parser = monitor::record::reason)]
+    reasons: Vec<Counter>,
+    /// Only events with this address as source, destination, backend or masquerade address.
+    #[arg(long, value_name = "IP")]
+    address: Option<IpAddr>,
+    /// Only events of this kind (repeatable: any of them).
+    #[arg(long = "kind", value_enum)]
+    kinds: Vec<Kind>,
+    /// The agent's JSON lines instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Exit after this many matching events.
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum TraceHookArg {
     Tc,
@@ -403,6 +442,7 @@ fn main() -> anyhow::Result<()> {
         Command::Inspect(args) => inspect(args),
         Command::Cleanup(args) => cleanup(args),
         Command::Trace(args) => trace(args),
+        Command::Monitor(args) => monitor(args),
     }
 }
 
@@ -477,6 +517,7 @@ fn run(args: RunArgs, kernel_log_level: KernelLogLevel) -> anyhow::Result<()> {
         conntrack_gc_interval: args.conntrack.conntrack_gc_interval,
         metrics_addr: args.metrics_addr,
         healthz_addr: args.healthz_addr,
+        monitor_socket: args.monitor_socket,
         kernel_log_level,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -591,6 +632,24 @@ fn capture_frames(
             .map(|frame| vec![frame])
             .ok_or_else(|| anyhow::anyhow!("{}: no packet {n}: it holds {count}", path.display())),
     }
+}
+
+fn monitor(args: MonitorArgs) -> anyhow::Result<()> {
+    let options = monitor::client::Options {
+        socket: args.socket,
+        filter: EventFilter {
+            service: args.service,
+            reasons: args.reasons,
+            address: args.address,
+            kinds: args.kinds,
+        },
+        json: args.json,
+        count: args.count,
+    };
+    Ok(monitor::client::run(
+        &options,
+        &mut std::io::stdout().lock(),
+    )?)
 }
 
 fn cleanup(args: CleanupArgs) -> anyhow::Result<()> {

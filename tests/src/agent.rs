@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{cmd, error::io_context, netns::NetNs, Error, Result};
+use crate::{cmd, error::io_context, monitor::Monitor, netns::NetNs, Error, Result};
 
 /// Where per-run bpffs directories go (the agent mounts bpffs here if needed).
 pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
@@ -87,6 +87,8 @@ pub struct AgentOptions {
     /// runs it with `--no-socket-lb`, so no test ever attaches to the machine's root cgroup.
     /// The agent itself runs in it, as a deployed agent runs below the node's root cgroup.
     pub cgroup: Option<PathBuf>,
+    /// `--monitor-socket`: per run, under the temporary directory.
+    pub monitor_socket: PathBuf,
 }
 
 impl AgentOptions {
@@ -103,6 +105,7 @@ impl AgentOptions {
             extra_args: Vec::new(),
             env: Vec::new(),
             cgroup: None,
+            monitor_socket: monitor_socket(id),
         }
     }
 
@@ -128,8 +131,14 @@ impl AgentOptions {
             extra_args: Vec::new(),
             env: Vec::new(),
             cgroup: None,
+            monitor_socket: monitor_socket(id),
         }
     }
+}
+
+/// The `--monitor-socket` of the run `id`.
+fn monitor_socket(id: &str) -> PathBuf {
+    env::temp_dir().join(format!("{id}-monitor.sock"))
 }
 
 /// The agent's log line once it attached its TC program to `iface`.
@@ -218,7 +227,9 @@ impl Agent {
             .arg("--bpffs-dir")
             .arg(&options.bpffs_dir)
             .arg("--log-level")
-            .arg(&options.log_level);
+            .arg(&options.log_level)
+            .arg("--monitor-socket")
+            .arg(&options.monitor_socket);
         for iface in &options.ifaces {
             command.arg("--iface").arg(iface);
         }
@@ -393,6 +404,37 @@ impl Agent {
         self.terminate()
     }
 
+    /// Starts `lb-agent monitor` on this agent's socket with `args` (filters, `--json`,
+    /// `--count`).
+    pub fn monitor(&self, args: &[&str]) -> Result<Monitor> {
+        Monitor::start(&self.options.monitor_socket, args)
+    }
+
+    /// The number of monitor clients the kernel's gate holds (`LB_MONITOR`).
+    pub fn monitor_clients(&self) -> Result<u32> {
+        let pin = self.options.bpffs_dir.join("maps/LB_MONITOR");
+        let value = crate::bpftool::lookup(&pin, &0u32.to_ne_bytes())?;
+        Ok(value.map_or(0, |v| crate::bpftool::u32_at(&v, 0)))
+    }
+
+    /// Waits (at most `timeout`) until the gate holds `clients`.
+    pub fn wait_for_monitor_clients(&self, clients: u32, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let now = self.monitor_clients()?;
+            if now == clients {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    what: format!("the monitor gate to hold {clients} clients (it holds {now})"),
+                    timeout,
+                });
+            }
+            thread::sleep(POLL);
+        }
+    }
+
     /// Runs `lb-agent cleanup` on this agent's bpffs directory and returns its output.
     pub fn cleanup(&self) -> Result<String> {
         let binary = Agent::binary()?;
@@ -432,6 +474,8 @@ impl Drop for Agent {
         if !self.keep_pins {
             remove_pins(&self.options.bpffs_dir);
         }
+        // A killed agent leaves its socket (the next one replaces it).
+        let _ = std::fs::remove_file(&self.options.monitor_socket);
     }
 }
 

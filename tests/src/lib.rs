@@ -6,6 +6,7 @@
 //! - [`topology`]: a "node" namespace with pod namespaces on /32 veth routes, as kind's ptp CNI.
 //! - [`servers`]: real TCP and UDP servers in pods that answer with their pod name, and clients.
 //! - [`agent`]: the real `lb-agent` binary running in the node namespace.
+//! - [`monitor`]: `lb-agent monitor` running beside it, its output collected.
 //! - [`cgroup`]: test cgroups and client processes inside them, for socket-level translation.
 //! - [`cluster`]: all of the above running the example Service.
 //! - [`deploy`]: `manifests/deploy/` parsed, and the agent's container as the kubelet resolves
@@ -40,6 +41,7 @@ pub mod error;
 pub mod example;
 pub mod inspect_output;
 pub mod load;
+pub mod monitor;
 pub mod netns;
 #[cfg(feature = "kube")]
 pub mod podman;

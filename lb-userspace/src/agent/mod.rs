@@ -42,6 +42,7 @@ use crate::maglev::TableSize;
 use crate::manifests::ManifestDir;
 use crate::metrics::{ListenError, SyncMetrics};
 use crate::model::Algorithm;
+use crate::monitor::server::MonitorServer;
 use crate::reconciler::{MapWriteError, Reconciler};
 use crate::source::api::{access, ApiAccess, ApiSourceError};
 use crate::source::{self, DesiredStates};
@@ -107,6 +108,8 @@ pub struct RunConfig {
     /// The most verbose level the eBPF programs write log lines at; the agent forwards them
     /// into its own log.
     pub kernel_log_level: KernelLogLevel,
+    /// Where `lb-agent monitor` clients connect.
+    pub monitor_socket: PathBuf,
 }
 
 /// How translated packets that may carry one of the node's own addresses as their source
@@ -437,6 +440,8 @@ async fn serve(
     };
 
     let telemetry = Telemetry::start(config, &maps_dir(&config.bpffs_dir)).await?;
+    // Without the programs' events there is nothing to serve.
+    let monitor = kernel_log.as_ref().and_then(|_| start_monitor(config));
     let conntrack_gc = conntrack_gc::spawn(
         DatapathMaps::from_pins(&maps_dir(&config.bpffs_dir))?,
         config.conntrack_timeouts,
@@ -485,7 +490,7 @@ async fn serve(
                 (Err(e), _) => break Err(e.into()),
                 (Ok(_), None) => {}
             },
-            forwarded = forward_kernel_log(&mut kernel_log) => if let Err(e) = forwarded {
+            forwarded = forward_kernel_log(&mut kernel_log, monitor.as_ref()) => if let Err(e) = forwarded {
                 warn!("reading the programs' log lines failed, no more are forwarded: {e}");
                 kernel_log = None;
             },
@@ -500,12 +505,35 @@ async fn serve(
     result
 }
 
-/// Forwards the eBPF programs' next log lines; never completes without a reader.
-async fn forward_kernel_log(kernel_log: &mut Option<KernelLog>) -> std::io::Result<()> {
+/// Forwards the eBPF programs' next events to the log and the monitor's clients; never
+/// completes without a reader.
+async fn forward_kernel_log(
+    kernel_log: &mut Option<KernelLog>,
+    monitor: Option<&MonitorServer>,
+) -> std::io::Result<()> {
     match kernel_log {
-        Some(kernel_log) => kernel_log.forward().await,
+        Some(kernel_log) => {
+            kernel_log
+                .forward(|event| {
+                    if let Some(monitor) = monitor {
+                        monitor.publish(event);
+                    }
+                })
+                .await
+        }
         None => std::future::pending().await,
     }
+}
+
+/// Serves `lb-agent monitor` on `config.monitor_socket`, if the socket can be made; the agent
+/// runs on without it otherwise.
+fn start_monitor(config: &RunConfig) -> Option<MonitorServer> {
+    let maps = DatapathMaps::from_pins(&maps_dir(&config.bpffs_dir))
+        .inspect_err(|e| warn!("monitor: cannot open the pinned maps: {}", Chain(e)))
+        .ok()?;
+    MonitorServer::start(&config.monitor_socket, maps)
+        .inspect_err(|e| warn!("monitor: not served: {}", Chain(e)))
+        .ok()
 }
 
 /// The next interface change in auto-attach mode; never completes otherwise.

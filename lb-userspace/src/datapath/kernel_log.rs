@@ -1,6 +1,7 @@
-//! The eBPF programs' events (lb-ebpf's `event.rs`: rare drops, typed `lb_common::event::Event`s
-//! in the ring buffer `LB_EVENTS`): the level the kernel filters at, fixed when the object is
-//! loaded, and the reader that formats them into the agent's `tracing` log.
+//! The eBPF programs' events (lb-ebpf's `event.rs`: typed `lb_common::event::Event`s in the
+//! ring buffer `LB_EVENTS`): the level the kernel filters drops at, fixed when the object is
+//! loaded, and the reader that formats the drops into the agent's `tracing` log and hands
+//! every event to the caller (for `lb-agent monitor`).
 //!
 //! Each loaded object has its own ring buffer (it is not pinned), and after a restart the new
 //! object's program is the one swapped into the pinned links, so the new agent reads the
@@ -72,21 +73,22 @@ pub enum KernelLogError {
     Watch(#[from] io::Error),
 }
 
-/// Formats the programs' events into the agent's log.
+/// Formats the programs' drops into the agent's log.
 pub struct KernelLog {
     ring: AsyncFd<RingBuf<MapData>>,
     budget: Budget,
 }
 
 impl KernelLog {
-    /// Waits until the programs have written events, then logs them. Cancel-safe: events not
-    /// yet logged stay in the ring buffer.
-    pub async fn forward(&mut self) -> io::Result<()> {
+    /// Waits until the programs have written events, then logs them and hands each to
+    /// `each`. Cancel-safe: events not yet read stay in the ring buffer.
+    pub async fn forward(&mut self, mut each: impl FnMut(&Event)) -> io::Result<()> {
         let mut ready = self.ring.readable_mut().await?;
         let ring = ready.get_inner_mut();
         while let Some(item) = ring.next() {
             if let Some(event) = read_event(&item) {
                 log_event(&event, &mut self.budget);
+                each(&event);
             }
         }
         ready.clear_ready();
@@ -249,7 +251,7 @@ mod tests {
                 reason: reason as u32,
                 kind: event::kind::DROP,
                 level: event::drop_level(reason),
-                _pad: [0; 6],
+                ..Event::ZERO
             };
             let line = drop_line(&event);
             assert_eq!(line.is_some(), event.level != level::OFF, "{reason:?}");

@@ -238,6 +238,18 @@ impl DatapathMaps {
             })
     }
 
+    /// Sets the number of `lb-agent monitor` clients (`LB_MONITOR[0]`): while it is 0 the
+    /// programs write no rejects, new flows or masquerade allocations as events.
+    pub fn set_monitor_clients(&mut self, clients: u32) -> Result<(), MapWriteError> {
+        Array::<_, u32>::try_from(self.map_mut(registry::MONITOR))
+            .and_then(|mut array| array.set(0, clients, 0))
+            .map_err(|source| MapWriteError {
+                map: registry::MONITOR.name,
+                op: "update",
+                source,
+            })
+    }
+
     /// Replaces the rate limits of rejects (`LB_REJECT_CFG[0]`); the next reject uses them.
     pub fn set_reject_limits(&mut self, limits: &RejectLimits) -> Result<(), MapWriteError> {
         Array::<_, RejectLimits>::try_from(self.map_mut(registry::REJECT_LIMITS))
