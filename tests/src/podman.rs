@@ -11,7 +11,8 @@
 //! host network as the node's namespace (`--network ns:PATH`), the securityContext
 //! (capabilities, no privilege escalation, read-only root filesystem, the seccomp profile
 //! containerd applies for `RuntimeDefault`: [`runtime_default_seccomp`]), the memory limit,
-//! env and envFrom, hostPath mounts mapped to where this test keeps them, and the service
+//! env and envFrom, hostPath mounts mapped to where this test keeps them, emptyDir mounts as
+//! fresh tmpfs, and the service
 //! account the kubelet mounts into every pod. podman leaves `/proc/sys` read-only and masks
 //! the usual `/proc` paths in a non-privileged container, as containerd does.
 
@@ -40,7 +41,7 @@ pub const PODMAN_SECCOMP: &str = "/usr/share/containers/seccomp.json";
 /// Where the kubelet mounts a pod's service account.
 pub const SERVICE_ACCOUNT_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 /// Where the agent binary goes in the image.
-const IMAGE_BINARY: &str = "/usr/local/bin/lb-agent";
+pub const IMAGE_BINARY: &str = "/usr/local/bin/lb-agent";
 /// Poll interval while waiting for a container's log.
 const POLL: Duration = Duration::from_millis(100);
 /// How long a stopped container gets between SIGTERM and SIGKILL (the DaemonSet's
@@ -419,6 +420,11 @@ pub fn pod_args(
             .iter()
             .find(|v| v.name == mount.name)
             .unwrap_or_else(|| panic!("no volume {}", mount.name));
+        if volume.empty_dir.is_some() {
+            // A fresh directory per pod, as the kubelet makes it (memory-backed here always).
+            push(&["--tmpfs", &mount.mount_path]);
+            continue;
+        }
         let host_path = volume
             .host_path
             .as_ref()

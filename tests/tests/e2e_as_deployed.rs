@@ -36,8 +36,9 @@ use lb_tests::{
     deploy::Deployment,
     load::{client_traffic, Traffic},
     netns::{unique_prefix, NetNs},
-    podman::{pod_args, write_runtime_default_seccomp, Container, Kubelet, Podman},
+    podman::{pod_args, write_runtime_default_seccomp, Container, Kubelet, Podman, IMAGE_BINARY},
     require_root, scrape,
+    servers::tcp_request,
 };
 
 /// The client pod on node A.
@@ -89,6 +90,8 @@ const UNPROGRAMMED_CLUSTER_IP: &str = "198.19.255.1";
 /// The kubelet's probes reach a host-network pod at the node's address.
 const HEALTH_PORT: u16 = 10256;
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `lb-agent monitor` in the container may take to see a new flow.
+const MONITOR_TIMEOUT: Duration = Duration::from_secs(20);
 const REQUESTS: usize = 20;
 /// Kills and restarts of the container under load.
 const RESTARTS: usize = 3;
@@ -380,6 +383,41 @@ fn the_daemonset_as_a_kubelet_runs_it_serves_the_node_survives_kills_and_cleans_
             assert!(counts.contains_key(node.pod_name()), "{counts:?}");
         }
     }
+
+    // `kubectl exec ds/lb-agent -- lb-agent monitor`: the agent's socket is in the
+    // DaemonSet's emptyDir, where the command finds it by default. The pod connects until the
+    // monitor has seen one of its new flows.
+    let monitor = thread::scope(|scope| {
+        let exec = scope.spawn(|| {
+            deployed.podman.run(&[
+                "exec",
+                "lb-agent-0",
+                IMAGE_BINARY,
+                "monitor",
+                "--json",
+                "--count",
+                "1",
+                "--kind",
+                "new-flow",
+                "--address",
+                &CLIENT_POD_ADDR.to_string(),
+            ])
+        });
+        let deadline = Instant::now() + MONITOR_TIMEOUT;
+        while !exec.is_finished() && Instant::now() < deadline {
+            let target = SocketAddrV4::new(WEB_VIP, 80);
+            let _ = client_ns.run(|| tcp_request(target, Duration::from_secs(1)));
+            thread::sleep(Duration::from_millis(100));
+        }
+        exec.join().expect("podman exec")
+    });
+    let monitor = monitor.unwrap_or_else(|e| panic!("lb-agent monitor in the container: {e}"));
+    eprintln!("lb-agent monitor in the container: {monitor}");
+    assert!(
+        monitor.contains(r#""kind":"new-flow""#)
+            && monitor.contains(&format!(r#""destination":"{WEB_VIP}:80""#)),
+        "{monitor}"
+    );
 
     // The node's own processes (host network) in the cgroup reach the ClusterIP, and a Service
     // without endpoints refuses at once; a process outside the cgroup is not translated.
