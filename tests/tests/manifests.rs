@@ -8,6 +8,7 @@ use std::{
     fs,
 };
 
+use k8s_openapi::api::core::v1::VolumeMount;
 use lb_tests::{
     agent::Agent,
     deploy::{manifests_dir, Deployment},
@@ -117,11 +118,23 @@ fn the_daemonset_runs_on_the_host_network_with_bpffs_and_capabilities_not_privil
     let mounts = container.volume_mounts.as_deref().unwrap_or_default();
     let cgroup_mount = mounts.iter().find(|m| m.mount_path == cgroup).unwrap();
     assert_eq!(cgroup_mount.read_only, Some(true));
+    let from_host = |m: &&VolumeMount| {
+        let volume = volumes.iter().find(|v| v.name == m.name);
+        volume.is_some_and(|v| v.host_path.is_some())
+    };
     assert_eq!(
-        mounts.len(),
+        mounts.iter().filter(from_host).count(),
         2,
         "nothing but bpffs and cgroups from the host"
     );
+    // The monitor socket's directory (the root file system is read-only): the pod's own.
+    let monitor = mounts
+        .iter()
+        .find(|m| m.mount_path == "/run/lb-agent")
+        .expect("a mount at /run/lb-agent for the monitor socket");
+    let volume = volumes.iter().find(|v| v.name == monitor.name).unwrap();
+    assert!(volume.empty_dir.is_some(), "{volume:?}");
+    assert_eq!(mounts.len(), 3, "{mounts:?}");
 
     let security = container
         .security_context
