@@ -107,14 +107,21 @@ impl KernelLog {
 }
 
 impl Datapath {
-    /// Starts reading the programs' events. Must run inside a Tokio runtime. Once only: the
-    /// ring buffer moves into the returned reader.
-    pub fn kernel_log(&mut self) -> Result<KernelLog, KernelLogError> {
+    /// The programs' ring buffer, to read without waiting (the per-packet benchmark drains
+    /// it); the agent reads it through [`Datapath::kernel_log`]. Once only: the ring buffer
+    /// moves out of the object.
+    pub fn events(&mut self) -> Result<RingBuf<MapData>, KernelLogError> {
         let map = self
             .ebpf
             .take_map(EVENTS_MAP)
             .ok_or(KernelLogError::Missing)?;
-        let ring = RingBuf::try_from(map)?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    /// Starts reading the programs' events. Must run inside a Tokio runtime. Once only: the
+    /// ring buffer moves into the returned reader.
+    pub fn kernel_log(&mut self) -> Result<KernelLog, KernelLogError> {
+        let ring = self.events()?;
         // SAFETY: the ring buffer owns its map's descriptor for its whole life and its
         // `as_raw_fd` always returns that descriptor.
         let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }

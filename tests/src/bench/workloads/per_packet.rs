@@ -26,7 +26,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 
 use ipnet::{IpNet, Ipv4Net};
 
-use aya::maps::{HashMap, Map, MapData};
+use aya::maps::{HashMap, Map, MapData, RingBuf};
 use lb_common::maps as registry;
 use lb_common::{conntrack::ct_flags, net::tcp_flags, CtKey, CtValue};
 use lb_frames::{describe, parse, Frame};
@@ -109,7 +109,13 @@ struct PacketBench {
     vip: SocketAddrV4,
     /// New flows used so far (each gets its own source address and port).
     flows: u32,
+    /// With [`MONITOR_VAR`] set: the programs' events, drained after each case.
+    events: Option<RingBuf<MapData>>,
 }
+
+/// Set (to anything), the data path runs as with one `lb-agent monitor` client connected:
+/// new flows write an event each, which the benchmark drains between cases.
+pub const MONITOR_VAR: &str = "LB_BENCH_MONITOR";
 
 impl PacketBench {
     fn new(plan: &Plan, services: u32) -> Result<PacketBench> {
@@ -140,6 +146,17 @@ impl PacketBench {
             )));
         }
         let conntrack = open_conntrack(&datapath)?;
+        let events = match std::env::var_os(MONITOR_VAR) {
+            Some(_) => {
+                datapath
+                    .maps()
+                    .set_monitor_clients(1)
+                    .map_err(|e| BenchError::Check(format!("opening the monitor gate: {e}")))?;
+                let events = datapath.events();
+                Some(events.map_err(|e| BenchError::Check(format!("the ring buffer: {e}")))?)
+            }
+            None => None,
+        };
         let noops = [NoopProgram::load(Hook::Xdp), NoopProgram::load(Hook::Tc)];
         let [xdp, tc] = noops.map(|n| n.map_err(io_context("loading the no-op program")));
         let vip = set.target_vip();
@@ -165,6 +182,7 @@ impl PacketBench {
             target_endpoints,
             vip,
             flows: 0,
+            events,
         };
         bench.seed_established(backend)?;
         Ok(bench)
@@ -324,6 +342,7 @@ impl PacketBench {
         let mut samples = vec![Vec::new(); cases.len()];
         // The no-op's repeat count is odd like the others', though it changes nothing.
         let repeat = plan.repeat | 1;
+        let mut events = self.events.take();
         for _ in 0..plan.runs {
             interrupt::check()?;
             let frames: Vec<Vec<u8>> = (0..plan.single_frames)
@@ -356,11 +375,16 @@ impl PacketBench {
                         single_ns(program, thousand_ranges.iter().map(Vec::as_slice))?
                     }
                 });
+                // A case writes fewer events than the ring buffer holds.
+                if let Some(ring) = &mut events {
+                    while ring.next().is_some() {}
+                }
             }
             if fill == ConntrackFill::Empty {
                 self.clear_new_flows()?;
             }
         }
+        self.events = events;
         Ok(cases
             .iter()
             .zip(samples)
