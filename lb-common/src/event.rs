@@ -15,7 +15,7 @@ use crate::Counter;
 /// The ring buffer's name in the object. Each loaded object has its own (it is not pinned).
 pub const EVENTS_MAP: &str = "LB_EVENTS";
 /// The ring buffer's size in bytes (a power-of-2 multiple of the page size): 256 KiB, room for
-/// 2,600 events between two reads by the agent.
+/// about 2,500 events (and their 8-byte headers) between two reads by the agent.
 pub const EVENTS_BYTES: u32 = 256 * 1024;
 /// The object's global (a `u8`) holding the most verbose [`level`] the kernel writes.
 pub const LEVEL_GLOBAL: &str = "LB_EVENT_LEVEL";
