@@ -96,6 +96,10 @@ impl MonitorServer {
     /// socket itself 0600), with the pinned `maps` for the gate and the services' names.
     /// Must run inside a Tokio runtime.
     pub fn start(path: &Path, maps: DatapathMaps) -> Result<MonitorServer, MonitorError> {
+        let mut gate = Gate { maps, clients: 0 };
+        // Closes a gate an agent that died with clients connected left open, also when no
+        // socket can be served.
+        gate.add(0)?;
         let socket_error = |source| MonitorError::Socket {
             path: path.to_path_buf(),
             source,
@@ -113,9 +117,6 @@ impl MonitorServer {
         }
         let listener = UnixListener::bind(path).map_err(socket_error)?;
         fs::set_permissions(path, Permissions::from_mode(0o600)).map_err(socket_error)?;
-        let mut gate = Gate { maps, clients: 0 };
-        // Closes a gate an agent that died with clients connected left open.
-        gate.add(0)?;
         let gate = Arc::new(Mutex::new(gate));
         let (lines, _) = broadcast::channel(CLIENT_QUEUE);
         let accept = tokio::spawn(accept_clients(listener, lines.clone(), gate.clone()));
