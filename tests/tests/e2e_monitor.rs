@@ -152,7 +152,7 @@ fn a_monitor_sees_the_new_flow_and_the_reject_the_client_caused_and_filters_them
     );
     drop(elsewhere);
 
-    // Every client gone: the gate closes, and new flows write nothing.
+    // Every client gone: the gate closes (the kernel then writes no new flows or rejects).
     agent.wait_for_monitor_clients(0, MONITOR_TIMEOUT).unwrap();
 }
 
