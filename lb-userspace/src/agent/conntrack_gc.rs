@@ -1,6 +1,7 @@
 //! Conntrack garbage collection: every `--conntrack-gc-interval` a task walks the conntrack
 //! map in batches and deletes the flows idle past the timeout of their state, both entries of
-//! a flow together, so `lbagent_conntrack_entries` counts live flows.
+//! a flow together. The entries a walk keeps are what `lbagent_conntrack_entries` reports until
+//! the next walk, so the count is at most one interval old and a scrape never reads the map.
 //!
 //! A flow's state is read from the flags of its two entries (the data path sets them):
 //! unanswered (no [`ct_flags::SEEN_REPLY`]), answered, or closing ([`ct_flags::CLOSING`],
@@ -105,8 +106,9 @@ fn monotonic_now_ns() -> u64 {
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
-/// Walks `maps` every `interval` (the first walk after one interval) on a blocking thread,
-/// recording each walk in `metrics`, until the returned task is aborted.
+/// Walks `maps` at once and then every `interval` on a blocking thread, recording each walk in
+/// `metrics`, until the returned task is aborted. The first walk at start gives the metrics a
+/// count at once and collects what an earlier agent's flows left idle.
 pub(super) fn spawn(
     maps: DatapathMaps,
     timeouts: Timeouts,
@@ -117,7 +119,6 @@ pub(super) fn spawn(
         let mut maps = Some(maps);
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.reset();
         while let Some(mut walking) = maps.take() {
             tick.tick().await;
             let walked = tokio::task::spawn_blocking(move || {
@@ -134,7 +135,7 @@ pub(super) fn spawn(
                                 "conntrack gc: {} of {} entries collected in {:?}",
                                 gc.collected, gc.walked, gc.duration
                             );
-                            metrics.record(gc.collected, gc.duration);
+                            metrics.record(gc.walked, gc.collected, gc.duration);
                         }
                         Err(e) => warn!("conntrack gc failed, retrying at the next walk: {e}"),
                     }

@@ -1,8 +1,10 @@
-//! Metrics read from the maps at scrape time: per-service and node-wide counters and the
-//! conntrack fill level.
+//! Metrics read at scrape time: per-service and node-wide counters from the maps, and the
+//! conntrack fill level the garbage collector's last walk counted (a scrape reads no conntrack
+//! entry).
 
 use std::fmt;
 use std::path::Path;
+use std::time::UNIX_EPOCH;
 
 use lb_common::service::scope;
 use lb_common::{Counter, ServiceStats};
@@ -13,18 +15,20 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use tracing::warn;
 
+use super::conntrack_gc::LastWalk;
 use super::sync::CountedServices;
 use crate::datapath::{DatapathError, DatapathMaps};
 use crate::error::Chain;
 use crate::model::SocketDisplay;
 use crate::reconciler::CountedService;
 
-/// Reads the maps on every scrape (call the encoder from a blocking thread: counting a full
-/// conntrack map reads it in batches, about 70 system calls at 262,144 entries).
+/// Reads the counter maps on every scrape (call the encoder from a blocking thread: one
+/// lookup per counted service).
 pub(super) struct DatapathCollector {
     maps: DatapathMaps,
     conntrack_capacity: u32,
     services: CountedServices,
+    last_walk: LastWalk,
 }
 
 impl fmt::Debug for DatapathCollector {
@@ -88,25 +92,15 @@ impl DatapathCollector {
         pins: &Path,
         conntrack_capacity: u32,
         services: CountedServices,
+        last_walk: LastWalk,
     ) -> Result<Self, DatapathError> {
         let maps = DatapathMaps::from_pins(pins)?;
         Ok(Self {
             maps,
             conntrack_capacity,
             services,
+            last_walk,
         })
-    }
-
-    /// Conntrack entries (both directions), at most the capacity; 0 (logged) when the map
-    /// cannot be read.
-    fn conntrack_entries(&self) -> usize {
-        match self.maps.conntrack() {
-            Ok(entries) => entries.len().min(self.conntrack_capacity as usize),
-            Err(e) => {
-                warn!("metrics: counting the conntrack entries: {}", Chain(&e));
-                0
-            }
-        }
     }
 
     fn encode_services(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
@@ -158,14 +152,28 @@ impl DatapathCollector {
         Ok(())
     }
 
+    /// The entries the garbage collector's last walk kept (at most the capacity: a batched
+    /// read of a changing map may see an entry twice) and when it started; neither before the
+    /// first walk.
     fn encode_conntrack(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
-        let entries = ConstGauge::new(self.conntrack_entries() as i64);
-        entries.encode(encoder.encode_descriptor(
-            "lbagent_conntrack_entries",
-            "Conntrack entries (a flow has two: forward and reply)",
-            None,
-            MetricType::Gauge,
-        )?)?;
+        if let Some(kept) = self.last_walk.get() {
+            let entries = kept.entries.min(self.conntrack_capacity as usize);
+            ConstGauge::new(entries as i64).encode(encoder.encode_descriptor(
+                "lbagent_conntrack_entries",
+                "Conntrack entries (a flow has two: forward and reply) the garbage collector's \
+                 last walk kept",
+                None,
+                MetricType::Gauge,
+            )?)?;
+            let at = kept.at.duration_since(UNIX_EPOCH).unwrap_or_default();
+            ConstGauge::new(at.as_secs_f64()).encode(encoder.encode_descriptor(
+                "lbagent_conntrack_entries_timestamp_seconds",
+                "When the garbage collector walk that counted lbagent_conntrack_entries started (Unix \
+                 time)",
+                None,
+                MetricType::Gauge,
+            )?)?;
+        }
         let capacity = ConstGauge::new(i64::from(self.conntrack_capacity));
         capacity.encode(encoder.encode_descriptor(
             "lbagent_conntrack_capacity",

@@ -2,8 +2,10 @@
 //!
 //! Names follow kube-proxy's and Cilium's conventions with the `lbagent_` prefix: counters end
 //! in `_total`, durations are in seconds. What the programming loop does is recorded as it
-//! happens ([`SyncMetrics`]); the maps' counters and the conntrack fill level are read on each
-//! scrape, on a blocking thread so the programming loop never waits for a scrape.
+//! happens ([`SyncMetrics`]); the maps' counters are read on each scrape, on a blocking thread so
+//! the programming loop never waits for a scrape. The conntrack fill level is the count the
+//! garbage collector's last walk kept ([`ConntrackGcMetrics`]): a scrape reads no conntrack
+//! entry.
 
 mod conntrack_gc;
 mod datapath;
@@ -70,8 +72,12 @@ impl Metrics {
         pins: &Path,
         conntrack_capacity: u32,
     ) -> Result<JoinHandle<()>, DatapathError> {
-        let collector =
-            DatapathCollector::open(pins, conntrack_capacity, self.sync.counted_services())?;
+        let collector = DatapathCollector::open(
+            pins,
+            conntrack_capacity,
+            self.sync.counted_services(),
+            self.conntrack_gc.last_walk(),
+        )?;
         self.registry.register_collector(Box::new(collector));
         let registry = Arc::new(self.registry);
         Ok(http::serve(listener, move |request| {
