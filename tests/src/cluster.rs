@@ -8,7 +8,13 @@
 //! [`two_node`]: two nodes with an agent each and an outside client on one LAN, for traffic
 //! that one node balances to a pod on the other (masquerading).
 
-use std::{io, net::SocketAddrV4, path::Path, time::Duration};
+use std::{
+    io,
+    net::SocketAddrV4,
+    path::Path,
+    thread,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
 
 use crate::{
     agent::{Agent, AgentOptions},
@@ -170,6 +176,26 @@ impl Cluster {
             .expect("scraping the metrics");
         assert_eq!(response.status, 200, "{}", response.body);
         Metrics(response.body)
+    }
+
+    /// The agent's metrics from the first scrape after a conntrack garbage collector walk that
+    /// started after `since` (`lbagent_conntrack_entries` counts what that walk kept); panics
+    /// when no such walk ends within `timeout`.
+    pub fn scrape_after_conntrack_walk(&self, since: SystemTime, timeout: Duration) -> Metrics {
+        let since = since.duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
+        let started = Instant::now();
+        loop {
+            let metrics = self.scrape_metrics();
+            let walked = metrics.value("lbagent_conntrack_entries_timestamp_seconds", &[]);
+            if walked.is_some_and(|at| at > since) {
+                return metrics;
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "no conntrack walk started after {since} within {timeout:?}: {walked:?}"
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// The client pod.

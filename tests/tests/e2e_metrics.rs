@@ -7,7 +7,7 @@ use std::{
     fs,
     io::ErrorKind,
     net::{Ipv4Addr, SocketAddrV4, UdpSocket},
-    time::Duration,
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use k8s_openapi::api::core::v1::{Node, Taint};
@@ -28,6 +28,8 @@ const TCP_REQUESTS: usize = 12;
 const UDP_REQUESTS: usize = 9;
 const REFUSED: usize = 4;
 const TIMEOUT: Duration = Duration::from_secs(2);
+/// A garbage collector walk every 500 ms, under load.
+const WALK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Labels of the example Service's TCP and UDP series and of the empty one's.
 const DEMO_TCP: [(&str, &str); 4] = [
@@ -74,9 +76,16 @@ fn metrics_count_the_flows_and_rejects_a_client_caused() {
     let dir = tempfile::tempdir().unwrap();
     example::copy_manifests(dir.path()).unwrap();
     fs::write(dir.path().join("empty.yaml"), example::EMPTY_SERVICE).unwrap();
-    let cluster = Cluster::start(dir.path(), "info").unwrap();
+    // lbagent_conntrack_entries is the count of the garbage collector's last walk.
+    let cluster = Cluster::start_configured(dir.path(), |options| {
+        options.extra_args = ["--conntrack-gc-interval", "500ms"]
+            .map(String::from)
+            .to_vec();
+    })
+    .unwrap();
 
-    let before = cluster.scrape_metrics();
+    // The walk at start.
+    let before = cluster.scrape_after_conntrack_walk(UNIX_EPOCH, WALK_TIMEOUT);
     assert_eq!(
         before.value("lbagent_service_new_flows_total", &DEMO_TCP),
         Some(0.0)
@@ -133,7 +142,9 @@ fn metrics_count_the_flows_and_rejects_a_client_caused() {
         assert_eq!(kind, ErrorKind::ConnectionRefused, "{refused:?}");
     }
 
-    let after = cluster.scrape_metrics();
+    // TCP flows closed here expire after 10 s (--conntrack-tcp-timeout-close-wait), answered
+    // UDP ones after 120 s: a walk started now keeps them all.
+    let after = cluster.scrape_after_conntrack_walk(SystemTime::now(), WALK_TIMEOUT);
     let value = |name: &str, labels: &[(&str, &str)]| {
         after
             .value(name, labels)
