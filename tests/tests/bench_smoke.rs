@@ -214,11 +214,13 @@ fn every_variant_and_workload_produces_sane_results() {
             && sync.rss_mib > 1.0,
         "{sync:?}"
     );
-    // The scrapes saw conntrack filled (an LRU map may evict a few entries while filled).
+    // The scrapes ran with conntrack filled (an LRU map may evict a few entries while
+    // filled); the agent reported the count of its walk at start, before the fill.
     let scrape = &sync.scrape;
     assert_eq!(scrape.ms.len(), plan.scrapes as usize);
     assert!(
-        scrape.conntrack_entries >= 0.9 * f64::from(scrape.conntrack_capacity)
+        f64::from(scrape.conntrack_entries) >= 0.9 * f64::from(scrape.conntrack_capacity)
+            && scrape.reported_entries < 0.1 * f64::from(scrape.conntrack_capacity)
             && scrape.conntrack_capacity >= 262_144
             && scrape.ms.iter().all(|ms| *ms > 0.0)
             && scrape.bytes > 0,

@@ -543,8 +543,8 @@ fn sync_latency_section(results: &Results) -> String {
             scrapes.row(vec![
                 cell.services.to_string(),
                 format!(
-                    "{:.0} of {}",
-                    scrape.conntrack_entries, scrape.conntrack_capacity
+                    "{} of {} (reported {:.0})",
+                    scrape.conntrack_entries, scrape.conntrack_capacity, scrape.reported_entries
                 ),
                 scrape.ms.len().to_string(),
                 ms(p50),
@@ -581,7 +581,10 @@ fn sync_latency_section(results: &Results) -> String {
              with `--conntrack-gc-interval 1h`, so no collection walk runs meanwhile), then \
              `GET /metrics` is timed from the node namespace (connect to the end of the \
              response), one scrape after the other. Agent CPU: its user and system time over \
-             all scrapes (`/proc/<pid>/stat`, in clock ticks) divided by their number.\n\n{}\n",
+             all scrapes (`/proc/<pid>/stat`, in clock ticks) divided by their number. \
+             \"reported\": `lbagent_conntrack_entries`, the count of the garbage collector's \
+             last walk (here the one at start, before the fill): the scrape reads no conntrack \
+             entry.\n\n{}\n",
             scrapes.render()
         );
     }

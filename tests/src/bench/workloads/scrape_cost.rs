@@ -1,8 +1,9 @@
 //! The cost of scraping the real agent's `/metrics` with its conntrack map full: the map is
 //! filled to capacity through its pin (answered TCP flows to one Service), then `GET /metrics`
 //! is timed from the node namespace, and the agent's CPU time over the scrapes is read from
-//! `/proc/<pid>/stat`. The scrape counts every conntrack entry (`lbagent_conntrack_entries`),
-//! so a full map is its most expensive case.
+//! `/proc/<pid>/stat`. The agent reports `lbagent_conntrack_entries` from its garbage
+//! collector's last walk, so the scrape's cost should not depend on the fill; agents that count
+//! the entries at scrape time (before issue 13) find a full map their most expensive case.
 
 use std::{
     fs,
@@ -29,9 +30,13 @@ use crate::{
 /// `GET /metrics` timed with conntrack full.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ScrapeCost {
-    /// Entries the scrape reported (`lbagent_conntrack_entries`): the map's capacity, or a
-    /// few less when the LRU map evicted some while being filled.
-    pub conntrack_entries: f64,
+    /// Entries in the map while it was scraped, counted through its pin: the map's capacity,
+    /// or a few less when the LRU map evicted some while being filled.
+    pub conntrack_entries: u32,
+    /// What the scrape reported (`lbagent_conntrack_entries`): the last garbage collector
+    /// walk's count (with the walks an hour apart, the walk at start: before the fill), or
+    /// the entries counted at scrape time by agents before issue 13.
+    pub reported_entries: f64,
     /// The map's capacity.
     pub conntrack_capacity: u32,
     /// Size of the metrics text, in bytes.
@@ -69,8 +74,10 @@ pub fn measure(
     };
     let fill = (present, capacity);
     conntrack_fill::fill(&mut conntrack, fill, FILLER_SOURCES, dst, value)?;
+    let filled = conntrack.keys().count() as u32;
 
     let mut cost = ScrapeCost {
+        conntrack_entries: filled,
         conntrack_capacity: capacity,
         ..ScrapeCost::default()
     };
@@ -90,7 +97,7 @@ pub fn measure(
         }
         cost.bytes = response.body.len();
         let metrics = Metrics(response.body);
-        cost.conntrack_entries = metrics
+        cost.reported_entries = metrics
             .value("lbagent_conntrack_entries", &[])
             .ok_or_else(|| BenchError::Check("no lbagent_conntrack_entries".into()))?;
     }
