@@ -237,7 +237,8 @@ struct ConntrackFlags {
     #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = parse_duration)]
     conntrack_udp_timeout_stream: Duration,
     /// How often the garbage collector walks the conntrack map and deletes expired flows (a
-    /// walk of a 90%-full default-sized map takes seconds of CPU, see the README).
+    /// walk of a 90%-full default-sized map takes seconds of CPU, see the README); each walk
+    /// also sets `lbagent_conntrack_entries`, which a scrape reports without reading the map.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     conntrack_gc_interval: Duration,
 }
