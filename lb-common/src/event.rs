@@ -8,7 +8,9 @@
 //! monitor listens: the agent keeps the number of connected monitor clients in
 //! [`crate::maps::MONITOR`], which the kernel reads only on the paths that would write one
 //! (never for a packet of an established flow). An event the full ring buffer has no room for
-//! is counted as `Counter::EventsLost`; the packet's verdict never depends on it.
+//! is counted as `Counter::EventsLost`; the packet's verdict never depends on it. The cgroup
+//! socket programs write theirs (a socket call translated or refused, [`hook::SOCKET`]) only
+//! while a monitor listens.
 
 use crate::Counter;
 
@@ -34,8 +36,9 @@ pub mod level {
 pub mod kind {
     /// A packet was dropped for [`super::Event::reason`].
     pub const DROP: u8 = 1;
-    /// A new flow was answered with an ICMP port unreachable ([`super::Event::reason`]:
-    /// `reject_no_backend` or `reject_unexposed_port`).
+    /// A new flow was answered with an ICMP port unreachable, or a socket call failed with
+    /// `ECONNREFUSED` ([`super::Event::reason`]: `reject_no_backend` or
+    /// `reject_unexposed_port`).
     pub const REJECT: u8 = 2;
     /// A new flow got a backend ([`super::Event::backend_addr`]).
     pub const NEW_FLOW: u8 = 3;
@@ -53,6 +56,9 @@ pub mod hook {
     pub const TC_INGRESS: u8 = 2;
     /// TC egress.
     pub const TC_EGRESS: u8 = 3;
+    /// A cgroup socket program (`connect4`, `sendmsg4`): a socket call, not a packet
+    /// ([`super::Event::ifindex`] 0).
+    pub const SOCKET: u8 = 4;
 }
 
 /// One event in [`EVENTS_MAP`]: fixed size, written in place by the kernel. Addresses are
@@ -67,7 +73,7 @@ pub struct Event {
     pub group_id: u32,
     /// The [`Counter`] counted for it, as its index.
     pub reason: u32,
-    /// The interface the packet was seen on.
+    /// The interface the packet was seen on (0 for a socket call).
     pub ifindex: u32,
     /// A [`kind`] constant.
     pub kind: u8,
@@ -77,7 +83,8 @@ pub struct Event {
     pub hook: u8,
     /// The IP protocol (6 TCP, 17 UDP); 0 when the packet was not parsed that far.
     pub proto: u8,
-    /// The packet's source and destination as it arrived.
+    /// The packet's source and destination as it arrived; a socket call's local address as
+    /// bound (zero while the kernel has not picked it) and the destination it asked for.
     pub src_addr: [u8; 16],
     pub dst_addr: [u8; 16],
     /// The backend a new flow got.

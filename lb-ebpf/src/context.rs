@@ -295,4 +295,11 @@ impl SockAddr for SockCtx {
             }
         }
     }
+
+    #[inline(always)]
+    fn source_port(&mut self) -> [u8; 2] {
+        // SAFETY: as above; `src_port` is in host byte order.
+        let port = unsafe { (*(*self.0.sock_addr).__bindgen_anon_1.sk).src_port };
+        (port as u16).to_be_bytes()
+    }
 }

@@ -3,7 +3,10 @@
 //! `lb-agent monitor` only. Called only where a packet is dropped, rejected or starts a flow,
 //! never for a packet of an established flow.
 //!
-//! A drop is written when its level is enabled (`LB_EVENT_LEVEL`, set by the agent at load
+//! The cgroup socket programs report their translations (new flows) and refused calls
+//! (rejects, drops) the same way, at hook [`hook::SOCKET`], only while a monitor listens.
+//!
+//! A packet's drop is written when its level is enabled (`LB_EVENT_LEVEL`, set by the agent at load
 //! from `--log-level`; a disabled level costs one comparison with a constant the verifier
 //! prunes) or a monitor listens; the others only while a monitor listens (`LB_MONITOR`, one
 //! array lookup). Fields are written through the reserved entry's pointer ([`MapAccess::write_event`]):
@@ -11,10 +14,18 @@
 
 use lb_common::{
     event::{drop_level, hook, kind, level, Event},
-    Backend, Counter, CtKey,
+    ipv4_mapped, Backend, Counter, CtKey,
 };
 
-use crate::{conntrack, context::Packet, lb::Hook, maps::MapAccess, parse, stats};
+use crate::{
+    conntrack,
+    context::Packet,
+    lb::Hook,
+    maps::MapAccess,
+    parse::{self, FlowEnd},
+    sock::{SockAddr, SockFlow},
+    stats,
+};
 
 /// The [`hook`] constant of a packet of `P` handled at `at`.
 #[inline(always)]
@@ -25,12 +36,19 @@ fn hook_of<P: Packet>(at: Hook) -> u8 {
     }
 }
 
-/// Writes one event seen at `hook`, filled by `fill` after the time, interface and hook; an
-/// event the ring buffer has no room for is counted as [`Counter::EventsLost`].
+/// Writes one event of a packet seen at `hook`, filled by `fill` after the time, interface
+/// and hook.
 #[inline(always)]
 fn write<P: Packet, M: MapAccess>(pkt: &P, maps: &mut M, hook: u8, fill: impl FnOnce(&mut Event)) {
+    write_at(maps, pkt.ifindex(), hook, fill);
+}
+
+/// Writes one event seen at `hook` on interface `ifindex`, filled by `fill` after them and
+/// the time; an event the ring buffer has no room for is counted as
+/// [`Counter::EventsLost`].
+#[inline(always)]
+fn write_at<M: MapAccess>(maps: &mut M, ifindex: u32, hook: u8, fill: impl FnOnce(&mut Event)) {
     let now = maps.now_ns();
-    let ifindex = pkt.ifindex();
     let written = maps.write_event(|event| {
         event.timestamp_ns = now;
         event.ifindex = ifindex;
@@ -131,6 +149,78 @@ pub fn new_flow<P: Packet, M: MapAccess>(
                 event.reason = Counter::NewFlows as u32;
             }
         }
+    });
+}
+
+/// Reports a socket call translated to `flow`'s backend (by `connect4`, or `sendmsg4` when
+/// `sendmsg`), if a monitor listens.
+#[inline(always)]
+pub fn sock_flow<S: SockAddr, M: MapAccess>(
+    sock: &mut S,
+    maps: &mut M,
+    sendmsg: bool,
+    flow: &SockFlow,
+) {
+    if !maps.monitored() {
+        return;
+    }
+    write_sock(sock, maps, sendmsg, flow.service, |event| {
+        event.kind = kind::NEW_FLOW;
+        event.reason = Counter::NewFlows as u32;
+        event.group_id = flow.group_id;
+        event.backend_addr = ipv4_mapped(flow.backend.addr);
+        event.backend_port = flow.backend.port;
+    });
+}
+
+/// Reports a socket call refused for `reason`, if a monitor listens: a reject when it fails
+/// with `ECONNREFUSED`, else a drop at the reason's level. Not logged by the agent when no
+/// monitor listens, as a packet's drop is: the caller has the error.
+#[inline(always)]
+pub fn sock_refused<S: SockAddr, M: MapAccess>(
+    sock: &mut S,
+    maps: &mut M,
+    sendmsg: bool,
+    reason: Counter,
+    group_id: u32,
+) {
+    if !maps.monitored() {
+        return;
+    }
+    let event_level = drop_level(reason);
+    // Not translated: the call still names the address it asked for.
+    let destination = sock.addr();
+    write_sock(sock, maps, sendmsg, destination, |event| {
+        event.kind = match event_level {
+            level::OFF => kind::REJECT,
+            _ => kind::DROP,
+        };
+        event.level = event_level;
+        event.reason = reason as u32;
+        event.group_id = group_id;
+    });
+}
+
+/// Writes one event of a socket call to `destination` (hook [`hook::SOCKET`], no interface),
+/// with the socket's protocol and local address as known, filled by `fill`.
+#[inline(always)]
+fn write_sock<S: SockAddr, M: MapAccess>(
+    sock: &mut S,
+    maps: &mut M,
+    sendmsg: bool,
+    destination: FlowEnd,
+    fill: impl FnOnce(&mut Event),
+) {
+    let proto = sock.proto();
+    let source = sock.source(sendmsg);
+    let source_port = sock.source_port();
+    write_at(maps, 0, hook::SOCKET, |event| {
+        event.proto = proto;
+        event.src_addr = ipv4_mapped(source);
+        event.src_port = source_port;
+        event.dst_addr = ipv4_mapped(destination.addr);
+        event.dst_port = destination.port;
+        fill(event);
     });
 }
 

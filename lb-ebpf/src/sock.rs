@@ -34,7 +34,7 @@ use lb_common::{
     SockRevKey, SockRevValue, IPPROTO_TCP, IPPROTO_UDP,
 };
 
-use crate::{conntrack, error::Error, maps::MapAccess, parse::FlowEnd, select, stats};
+use crate::{conntrack, error::Error, event, maps::MapAccess, parse::FlowEnd, select, stats};
 
 /// `errno` of a `connect()` or `sendmsg()` to a Service without endpoints, or to a ClusterIP
 /// on a port or protocol it does not expose (kube-proxy's REJECT: the client sees a refused
@@ -63,6 +63,18 @@ pub trait SockAddr {
     /// (`sendmsg`) the datagram names one (`IP_PKTINFO`); all zero while the kernel is left
     /// to pick it.
     fn source(&mut self, sendmsg: bool) -> [u8; 4];
+    /// The socket's bound port (network byte order); zero while the kernel has not picked
+    /// it.
+    fn source_port(&mut self) -> [u8; 2];
+}
+
+/// A translated socket call: the service's group id, the Service address the call asked for
+/// and the backend it now goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockFlow {
+    pub group_id: u32,
+    pub service: FlowEnd,
+    pub backend: FlowEnd,
 }
 
 /// What the hook tells the kernel.
@@ -78,7 +90,9 @@ pub enum SockVerdict {
 /// socket: a Service destination becomes a backend, and the socket remembers the Service
 /// ([`reverse`]). A Service without a backend refuses the call, as do a ClusterIP's
 /// unexposed ports and unallocated addresses of the service CIDRs. Counted as the packet
-/// path counts new flows, rejects and drops.
+/// path counts new flows, rejects and drops, and reported to a listening monitor
+/// ([`event::sock_flow`], [`event::sock_refused`]): each translation the program does is one
+/// new flow (an unconnected UDP socket's every translated `sendmsg()`).
 #[inline(always)]
 pub fn forward<S: SockAddr, M: MapAccess>(
     sock: &mut S,
@@ -87,13 +101,15 @@ pub fn forward<S: SockAddr, M: MapAccess>(
 ) -> SockVerdict {
     match try_forward(sock, maps, udp_only) {
         Ok(None) => SockVerdict::Proceed,
-        Ok(Some(group_id)) => {
+        Ok(Some(flow)) => {
             stats::count(maps, Counter::NewFlows);
-            stats::new_flow(maps, group_id);
+            stats::new_flow(maps, flow.group_id);
+            event::sock_flow(sock, maps, udp_only, &flow);
             SockVerdict::Proceed
         }
         Err(e) => {
             stats::count(maps, e.reason);
+            event::sock_refused(sock, maps, udp_only, e.reason, e.group_id);
             match e.reason {
                 Counter::RejectNoBackend => stats::rejected(maps, e.group_id),
                 Counter::RejectUnexposedPort => {}
@@ -107,13 +123,13 @@ pub fn forward<S: SockAddr, M: MapAccess>(
     }
 }
 
-/// Translates the call; the service's group id if it was one.
+/// Translates the call, if it was to a Service.
 #[inline(always)]
 fn try_forward<S: SockAddr, M: MapAccess>(
     sock: &mut S,
     maps: &mut M,
     udp_only: bool,
-) -> Result<Option<u32>, Error> {
+) -> Result<Option<SockFlow>, Error> {
     let proto = sock.proto();
     let served = proto == IPPROTO_UDP || proto == IPPROTO_TCP && !udp_only;
     if !served {
@@ -165,7 +181,11 @@ fn try_forward<S: SockAddr, M: MapAccess>(
     );
     sock.set_addr(backend);
     select::remember(maps, &client, &service, choice, now);
-    Ok(Some(group_id))
+    Ok(Some(SockFlow {
+        group_id,
+        service: service_addr,
+        backend,
+    }))
 }
 
 /// `recvmsg()` of a UDP socket and `getpeername()`: a peer that is the backend a Service
@@ -189,7 +209,7 @@ pub fn reverse<S: SockAddr, M: MapAccess>(sock: &mut S, maps: &mut M) {
 /// Service exposes (refused, as the packet path rejects it) or to an address inside the
 /// service CIDRs that no Service holds (failed, as the packet path drops it).
 #[inline(always)]
-fn not_service<M: MapAccess>(maps: &mut M, addr: &[u8; 16]) -> Result<Option<u32>, Error> {
+fn not_service<M: MapAccess>(maps: &mut M, addr: &[u8; 16]) -> Result<Option<SockFlow>, Error> {
     if maps.is_cluster_ip(addr) {
         return Err(Error::dropped(Counter::RejectUnexposedPort, 0));
     }

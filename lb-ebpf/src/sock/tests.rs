@@ -1,7 +1,9 @@
 use super::*;
 use crate::testing::{FakeMaps, VIP};
 use lb_common::{
-    service::service_flags, Backend, BackendSlotKey, NodeConfig, IPPROTO_TCP, IPPROTO_UDP,
+    event::{drop_level, hook, kind, level, Event},
+    service::service_flags,
+    Backend, BackendSlotKey, NodeConfig, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 const GROUP_ID: u32 = 4;
@@ -30,6 +32,8 @@ struct FakeSock {
     bound: [u8; 4],
     /// The source a datagram names (`IP_PKTINFO`; all zero: none).
     msg_source: [u8; 4],
+    /// The socket's bound port (network byte order; zero: unbound).
+    bound_port: [u8; 2],
 }
 
 impl SockAddr for FakeSock {
@@ -59,6 +63,10 @@ impl SockAddr for FakeSock {
             _ => self.bound,
         }
     }
+
+    fn source_port(&mut self) -> [u8; 2] {
+        self.bound_port
+    }
 }
 
 fn sock(proto: u8, cookie: u64) -> FakeSock {
@@ -69,6 +77,7 @@ fn sock(proto: u8, cookie: u64) -> FakeSock {
         netns: NETNS,
         bound: [0; 4],
         msg_source: [0; 4],
+        bound_port: [0; 2],
     }
 }
 
@@ -408,7 +417,124 @@ fn refused_calls_fail_at_once_with_the_packet_paths_verdict() {
         let service_calls = !maps.services.is_empty();
         assert_eq!(counted, u64::from(service_calls), "{name}");
         assert_eq!(maps.counter_value(Counter::NewFlows), 0, "{name}");
+        assert!(maps.events.is_empty(), "{name}: no monitor, no event");
     }
+}
+
+/// The event a call of [`sock`] from `source` to the VIP writes, before its kind-specific
+/// fields.
+fn sock_event(proto: u8, kind: u8, reason: Counter, group_id: u32, source: FlowEnd) -> Event {
+    Event {
+        timestamp_ns: 5_000_000_000,
+        group_id,
+        reason: reason as u32,
+        kind,
+        hook: hook::SOCKET,
+        proto,
+        src_addr: ipv4_mapped(source.addr),
+        dst_addr: ipv4_mapped(VIP.addr),
+        src_port: source.port,
+        dst_port: VIP.port,
+        ..Event::ZERO
+    }
+}
+
+#[test]
+fn with_a_monitor_each_translation_is_one_new_flow_event_with_its_backend() {
+    // connect() of an unbound socket, sendmsg() of one the kernel bound to a port, a datagram
+    // naming its source.
+    let bound = end([198, 18, 0, 1], 40000);
+    let cases = [
+        (IPPROTO_TCP, false, [0; 4], [0; 4], [0; 2], end([0; 4], 0)),
+        (
+            IPPROTO_UDP,
+            true,
+            [0; 4],
+            [0; 4],
+            bound.port,
+            end([0; 4], 40000),
+        ),
+        (
+            IPPROTO_UDP,
+            true,
+            bound.addr,
+            [198, 18, 0, 9],
+            bound.port,
+            end([198, 18, 0, 9], 40000),
+        ),
+    ];
+    for (proto, sendmsg, addr, msg_source, port, source) in cases {
+        let mut maps = maps(proto);
+        maps.monitored = true;
+        let mut s = FakeSock {
+            bound: addr,
+            msg_source,
+            bound_port: port,
+            ..sock(proto, 7)
+        };
+        assert_eq!(forward(&mut s, &mut maps, sendmsg), SockVerdict::Proceed);
+        // A second datagram translated again is a second flow.
+        if sendmsg {
+            s.addr = VIP;
+            forward(&mut s, &mut maps, sendmsg);
+        }
+        let backend = expected(7);
+        let event = Event {
+            backend_addr: ipv4_mapped(backend.addr),
+            backend_port: backend.port,
+            ..sock_event(proto, kind::NEW_FLOW, Counter::NewFlows, GROUP_ID, source)
+        };
+        let count = if sendmsg { 2 } else { 1 };
+        assert_eq!(maps.events, vec![event; count], "{proto} sendmsg {sendmsg}");
+    }
+}
+
+#[test]
+fn with_a_monitor_each_refusal_is_one_reject_or_drop_event_with_its_reason() {
+    for case in REFUSALS {
+        let name = case.name;
+        let mut maps = maps(case.proto);
+        (case.setup)(&mut maps);
+        maps.monitored = true;
+        let mut s = sock(case.proto, 7);
+        forward(&mut s, &mut maps, case.udp_only);
+        let (kind, level) = match case.errno {
+            ECONNREFUSED => (kind::REJECT, level::OFF),
+            _ => (kind::DROP, drop_level(case.counter)),
+        };
+        let group_id = if maps.services.is_empty() {
+            0
+        } else {
+            GROUP_ID
+        };
+        let event = Event {
+            level,
+            ..sock_event(case.proto, kind, case.counter, group_id, end([0; 4], 0))
+        };
+        assert_eq!(maps.events, vec![event], "{name}");
+    }
+}
+
+#[test]
+fn calls_left_alone_write_no_event() {
+    let mut maps = maps(IPPROTO_TCP);
+    maps.monitored = true;
+    let mut elsewhere = FakeSock {
+        addr: end([198, 18, 9, 9], 80),
+        ..sock(IPPROTO_TCP, 7)
+    };
+    forward(&mut elsewhere, &mut maps, false);
+    let mut tcp_sendmsg = sock(IPPROTO_TCP, 8);
+    forward(&mut tcp_sendmsg, &mut maps, true);
+    let mut connected = sock(IPPROTO_TCP, 9);
+    forward(&mut connected, &mut maps, false);
+    reverse(&mut connected, &mut maps);
+    assert_eq!(
+        maps.events.len(),
+        1,
+        "only the translation: {:?}",
+        maps.events
+    );
 }
 
 #[test]
