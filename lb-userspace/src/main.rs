@@ -25,7 +25,7 @@ use lb_userspace::maglev::TableSize;
 use lb_userspace::model::Algorithm;
 use lb_userspace::monitor::{
     self,
-    filter::{EventFilter, Kind},
+    filter::{EventFilter, Hook, Kind},
     DEFAULT_SOCKET,
 };
 use lb_userspace::source::api::access::DEFAULT_SERVICE_ACCOUNT_DIR;
@@ -402,6 +402,10 @@ struct MonitorArgs {
     /// Only events of this kind (repeatable: any of them).
     #[arg(long = "kind", value_enum)]
     kinds: Vec<Kind>,
+    /// Only events seen at this hook; socket: the cgroup socket programs' translations and
+    /// refusals (repeatable: any of them).
+    #[arg(long = "hook", value_enum)]
+    hooks: Vec<Hook>,
     /// The agent's JSON lines instead of text.
     #[arg(long)]
     json: bool,
@@ -643,6 +647,7 @@ fn monitor(args: MonitorArgs) -> anyhow::Result<()> {
             reasons: args.reasons,
             address: args.address,
             kinds: args.kinds,
+            hooks: args.hooks,
         },
         json: args.json,
         count: args.count,

@@ -1,5 +1,5 @@
-//! Which events `lb-agent monitor` prints: every flag given must match (several `--reason`s
-//! or `--kind`s: any of them).
+//! Which events `lb-agent monitor` prints: every flag given must match (several `--reason`s,
+//! `--kind`s or `--hook`s: any of them).
 
 use std::net::IpAddr;
 
@@ -29,6 +29,28 @@ impl Kind {
     }
 }
 
+/// Where an event happened, as `--hook` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Hook {
+    Xdp,
+    TcIngress,
+    TcEgress,
+    /// The cgroup socket programs (`connect4`, `sendmsg4`).
+    Socket,
+}
+
+impl Hook {
+    /// The name records carry.
+    fn name(self) -> &'static str {
+        match self {
+            Hook::Xdp => "xdp",
+            Hook::TcIngress => "tc-ingress",
+            Hook::TcEgress => "tc-egress",
+            Hook::Socket => "socket",
+        }
+    }
+}
+
 /// The filters of one `monitor` run; the default matches everything.
 #[derive(Clone, Debug, Default)]
 pub struct EventFilter {
@@ -36,6 +58,7 @@ pub struct EventFilter {
     pub reasons: Vec<Counter>,
     pub address: Option<IpAddr>,
     pub kinds: Vec<Kind>,
+    pub hooks: Vec<Hook>,
 }
 
 impl EventFilter {
@@ -48,6 +71,7 @@ impl EventFilter {
         }) && (self.reasons.is_empty() || self.reasons.iter().any(|r| r.name() == record.reason))
             && self.address.is_none_or(|addr| record.involves(addr))
             && (self.kinds.is_empty() || self.kinds.iter().any(|k| k.name() == record.kind))
+            && (self.hooks.is_empty() || self.hooks.iter().any(|h| h.name() == record.hook))
     }
 }
 
@@ -56,12 +80,16 @@ mod tests {
     use super::*;
 
     fn record(kind: &str, reason: &str, service: Option<&str>) -> Record {
+        record_at(kind, reason, service, "tc-ingress")
+    }
+
+    fn record_at(kind: &str, reason: &str, service: Option<&str>, hook: &str) -> Record {
         serde_json::from_value(serde_json::json!({
             "time": "2026-12-02T15:04:05Z", "kind": kind, "reason": reason,
             "service": service, "service_id": 3, "protocol": "tcp",
             "source": "198.18.0.10:40000", "destination": "198.19.0.1:80",
             "backend": "198.18.1.1:8080", "nat": null, "iface": "veth-a", "ifindex": 4,
-            "hook": "tc-ingress",
+            "hook": hook,
         }))
         .unwrap()
     }
@@ -113,5 +141,21 @@ mod tests {
             ..backend
         };
         assert!(!both.matches(&new_flow), "the kind does not match");
+    }
+
+    #[test]
+    fn hooks_select_socket_calls_or_packets() {
+        let packet = record("new-flow", "new_flows", Some("e2e/web:http"));
+        let socket = record_at("new-flow", "new_flows", Some("e2e/web:http"), "socket");
+        let sockets = EventFilter {
+            hooks: vec![Hook::Socket],
+            ..EventFilter::default()
+        };
+        assert!(sockets.matches(&socket) && !sockets.matches(&packet));
+        let packets = EventFilter {
+            hooks: vec![Hook::Xdp, Hook::TcIngress],
+            ..EventFilter::default()
+        };
+        assert!(packets.matches(&packet) && !packets.matches(&socket));
     }
 }

@@ -26,17 +26,22 @@ pub struct Record {
     pub service_id: u32,
     /// `tcp`, `udp`, or the protocol number; `None` when the packet was not parsed that far.
     pub protocol: Option<String>,
-    /// The packet's source and destination as it arrived.
+    /// The packet's source and destination as it arrived. A socket call's source is the
+    /// socket's local address and port as bound when it called (`0.0.0.0:0`, or port 0,
+    /// while the kernel has not picked them), its destination the Service address it asked
+    /// for.
     pub source: Option<SocketAddr>,
     pub destination: Option<SocketAddr>,
     /// The backend a new flow got.
     pub backend: Option<SocketAddr>,
     /// The address and port a masqueraded flow's source was translated to.
     pub nat: Option<SocketAddr>,
-    /// The interface's name, when it still exists.
+    /// The interface's name, when it still exists (`None` for a socket call).
     pub iface: Option<String>,
+    /// The interface's index (0 for a socket call).
     pub ifindex: u32,
-    /// `xdp`, `tc-ingress` or `tc-egress`.
+    /// `xdp`, `tc-ingress`, `tc-egress` or `socket` (the cgroup socket programs' `connect4`
+    /// and `sendmsg4`).
     pub hook: String,
 }
 
@@ -73,12 +78,18 @@ impl Record {
             hook::XDP => "xdp",
             hook::TC_INGRESS => "tc-ingress",
             hook::TC_EGRESS => "tc-egress",
+            hook::SOCKET => "socket",
             _ => "unknown",
         };
         let parsed = event.proto != 0;
-        let end = |addr, port: [u8; 2]| {
-            (parsed && addr != [0; 16])
-                .then(|| SocketAddr::new(unmap_addr(addr), u16::from_be_bytes(port)))
+        let socket = event.hook == hook::SOCKET;
+        let addr =
+            |addr, port: [u8; 2]| SocketAddr::new(unmap_addr(addr), u16::from_be_bytes(port));
+        let end = |a, port| (parsed && a != [0; 16]).then(|| addr(a, port));
+        // A socket's source is known as far as it was bound, 0.0.0.0:0 at the least.
+        let source = match socket {
+            true => Some(addr(event.src_addr, event.src_port)),
+            false => end(event.src_addr, event.src_port),
         };
         Some(Record {
             time: names.time,
@@ -87,7 +98,7 @@ impl Record {
             service: names.service,
             service_id: event.group_id,
             protocol: parsed.then(|| protocol_name(event.proto)),
-            source: end(event.src_addr, event.src_port),
+            source,
             destination: end(event.dst_addr, event.dst_port),
             backend: end(event.backend_addr, event.backend_port),
             nat: end(event.nat_addr, event.nat_port),
@@ -117,7 +128,7 @@ fn protocol_name(proto: u8) -> String {
 /// The text form: `15:04:05.123 new-flow tcp 198.18.0.10:40000 -> 198.19.0.1:80 =>
 /// 198.18.1.1:8080 svc e2e/web:http iface veth-a tc-ingress` (local time is not known to the
 /// agent's container: UTC). Drops and rejects name their reason after the tuple, masquerade
-/// allocations add `snat ADDR:PORT`.
+/// allocations add `snat ADDR:PORT`; a socket call names no interface.
 impl fmt::Display for Record {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}", self.time.strftime("%H:%M:%S%.3f"), self.kind)?;
@@ -143,7 +154,8 @@ impl fmt::Display for Record {
         }
         match &self.iface {
             Some(iface) => write!(f, " iface {iface}")?,
-            None => write!(f, " ifindex {}", self.ifindex)?,
+            None if self.ifindex != 0 => write!(f, " ifindex {}", self.ifindex)?,
+            None => {}
         }
         write!(f, " {}", self.hook)
     }
@@ -232,6 +244,47 @@ mod tests {
         assert_eq!(
             Record::new(&drop, names).unwrap().to_string(),
             "15:04:05.123 drop reason drop_unallocated_service_ip ifindex 4 xdp"
+        );
+    }
+
+    #[test]
+    fn a_socket_event_shows_its_source_as_bound_and_no_interface() {
+        let connect = Event {
+            kind: kind::NEW_FLOW,
+            reason: Counter::NewFlows as u32,
+            ifindex: 0,
+            hook: hook::SOCKET,
+            src_addr: ipv4_mapped([0; 4]),
+            src_port: [0; 2],
+            nat_addr: [0; 16],
+            nat_port: [0; 2],
+            ..masquerade()
+        };
+        let no_iface = || Names {
+            iface: None,
+            ..names()
+        };
+        let record = Record::new(&connect, no_iface()).unwrap();
+        assert_eq!(record.source, Some("0.0.0.0:0".parse().unwrap()));
+        assert_eq!(record.hook, "socket");
+        assert_eq!(
+            record.to_string(),
+            "15:04:05.123 new-flow tcp 0.0.0.0:0 -> 198.18.0.1:30080 => 198.18.2.7:8080 \
+             svc e2e/web:http socket"
+        );
+        let bound = Event {
+            kind: kind::REJECT,
+            reason: Counter::RejectNoBackend as u32,
+            src_addr: ipv4_mapped([198, 18, 0, 10]),
+            src_port: 40000u16.to_be_bytes(),
+            backend_addr: [0; 16],
+            backend_port: [0; 2],
+            ..connect
+        };
+        assert_eq!(
+            Record::new(&bound, no_iface()).unwrap().to_string(),
+            "15:04:05.123 reject tcp 198.18.0.10:40000 -> 198.18.0.1:30080 reason \
+             reject_no_backend svc e2e/web:http socket"
         );
     }
 
