@@ -3,13 +3,14 @@
 //! to a test cgroup (`--cgroup-path`); `lb-sock-client` processes in the node namespace or a
 //! pod's, moved into that cgroup, reach the example ClusterIP over TCP, connected UDP and
 //! unconnected UDP, and see the Service address as their peer. A client outside the cgroup
-//! (same namespace) is not translated by the socket programs. The cgroup is removed on drop,
-//! also when a test fails.
+//! (same namespace) is not translated by the socket programs. `lb-agent monitor` sees the
+//! translations and refusals as `socket` events. The cgroup is removed on drop, also when a
+//! test fails.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
-    net::{SocketAddr, SocketAddrV4},
+    net::{IpAddr, SocketAddr, SocketAddrV4},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -24,6 +25,7 @@ use lb_tests::{
     require_root,
     topology::{backend_name, CLIENT as CLIENT_POD},
 };
+use lb_userspace::monitor::record::{Line, Record};
 
 const REQUESTS: usize = 30;
 /// How long the agent may take to program an edited manifest.
@@ -236,6 +238,101 @@ fn node_processes_in_the_cgroup_reach_a_cluster_ip_and_see_the_service_as_peer()
         })
         .collect();
     assert_eq!(served, after);
+}
+
+#[test]
+fn a_monitor_sees_the_nodes_translated_connect_and_its_refused_one_as_socket_events() {
+    require_root!();
+    let empty = |dir: &Path| fs::write(dir.join("empty.yaml"), example::EMPTY_SERVICE).unwrap();
+    let (cgroup, _dir, cluster) = start_with(empty, |_| {});
+    let mut inside = client(&cluster, Some(&cgroup));
+    let agent = cluster.agent();
+    let timeout = Duration::from_secs(10);
+    let json = agent
+        .monitor(&["--json", "--count", "2", "--hook", "socket"])
+        .unwrap();
+    let text = agent
+        .monitor(&["--count", "2", "--hook", "socket"])
+        .unwrap();
+    agent
+        .wait_for_monitor_clients(2, timeout)
+        .unwrap_or_else(|e| panic!("{e}; monitor stderr: {}", json.stderr()));
+
+    let reply = inside.ask(&format!("tcp {}", example::tcp_vip())).unwrap();
+    let empty_vip = SocketAddrV4::new(example::EMPTY_VIP, 80);
+    let result = inside.ask(&format!("tcp {empty_vip}"));
+    assert!(refused(&result), "{result:?}");
+
+    let (status, lines) = json.wait(timeout).unwrap();
+    assert!(status.success(), "{status}");
+    for line in &lines {
+        eprintln!("monitor --json: {line}");
+    }
+    let records: Vec<Record> = lines
+        .iter()
+        .map(|line| match serde_json::from_str(line) {
+            Ok(Line::Event(record)) => *record,
+            other => panic!("not an event: {line} ({other:?})"),
+        })
+        .collect();
+    let [new_flow, reject] = &records[..] else {
+        panic!("{lines:?}")
+    };
+    // connect() of an unbound socket: the kernel has not picked its address and port yet.
+    let unbound = Some("0.0.0.0:0".parse().unwrap());
+    let answered = cluster.topology().pod(&reply.from).addr;
+    assert_eq!(new_flow.kind, "new-flow");
+    assert_eq!(new_flow.reason, "new_flows");
+    assert_eq!(new_flow.service.as_deref(), Some("default/demo:http"));
+    assert_eq!(new_flow.protocol.as_deref(), Some("tcp"));
+    assert_eq!(new_flow.source, unbound);
+    assert_eq!(
+        new_flow.destination,
+        Some(SocketAddr::V4(example::tcp_vip()))
+    );
+    assert_eq!(
+        new_flow.backend,
+        Some(SocketAddr::new(
+            IpAddr::V4(answered),
+            example::TCP_TARGET_PORT
+        )),
+        "the backend that answered"
+    );
+    assert_eq!((new_flow.iface.as_deref(), new_flow.ifindex), (None, 0));
+    assert_eq!(new_flow.hook, "socket");
+
+    assert_eq!(reject.kind, "reject");
+    assert_eq!(reject.reason, "reject_no_backend");
+    assert_eq!(reject.service.as_deref(), Some("default/empty:web"));
+    assert_eq!(reject.source, unbound);
+    assert_eq!(reject.destination, Some(SocketAddr::V4(empty_vip)));
+    assert_eq!(reject.backend, None);
+    assert_eq!(reject.hook, "socket");
+
+    let (status, lines) = text.wait(timeout).unwrap();
+    assert!(status.success(), "{status}");
+    for line in &lines {
+        eprintln!("monitor: {line}");
+    }
+    let [new_flow, reject] = &lines[..] else {
+        panic!("{lines:?}")
+    };
+    let backend = SocketAddr::new(IpAddr::V4(answered), example::TCP_TARGET_PORT);
+    let vip = example::tcp_vip();
+    assert!(
+        new_flow.ends_with(&format!(
+            " new-flow tcp 0.0.0.0:0 -> {vip} => {backend} svc default/demo:http socket"
+        )),
+        "{new_flow}"
+    );
+    assert!(
+        reject.ends_with(&format!(
+            " reject tcp 0.0.0.0:0 -> {empty_vip} reason reject_no_backend svc \
+             default/empty:web socket"
+        )),
+        "{reject}"
+    );
+    agent.wait_for_monitor_clients(0, timeout).unwrap();
 }
 
 #[test]
