@@ -68,10 +68,14 @@ impl DesiredTracker {
         health_check: Option<HealthCheck>,
     ) {
         self.set_health_check(&service, health_check);
-        let claimed: Vec<(Frontend, Arc<DesiredService>)> = frontends
-            .into_iter()
-            .map(|(frontend, desired)| (frontend, Arc::new(desired)))
-            .collect();
+        // A new allocation of the exact size: collecting in place would keep `frontends`'
+        // (larger) one for as long as the claims live.
+        let mut claimed = Vec::with_capacity(frontends.len());
+        claimed.extend(
+            frontends
+                .into_iter()
+                .map(|(frontend, desired)| (frontend, Arc::new(desired))),
+        );
         let previous = self.claims.remove(&service).unwrap_or_default();
         for (frontend, _) in &previous {
             if !claimed.iter().any(|(f, _)| f == frontend) {

@@ -108,8 +108,8 @@ impl Conditions {
         self.serving |= def.serving;
         self.terminating |= def.terminating;
         self.local |= def.node_name.as_deref() == Some(node_name);
-        self.zone_hints.extend(def.zone_hints.iter().cloned());
-        self.node_hints.extend(def.node_hints.iter().cloned());
+        self.zone_hints.extend(def.zone_hints().iter().cloned());
+        self.node_hints.extend(def.node_hints().iter().cloned());
     }
 }
 

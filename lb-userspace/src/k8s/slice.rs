@@ -1,8 +1,11 @@
 //! An EndpointSlice reduced to its endpoints and ports, checked field by field.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
-use k8s_openapi::api::discovery::v1::{EndpointPort, EndpointSlice};
+use k8s_openapi::api::discovery::v1::{
+    EndpointConditions, EndpointHints, EndpointPort, EndpointSlice,
+};
 use tracing::debug;
 
 use super::fields::{object_name, parse_ip, port_number, protocol};
@@ -29,9 +32,10 @@ pub struct SliceDef {
     pub service_name: Option<String>,
     pub address_type: AddressType,
     /// TCP and UDP ports with a port number.
-    pub ports: Vec<PortDef>,
-    /// Endpoints with their first address; empty for FQDN slices.
-    pub endpoints: Vec<EndpointDef>,
+    pub ports: Box<[PortDef]>,
+    /// Endpoints with their first address; empty for FQDN slices. Held for every slice in
+    /// the cluster, so an endpoint is kept small (48 bytes; see [`EndpointDef`]).
+    pub endpoints: Box<[EndpointDef]>,
 }
 
 /// One endpoint of a slice, with its conditions read as Kubernetes documents them.
@@ -45,13 +49,37 @@ pub struct EndpointDef {
     pub serving: bool,
     /// `conditions.terminating`, false when unset.
     pub terminating: bool,
-    /// `nodeName`: the node the endpoint runs on.
-    pub node_name: Option<String>,
+    /// `nodeName`: the node the endpoint runs on; one allocation per node name and slice,
+    /// shared by the slice's endpoints on that node.
+    pub node_name: Option<Arc<str>>,
+    /// `hints`, boxed: most endpoints have none.
+    pub hints: Option<Box<Hints>>,
+}
+
+// Every endpoint in the cluster is held once: keep it at 48 bytes.
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<EndpointDef>() == 48);
+
+/// The topology hints of one endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Hints {
     /// `hints.forZones[].name`: the zones whose nodes should send this endpoint traffic.
-    pub zone_hints: Vec<String>,
+    pub zones: Box<[String]>,
     /// `hints.forNodes[].name`: the nodes that should send this endpoint traffic
     /// (`trafficDistribution: PreferSameNode`).
-    pub node_hints: Vec<String>,
+    pub nodes: Box<[String]>,
+}
+
+impl EndpointDef {
+    /// `hints.forZones[].name`; empty without hints.
+    pub fn zone_hints(&self) -> &[String] {
+        self.hints.as_ref().map_or(&[], |h| &h.zones)
+    }
+
+    /// `hints.forNodes[].name`; empty without hints.
+    pub fn node_hints(&self) -> &[String] {
+        self.hints.as_ref().map_or(&[], |h| &h.nodes)
+    }
 }
 
 impl SliceDef {
@@ -88,7 +116,7 @@ impl SliceDef {
             .cloned();
         let ports = slice_ports(slice.ports.as_deref().unwrap_or_default())?;
         let endpoints = match address_type {
-            AddressType::Fqdn => Vec::new(),
+            AddressType::Fqdn => Box::default(),
             AddressType::Ipv4 | AddressType::Ipv6 => endpoints(slice, address_type)?,
         };
         Ok(SliceDef {
@@ -102,7 +130,7 @@ impl SliceDef {
     }
 }
 
-fn slice_ports(ports: &[EndpointPort]) -> Result<Vec<PortDef>, FieldError> {
+fn slice_ports(ports: &[EndpointPort]) -> Result<Box<[PortDef]>, FieldError> {
     let mut defs = Vec::new();
     for (i, port) in ports.iter().enumerate() {
         let path = format!("ports[{i}]");
@@ -122,11 +150,15 @@ fn slice_ports(ports: &[EndpointPort]) -> Result<Vec<PortDef>, FieldError> {
             node_port: None,
         });
     }
-    Ok(defs)
+    Ok(defs.into_boxed_slice())
 }
 
-fn endpoints(slice: &EndpointSlice, family: AddressType) -> Result<Vec<EndpointDef>, FieldError> {
-    let mut defs = Vec::new();
+fn endpoints(
+    slice: &EndpointSlice,
+    family: AddressType,
+) -> Result<Box<[EndpointDef]>, FieldError> {
+    let mut defs = Vec::with_capacity(slice.endpoints.len());
+    let mut node_names = NodeNames::default();
     for (i, endpoint) in slice.endpoints.iter().enumerate() {
         let path = format!("endpoints[{i}].addresses");
         if endpoint.addresses.is_empty() {
@@ -144,23 +176,51 @@ fn endpoints(slice: &EndpointSlice, family: AddressType) -> Result<Vec<EndpointD
             }
             addresses.push(addr);
         }
-        let conditions = endpoint.conditions.clone().unwrap_or_default();
-        let hints = endpoint.hints.as_ref();
-        let zone_hints = hints
-            .and_then(|h| h.for_zones.as_deref())
-            .unwrap_or_default();
-        let node_hints = hints
-            .and_then(|h| h.for_nodes.as_deref())
-            .unwrap_or_default();
+        let conditions = endpoint.conditions.as_ref();
+        let condition = |get: fn(&EndpointConditions) -> Option<bool>, unset: bool| {
+            conditions.and_then(get).unwrap_or(unset)
+        };
         defs.push(EndpointDef {
             addr: addresses[0],
-            ready: conditions.ready.unwrap_or(true),
-            serving: conditions.serving.unwrap_or(true),
-            terminating: conditions.terminating.unwrap_or(false),
-            node_name: endpoint.node_name.clone(),
-            zone_hints: zone_hints.iter().map(|z| z.name.clone()).collect(),
-            node_hints: node_hints.iter().map(|n| n.name.clone()).collect(),
+            ready: condition(|c| c.ready, true),
+            serving: condition(|c| c.serving, true),
+            terminating: condition(|c| c.terminating, false),
+            node_name: endpoint.node_name.as_deref().map(|n| node_names.get(n)),
+            hints: endpoint.hints.as_ref().and_then(hints),
         });
     }
-    Ok(defs)
+    Ok(defs.into_boxed_slice())
+}
+
+/// An endpoint's hints; `None` when it names no zone and no node.
+fn hints(hints: &EndpointHints) -> Option<Box<Hints>> {
+    let zones: Box<[String]> = hints
+        .for_zones
+        .iter()
+        .flatten()
+        .map(|z| z.name.clone())
+        .collect();
+    let nodes: Box<[String]> = hints
+        .for_nodes
+        .iter()
+        .flatten()
+        .map(|n| n.name.clone())
+        .collect();
+    (!zones.is_empty() || !nodes.is_empty()).then(|| Box::new(Hints { zones, nodes }))
+}
+
+/// The node names of one slice's endpoints, each allocated once: a slice's endpoints run on
+/// a few nodes, often one.
+#[derive(Default)]
+struct NodeNames(Vec<Arc<str>>);
+
+impl NodeNames {
+    fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(known) = self.0.iter().find(|known| ***known == *name) {
+            return Arc::clone(known);
+        }
+        let name: Arc<str> = Arc::from(name);
+        self.0.push(Arc::clone(&name));
+        name
+    }
 }

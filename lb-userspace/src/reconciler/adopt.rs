@@ -103,10 +103,12 @@ impl Reconciler {
                     service
                         .groups
                         .entry(value.group_id)
-                        .or_insert_with(|| SlotGroup {
-                            slots: usable.get(&value.group_id).cloned().unwrap_or_default(),
-                            stats_reset: true,
-                            source_ranges: BTreeSet::new(),
+                        .or_insert_with(|| {
+                            Box::new(SlotGroup {
+                                slots: usable.get(&value.group_id).cloned().unwrap_or_default(),
+                                stats_reset: true,
+                                source_ranges: BTreeSet::new(),
+                            })
                         });
                     service.entries[key.scope as usize] = Some(value);
                 }

@@ -160,8 +160,9 @@ struct ProgrammedService {
     /// `None` for a service adopted from the maps until a desired state names it.
     name: Option<ServicePortName>,
     /// Slot groups by group id: one, or two while the scopes' backend sets differ (and,
-    /// after a failed write, until the next apply frees the one no entry uses).
-    groups: BTreeMap<u32, SlotGroup>,
+    /// after a failed write, until the next apply frees the one no entry uses). Boxed: a
+    /// map node has room for 11 values, and one service in 30,000 has more than one group.
+    groups: BTreeMap<u32, Box<SlotGroup>>,
     /// The services map entry of each scope (indexed by scope) as written; `None` while the
     /// map has no entry.
     entries: [Option<ServiceValue>; 2],
