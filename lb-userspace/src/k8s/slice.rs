@@ -153,10 +153,7 @@ fn slice_ports(ports: &[EndpointPort]) -> Result<Box<[PortDef]>, FieldError> {
     Ok(defs.into_boxed_slice())
 }
 
-fn endpoints(
-    slice: &EndpointSlice,
-    family: AddressType,
-) -> Result<Box<[EndpointDef]>, FieldError> {
+fn endpoints(slice: &EndpointSlice, family: AddressType) -> Result<Box<[EndpointDef]>, FieldError> {
     let mut defs = Vec::with_capacity(slice.endpoints.len());
     let mut node_names = NodeNames::default();
     for (i, endpoint) in slice.endpoints.iter().enumerate() {

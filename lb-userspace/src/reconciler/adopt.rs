@@ -100,16 +100,13 @@ impl Reconciler {
                             entries: [None, None],
                             applied: None,
                         });
-                    service
-                        .groups
-                        .entry(value.group_id)
-                        .or_insert_with(|| {
-                            Box::new(SlotGroup {
-                                slots: usable.get(&value.group_id).cloned().unwrap_or_default(),
-                                stats_reset: true,
-                                source_ranges: BTreeSet::new(),
-                            })
-                        });
+                    service.groups.entry(value.group_id).or_insert_with(|| {
+                        Box::new(SlotGroup {
+                            slots: usable.get(&value.group_id).cloned().unwrap_or_default(),
+                            stats_reset: true,
+                            source_ranges: BTreeSet::new(),
+                        })
+                    });
                     service.entries[key.scope as usize] = Some(value);
                 }
                 Err(reason) => deletions.services.push((key, reason)),
