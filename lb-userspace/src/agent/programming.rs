@@ -147,14 +147,18 @@ impl Programmer {
                     self.reconciler.programmed_services(),
                     self.reconciler.programmed_backends()
                 );
-                let counted = self.reconciler.counted_services();
-                if let Err(e) = self.service_names.sync(&counted, maps) {
-                    warn!("inspect's service names not written: {}", Chain(&e));
+                if summary.labels_changed || !self.service_names.is_known() {
+                    let counted = self.reconciler.counted_services();
+                    if let Err(e) = self.service_names.sync(&counted, maps) {
+                        warn!("inspect's service names not written: {}", Chain(&e));
+                    }
                 }
                 programmed = Some(Arc::clone(&pending.state.health_checks));
                 self.pending = None;
             }
             Err(e) => {
+                // A failed apply may have changed names it did not report: sync them all next.
+                self.service_names.forget();
                 self.metrics.failed(&self.reconciler, started.elapsed());
                 error!("reconcile failed, retrying: {}", Chain(&e));
             }

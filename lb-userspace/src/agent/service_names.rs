@@ -13,6 +13,18 @@ pub(super) struct ServiceNames {
 }
 
 impl ServiceNames {
+    /// Whether what the map holds is known, so only a change of the counted services
+    /// (`ReconcileSummary::labels_changed`) needs a [`ServiceNames::sync`]: an endpoint
+    /// change then costs nothing here, where listing every name cost O(Services).
+    pub(super) fn is_known(&self) -> bool {
+        self.written.is_some()
+    }
+
+    /// Makes the next [`ServiceNames::sync`] compare every name with the map.
+    pub(super) fn forget(&mut self) {
+        self.written = None;
+    }
+
     /// Writes the names that changed and removes those of group ids no longer counted.
     pub(super) fn sync(
         &mut self,
