@@ -18,16 +18,29 @@ use std::{
 
 use crate::{
     agent::{Agent, AgentOptions},
+    error::{io_context, Error},
     example,
     scrape::{self, Metrics, METRICS_ADDR},
-    servers::{tcp_request, udp_request, Reply, Server},
-    topology::{backend_name, Pod, Topology, CLIENT, EXTERNAL_IFACE},
+    servers::{tcp_request, udp_request, Reply, Server, TcpClient},
+    topology::{backend_addr, backend_name, Pod, Topology, CLIENT, CLIENT_ADDR, EXTERNAL_IFACE},
     Result,
 };
 
 #[cfg(feature = "kube")]
 pub mod kube;
 pub mod two_node;
+
+/// An open connection from [`Cluster::hold_tcp_connection`]: its ends as `ip:port`.
+pub struct HeldConnection {
+    /// The client pod's end.
+    pub client: String,
+    /// The backend pod it reached.
+    pub backend: String,
+    /// That backend's index (see [`backend_addr`]).
+    pub backend_index: usize,
+    /// Dropping it closes the connection.
+    pub connection: TcpClient,
+}
 
 /// Transport protocol of a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -201,6 +214,33 @@ impl Cluster {
     /// The client pod.
     pub fn client(&self) -> &Pod {
         self.topology.pod(CLIENT)
+    }
+
+    /// A TCP connection from the client pod to the example Service, asked once and kept open
+    /// so its flow stays in conntrack.
+    pub fn hold_tcp_connection(&self, timeout: Duration) -> Result<HeldConnection> {
+        let mut connection = self
+            .client()
+            .netns
+            .run(|| TcpClient::connect(example::tcp_vip(), timeout))?
+            .map_err(io_context("connecting to the example Service"))?;
+        let reply = connection
+            .ask()
+            .map_err(io_context("asking the example Service"))?;
+        let index: usize = reply
+            .from
+            .trim_start_matches("backend-")
+            .parse()
+            .map_err(|_| Error::Invalid {
+                what: "reply".into(),
+                reason: format!("from {:?}, no backend pod", reply.from),
+            })?;
+        Ok(HeldConnection {
+            client: format!("{CLIENT_ADDR}:{}", reply.local_port),
+            backend: format!("{}:{}", backend_addr(index), example::TCP_TARGET_PORT),
+            backend_index: index,
+            connection,
+        })
     }
 
     /// Sends `count` requests to the Service's frontend for `protocol` from the client pod,

@@ -6,11 +6,10 @@
 use std::{net::UdpSocket, time::Duration};
 
 use lb_tests::{
-    cluster::Cluster,
+    cluster::{Cluster, HeldConnection},
     example,
     inspect_output::table_rows,
     require_root,
-    servers::TcpClient,
     topology::{backend_addr, CLIENT_ADDR},
 };
 use serde_json::Value;
@@ -32,16 +31,12 @@ fn inspect_names_filters_prints_json_and_pages_the_flows_the_test_made() {
     let agent = cluster.agent();
 
     // One TCP connection, kept open so its flow stays: its client and the backend it reached.
-    let mut connection = cluster
-        .client()
-        .netns
-        .run(|| TcpClient::connect(example::tcp_vip(), TIMEOUT))
-        .unwrap()
-        .unwrap();
-    let reply = connection.ask().unwrap();
-    let index: usize = reply.from.trim_start_matches("backend-").parse().unwrap();
-    let client = format!("{CLIENT_ADDR}:{}", reply.local_port);
-    let backend = format!("{}:{}", backend_addr(index), example::TCP_TARGET_PORT);
+    let HeldConnection {
+        client,
+        backend,
+        backend_index: index,
+        connection,
+    } = cluster.hold_tcp_connection(TIMEOUT).unwrap();
 
     // --service: only the http port's frontend, named, and the flow with its backend.
     let tables = agent.inspect_with(&["--service", HTTP]).unwrap();

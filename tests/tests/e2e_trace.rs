@@ -11,10 +11,9 @@ use std::time::Duration;
 
 use lb_frames::Frame;
 use lb_tests::{
-    cluster::Cluster,
+    cluster::{Cluster, HeldConnection},
     example, require_root,
-    servers::TcpClient,
-    topology::{backend_addr, backend_name, CLIENT_ADDR, EXTERNAL_IFACE},
+    topology::{backend_addr, backend_name, EXTERNAL_IFACE},
     Error,
 };
 use pcap_file::pcap::{PcapPacket, PcapWriter};
@@ -58,16 +57,12 @@ fn trace_shows_backend_conntrack_and_reject_without_changing_the_maps() {
         .collect();
 
     // A real connection, kept open: the backend it reached.
-    let mut connection = cluster
-        .client()
-        .netns
-        .run(|| TcpClient::connect(example::tcp_vip(), TIMEOUT))
-        .unwrap()
-        .unwrap();
-    let reply = connection.ask().unwrap();
-    let index: usize = reply.from.trim_start_matches("backend-").parse().unwrap();
-    let reached = format!("{}:{}", backend_addr(index), example::TCP_TARGET_PORT);
-    let client = format!("{CLIENT_ADDR}:{}", reply.local_port);
+    let HeldConnection {
+        client,
+        backend: reached,
+        connection,
+        ..
+    } = cluster.hold_tcp_connection(TIMEOUT).unwrap();
     let before = live_state(&agent.inspect_with(&["--json", "--all"]).unwrap());
     assert!(
         before.0.iter().any(|e| e.contains(&client)),
@@ -201,16 +196,12 @@ fn trace_runs_each_packet_of_a_capture_at_the_hook_of_the_interface() {
         .map(|i| format!("{}:{}", backend_addr(i), example::TCP_TARGET_PORT))
         .collect();
     // A real connection, kept open (its entries are part of the live state).
-    let mut connection = cluster
-        .client()
-        .netns
-        .run(|| TcpClient::connect(example::tcp_vip(), TIMEOUT))
-        .unwrap()
-        .unwrap();
-    let reply = connection.ask().unwrap();
-    let index: usize = reply.from.trim_start_matches("backend-").parse().unwrap();
-    let reached = format!("{}:{}", backend_addr(index), example::TCP_TARGET_PORT);
-    let connected = format!("{CLIENT_ADDR}:{}", reply.local_port);
+    let HeldConnection {
+        client: connected,
+        backend: reached,
+        backend_index: index,
+        connection,
+    } = cluster.hold_tcp_connection(TIMEOUT).unwrap();
     let backend_veth = cluster
         .topology()
         .pod(&backend_name(index))
