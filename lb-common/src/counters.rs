@@ -8,11 +8,12 @@
 pub enum Counter {
     /// Packets the program saw.
     Packets = 0,
-    /// Not IPv4 (ARP, IPv6 for now, ...): passed untouched.
-    NotIpv4,
+    /// Neither IPv4 nor IPv6 (ARP, ...), or an IP header whose version disagrees with its
+    /// EtherType: passed untouched.
+    NotIp,
     /// Neither TCP nor UDP: passed untouched.
     OtherProtocol,
-    /// IPv4 with no matching service or flow: passed untouched.
+    /// IPv4 or IPv6 with no matching service or flow: passed untouched.
     NotService,
     /// New flows translated to a backend.
     NewFlows,
@@ -87,13 +88,27 @@ pub enum Counter {
     /// An event (`crate::event`) the full ring buffer had no room for: the agent (or its
     /// monitor clients) did not read fast enough. The packet was handled as without it.
     EventsLost,
+    /// Frame shorter than its IPv6 header or payload length, or ending inside an extension
+    /// header: passed untouched.
+    TruncatedIpv6,
+    /// IPv6 with more extension headers before TCP or UDP than the data path walks
+    /// (`parse::MAX_IPV6_EXTENSIONS`), or a hop-by-hop header not first: passed untouched.
+    Ipv6ExtensionLimit,
+    /// IPv6 with a routing header whose segments left is not 0: this node is not the final
+    /// destination, so the packet passes untouched.
+    Ipv6RoutingPending,
+    /// UDP over IPv6 with checksum 0, which RFC 8200 forbids: passed untouched.
+    UdpZeroChecksum,
+    /// IPv6 packet arriving while the hook's IPv6 program is missing from its program array
+    /// (`lb_common::maps::TC_IPV6` / `XDP_IPV6`): passed untouched.
+    Ipv6Unavailable,
 }
 
 impl Counter {
     /// Every counter, in index order.
-    pub const ALL: [Counter; 32] = [
+    pub const ALL: [Counter; 37] = [
         Counter::Packets,
-        Counter::NotIpv4,
+        Counter::NotIp,
         Counter::OtherProtocol,
         Counter::NotService,
         Counter::NewFlows,
@@ -124,6 +139,11 @@ impl Counter {
         Counter::FragmentUnknown,
         Counter::ConntrackRepaired,
         Counter::EventsLost,
+        Counter::TruncatedIpv6,
+        Counter::Ipv6ExtensionLimit,
+        Counter::Ipv6RoutingPending,
+        Counter::UdpZeroChecksum,
+        Counter::Ipv6Unavailable,
     ];
     /// Size of the counters array.
     pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -132,7 +152,7 @@ impl Counter {
     pub const fn name(self) -> &'static str {
         match self {
             Counter::Packets => "packets",
-            Counter::NotIpv4 => "not_ipv4",
+            Counter::NotIp => "not_ip",
             Counter::OtherProtocol => "other_protocol",
             Counter::NotService => "not_service",
             Counter::NewFlows => "new_flows",
@@ -163,6 +183,11 @@ impl Counter {
             Counter::FragmentUnknown => "fragment_unknown",
             Counter::ConntrackRepaired => "conntrack_repaired",
             Counter::EventsLost => "events_lost",
+            Counter::TruncatedIpv6 => "truncated_ipv6",
+            Counter::Ipv6ExtensionLimit => "ipv6_extension_limit",
+            Counter::Ipv6RoutingPending => "ipv6_routing_pending",
+            Counter::UdpZeroChecksum => "udp_zero_checksum",
+            Counter::Ipv6Unavailable => "ipv6_unavailable",
         }
     }
 }

@@ -47,6 +47,12 @@ pub mod program_names {
     pub const TC_EGRESS: &str = "lb_tc_egress";
     /// XDP on the node's external interface.
     pub const XDP_INGRESS: &str = "lb_xdp_ingress";
+    /// The IPv6 half of [`TC_INGRESS`], which tail-calls it (`maps::TC_IPV6`).
+    pub const TC_INGRESS6: &str = "lb_tc_ingress6";
+    /// The IPv6 half of [`TC_EGRESS`], which tail-calls it (`maps::TC_IPV6`).
+    pub const TC_EGRESS6: &str = "lb_tc_egress6";
+    /// The IPv6 half of [`XDP_INGRESS`], which tail-calls it (`maps::XDP_IPV6`).
+    pub const XDP_INGRESS6: &str = "lb_xdp_ingress6";
     /// TC ingress on the XDP interface: sends on what XDP handed over for the redirect reply
     /// path (`config::reply_path::REDIRECT`).
     pub const TC_XDP_HANDOFF: &str = "lb_tc_xdp_handoff";

@@ -23,6 +23,8 @@ use crate::{
 pub enum MapKind {
     HashMap = 1,
     Array = 2,
+    /// Programs for tail calls; values are program fds when written, ids when read.
+    ProgramArray = 3,
     PerCpuArray = 6,
     LruHashMap = 9,
     /// Keys are `{prefix_len: u32, data: K}`: the registry's key type is the data.
@@ -235,6 +237,21 @@ registry! {
     /// while it is 0 the data path writes no rejects, new flows or masquerade allocations to
     /// the ring buffer of `crate::event`.
     MONITOR = "LB_MONITOR": Array<u32, u32>, Entries::Fixed(1);
+    /// The IPv6 programs of the TC hooks, at the [`ipv6_slot`] indices: the IPv4 programs
+    /// (each program's verifier budget holds one family's pipeline) tail-call them for IPv6.
+    TC_IPV6 = "LB_TC_V6": ProgramArray<u32, u32>, Entries::Fixed(2);
+    /// The IPv6 program of the XDP hook (a program array holds one program type).
+    XDP_IPV6 = "LB_XDP_V6": ProgramArray<u32, u32>, Entries::Fixed(1);
+}
+
+/// Indices of the IPv6 programs in [`TC_IPV6`] and [`XDP_IPV6`].
+pub mod ipv6_slot {
+    /// `program_names::TC_INGRESS6` in `TC_IPV6`.
+    pub const TC_INGRESS: u32 = 0;
+    /// `program_names::TC_EGRESS6` in `TC_IPV6`.
+    pub const TC_EGRESS: u32 = 1;
+    /// `program_names::XDP_INGRESS6` in `XDP_IPV6`.
+    pub const XDP: u32 = 0;
 }
 
 #[cfg(test)]

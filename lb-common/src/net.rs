@@ -1,5 +1,5 @@
-//! Wire-format constants of the headers the data path reads and writes: Ethernet, IPv4, TCP,
-//! UDP and ICMP. One home for the kernel programs, the agent and the tests' frame builder.
+//! Wire-format constants of the headers the data path reads and writes: Ethernet, IPv4, IPv6,
+//! TCP, UDP, ICMP and ICMPv6. One home for the kernel programs, the agent and the tests' frame builder.
 //!
 //! Offsets are from the start of their own header unless named `*_OFFSET` in a frame (after
 //! an option-less Ethernet header).
@@ -21,6 +21,35 @@ pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 /// IP protocol number of UDP.
 pub const IPPROTO_UDP: u8 = 17;
+/// IP protocol number (IPv6 next header) of ICMPv6.
+pub const IPPROTO_ICMPV6: u8 = 58;
+
+/// Length of the fixed IPv6 header.
+pub const IPV6_HLEN: usize = 40;
+/// Offset of the IPv6 payload length (extension headers included).
+pub const IPV6_PAYLOAD_LEN: usize = 4;
+/// Offset of the IPv6 next header.
+pub const IPV6_NEXT_HEADER: usize = 6;
+/// Offset of the IPv6 hop limit.
+pub const IPV6_HOP_LIMIT: usize = 7;
+/// Offset of the IPv6 source address (the destination follows it).
+pub const IPV6_SRC: usize = 8;
+/// Offset of the IPv6 destination address.
+pub const IPV6_DST: usize = 24;
+
+/// IPv6 extension headers (next header values) the data path walks or stops at.
+pub mod ipv6_ext {
+    /// Hop-by-hop options: only directly after the fixed header.
+    pub const HOP_BY_HOP: u8 = 0;
+    /// Routing header.
+    pub const ROUTING: u8 = 43;
+    /// Fragment header (8 bytes).
+    pub const FRAGMENT: u8 = 44;
+    /// Destination options.
+    pub const DESTINATION: u8 = 60;
+    /// Offset of the segments-left byte in a routing header.
+    pub const ROUTING_SEGMENTS_LEFT: usize = 3;
+}
 
 /// Length of an IPv4 header without options.
 pub const IPV4_MIN_HLEN: usize = 20;
@@ -82,6 +111,22 @@ pub mod icmp {
     pub const PORT_UNREACH: u8 = 3;
     /// Destination unreachable code: fragmentation needed (path MTU discovery).
     pub const FRAG_NEEDED: u8 = 4;
+}
+
+/// ICMPv6 message types and codes the data path sends or lets pass.
+pub mod icmpv6 {
+    /// Destination unreachable.
+    pub const DEST_UNREACH: u8 = 1;
+    /// Destination unreachable code: port unreachable.
+    pub const PORT_UNREACH: u8 = 4;
+    /// Packet too big (path MTU discovery).
+    pub const PACKET_TOO_BIG: u8 = 2;
+    /// Echo request.
+    pub const ECHO_REQUEST: u8 = 128;
+    /// Neighbour solicitation (NDP).
+    pub const NEIGHBOR_SOLICIT: u8 = 135;
+    /// Neighbour advertisement (NDP).
+    pub const NEIGHBOR_ADVERT: u8 = 136;
 }
 
 /// Offset of the L4 checksum of `proto` in its header (`None` for protocols without one the

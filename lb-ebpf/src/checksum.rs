@@ -14,6 +14,21 @@ pub fn replace4(check: [u8; 2], old: [u8; 4], new: [u8; 4]) -> [u8; 2] {
     (!fold(sum)).to_be_bytes()
 }
 
+/// Returns `check` updated for the `N` bytes `old` (an even count at an even offset) becoming
+/// `new`: [`replace4`] for any address size.
+#[inline(always)]
+pub fn replace<const N: usize>(check: [u8; 2], old: &[u8; N], new: &[u8; N]) -> [u8; 2] {
+    const { assert!(N.is_multiple_of(2), "whole 16-bit words only") };
+    let mut sum = u32::from(!u16::from_be_bytes(check));
+    let mut i = 0;
+    while i < N {
+        sum += u32::from(!u16::from_be_bytes([old[i], old[i + 1]]));
+        sum += u32::from(u16::from_be_bytes([new[i], new[i + 1]]));
+        i += 2;
+    }
+    (!fold(sum)).to_be_bytes()
+}
+
 /// Returns `check` updated for the 2 bytes `old` (at an even offset) becoming `new`.
 #[inline(always)]
 pub fn replace2(check: [u8; 2], old: [u8; 2], new: [u8; 2]) -> [u8; 2] {

@@ -3,18 +3,25 @@
 
 use lb_common::{
     conntrack::{ct_flags, CLOSING_REUSE_NS, TCP_REUSE_NS, UDP_REUSE_NS},
-    ipv4_mapped, Backend, CtKey, CtValue, IPPROTO_UDP,
+    Backend, CtKey, CtValue, IPPROTO_UDP,
 };
 
-use crate::parse::{FlowEnd, Ipv4Flow};
+use crate::{family::Family, parse::Flow};
 
 /// `last_seen_ns` is rewritten at most this often, keeping established flows write-free.
 pub const REFRESH_INTERVAL_NS: u64 = 1_000_000_000;
 
 /// The key of a packet as it arrives.
 #[inline(always)]
-pub fn key_of(flow: &Ipv4Flow) -> CtKey {
-    key(flow.src, flow.dst, flow.proto)
+pub fn key_of<F: Family>(flow: &Flow<F>) -> CtKey {
+    CtKey {
+        src_addr: F::mapped(&flow.src.addr),
+        dst_addr: F::mapped(&flow.dst.addr),
+        src_port: flow.src.port,
+        dst_port: flow.dst.port,
+        proto: flow.proto,
+        _pad: [0; 3],
+    }
 }
 
 /// The key of the packets `backend` sends back to the client of `forward`.
@@ -32,14 +39,13 @@ pub fn reply_key(forward: &CtKey, backend_addr: [u8; 16], backend_port: [u8; 2])
 
 /// Whether `reply` is the reply entry of the flow whose forward key is `key`: it translates
 /// back to the frontend `key` addressed and, when masqueraded, to `key`'s client. Addresses
-/// compare as IPv4 (entries hold IPv4-mapped addresses only): more 16-byte compares here
-/// crash LLVM's BPF backend (bpf-linker SIGILL in post-RA pseudo instruction expansion).
+/// compare as two 8-byte words ([`same_addr`]).
 #[inline(always)]
 pub fn reply_belongs(key: &CtKey, reply: &CtValue) -> bool {
-    v4(&reply.nat_addr) == v4(&key.dst_addr)
+    same_addr(&reply.nat_addr, &key.dst_addr)
         && reply.nat_port == key.dst_port
         && (reply.flags & ct_flags::SNAT == 0
-            || reply.snat_port == key.src_port && v4(&reply.snat_addr) == v4(&key.src_addr))
+            || reply.snat_port == key.src_port && same_addr(&reply.snat_addr, &key.src_addr))
 }
 
 /// Whether `forward` is the forward entry of the flow whose reply key is `reply_key`: it
@@ -47,11 +53,11 @@ pub fn reply_belongs(key: &CtKey, reply: &CtValue) -> bool {
 /// backend answers (compared as in [`reply_belongs`]).
 #[inline(always)]
 pub fn forward_belongs(reply_key: &CtKey, forward: &CtValue) -> bool {
-    v4(&forward.nat_addr) == v4(&reply_key.src_addr)
+    same_addr(&forward.nat_addr, &reply_key.src_addr)
         && forward.nat_port == reply_key.src_port
         && (forward.flags & ct_flags::SNAT == 0
             || forward.snat_port == reply_key.dst_port
-                && v4(&forward.snat_addr) == v4(&reply_key.dst_addr))
+                && same_addr(&forward.snat_addr, &reply_key.dst_addr))
 }
 
 /// The reply entry of the forward entry `entry` under `key`, made anew (it is stored under
@@ -101,18 +107,6 @@ pub fn reusable(entry: &CtValue, proto: u8, now_ns: u64) -> bool {
     };
     // Saturating: another CPU may have stamped the entry after this packet read the clock.
     now_ns.saturating_sub(entry.last_seen_ns) > idle_for
-}
-
-#[inline(always)]
-fn key(src: FlowEnd, dst: FlowEnd, proto: u8) -> CtKey {
-    CtKey {
-        src_addr: ipv4_mapped(src.addr),
-        dst_addr: ipv4_mapped(dst.addr),
-        src_port: src.port,
-        dst_port: dst.port,
-        proto,
-        _pad: [0; 3],
-    }
 }
 
 /// A new flow's reply entry: translates the backend's answers back to the VIP the client
@@ -178,6 +172,26 @@ impl Found {
     }
 }
 
+/// Whether two map addresses are equal, compared as two 8-byte words: byte-wise 16-byte
+/// compares here crash LLVM's BPF backend (bpf-linker SIGILL in post-RA pseudo instruction
+/// expansion).
+#[inline(always)]
+pub fn same_addr(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    let half = |x: &[u8; 16], at: usize| {
+        u64::from_ne_bytes([
+            x[at],
+            x[at + 1],
+            x[at + 2],
+            x[at + 3],
+            x[at + 4],
+            x[at + 5],
+            x[at + 6],
+            x[at + 7],
+        ])
+    };
+    half(a, 0) == half(b, 0) && half(a, 8) == half(b, 8)
+}
+
 /// The IPv4 address inside an IPv4-mapped map address (entries hold only those).
 #[inline(always)]
 pub fn v4(addr: &[u8; 16]) -> [u8; 4] {
@@ -187,7 +201,8 @@ pub fn v4(addr: &[u8; 16]) -> [u8; 4] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lb_common::{net::tcp_flags, IPPROTO_TCP};
+    use crate::parse::{FlowEnd, Ipv4Flow};
+    use lb_common::{ipv4_mapped, net::tcp_flags, IPPROTO_TCP};
 
     fn flow() -> Ipv4Flow {
         Ipv4Flow {

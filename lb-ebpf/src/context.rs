@@ -16,7 +16,8 @@ use aya_ebpf::{
 use lb_common::event::hook;
 
 use crate::{
-    parse::{FlowEnd, Ipv4Flow, IPV4_CHECKSUM_OFFSET},
+    family::Family,
+    parse::{Flow, FlowEnd},
     rewrite::{self, RewriteFailed, Side},
     sock::SockAddr,
 };
@@ -44,7 +45,12 @@ pub trait Packet {
     fn make_reply_room(&mut self, room: u32, len: u32) -> Result<(), RewriteFailed>;
     /// Replaces `side`'s address and port with `to`, keeping the IPv4 and TCP/UDP checksums
     /// valid.
-    fn rewrite(&mut self, flow: &Ipv4Flow, side: Side, to: FlowEnd) -> Result<(), RewriteFailed>;
+    fn rewrite<F: Family>(
+        &mut self,
+        flow: &Flow<F>,
+        side: Side,
+        to: FlowEnd<F::Addr>,
+    ) -> Result<(), RewriteFailed>;
 }
 
 /// Reads `N` bytes at `offset` between two packet pointers, checked so the verifier agrees.
@@ -112,7 +118,12 @@ impl Packet for XdpPacket {
     }
 
     #[inline(always)]
-    fn rewrite(&mut self, flow: &Ipv4Flow, side: Side, to: FlowEnd) -> Result<(), RewriteFailed> {
+    fn rewrite<F: Family>(
+        &mut self,
+        flow: &Flow<F>,
+        side: Side,
+        to: FlowEnd<F::Addr>,
+    ) -> Result<(), RewriteFailed> {
         rewrite::in_place(self, flow, side, to)
     }
 }
@@ -201,8 +212,15 @@ impl Packet for TcPacket {
             .map_err(|_| RewriteFailed)
     }
 
+    /// IPv4: the address, then the header checksum and the L4 checksum's pseudo-header part;
+    /// IPv6 (no header checksum): the address, then the pseudo-header part word by word.
     #[inline(always)]
-    fn rewrite(&mut self, flow: &Ipv4Flow, side: Side, to: FlowEnd) -> Result<(), RewriteFailed> {
+    fn rewrite<F: Family>(
+        &mut self,
+        flow: &Flow<F>,
+        side: Side,
+        to: FlowEnd<F::Addr>,
+    ) -> Result<(), RewriteFailed> {
         let (addr_offset, port_offset, from) = side.locate(flow);
         let l4_checksum_offset = flow.l4_checksum_offset();
         // A UDP checksum of 0 means none: the helper leaves it, and never writes a new 0.
@@ -211,17 +229,28 @@ impl Packet for TcPacket {
         } else {
             0
         };
-        if from.addr != to.addr {
-            let old = u64::from(u32::from_ne_bytes(from.addr));
-            let new = u64::from(u32::from_ne_bytes(to.addr));
+        if !F::same(&from.addr, &to.addr) {
             let ctx = &self.0;
-            ctx.store(addr_offset, &to.addr, 0)
-                .and_then(|()| ctx.l3_csum_replace(IPV4_CHECKSUM_OFFSET, old, new, 4))
-                .and_then(|()| {
-                    let flags = u64::from(BPF_F_PSEUDO_HDR) | mangled_0 | 4;
-                    ctx.l4_csum_replace(l4_checksum_offset, old, new, flags)
-                })
-                .map_err(|_| RewriteFailed)?;
+            let word = |addr: &F::Addr, i: usize| u64::from(u32::from_ne_bytes(F::word(addr, i)));
+            let mut stored = ctx.store(addr_offset, &to.addr, 0).is_ok();
+            if let Some(offset) = F::HEADER_CHECKSUM_OFFSET {
+                stored = stored
+                    && ctx
+                        .l3_csum_replace(offset, word(&from.addr, 0), word(&to.addr, 0), 4)
+                        .is_ok();
+            }
+            let flags = u64::from(BPF_F_PSEUDO_HDR) | mangled_0 | 4;
+            for i in 0..F::WORDS {
+                let (old, new) = (word(&from.addr, i), word(&to.addr, i));
+                stored = stored
+                    && (old == new
+                        || ctx
+                            .l4_csum_replace(l4_checksum_offset, old, new, flags)
+                            .is_ok());
+            }
+            if !stored {
+                return Err(RewriteFailed);
+            }
         }
         if from.port != to.port {
             let old = u64::from(u16::from_ne_bytes(from.port));

@@ -20,9 +20,10 @@ use lb_common::{
 use crate::{
     conntrack,
     context::Packet,
+    family::Family,
     lb::Hook,
     maps::MapAccess,
-    parse::{self, FlowEnd},
+    parse::FlowEnd,
     sock::{SockAddr, SockFlow},
     stats,
 };
@@ -73,7 +74,7 @@ fn tuple(event: &mut Event, key: &CtKey) {
 /// Reports the drop of a packet of service `group_id` for `reason` if its level is enabled or
 /// a monitor listens, with its tuple when it parses as a TCP or UDP packet.
 #[inline(always)]
-pub fn dropped<P: Packet, M: MapAccess>(
+pub fn dropped<F: Family, P: Packet, M: MapAccess>(
     pkt: &P,
     maps: &mut M,
     at: Hook,
@@ -84,7 +85,7 @@ pub fn dropped<P: Packet, M: MapAccess>(
     if event_level == level::OFF || (event_level > maps.event_level() && !maps.monitored()) {
         return;
     }
-    let flow = parse::ipv4_flow(pkt).ok();
+    let flow = F::parse(pkt).ok();
     write(pkt, maps, hook_of::<P>(at), |event| {
         event.kind = kind::DROP;
         event.level = event_level;

@@ -1,4 +1,5 @@
-//! The load balancer, shared by the XDP and TC hooks: parse -> conntrack -> service ->
+//! The load balancer, shared by the XDP and TC hooks and by both address families
+//! ([`Front`]: each family's program is this pipeline instantiated for it): parse -> conntrack -> service ->
 //! backend selection (session affinity, flow hash) -> conntrack create -> rewrite; or, for a
 //! service without backends, a reject or a drop. ICMP errors about tracked flows go to
 //! `icmp_error`. IP fragments follow their datagram's first fragment (`fragment`): only that
@@ -16,12 +17,14 @@ use crate::{
     conntrack,
     context::Packet,
     error::{Error, Verdict},
-    event, fragment, icmp_error,
+    event,
+    family::{Family, Ipv4, Ipv6},
+    fragment, icmp_error,
     maps::MapAccess,
     masquerade, pairs,
-    parse::{self, FlowEnd, Ipv4Flow, Piece},
+    parse::{self, Flow, FlowEnd, Ipv4Flow, Piece},
     port_reuse, reject, reject_limit,
-    rewrite::{self, Side},
+    rewrite::{self, RewriteFailed, Side},
     select, stats,
 };
 
@@ -55,7 +58,7 @@ impl Hook {
 /// masqueraded (or hairpinned) packet, a translated ICMP error. The first two are the packets
 /// that may carry one of the node's own addresses as their source.
 #[derive(Clone, Copy)]
-struct Done {
+pub struct Done {
     outcome: Counter,
     forward: bool,
 }
@@ -74,12 +77,16 @@ impl Done {
 /// the outcome and returns what the hook should do with it. At egress the node's stack has
 /// routed the packet already: nothing is forwarded there.
 #[inline(always)]
-pub fn process<P: Packet, M: MapAccess>(pkt: &mut P, maps: &mut M, hook: Hook) -> Verdict {
+pub fn process<F: Front, P: Packet, M: MapAccess>(
+    pkt: &mut P,
+    maps: &mut M,
+    hook: Hook,
+) -> Verdict {
     let counts_all = hook != Hook::Egress;
     if counts_all {
         stats::count(maps, Counter::Packets);
     }
-    match try_process(pkt, maps, hook) {
+    match try_process::<F, P, M>(pkt, maps, hook) {
         Ok(done) => {
             stats::count(maps, done.outcome);
             if matches!(
@@ -87,7 +94,10 @@ pub fn process<P: Packet, M: MapAccess>(pkt: &mut P, maps: &mut M, hook: Hook) -
                 Counter::RejectNoBackend | Counter::RejectUnexposedPort
             ) {
                 Verdict::SendBack
-            } else if done.forward && counts_all && maps.config().reply_path == reply_path::REDIRECT
+            } else if !F::IPV6
+                && done.forward
+                && counts_all
+                && maps.config().reply_path == reply_path::REDIRECT
             {
                 Verdict::Forward
             } else {
@@ -101,41 +111,99 @@ pub fn process<P: Packet, M: MapAccess>(pkt: &mut P, maps: &mut M, hook: Hook) -
             }
             if verdict == Verdict::Drop {
                 stats::dropped(maps, e.group_id);
-                event::dropped(pkt, maps, hook, e.reason, e.group_id);
+                event::dropped::<F, P, M>(pkt, maps, hook, e.reason, e.group_id);
             }
             verdict
         }
     }
 }
 
+/// What a family's front end made of a packet: a TCP or UDP flow for the pipeline, or a
+/// packet it handled itself.
+pub enum Start<F: Family> {
+    #[doc(hidden)]
+    Flow(Flow<F>),
+    Done(Done),
+}
+
+/// A family's front end: parses the packet into a flow, or handles what only this family has
+/// (IPv4: ICMP errors about tracked flows and fragments).
+pub trait Front: Family {
+    #[doc(hidden)]
+    fn start<P: Packet, M: MapAccess>(
+        pkt: &mut P,
+        maps: &mut M,
+        hook: Hook,
+    ) -> Result<Start<Self>, Error>;
+
+    /// Turns the packet of `flow` into the port unreachable answering it (`reject`).
+    fn port_unreachable<P: Packet>(pkt: &mut P, flow: &Flow<Self>) -> Result<(), RewriteFailed>;
+}
+
+impl Front for Ipv4 {
+    #[inline(always)]
+    fn start<P: Packet, M: MapAccess>(
+        pkt: &mut P,
+        maps: &mut M,
+        hook: Hook,
+    ) -> Result<Start<Self>, Error> {
+        match parse::ipv4_flow(pkt) {
+            Ok(flow) => Ok(Start::Flow(flow)),
+            Err(e) if e.reason == Counter::OtherProtocol => {
+                let outcome = icmp_error::translate(pkt, maps)?;
+                Ok(Start::Done(Done {
+                    outcome,
+                    forward: true,
+                }))
+            }
+            Err(e) if e.reason == Counter::Fragment => {
+                let (mut flow, piece) = parse::fragment_flow(pkt)?;
+                if hook != Hook::Egress {
+                    stats::count(maps, Counter::Fragment);
+                }
+                fragment::follow(pkt, maps, &mut flow, piece)?;
+                if piece == Piece::Later {
+                    return later_fragment(pkt, maps, &flow, hook).map(Start::Done);
+                }
+                Ok(Start::Flow(flow))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    #[inline(always)]
+    fn port_unreachable<P: Packet>(pkt: &mut P, flow: &Ipv4Flow) -> Result<(), RewriteFailed> {
+        reject::port_unreachable(pkt, flow)
+    }
+}
+
+/// IPv6: TCP and UDP only; ICMPv6 (NDP above all) and fragments pass untouched.
+impl Front for Ipv6 {
+    #[inline(always)]
+    fn start<P: Packet, M: MapAccess>(
+        pkt: &mut P,
+        _: &mut M,
+        _: Hook,
+    ) -> Result<Start<Self>, Error> {
+        parse::ipv6_flow(pkt).map(Start::Flow)
+    }
+
+    #[inline(always)]
+    fn port_unreachable<P: Packet>(pkt: &mut P, flow: &Flow<Ipv6>) -> Result<(), RewriteFailed> {
+        reject::port_unreachable6(pkt, flow)
+    }
+}
+
 /// Translates the packet, or turns it into a reject; says what was done.
 #[inline(always)]
-fn try_process<P: Packet, M: MapAccess>(
+fn try_process<F: Front, P: Packet, M: MapAccess>(
     pkt: &mut P,
     maps: &mut M,
     hook: Hook,
 ) -> Result<Done, Error> {
-    let flow = match parse::ipv4_flow(pkt) {
-        Ok(flow) => flow,
-        Err(e) if e.reason == Counter::OtherProtocol => {
-            let outcome = icmp_error::translate(pkt, maps)?;
-            return Ok(Done {
-                outcome,
-                forward: true,
-            });
-        }
-        Err(e) if e.reason == Counter::Fragment => {
-            let (mut flow, piece) = parse::fragment_flow(pkt)?;
-            if hook != Hook::Egress {
-                stats::count(maps, Counter::Fragment);
-            }
-            fragment::follow(pkt, maps, &mut flow, piece)?;
-            if piece == Piece::Later {
-                return later_fragment(pkt, maps, &flow, hook);
-            }
-            flow
-        }
-        Err(e) => return Err(e),
+    let flow = match F::start(pkt, maps, hook)? {
+        Start::Flow(flow) => flow,
+        Start::Done(done) => return Ok(done),
     };
     let key = conntrack::key_of(&flow);
     let Hook::Ingress { scope } = hook else {
@@ -163,10 +231,10 @@ fn try_process<P: Packet, M: MapAccess>(
 /// At egress: translates a reply of a tracked flow back to the frontend; anything else,
 /// including a packet matching a forward entry, passes untouched and the entries stay.
 #[inline(always)]
-fn reply<P: Packet, M: MapAccess>(
+fn reply<F: Family, P: Packet, M: MapAccess>(
     pkt: &mut P,
     maps: &mut M,
-    flow: &Ipv4Flow,
+    flow: &Flow<F>,
     key: &CtKey,
 ) -> Result<Counter, Error> {
     let found = maps
@@ -188,9 +256,9 @@ fn reply<P: Packet, M: MapAccess>(
 /// Which side of a packet with a conntrack entry to translate, or `None` when the flow must
 /// start over.
 #[inline(always)]
-fn established<M: MapAccess>(
+fn established<F: Family, M: MapAccess>(
     maps: &mut M,
-    flow: &Ipv4Flow,
+    flow: &Flow<F>,
     entry: &CtValue,
 ) -> Option<(Side, Counter)> {
     match entry.flags & ct_flags::DIRECTION {
@@ -212,10 +280,10 @@ fn established<M: MapAccess>(
 
 /// Assigns a backend to the first packet of a flow, records both directions and translates.
 #[inline(always)]
-fn new_flow<P: Packet, M: MapAccess>(
+fn new_flow<F: Front, P: Packet, M: MapAccess>(
     pkt: &mut P,
     maps: &mut M,
-    flow: &Ipv4Flow,
+    flow: &Flow<F>,
     key: &CtKey,
     scope: u8,
 ) -> Result<Done, Error> {
@@ -228,7 +296,7 @@ fn new_flow<P: Packet, M: MapAccess>(
         return not_service(pkt, maps, flow, key).map(Done::kept);
     };
     let group_id = service.group_id;
-    checksum_verified(pkt)?;
+    checksum_verified::<F, P>(pkt)?;
     if service.flags & service_flags::SOURCE_RANGES != 0
         && !maps.source_allowed(group_id, &key.src_addr)
     {
@@ -241,7 +309,7 @@ fn new_flow<P: Packet, M: MapAccess>(
     let now = maps.now_ns();
     let choice = select::choose(maps, &key.src_addr, || select::flow(key), &service, now);
     let (slot, backend_id) = choice.ok_or(missing)?;
-    let backend = select::ipv4_backend(maps, backend_id, group_id)?;
+    let backend = select::backend::<F, M>(maps, backend_id, group_id)?;
 
     // The reply entry goes in first: masquerading must find it a free key before the flow
     // exists. One value serves as both entries, keeping the stack small.
@@ -249,7 +317,7 @@ fn new_flow<P: Packet, M: MapAccess>(
     let mut reply_key = conntrack::reply_key(key, backend.addr, backend.port);
     let full = Error::dropped(Counter::DropConntrackFull, group_id);
     let masqueraded =
-        masquerade::insert_reply(maps, scope, key, &backend, &mut reply_key, &mut entry)?;
+        masquerade::insert_reply::<F, M>(maps, scope, key, &backend, &mut reply_key, &mut entry)?;
     if !masqueraded {
         maps.insert_conntrack(&reply_key, &entry)
             .map_err(|()| full)?;
@@ -284,10 +352,10 @@ fn new_flow<P: Packet, M: MapAccess>(
 /// port or protocol the Service does not expose), which kube-proxy's nftables mode rejects,
 /// or another address inside the service CIDRs, which it drops.
 #[inline(always)]
-fn not_service<P: Packet, M: MapAccess>(
+fn not_service<F: Front, P: Packet, M: MapAccess>(
     pkt: &mut P,
     maps: &mut M,
-    flow: &Ipv4Flow,
+    flow: &Flow<F>,
     key: &CtKey,
 ) -> Result<Counter, Error> {
     if !maps.is_cluster_ip(&key.dst_addr) {
@@ -298,15 +366,14 @@ fn not_service<P: Packet, M: MapAccess>(
             false => Error::untouched(Counter::NotService),
         });
     }
-    checksum_verified(pkt)?;
-    if !reject::may_answer(flow.src.addr) {
+    checksum_verified::<F, P>(pkt)?;
+    if !F::may_answer(&flow.src.addr) {
         return Err(Error::dropped(Counter::DropUnexposedPort, 0));
     }
     if !reject_limit::allow(maps, &key.src_addr) {
         return Err(Error::dropped(Counter::DropRejectSuppressed, 0));
     }
-    reject::port_unreachable(pkt, flow)
-        .map_err(|_| Error::dropped(Counter::DropRewriteFailed, 0))?;
+    F::port_unreachable(pkt, flow).map_err(|_| Error::dropped(Counter::DropRewriteFailed, 0))?;
     event::rejected(pkt, maps, key, Counter::RejectUnexposedPort, 0);
     Ok(Counter::RejectUnexposedPort)
 }
@@ -315,10 +382,10 @@ fn not_service<P: Packet, M: MapAccess>(
 /// (kube-proxy's REJECT), or dropped when the service says so, no ICMP error may be sent or the
 /// reject is over its rate limit (counted as the service's drop, not its reject).
 #[inline(always)]
-fn no_backend<P: Packet, M: MapAccess>(
+fn no_backend<F: Front, P: Packet, M: MapAccess>(
     pkt: &mut P,
     maps: &mut M,
-    flow: &Ipv4Flow,
+    flow: &Flow<F>,
     key: &CtKey,
     service: &ServiceValue,
 ) -> Result<Counter, Error> {
@@ -326,13 +393,13 @@ fn no_backend<P: Packet, M: MapAccess>(
     if service.flags & service_flags::DROP_IF_NO_BACKEND != 0 {
         return Err(Error::dropped(Counter::DropNoBackend, group_id));
     }
-    if !reject::may_answer(flow.src.addr) {
+    if !F::may_answer(&flow.src.addr) {
         return Err(Error::dropped(Counter::DropRejectSource, group_id));
     }
-    if !reject_limit::allow(maps, &lb_common::ipv4_mapped(flow.src.addr)) {
+    if !reject_limit::allow(maps, &key.src_addr) {
         return Err(Error::dropped(Counter::DropRejectSuppressed, group_id));
     }
-    reject::port_unreachable(pkt, flow)
+    F::port_unreachable(pkt, flow)
         .map_err(|_| Error::dropped(Counter::DropRewriteFailed, group_id))?;
     stats::rejected(maps, group_id);
     event::rejected(pkt, maps, key, Counter::RejectNoBackend, group_id);
@@ -370,10 +437,10 @@ fn later_fragment<P: Packet, M: MapAccess>(
 /// Rewrites `side` of the packet to the entry's NAT address (and, for a masqueraded flow, the
 /// other side to its SNAT address) and accounts it to the service.
 #[inline(always)]
-fn translate<P: Packet, M: MapAccess>(
+fn translate<F: Family, P: Packet, M: MapAccess>(
     pkt: &mut P,
     maps: &mut M,
-    flow: &Ipv4Flow,
+    flow: &Flow<F>,
     side: Side,
     entry: &CtValue,
     outcome: Counter,
@@ -384,46 +451,57 @@ fn translate<P: Packet, M: MapAccess>(
 /// [`translate`], rewriting addresses and ports (`with_ports`), or the addresses only (a later
 /// fragment's, see `rewrite::addresses`). Callers pass a constant: each copy has one of them.
 #[inline(always)]
-fn translate_ends<P: Packet, M: MapAccess>(
+fn translate_ends<F: Family, P: Packet, M: MapAccess>(
     pkt: &mut P,
     maps: &mut M,
-    flow: &Ipv4Flow,
+    flow: &Flow<F>,
     side: Side,
     entry: &CtValue,
     outcome: Counter,
     with_ports: bool,
 ) -> Result<Counter, Error> {
-    let rewrite = |pkt: &mut P, side: Side, to: FlowEnd| {
-        if with_ports {
-            pkt.rewrite(flow, side, to)
-        } else {
-            rewrite::addresses(pkt, flow, side, to)
-        }
-    };
     let to = FlowEnd {
-        addr: conntrack::v4(&entry.nat_addr),
+        addr: *F::unmapped(&entry.nat_addr),
         port: entry.nat_port,
     };
     let group_id = entry.group_id;
     let failed = Error::dropped(Counter::DropRewriteFailed, group_id);
-    rewrite(pkt, side, to).map_err(|_| failed)?;
+    rewrite_end(pkt, flow, side, to, with_ports).map_err(|_| failed)?;
     if entry.flags & ct_flags::SNAT != 0 {
         let other = FlowEnd {
-            addr: conntrack::v4(&entry.snat_addr),
+            addr: *F::unmapped(&entry.snat_addr),
             port: entry.snat_port,
         };
-        rewrite(pkt, side.other(), other).map_err(|_| failed)?;
+        rewrite_end(pkt, flow, side.other(), other, with_ports).map_err(|_| failed)?;
     }
     stats::translated(maps, group_id, pkt.frame_len());
     Ok(outcome)
+}
+
+/// Rewrites `side` of the packet to `to`: address and port (`with_ports`), or the address only.
+/// A function, not a closure: closures are outlined at opt-level "s", and the call's stack
+/// frame would add to the program's.
+#[inline(always)]
+fn rewrite_end<F: Family, P: Packet>(
+    pkt: &mut P,
+    flow: &Flow<F>,
+    side: Side,
+    to: FlowEnd<F::Addr>,
+    with_ports: bool,
+) -> Result<(), RewriteFailed> {
+    if with_ports {
+        pkt.rewrite(flow, side, to)
+    } else {
+        rewrite::addresses(pkt, flow, side, to)
+    }
 }
 
 /// Passes a packet whose IPv4 header checksum is wrong on untouched before anything is
 /// tracked or answered for it: the kernel drops it after XDP and TC anyway. Packets of
 /// tracked flows are not checked (their rewrite keeps a wrong checksum wrong).
 #[inline(always)]
-fn checksum_verified<P: Packet>(pkt: &P) -> Result<(), Error> {
-    if parse::ipv4_checksum_valid(pkt) {
+fn checksum_verified<F: Family, P: Packet>(pkt: &P) -> Result<(), Error> {
+    if F::IPV6 || parse::ipv4_checksum_valid(pkt) {
         Ok(())
     } else {
         Err(Error::untouched(Counter::BadIpv4Checksum))
@@ -433,7 +511,7 @@ fn checksum_verified<P: Packet>(pkt: &P) -> Result<(), Error> {
 /// Whether a packet of an established flow starts the flow over when its backend is gone:
 /// a TCP SYN, or any UDP datagram.
 #[inline(always)]
-fn restarts_when_gone(flow: &Ipv4Flow) -> bool {
+fn restarts_when_gone<F: Family>(flow: &Flow<F>) -> bool {
     flow.proto == IPPROTO_UDP || flow.is_tcp_syn()
 }
 

@@ -4,11 +4,14 @@
 //! in `lb-common`).
 //!
 //! Every hook runs the same pipeline ([`lb::process`], told which hook it runs in); they differ
-//! only in how a packet is read and rewritten ([`context`]). Cgroup socket programs translate
+//! only in how a packet is read and rewritten ([`context`]). Each hook's program handles IPv4
+//! and tail-calls its IPv6 twin (the pipeline instantiated for [`family::Ipv6`]) for IPv6
+//! frames: one program's verifier budget holds one family's pipeline. Cgroup socket programs translate
 //! the node's own sockets (and, when `LB_CONFIG` says so, pods') at `connect()` / `sendmsg()`
 //! instead ([`sock`]), with the pipeline's backend selection ([`select`]).
 #![cfg_attr(not(test), no_std)]
 #![cfg_attr(not(test), no_main)]
+#![cfg_attr(target_arch = "bpf", feature(optimize_attribute))]
 
 mod affinity;
 mod checksum;
@@ -16,6 +19,7 @@ mod conntrack;
 mod context;
 mod error;
 mod event;
+mod family;
 mod fragment;
 mod icmp_error;
 mod lb;
@@ -41,11 +45,14 @@ use aya_ebpf::{
     programs::{SockAddrContext, TcContext, XdpContext},
 };
 
+use lb_common::{maps::ipv6_slot, net::ETHERTYPE_IPV6, Counter};
+
 use crate::{
-    context::{SockCtx, TcPacket, XdpPacket},
+    context::{Packet, SockCtx, TcPacket, XdpPacket},
     error::Verdict,
-    lb::Hook,
-    maps::KernelMaps,
+    family::{Ipv4, Ipv6},
+    lb::{Front, Hook},
+    maps::{ipv6_tail_call, KernelMaps},
     sock::SockVerdict,
 };
 
@@ -55,10 +62,26 @@ use crate::{
 /// `TC_ACT_UNSPEC` (TCX_NEXT): `TC_ACT_OK` would end the hook there and hide every packet from
 /// other tools' programs attached after it, TCX or legacy `tc` filters alike.
 #[classifier]
-#[inline(always)]
+// Speed for IPv4 (the object is built for size: see lb-ebpf's Cargo.toml).
+#[cfg_attr(target_arch = "bpf", optimize(speed))]
 pub fn lb_tc_ingress(ctx: TcContext) -> i32 {
     let mut pkt = TcPacket(ctx);
-    match lb::process(&mut pkt, &mut KernelMaps, Hook::POD_FACING) {
+    if is_ipv6(&pkt) {
+        ipv6_tail_call(&pkt.0, false, ipv6_slot::TC_INGRESS);
+        return ipv6_unavailable(TC_ACT_UNSPEC);
+    }
+    tc_ingress::<Ipv4>(&mut pkt)
+}
+
+/// The IPv6 half of [`lb_tc_ingress`] (`lb_common::program_names::TC_INGRESS6`).
+#[classifier]
+pub fn lb_tc_ingress6(ctx: TcContext) -> i32 {
+    tc_ingress::<Ipv6>(&mut TcPacket(ctx))
+}
+
+#[inline(always)]
+fn tc_ingress<F: Front>(pkt: &mut TcPacket) -> i32 {
+    match lb::process::<F, _, _>(pkt, &mut KernelMaps, Hook::POD_FACING) {
         Verdict::Pass => TC_ACT_UNSPEC,
         Verdict::Drop => TC_ACT_SHOT,
         Verdict::SendBack => pkt.redirect_back(),
@@ -71,8 +94,26 @@ pub fn lb_tc_ingress(ctx: TcContext) -> i32 {
 /// flows (a host-network backend answering a pod or an outside client) are translated back
 /// to the frontend the client addressed; everything else goes on untouched.
 #[classifier]
+// Speed for IPv4 (the object is built for size: see lb-ebpf's Cargo.toml).
+#[cfg_attr(target_arch = "bpf", optimize(speed))]
 pub fn lb_tc_egress(ctx: TcContext) -> i32 {
-    match lb::process(&mut TcPacket(ctx), &mut KernelMaps, Hook::Egress) {
+    let mut pkt = TcPacket(ctx);
+    if is_ipv6(&pkt) {
+        ipv6_tail_call(&pkt.0, false, ipv6_slot::TC_EGRESS);
+        return ipv6_unavailable(TC_ACT_UNSPEC);
+    }
+    tc_egress::<Ipv4>(&mut pkt)
+}
+
+/// The IPv6 half of [`lb_tc_egress`] (`lb_common::program_names::TC_EGRESS6`).
+#[classifier]
+pub fn lb_tc_egress6(ctx: TcContext) -> i32 {
+    tc_egress::<Ipv6>(&mut TcPacket(ctx))
+}
+
+#[inline(always)]
+fn tc_egress<F: Front>(pkt: &mut TcPacket) -> i32 {
+    match lb::process::<F, _, _>(pkt, &mut KernelMaps, Hook::Egress) {
         Verdict::Drop => TC_ACT_SHOT,
         // Egress never answers a packet itself, nor forwards one (the stack routed it).
         Verdict::Pass | Verdict::SendBack | Verdict::Forward => TC_ACT_UNSPEC,
@@ -82,15 +123,44 @@ pub fn lb_tc_egress(ctx: TcContext) -> i32 {
 /// XDP on the node's external interface (`lb_common::program_names::XDP_INGRESS`): traffic
 /// from outside the node, looked up in the external scope. Rejects leave by the same interface.
 #[xdp]
-#[inline(always)]
+// Speed for IPv4 (the object is built for size: see lb-ebpf's Cargo.toml).
+#[cfg_attr(target_arch = "bpf", optimize(speed))]
 pub fn lb_xdp_ingress(ctx: XdpContext) -> u32 {
     let mut pkt = XdpPacket(ctx);
-    match lb::process(&mut pkt, &mut KernelMaps, Hook::EXTERNAL) {
+    if is_ipv6(&pkt) {
+        ipv6_tail_call(&pkt.0, true, ipv6_slot::XDP);
+        return ipv6_unavailable(xdp_action::XDP_PASS);
+    }
+    xdp_ingress::<Ipv4>(&mut pkt)
+}
+
+/// The IPv6 half of [`lb_xdp_ingress`] (`lb_common::program_names::XDP_INGRESS6`).
+#[xdp]
+pub fn lb_xdp_ingress6(ctx: XdpContext) -> u32 {
+    xdp_ingress::<Ipv6>(&mut XdpPacket(ctx))
+}
+
+#[inline(always)]
+fn xdp_ingress<F: Front>(pkt: &mut XdpPacket) -> u32 {
+    match lb::process::<F, _, _>(pkt, &mut KernelMaps, Hook::EXTERNAL) {
         Verdict::Pass => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
         Verdict::SendBack => xdp_action::XDP_TX,
         Verdict::Forward => reply_path::xdp_handoff(&pkt.0),
     }
+}
+
+/// Whether the frame is IPv6 (by its EtherType), for the hook's IPv6 program.
+#[inline(always)]
+fn is_ipv6<P: Packet>(pkt: &P) -> bool {
+    pkt.load::<2>(lb_common::net::ETH_TYPE_OFFSET) == Some(ETHERTYPE_IPV6.to_be_bytes())
+}
+
+/// An IPv6 packet whose program is missing from the program array: counted, and `pass`ed.
+#[inline(always)]
+fn ipv6_unavailable<T>(pass: T) -> T {
+    stats::count(&mut KernelMaps, Counter::Ipv6Unavailable);
+    pass
 }
 
 /// TC ingress on the XDP interface (`lb_common::program_names::TC_XDP_HANDOFF`), attached with

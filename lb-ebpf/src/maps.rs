@@ -6,8 +6,10 @@ use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::bpf_ktime_get_coarse_ns,
     macros::map,
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
-    Global,
+    maps::{
+        lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf,
+    },
+    EbpfContext, Global,
 };
 use lb_common::{
     event::{level, Event, EVENTS_BYTES},
@@ -48,6 +50,12 @@ impl<K, V> KernelMap for LpmTrie<K, V> {
     const KIND: MapKind = MapKind::LpmTrie;
 }
 
+impl KernelMap for ProgramArray {
+    type Key = u32;
+    type Value = u32;
+    const KIND: MapKind = MapKind::ProgramArray;
+}
+
 impl<T> KernelMap for PerCpuArray<T> {
     type Key = u32;
     type Value = T;
@@ -86,6 +94,23 @@ registered_map!(LB_REJECT_ALL: Array<TokenBucket> = registry::REJECT_GLOBAL);
 registered_map!(LB_SVC_CIDRS: LpmTrie<[u8; 16], u8> = registry::SERVICE_CIDRS);
 registered_map!(LB_FRAGMENTS: LruHashMap<FragKey, FragPorts> = registry::FRAGMENTS);
 registered_map!(LB_MONITOR: Array<u32> = registry::MONITOR);
+
+#[map]
+static LB_TC_V6: ProgramArray =
+    ProgramArray::with_max_entries(declared::<ProgramArray>(registry::TC_IPV6, "LB_TC_V6"), 0);
+#[map]
+static LB_XDP_V6: ProgramArray =
+    ProgramArray::with_max_entries(declared::<ProgramArray>(registry::XDP_IPV6, "LB_XDP_V6"), 0);
+
+/// Hands an IPv6 packet to the hook's IPv6 program (`lb_common::maps::ipv6_slot`: `slot` of
+/// `LB_XDP_V6` for XDP, of `LB_TC_V6` otherwise). Returns only when that program is missing.
+#[inline(always)]
+pub fn ipv6_tail_call<C: EbpfContext>(ctx: &C, xdp: bool, slot: u32) {
+    let programs = if xdp { &LB_XDP_V6 } else { &LB_TC_V6 };
+    // SAFETY: a tail call leaves this program for another of its type with the same context;
+    // nothing is held across it.
+    unsafe { programs.tail_call(ctx, slot) };
+}
 
 /// The events the agent reads (`lb_common::event`): each loaded object has its own, not
 /// pinned, so a restarted agent reads the events of the programs it swapped in.

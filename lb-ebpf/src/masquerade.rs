@@ -14,7 +14,7 @@ use lb_common::{
     Backend, Counter, CtKey, CtValue, NodeConfig,
 };
 
-use crate::{conntrack, error::Error, maps::MapAccess, port_reuse};
+use crate::{conntrack, error::Error, family::Family, maps::MapAccess, port_reuse};
 
 /// Whether a new flow found in `scope` to `backend` is to be masqueraded (if the node
 /// masquerades at all): external flows to backends not on this node.
@@ -51,7 +51,7 @@ pub fn counter(scope: u8) -> Counter {
 /// `reply` are the flow's plain reply key and entry and become the source-NATed ones. Returns
 /// `Ok(false)`, having inserted nothing, when the flow is not source-NATed.
 #[inline(always)]
-pub fn insert_reply<M: MapAccess>(
+pub fn insert_reply<F: Family, M: MapAccess>(
     maps: &mut M,
     scope: u8,
     key: &CtKey,
@@ -59,6 +59,11 @@ pub fn insert_reply<M: MapAccess>(
     reply_key: &mut CtKey,
     reply: &mut CtValue,
 ) -> Result<bool, Error> {
+    // IPv6 flows are neither masqueraded nor hairpinned (yet): no IPv6 node or hairpin
+    // address to take.
+    if F::IPV6 {
+        return Ok(false);
+    }
     let hairpin = hairpin(scope, key, backend);
     if !hairpin && !wanted(scope, backend) {
         return Ok(false);

@@ -47,11 +47,10 @@ pub fn forward_whole<M: MapAccess>(maps: &mut M, key: &CtKey, found: &Found) -> 
         return true;
     }
     let reply_key = entry.reply_key(key);
-    let ours = maps
-        .peek_conntrack(&reply_key)
-        .map(|reply| conntrack::reply_belongs(key, reply));
-    match ours {
-        Some(ours) => ours,
+    // A `match`, not `Option::map`: closures are outlined at opt-level "s", and the call's
+    // stack frame would add to the program's.
+    match maps.peek_conntrack(&reply_key) {
+        Some(reply) => conntrack::reply_belongs(key, reply),
         None => {
             let reply = conntrack::reply_of(key, entry, maps.now_ns());
             let restored = maps.insert_conntrack_new(&reply_key, &reply).is_ok();
@@ -75,10 +74,7 @@ pub fn reply_whole<M: MapAccess>(maps: &mut M, reply_key: &CtKey, found: &Found)
         return;
     }
     let key = entry.forward_key(reply_key);
-    let ours = maps
-        .peek_conntrack(&key)
-        .map(|forward| conntrack::forward_belongs(reply_key, forward));
-    match ours {
+    match maps.peek_conntrack(&key) {
         None => {
             let mut forward = conntrack::forward_of(reply_key, entry, maps.now_ns());
             forward.flags |= ct_flags::SEEN_REPLY;
@@ -86,7 +82,9 @@ pub fn reply_whole<M: MapAccess>(maps: &mut M, reply_key: &CtKey, found: &Found)
                 stats::count(maps, Counter::ConntrackRepaired);
             }
         }
-        Some(true) if first => maps.mark_conntrack(&key, ct_flags::SEEN_REPLY),
+        Some(forward) if first && conntrack::forward_belongs(reply_key, forward) => {
+            maps.mark_conntrack(&key, ct_flags::SEEN_REPLY)
+        }
         Some(_) => {}
     }
     if first {

@@ -1,15 +1,29 @@
-//! Ethernet / IPv4 / TCP|UDP parsing into the few fields the load balancer needs.
+//! Ethernet / IPv4 or IPv6 / TCP|UDP parsing into the few fields the load balancer needs.
+//!
+//! IPv6 extension headers ([`ipv6_flow`]): up to [`MAX_IPV6_EXTENSIONS`] hop-by-hop (first
+//! only), destination options and routing headers are walked to the TCP or UDP header. A
+//! routing header with segments left means this node is not the packet's final destination;
+//! a fragment header, ICMPv6 (NDP above all) or any other next header is not a flow the load
+//! balancer starts. All of those, and frames that end inside a header, pass untouched, each
+//! with its counter.
 
 use lb_common::{
     net::{
-        tcp_flags, ETHERTYPE_IPV4, ETH_HLEN, ETH_TYPE_OFFSET, IPV4_CHECKSUM, IPV4_DST,
-        IPV4_FRAGMENT_MASK, IPV4_FRAG_OFF, IPV4_MIN_HLEN, IPV4_OFFSET_MASK, IPV4_PROTO, IPV4_SRC,
-        IPV4_TOTAL_LEN, TCP_CHECKSUM, TCP_HLEN, UDP_CHECKSUM, UDP_HLEN, UDP_LEN,
+        ipv6_ext, tcp_flags, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETH_HLEN, ETH_TYPE_OFFSET,
+        IPV4_CHECKSUM, IPV4_DST, IPV4_FRAGMENT_MASK, IPV4_FRAG_OFF, IPV4_MIN_HLEN,
+        IPV4_OFFSET_MASK, IPV4_PROTO, IPV4_SRC, IPV4_TOTAL_LEN, IPV6_DST, IPV6_HLEN,
+        IPV6_NEXT_HEADER, IPV6_PAYLOAD_LEN, IPV6_SRC, TCP_CHECKSUM, TCP_HLEN, UDP_CHECKSUM,
+        UDP_HLEN, UDP_LEN,
     },
     Counter, IPPROTO_TCP, IPPROTO_UDP,
 };
 
-use crate::{checksum, context::Packet, error::Error};
+use crate::{
+    checksum,
+    context::Packet,
+    error::Error,
+    family::{Family, Ipv4, Ipv6},
+};
 
 /// Offset of the IPv4 header checksum in the frame.
 pub const IPV4_CHECKSUM_OFFSET: usize = ETH_HLEN + IPV4_CHECKSUM;
@@ -24,11 +38,15 @@ pub const IPV4_ID_OFFSET: usize = ETH_HLEN + 4;
 const TCP_DATA_OFFSET: usize = 12;
 /// IPv4 options are at most 40 bytes.
 const MAX_OPTION_WORDS: usize = 10;
+/// IPv6 extension headers walked before giving up (`Counter::Ipv6ExtensionLimit`).
+pub const MAX_IPV6_EXTENSIONS: usize = 4;
+/// Covers every L4 offset [`ipv6_flow`] can find (extension headers are at most 2048 bytes).
+const IPV6_L4_OFFSET_MASK: usize = 0x3fff;
 
-/// One end of a flow: IPv4 address and port, both in network byte order.
+/// One end of a flow: address (IPv4 by default) and port, both in network byte order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FlowEnd {
-    pub addr: [u8; 4],
+pub struct FlowEnd<A = [u8; 4]> {
+    pub addr: A,
     pub port: [u8; 2],
 }
 
@@ -43,25 +61,44 @@ pub enum Piece {
     Later,
 }
 
-/// The parsed headers of an IPv4 TCP or UDP packet.
+/// The parsed headers of a TCP or UDP packet of family `F`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Ipv4Flow {
-    /// Offset of the TCP/UDP header in the frame (after IPv4 options, if any); of the payload
-    /// in a later fragment.
+pub struct Flow<F: Family> {
+    /// Offset of the TCP/UDP header in the frame (after IPv4 options or IPv6 extension
+    /// headers, if any); of the payload in a later IPv4 fragment.
     pub l4_offset: usize,
     /// `IPPROTO_TCP` or `IPPROTO_UDP`.
     pub proto: u8,
-    pub src: FlowEnd,
-    pub dst: FlowEnd,
+    pub src: FlowEnd<F::Addr>,
+    pub dst: FlowEnd<F::Addr>,
     /// TCP flags byte; 0 for UDP and later fragments.
     pub tcp_flags: u8,
 }
 
-impl Ipv4Flow {
+/// An IPv4 flow.
+pub type Ipv4Flow = Flow<Ipv4>;
+/// An IPv6 flow.
+pub type Ipv6Flow = Flow<Ipv6>;
+
+impl<F: Family> Flow<F> {
+    /// [`Flow::l4_offset`] as the IPv6 program must read it after the flow was copied: LLVM,
+    /// knowing the bound [`ipv6_flow`] masked in, stores the offset as two bytes plus zeros,
+    /// which the verifier reads back as an unbounded number. A volatile read the optimiser
+    /// cannot see through, masked again, carries the bound. IPv4 reads the field.
+    #[inline(always)]
+    pub fn l4(&self) -> usize {
+        if F::IPV6 {
+            // SAFETY: reads a field of a live reference.
+            unsafe { core::ptr::read_volatile(&self.l4_offset) & IPV6_L4_OFFSET_MASK }
+        } else {
+            self.l4_offset
+        }
+    }
+
     /// Offset of the TCP or UDP checksum in the frame.
     #[inline(always)]
     pub fn l4_checksum_offset(&self) -> usize {
-        self.l4_offset
+        self.l4()
             + if self.is_udp() {
                 UDP_CHECKSUM
             } else {
@@ -176,13 +213,13 @@ fn parse<P: Packet>(pkt: &P, fragments: bool) -> Result<(Ipv4Flow, Piece), Error
         .load(ETH_TYPE_OFFSET)
         .ok_or(Error::untouched(Counter::TruncatedEthernet))?;
     if ethertype != ETHERTYPE_IPV4.to_be_bytes() {
-        return Err(Error::untouched(Counter::NotIpv4));
+        return Err(Error::untouched(Counter::NotIp));
     }
     let ip: Ipv4Header = pkt
         .load(ETH_HLEN)
         .ok_or(Error::untouched(Counter::TruncatedIpv4))?;
     if !is_ipv4(&ip) {
-        return Err(Error::untouched(Counter::NotIpv4));
+        return Err(Error::untouched(Counter::NotIp));
     }
     let header_len = ipv4_header_len(&ip);
     let total_len = ipv4_total_len(&ip);
@@ -257,6 +294,111 @@ fn parse<P: Packet>(pkt: &P, fragments: bool) -> Result<(Ipv4Flow, Piece), Error
     Ok((flow, piece))
 }
 
+/// Parses an Ethernet frame carrying an IPv6 TCP or UDP packet, walking its extension headers
+/// as the module documentation says. Every error is a reason to leave the packet untouched.
+#[inline(always)]
+pub fn ipv6_flow<P: Packet>(pkt: &P) -> Result<Ipv6Flow, Error> {
+    let ethertype: [u8; 2] = pkt
+        .load(ETH_TYPE_OFFSET)
+        .ok_or(Error::untouched(Counter::TruncatedEthernet))?;
+    if ethertype != ETHERTYPE_IPV6.to_be_bytes() {
+        return Err(Error::untouched(Counter::NotIp));
+    }
+    // The fixed header's first 8 bytes here; the addresses go straight into the flow (the
+    // IPv6 program's stack is tight).
+    let ip: [u8; 8] = pkt
+        .load(ETH_HLEN)
+        .ok_or(Error::untouched(Counter::TruncatedIpv6))?;
+    let src: [u8; 16] = pkt
+        .load(ETH_HLEN + IPV6_SRC)
+        .ok_or(Error::untouched(Counter::TruncatedIpv6))?;
+    let dst: [u8; 16] = pkt
+        .load(ETH_HLEN + IPV6_DST)
+        .ok_or(Error::untouched(Counter::TruncatedIpv6))?;
+    if ip[0] >> 4 != 6 {
+        return Err(Error::untouched(Counter::NotIp));
+    }
+    let payload_len = usize::from(u16::from_be_bytes([
+        ip[IPV6_PAYLOAD_LEN],
+        ip[IPV6_PAYLOAD_LEN + 1],
+    ]));
+    let end = ETH_HLEN + IPV6_HLEN + payload_len;
+    // Bytes after the packet are an Ethernet trailer; a packet longer than the frame is cut.
+    if end > pkt.frame_len() as usize {
+        return Err(Error::untouched(Counter::TruncatedIpv6));
+    }
+    let (proto, l4_offset) = ipv6_transport(pkt, ip[IPV6_NEXT_HEADER])?;
+    // At most 54 + 4 * 2048: masked (a no-op) so the verifier sees the bound wherever the
+    // offset is used, after spills and joins.
+    let l4_offset = l4_offset & IPV6_L4_OFFSET_MASK;
+    let l4_header_len = if proto == IPPROTO_TCP {
+        TCP_HLEN
+    } else {
+        UDP_HLEN
+    };
+    if l4_offset + l4_header_len > end || pkt.load::<2>(l4_offset + l4_header_len - 2).is_none() {
+        return Err(Error::untouched(Counter::TruncatedL4));
+    }
+    let ports: [u8; 4] = pkt
+        .load(l4_offset)
+        .ok_or(Error::untouched(Counter::TruncatedL4))?;
+    let l4_len = end - l4_offset;
+    let tcp_flags = if proto == IPPROTO_TCP {
+        tcp_flags_checked(pkt, l4_offset, l4_len)?
+    } else {
+        udp_length_checked(pkt, l4_offset, l4_len)?;
+        let check: [u8; 2] = pkt
+            .load(l4_offset + UDP_CHECKSUM)
+            .ok_or(Error::untouched(Counter::TruncatedL4))?;
+        if check == [0, 0] {
+            return Err(Error::untouched(Counter::UdpZeroChecksum));
+        }
+        0
+    };
+    Ok(Ipv6Flow {
+        l4_offset,
+        proto,
+        src: FlowEnd {
+            addr: src,
+            port: [ports[0], ports[1]],
+        },
+        dst: FlowEnd {
+            addr: dst,
+            port: [ports[2], ports[3]],
+        },
+        tcp_flags,
+    })
+}
+
+/// Walks the extension headers from `next` (the fixed header's next header) to the TCP or UDP
+/// header: its protocol and offset in the frame.
+#[inline(always)]
+fn ipv6_transport<P: Packet>(pkt: &P, mut next: u8) -> Result<(u8, usize), Error> {
+    let mut offset = ETH_HLEN + IPV6_HLEN;
+    for i in 0..=MAX_IPV6_EXTENSIONS {
+        match next {
+            IPPROTO_TCP | IPPROTO_UDP => return Ok((next, offset)),
+            ipv6_ext::FRAGMENT => return Err(Error::untouched(Counter::Fragment)),
+            ipv6_ext::HOP_BY_HOP | ipv6_ext::DESTINATION | ipv6_ext::ROUTING
+                if i == MAX_IPV6_EXTENSIONS || (next == ipv6_ext::HOP_BY_HOP && i != 0) =>
+            {
+                return Err(Error::untouched(Counter::Ipv6ExtensionLimit))
+            }
+            ipv6_ext::HOP_BY_HOP | ipv6_ext::DESTINATION | ipv6_ext::ROUTING => {}
+            _ => return Err(Error::untouched(Counter::OtherProtocol)),
+        }
+        let header: [u8; 4] = pkt
+            .load(offset)
+            .ok_or(Error::untouched(Counter::TruncatedIpv6))?;
+        if next == ipv6_ext::ROUTING && header[ipv6_ext::ROUTING_SEGMENTS_LEFT] != 0 {
+            return Err(Error::untouched(Counter::Ipv6RoutingPending));
+        }
+        next = header[0];
+        offset += (usize::from(header[1]) + 1) * 8;
+    }
+    Err(Error::untouched(Counter::Ipv6ExtensionLimit))
+}
+
 /// The flags of the TCP header at `l4_offset`, whose data offset must count at least the
 /// fixed header and fit the packet's `l4_len` bytes.
 #[inline(always)]
@@ -275,7 +417,7 @@ fn tcp_flags_checked<P: Packet>(pkt: &P, l4_offset: usize, l4_len: usize) -> Res
 }
 
 /// Checks that the UDP length at `l4_offset` is the packet's `l4_len` (an unfragmented
-/// datagram fills its IPv4 packet exactly).
+/// datagram fills its IP packet exactly).
 #[inline(always)]
 fn udp_length_checked<P: Packet>(pkt: &P, l4_offset: usize, l4_len: usize) -> Result<(), Error> {
     let len: [u8; 2] = pkt

@@ -6,7 +6,7 @@
 
 use lb_common::{conntrack::ct_flags, CtKey, CtValue};
 
-use crate::{conntrack, maps::MapAccess, parse::Ipv4Flow};
+use crate::{conntrack, family::Family, maps::MapAccess, parse::Flow};
 
 /// Frees `reply_key`, taken by another masqueraded flow, if that flow's reply entry is
 /// [`conntrack::reusable`]: deletes it and the flow's forward entry (unless the client has
@@ -40,7 +40,12 @@ pub fn take_over<M: MapAccess>(maps: &mut M, reply_key: &CtKey, now_ns: u64) -> 
 /// `entry`, either one of the flow's, was found under `key`) is a FIN or RST: the closing
 /// state, which the port take-over and the agent's garbage collector read alike.
 #[inline(always)]
-pub fn note_tcp_end<M: MapAccess>(maps: &mut M, flow: &Ipv4Flow, key: &CtKey, entry: &CtValue) {
+pub fn note_tcp_end<F: Family, M: MapAccess>(
+    maps: &mut M,
+    flow: &Flow<F>,
+    key: &CtKey,
+    entry: &CtValue,
+) {
     if !flow.is_tcp_end() {
         return;
     }

@@ -1,6 +1,10 @@
 //! kube-proxy's REJECT for a service without a usable backend: the packet is turned into an
-//! ICMP destination unreachable / port unreachable (RFC 792) from the frontend address back to
-//! the client, which fails the client's connect or send at once instead of letting it time out.
+//! ICMP destination unreachable / port unreachable (RFC 792; ICMPv6 type 1 code 4, RFC 4443,
+//! for IPv6) from the frontend address back to the client, which fails the client's connect
+//! or send at once instead of letting it time out.
+//!
+//! An IPv6 reply quotes the IPv6 header, extension headers of up to [`MAX_QUOTED_EXT`] bytes
+//! (a packet with more is dropped instead) and the fixed TCP or UDP header, as the IPv4 one.
 //!
 //! The reply quotes the original IPv4 header (with options) and the fixed TCP or UDP header:
 //! at least the 8 bytes RFC 792 asks for, everything a client stack needs to find its socket,
@@ -9,11 +13,16 @@
 //! (`reject_limit`).
 
 use lb_common::net::{
-    icmp, ETHERTYPE_IPV4, ETH_HLEN, ETH_TYPE_OFFSET, ICMP_CHECKSUM, ICMP_HLEN, IPPROTO_ICMP,
-    IPV4_CHECKSUM, IPV4_MIN_HLEN,
+    icmp, icmpv6, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETH_HLEN, ETH_TYPE_OFFSET, ICMP_CHECKSUM,
+    ICMP_HLEN, IPPROTO_ICMP, IPPROTO_ICMPV6, IPV4_CHECKSUM, IPV4_MIN_HLEN, IPV6_HLEN,
 };
 
-use crate::{checksum, context::Packet, parse::Ipv4Flow, rewrite::RewriteFailed};
+use crate::{
+    checksum,
+    context::Packet,
+    parse::{Ipv4Flow, Ipv6Flow},
+    rewrite::RewriteFailed,
+};
 
 /// The reply's own IPv4 and ICMP headers, inserted in front of the quoted packet.
 const REPLY_HEADERS_LEN: usize = IPV4_MIN_HLEN + ICMP_HLEN;
@@ -23,12 +32,10 @@ const TTL: u8 = 64;
 /// The one's complement sum of an IPv4 header whose checksum verifies.
 const VERIFIED_HEADER_SUM: u32 = 0xffff;
 
-/// Whether an ICMP error may be sent to `client` at all: never to a zero, loopback, multicast,
-/// reserved or broadcast source address (RFC 1812 4.3.2.7).
-#[inline(always)]
-pub fn may_answer(client: [u8; 4]) -> bool {
-    !matches!(client[0], 0 | 127 | 224..=255)
-}
+/// The longest extension headers an IPv6 reply quotes.
+pub const MAX_QUOTED_EXT: usize = 64;
+/// The IPv6 reply's own IPv6 and ICMPv6 headers.
+const REPLY6_HEADERS_LEN: usize = IPV6_HLEN + ICMP_HLEN;
 
 /// Rewrites the packet into the ICMP port unreachable answering it: Ethernet addresses
 /// swapped, IPv4 from the frontend to the client, ICMP header, the quoted packet. Only for
@@ -42,10 +49,69 @@ pub fn port_unreachable<P: Packet>(pkt: &mut P, flow: &Ipv4Flow) -> Result<(), R
 
     pkt.make_reply_room(REPLY_HEADERS_LEN as u32, (ETH_HLEN + ip_len) as u32)?;
     let ip = ipv4_header(flow.dst.addr, flow.src.addr, ip_len as u16);
-    pkt.store(0, ethernet_header(macs))
+    pkt.store(0, ethernet_header(macs, ETHERTYPE_IPV4))
         .and_then(|()| pkt.store(ETH_HLEN, ip))
         .and_then(|()| pkt.store(ETH_HLEN + IPV4_MIN_HLEN, icmp_header(quoted_sum)))
         .ok_or(RewriteFailed)
+}
+
+/// Rewrites an IPv6 packet into the ICMPv6 port unreachable answering it: Ethernet addresses
+/// swapped, IPv6 from the frontend to the client, ICMPv6 header, the quoted packet.
+#[inline(always)]
+pub fn port_unreachable6<P: Packet>(pkt: &mut P, flow: &Ipv6Flow) -> Result<(), RewriteFailed> {
+    let macs: [u8; 12] = pkt.load(0).ok_or(RewriteFailed)?;
+    let l4_offset = flow.l4();
+    let ext_len = l4_offset.wrapping_sub(ETH_HLEN + IPV6_HLEN);
+    if ext_len > MAX_QUOTED_EXT {
+        return Err(RewriteFailed);
+    }
+    let quoted_len = IPV6_HLEN + ext_len + flow.l4_header_len();
+    let icmp_len = ICMP_HLEN + quoted_len;
+    // The ICMPv6 checksum covers the pseudo-header (addresses, length, next header) too.
+    let mut sum = quoted_sum6(pkt, flow, l4_offset).ok_or(RewriteFailed)?;
+    sum = checksum::add(sum, flow.dst.addr);
+    sum = checksum::add(sum, flow.src.addr);
+    sum = checksum::add(sum, [0, 0, (icmp_len >> 8) as u8, icmp_len as u8]);
+    sum = checksum::add(sum, [0, IPPROTO_ICMPV6]);
+    let mut icmp = [icmpv6::DEST_UNREACH, icmpv6::PORT_UNREACH, 0, 0, 0, 0, 0, 0];
+    let check = checksum::finish(checksum::add(sum, icmp));
+    icmp[ICMP_CHECKSUM..ICMP_CHECKSUM + 2].copy_from_slice(&check);
+
+    pkt.make_reply_room(
+        REPLY6_HEADERS_LEN as u32,
+        (ETH_HLEN + REPLY6_HEADERS_LEN + quoted_len) as u32,
+    )?;
+    let [len_hi, len_lo] = (icmp_len as u16).to_be_bytes();
+    let fixed = [0x60, 0, 0, 0, len_hi, len_lo, IPPROTO_ICMPV6, TTL];
+    pkt.store(0, ethernet_header(macs, ETHERTYPE_IPV6))
+        .and_then(|()| pkt.store(ETH_HLEN, fixed))
+        .and_then(|()| pkt.store(ETH_HLEN + 8, flow.dst.addr))
+        .and_then(|()| pkt.store(ETH_HLEN + 24, flow.src.addr))
+        .and_then(|()| pkt.store(ETH_HLEN + IPV6_HLEN, icmp))
+        .ok_or(RewriteFailed)
+}
+
+/// One's complement sum of what an IPv6 reply quotes: the IPv6 header, the extension headers
+/// up to `l4_offset` (a multiple of 8 bytes, at most [`MAX_QUOTED_EXT`]) and the fixed TCP or
+/// UDP header.
+#[inline(always)]
+fn quoted_sum6<P: Packet>(pkt: &P, flow: &Ipv6Flow, l4_offset: usize) -> Option<u32> {
+    let ext_len = l4_offset - ETH_HLEN - IPV6_HLEN;
+    let header: [u8; IPV6_HLEN] = pkt.load(ETH_HLEN)?;
+    let mut sum = checksum::add(0, header);
+    for i in 0..MAX_QUOTED_EXT / 8 {
+        if 8 * i < ext_len {
+            let chunk: [u8; 8] = pkt.load(ETH_HLEN + IPV6_HLEN + 8 * i)?;
+            sum = checksum::add(sum, chunk);
+        }
+    }
+    let ports_and_more: [u8; 8] = pkt.load(l4_offset)?;
+    sum = checksum::add(sum, ports_and_more);
+    if !flow.is_udp() {
+        let rest_of_tcp: [u8; 12] = pkt.load(l4_offset + 8)?;
+        sum = checksum::add(sum, rest_of_tcp);
+    }
+    Some(sum)
 }
 
 /// One's complement sum of what the reply quotes: the IPv4 header with its options and the
@@ -65,11 +131,11 @@ fn quoted_sum<P: Packet>(pkt: &P, flow: &Ipv4Flow) -> Option<u32> {
 
 /// The arriving frame's destination and source MAC addresses (`macs`), swapped.
 #[inline(always)]
-fn ethernet_header(macs: [u8; ETH_TYPE_OFFSET]) -> [u8; ETH_HLEN] {
+fn ethernet_header(macs: [u8; ETH_TYPE_OFFSET], ethertype: u16) -> [u8; ETH_HLEN] {
     let mut eth = [0; ETH_HLEN];
     eth[..6].copy_from_slice(&macs[6..]);
     eth[6..ETH_TYPE_OFFSET].copy_from_slice(&macs[..6]);
-    eth[ETH_TYPE_OFFSET..].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+    eth[ETH_TYPE_OFFSET..].copy_from_slice(&ethertype.to_be_bytes());
     eth
 }
 
@@ -117,6 +183,7 @@ fn icmp_header(quoted_sum: u32) -> [u8; ICMP_HLEN] {
 mod tests {
     use super::*;
     use crate::{
+        family::{Family, Ipv4},
         parse::ipv4_flow,
         testing::{frame, full_checksum, FrameSpec, SlicePacket, CLIENT, VIP},
     };
@@ -210,7 +277,7 @@ mod tests {
     #[test]
     fn only_unicast_sources_are_answered() {
         for ok in [[198, 18, 0, 10], [10, 0, 0, 1], [223, 255, 255, 254]] {
-            assert!(may_answer(ok), "{ok:?}");
+            assert!(Ipv4::may_answer(&ok), "{ok:?}");
         }
         for never in [
             [0, 0, 0, 0],
@@ -218,7 +285,7 @@ mod tests {
             [224, 0, 0, 1],
             [255, 255, 255, 255],
         ] {
-            assert!(!may_answer(never), "{never:?}");
+            assert!(!Ipv4::may_answer(&never), "{never:?}");
         }
     }
 }

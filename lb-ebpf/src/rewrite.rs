@@ -1,9 +1,11 @@
-//! NAT rewrites of one end of a flow, and the in-program version used by XDP.
+//! NAT rewrites of one end of a flow, and the in-program version used by XDP. IPv6 has no
+//! header checksum; its addresses enter the TCP/UDP checksum as four words each.
 
 use crate::{
     checksum,
     context::Packet,
-    parse::{FlowEnd, Ipv4Flow, IPV4_CHECKSUM_OFFSET, IPV4_DST_OFFSET, IPV4_SRC_OFFSET},
+    family::Family,
+    parse::{Flow, FlowEnd},
 };
 
 /// Which end of the packet a rewrite replaces.
@@ -27,10 +29,10 @@ impl Side {
 
     /// Offsets of this side's address and port in the frame, and their current values.
     #[inline(always)]
-    pub fn locate(self, flow: &Ipv4Flow) -> (usize, usize, FlowEnd) {
+    pub fn locate<F: Family>(self, flow: &Flow<F>) -> (usize, usize, FlowEnd<F::Addr>) {
         match self {
-            Side::Source => (IPV4_SRC_OFFSET, flow.l4_offset, flow.src),
-            Side::Destination => (IPV4_DST_OFFSET, flow.l4_offset + 2, flow.dst),
+            Side::Source => (F::SRC_OFFSET, flow.l4(), flow.src),
+            Side::Destination => (F::DST_OFFSET, flow.l4() + 2, flow.dst),
         }
     }
 }
@@ -42,19 +44,31 @@ pub struct RewriteFailed;
 /// Rewrites one end of a later fragment, which has no TCP or UDP header (its datagram's ports
 /// and checksum are in the first fragment): the address and the IPv4 checksum only.
 #[inline(always)]
-pub fn addresses<P: Packet>(
+pub fn addresses<F: Family, P: Packet>(
     pkt: &mut P,
-    flow: &Ipv4Flow,
+    flow: &Flow<F>,
     side: Side,
-    to: FlowEnd,
+    to: FlowEnd<F::Addr>,
 ) -> Result<(), RewriteFailed> {
     let (addr_offset, _, from) = side.locate(flow);
-    if from.addr != to.addr {
-        let ip_check = pkt.load(IPV4_CHECKSUM_OFFSET).ok_or(RewriteFailed)?;
-        let ip_check = checksum::replace4(ip_check, from.addr, to.addr);
-        pkt.store(IPV4_CHECKSUM_OFFSET, ip_check)
-            .ok_or(RewriteFailed)?;
-        pkt.store(addr_offset, to.addr).ok_or(RewriteFailed)?;
+    if !F::same(&from.addr, &to.addr) {
+        header_checksum::<F, P>(pkt, &from.addr, &to.addr)?;
+        F::store(pkt, addr_offset, &to.addr).ok_or(RewriteFailed)?;
+    }
+    Ok(())
+}
+
+/// Updates the IPv4 header checksum (IPv6 has none) for the address `from` becoming `to`.
+#[inline(always)]
+fn header_checksum<F: Family, P: Packet>(
+    pkt: &mut P,
+    from: &F::Addr,
+    to: &F::Addr,
+) -> Result<(), RewriteFailed> {
+    if let Some(offset) = F::HEADER_CHECKSUM_OFFSET {
+        let ip_check = pkt.load(offset).ok_or(RewriteFailed)?;
+        let ip_check = F::replace(ip_check, from, to);
+        pkt.store(offset, ip_check).ok_or(RewriteFailed)?;
     }
     Ok(())
 }
@@ -63,23 +77,20 @@ pub fn addresses<P: Packet>(
 /// incrementally (for contexts that rewrite in place). A UDP checksum of 0 (none) stays 0; a
 /// computed 0 is sent as 0xffff.
 #[inline(always)]
-pub fn in_place<P: Packet>(
+pub fn in_place<F: Family, P: Packet>(
     pkt: &mut P,
-    flow: &Ipv4Flow,
+    flow: &Flow<F>,
     side: Side,
-    to: FlowEnd,
+    to: FlowEnd<F::Addr>,
 ) -> Result<(), RewriteFailed> {
     let (addr_offset, port_offset, from) = side.locate(flow);
     let l4_checksum_offset = flow.l4_checksum_offset();
     let mut l4_check: [u8; 2] = pkt.load(l4_checksum_offset).ok_or(RewriteFailed)?;
     let l4_has_checksum = !(flow.is_udp() && l4_check == [0, 0]);
-    if from.addr != to.addr {
-        let ip_check = pkt.load(IPV4_CHECKSUM_OFFSET).ok_or(RewriteFailed)?;
-        let ip_check = checksum::replace4(ip_check, from.addr, to.addr);
-        pkt.store(IPV4_CHECKSUM_OFFSET, ip_check)
-            .ok_or(RewriteFailed)?;
-        pkt.store(addr_offset, to.addr).ok_or(RewriteFailed)?;
-        l4_check = checksum::replace4(l4_check, from.addr, to.addr);
+    if !F::same(&from.addr, &to.addr) {
+        header_checksum::<F, P>(pkt, &from.addr, &to.addr)?;
+        F::store(pkt, addr_offset, &to.addr).ok_or(RewriteFailed)?;
+        l4_check = F::replace(l4_check, &from.addr, &to.addr);
     }
     if from.port != to.port {
         pkt.store(port_offset, to.port).ok_or(RewriteFailed)?;

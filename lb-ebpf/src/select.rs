@@ -1,9 +1,9 @@
 //! Backend selection for new flows (the packet path) and new sockets (the socket path): the
 //! client's remembered backend under session affinity, else the slot a hash picks.
 
-use lb_common::{flow_hash, ipv4_unmapped, Backend, BackendSlotKey, Counter, CtKey, ServiceValue};
+use lb_common::{flow_hash, Backend, BackendSlotKey, Counter, CtKey, ServiceValue};
 
-use crate::{affinity, error::Error, maps::MapAccess};
+use crate::{affinity, error::Error, family::Family, maps::MapAccess};
 
 /// The selection hash of a new packet flow: its 5-tuple.
 #[inline(always)]
@@ -61,16 +61,16 @@ pub fn choose<M: MapAccess>(
     Some((slot, backend_id))
 }
 
-/// The IPv4 backend `backend_id`; `DropBackendMissing` of `group_id` when its entry is
-/// missing or not IPv4.
+/// The backend `backend_id`, of family `F` (a frontend's backends are of its family);
+/// `DropBackendMissing` of `group_id` when its entry is missing or of the other family.
 #[inline(always)]
-pub fn ipv4_backend<M: MapAccess>(
+pub fn backend<F: Family, M: MapAccess>(
     maps: &mut M,
     backend_id: u32,
     group_id: u32,
 ) -> Result<Backend, Error> {
     maps.backend(backend_id)
-        .filter(|b| ipv4_unmapped(&b.addr).is_some())
+        .filter(|b| F::holds(&b.addr))
         .ok_or(Error::dropped(Counter::DropBackendMissing, group_id))
 }
 

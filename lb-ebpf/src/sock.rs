@@ -34,7 +34,9 @@ use lb_common::{
     SockRevKey, SockRevValue, IPPROTO_TCP, IPPROTO_UDP,
 };
 
-use crate::{conntrack, error::Error, event, maps::MapAccess, parse::FlowEnd, select, stats};
+use crate::{
+    conntrack, error::Error, event, family::Ipv4, maps::MapAccess, parse::FlowEnd, select, stats,
+};
 
 /// `errno` of a `connect()` or `sendmsg()` to a Service without endpoints, or to a ClusterIP
 /// on a port or protocol it does not expose (kube-proxy's REJECT: the client sees a refused
@@ -166,7 +168,7 @@ fn try_forward<S: SockAddr, M: MapAccess>(
     let group_id = service.group_id;
     let choice = select::choose(maps, &client, || select::socket(cookie), &service, now)
         .ok_or(Error::dropped(Counter::DropBackendMissing, group_id))?;
-    let backend = select::ipv4_backend(maps, choice.1, group_id)?;
+    let backend = select::backend::<Ipv4, M>(maps, choice.1, group_id)?;
     let backend = FlowEnd {
         addr: conntrack::v4(&backend.addr),
         port: backend.port,

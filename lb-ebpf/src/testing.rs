@@ -19,7 +19,8 @@ use crate::{
     conntrack,
     context::Packet,
     maps::MapAccess,
-    parse::{FlowEnd, Ipv4Flow},
+    family::Family,
+    parse::{Flow, FlowEnd},
     rewrite::{self, RewriteFailed, Side},
 };
 
@@ -188,7 +189,12 @@ impl Packet for SlicePacket {
         Ok(())
     }
 
-    fn rewrite(&mut self, flow: &Ipv4Flow, side: Side, to: FlowEnd) -> Result<(), RewriteFailed> {
+    fn rewrite<F: Family>(
+        &mut self,
+        flow: &Flow<F>,
+        side: Side,
+        to: FlowEnd<F::Addr>,
+    ) -> Result<(), RewriteFailed> {
         rewrite::in_place(self, flow, side, to)
     }
 }

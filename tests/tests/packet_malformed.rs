@@ -143,7 +143,7 @@ fn malformed_and_out_of_scope_frames() {
     let ipv6 = with_ethertype(&tcp, ETHERTYPE_IPV6);
 
     use Counter::{
-        BadIpv4Checksum, BadIpv4HeaderLength as BadIhl, BadL4Length, NotIpv4, OtherProtocol,
+        BadIpv4Checksum, BadIpv4HeaderLength as BadIhl, BadL4Length, NotIp, OtherProtocol,
         TruncatedIpv4, TruncatedL4,
     };
     #[rustfmt::skip]
@@ -171,9 +171,9 @@ fn malformed_and_out_of_scope_frames() {
         untouched("UDP length short of the packet", &HOOKS, udp_len(udp_payload - 1), BadL4Length),
         untouched("UDP length beyond the packet", &HOOKS, udp_len(udp_payload + 1), BadL4Length),
         untouched("IPv4 header checksum wrong", &HOOKS, bad_checksum, BadIpv4Checksum),
-        untouched("ARP",                       &HOOKS, arp, NotIpv4),
-        untouched("IPv6 EtherType",            &HOOKS, ipv6, NotIpv4),
-        untouched("IPv4 EtherType, version 6", &HOOKS, with_version_ihl(tcp, 0x65), NotIpv4),
+        untouched("ARP",                       &HOOKS, arp, NotIp),
+        untouched("IPv6 EtherType",            &HOOKS, ipv6, NotIp),
+        untouched("IPv4 EtherType, version 6", &HOOKS, with_version_ihl(tcp, 0x65), NotIp),
         untouched("ICMP echo request",         &HOOKS, echo_request.to_bytes(), OtherProtocol),
     ];
     run_cases(&cases);

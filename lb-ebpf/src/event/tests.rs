@@ -8,6 +8,7 @@ use lb_common::{
 
 use crate::{
     error::Verdict,
+    family::Ipv4,
     lb::{process, Hook},
     parse::FlowEnd,
     testing::{frame, FakeMaps, FrameSpec, SlicePacket, CLIENT, TEST_IFINDEX, VIP},
@@ -31,7 +32,7 @@ fn maps(monitored: bool) -> FakeMaps {
 }
 
 fn run(maps: &mut FakeMaps, spec: &FrameSpec, hook: Hook) -> Verdict {
-    process(&mut SlicePacket::new(frame(spec)), maps, hook)
+    process::<Ipv4, _, _>(&mut SlicePacket::new(frame(spec)), maps, hook)
 }
 
 /// The event a new flow from [`CLIENT`] to [`VIP`] writes, before its kind-specific fields.

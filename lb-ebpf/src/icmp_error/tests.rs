@@ -1,6 +1,7 @@
 use super::*;
 use crate::{
     error::Verdict,
+    family::Ipv4,
     lb::{process, Hook},
     testing::{frame, icmp_error, FakeMaps, FrameSpec, SlicePacket, CLIENT, VIP},
 };
@@ -29,7 +30,7 @@ fn maps(proto: u8, masquerading: bool) -> FakeMaps {
 
 fn run(maps: &mut FakeMaps, bytes: Vec<u8>, hook_scope: u8) -> (Verdict, Vec<u8>) {
     let mut pkt = SlicePacket::new(bytes);
-    let verdict = process(&mut pkt, maps, Hook::Ingress { scope: hook_scope });
+    let verdict = process::<Ipv4, _, _>(&mut pkt, maps, Hook::Ingress { scope: hook_scope });
     (verdict, pkt.bytes)
 }
 

@@ -67,7 +67,7 @@ fn maps_with_service(proto: u8) -> FakeMaps {
 /// Runs `spec`'s frame through the pipeline; returns the verdict and the output frame.
 fn run(maps: &mut FakeMaps, spec: &FrameSpec) -> (Verdict, Vec<u8>) {
     let mut pkt = SlicePacket::new(frame(spec));
-    let verdict = process(
+    let verdict = process::<Ipv4, _, _>(
         &mut pkt,
         maps,
         Hook::Ingress {
@@ -391,7 +391,7 @@ fn an_unexposed_port_reject_that_cannot_be_written_drops() {
     let mut pkt = SlicePacket::new(frame(&FrameSpec::udp()));
     pkt.fail_resize = true;
     assert_eq!(
-        process(&mut pkt, &mut maps, Hook::POD_FACING),
+        process::<Ipv4, _, _>(&mut pkt, &mut maps, Hook::POD_FACING),
         Verdict::Drop
     );
     assert_eq!(maps.counter_value(Counter::DropRewriteFailed), 1);
@@ -481,7 +481,7 @@ fn malformed_packets_pass_untouched_and_are_counted() {
     fragment[21] = 8; // a later fragment, whose first one was not seen
     let mut pkt = SlicePacket::new(fragment.clone());
     assert_eq!(
-        process(
+        process::<Ipv4, _, _>(
             &mut pkt,
             &mut maps,
             Hook::Ingress {
@@ -514,7 +514,7 @@ fn fragments_follow_their_first_fragment_both_ways() {
         for fragment in sent.to_fragments(1500) {
             let mut pkt = SlicePacket::new(fragment);
             assert_eq!(
-                process(&mut pkt, &mut maps, Hook::POD_FACING),
+                process::<Ipv4, _, _>(&mut pkt, &mut maps, Hook::POD_FACING),
                 Verdict::Pass
             );
             out.push(pkt.bytes);
@@ -620,7 +620,7 @@ fn a_reject_that_cannot_be_written_drops() {
     let mut pkt = SlicePacket::new(frame(&FrameSpec::udp()));
     pkt.fail_resize = true;
     assert_eq!(
-        process(
+        process::<Ipv4, _, _>(
             &mut pkt,
             &mut maps,
             Hook::Ingress {
@@ -842,7 +842,7 @@ fn each_hook_looks_up_its_own_scope() {
         maps.conntrack.clear();
         let mut pkt = SlicePacket::new(frame(&syn));
         assert_eq!(
-            process(&mut pkt, &mut maps, Hook::Ingress { scope: hook_scope }),
+            process::<Ipv4, _, _>(&mut pkt, &mut maps, Hook::Ingress { scope: hook_scope }),
             Verdict::Pass
         );
         assert_eq!(
@@ -862,7 +862,7 @@ fn a_scope_without_an_entry_is_not_a_service() {
     let syn = FrameSpec::tcp_syn();
     let mut pkt = SlicePacket::new(frame(&syn));
     assert_eq!(
-        process(
+        process::<Ipv4, _, _>(
             &mut pkt,
             &mut maps,
             Hook::Ingress {
@@ -912,7 +912,7 @@ fn a_failed_rewrite_drops() {
     let mut pkt = SlicePacket::new(frame(&FrameSpec::tcp_syn()));
     pkt.fail_stores = true;
     assert_eq!(
-        process(
+        process::<Ipv4, _, _>(
             &mut pkt,
             &mut maps,
             Hook::Ingress {
@@ -948,7 +948,7 @@ fn key(spec: &FrameSpec) -> CtKey {
 /// Runs `spec`'s frame through the pipeline at egress.
 fn run_egress(maps: &mut FakeMaps, spec: &FrameSpec) -> (Verdict, Vec<u8>) {
     let mut pkt = SlicePacket::new(frame(spec));
-    let verdict = process(&mut pkt, maps, Hook::Egress);
+    let verdict = process::<Ipv4, _, _>(&mut pkt, maps, Hook::Egress);
     (verdict, pkt.bytes)
 }
 
@@ -1096,7 +1096,7 @@ fn rejects_over_the_rate_limit_are_dropped_and_counted_as_drops() {
 /// Runs `bytes` through the pipeline at TC ingress.
 fn run_bytes(maps: &mut FakeMaps, bytes: Vec<u8>) -> (Verdict, Vec<u8>) {
     let mut pkt = SlicePacket::new(bytes);
-    let verdict = process(
+    let verdict = process::<Ipv4, _, _>(
         &mut pkt,
         maps,
         Hook::Ingress {

@@ -2,6 +2,7 @@ use super::*;
 use crate::{
     conntrack,
     error::Verdict,
+    family::Ipv4,
     lb::{process, Hook},
     parse::{ipv4_flow, FlowEnd},
     testing::{checksums_valid, frame, FakeMaps, FrameSpec, SlicePacket, CLIENT, VIP},
@@ -41,7 +42,7 @@ fn remote(proto: u8) -> FakeMaps {
 
 fn run(maps: &mut FakeMaps, spec: &FrameSpec, hook_scope: u8) -> (Verdict, Vec<u8>) {
     let mut pkt = SlicePacket::new(frame(spec));
-    let verdict = process(&mut pkt, maps, Hook::Ingress { scope: hook_scope });
+    let verdict = process::<Ipv4, _, _>(&mut pkt, maps, Hook::Ingress { scope: hook_scope });
     (verdict, pkt.bytes)
 }
 

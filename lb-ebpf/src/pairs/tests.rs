@@ -1,6 +1,7 @@
 use super::*;
 use crate::{
     error::Verdict,
+    family::Ipv4,
     lb::{process, Hook},
     testing::{frame, FakeMaps, FrameSpec, SlicePacket, VIP},
 };
@@ -20,7 +21,7 @@ fn maps(proto: u8) -> FakeMaps {
 
 fn run(maps: &mut FakeMaps, spec: &FrameSpec) -> (Verdict, Vec<u8>) {
     let mut pkt = SlicePacket::new(frame(spec));
-    let verdict = process(&mut pkt, maps, Hook::POD_FACING);
+    let verdict = process::<Ipv4, _, _>(&mut pkt, maps, Hook::POD_FACING);
     (verdict, pkt.bytes)
 }
 

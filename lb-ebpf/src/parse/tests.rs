@@ -61,10 +61,10 @@ fn finds_l4_after_ipv4_options() {
 fn rejects_non_ipv4() {
     let mut arp = frame(&FrameSpec::udp());
     arp[12..14].copy_from_slice(&[0x08, 0x06]);
-    assert_eq!(parse(&arp), Err(Error::untouched(Counter::NotIpv4)));
+    assert_eq!(parse(&arp), Err(Error::untouched(Counter::NotIp)));
     let mut v6_version = frame(&FrameSpec::udp());
     v6_version[14] = 0x65;
-    assert_eq!(parse(&v6_version), Err(Error::untouched(Counter::NotIpv4)));
+    assert_eq!(parse(&v6_version), Err(Error::untouched(Counter::NotIp)));
 }
 
 #[test]

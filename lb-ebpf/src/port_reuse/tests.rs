@@ -1,6 +1,7 @@
 use super::*;
 use crate::{
     error::Verdict,
+    family::Ipv4,
     lb::{process, Hook},
     parse::{ipv4_flow, FlowEnd},
     testing::{frame, FakeMaps, FrameSpec, SlicePacket, CLIENT, VIP},
@@ -42,7 +43,7 @@ fn one_port(proto: u8) -> FakeMaps {
 
 fn run(maps: &mut FakeMaps, spec: &FrameSpec) -> (Verdict, Vec<u8>) {
     let mut pkt = SlicePacket::new(frame(spec));
-    let verdict = process(
+    let verdict = process::<Ipv4, _, _>(
         &mut pkt,
         maps,
         Hook::Ingress {

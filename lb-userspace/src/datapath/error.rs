@@ -72,6 +72,8 @@ pub enum DatapathError {
     },
     #[error(transparent)]
     IfaceName(#[from] super::link_pin::InvalidIfaceName),
+    #[error(transparent)]
+    MapWrite(#[from] crate::reconciler::MapWriteError),
     #[error("pinning the program link at {path} failed")]
     PinLink {
         path: PathBuf,

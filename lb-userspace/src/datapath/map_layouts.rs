@@ -67,6 +67,7 @@ fn map_type(kind: MapKind) -> MapType {
         MapKind::PerCpuArray => MapType::PerCpuArray,
         MapKind::LruHashMap => MapType::LruHash,
         MapKind::LpmTrie => MapType::LpmTrie,
+        MapKind::ProgramArray => MapType::ProgramArray,
     }
 }
 

@@ -5,7 +5,10 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, HashMap, Map, MapData, MapError, MapInfo, PerCpuArray, PerCpuValues};
+use aya::maps::{
+    Array, HashMap, Map, MapData, MapError, MapInfo, PerCpuArray, PerCpuValues, ProgramArray,
+};
+use aya::programs::ProgramFd;
 use aya::{Ebpf, Pod};
 use ipnet::{IpNet, Ipv4Net};
 use lb_common::maps::{self as registry, MapDef, MapSpec};
@@ -233,6 +236,24 @@ impl DatapathMaps {
             .and_then(|mut array| array.set(0, *config, 0))
             .map_err(|source| MapWriteError {
                 map: registry::CONFIG.name,
+                op: "update",
+                source,
+            })
+    }
+
+    /// Puts the program `fd` in `slot` of the program array `def` (the IPv6 programs the IPv4
+    /// ones tail-call: `lb_common::maps::ipv6_slot`). An adopted array's earlier program is
+    /// replaced atomically.
+    pub(super) fn set_program(
+        &mut self,
+        def: MapDef<u32, u32>,
+        slot: u32,
+        fd: &ProgramFd,
+    ) -> Result<(), MapWriteError> {
+        ProgramArray::try_from(self.map_mut(def))
+            .and_then(|mut array| array.set(slot, fd, 0))
+            .map_err(|source| MapWriteError {
+                map: def.name,
                 op: "update",
                 source,
             })
@@ -493,7 +514,8 @@ fn map_data(map: &Map) -> Option<&MapData> {
         | Map::LruHashMap(data)
         | Map::Array(data)
         | Map::PerCpuArray(data)
-        | Map::LpmTrie(data) => Some(data),
+        | Map::LpmTrie(data)
+        | Map::ProgramArray(data) => Some(data),
         _ => None,
     }
 }

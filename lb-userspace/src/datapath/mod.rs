@@ -20,7 +20,7 @@ use aya::programs::xdp::XdpLink;
 use aya::programs::{tc, CgroupSockAddr, Program, SchedClassifier, TcAttachType, Xdp, XdpMode};
 use aya::util::KernelVersion;
 use aya::{Ebpf, EbpfLoader};
-use lb_common::maps as registry;
+use lb_common::maps::{self as registry, ipv6_slot};
 use lb_common::program_names;
 use tracing::{debug, info, warn};
 
@@ -107,14 +107,19 @@ impl Datapath {
             program_names::TC_INGRESS,
             program_names::TC_EGRESS,
             program_names::TC_XDP_HANDOFF,
+            program_names::TC_INGRESS6,
+            program_names::TC_EGRESS6,
         ] {
             load_program::<SchedClassifier>(&mut ebpf, name, |p| p.load())?;
         }
-        load_program::<Xdp>(&mut ebpf, program_names::XDP_INGRESS, |p| p.load())?;
+        for name in [program_names::XDP_INGRESS, program_names::XDP_INGRESS6] {
+            load_program::<Xdp>(&mut ebpf, name, |p| p.load())?;
+        }
         for (_, name) in sock_links::PROGRAMS {
             load_program::<CgroupSockAddr>(&mut ebpf, name, |p| p.load())?;
         }
-        let maps = DatapathMaps::take_from(&mut ebpf)?;
+        let mut maps = DatapathMaps::take_from(&mut ebpf)?;
+        set_ipv6_programs(&ebpf, &mut maps)?;
         Ok(Datapath {
             ebpf,
             maps,
@@ -428,6 +433,38 @@ where
             }
         })
     })
+}
+
+/// Puts the IPv6 programs in the program arrays their IPv4 twins tail-call, before any of
+/// them is attached (an adopted array gets this build's programs at once).
+fn set_ipv6_programs(ebpf: &Ebpf, maps: &mut DatapathMaps) -> Result<(), DatapathError> {
+    let tc = |name| program_ref::<SchedClassifier>(ebpf, name).fd();
+    let xdp = |name| program_ref::<Xdp>(ebpf, name).fd();
+    let programs = [
+        (
+            registry::TC_IPV6,
+            ipv6_slot::TC_INGRESS,
+            program_names::TC_INGRESS6,
+            tc(program_names::TC_INGRESS6),
+        ),
+        (
+            registry::TC_IPV6,
+            ipv6_slot::TC_EGRESS,
+            program_names::TC_EGRESS6,
+            tc(program_names::TC_EGRESS6),
+        ),
+        (
+            registry::XDP_IPV6,
+            ipv6_slot::XDP,
+            program_names::XDP_INGRESS6,
+            xdp(program_names::XDP_INGRESS6),
+        ),
+    ];
+    for (array, slot, program, fd) in programs {
+        let fd = fd.map_err(|source| DatapathError::LoadProgram { program, source })?;
+        maps.set_program(array, slot, fd)?;
+    }
+    Ok(())
 }
 
 fn attach_error(

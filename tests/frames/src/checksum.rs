@@ -1,7 +1,7 @@
-//! The RFC 1071 internet checksum, plain (IPv4 header, ICMP) and over the IPv4 pseudo-header
-//! (TCP, UDP).
+//! The RFC 1071 internet checksum, plain (IPv4 header, ICMP) and over the IPv4 or IPv6
+//! pseudo-header (TCP, UDP; ICMPv6).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// The RFC 1071 internet checksum of `data` (odd length padded with a zero byte), as stored in
 /// a header; data that includes its correct checksum sums to 0.
@@ -24,6 +24,18 @@ pub fn l4_checksum(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, segment: &[u8]) -
     data.extend_from_slice(&dst.octets());
     data.extend_from_slice(&[0, protocol]);
     data.extend_from_slice(&(segment.len() as u16).to_be_bytes());
+    data.extend_from_slice(segment);
+    internet_checksum(&data)
+}
+
+/// TCP/UDP/ICMPv6 checksum of `segment` with the IPv6 pseudo-header (RFC 8200 section 8.1:
+/// addresses, 32-bit upper-layer length, three zero bytes, next header).
+pub fn l4_checksum6(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, segment: &[u8]) -> u16 {
+    let mut data = Vec::with_capacity(40 + segment.len());
+    data.extend_from_slice(&src.octets());
+    data.extend_from_slice(&dst.octets());
+    data.extend_from_slice(&(segment.len() as u32).to_be_bytes());
+    data.extend_from_slice(&[0, 0, 0, next_header]);
     data.extend_from_slice(segment);
     internet_checksum(&data)
 }

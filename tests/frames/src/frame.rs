@@ -1,15 +1,15 @@
 //! The frame builder: Ethernet + IPv4 (with options, as a fragment) + TCP, UDP, ICMP or raw
 //! bytes, serialised with correct lengths and freshly computed checksums.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
 
 use lb_common::net::{
-    icmp, tcp_flags, ETHERTYPE_IPV4, ETH_HLEN, ICMP_CHECKSUM, ICMP_HLEN, IPPROTO_ICMP, IPPROTO_TCP,
-    IPPROTO_UDP, IPV4_CHECKSUM, IPV4_DF, IPV4_MF, IPV4_MIN_HLEN, IPV4_OFFSET_MASK, TCP_CHECKSUM,
-    TCP_HLEN, UDP_CHECKSUM, UDP_HLEN,
+    icmp, tcp_flags, ETHERTYPE_IPV4, ETH_HLEN, ICMP_CHECKSUM, ICMP_HLEN, IPPROTO_ICMP,
+    IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IPV4_CHECKSUM, IPV4_DF, IPV4_MF, IPV4_MIN_HLEN,
+    IPV4_OFFSET_MASK, TCP_CHECKSUM, TCP_HLEN, UDP_CHECKSUM, UDP_HLEN,
 };
 
-use crate::{internet_checksum, l4_checksum};
+use crate::{internet_checksum, l4_checksum, l4_checksum6};
 
 /// Source MAC of built frames (a locally administered address).
 pub const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
@@ -108,38 +108,12 @@ impl Icmp {
 impl Frame {
     /// A TCP segment `src -> dst` with the given [`tcp_flags`] and no payload.
     pub fn tcp(src: SocketAddrV4, dst: SocketAddrV4, flags: u8) -> Frame {
-        Frame::ipv4(
-            src,
-            dst,
-            L4::Tcp(Tcp {
-                src_port: src.port(),
-                dst_port: dst.port(),
-                seq: 0x1000_0000,
-                ack: if flags & tcp_flags::ACK != 0 {
-                    0x2000_0000
-                } else {
-                    0
-                },
-                flags,
-                window: 64_240,
-                options: Vec::new(),
-                payload: Vec::new(),
-            }),
-        )
+        Frame::ipv4(src, dst, L4::tcp(src.port(), dst.port(), flags))
     }
 
     /// A UDP datagram `src -> dst` carrying `payload`, with a computed checksum.
     pub fn udp(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Frame {
-        Frame::ipv4(
-            src,
-            dst,
-            L4::Udp(Udp {
-                src_port: src.port(),
-                dst_port: dst.port(),
-                zero_checksum: false,
-                payload: payload.to_vec(),
-            }),
-        )
+        Frame::ipv4(src, dst, L4::udp(src.port(), dst.port(), payload))
     }
 
     /// An ICMP message `src -> dst`, sent as hosts send them: TOS "internetwork control", no
@@ -217,32 +191,20 @@ impl Frame {
     }
 
     fn ports(&self) -> (u16, u16) {
-        match &self.l4 {
-            L4::Tcp(t) => (t.src_port, t.dst_port),
-            L4::Udp(u) => (u.src_port, u.dst_port),
-            L4::Icmp(_) | L4::Raw { .. } => (0, 0),
-        }
+        self.l4.ports()
     }
 
     /// The same frame with source address and port replaced (what a reverse NAT produces).
     pub fn with_src(mut self, src: SocketAddrV4) -> Frame {
         self.ip.src = *src.ip();
-        match &mut self.l4 {
-            L4::Tcp(t) => t.src_port = src.port(),
-            L4::Udp(u) => u.src_port = src.port(),
-            L4::Icmp(_) | L4::Raw { .. } => {}
-        }
+        self.l4.set_port(true, src.port());
         self
     }
 
     /// The same frame with destination address and port replaced (what a DNAT produces).
     pub fn with_dst(mut self, dst: SocketAddrV4) -> Frame {
         self.ip.dst = *dst.ip();
-        match &mut self.l4 {
-            L4::Tcp(t) => t.dst_port = dst.port(),
-            L4::Udp(u) => u.dst_port = dst.port(),
-            L4::Icmp(_) | L4::Raw { .. } => {}
-        }
+        self.l4.set_port(false, dst.port());
         self
     }
 
@@ -294,7 +256,7 @@ impl Frame {
 
     /// Serialises the frame with correct lengths and freshly computed checksums.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let (protocol, l4) = self.l4.to_bytes(self.ip.src, self.ip.dst);
+        let (protocol, l4) = self.l4.to_bytes(&Pseudo::V4(self.ip.src, self.ip.dst));
         let options = padded(&self.ip.options);
         let header_len = IPV4_MIN_HLEN + options.len();
         let total_len = u16::try_from(header_len + l4.len()).expect("IPv4 packet over 64 KiB");
@@ -320,9 +282,73 @@ impl Frame {
     }
 }
 
+/// The addresses a transport checksum covers: IPv4's or IPv6's pseudo-header. Over IPv6,
+/// [`L4::Icmp`] is ICMPv6, whose checksum covers the pseudo-header too.
+pub(crate) enum Pseudo {
+    V4(Ipv4Addr, Ipv4Addr),
+    V6(Ipv6Addr, Ipv6Addr),
+}
+
+impl Pseudo {
+    fn checksum(&self, protocol: u8, segment: &[u8]) -> u16 {
+        match *self {
+            Pseudo::V4(src, dst) => l4_checksum(src, dst, protocol, segment),
+            Pseudo::V6(src, dst) => l4_checksum6(src, dst, protocol, segment),
+        }
+    }
+}
+
 impl L4 {
-    /// Protocol number and serialised bytes, checksummed with the given pseudo-header addresses.
-    fn to_bytes(&self, src: Ipv4Addr, dst: Ipv4Addr) -> (u8, Vec<u8>) {
+    /// A TCP segment with the given [`tcp_flags`] and no payload.
+    pub fn tcp(src_port: u16, dst_port: u16, flags: u8) -> L4 {
+        L4::Tcp(Tcp {
+            src_port,
+            dst_port,
+            seq: 0x1000_0000,
+            ack: if flags & tcp_flags::ACK != 0 {
+                0x2000_0000
+            } else {
+                0
+            },
+            flags,
+            window: 64_240,
+            options: Vec::new(),
+            payload: Vec::new(),
+        })
+    }
+
+    /// A UDP datagram carrying `payload`, with a computed checksum.
+    pub fn udp(src_port: u16, dst_port: u16, payload: &[u8]) -> L4 {
+        L4::Udp(Udp {
+            src_port,
+            dst_port,
+            zero_checksum: false,
+            payload: payload.to_vec(),
+        })
+    }
+
+    /// The ports of a TCP or UDP part; (0, 0) otherwise.
+    pub(crate) fn ports(&self) -> (u16, u16) {
+        match self {
+            L4::Tcp(t) => (t.src_port, t.dst_port),
+            L4::Udp(u) => (u.src_port, u.dst_port),
+            L4::Icmp(_) | L4::Raw { .. } => (0, 0),
+        }
+    }
+
+    /// Sets the source (`source`) or destination port of a TCP or UDP part.
+    pub(crate) fn set_port(&mut self, source: bool, port: u16) {
+        match (self, source) {
+            (L4::Tcp(t), true) => t.src_port = port,
+            (L4::Tcp(t), false) => t.dst_port = port,
+            (L4::Udp(u), true) => u.src_port = port,
+            (L4::Udp(u), false) => u.dst_port = port,
+            (L4::Icmp(_) | L4::Raw { .. }, _) => {}
+        }
+    }
+
+    /// Protocol number and serialised bytes, checksummed with the given pseudo-header.
+    pub(crate) fn to_bytes(&self, pseudo: &Pseudo) -> (u8, Vec<u8>) {
         match self {
             L4::Tcp(t) => {
                 let options = padded(&t.options);
@@ -337,9 +363,7 @@ impl L4 {
                 b.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent pointer
                 b.extend_from_slice(&options);
                 b.extend_from_slice(&t.payload);
-                put_checksum(&mut b, TCP_CHECKSUM, |b| {
-                    l4_checksum(src, dst, IPPROTO_TCP, b)
-                });
+                put_checksum(&mut b, TCP_CHECKSUM, |b| pseudo.checksum(IPPROTO_TCP, b));
                 (IPPROTO_TCP, b)
             }
             L4::Udp(u) => {
@@ -353,7 +377,7 @@ impl L4 {
                 if !u.zero_checksum {
                     // 0 means "none" in UDP: a computed 0 is sent as its other form, 0xffff.
                     put_checksum(&mut b, UDP_CHECKSUM, |b| {
-                        match l4_checksum(src, dst, IPPROTO_UDP, b) {
+                        match pseudo.checksum(IPPROTO_UDP, b) {
                             0 => 0xffff,
                             sum => sum,
                         }
@@ -366,8 +390,18 @@ impl L4 {
                 b.extend_from_slice(&[icmp.icmp_type, icmp.code, 0, 0]);
                 b.extend_from_slice(&icmp.rest);
                 b.extend_from_slice(&icmp.body);
-                put_checksum(&mut b, ICMP_CHECKSUM, internet_checksum);
-                (IPPROTO_ICMP, b)
+                match pseudo {
+                    Pseudo::V4(..) => {
+                        put_checksum(&mut b, ICMP_CHECKSUM, internet_checksum);
+                        (IPPROTO_ICMP, b)
+                    }
+                    Pseudo::V6(..) => {
+                        put_checksum(&mut b, ICMP_CHECKSUM, |b| {
+                            pseudo.checksum(IPPROTO_ICMPV6, b)
+                        });
+                        (IPPROTO_ICMPV6, b)
+                    }
+                }
             }
             L4::Raw { protocol, bytes } => (*protocol, bytes.clone()),
         }
@@ -375,14 +409,14 @@ impl L4 {
 }
 
 /// `options` padded with zeros to a multiple of 4 bytes.
-fn padded(options: &[u8]) -> Vec<u8> {
+pub(crate) fn padded(options: &[u8]) -> Vec<u8> {
     let mut options = options.to_vec();
     options.resize(options.len().next_multiple_of(4), 0);
     options
 }
 
 /// Stores `checksum(header)` at `offset` of `header`, whose checksum field is zero.
-fn put_checksum(header: &mut [u8], offset: usize, checksum: impl Fn(&[u8]) -> u16) {
+pub(crate) fn put_checksum(header: &mut [u8], offset: usize, checksum: impl Fn(&[u8]) -> u16) {
     let sum = checksum(header);
     header[offset..offset + 2].copy_from_slice(&sum.to_be_bytes());
 }

@@ -1,13 +1,17 @@
 //! Frames read back from bytes, with their checksums verified.
 
-use std::{fmt, net::Ipv4Addr};
-
-use lb_common::net::{
-    ETHERTYPE_IPV4, ETH_HLEN, ETH_TYPE_OFFSET, ICMP_HLEN, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
-    IPV4_DST, IPV4_FRAGMENT_MASK, IPV4_MIN_HLEN, IPV4_SRC, TCP_HLEN, UDP_CHECKSUM, UDP_HLEN,
+use std::{
+    fmt,
+    net::{Ipv4Addr, Ipv6Addr},
 };
 
-use crate::{internet_checksum, l4_checksum};
+use lb_common::net::{
+    ipv6_ext, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETH_HLEN, ETH_TYPE_OFFSET, ICMP_HLEN, IPPROTO_ICMP,
+    IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IPV4_DST, IPV4_FRAGMENT_MASK, IPV4_MIN_HLEN,
+    IPV4_SRC, IPV6_DST, IPV6_HLEN, IPV6_SRC, TCP_HLEN, UDP_CHECKSUM, UDP_HLEN,
+};
+
+use crate::{internet_checksum, l4_checksum, l4_checksum6};
 
 /// A frame as parsed back from bytes, with its checksums verified.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,4 +103,76 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, ParseError> {
 /// another protocol does not).
 pub fn checksums_valid(frame: &[u8]) -> bool {
     parse(frame).is_ok_and(|p| p.ip_checksum_ok && p.l4_checksum_ok == Some(true))
+}
+
+/// An IPv6 frame as parsed back from bytes, with its transport checksum verified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Parsed6 {
+    pub src: Ipv6Addr,
+    pub dst: Ipv6Addr,
+    /// The transport protocol after the extension headers.
+    pub protocol: u8,
+    /// Offset of the transport header in the frame.
+    pub l4_offset: usize,
+    /// Transport ports of a complete TCP/UDP header.
+    pub ports: Option<(u16, u16)>,
+    /// TCP, UDP or ICMPv6 checksum validity (UDP checksum 0 is invalid over IPv6).
+    pub l4_checksum_ok: Option<bool>,
+}
+
+/// Parses an Ethernet/IPv6 frame (walking hop-by-hop, routing, destination options and
+/// fragment headers) and verifies its transport checksum.
+pub fn parse6(frame: &[u8]) -> Result<Parsed6, ParseError> {
+    if frame.len() < ETH_HLEN + IPV6_HLEN {
+        return Err(ParseError("shorter than Ethernet + IPv6 headers"));
+    }
+    let ethertype = u16::from_be_bytes([frame[ETH_TYPE_OFFSET], frame[ETH_TYPE_OFFSET + 1]]);
+    if ethertype != ETHERTYPE_IPV6 || frame[ETH_HLEN] >> 4 != 6 {
+        return Err(ParseError("not IPv6"));
+    }
+    let ip = &frame[ETH_HLEN..];
+    let payload_len = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+    if IPV6_HLEN + payload_len > ip.len() {
+        return Err(ParseError("IPv6 payload length beyond the frame"));
+    }
+    let ip = &ip[..IPV6_HLEN + payload_len];
+    let octets = |at: usize| Ipv6Addr::from(<[u8; 16]>::try_from(&ip[at..at + 16]).unwrap());
+    let (src, dst) = (octets(IPV6_SRC), octets(IPV6_DST));
+    let (mut protocol, mut at) = (ip[6], IPV6_HLEN);
+    while matches!(
+        protocol,
+        ipv6_ext::HOP_BY_HOP | ipv6_ext::ROUTING | ipv6_ext::DESTINATION | ipv6_ext::FRAGMENT
+    ) {
+        let header = ip
+            .get(at..at + 8)
+            .ok_or(ParseError("cut extension header"))?;
+        let len = match protocol {
+            ipv6_ext::FRAGMENT => 8,
+            _ => (usize::from(header[1]) + 1) * 8,
+        };
+        (protocol, at) = (header[0], at + len);
+    }
+    let segment = ip.get(at..).ok_or(ParseError("cut extension header"))?;
+    let min_len = match protocol {
+        IPPROTO_TCP => TCP_HLEN,
+        IPPROTO_UDP => UDP_HLEN,
+        IPPROTO_ICMPV6 => ICMP_HLEN,
+        _ => usize::MAX,
+    };
+    let complete = segment.len() >= min_len;
+    let ports = (complete && protocol != IPPROTO_ICMPV6).then(|| {
+        (
+            u16::from_be_bytes([segment[0], segment[1]]),
+            u16::from_be_bytes([segment[2], segment[3]]),
+        )
+    });
+    let l4_checksum_ok = complete.then(|| l4_checksum6(src, dst, protocol, segment) == 0);
+    Ok(Parsed6 {
+        src,
+        dst,
+        protocol,
+        l4_offset: ETH_HLEN + at,
+        ports,
+        l4_checksum_ok,
+    })
 }

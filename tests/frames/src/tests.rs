@@ -168,3 +168,58 @@ fn a_datagram_cut_into_fragments_reassembles_in_any_order() {
         "the datagram without don't-fragment"
     );
 }
+
+mod ipv6 {
+    use std::net::SocketAddrV6;
+
+    use lb_common::net::{ipv6_ext, tcp_flags, IPPROTO_TCP, IPPROTO_UDP};
+
+    use crate::{parse6, Ext, Frame6};
+
+    fn end(addr: &str, port: u16) -> SocketAddrV6 {
+        SocketAddrV6::new(addr.parse().unwrap(), port, 0, 0)
+    }
+
+    #[test]
+    fn tcp_and_udp_frames_parse_back_with_valid_checksums() {
+        let (client, vip) = (end("2001:2::a", 40000), end("2001:2:1::1", 80));
+        let tcp = Frame6::tcp(client, vip, tcp_flags::SYN).to_bytes();
+        let parsed = parse6(&tcp).unwrap();
+        assert_eq!((parsed.src, parsed.dst), (*client.ip(), *vip.ip()));
+        assert_eq!((parsed.protocol, parsed.l4_offset), (IPPROTO_TCP, 14 + 40));
+        assert_eq!(parsed.ports, Some((40000, 80)));
+        assert_eq!(parsed.l4_checksum_ok, Some(true));
+        let udp = Frame6::udp(client, vip, b"hello").to_bytes();
+        assert_eq!(parse6(&udp).unwrap().l4_checksum_ok, Some(true));
+        let mut flipped = udp.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        assert_eq!(parse6(&flipped).unwrap().l4_checksum_ok, Some(false));
+    }
+
+    #[test]
+    fn extension_headers_chain_to_the_transport() {
+        let frame = Frame6::udp(end("2001:2::a", 1), end("2001:2::b", 2), b"x")
+            .with_ext(vec![
+                Ext::options(ipv6_ext::HOP_BY_HOP),
+                Ext::routing(0),
+                Ext::options(ipv6_ext::DESTINATION),
+            ])
+            .to_bytes();
+        assert_eq!(frame[14 + 6], ipv6_ext::HOP_BY_HOP);
+        let parsed = parse6(&frame).unwrap();
+        assert_eq!(
+            (parsed.protocol, parsed.l4_offset),
+            (IPPROTO_UDP, 14 + 40 + 24)
+        );
+        assert_eq!(parsed.l4_checksum_ok, Some(true));
+        assert_eq!(u16::from_be_bytes([frame[18], frame[19]]), 24 + 8 + 1);
+    }
+
+    #[test]
+    fn a_zero_udp_checksum_is_invalid_over_ipv6() {
+        let frame = Frame6::udp(end("2001:2::a", 1), end("2001:2::b", 2), b"x")
+            .with_udp_zero_checksum()
+            .to_bytes();
+        assert_eq!(parse6(&frame).unwrap().l4_checksum_ok, Some(false));
+    }
+}
