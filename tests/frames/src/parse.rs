@@ -100,8 +100,12 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, ParseError> {
 
 /// Whether `frame` is a complete IPv4 packet whose header checksum and TCP, UDP or ICMP
 /// checksum verify (a UDP checksum of 0 means none and verifies; a fragment, a cut segment or
-/// another protocol does not).
+/// another protocol does not), or a complete IPv6 packet whose TCP, UDP or ICMPv6 checksum
+/// verifies.
 pub fn checksums_valid(frame: &[u8]) -> bool {
+    if frame.get(ETH_TYPE_OFFSET..ETH_TYPE_OFFSET + 2) == Some(&ETHERTYPE_IPV6.to_be_bytes()) {
+        return parse6(frame).is_ok_and(|p| p.l4_checksum_ok == Some(true));
+    }
     parse(frame).is_ok_and(|p| p.ip_checksum_ok && p.l4_checksum_ok == Some(true))
 }
 

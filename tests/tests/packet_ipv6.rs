@@ -1,0 +1,309 @@
+//! IPv6 through the real TC and XDP programs (BPF_PROG_TEST_RUN), which tail-call their IPv6
+//! twins: DNAT and reverse translation of TCP and UDP with checksums over the IPv6
+//! pseudo-header, conntrack, the egress reply path, extension headers, ICMPv6 port
+//! unreachable for a Service without endpoints, and every IPv6 frame that is not a Service's
+//! passing untouched (NDP above all). Expected frames are built from scratch by lb-frames.
+
+mod fixture;
+
+use std::net::{Ipv6Addr, SocketAddrV6};
+
+use fixture::{
+    cases::{run_cases, Case, Expect},
+    deltas, Fixture, Hook, Verdict, HOOKS,
+};
+use lb_common::{
+    net::{icmpv6, ipv6_ext, tcp_flags, ETH_HLEN},
+    Counter,
+};
+use lb_frames::{assert_frames_equal, Ext, Frame6, Icmp, DST_MAC, L4, SRC_MAC};
+use lb_tests::require_root;
+use lb_userspace::model::Protocol;
+
+const VIP: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0x53, 0, 0, 0, 1);
+const CLIENT: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 0x0a);
+const BACKEND: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 1, 0, 0, 0, 0x0b);
+
+fn vip(port: u16) -> SocketAddrV6 {
+    SocketAddrV6::new(VIP, port, 0, 0)
+}
+
+fn client(port: u16) -> SocketAddrV6 {
+    SocketAddrV6::new(CLIENT, port, 0, 0)
+}
+
+fn backend() -> SocketAddrV6 {
+    SocketAddrV6::new(BACKEND, 8080, 0, 0)
+}
+
+/// A fixture whose one Service, `vip(port)` over `protocol`, balances to [`backend`].
+fn one_backend(hook: Hook, port: u16, protocol: Protocol) -> Fixture {
+    let mut fx = Fixture::new(hook);
+    fx.set_services(&[(vip(port), protocol, &[backend()][..])]);
+    fx
+}
+
+#[test]
+fn tcp_is_translated_both_ways_and_follows_conntrack() {
+    require_root!();
+    for hook in HOOKS {
+        let mut fx = one_backend(hook, 80, Protocol::Tcp);
+        let syn = Frame6::tcp(client(40_000), vip(80), tcp_flags::SYN);
+        let (verdict, out, moved) = fx.run_counted(&syn.to_bytes());
+        assert_eq!(verdict, Verdict::Pass, "{hook:?}");
+        assert_frames_equal(&out, &syn.clone().with_dst(backend()).to_bytes());
+        assert_eq!(
+            moved,
+            deltas(&[(Counter::Packets, 1), (Counter::NewFlows, 1)])
+        );
+        assert_eq!(fx.conntrack_len(), 2, "a forward and a reply entry");
+
+        let syn_ack = Frame6::tcp(backend(), client(40_000), tcp_flags::SYN | tcp_flags::ACK);
+        let (verdict, out, moved) = fx.run_counted(&syn_ack.to_bytes());
+        assert_eq!(verdict, Verdict::Pass, "{hook:?}");
+        assert_frames_equal(&out, &syn_ack.with_src(vip(80)).to_bytes());
+        assert_eq!(
+            moved,
+            deltas(&[(Counter::Packets, 1), (Counter::ReplyTranslated, 1)])
+        );
+
+        let ack = Frame6::tcp(client(40_000), vip(80), tcp_flags::ACK);
+        let (_, out, moved) = fx.run_counted(&ack.to_bytes());
+        assert_frames_equal(&out, &ack.with_dst(backend()).to_bytes());
+        assert_eq!(
+            moved,
+            deltas(&[(Counter::Packets, 1), (Counter::ForwardTranslated, 1)])
+        );
+    }
+}
+
+#[test]
+fn udp_is_translated_both_ways() {
+    require_root!();
+    for hook in HOOKS {
+        let mut fx = one_backend(hook, 53, Protocol::Udp);
+        let query = Frame6::udp(client(50_000), vip(53), b"query: demo.default.svc?");
+        let (verdict, out, _) = fx.run_counted(&query.to_bytes());
+        assert_eq!(verdict, Verdict::Pass, "{hook:?}");
+        assert_frames_equal(&out, &query.with_dst(backend()).to_bytes());
+        let answer = Frame6::udp(backend(), client(50_000), b"answer, odd length");
+        let (_, out, moved) = fx.run_counted(&answer.to_bytes());
+        assert_frames_equal(&out, &answer.with_src(vip(53)).to_bytes());
+        assert_eq!(
+            moved,
+            deltas(&[(Counter::Packets, 1), (Counter::ReplyTranslated, 1)])
+        );
+    }
+}
+
+#[test]
+fn extension_headers_are_kept_and_the_ports_after_them_translated() {
+    require_root!();
+    for hook in HOOKS {
+        let mut fx = one_backend(hook, 80, Protocol::Tcp);
+        let ext = vec![
+            Ext::options(ipv6_ext::HOP_BY_HOP),
+            Ext::routing(0),
+            Ext::options(ipv6_ext::DESTINATION),
+        ];
+        let syn = Frame6::tcp(client(40_001), vip(80), tcp_flags::SYN).with_ext(ext);
+        let (verdict, out, moved) = fx.run_counted(&syn.to_bytes());
+        assert_eq!(verdict, Verdict::Pass, "{hook:?}");
+        assert_frames_equal(&out, &syn.with_dst(backend()).to_bytes());
+        assert_eq!(
+            moved,
+            deltas(&[(Counter::Packets, 1), (Counter::NewFlows, 1)])
+        );
+    }
+}
+
+#[test]
+fn the_nodes_own_reply_is_translated_at_egress() {
+    require_root!();
+    let mut fx = one_backend(Hook::Tc, 80, Protocol::Tcp);
+    let syn = Frame6::tcp(client(40_002), vip(80), tcp_flags::SYN);
+    fx.run_counted(&syn.to_bytes());
+    let syn_ack = Frame6::tcp(backend(), client(40_002), tcp_flags::SYN | tcp_flags::ACK);
+    let (verdict, out, moved) = fx.run_counted_on(Hook::TcEgress, &syn_ack.to_bytes());
+    assert_eq!(verdict, Verdict::Pass);
+    assert_frames_equal(&out, &syn_ack.with_src(vip(80)).to_bytes());
+    assert_eq!(moved, deltas(&[(Counter::ReplyTranslated, 1)]));
+}
+
+/// The ICMPv6 port unreachable the frontend answers `original` with, built from RFC 4443:
+/// Ethernet addresses swapped, IPv6 from the destination back to the sender (traffic class
+/// and flow label 0, hop limit 64), type 1 code 4 quoting the original IPv6 packet up to the
+/// end of its fixed TCP or UDP header.
+fn port_unreachable(original: &Frame6, quoted_l4: usize) -> Vec<u8> {
+    let bytes = original.to_bytes();
+    let l4_offset = lb_frames::parse6(&bytes).expect("a valid frame").l4_offset;
+    let quoted = bytes[ETH_HLEN..l4_offset + quoted_l4].to_vec();
+    let icmp = Icmp {
+        icmp_type: icmpv6::DEST_UNREACH,
+        code: icmpv6::PORT_UNREACH,
+        rest: [0; 4],
+        body: quoted,
+    };
+    let mut reply = Frame6::new(original.ip.dst, original.ip.src, L4::Icmp(icmp));
+    (reply.dst_mac, reply.src_mac) = (SRC_MAC, DST_MAC);
+    reply.ip.flow_label = 0;
+    reply.to_bytes()
+}
+
+#[test]
+fn a_service_without_endpoints_answers_icmpv6_port_unreachable() {
+    require_root!();
+    for hook in HOOKS {
+        for (syn, quoted_l4) in [
+            (Frame6::tcp(client(40_003), vip(80), tcp_flags::SYN), 20),
+            (
+                Frame6::tcp(client(40_004), vip(80), tcp_flags::SYN)
+                    .with_ext(vec![Ext::options(ipv6_ext::DESTINATION)]),
+                20,
+            ),
+        ] {
+            let mut fx = Fixture::new(hook);
+            fx.set_services(&[(vip(80), Protocol::Tcp, &[][..])]);
+            let (verdict, out, moved) = fx.run_counted(&syn.to_bytes());
+            assert_eq!(verdict, Verdict::SendBack, "{hook:?}");
+            assert_frames_equal(&out, &port_unreachable(&syn, quoted_l4));
+            assert_eq!(
+                moved,
+                deltas(&[(Counter::Packets, 1), (Counter::RejectNoBackend, 1)])
+            );
+            assert_eq!(fx.conntrack_len(), 0);
+        }
+        let mut fx = Fixture::new(hook);
+        fx.set_services(&[(vip(53), Protocol::Udp, &[][..])]);
+        let query = Frame6::udp(client(50_001), vip(53), b"anyone?");
+        let (verdict, out, _) = fx.run_counted(&query.to_bytes());
+        assert_eq!(verdict, Verdict::SendBack, "{hook:?}");
+        assert_frames_equal(&out, &port_unreachable(&query, 8));
+    }
+}
+
+/// A fixture with the TCP Service at `vip(80)`, for the stateless cases.
+fn tcp_service(hook: Hook) -> Fixture {
+    one_backend(hook, 80, Protocol::Tcp)
+}
+
+/// `frame` cut `cut` bytes short; its payload length still counts them.
+fn cut(frame: Frame6, cut: usize) -> Vec<u8> {
+    let mut bytes = frame.to_bytes();
+    bytes.truncate(bytes.len() - cut);
+    bytes
+}
+
+fn untouched(name: &'static str, input: Vec<u8>, counter: Counter) -> Case {
+    Case {
+        name,
+        hooks: &HOOKS,
+        setup: tcp_service,
+        input,
+        expect: Expect::untouched(deltas(&[(Counter::Packets, 1), (counter, 1)])),
+    }
+}
+
+#[test]
+fn ipv6_frames_that_are_not_a_services_pass_untouched() {
+    require_root!();
+    let syn = || Frame6::tcp(client(40_005), vip(80), tcp_flags::SYN);
+    let icmp = |icmp_type| {
+        let message = Icmp {
+            icmp_type,
+            code: 0,
+            rest: [0; 4],
+            body: VIP.octets().to_vec(),
+        };
+        Frame6::new(CLIENT, VIP, L4::Icmp(message)).to_bytes()
+    };
+    let many = vec![Ext::options(ipv6_ext::DESTINATION); 5];
+    let late_hop_by_hop = vec![
+        Ext::options(ipv6_ext::DESTINATION),
+        Ext::options(ipv6_ext::HOP_BY_HOP),
+    ];
+    let in_extension = cut(
+        syn().with_ext(vec![Ext::options(ipv6_ext::DESTINATION)]),
+        20 + 6,
+    );
+    run_cases(&[
+        untouched(
+            "neighbour solicitation",
+            icmp(icmpv6::NEIGHBOR_SOLICIT),
+            Counter::OtherProtocol,
+        ),
+        untouched(
+            "neighbour advertisement",
+            icmp(icmpv6::NEIGHBOR_ADVERT),
+            Counter::OtherProtocol,
+        ),
+        untouched(
+            "echo request to the VIP",
+            icmp(icmpv6::ECHO_REQUEST),
+            Counter::OtherProtocol,
+        ),
+        untouched(
+            "no Service at the address",
+            Frame6::tcp(
+                client(40_005),
+                SocketAddrV6::new(CLIENT, 80, 0, 0),
+                tcp_flags::SYN,
+            )
+            .to_bytes(),
+            Counter::NotService,
+        ),
+        untouched(
+            "fragment header",
+            syn().with_ext(vec![Ext::fragment(0, true, 7)]).to_bytes(),
+            Counter::Fragment,
+        ),
+        untouched(
+            "routing header with segments left",
+            syn().with_ext(vec![Ext::routing(1)]).to_bytes(),
+            Counter::Ipv6RoutingPending,
+        ),
+        untouched(
+            "five extension headers",
+            syn().with_ext(many).to_bytes(),
+            Counter::Ipv6ExtensionLimit,
+        ),
+        untouched(
+            "hop-by-hop not first",
+            syn().with_ext(late_hop_by_hop).to_bytes(),
+            Counter::Ipv6ExtensionLimit,
+        ),
+        untouched(
+            "UDP checksum 0",
+            Frame6::udp(client(50_002), vip(80), b"x")
+                .with_udp_zero_checksum()
+                .to_bytes(),
+            Counter::UdpZeroChecksum,
+        ),
+        Case {
+            hooks: &[Hook::Xdp],
+            ..untouched(
+                "cut in the fixed header",
+                cut(syn(), 20 + 10),
+                Counter::TruncatedIpv6,
+            )
+        },
+        // The kernel's TC test runner wants a whole IPv6 header; a real skb has one too.
+        Case {
+            name: "cut in the fixed header, at TC",
+            hooks: &[Hook::Tc],
+            setup: tcp_service,
+            input: cut(syn(), 20 + 10),
+            expect: Expect::Refused,
+        },
+        untouched(
+            "cut in an extension header",
+            in_extension,
+            Counter::TruncatedIpv6,
+        ),
+        untouched(
+            "cut in the TCP header",
+            cut(syn(), 4),
+            Counter::TruncatedIpv6,
+        ),
+    ]);
+}
