@@ -4,8 +4,8 @@
 //! - LoadBalancer: each `status.loadBalancer.ingress[].ip` x port;
 //! - any type: each `spec.externalIPs` entry x port.
 //!
-//! Only IPv4 is programmed for now (the data path parses IPv4 only): IPv6 addresses are
-//! skipped.
+//! Both families: a dual-stack Service has frontends of each (`translate` gives each family's
+//! frontends that family's endpoints).
 
 use std::net::IpAddr;
 
@@ -66,6 +66,5 @@ pub fn frontends(
             .iter()
             .map(|ip| (on(*ip, port.port), FrontendKind::External)),
     );
-    frontends.retain(|(frontend, _)| frontend.addr.is_ipv4());
     frontends
 }

@@ -16,14 +16,15 @@
 //!   holds one of the node's addresses, the load balancer IP itself is allowed as a source
 //!   too (a VIP routed locally loops the node's own requests back from it).
 //!
-//! Only IPv4 is programmed for now: IPv6 cluster IPs and IPv6/FQDN slices are skipped.
+//! Each family the Service has a cluster IP of is programmed from that family's EndpointSlices
+//! only (FQDN slices are skipped, as kube-proxy does).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use ipnet::IpNet;
 
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::desired::DesiredTracker;
 use super::endpoints::PortEndpoints;
@@ -79,46 +80,55 @@ pub fn service_frontends(
     slices: &[&SliceDef],
     node: &NodeDef,
 ) -> Vec<(Frontend, DesiredService)> {
-    if !service.cluster_ips.iter().any(|ip| ip.is_ipv4()) {
-        if service.cluster_ips.is_empty() {
-            debug!(
-                "Service {}/{}: no cluster IP (headless, ExternalName or unassigned); not \
-                 proxied",
-                service.namespace, service.name
-            );
-        } else {
-            warn!(
-                "Service {}/{}: IPv6-only Services are not served yet; not proxied",
-                service.namespace, service.name
-            );
-        }
+    if service.cluster_ips.is_empty() {
+        debug!(
+            "Service {}/{}: no cluster IP (headless, ExternalName or unassigned); not proxied",
+            service.namespace, service.name
+        );
         return Vec::new();
     }
-    let slices: Vec<&SliceDef> = slices
-        .iter()
-        .copied()
-        .filter(|slice| match slice.address_type {
-            AddressType::Ipv4 => true,
-            other => {
-                debug!(
-                    "EndpointSlice {}/{}: addressType {other:?} is not programmed yet; skipped",
-                    slice.namespace, slice.name
-                );
-                false
-            }
-        })
-        .collect();
+    for slice in slices {
+        if slice.address_type == AddressType::Fqdn {
+            debug!(
+                "EndpointSlice {}/{}: addressType FQDN is not proxied (as kube-proxy); skipped",
+                slice.namespace, slice.name
+            );
+        }
+    }
     let mut frontends_of_service = Vec::new();
     for port in &service.ports {
-        let endpoints = PortEndpoints::select(port, &slices, node);
-        let backends = PortBackends::new(service, &endpoints);
-        for (frontend, kind) in frontends(service, port, node) {
-            let mut desired = desired_service(service, port, kind, &backends);
-            if kind == FrontendKind::LoadBalancerIp {
-                (desired.source_ranges, desired.source_ranges_hold_node) =
-                    source_ranges(service, frontend, node);
+        let frontends = frontends(service, port, node);
+        // kube-proxy's rule: each family's frontends balance to that family's slices only,
+        // so a family whose slices are missing rejects on that family alone.
+        // As kube-proxy's per-family proxiers, a family the Service has no cluster IP of is
+        // not served at all (its external IPs and node ports included).
+        for family in [AddressType::Ipv4, AddressType::Ipv6] {
+            let ipv4 = family == AddressType::Ipv4;
+            if !service.cluster_ips.iter().any(|ip| ip.is_ipv4() == ipv4) {
+                continue;
             }
-            frontends_of_service.push((frontend, desired));
+            let mut of_family = frontends
+                .iter()
+                .filter(|(frontend, _)| frontend.addr.is_ipv4() == ipv4)
+                .peekable();
+            if of_family.peek().is_none() {
+                continue;
+            }
+            let slices: Vec<&SliceDef> = slices
+                .iter()
+                .copied()
+                .filter(|slice| slice.address_type == family)
+                .collect();
+            let endpoints = PortEndpoints::select(port, &slices, node);
+            let backends = PortBackends::new(service, &endpoints);
+            for &(frontend, kind) in of_family {
+                let mut desired = desired_service(service, port, kind, &backends);
+                if kind == FrontendKind::LoadBalancerIp {
+                    (desired.source_ranges, desired.source_ranges_hold_node) =
+                        source_ranges(service, frontend, node);
+                }
+                frontends_of_service.push((frontend, desired));
+            }
         }
     }
     frontends_of_service

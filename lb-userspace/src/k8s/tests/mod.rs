@@ -9,6 +9,7 @@ use lb_common::Capacity;
 use super::{desired_state, NodeDef, ServiceDef, SliceDef};
 use crate::model::{BackendSet, DesiredService};
 
+mod dual_stack;
 mod health_check;
 mod topology;
 mod translate;
@@ -31,12 +32,12 @@ fn node(yaml: &str) -> Result<NodeDef, String> {
     NodeDef::from_k8s(&node).map_err(|e| e.to_string())
 }
 
-/// This node in the tests: `node-a` in `zone-a` at 198.18.0.1 (and an IPv6 address that is
-/// skipped), where health check node ports listen.
+/// This node in the tests: `node-a` in `zone-a` at 198.18.0.1, where health check node ports
+/// listen ([`dual_stack`] gives it an IPv6 address too).
 fn node_a() -> NodeDef {
     NodeDef {
         name: "node-a".into(),
-        addresses: vec!["198.18.0.1".parse().unwrap(), "2001:2::1".parse().unwrap()],
+        addresses: vec!["198.18.0.1".parse().unwrap()],
         zone: Some("zone-a".into()),
         health_check_addrs: [[198, 18, 0, 1].into()].into(),
     }
@@ -85,9 +86,14 @@ fn describe(service: &DesiredService) -> String {
 
 /// Frontend ("addr:port/PROTO") -> its scopes ([`describe`]), on `node_a()`.
 fn translate(services: &[&str], slices: &[&str]) -> BTreeMap<String, String> {
+    translate_on(&node_a(), services, slices)
+}
+
+/// [`translate`] on `node`.
+fn translate_on(node: &NodeDef, services: &[&str], slices: &[&str]) -> BTreeMap<String, String> {
     let services: Vec<ServiceDef> = services.iter().map(|s| service(s).unwrap()).collect();
     let slices: Vec<SliceDef> = slices.iter().map(|s| slice(s).unwrap()).collect();
-    desired_state(&services, &slices, &node_a())
+    desired_state(&services, &slices, node)
         .services
         .iter()
         .map(|(fe, svc)| (fe.to_string(), describe(svc)))
