@@ -86,7 +86,10 @@ fn an_ipv6_only_service_is_served_on_ipv6_only() {
         .replace("ipFamilies: [IPv4, IPv6]", "ipFamilies: [IPv6]")
         .replace("RequireDualStack", "SingleStack")
         .replace("clusterIP: 198.19.0.10", "clusterIP: \"2001:2:0:53::10\"")
-        .replace("[198.19.0.10, \"2001:2:0:53::10\"]", "[\"2001:2:0:53::10\"]");
+        .replace(
+            "[198.19.0.10, \"2001:2:0:53::10\"]",
+            "[\"2001:2:0:53::10\"]",
+        );
     assert_eq!(
         translate_on(&dual_stack_node(), &[&v6_only], &[V4_SLICE, V6_SLICE]),
         expect([
