@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec, ServiceStatus};
-use tracing::{debug, warn};
+use tracing::warn;
 
 use super::fields::{check_target_port, object_name, parse_ip, parse_ips, port_number, protocol};
 use crate::model::{Algorithm, Protocol};
@@ -31,7 +31,8 @@ pub struct ServiceDef {
     pub service_type: ServiceType,
     /// Cluster IPs; empty for headless and ExternalName services, which are not proxied.
     pub cluster_ips: Vec<IpAddr>,
-    /// TCP and UDP ports (SCTP ports are left out: the data path does not handle SCTP).
+    /// TCP and UDP ports (SCTP ports are left out, logged at warn: the data path does not
+    /// handle SCTP yet).
     pub ports: Vec<PortDef>,
     /// `spec.externalIPs`.
     pub external_ips: Vec<IpAddr>,
@@ -108,7 +109,14 @@ impl ServiceDef {
                 ))
             }
         };
-        let ports = service_ports(spec.ports.as_deref().unwrap_or_default())?;
+        let (ports, sctp) = service_ports(spec.ports.as_deref().unwrap_or_default())?;
+        if !sctp.is_empty() {
+            warn!(
+                "Service {namespace}/{name}: SCTP port(s) {} not served (the data path balances \
+                 TCP and UDP only)",
+                sctp.join(", ")
+            );
+        }
         let cluster_ips = match service_type {
             ServiceType::ExternalName => Vec::new(),
             _ => cluster_ips(&spec)?,
@@ -175,15 +183,17 @@ fn cluster_ips(spec: &ServiceSpec) -> Result<Vec<IpAddr>, FieldError> {
         .collect()
 }
 
-fn service_ports(ports: &[ServicePort]) -> Result<Vec<PortDef>, FieldError> {
+/// The TCP and UDP ports, and the numbers of the SCTP ones, which are not served.
+fn service_ports(ports: &[ServicePort]) -> Result<(Vec<PortDef>, Vec<String>), FieldError> {
     let mut seen: HashMap<(u16, Protocol), usize> = HashMap::new();
     let mut defs = Vec::new();
+    let mut sctp = Vec::new();
     for (i, port) in ports.iter().enumerate() {
         let path = format!("spec.ports[{i}]");
         let number = port_number(port.port, &format!("{path}.port"))?;
         let Some(protocol) = protocol(port.protocol.as_deref(), &format!("{path}.protocol"))?
         else {
-            debug!("{path}: SCTP is not load balanced; port skipped");
+            sctp.push(number.to_string());
             continue;
         };
         if let Some(first) = seen.insert((number, protocol), i) {
@@ -204,7 +214,7 @@ fn service_ports(ports: &[ServicePort]) -> Result<Vec<PortDef>, FieldError> {
             node_port,
         });
     }
-    Ok(defs)
+    Ok((defs, sctp))
 }
 
 fn load_balancer_ips(status: Option<&ServiceStatus>) -> Result<Vec<IpAddr>, FieldError> {
