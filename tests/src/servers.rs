@@ -8,7 +8,9 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     io::{self, BufRead, BufReader, Write},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    net::{
+        IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket,
+    },
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc, Mutex,
@@ -51,8 +53,9 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts a TCP server on `addr` inside `netns`, answering with `name`.
-    pub fn tcp(netns: &NetNs, addr: SocketAddrV4, name: &str) -> Result<Server> {
+    /// Starts a TCP server on `addr` (IPv4 or IPv6) inside `netns`, answering with `name`.
+    pub fn tcp(netns: &NetNs, addr: impl Into<SocketAddr>, name: &str) -> Result<Server> {
+        let addr = addr.into();
         let context = format!("cannot listen on tcp {addr} in {}", netns.name());
         let listener = netns
             .run(|| TcpListener::bind(addr))?
@@ -69,8 +72,9 @@ impl Server {
         })
     }
 
-    /// Starts a UDP server on `addr` inside `netns`, answering with `name`.
-    pub fn udp(netns: &NetNs, addr: SocketAddrV4, name: &str) -> Result<Server> {
+    /// Starts a UDP server on `addr` (IPv4 or IPv6) inside `netns`, answering with `name`.
+    pub fn udp(netns: &NetNs, addr: impl Into<SocketAddr>, name: &str) -> Result<Server> {
+        let addr = addr.into();
         let context = format!("cannot bind udp {addr} in {}", netns.name());
         let socket = netns
             .run(|| UdpSocket::bind(addr))?
@@ -200,7 +204,7 @@ pub struct TcpClient {
 
 impl TcpClient {
     /// Connects to `target`, failing after `timeout` (connect and each later read/write).
-    pub fn connect(target: SocketAddrV4, timeout: Duration) -> io::Result<TcpClient> {
+    pub fn connect(target: impl Into<SocketAddr>, timeout: Duration) -> io::Result<TcpClient> {
         let stream = TcpStream::connect_timeout(&target.into(), timeout)?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
@@ -232,26 +236,31 @@ impl TcpClient {
 }
 
 /// Opens a TCP connection to `target`, asks once and closes. Run inside the client namespace.
-pub fn tcp_request(target: SocketAddrV4, timeout: Duration) -> io::Result<Reply> {
+pub fn tcp_request(target: impl Into<SocketAddr>, timeout: Duration) -> io::Result<Reply> {
     TcpClient::connect(target, timeout)?.ask()
 }
 
 /// Sends one UDP datagram to `target` from a fresh socket and waits up to `timeout` for the
 /// answer. Run inside the client namespace. The socket is unconnected, so an answer from any
 /// source is received and its real source is reported in [`Reply::peer`].
-pub fn udp_request(target: SocketAddrV4, timeout: Duration) -> io::Result<Reply> {
-    udp_request_from(Ipv4Addr::UNSPECIFIED, target, timeout)
+pub fn udp_request(target: impl Into<SocketAddr>, timeout: Duration) -> io::Result<Reply> {
+    let target = target.into();
+    let any: IpAddr = match target {
+        SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+    };
+    udp_request_from(any, target, timeout)
 }
 
 /// [`udp_request`] from a socket bound to `source` (any port).
 pub fn udp_request_from(
-    source: Ipv4Addr,
-    target: SocketAddrV4,
+    source: impl Into<IpAddr>,
+    target: impl Into<SocketAddr>,
     timeout: Duration,
 ) -> io::Result<Reply> {
-    let socket = UdpSocket::bind((source, 0))?;
+    let socket = UdpSocket::bind((source.into(), 0))?;
     socket.set_read_timeout(Some(timeout))?;
-    socket.send_to(REQUEST, target)?;
+    socket.send_to(REQUEST, target.into())?;
     let mut buf = [0u8; 256];
     let (len, peer) = socket.recv_from(&mut buf)?;
     Ok(Reply {

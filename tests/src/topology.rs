@@ -4,12 +4,16 @@
 //! default route via the gateway. The node forwards (ip_forward=1) with rp_filter off, since
 //! replies translated back to a VIP arrive on a pod's veth that has no route to the VIP.
 //!
+//! [`Topology::add_ipv6`] makes the pods dual-stack: each pod also gets [`ipv6_of`] its IPv4
+//! address /128, the node's veth ends [`GATEWAY6`]/128 and a /128 route to their pod, and the
+//! node forwards IPv6 too.
+//!
 //! Optionally an "outside" namespace stands for the world beyond the node: a veth pair joins
 //! it to the node's external interface [`EXTERNAL_IFACE`] ([`NODE_IP`]/24, where the agent
 //! attaches XDP), and it routes everything via the node, so NodePort, LoadBalancer and
 //! external IP traffic enters the node the way it would from a wire.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 pub mod lan;
 mod xdp_pass;
@@ -21,6 +25,9 @@ use crate::{cmd, error::io_context, netns::NetNs, Error, Result};
 /// Node-side address of every pod veth, the pods' default gateway (a link-local-like /32, as
 /// kind's ptp CNI uses the node's pod-CIDR gateway).
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+/// Node-side IPv6 address of every pod veth once [`Topology::add_ipv6`] ran: the pods'
+/// IPv6 default gateway.
+pub const GATEWAY6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0xffff, 0, 0, 0, 0, 1);
 /// Address of the client pod in [`Topology::client_and_backends`].
 pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
 /// Name of the client pod in [`Topology::client_and_backends`].
@@ -46,6 +53,11 @@ pub fn backend_name(index: usize) -> String {
 /// Address of backend `index` in [`Topology::client_and_backends`]: 198.18.0.11, .12, ...
 pub fn backend_addr(index: usize) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 0, 11 + index as u8)
+}
+
+/// A pod's IPv6 address: its IPv4 address in the low 32 bits of 2001:2::/96.
+pub fn ipv6_of(v4: Ipv4Addr) -> Ipv6Addr {
+    Ipv6Addr::from((0x2001_0002_u128 << 96) | u128::from(u32::from(v4)))
 }
 
 /// Fails for an interface name longer than the kernel accepts.
@@ -203,6 +215,43 @@ impl Topology {
             host_iface,
             netns,
         })
+    }
+
+    /// Makes every pod dual-stack (see the module documentation). Addresses skip duplicate
+    /// address detection, so they are usable at once.
+    pub fn add_ipv6(&self) -> Result<()> {
+        self.node.set_sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        let gateway = GATEWAY6.to_string();
+        for pod in &self.pods {
+            let addr = ipv6_of(pod.addr).to_string();
+            let iface = &pod.host_iface;
+            let node = &self.node;
+            node.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{gateway}/128"),
+                "dev",
+                iface,
+                "nodad",
+            ])?;
+            node.ip(&["-6", "route", "add", &format!("{addr}/128"), "dev", iface])?;
+            let netns = &pod.netns;
+            netns.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{addr}/128"),
+                "dev",
+                POD_IFACE,
+                "nodad",
+            ])?;
+            netns.ip(&["-6", "route", "add", &gateway, "dev", POD_IFACE])?;
+            netns.ip(&[
+                "-6", "route", "add", "default", "via", &gateway, "dev", POD_IFACE,
+            ])?;
+        }
+        Ok(())
     }
 
     /// Adds the outside namespace ([`OUTSIDE_ADDR`]) joined to the node's [`EXTERNAL_IFACE`]

@@ -1,0 +1,175 @@
+//! End to end over IPv6: the real `lb-agent` (file mode) programs a dual-stack Service and an
+//! IPv6 Service without endpoints; a dual-stack client pod reaches the Service over TCP and
+//! UDP on both families through the TC programs (the IPv6 ones by tail call), every answer
+//! comes from the address it asked, each family's requests reach that family's backends, and
+//! a connection to the Service without endpoints is refused at once.
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    io::ErrorKind,
+    net::{IpAddr, SocketAddr, SocketAddrV6},
+    time::Duration,
+};
+
+use lb_tests::{
+    agent::{Agent, AgentOptions},
+    require_root,
+    servers::{tally, tcp_request, udp_request, Server},
+    topology::{backend_name, ipv6_of, Topology, CLIENT},
+};
+
+const BACKENDS: usize = 2;
+const REQUESTS: usize = 40;
+const TIMEOUT: Duration = Duration::from_secs(2);
+const VIP4: &str = "198.19.0.60";
+const VIP6: &str = "2001:2:0:53::60";
+const EMPTY_VIP6: &str = "2001:2:0:53::61";
+
+/// The Service (both families) and its two EndpointSlices, and the IPv6 Service without
+/// endpoints.
+fn manifests(topology: &Topology) -> (String, String) {
+    let services = format!(
+        "\
+apiVersion: v1
+kind: Service
+metadata: {{name: dual, namespace: default}}
+spec:
+  type: ClusterIP
+  ipFamilyPolicy: RequireDualStack
+  ipFamilies: [IPv4, IPv6]
+  clusterIP: {VIP4}
+  clusterIPs: [{VIP4}, \"{VIP6}\"]
+  ports:
+    - {{name: tcp, protocol: TCP, port: 80, targetPort: 8080}}
+    - {{name: udp, protocol: UDP, port: 53, targetPort: 8053}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: empty6, namespace: default}}
+spec:
+  type: ClusterIP
+  ipFamilyPolicy: SingleStack
+  ipFamilies: [IPv6]
+  clusterIP: \"{EMPTY_VIP6}\"
+  clusterIPs: [\"{EMPTY_VIP6}\"]
+  ports:
+    - {{name: tcp, protocol: TCP, port: 80, targetPort: 8080}}
+"
+    );
+    let slice = |family: &str, name: &str, addr: &dyn Fn(usize) -> String| {
+        let endpoints: String = (0..BACKENDS)
+            .map(|i| format!("  - {{addresses: [\"{}\"]}}\n", addr(i)))
+            .collect();
+        format!(
+            "\
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {name}
+  namespace: default
+  labels: {{kubernetes.io/service-name: dual}}
+addressType: {family}
+ports:
+  - {{name: tcp, protocol: TCP, port: 8080}}
+  - {{name: udp, protocol: UDP, port: 8053}}
+endpoints:
+{endpoints}"
+        )
+    };
+    let pod = |i: usize| topology.pod(&backend_name(i)).addr;
+    let v4 = slice("IPv4", "dual-v4", &|i| pod(i).to_string());
+    let v6 = slice("IPv6", "dual-v6", &|i| ipv6_of(pod(i)).to_string());
+    (services, format!("{v4}---\n{v6}"))
+}
+
+/// The backends' names that answered `count` requests to `target`, each checked to come from
+/// `target` itself.
+fn answerers(topology: &Topology, tcp: bool, target: SocketAddr, count: usize) -> BTreeSet<String> {
+    let replies = topology
+        .pod(CLIENT)
+        .netns
+        .run(|| {
+            (0..count)
+                .map(|_| match tcp {
+                    true => tcp_request(target, TIMEOUT),
+                    false => udp_request(target, TIMEOUT),
+                })
+                .collect::<Vec<_>>()
+        })
+        .unwrap();
+    let replies: Vec<_> = replies
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let reply = r.unwrap_or_else(|e| panic!("request {i} to {target} failed: {e}"));
+            assert_eq!(reply.peer, target, "request {i} answered from elsewhere");
+            reply
+        })
+        .collect();
+    tally(&replies).into_keys().collect()
+}
+
+#[test]
+fn a_dual_stack_service_answers_on_both_families_and_an_empty_ipv6_one_refuses() {
+    require_root!();
+    let topology = Topology::client_and_backends(BACKENDS).unwrap();
+    topology.add_ipv6().unwrap();
+    // Each family's servers answer with their family in the name, so a request that reached
+    // the other family's backend would show.
+    let mut servers = Vec::new();
+    for i in 0..BACKENDS {
+        let pod = topology.pod(&backend_name(i));
+        let v6 = ipv6_of(pod.addr);
+        for (addr, family) in [(IpAddr::from(pod.addr), "v4"), (IpAddr::from(v6), "v6")] {
+            let name = format!("{}-{family}", pod.name);
+            servers.push(Server::tcp(&pod.netns, (addr, 8080), &name).unwrap());
+            servers.push(Server::udp(&pod.netns, (addr, 8053), &name).unwrap());
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (services, slices) = manifests(&topology);
+    fs::write(dir.path().join("service.yaml"), services).unwrap();
+    fs::write(dir.path().join("endpointslice.yaml"), slices).unwrap();
+    let options = AgentOptions::new(topology.id(), dir.path(), topology.host_ifaces());
+    let agent = Agent::start(topology.node(), options).unwrap();
+
+    let expected = |family: &str| -> BTreeSet<String> {
+        (0..BACKENDS)
+            .map(|i| format!("{}-{family}", backend_name(i)))
+            .collect()
+    };
+    for (vip, family) in [
+        (VIP4.parse::<IpAddr>().unwrap(), "v4"),
+        (VIP6.parse().unwrap(), "v6"),
+    ] {
+        for (tcp, port) in [(true, 80), (false, 53)] {
+            let target = SocketAddr::new(vip, port);
+            assert_eq!(
+                answerers(&topology, tcp, target, REQUESTS),
+                expected(family),
+                "{target}"
+            );
+        }
+    }
+
+    let empty: SocketAddr = SocketAddrV6::new(EMPTY_VIP6.parse().unwrap(), 80, 0, 0).into();
+    let refused = topology
+        .pod(CLIENT)
+        .netns
+        .run(|| tcp_request(empty, Duration::from_secs(5)))
+        .unwrap();
+    // Refused (the ICMPv6 port unreachable), not timed out.
+    let error = refused.expect_err("a Service without endpoints must not answer");
+    assert_eq!(error.kind(), ErrorKind::ConnectionRefused, "{error}");
+
+    let inspect = agent.inspect().unwrap();
+    for needle in [
+        format!("[{VIP6}]:80/TCP"),
+        format!("[{VIP6}]:53/UDP"),
+        format!("[{}]:8080", ipv6_of(topology.pod(&backend_name(0)).addr)),
+    ] {
+        assert!(inspect.contains(&needle), "{needle} not in:\n{inspect}");
+    }
+    drop(servers);
+}
