@@ -42,6 +42,8 @@ pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
 pub const OUTSIDE_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
 /// Prefix length of the external subnet.
 const EXTERNAL_PREFIX: u8 = 24;
+/// Prefix length of the external IPv6 subnet (see [`Topology::add_ipv6`]).
+const EXTERNAL_PREFIX6: u8 = 120;
 /// Longest interface name the kernel accepts (IFNAMSIZ - 1).
 const MAX_IFACE_NAME: usize = 15;
 
@@ -91,6 +93,8 @@ pub struct Pod {
 #[derive(Debug)]
 pub struct Outside {
     pub addr: Ipv4Addr,
+    /// The node's interface to it.
+    iface: String,
     // Detached before the namespace goes.
     _xdp_pass: XdpPass,
     pub netns: NetNs,
@@ -217,10 +221,40 @@ impl Topology {
         })
     }
 
-    /// Makes every pod dual-stack (see the module documentation). Addresses skip duplicate
-    /// address detection, so they are usable at once.
+    /// Makes every pod, and the outside namespace if added before, dual-stack (see the module
+    /// documentation; the node's external interface gets `ipv6_of(NODE_IP)`, the outside
+    /// `ipv6_of(OUTSIDE_ADDR)`, on a /120). Addresses skip duplicate address detection, so they
+    /// are usable at once.
     pub fn add_ipv6(&self) -> Result<()> {
         self.node.set_sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        if let Some(outside) = &self.outside {
+            let node_ip = ipv6_of(NODE_IP).to_string();
+            let on_subnet = |addr: &str| format!("{addr}/{EXTERNAL_PREFIX6}");
+            let iface = &outside.iface;
+            self.node.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &on_subnet(&node_ip),
+                "dev",
+                iface,
+                "nodad",
+            ])?;
+            let outside_addr = on_subnet(&ipv6_of(OUTSIDE_ADDR).to_string());
+            let netns = &outside.netns;
+            netns.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &outside_addr,
+                "dev",
+                POD_IFACE,
+                "nodad",
+            ])?;
+            netns.ip(&[
+                "-6", "route", "add", "default", "via", &node_ip, "dev", POD_IFACE,
+            ])?;
+        }
         let gateway = GATEWAY6.to_string();
         for pod in &self.pods {
             let addr = ipv6_of(pod.addr).to_string();
@@ -315,6 +349,7 @@ impl Topology {
             )))?;
         Ok(self.outside.insert(Outside {
             addr: OUTSIDE_ADDR,
+            iface: iface.to_string(),
             _xdp_pass: xdp_pass,
             netns,
         }))

@@ -2,7 +2,8 @@
 //! IPv6 Service without endpoints; a dual-stack client pod reaches the Service over TCP and
 //! UDP on both families through the TC programs (the IPv6 ones by tail call), every answer
 //! comes from the address it asked, each family's requests reach that family's backends, and
-//! a connection to the Service without endpoints is refused at once.
+//! a connection to the Service without endpoints is refused at once. An outside client reaches
+//! the Service's node port on the node's IPv6 address through the XDP program.
 
 use std::{
     collections::BTreeSet,
@@ -14,9 +15,10 @@ use std::{
 
 use lb_tests::{
     agent::{Agent, AgentOptions},
+    netns::NetNs,
     require_root,
     servers::{tally, tcp_request, udp_request, Server},
-    topology::{backend_name, ipv6_of, Topology, CLIENT},
+    topology::{backend_name, ipv6_of, Topology, CLIENT, EXTERNAL_IFACE, NODE_IP},
 };
 
 const BACKENDS: usize = 2;
@@ -35,14 +37,14 @@ apiVersion: v1
 kind: Service
 metadata: {{name: dual, namespace: default}}
 spec:
-  type: ClusterIP
+  type: NodePort
   ipFamilyPolicy: RequireDualStack
   ipFamilies: [IPv4, IPv6]
   clusterIP: {VIP4}
   clusterIPs: [{VIP4}, \"{VIP6}\"]
   ports:
-    - {{name: tcp, protocol: TCP, port: 80, targetPort: 8080}}
-    - {{name: udp, protocol: UDP, port: 53, targetPort: 8053}}
+    - {{name: tcp, protocol: TCP, port: 80, targetPort: 8080, nodePort: 30080}}
+    - {{name: udp, protocol: UDP, port: 53, targetPort: 8053, nodePort: 30053}}
 ---
 apiVersion: v1
 kind: Service
@@ -83,12 +85,10 @@ endpoints:
     (services, format!("{v4}---\n{v6}"))
 }
 
-/// The backends' names that answered `count` requests to `target`, each checked to come from
-/// `target` itself.
-fn answerers(topology: &Topology, tcp: bool, target: SocketAddr, count: usize) -> BTreeSet<String> {
-    let replies = topology
-        .pod(CLIENT)
-        .netns
+/// The backends' names that answered `count` requests from `client` to `target`, each
+/// checked to come from `target` itself.
+fn answerers(client: &NetNs, tcp: bool, target: SocketAddr, count: usize) -> BTreeSet<String> {
+    let replies = client
         .run(|| {
             (0..count)
                 .map(|_| match tcp {
@@ -113,7 +113,8 @@ fn answerers(topology: &Topology, tcp: bool, target: SocketAddr, count: usize) -
 #[test]
 fn a_dual_stack_service_answers_on_both_families_and_an_empty_ipv6_one_refuses() {
     require_root!();
-    let topology = Topology::client_and_backends(BACKENDS).unwrap();
+    let mut topology = Topology::client_and_backends(BACKENDS).unwrap();
+    topology.add_outside().unwrap();
     topology.add_ipv6().unwrap();
     // Each family's servers answer with their family in the name, so a request that reached
     // the other family's backend would show.
@@ -131,7 +132,14 @@ fn a_dual_stack_service_answers_on_both_families_and_an_empty_ipv6_one_refuses()
     let (services, slices) = manifests(&topology);
     fs::write(dir.path().join("service.yaml"), services).unwrap();
     fs::write(dir.path().join("endpointslice.yaml"), slices).unwrap();
-    let options = AgentOptions::new(topology.id(), dir.path(), topology.host_ifaces());
+    let mut options = AgentOptions::new(topology.id(), dir.path(), topology.host_ifaces());
+    options.xdp_iface = Some(EXTERNAL_IFACE.into());
+    let node_ip6 = ipv6_of(NODE_IP);
+    for addr in [IpAddr::from(NODE_IP), IpAddr::from(node_ip6)] {
+        options
+            .extra_args
+            .extend(["--node-address".into(), addr.to_string()]);
+    }
     let agent = Agent::start(topology.node(), options).unwrap();
 
     let expected = |family: &str| -> BTreeSet<String> {
@@ -146,11 +154,22 @@ fn a_dual_stack_service_answers_on_both_families_and_an_empty_ipv6_one_refuses()
         for (tcp, port) in [(true, 80), (false, 53)] {
             let target = SocketAddr::new(vip, port);
             assert_eq!(
-                answerers(&topology, tcp, target, REQUESTS),
+                answerers(&topology.pod(CLIENT).netns, tcp, target, REQUESTS),
                 expected(family),
                 "{target}"
             );
         }
+    }
+
+    // From outside through XDP: the node port on the node's IPv6 address, to this node's
+    // (local, so not masqueraded) IPv6 backends.
+    for (tcp, port) in [(true, 30080), (false, 30053)] {
+        let target = SocketAddr::new(node_ip6.into(), port);
+        assert_eq!(
+            answerers(&topology.outside().netns, tcp, target, REQUESTS),
+            expected("v6"),
+            "{target}"
+        );
     }
 
     let empty: SocketAddr = SocketAddrV6::new(EMPTY_VIP6.parse().unwrap(), 80, 0, 0).into();
