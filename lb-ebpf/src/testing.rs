@@ -18,8 +18,8 @@ use lb_common::{
 use crate::{
     conntrack,
     context::Packet,
-    maps::MapAccess,
     family::Family,
+    maps::MapAccess,
     parse::{Flow, FlowEnd},
     rewrite::{self, RewriteFailed, Side},
 };
