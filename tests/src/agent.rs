@@ -197,12 +197,13 @@ impl Agent {
         Agent::start_until(node, options, SERVING_MARKER)
     }
 
-    /// Starts the agent inside `node` and waits until it logs `marker`.
+    /// Starts the agent inside `node` and waits until it logs `marker` (e.g. that it waits for
+    /// another agent's pins).
     ///
     /// Start-ups within one process are serialised: an agent mounts bpffs at
     /// [`BPFFS_ROOT`] when none is mounted, and two agents checking at once would stack two
     /// mounts, hiding the first one's pins.
-    fn start_until(node: &NetNs, options: AgentOptions, marker: &str) -> Result<Agent> {
+    pub fn start_until(node: &NetNs, options: AgentOptions, marker: &str) -> Result<Agent> {
         static STARTING: Mutex<()> = Mutex::new(());
         let _one_at_a_time = STARTING
             .lock()

@@ -13,7 +13,7 @@ use std::{
 };
 
 use lb_tests::{
-    agent::{untranslated_after_cleanup, Agent},
+    agent::{untranslated_after_cleanup, Agent, READY_MARKER, READY_TIMEOUT},
     cluster::{Cluster, Protocol},
     cmd, example, inspect_output,
     load::client_traffic,
@@ -162,22 +162,15 @@ fn a_second_agent_on_the_same_pins_waits_for_the_first_to_exit() {
     let mut cluster = Cluster::start(dir.path(), "info").unwrap();
     let options = cluster.agent().options().clone();
     let (first, topology) = cluster.agent_and_topology();
-    let second = thread::scope(|scope| {
-        let second = scope.spawn(|| Agent::start(topology.node(), options));
-        thread::sleep(Duration::from_secs(1));
-        assert!(
-            !second.is_finished(),
-            "the second agent became ready beside the first"
-        );
-        first.kill().unwrap();
-        second.join().unwrap()
-    });
-    let second = second.unwrap();
+    // Started until it says it waits: only then is the first one stopped.
+    let mut second =
+        Agent::start_until(topology.node(), options, "waiting for the agent that uses").unwrap();
     assert!(
-        second.log().contains("waiting for the agent that uses"),
-        "{}",
-        second.log()
+        !second.log().contains(READY_MARKER),
+        "the second agent became ready beside the first"
     );
+    first.kill().unwrap();
+    second.wait_for_log(READY_MARKER, 1, READY_TIMEOUT).unwrap();
     let replies = cluster.requests(Protocol::Tcp, 10, TIMEOUT).unwrap();
     assert!(replies.iter().all(|r| r.is_ok()), "{replies:?}");
 }
