@@ -136,7 +136,8 @@ fn every_variant_and_workload_produces_sane_results() {
 
     // Per conntrack fill, eight cases on TC and XDP (with new flows to load-balancer IPs
     // with 1 and 1000 source ranges); TC egress starts no flow, so five.
-    assert_eq!(results.per_packet.len(), 2 * (8 + 8 + 5));
+    // Per fill: 11 cases on XDP and TC ingress (8 IPv4, 3 IPv6), 7 on egress (no new flows).
+    assert_eq!(results.per_packet.len(), 2 * (11 + 11 + 7));
     let ranged = [
         PacketCase::NewFlowOneRange,
         PacketCase::NewFlowThousandRanges,
@@ -158,8 +159,12 @@ fn every_variant_and_workload_produces_sane_results() {
                 PacketCase::NoOp,
                 PacketCase::Established,
                 PacketCase::NewFlow,
+                PacketCase::NonService6,
+                PacketCase::Established6,
+                PacketCase::NewFlow6,
             ] {
-                let method = if case == PacketCase::NewFlow {
+                let new_flow = matches!(case, PacketCase::NewFlow | PacketCase::NewFlow6);
+                let method = if new_flow {
                     Method::Single
                 } else {
                     Method::Repeat
@@ -167,7 +172,7 @@ fn every_variant_and_workload_produces_sane_results() {
                 let found = results.per_packet.iter().find(|c| {
                     (c.hook, c.conntrack, c.case, c.method) == (hook, fill, case, method)
                 });
-                if hook == Hook::TcEgress && case == PacketCase::NewFlow {
+                if hook == Hook::TcEgress && new_flow {
                     assert!(found.is_none(), "{found:?}");
                     continue;
                 }
@@ -231,6 +236,10 @@ fn every_variant_and_workload_produces_sane_results() {
     let written = report::write(out.path(), &results).unwrap();
     let markdown = std::fs::read_to_string(out.path().join("results.md")).unwrap();
     assert!(markdown.contains("## Headline"), "{markdown}");
+    assert!(
+        markdown.contains("| Per packet by family, ns | non-service IPv4 | non-service IPv6 |"),
+        "{markdown}"
+    );
     // The targets at N = 10: the per-packet rows are measured (at the largest size run), the
     // rows at N = 1 or 30000 are not.
     assert!(markdown.contains("## Targets"), "{markdown}");

@@ -210,11 +210,7 @@ impl Frame {
 
     /// Replaces the TCP or UDP payload (no effect on other protocols).
     pub fn with_payload(mut self, payload: &[u8]) -> Frame {
-        match &mut self.l4 {
-            L4::Tcp(t) => t.payload = payload.to_vec(),
-            L4::Udp(u) => u.payload = payload.to_vec(),
-            L4::Icmp(_) | L4::Raw { .. } => {}
-        }
+        self.l4.set_payload(payload);
         self
     }
 
@@ -344,6 +340,15 @@ impl L4 {
             (L4::Udp(u), true) => u.src_port = port,
             (L4::Udp(u), false) => u.dst_port = port,
             (L4::Icmp(_) | L4::Raw { .. }, _) => {}
+        }
+    }
+
+    /// Replaces the payload of a TCP or UDP part.
+    pub(crate) fn set_payload(&mut self, payload: &[u8]) {
+        match self {
+            L4::Tcp(t) => t.payload = payload.to_vec(),
+            L4::Udp(u) => u.payload = payload.to_vec(),
+            L4::Icmp(_) | L4::Raw { .. } => {}
         }
     }
 

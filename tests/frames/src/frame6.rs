@@ -137,6 +137,12 @@ impl Frame6 {
         self
     }
 
+    /// Replaces the TCP or UDP payload (no effect on other protocols).
+    pub fn with_payload(mut self, payload: &[u8]) -> Frame6 {
+        self.l4.set_payload(payload);
+        self
+    }
+
     /// Adds extension headers, in order, before the transport part.
     pub fn with_ext(mut self, ext: Vec<Ext>) -> Frame6 {
         self.ip.ext = ext;

@@ -1,7 +1,7 @@
 //! Filling a data path's conntrack map with distinct TCP flows through the map API, as a busy
 //! node's would be: the per-packet workload's "90% full", the scrape cost at a full map.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use aya::maps::{HashMap, MapData};
 use lb_common::{CtKey, CtValue, IPPROTO_TCP};
@@ -30,10 +30,11 @@ pub fn fill(
 }
 
 /// The conntrack key of a TCP packet `src -> dst` as it arrives.
-pub fn ct_key(src: SocketAddrV4, dst: SocketAddrV4) -> CtKey {
+pub fn ct_key(src: impl Into<SocketAddr>, dst: impl Into<SocketAddr>) -> CtKey {
+    let (src, dst) = (src.into(), dst.into());
     CtKey {
-        src_addr: map_addr(IpAddr::V4(*src.ip())),
-        dst_addr: map_addr(IpAddr::V4(*dst.ip())),
+        src_addr: map_addr(src.ip()),
+        dst_addr: map_addr(dst.ip()),
         src_port: src.port().to_be_bytes(),
         dst_port: dst.port().to_be_bytes(),
         proto: IPPROTO_TCP,

@@ -117,6 +117,10 @@ pub fn headline(results: &Results) -> String {
         md.push('\n');
         md.push_str(&packets);
     }
+    if let Some(families) = family_headline(results, last) {
+        md.push('\n');
+        md.push_str(&families);
+    }
     md.push('\n');
     md
 }
@@ -146,6 +150,41 @@ fn packet_headline(results: &Results, n: u32) -> Option<String> {
             cell(of(PacketCase::Established, Method::Repeat), number, runs),
             cell(of(PacketCase::NoOp, Method::Single), number, runs),
             cell(of(PacketCase::NewFlow, Method::Single), number, runs),
+        ]);
+    }
+    (!table.is_empty()).then(|| table.render())
+}
+
+/// IPv4 and IPv6 side by side: each hook's non-service, established and new-flow cost at the
+/// largest size with conntrack 90% full (new flows net of the no-op measured the same way).
+fn family_headline(results: &Results, n: u32) -> Option<String> {
+    use Method::{Repeat, Single};
+    use PacketCase::{Established, Established6, NewFlow, NewFlow6, NoOp, NonService, NonService6};
+    let mut table = Table::new(&[
+        "Per packet by family, ns",
+        "non-service IPv4",
+        "non-service IPv6",
+        "established IPv4",
+        "established IPv6",
+        "new flow net IPv4",
+        "new flow net IPv6",
+    ]);
+    for hook in Hook::ALL {
+        let of = |case, method| {
+            packet_summary(results, hook, ConntrackFill::NinetyPercent, n, case, method)
+        };
+        if of(NonService6, Repeat).is_none() {
+            continue;
+        }
+        let runs = results.plan.runs;
+        table.row(vec![
+            format!("{} program, {n} services, conntrack 90% full", hook.label()),
+            cell(of(NonService, Repeat), number, runs),
+            cell(of(NonService6, Repeat), number, runs),
+            cell(of(Established, Repeat), number, runs),
+            cell(of(Established6, Repeat), number, runs),
+            difference(of(NewFlow, Single), of(NoOp, Single)),
+            difference(of(NewFlow6, Single), of(NoOp, Single)),
         ]);
     }
     (!table.is_empty()).then(|| table.render())
@@ -371,7 +410,8 @@ fn per_packet_section(results: &Results) -> String {
     );
     use Method::{Repeat, Single};
     use PacketCase::{
-        Established, NewFlow, NewFlowOneRange, NewFlowThousandRanges, NoOp, NonService,
+        Established, Established6, NewFlow, NewFlow6, NewFlowOneRange, NewFlowThousandRanges, NoOp,
+        NonService, NonService6,
     };
     let columns = [
         ("no-op, repeat", NoOp, Repeat),
@@ -386,11 +426,18 @@ fn per_packet_section(results: &Results) -> String {
             NewFlowThousandRanges,
             Single,
         ),
+        ("IPv6 non-service, repeat", NonService6, Repeat),
+        ("IPv6 established, repeat", Established6, Repeat),
+        ("IPv6 new flow, once", NewFlow6, Single),
     ];
     for hook in Hook::ALL {
         let mut header = vec!["Services".to_string(), "Conntrack".to_string()];
         header.extend(columns.map(|(label, ..)| label.to_string()));
-        header.extend(["established net".into(), "new flow net".into()]);
+        header.extend([
+            "established net".into(),
+            "new flow net".into(),
+            "IPv6 new flow net".into(),
+        ]);
         let mut table = Table::from_header(header);
         for &n in &plan.sizes {
             for fill in [ConntrackFill::Empty, ConntrackFill::NinetyPercent] {
@@ -404,6 +451,7 @@ fn per_packet_section(results: &Results) -> String {
                 );
                 row.push(difference(of(Established, Repeat), of(NoOp, Repeat)));
                 row.push(difference(of(NewFlow, Single), of(NoOp, Single)));
+                row.push(difference(of(NewFlow6, Single), of(NoOp, Single)));
                 table.row(row);
             }
         }

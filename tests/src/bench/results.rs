@@ -94,6 +94,12 @@ pub enum PacketCase {
     NewFlowOneRange,
     /// As [`PacketCase::NewFlowOneRange`], with 1000 ranges (999 not holding the source).
     NewFlowThousandRanges,
+    /// [`PacketCase::NonService`] over IPv6.
+    NonService6,
+    /// [`PacketCase::Established`] over IPv6, to an IPv6 Service programmed next to the N.
+    Established6,
+    /// [`PacketCase::NewFlow`] over IPv6, to that Service.
+    NewFlow6,
 }
 
 impl PacketCase {
@@ -106,6 +112,9 @@ impl PacketCase {
             PacketCase::NewFlow => "new flow",
             PacketCase::NewFlowOneRange => "new flow, 1 source range",
             PacketCase::NewFlowThousandRanges => "new flow, 1000 source ranges",
+            PacketCase::NonService6 => "IPv6 non-service",
+            PacketCase::Established6 => "IPv6 established",
+            PacketCase::NewFlow6 => "IPv6 new flow",
         }
     }
 }

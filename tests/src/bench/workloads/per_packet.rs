@@ -16,20 +16,24 @@
 //! source: two extra frontends, programmed with the N services, balancing to the target's
 //! endpoints.
 //!
+//! The IPv6 cases (non-service, established, new flow) run against one IPv6 Service programmed
+//! next to the N IPv4 ones, through the IPv6 programs the entry programs tail-call, so their
+//! numbers include that tail call.
+//!
 //! The TC egress program (replies the node's own stack sends) creates no flows: its
 //! "established" packet is a backend's reply, seeded in both directions the same way, and it
 //! has no new-flow case. Its non-service packet is the cost every packet leaving a pod-facing
 //! or the external interface pays.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use ipnet::{IpNet, Ipv4Net};
 
 use aya::maps::{HashMap, Map, MapData, RingBuf};
 use lb_common::maps as registry;
 use lb_common::{conntrack::ct_flags, net::tcp_flags, CtKey, CtValue};
-use lb_frames::{describe, parse, Frame};
+use lb_frames::{describe, parse, parse6, Frame, Frame6};
 use lb_userspace::{
     model::{map_addr, Changed, DesiredService, Endpoint, Frontend, Protocol, ServicePortName},
     reconciler::{ClusterIps, ServiceCidrs},
@@ -68,6 +72,22 @@ const SERVICE_CIDR: Ipv4Net = match Ipv4Net::new(Ipv4Addr::new(198, 19, 0, 0), 1
     Ok(net) => net,
     Err(_) => panic!("a valid prefix length"),
 };
+/// The IPv6 Service's address (port: the N services').
+const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0x53, 0, 0, 0, 1);
+/// Source of the established IPv6 flow.
+const CLIENT6: SocketAddrV6 =
+    SocketAddrV6::new(Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 0x0a), 40_000, 0, 0);
+/// Source and destination of the IPv6 non-service packet.
+const NON_SERVICE6: (SocketAddrV6, SocketAddrV6) = (
+    SocketAddrV6::new(Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 0x0a), 40_001, 0, 0),
+    SocketAddrV6::new(Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 0x0b), 8080, 0, 0),
+);
+/// New IPv6 flows come from 2001:2:0:40::/64, one address per flow.
+const NEW_FLOW6_BASE: u128 =
+    u128::from_be_bytes([0x20, 0x01, 0, 2, 0, 0, 0, 0x40, 0, 0, 0, 0, 0, 0, 0, 0]);
+/// The IPv6 Service's endpoints are 2001:2:1::1, 2001:2:1::2, ...
+const ENDPOINT6_BASE: u128 =
+    u128::from_be_bytes([0x20, 0x01, 0, 2, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
 /// Payload of the established data packet.
 const PAYLOAD: [u8; 64] = [0x42; 64];
 
@@ -98,6 +118,22 @@ struct PacketBench {
     /// The XDP and the TC no-op.
     noops: [NoopProgram; 2],
     services: u32,
+    /// The packets of the IPv4 cases, and of the IPv6 cases.
+    v4: Packets,
+    v6: Packets,
+    target_endpoints: Vec<SocketAddrV4>,
+    /// The IPv6 Service's frontend and endpoints.
+    vip6: SocketAddrV6,
+    endpoints6: Vec<SocketAddrV6>,
+    vip: SocketAddrV4,
+    /// New flows used so far (each gets its own source address and port).
+    flows: u32,
+    /// With [`MONITOR_VAR`] set: the programs' events, drained after each case.
+    events: Option<RingBuf<MapData>>,
+}
+
+/// One family's packets, serialised.
+struct Packets {
     /// The established packet as sent, and translated to the backend.
     sent: Vec<u8>,
     translated: Vec<u8>,
@@ -105,12 +141,17 @@ struct PacketBench {
     reply: Vec<u8>,
     reply_translated: Vec<u8>,
     non_service: Vec<u8>,
-    target_endpoints: Vec<SocketAddrV4>,
-    vip: SocketAddrV4,
-    /// New flows used so far (each gets its own source address and port).
-    flows: u32,
-    /// With [`MONITOR_VAR`] set: the programs' events, drained after each case.
-    events: Option<RingBuf<MapData>>,
+}
+
+impl Packets {
+    /// The established packet `hook` translates, as sent and as translated: the client's at
+    /// ingress, the backend's reply at egress.
+    fn established(&self, hook: Hook) -> (&[u8], &[u8]) {
+        match hook {
+            Hook::Xdp | Hook::Tc => (&self.sent, &self.translated),
+            Hook::TcEgress => (&self.reply, &self.reply_translated),
+        }
+    }
 }
 
 /// Set (to anything), the data path runs as with one `lb-agent monitor` client connected:
@@ -124,9 +165,14 @@ impl PacketBench {
         let mut datapath = Datapath::load(&capacities)?;
         let mut desired = set.desired_state();
         let endpoints = set.endpoints(set.target_index());
+        let vip6 = SocketAddrV6::new(VIP6, crate::bench::services::VIP_PORT, 0, 0);
+        let endpoints6: Vec<SocketAddrV6> = (1..=u128::from(plan.endpoints))
+            .map(|i| SocketAddrV6::new((ENDPOINT6_BASE + i).into(), endpoints[0].port(), 0, 0))
+            .collect();
         desired.extend([
             ranged(LB_ONE_RANGE, &endpoints, 1),
             ranged(LB_THOUSAND_RANGES, &endpoints, 1000),
+            ipv6_service(vip6, &endpoints6),
         ]);
         let summary = Reconciler::new(&capacities).apply(&desired, datapath.maps())?;
         // Every VIP is a ClusterIP: a non-service packet pays the miss in LB_CLUSTER_IPS at
@@ -163,56 +209,79 @@ impl PacketBench {
         let target_endpoints = set.endpoints(set.target_index());
         let backend = target_endpoints[0];
         let sent = Frame::tcp(CLIENT, vip, tcp_flags::ACK).with_payload(&PAYLOAD);
-        let translated = sent.clone().with_dst(backend);
         let reply = Frame::tcp(backend, CLIENT, tcp_flags::ACK).with_payload(&PAYLOAD);
-        let reply_translated = reply.clone().with_src(vip);
+        let v4 = Packets {
+            translated: sent.clone().with_dst(backend).to_bytes(),
+            sent: sent.to_bytes(),
+            reply_translated: reply.clone().with_src(vip).to_bytes(),
+            reply: reply.to_bytes(),
+            non_service: Frame::tcp(NON_SERVICE.0, NON_SERVICE.1, tcp_flags::ACK)
+                .with_payload(&PAYLOAD)
+                .to_bytes(),
+        };
+        let sent6 = Frame6::tcp(CLIENT6, vip6, tcp_flags::ACK).with_payload(&PAYLOAD);
+        let reply6 = Frame6::tcp(endpoints6[0], CLIENT6, tcp_flags::ACK).with_payload(&PAYLOAD);
+        let v6 = Packets {
+            translated: sent6.clone().with_dst(endpoints6[0]).to_bytes(),
+            sent: sent6.to_bytes(),
+            reply_translated: reply6.clone().with_src(vip6).to_bytes(),
+            reply: reply6.to_bytes(),
+            non_service: Frame6::tcp(NON_SERVICE6.0, NON_SERVICE6.1, tcp_flags::ACK)
+                .with_payload(&PAYLOAD)
+                .to_bytes(),
+        };
         let mut bench = PacketBench {
             datapath,
             conntrack,
             conntrack_capacity: capacities.conntrack,
             noops: [xdp?, tc?],
             services,
-            sent: sent.to_bytes(),
-            translated: translated.to_bytes(),
-            reply: reply.to_bytes(),
-            reply_translated: reply_translated.to_bytes(),
-            non_service: Frame::tcp(NON_SERVICE.0, NON_SERVICE.1, tcp_flags::ACK)
-                .with_payload(&PAYLOAD)
-                .to_bytes(),
+            v4,
+            v6,
             target_endpoints,
+            vip6,
+            endpoints6,
             vip,
             flows: 0,
             events,
         };
-        bench.seed_established(backend)?;
+        bench.seed_established(CLIENT, vip, backend)?;
+        bench.seed_established(CLIENT6, vip6, bench.endpoints6[0])?;
         Ok(bench)
     }
 
-    /// The established flow's forward entry, and one translating the translated packet back,
-    /// so repeated runs alternate between the two real translations; likewise its reply
-    /// entry and one translating the translated reply back. All are marked answered
-    /// (`SEEN_REPLY`), as an established flow's entries are after the backend's first reply.
-    fn seed_established(&mut self, backend: SocketAddrV4) -> Result<()> {
-        let (group_id, backend_id) = self.target_ids(backend)?;
-        let entry = |nat: SocketAddrV4, flags| CtValue {
-            nat_addr: map_addr(std::net::IpAddr::V4(*nat.ip())),
+    /// The established flow `client -> vip` (balanced to `backend`): its forward entry, and
+    /// one translating the translated packet back, so repeated runs alternate between the two
+    /// real translations; likewise its reply entry and one translating the translated reply
+    /// back. All are marked answered (`SEEN_REPLY`), as an established flow's entries are
+    /// after the backend's first reply.
+    fn seed_established<A: Copy + Into<SocketAddr>>(
+        &mut self,
+        client: A,
+        vip: A,
+        backend: A,
+    ) -> Result<()> {
+        let (vip, backend) = (vip.into(), backend.into());
+        let (group_id, backend_id) = self.target_ids(vip, backend)?;
+        let entry = |nat: SocketAddr, flags| CtValue {
+            nat_addr: map_addr(nat.ip()),
             nat_port: nat.port().to_be_bytes(),
             flags,
             group_id,
             backend_id,
             ..CtValue::default()
         };
-        for (dst, nat) in [(self.vip, backend), (backend, self.vip)] {
+        for (dst, nat) in [(vip, backend), (backend, vip)] {
             self.conntrack
                 .insert(
-                    ct_key(CLIENT, dst),
+                    ct_key(client, dst),
                     entry(nat, ct_flags::FORWARD | ct_flags::SEEN_REPLY),
                     0,
                 )
                 .map_err(map_context("seeding the established flow"))?;
             self.conntrack
                 .insert(
-                    ct_key(nat, CLIENT),
+                    ct_key(nat, client),
                     entry(dst, ct_flags::REPLY | ct_flags::SEEN_REPLY),
                     0,
                 )
@@ -221,16 +290,16 @@ impl PacketBench {
         Ok(())
     }
 
-    /// The target service's id and `backend`'s id, as the reconciler assigned them.
-    fn target_ids(&mut self, backend: SocketAddrV4) -> Result<(u32, u32)> {
-        let vip_addr = map_addr(std::net::IpAddr::V4(*self.vip.ip()));
+    /// The id of the service at `vip` and `backend`'s id, as the reconciler assigned them.
+    fn target_ids(&mut self, vip: SocketAddr, backend: SocketAddr) -> Result<(u32, u32)> {
+        let vip_addr = map_addr(vip.ip());
         let maps = self.datapath.maps();
         let service = maps
             .services()?
             .into_iter()
-            .find(|(key, _)| key.addr == vip_addr && key.port() == self.vip.port())
+            .find(|(key, _)| key.addr == vip_addr && key.port() == vip.port())
             .map(|(_, value)| value.group_id);
-        let backend_addr = map_addr(std::net::IpAddr::V4(*backend.ip()));
+        let backend_addr = map_addr(backend.ip());
         let backend = maps
             .backends()?
             .into_iter()
@@ -263,12 +332,14 @@ impl PacketBench {
     /// Checks that each case does what it is measured for, on `hook`.
     fn verify(&mut self, hook: Hook) -> Result<()> {
         let pass = hook.pass_verdict();
-        let syn = self.new_flow_frame();
-        let mut syns = vec![(self.vip, syn.clone())];
+        let mut syns = vec![
+            (SocketAddr::from(self.vip), self.new_flow_frame()),
+            (SocketAddr::from(self.vip6), self.new_flow_frame6()),
+        ];
         if hook == Hook::Xdp {
             for lb in [LB_ONE_RANGE, LB_THOUSAND_RANGES] {
                 let vip = SocketAddrV4::new(lb, self.vip.port());
-                syns.push((vip, self.new_flow_frame_to(vip)));
+                syns.push((vip.into(), self.new_flow_frame_to(vip)));
             }
         }
         let program = self.program(hook)?;
@@ -286,58 +357,83 @@ impl PacketBench {
         let run = |frame: &[u8], repeat: u32| {
             test_run(program, frame, repeat).map_err(io_context("BPF_PROG_TEST_RUN"))
         };
-        let (sent, translated) = self.established(hook);
-        expect("established, once", &run(sent, 1)?, translated)?;
-        expect("established, twice", &run(sent, 2)?, sent)?;
-        expect("established, 101 times", &run(sent, 101)?, translated)?;
-        expect(
-            "non-service",
-            &run(&self.non_service, 3)?,
-            &self.non_service,
-        )?;
-        if hook == Hook::TcEgress {
-            // Egress never starts a flow: the SYN leaves untouched.
-            return expect("a SYN to the VIP", &run(&syn, 1)?, &syn);
+        for (family, packets) in [("IPv4", &self.v4), ("IPv6", &self.v6)] {
+            let (sent, translated) = packets.established(hook);
+            expect(
+                &format!("{family} established, once"),
+                &run(sent, 1)?,
+                translated,
+            )?;
+            expect(
+                &format!("{family} established, twice"),
+                &run(sent, 2)?,
+                sent,
+            )?;
+            let outcome = run(sent, 101)?;
+            expect(
+                &format!("{family} established, 101 times"),
+                &outcome,
+                translated,
+            )?;
+            let non_service = &packets.non_service;
+            expect(
+                &format!("{family} non-service"),
+                &run(non_service, 3)?,
+                non_service,
+            )?;
         }
         for (vip, syn) in syns {
             let outcome = run(&syn, 1)?;
-            let parsed = parse(&outcome.frame)
+            if hook == Hook::TcEgress {
+                // Egress never starts a flow: the SYN leaves untouched.
+                expect(&format!("a SYN to {vip}"), &outcome, &syn)?;
+                continue;
+            }
+            let chosen = destination(&outcome.frame)
                 .map_err(|e| BenchError::Check(format!("{hook:?} new flow to {vip}: {e}")))?;
-            let chosen = parsed
-                .ports
-                .map(|(_, dport)| SocketAddrV4::new(parsed.dst, dport));
-            if outcome.verdict != pass
-                || !chosen.is_some_and(|c| self.target_endpoints.contains(&c))
-            {
+            if outcome.verdict != pass || !chosen.is_some_and(|c| self.is_endpoint(c)) {
                 return Err(BenchError::Check(format!(
                     "{hook:?} new flow to {vip}: verdict {}, translated to {chosen:?}, not one \
-                     of {:?}",
-                    outcome.verdict, self.target_endpoints
+                     of the target's endpoints",
+                    outcome.verdict
                 )));
             }
         }
         Ok(())
     }
 
+    /// Whether `addr` is an endpoint of the target service or of the IPv6 one.
+    fn is_endpoint(&self, addr: SocketAddr) -> bool {
+        match addr {
+            SocketAddr::V4(addr) => self.target_endpoints.contains(&addr),
+            SocketAddr::V6(addr) => self.endpoints6.contains(&addr),
+        }
+    }
+
     /// Every case, `plan.runs` times.
     fn measure(&mut self, plan: &Plan, hook: Hook, fill: ConntrackFill) -> Result<Vec<PacketCell>> {
         use Method::{Repeat, Single};
         use PacketCase::{
-            Established, NewFlow, NewFlowOneRange, NewFlowThousandRanges, NoOp, NonService,
+            Established, Established6, NewFlow, NewFlow6, NewFlowOneRange, NewFlowThousandRanges,
+            NoOp, NonService, NonService6,
         };
+        // Egress starts no flows: only the first five and the IPv6 non-service and established.
         let cases = [
             (NoOp, Repeat),
             (NonService, Repeat),
             (Established, Repeat),
             (NoOp, Single),
             (Established, Single),
+            (NonService6, Repeat),
+            (Established6, Repeat),
             (NewFlow, Single),
             (NewFlowOneRange, Single),
             (NewFlowThousandRanges, Single),
+            (NewFlow6, Single),
         ];
         let cases = &cases[..match hook {
-            Hook::TcEgress => 5,
-            Hook::Tc | Hook::Xdp => 8,
+            Hook::TcEgress => 7,
+            Hook::Tc | Hook::Xdp => cases.len(),
         }];
         let mut samples = vec![Vec::new(); cases.len()];
         // The no-op's repeat count is odd like the others', though it changes nothing.
@@ -356,15 +452,22 @@ impl PacketBench {
             };
             let one_range = to_lb(self, LB_ONE_RANGE);
             let thousand_ranges = to_lb(self, LB_THOUSAND_RANGES);
+            let frames6: Vec<Vec<u8>> = (0..plan.single_frames)
+                .map(|_| self.new_flow_frame6())
+                .collect();
             let program = self.program(hook)?;
             let noop = self.noop(hook);
-            let (sent, _) = self.established(hook);
+            let (sent, _) = self.v4.established(hook);
+            let (sent6, _) = self.v6.established(hook);
             let count = plan.single_frames as usize;
             for (sample, &case) in samples.iter_mut().zip(cases) {
                 sample.push(match case {
                     (NoOp, Repeat) => repeated_ns(noop, sent, repeat)?,
-                    (NonService, _) => repeated_ns(program, &self.non_service, repeat)?,
+                    (NonService, _) => repeated_ns(program, &self.v4.non_service, repeat)?,
+                    (NonService6, _) => repeated_ns(program, &self.v6.non_service, repeat)?,
                     (Established, Repeat) => repeated_ns(program, sent, repeat)?,
+                    (Established6, _) => repeated_ns(program, sent6, repeat)?,
+                    (NewFlow6, _) => single_ns(program, frames6.iter().map(Vec::as_slice))?,
                     (NoOp, Single) => single_ns(noop, frames.iter().map(Vec::as_slice))?,
                     (Established, Single) => single_ns(program, std::iter::repeat_n(sent, count))?,
                     (NewFlow, _) => single_ns(program, frames.iter().map(Vec::as_slice))?,
@@ -421,18 +524,21 @@ impl PacketBench {
         }
     }
 
-    /// The established packet `hook` translates, as sent and as translated: the client's at
-    /// ingress, the backend's reply at egress.
-    fn established(&self, hook: Hook) -> (&[u8], &[u8]) {
-        match hook {
-            Hook::Xdp | Hook::Tc => (&self.sent, &self.translated),
-            Hook::TcEgress => (&self.reply, &self.reply_translated),
-        }
-    }
-
     /// A SYN of a flow not seen before.
     fn new_flow_frame(&mut self) -> Vec<u8> {
         self.new_flow_frame_to(self.vip)
+    }
+
+    /// A SYN of an IPv6 flow not seen before, to the IPv6 Service.
+    fn new_flow_frame6(&mut self) -> Vec<u8> {
+        let src = SocketAddrV6::new(
+            (NEW_FLOW6_BASE + u128::from(self.flows)).into(),
+            10_000,
+            0,
+            0,
+        );
+        self.flows += 1;
+        Frame6::tcp(src, self.vip6, tcp_flags::SYN).to_bytes()
     }
 
     /// A SYN of a flow not seen before, to `vip`.
@@ -444,8 +550,9 @@ impl PacketBench {
 
     /// Deletes the entries new flows created, keeping conntrack empty but for the seeds.
     fn clear_new_flows(&mut self) -> Result<()> {
-        let client = map_addr(std::net::IpAddr::V4(*CLIENT.ip()));
-        let seeded = |key: &CtKey| key.src_addr == client || key.dst_addr == client;
+        let clients = [IpAddr::V4(*CLIENT.ip()), IpAddr::V6(*CLIENT6.ip())].map(map_addr);
+        let seeded =
+            |key: &CtKey| clients.contains(&key.src_addr) || clients.contains(&key.dst_addr);
         let keys = self
             .conntrack
             .keys()
@@ -486,6 +593,38 @@ fn ranged(lb: Ipv4Addr, endpoints: &[SocketAddrV4], ranges: u32) -> (Frontend, D
     let sources = IpNet::new(Ipv4Addr::from(NEW_FLOW_BASE).into(), 19).expect("a /19");
     service.source_ranges = others.chain([sources]).collect();
     (frontend, service)
+}
+
+/// An IPv6 Service at `vip` balancing to `endpoints` (on this node).
+fn ipv6_service(vip: SocketAddrV6, endpoints: &[SocketAddrV6]) -> (Frontend, DesiredService) {
+    let frontend = Frontend {
+        addr: IpAddr::V6(*vip.ip()),
+        port: vip.port(),
+        protocol: Protocol::Tcp,
+    };
+    let name = ServicePortName {
+        namespace: "bench".into(),
+        name: "ipv6".into(),
+        port_name: String::new(),
+    };
+    let endpoints = endpoints.iter().map(|e| Endpoint {
+        addr: IpAddr::V6(*e.ip()),
+        port: e.port(),
+        local: true,
+    });
+    (frontend, DesiredService::uniform(name, endpoints.collect()))
+}
+
+/// The destination of a translated frame of either family (`None` without ports).
+fn destination(frame: &[u8]) -> std::result::Result<Option<SocketAddr>, lb_frames::ParseError> {
+    if let Ok(parsed) = parse6(frame) {
+        let dst = |(_, port)| SocketAddr::from(SocketAddrV6::new(parsed.dst, port, 0, 0));
+        return Ok(parsed.ports.map(dst));
+    }
+    let parsed = parse(frame)?;
+    Ok(parsed
+        .ports
+        .map(|(_, port)| SocketAddrV4::new(parsed.dst, port).into()))
 }
 
 /// The kernel's time per iteration of one run of `repeat` iterations.
