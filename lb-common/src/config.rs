@@ -19,6 +19,11 @@ pub const SNAT_PORT_ATTEMPTS: u32 = 16;
 /// masquerading off too.
 pub const HAIRPIN_ADDR: [u8; 4] = [169, 254, 42, 1];
 
+/// [`HAIRPIN_ADDR`] for IPv6 hairpin flows: `100::a9fe:2a01`, from the discard-only prefix
+/// 100::/64 (RFC 6666), which is never assigned to a host or a cluster network (a link-local
+/// address would not do: the pod must answer through its default route, via the node).
+pub const HAIRPIN_ADDR6: [u8; 16] = [1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 169, 254, 42, 1];
+
 /// Values of [`NodeConfig::reply_path`]: how translated packets that carry one of the node's
 /// own addresses as their new source (node port replies, masqueraded flows), and every other
 /// translated reply, leave the node.
@@ -36,9 +41,9 @@ pub mod reply_path {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NodeConfig {
-    /// Address external flows to backends on other nodes are masqueraded to: the node's
+    /// Address external IPv4 flows to backends on other nodes are masqueraded to: the node's
     /// address on the external interface, network byte order, IPv4-mapped. All zero turns
-    /// masquerading off (such flows are only DNATed).
+    /// masquerading of IPv4 flows off (such flows are only DNATed).
     pub snat_addr: [u8; 16],
     /// First port masquerading allocates, network byte order.
     pub snat_port_min: [u8; 2],
@@ -55,19 +60,32 @@ pub struct NodeConfig {
     /// pod's only with `sock_all_netns` (else the TC program serves them). 0 until the agent
     /// writes it: no socket is translated, whatever `sock_all_netns` says.
     pub sock_netns_cookie: u64,
+    /// [`NodeConfig::snat_addr`] for IPv6 flows: the node's IPv6 address on the external
+    /// interface. All zero turns masquerading of IPv6 flows off. The port range is shared.
+    pub snat_addr6: [u8; 16],
 }
 
 impl NodeConfig {
-    /// Masquerading to `snat_addr` (IPv4-mapped) with ports `min..=max`.
+    /// Masquerading IPv4 flows to `snat_addr` (IPv4-mapped; all zero: not IPv4 flows) with
+    /// ports `min..=max`.
     pub const fn masquerading(snat_addr: [u8; 16], min: u16, max: u16) -> Self {
         Self {
             snat_addr,
+            snat_addr6: [0; 16],
             snat_port_min: min.to_be_bytes(),
             snat_port_max: max.to_be_bytes(),
             reply_path: reply_path::KERNEL,
             sock_all_netns: 0,
             _pad: [0; 2],
             sock_netns_cookie: 0,
+        }
+    }
+
+    /// This config masquerading IPv6 flows to `addr` too (all zero: not IPv6 flows).
+    pub const fn with_snat_addr6(self, addr: [u8; 16]) -> Self {
+        Self {
+            snat_addr6: addr,
+            ..self
         }
     }
 
@@ -97,9 +115,9 @@ impl NodeConfig {
         }
     }
 
-    /// Whether masquerading is on.
+    /// Whether masquerading is on, for either family.
     pub fn masquerades(&self) -> bool {
-        self.snat_addr != [0; 16]
+        self.snat_addr != [0; 16] || self.snat_addr6 != [0; 16]
     }
 
     /// First masquerading port, host byte order.
@@ -113,7 +131,7 @@ impl NodeConfig {
     }
 }
 
-const _: () = assert!(core::mem::size_of::<NodeConfig>() == 32);
+const _: () = assert!(core::mem::size_of::<NodeConfig>() == 48);
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for NodeConfig {}

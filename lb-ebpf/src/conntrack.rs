@@ -24,6 +24,18 @@ pub fn key_of<F: Family>(flow: &Flow<F>) -> CtKey {
     }
 }
 
+/// Where a new flow's reply key and entry are built: per-CPU map memory (`LB_NEW_FLOW`), not
+/// the stack, whose 512 bytes the IPv6 programs would otherwise exceed when they masquerade.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NewFlowScratch {
+    pub reply_key: CtKey,
+    pub entry: CtValue,
+    /// The forward key of a flow whose masquerading port a new flow takes over.
+    pub taken_key: CtKey,
+    /// The backend the new flow goes to.
+    pub backend: Backend,
+}
+
 /// The key of the packets `backend` sends back to the client of `forward`.
 #[inline(always)]
 pub fn reply_key(forward: &CtKey, backend_addr: [u8; 16], backend_port: [u8; 2]) -> CtKey {

@@ -6,8 +6,10 @@
 use core::fmt::Debug;
 
 use lb_common::{
+    config::{HAIRPIN_ADDR, HAIRPIN_ADDR6},
     ipv4_mapped,
     net::{ETH_HLEN, IPV4_DST, IPV4_SRC, IPV6_DST, IPV6_SRC},
+    NodeConfig,
 };
 
 use crate::{
@@ -31,6 +33,8 @@ pub trait Family: Copy + Debug + PartialEq + Eq {
     const HEADER_CHECKSUM_OFFSET: Option<usize>;
     /// Number of 4-byte words in an address (checksum updates go word by word).
     const WORDS: usize;
+    /// The address hairpin flows are source-NATed to, as maps hold it.
+    const HAIRPIN: [u8; 16];
 
     /// The address as maps hold it.
     fn mapped(addr: &Self::Addr) -> [u8; 16];
@@ -47,6 +51,9 @@ pub trait Family: Copy + Debug + PartialEq + Eq {
     fn replace(check: [u8; 2], old: &Self::Addr, new: &Self::Addr) -> [u8; 2];
     /// Writes `addr` at `offset` of the packet.
     fn store<P: Packet>(pkt: &mut P, offset: usize, addr: &Self::Addr) -> Option<()>;
+    /// The address `config` masquerades flows of this family to, as maps hold it; `None` when
+    /// it masquerades none.
+    fn snat_addr(config: &NodeConfig) -> Option<&[u8; 16]>;
     /// Parses an unfragmented TCP or UDP packet of this family (`parse::ipv4_flow`,
     /// `parse::ipv6_flow`).
     fn parse<P: Packet>(pkt: &P) -> Result<Flow<Self>, Error>;
@@ -91,6 +98,7 @@ impl Family for Ipv4 {
     const DST_OFFSET: usize = ETH_HLEN + IPV4_DST;
     const HEADER_CHECKSUM_OFFSET: Option<usize> = Some(IPV4_CHECKSUM_OFFSET);
     const WORDS: usize = 1;
+    const HAIRPIN: [u8; 16] = ipv4_mapped(HAIRPIN_ADDR);
 
     #[inline(always)]
     fn mapped(addr: &[u8; 4]) -> [u8; 16] {
@@ -129,6 +137,11 @@ impl Family for Ipv4 {
     }
 
     #[inline(always)]
+    fn snat_addr(config: &NodeConfig) -> Option<&[u8; 16]> {
+        Self::holds(&config.snat_addr).then_some(&config.snat_addr)
+    }
+
+    #[inline(always)]
     fn parse<P: Packet>(pkt: &P) -> Result<Flow<Self>, Error> {
         parse::ipv4_flow(pkt)
     }
@@ -146,6 +159,7 @@ impl Family for Ipv6 {
     const DST_OFFSET: usize = ETH_HLEN + IPV6_DST;
     const HEADER_CHECKSUM_OFFSET: Option<usize> = None;
     const WORDS: usize = 4;
+    const HAIRPIN: [u8; 16] = HAIRPIN_ADDR6;
 
     #[inline(always)]
     fn mapped(addr: &[u8; 16]) -> [u8; 16] {
@@ -183,6 +197,12 @@ impl Family for Ipv6 {
     fn store<P: Packet>(pkt: &mut P, offset: usize, addr: &[u8; 16]) -> Option<()> {
         pkt.store(offset, word8(addr, 0))?;
         pkt.store(offset + 8, word8(addr, 8))
+    }
+
+    #[inline(always)]
+    fn snat_addr(config: &NodeConfig) -> Option<&[u8; 16]> {
+        let addr = &config.snat_addr6;
+        (u64_at(addr, 0) | u64_at(addr, 8) != 0).then_some(addr)
     }
 
     #[inline(always)]

@@ -14,7 +14,7 @@ use lb_common::{
 };
 
 use crate::{
-    conntrack,
+    conntrack::{self, NewFlowScratch},
     context::Packet,
     error::{Error, Verdict},
     event,
@@ -97,7 +97,9 @@ pub fn process<F: Front, P: Packet, M: MapAccess>(
             } else if !F::IPV6
                 && done.forward
                 && counts_all
-                && maps.config().reply_path == reply_path::REDIRECT
+                && maps
+                    .config()
+                    .is_some_and(|config| config.reply_path == reply_path::REDIRECT)
             {
                 Verdict::Forward
             } else {
@@ -309,39 +311,40 @@ fn new_flow<F: Front, P: Packet, M: MapAccess>(
     let now = maps.now_ns();
     let choice = select::choose(maps, &key.src_addr, || select::flow(key), &service, now);
     let (slot, backend_id) = choice.ok_or(missing)?;
-    let backend = select::backend::<F, M>(maps, backend_id, group_id)?;
-
-    // The reply entry goes in first: masquerading must find it a free key before the flow
-    // exists. One value serves as both entries, keeping the stack small.
-    let mut entry = conntrack::reply_entry(key, group_id, backend_id, now);
-    let mut reply_key = conntrack::reply_key(key, backend.addr, backend.port);
     let full = Error::dropped(Counter::DropConntrackFull, group_id);
-    let masqueraded =
-        masquerade::insert_reply::<F, M>(maps, scope, key, &backend, &mut reply_key, &mut entry)?;
+    // SAFETY: this CPU's map memory (or the test maps' own box), which nothing else touches
+    // while this packet is processed. Never null in practice: one element of a per-CPU array.
+    let Some(scratch) = (unsafe { maps.new_flow_scratch().as_mut() }) else {
+        return Err(full);
+    };
+    // The reply entry goes in first: masquerading must find it a free key before the flow
+    // exists. One value serves as both entries.
+    scratch.backend = select::backend::<F, M>(maps, backend_id, group_id)?;
+    scratch.entry = conntrack::reply_entry(key, group_id, backend_id, now);
+    scratch.reply_key = conntrack::reply_key(key, scratch.backend.addr, scratch.backend.port);
+    let masqueraded = masquerade::insert_reply::<F, M>(maps, scope, key, scratch)?;
+    let NewFlowScratch {
+        reply_key,
+        entry,
+        backend,
+        ..
+    } = scratch;
     if !masqueraded {
-        maps.insert_conntrack(&reply_key, &entry)
-            .map_err(|()| full)?;
+        maps.insert_conntrack(reply_key, entry).map_err(|()| full)?;
     }
-    conntrack::make_forward(&mut entry, &backend, &reply_key);
-    if maps.insert_conntrack(key, &entry).is_err() {
-        maps.remove_conntrack(&reply_key);
+    conntrack::make_forward(entry, backend, reply_key);
+    if maps.insert_conntrack(key, entry).is_err() {
+        maps.remove_conntrack(reply_key);
         return Err(full);
     }
-    let outcome = translate(
-        pkt,
-        maps,
-        flow,
-        Side::Destination,
-        &entry,
-        Counter::NewFlows,
-    )?;
+    let outcome = translate(pkt, maps, flow, Side::Destination, entry, Counter::NewFlows)?;
     select::remember(maps, &key.src_addr, &service, (slot, backend_id), now);
     stats::new_flow(maps, group_id);
-    let snat = masqueraded.then(|| (&reply_key, masquerade::counter(scope)));
+    let snat = masqueraded.then(|| (&*reply_key, masquerade::counter(scope)));
     if let Some((_, counter)) = snat {
         stats::count(maps, counter);
     }
-    event::new_flow(pkt, maps, key, group_id, &backend, snat);
+    event::new_flow(pkt, maps, key, group_id, backend, snat);
     Ok(Done {
         outcome,
         forward: masqueraded,

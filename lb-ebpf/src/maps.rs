@@ -1,7 +1,7 @@
 //! The BPF maps, declared from lb-common's registry (`lb_common::maps`), and the narrow
 //! interface the pipeline uses to reach them.
 
-use crate::conntrack;
+use crate::conntrack::{self, NewFlowScratch};
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::bpf_ktime_get_coarse_ns,
@@ -130,6 +130,11 @@ static LB_SVC_NAMES: HashMap<u32, ServiceName> = HashMap::with_max_entries(
     BPF_F_NO_PREALLOC,
 );
 
+/// Per-CPU room for a new flow's reply key and entry ([`NewFlowScratch`]): not shared, not
+/// pinned, rewritten by every new flow.
+#[map]
+static LB_NEW_FLOW: PerCpuArray<NewFlowScratch> = PerCpuArray::with_max_entries(1, 0);
+
 /// 1 in the copy `lb-agent trace` loads beside the live maps: no shared map is written, and
 /// what would have been is recorded in the `LB_TRACE*` maps, the copy's own. 0 in the agent's
 /// load, where the verifier prunes every dry-run branch.
@@ -203,8 +208,13 @@ pub trait MapAccess {
     fn counter(&mut self, counter: Counter) -> Option<&mut u64>;
     /// This CPU's counters of a service (`None` for ids beyond the map).
     fn service_stats(&mut self, group_id: u32) -> Option<&mut ServiceStats>;
-    /// The node-wide settings (all zero until the agent writes them).
-    fn config(&mut self) -> NodeConfig;
+    /// This CPU's room for a new flow's reply key and entry (null if it cannot be had). A
+    /// raw pointer: the pipeline fills it between other map calls, and nothing else touches it
+    /// while a packet is processed.
+    fn new_flow_scratch(&mut self) -> *mut NewFlowScratch;
+    /// The node-wide settings (all zero until the agent writes them), read in place: a copy
+    /// would cost the stack its size.
+    fn config(&mut self) -> Option<&NodeConfig>;
     /// The Service address a translated socket's backend stands for.
     fn sock_revnat(&mut self, key: &SockRevKey) -> Option<SockRevValue>;
     /// Records the Service address of a translated socket's backend; a refused insert only
@@ -378,8 +388,13 @@ impl MapAccess for KernelMaps {
     }
 
     #[inline(always)]
-    fn config(&mut self) -> NodeConfig {
-        LB_CONFIG.get(0).copied().unwrap_or_default()
+    fn new_flow_scratch(&mut self) -> *mut NewFlowScratch {
+        LB_NEW_FLOW.get_ptr_mut(0).unwrap_or_default()
+    }
+
+    #[inline(always)]
+    fn config(&mut self) -> Option<&NodeConfig> {
+        LB_CONFIG.get(0)
     }
 
     #[inline(always)]

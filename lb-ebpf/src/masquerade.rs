@@ -3,18 +3,26 @@
 //! translates the answer back (see `lb_common::config` and `ct_flags::SNAT`).
 //!
 //! Hairpin: an internal flow from a pod balanced to itself is source-NATed the same way, to
-//! `config::HAIRPIN_ADDR`, so the pod does not receive its own address as the source.
+//! `config::HAIRPIN_ADDR` (IPv6: `HAIRPIN_ADDR6`), so the pod does not receive its own address
+//! as the source. Each family has its own node address (`NodeConfig::snat_addr`, `snat_addr6`);
+//! the port range is shared.
 //! A port taken by an idle or closed flow is taken over (see `port_reuse`).
 
 use lb_common::{
-    config::{HAIRPIN_ADDR, SNAT_PORT_ATTEMPTS, SNAT_PORT_MAX, SNAT_PORT_MIN},
+    config::{SNAT_PORT_ATTEMPTS, SNAT_PORT_MAX, SNAT_PORT_MIN},
     conntrack::ct_flags,
-    flow_hash, ipv4_mapped, ipv4_unmapped,
+    flow_hash,
     service::{backend_flags, scope},
-    Backend, Counter, CtKey, CtValue, NodeConfig,
+    Backend, Counter, CtKey, CtValue,
 };
 
-use crate::{conntrack, error::Error, family::Family, maps::MapAccess, port_reuse};
+use crate::{
+    conntrack::{self, NewFlowScratch},
+    error::Error,
+    family::Family,
+    maps::MapAccess,
+    port_reuse,
+};
 
 /// Whether a new flow found in `scope` to `backend` is to be masqueraded (if the node
 /// masquerades at all): external flows to backends not on this node.
@@ -24,12 +32,10 @@ fn wanted(scope: u8, backend: &Backend) -> bool {
 }
 
 /// Whether a new flow found in `scope` is a hairpin: an internal flow whose client, `key`'s
-/// source, is the chosen backend itself. Both addresses are IPv4-mapped (the key is built
-/// from an IPv4 packet, the pipeline takes IPv4 backends only), so comparing the IPv4 part
-/// suffices.
+/// source, is the chosen backend itself.
 #[inline(always)]
 fn hairpin(scope: u8, key: &CtKey, backend: &Backend) -> bool {
-    scope == scope::INTERNAL && conntrack::v4(&key.src_addr) == conntrack::v4(&backend.addr)
+    scope == scope::INTERNAL && conntrack::same_addr(&key.src_addr, &backend.addr)
 }
 
 /// The counter of a new flow source-NATed in `scope`: internal flows are only ever hairpins.
@@ -43,52 +49,57 @@ pub fn counter(scope: u8) -> Counter {
 }
 
 /// Inserts a new flow's reply entry source-NATed when it is to be: a hairpin always (to
-/// `HAIRPIN_ADDR`), a flow [`wanted`] for masquerading if the node masquerades (to its
-/// `snat_addr`; never a backend at that address itself, a host-network endpoint of this node
+/// the family's hairpin address), a flow [`wanted`] for masquerading if the node masquerades
+/// the family (to its `snat_addr` or `snat_addr6`; never a backend at that address itself, a host-network endpoint of this node
 /// listed without its `nodeName`, whose replies to the node's own address would never leave
 /// it). Tries ports of the configured range (for a hairpin the default range while
-/// none is configured) until the reply key (backend -> address:port) is free or taken over. `reply_key` and
-/// `reply` are the flow's plain reply key and entry and become the source-NATed ones. Returns
-/// `Ok(false)`, having inserted nothing, when the flow is not source-NATed.
+/// none is configured) until the reply key (backend -> address:port) is free or taken over.
+/// `scratch` holds the flow's plain reply key and entry, which become the source-NATed ones.
+/// Returns `Ok(false)`, having inserted nothing, when the flow is not source-NATed.
 #[inline(always)]
 pub fn insert_reply<F: Family, M: MapAccess>(
     maps: &mut M,
     scope: u8,
     key: &CtKey,
-    backend: &Backend,
-    reply_key: &mut CtKey,
-    reply: &mut CtValue,
+    scratch: &mut NewFlowScratch,
 ) -> Result<bool, Error> {
-    // IPv6 flows are neither masqueraded nor hairpinned (yet): no IPv6 node or hairpin
-    // address to take.
-    if F::IPV6 {
-        return Ok(false);
-    }
+    let NewFlowScratch {
+        reply_key,
+        entry: reply,
+        taken_key,
+        backend,
+    } = scratch;
+    let backend = &*backend;
     let hairpin = hairpin(scope, key, backend);
     if !hairpin && !wanted(scope, backend) {
         return Ok(false);
     }
-    let mut config = maps.config();
-    if hairpin {
-        config.snat_addr = ipv4_mapped(HAIRPIN_ADDR);
-        if config.snat_port_min == [0; 2] && config.snat_port_max == [0; 2] {
-            config.snat_port_min = SNAT_PORT_MIN.to_be_bytes();
-            config.snat_port_max = SNAT_PORT_MAX.to_be_bytes();
-        }
-    } else if ipv4_unmapped(&config.snat_addr).is_none() || config.snat_addr == backend.addr {
+    let Some(config) = maps.config() else {
         return Ok(false);
+    };
+    let mut ports = (config.snat_port_min(), config.snat_port_max());
+    if hairpin {
+        reply_key.dst_addr = F::HAIRPIN;
+        if ports == (0, 0) {
+            ports = (SNAT_PORT_MIN, SNAT_PORT_MAX);
+        }
+    } else {
+        match F::snat_addr(config) {
+            Some(addr) if !conntrack::same_addr(addr, &backend.addr) => reply_key.dst_addr = *addr,
+            _ => return Ok(false),
+        }
     }
-    mark(key, &config.snat_addr, reply_key, reply);
+    mark(key, reply);
     let hash = port_hash(key, backend);
     for attempt in 0..SNAT_PORT_ATTEMPTS {
-        let Some(port) = port(&config, hash, attempt) else {
+        let Some(port) = port(ports, hash, attempt) else {
             break;
         };
         reply_key.dst_port = port;
         if maps.insert_conntrack_new(reply_key, reply).is_ok() {
             return Ok(true);
         }
-        if port_reuse::take_over(maps, reply_key, reply.last_seen_ns)
+        if port_reuse::take_over(maps, reply_key, reply.last_seen_ns, taken_key)
             && maps.insert_conntrack_new(reply_key, reply).is_ok()
         {
             return Ok(true);
@@ -100,11 +111,10 @@ pub fn insert_reply<F: Family, M: MapAccess>(
     ))
 }
 
-/// Makes a new flow's reply key the backend's answer to the node (the port is set per
-/// attempt), and makes its entry also rewrite the destination back to the client.
+/// Makes a new flow's entry, whose reply key now goes to the node's address (the port is set
+/// per attempt), also rewrite the destination back to the client.
 #[inline(always)]
-fn mark(key: &CtKey, node_addr: &[u8; 16], reply_key: &mut CtKey, reply: &mut CtValue) {
-    reply_key.dst_addr = *node_addr;
+fn mark(key: &CtKey, reply: &mut CtValue) {
     reply.flags |= ct_flags::SNAT;
     reply.snat_addr = key.src_addr;
     reply.snat_port = key.src_port;
@@ -124,12 +134,11 @@ fn port_hash(key: &CtKey, backend: &Backend) -> u32 {
 }
 
 /// The port (network byte order) a flow with `hash` tries at `attempt` (0-based): consecutive
-/// ports of the configured range from a hash-derived offset, wrapping around. `None` when the
-/// range is empty (min above max).
+/// ports of the range `(min, max)` from a hash-derived offset, wrapping around. `None` when
+/// the range is empty (min above max).
 #[inline(always)]
-fn port(config: &NodeConfig, hash: u32, attempt: u32) -> Option<[u8; 2]> {
-    let min = u32::from(config.snat_port_min());
-    let max = u32::from(config.snat_port_max());
+fn port((min, max): (u16, u16), hash: u32, attempt: u32) -> Option<[u8; 2]> {
+    let (min, max) = (u32::from(min), u32::from(max));
     if max < min {
         return None;
     }

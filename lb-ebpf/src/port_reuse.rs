@@ -10,27 +10,33 @@ use crate::{conntrack, family::Family, maps::MapAccess, parse::Flow};
 
 /// Frees `reply_key`, taken by another masqueraded flow, if that flow's reply entry is
 /// [`conntrack::reusable`]: deletes it and the flow's forward entry (unless the client has
-/// since started another flow on that tuple, with another port). Returns whether the key is
-/// free now.
+/// since started another flow on that tuple, with another port), whose key it builds in
+/// `forward` (room off the stack). Returns whether the key is free now.
 #[inline(always)]
-pub fn take_over<M: MapAccess>(maps: &mut M, reply_key: &CtKey, now_ns: u64) -> bool {
-    let forward = match maps.peek_conntrack(reply_key) {
+pub fn take_over<M: MapAccess>(
+    maps: &mut M,
+    reply_key: &CtKey,
+    now_ns: u64,
+    forward: &mut CtKey,
+) -> bool {
+    match maps.peek_conntrack(reply_key) {
         None => return true,
         Some(old)
             if old.flags & ct_flags::SNAT != 0
                 && conntrack::reusable(old, reply_key.proto, now_ns) =>
         {
-            old.forward_key(reply_key)
+            *forward = old.forward_key(reply_key);
         }
         Some(_) => return false,
-    };
-    let its_own = maps.peek_conntrack(&forward).is_some_and(|f| {
+    }
+    let forward = &*forward;
+    let its_own = maps.peek_conntrack(forward).is_some_and(|f| {
         f.flags & ct_flags::SNAT != 0
             && f.snat_port == reply_key.dst_port
-            && f.snat_addr == reply_key.dst_addr
+            && conntrack::same_addr(&f.snat_addr, &reply_key.dst_addr)
     });
     if its_own {
-        maps.remove_conntrack(&forward);
+        maps.remove_conntrack(forward);
     }
     maps.remove_conntrack(reply_key);
     true

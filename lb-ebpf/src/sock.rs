@@ -137,10 +137,14 @@ fn try_forward<S: SockAddr, M: MapAccess>(
     if !served {
         return Ok(None);
     }
-    let config = maps.config();
+    let Some((wanted, all_netns)) = maps
+        .config()
+        .map(|config| (config.sock_netns_cookie, config.sock_all_netns))
+    else {
+        return Ok(None);
+    };
     let netns = sock.netns_cookie();
-    let wanted = config.sock_netns_cookie;
-    if wanted == 0 || (netns != wanted && config.sock_all_netns == 0) {
+    if wanted == 0 || (netns != wanted && all_netns == 0) {
         return Ok(None);
     }
     let service_addr = sock.addr();

@@ -16,7 +16,7 @@ use lb_common::{
 };
 
 use crate::{
-    conntrack,
+    conntrack::{self, NewFlowScratch},
     context::Packet,
     family::Family,
     maps::MapAccess,
@@ -214,6 +214,8 @@ pub struct FakeMaps {
     pub counters: HashMap<u32, u64>,
     pub service_stats: HashMap<u32, ServiceStats>,
     pub config: NodeConfig,
+    /// The room [`MapAccess::new_flow_scratch`] hands out, boxed so that it stays put.
+    pub new_flow_scratch: Box<NewFlowScratch>,
     pub sock_revnat: HashMap<SockRevKey, SockRevValue>,
     /// Addresses (IPv4-mapped) that are ClusterIPs.
     pub cluster_ips: Vec<[u8; 16]>,
@@ -343,8 +345,12 @@ impl MapAccess for FakeMaps {
         Some(self.service_stats.entry(group_id).or_default())
     }
 
-    fn config(&mut self) -> NodeConfig {
-        self.config
+    fn new_flow_scratch(&mut self) -> *mut NewFlowScratch {
+        &mut *self.new_flow_scratch
+    }
+
+    fn config(&mut self) -> Option<&NodeConfig> {
+        Some(&self.config)
     }
 
     fn sock_revnat(&mut self, key: &SockRevKey) -> Option<SockRevValue> {

@@ -1,8 +1,9 @@
 //! IPv6 through the real TC and XDP programs (BPF_PROG_TEST_RUN), which tail-call their IPv6
 //! twins: DNAT and reverse translation of TCP and UDP with checksums over the IPv6
 //! pseudo-header, conntrack, the egress reply path, extension headers, ICMPv6 port
-//! unreachable for a Service without endpoints, and every IPv6 frame that is not a Service's
-//! passing untouched (NDP above all). Expected frames are built from scratch by lb-frames.
+//! unreachable for a Service without endpoints, masquerading to the node's IPv6 address,
+//! hairpin to `HAIRPIN_ADDR6`, and every IPv6 frame that is not a Service's passing untouched
+//! (NDP above all). Expected frames are built from scratch by lb-frames.
 
 mod fixture;
 
@@ -13,8 +14,10 @@ use fixture::{
     deltas, Fixture, Hook, Verdict, HOOKS,
 };
 use lb_common::{
+    config::{HAIRPIN_ADDR6, SNAT_PORT_MAX, SNAT_PORT_MIN},
+    ipv4_mapped,
     net::{icmpv6, ipv6_ext, tcp_flags, ETH_HLEN},
-    Counter,
+    Counter, NodeConfig,
 };
 use lb_frames::{assert_frames_equal, Ext, Frame6, Icmp, DST_MAC, L4, SRC_MAC};
 use lb_tests::require_root;
@@ -306,4 +309,105 @@ fn ipv6_frames_that_are_not_a_services_pass_untouched() {
             Counter::TruncatedIpv6,
         ),
     ]);
+}
+
+/// The node's IPv6 address on its external interface, which masqueraded IPv6 flows leave from.
+const NODE6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0xff, 0, 0, 0, 2);
+
+/// Masquerading of both families: IPv4 flows to 198.18.0.2, IPv6 flows to [`NODE6`].
+fn masquerading_both() -> NodeConfig {
+    NodeConfig::masquerading(ipv4_mapped([198, 18, 0, 2]), SNAT_PORT_MIN, SNAT_PORT_MAX)
+        .with_snat_addr6(NODE6.octets())
+}
+
+/// Runs `request` through `fx`'s hook, checks it left source-NATed to `node` and a port of the
+/// default range, to the backend, with the counters `moved` expects, and returns that end.
+fn source_nated(
+    fx: &mut Fixture,
+    request: &Frame6,
+    node: Ipv6Addr,
+    counter: Counter,
+) -> SocketAddrV6 {
+    let (verdict, out, moved) = fx.run_counted(&request.to_bytes());
+    assert_eq!(verdict, Verdict::Pass);
+    let parsed = lb_frames::parse6(&out).expect("a valid IPv6 frame");
+    assert_eq!(parsed.l4_checksum_ok, Some(true));
+    let (port, _) = parsed.ports.expect("ports");
+    assert!(
+        (SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&port),
+        "port {port}"
+    );
+    let end = SocketAddrV6::new(node, port, 0, 0);
+    let expected = request.clone().with_src(end).with_dst(backend());
+    assert_frames_equal(&out, &expected.to_bytes());
+    assert_eq!(
+        moved,
+        deltas(&[(Counter::Packets, 1), (Counter::NewFlows, 1), (counter, 1)])
+    );
+    end
+}
+
+#[test]
+fn an_external_ipv6_flow_to_a_remote_backend_is_masqueraded_to_the_nodes_ipv6_address() {
+    require_root!();
+    for (protocol, request, answer) in [
+        (
+            Protocol::Tcp,
+            Frame6::tcp(client(40_010), vip(80), tcp_flags::SYN),
+            Frame6::tcp(backend(), vip(80), tcp_flags::SYN | tcp_flags::ACK),
+        ),
+        (
+            Protocol::Udp,
+            Frame6::udp(client(40_010), vip(80), b"query"),
+            Frame6::udp(backend(), vip(80), b"answer"),
+        ),
+    ] {
+        let mut fx = one_backend(Hook::Xdp, 80, protocol);
+        fx.set_node_config(&masquerading_both());
+        let node = source_nated(&mut fx, &request, NODE6, Counter::Masqueraded);
+        assert_eq!(fx.conntrack_len(), 2, "a forward and a reply entry");
+        // The backend answers the node; XDP sends the answer back to the client from the VIP.
+        let answer = answer.with_dst(node);
+        let (verdict, out, moved) = fx.run_counted(&answer.to_bytes());
+        assert_eq!(verdict, Verdict::Pass);
+        let expected = answer.with_src(vip(80)).with_dst(client(40_010));
+        assert_frames_equal(&out, &expected.to_bytes());
+        assert_eq!(
+            moved,
+            deltas(&[(Counter::Packets, 1), (Counter::ReplyTranslated, 1)])
+        );
+    }
+}
+
+#[test]
+fn ipv6_flows_are_only_dnated_when_the_node_masquerades_ipv4_alone() {
+    require_root!();
+    let mut fx = one_backend(Hook::Xdp, 80, Protocol::Tcp);
+    let v4_only =
+        NodeConfig::masquerading(ipv4_mapped([198, 18, 0, 2]), SNAT_PORT_MIN, SNAT_PORT_MAX);
+    fx.set_node_config(&v4_only);
+    let syn = Frame6::tcp(client(40_011), vip(80), tcp_flags::SYN);
+    let (verdict, out, moved) = fx.run_counted(&syn.to_bytes());
+    assert_eq!(verdict, Verdict::Pass);
+    assert_frames_equal(&out, &syn.with_dst(backend()).to_bytes());
+    assert_eq!(
+        moved,
+        deltas(&[(Counter::Packets, 1), (Counter::NewFlows, 1)])
+    );
+}
+
+#[test]
+fn a_pod_balanced_to_itself_over_ipv6_gets_its_request_from_the_ipv6_hairpin_address() {
+    require_root!();
+    // The pod asking is the Service's backend; masquerading is off (hairpin needs none).
+    let mut fx = one_backend(Hook::Tc, 80, Protocol::Tcp);
+    let pod = SocketAddrV6::new(BACKEND, 40_012, 0, 0);
+    let syn = Frame6::tcp(pod, vip(80), tcp_flags::SYN);
+    let hairpin = Ipv6Addr::from(HAIRPIN_ADDR6);
+    let from = source_nated(&mut fx, &syn, hairpin, Counter::Hairpinned);
+    // Its answer to the hairpin address comes back through TC, from the VIP.
+    let syn_ack = Frame6::tcp(backend(), from, tcp_flags::SYN | tcp_flags::ACK);
+    let (verdict, out, _) = fx.run_counted(&syn_ack.to_bytes());
+    assert_eq!(verdict, Verdict::Pass);
+    assert_frames_equal(&out, &syn_ack.with_src(vip(80)).with_dst(pod).to_bytes());
 }
