@@ -1,7 +1,7 @@
 //! `lb-agent`: the node agent of the eBPF service load balancer.
 
 use std::io::{ErrorKind, IsTerminal, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,8 +12,8 @@ use ipnet::IpNet;
 use lb_common::{Capacity, Counter};
 use lb_userspace::agent::conntrack_gc::Timeouts;
 use lb_userspace::agent::{
-    self, Masquerade, PortRange, RejectLimitFlags, ReplyPath, RunConfig, SocketLb, SourceConfig,
-    XdpIface, DEFAULT_BPFFS_DIR, DEFAULT_PROC_SYS_NET_DIR,
+    self, Masquerade, MasqueradeAddrs, PortRange, RejectLimitFlags, ReplyPath, RunConfig, SocketLb,
+    SourceConfig, XdpIface, DEFAULT_BPFFS_DIR, DEFAULT_PROC_SYS_NET_DIR,
 };
 use lb_userspace::datapath::{KernelLogLevel, TraceHook, MAX_ENTRIES};
 use lb_userspace::inspect::{
@@ -140,10 +140,12 @@ struct RunArgs {
     /// No XDP program at all.
     #[arg(long, conflicts_with = "xdp_iface")]
     no_xdp: bool,
-    /// Address that external flows to backends on other nodes (externalTrafficPolicy:
-    /// Cluster) are masqueraded to [default: the first IPv4 address of the XDP interface].
-    #[arg(long, value_name = "IP", value_parser = parse_ipv4)]
-    masquerade_address: Option<Ipv4Addr>,
+    /// Addresses that external flows to backends on other nodes (externalTrafficPolicy:
+    /// Cluster) are masqueraded to: at most one IPv4 and one IPv6 address, comma-separated or
+    /// repeated; a family not given takes the XDP interface's [default: the XDP interface's
+    /// first IPv4 address and first IPv6 address that is not link-local].
+    #[arg(long, value_name = "IP[,IP]", value_delimiter = ',')]
+    masquerade_address: Vec<IpAddr>,
     /// Source ports masqueraded flows get; keep them outside net.ipv4.ip_local_port_range
     /// [default: 61000-65535].
     #[arg(long, value_name = "MIN-MAX")]
@@ -497,7 +499,8 @@ fn run(args: RunArgs, kernel_log_level: KernelLogLevel) -> anyhow::Result<()> {
         masquerade: match args.no_masquerade {
             true => Masquerade::Off,
             false => Masquerade::On {
-                addr: args.masquerade_address,
+                addrs: MasqueradeAddrs::new(&args.masquerade_address)
+                    .map_err(|e| anyhow::anyhow!("invalid --masquerade-address: {e}"))?,
                 ports: args.masquerade_ports.unwrap_or_default(),
             },
         },
@@ -678,16 +681,6 @@ fn hostname() -> anyhow::Result<String> {
     }
     let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
     Ok(String::from_utf8_lossy(&buf[..end]).trim().to_lowercase())
-}
-
-/// An IPv4 address (the data path masquerades IPv4 only).
-fn parse_ipv4(text: &str) -> Result<Ipv4Addr, String> {
-    match text.parse::<IpAddr>() {
-        Ok(IpAddr::V4(addr)) if !addr.is_unspecified() => Ok(addr),
-        Ok(IpAddr::V4(_)) => Err("0.0.0.0 cannot be masqueraded to (use --no-masquerade)".into()),
-        Ok(IpAddr::V6(_)) => Err(format!("{text} is IPv6; only IPv4 is masqueraded")),
-        Err(_) => Err(format!("{text:?} is not an IPv4 address")),
-    }
 }
 
 /// A map size: a number of entries from 1 to [`MAX_ENTRIES`].
@@ -911,11 +904,15 @@ mod tests {
         let parse = |args: &[&str]| Cli::try_parse_from([&["lb-agent", "run"], args].concat());
         let error = |args: &[&str]| parse(args).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(parse(&["--masquerade-address", "198.18.1.1"]).is_ok());
+        let both = parse(&["--masquerade-address", "198.18.1.1,2001:2::1"]).unwrap();
+        let Command::Run(run) = both.command else {
+            unreachable!("a run command")
+        };
+        let addrs = MasqueradeAddrs::new(&run.masquerade_address).unwrap();
+        assert_eq!(addrs.v6, Some("2001:2::1".parse().unwrap()));
         assert!(parse(&["--masquerade-ports", "62000-62999"]).is_ok());
         assert!(parse(&["--no-masquerade"]).is_ok());
-        assert!(error(&["--masquerade-address", "2001:2::1"]).contains("only IPv4"));
-        assert!(error(&["--masquerade-address", "0.0.0.0"]).contains("--no-masquerade"));
-        assert!(error(&["--masquerade-address", "node-a"]).contains("not an IPv4 address"));
+        assert!(error(&["--masquerade-address", "node-a"]).contains("invalid IP address"));
         assert!(error(&["--masquerade-ports", "65535-61000"]).contains("is empty"));
         assert!(error(&["--masquerade-ports", "61000"]).contains("MIN-MAX"));
         assert!(parse(&["--no-masquerade", "--masquerade-ports", "62000-62999"]).is_err());

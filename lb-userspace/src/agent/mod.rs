@@ -49,7 +49,7 @@ use crate::source::{self, DesiredStates};
 pub use accept_local::{AcceptLocalError, DEFAULT_PROC_SYS_NET_DIR};
 use auto_attach::AutoAttach;
 pub use cleanup::cleanup;
-pub use masquerade::{Masquerade, PortRange, PortRangeError};
+pub use masquerade::{Masquerade, MasqueradeAddrs, PortRange, PortRangeError};
 use programming::Programmer;
 pub use reject_limits::RejectLimitFlags;
 pub use socket_lb::{cgroup2_root, netns_cookie, SocketLb};

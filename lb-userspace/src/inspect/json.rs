@@ -8,8 +8,10 @@ use lb_common::conntrack::ct_flags;
 use lb_common::service::backend_flags;
 use serde::Serialize;
 
-use super::{direction, flag_list, frontend_addr, protocol, scope_name, socket, sockets, Snapshot};
-use crate::model::unmap_addr;
+use super::{
+    direction, flag_list, frontend_addr, masquerade_addresses, protocol, scope_name, socket,
+    sockets, Snapshot,
+};
 
 #[derive(Serialize)]
 struct Document<'a> {
@@ -85,7 +87,7 @@ impl Snapshot {
         let masquerades = config.masquerades();
         let document = Document {
             node: Node {
-                masquerade: masquerades.then(|| unmap_addr(config.snat_addr).to_string()),
+                masquerade: masquerade_addresses(config),
                 snat_port_min: masquerades.then(|| config.snat_port_min()),
                 snat_port_max: masquerades.then(|| config.snat_port_max()),
                 sockets: sockets(config),

@@ -241,16 +241,16 @@ fn page(
 impl fmt::Display for Snapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut node = Table::new(&["MASQUERADE", "PORTS", "SOCKETS"]);
-        let mut row = match self.node_config.masquerades() {
-            true => vec![
-                unmap_addr(self.node_config.snat_addr).to_string(),
+        let mut row = match masquerade_addresses(&self.node_config) {
+            Some(addrs) => vec![
+                addrs,
                 format!(
                     "{}-{}",
                     self.node_config.snat_port_min(),
                     self.node_config.snat_port_max()
                 ),
             ],
-            false => vec!["off".to_string(), "-".to_string()],
+            None => vec!["off".to_string(), "-".to_string()],
         };
         row.push(sockets(&self.node_config).to_string());
         node.row(row);
@@ -339,6 +339,15 @@ impl fmt::Display for Snapshot {
              {note}COUNTERS\n{counters}"
         )
     }
+}
+
+/// The addresses external flows are masqueraded to, IPv4 first, comma-separated (`None`: off).
+fn masquerade_addresses(config: &NodeConfig) -> Option<String> {
+    let v4 = (config.snat_addr != [0; 16]).then(|| unmap_addr(config.snat_addr).to_string());
+    let v6 = (config.snat_addr6 != [0; 16])
+        .then(|| std::net::Ipv6Addr::from(config.snat_addr6).to_string());
+    let addrs: Vec<String> = v4.into_iter().chain(v6).collect();
+    (!addrs.is_empty()).then(|| addrs.join(","))
 }
 
 /// Whose sockets the socket programs translate: `node` (its network namespace), `node+pods`
@@ -472,7 +481,9 @@ mod tests {
     use lb_common::{ipv4_mapped, Backend, Counter, CtKey, CtValue, NodeConfig, ServiceKey};
     use lb_common::{ServiceStats, ServiceValue, IPPROTO_TCP};
 
-    use super::{page, slot_list, AddrFilter, Filters, Query, ServiceRow, Snapshot};
+    use super::{
+        masquerade_addresses, page, slot_list, AddrFilter, Filters, Query, ServiceRow, Snapshot,
+    };
 
     #[test]
     fn a_maglev_tables_slots_are_listed_per_backend() {
@@ -767,5 +778,19 @@ new_flows  2
         assert_eq!(flow["backend_id"], 1);
         assert_eq!(flow["age_s"], 3);
         assert_eq!(json["counters"]["packets"], 12);
+    }
+
+    #[test]
+    fn the_masquerade_addresses_of_both_families_are_listed() {
+        let node = ipv4_mapped([198, 18, 0, 1]);
+        let v6: std::net::Ipv6Addr = "2001:2::1".parse().unwrap();
+        let both = NodeConfig::masquerading(node, 61000, 65535).with_snat_addr6(v6.octets());
+        let only_v6 = NodeConfig::masquerading([0; 16], 61000, 65535).with_snat_addr6(v6.octets());
+        assert_eq!(
+            masquerade_addresses(&both).as_deref(),
+            Some("198.18.0.1,2001:2::1")
+        );
+        assert_eq!(masquerade_addresses(&only_v6).as_deref(), Some("2001:2::1"));
+        assert_eq!(masquerade_addresses(&NodeConfig::default()), None);
     }
 }
