@@ -4,6 +4,11 @@
 //! comes from the address it asked, each family's requests reach that family's backends, and
 //! a connection to the Service without endpoints is refused at once. An outside client reaches
 //! the Service's node port on the node's IPv6 address through the XDP program.
+//!
+//! On two nodes ([`lb_tests::cluster::two_node`] with IPv6): an outside client's requests to
+//! node A's IPv6 node port reach node B's pod masqueraded to node A's IPv6 address (node B
+//! answers the client's subnet directly, so only masquerading brings its answers back through
+//! node A) and node A's pod with the client's address.
 
 use std::{
     collections::BTreeSet,
@@ -15,6 +20,8 @@ use std::{
 
 use lb_tests::{
     agent::{Agent, AgentOptions},
+    cluster::two_node::{Node, Setup, TwoNodes, CLIENT_ADDR},
+    inspect_output,
     netns::NetNs,
     require_root,
     servers::{tally, tcp_request, udp_request, Server},
@@ -191,4 +198,102 @@ fn a_dual_stack_service_answers_on_both_families_and_an_empty_ipv6_one_refuses()
         assert!(inspect.contains(&needle), "{needle} not in:\n{inspect}");
     }
     drop(servers);
+}
+
+/// The IPv6 NodePort Service of the two-node test: eTP Cluster, one endpoint per node.
+fn two_node_manifests() -> String {
+    let endpoint = |node: Node| {
+        let addr = ipv6_of(node.pod_addr());
+        format!(
+            "  - {{addresses: [\"{addr}\"], nodeName: {}}}\n",
+            node.name()
+        )
+    };
+    let endpoints: String = Node::ALL.into_iter().map(endpoint).collect();
+    format!(
+        "\
+apiVersion: v1
+kind: Service
+metadata: {{name: web6, namespace: e2e}}
+spec:
+  type: NodePort
+  ipFamilyPolicy: SingleStack
+  ipFamilies: [IPv6]
+  clusterIP: \"{VIP6}\"
+  clusterIPs: [\"{VIP6}\"]
+  externalTrafficPolicy: Cluster
+  ports:
+    - {{name: tcp, protocol: TCP, port: 80, targetPort: 8080, nodePort: 30080}}
+    - {{name: udp, protocol: UDP, port: 53, targetPort: 8053, nodePort: 30053}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web6
+  namespace: e2e
+  labels: {{kubernetes.io/service-name: web6}}
+addressType: IPv6
+ports:
+  - {{name: tcp, protocol: TCP, port: 8080}}
+  - {{name: udp, protocol: UDP, port: 8053}}
+endpoints:
+{endpoints}"
+    )
+}
+
+#[test]
+fn an_ipv6_node_port_masquerades_flows_to_the_other_nodes_pod() {
+    require_root!();
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("web6.yaml"), two_node_manifests()).unwrap();
+    let node_a6 = Node::A.addr6();
+    let setup = Setup {
+        ipv6: true,
+        node_a_args: ["--node-address", &node_a6.to_string()]
+            .into_iter()
+            .chain(["--masquerade-ports", "62000-62999"])
+            .map(String::from)
+            .collect(),
+        ..Setup::default()
+    };
+    let cluster = TwoNodes::start_with(dir.path(), &setup).unwrap();
+    let log = cluster.agent(Node::A).log();
+    assert!(
+        log.contains(&format!("leave as {} or {node_a6}", Node::A.addr())),
+        "{log}"
+    );
+    let mut servers = Vec::new();
+    for node in Node::ALL {
+        let pod = cluster.pod(node);
+        let addr = IpAddr::from(ipv6_of(pod.addr));
+        servers.push(Server::tcp(&pod.netns, (addr, 8080), &pod.name).unwrap());
+        servers.push(Server::udp(&pod.netns, (addr, 8053), &pod.name).unwrap());
+    }
+
+    // Every request from outside to node A's IPv6 node port is answered from it, by both
+    // pods: node B reaches the client directly, so its pod's answers only come back through
+    // node A because node A masqueraded those flows.
+    for (tcp, port) in [(true, 30080), (false, 30053)] {
+        let target = SocketAddr::new(node_a6.into(), port);
+        let answered = answerers(cluster.client(), tcp, target, REQUESTS);
+        let both: BTreeSet<String> = Node::ALL.map(|n| n.pod_name().to_string()).into();
+        assert_eq!(answered, both, "{target}");
+    }
+    // Node B's pod saw node A's IPv6 address and masquerading ports; node A's pod the client.
+    let client6 = IpAddr::from(ipv6_of(CLIENT_ADDR));
+    for (i, server) in servers.iter().enumerate() {
+        let node = Node::ALL[i / 2];
+        for peer in server.peers() {
+            match node {
+                Node::A => assert_eq!(peer.ip(), client6, "pod-a saw {peer}"),
+                Node::B => assert!(
+                    peer.ip() == IpAddr::from(node_a6) && (62000..=62999).contains(&peer.port()),
+                    "pod-b saw {peer}"
+                ),
+            }
+        }
+    }
+    let inspect = cluster.agent(Node::A).inspect().unwrap();
+    let masqueraded = inspect_output::counter(&inspect, "masqueraded").unwrap_or(0);
+    assert!(masqueraded > 0, "node A masqueraded nothing:\n{inspect}");
 }

@@ -27,6 +27,10 @@
 //! VXLAN and arrive on `flannel.1`; everything else (the client, masqueraded replies to node
 //! A's LAN address) still takes the LAN.
 //!
+//! With [`Setup::ipv6`] the LAN, the client, both nodes and their pods get IPv6 addresses
+//! too: each one's IPv4 address in 2001:2::/96 ([`crate::topology::ipv6_of`]), the LAN a
+//! /120, and each node routes the other's pod /120 via the other's IPv6 LAN address.
+//!
 //! The frames that node A's XDP program translates come from the client and, for replies,
 //! from pod-b, so both send with transmit checksum offload off (complete checksums, as on a
 //! wire). No XDP program runs on the LAN side of the veths: nothing here is answered with
@@ -35,7 +39,7 @@
 use std::{
     collections::BTreeMap,
     io,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -46,7 +50,7 @@ use crate::{
     cmd,
     netns::{unique_prefix, NetNs},
     servers::{Reply, Server},
-    topology::{lan::Lan, Pod, Topology, POD_IFACE},
+    topology::{ipv6_of, lan::Lan, Pod, Topology, POD_IFACE},
     Error, Result,
 };
 
@@ -62,6 +66,8 @@ pub const POD_PORTS: [(Protocol, u16); 2] = [(Protocol::Tcp, 8080), (Protocol::U
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 /// Prefix length of the LAN.
 const LAN_PREFIX: u8 = 24;
+/// Prefix length of the LAN's IPv6 subnet, and of each node's IPv6 pod subnet.
+const PREFIX6: u8 = 120;
 /// Every node's default gateway on the LAN (no namespace answers there): what makes
 /// [`LAN_IFACE`] a node's external interface for an agent that looks for it.
 pub const GATEWAY_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 254);
@@ -158,6 +164,8 @@ pub struct Setup {
     /// The test cgroup whose sockets node A's agent translates (`--cgroup-path`); `None`:
     /// `--no-socket-lb`, as node B's always runs.
     pub node_a_cgroup: Option<PathBuf>,
+    /// IPv6 addresses and routes too, before the agents start (routed pods only).
+    pub ipv6: bool,
 }
 
 /// One of the two nodes.
@@ -185,6 +193,11 @@ impl Node {
             Node::A => Ipv4Addr::new(198, 18, 1, 1),
             Node::B => Ipv4Addr::new(198, 18, 1, 2),
         }
+    }
+
+    /// The node's IPv6 LAN address, with [`Setup::ipv6`].
+    pub fn addr6(self) -> Ipv6Addr {
+        ipv6_of(self.addr())
     }
 
     /// The name of the node's pod.
@@ -252,6 +265,9 @@ impl TwoNodes {
     /// has attached its pod's veth.
     pub fn start_with(manifests: &Path, setup: &Setup) -> Result<TwoNodes> {
         let mut cluster = TwoNodes::build(setup.network)?;
+        if setup.ipv6 {
+            cluster.add_ipv6(setup.network)?;
+        }
         for node in Node::ALL {
             cluster.start_agent(node, manifests, setup)?;
         }
@@ -307,6 +323,33 @@ impl TwoNodes {
             nodes,
             _lan: lan,
         })
+    }
+
+    /// Gives the client, the nodes and their pods IPv6 addresses (see the module's doc) and
+    /// routes each node's IPv6 pod subnet via it.
+    fn add_ipv6(&self, network: PodNetwork) -> Result<()> {
+        if network != PodNetwork::Routed {
+            return Err(Error::Invalid {
+                what: "the two-node setup".into(),
+                reason: "IPv6 is set up for routed pods only".into(),
+            });
+        }
+        let on_lan = |addr: Ipv6Addr| format!("{addr}/{PREFIX6}");
+        let client6 = on_lan(ipv6_of(CLIENT_ADDR));
+        self.client
+            .ip(&["-6", "addr", "add", &client6, "dev", POD_IFACE, "nodad"])?;
+        for node in Node::ALL {
+            let topology = &self.nodes[node.index()];
+            topology.add_ipv6()?;
+            let netns = topology.node();
+            let addr = on_lan(node.addr6());
+            netns.ip(&["-6", "addr", "add", &addr, "dev", LAN_IFACE, "nodad"])?;
+            let other = node.other();
+            let pods = format!("{}/{PREFIX6}", ipv6_of(network.pod_net(other)));
+            let via = other.addr6().to_string();
+            netns.ip(&["-6", "route", "add", &pods, "via", &via])?;
+        }
+        Ok(())
     }
 
     /// Starts a file-mode agent on `node` reading `manifests` as `setup` says (TC on its pods'
