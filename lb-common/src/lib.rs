@@ -53,6 +53,12 @@ pub mod program_names {
     pub const TC_EGRESS6: &str = "lb_tc_egress6";
     /// The IPv6 half of [`XDP_INGRESS`], which tail-calls it (`maps::XDP_IPV6`).
     pub const XDP_INGRESS6: &str = "lb_xdp_ingress6";
+    /// ICMPv6 errors about tracked flows, tail-called by [`TC_INGRESS`] (`maps::TC_IPV6`).
+    pub const TC_ICMP6_INGRESS: &str = "lb_tc_icmp6_ingress";
+    /// ICMPv6 errors about tracked flows, tail-called by [`TC_EGRESS`] (`maps::TC_IPV6`).
+    pub const TC_ICMP6_EGRESS: &str = "lb_tc_icmp6_egress";
+    /// ICMPv6 errors about tracked flows, tail-called by [`XDP_INGRESS`] (`maps::XDP_IPV6`).
+    pub const XDP_ICMP6: &str = "lb_xdp_icmp6";
     /// TC ingress on the XDP interface: sends on what XDP handed over for the redirect reply
     /// path (`config::reply_path::REDIRECT`).
     pub const TC_XDP_HANDOFF: &str = "lb_tc_xdp_handoff";

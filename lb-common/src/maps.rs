@@ -238,10 +238,11 @@ registry! {
     /// the ring buffer of `crate::event`.
     MONITOR = "LB_MONITOR": Array<u32, u32>, Entries::Fixed(1);
     /// The IPv6 programs of the TC hooks, at the [`ipv6_slot`] indices: the IPv4 programs
-    /// (each program's verifier budget holds one family's pipeline) tail-call them for IPv6.
-    TC_IPV6 = "LB_TC_V6": ProgramArray<u32, u32>, Entries::Fixed(2);
-    /// The IPv6 program of the XDP hook (a program array holds one program type).
-    XDP_IPV6 = "LB_XDP_V6": ProgramArray<u32, u32>, Entries::Fixed(1);
+    /// (each program's verifier budget holds one family's pipeline) tail-call them for IPv6,
+    /// and ICMPv6 error programs for IPv6 ICMPv6 frames.
+    TC_IPV6 = "LB_TC_V6": ProgramArray<u32, u32>, Entries::Fixed(4);
+    /// The IPv6 programs of the XDP hook (a program array holds one program type).
+    XDP_IPV6 = "LB_XDP_V6": ProgramArray<u32, u32>, Entries::Fixed(2);
 }
 
 /// Indices of the IPv6 programs in [`TC_IPV6`] and [`XDP_IPV6`].
@@ -250,8 +251,14 @@ pub mod ipv6_slot {
     pub const TC_INGRESS: u32 = 0;
     /// `program_names::TC_EGRESS6` in `TC_IPV6`.
     pub const TC_EGRESS: u32 = 1;
+    /// `program_names::TC_ICMP6_INGRESS` in `TC_IPV6`.
+    pub const TC_INGRESS_ICMP: u32 = 2;
+    /// `program_names::TC_ICMP6_EGRESS` in `TC_IPV6`.
+    pub const TC_EGRESS_ICMP: u32 = 3;
     /// `program_names::XDP_INGRESS6` in `XDP_IPV6`.
     pub const XDP: u32 = 0;
+    /// `program_names::XDP_ICMP6` in `XDP_IPV6`.
+    pub const XDP_ICMP: u32 = 1;
 }
 
 #[cfg(test)]

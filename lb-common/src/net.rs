@@ -121,6 +121,8 @@ pub mod icmpv6 {
     pub const PORT_UNREACH: u8 = 4;
     /// Packet too big (path MTU discovery).
     pub const PACKET_TOO_BIG: u8 = 2;
+    /// Time exceeded (hop limit).
+    pub const TIME_EXCEEDED: u8 = 3;
     /// Echo request.
     pub const ECHO_REQUEST: u8 = 128;
     /// Neighbour solicitation (NDP).

@@ -19,7 +19,7 @@ use crate::{
     error::{Error, Verdict},
     event,
     family::{Family, Ipv4, Ipv6},
-    fragment, icmp_error,
+    fragment, icmp_error, icmp_error6,
     maps::MapAccess,
     masquerade, pairs,
     parse::{self, Flow, FlowEnd, Ipv4Flow, Piece},
@@ -82,11 +82,41 @@ pub fn process<F: Front, P: Packet, M: MapAccess>(
     maps: &mut M,
     hook: Hook,
 ) -> Verdict {
-    let counts_all = hook != Hook::Egress;
-    if counts_all {
+    count_packet(maps, hook);
+    let result = try_process::<F, P, M>(pkt, maps, hook);
+    account::<F, P, M>(pkt, maps, hook, result)
+}
+
+/// Handles an IPv6 packet that may be an ICMPv6 error about a tracked flow, as [`process`]
+/// would; its own program's (see `icmp_error6`).
+#[inline(always)]
+pub fn icmp6_errors<P: Packet, M: MapAccess>(pkt: &mut P, maps: &mut M, hook: Hook) -> Verdict {
+    count_packet(maps, hook);
+    let result = icmp_error6::translate(pkt, maps).map(|outcome| Done {
+        outcome,
+        forward: true,
+    });
+    account::<Ipv6, P, M>(pkt, maps, hook, result)
+}
+
+/// Counts a packet at ingress (egress counts only what it translates or drops).
+#[inline(always)]
+fn count_packet<M: MapAccess>(maps: &mut M, hook: Hook) {
+    if hook != Hook::Egress {
         stats::count(maps, Counter::Packets);
     }
-    match try_process::<F, P, M>(pkt, maps, hook) {
+}
+
+/// Counts what became of a packet and returns what the hook should do with it.
+#[inline(always)]
+fn account<F: Family, P: Packet, M: MapAccess>(
+    pkt: &mut P,
+    maps: &mut M,
+    hook: Hook,
+    result: Result<Done, Error>,
+) -> Verdict {
+    let counts_all = hook != Hook::Egress;
+    match result {
         Ok(done) => {
             stats::count(maps, done.outcome);
             if matches!(
@@ -179,7 +209,8 @@ impl Front for Ipv4 {
     }
 }
 
-/// IPv6: TCP and UDP only; ICMPv6 (NDP above all) and fragments pass untouched.
+/// IPv6: TCP and UDP only; ICMPv6 errors about them have their own programs
+/// ([`icmp6_errors`]), other ICMPv6 (NDP above all) and fragments pass untouched.
 impl Front for Ipv6 {
     #[inline(always)]
     fn start<P: Packet, M: MapAccess>(

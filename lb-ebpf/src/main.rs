@@ -22,6 +22,7 @@ mod event;
 mod family;
 mod fragment;
 mod icmp_error;
+mod icmp_error6;
 mod lb;
 mod maps;
 mod masquerade;
@@ -67,7 +68,8 @@ use crate::{
 pub fn lb_tc_ingress(ctx: TcContext) -> i32 {
     let mut pkt = TcPacket(ctx);
     if is_ipv6(&pkt) {
-        ipv6_tail_call(&pkt.0, false, ipv6_slot::TC_INGRESS);
+        let slot = ipv6_slot_of(&pkt, ipv6_slot::TC_INGRESS, ipv6_slot::TC_INGRESS_ICMP);
+        ipv6_tail_call(&pkt.0, false, slot);
         return ipv6_unavailable(TC_ACT_UNSPEC);
     }
     tc_ingress::<Ipv4>(&mut pkt)
@@ -77,6 +79,23 @@ pub fn lb_tc_ingress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn lb_tc_ingress6(ctx: TcContext) -> i32 {
     tc_ingress::<Ipv6>(&mut TcPacket(ctx))
+}
+
+/// ICMPv6 errors about tracked flows at TC ingress (`lb_common::program_names::TC_ICMP6_INGRESS`),
+/// tail-called by [`lb_tc_ingress`] for IPv6 frames whose fixed header is followed by ICMPv6:
+/// in a program of their own, as the IPv6 pipeline leaves no room for them in its 512-byte
+/// stack.
+#[classifier]
+pub fn lb_tc_icmp6_ingress(ctx: TcContext) -> i32 {
+    tc_icmp6(ctx, Hook::POD_FACING)
+}
+
+#[inline(always)]
+fn tc_icmp6(ctx: TcContext, hook: Hook) -> i32 {
+    match lb::icmp6_errors(&mut TcPacket(ctx), &mut KernelMaps, hook) {
+        Verdict::Drop => TC_ACT_SHOT,
+        Verdict::Pass | Verdict::SendBack | Verdict::Forward => TC_ACT_UNSPEC,
+    }
 }
 
 #[inline(always)]
@@ -99,7 +118,8 @@ fn tc_ingress<F: Front>(pkt: &mut TcPacket) -> i32 {
 pub fn lb_tc_egress(ctx: TcContext) -> i32 {
     let mut pkt = TcPacket(ctx);
     if is_ipv6(&pkt) {
-        ipv6_tail_call(&pkt.0, false, ipv6_slot::TC_EGRESS);
+        let slot = ipv6_slot_of(&pkt, ipv6_slot::TC_EGRESS, ipv6_slot::TC_EGRESS_ICMP);
+        ipv6_tail_call(&pkt.0, false, slot);
         return ipv6_unavailable(TC_ACT_UNSPEC);
     }
     tc_egress::<Ipv4>(&mut pkt)
@@ -109,6 +129,13 @@ pub fn lb_tc_egress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn lb_tc_egress6(ctx: TcContext) -> i32 {
     tc_egress::<Ipv6>(&mut TcPacket(ctx))
+}
+
+/// ICMPv6 errors about tracked flows at TC egress (`lb_common::program_names::TC_ICMP6_EGRESS`),
+/// tail-called by [`lb_tc_egress`] as [`lb_tc_icmp6_ingress`] is.
+#[classifier]
+pub fn lb_tc_icmp6_egress(ctx: TcContext) -> i32 {
+    tc_icmp6(ctx, Hook::Egress)
 }
 
 #[inline(always)]
@@ -128,7 +155,8 @@ fn tc_egress<F: Front>(pkt: &mut TcPacket) -> i32 {
 pub fn lb_xdp_ingress(ctx: XdpContext) -> u32 {
     let mut pkt = XdpPacket(ctx);
     if is_ipv6(&pkt) {
-        ipv6_tail_call(&pkt.0, true, ipv6_slot::XDP);
+        let slot = ipv6_slot_of(&pkt, ipv6_slot::XDP, ipv6_slot::XDP_ICMP);
+        ipv6_tail_call(&pkt.0, true, slot);
         return ipv6_unavailable(xdp_action::XDP_PASS);
     }
     xdp_ingress::<Ipv4>(&mut pkt)
@@ -138,6 +166,16 @@ pub fn lb_xdp_ingress(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn lb_xdp_ingress6(ctx: XdpContext) -> u32 {
     xdp_ingress::<Ipv6>(&mut XdpPacket(ctx))
+}
+
+/// ICMPv6 errors about tracked flows at XDP (`lb_common::program_names::XDP_ICMP6`),
+/// tail-called by [`lb_xdp_ingress`] as [`lb_tc_icmp6_ingress`] is.
+#[xdp]
+pub fn lb_xdp_icmp6(ctx: XdpContext) -> u32 {
+    match lb::icmp6_errors(&mut XdpPacket(ctx), &mut KernelMaps, Hook::EXTERNAL) {
+        Verdict::Drop => xdp_action::XDP_DROP,
+        Verdict::Pass | Verdict::SendBack | Verdict::Forward => xdp_action::XDP_PASS,
+    }
 }
 
 #[inline(always)]
@@ -154,6 +192,18 @@ fn xdp_ingress<F: Front>(pkt: &mut XdpPacket) -> u32 {
 #[inline(always)]
 fn is_ipv6<P: Packet>(pkt: &P) -> bool {
     pkt.load::<2>(lb_common::net::ETH_TYPE_OFFSET) == Some(ETHERTYPE_IPV6.to_be_bytes())
+}
+
+/// The slot of the IPv6 program for an IPv6 frame: `icmp` when its fixed header is followed
+/// by ICMPv6 (errors about tracked flows have programs of their own; behind extension
+/// headers they are not translated), `pipeline` otherwise.
+#[inline(always)]
+fn ipv6_slot_of<P: Packet>(pkt: &P, pipeline: u32, icmp: u32) -> u32 {
+    let next_header = lb_common::net::ETH_HLEN + lb_common::net::IPV6_NEXT_HEADER;
+    match pkt.load::<2>(next_header).map(|[next, _]| next) {
+        Some(lb_common::net::IPPROTO_ICMPV6) => icmp,
+        _ => pipeline,
+    }
 }
 
 /// An IPv6 packet whose program is missing from the program array: counted, and `pass`ed.

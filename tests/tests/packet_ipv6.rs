@@ -411,3 +411,120 @@ fn a_pod_balanced_to_itself_over_ipv6_gets_its_request_from_the_ipv6_hairpin_add
     assert_eq!(verdict, Verdict::Pass);
     assert_frames_equal(&out, &syn_ack.with_src(vip(80)).with_dst(pod).to_bytes());
 }
+
+/// A router on the path between the node and the backend.
+const ROUTER: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0xfe, 0, 0, 0, 1);
+
+/// An ICMPv6 error `from -> to` of `kind` (type, code) whose four bytes after the checksum are
+/// `rest`, quoting the IPv6 packet of `quoted` (without its Ethernet header).
+fn icmpv6_error(
+    from: Ipv6Addr,
+    to: Ipv6Addr,
+    kind: (u8, u8),
+    rest: [u8; 4],
+    quoted: &Frame6,
+) -> Frame6 {
+    let icmp = Icmp {
+        icmp_type: kind.0,
+        code: kind.1,
+        rest,
+        body: quoted.to_bytes()[ETH_HLEN..].to_vec(),
+    };
+    Frame6::new(from, to, L4::Icmp(icmp))
+}
+
+/// Packet too big, next-hop MTU 1280.
+const PACKET_TOO_BIG: (u8, u8) = (icmpv6::PACKET_TOO_BIG, 0);
+const MTU_1280: [u8; 4] = 1280u32.to_be_bytes();
+
+#[test]
+fn a_routers_packet_too_big_about_a_masqueraded_request_reaches_the_client() {
+    require_root!();
+    let mut fx = one_backend(Hook::Xdp, 80, Protocol::Tcp);
+    fx.set_node_config(&masquerading_both());
+    let request = Frame6::tcp(client(40_020), vip(80), tcp_flags::ACK).with_payload(&[7; 1300]);
+    let syn = Frame6::tcp(client(40_020), vip(80), tcp_flags::SYN);
+    let node = source_nated(&mut fx, &syn, NODE6, Counter::Masqueraded);
+    // The router cannot forward the masqueraded request and tells its source, the node.
+    let sent = request.clone().with_src(node).with_dst(backend());
+    let too_big = icmpv6_error(ROUTER, NODE6, PACKET_TOO_BIG, MTU_1280, &sent);
+    let (verdict, out, moved) = fx.run_counted(&too_big.to_bytes());
+    assert_eq!(verdict, Verdict::Pass);
+    // The client gets it, quoting its own request to the VIP.
+    let expected = icmpv6_error(ROUTER, CLIENT, PACKET_TOO_BIG, MTU_1280, &request);
+    assert_frames_equal(&out, &expected.to_bytes());
+    assert_eq!(
+        moved,
+        deltas(&[(Counter::Packets, 1), (Counter::IcmpErrorTranslated, 1)])
+    );
+}
+
+#[test]
+fn a_backends_port_unreachable_reaches_the_client_from_the_vip() {
+    require_root!();
+    for hook in HOOKS {
+        let mut fx = one_backend(hook, 53, Protocol::Udp);
+        let query = Frame6::udp(client(50_020), vip(53), b"query");
+        fx.run_counted(&query.to_bytes());
+        let unreachable = (icmpv6::DEST_UNREACH, icmpv6::PORT_UNREACH);
+        let dnated = query.clone().with_dst(backend());
+        let error = icmpv6_error(BACKEND, CLIENT, unreachable, [0; 4], &dnated);
+        let (verdict, out, moved) = fx.run_counted(&error.to_bytes());
+        assert_eq!(verdict, Verdict::Pass, "{hook:?}");
+        let expected = icmpv6_error(VIP, CLIENT, unreachable, [0; 4], &query);
+        assert_frames_equal(&out, &expected.to_bytes());
+        assert_eq!(
+            moved,
+            deltas(&[(Counter::Packets, 1), (Counter::IcmpErrorTranslated, 1)]),
+            "{hook:?}"
+        );
+    }
+}
+
+#[test]
+fn an_error_about_a_reply_reaches_the_backend_quoting_its_answer() {
+    require_root!();
+    let mut fx = one_backend(Hook::Tc, 53, Protocol::Udp);
+    let query = Frame6::udp(client(50_021), vip(53), b"query");
+    fx.run_counted(&query.to_bytes());
+    let answer = Frame6::udp(backend(), client(50_021), b"answer");
+    fx.run_counted(&answer.to_bytes());
+    // The client's port is closed by now: it refuses the answer it got from the VIP.
+    let unreachable = (icmpv6::DEST_UNREACH, icmpv6::PORT_UNREACH);
+    let received = answer.clone().with_src(vip(53));
+    let error = icmpv6_error(CLIENT, VIP, unreachable, [0; 4], &received);
+    let (_, out, moved) = fx.run_counted(&error.to_bytes());
+    let expected = icmpv6_error(CLIENT, BACKEND, unreachable, [0; 4], &answer);
+    assert_frames_equal(&out, &expected.to_bytes());
+    assert_eq!(
+        moved,
+        deltas(&[(Counter::Packets, 1), (Counter::IcmpErrorTranslated, 1)])
+    );
+}
+
+#[test]
+fn errors_about_untracked_flows_and_behind_extension_headers_pass_untouched() {
+    require_root!();
+    let mut fx = one_backend(Hook::Xdp, 80, Protocol::Tcp);
+    let stranger = Frame6::tcp(client(40_030), backend(), tcp_flags::ACK);
+    let untracked = icmpv6_error(ROUTER, CLIENT, PACKET_TOO_BIG, MTU_1280, &stranger);
+    let syn = Frame6::tcp(client(40_031), vip(80), tcp_flags::SYN);
+    fx.run_counted(&syn.to_bytes());
+    let tracked = icmpv6_error(
+        ROUTER,
+        CLIENT,
+        PACKET_TOO_BIG,
+        MTU_1280,
+        &syn.with_dst(backend()),
+    );
+    let behind_options = tracked.with_ext(vec![Ext::options(ipv6_ext::DESTINATION)]);
+    for frame in [untracked, behind_options] {
+        let (verdict, out, moved) = fx.run_counted(&frame.to_bytes());
+        assert_eq!(verdict, Verdict::Pass);
+        assert_frames_equal(&out, &frame.to_bytes());
+        assert_eq!(
+            moved,
+            deltas(&[(Counter::Packets, 1), (Counter::OtherProtocol, 1)])
+        );
+    }
+}

@@ -109,10 +109,16 @@ impl Datapath {
             program_names::TC_XDP_HANDOFF,
             program_names::TC_INGRESS6,
             program_names::TC_EGRESS6,
+            program_names::TC_ICMP6_INGRESS,
+            program_names::TC_ICMP6_EGRESS,
         ] {
             load_program::<SchedClassifier>(&mut ebpf, name, |p| p.load())?;
         }
-        for name in [program_names::XDP_INGRESS, program_names::XDP_INGRESS6] {
+        for name in [
+            program_names::XDP_INGRESS,
+            program_names::XDP_INGRESS6,
+            program_names::XDP_ICMP6,
+        ] {
             load_program::<Xdp>(&mut ebpf, name, |p| p.load())?;
         }
         for (_, name) in sock_links::PROGRAMS {
@@ -454,10 +460,28 @@ fn set_ipv6_programs(ebpf: &Ebpf, maps: &mut DatapathMaps) -> Result<(), Datapat
             tc(program_names::TC_EGRESS6),
         ),
         (
+            registry::TC_IPV6,
+            ipv6_slot::TC_INGRESS_ICMP,
+            program_names::TC_ICMP6_INGRESS,
+            tc(program_names::TC_ICMP6_INGRESS),
+        ),
+        (
+            registry::TC_IPV6,
+            ipv6_slot::TC_EGRESS_ICMP,
+            program_names::TC_ICMP6_EGRESS,
+            tc(program_names::TC_ICMP6_EGRESS),
+        ),
+        (
             registry::XDP_IPV6,
             ipv6_slot::XDP,
             program_names::XDP_INGRESS6,
             xdp(program_names::XDP_INGRESS6),
+        ),
+        (
+            registry::XDP_IPV6,
+            ipv6_slot::XDP_ICMP,
+            program_names::XDP_ICMP6,
+            xdp(program_names::XDP_ICMP6),
         ),
     ];
     for (array, slot, program, fd) in programs {
