@@ -34,6 +34,8 @@ const TIMEOUT: Duration = Duration::from_secs(2);
 const VIP4: &str = "198.19.0.60";
 const VIP6: &str = "2001:2:0:53::60";
 const EMPTY_VIP6: &str = "2001:2:0:53::61";
+/// The two-node test's Service whose only endpoint is on node B.
+const REMOTE_VIP6: &str = "2001:2:0:53::62";
 
 /// The Service (both families) and its two EndpointSlices, and the IPv6 Service without
 /// endpoints.
@@ -200,38 +202,39 @@ fn a_dual_stack_service_answers_on_both_families_and_an_empty_ipv6_one_refuses()
     drop(servers);
 }
 
-/// The IPv6 NodePort Service of the two-node test: eTP Cluster, one endpoint per node.
-fn two_node_manifests() -> String {
-    let endpoint = |node: Node| {
+/// An IPv6-only NodePort Service `name` at `vip` (eTP Cluster) with TCP 80 -> 8080 and UDP
+/// 53 -> 8053 on node ports `tcp` and `udp`, and its EndpointSlice with the pods of `nodes`.
+fn ipv6_node_port_service(name: &str, vip: &str, (tcp, udp): (u16, u16), nodes: &[Node]) -> String {
+    let endpoint = |node: &Node| {
         let addr = ipv6_of(node.pod_addr());
         format!(
             "  - {{addresses: [\"{addr}\"], nodeName: {}}}\n",
             node.name()
         )
     };
-    let endpoints: String = Node::ALL.into_iter().map(endpoint).collect();
+    let endpoints: String = nodes.iter().map(endpoint).collect();
     format!(
         "\
 apiVersion: v1
 kind: Service
-metadata: {{name: web6, namespace: e2e}}
+metadata: {{name: {name}, namespace: e2e}}
 spec:
   type: NodePort
   ipFamilyPolicy: SingleStack
   ipFamilies: [IPv6]
-  clusterIP: \"{VIP6}\"
-  clusterIPs: [\"{VIP6}\"]
+  clusterIP: \"{vip}\"
+  clusterIPs: [\"{vip}\"]
   externalTrafficPolicy: Cluster
   ports:
-    - {{name: tcp, protocol: TCP, port: 80, targetPort: 8080, nodePort: 30080}}
-    - {{name: udp, protocol: UDP, port: 53, targetPort: 8053, nodePort: 30053}}
+    - {{name: tcp, protocol: TCP, port: 80, targetPort: 8080, nodePort: {tcp}}}
+    - {{name: udp, protocol: UDP, port: 53, targetPort: 8053, nodePort: {udp}}}
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata:
-  name: web6
+  name: {name}
   namespace: e2e
-  labels: {{kubernetes.io/service-name: web6}}
+  labels: {{kubernetes.io/service-name: {name}}}
 addressType: IPv6
 ports:
   - {{name: tcp, protocol: TCP, port: 8080}}
@@ -241,27 +244,30 @@ endpoints:
     )
 }
 
-#[test]
-fn an_ipv6_node_port_masquerades_flows_to_the_other_nodes_pod() {
-    require_root!();
-    let dir = tempfile::tempdir().unwrap();
-    fs::write(dir.path().join("web6.yaml"), two_node_manifests()).unwrap();
-    let node_a6 = Node::A.addr6();
+/// Node ports of `web6` (a pod on each node) and of `remote6` (node B's pod only).
+const WEB6_PORTS: (u16, u16) = (30080, 30053);
+const REMOTE6_PORTS: (u16, u16) = (30081, 30054);
+
+/// Starts both nodes with IPv6 on the two Services, node A masquerading to ports
+/// 62000-62999 and serving node ports on its IPv6 address too, and IPv6 servers in both pods.
+fn two_nodes_with_ipv6(dir: &std::path::Path) -> (TwoNodes, Vec<Server>) {
+    let web6 = ipv6_node_port_service("web6", VIP6, WEB6_PORTS, &Node::ALL);
+    let remote6 = ipv6_node_port_service("remote6", REMOTE_VIP6, REMOTE6_PORTS, &[Node::B]);
+    fs::write(dir.join("services.yaml"), format!("{web6}---\n{remote6}")).unwrap();
+    let node_a6 = Node::A.addr6().to_string();
     let setup = Setup {
         ipv6: true,
-        node_a_args: ["--node-address", &node_a6.to_string()]
-            .into_iter()
-            .chain(["--masquerade-ports", "62000-62999"])
-            .map(String::from)
-            .collect(),
+        node_a_args: [
+            "--node-address",
+            &node_a6,
+            "--masquerade-ports",
+            "62000-62999",
+        ]
+        .map(String::from)
+        .into(),
         ..Setup::default()
     };
-    let cluster = TwoNodes::start_with(dir.path(), &setup).unwrap();
-    let log = cluster.agent(Node::A).log();
-    assert!(
-        log.contains(&format!("leave as {} or {node_a6}", Node::A.addr())),
-        "{log}"
-    );
+    let cluster = TwoNodes::start_with(dir, &setup).unwrap();
     let mut servers = Vec::new();
     for node in Node::ALL {
         let pod = cluster.pod(node);
@@ -269,11 +275,25 @@ fn an_ipv6_node_port_masquerades_flows_to_the_other_nodes_pod() {
         servers.push(Server::tcp(&pod.netns, (addr, 8080), &pod.name).unwrap());
         servers.push(Server::udp(&pod.netns, (addr, 8053), &pod.name).unwrap());
     }
+    (cluster, servers)
+}
+
+#[test]
+fn an_ipv6_node_port_masquerades_flows_to_the_other_nodes_pod() {
+    require_root!();
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, servers) = two_nodes_with_ipv6(dir.path());
+    let node_a6 = Node::A.addr6();
+    let log = cluster.agent(Node::A).log();
+    assert!(
+        log.contains(&format!("leave as {} or {node_a6}", Node::A.addr())),
+        "{log}"
+    );
 
     // Every request from outside to node A's IPv6 node port is answered from it, by both
     // pods: node B reaches the client directly, so its pod's answers only come back through
     // node A because node A masqueraded those flows.
-    for (tcp, port) in [(true, 30080), (false, 30053)] {
+    for (tcp, port) in [(true, WEB6_PORTS.0), (false, WEB6_PORTS.1)] {
         let target = SocketAddr::new(node_a6.into(), port);
         let answered = answerers(cluster.client(), tcp, target, REQUESTS);
         let both: BTreeSet<String> = Node::ALL.map(|n| n.pod_name().to_string()).into();
@@ -296,4 +316,44 @@ fn an_ipv6_node_port_masquerades_flows_to_the_other_nodes_pod() {
     let inspect = cluster.agent(Node::A).inspect().unwrap();
     let masqueraded = inspect_output::counter(&inspect, "masqueraded").unwrap_or(0);
     assert!(masqueraded > 0, "node A masqueraded nothing:\n{inspect}");
+}
+
+/// Sends one request line of `size` bytes over a new TCP connection to `target` and reads the
+/// answer line.
+fn big_request(target: SocketAddr, size: usize, timeout: Duration) -> std::io::Result<String> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&target, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    let mut line = vec![b'x'; size];
+    line.push(b'\n');
+    stream.write_all(&line)?;
+    let mut answer = String::new();
+    BufReader::new(stream).read_line(&mut answer)?;
+    Ok(answer.trim_end().to_string())
+}
+
+#[test]
+fn a_routers_packet_too_big_reaches_the_client_through_a_masqueraded_flow() {
+    require_root!();
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, _servers) = two_nodes_with_ipv6(dir.path());
+    // Node B forwards to its pod over a link of IPv6's minimum MTU; the pod's own end keeps
+    // 1500, so TCP agrees on segments node B cannot forward and must answer Packet Too Big
+    // to their source, node A's IPv6 address (the flow is masqueraded).
+    let pod_b = cluster.pod(Node::B);
+    let narrow = ["link", "set", &pod_b.host_iface, "mtu", "1280"];
+    cluster.node(Node::B).ip(&narrow).unwrap();
+    let target = SocketAddr::new(Node::A.addr6().into(), REMOTE6_PORTS.0);
+    let answer = cluster
+        .client()
+        .run(|| big_request(target, 4000, Duration::from_secs(5)))
+        .unwrap();
+    // Only a translated Packet Too Big lets the client's segments shrink and get through.
+    assert_eq!(answer.unwrap(), "pod-b");
+    let inspect = cluster.agent(Node::A).inspect().unwrap();
+    let translated = inspect_output::counter(&inspect, "icmp_error_translated").unwrap_or(0);
+    assert!(
+        translated > 0,
+        "node A translated no ICMPv6 error:\n{inspect}"
+    );
 }
