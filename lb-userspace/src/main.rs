@@ -120,7 +120,7 @@ struct RunArgs {
     /// The service CIDRs (comma-separated or repeated): new flows to their addresses that no
     /// Service holds are dropped, as kube-proxy nftables does. Kubernetes mode watches
     /// ServiceCIDR objects (networking.k8s.io/v1, Kubernetes 1.33) unless this is given;
-    /// file mode has only these. IPv6 ranges are ignored.
+    /// file mode has only these. Both families.
     #[arg(long = "service-cidrs", value_name = "CIDR", value_delimiter = ',')]
     service_cidrs: Option<Vec<IpNet>>,
     /// Pod-facing interface to attach the TC ingress and egress programs to (repeatable). Without it,
@@ -489,7 +489,7 @@ fn run(args: RunArgs, kernel_log_level: KernelLogLevel) -> anyhow::Result<()> {
     };
     let config = RunConfig {
         source,
-        service_cidrs: args.service_cidrs.as_deref().map(service_cidr::ipv4_cidrs),
+        service_cidrs: args.service_cidrs.as_deref().map(service_cidr::flag_cidrs),
         xdp_iface: match (args.xdp_iface, args.no_xdp) {
             (_, true) => XdpIface::Off,
             (Some(iface), false) => XdpIface::Named(iface),

@@ -9,7 +9,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use lb_common::service::{backend_flags, scope, service_flags};
 use lb_common::{Backend, ServiceKey, ServiceValue, SourceRange, IPPROTO_TCP, IPPROTO_UDP};
 
@@ -245,7 +245,7 @@ pub struct DesiredState {
     pub health_checks: Arc<BTreeMap<ObjectKey, HealthCheck>>,
     /// The service CIDRs (IPv4): new flows to their addresses that no Service holds are
     /// dropped. Empty: nothing is.
-    pub service_cidrs: BTreeSet<Ipv4Net>,
+    pub service_cidrs: BTreeSet<IpNet>,
 }
 
 /// A Service's `healthCheckNodePort` (a LoadBalancer with `externalTrafficPolicy: Local`),
@@ -339,21 +339,26 @@ pub fn source_range_of(prefix_len: u32, key: SourceRange) -> Option<(u32, IpNet)
     Some((group_id, range))
 }
 
-/// The service CIDRs map key of `cidr`: its `prefix_len` (IPv4-mapped: 96 bits before the
-/// range's) and the address.
-pub fn service_cidr_key(cidr: Ipv4Net) -> (u32, [u8; 16]) {
+/// The service CIDRs map key of `cidr`: its `prefix_len` (IPv4-mapped: 96 bits before an
+/// IPv4 range's) and the address as maps hold it.
+pub fn service_cidr_key(cidr: IpNet) -> (u32, [u8; 16]) {
     let cidr = cidr.trunc();
-    (
-        96 + u32::from(cidr.prefix_len()),
-        lb_common::ipv4_mapped(cidr.addr().octets()),
-    )
+    let mapped = match cidr {
+        IpNet::V4(_) => 96,
+        IpNet::V6(_) => 0,
+    };
+    (mapped + u32::from(cidr.prefix_len()), map_addr(cidr.addr()))
 }
 
-/// The range of a service CIDRs map key; `None` for one no IPv4 range has.
-pub fn service_cidr_of(prefix_len: u32, addr: [u8; 16]) -> Option<Ipv4Net> {
-    let v4 = lb_common::ipv4_unmapped(&addr)?;
-    let bits = u8::try_from(prefix_len.checked_sub(96)?).ok()?;
-    Ipv4Net::new(v4.into(), bits).ok()
+/// The range of a service CIDRs map key; `None` for one no range has.
+pub fn service_cidr_of(prefix_len: u32, addr: [u8; 16]) -> Option<IpNet> {
+    match lb_common::ipv4_unmapped(&addr) {
+        Some(v4) => {
+            let bits = u8::try_from(prefix_len.checked_sub(96)?).ok()?;
+            IpNet::new(v4.into(), bits).ok()
+        }
+        None => IpNet::new(Ipv6Addr::from(addr).into(), u8::try_from(prefix_len).ok()?).ok(),
+    }
 }
 
 /// An address from the maps' 16-byte form (IPv4-mapped becomes IPv4).
@@ -382,7 +387,7 @@ mod tests {
 
     #[test]
     fn service_cidr_keys_round_trip() {
-        let cidr: Ipv4Net = "198.19.0.0/16".parse().unwrap();
+        let cidr: IpNet = "198.19.0.0/16".parse().unwrap();
         let (prefix_len, addr) = service_cidr_key(cidr);
         assert_eq!(prefix_len, 112);
         assert_eq!(&addr[10..], &[0xff, 0xff, 198, 19, 0, 0]);

@@ -155,10 +155,10 @@ fn kubernetes_mode_watches_service_cidr_objects() {
     let client = &cluster.client().netns;
     let http = SocketAddrV4::new(K8S_CLUSTER_IP, 80);
     wait_for_backends("web is programmed", client, Protocol::Tcp, http, &[0]);
-    // Created after the agent started: only the watch can tell it. The IPv6 range is skipped.
+    // Created after the agent started: only the watch can tell it. Both ranges are written.
     api.create(&service_cidr("kubernetes", &[SERVICE_CIDR, "2001:2::/112"]))
         .unwrap();
-    let logged = format!("service CIDRs: {SERVICE_CIDR} ");
+    let logged = format!("service CIDRs: {SERVICE_CIDR},2001:2::/112 ");
     cluster
         .agent_mut()
         .wait_for_log(&logged, 1, APPLY_TIMEOUT)

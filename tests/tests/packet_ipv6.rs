@@ -528,3 +528,45 @@ fn errors_about_untracked_flows_and_behind_extension_headers_pass_untouched() {
         );
     }
 }
+
+#[test]
+fn new_flows_to_unallocated_addresses_of_an_ipv6_service_cidr_are_dropped() {
+    require_root!();
+    for hook in HOOKS {
+        let mut fx = Fixture::new(hook);
+        fx.set_cluster_ip_services(&[(vip(80), Protocol::Tcp, &[backend()][..])]);
+        fx.set_service_cidrs(&["2001:2:0:53::/120"]);
+        let syn_to = |addr: Ipv6Addr, port| {
+            Frame6::tcp(
+                client(46_000),
+                SocketAddrV6::new(addr, port, 0, 0),
+                tcp_flags::SYN,
+            )
+        };
+        let unallocated = syn_to(Ipv6Addr::new(0x2001, 2, 0, 0x53, 0, 0, 0, 0xff), 80);
+        let (verdict, _, moved) = fx.run_counted(&unallocated.to_bytes());
+        assert_eq!(verdict, Verdict::Drop, "{hook:?}");
+        assert_eq!(
+            moved,
+            deltas(&[
+                (Counter::Packets, 1),
+                (Counter::DropUnallocatedServiceIp, 1)
+            ])
+        );
+        // The ClusterIP inside refuses a port it does not expose; outside, nothing is ours.
+        let (verdict, _, moved) = fx.run_counted(&syn_to(VIP, 443).to_bytes());
+        assert_eq!(verdict, Verdict::SendBack, "{hook:?}");
+        assert_eq!(
+            moved,
+            deltas(&[(Counter::Packets, 1), (Counter::RejectUnexposedPort, 1)])
+        );
+        let outside = syn_to(Ipv6Addr::new(0x2001, 2, 0, 0x54, 0, 0, 0, 1), 80);
+        let (verdict, out, moved) = fx.run_counted(&outside.to_bytes());
+        assert_eq!(verdict, Verdict::Pass, "{hook:?}");
+        assert_frames_equal(&out, &outside.to_bytes());
+        assert_eq!(
+            moved,
+            deltas(&[(Counter::Packets, 1), (Counter::NotService, 1)])
+        );
+    }
+}

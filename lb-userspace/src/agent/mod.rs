@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tracing::{info, warn};
@@ -68,7 +68,7 @@ pub struct RunConfig {
     pub source: SourceConfig,
     /// `--service-cidrs` (IPv4): in Kubernetes mode given instead of watching ServiceCIDR
     /// objects (`None`: watch them); in file mode the only ones (`None`: none).
-    pub service_cidrs: Option<BTreeSet<Ipv4Net>>,
+    pub service_cidrs: Option<BTreeSet<IpNet>>,
     /// Interfaces whose TC ingress and egress get the programs; empty: auto-attach to every interface
     /// matching `iface_patterns`, as interfaces come and go.
     pub tc_ifaces: Vec<String>,
@@ -317,7 +317,7 @@ impl CheckedSource {
     /// and the maps adopted ([`api_address::choose`]); `sockets`: socket-level translation is on.
     async fn start(
         self,
-        service_cidrs: Option<BTreeSet<Ipv4Net>>,
+        service_cidrs: Option<BTreeSet<IpNet>>,
         maps: &DatapathMaps,
         sockets: bool,
         metrics: SyncMetrics,

@@ -10,7 +10,7 @@ use aya::maps::{
 };
 use aya::programs::ProgramFd;
 use aya::{Ebpf, Pod};
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use lb_common::maps::{self as registry, MapDef, MapSpec};
 use lb_common::{
     Backend, BackendSlotKey, Counter, CtKey, CtValue, NodeConfig, RejectLimits, ServiceKey,
@@ -379,7 +379,7 @@ impl ClusterIpMap for DatapathMaps {
 }
 
 impl ServiceCidrMap for DatapathMaps {
-    fn read_service_cidrs(&self) -> Result<Vec<Ipv4Net>, MapWriteError> {
+    fn read_service_cidrs(&self) -> Result<Vec<IpNet>, MapWriteError> {
         LpmTrie::<_, [u8; 16], u8>::try_from(self.map(registry::SERVICE_CIDRS))
             .and_then(|trie| trie.keys().collect::<Result<Vec<_>, _>>())
             .map(|keys| {
@@ -394,7 +394,7 @@ impl ServiceCidrMap for DatapathMaps {
             })
     }
 
-    fn set_service_cidr(&mut self, cidr: Ipv4Net) -> Result<(), MapWriteError> {
+    fn set_service_cidr(&mut self, cidr: IpNet) -> Result<(), MapWriteError> {
         let (prefix_len, data) = service_cidr_key(cidr);
         LpmTrie::try_from(self.map_mut(registry::SERVICE_CIDRS))
             .and_then(|mut trie| trie.insert(&Key::new(prefix_len, data), 1u8, 0))
@@ -405,7 +405,7 @@ impl ServiceCidrMap for DatapathMaps {
             })
     }
 
-    fn remove_service_cidr(&mut self, cidr: Ipv4Net) -> Result<(), MapWriteError> {
+    fn remove_service_cidr(&mut self, cidr: IpNet) -> Result<(), MapWriteError> {
         let (prefix_len, data) = service_cidr_key(cidr);
         LpmTrie::<_, [u8; 16], u8>::try_from(self.map_mut(registry::SERVICE_CIDRS))
             .and_then(|mut trie| ignore_missing(trie.remove(&Key::new(prefix_len, data))))

@@ -9,7 +9,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use tracing::warn;
 
 use crate::model::{DesiredService, DesiredState, Frontend, HealthCheck};
@@ -44,7 +44,7 @@ impl DesiredTracker {
     }
 
     /// Replaces the service CIDRs; no frontend changes.
-    pub fn set_service_cidrs(&mut self, cidrs: BTreeSet<Ipv4Net>) {
+    pub fn set_service_cidrs(&mut self, cidrs: BTreeSet<IpNet>) {
         if self.state.service_cidrs != cidrs {
             Arc::make_mut(&mut self.state).service_cidrs = cidrs;
         }

@@ -1,26 +1,26 @@
 //! The service CIDRs, the ranges ClusterIPs are allocated from: `networking.k8s.io/v1`
 //! `ServiceCIDR` objects or `--service-cidrs`. A new flow to an address inside one that no
-//! Service holds is dropped, as kube-proxy's nftables mode does. Only IPv4 ranges are used,
-//! as only IPv4 is served.
+//! Service holds is dropped, as kube-proxy's nftables mode does. Ranges of both families are
+//! used.
 
 use std::collections::BTreeSet;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use k8s_openapi::api::networking::v1::ServiceCIDR;
 use kube::ResourceExt;
-use tracing::{debug, warn};
+use tracing::warn;
 
 use crate::objects::FieldError;
 
 /// One `ServiceCIDR` object's usable ranges.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ServiceCidrDef {
-    pub cidrs: Vec<Ipv4Net>,
+    pub cidrs: Vec<IpNet>,
 }
 
 impl ServiceCidrDef {
     /// `spec.cidrs`: an entry that is not a CIDR is logged (naming the object and the entry)
-    /// and skipped, as `loadBalancerSourceRanges` entries are; IPv6 ones are skipped at debug.
+    /// and skipped, as `loadBalancerSourceRanges` entries are; host bits are ignored.
     /// Kubernetes objects being deleted still count, as in kube-proxy.
     pub fn from_k8s(object: &ServiceCIDR) -> Result<Self, FieldError> {
         let name = object.name_any();
@@ -32,10 +32,7 @@ impl ServiceCidrDef {
         let mut cidrs = Vec::new();
         for (i, cidr) in listed.iter().enumerate() {
             match cidr.trim().parse::<IpNet>() {
-                Ok(IpNet::V4(net)) => cidrs.push(net.trunc()),
-                Ok(IpNet::V6(net)) => {
-                    debug!("ServiceCIDR {name}: {net} is IPv6, which is not served; skipped")
-                }
+                Ok(net) => cidrs.push(net.trunc()),
                 Err(_) => {
                     warn!("ServiceCIDR {name}: spec.cidrs[{i}] {cidr:?} is not a CIDR; skipped")
                 }
@@ -45,18 +42,9 @@ impl ServiceCidrDef {
     }
 }
 
-/// The IPv4 ranges of `--service-cidrs` (host bits ignored); IPv6 ones are skipped at debug.
-pub fn ipv4_cidrs(cidrs: &[IpNet]) -> BTreeSet<Ipv4Net> {
-    cidrs
-        .iter()
-        .filter_map(|cidr| match cidr {
-            IpNet::V4(net) => Some(net.trunc()),
-            IpNet::V6(net) => {
-                debug!("--service-cidrs {net} is IPv6, which is not served; skipped");
-                None
-            }
-        })
-        .collect()
+/// The ranges of `--service-cidrs`, host bits ignored.
+pub fn flag_cidrs(cidrs: &[IpNet]) -> BTreeSet<IpNet> {
+    cidrs.iter().map(IpNet::trunc).collect()
 }
 
 #[cfg(test)]
@@ -70,28 +58,26 @@ mod tests {
         .unwrap()
     }
 
-    fn nets(nets: &[&str]) -> Vec<Ipv4Net> {
+    fn nets(nets: &[&str]) -> Vec<IpNet> {
         nets.iter().map(|n| n.parse().unwrap()).collect()
     }
 
     #[test]
-    fn ipv4_cidrs_are_used_and_ipv6_and_invalid_ones_skipped() {
+    fn ranges_of_both_families_are_used_and_invalid_ones_skipped() {
         let def = ServiceCidrDef::from_k8s(&object(
-            "['198.19.0.0/16', '2001:2::/112', 'nonsense', '198.18.255.1/24']",
+            "['198.19.0.0/16', '2001:2::1/112', 'nonsense', '198.18.255.1/24']",
         ))
         .unwrap();
-        assert_eq!(def.cidrs, nets(&["198.19.0.0/16", "198.18.255.0/24"]));
+        let expected = nets(&["198.19.0.0/16", "2001:2::/112", "198.18.255.0/24"]);
+        assert_eq!(def.cidrs, expected);
         let empty = serde_yaml::from_str("metadata: {name: empty}").unwrap();
         assert_eq!(ServiceCidrDef::from_k8s(&empty).unwrap().cidrs, []);
     }
 
     #[test]
-    fn the_flag_keeps_ipv4_ranges_without_host_bits() {
-        let flag: Vec<IpNet> = ["198.19.0.1/16", "2001:2::/112", "198.19.0.0/16"]
-            .iter()
-            .map(|n| n.parse().unwrap())
-            .collect();
-        let cidrs: Vec<Ipv4Net> = ipv4_cidrs(&flag).into_iter().collect();
-        assert_eq!(cidrs, nets(&["198.19.0.0/16"]));
+    fn the_flag_keeps_ranges_without_host_bits() {
+        let flag = nets(&["198.19.0.1/16", "2001:2::1/112", "198.19.0.0/16"]);
+        let cidrs: Vec<IpNet> = flag_cidrs(&flag).into_iter().collect();
+        assert_eq!(cidrs, nets(&["198.19.0.0/16", "2001:2::/112"]));
     }
 }

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use tracing::info;
 
 use super::MapWriteError;
@@ -16,23 +16,23 @@ use super::MapWriteError;
 /// The map operations the sync needs; implemented by [`crate::datapath::DatapathMaps`] and by
 /// a set in tests.
 pub trait ServiceCidrMap {
-    fn read_service_cidrs(&self) -> Result<Vec<Ipv4Net>, MapWriteError>;
-    fn set_service_cidr(&mut self, cidr: Ipv4Net) -> Result<(), MapWriteError>;
-    fn remove_service_cidr(&mut self, cidr: Ipv4Net) -> Result<(), MapWriteError>;
+    fn read_service_cidrs(&self) -> Result<Vec<IpNet>, MapWriteError>;
+    fn set_service_cidr(&mut self, cidr: IpNet) -> Result<(), MapWriteError>;
+    fn remove_service_cidr(&mut self, cidr: IpNet) -> Result<(), MapWriteError>;
 }
 
 /// What the map holds, once read.
 #[derive(Debug, Default)]
 pub struct ServiceCidrs {
     /// `None` until read from the map, and again after a failed write.
-    written: Option<BTreeSet<Ipv4Net>>,
+    written: Option<BTreeSet<IpNet>>,
 }
 
 impl ServiceCidrs {
     /// Brings the map in line with `wanted`; logs the set when it changed.
     pub fn sync(
         &mut self,
-        wanted: &BTreeSet<Ipv4Net>,
+        wanted: &BTreeSet<IpNet>,
         map: &mut impl ServiceCidrMap,
     ) -> Result<(), MapWriteError> {
         let mut written = match self.written.take() {
@@ -77,7 +77,7 @@ mod tests {
     /// The map as a set; refuses writes while `broken`.
     #[derive(Default)]
     struct FakeMap {
-        cidrs: BTreeSet<Ipv4Net>,
+        cidrs: BTreeSet<IpNet>,
         writes: u32,
         broken: bool,
     }
@@ -97,22 +97,22 @@ mod tests {
     }
 
     impl ServiceCidrMap for FakeMap {
-        fn read_service_cidrs(&self) -> Result<Vec<Ipv4Net>, MapWriteError> {
+        fn read_service_cidrs(&self) -> Result<Vec<IpNet>, MapWriteError> {
             Ok(self.cidrs.iter().copied().collect())
         }
-        fn set_service_cidr(&mut self, cidr: Ipv4Net) -> Result<(), MapWriteError> {
+        fn set_service_cidr(&mut self, cidr: IpNet) -> Result<(), MapWriteError> {
             self.write()?;
             self.cidrs.insert(cidr);
             Ok(())
         }
-        fn remove_service_cidr(&mut self, cidr: Ipv4Net) -> Result<(), MapWriteError> {
+        fn remove_service_cidr(&mut self, cidr: IpNet) -> Result<(), MapWriteError> {
             self.write()?;
             self.cidrs.remove(&cidr);
             Ok(())
         }
     }
 
-    fn set(cidrs: &[&str]) -> BTreeSet<Ipv4Net> {
+    fn set(cidrs: &[&str]) -> BTreeSet<IpNet> {
         cidrs.iter().map(|c| c.parse().unwrap()).collect()
     }
 

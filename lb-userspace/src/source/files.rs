@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tracing::{error, info};
@@ -21,7 +21,7 @@ use crate::model::{Changed, DesiredState};
 pub fn spawn(
     mut dir: ManifestDir,
     poll_interval: Duration,
-    service_cidrs: BTreeSet<Ipv4Net>,
+    service_cidrs: BTreeSet<IpNet>,
     metrics: SyncMetrics,
 ) -> (JoinHandle<()>, DesiredStates) {
     let (publisher, states) = channel();

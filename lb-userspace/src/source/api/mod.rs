@@ -22,7 +22,7 @@ pub mod state;
 use std::collections::BTreeSet;
 
 use futures::{stream, FutureExt, StreamExt};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::ServiceCIDR;
@@ -79,7 +79,7 @@ pub fn spawn(
     client: Client,
     node_name: String,
     node_port_addresses: NodePortAddresses,
-    service_cidrs: Option<BTreeSet<Ipv4Net>>,
+    service_cidrs: Option<BTreeSet<IpNet>>,
     max_endpoints: usize,
     metrics: SyncMetrics,
     health: SyncHealth,

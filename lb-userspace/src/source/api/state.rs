@@ -17,7 +17,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use kube::runtime::watcher::Event;
 use kube::ResourceExt;
@@ -124,7 +124,7 @@ pub struct ClusterView {
     /// ServiceCIDRs, unless `cidrs_from_flag`.
     pub service_cidrs: Watched<ServiceCidrDef>,
     /// `--service-cidrs`: used instead of ServiceCIDR objects.
-    cidrs_from_flag: Option<BTreeSet<Ipv4Net>>,
+    cidrs_from_flag: Option<BTreeSet<IpNet>>,
     /// Whether it was reported that ServiceCIDRs cannot be listed (once until they can).
     reported_cidrs_unavailable: bool,
     node_name: String,
@@ -199,7 +199,7 @@ impl ClusterView {
     }
 
     /// The service CIDRs come from `--service-cidrs` (`Some`), or from ServiceCIDR objects.
-    pub fn with_service_cidrs(mut self, from_flag: Option<BTreeSet<Ipv4Net>>) -> Self {
+    pub fn with_service_cidrs(mut self, from_flag: Option<BTreeSet<IpNet>>) -> Self {
         self.service_cidrs.listed = from_flag.is_some();
         self.cidrs_from_flag = from_flag;
         self
@@ -223,7 +223,7 @@ impl ClusterView {
 
     /// The service CIDRs in effect: the flag's, or the union of every ServiceCIDR object's
     /// (as kube-proxy takes them).
-    fn current_service_cidrs(&self) -> BTreeSet<Ipv4Net> {
+    fn current_service_cidrs(&self) -> BTreeSet<IpNet> {
         match &self.cidrs_from_flag {
             Some(cidrs) => cidrs.clone(),
             None => self
@@ -690,7 +690,10 @@ mod tests {
         let (change_set, update) = view.take_change_set().unwrap();
         assert_eq!(change_set.service_cidr_events, 1);
         assert_eq!(update.changed, Changed::Frontends(BTreeSet::new()));
-        assert_eq!(cidrs(&update.state), ["198.18.128.0/24", "198.19.0.0/16"]);
+        assert_eq!(
+            cidrs(&update.state),
+            ["198.18.128.0/24", "198.19.0.0/16", "2001:2::/112"]
+        );
         assert_eq!(update.state.services, before.services);
         on_service_cidr(&mut view, Event::Delete(extra));
         let (_, state) = take(&mut view);

@@ -183,7 +183,7 @@ impl PacketBench {
         // And the VIPs' service CIDR: a non-service packet (to a pod) also pays the miss in
         // LB_SVC_CIDRS.
         ServiceCidrs::default()
-            .sync(&BTreeSet::from([SERVICE_CIDR]), datapath.maps())
+            .sync(&BTreeSet::from([IpNet::V4(SERVICE_CIDR)]), datapath.maps())
             .map_err(|e| BenchError::Check(format!("writing the service CIDR: {e}")))?;
         if !summary.rejected.is_empty() {
             return Err(BenchError::Check(format!(
