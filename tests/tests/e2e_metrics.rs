@@ -70,12 +70,23 @@ fn udp_requests(cluster: &Cluster, count: usize) -> usize {
         .unwrap()
 }
 
+/// A Service with only an SCTP port, which the data path does not serve.
+const SCTP_SERVICE: &str = "\
+apiVersion: v1
+kind: Service
+metadata: {name: diameter, namespace: default}
+spec:
+  clusterIP: 198.19.0.90
+  ports: [{name: diameter, protocol: SCTP, port: 3868}]
+";
+
 #[test]
 fn metrics_count_the_flows_and_rejects_a_client_caused() {
     require_root!();
     let dir = tempfile::tempdir().unwrap();
     example::copy_manifests(dir.path()).unwrap();
     fs::write(dir.path().join("empty.yaml"), example::EMPTY_SERVICE).unwrap();
+    fs::write(dir.path().join("sctp.yaml"), SCTP_SERVICE).unwrap();
     // lbagent_conntrack_entries is the count of the garbage collector's last walk.
     let cluster = Cluster::start_configured(dir.path(), |options| {
         options.extra_args = ["--conntrack-gc-interval", "500ms"]
@@ -92,6 +103,11 @@ fn metrics_count_the_flows_and_rejects_a_client_caused() {
     );
     assert_eq!(before.value("lbagent_programmed_services", &[]), Some(3.0));
     assert_eq!(before.value("lbagent_invalid_objects", &[]), Some(0.0));
+    // The SCTP Service is valid, counted and named at warn, and programs nothing.
+    assert_eq!(before.value("lbagent_unserved_sctp_ports", &[]), Some(1.0));
+    let log = cluster.agent().log();
+    let warned = "Service default/diameter: SCTP port(s) 3868 not served";
+    assert!(log.contains(warned), "{log}");
     assert!(before.value("lbagent_sync_proxy_rules_duration_seconds_count", &[]) >= Some(1.0));
     assert!(before.value("lbagent_network_programming_duration_seconds_count", &[]) >= Some(1.0));
     assert!(before.value("lbagent_sync_proxy_rules_last_timestamp_seconds", &[]) > Some(0.0));

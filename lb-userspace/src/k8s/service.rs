@@ -34,6 +34,8 @@ pub struct ServiceDef {
     /// TCP and UDP ports (SCTP ports are left out, logged at warn: the data path does not
     /// handle SCTP yet).
     pub ports: Vec<PortDef>,
+    /// How many SCTP ports were left out (`lbagent_unserved_sctp_ports`).
+    pub unserved_sctp_ports: usize,
     /// `spec.externalIPs`.
     pub external_ips: Vec<IpAddr>,
     /// `status.loadBalancer.ingress[].ip`, except ingresses with `ipMode: Proxy` (the load
@@ -136,6 +138,7 @@ impl ServiceDef {
             service_type,
             cluster_ips,
             ports,
+            unserved_sctp_ports: sctp.len(),
             external_ips: parse_ips(spec.external_ips.as_deref(), "spec.externalIPs")?,
             load_balancer_ips: load_balancer_ips(status)?,
             load_balancer_source_ranges,
@@ -156,6 +159,14 @@ impl ServiceDef {
                 .transpose()?,
         })
     }
+}
+
+/// The SCTP ports `services` have, none of which is served.
+pub fn unserved_sctp_ports<'a>(services: impl IntoIterator<Item = &'a ServiceDef>) -> usize {
+    services
+        .into_iter()
+        .map(|service| service.unserved_sctp_ports)
+        .sum()
 }
 
 /// `spec.clusterIPs`, falling back to `spec.clusterIP`; headless (`None`) and unassigned ("")

@@ -1,6 +1,7 @@
 //! Matching slices to service ports and choosing endpoints by their conditions.
 
 use super::*;
+use crate::k8s::unserved_sctp_ports;
 use crate::model::{Frontend, Protocol};
 
 #[test]
@@ -208,5 +209,7 @@ endpoints: [{addresses: [db.example.com]}]
     let sctp = WEB.replace("protocol: UDP", "protocol: SCTP");
     let state = translate(&[&sctp], &[v6, fqdn]);
     assert_eq!(state.len(), 2, "the SCTP port has no frontend: {state:?}");
+    let services = [service(&sctp).unwrap(), service(WEB).unwrap()];
+    assert_eq!(unserved_sctp_ports(&services), 1, "counted");
     assert!(state.values().all(String::is_empty));
 }
