@@ -10,7 +10,7 @@
 
 use std::{
     io,
-    net::SocketAddrV4,
+    net::{IpAddr, SocketAddr, SocketAddrV4},
     path::Path,
     thread,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -22,7 +22,9 @@ use crate::{
     example,
     scrape::{self, Metrics, METRICS_ADDR},
     servers::{tcp_request, udp_request, Reply, Server, TcpClient},
-    topology::{backend_addr, backend_name, Pod, Topology, CLIENT, CLIENT_ADDR, EXTERNAL_IFACE},
+    topology::{
+        backend_addr, backend_name, ipv6_of, Pod, Topology, CLIENT, CLIENT_ADDR, EXTERNAL_IFACE,
+    },
     Result,
 };
 
@@ -52,7 +54,7 @@ pub enum Protocol {
 impl Protocol {
     /// One request to `target` from the current namespace: a new TCP connection or a fresh
     /// UDP socket, waiting up to `timeout` for the answer.
-    pub fn request(self, target: SocketAddrV4, timeout: Duration) -> io::Result<Reply> {
+    pub fn request(self, target: impl Into<SocketAddr>, timeout: Duration) -> io::Result<Reply> {
         match self {
             Protocol::Tcp => tcp_request(target, timeout),
             Protocol::Udp => udp_request(target, timeout),
@@ -77,6 +79,8 @@ pub struct Cluster {
     agent: Agent,
     /// Per backend, its TCP and UDP server.
     servers: Vec<(Server, Server)>,
+    /// With [`Cluster::start_dual_stack`], per backend its TCP and UDP server on IPv6.
+    ipv6_servers: Vec<Server>,
     topology: Topology,
 }
 
@@ -109,6 +113,27 @@ impl Cluster {
         })
     }
 
+    /// Like [`Cluster::start`], with dual-stack pods ([`Topology::add_ipv6`]) whose servers
+    /// also listen on their IPv6 addresses, answering with the same names.
+    pub fn start_dual_stack(manifests: &Path, log_level: &str) -> Result<Cluster> {
+        let topology = Topology::client_and_backends(example::BACKENDS)?;
+        topology.add_ipv6()?;
+        let mut ipv6_servers = Vec::new();
+        for i in 0..example::BACKENDS {
+            let pod = topology.pod(&backend_name(i));
+            let addr = IpAddr::from(ipv6_of(pod.addr));
+            let tcp = (addr, example::TCP_TARGET_PORT);
+            ipv6_servers.push(Server::tcp(&pod.netns, tcp, &pod.name)?);
+            let udp = (addr, example::UDP_TARGET_PORT);
+            ipv6_servers.push(Server::udp(&pod.netns, udp, &pod.name)?);
+        }
+        let mut cluster = Cluster::start_on(topology, manifests, |options| {
+            options.log_level = log_level.into()
+        })?;
+        cluster.ipv6_servers = ipv6_servers;
+        Ok(cluster)
+    }
+
     fn start_on(
         topology: Topology,
         manifests: &Path,
@@ -130,6 +155,7 @@ impl Cluster {
         Ok(Cluster {
             agent,
             servers,
+            ipv6_servers: Vec::new(),
             topology,
         })
     }
@@ -251,11 +277,22 @@ impl Cluster {
         count: usize,
         timeout: Duration,
     ) -> Result<Vec<io::Result<Reply>>> {
+        let target = match protocol {
+            Protocol::Tcp => example::tcp_vip(),
+            Protocol::Udp => example::udp_vip(),
+        };
+        self.requests_to(target.into(), protocol, count, timeout)
+    }
+
+    /// [`Cluster::requests`] to `target`, of either family.
+    pub fn requests_to(
+        &self,
+        target: SocketAddr,
+        protocol: Protocol,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<Vec<io::Result<Reply>>> {
         self.client().netns.run(|| {
-            let target = match protocol {
-                Protocol::Tcp => example::tcp_vip(),
-                Protocol::Udp => example::udp_vip(),
-            };
             (0..count)
                 .map(|_| protocol.request(target, timeout))
                 .collect()

@@ -5,7 +5,7 @@
 use std::{
     fmt::Write as _,
     fs,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6},
     path::{Path, PathBuf},
 };
 
@@ -29,6 +29,11 @@ pub const BACKENDS: usize = 3;
 /// File names in the manifests directory.
 pub const SERVICE_FILE: &str = "service.yaml";
 pub const ENDPOINTSLICE_FILE: &str = "endpointslice.yaml";
+/// `default/demo6` and its EndpointSlice: the same ports over IPv6, served by the backends'
+/// IPv6 addresses ([`crate::topology::ipv6_of`]). Only the demo reads it.
+pub const IPV6_FILE: &str = "service-ipv6.yaml";
+/// `default/demo6`'s ClusterIP.
+pub const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0x53, 0, 0, 0, 0x10);
 
 /// The cluster IP of [`EMPTY_SERVICE`].
 pub const EMPTY_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 20);
@@ -61,6 +66,11 @@ pub fn tcp_vip() -> SocketAddrV4 {
 /// The UDP frontend.
 pub fn udp_vip() -> SocketAddrV4 {
     SocketAddrV4::new(VIP, UDP_PORT)
+}
+
+/// The IPv6 Service's frontend for `port`.
+pub fn vip6(port: u16) -> SocketAddrV6 {
+    SocketAddrV6::new(VIP6, port, 0, 0)
 }
 
 /// `manifests/examples` in the source tree.
@@ -152,6 +162,19 @@ mod tests {
             "{one}"
         );
         assert!(endpointslice_yaml(&[]).ends_with("endpoints: []\n"));
+    }
+
+    #[test]
+    fn the_ipv6_example_serves_the_backends_ipv6_addresses() {
+        let file = std::fs::read_to_string(manifests_dir().join(IPV6_FILE)).unwrap();
+        assert!(file.contains(&format!("clusterIP: \"{VIP6}\"\n")), "{file}");
+        for i in 0..BACKENDS {
+            let addr = crate::topology::ipv6_of(backend_addr(i));
+            assert!(
+                file.contains(&format!("- \"{addr}\"\n")),
+                "{addr} not in {file}"
+            );
+        }
     }
 
     #[test]

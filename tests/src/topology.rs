@@ -79,6 +79,29 @@ fn sysctl_name(iface: &str) -> String {
     iface.replace('.', "/")
 }
 
+/// How long duplicate address detection of the veths' link-local addresses may take.
+const DAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Waits until `netns` has no tentative IPv6 address: until the veths' link-local addresses
+/// have passed duplicate address detection (about a second after they came up), neighbour
+/// discovery holds the first packets to a new neighbour back for a second or more.
+pub fn wait_for_dad(netns: &NetNs) -> Result<()> {
+    let start = std::time::Instant::now();
+    loop {
+        let tentative = netns.ip(&["-6", "addr", "show", "tentative"])?;
+        if tentative.trim().is_empty() {
+            return Ok(());
+        }
+        if start.elapsed() > DAD_TIMEOUT {
+            return Err(Error::Invalid {
+                what: format!("IPv6 addresses in {}", netns.name()),
+                reason: format!("still tentative after {DAD_TIMEOUT:?}: {tentative}"),
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// One pod: its namespace, address and the node-side end of its veth.
 #[derive(Debug)]
 pub struct Pod {
@@ -285,7 +308,10 @@ impl Topology {
                 "-6", "route", "add", "default", "via", &gateway, "dev", POD_IFACE,
             ])?;
         }
-        Ok(())
+        let mut namespaces = vec![&self.node];
+        namespaces.extend(self.pods.iter().map(|pod| &pod.netns));
+        namespaces.extend(self.outside.as_ref().map(|outside| &outside.netns));
+        namespaces.into_iter().try_for_each(wait_for_dad)
     }
 
     /// Adds the outside namespace ([`OUTSIDE_ADDR`]) joined to the node's [`EXTERNAL_IFACE`]

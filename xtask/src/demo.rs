@@ -1,8 +1,9 @@
-//! `cargo xtask demo`: the example Service end to end. Builds what it needs, creates a node
-//! namespace with a client pod and three backend pods running real TCP and UDP servers, runs
-//! the real `lb-agent` there on `manifests/examples`, sends requests from the client to the
-//! ClusterIP, shows which pod answered how often and what `lb-agent inspect` reports, and
-//! tears everything down, also on failure or Ctrl-C.
+//! `cargo xtask demo`: the example Services end to end. Builds what it needs, creates a node
+//! namespace with a client pod and three backend pods (dual-stack) running real TCP and UDP
+//! servers on both families, runs the real `lb-agent` there on `manifests/examples`, sends
+//! requests from the client to the IPv4 ClusterIP and to the IPv6 one, shows which pod
+//! answered how often and what `lb-agent inspect` reports, and tears everything down, also on
+//! failure or Ctrl-C.
 
 use std::{
     collections::BTreeMap,
@@ -55,12 +56,13 @@ impl Demo {
         }
         catch_interrupts();
         println!(
-            "==> creating the node, a client pod and {} backend pods",
+            "==> creating the node, a client pod and {} backend pods (IPv4 and IPv6)",
             example::BACKENDS
         );
         let manifests = example::manifests_dir();
         println!("==> starting lb-agent on {}", manifests.display());
-        let cluster = Cluster::start(&manifests, "info").context("starting the demo failed")?;
+        let cluster =
+            Cluster::start_dual_stack(&manifests, "info").context("starting the demo failed")?;
         print!("{}", indent(&cluster.agent().log()));
         let result = self.exercise(&cluster);
         println!("==> tearing down (agent, servers, namespaces)");
@@ -71,8 +73,10 @@ impl Demo {
     fn exercise(&self, cluster: &Cluster) -> Result<()> {
         let mut tables = Vec::new();
         for (protocol, vip) in [
-            (Protocol::Tcp, example::tcp_vip()),
-            (Protocol::Udp, example::udp_vip()),
+            (Protocol::Tcp, example::tcp_vip().into()),
+            (Protocol::Udp, example::udp_vip().into()),
+            (Protocol::Tcp, example::vip6(example::TCP_PORT).into()),
+            (Protocol::Udp, example::vip6(example::UDP_PORT).into()),
         ] {
             if INTERRUPTED.load(Ordering::Relaxed) {
                 break;
@@ -81,8 +85,8 @@ impl Demo {
                 "==> {} {protocol} requests from the client pod to {vip}",
                 self.requests
             );
-            let replies = send(cluster, protocol, usize::from(self.requests))?;
-            tables.push((protocol, SocketAddr::from(vip), replies));
+            let replies = send(cluster, vip, protocol, usize::from(self.requests))?;
+            tables.push((protocol, vip, replies));
         }
         println!("\nanswers per pod:");
         let mut ok = true;
@@ -109,13 +113,14 @@ impl Demo {
 /// Sends up to `count` requests in batches, stopping early when interrupted.
 fn send(
     cluster: &Cluster,
+    vip: SocketAddr,
     protocol: Protocol,
     count: usize,
 ) -> Result<Vec<std::io::Result<Reply>>> {
     let mut replies = Vec::with_capacity(count);
     while replies.len() < count && !INTERRUPTED.load(Ordering::Relaxed) {
         let batch = BATCH.min(count - replies.len());
-        replies.extend(cluster.requests(protocol, batch, Duration::from_secs(1))?);
+        replies.extend(cluster.requests_to(vip, protocol, batch, Duration::from_secs(1))?);
     }
     Ok(replies)
 }
@@ -134,17 +139,18 @@ fn print_tally(protocol: Protocol, vip: SocketAddr, replies: &[std::io::Result<R
             Err(_) => failed += 1,
         }
     }
+    println!("  {protocol} to {vip}:");
     for (pod, count) in &per_pod {
         println!(
-            "  {protocol} {pod:<10} {count:>5}  {}",
+            "    {pod:<10} {count:>5}  {}",
             "#".repeat(count * 40 / replies.len())
         );
     }
     if failed > 0 {
-        println!("  {protocol} FAILED     {failed:>5}");
+        println!("    FAILED     {failed:>5}");
     }
     if wrong_source > 0 {
-        println!("  {protocol} {wrong_source} replies did not come from {vip}");
+        println!("    {wrong_source} replies did not come from {vip}");
     }
     let every_backend =
         per_pod.len() == example::BACKENDS || replies.len() < ENOUGH_FOR_EVERY_BACKEND;

@@ -50,7 +50,7 @@ use crate::{
     cmd,
     netns::{unique_prefix, NetNs},
     servers::{Reply, Server},
-    topology::{ipv6_of, lan::Lan, Pod, Topology, POD_IFACE},
+    topology::{ipv6_of, lan::Lan, wait_for_dad, Pod, Topology, POD_IFACE},
     Error, Result,
 };
 
@@ -349,7 +349,7 @@ impl TwoNodes {
             let via = other.addr6().to_string();
             netns.ip(&["-6", "route", "add", &pods, "via", &via])?;
         }
-        Ok(())
+        wait_for_dad(&self.client)
     }
 
     /// Starts a file-mode agent on `node` reading `manifests` as `setup` says (TC on its pods'
