@@ -143,23 +143,9 @@ fn rewrite<P: Packet>(pkt: &mut P, quote: &Quote, src: FlowEnd, dst: FlowEnd) ->
     let icmp_checksum = checksum::replace2(icmp_checksum, ip_checksum, ip_checksum_new);
     let mut icmp_checksum = replace_ends(icmp_checksum, quote, src, dst);
 
-    // The quoted TCP/UDP checksum, when the quote reaches it (a UDP 0 means none).
-    let l4_checksum_at = quote.l4
-        + if quote.proto == IPPROTO_UDP {
-            UDP_CHECKSUM
-        } else {
-            TCP_CHECKSUM
-        };
-    let quoted = l4_checksum_at + 2 <= quote.end;
-    if let Some(l4_checksum) = pkt.load::<2>(l4_checksum_at).filter(|_| quoted) {
-        if !(quote.proto == IPPROTO_UDP && l4_checksum == [0, 0]) {
-            let mut new = replace_ends(l4_checksum, quote, src, dst);
-            if quote.proto == IPPROTO_UDP && new == [0, 0] {
-                new = [0xff, 0xff];
-            }
-            icmp_checksum = checksum::replace2(icmp_checksum, l4_checksum, new);
-            pkt.store(l4_checksum_at, new)?;
-        }
+    if let Some((at, old)) = quoted_l4_checksum(pkt, quote.l4, quote.end, quote.proto) {
+        let new = replace_ends(old, quote, src, dst);
+        icmp_checksum = store_quoted_l4_checksum(pkt, quote.proto, at, (old, new), icmp_checksum)?;
     }
     pkt.store(quote.ip + IPV4_SRC, src.addr)?;
     pkt.store(quote.ip + IPV4_DST, dst.addr)?;
@@ -184,6 +170,42 @@ fn rewrite<P: Packet>(pkt: &mut P, quote: &Quote, src: FlowEnd, dst: FlowEnd) ->
     pkt.store(IPV4_SRC_OFFSET, new_src)?;
     pkt.store(IPV4_DST_OFFSET, src.addr)?;
     pkt.store(IPV4_CHECKSUM_OFFSET, outer_checksum)
+}
+
+/// Where the quoted TCP/UDP checksum sits and what it holds, when the quote (ending at
+/// `end`) reaches it and it is in use (a UDP 0 means none). `l4`: the quoted L4 header.
+#[inline(always)]
+pub fn quoted_l4_checksum<P: Packet>(
+    pkt: &P,
+    l4: usize,
+    end: usize,
+    proto: u8,
+) -> Option<(usize, [u8; 2])> {
+    let at = l4
+        + if proto == IPPROTO_UDP {
+            UDP_CHECKSUM
+        } else {
+            TCP_CHECKSUM
+        };
+    let checksum = pkt.load::<2>(at).filter(|_| at + 2 <= end)?;
+    (!(proto == IPPROTO_UDP && checksum == [0, 0])).then_some((at, checksum))
+}
+
+/// Writes the quoted L4 checksum's `new` value over `old` at `at` (a UDP result of 0 sent as
+/// 0xffff) and returns `icmp_checksum` updated for the change.
+#[inline(always)]
+pub fn store_quoted_l4_checksum<P: Packet>(
+    pkt: &mut P,
+    proto: u8,
+    at: usize,
+    (old, mut new): ([u8; 2], [u8; 2]),
+    icmp_checksum: [u8; 2],
+) -> Option<[u8; 2]> {
+    if proto == IPPROTO_UDP && new == [0, 0] {
+        new = [0xff, 0xff];
+    }
+    pkt.store(at, new)?;
+    Some(checksum::replace2(icmp_checksum, old, new))
 }
 
 /// `check` updated for the quoted packet's addresses and ports becoming `src -> dst`.

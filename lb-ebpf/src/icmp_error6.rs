@@ -19,7 +19,7 @@ use lb_common::{
     conntrack::ct_flags,
     net::{
         icmpv6, ETH_HLEN, ICMP_CHECKSUM, ICMP_HLEN, IPPROTO_ICMPV6, IPV6_DST, IPV6_HLEN,
-        IPV6_NEXT_HEADER, IPV6_PAYLOAD_LEN, IPV6_SRC, TCP_CHECKSUM, UDP_CHECKSUM,
+        IPV6_NEXT_HEADER, IPV6_PAYLOAD_LEN, IPV6_SRC,
     },
     Counter, CtKey, IPPROTO_TCP, IPPROTO_UDP,
 };
@@ -29,6 +29,7 @@ use crate::{
     context::Packet,
     error::Error,
     family::{Family, Ipv6},
+    icmp_error::{quoted_l4_checksum, store_quoted_l4_checksum},
     maps::MapAccess,
 };
 
@@ -131,23 +132,10 @@ fn quote<P: Packet>(pkt: &P) -> Option<Quote> {
 fn rewrite<P: Packet>(pkt: &mut P, quote: &Quote, src: End, dst: End) -> Option<()> {
     let answer = &quote.answer;
     let mut icmp_checksum: [u8; 2] = pkt.load(ICMP + ICMP_CHECKSUM)?;
-    // The quoted TCP/UDP checksum, when the quote reaches it (a UDP 0 means none).
-    let l4_checksum_at = QUOTE_L4
-        + if answer.proto == IPPROTO_UDP {
-            UDP_CHECKSUM
-        } else {
-            TCP_CHECKSUM
-        };
-    let quoted = l4_checksum_at + 2 <= quote.end;
-    if let Some(l4_checksum) = pkt.load::<2>(l4_checksum_at).filter(|_| quoted) {
-        if !(answer.proto == IPPROTO_UDP && l4_checksum == [0, 0]) {
-            let mut new = replace_ends(l4_checksum, answer, src, dst);
-            if answer.proto == IPPROTO_UDP && new == [0, 0] {
-                new = [0xff, 0xff];
-            }
-            icmp_checksum = checksum::replace2(icmp_checksum, l4_checksum, new);
-            pkt.store(l4_checksum_at, new)?;
-        }
+    let proto = answer.proto;
+    if let Some((at, old)) = quoted_l4_checksum(pkt, QUOTE_L4, quote.end, proto) {
+        let new = replace_ends(old, answer, src, dst);
+        icmp_checksum = store_quoted_l4_checksum(pkt, proto, at, (old, new), icmp_checksum)?;
     }
     // The quote is part of the message; the outer addresses are in the checksum's
     // pseudo-header. The outer destination is the quote's source (checked by `quote`).

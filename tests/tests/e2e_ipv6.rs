@@ -20,7 +20,10 @@ use std::{
 
 use lb_tests::{
     agent::{Agent, AgentOptions},
-    cluster::two_node::{Node, Setup, TwoNodes, CLIENT_ADDR},
+    cluster::{
+        two_node::{node_port_service, Node, Setup, TwoNodes, CLIENT_ADDR},
+        Protocol,
+    },
     inspect_output,
     netns::NetNs,
     require_root,
@@ -202,57 +205,25 @@ fn a_dual_stack_service_answers_on_both_families_and_an_empty_ipv6_one_refuses()
     drop(servers);
 }
 
-/// An IPv6-only NodePort Service `name` at `vip` (eTP Cluster) with TCP 80 -> 8080 and UDP
-/// 53 -> 8053 on node ports `tcp` and `udp`, and its EndpointSlice with the pods of `nodes`.
-fn ipv6_node_port_service(name: &str, vip: &str, (tcp, udp): (u16, u16), nodes: &[Node]) -> String {
-    let endpoint = |node: &Node| {
-        let addr = ipv6_of(node.pod_addr());
-        format!(
-            "  - {{addresses: [\"{addr}\"], nodeName: {}}}\n",
-            node.name()
-        )
-    };
-    let endpoints: String = nodes.iter().map(endpoint).collect();
-    format!(
-        "\
-apiVersion: v1
-kind: Service
-metadata: {{name: {name}, namespace: e2e}}
-spec:
-  type: NodePort
-  ipFamilyPolicy: SingleStack
-  ipFamilies: [IPv6]
-  clusterIP: \"{vip}\"
-  clusterIPs: [\"{vip}\"]
-  externalTrafficPolicy: Cluster
-  ports:
-    - {{name: tcp, protocol: TCP, port: 80, targetPort: 8080, nodePort: {tcp}}}
-    - {{name: udp, protocol: UDP, port: 53, targetPort: 8053, nodePort: {udp}}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: {name}
-  namespace: e2e
-  labels: {{kubernetes.io/service-name: {name}}}
-addressType: IPv6
-ports:
-  - {{name: tcp, protocol: TCP, port: 8080}}
-  - {{name: udp, protocol: UDP, port: 8053}}
-endpoints:
-{endpoints}"
-    )
-}
-
 /// Node ports of `web6` (a pod on each node) and of `remote6` (node B's pod only).
-const WEB6_PORTS: (u16, u16) = (30080, 30053);
-const REMOTE6_PORTS: (u16, u16) = (30081, 30054);
+const WEB6_PORTS: [(Protocol, u16); 2] = [(Protocol::Tcp, 30080), (Protocol::Udp, 30053)];
+const REMOTE6_PORTS: [(Protocol, u16); 2] = [(Protocol::Tcp, 30081), (Protocol::Udp, 30054)];
+
+/// An IPv6 NodePort Service (eTP Cluster) at `vip` on `node_ports` with the pods of `nodes`.
+fn ipv6_service(name: &str, vip: &str, node_ports: [(Protocol, u16); 2], nodes: &[Node]) -> String {
+    let vip: IpAddr = vip.parse().unwrap();
+    let pods: Vec<(IpAddr, Node)> = nodes
+        .iter()
+        .map(|&node| (ipv6_of(node.pod_addr()).into(), node))
+        .collect();
+    node_port_service(name, vip, "Cluster", node_ports, "", &pods)
+}
 
 /// Starts both nodes with IPv6 on the two Services, node A masquerading to ports
 /// 62000-62999 and serving node ports on its IPv6 address too, and IPv6 servers in both pods.
 fn two_nodes_with_ipv6(dir: &std::path::Path) -> (TwoNodes, Vec<Server>) {
-    let web6 = ipv6_node_port_service("web6", VIP6, WEB6_PORTS, &Node::ALL);
-    let remote6 = ipv6_node_port_service("remote6", REMOTE_VIP6, REMOTE6_PORTS, &[Node::B]);
+    let web6 = ipv6_service("web6", VIP6, WEB6_PORTS, &Node::ALL);
+    let remote6 = ipv6_service("remote6", REMOTE_VIP6, REMOTE6_PORTS, &[Node::B]);
     fs::write(dir.join("services.yaml"), format!("{web6}---\n{remote6}")).unwrap();
     let node_a6 = Node::A.addr6().to_string();
     let setup = Setup {
@@ -293,7 +264,8 @@ fn an_ipv6_node_port_masquerades_flows_to_the_other_nodes_pod() {
     // Every request from outside to node A's IPv6 node port is answered from it, by both
     // pods: node B reaches the client directly, so its pod's answers only come back through
     // node A because node A masqueraded those flows.
-    for (tcp, port) in [(true, WEB6_PORTS.0), (false, WEB6_PORTS.1)] {
+    for (protocol, port) in WEB6_PORTS {
+        let tcp = protocol == Protocol::Tcp;
         let target = SocketAddr::new(node_a6.into(), port);
         let answered = answerers(cluster.client(), tcp, target, REQUESTS);
         let both: BTreeSet<String> = Node::ALL.map(|n| n.pod_name().to_string()).into();
@@ -343,7 +315,7 @@ fn a_routers_packet_too_big_reaches_the_client_through_a_masqueraded_flow() {
     let pod_b = cluster.pod(Node::B);
     let narrow = ["link", "set", &pod_b.host_iface, "mtu", "1280"];
     cluster.node(Node::B).ip(&narrow).unwrap();
-    let target = SocketAddr::new(Node::A.addr6().into(), REMOTE6_PORTS.0);
+    let target = SocketAddr::new(Node::A.addr6().into(), REMOTE6_PORTS[0].1);
     let answer = cluster
         .client()
         .run(|| big_request(target, 4000, Duration::from_secs(5)))

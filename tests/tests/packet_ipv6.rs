@@ -7,7 +7,7 @@
 
 mod fixture;
 
-use std::net::{Ipv6Addr, SocketAddrV6};
+use std::net::{IpAddr, Ipv6Addr, SocketAddrV6};
 
 use fixture::{
     cases::{run_cases, Case, Expect},
@@ -21,7 +21,9 @@ use lb_common::{
 };
 use lb_frames::{assert_frames_equal, Ext, Frame6, Icmp, DST_MAC, L4, SRC_MAC};
 use lb_tests::require_root;
-use lb_userspace::model::Protocol;
+use lb_userspace::model::{
+    DesiredService, DesiredState, Endpoint, Frontend, Protocol, ServicePortName,
+};
 
 const VIP: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0x53, 0, 0, 0, 1);
 const CLIENT: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 0x0a);
@@ -567,6 +569,48 @@ fn new_flows_to_unallocated_addresses_of_an_ipv6_service_cidr_are_dropped() {
         assert_eq!(
             moved,
             deltas(&[(Counter::Packets, 1), (Counter::NotService, 1)])
+        );
+    }
+}
+
+#[test]
+fn load_balancer_source_ranges_filter_ipv6_clients() {
+    require_root!();
+    for hook in HOOKS {
+        let mut fx = Fixture::new(hook);
+        let frontend = Frontend {
+            addr: IpAddr::V6(VIP),
+            port: 80,
+            protocol: Protocol::Tcp,
+        };
+        let name = ServicePortName {
+            namespace: "default".into(),
+            name: "ranged6".into(),
+            port_name: String::new(),
+        };
+        let endpoint = Endpoint {
+            addr: IpAddr::V6(BACKEND),
+            port: 8080,
+            local: true,
+        };
+        let mut service = DesiredService::uniform(name, [endpoint].into());
+        // The client's /64 is allowed; a /128 elsewhere does not hold it.
+        service.source_ranges = ["2001:2::/64", "2001:db8::1/128"]
+            .map(|range| range.parse().unwrap())
+            .into();
+        fx.apply(&DesiredState::from_iter([(frontend, service)]));
+
+        let allowed = Frame6::tcp(client(40_040), vip(80), tcp_flags::SYN);
+        let (verdict, out, _) = fx.run_counted(&allowed.to_bytes());
+        assert_eq!(verdict, Verdict::Pass, "{hook:?}");
+        assert_frames_equal(&out, &allowed.with_dst(backend()).to_bytes());
+        let stranger = SocketAddrV6::new(Ipv6Addr::new(0x2001, 2, 0, 9, 0, 0, 0, 1), 40_041, 0, 0);
+        let refused = Frame6::tcp(stranger, vip(80), tcp_flags::SYN);
+        let (verdict, _, moved) = fx.run_counted(&refused.to_bytes());
+        assert_eq!(verdict, Verdict::Drop, "{hook:?}");
+        assert_eq!(
+            moved,
+            deltas(&[(Counter::Packets, 1), (Counter::DropSourceRange, 1)])
         );
     }
 }

@@ -39,7 +39,7 @@
 use std::{
     collections::BTreeMap,
     io,
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -497,21 +497,30 @@ pub fn requests_from(
     })
 }
 
-/// A NodePort Service `name` in namespace `e2e` at `cluster_ip` with TCP 80 -> 8080 and UDP
-/// 53 -> 8053 ([`POD_PORTS`]) on `node_ports`, `policy` as externalTrafficPolicy and `extra`
-/// as further `spec` lines, and its EndpointSlice with `endpoints` (pod address, its node).
-pub fn node_port_service(
+/// A NodePort Service `name` in namespace `e2e` at `cluster_ip` (either family) with TCP 80 ->
+/// 8080 and UDP 53 -> 8053 ([`POD_PORTS`]) on `node_ports`, `policy` as externalTrafficPolicy
+/// and `extra` as further `spec` lines, and its EndpointSlice with `endpoints` (pod address of
+/// the cluster IP's family, its node).
+pub fn node_port_service<A: Copy + Into<IpAddr>>(
     name: &str,
-    cluster_ip: Ipv4Addr,
+    cluster_ip: A,
     policy: &str,
     node_ports: [(Protocol, u16); 2],
     extra: &str,
-    endpoints: &[(Ipv4Addr, Node)],
+    endpoints: &[(A, Node)],
 ) -> String {
     let [(_, tcp), (_, udp)] = node_ports;
+    let cluster_ip: IpAddr = cluster_ip.into();
+    let family = if cluster_ip.is_ipv6() { "IPv6" } else { "IPv4" };
     let endpoints: String = endpoints
         .iter()
-        .map(|(addr, node)| format!("  - {{addresses: [{addr}], nodeName: {}}}\n", node.name()))
+        .map(|&(addr, node)| {
+            let addr: IpAddr = addr.into();
+            format!(
+                "  - {{addresses: [\"{addr}\"], nodeName: {}}}\n",
+                node.name()
+            )
+        })
         .collect();
     format!(
         r#"apiVersion: v1
@@ -519,7 +528,8 @@ kind: Service
 metadata: {{name: {name}, namespace: e2e}}
 spec:
   type: NodePort
-  clusterIP: {cluster_ip}
+  clusterIP: "{cluster_ip}"
+  ipFamilies: [{family}]
   externalTrafficPolicy: {policy}
 {extra}  ports:
   - {{name: http, protocol: TCP, port: 80, targetPort: 8080, nodePort: {tcp}}}
@@ -531,7 +541,7 @@ metadata:
   name: {name}-1
   namespace: e2e
   labels: {{kubernetes.io/service-name: {name}}}
-addressType: IPv4
+addressType: {family}
 ports:
   - {{name: http, protocol: TCP, port: 8080}}
   - {{name: dns, protocol: UDP, port: 8053}}
