@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 
 use ipnet::IpNet;
@@ -255,9 +255,9 @@ pub struct HealthCheck {
     pub port: u16,
     /// Ready endpoints on this node, counted by address (kube-proxy's count).
     pub local_endpoints: usize,
-    /// The addresses the port listens on (`0.0.0.0`: every address), the node's
-    /// (`--nodeport-addresses`).
-    pub addrs: Arc<[Ipv4Addr]>,
+    /// The addresses the port listens on (`0.0.0.0`, `::`: every address of the family), the
+    /// node's (`--nodeport-addresses`).
+    pub addrs: Arc<[IpAddr]>,
 }
 
 impl DesiredState {

@@ -9,7 +9,7 @@
 
 use std::{
     fs, io,
-    net::{Ipv4Addr, TcpListener},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener},
 };
 
 use k8s_openapi::api::core::v1::{NodeAddress, Service};
@@ -49,7 +49,7 @@ fn lb_service(name: &str, octet: u8, health_port: u16) -> Service {
 #[derive(Clone, Copy)]
 struct Asker<'a> {
     netns: &'a NetNs,
-    node: Ipv4Addr,
+    node: IpAddr,
 }
 
 impl Asker<'_> {
@@ -57,13 +57,13 @@ impl Asker<'_> {
     fn outside(cluster: &KubeCluster) -> Asker<'_> {
         Asker {
             netns: &cluster.outside().netns,
-            node: NODE_IP,
+            node: NODE_IP.into(),
         }
     }
 
     /// `GET /` on the node's `port`.
     fn ask(self, port: u16) -> io::Result<scrape::Response> {
-        let addr = format!("{}:{port}", self.node);
+        let addr = SocketAddr::new(self.node, port).to_string();
         self.netns
             .run(|| scrape::get(&addr, "/"))
             .expect("entering the namespace")
@@ -242,11 +242,11 @@ fn the_port_listens_only_on_the_node_addresses_nodeport_addresses_keeps() {
     let (first, second) = (
         Asker {
             netns: outside,
-            node: NODE_IP,
+            node: NODE_IP.into(),
         },
         Asker {
             netns: outside,
-            node: SECOND_IP,
+            node: SECOND_IP.into(),
         },
     );
     second.wait_for_answer(HEALTH_PORT, "lb", 200, 1);
@@ -269,7 +269,7 @@ fn the_port_listens_only_on_the_node_addresses_nodeport_addresses_keeps() {
     for node in [NODE_IP, SECOND_IP] {
         let asker = Asker {
             netns: outside,
-            node,
+            node: node.into(),
         };
         asker.wait_for_answer(HEALTH_PORT, "lb", 200, 1);
     }
@@ -309,19 +309,32 @@ fn file_mode_serves_the_health_check_node_ports_of_its_manifests() {
     );
     fs::write(&service, FILE_SERVICE).unwrap();
     fs::write(&slice, file_slice(NODE_NAME)).unwrap();
+    // The node's only address is IPv6 (loopback, to ask from the node itself).
     let cluster = Cluster::start_configured(dir.path(), |options| {
-        options.extra_args = vec!["--node-name".into(), NODE_NAME.into()];
+        options.extra_args = ["--node-name", NODE_NAME, "--node-address", "::1"]
+            .map(String::from)
+            .into();
     })
     .unwrap();
-    // From the node itself, at loopback: without `--node-address`, `primary` knows no
-    // address of the node, so the port listens on all of them (kube-proxy's fallback).
-    let asker = Asker {
+    // `primary` knows no IPv4 address of the node, so the port listens on every IPv4 address
+    // (kube-proxy's fallback), and on the node's IPv6 address.
+    let askers = [
+        IpAddr::from(Ipv4Addr::LOCALHOST),
+        Ipv6Addr::LOCALHOST.into(),
+    ]
+    .map(|node| Asker {
         netns: cluster.topology().node(),
-        node: Ipv4Addr::LOCALHOST,
-    };
-    asker.wait_for_answer(HEALTH_PORT, "files", 200, 1);
+        node,
+    });
+    for asker in askers {
+        asker.wait_for_answer(HEALTH_PORT, "files", 200, 1);
+    }
     fs::write(&slice, file_slice(OTHER_NODE)).unwrap();
-    asker.wait_for_answer(HEALTH_PORT, "files", 503, 0);
+    for asker in askers {
+        asker.wait_for_answer(HEALTH_PORT, "files", 503, 0);
+    }
     fs::remove_file(&service).unwrap();
-    asker.wait_until_closed(HEALTH_PORT);
+    for asker in askers {
+        asker.wait_until_closed(HEALTH_PORT);
+    }
 }

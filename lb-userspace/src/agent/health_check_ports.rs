@@ -9,13 +9,14 @@
 //! Ports follow the desired state as programmed: they open and close, and their counts change,
 //! after a desired state is completely written to the maps. They listen where kube-proxy's
 //! do: on each address that serves node ports (`--nodeport-addresses`), or on every address
-//! (`0.0.0.0`) when the setting matches them all; a port reopens when those change. A port
+//! of a family (`0.0.0.0`, `::` IPv6-only beside it) when the setting matches them all; a
+//! port reopens when those change. A port
 //! that cannot be opened on one of its addresses (another process holds it) is closed on the
 //! others, logged, counted and tried again at every later sync and resync; the agent keeps
 //! running.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -44,7 +45,7 @@ pub(super) struct HealthCheckPorts {
 struct Port {
     port: u16,
     /// Where it listens.
-    addrs: Arc<[Ipv4Addr]>,
+    addrs: Arc<[IpAddr]>,
     /// Read by the server at each request.
     local_endpoints: Arc<AtomicUsize>,
     /// One per address; `None` while the port could not be opened.
@@ -111,6 +112,21 @@ impl HealthCheckPorts {
     }
 }
 
+/// A listener on `addr`; the IPv6 wildcard only for IPv6 (`IPV6_V6ONLY`), as `0.0.0.0` takes
+/// IPv4.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    if addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
 impl Drop for HealthCheckPorts {
     fn drop(&mut self) {
         for server in self
@@ -131,7 +147,7 @@ impl Port {
         let mut listeners = Vec::with_capacity(self.addrs.len());
         for ip in self.addrs.iter() {
             let addr = SocketAddr::from((*ip, self.port));
-            match TcpListener::bind(addr).await {
+            match listen(addr) {
                 Ok(listener) => listeners.push(listener),
                 Err(e) => {
                     let message = format!(
@@ -212,6 +228,18 @@ fn respond(service: &ObjectKey, local_endpoints: usize, healthy: bool) -> hyper:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_ipv6_wildcard_listens_beside_the_ipv4_one_on_the_same_port() {
+        let v4 = listen(SocketAddr::from(([0, 0, 0, 0], 0))).unwrap();
+        let port = v4.local_addr().unwrap().port();
+        let v6 = listen(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)));
+        // Without IPV6_V6ONLY the IPv6 wildcard would take IPv4 too and fail here.
+        if let Err(e) = &v6 {
+            assert_ne!(e.kind(), std::io::ErrorKind::AddrInUse, "{e}");
+            eprintln!("skipped: no IPv6 here ({e})");
+        }
+    }
 
     #[tokio::test]
     async fn answers_are_kube_proxys() {

@@ -254,7 +254,7 @@ mod tests {
         let check = |local_endpoints| HealthCheck {
             port: 32000,
             local_endpoints,
-            addrs: [std::net::Ipv4Addr::UNSPECIFIED].into(),
+            addrs: [std::net::IpAddr::from(std::net::Ipv4Addr::UNSPECIFIED)].into(),
         };
         tracker.update(service("a"), claim("a", &[80]), Some(check(0)));
         let before = Arc::clone(&tracker.state().health_checks);

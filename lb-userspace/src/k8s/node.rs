@@ -2,7 +2,7 @@
 //! its addresses (where node ports and health check node ports are served) and whether load
 //! balancers should still send it traffic.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Node;
@@ -42,7 +42,7 @@ pub struct NodeDef {
     pub zone: Option<String>,
     /// Where health check node ports listen (`0.0.0.0`: every address), from
     /// [`super::NodePortAddresses::health_check_addresses`].
-    pub health_check_addrs: Arc<[Ipv4Addr]>,
+    pub health_check_addrs: Arc<[IpAddr]>,
 }
 
 impl NodeDef {

@@ -6,7 +6,7 @@
 //! address family: a list without an IPv4 CIDR keeps every IPv4 address.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 use ipnet::IpNet;
@@ -78,29 +78,44 @@ impl NodePortAddresses {
     }
 
     /// Where health check node ports listen, given the addresses that serve node ports
-    /// (`serving`), as kube-proxy's service health server: on every address (`0.0.0.0`) when
-    /// the setting matches every IPv4 address (no IPv4 CIDR, or a /0) or `primary` knows no
-    /// IPv4 address of the node; else on each serving IPv4 address (none when no address
-    /// matches).
-    pub fn health_check_addresses(&self, serving: &[IpAddr]) -> Vec<Ipv4Addr> {
-        let v4: Vec<Ipv4Addr> = serving
-            .iter()
-            .filter_map(|addr| match addr {
-                IpAddr::V4(v4) => Some(*v4),
-                IpAddr::V6(_) => None,
-            })
-            .collect();
-        let everywhere = match self {
-            NodePortAddresses::Primary => v4.is_empty(),
+    /// (`serving`), as kube-proxy's service health server does per family. IPv4: on every
+    /// address (`0.0.0.0`) when the setting matches every IPv4 address (no IPv4 CIDR, or a /0)
+    /// or `primary` knows no IPv4 address of the node; else on each serving IPv4 address (none
+    /// when no address matches). IPv6, only when an IPv6 address serves node ports (an
+    /// IPv4-only node opens no IPv6 listener): on every IPv6 address (`::`) when the setting
+    /// matches them all (CIDRs, none of them IPv6 or one a /0), else on each serving one.
+    pub fn health_check_addresses(&self, serving: &[IpAddr]) -> Vec<IpAddr> {
+        let of_family = |v6: bool| -> Vec<IpAddr> {
+            serving
+                .iter()
+                .copied()
+                .filter(|a| a.is_ipv6() == v6)
+                .collect()
+        };
+        let matches_all = |v6: bool| match self {
+            NodePortAddresses::Primary => false,
             NodePortAddresses::Cidrs(cidrs) => {
-                let mut family = cidrs.iter().filter(|cidr| cidr.addr().is_ipv4()).peekable();
+                let mut family = cidrs.iter().filter(|c| c.addr().is_ipv6() == v6).peekable();
                 family.peek().is_none() || family.any(|cidr| cidr.prefix_len() == 0)
             }
         };
-        match everywhere {
-            true => vec![Ipv4Addr::UNSPECIFIED],
+        let v4 = of_family(false);
+        let everywhere = match self {
+            NodePortAddresses::Primary => v4.is_empty(),
+            NodePortAddresses::Cidrs(_) => matches_all(false),
+        };
+        let mut addrs = match everywhere {
+            true => vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)],
             false => v4,
+        };
+        let v6 = of_family(true);
+        if !v6.is_empty() {
+            match matches_all(true) {
+                true => addrs.push(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
+                false => addrs.extend(v6),
+            }
         }
+        addrs
     }
 
     /// [`NodePortAddresses::select`] for node `node`, warning (once while `warned` stays set)
@@ -175,29 +190,50 @@ mod tests {
     }
 
     #[test]
-    fn health_checks_listen_on_the_serving_ipv4_addresses_or_everywhere_as_kube_proxy() {
+    fn health_checks_listen_on_the_serving_addresses_or_everywhere_per_family_as_kube_proxy() {
         let node = ips(&["198.18.1.1", "198.18.2.1", "2001:2::1"]);
+        let v4_node = ips(&["198.18.1.1", "198.18.2.1"]);
         let listen = |values: &[&str], addresses: &[IpAddr]| {
             let setting = parse(values).unwrap();
             setting.health_check_addresses(&setting.select(addresses))
         };
-        let all = vec![Ipv4Addr::UNSPECIFIED];
-        let one = |ip: [u8; 4]| vec![Ipv4Addr::from(ip)];
         assert_eq!(
             listen(&["primary"], &node),
-            [[198, 18, 1, 1], [198, 18, 2, 1]].map(Ipv4Addr::from),
+            ips(&["198.18.1.1", "198.18.2.1", "2001:2::1"]),
             "primary: the node's addresses"
         );
-        assert_eq!(listen(&["primary"], &ips(&["2001:2::1"])), all);
-        assert_eq!(listen(&["primary"], &[]), all, "no node address known yet");
-        assert_eq!(listen(&["198.18.2.0/24"], &node), one([198, 18, 2, 1]));
+        assert_eq!(
+            listen(&["primary"], &v4_node),
+            ips(&["198.18.1.1", "198.18.2.1"]),
+            "an IPv4-only node opens no IPv6 listener"
+        );
+        assert_eq!(
+            listen(&["primary"], &ips(&["2001:2::1"])),
+            ips(&["0.0.0.0", "2001:2::1"])
+        );
+        assert_eq!(
+            listen(&["primary"], &[]),
+            ips(&["0.0.0.0"]),
+            "no node address known yet"
+        );
+        assert_eq!(
+            listen(&["198.18.2.0/24"], &node),
+            ips(&["198.18.2.1", "::"])
+        );
+        assert_eq!(listen(&["198.18.2.0/24"], &v4_node), ips(&["198.18.2.1"]));
         assert_eq!(
             listen(&["198.19.0.0/16"], &node),
-            [] as [Ipv4Addr; 0],
-            "none matches"
+            ips(&["::"]),
+            "no IPv4 one matches"
         );
-        assert_eq!(listen(&["2001:2::/48"], &node), all, "no IPv4 CIDR");
-        assert_eq!(listen(&["0.0.0.0/0", "198.18.2.0/24"], &node), all);
+        assert_eq!(
+            listen(&["2001:2::/48"], &node),
+            ips(&["0.0.0.0", "2001:2::1"])
+        );
+        assert_eq!(
+            listen(&["0.0.0.0/0", "::/0"], &node),
+            ips(&["0.0.0.0", "::"])
+        );
     }
 
     #[test]

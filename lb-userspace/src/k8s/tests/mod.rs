@@ -39,7 +39,7 @@ fn node_a() -> NodeDef {
         name: "node-a".into(),
         addresses: vec!["198.18.0.1".parse().unwrap()],
         zone: Some("zone-a".into()),
-        health_check_addrs: [[198, 18, 0, 1].into()].into(),
+        health_check_addrs: [std::net::IpAddr::from([198, 18, 0, 1])].into(),
     }
 }
 
