@@ -9,6 +9,10 @@
 //! node A's IPv6 node port reach node B's pod masqueraded to node A's IPv6 address (node B
 //! answers the client's subnet directly, so only masquerading brings its answers back through
 //! node A) and node A's pod with the client's address.
+//!
+//! In Kubernetes mode (the in-memory API server): a dual-stack Service is served on IPv4 from
+//! its IPv4 slice while its IPv6 ClusterIP, without a slice, refuses; the IPv6 slice, created
+//! later, serves the IPv6 ClusterIP.
 
 use std::{
     collections::BTreeSet,
@@ -20,7 +24,11 @@ use std::{
 
 use lb_tests::{
     agent::{Agent, AgentOptions},
+    apiserver::{objects, Options},
     cluster::{
+        kube::{
+            wait_for_backends, web_ports, web_slice, AgentWait, KubeCluster, NAMESPACE, NODE_NAME,
+        },
         two_node::{node_port_service, Node, Setup, TwoNodes, CLIENT_ADDR},
         Protocol,
     },
@@ -328,4 +336,54 @@ fn a_routers_packet_too_big_reaches_the_client_through_a_masqueraded_flow() {
         translated > 0,
         "node A translated no ICMPv6 error:\n{inspect}"
     );
+}
+
+#[test]
+fn in_kubernetes_mode_each_family_follows_its_own_endpoint_slices() {
+    require_root!();
+    let cluster = KubeCluster::start_configured(
+        BACKENDS,
+        Options::default(),
+        AgentWait::Ready,
+        |topology, _, _| topology.add_ipv6(),
+    )
+    .unwrap();
+    let mut servers = Vec::new();
+    for i in 0..BACKENDS {
+        let pod = cluster.backend(i);
+        let addr = IpAddr::from(ipv6_of(pod.addr));
+        servers.push(Server::tcp(&pod.netns, (addr, 8080), &pod.name).unwrap());
+        servers.push(Server::udp(&pod.netns, (addr, 8053), &pod.name).unwrap());
+    }
+    let (vip4, vip6): (IpAddr, IpAddr) = (VIP4.parse().unwrap(), VIP6.parse().unwrap());
+    let mut dual = objects::service(NAMESPACE, "dual", VIP4.parse().unwrap(), web_ports());
+    let spec = objects::spec_mut(&mut dual);
+    spec.cluster_ips = Some(vec![VIP4.into(), VIP6.into()]);
+    spec.ip_families = Some(vec!["IPv4".into(), "IPv6".into()]);
+    spec.ip_family_policy = Some("RequireDualStack".into());
+    let api = cluster.api();
+    api.create(&dual).unwrap();
+    api.create(&cluster.web_slice("dual", &[0, 1])).unwrap();
+    let client = &cluster.client().netns;
+    let all = [0, 1];
+    wait_for_backends("IPv4 served", client, Protocol::Tcp, (vip4, 80), &all);
+
+    // No IPv6 slice yet: that family alone refuses, as kube-proxy rejects it.
+    let http6 = SocketAddr::new(vip6, 80);
+    let refused = client.run(|| tcp_request(http6, TIMEOUT)).unwrap();
+    let error = refused.expect_err("the IPv6 family has no endpoints yet");
+    assert_eq!(error.kind(), ErrorKind::ConnectionRefused, "{error}");
+
+    // The IPv6 slice arrives through the watch and serves the IPv6 ClusterIP alone.
+    let endpoints = all
+        .map(|i| objects::endpoint(ipv6_of(cluster.backend(i).addr), NODE_NAME))
+        .to_vec();
+    let mut slice6 = web_slice("dual", endpoints);
+    slice6.metadata.name = Some("dual-v6".into());
+    slice6.address_type = "IPv6".into();
+    api.create(&slice6).unwrap();
+    wait_for_backends("IPv6 served", client, Protocol::Tcp, http6, &all);
+    wait_for_backends("IPv6 UDP served", client, Protocol::Udp, (vip6, 53), &all);
+    wait_for_backends("IPv4 still served", client, Protocol::Udp, (vip4, 53), &all);
+    drop(servers);
 }

@@ -2,7 +2,10 @@
 //! with endpoints in every condition, Nodes and ServiceCIDRs. Tests adjust the returned k8s-openapi
 //! structs directly for anything else (service type, traffic policies, affinity, ...).
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr},
+};
 
 use k8s_openapi::{
     api::{
@@ -79,10 +82,10 @@ pub fn endpoint_port(name: &str, protocol: Protocol, port: u16) -> EndpointPort 
     }
 }
 
-/// A ready endpoint at `addr` on node `node_name`.
-pub fn endpoint(addr: Ipv4Addr, node_name: &str) -> Endpoint {
+/// A ready endpoint at `addr` (either family) on node `node_name`.
+pub fn endpoint(addr: impl Into<IpAddr>, node_name: &str) -> Endpoint {
     Endpoint {
-        addresses: vec![addr.to_string()],
+        addresses: vec![addr.into().to_string()],
         conditions: Some(EndpointConditions {
             ready: Some(true),
             serving: Some(true),

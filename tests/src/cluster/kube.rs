@@ -257,9 +257,10 @@ pub fn wait_for_backends(
     what: &str,
     netns: &NetNs,
     protocol: Protocol,
-    target: SocketAddrV4,
+    target: impl Into<SocketAddr>,
     indexes: &[usize],
 ) {
+    let target = target.into();
     let expected: BTreeSet<String> = indexes.iter().map(|&i| backend_name(i)).collect();
     wait_until(what, APPLY_TIMEOUT, || {
         let counts = tally(netns, protocol, target, REQUESTS)?;
@@ -277,9 +278,10 @@ pub fn wait_for_backends(
 pub fn tally(
     netns: &NetNs,
     protocol: Protocol,
-    target: SocketAddrV4,
+    target: impl Into<SocketAddr>,
     count: usize,
 ) -> std::result::Result<BTreeMap<String, usize>, String> {
+    let target = target.into();
     netns
         .run(|| {
             let mut counts = BTreeMap::new();
@@ -287,7 +289,7 @@ pub fn tally(
                 let reply = protocol
                     .request(target, REQUEST_TIMEOUT)
                     .map_err(|e| format!("{protocol} request {i} to {target} failed: {e}"))?;
-                if reply.peer != SocketAddr::V4(target) {
+                if reply.peer != target {
                     return Err(format!(
                         "{protocol} request {i} to {target} answered from {}",
                         reply.peer
