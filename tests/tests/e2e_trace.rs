@@ -9,7 +9,7 @@ use std::net::SocketAddrV4;
 use std::path::Path;
 use std::time::Duration;
 
-use lb_frames::Frame;
+use lb_frames::{Frame, Frame6};
 use lb_tests::{
     cluster::{Cluster, HeldConnection},
     example, require_root,
@@ -375,6 +375,21 @@ fn trace_runs_each_packet_of_a_capture_at_the_hook_of_the_interface() {
     node.set_sysctl(&forwarding, "1").unwrap();
     assert_eq!(kept[0]["verdict"], "pass", "{}", kept[0]);
     assert_eq!(kept[0]["after"], forwarded[0]["after"], "{}", kept[0]);
+
+    // An IPv6 frame is not traced yet, and must not reach the live IPv6 program (no dry run)
+    // through the pinned program arrays: the copy's own, empty, count it instead.
+    let capture6 = dir.path().join("capture6.pcap");
+    let (from6, to6) = ("[2001:2::a]:40999", "[2001:2:0:53::1]:80");
+    let syn6 = Frame6::tcp(from6.parse().unwrap(), to6.parse().unwrap(), 0x02);
+    write_pcap(&capture6, &[syn6.to_bytes()]);
+    let capture6 = capture6.to_str().unwrap();
+    let six = json_lines(
+        &agent
+            .trace_in(node, &["--json", "--pcap", capture6, "--iface", veth])
+            .unwrap(),
+    );
+    assert_eq!(six[0]["verdict"], "pass", "{}", six[0]);
+    assert_eq!(six[0]["counters"]["ipv6_unavailable"], 1, "{}", six[0]);
 
     // What cannot be traced: one line each, and a failed exit.
     let error = one_line_error(agent.trace_in(

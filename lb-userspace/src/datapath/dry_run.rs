@@ -10,7 +10,7 @@ use aya::maps::{MapError, PerCpuArray, PerCpuValues};
 use aya::programs::{SchedClassifier, TestRunOptions, Xdp};
 use aya::Pod;
 use aya::{Ebpf, EbpfLoader, TestRun};
-use lb_common::maps as registry;
+use lb_common::maps::{self as registry, MapKind};
 use lb_common::trace::{DRY_RUN_GLOBAL, TRACE_MAP, TRACE_STATS_MAP};
 use lb_common::{program_names, Counter, TraceRecord};
 
@@ -89,7 +89,12 @@ impl DryRun {
         // Checks that every pin exists with this build's layout.
         DatapathMaps::from_pins(maps_dir)?;
         let mut loader = EbpfLoader::new();
-        for spec in registry::ALL {
+        // The program arrays stay the copy's own, and empty: the pinned ones hold the agent's
+        // IPv6 programs, which are no dry run. An IPv6 frame is not traced (`ipv6_unavailable`).
+        let shared = registry::ALL
+            .iter()
+            .filter(|spec| spec.kind != MapKind::ProgramArray);
+        for spec in shared {
             loader.map_pin_path(spec.name, maps_dir.join(spec.name));
         }
         let mut ebpf = loader
