@@ -24,11 +24,13 @@ pub fn key_of<F: Family>(flow: &Flow<F>) -> CtKey {
     }
 }
 
-/// Where a new flow's reply key and entry are built: per-CPU map memory (`LB_NEW_FLOW`), not
-/// the stack, whose 512 bytes the IPv6 programs would otherwise exceed when they masquerade.
+/// Where a new flow's working values are built: per-CPU map memory (`LB_NEW_FLOW`), not the
+/// stack, whose 512 bytes the IPv6 programs would otherwise exceed when they masquerade.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NewFlowScratch {
+    /// The flow's reply key, source-NATed when masqueraded.
     pub reply_key: CtKey,
+    /// The reply entry, then the forward entry (one value serves as both).
     pub entry: CtValue,
     /// The forward key of a flow whose masquerading port a new flow takes over.
     pub taken_key: CtKey,

@@ -81,7 +81,7 @@ fn word8(addr: &[u8; 16], at: usize) -> [u8; 8] {
 
 /// Bytes `at..at + 8` of `addr` as a native-endian integer (compares only).
 #[inline(always)]
-fn u64_at(addr: &[u8; 16], at: usize) -> u64 {
+pub fn u64_at(addr: &[u8; 16], at: usize) -> u64 {
     u64::from_ne_bytes(word8(addr, at))
 }
 

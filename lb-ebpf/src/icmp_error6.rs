@@ -28,7 +28,7 @@ use crate::{
     checksum,
     context::Packet,
     error::Error,
-    family::{Family, Ipv6},
+    family::{u64_at, Family, Ipv6},
     icmp_error::{quoted_l4_checksum, store_quoted_l4_checksum},
     maps::MapAccess,
 };
@@ -140,16 +140,16 @@ fn rewrite<P: Packet>(pkt: &mut P, quote: &Quote, src: End, dst: End) -> Option<
     // The quote is part of the message; the outer addresses are in the checksum's
     // pseudo-header. The outer destination is the quote's source (checked by `quote`).
     icmp_checksum = replace_ends(icmp_checksum, answer, src, dst);
-    store_addr(pkt, QUOTE + IPV6_SRC, src.0)?;
-    store_addr(pkt, QUOTE + IPV6_DST, dst.0)?;
+    Ipv6::store(pkt, QUOTE + IPV6_SRC, src.0)?;
+    Ipv6::store(pkt, QUOTE + IPV6_DST, dst.0)?;
     pkt.store(QUOTE_L4, src.1)?;
     pkt.store(QUOTE_L4 + 2, dst.1)?;
     if quote.from_destination {
         icmp_checksum = checksum::replace(icmp_checksum, &answer.src_addr, dst.0);
-        store_addr(pkt, ETH_HLEN + IPV6_SRC, dst.0)?;
+        Ipv6::store(pkt, ETH_HLEN + IPV6_SRC, dst.0)?;
     }
     icmp_checksum = checksum::replace(icmp_checksum, &answer.dst_addr, src.0);
-    store_addr(pkt, ETH_HLEN + IPV6_DST, src.0)?;
+    Ipv6::store(pkt, ETH_HLEN + IPV6_DST, src.0)?;
     pkt.store(ICMP + ICMP_CHECKSUM, icmp_checksum)
 }
 
@@ -162,16 +162,10 @@ fn replace_ends(check: [u8; 2], answer: &CtKey, src: End, dst: End) -> [u8; 2] {
     checksum::replace2(check, answer.src_port, dst.1)
 }
 
-/// Whether the 16 bytes at `offset` are `addr` (compared 8 bytes at a time).
+/// Whether the 16 bytes at `offset` are `addr`, read and compared 8 bytes at a time (not
+/// copied whole to the stack).
 #[inline(always)]
 fn same_as<P: Packet>(pkt: &P, offset: usize, addr: &[u8; 16]) -> Option<bool> {
     let (high, low): ([u8; 8], [u8; 8]) = (pkt.load(offset)?, pkt.load(offset + 8)?);
-    let half = |at: usize| u64::from_ne_bytes(addr[at..at + 8].try_into().unwrap_or_default());
-    Some(u64::from_ne_bytes(high) == half(0) && u64::from_ne_bytes(low) == half(8))
-}
-
-/// Writes a 16-byte address at `offset`, as two 8-byte stores.
-#[inline(always)]
-fn store_addr<P: Packet>(pkt: &mut P, offset: usize, addr: &[u8; 16]) -> Option<()> {
-    <Ipv6 as Family>::store(pkt, offset, addr)
+    Some(u64::from_ne_bytes(high) == u64_at(addr, 0) && u64::from_ne_bytes(low) == u64_at(addr, 8))
 }

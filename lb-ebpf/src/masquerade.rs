@@ -16,13 +16,7 @@ use lb_common::{
     Backend, Counter, CtKey, CtValue,
 };
 
-use crate::{
-    conntrack::{self, NewFlowScratch},
-    error::Error,
-    family::Family,
-    maps::MapAccess,
-    port_reuse,
-};
+use crate::{conntrack::NewFlowScratch, error::Error, family::Family, maps::MapAccess, port_reuse};
 
 /// Whether a new flow found in `scope` to `backend` is to be masqueraded (if the node
 /// masquerades at all): external flows to backends not on this node.
@@ -32,10 +26,11 @@ fn wanted(scope: u8, backend: &Backend) -> bool {
 }
 
 /// Whether a new flow found in `scope` is a hairpin: an internal flow whose client, `key`'s
-/// source, is the chosen backend itself.
+/// source, is the chosen backend itself (compared as the family's addresses: one word for
+/// IPv4).
 #[inline(always)]
-fn hairpin(scope: u8, key: &CtKey, backend: &Backend) -> bool {
-    scope == scope::INTERNAL && conntrack::same_addr(&key.src_addr, &backend.addr)
+fn hairpin<F: Family>(scope: u8, key: &CtKey, backend: &Backend) -> bool {
+    scope == scope::INTERNAL && F::same(F::unmapped(&key.src_addr), F::unmapped(&backend.addr))
 }
 
 /// The counter of a new flow source-NATed in `scope`: internal flows are only ever hairpins.
@@ -50,9 +45,9 @@ pub fn counter(scope: u8) -> Counter {
 
 /// Inserts a new flow's reply entry source-NATed when it is to be: a hairpin always (to
 /// the family's hairpin address), a flow [`wanted`] for masquerading if the node masquerades
-/// the family (to its `snat_addr` or `snat_addr6`; never a backend at that address itself, a host-network endpoint of this node
-/// listed without its `nodeName`, whose replies to the node's own address would never leave
-/// it). Tries ports of the configured range (for a hairpin the default range while
+/// the family (to its `snat_addr` or `snat_addr6`; never a backend at that address itself, a
+/// host-network endpoint of this node listed without its `nodeName`, whose replies to the
+/// node's own address would never leave it). Tries ports of the configured range (for a hairpin the default range while
 /// none is configured) until the reply key (backend -> address:port) is free or taken over.
 /// `scratch` holds the flow's plain reply key and entry, which become the source-NATed ones.
 /// Returns `Ok(false)`, having inserted nothing, when the flow is not source-NATed.
@@ -70,7 +65,7 @@ pub fn insert_reply<F: Family, M: MapAccess>(
         backend,
     } = scratch;
     let backend = &*backend;
-    let hairpin = hairpin(scope, key, backend);
+    let hairpin = hairpin::<F>(scope, key, backend);
     if !hairpin && !wanted(scope, backend) {
         return Ok(false);
     }
@@ -85,7 +80,9 @@ pub fn insert_reply<F: Family, M: MapAccess>(
         }
     } else {
         match F::snat_addr(config) {
-            Some(addr) if !conntrack::same_addr(addr, &backend.addr) => reply_key.dst_addr = *addr,
+            Some(addr) if !F::same(F::unmapped(addr), F::unmapped(&backend.addr)) => {
+                reply_key.dst_addr = *addr
+            }
             _ => return Ok(false),
         }
     }

@@ -359,9 +359,9 @@ fn hairpin_only_for_internal_flows_from_the_backend_itself() {
     let key = key_of(&FrameSpec::tcp_syn());
     let itself = Backend::new(ipv4_mapped(CLIENT.addr), 80);
     let other = Backend::new(ipv4_mapped(BACKEND.addr), 80);
-    assert!(hairpin(scope::INTERNAL, &key, &itself));
-    assert!(!hairpin(scope::INTERNAL, &key, &other));
-    assert!(!hairpin(scope::EXTERNAL, &key, &itself));
+    assert!(hairpin::<Ipv4>(scope::INTERNAL, &key, &itself));
+    assert!(!hairpin::<Ipv4>(scope::INTERNAL, &key, &other));
+    assert!(!hairpin::<Ipv4>(scope::EXTERNAL, &key, &itself));
     assert_eq!(counter(scope::INTERNAL), Counter::Hairpinned);
     assert_eq!(counter(scope::EXTERNAL), Counter::Masqueraded);
 }

@@ -444,49 +444,26 @@ where
 /// Puts the IPv6 programs in the program arrays their IPv4 twins tail-call, before any of
 /// them is attached (an adopted array gets this build's programs at once).
 fn set_ipv6_programs(ebpf: &Ebpf, maps: &mut DatapathMaps) -> Result<(), DatapathError> {
-    let tc = |name| program_ref::<SchedClassifier>(ebpf, name).fd();
-    let xdp = |name| program_ref::<Xdp>(ebpf, name).fd();
-    let programs = [
-        (
-            registry::TC_IPV6,
-            ipv6_slot::TC_INGRESS,
-            program_names::TC_INGRESS6,
-            tc(program_names::TC_INGRESS6),
-        ),
-        (
-            registry::TC_IPV6,
-            ipv6_slot::TC_EGRESS,
-            program_names::TC_EGRESS6,
-            tc(program_names::TC_EGRESS6),
-        ),
-        (
-            registry::TC_IPV6,
-            ipv6_slot::TC_INGRESS_ICMP,
-            program_names::TC_ICMP6_INGRESS,
-            tc(program_names::TC_ICMP6_INGRESS),
-        ),
-        (
-            registry::TC_IPV6,
-            ipv6_slot::TC_EGRESS_ICMP,
-            program_names::TC_ICMP6_EGRESS,
-            tc(program_names::TC_ICMP6_EGRESS),
-        ),
-        (
-            registry::XDP_IPV6,
-            ipv6_slot::XDP,
-            program_names::XDP_INGRESS6,
-            xdp(program_names::XDP_INGRESS6),
-        ),
-        (
-            registry::XDP_IPV6,
-            ipv6_slot::XDP_ICMP,
-            program_names::XDP_ICMP6,
-            xdp(program_names::XDP_ICMP6),
-        ),
+    use program_names::{TC_EGRESS6, TC_ICMP6_EGRESS, TC_ICMP6_INGRESS, TC_INGRESS6};
+    use program_names::{XDP_ICMP6, XDP_INGRESS6};
+    let tc = [
+        (ipv6_slot::TC_INGRESS, TC_INGRESS6),
+        (ipv6_slot::TC_EGRESS, TC_EGRESS6),
+        (ipv6_slot::TC_INGRESS_ICMP, TC_ICMP6_INGRESS),
+        (ipv6_slot::TC_EGRESS_ICMP, TC_ICMP6_EGRESS),
     ];
-    for (array, slot, program, fd) in programs {
+    for (slot, program) in tc {
+        let fd = program_ref::<SchedClassifier>(ebpf, program).fd();
         let fd = fd.map_err(|source| DatapathError::LoadProgram { program, source })?;
-        maps.set_program(array, slot, fd)?;
+        maps.set_program(registry::TC_IPV6, slot, fd)?;
+    }
+    for (slot, program) in [
+        (ipv6_slot::XDP, XDP_INGRESS6),
+        (ipv6_slot::XDP_ICMP, XDP_ICMP6),
+    ] {
+        let fd = program_ref::<Xdp>(ebpf, program).fd();
+        let fd = fd.map_err(|source| DatapathError::LoadProgram { program, source })?;
+        maps.set_program(registry::XDP_IPV6, slot, fd)?;
     }
     Ok(())
 }
