@@ -13,6 +13,7 @@ pub mod capacity;
 pub mod config;
 pub mod conntrack;
 pub mod counters;
+pub mod crc32c;
 pub mod event;
 pub mod fragment;
 pub mod maps;
@@ -36,7 +37,7 @@ pub use service::{
 pub use sock::{SockRevKey, SockRevValue};
 pub use trace::TraceRecord;
 
-pub use net::{IPPROTO_TCP, IPPROTO_UDP};
+pub use net::{IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
 
 /// Names of the programs in the eBPF object.
 pub mod program_names {

@@ -1,5 +1,5 @@
 //! Wire-format constants of the headers the data path reads and writes: Ethernet, IPv4, IPv6,
-//! TCP, UDP, ICMP and ICMPv6. One home for the kernel programs, the agent and the tests' frame builder.
+//! TCP, UDP, SCTP, ICMP and ICMPv6. One home for the kernel programs, the agent and the tests' frame builder.
 //!
 //! Offsets are from the start of their own header unless named `*_OFFSET` in a frame (after
 //! an option-less Ethernet header).
@@ -23,6 +23,8 @@ pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 /// IP protocol number (IPv6 next header) of ICMPv6.
 pub const IPPROTO_ICMPV6: u8 = 58;
+/// IP protocol number of SCTP.
+pub const IPPROTO_SCTP: u8 = 132;
 
 /// Length of the fixed IPv6 header.
 pub const IPV6_HLEN: usize = 40;
@@ -87,6 +89,25 @@ pub const UDP_CHECKSUM: usize = 6;
 /// Offset of the UDP length (header and payload).
 pub const UDP_LEN: usize = 4;
 
+/// SCTP common header length (ports, verification tag, checksum).
+pub const SCTP_HLEN: usize = 12;
+/// Offset of the SCTP checksum (CRC32c, little-endian: see `crc32c`).
+pub const SCTP_CHECKSUM: usize = 8;
+/// Length of an SCTP chunk header (type, flags, length); the first follows the common header.
+pub const SCTP_CHUNK_HLEN: usize = 4;
+
+/// SCTP chunk types that start and end an association.
+pub mod sctp_chunk {
+    /// INIT: the first packet of an association.
+    pub const INIT: u8 = 1;
+    /// INIT ACK: the answer to an INIT.
+    pub const INIT_ACK: u8 = 2;
+    /// ABORT: the association ends at once.
+    pub const ABORT: u8 = 6;
+    /// SHUTDOWN COMPLETE: the last packet of a graceful shutdown.
+    pub const SHUTDOWN_COMPLETE: u8 = 14;
+}
+
 /// TCP flag bits (the header's 14th byte).
 pub mod tcp_flags {
     pub const FIN: u8 = 0x01;
@@ -129,14 +150,4 @@ pub mod icmpv6 {
     pub const NEIGHBOR_SOLICIT: u8 = 135;
     /// Neighbour advertisement (NDP).
     pub const NEIGHBOR_ADVERT: u8 = 136;
-}
-
-/// Offset of the L4 checksum of `proto` in its header (`None` for protocols without one the
-/// data path updates).
-pub const fn l4_checksum_offset(proto: u8) -> Option<usize> {
-    match proto {
-        IPPROTO_TCP => Some(TCP_CHECKSUM),
-        IPPROTO_UDP => Some(UDP_CHECKSUM),
-        _ => None,
-    }
 }

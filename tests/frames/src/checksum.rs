@@ -1,5 +1,5 @@
 //! The RFC 1071 internet checksum, plain (IPv4 header, ICMP) and over the IPv4 or IPv6
-//! pseudo-header (TCP, UDP; ICMPv6).
+//! pseudo-header (TCP, UDP; ICMPv6); SCTP's CRC32c, bit by bit.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -40,9 +40,31 @@ pub fn l4_checksum6(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, segment: &[u8
     internet_checksum(&data)
 }
 
+/// CRC32c (RFC 9260 appendix A) of `data`, computed bit by bit: the SCTP checksum of a packet
+/// whose checksum field is zeroed, stored little-endian in that field.
+pub fn crc32c(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in data {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0x82f6_3b78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn crc32c_matches_the_standard_check_value() {
+        assert_eq!(crc32c(b"123456789"), 0xe306_9283);
+    }
 
     #[test]
     fn checksum_matches_rfc1071_and_a_known_ipv4_header() {

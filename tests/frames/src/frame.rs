@@ -1,15 +1,15 @@
-//! The frame builder: Ethernet + IPv4 (with options, as a fragment) + TCP, UDP, ICMP or raw
-//! bytes, serialised with correct lengths and freshly computed checksums.
+//! The frame builder: Ethernet + IPv4 (with options, as a fragment) + TCP, UDP, SCTP, ICMP or
+//! raw bytes, serialised with correct lengths and freshly computed checksums.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
 
 use lb_common::net::{
-    icmp, tcp_flags, ETHERTYPE_IPV4, ETH_HLEN, ICMP_CHECKSUM, ICMP_HLEN, IPPROTO_ICMP,
-    IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IPV4_CHECKSUM, IPV4_DF, IPV4_MF, IPV4_MIN_HLEN,
-    IPV4_OFFSET_MASK, TCP_CHECKSUM, TCP_HLEN, UDP_CHECKSUM, UDP_HLEN,
+    icmp, sctp_chunk, tcp_flags, ETHERTYPE_IPV4, ETH_HLEN, ICMP_CHECKSUM, ICMP_HLEN, IPPROTO_ICMP,
+    IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, IPV4_CHECKSUM, IPV4_DF, IPV4_MF,
+    IPV4_MIN_HLEN, IPV4_OFFSET_MASK, SCTP_CHECKSUM, TCP_CHECKSUM, TCP_HLEN, UDP_CHECKSUM, UDP_HLEN,
 };
 
-use crate::{internet_checksum, l4_checksum, l4_checksum6};
+use crate::{crc32c, internet_checksum, l4_checksum, l4_checksum6};
 
 /// Source MAC of built frames (a locally administered address).
 pub const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
@@ -48,6 +48,7 @@ pub struct Ipv4 {
 pub enum L4 {
     Tcp(Tcp),
     Udp(Udp),
+    Sctp(Sctp),
     Icmp(Icmp),
     /// Any other protocol, or a later fragment's bytes, copied verbatim.
     Raw {
@@ -79,6 +80,21 @@ pub struct Udp {
     /// Send checksum 0 ("not computed", allowed for UDP over IPv4).
     pub zero_checksum: bool,
     pub payload: Vec<u8>,
+}
+
+/// SCTP common header fields and one chunk; the CRC32c checksum is computed when built.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sctp {
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub verification_tag: u32,
+    /// The first chunk's type (`lb_common::net::sctp_chunk`).
+    pub chunk_type: u8,
+    /// The chunk's value, padded with zeros to a multiple of 4 bytes when built.
+    pub chunk_value: Vec<u8>,
+    /// Send checksum 0, as a sender whose device computes the CRC leaves the field
+    /// (`CHECKSUM_PARTIAL`).
+    pub offloaded_checksum: bool,
 }
 
 /// ICMP message fields; the checksum is computed when built.
@@ -114,6 +130,11 @@ impl Frame {
     /// A UDP datagram `src -> dst` carrying `payload`, with a computed checksum.
     pub fn udp(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Frame {
         Frame::ipv4(src, dst, L4::udp(src.port(), dst.port(), payload))
+    }
+
+    /// An SCTP packet `src -> dst` whose one chunk is of `chunk_type`.
+    pub fn sctp(src: SocketAddrV4, dst: SocketAddrV4, chunk_type: u8) -> Frame {
+        Frame::ipv4(src, dst, L4::sctp(src.port(), dst.port(), chunk_type))
     }
 
     /// An ICMP message `src -> dst`, sent as hosts send them: TOS "internetwork control", no
@@ -323,31 +344,52 @@ impl L4 {
         })
     }
 
-    /// The ports of a TCP or UDP part; (0, 0) otherwise.
+    /// An SCTP packet with one chunk of `chunk_type` carrying 16 bytes (an INIT's size: tag,
+    /// window, streams and TSN), a verification tag of 0 for an INIT and fixed otherwise.
+    pub fn sctp(src_port: u16, dst_port: u16, chunk_type: u8) -> L4 {
+        L4::Sctp(Sctp {
+            src_port,
+            dst_port,
+            verification_tag: if chunk_type == sctp_chunk::INIT {
+                0
+            } else {
+                0x5c7b_0001
+            },
+            chunk_type,
+            chunk_value: vec![0x5c, 0x7b, 0, 1, 0, 1, 0, 0, 0, 10, 0, 10, 0, 0, 0, 1],
+            offloaded_checksum: false,
+        })
+    }
+
+    /// The ports of a TCP, UDP or SCTP part; (0, 0) otherwise.
     pub(crate) fn ports(&self) -> (u16, u16) {
         match self {
             L4::Tcp(t) => (t.src_port, t.dst_port),
             L4::Udp(u) => (u.src_port, u.dst_port),
+            L4::Sctp(c) => (c.src_port, c.dst_port),
             L4::Icmp(_) | L4::Raw { .. } => (0, 0),
         }
     }
 
-    /// Sets the source (`source`) or destination port of a TCP or UDP part.
+    /// Sets the source (`source`) or destination port of a TCP, UDP or SCTP part.
     pub(crate) fn set_port(&mut self, source: bool, port: u16) {
         match (self, source) {
             (L4::Tcp(t), true) => t.src_port = port,
             (L4::Tcp(t), false) => t.dst_port = port,
             (L4::Udp(u), true) => u.src_port = port,
             (L4::Udp(u), false) => u.dst_port = port,
+            (L4::Sctp(c), true) => c.src_port = port,
+            (L4::Sctp(c), false) => c.dst_port = port,
             (L4::Icmp(_) | L4::Raw { .. }, _) => {}
         }
     }
 
-    /// Replaces the payload of a TCP or UDP part.
+    /// Replaces the payload of a TCP or UDP part, the chunk value of an SCTP part.
     pub(crate) fn set_payload(&mut self, payload: &[u8]) {
         match self {
             L4::Tcp(t) => t.payload = payload.to_vec(),
             L4::Udp(u) => u.payload = payload.to_vec(),
+            L4::Sctp(c) => c.chunk_value = payload.to_vec(),
             L4::Icmp(_) | L4::Raw { .. } => {}
         }
     }
@@ -389,6 +431,23 @@ impl L4 {
                     });
                 }
                 (IPPROTO_UDP, b)
+            }
+            L4::Sctp(c) => {
+                let value = padded(&c.chunk_value);
+                let chunk_len = u16::try_from(4 + c.chunk_value.len()).expect("chunk over 64 KiB");
+                let mut b = Vec::with_capacity(16 + value.len());
+                b.extend_from_slice(&c.src_port.to_be_bytes());
+                b.extend_from_slice(&c.dst_port.to_be_bytes());
+                b.extend_from_slice(&c.verification_tag.to_be_bytes());
+                b.extend_from_slice(&[0; 4]);
+                b.extend_from_slice(&[c.chunk_type, 0]);
+                b.extend_from_slice(&chunk_len.to_be_bytes());
+                b.extend_from_slice(&value);
+                if !c.offloaded_checksum {
+                    let check = crc32c(&b).to_le_bytes();
+                    b[SCTP_CHECKSUM..SCTP_CHECKSUM + 4].copy_from_slice(&check);
+                }
+                (IPPROTO_SCTP, b)
             }
             L4::Icmp(icmp) => {
                 let mut b = Vec::with_capacity(ICMP_HLEN + icmp.body.len());

@@ -96,6 +96,15 @@ impl Frame6 {
         )
     }
 
+    /// An SCTP packet `src -> dst` whose one chunk is of `chunk_type`.
+    pub fn sctp(src: SocketAddrV6, dst: SocketAddrV6, chunk_type: u8) -> Frame6 {
+        Frame6::new(
+            *src.ip(),
+            *dst.ip(),
+            L4::sctp(src.port(), dst.port(), chunk_type),
+        )
+    }
+
     /// An IPv6 packet `src -> dst` carrying `l4` (an [`L4::Icmp`] is ICMPv6).
     pub fn new(src: Ipv6Addr, dst: Ipv6Addr, l4: L4) -> Frame6 {
         Frame6 {

@@ -7,11 +7,12 @@ use std::{
 
 use lb_common::net::{
     ipv6_ext, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETH_HLEN, ETH_TYPE_OFFSET, ICMP_HLEN, IPPROTO_ICMP,
-    IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IPV4_DST, IPV4_FRAGMENT_MASK, IPV4_MIN_HLEN,
-    IPV4_SRC, IPV6_DST, IPV6_HLEN, IPV6_SRC, TCP_HLEN, UDP_CHECKSUM, UDP_HLEN,
+    IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, IPV4_DST, IPV4_FRAGMENT_MASK,
+    IPV4_MIN_HLEN, IPV4_SRC, IPV6_DST, IPV6_HLEN, IPV6_SRC, SCTP_CHECKSUM, SCTP_HLEN, TCP_HLEN,
+    UDP_CHECKSUM, UDP_HLEN,
 };
 
-use crate::{internet_checksum, l4_checksum, l4_checksum6};
+use crate::{crc32c, internet_checksum, l4_checksum, l4_checksum6};
 
 /// A frame as parsed back from bytes, with its checksums verified.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,12 +24,12 @@ pub struct Parsed {
     /// IPv4 header length in bytes.
     pub header_len: usize,
     pub flags_fragment: u16,
-    /// Transport ports when the frame carries a complete TCP/UDP header and is no fragment.
+    /// Transport ports when the frame carries a complete TCP/UDP/SCTP header and is no fragment.
     pub ports: Option<(u16, u16)>,
     /// TCP flags, for TCP.
     pub tcp_flags: Option<u8>,
     pub ip_checksum_ok: bool,
-    /// TCP/UDP/ICMP checksum validity when checkable (a complete, unfragmented header of one
+    /// TCP/UDP/SCTP/ICMP checksum validity when checkable (a complete, unfragmented header of one
     /// of them). UDP checksum 0 counts as valid.
     pub l4_checksum_ok: Option<bool>,
 }
@@ -68,6 +69,7 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, ParseError> {
     let min_len = match protocol {
         IPPROTO_TCP => TCP_HLEN,
         IPPROTO_UDP => UDP_HLEN,
+        IPPROTO_SCTP => SCTP_HLEN,
         IPPROTO_ICMP => ICMP_HLEN,
         _ => usize::MAX,
     };
@@ -82,6 +84,7 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, ParseError> {
     let l4_checksum_ok = complete.then(|| match protocol {
         IPPROTO_ICMP => internet_checksum(segment) == 0,
         IPPROTO_UDP if segment[UDP_CHECKSUM..UDP_CHECKSUM + 2] == [0, 0] => true,
+        IPPROTO_SCTP => sctp_checksum_ok(segment),
         _ => l4_checksum(src, dst, protocol, segment) == 0,
     });
     Ok(Parsed {
@@ -98,9 +101,16 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, ParseError> {
     })
 }
 
-/// Whether `frame` is a complete IPv4 packet whose header checksum and TCP, UDP or ICMP
+/// Whether an SCTP packet's checksum field holds the CRC32c of the packet with it zeroed.
+fn sctp_checksum_ok(segment: &[u8]) -> bool {
+    let mut zeroed = segment.to_vec();
+    zeroed[SCTP_CHECKSUM..SCTP_CHECKSUM + 4].fill(0);
+    segment[SCTP_CHECKSUM..SCTP_CHECKSUM + 4] == crc32c(&zeroed).to_le_bytes()
+}
+
+/// Whether `frame` is a complete IPv4 packet whose header checksum and TCP, UDP, SCTP or ICMP
 /// checksum verify (a UDP checksum of 0 means none and verifies; a fragment, a cut segment or
-/// another protocol does not), or a complete IPv6 packet whose TCP, UDP or ICMPv6 checksum
+/// another protocol does not), or a complete IPv6 packet whose TCP, UDP, SCTP or ICMPv6 checksum
 /// verifies.
 pub fn checksums_valid(frame: &[u8]) -> bool {
     if frame.get(ETH_TYPE_OFFSET..ETH_TYPE_OFFSET + 2) == Some(&ETHERTYPE_IPV6.to_be_bytes()) {
@@ -118,9 +128,9 @@ pub struct Parsed6 {
     pub protocol: u8,
     /// Offset of the transport header in the frame.
     pub l4_offset: usize,
-    /// Transport ports of a complete TCP/UDP header.
+    /// Transport ports of a complete TCP/UDP/SCTP header.
     pub ports: Option<(u16, u16)>,
-    /// TCP, UDP or ICMPv6 checksum validity (UDP checksum 0 is invalid over IPv6).
+    /// TCP, UDP, SCTP or ICMPv6 checksum validity (UDP checksum 0 is invalid over IPv6).
     pub l4_checksum_ok: Option<bool>,
 }
 
@@ -160,6 +170,7 @@ pub fn parse6(frame: &[u8]) -> Result<Parsed6, ParseError> {
     let min_len = match protocol {
         IPPROTO_TCP => TCP_HLEN,
         IPPROTO_UDP => UDP_HLEN,
+        IPPROTO_SCTP => SCTP_HLEN,
         IPPROTO_ICMPV6 => ICMP_HLEN,
         _ => usize::MAX,
     };
@@ -170,7 +181,10 @@ pub fn parse6(frame: &[u8]) -> Result<Parsed6, ParseError> {
             u16::from_be_bytes([segment[2], segment[3]]),
         )
     });
-    let l4_checksum_ok = complete.then(|| l4_checksum6(src, dst, protocol, segment) == 0);
+    let l4_checksum_ok = complete.then(|| match protocol {
+        IPPROTO_SCTP => sctp_checksum_ok(segment),
+        _ => l4_checksum6(src, dst, protocol, segment) == 0,
+    });
     Ok(Parsed6 {
         src,
         dst,
