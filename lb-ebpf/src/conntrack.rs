@@ -231,6 +231,7 @@ mod tests {
                 port: 80u16.to_be_bytes(),
             },
             tcp_flags: tcp_flags::SYN,
+            l4_len: 20,
         }
     }
 

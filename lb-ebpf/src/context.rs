@@ -43,8 +43,8 @@ pub trait Packet {
     /// IPv4 header are unspecified afterwards; the caller writes all of them. `len - room`
     /// must not exceed the frame length.
     fn make_reply_room(&mut self, room: u32, len: u32) -> Result<(), RewriteFailed>;
-    /// Replaces `side`'s address and port with `to`, keeping the IPv4 and TCP/UDP checksums
-    /// valid.
+    /// Replaces `side`'s address and port with `to`, keeping the IPv4 and TCP/UDP/SCTP
+    /// checksums valid.
     fn rewrite<F: Family>(
         &mut self,
         flow: &Flow<F>,
@@ -134,19 +134,38 @@ impl Packet for XdpPacket {
 pub struct TcPacket(pub TcContext);
 
 impl TcPacket {
-    /// The linear data's start and end, read afresh. Volatile reads keep LLVM from carrying
-    /// the pointers across branches as 32-bit values it then zero-extends with shifts, which
-    /// the verifier refuses on packet pointers.
+    /// The linear data's start and end, read afresh with one load instruction each from the
+    /// context at the fields' offsets. Written as assembly: plain or volatile reads let LLVM
+    /// carry the pointers across branches as 32-bit values it zero-extends with shifts, or
+    /// keep `skb + offset` in a register and load through it; the verifier refuses both.
+    #[cfg(target_arch = "bpf")]
     #[inline(always)]
     fn bounds(&self) -> (usize, usize) {
-        let skb = self.0.skb.skb;
-        // SAFETY: reads the program's own context.
+        use aya_ebpf::bindings::__sk_buff;
+        let (data, data_end): (u64, u64);
+        // SAFETY: two 4-byte loads from the program's own context, which the verifier
+        // rewrites into reads of the skb's data pointers.
         unsafe {
-            (
-                core::ptr::read_volatile(&(*skb).data) as usize,
-                core::ptr::read_volatile(&(*skb).data_end) as usize,
-            )
+            core::arch::asm!(
+                "{data} = *(u32 *)({skb} + {data_offset})",
+                "{data_end} = *(u32 *)({skb} + {data_end_offset})",
+                skb = in(reg) self.0.skb.skb,
+                data = out(reg) data,
+                data_end = out(reg) data_end,
+                data_offset = const core::mem::offset_of!(__sk_buff, data),
+                data_end_offset = const core::mem::offset_of!(__sk_buff, data_end),
+                options(nostack, preserves_flags),
+            );
         }
+        (data as usize, data_end as usize)
+    }
+
+    /// The host build (unit tests, which never run a TC program) reads the fields plainly.
+    #[cfg(not(target_arch = "bpf"))]
+    fn bounds(&self) -> (usize, usize) {
+        let skb = self.0.skb.skb;
+        // SAFETY: reads the context's fields.
+        unsafe { ((*skb).data as usize, (*skb).data_end as usize) }
     }
 
     /// Sends the packet back out of the interface it arrived on (towards the pod); returns the
@@ -214,6 +233,8 @@ impl Packet for TcPacket {
 
     /// IPv4: the address, then the header checksum and the L4 checksum's pseudo-header part;
     /// IPv6 (no header checksum): the address, then the pseudo-header part word by word.
+    /// SCTP: the address with the header checksum only, the port with
+    /// `rewrite::sctp_port_checksum`.
     #[inline(always)]
     fn rewrite<F: Family>(
         &mut self,
@@ -240,7 +261,8 @@ impl Packet for TcPacket {
                         .is_ok();
             }
             let flags = u64::from(BPF_F_PSEUDO_HDR) | mangled_0 | 4;
-            for i in 0..F::WORDS {
+            // SCTP's checksum covers no pseudo-header.
+            for i in 0..F::WORDS * usize::from(!flow.is_sctp()) {
                 let (old, new) = (word(&from.addr, i), word(&to.addr, i));
                 stored = stored
                     && (old == new
@@ -252,7 +274,10 @@ impl Packet for TcPacket {
                 return Err(RewriteFailed);
             }
         }
-        if from.port != to.port {
+        if from.port != to.port && flow.is_sctp() {
+            self.store(port_offset, to.port).ok_or(RewriteFailed)?;
+            rewrite::sctp_port_checksum(self, flow, side, from.port, to.port)?;
+        } else if from.port != to.port {
             let old = u64::from(u16::from_ne_bytes(from.port));
             let new = u64::from(u16::from_ne_bytes(to.port));
             let ctx = &self.0;

@@ -23,7 +23,7 @@ use lb_common::{
         icmp, ETH_HLEN, ICMP_CHECKSUM, ICMP_HLEN, IPPROTO_ICMP, IPV4_CHECKSUM, IPV4_DST,
         IPV4_MIN_HLEN, IPV4_PROTO, IPV4_SRC, TCP_CHECKSUM, UDP_CHECKSUM,
     },
-    Counter, CtKey, IPPROTO_TCP, IPPROTO_UDP,
+    Counter, CtKey, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 use crate::{
@@ -88,7 +88,7 @@ pub fn translate<P: Packet, M: MapAccess>(pkt: &mut P, maps: &mut M) -> Result<C
     Ok(Counter::IcmpErrorTranslated)
 }
 
-/// Parses an unfragmented IPv4 ICMP error quoting an IPv4 TCP or UDP packet's ports.
+/// Parses an unfragmented IPv4 ICMP error quoting an IPv4 TCP, UDP or SCTP packet's ports.
 #[inline(always)]
 fn quote<P: Packet>(pkt: &P) -> Option<Quote> {
     let outer: Ipv4Header = pkt.load(ETH_HLEN)?;
@@ -104,10 +104,7 @@ fn quote<P: Packet>(pkt: &P) -> Option<Quote> {
     let inner: Ipv4Header = pkt.load(ip)?;
     let header_len = ipv4_header_len(&inner);
     let proto = inner[IPV4_PROTO];
-    if !is_ipv4(&inner)
-        || header_len < IPV4_MIN_HLEN
-        || (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
-    {
+    if !is_ipv4(&inner) || header_len < IPV4_MIN_HLEN || !quotable(proto) {
         return None;
     }
     let l4 = ip + header_len;
@@ -172,8 +169,17 @@ fn rewrite<P: Packet>(pkt: &mut P, quote: &Quote, src: FlowEnd, dst: FlowEnd) ->
     pkt.store(IPV4_CHECKSUM_OFFSET, outer_checksum)
 }
 
+/// Whether errors quoting packets of `proto` are translated: TCP, UDP and SCTP, whose ports
+/// open their headers alike.
+#[inline(always)]
+pub fn quotable(proto: u8) -> bool {
+    proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_SCTP
+}
+
 /// Where the quoted TCP/UDP checksum sits and what it holds, when the quote (ending at
 /// `end`) reaches it and it is in use (a UDP 0 means none). `l4`: the quoted L4 header.
+/// A quoted SCTP checksum is left as it is: it covers the whole original packet, and SCTP
+/// matches an error to its association by the verification tag, not by the quote's checksum.
 #[inline(always)]
 pub fn quoted_l4_checksum<P: Packet>(
     pkt: &P,
@@ -181,6 +187,9 @@ pub fn quoted_l4_checksum<P: Packet>(
     end: usize,
     proto: u8,
 ) -> Option<(usize, [u8; 2])> {
+    if proto == IPPROTO_SCTP {
+        return None;
+    }
     let at = l4
         + if proto == IPPROTO_UDP {
             UDP_CHECKSUM

@@ -21,7 +21,7 @@ use lb_common::{
         icmpv6, ETH_HLEN, ICMP_CHECKSUM, ICMP_HLEN, IPPROTO_ICMPV6, IPV6_DST, IPV6_HLEN,
         IPV6_NEXT_HEADER, IPV6_PAYLOAD_LEN, IPV6_SRC,
     },
-    Counter, CtKey, IPPROTO_TCP, IPPROTO_UDP,
+    Counter, CtKey,
 };
 
 use crate::{
@@ -29,7 +29,7 @@ use crate::{
     context::Packet,
     error::Error,
     family::{u64_at, Family, Ipv6},
-    icmp_error::{quoted_l4_checksum, store_quoted_l4_checksum},
+    icmp_error::{quotable, quoted_l4_checksum, store_quoted_l4_checksum},
     maps::MapAccess,
 };
 
@@ -103,7 +103,7 @@ fn quote<P: Packet>(pkt: &P) -> Option<Quote> {
     }
     let inner: [u8; 8] = pkt.load(QUOTE)?;
     let proto = inner[IPV6_NEXT_HEADER];
-    if inner[0] >> 4 != 6 || (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
+    if inner[0] >> 4 != 6 || !quotable(proto) {
         return None;
     }
     let ports: [u8; 4] = pkt.load(QUOTE_L4)?;

@@ -246,7 +246,7 @@ fn try_process<F: Front, P: Packet, M: MapAccess>(
         let entry = &found.entry;
         match established(maps, &flow, entry) {
             Some((side, outcome)) if pairs::whole(maps, &key, &found, side) => {
-                port_reuse::note_tcp_end(maps, &flow, &key, entry);
+                port_reuse::note_connection_end(maps, &flow, &key, entry);
                 let outcome = translate(pkt, maps, &flow, side, entry, outcome)?;
                 return Ok(Done {
                     outcome,
@@ -275,7 +275,7 @@ fn reply<F: Family, P: Packet, M: MapAccess>(
         .filter(|found| found.entry.flags & ct_flags::DIRECTION == ct_flags::REPLY)
         .ok_or(Error::untouched(Counter::NotService))?;
     pairs::reply_whole(maps, key, &found);
-    port_reuse::note_tcp_end(maps, flow, key, &found.entry);
+    port_reuse::note_connection_end(maps, flow, key, &found.entry);
     translate(
         pkt,
         maps,
@@ -296,14 +296,14 @@ fn established<F: Family, M: MapAccess>(
 ) -> Option<(Side, Counter)> {
     match entry.flags & ct_flags::DIRECTION {
         ct_flags::REPLY => Some((Side::Source, Counter::ReplyTranslated)),
-        // Established TCP connections keep their backend even after it left the service, so
-        // they can finish; a new connection attempt on a vanished backend starts over. UDP has
-        // no connection to finish: its flow moves on rather than feed a backend that is gone
-        // (kube-proxy deletes such conntrack entries for the same reason). A SYN on a
-        // flow that was closing is a new connection reusing the tuple.
+        // Established TCP connections (SCTP associations) keep their backend even after it
+        // left the service, so they can finish; a new connection attempt on a vanished backend
+        // starts over. UDP has no connection to finish: its flow moves on rather than feed a
+        // backend that is gone (kube-proxy deletes such conntrack entries for the same reason).
+        // A SYN (INIT) on a flow that was closing is a new connection reusing the tuple.
         ct_flags::FORWARD
             if !(restarts_when_gone(flow) && backend_gone(maps, entry)
-                || flow.is_tcp_syn() && entry.flags & ct_flags::CLOSING != 0) =>
+                || flow.is_connection_start() && entry.flags & ct_flags::CLOSING != 0) =>
         {
             Some((Side::Destination, Counter::ForwardTranslated))
         }
@@ -543,10 +543,10 @@ fn checksum_verified<F: Family, P: Packet>(pkt: &P) -> Result<(), Error> {
 }
 
 /// Whether a packet of an established flow starts the flow over when its backend is gone:
-/// a TCP SYN, or any UDP datagram.
+/// a TCP SYN or SCTP INIT, or any UDP datagram.
 #[inline(always)]
 fn restarts_when_gone<F: Family>(flow: &Flow<F>) -> bool {
-    flow.proto == IPPROTO_UDP || flow.is_tcp_syn()
+    flow.proto == IPPROTO_UDP || flow.is_connection_start()
 }
 
 /// Whether a forward entry's backend was removed or replaced since the flow started.

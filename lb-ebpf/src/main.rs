@@ -11,7 +11,10 @@
 //! instead ([`sock`]), with the pipeline's backend selection ([`select`]).
 #![cfg_attr(not(test), no_std)]
 #![cfg_attr(not(test), no_main)]
-#![cfg_attr(target_arch = "bpf", feature(optimize_attribute))]
+#![cfg_attr(
+    target_arch = "bpf",
+    feature(optimize_attribute, asm_experimental_arch)
+)]
 
 mod affinity;
 mod checksum;
@@ -63,8 +66,10 @@ use crate::{
 /// `TC_ACT_UNSPEC` (TCX_NEXT): `TC_ACT_OK` would end the hook there and hide every packet from
 /// other tools' programs attached after it, TCX or legacy `tc` filters alike.
 #[classifier]
-// Speed for IPv4 (the object is built for size: see lb-ebpf's Cargo.toml).
+// Speed for IPv4 (the object is built for size: see lb-ebpf's Cargo.toml), inlined into the
+// entry the macro wraps it in (LLVM may otherwise call it as a function of its own).
 #[cfg_attr(target_arch = "bpf", optimize(speed))]
+#[inline(always)]
 pub fn lb_tc_ingress(ctx: TcContext) -> i32 {
     let mut pkt = TcPacket(ctx);
     if is_ipv6(&pkt) {
@@ -113,8 +118,10 @@ fn tc_ingress<F: Front>(pkt: &mut TcPacket) -> i32 {
 /// flows (a host-network backend answering a pod or an outside client) are translated back
 /// to the frontend the client addressed; everything else goes on untouched.
 #[classifier]
-// Speed for IPv4 (the object is built for size: see lb-ebpf's Cargo.toml).
+// Speed for IPv4 (the object is built for size: see lb-ebpf's Cargo.toml), inlined into the
+// entry the macro wraps it in (LLVM may otherwise call it as a function of its own).
 #[cfg_attr(target_arch = "bpf", optimize(speed))]
+#[inline(always)]
 pub fn lb_tc_egress(ctx: TcContext) -> i32 {
     let mut pkt = TcPacket(ctx);
     if is_ipv6(&pkt) {
@@ -150,8 +157,10 @@ fn tc_egress<F: Front>(pkt: &mut TcPacket) -> i32 {
 /// XDP on the node's external interface (`lb_common::program_names::XDP_INGRESS`): traffic
 /// from outside the node, looked up in the external scope. Rejects leave by the same interface.
 #[xdp]
-// Speed for IPv4 (the object is built for size: see lb-ebpf's Cargo.toml).
+// Speed for IPv4 (the object is built for size: see lb-ebpf's Cargo.toml), inlined into the
+// entry the macro wraps it in (LLVM may otherwise call it as a function of its own).
 #[cfg_attr(target_arch = "bpf", optimize(speed))]
+#[inline(always)]
 pub fn lb_xdp_ingress(ctx: XdpContext) -> u32 {
     let mut pkt = XdpPacket(ctx);
     if is_ipv6(&pkt) {

@@ -1,4 +1,7 @@
-//! Ethernet / IPv4 or IPv6 / TCP|UDP parsing into the few fields the load balancer needs.
+//! Ethernet / IPv4 or IPv6 / TCP|UDP|SCTP parsing into the few fields the load balancer needs.
+//!
+//! SCTP is tracked as TCP is: its first chunk stands for TCP flags ([`sctp_flags`]), so INIT
+//! starts a flow as a SYN does and ABORT or SHUTDOWN COMPLETE end it as a RST does.
 //!
 //! IPv6 extension headers ([`ipv6_flow`]): up to [`MAX_IPV6_EXTENSIONS`] hop-by-hop (first
 //! only), destination options and routing headers are walked to the TCP or UDP header. A
@@ -9,13 +12,13 @@
 
 use lb_common::{
     net::{
-        ipv6_ext, tcp_flags, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETH_HLEN, ETH_TYPE_OFFSET,
+        ipv6_ext, sctp_chunk, tcp_flags, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETH_HLEN, ETH_TYPE_OFFSET,
         IPV4_CHECKSUM, IPV4_DST, IPV4_FRAGMENT_MASK, IPV4_FRAG_OFF, IPV4_MIN_HLEN,
         IPV4_OFFSET_MASK, IPV4_PROTO, IPV4_SRC, IPV4_TOTAL_LEN, IPV6_DST, IPV6_HLEN,
-        IPV6_NEXT_HEADER, IPV6_PAYLOAD_LEN, IPV6_SRC, TCP_CHECKSUM, TCP_HLEN, UDP_CHECKSUM,
-        UDP_HLEN, UDP_LEN,
+        IPV6_NEXT_HEADER, IPV6_PAYLOAD_LEN, IPV6_SRC, SCTP_CHECKSUM, SCTP_CHUNK_HLEN, SCTP_HLEN,
+        TCP_CHECKSUM, TCP_HLEN, UDP_CHECKSUM, UDP_HLEN, UDP_LEN,
     },
-    Counter, IPPROTO_TCP, IPPROTO_UDP,
+    Counter, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 use crate::{
@@ -61,18 +64,21 @@ pub enum Piece {
     Later,
 }
 
-/// The parsed headers of a TCP or UDP packet of family `F`.
+/// The parsed headers of a TCP, UDP or SCTP packet of family `F`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Flow<F: Family> {
-    /// Offset of the TCP/UDP header in the frame (after IPv4 options or IPv6 extension
+    /// Offset of the TCP/UDP/SCTP header in the frame (after IPv4 options or IPv6 extension
     /// headers, if any); of the payload in a later IPv4 fragment.
     pub l4_offset: usize,
-    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
+    /// `IPPROTO_TCP`, `IPPROTO_UDP` or `IPPROTO_SCTP`.
     pub proto: u8,
     pub src: FlowEnd<F::Addr>,
     pub dst: FlowEnd<F::Addr>,
-    /// TCP flags byte; 0 for UDP and later fragments.
+    /// TCP flags byte; for SCTP the flags its first chunk stands for ([`sctp_flags`]); 0 for
+    /// UDP and later fragments.
     pub tcp_flags: u8,
+    /// Bytes from `l4_offset` to the end of the IP packet (what the SCTP checksum covers).
+    pub l4_len: u16,
 }
 
 /// An IPv4 flow.
@@ -95,24 +101,24 @@ impl<F: Family> Flow<F> {
         }
     }
 
-    /// Offset of the TCP or UDP checksum in the frame.
+    /// Offset of the TCP, UDP or SCTP checksum in the frame.
     #[inline(always)]
     pub fn l4_checksum_offset(&self) -> usize {
         self.l4()
-            + if self.is_udp() {
-                UDP_CHECKSUM
-            } else {
-                TCP_CHECKSUM
+            + match self.proto {
+                IPPROTO_UDP => UDP_CHECKSUM,
+                IPPROTO_SCTP => SCTP_CHECKSUM,
+                _ => TCP_CHECKSUM,
             }
     }
 
-    /// Length of the fixed TCP or UDP header (TCP options not counted).
+    /// Length of the fixed TCP, UDP or SCTP common header (TCP options not counted).
     #[inline(always)]
     pub fn l4_header_len(&self) -> usize {
-        if self.is_udp() {
-            UDP_HLEN
-        } else {
-            TCP_HLEN
+        match self.proto {
+            IPPROTO_UDP => UDP_HLEN,
+            IPPROTO_SCTP => SCTP_HLEN,
+            _ => TCP_HLEN,
         }
     }
 
@@ -121,17 +127,22 @@ impl<F: Family> Flow<F> {
         self.proto == IPPROTO_UDP
     }
 
-    /// A TCP SYN without ACK: the first packet of a connection attempt.
     #[inline(always)]
-    pub fn is_tcp_syn(&self) -> bool {
-        self.proto == IPPROTO_TCP
-            && self.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN
+    pub fn is_sctp(&self) -> bool {
+        self.proto == IPPROTO_SCTP
     }
 
-    /// A TCP FIN or RST: the connection is ending.
+    /// A TCP SYN without ACK or an SCTP INIT: the first packet of a connection attempt.
+    /// (UDP and later fragments have no flags.)
     #[inline(always)]
-    pub fn is_tcp_end(&self) -> bool {
-        self.proto == IPPROTO_TCP && self.tcp_flags & (tcp_flags::FIN | tcp_flags::RST) != 0
+    pub fn is_connection_start(&self) -> bool {
+        self.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN
+    }
+
+    /// A TCP FIN or RST, an SCTP ABORT or SHUTDOWN COMPLETE: the connection is ending.
+    #[inline(always)]
+    pub fn is_connection_end(&self) -> bool {
+        self.tcp_flags & (tcp_flags::FIN | tcp_flags::RST) != 0
     }
 }
 
@@ -230,6 +241,7 @@ fn parse<P: Packet>(pkt: &P, fragments: bool) -> Result<(Ipv4Flow, Piece), Error
     let l4_header_len = match proto {
         IPPROTO_TCP => TCP_HLEN,
         IPPROTO_UDP => UDP_HLEN,
+        IPPROTO_SCTP => SCTP_HLEN + SCTP_CHUNK_HLEN,
         _ => return Err(Error::untouched(Counter::OtherProtocol)),
     };
     let piece = if !is_fragment(&ip) {
@@ -241,6 +253,11 @@ fn parse<P: Packet>(pkt: &P, fragments: bool) -> Result<(Ipv4Flow, Piece), Error
     } else {
         Piece::Later
     };
+    // An SCTP checksum covers the whole datagram, whose length only the last fragment
+    // tells: a fragment's ports cannot be rewritten (SCTP sizes its packets to the path MTU).
+    if piece != Piece::Whole && proto == IPPROTO_SCTP {
+        return Err(Error::untouched(Counter::Fragment));
+    }
     let l4_offset = ETH_HLEN + header_len;
     // The options must be in the frame, the L4 header in the frame and in the IP packet.
     // (Presence is checked with 2-byte loads: see `context::Packet::load`.)
@@ -258,6 +275,7 @@ fn parse<P: Packet>(pkt: &P, fragments: bool) -> Result<(Ipv4Flow, Piece), Error
             src,
             dst,
             tcp_flags: 0,
+            l4_len: (total_len - header_len) as u16,
         };
         return Ok((flow, piece));
     }
@@ -274,14 +292,16 @@ fn parse<P: Packet>(pkt: &P, fragments: bool) -> Result<(Ipv4Flow, Piece), Error
         .load(l4_offset)
         .ok_or(Error::untouched(Counter::TruncatedL4))?;
     let l4_len = total_len - header_len;
-    let tcp_flags = if proto == IPPROTO_TCP {
-        tcp_flags_checked(pkt, l4_offset, l4_len)?
-    } else {
-        // A first fragment's UDP length is the whole datagram's, beyond the fragment.
-        if piece == Piece::Whole {
-            udp_length_checked(pkt, l4_offset, l4_len)?;
+    let tcp_flags = match proto {
+        IPPROTO_TCP => tcp_flags_checked(pkt, l4_offset, l4_len)?,
+        IPPROTO_SCTP => sctp_flags(pkt, l4_offset)?,
+        _ => {
+            // A first fragment's UDP length is the whole datagram's, beyond the fragment.
+            if piece == Piece::Whole {
+                udp_length_checked(pkt, l4_offset, l4_len)?;
+            }
+            0
         }
-        0
     };
     let (src, dst) = flow_ends(&ip, ports);
     let flow = Ipv4Flow {
@@ -290,6 +310,7 @@ fn parse<P: Packet>(pkt: &P, fragments: bool) -> Result<(Ipv4Flow, Piece), Error
         src,
         dst,
         tcp_flags,
+        l4_len: l4_len as u16,
     };
     Ok((flow, piece))
 }
@@ -331,10 +352,10 @@ pub fn ipv6_flow<P: Packet>(pkt: &P) -> Result<Ipv6Flow, Error> {
     // At most 54 + 4 * 2048: masked (a no-op) so the verifier sees the bound wherever the
     // offset is used, after spills and joins.
     let l4_offset = l4_offset & IPV6_L4_OFFSET_MASK;
-    let l4_header_len = if proto == IPPROTO_TCP {
-        TCP_HLEN
-    } else {
-        UDP_HLEN
+    let l4_header_len = match proto {
+        IPPROTO_TCP => TCP_HLEN,
+        IPPROTO_SCTP => SCTP_HLEN + SCTP_CHUNK_HLEN,
+        _ => UDP_HLEN,
     };
     if l4_offset + l4_header_len > end || pkt.load::<2>(l4_offset + l4_header_len - 2).is_none() {
         return Err(Error::untouched(Counter::TruncatedL4));
@@ -343,17 +364,19 @@ pub fn ipv6_flow<P: Packet>(pkt: &P) -> Result<Ipv6Flow, Error> {
         .load(l4_offset)
         .ok_or(Error::untouched(Counter::TruncatedL4))?;
     let l4_len = end - l4_offset;
-    let tcp_flags = if proto == IPPROTO_TCP {
-        tcp_flags_checked(pkt, l4_offset, l4_len)?
-    } else {
-        udp_length_checked(pkt, l4_offset, l4_len)?;
-        let check: [u8; 2] = pkt
-            .load(l4_offset + UDP_CHECKSUM)
-            .ok_or(Error::untouched(Counter::TruncatedL4))?;
-        if check == [0, 0] {
-            return Err(Error::untouched(Counter::UdpZeroChecksum));
+    let tcp_flags = match proto {
+        IPPROTO_TCP => tcp_flags_checked(pkt, l4_offset, l4_len)?,
+        IPPROTO_SCTP => sctp_flags(pkt, l4_offset)?,
+        _ => {
+            udp_length_checked(pkt, l4_offset, l4_len)?;
+            let check: [u8; 2] = pkt
+                .load(l4_offset + UDP_CHECKSUM)
+                .ok_or(Error::untouched(Counter::TruncatedL4))?;
+            if check == [0, 0] {
+                return Err(Error::untouched(Counter::UdpZeroChecksum));
+            }
+            0
         }
-        0
     };
     Ok(Ipv6Flow {
         l4_offset,
@@ -367,17 +390,18 @@ pub fn ipv6_flow<P: Packet>(pkt: &P) -> Result<Ipv6Flow, Error> {
             port: [ports[2], ports[3]],
         },
         tcp_flags,
+        l4_len: l4_len as u16,
     })
 }
 
-/// Walks the extension headers from `next` (the fixed header's next header) to the TCP or UDP
-/// header: its protocol and offset in the frame.
+/// Walks the extension headers from `next` (the fixed header's next header) to the TCP, UDP or
+/// SCTP header: its protocol and offset in the frame.
 #[inline(always)]
 fn ipv6_transport<P: Packet>(pkt: &P, mut next: u8) -> Result<(u8, usize), Error> {
     let mut offset = ETH_HLEN + IPV6_HLEN;
     for i in 0..=MAX_IPV6_EXTENSIONS {
         match next {
-            IPPROTO_TCP | IPPROTO_UDP => return Ok((next, offset)),
+            IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => return Ok((next, offset)),
             ipv6_ext::FRAGMENT => return Err(Error::untouched(Counter::Fragment)),
             ipv6_ext::HOP_BY_HOP | ipv6_ext::DESTINATION | ipv6_ext::ROUTING
                 if i == MAX_IPV6_EXTENSIONS || (next == ipv6_ext::HOP_BY_HOP && i != 0) =>
@@ -414,6 +438,22 @@ fn tcp_flags_checked<P: Packet>(pkt: &P, l4_offset: usize, l4_len: usize) -> Res
         return Err(Error::untouched(Counter::TruncatedL4));
     }
     Ok(flags)
+}
+
+/// The TCP flags the first chunk of the SCTP packet at `l4_offset` stands for in conntrack:
+/// INIT a SYN (a new association), INIT ACK a SYN-ACK, ABORT and SHUTDOWN COMPLETE a RST (the
+/// association is over), any other chunk an ACK.
+#[inline(always)]
+fn sctp_flags<P: Packet>(pkt: &P, l4_offset: usize) -> Result<u8, Error> {
+    let [chunk_type, _]: [u8; 2] = pkt
+        .load(l4_offset + SCTP_HLEN)
+        .ok_or(Error::untouched(Counter::TruncatedL4))?;
+    Ok(match chunk_type {
+        sctp_chunk::INIT => tcp_flags::SYN,
+        sctp_chunk::INIT_ACK => tcp_flags::SYN | tcp_flags::ACK,
+        sctp_chunk::ABORT | sctp_chunk::SHUTDOWN_COMPLETE => tcp_flags::RST,
+        _ => tcp_flags::ACK,
+    })
 }
 
 /// Checks that the UDP length at `l4_offset` is the packet's `l4_len` (an unfragmented

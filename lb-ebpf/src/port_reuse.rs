@@ -42,17 +42,18 @@ pub fn take_over<M: MapAccess>(
     true
 }
 
-/// Marks both entries of a TCP flow [`ct_flags::CLOSING`] when `flow` (a packet whose entry
-/// `entry`, either one of the flow's, was found under `key`) is a FIN or RST: the closing
+/// Marks both entries of a TCP or SCTP flow [`ct_flags::CLOSING`] when `flow` (a packet whose
+/// entry `entry`, either one of the flow's, was found under `key`) is a FIN or RST, an SCTP
+/// ABORT or SHUTDOWN COMPLETE (`Flow::is_connection_end`): the closing
 /// state, which the port take-over and the agent's garbage collector read alike.
 #[inline(always)]
-pub fn note_tcp_end<F: Family, M: MapAccess>(
+pub fn note_connection_end<F: Family, M: MapAccess>(
     maps: &mut M,
     flow: &Flow<F>,
     key: &CtKey,
     entry: &CtValue,
 ) {
-    if !flow.is_tcp_end() {
+    if !flow.is_connection_end() {
         return;
     }
     maps.mark_conntrack(key, ct_flags::CLOSING);

@@ -4,17 +4,19 @@
 //! or send at once instead of letting it time out.
 //!
 //! An IPv6 reply quotes the IPv6 header, extension headers of up to [`MAX_QUOTED_EXT`] bytes
-//! (a packet with more is dropped instead) and the fixed TCP or UDP header, as the IPv4 one.
+//! (a packet with more is dropped instead) and the fixed TCP, UDP or SCTP header, as the IPv4
+//! one.
 //!
-//! The reply quotes the original IPv4 header (with options) and the fixed TCP or UDP header:
-//! at least the 8 bytes RFC 792 asks for, everything a client stack needs to find its socket,
-//! and, for TCP, the checksum field a `CHECKSUM_PARTIAL` skb must keep (see
+//! The reply quotes the original IPv4 header (with options) and the fixed TCP, UDP or SCTP
+//! header: at least the 8 bytes RFC 792 asks for, everything a client stack needs to find its
+//! socket, and, for TCP and SCTP, the checksum field a `CHECKSUM_PARTIAL` skb must keep (see
 //! `TcPacket::make_reply_room`). Replies are rate-limited per client and for the node
 //! (`reject_limit`).
 
 use lb_common::net::{
     icmp, icmpv6, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETH_HLEN, ETH_TYPE_OFFSET, ICMP_CHECKSUM,
-    ICMP_HLEN, IPPROTO_ICMP, IPPROTO_ICMPV6, IPV4_CHECKSUM, IPV4_MIN_HLEN, IPV6_HLEN,
+    ICMP_HLEN, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_UDP, IPV4_CHECKSUM,
+    IPV4_MIN_HLEN, IPV6_HLEN,
 };
 
 use crate::{
@@ -92,8 +94,8 @@ pub fn port_unreachable6<P: Packet>(pkt: &mut P, flow: &Ipv6Flow) -> Result<(), 
 }
 
 /// One's complement sum of what an IPv6 reply quotes: the IPv6 header, the extension headers
-/// up to `l4_offset` (a multiple of 8 bytes, at most [`MAX_QUOTED_EXT`]) and the fixed TCP or
-/// UDP header.
+/// up to `l4_offset` (a multiple of 8 bytes, at most [`MAX_QUOTED_EXT`]) and the fixed TCP,
+/// UDP or SCTP header.
 #[inline(always)]
 fn quoted_sum6<P: Packet>(pkt: &P, flow: &Ipv6Flow, l4_offset: usize) -> Option<u32> {
     let ext_len = l4_offset - ETH_HLEN - IPV6_HLEN;
@@ -105,28 +107,27 @@ fn quoted_sum6<P: Packet>(pkt: &P, flow: &Ipv6Flow, l4_offset: usize) -> Option<
             sum = checksum::add(sum, chunk);
         }
     }
-    let ports_and_more: [u8; 8] = pkt.load(l4_offset)?;
-    sum = checksum::add(sum, ports_and_more);
-    if !flow.is_udp() {
-        let rest_of_tcp: [u8; 12] = pkt.load(l4_offset + 8)?;
-        sum = checksum::add(sum, rest_of_tcp);
-    }
-    Some(sum)
+    l4_header_sum(pkt, flow.proto, l4_offset, sum)
 }
 
 /// One's complement sum of what the reply quotes: the IPv4 header with its options and the
-/// fixed TCP or UDP header. A header whose checksum verifies sums to 0xffff, so only the
-/// TCP or UDP header is read.
+/// fixed TCP, UDP or SCTP header. A header whose checksum verifies sums to 0xffff, so only the
+/// transport header is read.
 #[inline(always)]
 fn quoted_sum<P: Packet>(pkt: &P, flow: &Ipv4Flow) -> Option<u32> {
-    let mut sum = VERIFIED_HEADER_SUM;
-    let ports_and_more: [u8; 8] = pkt.load(flow.l4_offset)?;
-    sum = checksum::add(sum, ports_and_more);
-    if !flow.is_udp() {
-        let rest_of_tcp: [u8; 12] = pkt.load(flow.l4_offset + 8)?;
-        sum = checksum::add(sum, rest_of_tcp);
-    }
-    Some(sum)
+    l4_header_sum(pkt, flow.proto, flow.l4_offset, VERIFIED_HEADER_SUM)
+}
+
+/// `sum` plus the fixed TCP, UDP or SCTP header at `l4_offset` (`Flow::l4_header_len` bytes).
+#[inline(always)]
+fn l4_header_sum<P: Packet>(pkt: &P, proto: u8, l4_offset: usize, sum: u32) -> Option<u32> {
+    let ports_and_more: [u8; 8] = pkt.load(l4_offset)?;
+    let sum = checksum::add(sum, ports_and_more);
+    Some(match proto {
+        IPPROTO_UDP => sum,
+        IPPROTO_SCTP => checksum::add(sum, pkt.load::<4>(l4_offset + 8)?),
+        _ => checksum::add(sum, pkt.load::<12>(l4_offset + 8)?),
+    })
 }
 
 /// The arriving frame's destination and source MAC addresses (`macs`), swapped.

@@ -9,10 +9,10 @@ use lb_frames::{Frame, Icmp};
 
 use lb_common::{
     event::{hook, Event},
-    net::ETH_HLEN,
+    net::{sctp_chunk, ETH_HLEN},
     AffinityKey, AffinityValue, Backend, BackendSlotKey, Counter, CtKey, CtValue, FragKey,
     FragPorts, NodeConfig, RejectLimits, ServiceKey, ServiceStats, ServiceValue, SockRevKey,
-    SockRevValue, TokenBucket, IPPROTO_TCP, IPPROTO_UDP,
+    SockRevValue, TokenBucket, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 use crate::{
@@ -47,7 +47,7 @@ impl Lcg {
     }
 }
 
-/// What [`frame`] builds: Ethernet + IPv4 (with options) + TCP or UDP + payload.
+/// What [`frame`] builds: Ethernet + IPv4 (with options) + TCP or UDP + payload, or SCTP.
 #[derive(Clone, Debug)]
 pub struct FrameSpec {
     pub src: FlowEnd,
@@ -58,6 +58,8 @@ pub struct FrameSpec {
     pub payload: Vec<u8>,
     /// Send a UDP checksum of 0 (none).
     pub udp_no_checksum: bool,
+    /// The chunk type of an SCTP packet.
+    pub sctp_chunk: u8,
 }
 
 pub const CLIENT: FlowEnd = FlowEnd {
@@ -79,6 +81,16 @@ impl FrameSpec {
             ip_options: Vec::new(),
             payload: Vec::new(),
             udp_no_checksum: false,
+            sctp_chunk: sctp_chunk::INIT,
+        }
+    }
+
+    /// An SCTP INIT.
+    pub fn sctp_init() -> Self {
+        FrameSpec {
+            proto: IPPROTO_SCTP,
+            tcp_flags: 0,
+            ..Self::tcp_syn()
         }
     }
 
@@ -111,7 +123,8 @@ pub fn frame(spec: &FrameSpec) -> Vec<u8> {
             Frame::udp(src, dst, &spec.payload).with_udp_zero_checksum()
         }
         IPPROTO_UDP => Frame::udp(src, dst, &spec.payload),
-        other => panic!("FrameSpec builds TCP or UDP, not protocol {other}"),
+        IPPROTO_SCTP => Frame::sctp(src, dst, spec.sctp_chunk),
+        other => panic!("FrameSpec builds TCP, UDP or SCTP, not protocol {other}"),
     };
     frame.with_ip_options(&spec.ip_options).to_bytes()
 }

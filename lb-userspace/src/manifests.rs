@@ -20,7 +20,7 @@ use serde::Deserialize;
 use serde_yaml::Value;
 use tracing::debug;
 
-use crate::k8s::{desired_state, unserved_sctp_ports, NodeDef, ServiceDef, SliceDef};
+use crate::k8s::{desired_state, NodeDef, ServiceDef, SliceDef};
 use crate::model::DesiredState;
 use crate::objects::{FieldError, LastValid, ObjectError, ObjectKey, SkippedObject};
 
@@ -53,8 +53,6 @@ pub struct Sync {
     pub services: usize,
     /// EndpointSlices in effect.
     pub endpoint_slices: usize,
-    /// SCTP ports of the Services in effect, which are not served.
-    pub unserved_sctp_ports: usize,
     /// What was skipped (see `errors`): objects whose current version is invalid or that
     /// have no name, duplicates, and files that do not parse.
     pub invalid_objects: usize,
@@ -185,7 +183,6 @@ impl ManifestDir {
             state: desired_state(self.services.values(), self.slices.values(), &self.node),
             services: self.services.len(),
             endpoint_slices: self.slices.len(),
-            unserved_sctp_ports: unserved_sctp_ports(self.services.values()),
             invalid_objects: errors.len(),
             errors,
         }

@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 use lb_common::service::{backend_flags, scope, service_flags};
-use lb_common::{Backend, ServiceKey, ServiceValue, SourceRange, IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::{
+    Backend, ServiceKey, ServiceValue, SourceRange, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP,
+};
 
 use crate::objects::ObjectKey;
 
@@ -20,6 +22,7 @@ use crate::objects::ObjectKey;
 pub enum Protocol {
     Tcp,
     Udp,
+    Sctp,
 }
 
 impl Protocol {
@@ -28,6 +31,7 @@ impl Protocol {
         match self {
             Protocol::Tcp => IPPROTO_TCP,
             Protocol::Udp => IPPROTO_UDP,
+            Protocol::Sctp => IPPROTO_SCTP,
         }
     }
 
@@ -36,6 +40,7 @@ impl Protocol {
         match number {
             IPPROTO_TCP => Some(Protocol::Tcp),
             IPPROTO_UDP => Some(Protocol::Udp),
+            IPPROTO_SCTP => Some(Protocol::Sctp),
             _ => None,
         }
     }
@@ -46,6 +51,7 @@ impl fmt::Display for Protocol {
         f.write_str(match self {
             Protocol::Tcp => "TCP",
             Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
         })
     }
 }

@@ -2,8 +2,10 @@ use super::*;
 use crate::affinity;
 use crate::testing::{checksums_valid, frame, FakeMaps, FrameSpec, SlicePacket, CLIENT, VIP};
 use lb_common::{
-    ipv4_mapped, net::tcp_flags, service::scope, Backend, BackendSlotKey, FragKey, FragPorts,
-    IPPROTO_TCP, IPPROTO_UDP,
+    ipv4_mapped,
+    net::{sctp_chunk, tcp_flags},
+    service::scope,
+    Backend, BackendSlotKey, FragKey, FragPorts, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP,
 };
 use lb_frames::Frame;
 use std::net::SocketAddrV4;
@@ -1138,4 +1140,56 @@ fn an_established_flows_packet_is_translated_whatever_its_header_checksum() {
     assert_eq!(target_of(&out), chosen(&syn).1.addr);
     assert_eq!(maps.counter_value(Counter::ForwardTranslated), 1);
     assert_eq!(maps.counter_value(Counter::BadIpv4Checksum), 0);
+}
+
+#[test]
+fn sctp_association_is_translated_with_its_checksum_and_ends_with_abort() {
+    let mut maps = maps_with_service(IPPROTO_SCTP);
+    let init = FrameSpec::sctp_init();
+    let (_, backend) = chosen(&init);
+    let (verdict, out) = run(&mut maps, &init);
+    assert_eq!(verdict, Verdict::Pass);
+    let expected = frame(&FrameSpec {
+        dst: backend,
+        ..init.clone()
+    });
+    assert_eq!(out, expected, "ports rewritten, CRC32c recomputed");
+    assert!(checksums_valid(&out));
+
+    let answer = FrameSpec {
+        src: backend,
+        dst: CLIENT,
+        sctp_chunk: sctp_chunk::INIT_ACK,
+        ..init.clone()
+    };
+    let (_, out) = run(&mut maps, &answer);
+    let expected = frame(&FrameSpec { src: VIP, ..answer });
+    assert_eq!(out, expected, "the answer comes from the VIP");
+
+    let abort = FrameSpec {
+        sctp_chunk: sctp_chunk::ABORT,
+        ..init.clone()
+    };
+    run(&mut maps, &abort);
+    let key = conntrack::key_of(&parse::ipv4_flow(&SlicePacket::new(frame(&init))).unwrap());
+    assert_ne!(maps.conntrack[&key].flags & ct_flags::CLOSING, 0);
+}
+
+#[test]
+fn sctp_checksum_left_to_the_device_stays_zero() {
+    let mut maps = maps_with_service(IPPROTO_SCTP);
+    let init = FrameSpec::sctp_init();
+    let mut bytes = frame(&init);
+    bytes[34 + 8..34 + 12].fill(0);
+    let mut pkt = SlicePacket::new(bytes);
+    process::<Ipv4, _, _>(
+        &mut pkt,
+        &mut maps,
+        Hook::Ingress {
+            scope: scope::INTERNAL,
+        },
+    );
+    let (_, backend) = chosen(&init);
+    assert_eq!(pkt.bytes[34 + 2..34 + 4], backend.port);
+    assert_eq!(pkt.bytes[34 + 8..34 + 12], [0; 4]);
 }

@@ -1,5 +1,6 @@
 use super::*;
 use crate::testing::{frame, FrameSpec, SlicePacket};
+use lb_common::net::sctp_chunk;
 
 fn parse(bytes: &[u8]) -> Result<Ipv4Flow, Error> {
     ipv4_flow(&SlicePacket::new(bytes.to_vec()))
@@ -14,7 +15,7 @@ fn parses_tcp_syn() {
     assert_eq!(flow.src.port, 40000u16.to_be_bytes());
     assert_eq!(flow.dst.addr, [198, 19, 0, 1]);
     assert_eq!(flow.dst.port, 80u16.to_be_bytes());
-    assert!(flow.is_tcp_syn());
+    assert!(flow.is_connection_start());
     assert_eq!(flow.l4_checksum_offset(), 50);
 }
 
@@ -30,7 +31,7 @@ fn syn_ack_and_ack_are_not_syns() {
             ..FrameSpec::tcp_syn()
         };
         assert!(
-            !parse(&frame(&spec)).unwrap().is_tcp_syn(),
+            !parse(&frame(&spec)).unwrap().is_connection_start(),
             "flags {flags:#x}"
         );
     }
@@ -40,7 +41,7 @@ fn syn_ack_and_ack_are_not_syns() {
 fn parses_udp() {
     let flow = parse(&frame(&FrameSpec::udp())).unwrap();
     assert!(flow.is_udp());
-    assert!(!flow.is_tcp_syn());
+    assert!(!flow.is_connection_start());
     assert_eq!(flow.l4_checksum_offset(), 40);
 }
 
@@ -54,7 +55,7 @@ fn finds_l4_after_ipv4_options() {
     assert_eq!(flow.l4_offset, 14 + 60);
     assert_eq!(flow.src.port, 40000u16.to_be_bytes());
     assert_eq!(flow.dst.port, 80u16.to_be_bytes());
-    assert!(flow.is_tcp_syn());
+    assert!(flow.is_connection_start());
 }
 
 #[test]
@@ -261,4 +262,34 @@ fn a_later_fragment_needs_no_l4_header_but_a_first_one_does() {
     assert_eq!(piece(&later), Ok(Piece::Later));
     let first = with_fragment_word(later, 0x2000);
     assert_eq!(piece(&first), Err(Error::untouched(Counter::TruncatedL4)));
+}
+
+#[test]
+fn sctp_chunks_stand_for_tcp_flags() {
+    for (chunk, start, end) in [
+        (sctp_chunk::INIT, true, false),
+        (sctp_chunk::INIT_ACK, false, false),
+        (0, false, false), // DATA
+        (sctp_chunk::ABORT, false, true),
+        (sctp_chunk::SHUTDOWN_COMPLETE, false, true),
+    ] {
+        let spec = FrameSpec {
+            sctp_chunk: chunk,
+            ..FrameSpec::sctp_init()
+        };
+        let flow = parse(&frame(&spec)).unwrap();
+        assert!(flow.is_sctp());
+        assert_eq!(flow.l4_len, 12 + 20, "chunk {chunk}");
+        assert_eq!(flow.l4_checksum_offset(), 34 + 8);
+        assert_eq!(flow.is_connection_start(), start, "chunk {chunk}");
+        assert_eq!(flow.is_connection_end(), end, "chunk {chunk}");
+    }
+}
+
+#[test]
+fn sctp_without_a_chunk_header_is_truncated() {
+    let mut bytes = frame(&FrameSpec::sctp_init());
+    bytes.truncate(14 + 20 + 12 + 2);
+    bytes[14 + 3] = (20 + 12 + 2) as u8; // IPv4 total length
+    assert_eq!(parse(&bytes).unwrap_err().reason, Counter::TruncatedL4);
 }

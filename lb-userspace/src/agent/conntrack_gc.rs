@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use lb_common::{conntrack::ct_flags, CtKey, CtValue, IPPROTO_TCP};
+use lb_common::{conntrack::ct_flags, CtKey, CtValue, IPPROTO_SCTP, IPPROTO_TCP};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
@@ -37,9 +37,9 @@ impl Timeouts {
     pub fn of(&self, proto: u8, flags: u8) -> Duration {
         let answered = flags & ct_flags::SEEN_REPLY != 0;
         match proto {
-            IPPROTO_TCP if flags & ct_flags::CLOSING != 0 => self.tcp_closing,
-            IPPROTO_TCP if answered => self.tcp_established,
-            IPPROTO_TCP => self.tcp_syn,
+            IPPROTO_TCP | IPPROTO_SCTP if flags & ct_flags::CLOSING != 0 => self.tcp_closing,
+            IPPROTO_TCP | IPPROTO_SCTP if answered => self.tcp_established,
+            IPPROTO_TCP | IPPROTO_SCTP => self.tcp_syn,
             _ if answered => self.udp_stream,
             _ => self.udp,
         }

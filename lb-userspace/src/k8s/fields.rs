@@ -61,12 +61,12 @@ fn is_port_name(name: &str) -> bool {
         && !name.contains("--")
 }
 
-/// The protocol of a port (TCP when unset); `None` for SCTP, which is valid but not balanced.
-pub(super) fn protocol(protocol: Option<&str>, path: &str) -> Result<Option<Protocol>, FieldError> {
+/// The protocol of a port (TCP when unset).
+pub(super) fn protocol(protocol: Option<&str>, path: &str) -> Result<Protocol, FieldError> {
     match protocol.unwrap_or("TCP") {
-        "TCP" => Ok(Some(Protocol::Tcp)),
-        "UDP" => Ok(Some(Protocol::Udp)),
-        "SCTP" => Ok(None),
+        "TCP" => Ok(Protocol::Tcp),
+        "UDP" => Ok(Protocol::Udp),
+        "SCTP" => Ok(Protocol::Sctp),
         other => Err(FieldError::new(
             path,
             format!("unknown protocol {other:?} (expected TCP, UDP or SCTP)"),

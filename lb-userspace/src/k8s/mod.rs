@@ -19,7 +19,7 @@ pub use desired::DesiredTracker;
 pub use health_check::health_check;
 pub use node::NodeDef;
 pub use nodeport_addresses::{NodePortAddress, NodePortAddresses};
-pub use service::{unserved_sctp_ports, ServiceDef, TrafficPolicy, DEFAULT_AFFINITY_TIMEOUT_S};
+pub use service::{ServiceDef, TrafficPolicy, DEFAULT_AFFINITY_TIMEOUT_S};
 pub use service_cidr::ServiceCidrDef;
 pub use slice::{SliceDef, SERVICE_NAME_LABEL};
 pub use translate::{desired_state, owner, service_frontends};

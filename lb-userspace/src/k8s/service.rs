@@ -31,11 +31,8 @@ pub struct ServiceDef {
     pub service_type: ServiceType,
     /// Cluster IPs; empty for headless and ExternalName services, which are not proxied.
     pub cluster_ips: Vec<IpAddr>,
-    /// TCP and UDP ports (SCTP ports are left out, logged at warn: the data path does not
-    /// handle SCTP yet).
+    /// TCP, UDP and SCTP ports.
     pub ports: Vec<PortDef>,
-    /// How many SCTP ports were left out (`lbagent_unserved_sctp_ports`).
-    pub unserved_sctp_ports: usize,
     /// `spec.externalIPs`.
     pub external_ips: Vec<IpAddr>,
     /// `status.loadBalancer.ingress[].ip`, except ingresses with `ipMode: Proxy` (the load
@@ -111,14 +108,7 @@ impl ServiceDef {
                 ))
             }
         };
-        let (ports, sctp) = service_ports(spec.ports.as_deref().unwrap_or_default())?;
-        if !sctp.is_empty() {
-            warn!(
-                "Service {namespace}/{name}: SCTP port(s) {} not served (the data path balances \
-                 TCP and UDP only)",
-                sctp.join(", ")
-            );
-        }
+        let ports = service_ports(spec.ports.as_deref().unwrap_or_default())?;
         let cluster_ips = match service_type {
             ServiceType::ExternalName => Vec::new(),
             _ => cluster_ips(&spec)?,
@@ -138,7 +128,6 @@ impl ServiceDef {
             service_type,
             cluster_ips,
             ports,
-            unserved_sctp_ports: sctp.len(),
             external_ips: parse_ips(spec.external_ips.as_deref(), "spec.externalIPs")?,
             load_balancer_ips: load_balancer_ips(status)?,
             load_balancer_source_ranges,
@@ -159,14 +148,6 @@ impl ServiceDef {
                 .transpose()?,
         })
     }
-}
-
-/// The SCTP ports `services` have, none of which is served.
-pub fn unserved_sctp_ports<'a>(services: impl IntoIterator<Item = &'a ServiceDef>) -> usize {
-    services
-        .into_iter()
-        .map(|service| service.unserved_sctp_ports)
-        .sum()
 }
 
 /// `spec.clusterIPs`, falling back to `spec.clusterIP`; headless (`None`) and unassigned ("")
@@ -194,19 +175,14 @@ fn cluster_ips(spec: &ServiceSpec) -> Result<Vec<IpAddr>, FieldError> {
         .collect()
 }
 
-/// The TCP and UDP ports, and the numbers of the SCTP ones, which are not served.
-fn service_ports(ports: &[ServicePort]) -> Result<(Vec<PortDef>, Vec<String>), FieldError> {
+/// The ports, each number and protocol once.
+fn service_ports(ports: &[ServicePort]) -> Result<Vec<PortDef>, FieldError> {
     let mut seen: HashMap<(u16, Protocol), usize> = HashMap::new();
     let mut defs = Vec::new();
-    let mut sctp = Vec::new();
     for (i, port) in ports.iter().enumerate() {
         let path = format!("spec.ports[{i}]");
         let number = port_number(port.port, &format!("{path}.port"))?;
-        let Some(protocol) = protocol(port.protocol.as_deref(), &format!("{path}.protocol"))?
-        else {
-            sctp.push(number.to_string());
-            continue;
-        };
+        let protocol = protocol(port.protocol.as_deref(), &format!("{path}.protocol"))?;
         if let Some(first) = seen.insert((number, protocol), i) {
             return Err(FieldError::new(
                 path,
@@ -225,7 +201,7 @@ fn service_ports(ports: &[ServicePort]) -> Result<(Vec<PortDef>, Vec<String>), F
             node_port,
         });
     }
-    Ok((defs, sctp))
+    Ok(defs)
 }
 
 fn load_balancer_ips(status: Option<&ServiceStatus>) -> Result<Vec<IpAddr>, FieldError> {

@@ -134,10 +134,7 @@ fn slice_ports(ports: &[EndpointPort]) -> Result<Box<[PortDef]>, FieldError> {
     let mut defs = Vec::new();
     for (i, port) in ports.iter().enumerate() {
         let path = format!("ports[{i}]");
-        let Some(protocol) = protocol(port.protocol.as_deref(), &format!("{path}.protocol"))?
-        else {
-            continue;
-        };
+        let protocol = protocol(port.protocol.as_deref(), &format!("{path}.protocol"))?;
         // An unset port number means "all ports", which only headless services use.
         let Some(number) = port.port else {
             debug!("{path}: no port number; skipped");

@@ -66,7 +66,6 @@ pub struct SyncMetrics {
     services: Gauge,
     backends: Gauge,
     invalid_objects: Gauge,
-    unserved_sctp_ports: Gauge,
     health_check_ports: Gauge,
     health_check_ports_unbound: Gauge,
     counted: CountedServices,
@@ -95,7 +94,6 @@ impl SyncMetrics {
             services: Gauge::default(),
             backends: Gauge::default(),
             invalid_objects: Gauge::default(),
-            unserved_sctp_ports: Gauge::default(),
             health_check_ports: Gauge::default(),
             health_check_ports_unbound: Gauge::default(),
             counted: CountedServices::default(),
@@ -144,11 +142,6 @@ impl SyncMetrics {
                     "lbagent_invalid_objects",
                     "Objects the source skips: invalid or nameless Services and EndpointSlices (and the Node), duplicates and manifest files that do not parse",
                     metrics.invalid_objects
-                ),
-                (
-                    "lbagent_unserved_sctp_ports",
-                    "SCTP ports of the Services in effect, which are not served (the data path balances TCP and UDP only; each such Service is logged at warn)",
-                    metrics.unserved_sctp_ports
                 ),
                 (
                     "lbagent_health_check_node_ports",
@@ -240,11 +233,6 @@ impl SyncMetrics {
     /// The source currently skips `count` invalid objects.
     pub fn invalid_objects(&self, count: usize) {
         self.invalid_objects.set(count as i64);
-    }
-
-    /// `count` SCTP ports of the Services in effect are not served.
-    pub fn unserved_sctp_ports(&self, count: usize) {
-        self.unserved_sctp_ports.set(count as i64);
     }
 
     /// `serving` health check node ports are open, `unbound` could not be opened.

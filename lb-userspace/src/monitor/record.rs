@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use jiff::Timestamp;
 use lb_common::event::{hook, kind, Event};
-use lb_common::{Counter, IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::{Counter, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
 use serde::{Deserialize, Serialize};
 
 use crate::model::unmap_addr;
@@ -121,6 +121,7 @@ fn protocol_name(proto: u8) -> String {
     match proto {
         IPPROTO_TCP => "tcp".into(),
         IPPROTO_UDP => "udp".into(),
+        IPPROTO_SCTP => "sctp".into(),
         other => other.to_string(),
     }
 }

@@ -43,7 +43,6 @@ pub fn spawn(
                         sync.services, sync.endpoint_slices, sync.invalid_objects
                     );
                     metrics.invalid_objects(sync.invalid_objects);
-                    metrics.unserved_sctp_ports(sync.unserved_sctp_ports);
                     // The directory is translated whole: the reconciler compares every frontend.
                     let state = DesiredState {
                         service_cidrs: service_cidrs.clone(),

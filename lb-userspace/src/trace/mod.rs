@@ -13,7 +13,7 @@ use std::fmt;
 use std::net::{Ipv6Addr, SocketAddrV4};
 use std::path::Path;
 
-use lb_common::net::{tcp_flags, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::net::{tcp_flags, IPPROTO_ICMP, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
 use lb_common::TraceRecord;
 use lb_frames::Frame;
 use serde_json::json;
@@ -89,6 +89,7 @@ fn header(frame: &[u8]) -> String {
             )
         }
         IPPROTO_UDP => format!("{}:{sport} -> {}:{dport} UDP", p.src, p.dst),
+        IPPROTO_SCTP => format!("{}:{sport} -> {}:{dport} SCTP", p.src, p.dst),
         IPPROTO_ICMP => format!("{} -> {} ICMP", p.src, p.dst),
         other => format!("{} -> {} protocol {other}", p.src, p.dst),
     }

@@ -1,7 +1,6 @@
 //! Matching slices to service ports and choosing endpoints by their conditions.
 
 use super::*;
-use crate::k8s::unserved_sctp_ports;
 use crate::model::{Frontend, Protocol};
 
 #[test]
@@ -189,27 +188,25 @@ fn a_frontend_claimed_twice_goes_to_the_first_service_by_name() {
 }
 
 #[test]
-fn ipv6_and_fqdn_slices_and_sctp_ports_are_skipped() {
-    let v6 = r#"
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: web-v6, namespace: shop, labels: {kubernetes.io/service-name: web}}
-addressType: IPv6
-ports: [{name: http, port: 8080}]
-endpoints: [{addresses: ["2001:2::1"]}]
-"#;
+fn sctp_ports_are_served_and_fqdn_slices_skipped() {
     let fqdn = r#"
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata: {name: web-fqdn, namespace: shop, labels: {kubernetes.io/service-name: web}}
 addressType: FQDN
-ports: [{name: http, port: 8080}]
+ports: [{name: dns, port: 8080}]
 endpoints: [{addresses: [db.example.com]}]
 "#;
+    let sctp_slice = r#"
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-sctp, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: dns, port: 3868, protocol: SCTP}]
+endpoints: [{addresses: ["198.18.1.1"]}]
+"#;
     let sctp = WEB.replace("protocol: UDP", "protocol: SCTP");
-    let state = translate(&[&sctp], &[v6, fqdn]);
-    assert_eq!(state.len(), 2, "the SCTP port has no frontend: {state:?}");
-    let services = [service(&sctp).unwrap(), service(WEB).unwrap()];
-    assert_eq!(unserved_sctp_ports(&services), 1, "counted");
-    assert!(state.values().all(String::is_empty));
+    let state = translate(&[&sctp], &[fqdn, sctp_slice]);
+    assert_eq!(state.len(), 3, "{state:?}");
+    assert_eq!(state["198.19.0.10:53/SCTP"], "198.18.1.1:3868");
 }

@@ -124,7 +124,6 @@ pub fn spawn(
             if let Some((change_set, update)) = view.take_change_set() {
                 info!("{change_set}");
                 metrics.invalid_objects(change_set.invalid_objects);
-                metrics.unserved_sctp_ports(change_set.unserved_sctp_ports);
                 if publisher.is_closed() {
                     return;
                 }

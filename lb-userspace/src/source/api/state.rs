@@ -24,8 +24,8 @@ use kube::ResourceExt;
 use tracing::warn;
 
 use crate::k8s::{
-    health_check, owner, service_frontends, unserved_sctp_ports, DesiredTracker, NodeDef,
-    NodePortAddresses, ServiceCidrDef, ServiceDef, SliceDef,
+    health_check, owner, service_frontends, DesiredTracker, NodeDef, NodePortAddresses,
+    ServiceCidrDef, ServiceDef, SliceDef,
 };
 use crate::model::{Changed, DesiredService, Frontend, HealthCheck};
 use crate::objects::{FieldError, LastValid, ObjectError, ObjectKey, SkippedObject};
@@ -154,8 +154,6 @@ pub struct ChangeSet {
     pub slices: usize,
     pub node: NodeDef,
     pub invalid_objects: usize,
-    /// SCTP ports of the Services in effect, which are not served.
-    pub unserved_sctp_ports: usize,
 }
 
 impl fmt::Display for ChangeSet {
@@ -264,7 +262,6 @@ impl ClusterView {
                 + self.slices.objects.invalid_count()
                 + self.node.objects.invalid_count()
                 + self.service_cidrs.objects.invalid_count(),
-            unserved_sctp_ports: unserved_sctp_ports(self.services.objects.values()),
         };
         let relisted = [
             self.services.relisted,
