@@ -2,8 +2,8 @@
 
 use aya_ebpf::{
     bindings::{
-        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR,
-        BPF_F_RECOMPUTE_CSUM, TC_ACT_SHOT,
+        __sk_buff, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_md, BPF_F_MARK_MANGLED_0,
+        BPF_F_PSEUDO_HDR, BPF_F_RECOMPUTE_CSUM, TC_ACT_SHOT,
     },
     helpers::generated::{
         bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_redirect, bpf_skb_change_tail,
@@ -13,11 +13,12 @@ use aya_ebpf::{
     EbpfContext,
 };
 
-use lb_common::event::hook;
+use lb_common::{event::hook, net::ETH_HLEN};
 
 use crate::{
     family::Family,
     parse::{Flow, FlowEnd},
+    reject,
     rewrite::{self, RewriteFailed, Side},
     sock::SockAddr,
 };
@@ -43,6 +44,8 @@ pub trait Packet {
     /// IPv4 header are unspecified afterwards; the caller writes all of them. `len - room`
     /// must not exceed the frame length.
     fn make_reply_room(&mut self, room: u32, len: u32) -> Result<(), RewriteFailed>;
+    /// [`reject::quoted_sum6`] of the packet's first `len` bytes after the Ethernet header.
+    fn quote_sum(&mut self, len: usize) -> Option<u32>;
     /// Replaces `side`'s address and port with `to`, keeping the IPv4 and TCP/UDP/SCTP
     /// checksums valid.
     fn rewrite<F: Family>(
@@ -55,7 +58,7 @@ pub trait Packet {
 
 /// Reads `N` bytes at `offset` between two packet pointers, checked so the verifier agrees.
 #[inline(always)]
-fn load_direct<const N: usize>(data: usize, data_end: usize, offset: usize) -> Option<[u8; N]> {
+pub fn load_direct<const N: usize>(data: usize, data_end: usize, offset: usize) -> Option<[u8; N]> {
     const { assert!(N >= 2, "see Packet::load") };
     let start = data + offset;
     if start + N > data_end {
@@ -115,6 +118,11 @@ impl Packet for XdpPacket {
             return Err(RewriteFailed);
         }
         Ok(())
+    }
+
+    #[inline(always)]
+    fn quote_sum(&mut self, len: usize) -> Option<u32> {
+        from_global(lb_quote_sum_xdp(self.0.ctx, len as u32))
     }
 
     #[inline(always)]
@@ -231,6 +239,11 @@ impl Packet for TcPacket {
             .map_err(|_| RewriteFailed)
     }
 
+    #[inline(always)]
+    fn quote_sum(&mut self, len: usize) -> Option<u32> {
+        from_global(lb_quote_sum_tc(self.0.skb.skb, len as u32))
+    }
+
     /// IPv4: the address, then the header checksum and the L4 checksum's pseudo-header part;
     /// IPv6 (no header checksum): the address, then the pseudo-header part word by word.
     /// SCTP: the address with the header checksum only, the port with
@@ -287,6 +300,38 @@ impl Packet for TcPacket {
         }
         Ok(())
     }
+}
+
+/// What [`lb_quote_sum_tc`] and [`lb_quote_sum_xdp`] return when the packet is too short (no
+/// sum of at most 1232 bytes comes near it).
+const NO_SUM: u32 = u32::MAX;
+
+/// The quoted sum of a TC packet (its first `len` bytes pulled into the linear part) as a
+/// global function: the verifier checks its 154-step loop once, on its own, instead of on
+/// every path that rejects, which took `lb_tc_ingress6` past its 1M-instruction budget. It
+/// keeps everything in registers: its stack would add to the calling program's.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn lb_quote_sum_tc(skb: *mut __sk_buff, len: u32) -> u32 {
+    let pkt = TcPacket(TcContext::new(skb));
+    if pkt.0.pull_data(ETH_HLEN as u32 + len).is_err() {
+        return NO_SUM;
+    }
+    let (data, data_end) = pkt.bounds();
+    reject::quoted_sum6(data, data_end, len as usize).unwrap_or(NO_SUM)
+}
+
+/// [`lb_quote_sum_tc`] for XDP.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn lb_quote_sum_xdp(ctx: *mut xdp_md, len: u32) -> u32 {
+    let ctx = XdpContext::new(ctx);
+    reject::quoted_sum6(ctx.data(), ctx.data_end(), len as usize).unwrap_or(NO_SUM)
+}
+
+#[inline(always)]
+fn from_global(sum: u32) -> Option<u32> {
+    (sum != NO_SUM).then_some(sum)
 }
 
 /// The socket call of a cgroup `sock_addr` program (IPv4 hooks).

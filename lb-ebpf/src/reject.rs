@@ -3,9 +3,9 @@
 //! for IPv6) from the frontend address back to the client, which fails the client's connect
 //! or send at once instead of letting it time out.
 //!
-//! An IPv6 reply quotes the IPv6 header, extension headers of up to [`MAX_QUOTED_EXT`] bytes
-//! (a packet with more is dropped instead) and the fixed TCP, UDP or SCTP header, as the IPv4
-//! one.
+//! An IPv6 reply quotes as much of the packet as fits in IPv6's minimum MTU ([`MAX_QUOTE6`]
+//! bytes, RFC 4443 section 2.4): the whole packet up to that, extension headers and payload
+//! included.
 //!
 //! The reply quotes the original IPv4 header (with options) and the fixed TCP, UDP or SCTP
 //! header: at least the 8 bytes RFC 792 asks for, everything a client stack needs to find its
@@ -21,7 +21,7 @@ use lb_common::net::{
 
 use crate::{
     checksum,
-    context::Packet,
+    context::{load_direct, Packet},
     parse::{Ipv4Flow, Ipv6Flow},
     rewrite::RewriteFailed,
 };
@@ -34,10 +34,13 @@ const TTL: u8 = 64;
 /// The one's complement sum of an IPv4 header whose checksum verifies.
 const VERIFIED_HEADER_SUM: u32 = 0xffff;
 
-/// The longest extension headers an IPv6 reply quotes.
-pub const MAX_QUOTED_EXT: usize = 64;
 /// The IPv6 reply's own IPv6 and ICMPv6 headers.
 const REPLY6_HEADERS_LEN: usize = IPV6_HLEN + ICMP_HLEN;
+/// IPv6's minimum MTU, which an ICMPv6 error must not exceed.
+const IPV6_MIN_MTU: usize = 1280;
+/// The most of the packet an IPv6 reply quotes: what fits in the minimum MTU after the
+/// reply's own headers.
+pub const MAX_QUOTE6: usize = IPV6_MIN_MTU - REPLY6_HEADERS_LEN;
 
 /// Rewrites the packet into the ICMP port unreachable answering it: Ethernet addresses
 /// swapped, IPv4 from the frontend to the client, ICMP header, the quoted packet. Only for
@@ -62,15 +65,12 @@ pub fn port_unreachable<P: Packet>(pkt: &mut P, flow: &Ipv4Flow) -> Result<(), R
 #[inline(always)]
 pub fn port_unreachable6<P: Packet>(pkt: &mut P, flow: &Ipv6Flow) -> Result<(), RewriteFailed> {
     let macs: [u8; 12] = pkt.load(0).ok_or(RewriteFailed)?;
-    let l4_offset = flow.l4();
-    let ext_len = l4_offset.wrapping_sub(ETH_HLEN + IPV6_HLEN);
-    if ext_len > MAX_QUOTED_EXT {
-        return Err(RewriteFailed);
-    }
-    let quoted_len = IPV6_HLEN + ext_len + flow.l4_header_len();
+    // The packet ends where its L4 part does (`parse::ipv6_flow` checked both are in the frame).
+    let packet_len = flow.l4() - ETH_HLEN + usize::from(flow.l4_len);
+    let quoted_len = packet_len.min(MAX_QUOTE6);
     let icmp_len = ICMP_HLEN + quoted_len;
     // The ICMPv6 checksum covers the pseudo-header (addresses, length, next header) too.
-    let mut sum = quoted_sum6(pkt, flow, l4_offset).ok_or(RewriteFailed)?;
+    let mut sum = pkt.quote_sum(quoted_len).ok_or(RewriteFailed)?;
     sum = checksum::add(sum, flow.dst.addr);
     sum = checksum::add(sum, flow.src.addr);
     sum = checksum::add(sum, [0, 0, (icmp_len >> 8) as u8, icmp_len as u8]);
@@ -93,21 +93,51 @@ pub fn port_unreachable6<P: Packet>(pkt: &mut P, flow: &Ipv6Flow) -> Result<(), 
         .ok_or(RewriteFailed)
 }
 
-/// One's complement sum of what an IPv6 reply quotes: the IPv6 header, the extension headers
-/// up to `l4_offset` (a multiple of 8 bytes, at most [`MAX_QUOTED_EXT`]) and the fixed TCP,
-/// UDP or SCTP header.
+/// One's complement sum of what an IPv6 reply quotes: the first `len` bytes (at most
+/// [`MAX_QUOTE6`], and at least 8) after the Ethernet header of the frame between `data` and
+/// `data_end`. 8-byte words, then the last 8 bytes with those already counted masked off
+/// (an odd start sums byte-swapped, RFC 1071 section 2(B)). The programs call it through
+/// `Packet::quote_sum`, whose global functions read no stack.
 #[inline(always)]
-fn quoted_sum6<P: Packet>(pkt: &P, flow: &Ipv6Flow, l4_offset: usize) -> Option<u32> {
-    let ext_len = l4_offset - ETH_HLEN - IPV6_HLEN;
-    let header: [u8; IPV6_HLEN] = pkt.load(ETH_HLEN)?;
-    let mut sum = checksum::add(0, header);
-    for i in 0..MAX_QUOTED_EXT / 8 {
-        if 8 * i < ext_len {
-            let chunk: [u8; 8] = pkt.load(ETH_HLEN + IPV6_HLEN + 8 * i)?;
-            sum = checksum::add(sum, chunk);
-        }
+pub fn quoted_sum6(data: usize, data_end: usize, len: usize) -> Option<u32> {
+    // Bounds the offsets below for the verifier, which sees `len` as any number.
+    let len = len.min(MAX_QUOTE6);
+    if len < 8 {
+        return None;
     }
-    l4_header_sum(pkt, flow.proto, l4_offset, sum)
+    let mut sum = 0;
+    for i in 0..MAX_QUOTE6 / 8 {
+        if 8 * i + 8 > len {
+            break;
+        }
+        sum += words_sum(load_direct(data, data_end, ETH_HLEN + 8 * i)?);
+    }
+    let rest = len & 7;
+    if rest != 0 {
+        let last = u64::from_be_bytes(load_direct(data, data_end, ETH_HLEN + len - 8)?);
+        let tail = fold(words_sum(
+            (last & (u64::MAX >> (64 - 8 * rest))).to_be_bytes(),
+        ));
+        sum += u32::from(if len & 1 == 1 {
+            tail.swap_bytes()
+        } else {
+            tail
+        });
+    }
+    Some(sum)
+}
+
+/// The sum of 8 bytes as four big-endian 16-bit words, computed in registers.
+#[inline(always)]
+fn words_sum(bytes: [u8; 8]) -> u32 {
+    let v = u64::from_be_bytes(bytes);
+    ((v >> 48) + ((v >> 32) & 0xffff) + ((v >> 16) & 0xffff) + (v & 0xffff)) as u32
+}
+
+/// A one's complement sum folded to 16 bits.
+#[inline(always)]
+fn fold(sum: u32) -> u16 {
+    !u16::from_be_bytes(checksum::finish(sum))
 }
 
 /// One's complement sum of what the reply quotes: the IPv4 header with its options and the
@@ -186,8 +216,21 @@ mod tests {
     use crate::{
         family::{Family, Ipv4},
         parse::ipv4_flow,
-        testing::{frame, full_checksum, FrameSpec, SlicePacket, CLIENT, VIP},
+        testing::{frame, full_checksum, FrameSpec, Lcg, SlicePacket, CLIENT, VIP},
     };
+
+    #[test]
+    fn the_ipv6_quote_sums_as_a_full_checksum_at_every_length() {
+        let frame: [u8; ETH_HLEN + 1300] = Lcg(7).bytes();
+        for len in 8..=1300 {
+            let data = frame.as_ptr() as usize;
+            // The frame ends where the packet does: no read beyond it.
+            let sum = quoted_sum6(data, data + ETH_HLEN + len, len).unwrap();
+            let quoted = &frame[ETH_HLEN..ETH_HLEN + len.min(MAX_QUOTE6)];
+            assert_eq!(checksum::finish(sum), full_checksum(quoted), "len {len}");
+        }
+        assert_eq!(quoted_sum6(frame.as_ptr() as usize, usize::MAX, 7), None);
+    }
 
     /// Runs `spec`'s frame through [`port_unreachable`].
     fn rejected(spec: &FrameSpec) -> Vec<u8> {

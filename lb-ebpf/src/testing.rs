@@ -187,6 +187,11 @@ impl Packet for SlicePacket {
 
     /// Like the kernel contexts, with the unspecified bytes filled with 0xee so tests notice
     /// any the caller forgets to write.
+    fn quote_sum(&mut self, len: usize) -> Option<u32> {
+        let data = self.bytes.as_ptr() as usize;
+        crate::reject::quoted_sum6(data, data + self.bytes.len(), len)
+    }
+
     fn make_reply_room(&mut self, room: u32, len: u32) -> Result<(), RewriteFailed> {
         let (room, len) = (room as usize, len as usize);
         assert!(

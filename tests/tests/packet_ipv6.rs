@@ -137,12 +137,11 @@ fn the_nodes_own_reply_is_translated_at_egress() {
 
 /// The ICMPv6 port unreachable the frontend answers `original` with, built from RFC 4443:
 /// Ethernet addresses swapped, IPv6 from the destination back to the sender (traffic class
-/// and flow label 0, hop limit 64), type 1 code 4 quoting the original IPv6 packet up to the
-/// end of its fixed TCP or UDP header.
-fn port_unreachable(original: &Frame6, quoted_l4: usize) -> Vec<u8> {
+/// and flow label 0, hop limit 64), type 1 code 4 quoting as much of the original IPv6 packet
+/// as fits in the minimum MTU of 1280 bytes (all but the reply's own 48 bytes of headers).
+fn port_unreachable(original: &Frame6) -> Vec<u8> {
     let bytes = original.to_bytes();
-    let l4_offset = lb_frames::parse6(&bytes).expect("a valid frame").l4_offset;
-    let quoted = bytes[ETH_HLEN..l4_offset + quoted_l4].to_vec();
+    let quoted = bytes[ETH_HLEN..].iter().take(1280 - 48).copied().collect();
     let icmp = Icmp {
         icmp_type: icmpv6::DEST_UNREACH,
         code: icmpv6::PORT_UNREACH,
@@ -159,19 +158,24 @@ fn port_unreachable(original: &Frame6, quoted_l4: usize) -> Vec<u8> {
 fn a_service_without_endpoints_answers_icmpv6_port_unreachable() {
     require_root!();
     for hook in HOOKS {
-        for (syn, quoted_l4) in [
-            (Frame6::tcp(client(40_003), vip(80), tcp_flags::SYN), 20),
-            (
-                Frame6::tcp(client(40_004), vip(80), tcp_flags::SYN)
-                    .with_ext(vec![Ext::options(ipv6_ext::DESTINATION)]),
-                20,
-            ),
+        for syn in [
+            Frame6::tcp(client(40_003), vip(80), tcp_flags::SYN),
+            Frame6::tcp(client(40_004), vip(80), tcp_flags::SYN)
+                .with_ext(vec![Ext::options(ipv6_ext::DESTINATION)]),
+            // Extension headers of 96 bytes (an 88-byte PadN option header), all quoted.
+            Frame6::tcp(client(40_005), vip(80), tcp_flags::SYN).with_ext(vec![
+                Ext::options(ipv6_ext::HOP_BY_HOP),
+                Ext {
+                    kind: ipv6_ext::DESTINATION,
+                    body: [&[1, 84][..], &[0; 84][..]].concat(),
+                },
+            ]),
         ] {
             let mut fx = Fixture::new(hook);
             fx.set_services(&[(vip(80), Protocol::Tcp, &[][..])]);
             let (verdict, out, moved) = fx.run_counted(&syn.to_bytes());
             assert_eq!(verdict, Verdict::SendBack, "{hook:?}");
-            assert_frames_equal(&out, &port_unreachable(&syn, quoted_l4));
+            assert_frames_equal(&out, &port_unreachable(&syn));
             assert_eq!(
                 moved,
                 deltas(&[(Counter::Packets, 1), (Counter::RejectNoBackend, 1)])
@@ -180,10 +184,14 @@ fn a_service_without_endpoints_answers_icmpv6_port_unreachable() {
         }
         let mut fx = Fixture::new(hook);
         fx.set_services(&[(vip(53), Protocol::Udp, &[][..])]);
-        let query = Frame6::udp(client(50_001), vip(53), b"anyone?");
-        let (verdict, out, _) = fx.run_counted(&query.to_bytes());
-        assert_eq!(verdict, Verdict::SendBack, "{hook:?}");
-        assert_frames_equal(&out, &port_unreachable(&query, 8));
+        // An odd-length payload is quoted whole; a long one up to the minimum MTU.
+        for payload in [&b"anyone?"[..], &[0x5a; 1400][..], &[0xa5; 1185][..]] {
+            let query = Frame6::udp(client(50_001), vip(53), payload);
+            let (verdict, out, _) = fx.run_counted(&query.to_bytes());
+            assert_eq!(verdict, Verdict::SendBack, "{hook:?}");
+            assert_frames_equal(&out, &port_unreachable(&query));
+            assert!(out.len() <= ETH_HLEN + 1280);
+        }
     }
 }
 
