@@ -155,7 +155,7 @@ static LB_TRACE_SVC_STATS: PerCpuArray<ServiceStats> = PerCpuArray::with_max_ent
 static LB_TRACE_BUCKETS: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entries(2, 0);
 
 #[inline(always)]
-fn dry_run() -> bool {
+pub fn dry_run() -> bool {
     // SAFETY: a constant set at load; volatile so the compiler keeps the branch for the
     // verifier to prune.
     unsafe { core::ptr::read_volatile(&DRY_RUN) != 0 }

@@ -391,6 +391,23 @@ fn trace_runs_each_packet_of_a_capture_at_the_hook_of_the_interface() {
     assert_eq!(six[0]["verdict"], "pass", "{}", six[0]);
     assert_eq!(six[0]["counters"]["ipv6_unavailable"], 1, "{}", six[0]);
 
+    // Nor is an SCTP frame: the copy leaves SCTP out (its verifier budget) and passes it.
+    let capture_sctp = dir.path().join("capture-sctp.pcap");
+    let init = Frame::sctp(
+        "198.18.1.2:40999".parse().unwrap(),
+        "198.19.0.10:80".parse().unwrap(),
+        lb_common::net::sctp_chunk::INIT,
+    );
+    write_pcap(&capture_sctp, &[init.to_bytes()]);
+    let capture_sctp = capture_sctp.to_str().unwrap();
+    let sctp = json_lines(
+        &agent
+            .trace_in(node, &["--json", "--pcap", capture_sctp, "--iface", veth])
+            .unwrap(),
+    );
+    assert_eq!(sctp[0]["verdict"], "pass", "{}", sctp[0]);
+    assert_eq!(sctp[0]["counters"]["other_protocol"], 1, "{}", sctp[0]);
+
     // What cannot be traced: one line each, and a failed exit.
     let error = one_line_error(agent.trace_in(
         node,
