@@ -1,7 +1,7 @@
 //! `lb-agent`: the node agent of the eBPF service load balancer.
 
 use std::io::{ErrorKind, IsTerminal, Write};
-use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -345,7 +345,7 @@ struct TraceArgs {
         required_unless_present = "pcap",
         conflicts_with = "pcap"
     )]
-    from: Option<SocketAddrV4>,
+    from: Option<SocketAddr>,
     /// Destination address and port.
     #[arg(
         long,
@@ -353,7 +353,7 @@ struct TraceArgs {
         required_unless_present = "pcap",
         conflicts_with = "pcap"
     )]
-    to: Option<SocketAddrV4>,
+    to: Option<SocketAddr>,
     #[arg(long, value_enum, default_value = "tcp", conflicts_with = "pcap")]
     proto: TraceProtocol,
     /// TCP flags, comma-separated: syn, ack, fin, rst, psh.
@@ -595,7 +595,7 @@ fn trace(args: TraceArgs) -> anyhow::Result<()> {
                 protocol: args.proto,
                 tcp_flags: args.tcp_flags,
             };
-            vec![(None, packet.frame())]
+            vec![(None, packet.frame()?)]
         }
     };
     let mut tracer = trace::Tracer::load(&agent::maps_dir(&args.bpffs_dir), arrival)?;

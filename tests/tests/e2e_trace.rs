@@ -9,11 +9,11 @@ use std::net::SocketAddrV4;
 use std::path::Path;
 use std::time::Duration;
 
-use lb_frames::{Frame, Frame6};
+use lb_frames::Frame;
 use lb_tests::{
     cluster::{Cluster, HeldConnection},
     example, require_root,
-    topology::{backend_addr, backend_name, EXTERNAL_IFACE},
+    topology::{backend_addr, backend_name, ipv6_of, EXTERNAL_IFACE},
     Error,
 };
 use pcap_file::pcap::{PcapPacket, PcapWriter};
@@ -189,6 +189,8 @@ fn trace_runs_each_packet_of_a_capture_at_the_hook_of_the_interface() {
     let dir = tempfile::tempdir().unwrap();
     example::copy_manifests(dir.path()).unwrap();
     example::replace_manifest(dir.path(), "empty.yaml", example::EMPTY_SERVICE).unwrap();
+    let ipv6 = example::manifests_dir().join(example::IPV6_FILE);
+    std::fs::copy(ipv6, dir.path().join(example::IPV6_FILE)).unwrap();
     let cluster = Cluster::start_with_outside(dir.path()).unwrap();
     let agent = cluster.agent();
     let node = cluster.topology().node();
@@ -376,20 +378,45 @@ fn trace_runs_each_packet_of_a_capture_at_the_hook_of_the_interface() {
     assert_eq!(kept[0]["verdict"], "pass", "{}", kept[0]);
     assert_eq!(kept[0]["after"], forwarded[0]["after"], "{}", kept[0]);
 
-    // An IPv6 frame is not traced yet, and must not reach the live IPv6 program (no dry run)
-    // through the pinned program arrays: the copy's own, empty, count it instead.
-    let capture6 = dir.path().join("capture6.pcap");
-    let (from6, to6) = ("[2001:2::a]:40999", "[2001:2:0:53::1]:80");
-    let syn6 = Frame6::tcp(from6.parse().unwrap(), to6.parse().unwrap(), 0x02);
-    write_pcap(&capture6, &[syn6.to_bytes()]);
-    let capture6 = capture6.to_str().unwrap();
+    // An IPv6 SYN to the IPv6 example's ClusterIP goes through the copy's own IPv6 program
+    // (in the copy's program arrays: the pinned ones hold the agent's live IPv6 programs).
+    let (from6, to6) = ("[2001:2::a]:40999", "[2001:2:0:53::10]:80");
     let six = json_lines(
         &agent
-            .trace_in(node, &["--json", "--pcap", capture6, "--iface", veth])
+            .trace_in(
+                node,
+                &["--json", "--from", from6, "--to", to6, "--iface", veth],
+            )
             .unwrap(),
     );
     assert_eq!(six[0]["verdict"], "pass", "{}", six[0]);
-    assert_eq!(six[0]["counters"]["ipv6_unavailable"], 1, "{}", six[0]);
+    assert_eq!(six[0]["counters"]["new_flows"], 1, "{}", six[0]);
+    assert_eq!(
+        six[0]["counters"].get("ipv6_unavailable"),
+        None,
+        "{}",
+        six[0]
+    );
+    let backend6 = six[0]["backend"]["addr"].as_str().unwrap().to_string();
+    let backends6: Vec<String> = (0..example::BACKENDS)
+        .map(|i| {
+            format!(
+                "[{}]:{}",
+                ipv6_of(backend_addr(i)),
+                example::TCP_TARGET_PORT
+            )
+        })
+        .collect();
+    assert!(backends6.contains(&backend6), "{}", six[0]);
+    assert_eq!(
+        six[0]["after"],
+        format!("[2001:2::a]:40999 -> {backend6} TCP [syn]"),
+        "{}",
+        six[0]
+    );
+    // An IPv4 --from with an IPv6 --to is refused, saying why.
+    let mixed = one_line_error(agent.trace_in(node, &["--from", "198.18.1.2:1", "--to", to6]));
+    assert!(mixed.contains("different address families"), "{mixed}");
 
     // Nor is an SCTP frame: the copy leaves SCTP out (its verifier budget) and passes it.
     let capture_sctp = dir.path().join("capture-sctp.pcap");

@@ -6,16 +6,18 @@
 
 use std::path::Path;
 
+use aya::maps::ProgramArray;
 use aya::maps::{MapError, PerCpuArray, PerCpuValues};
-use aya::programs::{SchedClassifier, TestRunOptions, Xdp};
+use aya::programs::{ProgramError, SchedClassifier, TestRunOptions, Xdp};
 use aya::Pod;
 use aya::{Ebpf, EbpfLoader, TestRun};
-use lb_common::maps::{self as registry, MapKind};
+use lb_common::maps::{self as registry, ipv6_slot, MapKind};
 use lb_common::trace::{DRY_RUN_GLOBAL, TRACE_MAP, TRACE_STATS_MAP};
 use lb_common::{program_names, Counter, TraceRecord};
 
 use super::link_pin::{Hook, InvalidIfaceName};
 use super::{load_program, pinned_links, program_ref, DatapathError, DatapathMaps, EBPF_OBJECT};
+use crate::reconciler::MapWriteError;
 
 /// Which entry point a traced packet goes through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,8 +91,8 @@ impl DryRun {
         // Checks that every pin exists with this build's layout.
         DatapathMaps::from_pins(maps_dir)?;
         let mut loader = EbpfLoader::new();
-        // The program arrays stay the copy's own, and empty: the pinned ones hold the agent's
-        // IPv6 programs, which are no dry run. An IPv6 frame is not traced (`ipv6_unavailable`).
+        // The program arrays stay the copy's own: the pinned ones hold the agent's IPv6
+        // programs, which are no dry run. The copy's hold its own.
         let shared = registry::ALL
             .iter()
             .filter(|spec| spec.kind != MapKind::ProgramArray);
@@ -105,6 +107,19 @@ impl DryRun {
             })?;
         load_program::<SchedClassifier>(&mut ebpf, program_names::TC_INGRESS, |p| p.load())?;
         load_program::<Xdp>(&mut ebpf, program_names::XDP_INGRESS, |p| p.load())?;
+        let (tc, xdp) = (registry::TC_IPV6.name, registry::XDP_IPV6.name);
+        for (array, slot, program) in [
+            (tc, ipv6_slot::TC_INGRESS, program_names::TC_INGRESS6),
+            (
+                tc,
+                ipv6_slot::TC_INGRESS_ICMP,
+                program_names::TC_ICMP6_INGRESS,
+            ),
+            (xdp, ipv6_slot::XDP, program_names::XDP_INGRESS6),
+            (xdp, ipv6_slot::XDP_ICMP, program_names::XDP_ICMP6),
+        ] {
+            set_ipv6_program(&mut ebpf, array, slot, program)?;
+        }
         Ok(Self { ebpf })
     }
 
@@ -221,6 +236,44 @@ impl DryRun {
         }
         Ok(moved)
     }
+}
+
+/// Loads the copy's IPv6 program `program` and puts it in slot `slot` of the copy's own
+/// program array `array`, where its IPv4 entry program tail-calls it.
+fn set_ipv6_program(
+    ebpf: &mut Ebpf,
+    array: &'static str,
+    slot: u32,
+    program: &'static str,
+) -> Result<(), DatapathError> {
+    let fd = match program {
+        program_names::XDP_INGRESS6 | program_names::XDP_ICMP6 => {
+            load_program::<Xdp>(ebpf, program, |p| p.load())?;
+            program_ref::<Xdp>(ebpf, program).fd()
+        }
+        _ => {
+            load_program::<SchedClassifier>(ebpf, program, |p| p.load())?;
+            program_ref::<SchedClassifier>(ebpf, program).fd()
+        }
+    }
+    .map_err(|source: ProgramError| DatapathError::LoadProgram { program, source })?
+    .try_clone()
+    .map_err(|e| DatapathError::LoadProgram {
+        program,
+        source: ProgramError::IOError(e),
+    })?;
+    let map = ebpf
+        .map_mut(array)
+        .ok_or(DatapathError::MissingMap(array))?;
+    ProgramArray::try_from(map)
+        .and_then(|mut programs| programs.set(slot, &fd, 0))
+        .map_err(|source| {
+            DatapathError::MapWrite(MapWriteError {
+                map: array,
+                op: "update",
+                source,
+            })
+        })
 }
 
 #[cfg(test)]

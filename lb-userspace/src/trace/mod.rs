@@ -10,12 +10,14 @@ pub use capture::{read as read_capture, CaptureError};
 pub use iface::{hook_name, resolve as resolve_iface, Arrival, Iface, IfaceError};
 
 use std::fmt;
-use std::net::{Ipv6Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 
-use lb_common::net::{tcp_flags, IPPROTO_ICMP, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::net::{
+    tcp_flags, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP,
+};
 use lb_common::TraceRecord;
-use lb_frames::Frame;
+use lb_frames::{Frame, Frame6, L4};
 use serde_json::json;
 
 use crate::datapath::{DatapathError, DatapathMaps, DryRun, TraceHook};
@@ -30,21 +32,38 @@ pub enum TraceProtocol {
 /// A packet to trace.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Packet {
-    pub from: SocketAddrV4,
-    pub to: SocketAddrV4,
+    pub from: SocketAddr,
+    pub to: SocketAddr,
     pub protocol: TraceProtocol,
     /// TCP flags (`lb_common::net::tcp_flags` bits); ignored for UDP.
     pub tcp_flags: u8,
 }
 
+/// `--from` and `--to` name addresses of different families.
+#[derive(Debug, thiserror::Error)]
+#[error("--from {from} and --to {to} are of different address families")]
+pub struct MixedFamilies {
+    from: SocketAddr,
+    to: SocketAddr,
+}
+
 impl Packet {
-    /// The Ethernet frame of the packet (a TCP segment without payload, or an empty datagram).
-    pub fn frame(&self) -> Vec<u8> {
-        match self.protocol {
-            TraceProtocol::Tcp => Frame::tcp(self.from, self.to, self.tcp_flags),
-            TraceProtocol::Udp => Frame::udp(self.from, self.to, &[]),
+    /// The Ethernet frame of the packet (a TCP segment without payload, or an empty datagram),
+    /// IPv4 or IPv6 as its addresses are.
+    pub fn frame(&self) -> Result<Vec<u8>, MixedFamilies> {
+        let l4 = match self.protocol {
+            TraceProtocol::Tcp => L4::tcp(self.from.port(), self.to.port(), self.tcp_flags),
+            TraceProtocol::Udp => L4::udp(self.from.port(), self.to.port(), &[]),
+        };
+        match (self.from, self.to) {
+            (SocketAddr::V4(from), SocketAddr::V4(to)) => {
+                Ok(Frame::tcp(from, to, 0).with_l4(l4).to_bytes())
+            }
+            (SocketAddr::V6(from), SocketAddr::V6(to)) => {
+                Ok(Frame6::new(*from.ip(), *to.ip(), l4).to_bytes())
+            }
+            (from, to) => Err(MixedFamilies { from, to }),
         }
-        .to_bytes()
     }
 }
 
@@ -67,33 +86,47 @@ pub fn parse_tcp_flags(text: &str) -> Result<u8, String> {
     })
 }
 
-/// A frame's addresses as one line: `198.18.1.2:40000 -> 198.19.0.10:80 TCP [syn]`.
+/// A frame's addresses as one line: `198.18.1.2:40000 -> 198.19.0.10:80 TCP [syn]`, IPv6
+/// ones bracketed: `[2001:2::a]:40000 -> [2001:2:0:53::10]:80 TCP [syn]`.
 fn header(frame: &[u8]) -> String {
-    let Ok(p) = lb_frames::parse(frame) else {
+    let parsed = match lb_frames::parse(frame) {
+        Ok(p) => Some((
+            IpAddr::from(p.src),
+            IpAddr::from(p.dst),
+            p.protocol,
+            p.ports,
+            p.tcp_flags,
+        )),
+        Err(_) => lb_frames::parse6(frame).ok().map(|p| {
+            let flags = frame.get(p.l4_offset + TCP_FLAGS).copied();
+            (p.src.into(), p.dst.into(), p.protocol, p.ports, flags)
+        }),
+    };
+    let Some((src, dst, protocol, ports, flags)) = parsed else {
         return format!("unparsed frame of {} bytes", frame.len());
     };
-    let (sport, dport) = p.ports.unwrap_or_default();
-    match p.protocol {
+    let (sport, dport) = ports.unwrap_or_default();
+    let (from, to) = (SocketAddr::new(src, sport), SocketAddr::new(dst, dport));
+    match protocol {
         IPPROTO_TCP => {
-            let flags = p.tcp_flags.unwrap_or_default();
+            let flags = flags.unwrap_or_default();
             let names: Vec<_> = FLAG_NAMES
                 .iter()
                 .filter(|(_, bit)| flags & bit != 0)
                 .map(|(n, _)| *n)
                 .collect();
-            format!(
-                "{}:{sport} -> {}:{dport} TCP [{}]",
-                p.src,
-                p.dst,
-                names.join(",")
-            )
+            format!("{from} -> {to} TCP [{}]", names.join(","))
         }
-        IPPROTO_UDP => format!("{}:{sport} -> {}:{dport} UDP", p.src, p.dst),
-        IPPROTO_SCTP => format!("{}:{sport} -> {}:{dport} SCTP", p.src, p.dst),
-        IPPROTO_ICMP => format!("{} -> {} ICMP", p.src, p.dst),
-        other => format!("{} -> {} protocol {other}", p.src, p.dst),
+        IPPROTO_UDP => format!("{from} -> {to} UDP"),
+        IPPROTO_SCTP => format!("{from} -> {to} SCTP"),
+        IPPROTO_ICMP => format!("{src} -> {dst} ICMP"),
+        IPPROTO_ICMPV6 => format!("{src} -> {dst} ICMPv6"),
+        other => format!("{src} -> {dst} protocol {other}"),
     }
 }
+
+/// Offset of the TCP flags byte in the TCP header.
+const TCP_FLAGS: usize = 13;
 
 /// The verdict's name for a program's return code.
 fn verdict(hook: TraceHook, code: u32) -> String {
@@ -123,7 +156,7 @@ pub struct Report {
     /// `namespace/name:port` of the slot group whose counters would move, and its id.
     pub service: Option<(u32, Option<String>)>,
     /// The backend the packet goes to (of the entry it matched or would create).
-    pub backend: Option<(u32, Option<SocketAddrV4>)>,
+    pub backend: Option<(u32, Option<SocketAddr>)>,
     pub record: TraceRecord,
     /// Node-wide counters and how much they would move.
     pub counters: Vec<(&'static str, u64)>,
@@ -166,9 +199,10 @@ impl Tracer {
             0 => None,
             id => {
                 let addr = self.maps.backends()?.into_iter().find(|(b, _)| *b == id);
-                let addr = addr.and_then(|(_, b)| {
-                    let ip = Ipv6Addr::from(b.addr).to_ipv4_mapped()?;
-                    Some(SocketAddrV4::new(ip, u16::from_be_bytes(b.port)))
+                let addr = addr.map(|(_, b)| {
+                    let ip = Ipv6Addr::from(b.addr);
+                    let ip = ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4);
+                    SocketAddr::new(ip, u16::from_be_bytes(b.port))
                 });
                 Some((id, addr))
             }
@@ -286,17 +320,35 @@ mod tests {
             tcp_flags: tcp_flags::SYN | tcp_flags::ACK,
         };
         assert_eq!(
-            header(&packet.frame()),
+            header(&packet.frame().unwrap()),
             "198.18.1.2:40000 -> 198.19.0.10:80 TCP [syn,ack]"
         );
         let udp = Packet {
             protocol: TraceProtocol::Udp,
-            ..packet
+            ..packet.clone()
         };
         assert_eq!(
-            header(&udp.frame()),
+            header(&udp.frame().unwrap()),
             "198.18.1.2:40000 -> 198.19.0.10:80 UDP"
         );
+        let six = Packet {
+            from: "[2001:2::a]:40000".parse().unwrap(),
+            to: "[2001:2:0:53::10]:80".parse().unwrap(),
+            ..packet.clone()
+        };
+        assert_eq!(
+            header(&six.frame().unwrap()),
+            "[2001:2::a]:40000 -> [2001:2:0:53::10]:80 TCP [syn,ack]"
+        );
+        let mixed = Packet {
+            to: six.to,
+            ..packet
+        };
+        assert!(mixed
+            .frame()
+            .unwrap_err()
+            .to_string()
+            .contains("different address families"));
         assert_eq!(header(&[0; 10]), "unparsed frame of 10 bytes");
     }
 
