@@ -5,7 +5,8 @@
 //!
 //! A flow's state is read from the flags of its two entries (the data path sets them):
 //! unanswered (no [`ct_flags::SEEN_REPLY`]), answered, or closing ([`ct_flags::CLOSING`],
-//! TCP after a FIN or RST). Its idle time is since the later `last_seen_ns` of its entries.
+//! TCP after a FIN or RST, SCTP after an ABORT or SHUTDOWN COMPLETE; SCTP takes the TCP
+//! timeouts). Its idle time is since the later `last_seen_ns` of its entries.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

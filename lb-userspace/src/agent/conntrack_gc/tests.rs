@@ -109,3 +109,26 @@ fn an_entry_without_its_pair_is_judged_alone() {
     let [_, reply] = flow(30002, IPPROTO_UDP, 0, (0, 29));
     assert_eq!(expired_ports(&[[forward, reply]]), [30001]);
 }
+
+#[test]
+fn sctp_associations_take_the_tcp_timeouts() {
+    use lb_common::IPPROTO_SCTP;
+    let t = timeouts();
+    let answered = ct_flags::SEEN_REPLY;
+    assert_eq!(t.of(IPPROTO_SCTP, 0), t.tcp_syn);
+    assert_eq!(t.of(IPPROTO_SCTP, answered), t.tcp_established);
+    assert_eq!(
+        t.of(IPPROTO_SCTP, answered | ct_flags::CLOSING),
+        t.tcp_closing
+    );
+    // An association idle for 11 minutes lives on; one closed 11 seconds ago is collected.
+    let entries = [
+        flow(40_001, IPPROTO_SCTP, answered, (660, 660)),
+        flow(40_002, IPPROTO_SCTP, answered | ct_flags::CLOSING, (11, 11)),
+    ];
+    assert_eq!(
+        expired_ports(&entries),
+        [40_002, 40_002],
+        "both entries of the closed one"
+    );
+}
