@@ -124,8 +124,7 @@ fn account<F: Family, P: Packet, M: MapAccess>(
                 Counter::RejectNoBackend | Counter::RejectUnexposedPort
             ) {
                 Verdict::SendBack
-            } else if !F::IPV6
-                && done.forward
+            } else if done.forward
                 && counts_all
                 && maps
                     .config()

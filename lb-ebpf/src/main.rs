@@ -109,7 +109,7 @@ fn tc_ingress<F: Front>(pkt: &mut TcPacket) -> i32 {
         Verdict::Pass => TC_ACT_UNSPEC,
         Verdict::Drop => TC_ACT_SHOT,
         Verdict::SendBack => pkt.redirect_back(),
-        Verdict::Forward => reply_path::tc_forward(&pkt.0),
+        Verdict::Forward => reply_path::tc_forward::<F>(&pkt.0),
     }
 }
 

@@ -3,7 +3,7 @@
 
 use crate::conntrack::{self, NewFlowScratch};
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    bindings::{bpf_fib_lookup, BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::bpf_ktime_get_coarse_ns,
     macros::map,
     maps::{
@@ -134,6 +134,17 @@ static LB_SVC_NAMES: HashMap<u32, ServiceName> = HashMap::with_max_entries(
 /// pinned, rewritten by every new flow.
 #[map]
 static LB_NEW_FLOW: PerCpuArray<NewFlowScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// The redirect reply path's IPv6 FIB lookup (`reply_path`), 64 bytes the IPv6 programs'
+/// stack has no room for. Per CPU, not pinned, rewritten by every lookup.
+#[map]
+static LB_FIB: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(1, 0);
+
+/// [`LB_FIB`]'s one entry.
+#[inline(always)]
+pub fn fib_scratch() -> Option<*mut bpf_fib_lookup> {
+    LB_FIB.get_ptr_mut(0)
+}
 
 /// 1 in the copy `lb-agent trace` loads beside the live maps: no shared map is written, and
 /// what would have been is recorded in the `LB_TRACE*` maps, the copy's own. 0 in the agent's

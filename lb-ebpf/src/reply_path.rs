@@ -6,7 +6,10 @@
 //! As Cilium's `fib_redirect` (bpf/lib/fib.h): `bpf_fib_lookup`; with a resolved neighbour the
 //! MAC addresses are written and `bpf_redirect` sends the packet, with an unresolved one
 //! `bpf_redirect_neigh` resolves it (and queues the packet meanwhile). The TTL is decremented
-//! as forwarding would. What the FIB does not forward (no route, forwarding off on the
+//! (the hop limit for IPv6) as forwarding would. IPv6 builds the lookup's 64 bytes in per-CPU
+//! map memory (`maps::fib_scratch`), which the IPv6 programs' stack has no room for, and
+//! leaves an unresolved neighbour to `bpf_redirect_neigh`'s own lookup. What the FIB does not
+//! forward (no route, forwarding off on the
 //! interface, too big for the egress MTU, the destination is local) and a TTL about to expire go
 //! to the kernel as before.
 //!
@@ -23,26 +26,93 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_SHOT, TC_ACT_UNSPEC,
     },
     helpers::generated::{
-        bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_xdp_adjust_meta,
+        bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_skb_load_bytes,
+        bpf_xdp_adjust_meta,
     },
     programs::{TcContext, XdpContext},
     EbpfContext,
 };
-use lb_common::net::{ETH_HLEN, IPV4_TTL};
+use lb_common::net::{
+    ETHERTYPE_IPV6, ETH_HLEN, ETH_TYPE_OFFSET, IPV4_TTL, IPV6_DST, IPV6_NEXT_HEADER, IPV6_SRC,
+};
 
-use crate::parse::{IPV4_CHECKSUM_OFFSET, IPV4_DST_OFFSET, IPV4_SRC_OFFSET};
+use crate::{
+    family::Family,
+    maps,
+    parse::{IPV4_CHECKSUM_OFFSET, IPV4_DST_OFFSET, IPV4_SRC_OFFSET},
+};
 
 /// `AF_INET`.
 const AF_INET: u8 = 2;
+/// `AF_INET6`.
+const AF_INET6: u8 = 10;
 
 /// The XDP program's metadata for a packet the TC program is to forward.
 const HANDOFF_MARK: [u8; 4] = *b"LBrp";
 
-/// Sends a translated packet at TC to its egress device; the program's return code
-/// (`TC_ACT_REDIRECT`, or `TC_ACT_UNSPEC` to leave it to the kernel).
+/// Sends a translated packet of family `F` at TC to its egress device; the program's return
+/// code (`TC_ACT_REDIRECT`, or `TC_ACT_UNSPEC` to leave it to the kernel).
 #[inline(always)]
-pub fn tc_forward(ctx: &TcContext) -> i32 {
-    try_tc_forward(ctx).unwrap_or(TC_ACT_UNSPEC)
+pub fn tc_forward<F: Family>(ctx: &TcContext) -> i32 {
+    match F::IPV6 {
+        true => try_tc_forward6(ctx),
+        false => try_tc_forward(ctx),
+    }
+    .unwrap_or(TC_ACT_UNSPEC)
+}
+
+#[inline(always)]
+fn try_tc_forward6(ctx: &TcContext) -> Option<i32> {
+    let [next_header, hop_limit]: [u8; 2] = ctx.load(ETH_HLEN + IPV6_NEXT_HEADER).ok()?;
+    if hop_limit <= 1 {
+        return None;
+    }
+    // SAFETY: per-CPU map memory, used by this run alone until it returns.
+    let fib = unsafe { &mut *maps::fib_scratch()? };
+    // SAFETY: plain-old-data; all zero is the helper's "nothing set".
+    *fib = unsafe { zeroed() };
+    fib.family = AF_INET6;
+    // SAFETY: reads the program's own context (see `try_tc_forward`).
+    fib.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: the unions' IPv6 members, written whole from the packet.
+    let (src, dst) = unsafe {
+        (
+            &mut fib.__bindgen_anon_3.ipv6_src,
+            &mut fib.__bindgen_anon_4.ipv6_dst,
+        )
+    };
+    load_addr6(ctx, ETH_HLEN + IPV6_SRC, src)?;
+    load_addr6(ctx, ETH_HLEN + IPV6_DST, dst)?;
+    // SAFETY: `fib` is a valid, writable `bpf_fib_lookup` of the size passed.
+    let found = unsafe { fib_lookup(ctx.as_ptr(), fib, size_of::<bpf_fib_lookup>() as i32, 0) };
+    let resolved = found == i64::from(BPF_FIB_LKUP_RET_SUCCESS);
+    if !resolved && found != i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
+        return None;
+    }
+    let hops = [next_header, hop_limit - 1];
+    ctx.store(ETH_HLEN + IPV6_NEXT_HEADER, &hops, 0).ok()?;
+    let verdict = if resolved {
+        let mut macs = [0u8; 12];
+        macs[..6].copy_from_slice(&fib.dmac);
+        macs[6..].copy_from_slice(&fib.smac);
+        ctx.store(0, &macs, 0).ok()?;
+        // SAFETY: plain integers.
+        unsafe { bpf_redirect(fib.ifindex, 0) }
+    } else {
+        // SAFETY: without parameters the helper looks the next hop up itself.
+        unsafe { bpf_redirect_neigh(fib.ifindex, core::ptr::null_mut(), 0, 0) }
+    };
+    Some(i32::try_from(verdict).unwrap_or(TC_ACT_SHOT))
+}
+
+/// Copies the IPv6 address at `offset` of the packet into `to` (a constant 16 bytes, which the
+/// verifier needs: aya's `load_bytes` passes a length it cannot bound away from 0).
+#[inline(always)]
+fn load_addr6(ctx: &TcContext, offset: usize, to: &mut [u32; 4]) -> Option<()> {
+    // SAFETY: `to` is 16 writable bytes.
+    let copied =
+        unsafe { bpf_skb_load_bytes(ctx.as_ptr(), offset as u32, to.as_mut_ptr().cast(), 16) };
+    (copied == 0).then_some(())
 }
 
 #[inline(always)]
@@ -140,5 +210,9 @@ pub fn tc_handoff(ctx: &TcContext) -> i32 {
     if unsafe { (meta as *const [u8; 4]).read() } != HANDOFF_MARK {
         return TC_ACT_UNSPEC;
     }
-    tc_forward(ctx)
+    match ctx.load::<[u8; 2]>(ETH_TYPE_OFFSET) {
+        Ok(ethertype) if ethertype == ETHERTYPE_IPV6.to_be_bytes() => try_tc_forward6(ctx),
+        _ => try_tc_forward(ctx),
+    }
+    .unwrap_or(TC_ACT_UNSPEC)
 }

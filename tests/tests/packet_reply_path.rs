@@ -5,11 +5,11 @@
 //! neighbour's and the interface's MAC addresses and the TTL decremented, or through
 //! `bpf_redirect_neigh` when the neighbour is unresolved; what the FIB does not forward, a
 //! TTL about to expire and the kernel reply path pass to the kernel. XDP hands its masqueraded
-//! packets to TC with a mark in the metadata.
+//! packets to TC with a mark in the metadata. IPv6 the same, with the hop limit.
 
 mod fixture;
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 
 use fixture::{backend, client, vip, Fixture, Hook, Verdict};
 use lb_common::{
@@ -19,8 +19,9 @@ use lb_common::{
     service::backend_flags,
     NodeConfig, IPPROTO_TCP,
 };
-use lb_frames::{assert_frames_equal, parse, Frame};
+use lb_frames::{assert_frames_equal, parse, parse6, Frame, Frame6};
 use lb_tests::{netns::unique_prefix, netns::NetNs, require_root};
+use lb_userspace::model::Protocol;
 
 /// The node's address on its LAN interface (and masquerading address).
 const NODE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
@@ -36,7 +37,7 @@ const UNROUTED: Ipv4Addr = Ipv4Addr::new(198, 19, 200, 1);
 const HANDOFF_MARK: &[u8; 4] = b"LBrp";
 
 /// A namespace with the node's LAN (a veth pair, both ends inside), the client's neighbour
-/// entry and forwarding on; and the LAN interface's MAC address.
+/// entry and forwarding on, for IPv4 and IPv6; and the LAN interface's MAC address.
 fn node_fib() -> (NetNs, [u8; 6]) {
     let netns = NetNs::create(&format!("{}-fib", unique_prefix())).unwrap();
     netns
@@ -64,6 +65,25 @@ fn node_fib() -> (NetNs, [u8; 6]) {
         ])
         .unwrap();
     netns.set_sysctl("net.ipv4.ip_forward", "1").unwrap();
+    netns
+        .ip(&["addr", "add", &format!("{NODE6}/64"), "dev", LAN, "nodad"])
+        .unwrap();
+    netns
+        .ip(&[
+            "neigh",
+            "add",
+            &CLIENT6.to_string(),
+            "lladdr",
+            &mac,
+            "dev",
+            LAN,
+            "nud",
+            "permanent",
+        ])
+        .unwrap();
+    netns
+        .set_sysctl("net.ipv6.conf.all.forwarding", "1")
+        .unwrap();
     let link = netns.ip(&["-br", "link", "show", LAN]).unwrap();
     let lan_mac = link
         .split_whitespace()
@@ -184,4 +204,89 @@ fn xdp_hands_masqueraded_packets_to_tc_with_a_mark() {
             .with_dst(backend(1));
         assert_frames_equal(frame, &masqueraded.to_bytes());
     }
+}
+
+/// The node's IPv6 address on its LAN interface (and IPv6 masquerading address).
+const NODE6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 2);
+/// An IPv6 client on the LAN, in the node's neighbour table.
+const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 0x0a);
+/// An IPv6 client on the LAN the node has no neighbour entry for.
+const UNRESOLVED6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 0x14);
+const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0x53, 0, 0, 0, 1);
+const BACKEND6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 1, 0, 0, 0, 0x0b);
+
+fn end6(addr: Ipv6Addr, port: u16) -> SocketAddrV6 {
+    SocketAddrV6::new(addr, port, 0, 0)
+}
+
+/// A node with `config` whose one IPv6 Service `[VIP6]:80`/TCP balances to `[BACKEND6]:8080`.
+fn node6(hook: Hook, config: NodeConfig) -> Fixture {
+    let mut fx = Fixture::new(hook);
+    fx.set_services(&[(end6(VIP6, 80), Protocol::Tcp, &[end6(BACKEND6, 8080)][..])]);
+    fx.set_node_config(&config);
+    fx
+}
+
+/// The backend's SYN-ACK to `to`, after `to`'s SYN through TC created the flow.
+fn reply6_after_syn(fx: &mut Fixture, to: SocketAddrV6) -> Frame6 {
+    let syn = Frame6::tcp(to, end6(VIP6, 80), tcp_flags::SYN);
+    assert_eq!(fx.run(&syn.to_bytes()).0, Verdict::Pass, "DNATed only");
+    Frame6::tcp(end6(BACKEND6, 8080), to, tcp_flags::SYN | tcp_flags::ACK)
+}
+
+#[test]
+fn an_ipv6_reply_goes_to_the_clients_neighbour_or_to_redirect_neigh_at_tc() {
+    require_root!();
+    let (netns, lan_mac) = node_fib();
+    let mut fx = node6(
+        Hook::Tc,
+        NodeConfig::default().with_reply_path(reply_path::REDIRECT),
+    );
+    for (client, macs) in [
+        (CLIENT6, Some((CLIENT_MAC, lan_mac))),
+        // The kernel writes the MAC addresses once it has resolved the neighbour.
+        (UNRESOLVED6, None),
+    ] {
+        let reply = reply6_after_syn(&mut fx, end6(client, 40_000));
+        let (verdict, out) = netns.run(|| fx.run(&reply.to_bytes())).unwrap();
+        assert_eq!(verdict, Verdict::SendBack, "TC_ACT_REDIRECT");
+        let mut expected = reply.with_src(end6(VIP6, 80));
+        expected.ip.hop_limit -= 1;
+        if let Some((dst, src)) = macs {
+            (expected.dst_mac, expected.src_mac) = (dst, src);
+        }
+        assert_frames_equal(&out, &expected.to_bytes());
+        assert_eq!(parse6(&out).unwrap().l4_checksum_ok, Some(true));
+    }
+    // A hop limit about to expire, and the kernel reply path, go to the kernel.
+    let mut expiring = reply6_after_syn(&mut fx, end6(CLIENT6, 40_001));
+    expiring.ip.hop_limit = 1;
+    let mut kernel = node6(Hook::Tc, NodeConfig::default());
+    let kernel_reply = reply6_after_syn(&mut kernel, end6(CLIENT6, 40_002));
+    for (fx, frame) in [(&fx, expiring), (&kernel, kernel_reply)] {
+        let (verdict, out) = netns.run(|| fx.run(&frame.to_bytes())).unwrap();
+        assert_eq!(verdict, Verdict::Pass);
+        assert_frames_equal(&out, &frame.with_src(end6(VIP6, 80)).to_bytes());
+    }
+}
+
+#[test]
+fn xdp_hands_masqueraded_ipv6_packets_to_tc_with_a_mark() {
+    require_root!();
+    let (netns, _) = node_fib();
+    let masquerading =
+        NodeConfig::masquerading(ipv4_mapped(NODE.octets()), SNAT_PORT_MIN, SNAT_PORT_MAX)
+            .with_snat_addr6(NODE6.octets())
+            .with_reply_path(reply_path::REDIRECT);
+    let fx = node6(Hook::Xdp, masquerading);
+    let request = Frame6::tcp(end6(CLIENT6, 40_000), end6(VIP6, 80), tcp_flags::SYN);
+    let (verdict, out) = netns.run(|| fx.run(&request.to_bytes())).unwrap();
+    assert_eq!(verdict, Verdict::Pass, "XDP_PASS");
+    let (meta, frame) = out.split_at(HANDOFF_MARK.len());
+    assert_eq!(meta, HANDOFF_MARK);
+    let port = parse6(frame).unwrap().ports.unwrap().0;
+    let masqueraded = request
+        .with_src(end6(NODE6, port))
+        .with_dst(end6(BACKEND6, 8080));
+    assert_frames_equal(frame, &masqueraded.to_bytes());
 }
