@@ -92,12 +92,7 @@ fn try_tc_forward6(ctx: &TcContext) -> Option<i32> {
     let hops = [next_header, hop_limit - 1];
     ctx.store(ETH_HLEN + IPV6_NEXT_HEADER, &hops, 0).ok()?;
     let verdict = if resolved {
-        let mut macs = [0u8; 12];
-        macs[..6].copy_from_slice(&fib.dmac);
-        macs[6..].copy_from_slice(&fib.smac);
-        ctx.store(0, &macs, 0).ok()?;
-        // SAFETY: plain integers.
-        unsafe { bpf_redirect(fib.ifindex, 0) }
+        to_neighbour(ctx, fib)?
     } else {
         // SAFETY: without parameters the helper looks the next hop up itself.
         unsafe { bpf_redirect_neigh(fib.ifindex, core::ptr::null_mut(), 0, 0) }
@@ -150,12 +145,7 @@ fn try_tc_forward(ctx: &TcContext) -> Option<i32> {
     ctx.l3_csum_replace(IPV4_CHECKSUM_OFFSET, u64::from(old), u64::from(new), 2)
         .ok()?;
     let verdict = if resolved {
-        let mut macs = [0u8; 12];
-        macs[..6].copy_from_slice(&fib.dmac);
-        macs[6..].copy_from_slice(&fib.smac);
-        ctx.store(0, &macs, 0).ok()?;
-        // SAFETY: plain integers.
-        unsafe { bpf_redirect(fib.ifindex, 0) }
+        to_neighbour(ctx, &fib)?
     } else {
         // SAFETY: plain-old-data; the union's IPv4 member is set below.
         let mut next_hop: bpf_redir_neigh = unsafe { zeroed() };
@@ -173,6 +163,18 @@ fn try_tc_forward(ctx: &TcContext) -> Option<i32> {
         }
     };
     Some(i32::try_from(verdict).unwrap_or(TC_ACT_SHOT))
+}
+
+/// Writes the resolved neighbour's and the egress device's MAC addresses the lookup `fib` found
+/// and redirects the packet to that device; the helper's return code.
+#[inline(always)]
+fn to_neighbour(ctx: &TcContext, fib: &bpf_fib_lookup) -> Option<i64> {
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(&fib.dmac);
+    macs[6..].copy_from_slice(&fib.smac);
+    ctx.store(0, &macs, 0).ok()?;
+    // SAFETY: plain integers.
+    Some(unsafe { bpf_redirect(fib.ifindex, 0) })
 }
 
 /// Passes a translated packet from XDP to the TC program on the same interface, marked so
