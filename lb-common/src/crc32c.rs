@@ -19,7 +19,7 @@ const X8: u32 = ONE >> 8;
 
 /// `a · b mod P`, both reflected. Branch-free, for the verifier's sake.
 #[inline(always)]
-pub const fn multiply(a: u32, mut b: u32) -> u32 {
+const fn multiply(a: u32, mut b: u32) -> u32 {
     let mut product = 0;
     let mut i = 0;
     while i < 32 {
@@ -48,13 +48,13 @@ const fn powers(step: u32) -> [u32; 256] {
 }
 
 /// `x^(8j)`: a shift through `j` bytes.
-pub static SHIFT_BYTES: [u32; 256] = powers(1);
+static SHIFT_BYTES: [u32; 256] = powers(1);
 /// `x^(8·256·j)`: a shift through `256·j` bytes.
-pub static SHIFT_BYTES_256: [u32; 256] = powers(256);
+static SHIFT_BYTES_256: [u32; 256] = powers(256);
 
 /// `x^(8·len) mod P`: shifts a CRC register through `len` zero bytes.
 #[inline(always)]
-pub fn shift(len: u16) -> u32 {
+fn shift(len: u16) -> u32 {
     let [high, low] = len.to_be_bytes();
     multiply(
         SHIFT_BYTES[usize::from(low)],
@@ -70,17 +70,16 @@ pub fn change(delta: u32, len: u16) -> u32 {
     multiply(shift(len), delta)
 }
 
-/// The checksum field `check` updated for the ports of the `len`-byte SCTP packet changing
-/// from `old` to `new` (its first four bytes).
-#[inline(always)]
-pub fn replace_ports(check: [u8; 4], old: [u8; 4], new: [u8; 4], len: u16) -> [u8; 4] {
-    let delta = u32::from_le_bytes(old) ^ u32::from_le_bytes(new);
-    (u32::from_le_bytes(check) ^ change(delta, len)).to_le_bytes()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The checksum field `check` updated as the data path does (`lb-ebpf`'s `rewrite`) for
+    /// the ports of the `len`-byte packet changing from `old` to `new`.
+    fn replace_ports(check: [u8; 4], old: [u8; 4], new: [u8; 4], len: u16) -> [u8; 4] {
+        let delta = u32::from_le_bytes(old) ^ u32::from_le_bytes(new);
+        (u32::from_le_bytes(check) ^ change(delta, len)).to_le_bytes()
+    }
 
     /// CRC32c bit by bit, as RFC 9260 defines it: the reference the update is held to.
     fn crc32c(data: &[u8]) -> u32 {

@@ -59,7 +59,7 @@ pub fn finish(sum: u32) -> [u8; 2] {
 
 /// Folds a 32-bit one's complement sum into 16 bits (two folds carry any `u32`).
 #[inline(always)]
-fn fold(sum: u32) -> u16 {
+pub fn fold(sum: u32) -> u16 {
     let sum = (sum & 0xffff) + (sum >> 16);
     ((sum & 0xffff) + (sum >> 16)) as u16
 }

@@ -404,6 +404,10 @@ fn ipv6_transport<P: Packet>(pkt: &P, mut next: u8) -> Result<(u8, usize), Error
     let mut offset = ETH_HLEN + IPV6_HLEN;
     for i in 0..=MAX_IPV6_EXTENSIONS {
         match next {
+            // As for IPv4 (`parse`), `lb-agent trace`'s copy leaves SCTP out.
+            IPPROTO_SCTP if maps::dry_run() => {
+                return Err(Error::untouched(Counter::OtherProtocol))
+            }
             IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => return Ok((next, offset)),
             ipv6_ext::FRAGMENT => return Err(Error::untouched(Counter::Fragment)),
             ipv6_ext::HOP_BY_HOP | ipv6_ext::DESTINATION | ipv6_ext::ROUTING

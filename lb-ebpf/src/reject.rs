@@ -115,7 +115,7 @@ pub fn quoted_sum6(data: usize, data_end: usize, len: usize) -> Option<u32> {
     let rest = len & 7;
     if rest != 0 {
         let last = u64::from_be_bytes(load_direct(data, data_end, ETH_HLEN + len - 8)?);
-        let tail = fold(words_sum(
+        let tail = checksum::fold(words_sum(
             (last & (u64::MAX >> (64 - 8 * rest))).to_be_bytes(),
         ));
         sum += u32::from(if len & 1 == 1 {
@@ -127,17 +127,12 @@ pub fn quoted_sum6(data: usize, data_end: usize, len: usize) -> Option<u32> {
     Some(sum)
 }
 
-/// The sum of 8 bytes as four big-endian 16-bit words, computed in registers.
+/// The sum of 8 bytes as four big-endian 16-bit words, computed in registers
+/// (`checksum::add`'s byte loop cost the global functions stack, which adds to the callers').
 #[inline(always)]
 fn words_sum(bytes: [u8; 8]) -> u32 {
     let v = u64::from_be_bytes(bytes);
     ((v >> 48) + ((v >> 32) & 0xffff) + ((v >> 16) & 0xffff) + (v & 0xffff)) as u32
-}
-
-/// A one's complement sum folded to 16 bits.
-#[inline(always)]
-fn fold(sum: u32) -> u16 {
-    !u16::from_be_bytes(checksum::finish(sum))
 }
 
 /// One's complement sum of what the reply quotes: the IPv4 header with its options and the

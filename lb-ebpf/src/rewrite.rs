@@ -1,8 +1,9 @@
 //! NAT rewrites of one end of a flow, and the in-program version used by XDP. IPv6 has no
 //! header checksum; its addresses enter the TCP/UDP checksum as four words each.
 //!
-//! SCTP ([`sctp_port_checksum`], both hooks): its CRC32c covers no pseudo-header, so an address change
-//! keeps it; a port change updates it from the packet's length alone (`lb_common::crc32c`).
+//! SCTP ([`sctp_port_checksum`], both hooks): its CRC32c covers no pseudo-header, so an
+//! address change keeps it; a port change updates it from the packet's length alone
+//! (`lb_common::crc32c`).
 //! A checksum field of 0 is one the kernel fills in later (`CHECKSUM_PARTIAL` with SCTP
 //! checksum offload, as local senders on a veth leave it) and stays 0. A complete checksum
 //! that happens to be 0 (one packet in 2^32) is then left stale and the peer drops that packet.

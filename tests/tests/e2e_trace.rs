@@ -9,7 +9,7 @@ use std::net::SocketAddrV4;
 use std::path::Path;
 use std::time::Duration;
 
-use lb_frames::Frame;
+use lb_frames::{Frame, Frame6};
 use lb_tests::{
     cluster::{Cluster, HeldConnection},
     example, require_root,
@@ -418,22 +418,30 @@ fn trace_runs_each_packet_of_a_capture_at_the_hook_of_the_interface() {
     let mixed = one_line_error(agent.trace_in(node, &["--from", "198.18.1.2:1", "--to", to6]));
     assert!(mixed.contains("different address families"), "{mixed}");
 
-    // Nor is an SCTP frame: the copy leaves SCTP out (its verifier budget) and passes it.
+    // Nor is an SCTP frame of either family: the copy leaves SCTP out (its verifier budget)
+    // and passes it.
     let capture_sctp = dir.path().join("capture-sctp.pcap");
     let init = Frame::sctp(
         "198.18.1.2:40999".parse().unwrap(),
         "198.19.0.10:80".parse().unwrap(),
         lb_common::net::sctp_chunk::INIT,
     );
-    write_pcap(&capture_sctp, &[init.to_bytes()]);
+    let init6 = Frame6::sctp(
+        from6.parse().unwrap(),
+        to6.parse().unwrap(),
+        lb_common::net::sctp_chunk::INIT,
+    );
+    write_pcap(&capture_sctp, &[init.to_bytes(), init6.to_bytes()]);
     let capture_sctp = capture_sctp.to_str().unwrap();
     let sctp = json_lines(
         &agent
             .trace_in(node, &["--json", "--pcap", capture_sctp, "--iface", veth])
             .unwrap(),
     );
-    assert_eq!(sctp[0]["verdict"], "pass", "{}", sctp[0]);
-    assert_eq!(sctp[0]["counters"]["other_protocol"], 1, "{}", sctp[0]);
+    for family in &sctp[..2] {
+        assert_eq!(family["verdict"], "pass", "{family}");
+        assert_eq!(family["counters"]["other_protocol"], 1, "{family}");
+    }
 
     // What cannot be traced: one line each, and a failed exit.
     let error = one_line_error(agent.trace_in(

@@ -46,44 +46,38 @@ fn node_fib() -> (NetNs, [u8; 6]) {
     for iface in [LAN, "lan1"] {
         netns.ip(&["link", "set", iface, "up"]).unwrap();
     }
-    netns
-        .ip(&["addr", "add", &format!("{NODE}/24"), "dev", LAN])
-        .unwrap();
     let mac = CLIENT_MAC.map(|b| format!("{b:02x}")).join(":");
-    let client = fixture::CLIENT.to_string();
-    netns
-        .ip(&[
-            "neigh",
-            "add",
-            &client,
-            "lladdr",
-            &mac,
-            "dev",
-            LAN,
-            "nud",
-            "permanent",
-        ])
-        .unwrap();
-    netns.set_sysctl("net.ipv4.ip_forward", "1").unwrap();
-    netns
-        .ip(&["addr", "add", &format!("{NODE6}/64"), "dev", LAN, "nodad"])
-        .unwrap();
-    netns
-        .ip(&[
-            "neigh",
-            "add",
-            &CLIENT6.to_string(),
-            "lladdr",
-            &mac,
-            "dev",
-            LAN,
-            "nud",
-            "permanent",
-        ])
-        .unwrap();
-    netns
-        .set_sysctl("net.ipv6.conf.all.forwarding", "1")
-        .unwrap();
+    let families = [
+        (
+            format!("{NODE}/24"),
+            fixture::CLIENT.to_string(),
+            "net.ipv4.ip_forward",
+        ),
+        (
+            format!("{NODE6}/64"),
+            CLIENT6.to_string(),
+            "net.ipv6.conf.all.forwarding",
+        ),
+    ];
+    for (node, client, forwarding) in families {
+        netns
+            .ip(&["addr", "add", &node, "dev", LAN, "nodad"])
+            .unwrap();
+        netns
+            .ip(&[
+                "neigh",
+                "add",
+                &client,
+                "lladdr",
+                &mac,
+                "dev",
+                LAN,
+                "nud",
+                "permanent",
+            ])
+            .unwrap();
+        netns.set_sysctl(forwarding, "1").unwrap();
+    }
     let link = netns.ip(&["-br", "link", "show", LAN]).unwrap();
     let lan_mac = link
         .split_whitespace()
